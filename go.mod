@@ -1,0 +1,3 @@
+module github.com/merlin-ipvs/merlin
+
+go 1.26.8
