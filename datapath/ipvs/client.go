@@ -1,0 +1,538 @@
+package ipvs
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mdlayher/genetlink"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoIPVS means the kernel has no IPVS generic netlink family: the ip_vs
+// module is not loaded and could not be autoloaded (or IPVS is absent).
+var ErrNoIPVS = errors.New("kernel has no IPVS (generic netlink family \"IPVS\" not found; is ip_vs loaded?)")
+
+// Options configure a Client.
+type Options struct {
+	// NetNS is an open network namespace file descriptor; 0 means the
+	// caller's namespace. IPVS tables are per namespace.
+	NetNS int
+	// ReceiveBuffer and SendBuffer size the socket in bytes (defaults 16 MiB
+	// and 4 MiB). Apply sizes its batches to them so that no error report
+	// can be dropped. Buffers beyond the sysctl limits need CAP_NET_ADMIN.
+	ReceiveBuffer int
+	SendBuffer    int
+}
+
+// Client programs and reads one network namespace's IPVS table over
+// generic netlink. Its methods are safe for concurrent use; they run one
+// at a time on one socket.
+type Client struct {
+	mu      sync.Mutex
+	opts    Options
+	nl      *netlink.Conn
+	raw     syscall.RawConn
+	family  uint16
+	pid     uint32
+	seq     uint32
+	rbuf    []byte
+	wbuf    []byte
+	msgs    []netlink.Message
+	seqIdx  []int
+	maxOps  int // ops per sendmsg, so that every error report fits the receive buffer
+	maxSend int // bytes per sendmsg
+	broken  bool
+}
+
+// errReportSize bounds the receive-buffer charge (skb truesize) of one error
+// report from the kernel with NETLINK_CAP_ACK set.
+const errReportSize = 2048
+
+// Open connects to IPVS in opts.NetNS. It fails with an error wrapping
+// ErrNoIPVS when the kernel has no IPVS.
+func Open(opts Options) (*Client, error) {
+	if opts.ReceiveBuffer <= 0 {
+		opts.ReceiveBuffer = 16 << 20
+	}
+	if opts.SendBuffer <= 0 {
+		opts.SendBuffer = 4 << 20
+	}
+	c := &Client{opts: opts, rbuf: make([]byte, 256<<10), seq: 1 << 16}
+	if err := c.dial(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Client) dial() error {
+	nl, err := netlink.Dial(unix.NETLINK_GENERIC, &netlink.Config{NetNS: c.opts.NetNS})
+	if err != nil {
+		return fmt.Errorf("ipvs: dial generic netlink: %w", err)
+	}
+	fam, err := genetlink.NewConn(nl).GetFamily(genlName)
+	if err != nil {
+		nl.Close()
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("ipvs: %w", ErrNoIPVS)
+		}
+		return fmt.Errorf("ipvs: resolve generic netlink family: %w", err)
+	}
+	raw, err := nl.SyscallConn()
+	if err != nil {
+		nl.Close()
+		return fmt.Errorf("ipvs: %w", err)
+	}
+	// Error reports carry only the request header, not the whole request,
+	// and extended acks carry the kernel's message for policy failures.
+	for _, o := range []netlink.ConnOption{netlink.CapAcknowledge, netlink.ExtendedAcknowledge} {
+		if err := nl.SetOption(o, true); err != nil {
+			nl.Close()
+			return fmt.Errorf("ipvs: set socket option: %w", err)
+		}
+	}
+	rcv, snd, err := setBuffers(raw, c.opts.ReceiveBuffer, c.opts.SendBuffer)
+	if err != nil {
+		nl.Close()
+		return fmt.Errorf("ipvs: socket buffers: %w", err)
+	}
+	c.nl, c.raw, c.family, c.pid, c.broken = nl, raw, fam.ID, nl.PID(), false
+	c.maxOps = max(rcv/errReportSize, 16)
+	c.maxSend = max(snd-4096, 64<<10)
+	return nil
+}
+
+// setBuffers asks for the given sizes (forcing past the sysctl limits where
+// privileged) and returns what the kernel granted.
+func setBuffers(raw syscall.RawConn, rcv, snd int) (int, int, error) {
+	var gotRcv, gotSnd int
+	var serr error
+	err := raw.Control(func(fd uintptr) {
+		set := func(force, plain, size int) {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, force, size) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, plain, size)
+			}
+		}
+		set(unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, rcv)
+		set(unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, snd)
+		if gotRcv, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); serr != nil {
+			return
+		}
+		gotSnd, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
+	})
+	if err == nil {
+		err = serr
+	}
+	return gotRcv, gotSnd, err
+}
+
+// Close releases the socket. The kernel table is left as it is.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.nl == nil {
+		return nil
+	}
+	err := c.nl.Close()
+	c.nl = nil
+	return err
+}
+
+// begin takes the lock, re-dials a socket left in an unknown state, and
+// binds the socket's deadline to ctx. The returned func undoes it all.
+func (c *Client) begin(ctx context.Context) (func(), error) {
+	c.mu.Lock()
+	if c.nl == nil {
+		c.mu.Unlock()
+		return nil, errors.New("ipvs: client is closed")
+	}
+	if err := ctx.Err(); err != nil {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("ipvs: %w", err)
+	}
+	if c.broken {
+		c.nl.Close()
+		if err := c.dial(); err != nil {
+			c.broken = true
+			c.mu.Unlock()
+			return nil, err
+		}
+	}
+	deadline, _ := ctx.Deadline()
+	_ = c.nl.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = c.nl.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		if !stop() && ctx.Err() != nil {
+			// The deadline may be set behind our back after this point:
+			// start from a fresh socket next time.
+			c.broken = true
+		} else {
+			_ = c.nl.SetDeadline(time.Time{})
+		}
+		c.mu.Unlock()
+	}, nil
+}
+
+func (c *Client) nextSeq() uint32 {
+	c.seq++
+	if c.seq == 0 {
+		c.seq = 1
+	}
+	return c.seq
+}
+
+// recv reads one datagram from the socket.
+func (c *Client) recv() ([]byte, error) {
+	for {
+		var n int
+		var rerr error
+		err := c.raw.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), c.rbuf, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+			return !errors.Is(rerr, unix.EAGAIN)
+		})
+		if err == nil {
+			err = rerr
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n > len(c.rbuf) {
+			c.rbuf = make([]byte, n+4096)
+			return nil, fmt.Errorf("netlink message of %d bytes truncated", n)
+		}
+		return c.rbuf[:n], nil
+	}
+}
+
+// nlMessage is one netlink message inside a datagram.
+type nlMessage struct {
+	typ   uint16
+	flags uint16
+	seq   uint32
+	data  []byte
+}
+
+// eachMessage walks the netlink messages of a datagram.
+func eachMessage(b []byte, fn func(m nlMessage) (bool, error)) (bool, error) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.NativeEndian.Uint32(b))
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return false, errMalformed
+		}
+		m := nlMessage{
+			typ:   binary.NativeEndian.Uint16(b[4:]),
+			flags: binary.NativeEndian.Uint16(b[6:]),
+			seq:   binary.NativeEndian.Uint32(b[8:]),
+			data:  b[unix.NLMSG_HDRLEN:l],
+		}
+		done, err := fn(m)
+		if done || err != nil {
+			return done, err
+		}
+		next := (l + 3) &^ 3
+		if next >= len(b) {
+			break
+		}
+		b = b[next:]
+	}
+	return false, nil
+}
+
+// errorReport decodes an NLMSG_ERROR payload: the errno (0 for an ack) and
+// the kernel's extended-ack message if any.
+func errorReport(m nlMessage) error {
+	if len(m.data) < 4 {
+		return errMalformed
+	}
+	code := int32(binary.NativeEndian.Uint32(m.data))
+	if code == 0 {
+		return nil
+	}
+	errno := unix.Errno(-code)
+	// With NETLINK_CAP_ACK the echoed request is just its header; extended
+	// ack attributes follow it.
+	const echoed = 4 + unix.NLMSG_HDRLEN
+	if m.flags&unix.NLM_F_ACK_TLVS != 0 && len(m.data) > echoed {
+		var msg string
+		_ = attrs(m.data[echoed:], func(typ uint16, v []byte) error {
+			if typ == unix.NLMSGERR_ATTR_MSG {
+				msg = getString(v)
+			}
+			return nil
+		})
+		if msg != "" {
+			return fmt.Errorf("%w (%s)", errno, msg)
+		}
+	}
+	return errno
+}
+
+// request sends one generic netlink message and collects the replies that
+// carry its sequence number, until the dump ends or the ack arrives.
+func (c *Client) request(cmd uint8, flags netlink.HeaderFlags, attrs []byte, fn func(data []byte) error) error {
+	seq := c.nextSeq()
+	e := encoder{b: c.wbuf[:0]}
+	e.genlHeader(cmd)
+	e.b = append(e.b, attrs...)
+	c.wbuf = e.b
+	_, err := c.nl.Send(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(c.family), Flags: netlink.Request | flags, Sequence: seq, PID: c.pid},
+		Data:   e.b,
+	})
+	if err != nil {
+		c.broken = true
+		return fmt.Errorf("send: %w", err)
+	}
+	dump := flags&netlink.Dump == netlink.Dump
+	for {
+		b, err := c.recv()
+		if err != nil {
+			c.broken = true
+			return fmt.Errorf("receive: %w", err)
+		}
+		done, err := eachMessage(b, func(m nlMessage) (bool, error) {
+			if m.seq != seq {
+				return false, nil // left over from an interrupted request
+			}
+			switch m.typ {
+			case unix.NLMSG_ERROR:
+				return true, errorReport(m)
+			case unix.NLMSG_DONE:
+				if len(m.data) >= 4 {
+					if code := int32(binary.NativeEndian.Uint32(m.data)); code < 0 {
+						return true, unix.Errno(-code)
+					}
+				}
+				return true, nil
+			case c.family:
+				if err := fn(m.data); err != nil {
+					return true, err
+				}
+				return !dump && flags&netlink.Acknowledge == 0, nil
+			}
+			return false, nil
+		})
+		if err != nil && dump && !done {
+			c.broken = true // the dump is still running in the kernel
+		}
+		if err != nil {
+			if done && dump && !isErrno(err) {
+				c.broken = true
+			}
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+func isErrno(err error) bool {
+	var e unix.Errno
+	return errors.As(err, &e)
+}
+
+// Services dumps every service with its counters.
+func (c *Client) Services(ctx context.Context) ([]ServiceStatus, error) {
+	end, err := c.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	return c.services(true)
+}
+
+func (c *Client) services(withStats bool) ([]ServiceStatus, error) {
+	var out []ServiceStatus
+	err := c.request(cmdGetService, netlink.Dump, nil, func(data []byte) error {
+		s, err := decodeService(data, withStats)
+		if err != nil {
+			return err
+		}
+		out = append(out, s)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ipvs: dump services: %w", err)
+	}
+	return out, nil
+}
+
+// Service reads one service, failing with ESRCH if it does not exist.
+func (c *Client) Service(ctx context.Context, key ServiceKey) (ServiceStatus, error) {
+	var out ServiceStatus
+	if err := checkServiceKey(key); err != nil {
+		return out, fmt.Errorf("ipvs: get service: %w", err)
+	}
+	end, err := c.begin(ctx)
+	if err != nil {
+		return out, err
+	}
+	defer end()
+	e := encoder{}
+	e.service(Service{Key: key}, false)
+	found := false
+	err = c.request(cmdGetService, netlink.Acknowledge, e.b, func(data []byte) error {
+		s, err := decodeService(data, true)
+		out, found = s, err == nil
+		return err
+	})
+	if err == nil && !found {
+		err = unix.ESRCH
+	}
+	if err != nil {
+		return out, fmt.Errorf("ipvs: get service %s: %w", key, err)
+	}
+	return out, nil
+}
+
+// Destinations dumps the destinations of one service with their counters.
+func (c *Client) Destinations(ctx context.Context, key ServiceKey) ([]DestinationStatus, error) {
+	if err := checkServiceKey(key); err != nil {
+		return nil, fmt.Errorf("ipvs: dump destinations: %w", err)
+	}
+	end, err := c.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	var out []DestinationStatus
+	err = c.destinations(key.Canonical(), true, func(d DestinationStatus) { out = append(out, d) })
+	return out, err
+}
+
+func (c *Client) destinations(key ServiceKey, withStats bool, fn func(DestinationStatus)) error {
+	e := encoder{}
+	e.service(Service{Key: key}, false)
+	err := c.request(cmdGetDest, netlink.Dump, e.b, func(data []byte) error {
+		d, err := decodeDestination(data, key.Family, withStats)
+		if err != nil {
+			return err
+		}
+		fn(d)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ipvs: dump destinations of %s: %w", key, err)
+	}
+	return nil
+}
+
+// Table reads the whole table without counters: every service and its
+// destinations, in the form Diff takes. It costs one dump per service.
+func (c *Client) Table(ctx context.Context) ([]VirtualServer, error) {
+	end, err := c.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	svcs, err := c.services(false)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]VirtualServer, len(svcs))
+	for i, s := range svcs {
+		out[i].Service = s.Service
+		err := c.destinations(s.Key, false, func(d DestinationStatus) {
+			out[i].Destinations = append(out[i].Destinations, d.Destination)
+		})
+		if errors.Is(err, unix.ESRCH) {
+			continue // deleted between the two dumps
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Info reads the IPVS version and connection table size.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	var in Info
+	end, err := c.begin(ctx)
+	if err != nil {
+		return in, err
+	}
+	defer end()
+	err = c.request(cmdGetInfo, netlink.Acknowledge, nil, func(data []byte) error {
+		var err error
+		in, err = decodeInfo(data)
+		return err
+	})
+	if err != nil {
+		return in, fmt.Errorf("ipvs: get info: %w", err)
+	}
+	return in, nil
+}
+
+// Timeouts reads the global TCP, TCP FIN and UDP timeouts.
+func (c *Client) Timeouts(ctx context.Context) (Timeouts, error) {
+	var t Timeouts
+	end, err := c.begin(ctx)
+	if err != nil {
+		return t, err
+	}
+	defer end()
+	err = c.request(cmdGetConfig, netlink.Acknowledge, nil, func(data []byte) error {
+		var err error
+		t, err = decodeTimeouts(data)
+		return err
+	})
+	if err != nil {
+		return t, fmt.Errorf("ipvs: get timeouts: %w", err)
+	}
+	return t, nil
+}
+
+// SetTimeouts sets the global timeouts; a zero field is left unchanged.
+func (c *Client) SetTimeouts(ctx context.Context, t Timeouts) error {
+	end, err := c.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer end()
+	e := encoder{}
+	e.u32(attrCmdTimeoutTCP, t.TCP)
+	e.u32(attrCmdTimeoutTCPFin, t.TCPFin)
+	e.u32(attrCmdTimeoutUDP, t.UDP)
+	if err := c.request(cmdSetConfig, netlink.Acknowledge, e.b, func([]byte) error { return nil }); err != nil {
+		return fmt.Errorf("ipvs: set timeouts: %w", err)
+	}
+	return nil
+}
+
+// Flush deletes every service in the namespace, including ones this
+// program did not create. For explicit operator use only.
+func (c *Client) Flush(ctx context.Context) error {
+	end, err := c.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer end()
+	if err := c.request(cmdFlush, netlink.Acknowledge, nil, func([]byte) error { return nil }); err != nil {
+		return fmt.Errorf("ipvs: flush: %w", err)
+	}
+	return nil
+}
+
+// ZeroStats resets the counters of every service and destination.
+func (c *Client) ZeroStats(ctx context.Context) error {
+	end, err := c.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer end()
+	if err := c.request(cmdZero, netlink.Acknowledge, nil, func([]byte) error { return nil }); err != nil {
+		return fmt.Errorf("ipvs: zero counters: %w", err)
+	}
+	return nil
+}
