@@ -122,8 +122,34 @@ func (c *Client) applyChunk(ops []Op, start int, fail func(int, error)) (next in
 	}
 
 	reported := make([]bool, n)
+	collect := func(b []byte) (bool, error) {
+		return eachMessage(b, func(m nlMessage) (bool, error) {
+			k := m.seq - first
+			if m.typ != unix.NLMSG_ERROR || k >= uint32(n) {
+				return false, nil // left over from an interrupted request
+			}
+			reported[k] = true
+			if err := errorReport(m); err != nil {
+				fail(offs[2*k], err)
+			}
+			return m.seq == last, nil
+		})
+	}
 	for {
 		b, err := c.recv()
+		if err != nil && !errors.Is(err, unix.ENOBUFS) {
+			// The reports may be queued already: the kernel handles the
+			// whole sendmsg before it returns.
+			complete := false
+			c.drain(func(b []byte) bool {
+				done, perr := collect(b)
+				complete = done && perr == nil
+				return done || perr != nil
+			})
+			if complete {
+				return i, skipped, nil
+			}
+		}
 		if err != nil {
 			// ENOBUFS (a report was dropped), a deadline or a socket error:
 			// what did not report is unknown.
@@ -138,17 +164,7 @@ func (c *Client) applyChunk(ops []Op, start int, fail func(int, error)) (next in
 			}
 			return i, skipped, nil
 		}
-		done, perr := eachMessage(b, func(m nlMessage) (bool, error) {
-			k := m.seq - first
-			if m.typ != unix.NLMSG_ERROR || k >= uint32(n) {
-				return false, nil // left over from an interrupted request
-			}
-			reported[k] = true
-			if err := errorReport(m); err != nil {
-				fail(offs[2*k], err)
-			}
-			return m.seq == last, nil
-		})
+		done, perr := collect(b)
 		if perr != nil {
 			c.broken = true
 			for k := 0; k < n; k++ {

@@ -29,6 +29,10 @@ type Options struct {
 	// can be dropped. Buffers beyond the sysctl limits need CAP_NET_ADMIN.
 	ReceiveBuffer int
 	SendBuffer    int
+	// MaxBatchOps caps the ops sent in one sendmsg (0: as many as the
+	// buffers allow). Smaller batches bound how long one sendmsg holds the
+	// kernel and how much a deadline leaves unknown.
+	MaxBatchOps int
 }
 
 // Client programs and reads one network namespace's IPVS table over
@@ -104,6 +108,9 @@ func (c *Client) dial() error {
 	}
 	c.nl, c.raw, c.family, c.pid, c.broken = nl, raw, fam.ID, nl.PID(), false
 	c.maxOps = max(rcv/errReportSize, 16)
+	if c.opts.MaxBatchOps > 0 {
+		c.maxOps = min(c.maxOps, c.opts.MaxBatchOps)
+	}
 	c.maxSend = max(snd-4096, 64<<10)
 	return nil
 }
@@ -210,6 +217,24 @@ func (c *Client) recv() ([]byte, error) {
 			return nil, fmt.Errorf("netlink message of %d bytes truncated", n)
 		}
 		return c.rbuf[:n], nil
+	}
+}
+
+// drain reads what is already queued on the socket without waiting and
+// without regard to deadlines: after a deadline the kernel's reports may
+// have arrived all the same. fn returns true to stop.
+func (c *Client) drain(fn func(b []byte) bool) {
+	for {
+		var n int
+		var rerr error
+		if err := c.raw.Control(func(fd uintptr) {
+			n, _, rerr = unix.Recvfrom(int(fd), c.rbuf, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		}); err != nil || rerr != nil || n > len(c.rbuf) {
+			return
+		}
+		if fn(c.rbuf[:n]) {
+			return
+		}
 	}
 }
 

@@ -137,7 +137,7 @@ func TestEncodeRejectsIncompleteKeys(t *testing.T) {
 
 func TestEachMessageMalformed(t *testing.T) {
 	for _, b := range [][]byte{
-		{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},     // length below header
+		{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},    // length below header
 		{0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, // length beyond datagram
 	} {
 		if _, err := eachMessage(b, func(nlMessage) (bool, error) { return false, nil }); !errors.Is(err, errMalformed) {

@@ -189,11 +189,11 @@ type ForwardMethod uint32
 
 // Forwarding methods (IP_VS_CONN_F_*).
 const (
-	Masquerade ForwardMethod = 0 // NAT
-	LocalNode  ForwardMethod = 1
-	Tunnel     ForwardMethod = 2 // IP-in-IP, GUE or GRE
+	Masquerade  ForwardMethod = 0 // NAT
+	LocalNode   ForwardMethod = 1
+	Tunnel      ForwardMethod = 2 // IP-in-IP, GUE or GRE
 	DirectRoute ForwardMethod = 3 // DR, "gatewaying"
-	Bypass     ForwardMethod = 4
+	Bypass      ForwardMethod = 4
 
 	forwardMask ForwardMethod = 7
 )
