@@ -120,8 +120,6 @@ const (
 	FlagSHPort     = FlagSched2 // sh: hash the source port too
 	FlagMHFallback = FlagSched1 // mh: fall back like sh-fallback
 	FlagMHPort     = FlagSched2 // mh: hash the source port too
-
-	serviceFlagsMask = FlagPersistent | FlagOnePacket | FlagSched1 | FlagSched2 | FlagSched3
 )
 
 var flagNames = []struct {

@@ -66,7 +66,8 @@ func Run(ctx context.Context, o Options, argv []string) (int, error) {
 		return 0, fmt.Errorf("vm: %w", err)
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
-	if err := buildInitramfs(bw, o.Kernel, o.Busybox); err == nil {
+	err = buildInitramfs(bw, o.Kernel, o.Busybox)
+	if err == nil {
 		err = bw.Flush()
 	}
 	if err != nil {

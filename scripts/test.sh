@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, lint, host tests (unit and privileged),
+# short fuzz runs, and the VM tier on Debian's kernel; then one summary.
+# Every tier runs even if an earlier one failed; the summary decides.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+export PATH="$PATH:$(go env GOPATH)/bin"
+export MERLIN_CACHE=${MERLIN_CACHE:-/var/cache/merlin}
+FUZZTIME=${FUZZTIME:-10s}
+out=build/test
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.log
+
+./scripts/setup.sh || { echo "setup failed"; exit 1; }
+
+# Privileged host tests are promised where we run as root (CI does).
+if [ "$(id -u)" = 0 ]; then export MERLIN_PRIVILEGED=1; fi
+
+status=0
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "lint"
+unformatted=$(gofmt -l $(git ls-files '*.go') 2>/dev/null)
+if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; status=1; fi
+go vet ./... || status=1
+staticcheck ./... || status=1
+
+step "build"
+go build ./... || status=1
+go build -o bin/vmrun ./vmtests/cmd/vmrun || status=1
+
+step "host tests (unit and privileged)"
+go test -json -count=1 -timeout 15m ./... > "$out/host.json"
+go run ./internal/cmd/testsummary host="$out/host.json" | tail -3
+
+step "fuzz (${FUZZTIME} per target)"
+: > "$out/fuzz.json"
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+    echo "fuzz $pkg $target"
+    go test -json -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >> "$out/fuzz.json"
+  done
+done
+
+step "VM tests (Debian kernel under qemu)"
+kdir=$(readlink -f "$MERLIN_CACHE/kernel/current")
+kernel="VM kernel: $(basename "$kdir") $(cat "$kdir/deb-version")"
+echo "$kernel"
+# Packages with tests that need the VM kernel: TestKernel* and TestVM*.
+vmpkgs=$(grep -rlE --include='*_test.go' '^func Test(Kernel|VM)' . | xargs -r -n1 dirname | sort -u)
+go test -json -count=1 -timeout 20m -exec "$PWD/bin/vmrun" -run '^Test(Kernel|VM)' $vmpkgs > "$out/vm.json"
+
+go run ./internal/cmd/testsummary -require vm -require host -header "$kernel" \
+  host="$out/host.json" fuzz="$out/fuzz.json" vm="$out/vm.json" || status=1
+exit $status
