@@ -82,7 +82,6 @@ func TestKernelCountersUnderTraffic(t *testing.T) {
 		}
 		conn.Close()
 	}
-	time.Sleep(500 * time.Millisecond) // let the FIN exchanges finish
 
 	read := func() (Stats, DestinationStatus) {
 		s, err := c.Service(ctxT(t), vip.Key)
@@ -95,7 +94,12 @@ func TestKernelCountersUnderTraffic(t *testing.T) {
 		}
 		return s.Stats, ds[0]
 	}
+	// The kernel sums its per-CPU counters in the rate estimator, every 2 s.
 	before, beforeDest := read()
+	for deadline := time.Now().Add(15 * time.Second); before.Connections < conns && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		before, beforeDest = read()
+	}
 	oracle := director.Run(t, "ipvsadm", "-Ln", "--stats", "--exact")
 	after, afterDest := read()
 	if before.Connections != conns || beforeDest.Stats.Connections != conns {

@@ -9,19 +9,13 @@
 package testenv
 
 import (
-	"bytes"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/merlin-ipvs/merlin/internal/netns"
 )
 
 // InVM reports whether the test runs inside the merlin test VM.
@@ -50,6 +44,7 @@ func RequireRoot(t testing.TB) {
 
 // NetNS is a named network namespace made for one test.
 type NetNS struct {
+	*netns.NS
 	Name string
 	FD   int // open handle, valid until the test ends
 }
@@ -62,21 +57,12 @@ func NewNetNS(t testing.TB) *NetNS {
 	if _, err := exec.LookPath("ip"); err != nil {
 		Missing(t, PrivilegedPromised(), "iproute2 (ip) not installed")
 	}
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	name := "merlin-test-" + hex.EncodeToString(b[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		Missing(t, PrivilegedPromised(), "cannot create a network namespace: %v: %s", err, bytes.TrimSpace(out))
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", name).Run() })
-	f, err := os.Open(filepath.Join("/run/netns", name))
+	ns, err := netns.New("merlin-test-")
 	if err != nil {
-		t.Fatalf("open netns %s: %v", name, err)
+		Missing(t, PrivilegedPromised(), "cannot create a network namespace: %v", err)
 	}
-	t.Cleanup(func() { f.Close() })
-	ns := &NetNS{Name: name, FD: int(f.Fd())}
-	ns.Run(t, "ip", "link", "set", "lo", "up")
-	return ns
+	t.Cleanup(func() { _ = ns.Delete() })
+	return &NetNS{NS: ns, Name: ns.Name, FD: ns.FD()}
 }
 
 // Run runs a command inside the namespace and returns its output; a failure
@@ -88,37 +74,4 @@ func (ns *NetNS) Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns.Name, err, out)
 	}
 	return string(out)
-}
-
-// Command prepares a command that runs inside the namespace.
-func (ns *NetNS) Command(name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
-}
-
-// Do runs fn on an OS thread switched into the namespace; sockets fn
-// creates stay in the namespace. The thread is discarded if it cannot
-// switch back.
-func (ns *NetNS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(ns.FD, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("setns back: %w", err))
-			return // the thread stays locked and dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
