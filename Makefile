@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export MERLIN_CACHE ?= /var/cache/merlin
 
-.PHONY: all build setup test vmtest lint fuzz bench generate clean
+.PHONY: all build setup demo test vmtest lint bench clean
 
 all: build
 
@@ -13,6 +13,12 @@ build:
 
 setup:
 	./scripts/setup.sh
+
+# The main job so far: a NAT service programmed through merlin on a real
+# kernel in the VM, with real connections through it.
+demo: setup build
+	$(GO) build -o bin/demo ./vmtests/cmd/demo
+	$(CURDIR)/bin/vmrun $(CURDIR)/bin/demo
 
 # The whole suite: set-up, lint, host tests, fuzz, VM tests, one summary.
 test:
@@ -30,8 +36,8 @@ lint:
 
 # Side-by-side benchmarks against ipvsadm, cloudflare/ipvs and moby/ipvs, in one VM.
 bench: setup build
-	$(GO) test -c -o bin/ipvsbench.test ./bench/ipvsbench
-	cd bench/ipvsbench && MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench.test -test.run '^TestVMBenchmark$$' -test.v -test.timeout 60m
+	$(GO) build -o bin/ipvsbench ./bench/ipvsbench
+	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench -services 10000 -dests 10 -runs 3
 
 clean:
 	rm -rf bin build

@@ -324,46 +324,39 @@ func (c *Client) request(cmd uint8, flags netlink.HeaderFlags, attrs []byte, fn 
 			c.broken = true
 			return fmt.Errorf("receive: %w", err)
 		}
-		done, err := eachMessage(b, func(m nlMessage) (bool, error) {
+		finished := false // the kernel sent its last message for this request
+		var result error
+		_, perr := eachMessage(b, func(m nlMessage) (bool, error) {
 			if m.seq != seq {
 				return false, nil // left over from an interrupted request
 			}
 			switch m.typ {
 			case unix.NLMSG_ERROR:
-				return true, errorReport(m)
+				finished, result = true, errorReport(m)
 			case unix.NLMSG_DONE:
+				finished = true
 				if len(m.data) >= 4 {
 					if code := int32(binary.NativeEndian.Uint32(m.data)); code < 0 {
-						return true, unix.Errno(-code)
+						result = unix.Errno(-code)
 					}
 				}
-				return true, nil
 			case c.family:
 				if err := fn(m.data); err != nil {
 					return true, err
 				}
-				return !dump && flags&netlink.Acknowledge == 0, nil
+				finished = !dump && flags&netlink.Acknowledge == 0
 			}
-			return false, nil
+			return finished, nil
 		})
-		if err != nil && dump && !done {
-			c.broken = true // the dump is still running in the kernel
+		if perr != nil {
+			// A dump may still be running in the kernel: start afresh.
+			c.broken = c.broken || (dump && !finished)
+			return perr
 		}
-		if err != nil {
-			if done && dump && !isErrno(err) {
-				c.broken = true
-			}
-			return err
-		}
-		if done {
-			return nil
+		if finished {
+			return result
 		}
 	}
-}
-
-func isErrno(err error) bool {
-	var e unix.Errno
-	return errors.As(err, &e)
 }
 
 // Services dumps every service with its counters.
