@@ -38,14 +38,14 @@ func (c *Client) Apply(ctx context.Context, ops []Op) error {
 			if err := c.dial(); err != nil {
 				c.broken = true
 				for ; i < len(ops); i++ {
-					fail(i, fmt.Errorf("%w: %v", ErrNotSent, err))
+					fail(i, fmt.Errorf("%w: %w", ErrNotSent, err))
 				}
 				break
 			}
 		}
 		if err := ctx.Err(); err != nil {
 			for ; i < len(ops); i++ {
-				fail(i, fmt.Errorf("%w: %v", ErrNotSent, err))
+				fail(i, fmt.Errorf("%w: %w", ErrNotSent, err))
 			}
 			break
 		}
@@ -53,7 +53,7 @@ func (c *Client) Apply(ctx context.Context, ops []Op) error {
 		if sendErr != nil {
 			for ; i < len(ops); i++ {
 				if !chunkErrs[i] {
-					fail(i, fmt.Errorf("%w: %v", ErrNotSent, sendErr))
+					fail(i, fmt.Errorf("%w: %w", ErrNotSent, sendErr))
 				}
 			}
 			break
@@ -137,16 +137,17 @@ func (c *Client) applyChunk(ops []Op, start int, fail func(int, error)) (next in
 	}
 	for {
 		b, err := c.recv()
-		if err != nil && !errors.Is(err, unix.ENOBUFS) {
-			// The reports may be queued already: the kernel handles the
-			// whole sendmsg before it returns.
+		if err != nil {
+			// The kernel handles the whole sendmsg before it returns, so
+			// every report it did not drop is queued already: after a
+			// deadline all of them, after ENOBUFS the ones that fitted.
 			complete := false
 			c.drain(func(b []byte) bool {
 				done, perr := collect(b)
 				complete = done && perr == nil
 				return done || perr != nil
 			})
-			if complete {
+			if complete && !errors.Is(err, unix.ENOBUFS) {
 				return i, skipped, nil
 			}
 		}
@@ -159,7 +160,7 @@ func (c *Client) applyChunk(ops []Op, start int, fail func(int, error)) (next in
 			}
 			for k := 0; k < n; k++ {
 				if !reported[k] {
-					fail(offs[2*k], fmt.Errorf("%w: %v", ErrOutcomeUnknown, err))
+					fail(offs[2*k], fmt.Errorf("%w: %w", ErrOutcomeUnknown, err))
 				}
 			}
 			return i, skipped, nil
@@ -169,7 +170,7 @@ func (c *Client) applyChunk(ops []Op, start int, fail func(int, error)) (next in
 			c.broken = true
 			for k := 0; k < n; k++ {
 				if !reported[k] {
-					fail(offs[2*k], fmt.Errorf("%w: %v", ErrOutcomeUnknown, perr))
+					fail(offs[2*k], fmt.Errorf("%w: %w", ErrOutcomeUnknown, perr))
 				}
 			}
 			return i, skipped, nil

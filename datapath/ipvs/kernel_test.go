@@ -501,3 +501,63 @@ func TestKernelInfoTimeoutsFlush(t *testing.T) {
 		t.Fatalf("%d services after flush", len(tab))
 	}
 }
+
+// TestKernelReportOverflow fills a small receive buffer with failure
+// reports. With the batch size derived from the buffer, every failure is
+// reported exactly; with that limit lifted, the kernel drops reports, and
+// Apply must say which outcomes are unknown instead of calling them applied.
+func TestKernelReportOverflow(t *testing.T) {
+	ns := testenv.NewNetNS(t)
+	open := func() *Client {
+		c, err := Open(Options{NetNS: ns.FD, ReceiveBuffer: 128 << 10})
+		if errors.Is(err, ErrNoIPVS) {
+			testenv.Missing(t, testenv.InVM(), "%v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	c := open()
+	ops := Diff(largeTable(3000, 0), nil)
+	apply(t, c, ops)
+
+	// Derived batch size: all 3000 failures reported, each on its op.
+	err := c.Apply(ctxT(t), ops)
+	var be *BatchError
+	if !errors.As(err, &be) || len(be.Failed) != len(ops) {
+		t.Fatalf("want %d reported failures, got %v", len(ops), err)
+	}
+	for i, f := range be.Failed {
+		if f.Index != i || !errors.Is(f, unix.EEXIST) {
+			t.Fatalf("failure %d: op %d: %v", i, f.Index, f.Err)
+		}
+	}
+	t.Logf("derived limit: %d ops per sendmsg", c.maxOps)
+
+	// Limit lifted: reports overflow the buffer.
+	c2 := open()
+	c2.maxOps = len(ops)
+	err = c2.Apply(ctxT(t), ops)
+	if !errors.As(err, &be) || len(be.Failed) != len(ops) {
+		t.Fatalf("every op failed or is unknown, yet %v", err)
+	}
+	unknown := 0
+	for _, f := range be.Failed {
+		switch {
+		case errors.Is(f, ErrOutcomeUnknown):
+			unknown++
+		case !errors.Is(f, unix.EEXIST):
+			t.Fatalf("op %d: %v", f.Index, f.Err)
+		}
+	}
+	if unknown == 0 || !errors.Is(be, unix.ENOBUFS) {
+		t.Fatalf("the overflow went unnoticed (%d unknown)", unknown)
+	}
+	if c2.maxOps >= len(ops) {
+		t.Fatalf("batch size not reduced after ENOBUFS: %d", c2.maxOps)
+	}
+	t.Logf("limit lifted: %d of %d outcomes unknown after ENOBUFS; batch size now %d", unknown, len(ops), c2.maxOps)
+	apply(t, c2, Diff(largeTable(3001, 0), readTable(t, c2))) // and it still works
+}
