@@ -473,84 +473,58 @@ func (c *Client) Table(ctx context.Context) ([]VirtualServer, error) {
 	return out, nil
 }
 
+// command runs one acknowledged request under ctx; fn sees its replies.
+func (c *Client) command(ctx context.Context, what string, cmd uint8, attrs []byte, fn func(data []byte) error) error {
+	end, err := c.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer end()
+	if fn == nil {
+		fn = func([]byte) error { return nil }
+	}
+	if err := c.request(cmd, netlink.Acknowledge, attrs, fn); err != nil {
+		return fmt.Errorf("ipvs: %s: %w", what, err)
+	}
+	return nil
+}
+
 // Info reads the IPVS version and connection table size.
 func (c *Client) Info(ctx context.Context) (Info, error) {
 	var in Info
-	end, err := c.begin(ctx)
-	if err != nil {
-		return in, err
-	}
-	defer end()
-	err = c.request(cmdGetInfo, netlink.Acknowledge, nil, func(data []byte) error {
-		var err error
+	err := c.command(ctx, "get info", cmdGetInfo, nil, func(data []byte) (err error) {
 		in, err = decodeInfo(data)
 		return err
 	})
-	if err != nil {
-		return in, fmt.Errorf("ipvs: get info: %w", err)
-	}
-	return in, nil
+	return in, err
 }
 
 // Timeouts reads the global TCP, TCP FIN and UDP timeouts.
 func (c *Client) Timeouts(ctx context.Context) (Timeouts, error) {
 	var t Timeouts
-	end, err := c.begin(ctx)
-	if err != nil {
-		return t, err
-	}
-	defer end()
-	err = c.request(cmdGetConfig, netlink.Acknowledge, nil, func(data []byte) error {
-		var err error
+	err := c.command(ctx, "get timeouts", cmdGetConfig, nil, func(data []byte) (err error) {
 		t, err = decodeTimeouts(data)
 		return err
 	})
-	if err != nil {
-		return t, fmt.Errorf("ipvs: get timeouts: %w", err)
-	}
-	return t, nil
+	return t, err
 }
 
 // SetTimeouts sets the global timeouts; a zero field is left unchanged.
 func (c *Client) SetTimeouts(ctx context.Context, t Timeouts) error {
-	end, err := c.begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer end()
 	e := encoder{}
 	e.u32(attrCmdTimeoutTCP, t.TCP)
 	e.u32(attrCmdTimeoutTCPFin, t.TCPFin)
 	e.u32(attrCmdTimeoutUDP, t.UDP)
-	if err := c.request(cmdSetConfig, netlink.Acknowledge, e.b, func([]byte) error { return nil }); err != nil {
-		return fmt.Errorf("ipvs: set timeouts: %w", err)
-	}
-	return nil
+	return c.command(ctx, "set timeouts", cmdSetConfig, e.b, nil)
 }
 
 // Flush deletes every service in the namespace, including ones this
 // program did not create. For explicit operator use only.
 func (c *Client) Flush(ctx context.Context) error {
-	end, err := c.begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer end()
-	if err := c.request(cmdFlush, netlink.Acknowledge, nil, func([]byte) error { return nil }); err != nil {
-		return fmt.Errorf("ipvs: flush: %w", err)
-	}
-	return nil
+	return c.command(ctx, "flush", cmdFlush, nil, nil)
 }
 
 // ZeroStats resets the counters of every service and destination.
 func (c *Client) ZeroStats(ctx context.Context) error {
-	end, err := c.begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer end()
-	if err := c.request(cmdZero, netlink.Acknowledge, nil, func([]byte) error { return nil }); err != nil {
-		return fmt.Errorf("ipvs: zero counters: %w", err)
-	}
-	return nil
+	return c.command(ctx, "zero counters", cmdZero, nil, nil)
 }

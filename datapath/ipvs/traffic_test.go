@@ -125,6 +125,12 @@ func TestKernelCountersUnderTraffic(t *testing.T) {
 	if beforeDest.ActiveConnections+beforeDest.InactiveConnections == 0 {
 		t.Errorf("no connection entries counted on the destination: %+v", beforeDest)
 	}
+	if err := c.ZeroStats(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if s, d := read(); s.Connections != 0 || s.InBytes != 0 || d.Stats.Connections != 0 {
+		t.Fatalf("counters after zeroing: service %+v, destination %+v", s, d.Stats)
+	}
 }
 
 // statsLines picks the counters of one service and one destination from
