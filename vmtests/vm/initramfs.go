@@ -113,7 +113,8 @@ mount -t tmpfs tmpfs /newroot/run
 mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
 mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+# /tmp stays the overlay's: a checkout or build under the host's /tmp must
+# be visible in the guest; writes land in the tmpfs upper layer.
 mkdir -p "/newroot$JOBDIR"
 mount --bind /job "/newroot$JOBDIR"
 # Writable host directories (e.g. the test binary's, for -coverprofile).
