@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export MERLIN_CACHE ?= /var/cache/merlin
 
-.PHONY: all build setup demo test vmtest lint bench clean
+.PHONY: all build setup generate demo test vmtest lint bench clean
 
 all: build
 
@@ -13,6 +13,10 @@ build:
 
 setup:
 	./scripts/setup.sh
+
+# Committed generated code (protobuf, gRPC); `git diff` is clean afterwards.
+generate: setup
+	./scripts/generate.sh
 
 # The main job so far: a NAT service programmed through merlin on a real
 # kernel in the VM, with real connections through it.

@@ -2,7 +2,8 @@
 // test can run here, and gives such tests fresh network namespaces.
 //
 // A test skips with a reason where a feature is missing, except where the
-// environment promises it: MERLIN_VM=1 (set by the VM runner) promises the
+// environment promises it: MERLIN_PEERS=1 promises the peer programs,
+// MERLIN_VM=1 (set by the VM runner) promises the
 // VM kernel's features, such as IPVS; MERLIN_PRIVILEGED=1 (set by CI and
 // `make test`) promises root, network namespaces and eBPF on the host.
 // There a missing feature fails the test.
@@ -20,6 +21,10 @@ import (
 
 // InVM reports whether the test runs inside the merlin test VM.
 func InVM() bool { return os.Getenv("MERLIN_VM") == "1" }
+
+// PeersPromised reports whether the real peer programs (Debian's etcd, and
+// later gobgpd and bird) are promised: `make test` installs them.
+func PeersPromised() bool { return InVM() || os.Getenv("MERLIN_PEERS") == "1" }
 
 // PrivilegedPromised reports whether root and namespaces are promised.
 func PrivilegedPromised() bool { return InVM() || os.Getenv("MERLIN_PRIVILEGED") == "1" }

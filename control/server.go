@@ -1,0 +1,332 @@
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// Server implements the types.Merlin gRPC service on top of the Store.
+// Every request is validated before anything reaches etcd.
+type Server struct {
+	types.UnimplementedMerlinServer
+	store *Store
+	log   *slog.Logger
+}
+
+// NewServer serves the API from store.
+func NewServer(store *Store, log *slog.Logger) *Server {
+	return &Server{store: store, log: log}
+}
+
+// GRPCOptions bound what one client can make the server hold.
+type GRPCOptions struct {
+	TLS                  *tls.Config // nil: plaintext
+	MaxMessageBytes      int         // default 16 MiB
+	MaxConcurrentStreams uint32      // per connection; default 256
+}
+
+// NewGRPCServer returns a gRPC server with the Merlin service, the standard
+// health service (serving while etcd answers) and server reflection.
+func NewGRPCServer(ctx context.Context, api *Server, o GRPCOptions) *grpc.Server {
+	if o.MaxMessageBytes == 0 {
+		o.MaxMessageBytes = 16 << 20
+	}
+	if o.MaxConcurrentStreams == 0 {
+		o.MaxConcurrentStreams = 256
+	}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(o.MaxMessageBytes),
+		grpc.MaxSendMsgSize(o.MaxMessageBytes),
+		grpc.MaxConcurrentStreams(o.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(api.logUnary),
+	}
+	if o.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(o.TLS)))
+	}
+	g := grpc.NewServer(opts...)
+	types.RegisterMerlinServer(g, api)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+	go api.reportHealth(ctx, hs)
+	return g
+}
+
+// reportHealth keeps the gRPC health status in step with etcd's.
+func (s *Server) reportHealth(ctx context.Context, hs *health.Server) {
+	defer hs.Shutdown()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		st := healthpb.HealthCheckResponse_SERVING
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if _, err := s.store.client.Get(clientv3.WithRequireLeader(cctx), s.store.prefix+"/health", clientv3.WithCountOnly()); err != nil {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		cancel()
+		hs.SetServingStatus("", st)
+		hs.SetServingStatus("types.Merlin", st)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	if err != nil {
+		err = toStatus(err)
+		level := slog.LevelInfo
+		if c := status.Code(err); c == codes.Internal || c == codes.Unavailable || c == codes.Unknown {
+			level = slog.LevelError
+		}
+		s.log.Log(ctx, level, "request failed", "method", info.FullMethod, "code", status.Code(err).String(), "error", status.Convert(err).Message(), "duration", time.Since(start))
+	} else {
+		s.log.Debug("request", "method", info.FullMethod, "duration", time.Since(start))
+	}
+	return resp, err
+}
+
+// toStatus maps store errors to gRPC codes: the field of a bad argument is
+// named in the message and in a BadRequest detail.
+func toStatus(err error) error {
+	if _, ok := status.FromError(err); ok && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	var fe *FieldError
+	switch {
+	case errors.As(err, &fe):
+		st := status.New(codes.InvalidArgument, "invalid "+fe.Error())
+		if d, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Reason}}}); derr == nil {
+			st = d
+		}
+		return st.Err()
+	case errors.Is(err, ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, ErrConflict):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, rpctypes.ErrNoLeader), errors.Is(err, rpctypes.ErrTimeout), errors.Is(err, rpctypes.ErrGRPCNoLeader):
+		return status.Error(codes.Unavailable, "store unavailable: "+err.Error())
+	}
+	// An etcd client error carrying a gRPC status inside the wrap.
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		if c := se.GRPCStatus().Code(); c == codes.Unavailable || c == codes.DeadlineExceeded {
+			return status.Error(codes.Unavailable, "store unavailable: "+err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+var empty = &emptypb.Empty{}
+
+func (s *Server) CreateService(ctx context.Context, svc *types.VirtualService) (*emptypb.Empty, error) {
+	if svc.GetRevision() != 0 {
+		return nil, toStatus(fieldErr("revision", "must not be set on create"))
+	}
+	rev, err := s.store.CreateService(ctx, svc)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("created service", "id", svc.Id, "revision", rev)
+	return empty, nil
+}
+
+func (s *Server) UpdateService(ctx context.Context, svc *types.VirtualService) (*emptypb.Empty, error) {
+	rev, err := s.store.UpdateService(ctx, svc)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("updated service", "id", svc.Id, "revision", rev)
+	return empty, nil
+}
+
+func (s *Server) DeleteService(ctx context.Context, id *wrapperspb.StringValue) (*emptypb.Empty, error) {
+	return s.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: id.GetValue()})
+}
+
+func (s *Server) DeleteServiceAtRevision(ctx context.Context, req *types.DeleteServiceRequest) (*emptypb.Empty, error) {
+	rev, err := s.store.DeleteService(ctx, req.GetId(), req.GetRevision())
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("deleted service", "id", req.GetId(), "revision", rev)
+	return empty, nil
+}
+
+func (s *Server) CreateServer(ctx context.Context, srv *types.RealServer) (*emptypb.Empty, error) {
+	if srv.GetRevision() != 0 {
+		return nil, toStatus(fieldErr("revision", "must not be set on create"))
+	}
+	rev, err := s.store.CreateServer(ctx, srv)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("created server", "server", serverName(srv), "revision", rev)
+	return empty, nil
+}
+
+func (s *Server) UpdateServer(ctx context.Context, srv *types.RealServer) (*emptypb.Empty, error) {
+	rev, err := s.store.UpdateServer(ctx, srv)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("updated server", "server", serverName(srv), "revision", rev)
+	return empty, nil
+}
+
+func (s *Server) DeleteServer(ctx context.Context, srv *types.RealServer) (*emptypb.Empty, error) {
+	rev, err := s.store.DeleteServer(ctx, srv)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("deleted server", "server", serverName(srv), "revision", rev)
+	return empty, nil
+}
+
+func (s *Server) List(ctx context.Context, _ *emptypb.Empty) (*types.ListResponse, error) {
+	return s.store.List(ctx)
+}
+
+func (s *Server) GetService(ctx context.Context, id *wrapperspb.StringValue) (*types.ListResponse_Item, error) {
+	return s.store.GetService(ctx, id.GetValue())
+}
+
+// Watch streams the state and then its changes; see types.proto.
+func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServer[types.WatchEvent]) error {
+	ctx := stream.Context()
+	var state *State
+	var err error
+	from := req.GetFromRevision()
+	if from < 0 {
+		return toStatus(fieldErr("from_revision", "must not be negative"))
+	}
+	if from == 0 {
+		state, err = s.store.ListState(ctx)
+		if err != nil {
+			return toStatus(err)
+		}
+		for _, item := range state.ListResponse().Items {
+			if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: item.Service.Revision, Service: item.Service}); err != nil {
+				return err
+			}
+			for _, srv := range item.Servers {
+				if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: srv.Revision, Server: srv}); err != nil {
+					return err
+				}
+			}
+		}
+		if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SYNCED, Revision: state.Revision}); err != nil {
+			return err
+		}
+		from = state.Revision + 1
+	} else {
+		// The state just before from decodes the events that follow.
+		state, err = s.store.ListStateAt(ctx, from-1)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return status.Errorf(codes.OutOfRange, "revision %d is compacted: watch from 0 (a fresh snapshot)", from)
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for resp := range s.store.client.Watch(wctx, s.store.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(from)) {
+		if resp.CompactRevision != 0 {
+			return status.Errorf(codes.OutOfRange, "revision %d is compacted (oldest %d): watch from 0", from, resp.CompactRevision)
+		}
+		if err := resp.Err(); err != nil {
+			return status.Errorf(codes.Unavailable, "watch store: %v", err)
+		}
+		for _, ev := range resp.Events {
+			key := string(ev.Kv.Key)
+			isService, id, ok := state.keyKind(key)
+			if !ok {
+				continue
+			}
+			out := &types.WatchEvent{Revision: ev.Kv.ModRevision}
+			if ev.Type == clientv3.EventTypeDelete {
+				state.delete(key)
+				out.Type = types.WatchEvent_DELETE
+				if isService {
+					out.Service = &types.VirtualService{Id: id}
+				} else {
+					out.Server = serverIdentity(id, key)
+				}
+			} else {
+				state.put(key, ev.Kv.Value, ev.Kv.ModRevision)
+				out.Type = types.WatchEvent_PUT
+				ss := state.Services[id]
+				switch {
+				case ss == nil:
+					continue // invalid: reported by List
+				case isService:
+					out.Service = ss.Service
+				default:
+					srv := ss.Servers[lastSegment(key)]
+					if srv == nil {
+						continue
+					}
+					out.Server = srv
+				}
+			}
+			if err := stream.Send(out); err != nil {
+				return err
+			}
+			from = ev.Kv.ModRevision + 1
+		}
+	}
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return status.Errorf(codes.Unavailable, "store watch ended (no leader?): resume from revision %d", from)
+}
+
+func lastSegment(key string) string {
+	for i := len(key) - 1; i >= 0; i-- {
+		if key[i] == '/' {
+			return key[i+1:]
+		}
+	}
+	return key
+}
+
+// serverIdentity is the serviceID and key of a server etcd key.
+func serverIdentity(id, key string) *types.RealServer {
+	srv := &types.RealServer{ServiceID: id, Key: &types.RealServer_Key{}}
+	if ap, err := netip.ParseAddrPort(lastSegment(key)); err == nil {
+		srv.Key.Ip, srv.Key.Port = ap.Addr().String(), uint32(ap.Port())
+	}
+	return srv
+}

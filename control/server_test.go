@@ -1,0 +1,601 @@
+package control_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+const prefix = "/merlin"
+
+type apiEnv struct {
+	etcd   *etcdtest.Server
+	kv     *clientv3.Client
+	client types.MerlinClient
+	conn   *grpc.ClientConn
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// startAPI runs the gRPC API on loopback against a real etcd of the kind.
+func startAPI(t *testing.T, kind etcdtest.Kind) *apiEnv {
+	t.Helper()
+	etcd := etcdtest.Start(t, kind)
+	kv := etcd.Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	g := control.NewGRPCServer(ctx, control.NewServer(control.NewStore(kv, prefix), quietLogger()), control.GRPCOptions{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(func() { cancel(); g.Stop() })
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &apiEnv{etcd: etcd, kv: kv, client: types.NewMerlinClient(conn), conn: conn}
+}
+
+func forEachEtcd(t *testing.T, fn func(t *testing.T, env *apiEnv)) {
+	for _, kind := range etcdtest.Kinds {
+		t.Run(string(kind), func(t *testing.T) { fn(t, startAPI(t, kind)) })
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func tcpService(id, ip string, port uint32) *types.VirtualService {
+	return &types.VirtualService{
+		Id:     id,
+		Key:    &types.VirtualService_Key{Ip: ip, Port: port, Protocol: types.Protocol_TCP},
+		Config: &types.VirtualService_Config{Scheduler: "wrr"},
+	}
+}
+
+func server(svc, ip string, port, weight uint32) *types.RealServer {
+	return &types.RealServer{
+		ServiceID: svc,
+		Key:       &types.RealServer_Key{Ip: ip, Port: port},
+		Config:    &types.RealServer_Config{Weight: wrapperspb.UInt32(weight), Forward: types.ForwardMethod_MASQ},
+	}
+}
+
+// noErr(t)(call()) fails the test if the call failed.
+func noErr(t *testing.T) func(any, error) {
+	return func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// dump is every key and value under the prefix and etcd's revision.
+func dump(t *testing.T, kv *clientv3.Client) (map[string]string, int64) {
+	t.Helper()
+	resp, err := kv.Get(ctxT(t), prefix+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, e := range resp.Kvs {
+		m[string(e.Key)] = string(e.Value)
+	}
+	return m, resp.Header.Revision
+}
+
+func wantCode(t *testing.T, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v, want code %v", err, code)
+	}
+}
+
+func TestAPIRejectsBadInput(t *testing.T) {
+	forEachEtcd(t, func(t *testing.T, env *apiEnv) {
+		ctx := ctxT(t)
+		c := env.client
+		noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.10", 80)))
+		noErr(t)(c.CreateServer(ctx, server("web", "198.19.0.2", 8080, 1)))
+		fw := &types.VirtualService{Id: "fw", Key: &types.VirtualService_Key{Fwmark: 7}, Config: &types.VirtualService_Config{Scheduler: "rr"}}
+		noErr(t)(c.CreateService(ctx, fw))
+		before, rev := dump(t, env.kv)
+
+		svc := func(mod func(*types.VirtualService)) *types.VirtualService {
+			s := tcpService("new", "198.18.0.20", 80)
+			mod(s)
+			return s
+		}
+		srv := func(mod func(*types.RealServer)) *types.RealServer {
+			s := server("web", "198.19.0.3", 8080, 1)
+			mod(s)
+			return s
+		}
+		hc := func(endpoint string, period, timeout time.Duration, up, down uint32) *types.RealServer_HealthCheck {
+			h := &types.RealServer_HealthCheck{Endpoint: wrapperspb.String(endpoint), UpThreshold: up, DownThreshold: down}
+			if period != 0 {
+				h.Period = durationpb.New(period)
+			}
+			if timeout != 0 {
+				h.Timeout = durationpb.New(timeout)
+			}
+			return h
+		}
+		cases := []struct {
+			name  string
+			call  func() error
+			code  codes.Code
+			field string
+		}{
+			{"no id", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = "" })); return err }, codes.InvalidArgument, "id"},
+			{"id with slash", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = "a/b" }))
+				return err
+			}, codes.InvalidArgument, "id"},
+			{"id too long", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = strings.Repeat("x", 64) }))
+				return err
+			}, codes.InvalidArgument, "id"},
+			{"no key", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key = nil })); return err }, codes.InvalidArgument, "key"},
+			{"bad address", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "198.18.0.300" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"port 0", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Port = 0 })); return err }, codes.InvalidArgument, "key.port"},
+			{"port 65536", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Port = 65536 }))
+				return err
+			}, codes.InvalidArgument, "key.port"},
+			{"no protocol", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Protocol = 0 }))
+				return err
+			}, codes.InvalidArgument, "key.protocol"},
+			{"unknown protocol", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Protocol = 9 }))
+				return err
+			}, codes.InvalidArgument, "key.protocol"},
+			{"fwmark with address", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Fwmark = 3 }))
+				return err
+			}, codes.InvalidArgument, "key.fwmark"},
+			{"no scheduler", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Config.Scheduler = "" }))
+				return err
+			}, codes.InvalidArgument, "config.scheduler"},
+			{"unknown scheduler", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Config.Scheduler = "fastest" }))
+				return err
+			}, codes.InvalidArgument, "config.scheduler"},
+			{"flag of another scheduler", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Config.Flags = []string{"sh-port"} }))
+				return err
+			}, codes.InvalidArgument, "config.flags"},
+			{"unknown flag", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Config.Flags = []string{"flag-9"} }))
+				return err
+			}, codes.InvalidArgument, "config.flags"},
+			{"netmask without persistence", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Config.PersistenceNetmask = wrapperspb.UInt32(24) }))
+				return err
+			}, codes.InvalidArgument, "config.persistence_netmask"},
+			{"netmask too long", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) {
+					s.Config.PersistenceTimeout, s.Config.PersistenceNetmask = wrapperspb.UInt32(60), wrapperspb.UInt32(33)
+				}))
+				return err
+			}, codes.InvalidArgument, "config.persistence_netmask"},
+			{"revision on create", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Revision = 5 }))
+				return err
+			}, codes.InvalidArgument, "revision"},
+			{"same id", func() error { _, err := c.CreateService(ctx, tcpService("web", "198.18.0.99", 80)); return err }, codes.AlreadyExists, ""},
+			{"same VIP", func() error { _, err := c.CreateService(ctx, tcpService("other", "198.18.0.10", 80)); return err }, codes.AlreadyExists, ""},
+			{"same fwmark", func() error {
+				_, err := c.CreateService(ctx, &types.VirtualService{Id: "fw2", Key: &types.VirtualService_Key{Fwmark: 7, Family: types.AddressFamily_IPV4}, Config: &types.VirtualService_Config{Scheduler: "rr"}})
+				return err
+			}, codes.AlreadyExists, ""},
+			{"update missing service", func() error { _, err := c.UpdateService(ctx, tcpService("nope", "198.18.0.1", 80)); return err }, codes.NotFound, ""},
+			{"update to bad scheduler", func() error {
+				_, err := c.UpdateService(ctx, &types.VirtualService{Id: "web", Config: &types.VirtualService_Config{Scheduler: "xx"}})
+				return err
+			}, codes.InvalidArgument, "config.scheduler"},
+			{"delete missing service", func() error {
+				_, err := c.DeleteService(ctx, wrapperspb.String("nope"))
+				return err
+			}, codes.NotFound, ""},
+			{"server of missing service", func() error { _, err := c.CreateServer(ctx, server("nope", "198.19.0.2", 80, 1)); return err }, codes.NotFound, ""},
+			{"server bad address", func() error { _, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Ip = "host" })); return err }, codes.InvalidArgument, "key.ip"},
+			{"server port 0", func() error { _, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Port = 0 })); return err }, codes.InvalidArgument, "key.port"},
+			{"server port too big", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Port = 70000 }))
+				return err
+			}, codes.InvalidArgument, "key.port"},
+			{"weight too big", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Config.Weight = wrapperspb.UInt32(65536) }))
+				return err
+			}, codes.InvalidArgument, "config.weight"},
+			{"no forward", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Config.Forward = 0 }))
+				return err
+			}, codes.InvalidArgument, "config.forward"},
+			{"lower above upper", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) {
+					s.Config.UpperThreshold, s.Config.LowerThreshold = wrapperspb.UInt32(10), wrapperspb.UInt32(20)
+				}))
+				return err
+			}, codes.InvalidArgument, "config.lower_threshold"},
+			{"IPv6 server NAT to IPv4 VIP", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Ip = "2001:db8::2" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"tunnel options with masq", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Config.TunnelType = types.TunnelType_GUE }))
+				return err
+			}, codes.InvalidArgument, "config.tunnel_type"},
+			{"GUE without port", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) {
+					s.Config.Forward, s.Config.TunnelType = types.ForwardMethod_TUNNEL, types.TunnelType_GUE
+				}))
+				return err
+			}, codes.InvalidArgument, "config.tunnel_port"},
+			{"health endpoint scheme", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("ftp://:21/", time.Second, time.Second, 1, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.endpoint"},
+			{"health endpoint port", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http:///health", time.Second, time.Second, 1, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.endpoint"},
+			{"health without period", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/", 0, time.Second, 1, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.period"},
+			{"health timeout above period", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/", time.Second, 2*time.Second, 1, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.timeout"},
+			{"health up threshold", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/", time.Second, time.Second, 0, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.up_threshold"},
+			{"same server", func() error { _, err := c.CreateServer(ctx, server("web", "198.19.0.2", 8080, 3)); return err }, codes.AlreadyExists, ""},
+			{"update missing server", func() error { _, err := c.UpdateServer(ctx, server("web", "198.19.0.9", 80, 3)); return err }, codes.NotFound, ""},
+			{"delete missing server", func() error { _, err := c.DeleteServer(ctx, server("web", "198.19.0.9", 80, 3)); return err }, codes.NotFound, ""},
+			{"fwmark server port 0 of IPv6 to IPv4 mark", func() error {
+				_, err := c.CreateServer(ctx, server("fw", "2001:db8::5", 0, 1))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+		}
+		for _, tc := range cases {
+			err := tc.call()
+			st := status.Convert(err)
+			if st.Code() != tc.code {
+				t.Errorf("%s: got %v, want %v", tc.name, err, tc.code)
+				continue
+			}
+			if tc.field == "" {
+				continue
+			}
+			var got string
+			for _, d := range st.Details() {
+				if br, ok := d.(*errdetails.BadRequest); ok && len(br.FieldViolations) > 0 {
+					got = br.FieldViolations[0].Field
+				}
+			}
+			if got != tc.field || !strings.Contains(st.Message(), tc.field) {
+				t.Errorf("%s: field %q in %q, want %q", tc.name, got, st.Message(), tc.field)
+			}
+		}
+		after, revAfter := dump(t, env.kv)
+		if revAfter != rev || !equalMaps(before, after) {
+			t.Errorf("bad input changed etcd: revision %d → %d", rev, revAfter)
+		}
+	})
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestAPIRaceForOneVIP(t *testing.T) {
+	forEachEtcd(t, func(t *testing.T, env *apiEnv) {
+		ctx := ctxT(t)
+		const clients = 8
+		var wg sync.WaitGroup
+		errs := make([]error, clients)
+		for i := range clients {
+			wg.Go(func() {
+				_, errs[i] = env.client.CreateService(ctx, tcpService(fmt.Sprintf("svc%d", i), "198.18.1.1", 443))
+			})
+		}
+		wg.Wait()
+		won := 0
+		for _, err := range errs {
+			switch status.Code(err) {
+			case codes.OK:
+				won++
+			case codes.AlreadyExists:
+			default:
+				t.Errorf("unexpected error: %v", err)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("%d clients created the same VIP, want exactly 1", won)
+		}
+		list, err := env.client.List(ctx, &emptypb.Empty{})
+		if err != nil || len(list.Items) != 1 {
+			t.Fatalf("list after race: %v, %v", list, err)
+		}
+	})
+}
+
+func TestAPIRevisions(t *testing.T) {
+	forEachEtcd(t, func(t *testing.T, env *apiEnv) {
+		ctx, c := ctxT(t), env.client
+		noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.10", 80)))
+		noErr(t)(c.CreateServer(ctx, server("web", "198.19.0.2", 80, 1)))
+		item, err := c.GetService(ctx, wrapperspb.String("web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := item.Service
+		if read.Revision == 0 || item.Servers[0].Revision == 0 {
+			t.Fatalf("objects carry no revision: %v", item)
+		}
+		// Someone else changes the service after we read it.
+		noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", Config: &types.VirtualService_Config{Scheduler: "rr"}}))
+		stale := proto.Clone(read).(*types.VirtualService)
+		stale.Config.Scheduler = "lc"
+		_, err = c.UpdateService(ctx, stale)
+		wantCode(t, err, codes.Aborted)
+		_, err = c.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: "web", Revision: read.Revision})
+		wantCode(t, err, codes.Aborted)
+
+		// A fresh read may replace the whole service, key included.
+		item, _ = c.GetService(ctx, wrapperspb.String("web"))
+		next := proto.Clone(item.Service).(*types.VirtualService)
+		next.Key.Ip, next.Config.Scheduler = "198.18.0.11", "sh"
+		next.Config.Flags = []string{"sh-port"}
+		noErr(t)(c.UpdateService(ctx, next))
+		got, _ := c.GetService(ctx, wrapperspb.String("web"))
+		if got.Service.Key.Ip != "198.18.0.11" || got.Service.Config.Scheduler != "sh" {
+			t.Fatalf("replace did not apply: %v", got.Service)
+		}
+		// The old VIP is free again, the new one is taken.
+		noErr(t)(c.CreateService(ctx, tcpService("old-vip", "198.18.0.10", 80)))
+		_, err = c.CreateService(ctx, tcpService("new-vip", "198.18.0.11", 80))
+		wantCode(t, err, codes.AlreadyExists)
+
+		srv := proto.Clone(got.Servers[0]).(*types.RealServer)
+		noErr(t)(c.UpdateServer(ctx, server("web", "198.19.0.2", 80, 7)))
+		srv.Config.Weight = wrapperspb.UInt32(9)
+		_, err = c.UpdateServer(ctx, srv)
+		wantCode(t, err, codes.Aborted)
+		_, err = c.DeleteServer(ctx, srv)
+		wantCode(t, err, codes.Aborted)
+
+		cur, _ := c.GetService(ctx, wrapperspb.String("web"))
+		noErr(t)(c.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: "web", Revision: cur.Service.Revision}))
+	})
+}
+
+func TestAPIServiceDeleteRemovesServers(t *testing.T) {
+	forEachEtcd(t, func(t *testing.T, env *apiEnv) {
+		ctx, c := ctxT(t), env.client
+		for _, id := range []string{"a", "a2"} {
+			ip := map[string]string{"a": "198.18.0.1", "a2": "198.18.0.2"}[id]
+			noErr(t)(c.CreateService(ctx, tcpService(id, ip, 80)))
+			for i := range 3 {
+				noErr(t)(c.CreateServer(ctx, server(id, fmt.Sprintf("198.19.%d.%d", len(id), i+1), 80, 1)))
+			}
+		}
+		// The prefix of "a" must not reach the servers of "a2".
+		a, err := c.GetService(ctx, wrapperspb.String("a"))
+		if err != nil || len(a.Servers) != 3 {
+			t.Fatalf("service a: %v %v", a, err)
+		}
+		for _, s := range a.Servers {
+			if s.ServiceID != "a" || !strings.HasPrefix(s.Key.Ip, "198.19.1.") {
+				t.Fatalf("service a lists %v", s)
+			}
+		}
+		noErr(t)(c.DeleteService(ctx, wrapperspb.String("a")))
+		keys, _ := dump(t, env.kv)
+		for k := range keys {
+			if strings.Contains(k, "/servers/a/") || strings.HasSuffix(k, "/services/a") || strings.Contains(k, "198.18.0.1:") {
+				t.Errorf("left behind after delete: %s", k)
+			}
+		}
+		a2, err := c.GetService(ctx, wrapperspb.String("a2"))
+		if err != nil || len(a2.Servers) != 3 {
+			t.Fatalf("service a2 lost servers: %v %v", a2, err)
+		}
+		_, err = c.GetService(ctx, wrapperspb.String("a"))
+		wantCode(t, err, codes.NotFound)
+		// Its VIP can be claimed again.
+		noErr(t)(c.CreateService(ctx, tcpService("b", "198.18.0.1", 80)))
+	})
+}
+
+func TestAPIExtendedFieldsRoundTrip(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx, c := ctxT(t), env.client
+	v6 := &types.VirtualService{
+		Id:  "v6",
+		Key: &types.VirtualService_Key{Ip: "2001:DB8::0:10", Port: 53, Protocol: types.Protocol_UDP},
+		Config: &types.VirtualService_Config{Scheduler: "MH", Flags: []string{"mh-port", "mh-fallback"},
+			PersistenceTimeout: wrapperspb.UInt32(600), PersistenceNetmask: wrapperspb.UInt32(64), OnePacket: wrapperspb.Bool(true)},
+		Defaults: &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_TUNNEL,
+			HealthCheck: &types.RealServer_HealthCheck{Period: durationpb.New(2 * time.Second), Timeout: durationpb.New(time.Second), UpThreshold: 2, DownThreshold: 3}},
+	}
+	noErr(t)(c.CreateService(ctx, v6))
+	sctp := &types.VirtualService{Id: "sctp", Key: &types.VirtualService_Key{Ip: "198.18.0.5", Port: 3868, Protocol: types.Protocol_SCTP}, Config: &types.VirtualService_Config{Scheduler: "rr", Flags: []string{"persistent"}}}
+	noErr(t)(c.CreateService(ctx, sctp))
+	fw := &types.VirtualService{Id: "fw6", Key: &types.VirtualService_Key{Fwmark: 9, Family: types.AddressFamily_IPV6}, Config: &types.VirtualService_Config{Scheduler: "wlc"}}
+	noErr(t)(c.CreateService(ctx, fw))
+	// An IPv4 server behind an IPv6 VIP through a GUE tunnel, inheriting the forward method and check timing.
+	gue := &types.RealServer{ServiceID: "v6", Key: &types.RealServer_Key{Ip: "198.19.0.7", Port: 53},
+		Config:      &types.RealServer_Config{TunnelType: types.TunnelType_GUE, TunnelPort: 6080, TunnelChecksum: true, UpperThreshold: wrapperspb.UInt32(100), LowerThreshold: wrapperspb.UInt32(50)},
+		HealthCheck: &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("http://:8080/health")}}
+	noErr(t)(c.CreateServer(ctx, gue))
+	noErr(t)(c.CreateServer(ctx, &types.RealServer{ServiceID: "fw6", Key: &types.RealServer_Key{Ip: "2001:db8::7"}, Config: &types.RealServer_Config{Forward: types.ForwardMethod_ROUTE}}))
+
+	item, err := c.GetService(ctx, wrapperspb.String("v6"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := item.Service
+	if got.Key.Ip != "2001:db8::10" || got.Key.Family != types.AddressFamily_IPV6 || got.Config.Scheduler != "mh" {
+		t.Errorf("key not canonical: %v", got.Key)
+	}
+	if want := []string{"persistent", "one-packet", "mh-fallback", "mh-port"}; strings.Join(got.Config.Flags, ",") != strings.Join(want, ",") {
+		t.Errorf("flags %v, want %v", got.Config.Flags, want)
+	}
+	if got.Config.PersistenceTimeout.GetValue() != 600 || got.Config.PersistenceNetmask.GetValue() != 64 || !got.Config.OnePacket.GetValue() {
+		t.Errorf("persistence/one-packet lost: %v", got.Config)
+	}
+	if s := item.Servers[0]; s.Config.TunnelPort != 6080 || s.Config.Weight.GetValue() != 1 || s.Config.LowerThreshold.GetValue() != 50 {
+		t.Errorf("server fields lost: %v", s)
+	}
+	sc, _ := c.GetService(ctx, wrapperspb.String("sctp"))
+	if sc.Service.Config.PersistenceTimeout.GetValue() != control.DefaultPersistenceTimeout {
+		t.Errorf("persistent flag without timeout: %v", sc.Service.Config)
+	}
+	f, _ := c.GetService(ctx, wrapperspb.String("fw6"))
+	if len(f.Servers) != 1 || f.Servers[0].Key.Port != 0 {
+		t.Errorf("fwmark server: %v", f)
+	}
+	// Merge semantics of the original: setting only flags replaces flags.
+	noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "v6", Config: &types.VirtualService_Config{Flags: []string{"flag-1"}}}))
+	item, _ = c.GetService(ctx, wrapperspb.String("v6"))
+	if strings.Join(item.Service.Config.Flags, ",") != "flag-1" {
+		t.Errorf("flags after merge: %v", item.Service.Config)
+	}
+	if item.Service.Config.PersistenceTimeout != nil || item.Service.Config.Scheduler != "mh" {
+		t.Errorf("merge lost or kept the wrong fields: %v", item.Service.Config)
+	}
+	// A change that would make a server invalid is refused: the GUE server needs tunnel forwarding.
+	_, err = c.UpdateService(ctx, &types.VirtualService{Id: "v6", Defaults: &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_MASQ}})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+func TestAPIWatch(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx, c := ctxT(t), env.client
+	noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.10", 80)))
+	noErr(t)(c.CreateServer(ctx, server("web", "198.19.0.2", 80, 1)))
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.Watch(wctx, &types.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() *types.WatchEvent {
+		t.Helper()
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	if ev := next(); ev.Type != types.WatchEvent_SNAPSHOT || ev.Service.GetId() != "web" {
+		t.Fatalf("first event %v", ev)
+	}
+	if ev := next(); ev.Type != types.WatchEvent_SNAPSHOT || ev.Server.GetKey().GetIp() != "198.19.0.2" {
+		t.Fatalf("second event %v", ev)
+	}
+	synced := next()
+	if synced.Type != types.WatchEvent_SYNCED || synced.Revision == 0 {
+		t.Fatalf("third event %v", synced)
+	}
+	noErr(t)(c.UpdateServer(ctx, server("web", "198.19.0.2", 80, 5)))
+	put := next()
+	if put.Type != types.WatchEvent_PUT || put.Server.GetConfig().GetWeight().GetValue() != 5 || put.Revision <= synced.Revision {
+		t.Fatalf("update event %v", put)
+	}
+	noErr(t)(c.DeleteService(ctx, wrapperspb.String("web")))
+	seen := map[string]bool{}
+	for range 2 {
+		ev := next()
+		if ev.Type != types.WatchEvent_DELETE {
+			t.Fatalf("want deletes, got %v", ev)
+		}
+		if ev.Service != nil {
+			seen["service "+ev.Service.Id] = true
+		} else {
+			seen["server "+ev.Server.ServiceID+" "+ev.Server.Key.Ip] = true
+		}
+	}
+	if !seen["service web"] || !seen["server web 198.19.0.2"] {
+		t.Fatalf("deletes seen: %v", seen)
+	}
+	cancel()
+
+	// Resuming from a revision replays what happened since.
+	resumed, err := c.Watch(ctx, &types.WatchRequest{FromRevision: put.Revision})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := resumed.Recv()
+	if err != nil || ev.Type != types.WatchEvent_PUT || ev.Revision != put.Revision {
+		t.Fatalf("resumed watch: %v %v", ev, err)
+	}
+	// A compacted revision is OutOfRange.
+	cur, _ := env.kv.Get(ctx, "x")
+	if _, err := env.kv.Compact(ctx, cur.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	old, err := c.Watch(ctx, &types.WatchRequest{FromRevision: 2})
+	if err == nil {
+		_, err = old.Recv()
+	}
+	wantCode(t, err, codes.OutOfRange)
+}
+
+func TestAPIGRPCHealth(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx := ctxT(t)
+	// Health is registered next to Merlin.
+	err := env.conn.Invoke(ctx, "/grpc.health.v1.Health/Check", &emptypb.Empty{}, &emptypb.Empty{})
+	if err != nil && status.Code(err) != codes.OK && !errors.Is(err, io.EOF) {
+		// An Empty request is a valid HealthCheckRequest (service ""); the
+		// reply decodes into Empty by skipping its field.
+		t.Fatalf("health check: %v", err)
+	}
+}

@@ -1,0 +1,232 @@
+package control
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// ServiceState is one decoded service with its valid servers, keyed by
+// "IP:PORT" ("[IP]:PORT" for IPv6). It is never modified once built.
+type ServiceState struct {
+	Service *types.VirtualService
+	Servers map[string]*types.RealServer
+}
+
+type rawValue struct {
+	value       []byte
+	modRevision int64
+}
+
+// State is the desired state decoded from etcd at one revision. Values that
+// do not decode or validate are kept out of Services and listed in Invalid
+// (etcd key → reason); a server is checked against its service, so it is
+// re-checked whenever its service changes.
+type State struct {
+	Revision int64
+	Services map[string]*ServiceState
+	Invalid  map[string]string
+
+	prefix      string
+	rawServices map[string]rawValue
+	rawServers  map[string]map[string]rawValue // service ID → etcd key → value
+}
+
+func newState(prefix string, revision int64) *State {
+	return &State{
+		Revision:    revision,
+		Services:    map[string]*ServiceState{},
+		Invalid:     map[string]string{},
+		prefix:      prefix,
+		rawServices: map[string]rawValue{},
+		rawServers:  map[string]map[string]rawValue{},
+	}
+}
+
+// Clone returns a copy whose later changes do not affect s. Services are
+// shared: they are immutable.
+func (s *State) Clone() *State {
+	c := &State{
+		Revision:    s.Revision,
+		Services:    maps.Clone(s.Services),
+		Invalid:     maps.Clone(s.Invalid),
+		prefix:      s.prefix,
+		rawServices: maps.Clone(s.rawServices),
+		rawServers:  make(map[string]map[string]rawValue, len(s.rawServers)),
+	}
+	for id, m := range s.rawServers {
+		c.rawServers[id] = maps.Clone(m)
+	}
+	return c
+}
+
+// keyKind splits an etcd key into what it holds; ok is false for keys the
+// state does not track (VIP index, node status).
+func (s *State) keyKind(key string) (service bool, id string, ok bool) {
+	rest, found := strings.CutPrefix(key, s.prefix+"/services/")
+	if found {
+		return true, rest, true
+	}
+	rest, found = strings.CutPrefix(key, s.prefix+"/servers/")
+	if found {
+		id, _, found = strings.Cut(rest, "/")
+		return false, id, found
+	}
+	return false, "", false
+}
+
+// put records a value written at key and rebuilds the service it affects.
+func (s *State) put(key string, value []byte, modRevision int64) {
+	isService, id, ok := s.keyKind(key)
+	if !ok {
+		return
+	}
+	raw := rawValue{value: value, modRevision: modRevision}
+	if isService {
+		s.rawServices[id] = raw
+	} else {
+		if s.rawServers[id] == nil {
+			s.rawServers[id] = map[string]rawValue{}
+		}
+		s.rawServers[id][key] = raw
+	}
+	s.rebuild(id)
+}
+
+// delete records a deleted key and rebuilds the service it affects.
+func (s *State) delete(key string) {
+	isService, id, ok := s.keyKind(key)
+	if !ok {
+		return
+	}
+	if isService {
+		delete(s.rawServices, id)
+	} else if m := s.rawServers[id]; m != nil {
+		delete(m, key)
+		if len(m) == 0 {
+			delete(s.rawServers, id)
+		}
+	}
+	s.rebuild(id)
+}
+
+// rebuild decodes one service and its servers from their raw values.
+func (s *State) rebuild(id string) {
+	svcKey := s.prefix + "/services/" + id
+	delete(s.Invalid, svcKey)
+	for key := range s.rawServers[id] {
+		delete(s.Invalid, key)
+	}
+	delete(s.Services, id)
+
+	raw, ok := s.rawServices[id]
+	var svc *types.VirtualService
+	if ok {
+		var err error
+		svc, err = DecodeService(svcKey, raw.value, raw.modRevision)
+		if err != nil {
+			s.Invalid[svcKey] = err.Error()
+			svc = nil
+		}
+	}
+	servers := map[string]*types.RealServer{}
+	for key, raw := range s.rawServers[id] {
+		switch {
+		case !ok:
+			s.Invalid[key] = fmt.Sprintf("service %q does not exist", id)
+		case svc == nil:
+			s.Invalid[key] = fmt.Sprintf("service %q is invalid", id)
+		default:
+			srv, err := DecodeServer(key, raw.value, raw.modRevision, svc)
+			if err != nil {
+				s.Invalid[key] = err.Error()
+				continue
+			}
+			servers[ServerKeyString(srv.Key)] = srv
+		}
+	}
+	if svc != nil {
+		s.Services[id] = &ServiceState{Service: svc, Servers: servers}
+	}
+}
+
+// ServerKeyString is "IP:PORT" ("[IP]:PORT" for IPv6) of a server key.
+func ServerKeyString(k *types.RealServer_Key) string {
+	addr, err := netip.ParseAddr(k.GetIp())
+	if err != nil {
+		return fmt.Sprintf("%s:%d", k.GetIp(), k.GetPort())
+	}
+	return netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
+}
+
+// ListResponse renders the state as the API's List answer, sorted by
+// service ID and server address.
+func (s *State) ListResponse() *types.ListResponse {
+	resp := &types.ListResponse{Revision: s.Revision}
+	for _, id := range slices.Sorted(maps.Keys(s.Services)) {
+		ss := s.Services[id]
+		item := &types.ListResponse_Item{Service: ss.Service}
+		for _, k := range slices.SortedFunc(maps.Keys(ss.Servers), compareServerKeys) {
+			item.Servers = append(item.Servers, ss.Servers[k])
+		}
+		resp.Items = append(resp.Items, item)
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Invalid)) {
+		resp.InvalidKeys = append(resp.InvalidKeys, &types.InvalidKey{Key: k, Reason: s.Invalid[k]})
+	}
+	return resp
+}
+
+func compareServerKeys(a, b string) int {
+	pa, errA := netip.ParseAddrPort(a)
+	pb, errB := netip.ParseAddrPort(b)
+	if errA != nil || errB != nil {
+		return strings.Compare(a, b)
+	}
+	return pa.Compare(pb)
+}
+
+// DecodeService decodes and validates a service value stored at key.
+func DecodeService(key string, value []byte, modRevision int64) (*types.VirtualService, error) {
+	var svc types.VirtualService
+	if err := proto.Unmarshal(value, &svc); err != nil {
+		return nil, fmt.Errorf("value does not decode as a service: %w", err)
+	}
+	id := key[strings.LastIndexByte(key, '/')+1:]
+	if svc.Id != id {
+		return nil, fmt.Errorf("value has id %q under the key of service %q", svc.Id, id)
+	}
+	n, err := NormalizeService(&svc)
+	if err != nil {
+		return nil, fmt.Errorf("invalid service: %w", err)
+	}
+	n.Revision = modRevision
+	return n, nil
+}
+
+// DecodeServer decodes and validates a server value stored at key against
+// its service.
+func DecodeServer(key string, value []byte, modRevision int64, svc *types.VirtualService) (*types.RealServer, error) {
+	var srv types.RealServer
+	if err := proto.Unmarshal(value, &srv); err != nil {
+		return nil, fmt.Errorf("value does not decode as a server: %w", err)
+	}
+	if srv.ServiceID != svc.Id {
+		return nil, fmt.Errorf("value has serviceID %q under service %q", srv.ServiceID, svc.Id)
+	}
+	n, err := NormalizeServer(&srv, svc)
+	if err != nil {
+		return nil, fmt.Errorf("invalid server: %w", err)
+	}
+	if want := key[strings.LastIndexByte(key, '/')+1:]; ServerKeyString(n.Key) != want {
+		return nil, fmt.Errorf("value is server %s under the key of %s", ServerKeyString(n.Key), want)
+	}
+	n.Revision = modRevision
+	return n, nil
+}

@@ -1,0 +1,575 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// Store errors; match them with errors.Is.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrConflict: the object changed since the revision the caller gave.
+	ErrConflict = errors.New("revision conflict")
+)
+
+// casAttempts bounds the read-modify-write retries of writes that carry no
+// revision of their own (a contended object makes them retry).
+const casAttempts = 16
+
+// listPageSize keeps each etcd range response well below its size limit.
+const listPageSize = 1000
+
+// Store keeps the desired state in etcd under a prefix:
+//
+//	PREFIX/services/ID            VirtualService (protobuf)
+//	PREFIX/servers/ID/IP:PORT     RealServer (protobuf); [IPv6]:PORT
+//	PREFIX/vips/tcp/IP:PORT       ID of the service that owns the VIP
+//	PREFIX/vips/fwmark/ipv4/MARK  likewise for firewall marks
+//
+// Every write is one transaction compared on revisions, so no write is
+// lost to a concurrent one and nothing is half-applied.
+type Store struct {
+	client *clientv3.Client
+	prefix string
+}
+
+// NewStore uses the client for keys under prefix (e.g. "/merlin").
+func NewStore(client *clientv3.Client, prefix string) *Store {
+	return &Store{client: client, prefix: strings.TrimSuffix(prefix, "/")}
+}
+
+// Client is the etcd client the store uses.
+func (s *Store) Client() *clientv3.Client { return s.client }
+
+// Prefix is the key prefix, without a trailing slash.
+func (s *Store) Prefix() string { return s.prefix }
+
+func (s *Store) servicesPrefix() string        { return s.prefix + "/services/" }
+func (s *Store) serversPrefix() string         { return s.prefix + "/servers/" }
+func (s *Store) serviceKey(id string) string   { return s.servicesPrefix() + id }
+func (s *Store) serverPrefix(id string) string { return s.serversPrefix() + id + "/" }
+func (s *Store) vipKey(k *types.VirtualService_Key) string {
+	return s.prefix + "/vips/" + VIPKey(k)
+}
+
+func (s *Store) serverKey(id string, k *types.RealServer_Key) string {
+	addr, _ := netip.ParseAddr(k.GetIp())
+	return s.serverPrefix(id) + netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
+}
+
+func marshal(m proto.Message) (string, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("encode %T: %w", m, err)
+	}
+	return string(b), nil
+}
+
+// storedService is the service as written: the revision lives in etcd.
+func storedService(s *types.VirtualService) *types.VirtualService {
+	c := proto.Clone(s).(*types.VirtualService)
+	c.Revision = 0
+	return c
+}
+
+func storedServer(s *types.RealServer) *types.RealServer {
+	c := proto.Clone(s).(*types.RealServer)
+	c.Revision = 0
+	return c
+}
+
+// CreateService stores a new service and claims its VIP, atomically. It
+// returns the revision of the write.
+func (s *Store) CreateService(ctx context.Context, in *types.VirtualService) (int64, error) {
+	svc, err := NormalizeService(in)
+	if err != nil {
+		return 0, err
+	}
+	val, err := marshal(storedService(svc))
+	if err != nil {
+		return 0, err
+	}
+	key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
+	resp, err := s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)).
+		Then(clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id)).
+		Else(clientv3.OpGet(key, clientv3.WithKeysOnly()), clientv3.OpGet(vip)).
+		Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create service %q: %w", svc.Id, err)
+	}
+	if !resp.Succeeded {
+		if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+			return 0, fmt.Errorf("service %q: %w", svc.Id, ErrAlreadyExists)
+		}
+		owner := ""
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+			owner = string(kvs[0].Value)
+		}
+		return 0, fmt.Errorf("key: %s is already used by service %q: %w", VIPKey(svc.Key), owner, ErrAlreadyExists)
+	}
+	return resp.Header.Revision, nil
+}
+
+// snapshot reads one service and its servers at one revision.
+type serviceSnapshot struct {
+	revision int64 // of the read
+	service  *types.VirtualService
+	servers  []*types.RealServer
+	invalid  []*types.InvalidKey
+}
+
+func (s *Store) readService(ctx context.Context, id string) (*serviceSnapshot, error) {
+	resp, err := s.client.Txn(ctx).Then(
+		clientv3.OpGet(s.serviceKey(id)),
+		clientv3.OpGet(s.serverPrefix(id), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read service %q: %w", id, err)
+	}
+	snap := &serviceSnapshot{revision: resp.Header.Revision}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return nil, fmt.Errorf("service %q: %w", id, ErrNotFound)
+	}
+	svc, err := DecodeService(string(kvs[0].Key), kvs[0].Value, kvs[0].ModRevision)
+	if err != nil {
+		return nil, fmt.Errorf("service %q is stored but unusable: %w", id, err)
+	}
+	snap.service = svc
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		srv, err := DecodeServer(string(kv.Key), kv.Value, kv.ModRevision, svc)
+		if err != nil {
+			snap.invalid = append(snap.invalid, &types.InvalidKey{Key: string(kv.Key), Reason: err.Error()})
+			continue
+		}
+		snap.servers = append(snap.servers, srv)
+	}
+	return snap, nil
+}
+
+// GetService returns one service with its servers, read at one revision.
+func (s *Store) GetService(ctx context.Context, id string) (*types.ListResponse_Item, error) {
+	if err := ValidateID("id", id); err != nil {
+		return nil, err
+	}
+	snap, err := s.readService(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &types.ListResponse_Item{Service: snap.service, Servers: snap.servers}, nil
+}
+
+// UpdateService changes a service. With update.Revision set, the update is
+// the whole service and applies only at that revision (ErrConflict
+// otherwise); without, the fields it sets are merged into the stored
+// service (the original Merlin's semantics) and the key cannot change.
+// Every server of the service must stay valid under the new service.
+func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService) (int64, error) {
+	if update == nil {
+		return 0, fieldErr("service", "required")
+	}
+	if err := ValidateID("id", update.Id); err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		cur, err := s.readService(ctx, update.Id)
+		if err != nil {
+			return 0, err
+		}
+		var next *types.VirtualService
+		if update.Revision != 0 {
+			if cur.service.Revision != update.Revision {
+				return 0, fmt.Errorf("service %q is at revision %d, not %d: %w", update.Id, cur.service.Revision, update.Revision, ErrConflict)
+			}
+			next = proto.Clone(update).(*types.VirtualService)
+		} else {
+			next = mergeService(cur.service, update)
+		}
+		next, err = NormalizeService(next)
+		if err != nil {
+			return 0, err
+		}
+		for _, srv := range cur.servers {
+			if _, err := NormalizeServer(srv, next); err != nil {
+				return 0, fieldErr("service", "server %s would become invalid: %v", serverName(srv), err)
+			}
+		}
+		next.Revision = cur.service.Revision
+		if proto.Equal(next, cur.service) {
+			return cur.service.Revision, nil
+		}
+		val, err := marshal(storedService(next))
+		if err != nil {
+			return 0, err
+		}
+		key := s.serviceKey(next.Id)
+		conds := []clientv3.Cmp{
+			clientv3.Compare(clientv3.ModRevision(key), "=", cur.service.Revision),
+			// No server was added or changed since the servers were checked.
+			clientv3.Compare(clientv3.ModRevision(s.serverPrefix(next.Id)), "<", cur.revision+1).WithPrefix(),
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, val)}
+		oldVIP, newVIP := s.vipKey(cur.service.Key), s.vipKey(next.Key)
+		if oldVIP != newVIP {
+			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(newVIP), "=", 0))
+			ops = append(ops, clientv3.OpDelete(oldVIP), clientv3.OpPut(newVIP, next.Id))
+		}
+		resp, err := s.client.Txn(ctx).If(conds...).Then(ops...).Else(clientv3.OpGet(newVIP)).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("update service %q: %w", next.Id, err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		if oldVIP != newVIP {
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) != next.Id {
+				return 0, fmt.Errorf("key: %s is already used by service %q: %w", VIPKey(next.Key), kvs[0].Value, ErrAlreadyExists)
+			}
+		}
+		if update.Revision != 0 {
+			return 0, fmt.Errorf("service %q changed while updating it: %w", update.Id, ErrConflict)
+		}
+	}
+	return 0, fmt.Errorf("update service %q: gave up after %d concurrent changes: %w", update.Id, casAttempts, ErrConflict)
+}
+
+// mergeService lays the fields an update sets over the stored service.
+func mergeService(cur, update *types.VirtualService) *types.VirtualService {
+	next := proto.Clone(cur).(*types.VirtualService)
+	if u := update.Config; u != nil {
+		if len(u.Flags) > 0 {
+			next.Config.Flags = nil // flags given replace the old ones
+			// Persistence and one-packet follow the new flags unless set too.
+			next.Config.PersistenceTimeout, next.Config.OnePacket = nil, nil
+			if u.PersistenceTimeout == nil && u.PersistenceNetmask == nil {
+				next.Config.PersistenceNetmask = nil
+			}
+		}
+		proto.Merge(next.Config, u)
+		if u.PersistenceTimeout != nil && u.PersistenceTimeout.Value == 0 {
+			next.Config.Flags = removeFlag(next.Config.Flags, "persistent")
+			next.Config.PersistenceNetmask = nil
+		}
+		if u.OnePacket != nil && !u.OnePacket.Value {
+			next.Config.Flags = removeFlag(next.Config.Flags, "one-packet")
+		}
+	}
+	if d := update.Defaults; d != nil {
+		if next.Defaults == nil {
+			next.Defaults = &types.VirtualService_ServerDefaults{}
+		}
+		proto.Merge(next.Defaults, d)
+	}
+	return next
+}
+
+func removeFlag(flags []string, name string) []string {
+	var out []string
+	for _, f := range flags {
+		if canonicalFlag(f) != name {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// DeleteService deletes a service, its VIP claim and all its servers in
+// one transaction; with revision != 0 only if the service is at it.
+func (s *Store) DeleteService(ctx context.Context, id string, revision int64) (int64, error) {
+	if err := ValidateID("id", id); err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		resp, err := s.client.Get(ctx, s.serviceKey(id))
+		if err != nil {
+			return 0, fmt.Errorf("delete service %q: %w", id, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return 0, fmt.Errorf("service %q: %w", id, ErrNotFound)
+		}
+		kv := resp.Kvs[0]
+		if revision != 0 && kv.ModRevision != revision {
+			return 0, fmt.Errorf("service %q is at revision %d, not %d: %w", id, kv.ModRevision, revision, ErrConflict)
+		}
+		ops := []clientv3.Op{
+			clientv3.OpDelete(s.serviceKey(id)),
+			clientv3.OpDelete(s.serverPrefix(id), clientv3.WithPrefix()),
+		}
+		// The VIP claim goes with it; an undecodable value still gets deleted.
+		if svc, err := DecodeService(string(kv.Key), kv.Value, kv.ModRevision); err == nil {
+			vip := s.vipKey(svc.Key)
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(vip), "=", id)},
+				[]clientv3.Op{clientv3.OpDelete(vip)}, nil))
+		}
+		txn, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(id)), "=", kv.ModRevision)).
+			Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("delete service %q: %w", id, err)
+		}
+		if txn.Succeeded {
+			return txn.Header.Revision, nil
+		}
+		if revision != 0 {
+			return 0, fmt.Errorf("service %q changed while deleting it: %w", id, ErrConflict)
+		}
+	}
+	return 0, fmt.Errorf("delete service %q: gave up after %d concurrent changes: %w", id, casAttempts, ErrConflict)
+}
+
+// CreateServer adds a server to an existing service.
+func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, error) {
+	if in == nil {
+		return 0, fieldErr("server", "required")
+	}
+	if err := ValidateID("serviceID", in.ServiceID); err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		cur, err := s.readService(ctx, in.ServiceID)
+		if err != nil {
+			return 0, err
+		}
+		srv, err := NormalizeServer(in, cur.service)
+		if err != nil {
+			return 0, err
+		}
+		val, err := marshal(storedServer(srv))
+		if err != nil {
+			return 0, err
+		}
+		key := s.serverKey(srv.ServiceID, srv.Key)
+		resp, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(srv.ServiceID)), "=", cur.service.Revision),
+				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, val)).
+			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
+			Commit()
+		if err != nil {
+			return 0, fmt.Errorf("create server %s: %w", serverName(srv), err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+			return 0, fmt.Errorf("server %s: %w", serverName(srv), ErrAlreadyExists)
+		}
+	}
+	return 0, fmt.Errorf("create server: service %q kept changing: %w", in.ServiceID, ErrConflict)
+}
+
+// UpdateServer changes a server: with update.Revision, the whole server at
+// that revision; without, the fields it sets are merged (weight and health
+// check endpoint replace even when zero or empty, as in the original).
+func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int64, error) {
+	if update == nil {
+		return 0, fieldErr("server", "required")
+	}
+	if err := ValidateID("serviceID", update.ServiceID); err != nil {
+		return 0, err
+	}
+	if err := validateServerKey(update.Key); err != nil {
+		return 0, err
+	}
+	key := s.serverKey(update.ServiceID, update.Key)
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		cur, err := s.readService(ctx, update.ServiceID)
+		if err != nil {
+			return 0, err
+		}
+		var prev *types.RealServer
+		for _, srv := range cur.servers {
+			if s.serverKey(srv.ServiceID, srv.Key) == key {
+				prev = srv
+			}
+		}
+		if prev == nil {
+			return 0, fmt.Errorf("server %s: %w", serverName(update), ErrNotFound)
+		}
+		var next *types.RealServer
+		if update.Revision != 0 {
+			if prev.Revision != update.Revision {
+				return 0, fmt.Errorf("server %s is at revision %d, not %d: %w", serverName(update), prev.Revision, update.Revision, ErrConflict)
+			}
+			next = proto.Clone(update).(*types.RealServer)
+			next.Key = prev.Key
+		} else {
+			next = mergeServer(prev, update)
+		}
+		next, err = NormalizeServer(next, cur.service)
+		if err != nil {
+			return 0, err
+		}
+		next.Revision = prev.Revision
+		if proto.Equal(next, prev) {
+			return prev.Revision, nil
+		}
+		val, err := marshal(storedServer(next))
+		if err != nil {
+			return 0, err
+		}
+		resp, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(next.ServiceID)), "=", cur.service.Revision),
+				clientv3.Compare(clientv3.ModRevision(key), "=", prev.Revision)).
+			Then(clientv3.OpPut(key, val)).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("update server %s: %w", serverName(next), err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		if update.Revision != 0 {
+			return 0, fmt.Errorf("server %s changed while updating it: %w", serverName(update), ErrConflict)
+		}
+	}
+	return 0, fmt.Errorf("update server %s: gave up after %d concurrent changes: %w", serverName(update), casAttempts, ErrConflict)
+}
+
+func mergeServer(prev, update *types.RealServer) *types.RealServer {
+	next := proto.Clone(prev).(*types.RealServer)
+	if u := update.Config; u != nil {
+		proto.Merge(next.Config, u)
+		if u.Weight != nil {
+			next.Config.Weight = wrapperspb.UInt32(u.Weight.Value)
+		}
+	}
+	if u := update.HealthCheck; u != nil {
+		if next.HealthCheck == nil {
+			next.HealthCheck = &types.RealServer_HealthCheck{}
+		}
+		proto.Merge(next.HealthCheck, u)
+		if u.Endpoint != nil {
+			next.HealthCheck.Endpoint = wrapperspb.String(u.Endpoint.Value)
+		}
+	}
+	return next
+}
+
+// DeleteServer deletes one server; with server.Revision only at it.
+func (s *Store) DeleteServer(ctx context.Context, server *types.RealServer) (int64, error) {
+	if server == nil {
+		return 0, fieldErr("server", "required")
+	}
+	if err := ValidateID("serviceID", server.ServiceID); err != nil {
+		return 0, err
+	}
+	if err := validateServerKey(server.Key); err != nil {
+		return 0, err
+	}
+	key := s.serverKey(server.ServiceID, server.Key)
+	cmp := clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+	if server.Revision != 0 {
+		cmp = clientv3.Compare(clientv3.ModRevision(key), "=", server.Revision)
+	}
+	resp, err := s.client.Txn(ctx).If(cmp).Then(clientv3.OpDelete(key)).
+		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("delete server %s: %w", serverName(server), err)
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		return 0, fmt.Errorf("server %s is at revision %d, not %d: %w", serverName(server), kvs[0].ModRevision, server.Revision, ErrConflict)
+	}
+	return 0, fmt.Errorf("server %s: %w", serverName(server), ErrNotFound)
+}
+
+func validateServerKey(k *types.RealServer_Key) error {
+	if k == nil {
+		return fieldErr("key", "required")
+	}
+	if _, err := parseAddr(k.Ip); err != nil {
+		return fieldErr("key.ip", "%v", err)
+	}
+	return validatePort("key.port", k.Port, true)
+}
+
+func serverName(s *types.RealServer) string {
+	addr, err := netip.ParseAddr(s.GetKey().GetIp())
+	if err != nil {
+		return fmt.Sprintf("%s/%q:%d", s.GetServiceID(), s.GetKey().GetIp(), s.GetKey().GetPort())
+	}
+	return s.GetServiceID() + "/" + netip.AddrPortFrom(addr, uint16(s.GetKey().GetPort())).String()
+}
+
+// List reads every service and server at one revision, page by page.
+// Values merlin cannot use are left out and reported in InvalidKeys.
+func (s *Store) List(ctx context.Context) (*types.ListResponse, error) {
+	state, err := s.ListState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return state.ListResponse(), nil
+}
+
+// ListState reads the whole desired state at the current revision.
+func (s *Store) ListState(ctx context.Context) (*State, error) {
+	return s.ListStateAt(ctx, 0)
+}
+
+// ListStateAt reads the whole desired state at revision rev (0: current).
+// A compacted revision fails with rpctypes.ErrCompacted.
+func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
+	svcKVs, rev, err := s.rangeAll(ctx, s.servicesPrefix(), rev)
+	if err != nil {
+		return nil, err
+	}
+	srvKVs, _, err := s.rangeAll(ctx, s.serversPrefix(), rev)
+	if err != nil {
+		return nil, err
+	}
+	st := newState(s.prefix, rev)
+	for _, kv := range svcKVs {
+		st.put(string(kv.Key), kv.Value, kv.ModRevision)
+	}
+	for _, kv := range srvKVs {
+		st.put(string(kv.Key), kv.Value, kv.ModRevision)
+	}
+	return st, nil
+}
+
+type keyValue struct {
+	Key, Value  []byte
+	ModRevision int64
+}
+
+// rangeAll reads every key under prefix at revision rev (0: the current
+// one, which it returns) in pages of listPageSize.
+func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64) ([]keyValue, int64, error) {
+	var out []keyValue
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.client.Get(ctx, from, opts...)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s at revision %d: %w", prefix, rev, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			out = append(out, keyValue{Key: kv.Key, Value: kv.Value, ModRevision: kv.ModRevision})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}

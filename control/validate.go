@@ -1,0 +1,446 @@
+package control
+
+import (
+	"fmt"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// FieldError is a validation failure of one field, named by its path in the
+// API message (for example "key.ip" or "config.weight").
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func fieldErr(field, format string, args ...any) *FieldError {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Schedulers are the IPVS schedulers of Linux 6.1.
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
+
+// DefaultPersistenceTimeout is ipvsadm's default for -p without a value.
+const DefaultPersistenceTimeout = 300
+
+// MaxWeight is the largest weight ipvsadm accepts.
+const MaxWeight = 65535
+
+const maxIDLength = 63
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// ValidateID checks a service ID: it is part of etcd keys, so no slashes.
+func ValidateID(field, id string) error {
+	switch {
+	case id == "":
+		return fieldErr(field, "required")
+	case len(id) > maxIDLength:
+		return fieldErr(field, "longer than %d characters", maxIDLength)
+	case !idPattern.MatchString(id):
+		return fieldErr(field, "%q: use letters, digits, '.', '_' and '-', starting with a letter or digit", id)
+	}
+	return nil
+}
+
+// flagOrder is the canonical order of service flags, and which scheduler a
+// named flag belongs to ("" for any).
+var flagOrder = []struct{ name, scheduler string }{
+	{"persistent", ""}, {"one-packet", ""},
+	{"flag-1", ""}, {"flag-2", ""}, {"flag-3", ""},
+	{"sh-fallback", "sh"}, {"sh-port", "sh"},
+	{"mh-fallback", "mh"}, {"mh-port", "mh"},
+}
+
+func canonicalFlag(name string) string {
+	switch n := strings.ToLower(strings.TrimSpace(name)); n {
+	case "ops", "onepacket":
+		return "one-packet"
+	default:
+		return n
+	}
+}
+
+func flagScheduler(name string) (string, bool) {
+	for _, f := range flagOrder {
+		if f.name == name {
+			return f.scheduler, true
+		}
+	}
+	return "", false
+}
+
+// NormalizeService validates a service and returns it in canonical form
+// (canonical addresses, family filled in, flags deduplicated and ordered,
+// persistence and one-packet consistent between flags and fields). The
+// input is not modified. The revision is kept as given.
+func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
+	if in == nil {
+		return nil, fieldErr("service", "required")
+	}
+	s := proto.Clone(in).(*types.VirtualService)
+	if err := ValidateID("id", s.Id); err != nil {
+		return nil, err
+	}
+	if s.Key == nil {
+		return nil, fieldErr("key", "required")
+	}
+	family, err := normalizeServiceKey(s.Key)
+	if err != nil {
+		return nil, err
+	}
+	if s.Config == nil {
+		return nil, fieldErr("config", "required")
+	}
+	if err := normalizeServiceConfig(s.Config, family); err != nil {
+		return nil, err
+	}
+	if d := s.Defaults; d != nil {
+		if _, ok := types.ForwardMethod_name[int32(d.Forward)]; !ok {
+			return nil, fieldErr("defaults.forward", "unknown forward method %d", d.Forward)
+		}
+		if d.HealthCheck != nil {
+			if err := validateHealthCheck("defaults.health_check", d.HealthCheck, true); err != nil {
+				return nil, err
+			}
+		}
+		if d.Forward == types.ForwardMethod_UNSET_FORWARD_METHOD && d.HealthCheck == nil {
+			s.Defaults = nil
+		}
+	}
+	return s, nil
+}
+
+func normalizeServiceKey(k *types.VirtualService_Key) (types.AddressFamily, error) {
+	if k.Fwmark != 0 {
+		if k.Ip != "" || k.Port != 0 || k.Protocol != types.Protocol_UNSET_PROTOCOL {
+			return 0, fieldErr("key.fwmark", "a firewall-mark service has no ip, port or protocol")
+		}
+		switch k.Family {
+		case types.AddressFamily_UNSET_FAMILY:
+			k.Family = types.AddressFamily_IPV4
+		case types.AddressFamily_IPV4, types.AddressFamily_IPV6:
+		default:
+			return 0, fieldErr("key.family", "unknown address family %d", k.Family)
+		}
+		return k.Family, nil
+	}
+	if k.Ip == "" {
+		return 0, fieldErr("key.ip", "required (or set key.fwmark)")
+	}
+	addr, err := parseAddr(k.Ip)
+	if err != nil {
+		return 0, fieldErr("key.ip", "%v", err)
+	}
+	family := familyOf(addr)
+	if k.Family != types.AddressFamily_UNSET_FAMILY && k.Family != family {
+		return 0, fieldErr("key.family", "%s does not match address %s", k.Family, addr)
+	}
+	k.Ip, k.Family = addr.String(), family
+	if err := validatePort("key.port", k.Port, false); err != nil {
+		return 0, err
+	}
+	switch k.Protocol {
+	case types.Protocol_TCP, types.Protocol_UDP, types.Protocol_SCTP:
+	case types.Protocol_UNSET_PROTOCOL:
+		return 0, fieldErr("key.protocol", "required (tcp, udp or sctp)")
+	default:
+		return 0, fieldErr("key.protocol", "unknown protocol %d", k.Protocol)
+	}
+	return family, nil
+}
+
+func normalizeServiceConfig(c *types.VirtualService_Config, family types.AddressFamily) error {
+	c.Scheduler = strings.ToLower(strings.TrimSpace(c.Scheduler))
+	if c.Scheduler == "" {
+		return fieldErr("config.scheduler", "required")
+	}
+	if !slices.Contains(Schedulers, c.Scheduler) {
+		return fieldErr("config.scheduler", "unknown scheduler %q (want one of %s)", c.Scheduler, strings.Join(Schedulers, ", "))
+	}
+	seen := map[string]bool{}
+	for _, f := range c.Flags {
+		name := canonicalFlag(f)
+		sched, ok := flagScheduler(name)
+		if !ok {
+			return fieldErr("config.flags", "unknown flag %q", f)
+		}
+		if sched != "" && sched != c.Scheduler {
+			return fieldErr("config.flags", "flag %q belongs to scheduler %s, not %s", name, sched, c.Scheduler)
+		}
+		seen[name] = true
+	}
+	// sh-port and mh-port name the same kernel bit as flag-2; keep one name.
+	for named, generic := range map[string]string{"sh-fallback": "flag-1", "sh-port": "flag-2", "mh-fallback": "flag-1", "mh-port": "flag-2"} {
+		if seen[named] {
+			delete(seen, generic)
+		}
+	}
+	if t := c.PersistenceTimeout; t != nil && t.Value > 0 {
+		seen["persistent"] = true
+	} else if seen["persistent"] {
+		c.PersistenceTimeout = wrapperspb.UInt32(DefaultPersistenceTimeout)
+	}
+	if !seen["persistent"] {
+		c.PersistenceTimeout = nil
+	}
+	if c.OnePacket.GetValue() {
+		seen["one-packet"] = true
+	}
+	if seen["one-packet"] {
+		c.OnePacket = wrapperspb.Bool(true)
+	} else {
+		c.OnePacket = nil
+	}
+	c.Flags = c.Flags[:0]
+	for _, f := range flagOrder {
+		if seen[f.name] {
+			c.Flags = append(c.Flags, f.name)
+		}
+	}
+	if len(c.Flags) == 0 {
+		c.Flags = nil
+	}
+	if m := c.PersistenceNetmask; m != nil {
+		if !seen["persistent"] {
+			return fieldErr("config.persistence_netmask", "needs persistence (config.persistence_timeout)")
+		}
+		bits := uint32(32)
+		if family == types.AddressFamily_IPV6 {
+			bits = 128
+		}
+		if m.Value == 0 || m.Value > bits {
+			return fieldErr("config.persistence_netmask", "%d is not a prefix length from 1 to %d", m.Value, bits)
+		}
+	}
+	if e := c.PersistenceEngine; e != "" && e != "sip" {
+		return fieldErr("config.persistence_engine", "unknown engine %q (want sip)", e)
+	}
+	return nil
+}
+
+// NormalizeServer validates a server against the service it belongs to and
+// returns it in canonical form (canonical address, weight 1 when unset).
+func NormalizeServer(in *types.RealServer, svc *types.VirtualService) (*types.RealServer, error) {
+	if in == nil {
+		return nil, fieldErr("server", "required")
+	}
+	s := proto.Clone(in).(*types.RealServer)
+	if err := ValidateID("serviceID", s.ServiceID); err != nil {
+		return nil, err
+	}
+	if s.Key == nil {
+		return nil, fieldErr("key", "required")
+	}
+	if s.Key.Ip == "" {
+		return nil, fieldErr("key.ip", "required")
+	}
+	addr, err := parseAddr(s.Key.Ip)
+	if err != nil {
+		return nil, fieldErr("key.ip", "%v", err)
+	}
+	s.Key.Ip = addr.String()
+	fwmark := svc.GetKey().GetFwmark() != 0
+	if err := validatePort("key.port", s.Key.Port, fwmark); err != nil {
+		return nil, err
+	}
+	if s.Config == nil {
+		s.Config = &types.RealServer_Config{}
+	}
+	c := s.Config
+	if c.Weight == nil {
+		c.Weight = wrapperspb.UInt32(1)
+	} else if c.Weight.Value > MaxWeight {
+		return nil, fieldErr("config.weight", "%d is above %d", c.Weight.Value, MaxWeight)
+	}
+	if _, ok := types.ForwardMethod_name[int32(c.Forward)]; !ok {
+		return nil, fieldErr("config.forward", "unknown forward method %d", c.Forward)
+	}
+	forward := EffectiveForward(s, svc)
+	if forward == types.ForwardMethod_UNSET_FORWARD_METHOD {
+		return nil, fieldErr("config.forward", "required (route, tunnel or masq), here or in the service's defaults.forward")
+	}
+	if svcFamily := svc.GetKey().GetFamily(); svcFamily != familyOf(addr) && forward != types.ForwardMethod_TUNNEL {
+		return nil, fieldErr("key.ip", "%s server %s cannot serve a %s service with %s forwarding (only tunnel mixes families)",
+			familyOf(addr), addr, svcFamily, strings.ToLower(forward.String()))
+	}
+	if c.LowerThreshold != nil && c.UpperThreshold != nil && c.UpperThreshold.Value != 0 && c.LowerThreshold.Value > c.UpperThreshold.Value {
+		return nil, fieldErr("config.lower_threshold", "%d is above config.upper_threshold %d", c.LowerThreshold.Value, c.UpperThreshold.Value)
+	}
+	if err := validateTunnel(c, forward); err != nil {
+		return nil, err
+	}
+	if s.HealthCheck != nil {
+		if err := validateHealthCheck("health_check", s.HealthCheck, true); err != nil {
+			return nil, err
+		}
+	}
+	if err := validateHealthCheck("health_check", EffectiveHealthCheck(s, svc), false); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func validateTunnel(c *types.RealServer_Config, forward types.ForwardMethod) error {
+	if forward != types.ForwardMethod_TUNNEL {
+		switch {
+		case c.TunnelType != types.TunnelType_IPIP:
+			return fieldErr("config.tunnel_type", "only for tunnel forwarding")
+		case c.TunnelPort != 0:
+			return fieldErr("config.tunnel_port", "only for tunnel forwarding")
+		case c.TunnelChecksum || c.TunnelRemoteChecksum:
+			return fieldErr("config.tunnel_checksum", "only for tunnel forwarding")
+		}
+		return nil
+	}
+	switch c.TunnelType {
+	case types.TunnelType_GUE:
+		if err := validatePort("config.tunnel_port", c.TunnelPort, false); err != nil {
+			return err
+		}
+	case types.TunnelType_IPIP, types.TunnelType_GRE:
+		if c.TunnelPort != 0 {
+			return fieldErr("config.tunnel_port", "only for GUE tunnels")
+		}
+		if c.TunnelType == types.TunnelType_IPIP && (c.TunnelChecksum || c.TunnelRemoteChecksum) {
+			return fieldErr("config.tunnel_checksum", "only for GUE and GRE tunnels")
+		}
+	default:
+		return fieldErr("config.tunnel_type", "unknown tunnel type %d", c.TunnelType)
+	}
+	return nil
+}
+
+// HealthCheckSchemes are the endpoint schemes merlin accepts.
+var HealthCheckSchemes = []string{"http", "https", "tcp", "udp", "grpc"}
+
+// validateHealthCheck checks the fields that are set; unless partial (a
+// server's effective check), an endpoint also needs every timing field.
+func validateHealthCheck(field string, h *types.RealServer_HealthCheck, partial bool) error {
+	if h == nil {
+		return nil
+	}
+	if ep := h.Endpoint.GetValue(); ep != "" {
+		u, err := url.Parse(ep)
+		if err != nil {
+			return fieldErr(field+".endpoint", "not a URL: %v", err)
+		}
+		if !slices.Contains(HealthCheckSchemes, u.Scheme) {
+			return fieldErr(field+".endpoint", "scheme %q not supported (want %s)", u.Scheme, strings.Join(HealthCheckSchemes, ", "))
+		}
+		if host := u.Hostname(); host != "" {
+			if _, err := netip.ParseAddr(host); err != nil {
+				return fieldErr(field+".endpoint", "host %q must be an IP address or empty (the server's own)", host)
+			}
+		}
+		port, err := strconv.ParseUint(u.Port(), 10, 16)
+		if err != nil || port == 0 {
+			return fieldErr(field+".endpoint", "needs a port from 1 to 65535, e.g. http://:8080/health")
+		}
+	}
+	if p := h.Period; p != nil {
+		if err := p.CheckValid(); err != nil || p.AsDuration() <= 0 {
+			return fieldErr(field+".period", "must be positive")
+		}
+	}
+	if t := h.Timeout; t != nil {
+		if err := t.CheckValid(); err != nil || t.AsDuration() <= 0 {
+			return fieldErr(field+".timeout", "must be positive")
+		}
+	}
+	if h.Period != nil && h.Timeout != nil && h.Timeout.AsDuration() > h.Period.AsDuration() {
+		return fieldErr(field+".timeout", "%v is longer than the period %v", h.Timeout.AsDuration(), h.Period.AsDuration())
+	}
+	if partial || h.Endpoint.GetValue() == "" {
+		return nil
+	}
+	switch {
+	case h.Period == nil:
+		return fieldErr(field+".period", "required with an endpoint")
+	case h.Timeout == nil:
+		return fieldErr(field+".timeout", "required with an endpoint")
+	case h.UpThreshold == 0:
+		return fieldErr(field+".up_threshold", "must be at least 1")
+	case h.DownThreshold == 0:
+		return fieldErr(field+".down_threshold", "must be at least 1")
+	}
+	return nil
+}
+
+// EffectiveForward is the server's forward method, or the service default.
+func EffectiveForward(s *types.RealServer, svc *types.VirtualService) types.ForwardMethod {
+	if f := s.GetConfig().GetForward(); f != types.ForwardMethod_UNSET_FORWARD_METHOD {
+		return f
+	}
+	return svc.GetDefaults().GetForward()
+}
+
+// EffectiveHealthCheck is the service's default check with the fields the
+// server sets laid over it; nil when neither has one.
+func EffectiveHealthCheck(s *types.RealServer, svc *types.VirtualService) *types.RealServer_HealthCheck {
+	def, own := svc.GetDefaults().GetHealthCheck(), s.GetHealthCheck()
+	if def == nil && own == nil {
+		return nil
+	}
+	h := &types.RealServer_HealthCheck{}
+	if def != nil {
+		proto.Merge(h, def)
+	}
+	if own != nil {
+		proto.Merge(h, own)
+	}
+	return h
+}
+
+func validatePort(field string, port uint32, zeroOK bool) error {
+	if port == 0 && !zeroOK {
+		return fieldErr(field, "required (1 to 65535)")
+	}
+	if port > 65535 {
+		return fieldErr(field, "%d is above 65535", port)
+	}
+	return nil
+}
+
+func parseAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
+	}
+	if a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("%q: zones are not allowed", s)
+	}
+	a = a.Unmap()
+	if a.IsUnspecified() || a.IsMulticast() {
+		return netip.Addr{}, fmt.Errorf("%s cannot be a service or server address", a)
+	}
+	return a, nil
+}
+
+func familyOf(a netip.Addr) types.AddressFamily {
+	if a.Is4() {
+		return types.AddressFamily_IPV4
+	}
+	return types.AddressFamily_IPV6
+}
+
+// VIPKey names what a service claims exclusively: protocol, address and
+// port, or family and firewall mark. It is part of the VIP index key.
+func VIPKey(k *types.VirtualService_Key) string {
+	if k.GetFwmark() != 0 {
+		return fmt.Sprintf("fwmark/%s/%d", strings.ToLower(k.GetFamily().String()), k.GetFwmark())
+	}
+	addr, _ := netip.ParseAddr(k.GetIp())
+	return strings.ToLower(k.GetProtocol().String()) + "/" + netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
+}

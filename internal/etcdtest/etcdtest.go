@@ -1,0 +1,169 @@
+// Package etcdtest runs real etcd servers for tests: the embedded server
+// merlin itself uses, and Debian's etcd binary (3.4, what many users run).
+// Servers listen on loopback ports chosen at run time and stop when the
+// test ends. No privileges needed.
+package etcdtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/internal/testenv"
+)
+
+// Kind of etcd server.
+type Kind string
+
+const (
+	Embedded Kind = "embedded"
+	Debian   Kind = "debian" // /usr/bin/etcd from the etcd-server package
+)
+
+// Kinds are all kinds, for tests that run against each.
+var Kinds = []Kind{Embedded, Debian}
+
+// Server is one running single-node etcd.
+type Server struct {
+	Kind       Kind
+	ClientURL  string
+	peerURL    string
+	dir        string
+	t          testing.TB
+	embedded   *control.EmbeddedEtcd
+	cmd        *exec.Cmd
+	cmdExited  chan struct{}
+	binaryPath string
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs a server of the given kind until the test ends. Debian's
+// binary missing skips the test, or fails it where peers are promised.
+func Start(t testing.TB, kind Kind) *Server {
+	t.Helper()
+	s := &Server{
+		Kind:      kind,
+		ClientURL: "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
+		peerURL:   "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
+		dir:       t.TempDir(),
+		t:         t,
+	}
+	if kind == Debian {
+		path, err := exec.LookPath("etcd")
+		if err != nil {
+			testenv.Missing(t, testenv.PeersPromised(), "Debian's etcd binary (package etcd-server) not installed")
+		}
+		s.binaryPath = path
+	}
+	s.Restart()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Stop stops the server (kills the binary); Restart brings it back with the
+// same data and address.
+func (s *Server) Stop() {
+	if s.embedded != nil {
+		s.embedded.Close()
+		s.embedded = nil
+	}
+	if s.cmd != nil {
+		_ = s.cmd.Process.Kill()
+		<-s.cmdExited
+		s.cmd = nil
+	}
+}
+
+// Restart starts a stopped server again and waits until it is healthy.
+func (s *Server) Restart() {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	switch s.Kind {
+	case Embedded:
+		e, err := control.StartEmbeddedEtcd(ctx, control.EmbeddedEtcdConfig{DataDir: s.dir, ClientURL: s.ClientURL, PeerURL: s.peerURL})
+		if err != nil {
+			s.t.Fatalf("embedded etcd: %v", err)
+		}
+		s.embedded = e
+	case Debian:
+		logFile, err := os.OpenFile(filepath.Join(s.dir, "etcd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		cmd := exec.Command(s.binaryPath,
+			"--name", "test", "--data-dir", filepath.Join(s.dir, "etcd"),
+			"--listen-client-urls", s.ClientURL, "--advertise-client-urls", s.ClientURL,
+			"--listen-peer-urls", s.peerURL, "--initial-advertise-peer-urls", s.peerURL,
+			"--initial-cluster", "test="+s.peerURL, "--log-level", "error", "--logger", "zap")
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		if err := cmd.Start(); err != nil {
+			logFile.Close()
+			s.t.Fatalf("start %s: %v", s.binaryPath, err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); logFile.Close(); close(exited) }()
+		s.cmd, s.cmdExited = cmd, exited
+		if err := waitHealthy(ctx, s.ClientURL, exited); err != nil {
+			log, _ := os.ReadFile(filepath.Join(s.dir, "etcd.log"))
+			s.Stop()
+			s.t.Fatalf("etcd %s: %v\n%s", s.binaryPath, err, log)
+		}
+	}
+}
+
+func waitHealthy(ctx context.Context, url string, exited <-chan struct{}) error {
+	for {
+		resp, err := http.Get(url + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited before becoming healthy")
+		case <-ctx.Done():
+			return fmt.Errorf("not healthy: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Client returns a client of the server, closed when the test ends.
+func (s *Server) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	return NewClient(t, s.ClientURL)
+}
+
+// NewClient connects to the endpoints; the client is closed when the test ends.
+func NewClient(t testing.TB, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
