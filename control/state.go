@@ -105,6 +105,7 @@ func (s *State) delete(key string) {
 	if !ok {
 		return
 	}
+	delete(s.Invalid, key)
 	if isService {
 		delete(s.rawServices, id)
 	} else if m := s.rawServers[id]; m != nil {

@@ -1,0 +1,217 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Reasons the Watcher lists the whole state again.
+const (
+	RelistStart     = "start"
+	RelistCompacted = "compacted"
+	RelistClosed    = "closed"   // the watch channel closed or failed (etcd restart, lost leader)
+	RelistSilent    = "silent"   // no event nor progress notification came back in time
+	RelistPeriodic  = "periodic" // the periodic repair
+)
+
+// WatcherConfig tunes a Watcher; zero values take the defaults.
+type WatcherConfig struct {
+	// ResyncPeriod between full re-lists that repair anything a watch
+	// missed; default 5 minutes.
+	ResyncPeriod time.Duration
+	// ProgressInterval: after this long without any response the watcher
+	// asks etcd for a progress notification, and re-lists if none arrives
+	// within another interval; default 10 s.
+	ProgressInterval time.Duration
+	// RetryBackoff is the first wait after a failed list; it doubles up
+	// to MaxBackoff. Defaults 200 ms and 5 s.
+	RetryBackoff, MaxBackoff time.Duration
+}
+
+// Watcher keeps a decoded copy of the desired state in step with etcd: it
+// lists at one revision R (every page at R), watches from R+1 with
+// WithRequireLeader, and lists again — never resuming at a compacted
+// revision — when the watch is compacted, closed, or silent. Undecodable
+// values are skipped and reported in State.Invalid, never fatal.
+type Watcher struct {
+	store *Store
+	log   *slog.Logger
+	cfg   WatcherConfig
+
+	mu      sync.Mutex
+	relists map[string]int
+	invalid int
+}
+
+// NewWatcher watches the store's prefix.
+func NewWatcher(store *Store, log *slog.Logger, cfg WatcherConfig) *Watcher {
+	if cfg.ResyncPeriod == 0 {
+		cfg.ResyncPeriod = 5 * time.Minute
+	}
+	if cfg.ProgressInterval == 0 {
+		cfg.ProgressInterval = 10 * time.Second
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = 200 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	return &Watcher{store: store, log: log, cfg: cfg, relists: map[string]int{}}
+}
+
+// Relists returns how often the watcher listed the whole state, by reason.
+func (w *Watcher) Relists() map[string]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string]int, len(w.relists))
+	for k, v := range w.relists {
+		out[k] = v
+	}
+	return out
+}
+
+// InvalidKeys is how many keys the last delivered state could not use.
+func (w *Watcher) InvalidKeys() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.invalid
+}
+
+// Run delivers the state to onChange after every list and after every
+// batch of watch events, until ctx ends. onChange owns the State it gets:
+// the watcher changes only its own copy. Run returns ctx's error.
+func (w *Watcher) Run(ctx context.Context, onChange func(*State)) error {
+	reason := RelistStart
+	backoff := w.cfg.RetryBackoff
+	for {
+		state, err := w.list(ctx, reason)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			w.log.Warn("list desired state failed; keeping the last one", "reason", reason, "error", err, "retry_in", backoff)
+			if !sleep(ctx, backoff) {
+				return ctx.Err()
+			}
+			backoff = min(2*backoff, w.cfg.MaxBackoff)
+			continue
+		}
+		backoff = w.cfg.RetryBackoff
+		w.deliver(state, onChange)
+		reason = w.watch(ctx, state, onChange)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		w.log.Info("listing desired state again", "reason", reason, "revision", state.Revision)
+	}
+}
+
+func (w *Watcher) list(ctx context.Context, reason string) (*State, error) {
+	w.mu.Lock()
+	w.relists[reason]++
+	w.mu.Unlock()
+	lctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 30*time.Second)
+	defer cancel()
+	return w.store.ListState(lctx)
+}
+
+func (w *Watcher) deliver(state *State, onChange func(*State)) {
+	w.mu.Lock()
+	w.invalid = len(state.Invalid)
+	w.mu.Unlock()
+	onChange(state.view())
+}
+
+// view is a copy of what consumers read; the raw values stay behind.
+func (s *State) view() *State {
+	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), prefix: s.prefix}
+}
+
+// watch follows changes after state.Revision, updating state, until it
+// needs a re-list; it returns the reason.
+func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)) string {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	ch := w.store.client.Watch(wctx, w.store.prefix+"/", clientv3.WithPrefix(),
+		clientv3.WithRev(state.Revision+1), clientv3.WithProgressNotify())
+	resync := time.NewTimer(w.cfg.ResyncPeriod)
+	defer resync.Stop()
+	silence := time.NewTimer(w.cfg.ProgressInterval)
+	defer silence.Stop()
+	askedProgress := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-resync.C:
+			return RelistPeriodic
+		case <-silence.C:
+			if askedProgress {
+				return RelistSilent
+			}
+			// Quiet is normal; a hung connection is not. Ask etcd to prove
+			// the watch is alive.
+			askedProgress = true
+			pctx, pcancel := context.WithTimeout(wctx, w.cfg.ProgressInterval)
+			if err := w.store.client.RequestProgress(pctx); err != nil {
+				w.log.Debug("watch progress request failed", "error", err)
+			}
+			pcancel()
+			silence.Reset(w.cfg.ProgressInterval)
+		case resp, ok := <-ch:
+			if !ok {
+				return RelistClosed
+			}
+			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+				return RelistCompacted
+			}
+			if err := resp.Err(); err != nil {
+				w.log.Warn("watch failed", "error", err)
+				return RelistClosed
+			}
+			askedProgress = false
+			silence.Reset(w.cfg.ProgressInterval)
+			if len(resp.Events) == 0 {
+				continue // progress notification
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					state.delete(string(ev.Kv.Key))
+				} else {
+					state.put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision)
+				}
+			}
+			state.Revision = resp.Header.Revision
+			w.deliver(state, onChange)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// String describes the state briefly, for logs.
+func (s *State) String() string {
+	servers := 0
+	for _, ss := range s.Services {
+		servers += len(ss.Servers)
+	}
+	return fmt.Sprintf("revision %d: %d services, %d servers, %d invalid keys", s.Revision, len(s.Services), servers, len(s.Invalid))
+}
