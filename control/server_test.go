@@ -155,7 +155,10 @@ func TestAPIRejectsBadInput(t *testing.T) {
 			code  codes.Code
 			field string
 		}{
-			{"no id", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = "" })); return err }, codes.InvalidArgument, "id"},
+			{"no id", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = "" }))
+				return err
+			}, codes.InvalidArgument, "id"},
 			{"id with slash", func() error {
 				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = "a/b" }))
 				return err
@@ -164,12 +167,18 @@ func TestAPIRejectsBadInput(t *testing.T) {
 				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = strings.Repeat("x", 64) }))
 				return err
 			}, codes.InvalidArgument, "id"},
-			{"no key", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key = nil })); return err }, codes.InvalidArgument, "key"},
+			{"no key", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key = nil }))
+				return err
+			}, codes.InvalidArgument, "key"},
 			{"bad address", func() error {
 				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "198.18.0.300" }))
 				return err
 			}, codes.InvalidArgument, "key.ip"},
-			{"port 0", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Port = 0 })); return err }, codes.InvalidArgument, "key.port"},
+			{"port 0", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Port = 0 }))
+				return err
+			}, codes.InvalidArgument, "key.port"},
 			{"port 65536", func() error {
 				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Port = 65536 }))
 				return err
@@ -232,8 +241,14 @@ func TestAPIRejectsBadInput(t *testing.T) {
 				return err
 			}, codes.NotFound, ""},
 			{"server of missing service", func() error { _, err := c.CreateServer(ctx, server("nope", "198.19.0.2", 80, 1)); return err }, codes.NotFound, ""},
-			{"server bad address", func() error { _, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Ip = "host" })); return err }, codes.InvalidArgument, "key.ip"},
-			{"server port 0", func() error { _, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Port = 0 })); return err }, codes.InvalidArgument, "key.port"},
+			{"server bad address", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Ip = "host" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"server port 0", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Port = 0 }))
+				return err
+			}, codes.InvalidArgument, "key.port"},
 			{"server port too big", func() error {
 				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Port = 70000 }))
 				return err

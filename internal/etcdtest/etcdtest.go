@@ -18,7 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/control/etcdembed"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
 )
 
@@ -40,7 +40,7 @@ type Server struct {
 	peerURL    string
 	dir        string
 	t          testing.TB
-	embedded   *control.EmbeddedEtcd
+	embedded   *etcdembed.Server
 	cmd        *exec.Cmd
 	cmdExited  chan struct{}
 	binaryPath string
@@ -101,7 +101,7 @@ func (s *Server) Restart() {
 	defer cancel()
 	switch s.Kind {
 	case Embedded:
-		e, err := control.StartEmbeddedEtcd(ctx, control.EmbeddedEtcdConfig{DataDir: s.dir, ClientURL: s.ClientURL, PeerURL: s.peerURL})
+		e, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: s.dir, ClientURL: s.ClientURL, PeerURL: s.peerURL})
 		if err != nil {
 			s.t.Fatalf("embedded etcd: %v", err)
 		}

@@ -1,4 +1,8 @@
-package control
+// Package etcdembed runs a single-node etcd server inside the merlin
+// process: the control plane of a merlin started without store endpoints.
+// It is its own package so that clients (meradm) do not link etcd's
+// server. No privileges needed; it writes to its data directory.
+package etcdembed
 
 import (
 	"context"
@@ -9,23 +13,23 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// EmbeddedEtcdConfig is where a single-node etcd inside merlin listens.
-type EmbeddedEtcdConfig struct {
+// Config says where the server keeps its data and listens.
+type Config struct {
 	DataDir   string // etcd's own data lives in DataDir/etcd
 	ClientURL string // e.g. http://127.0.0.1:2379
 	PeerURL   string // e.g. http://127.0.0.1:2380; only this node uses it
 	Name      string // member name; "merlin" when empty
 }
 
-// EmbeddedEtcd is a single-node etcd server running in this process: the
+// Server is a single-node etcd server running in this process: the
 // default control plane of a merlin started without store endpoints.
-type EmbeddedEtcd struct {
+type Server struct {
 	etcd      *embed.Etcd
 	ClientURL string
 }
 
-// StartEmbeddedEtcd starts the server and waits until it serves clients.
-func StartEmbeddedEtcd(ctx context.Context, c EmbeddedEtcdConfig) (*EmbeddedEtcd, error) {
+// Start starts the server and waits until it serves clients.
+func Start(ctx context.Context, c Config) (*Server, error) {
 	cu, err := url.Parse(c.ClientURL)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd client URL %q: %w", c.ClientURL, err)
@@ -54,7 +58,7 @@ func StartEmbeddedEtcd(ctx context.Context, c EmbeddedEtcdConfig) (*EmbeddedEtcd
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-		return &EmbeddedEtcd{etcd: e, ClientURL: cu.String()}, nil
+		return &Server{etcd: e, ClientURL: cu.String()}, nil
 	case err := <-e.Err():
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
@@ -68,7 +72,7 @@ func StartEmbeddedEtcd(ctx context.Context, c EmbeddedEtcdConfig) (*EmbeddedEtcd
 }
 
 // Err reports a fatal error of the running server.
-func (e *EmbeddedEtcd) Err() <-chan error { return e.etcd.Err() }
+func (e *Server) Err() <-chan error { return e.etcd.Err() }
 
 // Close stops the server.
-func (e *EmbeddedEtcd) Close() { e.etcd.Close() }
+func (e *Server) Close() { e.etcd.Close() }

@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/internal/testpki"
+)
+
+var merlinBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "meradm-e2e")
+	if err != nil {
+		panic(err)
+	}
+	merlinBinary = filepath.Join(dir, "merlin")
+	if out, err := exec.Command("go", "build", "-o", merlinBinary, "../merlin").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build merlin: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// startMerlin runs the merlin binary with its embedded etcd until the test
+// ends and returns its API port.
+func startMerlin(t *testing.T, extra ...string) int {
+	t.Helper()
+	port, health := etcdtest.FreePort(t), etcdtest.FreePort(t)
+	args := append([]string{"-data-dir", t.TempDir(), "-port", strconv.Itoa(port), "-health-port", strconv.Itoa(health),
+		"-api-address", "127.0.0.1",
+		"-embedded-etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
+		"-embedded-etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))}, extra...)
+	var log bytes.Buffer
+	cmd := exec.Command(merlinBinary, args...)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("merlin log:\n%s", log.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+					c.Close()
+					return port
+				}
+			}
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("merlin exited: %v\n%s", err, log.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatalf("merlin not ready\n%s", log.String())
+	return 0
+}
+
+// meradm runs the CLI in-process and returns its output and error line.
+func meradm(t *testing.T, port int, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := newRootCmd(&out, &errOut)
+	root.SetArgs(joinOptionalValues(append([]string{"-H", "127.0.0.1", "-P", strconv.Itoa(port)}, args...)))
+	err := root.Execute()
+	if err != nil {
+		err = fmt.Errorf("%s", errorLine(err))
+	}
+	return out.String(), err
+}
+
+func ok(t *testing.T, port int, args ...string) string {
+	t.Helper()
+	out, err := meradm(t, port, args...)
+	if err != nil {
+		t.Fatalf("meradm %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+func fails(t *testing.T, port int, want string, args ...string) {
+	t.Helper()
+	_, err := meradm(t, port, args...)
+	if err == nil {
+		t.Fatalf("meradm %s succeeded, want an error with %q", strings.Join(args, " "), want)
+	}
+	if msg := err.Error(); !strings.Contains(msg, want) || strings.Contains(msg, "\n") {
+		t.Fatalf("meradm %s: error %q, want one line with %q", strings.Join(args, " "), msg, want)
+	}
+}
+
+func TestMeradmCommands(t *testing.T) {
+	p := startMerlin(t)
+	ok(t, p, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "sh", "-b", "flag-1,flag-2")
+	ok(t, p, "service", "add", "dns", "udp", "[2001:db8::53]:53", "-s", "mh", "-b", "mh-port", "-o", "-p", "600", "-M", "64", "--forward-method", "tunnel")
+	ok(t, p, "service", "add", "marked", "fwmark", "7", "-s", "rr", "-p", "-M", "255.255.255.0")
+	ok(t, p, "server", "add", "web", "198.19.0.2:8080", "-w", "10", "-f", "masq", "--health-endpoint", "http://:8080/health",
+		"--health-period", "2s", "--health-timeout", "1s", "--health-up", "2", "--health-down", "3")
+	ok(t, p, "server", "add", "web", "198.19.0.3:8080", "-f", "route", "-x", "100", "-y", "10")
+	ok(t, p, "server", "add", "dns", "198.19.0.4:53", "--tun-type", "gue", "--tun-port", "6080", "--tun-csum")
+	ok(t, p, "server", "add", "marked", "198.19.0.5:0", "-f", "route")
+
+	list := ok(t, p, "list")
+	for _, want := range []string{
+		"TCP  198.18.0.10:80 sh (flag-1,flag-2) [web]",
+		"UDP  [2001:db8::53]:53 mh (mh-port) persistent 600 mask 64 ops [dns]",
+		"FWM  7 rr persistent 300 mask 24 [marked]",
+		"-> 198.19.0.2:8080                          Masq    10     http://:8080/health every 2s timeout 1s up 2 down 3",
+		"-> 198.19.0.4:53                            Tunnel  1",
+	} {
+		if !strings.Contains(list, want) {
+			t.Errorf("list lacks %q:\n%s", want, list)
+		}
+	}
+
+	// Edits change only what is given.
+	ok(t, p, "service", "edit", "web", "-s", "wrr", "-b", "")
+	ok(t, p, "server", "edit", "web", "198.19.0.2:8080", "-w", "0")
+	ok(t, p, "service", "edit", "dns", "-p", "0", "--ops=false")
+	var item struct {
+		Service struct {
+			Config struct {
+				Scheduler string   `json:"scheduler"`
+				Flags     []string `json:"flags"`
+			} `json:"config"`
+		} `json:"service"`
+		Servers []struct {
+			Config struct {
+				Weight  *uint32 `json:"weight"`
+				Forward string  `json:"forward"`
+			} `json:"config"`
+			HealthCheck struct {
+				Endpoint string `json:"endpoint"`
+			} `json:"health_check"`
+		} `json:"servers"`
+	}
+	if err := json.Unmarshal([]byte(ok(t, p, "get", "web", "-o", "json")), &item); err != nil {
+		t.Fatal(err)
+	}
+	if item.Service.Config.Scheduler != "wrr" || len(item.Service.Config.Flags) != 0 || item.Servers[0].Config.Weight == nil ||
+		*item.Servers[0].Config.Weight != 0 || item.Servers[0].HealthCheck.Endpoint != "http://:8080/health" || item.Servers[0].Config.Forward != "MASQ" {
+		t.Fatalf("after edits: %+v", item)
+	}
+	if dns := ok(t, p, "get", "dns"); !strings.Contains(dns, "UDP  [2001:db8::53]:53 mh (mh-port) [dns]") {
+		t.Fatalf("persistence and ops not turned off:\n%s", dns)
+	}
+	var all struct {
+		Items    []json.RawMessage `json:"items"`
+		Revision string            `json:"revision"`
+	}
+	if err := json.Unmarshal([]byte(ok(t, p, "list", "-o", "json")), &all); err != nil || len(all.Items) != 3 || all.Revision == "" {
+		t.Fatalf("list -o json: %v %+v", err, all)
+	}
+	if y := ok(t, p, "list", "-o", "yaml"); !strings.Contains(y, "scheduler: wrr") {
+		t.Fatalf("list -o yaml:\n%s", y)
+	}
+
+	// Errors: one line naming the field, non-zero status.
+	fails(t, p, "key.port", "service", "add", "x", "tcp", "198.18.0.20:0", "-s", "rr")
+	fails(t, p, "invalid VIP:PORT", "service", "add", "x", "tcp", "198.18.0.20", "-s", "rr")
+	fails(t, p, "invalid protocol", "service", "add", "x", "icmp", "198.18.0.20:1", "-s", "rr")
+	fails(t, p, "config.scheduler", "service", "add", "x", "tcp", "198.18.0.20:1", "-s", "fastest")
+	fails(t, p, `flag "sh-port" belongs to scheduler sh`, "service", "add", "x", "tcp", "198.18.0.20:1", "-s", "rr", "-b", "sh-port")
+	fails(t, p, "already used by service \"web\"", "service", "add", "x", "tcp", "198.18.0.10:80", "-s", "rr")
+	fails(t, p, "config.weight", "server", "add", "web", "198.19.0.9:80", "-w", "70000", "-f", "masq")
+	fails(t, p, "config.lower_threshold", "server", "add", "web", "198.19.0.9:80", "-f", "masq", "-x", "1", "-y", "2")
+	fails(t, p, "invalid forward method", "server", "add", "web", "198.19.0.9:80", "-f", "teleport")
+	fails(t, p, "not found", "server", "edit", "web", "198.19.0.99:80", "-w", "1")
+	fails(t, p, "not found", "service", "del", "nope")
+	fails(t, p, `required flag(s) "scheduler" not set`, "service", "add", "x", "tcp", "198.18.0.20:1")
+
+	ok(t, p, "server", "del", "web", "198.19.0.3:8080")
+	ok(t, p, "service", "del", "marked")
+	if list := ok(t, p, "list"); strings.Contains(list, "marked") || strings.Contains(list, "198.19.0.3:8080") {
+		t.Fatalf("deleted objects still listed:\n%s", list)
+	}
+	if out := ok(t, p, "completion", "bash"); !strings.Contains(out, "__meradm") {
+		t.Fatalf("no bash completion")
+	}
+}
+
+func TestMeradmDiffApplyRoundTrip(t *testing.T) {
+	p := startMerlin(t)
+	ok(t, p, "service", "add", "old", "tcp", "198.18.0.1:80", "-s", "rr")
+	ok(t, p, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "wrr")
+	ok(t, p, "server", "add", "web", "198.19.0.2:8080", "-w", "10", "-f", "masq")
+	ok(t, p, "server", "add", "web", "198.19.0.3:8080", "-f", "masq")
+	file := filepath.Join(t.TempDir(), "merlin.yaml")
+	spec := `services:
+- id: web
+  protocol: tcp
+  address: 198.18.0.10:80
+  scheduler: sh
+  flags: [sh-port]
+  forward: masq
+  health_check: {period: 2s, timeout: 1s, up: 2, down: 3}
+  servers:
+  - address: 198.19.0.2:8080
+    weight: 5
+    forward: masq
+    health_check: {endpoint: "http://:8080/health"}
+  - address: 198.19.0.4:8080
+- id: v6
+  protocol: udp
+  address: "[2001:db8::53]:53"
+  scheduler: mh
+  persistence: 600
+  persistence_netmask: 64
+  one_packet: true
+  servers:
+  - address: "198.19.0.5:53"
+    forward: tunnel
+    tunnel: {type: gue, port: 6080, checksum: true}
+- id: marked
+  fwmark: 9
+  family: ipv6
+  scheduler: wlc
+  servers:
+  - {address: "[2001:db8:1::9]:0", forward: route, upper_threshold: 50}
+`
+	if err := os.WriteFile(file, []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := ok(t, p, "list", "-o", "json")
+	diff := ok(t, p, "diff", "-f", file, "--prune")
+	for _, want := range []string{
+		"~ service web: config.flags: (none) → sh-port, config.scheduler: wrr → sh, defaults.forward: (none) → masq",
+		"+ service v6: UDP  [2001:db8::53]:53 mh persistent 600 mask 64 ops",
+		"+ service marked: FWM  9 IPv6 wlc",
+		"~ server web/198.19.0.2:8080: config.weight: 10 → 5, health_check.endpoint: (none) → http://:8080/health",
+		"+ server web/198.19.0.4:8080 weight 1",
+		"- server web/198.19.0.3:8080",
+		"- service old",
+	} {
+		if !strings.Contains(diff, want) {
+			t.Errorf("diff lacks %q:\n%s", want, diff)
+		}
+	}
+	if after := ok(t, p, "list", "-o", "json"); after != before {
+		t.Fatalf("diff changed the state")
+	}
+	// Without --prune nothing is deleted.
+	if d := ok(t, p, "diff", "-f", file); strings.Contains(d, "- ") {
+		t.Fatalf("diff without --prune deletes:\n%s", d)
+	}
+	ok(t, p, "apply", "-f", file, "--prune")
+	if d := ok(t, p, "diff", "-f", file, "--prune"); strings.TrimSpace(d) != "no changes" {
+		t.Fatalf("diff after apply:\n%s", d)
+	}
+	list := ok(t, p, "list")
+	for _, want := range []string{"[web]", "[v6]", "[marked]", "198.19.0.4:8080", "[2001:db8:1::9]:0"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("list after apply lacks %q:\n%s", want, list)
+		}
+	}
+	if strings.Contains(list, "[old]") || strings.Contains(list, "198.19.0.3:8080") {
+		t.Errorf("prune left objects:\n%s", list)
+	}
+
+	// A bad file is refused whole, naming the entry and the field.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	for content, want := range map[string]string{
+		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: nope}\n":                                          "services[0] (a): config.scheduler",
+		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr, servers: [{address: 1.2.3.4}]}\n":             "services[0] (a).servers[0]: address",
+		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr, weight: 3}\n":                                 `unknown field "weight"`,
+		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr}\n- {id: b, protocol: tcp, address: 198.18.0.1:80, scheduler: rr}\n": "also claimed by service \"a\"",
+	} {
+		if err := os.WriteFile(bad, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fails(t, p, want, "apply", "-f", bad, "--prune")
+	}
+	if d := ok(t, p, "diff", "-f", file, "--prune"); strings.TrimSpace(d) != "no changes" {
+		t.Fatalf("a refused file changed the state:\n%s", d)
+	}
+}
+
+func TestMeradmMutualTLS(t *testing.T) {
+	ca := testpki.NewCA(t, "merlin")
+	srv := ca.Server(t, "merlin-server")
+	client := ca.Client(t, "operator")
+	other := testpki.NewCA(t, "other")
+	stranger := other.Client(t, "stranger")
+	p := startMerlin(t, "-tls-cert", srv.CertFile, "-tls-key", srv.KeyFile, "-tls-client-ca", ca.CertFile)
+
+	// Plaintext, no client certificate, a certificate from another CA, and
+	// trusting the wrong CA all fail; the right certificate works.
+	if _, err := meradm(t, p, "--timeout", "3s", "list"); err == nil {
+		t.Fatal("plaintext client accepted by a TLS server")
+	}
+	if _, err := meradm(t, p, "--timeout", "3s", "--tls-ca", ca.CertFile, "list"); err == nil {
+		t.Fatal("client without a certificate accepted")
+	}
+	if _, err := meradm(t, p, "--timeout", "3s", "--tls-ca", ca.CertFile, "--tls-cert", stranger.CertFile, "--tls-key", stranger.KeyFile, "list"); err == nil {
+		t.Fatal("client certificate of another CA accepted")
+	}
+	if _, err := meradm(t, p, "--timeout", "3s", "--tls-ca", other.CertFile, "--tls-cert", client.CertFile, "--tls-key", client.KeyFile, "list"); err == nil {
+		t.Fatal("server certificate accepted by a client trusting another CA")
+	}
+	tlsArgs := []string{"--tls-ca", ca.CertFile, "--tls-cert", client.CertFile, "--tls-key", client.KeyFile}
+	ok(t, p, append(tlsArgs, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "rr")...)
+	if out := ok(t, p, append(tlsArgs, "list")...); !strings.Contains(out, "[web]") {
+		t.Fatalf("list over mTLS:\n%s", out)
+	}
+}

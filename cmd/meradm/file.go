@@ -1,0 +1,474 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"sigs.k8s.io/yaml"
+
+	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// The declarative file: every service with its servers.
+type fileSpec struct {
+	Services []fileService `json:"services"`
+}
+
+type fileService struct {
+	ID                 string       `json:"id"`
+	Protocol           string       `json:"protocol,omitempty"` // tcp, udp, sctp
+	Address            string       `json:"address,omitempty"`  // VIP:PORT, [IPv6]:PORT
+	Fwmark             uint32       `json:"fwmark,omitempty"`
+	Family             string       `json:"family,omitempty"` // of a fwmark service: ipv4 (default), ipv6
+	Scheduler          string       `json:"scheduler"`
+	Flags              []string     `json:"flags,omitempty"`
+	Persistence        *uint32      `json:"persistence,omitempty"` // timeout in seconds
+	PersistenceNetmask *uint32      `json:"persistence_netmask,omitempty"`
+	OnePacket          bool         `json:"one_packet,omitempty"`
+	PersistenceEngine  string       `json:"persistence_engine,omitempty"`
+	Forward            string       `json:"forward,omitempty"`      // default of its servers
+	HealthCheck        *fileHealth  `json:"health_check,omitempty"` // default of its servers
+	Servers            []fileServer `json:"servers,omitempty"`
+}
+
+type fileServer struct {
+	Address        string      `json:"address"`
+	Weight         *uint32     `json:"weight,omitempty"` // default 1
+	Forward        string      `json:"forward,omitempty"`
+	UpperThreshold *uint32     `json:"upper_threshold,omitempty"`
+	LowerThreshold *uint32     `json:"lower_threshold,omitempty"`
+	Tunnel         *fileTunnel `json:"tunnel,omitempty"`
+	HealthCheck    *fileHealth `json:"health_check,omitempty"`
+}
+
+type fileTunnel struct {
+	Type           string `json:"type,omitempty"` // ipip, gue, gre
+	Port           uint32 `json:"port,omitempty"`
+	Checksum       bool   `json:"checksum,omitempty"`
+	RemoteChecksum bool   `json:"remote_checksum,omitempty"`
+}
+
+type fileHealth struct {
+	Endpoint *string `json:"endpoint,omitempty"`
+	Period   string  `json:"period,omitempty"`
+	Timeout  string  `json:"timeout,omitempty"`
+	Up       uint32  `json:"up,omitempty"`
+	Down     uint32  `json:"down,omitempty"`
+}
+
+// desiredItem is one service of the file in canonical form.
+type desiredItem struct {
+	service *types.VirtualService
+	servers map[string]*types.RealServer
+}
+
+// readFile parses and validates a declarative file; errors name the entry
+// and the field.
+func readFile(path string) (map[string]*desiredItem, error) {
+	var raw []byte
+	var err error
+	if path == "-" {
+		raw, err = io.ReadAll(os.Stdin)
+	} else {
+		raw, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var spec fileSpec
+	if err := yaml.UnmarshalStrict(raw, &spec); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	out := map[string]*desiredItem{}
+	vips := map[string]string{}
+	for i, fs := range spec.Services {
+		where := fmt.Sprintf("%s: services[%d]", path, i)
+		if fs.ID != "" {
+			where += " (" + fs.ID + ")"
+		}
+		svc, err := fs.toProto()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		svc, err = control.NormalizeService(svc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if out[svc.Id] != nil {
+			return nil, fmt.Errorf("%s: id: %q appears twice", where, svc.Id)
+		}
+		vip := control.VIPKey(svc.Key)
+		if other, ok := vips[vip]; ok {
+			return nil, fmt.Errorf("%s: address: %s is also claimed by service %q", where, vip, other)
+		}
+		vips[vip] = svc.Id
+		item := &desiredItem{service: svc, servers: map[string]*types.RealServer{}}
+		for j, fsrv := range fs.Servers {
+			swhere := fmt.Sprintf("%s.servers[%d]", where, j)
+			srv, err := fsrv.toProto(svc.Id)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", swhere, err)
+			}
+			srv, err = control.NormalizeServer(srv, svc)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", swhere, err)
+			}
+			k := control.ServerKeyString(srv.Key)
+			if item.servers[k] != nil {
+				return nil, fmt.Errorf("%s: address: %s appears twice", swhere, k)
+			}
+			item.servers[k] = srv
+		}
+		out[svc.Id] = item
+	}
+	return out, nil
+}
+
+func (fs *fileService) toProto() (*types.VirtualService, error) {
+	svc := &types.VirtualService{Id: fs.ID, Key: &types.VirtualService_Key{},
+		Config: &types.VirtualService_Config{Scheduler: fs.Scheduler, Flags: fs.Flags, PersistenceEngine: fs.PersistenceEngine}}
+	if fs.Fwmark != 0 {
+		if fs.Address != "" || fs.Protocol != "" {
+			return nil, errors.New("fwmark: a firewall-mark service has no address or protocol")
+		}
+		svc.Key.Fwmark, svc.Key.Family = fs.Fwmark, types.AddressFamily_IPV4
+		switch strings.ToLower(fs.Family) {
+		case "", "ipv4":
+		case "ipv6":
+			svc.Key.Family = types.AddressFamily_IPV6
+		default:
+			return nil, fmt.Errorf("family: %q: want ipv4 or ipv6", fs.Family)
+		}
+	} else {
+		if fs.Family != "" {
+			return nil, errors.New("family: only for fwmark services (an address has its own)")
+		}
+		p, ok := types.Protocol_value[strings.ToUpper(fs.Protocol)]
+		if !ok || p == 0 {
+			return nil, fmt.Errorf("protocol: %q: want tcp, udp or sctp", fs.Protocol)
+		}
+		ap, err := parseAddrPort("address", fs.Address)
+		if err != nil {
+			return nil, fmt.Errorf("address: %w", err)
+		}
+		svc.Key.Protocol, svc.Key.Ip, svc.Key.Port = types.Protocol(p), ap.Addr().String(), uint32(ap.Port())
+	}
+	if fs.Persistence != nil {
+		svc.Config.PersistenceTimeout = wrapperspb.UInt32(*fs.Persistence)
+	}
+	if fs.PersistenceNetmask != nil {
+		svc.Config.PersistenceNetmask = wrapperspb.UInt32(*fs.PersistenceNetmask)
+	}
+	if fs.OnePacket {
+		svc.Config.OnePacket = wrapperspb.Bool(true)
+	}
+	if fs.Forward != "" || fs.HealthCheck != nil {
+		svc.Defaults = &types.VirtualService_ServerDefaults{}
+		if fs.Forward != "" {
+			f, err := parseForward(fs.Forward)
+			if err != nil {
+				return nil, fmt.Errorf("forward: %w", err)
+			}
+			svc.Defaults.Forward = f
+		}
+		hc, err := fs.HealthCheck.toProto("health_check")
+		if err != nil {
+			return nil, err
+		}
+		svc.Defaults.HealthCheck = hc
+	}
+	return svc, nil
+}
+
+func (fs *fileServer) toProto(serviceID string) (*types.RealServer, error) {
+	ap, err := parseAddrPort("address", fs.Address)
+	if err != nil {
+		return nil, fmt.Errorf("address: %w", err)
+	}
+	srv := &types.RealServer{ServiceID: serviceID, Key: &types.RealServer_Key{Ip: ap.Addr().String(), Port: uint32(ap.Port())},
+		Config: &types.RealServer_Config{}}
+	c := srv.Config
+	if fs.Weight != nil {
+		c.Weight = wrapperspb.UInt32(*fs.Weight)
+	}
+	if fs.Forward != "" {
+		if c.Forward, err = parseForward(fs.Forward); err != nil {
+			return nil, fmt.Errorf("forward: %w", err)
+		}
+	}
+	if fs.UpperThreshold != nil {
+		c.UpperThreshold = wrapperspb.UInt32(*fs.UpperThreshold)
+	}
+	if fs.LowerThreshold != nil {
+		c.LowerThreshold = wrapperspb.UInt32(*fs.LowerThreshold)
+	}
+	if t := fs.Tunnel; t != nil {
+		if t.Type != "" {
+			v, ok := types.TunnelType_value[strings.ToUpper(t.Type)]
+			if !ok {
+				return nil, fmt.Errorf("tunnel.type: %q: want ipip, gue or gre", t.Type)
+			}
+			c.TunnelType = types.TunnelType(v)
+		}
+		c.TunnelPort, c.TunnelChecksum, c.TunnelRemoteChecksum = t.Port, t.Checksum, t.RemoteChecksum
+	}
+	if srv.HealthCheck, err = fs.HealthCheck.toProto("health_check"); err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
+func (h *fileHealth) toProto(field string) (*types.RealServer_HealthCheck, error) {
+	if h == nil {
+		return nil, nil
+	}
+	hc := &types.RealServer_HealthCheck{UpThreshold: h.Up, DownThreshold: h.Down}
+	if h.Endpoint != nil {
+		hc.Endpoint = wrapperspb.String(*h.Endpoint)
+	}
+	for _, d := range []struct {
+		name string
+		in   string
+		out  **durationpb.Duration
+	}{{"period", h.Period, &hc.Period}, {"timeout", h.Timeout, &hc.Timeout}} {
+		if d.in == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.in)
+		if err != nil {
+			return nil, fmt.Errorf("%s.%s: %q is not a duration like 2s or 500ms", field, d.name, d.in)
+		}
+		*d.out = durationpb.New(v)
+	}
+	return hc, nil
+}
+
+// change is one step that brings merlin's state to the file's.
+type change struct {
+	op      string // "+", "~", "-"
+	service *types.VirtualService
+	server  *types.RealServer
+	fields  []string // what changes, for "~"
+}
+
+func (c change) String() string {
+	if c.server != nil {
+		name := fmt.Sprintf("server %s/%s", c.server.ServiceID, control.ServerKeyString(c.server.Key))
+		if c.op == "~" {
+			return fmt.Sprintf("~ %s: %s", name, strings.Join(c.fields, ", "))
+		}
+		if c.op == "+" {
+			return fmt.Sprintf("+ %s weight %d", name, c.server.GetConfig().GetWeight().GetValue())
+		}
+		return "- " + name
+	}
+	name := "service " + c.service.Id
+	switch c.op {
+	case "~":
+		return fmt.Sprintf("~ %s: %s", name, strings.Join(c.fields, ", "))
+	case "+":
+		return fmt.Sprintf("+ %s: %s", name, serviceLine(c.service))
+	}
+	return "- " + name
+}
+
+// plan compares the file with merlin's state: service creations and
+// updates, then server changes, then (with prune) deletions, servers first.
+func plan(desired map[string]*desiredItem, actual *types.ListResponse, prune bool) []change {
+	have := map[string]*types.ListResponse_Item{}
+	for _, item := range actual.Items {
+		have[item.Service.Id] = item
+	}
+	var svcChanges, srvChanges, deletions []change
+	for _, id := range slices.Sorted(maps.Keys(desired)) {
+		want := desired[id]
+		cur := have[id]
+		var curServers map[string]*types.RealServer
+		if cur == nil {
+			svcChanges = append(svcChanges, change{op: "+", service: want.service})
+		} else {
+			want.service.Revision = cur.Service.Revision
+			if fields := fieldDiff(cur.Service, want.service); len(fields) > 0 {
+				svcChanges = append(svcChanges, change{op: "~", service: want.service, fields: fields})
+			}
+			curServers = map[string]*types.RealServer{}
+			for _, s := range cur.Servers {
+				curServers[control.ServerKeyString(s.Key)] = s
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(want.servers)) {
+			ws := want.servers[k]
+			cs := curServers[k]
+			if cs == nil {
+				srvChanges = append(srvChanges, change{op: "+", server: ws})
+				continue
+			}
+			ws.Revision = cs.Revision
+			if fields := fieldDiff(cs, ws); len(fields) > 0 {
+				srvChanges = append(srvChanges, change{op: "~", server: ws, fields: fields})
+			}
+		}
+		if prune {
+			for _, k := range slices.Sorted(maps.Keys(curServers)) {
+				if want.servers[k] == nil {
+					deletions = append(deletions, change{op: "-", server: curServers[k]})
+				}
+			}
+		}
+	}
+	if prune {
+		for _, item := range actual.Items {
+			if desired[item.Service.Id] == nil {
+				deletions = append(deletions, change{op: "-", service: item.Service})
+			}
+		}
+	}
+	return append(append(svcChanges, srvChanges...), deletions...)
+}
+
+// fieldDiff names every field that differs, as "path: old → new".
+func fieldDiff(cur, want proto.Message) []string {
+	a, b := map[string]string{}, map[string]string{}
+	flatten("", cur.ProtoReflect(), a)
+	flatten("", want.ProtoReflect(), b)
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(merge(a, b))) {
+		if k == "revision" || a[k] == b[k] {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s: %s → %s", k, orNone(a[k]), orNone(b[k])))
+	}
+	return out
+}
+
+func merge(a, b map[string]string) map[string]string {
+	m := maps.Clone(a)
+	maps.Copy(m, b)
+	return m
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// flatten writes each set field as path → text; well-known wrappers and
+// durations count as single values.
+func flatten(prefix string, m protoreflect.Message, out map[string]string) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		path := prefix + string(fd.Name())
+		switch {
+		case fd.IsList():
+			var parts []string
+			for i := 0; i < v.List().Len(); i++ {
+				parts = append(parts, scalarText(fd, v.List().Get(i)))
+			}
+			out[path] = strings.Join(parts, ",")
+		case fd.Message() != nil && !strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf."):
+			flatten(path+".", v.Message(), out)
+		default:
+			out[path] = scalarText(fd, v)
+		}
+		return true
+	})
+}
+
+func scalarText(fd protoreflect.FieldDescriptor, v protoreflect.Value) string {
+	switch {
+	case fd.Enum() != nil:
+		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
+			return strings.ToLower(string(ev.Name()))
+		}
+		return fmt.Sprint(v.Enum())
+	case fd.Message() != nil:
+		b, _ := protojson.Marshal(v.Message().Interface())
+		return strings.Trim(string(b), `"`)
+	}
+	return v.String()
+}
+
+func diffCmd(g *globals, apply bool) *cobra.Command {
+	var file string
+	var prune bool
+	use, short := "diff -f FILE", "Show what applying a declarative file would change"
+	if apply {
+		use, short = "apply -f FILE", "Make merlin's services and servers match a declarative file"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			desired, err := readFile(file)
+			if err != nil {
+				return err
+			}
+			return g.client(func(ctx context.Context, c types.MerlinClient) error {
+				actual, err := c.List(ctx, emptyRequest)
+				if err != nil {
+					return err
+				}
+				changes := plan(desired, actual, prune)
+				if len(changes) == 0 {
+					fmt.Fprintln(g.out, "no changes")
+					return nil
+				}
+				for i, ch := range changes {
+					fmt.Fprintln(g.out, ch)
+					if !apply {
+						continue
+					}
+					if err := applyChange(ctx, c, ch); err != nil {
+						return fmt.Errorf("%s: %w (%d of %d changes applied; run apply again once fixed)", strings.SplitN(ch.String(), ":", 2)[0], errors.New(errorLine(err)), i, len(changes))
+					}
+				}
+				if apply {
+					fmt.Fprintf(g.out, "applied %d changes\n", len(changes))
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "declarative YAML file (- for standard input)")
+	_ = cmd.MarkFlagRequired("file")
+	cmd.Flags().BoolVar(&prune, "prune", false, "also delete services and servers the file does not have")
+	return cmd
+}
+
+// applyChange makes one change; updates and deletes carry the revision
+// the plan was made from, so a concurrent change aborts instead of being
+// overwritten.
+func applyChange(ctx context.Context, c types.MerlinClient, ch change) error {
+	var err error
+	switch {
+	case ch.server != nil && ch.op == "+":
+		_, err = c.CreateServer(ctx, ch.server)
+	case ch.server != nil && ch.op == "~":
+		_, err = c.UpdateServer(ctx, ch.server)
+	case ch.server != nil:
+		_, err = c.DeleteServer(ctx, ch.server)
+	case ch.op == "+":
+		_, err = c.CreateService(ctx, ch.service)
+	case ch.op == "~":
+		_, err = c.UpdateService(ctx, ch.service)
+	default:
+		_, err = c.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: ch.service.Id, Revision: ch.service.Revision})
+	}
+	return err
+}
