@@ -10,6 +10,8 @@ all: build
 build:
 	$(GO) build ./...
 	$(GO) build -o bin/vmrun ./vmtests/cmd/vmrun
+	$(GO) build -o bin/merlin ./cmd/merlin
+	$(GO) build -o bin/meradm ./cmd/meradm
 
 setup:
 	./scripts/setup.sh

@@ -290,9 +290,9 @@ func TestMeradmDiffApplyRoundTrip(t *testing.T) {
 	// A bad file is refused whole, naming the entry and the field.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	for content, want := range map[string]string{
-		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: nope}\n":                                          "services[0] (a): config.scheduler",
-		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr, servers: [{address: 1.2.3.4}]}\n":             "services[0] (a).servers[0]: address",
-		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr, weight: 3}\n":                                 `unknown field "weight"`,
+		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: nope}\n":                                                                "services[0] (a): config.scheduler",
+		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr, servers: [{address: 1.2.3.4}]}\n":                                   "services[0] (a).servers[0]: address",
+		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr, weight: 3}\n":                                                       `unknown field "weight"`,
 		"services:\n- {id: a, protocol: tcp, address: 198.18.0.1:80, scheduler: rr}\n- {id: b, protocol: tcp, address: 198.18.0.1:80, scheduler: rr}\n": "also claimed by service \"a\"",
 	} {
 		if err := os.WriteFile(bad, []byte(content), 0o644); err != nil {
