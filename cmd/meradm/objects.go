@@ -24,11 +24,10 @@ import (
 const editAttempts = 5
 
 type healthFlags struct {
-	endpoint      string
-	period        time.Duration
-	timeout       time.Duration
-	up, down      uint32
-	endpointField string
+	endpoint string
+	period   time.Duration
+	timeout  time.Duration
+	up, down uint32
 }
 
 func addHealthFlags(f *pflag.FlagSet, h *healthFlags) {
