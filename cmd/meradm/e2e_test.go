@@ -333,3 +333,19 @@ func TestMeradmMutualTLS(t *testing.T) {
 		t.Fatalf("list over mTLS:\n%s", out)
 	}
 }
+
+// TestMerlinExternalEtcdOverMutualTLS points merlin at Debian's etcd that
+// requires client certificates (-store-endpoints with -store-tls-*).
+func TestMerlinExternalEtcdOverMutualTLS(t *testing.T) {
+	ca := testpki.NewCA(t, "etcd")
+	srv, probe, merlinCert := ca.Server(t, "etcd-server"), ca.Client(t, "probe"), ca.Client(t, "merlin")
+	etcd := etcdtest.StartTLS(t, etcdtest.TLSFiles{CertFile: srv.CertFile, KeyFile: srv.KeyFile, ClientCA: ca.CertFile,
+		ProbeCert: probe.CertFile, ProbeKey: probe.KeyFile, ServerCA: ca.CertFile})
+	p := startMerlin(t, "-store-endpoints", etcd.ClientURL, "-store-prefix", "/lb",
+		"-store-tls-ca", ca.CertFile, "-store-tls-cert", merlinCert.CertFile, "-store-tls-key", merlinCert.KeyFile)
+	ok(t, p, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "rr")
+	ok(t, p, "server", "add", "web", "198.19.0.2:80", "-f", "route")
+	if out := ok(t, p, "list"); !strings.Contains(out, "198.19.0.2:80") {
+		t.Fatalf("list through external etcd:\n%s", out)
+	}
+}

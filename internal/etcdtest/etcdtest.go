@@ -20,6 +20,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/control/etcdembed"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
+	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 )
 
 // Kind of etcd server.
@@ -44,6 +45,16 @@ type Server struct {
 	cmd        *exec.Cmd
 	cmdExited  chan struct{}
 	binaryPath string
+	tls        *TLSFiles
+}
+
+// TLSFiles make Debian's etcd serve clients over TLS and require client
+// certificates signed by ClientCA.
+type TLSFiles struct {
+	CertFile, KeyFile string // the server's
+	ClientCA          string
+	// A client certificate the test's own health probe uses.
+	ProbeCert, ProbeKey, ServerCA string
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
@@ -61,9 +72,25 @@ func FreePort(t testing.TB) int {
 // binary missing skips the test, or fails it where peers are promised.
 func Start(t testing.TB, kind Kind) *Server {
 	t.Helper()
+	return start(t, kind, nil)
+}
+
+// StartTLS runs Debian's etcd serving clients over mutual TLS.
+func StartTLS(t testing.TB, files TLSFiles) *Server {
+	t.Helper()
+	return start(t, Debian, &files)
+}
+
+func start(t testing.TB, kind Kind, tlsFiles *TLSFiles) *Server {
+	t.Helper()
+	scheme := "http"
+	if tlsFiles != nil {
+		scheme = "https"
+	}
 	s := &Server{
+		tls:       tlsFiles,
 		Kind:      kind,
-		ClientURL: "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
+		ClientURL: scheme + "://127.0.0.1:" + strconv.Itoa(FreePort(t)),
 		peerURL:   "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
 		dir:       t.TempDir(),
 		t:         t,
@@ -116,6 +143,16 @@ func (s *Server) Restart() {
 			"--listen-client-urls", s.ClientURL, "--advertise-client-urls", s.ClientURL,
 			"--listen-peer-urls", s.peerURL, "--initial-advertise-peer-urls", s.peerURL,
 			"--initial-cluster", "test="+s.peerURL, "--log-level", "error", "--logger", "zap")
+		probe := http.DefaultClient
+		if f := s.tls; f != nil {
+			cmd.Args = append(cmd.Args, "--cert-file", f.CertFile, "--key-file", f.KeyFile,
+				"--client-cert-auth", "--trusted-ca-file", f.ClientCA)
+			tc, err := tlsconfig.Client(f.ServerCA, f.ProbeCert, f.ProbeKey, "")
+			if err != nil {
+				s.t.Fatal(err)
+			}
+			probe = &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+		}
 		cmd.Stdout, cmd.Stderr = logFile, logFile
 		if err := cmd.Start(); err != nil {
 			logFile.Close()
@@ -124,7 +161,7 @@ func (s *Server) Restart() {
 		exited := make(chan struct{})
 		go func() { _ = cmd.Wait(); logFile.Close(); close(exited) }()
 		s.cmd, s.cmdExited = cmd, exited
-		if err := waitHealthy(ctx, s.ClientURL, exited); err != nil {
+		if err := waitHealthy(ctx, probe, s.ClientURL, exited); err != nil {
 			log, _ := os.ReadFile(filepath.Join(s.dir, "etcd.log"))
 			s.Stop()
 			s.t.Fatalf("etcd %s: %v\n%s", s.binaryPath, err, log)
@@ -132,9 +169,9 @@ func (s *Server) Restart() {
 	}
 }
 
-func waitHealthy(ctx context.Context, url string, exited <-chan struct{}) error {
+func waitHealthy(ctx context.Context, probe *http.Client, url string, exited <-chan struct{}) error {
 	for {
-		resp, err := http.Get(url + "/health")
+		resp, err := probe.Get(url + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
