@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -32,6 +33,8 @@ type State struct {
 	Revision int64
 	Services map[string]*ServiceState
 	Invalid  map[string]string
+	// ConfirmedDeletions: nodes may apply mass deletions up to this revision.
+	ConfirmedDeletions int64
 
 	prefix      string
 	rawServices map[string]rawValue
@@ -53,12 +56,13 @@ func newState(prefix string, revision int64) *State {
 // shared: they are immutable.
 func (s *State) Clone() *State {
 	c := &State{
-		Revision:    s.Revision,
-		Services:    maps.Clone(s.Services),
-		Invalid:     maps.Clone(s.Invalid),
-		prefix:      s.prefix,
-		rawServices: maps.Clone(s.rawServices),
-		rawServers:  make(map[string]map[string]rawValue, len(s.rawServers)),
+		Revision:           s.Revision,
+		Services:           maps.Clone(s.Services),
+		Invalid:            maps.Clone(s.Invalid),
+		prefix:             s.prefix,
+		ConfirmedDeletions: s.ConfirmedDeletions,
+		rawServices:        maps.Clone(s.rawServices),
+		rawServers:         make(map[string]map[string]rawValue, len(s.rawServers)),
 	}
 	for id, m := range s.rawServers {
 		c.rawServers[id] = maps.Clone(m)
@@ -81,11 +85,16 @@ func (s *State) keyKind(key string) (service bool, id string, ok bool) {
 	return false, "", false
 }
 
-// put records a value written at key and rebuilds the service it affects.
-func (s *State) put(key string, value []byte, modRevision int64) {
+// put records a value written at key and rebuilds the service it affects;
+// it reports whether the key is part of the desired state.
+func (s *State) put(key string, value []byte, modRevision int64) bool {
+	if key == s.prefix+"/confirm-deletions" {
+		s.ConfirmedDeletions, _ = strconv.ParseInt(string(value), 10, 64)
+		return true
+	}
 	isService, id, ok := s.keyKind(key)
 	if !ok {
-		return
+		return false
 	}
 	raw := rawValue{value: value, modRevision: modRevision}
 	if isService {
@@ -97,13 +106,19 @@ func (s *State) put(key string, value []byte, modRevision int64) {
 		s.rawServers[id][key] = raw
 	}
 	s.rebuild(id)
+	return true
 }
 
-// delete records a deleted key and rebuilds the service it affects.
-func (s *State) delete(key string) {
+// delete records a deleted key and rebuilds the service it affects; it
+// reports whether the key is part of the desired state.
+func (s *State) delete(key string) bool {
+	if key == s.prefix+"/confirm-deletions" {
+		s.ConfirmedDeletions = 0
+		return true
+	}
 	isService, id, ok := s.keyKind(key)
 	if !ok {
-		return
+		return false
 	}
 	delete(s.Invalid, key)
 	if isService {
@@ -115,6 +130,7 @@ func (s *State) delete(key string) {
 		}
 	}
 	s.rebuild(id)
+	return true
 }
 
 // rebuild decodes one service and its servers from their raw values.

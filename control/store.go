@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -54,7 +55,14 @@ func (s *Store) Client() *clientv3.Client { return s.client }
 // Prefix is the key prefix, without a trailing slash.
 func (s *Store) Prefix() string { return s.prefix }
 
-func (s *Store) servicesPrefix() string        { return s.prefix + "/services/" }
+func (s *Store) servicesPrefix() string { return s.prefix + "/services/" }
+func (s *Store) markerKey() string      { return s.prefix + "/revision" }
+func (s *Store) nodePrefix() string     { return s.prefix + "/nodes/" }
+func (s *Store) confirmKey() string     { return s.prefix + "/confirm-deletions" }
+
+// mark is part of every write: its mod revision is the revision of the last
+// change to the desired state, deletions included.
+func (s *Store) mark() clientv3.Op             { return clientv3.OpPut(s.markerKey(), "") }
 func (s *Store) serversPrefix() string         { return s.prefix + "/servers/" }
 func (s *Store) serviceKey(id string) string   { return s.servicesPrefix() + id }
 func (s *Store) serverPrefix(id string) string { return s.serversPrefix() + id + "/" }
@@ -102,7 +110,7 @@ func (s *Store) CreateService(ctx context.Context, in *types.VirtualService) (in
 	key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
 	resp, err := s.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)).
-		Then(clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id)).
+		Then(clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id), s.mark()).
 		Else(clientv3.OpGet(key, clientv3.WithKeysOnly()), clientv3.OpGet(vip)).
 		Commit()
 	if err != nil {
@@ -219,7 +227,7 @@ func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService)
 			// No server was added or changed since the servers were checked.
 			clientv3.Compare(clientv3.ModRevision(s.serverPrefix(next.Id)), "<", cur.revision+1).WithPrefix(),
 		}
-		ops := []clientv3.Op{clientv3.OpPut(key, val)}
+		ops := []clientv3.Op{clientv3.OpPut(key, val), s.mark()}
 		oldVIP, newVIP := s.vipKey(cur.service.Key), s.vipKey(next.Key)
 		if oldVIP != newVIP {
 			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(newVIP), "=", 0))
@@ -305,6 +313,7 @@ func (s *Store) DeleteService(ctx context.Context, id string, revision int64) (i
 		ops := []clientv3.Op{
 			clientv3.OpDelete(s.serviceKey(id)),
 			clientv3.OpDelete(s.serverPrefix(id), clientv3.WithPrefix()),
+			s.mark(),
 		}
 		// The VIP claim goes with it; an undecodable value still gets deleted.
 		if svc, err := DecodeService(string(kv.Key), kv.Value, kv.ModRevision); err == nil {
@@ -354,7 +363,7 @@ func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, 
 		resp, err := s.client.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(srv.ServiceID)), "=", cur.service.Revision),
 				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val)).
+			Then(clientv3.OpPut(key, val), s.mark()).
 			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
 			Commit()
 		if err != nil {
@@ -423,7 +432,7 @@ func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int
 		resp, err := s.client.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(next.ServiceID)), "=", cur.service.Revision),
 				clientv3.Compare(clientv3.ModRevision(key), "=", prev.Revision)).
-			Then(clientv3.OpPut(key, val)).Commit()
+			Then(clientv3.OpPut(key, val), s.mark()).Commit()
 		if err != nil {
 			return 0, fmt.Errorf("update server %s: %w", serverName(next), err)
 		}
@@ -473,7 +482,7 @@ func (s *Store) DeleteServer(ctx context.Context, server *types.RealServer) (int
 	if server.Revision != 0 {
 		cmp = clientv3.Compare(clientv3.ModRevision(key), "=", server.Revision)
 	}
-	resp, err := s.client.Txn(ctx).If(cmp).Then(clientv3.OpDelete(key)).
+	resp, err := s.client.Txn(ctx).If(cmp).Then(clientv3.OpDelete(key), s.mark()).
 		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("delete server %s: %w", serverName(server), err)
@@ -538,6 +547,13 @@ func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
 	for _, kv := range srvKVs {
 		st.put(string(kv.Key), kv.Value, kv.ModRevision)
 	}
+	confirm, err := s.client.Get(ctx, s.confirmKey(), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, fmt.Errorf("list %s at revision %d: %w", s.confirmKey(), rev, err)
+	}
+	for _, kv := range confirm.Kvs {
+		st.put(string(kv.Key), kv.Value, kv.ModRevision)
+	}
 	return st, nil
 }
 
@@ -572,4 +588,62 @@ func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64) ([]keyVa
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// DesiredRevision is the revision of the last change made through the
+// Store (0 before any).
+func (s *Store) DesiredRevision(ctx context.Context) (int64, error) {
+	resp, err := s.client.Get(ctx, s.markerKey())
+	if err != nil {
+		return 0, fmt.Errorf("read desired revision: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
+
+// PutNodeStatus publishes a node's status under a lease, so that it goes
+// away when the node does.
+func (s *Store) PutNodeStatus(ctx context.Context, lease clientv3.LeaseID, st *types.NodeStatus) error {
+	if err := ValidateID("node", st.Node); err != nil {
+		return err
+	}
+	val, err := marshal(st)
+	if err != nil {
+		return err
+	}
+	if _, err := s.client.Put(ctx, s.nodePrefix()+st.Node, val, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("publish status of node %s: %w", st.Node, err)
+	}
+	return nil
+}
+
+// NodeStatuses lists the status of every live node, by name.
+func (s *Store) NodeStatuses(ctx context.Context) ([]*types.NodeStatus, error) {
+	resp, err := s.client.Get(ctx, s.nodePrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read node status: %w", err)
+	}
+	var out []*types.NodeStatus
+	for _, kv := range resp.Kvs {
+		var st types.NodeStatus
+		if err := proto.Unmarshal(kv.Value, &st); err != nil {
+			out = append(out, &types.NodeStatus{Node: strings.TrimPrefix(string(kv.Key), s.nodePrefix()), LastResult: "status does not decode: " + err.Error()})
+			continue
+		}
+		out = append(out, &st)
+	}
+	return out, nil
+}
+
+// ConfirmDeletions records that nodes may apply deletions up to revision.
+func (s *Store) ConfirmDeletions(ctx context.Context, revision int64) error {
+	if revision <= 0 {
+		return fieldErr("revision", "must be positive")
+	}
+	if _, err := s.client.Put(ctx, s.confirmKey(), strconv.FormatInt(revision, 10)); err != nil {
+		return fmt.Errorf("confirm deletions: %w", err)
+	}
+	return nil
 }

@@ -133,7 +133,7 @@ func (w *Watcher) deliver(state *State, onChange func(*State)) {
 
 // view is a copy of what consumers read; the raw values stay behind.
 func (s *State) view() *State {
-	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), prefix: s.prefix}
+	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), prefix: s.prefix, ConfirmedDeletions: s.ConfirmedDeletions}
 }
 
 // watch follows changes after state.Revision, updating state, until it
@@ -183,15 +183,21 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 			if len(resp.Events) == 0 {
 				continue // progress notification
 			}
+			relevant := false
 			for _, ev := range resp.Events {
 				if ev.Type == clientv3.EventTypeDelete {
-					state.delete(string(ev.Kv.Key))
+					relevant = state.delete(string(ev.Kv.Key)) || relevant
 				} else {
-					state.put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision)
+					relevant = state.put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) || relevant
 				}
 			}
-			state.Revision = resp.Header.Revision
-			w.deliver(state, onChange)
+			// Node status and other keys under the prefix are not desired
+			// state: delivering them would make every status write wake
+			// every node.
+			if relevant {
+				state.Revision = resp.Header.Revision
+				w.deliver(state, onChange)
+			}
 		}
 	}
 }

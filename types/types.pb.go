@@ -15,6 +15,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	wrapperspb "google.golang.org/protobuf/types/known/wrapperspb"
 	reflect "reflect"
 	sync "sync"
@@ -733,6 +734,674 @@ func (x *WatchEvent) GetServer() *RealServer {
 	return nil
 }
 
+type NodeStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// api_address where the node serves this API (for per-node Stats).
+	ApiAddress string `protobuf:"bytes,2,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// applied_revision: the desired state's revision of the last completed reconcile.
+	AppliedRevision int64                  `protobuf:"varint,3,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
+	LastReconcile   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_reconcile,json=lastReconcile,proto3" json:"last_reconcile,omitempty"`
+	// last_result: "ok", or why the last reconcile could not complete.
+	LastResult    string                 `protobuf:"bytes,5,opt,name=last_result,json=lastResult,proto3" json:"last_result,omitempty"`
+	Errors        []*ObjectError         `protobuf:"bytes,6,rep,name=errors,proto3" json:"errors,omitempty"`
+	DeletionGuard *DeletionGuard         `protobuf:"bytes,7,opt,name=deletion_guard,json=deletionGuard,proto3" json:"deletion_guard,omitempty"`
+	OwnedServices uint32                 `protobuf:"varint,8,opt,name=owned_services,json=ownedServices,proto3" json:"owned_services,omitempty"`
+	Started       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started,proto3" json:"started,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatus) Reset() {
+	*x = NodeStatus{}
+	mi := &file_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatus) ProtoMessage() {}
+
+func (x *NodeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
+func (*NodeStatus) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NodeStatus) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetAppliedRevision() int64 {
+	if x != nil {
+		return x.AppliedRevision
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetLastReconcile() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastReconcile
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetLastResult() string {
+	if x != nil {
+		return x.LastResult
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetErrors() []*ObjectError {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetDeletionGuard() *DeletionGuard {
+	if x != nil {
+		return x.DeletionGuard
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetOwnedServices() uint32 {
+	if x != nil {
+		return x.OwnedServices
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+// ObjectError: one object the kernel refused; retried with backoff.
+type ObjectError struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	// server is IP:PORT, empty for the service itself.
+	Server        string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Attempts      uint32                 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	NextRetry     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=next_retry,json=nextRetry,proto3" json:"next_retry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObjectError) Reset() {
+	*x = ObjectError{}
+	mi := &file_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObjectError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObjectError) ProtoMessage() {}
+
+func (x *ObjectError) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
+func (*ObjectError) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ObjectError) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *ObjectError) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ObjectError) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ObjectError) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *ObjectError) GetNextRetry() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRetry
+	}
+	return nil
+}
+
+type DeletionGuard struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// held: deletions of this many services are held back until confirmed.
+	Held      bool   `protobuf:"varint,1,opt,name=held,proto3" json:"held,omitempty"`
+	Deletions uint32 `protobuf:"varint,2,opt,name=deletions,proto3" json:"deletions,omitempty"`
+	Owned     uint32 `protobuf:"varint,3,opt,name=owned,proto3" json:"owned,omitempty"`
+	// revision to confirm (meradm confirm-deletions).
+	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletionGuard) Reset() {
+	*x = DeletionGuard{}
+	mi := &file_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletionGuard) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletionGuard) ProtoMessage() {}
+
+func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
+func (*DeletionGuard) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DeletionGuard) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
+func (x *DeletionGuard) GetDeletions() uint32 {
+	if x != nil {
+		return x.Deletions
+	}
+	return 0
+}
+
+func (x *DeletionGuard) GetOwned() uint32 {
+	if x != nil {
+		return x.Owned
+	}
+	return 0
+}
+
+func (x *DeletionGuard) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type StatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nodes []*NodeStatus          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// desired_revision: the revision of the last change to the desired state.
+	DesiredRevision int64 `protobuf:"varint,2,opt,name=desired_revision,json=desiredRevision,proto3" json:"desired_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StatusResponse) Reset() {
+	*x = StatusResponse{}
+	mi := &file_types_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusResponse) ProtoMessage() {}
+
+func (x *StatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
+func (*StatusResponse) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *StatusResponse) GetNodes() []*NodeStatus {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetDesiredRevision() int64 {
+	if x != nil {
+		return x.DesiredRevision
+	}
+	return 0
+}
+
+type ConfirmDeletionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmDeletionsRequest) Reset() {
+	*x = ConfirmDeletionsRequest{}
+	mi := &file_types_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmDeletionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmDeletionsRequest) ProtoMessage() {}
+
+func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
+func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ConfirmDeletionsRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type Counters struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connections   uint64                 `protobuf:"varint,1,opt,name=connections,proto3" json:"connections,omitempty"`
+	InPackets     uint64                 `protobuf:"varint,2,opt,name=in_packets,json=inPackets,proto3" json:"in_packets,omitempty"`
+	OutPackets    uint64                 `protobuf:"varint,3,opt,name=out_packets,json=outPackets,proto3" json:"out_packets,omitempty"`
+	InBytes       uint64                 `protobuf:"varint,4,opt,name=in_bytes,json=inBytes,proto3" json:"in_bytes,omitempty"`
+	OutBytes      uint64                 `protobuf:"varint,5,opt,name=out_bytes,json=outBytes,proto3" json:"out_bytes,omitempty"`
+	Cps           uint64                 `protobuf:"varint,6,opt,name=cps,proto3" json:"cps,omitempty"`
+	InPps         uint64                 `protobuf:"varint,7,opt,name=in_pps,json=inPps,proto3" json:"in_pps,omitempty"`
+	OutPps        uint64                 `protobuf:"varint,8,opt,name=out_pps,json=outPps,proto3" json:"out_pps,omitempty"`
+	InBps         uint64                 `protobuf:"varint,9,opt,name=in_bps,json=inBps,proto3" json:"in_bps,omitempty"`
+	OutBps        uint64                 `protobuf:"varint,10,opt,name=out_bps,json=outBps,proto3" json:"out_bps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Counters) Reset() {
+	*x = Counters{}
+	mi := &file_types_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Counters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Counters) ProtoMessage() {}
+
+func (x *Counters) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Counters.ProtoReflect.Descriptor instead.
+func (*Counters) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Counters) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *Counters) GetInPackets() uint64 {
+	if x != nil {
+		return x.InPackets
+	}
+	return 0
+}
+
+func (x *Counters) GetOutPackets() uint64 {
+	if x != nil {
+		return x.OutPackets
+	}
+	return 0
+}
+
+func (x *Counters) GetInBytes() uint64 {
+	if x != nil {
+		return x.InBytes
+	}
+	return 0
+}
+
+func (x *Counters) GetOutBytes() uint64 {
+	if x != nil {
+		return x.OutBytes
+	}
+	return 0
+}
+
+func (x *Counters) GetCps() uint64 {
+	if x != nil {
+		return x.Cps
+	}
+	return 0
+}
+
+func (x *Counters) GetInPps() uint64 {
+	if x != nil {
+		return x.InPps
+	}
+	return 0
+}
+
+func (x *Counters) GetOutPps() uint64 {
+	if x != nil {
+		return x.OutPps
+	}
+	return 0
+}
+
+func (x *Counters) GetInBps() uint64 {
+	if x != nil {
+		return x.InBps
+	}
+	return 0
+}
+
+func (x *Counters) GetOutBps() uint64 {
+	if x != nil {
+		return x.OutBps
+	}
+	return 0
+}
+
+type ServerStats struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Key                 *RealServer_Key        `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Counters            *Counters              `protobuf:"bytes,2,opt,name=counters,proto3" json:"counters,omitempty"`
+	ActiveConnections   uint32                 `protobuf:"varint,3,opt,name=active_connections,json=activeConnections,proto3" json:"active_connections,omitempty"`
+	InactiveConnections uint32                 `protobuf:"varint,4,opt,name=inactive_connections,json=inactiveConnections,proto3" json:"inactive_connections,omitempty"`
+	Weight              uint32                 `protobuf:"varint,5,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *ServerStats) Reset() {
+	*x = ServerStats{}
+	mi := &file_types_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerStats) ProtoMessage() {}
+
+func (x *ServerStats) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
+func (*ServerStats) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ServerStats) GetKey() *RealServer_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ServerStats) GetCounters() *Counters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+func (x *ServerStats) GetActiveConnections() uint32 {
+	if x != nil {
+		return x.ActiveConnections
+	}
+	return 0
+}
+
+func (x *ServerStats) GetInactiveConnections() uint32 {
+	if x != nil {
+		return x.InactiveConnections
+	}
+	return 0
+}
+
+func (x *ServerStats) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+type ServiceStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId     string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	Key           *VirtualService_Key    `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Counters      *Counters              `protobuf:"bytes,3,opt,name=counters,proto3" json:"counters,omitempty"`
+	Servers       []*ServerStats         `protobuf:"bytes,4,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceStats) Reset() {
+	*x = ServiceStats{}
+	mi := &file_types_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceStats) ProtoMessage() {}
+
+func (x *ServiceStats) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
+func (*ServiceStats) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ServiceStats) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *ServiceStats) GetKey() *VirtualService_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ServiceStats) GetCounters() *Counters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+func (x *ServiceStats) GetServers() []*ServerStats {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+type StatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Services      []*ServiceStats        `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsResponse) Reset() {
+	*x = StatsResponse{}
+	mi := &file_types_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsResponse) ProtoMessage() {}
+
+func (x *StatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
+func (*StatsResponse) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *StatsResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *StatsResponse) GetServices() []*ServiceStats {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
 type VirtualService_Key struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// ip is the VIP, IPv4 or IPv6; empty for a firewall-mark service.
@@ -749,7 +1418,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +1430,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +1501,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +1513,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1582,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1594,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1634,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1646,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1694,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1706,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1793,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1805,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1866,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1878,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1912,7 @@ var File_types_proto protoreflect.FileDescriptor
 
 const file_types_proto_rawDesc = "" +
 	"\n" +
-	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\"\xcc\x06\n" +
+	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x06\n" +
 	"\x0eVirtualService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x03key\x18\x02 \x01(\v2\x19.types.VirtualService.KeyR\x03key\x124\n" +
@@ -1323,7 +1992,67 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04*:\n" +
+	"\x06DELETE\x10\x04\"\x96\x03\n" +
+	"\n" +
+	"NodeStatus\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
+	"\vapi_address\x18\x02 \x01(\tR\n" +
+	"apiAddress\x12)\n" +
+	"\x10applied_revision\x18\x03 \x01(\x03R\x0fappliedRevision\x12A\n" +
+	"\x0elast_reconcile\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rlastReconcile\x12\x1f\n" +
+	"\vlast_result\x18\x05 \x01(\tR\n" +
+	"lastResult\x12*\n" +
+	"\x06errors\x18\x06 \x03(\v2\x12.types.ObjectErrorR\x06errors\x12;\n" +
+	"\x0edeletion_guard\x18\a \x01(\v2\x14.types.DeletionGuardR\rdeletionGuard\x12%\n" +
+	"\x0eowned_services\x18\b \x01(\rR\rownedServices\x124\n" +
+	"\astarted\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\astarted\"\xb1\x01\n" +
+	"\vObjectError\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\rR\battempts\x129\n" +
+	"\n" +
+	"next_retry\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tnextRetry\"s\n" +
+	"\rDeletionGuard\x12\x12\n" +
+	"\x04held\x18\x01 \x01(\bR\x04held\x12\x1c\n" +
+	"\tdeletions\x18\x02 \x01(\rR\tdeletions\x12\x14\n" +
+	"\x05owned\x18\x03 \x01(\rR\x05owned\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"d\n" +
+	"\x0eStatusResponse\x12'\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x11.types.NodeStatusR\x05nodes\x12)\n" +
+	"\x10desired_revision\x18\x02 \x01(\x03R\x0fdesiredRevision\"5\n" +
+	"\x17ConfirmDeletionsRequest\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\x96\x02\n" +
+	"\bCounters\x12 \n" +
+	"\vconnections\x18\x01 \x01(\x04R\vconnections\x12\x1d\n" +
+	"\n" +
+	"in_packets\x18\x02 \x01(\x04R\tinPackets\x12\x1f\n" +
+	"\vout_packets\x18\x03 \x01(\x04R\n" +
+	"outPackets\x12\x19\n" +
+	"\bin_bytes\x18\x04 \x01(\x04R\ainBytes\x12\x1b\n" +
+	"\tout_bytes\x18\x05 \x01(\x04R\boutBytes\x12\x10\n" +
+	"\x03cps\x18\x06 \x01(\x04R\x03cps\x12\x15\n" +
+	"\x06in_pps\x18\a \x01(\x04R\x05inPps\x12\x17\n" +
+	"\aout_pps\x18\b \x01(\x04R\x06outPps\x12\x15\n" +
+	"\x06in_bps\x18\t \x01(\x04R\x05inBps\x12\x17\n" +
+	"\aout_bps\x18\n" +
+	" \x01(\x04R\x06outBps\"\xdd\x01\n" +
+	"\vServerStats\x12'\n" +
+	"\x03key\x18\x01 \x01(\v2\x15.types.RealServer.KeyR\x03key\x12+\n" +
+	"\bcounters\x18\x02 \x01(\v2\x0f.types.CountersR\bcounters\x12-\n" +
+	"\x12active_connections\x18\x03 \x01(\rR\x11activeConnections\x121\n" +
+	"\x14inactive_connections\x18\x04 \x01(\rR\x13inactiveConnections\x12\x16\n" +
+	"\x06weight\x18\x05 \x01(\rR\x06weight\"\xb5\x01\n" +
+	"\fServiceStats\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12+\n" +
+	"\x03key\x18\x02 \x01(\v2\x19.types.VirtualService.KeyR\x03key\x12+\n" +
+	"\bcounters\x18\x03 \x01(\v2\x0f.types.CountersR\bcounters\x12,\n" +
+	"\aservers\x18\x04 \x03(\v2\x12.types.ServerStatsR\aservers\"T\n" +
+	"\rStatsResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12/\n" +
+	"\bservices\x18\x02 \x03(\v2\x13.types.ServiceStatsR\bservices*:\n" +
 	"\bProtocol\x12\x12\n" +
 	"\x0eUNSET_PROTOCOL\x10\x00\x12\a\n" +
 	"\x03TCP\x10\x01\x12\a\n" +
@@ -1343,7 +2072,7 @@ const file_types_proto_rawDesc = "" +
 	"TunnelType\x12\b\n" +
 	"\x04IPIP\x10\x00\x12\a\n" +
 	"\x03GUE\x10\x01\x12\a\n" +
-	"\x03GRE\x10\x022\x92\x05\n" +
+	"\x03GRE\x10\x022\xd4\x06\n" +
 	"\x06Merlin\x12@\n" +
 	"\rCreateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12@\n" +
 	"\rUpdateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12G\n" +
@@ -1355,7 +2084,10 @@ const file_types_proto_rawDesc = "" +
 	"\n" +
 	"GetService\x12\x1c.google.protobuf.StringValue\x1a\x18.types.ListResponse.Item\"\x00\x12P\n" +
 	"\x17DeleteServiceAtRevision\x12\x1b.types.DeleteServiceRequest\x1a\x16.google.protobuf.Empty\"\x00\x123\n" +
-	"\x05Watch\x12\x13.types.WatchRequest\x1a\x11.types.WatchEvent\"\x000\x01B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
+	"\x05Watch\x12\x13.types.WatchRequest\x1a\x11.types.WatchEvent\"\x000\x01\x129\n" +
+	"\x06Status\x12\x16.google.protobuf.Empty\x1a\x15.types.StatusResponse\"\x00\x127\n" +
+	"\x05Stats\x12\x16.google.protobuf.Empty\x1a\x14.types.StatsResponse\"\x00\x12L\n" +
+	"\x10ConfirmDeletions\x12\x1e.types.ConfirmDeletionsRequest\x1a\x16.google.protobuf.Empty\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
 
 var (
 	file_types_proto_rawDescOnce sync.Once
@@ -1370,7 +2102,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -1384,73 +2116,101 @@ var file_types_proto_goTypes = []any{
 	(*DeleteServiceRequest)(nil),          // 9: types.DeleteServiceRequest
 	(*WatchRequest)(nil),                  // 10: types.WatchRequest
 	(*WatchEvent)(nil),                    // 11: types.WatchEvent
-	(*VirtualService_Key)(nil),            // 12: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 13: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 14: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 15: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 16: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 17: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 18: types.ListResponse.Item
-	(*wrapperspb.UInt32Value)(nil),        // 19: google.protobuf.UInt32Value
-	(*wrapperspb.BoolValue)(nil),          // 20: google.protobuf.BoolValue
-	(*wrapperspb.StringValue)(nil),        // 21: google.protobuf.StringValue
-	(*durationpb.Duration)(nil),           // 22: google.protobuf.Duration
-	(*emptypb.Empty)(nil),                 // 23: google.protobuf.Empty
+	(*NodeStatus)(nil),                    // 12: types.NodeStatus
+	(*ObjectError)(nil),                   // 13: types.ObjectError
+	(*DeletionGuard)(nil),                 // 14: types.DeletionGuard
+	(*StatusResponse)(nil),                // 15: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 16: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 17: types.Counters
+	(*ServerStats)(nil),                   // 18: types.ServerStats
+	(*ServiceStats)(nil),                  // 19: types.ServiceStats
+	(*StatsResponse)(nil),                 // 20: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 21: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 22: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 23: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 24: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 25: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 26: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 27: types.ListResponse.Item
+	(*timestamppb.Timestamp)(nil),         // 28: google.protobuf.Timestamp
+	(*wrapperspb.UInt32Value)(nil),        // 29: google.protobuf.UInt32Value
+	(*wrapperspb.BoolValue)(nil),          // 30: google.protobuf.BoolValue
+	(*wrapperspb.StringValue)(nil),        // 31: google.protobuf.StringValue
+	(*durationpb.Duration)(nil),           // 32: google.protobuf.Duration
+	(*emptypb.Empty)(nil),                 // 33: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	12, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
-	13, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
-	14, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	15, // 3: types.RealServer.key:type_name -> types.RealServer.Key
-	16, // 4: types.RealServer.config:type_name -> types.RealServer.Config
-	17, // 5: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	18, // 6: types.ListResponse.items:type_name -> types.ListResponse.Item
+	21, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
+	22, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
+	23, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	24, // 3: types.RealServer.key:type_name -> types.RealServer.Key
+	25, // 4: types.RealServer.config:type_name -> types.RealServer.Config
+	26, // 5: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	27, // 6: types.ListResponse.items:type_name -> types.ListResponse.Item
 	8,  // 7: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
 	4,  // 8: types.WatchEvent.type:type_name -> types.WatchEvent.Type
 	5,  // 9: types.WatchEvent.service:type_name -> types.VirtualService
 	6,  // 10: types.WatchEvent.server:type_name -> types.RealServer
-	0,  // 11: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 12: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	19, // 13: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	19, // 14: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	20, // 15: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 16: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	17, // 17: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	19, // 18: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 19: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	19, // 20: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	19, // 21: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 22: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	21, // 23: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	22, // 24: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	22, // 25: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	5,  // 26: types.ListResponse.Item.service:type_name -> types.VirtualService
-	6,  // 27: types.ListResponse.Item.servers:type_name -> types.RealServer
-	5,  // 28: types.Merlin.CreateService:input_type -> types.VirtualService
-	5,  // 29: types.Merlin.UpdateService:input_type -> types.VirtualService
-	21, // 30: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	6,  // 31: types.Merlin.CreateServer:input_type -> types.RealServer
-	6,  // 32: types.Merlin.UpdateServer:input_type -> types.RealServer
-	6,  // 33: types.Merlin.DeleteServer:input_type -> types.RealServer
-	23, // 34: types.Merlin.List:input_type -> google.protobuf.Empty
-	21, // 35: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	9,  // 36: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	10, // 37: types.Merlin.Watch:input_type -> types.WatchRequest
-	23, // 38: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	23, // 39: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	23, // 40: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	23, // 41: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	23, // 42: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	23, // 43: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	7,  // 44: types.Merlin.List:output_type -> types.ListResponse
-	18, // 45: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	23, // 46: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	11, // 47: types.Merlin.Watch:output_type -> types.WatchEvent
-	38, // [38:48] is the sub-list for method output_type
-	28, // [28:38] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	28, // 11: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	13, // 12: types.NodeStatus.errors:type_name -> types.ObjectError
+	14, // 13: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	28, // 14: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	28, // 15: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	12, // 16: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	24, // 17: types.ServerStats.key:type_name -> types.RealServer.Key
+	17, // 18: types.ServerStats.counters:type_name -> types.Counters
+	21, // 19: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	17, // 20: types.ServiceStats.counters:type_name -> types.Counters
+	18, // 21: types.ServiceStats.servers:type_name -> types.ServerStats
+	19, // 22: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 23: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 24: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	29, // 25: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	29, // 26: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	30, // 27: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 28: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	26, // 29: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	29, // 30: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 31: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	29, // 32: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	29, // 33: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 34: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	31, // 35: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	32, // 36: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	32, // 37: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	5,  // 38: types.ListResponse.Item.service:type_name -> types.VirtualService
+	6,  // 39: types.ListResponse.Item.servers:type_name -> types.RealServer
+	5,  // 40: types.Merlin.CreateService:input_type -> types.VirtualService
+	5,  // 41: types.Merlin.UpdateService:input_type -> types.VirtualService
+	31, // 42: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	6,  // 43: types.Merlin.CreateServer:input_type -> types.RealServer
+	6,  // 44: types.Merlin.UpdateServer:input_type -> types.RealServer
+	6,  // 45: types.Merlin.DeleteServer:input_type -> types.RealServer
+	33, // 46: types.Merlin.List:input_type -> google.protobuf.Empty
+	31, // 47: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	9,  // 48: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	10, // 49: types.Merlin.Watch:input_type -> types.WatchRequest
+	33, // 50: types.Merlin.Status:input_type -> google.protobuf.Empty
+	33, // 51: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	16, // 52: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	33, // 53: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	33, // 54: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	33, // 55: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	33, // 56: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	33, // 57: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	33, // 58: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	7,  // 59: types.Merlin.List:output_type -> types.ListResponse
+	27, // 60: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	33, // 61: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	11, // 62: types.Merlin.Watch:output_type -> types.WatchEvent
+	15, // 63: types.Merlin.Status:output_type -> types.StatusResponse
+	20, // 64: types.Merlin.Stats:output_type -> types.StatsResponse
+	33, // 65: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	53, // [53:66] is the sub-list for method output_type
+	40, // [40:53] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -1464,7 +2224,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   14,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,9 @@ const (
 	Merlin_GetService_FullMethodName              = "/types.Merlin/GetService"
 	Merlin_DeleteServiceAtRevision_FullMethodName = "/types.Merlin/DeleteServiceAtRevision"
 	Merlin_Watch_FullMethodName                   = "/types.Merlin/Watch"
+	Merlin_Status_FullMethodName                  = "/types.Merlin/Status"
+	Merlin_Stats_FullMethodName                   = "/types.Merlin/Stats"
+	Merlin_ConfirmDeletions_FullMethodName        = "/types.Merlin/ConfirmDeletions"
 )
 
 // MerlinClient is the client API for Merlin service.
@@ -63,6 +66,14 @@ type MerlinClient interface {
 	// then every change, each with its revision. Resuming from a revision
 	// that etcd has compacted fails with OutOfRange: list again.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
+	// Status reports every node: the revision it applied, per-object
+	// errors, and whether its deletion guard holds changes back.
+	Status(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Stats returns the kernel IPVS counters of the node that answers.
+	Stats(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*StatsResponse, error)
+	// ConfirmDeletions lets nodes apply a desired state that deletes more
+	// services at once than their deletion guard allows, up to revision.
+	ConfirmDeletions(ctx context.Context, in *ConfirmDeletionsRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type merlinClient struct {
@@ -182,6 +193,36 @@ func (c *merlinClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Merlin_WatchClient = grpc.ServerStreamingClient[WatchEvent]
 
+func (c *merlinClient) Status(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*StatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusResponse)
+	err := c.cc.Invoke(ctx, Merlin_Status_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *merlinClient) Stats(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*StatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatsResponse)
+	err := c.cc.Invoke(ctx, Merlin_Stats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *merlinClient) ConfirmDeletions(ctx context.Context, in *ConfirmDeletionsRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, Merlin_ConfirmDeletions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MerlinServer is the server API for Merlin service.
 // All implementations must embed UnimplementedMerlinServer
 // for forward compatibility.
@@ -208,6 +249,14 @@ type MerlinServer interface {
 	// then every change, each with its revision. Resuming from a revision
 	// that etcd has compacted fails with OutOfRange: list again.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
+	// Status reports every node: the revision it applied, per-object
+	// errors, and whether its deletion guard holds changes back.
+	Status(context.Context, *emptypb.Empty) (*StatusResponse, error)
+	// Stats returns the kernel IPVS counters of the node that answers.
+	Stats(context.Context, *emptypb.Empty) (*StatsResponse, error)
+	// ConfirmDeletions lets nodes apply a desired state that deletes more
+	// services at once than their deletion guard allows, up to revision.
+	ConfirmDeletions(context.Context, *ConfirmDeletionsRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedMerlinServer()
 }
 
@@ -247,6 +296,15 @@ func (UnimplementedMerlinServer) DeleteServiceAtRevision(context.Context, *Delet
 }
 func (UnimplementedMerlinServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedMerlinServer) Status(context.Context, *emptypb.Empty) (*StatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedMerlinServer) Stats(context.Context, *emptypb.Empty) (*StatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedMerlinServer) ConfirmDeletions(context.Context, *ConfirmDeletionsRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConfirmDeletions not implemented")
 }
 func (UnimplementedMerlinServer) mustEmbedUnimplementedMerlinServer() {}
 func (UnimplementedMerlinServer) testEmbeddedByValue()                {}
@@ -442,6 +500,60 @@ func _Merlin_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Merlin_WatchServer = grpc.ServerStreamingServer[WatchEvent]
 
+func _Merlin_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(emptypb.Empty)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).Status(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_Status_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).Status(ctx, req.(*emptypb.Empty))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Merlin_Stats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(emptypb.Empty)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).Stats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_Stats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).Stats(ctx, req.(*emptypb.Empty))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Merlin_ConfirmDeletions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConfirmDeletionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).ConfirmDeletions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_ConfirmDeletions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).ConfirmDeletions(ctx, req.(*ConfirmDeletionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Merlin_ServiceDesc is the grpc.ServiceDesc for Merlin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -484,6 +596,18 @@ var Merlin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteServiceAtRevision",
 			Handler:    _Merlin_DeleteServiceAtRevision_Handler,
+		},
+		{
+			MethodName: "Status",
+			Handler:    _Merlin_Status_Handler,
+		},
+		{
+			MethodName: "Stats",
+			Handler:    _Merlin_Stats_Handler,
+		},
+		{
+			MethodName: "ConfirmDeletions",
+			Handler:    _Merlin_ConfirmDeletions_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
