@@ -1,0 +1,564 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// IPVS is what the agent needs of a kernel IPVS table; *ipvs.Client has it.
+type IPVS interface {
+	Table(ctx context.Context) ([]ipvs.VirtualServer, error)
+	Apply(ctx context.Context, ops []ipvs.Op) error
+}
+
+// VIPSink puts the VIPs a node serves on an interface (datapath/netif).
+type VIPSink interface {
+	SetVIPs(ctx context.Context, vips []netip.Addr) error
+}
+
+// AgentConfig configures a node agent; zero values take the defaults.
+type AgentConfig struct {
+	Node string
+	// ResyncPeriod between full reads of the kernel table, which repair
+	// changes made behind merlin's back; default 30 s.
+	ResyncPeriod time.Duration
+	// OwnershipFile records which kernel services merlin created, so that
+	// a restart still leaves every other service alone. Required.
+	OwnershipFile string
+	// Adopt: kernel services that merlin did not create but that match a
+	// desired service with a VIP in these prefixes are taken over.
+	Adopt []netip.Prefix
+	// A desired state that deletes more than DeletionGuardFraction of the
+	// owned services, and at least DeletionGuardMin of them, at once is
+	// held back until confirmed. Defaults 0.5 and 3; a negative fraction
+	// turns the guard off.
+	DeletionGuardFraction float64
+	DeletionGuardMin      int
+	// RetryBackoff is the first wait before retrying an object the kernel
+	// refused; it doubles up to MaxRetryBackoff. Defaults 1 s and 60 s.
+	RetryBackoff, MaxRetryBackoff time.Duration
+}
+
+// objectID names a desired object: a service, or one of its servers.
+type objectID struct{ service, server string }
+
+type failure struct {
+	err      string
+	attempts uint32
+	next     time.Time
+}
+
+// Agent makes one node's kernel IPVS table match the desired state: each
+// pass diffs desired against what merlin owns in the kernel and applies
+// the difference in one batch. Passes are level-triggered: changes that
+// arrive together coalesce, and a pass with nothing to change writes
+// nothing. Kernel services merlin does not own are never touched.
+type Agent struct {
+	cfg     AgentConfig
+	ipvs    IPVS
+	vips    VIPSink
+	log     *slog.Logger
+	metrics *AgentMetrics
+
+	mu      sync.Mutex
+	latest  *State
+	wake    chan struct{}
+	status  *types.NodeStatus
+	changed chan struct{} // closed and replaced when status changes
+
+	// Owned by Run.
+	owned      *ownership
+	model      map[ipvs.ServiceKey]*ipvs.VirtualServer // owned kernel services as last read or written
+	foreign    map[ipvs.ServiceKey]bool                // kernel services merlin leaves alone
+	modelValid bool
+	desired    *State
+	converted  map[string]convertedService
+	failures   map[objectID]*failure
+	lastVIPs   []netip.Addr
+	guardRev   int64
+}
+
+type convertedService struct {
+	state *ServiceState
+	vs    ipvs.VirtualServer
+	err   error
+}
+
+// NewAgent returns an agent for one IPVS table. vips may be nil.
+func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, metrics *AgentMetrics, log *slog.Logger) (*Agent, error) {
+	if cfg.ResyncPeriod == 0 {
+		cfg.ResyncPeriod = 30 * time.Second
+	}
+	if cfg.DeletionGuardFraction == 0 {
+		cfg.DeletionGuardFraction = 0.5
+	}
+	if cfg.DeletionGuardMin == 0 {
+		cfg.DeletionGuardMin = 3
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = time.Second
+	}
+	if cfg.MaxRetryBackoff == 0 {
+		cfg.MaxRetryBackoff = time.Minute
+	}
+	if cfg.OwnershipFile == "" {
+		return nil, errors.New("agent: an ownership file is required")
+	}
+	owned, err := loadOwnership(cfg.OwnershipFile)
+	if err != nil {
+		return nil, err
+	}
+	if metrics == nil {
+		metrics = NewAgentMetrics(nil)
+	}
+	return &Agent{
+		cfg: cfg, ipvs: table, vips: vips, log: log, metrics: metrics,
+		wake:      make(chan struct{}, 1),
+		status:    &types.NodeStatus{Node: cfg.Node, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
+		changed:   make(chan struct{}),
+		owned:     owned,
+		converted: map[string]convertedService{},
+		failures:  map[objectID]*failure{},
+	}, nil
+}
+
+// Offer hands the agent a new desired state; only the latest counts.
+func (a *Agent) Offer(s *State) {
+	a.mu.Lock()
+	a.latest = s
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Status returns a copy of the node's status and a channel closed at its
+// next change.
+func (a *Agent) Status() (*types.NodeStatus, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return proto.Clone(a.status).(*types.NodeStatus), a.changed
+}
+
+func (a *Agent) setStatus(fn func(st *types.NodeStatus)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	before := proto.Clone(a.status).(*types.NodeStatus)
+	fn(a.status)
+	if !proto.Equal(before, a.status) {
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
+}
+
+// Run reconciles until ctx ends. It never changes the kernel before the
+// first desired state arrives, and leaves the kernel as it is on return.
+func (a *Agent) Run(ctx context.Context) error {
+	resync := time.NewTicker(a.cfg.ResyncPeriod)
+	defer resync.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		full := false
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.wake:
+		case <-resync.C:
+			full = true
+		case <-retry.C:
+		}
+		a.mu.Lock()
+		latest := a.latest
+		a.mu.Unlock()
+		if latest == nil {
+			continue // static stability: nothing is known yet, so nothing changes
+		}
+		next := a.pass(ctx, latest, full)
+		if !next.IsZero() {
+			retry.Reset(max(time.Until(next), 10*time.Millisecond))
+		}
+	}
+}
+
+// pass runs one reconcile and returns when the next retry is due (zero: none).
+func (a *Agent) pass(ctx context.Context, desired *State, full bool) time.Time {
+	start := time.Now()
+	kind := "event"
+	if full || !a.modelValid {
+		kind = "resync"
+	}
+	err := a.reconcile(ctx, desired, kind == "resync")
+	a.metrics.reconcileDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	result := "ok"
+	if err != nil {
+		result = err.Error()
+		a.metrics.reconcileErrors.Inc()
+		a.log.Warn("reconcile failed", "error", err)
+	}
+	var next time.Time
+	var objErrs []*types.ObjectError
+	for id, f := range a.failures {
+		if next.IsZero() || f.next.Before(next) {
+			next = f.next
+		}
+		objErrs = append(objErrs, &types.ObjectError{ServiceId: id.service, Server: id.server, Error: f.err, Attempts: f.attempts, NextRetry: timestamppb.New(f.next)})
+	}
+	sort.Slice(objErrs, func(i, j int) bool {
+		if objErrs[i].ServiceId != objErrs[j].ServiceId {
+			return objErrs[i].ServiceId < objErrs[j].ServiceId
+		}
+		return objErrs[i].Server < objErrs[j].Server
+	})
+	a.metrics.objectErrors.Set(float64(len(objErrs)))
+	a.metrics.ownedServices.Set(float64(a.owned.len()))
+	a.metrics.desiredRevision.Set(float64(desired.Revision))
+	a.metrics.invalidKeys.Set(float64(len(desired.Invalid)))
+	a.setStatus(func(st *types.NodeStatus) {
+		st.LastResult = result
+		st.LastReconcile = timestamppb.New(start)
+		st.Errors = objErrs
+		st.OwnedServices = uint32(a.owned.len())
+		if err == nil {
+			st.AppliedRevision = desired.Revision
+			a.metrics.appliedRevision.Set(float64(desired.Revision))
+		}
+	})
+	if err != nil && next.IsZero() {
+		next = time.Now().Add(a.cfg.RetryBackoff)
+	}
+	return next
+}
+
+func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error {
+	if full || !a.modelValid {
+		if err := a.readKernel(ctx, desired); err != nil {
+			return err
+		}
+	}
+	// Convert what changed since the last pass; services keep their
+	// pointers while unchanged, so this costs nothing for the rest.
+	dirty := map[ipvs.ServiceKey]bool{}
+	for id, ss := range desired.Services {
+		c, ok := a.converted[id]
+		if ok && c.state == ss {
+			continue
+		}
+		if ok && c.err == nil {
+			dirty[c.vs.Service.Key] = true
+		}
+		vs, err := ToIPVS(ss, nil)
+		a.converted[id] = convertedService{state: ss, vs: vs, err: err}
+		if err == nil {
+			dirty[vs.Service.Key] = true
+		}
+		a.clearFailures(id)
+	}
+	for id, c := range a.converted {
+		if _, ok := desired.Services[id]; !ok {
+			if c.err == nil {
+				dirty[c.vs.Service.Key] = true
+			}
+			delete(a.converted, id)
+			a.clearFailures(id)
+		}
+	}
+	now := time.Now()
+	for id, f := range a.failures {
+		if !f.next.After(now) {
+			if c, ok := a.converted[id.service]; ok && c.err == nil {
+				dirty[c.vs.Service.Key] = true
+			}
+		}
+	}
+	if full || a.guardRev != 0 { // held deletions are looked at again every pass
+		for k := range a.model {
+			dirty[k] = true
+		}
+		for _, c := range a.converted {
+			if c.err == nil {
+				dirty[c.vs.Service.Key] = true
+			}
+		}
+	}
+
+	// Objects the kernel refused wait for their backoff, even on resync.
+	for id, f := range a.failures {
+		if f.next.After(now) {
+			if c, ok := a.converted[id.service]; ok && c.err == nil {
+				delete(dirty, c.vs.Service.Key)
+			}
+		}
+	}
+
+	keyToID := map[ipvs.ServiceKey]string{}
+	var want, have []ipvs.VirtualServer
+	for id, c := range a.converted {
+		if c.err != nil {
+			a.fail(objectID{service: id}, c.err)
+			continue
+		}
+		k := c.vs.Service.Key
+		keyToID[k] = id
+		if !dirty[k] {
+			continue
+		}
+		if !a.owned.has(k) {
+			if a.foreignHas(k) {
+				a.fail(objectID{service: id}, fmt.Errorf("the kernel has a service %s that merlin does not own; list its VIP under adopt to take it over", k))
+				continue
+			}
+		}
+		want = append(want, c.vs)
+	}
+	for k := range dirty {
+		if vs, ok := a.model[k]; ok {
+			have = append(have, *vs)
+		}
+	}
+	ops := ipvs.Diff(want, have)
+	ops = a.guardDeletions(ops, desired)
+	a.setVIPs(ctx)
+	if len(ops) == 0 {
+		return nil
+	}
+	for _, op := range ops {
+		if op.Kind == ipvs.OpAddService {
+			a.owned.add(op.Service.Key)
+		}
+	}
+	if err := a.owned.save(); err != nil {
+		return fmt.Errorf("record owned services before creating them: %w", err)
+	}
+	applyErr := a.ipvs.Apply(ctx, ops)
+	failed := map[int]error{}
+	var be *ipvs.BatchError
+	switch {
+	case applyErr == nil:
+	case errors.As(applyErr, &be):
+		for _, f := range be.Failed {
+			failed[f.Index] = f.Err
+		}
+	default:
+		for i := range ops {
+			failed[i] = applyErr
+		}
+	}
+	for i, op := range ops {
+		a.metrics.ops.WithLabelValues(opLabel(op.Kind)).Inc()
+		id := objectID{service: keyToID[op.Service.Key]}
+		if isDestinationOp(op.Kind) {
+			id.server = netip.AddrPortFrom(op.Destination.Key.Address, op.Destination.Key.Port).String()
+		}
+		if err, bad := failed[i]; bad {
+			a.metrics.opErrors.WithLabelValues(opLabel(op.Kind), errorLabel(err)).Inc()
+			if errors.Is(err, ipvs.ErrOutcomeUnknown) || errors.Is(err, ipvs.ErrNotSent) {
+				a.modelValid = false // read the kernel again before trusting the model
+			}
+			if id.service == "" {
+				id.service = op.Service.Key.String() // deleting a service merlin owns but no longer desires
+			}
+			if op.Kind == ipvs.OpAddService && !errors.Is(err, ipvs.ErrOutcomeUnknown) {
+				a.owned.remove(op.Service.Key) // not created: perhaps someone else's
+			}
+			a.fail(id, fmt.Errorf("%s: %w", op, err))
+			continue
+		}
+		delete(a.failures, id)
+		a.applyToModel(op)
+	}
+	if err := a.owned.save(); err != nil {
+		return fmt.Errorf("record owned services: %w", err)
+	}
+	if applyErr != nil && be == nil {
+		a.modelValid = false
+		return fmt.Errorf("apply %d IPVS ops: %w", len(ops), applyErr)
+	}
+	if len(failed) > 0 {
+		a.log.Warn("the kernel refused some IPVS ops; the rest applied", "failed", len(failed), "total", len(ops))
+	}
+	return nil
+}
+
+// readKernel reads the whole table: the owned part becomes the model;
+// services matching desired VIPs under Adopt become owned.
+func (a *Agent) readKernel(ctx context.Context, desired *State) error {
+	table, err := a.ipvs.Table(ctx)
+	if err != nil {
+		a.modelValid = false
+		return fmt.Errorf("read the kernel IPVS table: %w", err)
+	}
+	desiredKeys := map[ipvs.ServiceKey]bool{}
+	for _, ss := range desired.Services {
+		desiredKeys[ServiceKeyOf(ss.Service)] = true
+	}
+	a.model = map[ipvs.ServiceKey]*ipvs.VirtualServer{}
+	a.foreign = map[ipvs.ServiceKey]bool{}
+	present := map[ipvs.ServiceKey]bool{}
+	for i := range table {
+		vs := &table[i]
+		k := vs.Service.Key.Canonical()
+		present[k] = true
+		if !a.owned.has(k) && desiredKeys[k] && a.adoptable(k) {
+			a.log.Info("adopting kernel service", "service", k)
+			a.owned.add(k)
+		}
+		if a.owned.has(k) {
+			a.model[k] = vs
+		} else {
+			a.foreign[k] = true
+		}
+	}
+	// Owned services that vanished behind merlin's back stay owned: the
+	// diff recreates those still desired. Those not desired are forgotten.
+	for _, k := range a.owned.list() {
+		if !present[k] && !desiredKeys[k] {
+			a.owned.remove(k)
+		}
+	}
+	a.modelValid = true
+	return a.owned.save()
+}
+
+func (a *Agent) foreignHas(k ipvs.ServiceKey) bool { return a.foreign[k] }
+
+func (a *Agent) adoptable(k ipvs.ServiceKey) bool {
+	if k.FWMark != 0 {
+		return false
+	}
+	for _, p := range a.cfg.Adopt {
+		if p.Contains(k.Address) {
+			return true
+		}
+	}
+	return false
+}
+
+// guardDeletions holds back service deletions when too many go at once.
+func (a *Agent) guardDeletions(ops []ipvs.Op, desired *State) []ipvs.Op {
+	deletions := 0
+	for _, op := range ops {
+		if op.Kind == ipvs.OpDeleteService {
+			deletions++
+		}
+	}
+	owned := a.owned.len()
+	limit := max(a.cfg.DeletionGuardMin, int(a.cfg.DeletionGuardFraction*float64(owned)))
+	held := a.cfg.DeletionGuardFraction >= 0 && deletions > limit
+	if held && a.guardRev == 0 {
+		a.guardRev = desired.Revision
+	}
+	if held && desired.ConfirmedDeletions >= a.guardRev {
+		a.log.Info("mass deletion confirmed", "deletions", deletions, "revision", a.guardRev)
+		held = false
+	}
+	if !held {
+		a.guardRev = 0
+		a.metrics.guardHeld.Set(0)
+		a.setStatus(func(st *types.NodeStatus) { st.DeletionGuard = nil })
+		return ops
+	}
+	a.metrics.guardHeld.Set(1)
+	a.log.Warn("holding back a mass deletion until confirmed (meradm confirm-deletions)", "deletions", deletions, "owned", owned, "revision", a.guardRev)
+	rev := a.guardRev
+	a.setStatus(func(st *types.NodeStatus) {
+		st.DeletionGuard = &types.DeletionGuard{Held: true, Deletions: uint32(deletions), Owned: uint32(owned), Revision: rev}
+	})
+	kept := ops[:0:0]
+	for _, op := range ops {
+		if op.Kind != ipvs.OpDeleteService {
+			kept = append(kept, op)
+		}
+	}
+	return kept
+}
+
+func (a *Agent) setVIPs(ctx context.Context) {
+	if a.vips == nil {
+		return
+	}
+	set := map[netip.Addr]bool{}
+	for _, c := range a.converted {
+		if c.err == nil && c.vs.Service.Key.FWMark == 0 {
+			set[c.vs.Service.Key.Address] = true
+		}
+	}
+	vips := slices.SortedFunc(maps.Keys(set), netip.Addr.Compare)
+	if slices.Equal(vips, a.lastVIPs) {
+		return
+	}
+	if err := a.vips.SetVIPs(ctx, vips); err != nil {
+		a.log.Warn("set VIP addresses", "error", err)
+		return
+	}
+	a.lastVIPs = vips
+}
+
+func (a *Agent) fail(id objectID, err error) {
+	f := a.failures[id]
+	if f == nil {
+		f = &failure{}
+		a.failures[id] = f
+		a.log.Warn("object not applied", "service", id.service, "server", id.server, "error", err)
+	}
+	f.err = err.Error()
+	f.attempts++
+	backoff := a.cfg.RetryBackoff << min(f.attempts-1, 16)
+	f.next = time.Now().Add(min(backoff, a.cfg.MaxRetryBackoff))
+}
+
+func (a *Agent) clearFailures(serviceID string) {
+	for id := range a.failures {
+		if id.service == serviceID {
+			delete(a.failures, id)
+		}
+	}
+}
+
+func (a *Agent) applyToModel(op ipvs.Op) {
+	k := op.Service.Key
+	switch op.Kind {
+	case ipvs.OpAddService:
+		a.model[k] = &ipvs.VirtualServer{Service: op.Service}
+	case ipvs.OpUpdateService:
+		if vs := a.model[k]; vs != nil {
+			vs.Service.Config = op.Service.Config
+		}
+	case ipvs.OpDeleteService:
+		delete(a.model, k)
+		a.owned.remove(k)
+	case ipvs.OpAddDestination, ipvs.OpUpdateDestination, ipvs.OpDeleteDestination:
+		vs := a.model[k]
+		if vs == nil {
+			return
+		}
+		i := slices.IndexFunc(vs.Destinations, func(d ipvs.Destination) bool { return d.Key == op.Destination.Key })
+		switch {
+		case op.Kind == ipvs.OpDeleteDestination && i >= 0:
+			vs.Destinations = slices.Delete(vs.Destinations, i, i+1)
+		case op.Kind != ipvs.OpDeleteDestination && i >= 0:
+			vs.Destinations[i] = op.Destination
+		case op.Kind != ipvs.OpDeleteDestination:
+			vs.Destinations = append(vs.Destinations, op.Destination)
+		}
+	}
+}
+
+func isDestinationOp(k ipvs.OpKind) bool {
+	return k == ipvs.OpAddDestination || k == ipvs.OpUpdateDestination || k == ipvs.OpDeleteDestination
+}

@@ -1,0 +1,100 @@
+package control
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+)
+
+// AgentMetrics are the node agent's Prometheus metrics.
+type AgentMetrics struct {
+	reconcileDuration *prometheus.HistogramVec
+	reconcileErrors   prometheus.Counter
+	ops               *prometheus.CounterVec
+	opErrors          *prometheus.CounterVec
+	desiredRevision   prometheus.Gauge
+	appliedRevision   prometheus.Gauge
+	invalidKeys       prometheus.Gauge
+	ownedServices     prometheus.Gauge
+	objectErrors      prometheus.Gauge
+	guardHeld         prometheus.Gauge
+}
+
+// NewAgentMetrics creates the metrics and registers them (reg may be nil).
+func NewAgentMetrics(reg prometheus.Registerer) *AgentMetrics {
+	m := &AgentMetrics{
+		reconcileDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "merlin_reconcile_duration_seconds", Help: "Time of one reconcile pass, by kind (event: a desired-state change; resync: with a full kernel read).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"kind"}),
+		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_reconcile_errors_total", Help: "Reconcile passes that could not complete."}),
+		ops:             prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_ipvs_ops_total", Help: "IPVS netlink write operations sent, by op."}, []string{"op"}),
+		opErrors:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_ipvs_op_errors_total", Help: "IPVS write operations the kernel refused or that did not complete, by op and error."}, []string{"op", "error"}),
+		desiredRevision: prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_desired_revision", Help: "etcd revision of the desired state this node has seen."}),
+		appliedRevision: prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_applied_revision", Help: "etcd revision of the desired state last applied completely (apart from per-object errors)."}),
+		invalidKeys:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_invalid_keys", Help: "etcd keys of the desired state whose values could not be used."}),
+		ownedServices:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_owned_services", Help: "Kernel IPVS services merlin owns on this node."}),
+		objectErrors:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_object_errors", Help: "Desired objects the kernel currently refuses (retried with backoff)."}),
+		guardHeld:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_deletion_guard_held", Help: "1 while a mass deletion waits for confirmation."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
+			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld)
+	}
+	return m
+}
+
+func opLabel(k ipvs.OpKind) string {
+	switch k {
+	case ipvs.OpAddService:
+		return "add_service"
+	case ipvs.OpUpdateService:
+		return "update_service"
+	case ipvs.OpDeleteService:
+		return "delete_service"
+	case ipvs.OpAddDestination:
+		return "add_destination"
+	case ipvs.OpUpdateDestination:
+		return "update_destination"
+	case ipvs.OpDeleteDestination:
+		return "delete_destination"
+	}
+	return "unknown"
+}
+
+// errorLabel names an op error by errno, with a bounded set of values.
+func errorLabel(err error) string {
+	var errno unix.Errno
+	switch {
+	case errors.Is(err, ipvs.ErrNotSent):
+		return "not_sent"
+	case errors.Is(err, ipvs.ErrOutcomeUnknown):
+		return "outcome_unknown"
+	case errors.As(err, &errno):
+		if name := unix.ErrnoName(errno); name != "" {
+			return name
+		}
+	}
+	return "other"
+}
+
+// WatcherCollector exports a Watcher's re-list counts and invalid keys.
+type WatcherCollector struct {
+	w       *Watcher
+	relists *prometheus.Desc
+}
+
+// NewWatcherCollector collects w's counters on every scrape.
+func NewWatcherCollector(w *Watcher) *WatcherCollector {
+	return &WatcherCollector{w: w, relists: prometheus.NewDesc("merlin_watch_relists_total", "Full lists of the desired state, by reason (start, compacted, closed, silent, periodic).", []string{"reason"}, nil)}
+}
+
+func (c *WatcherCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.relists }
+
+func (c *WatcherCollector) Collect(ch chan<- prometheus.Metric) {
+	for reason, n := range c.w.Relists() {
+		ch <- prometheus.MustNewConstMetric(c.relists, prometheus.CounterValue, float64(n), reason)
+	}
+}
