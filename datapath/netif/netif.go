@@ -1,0 +1,180 @@
+// Package netif puts the VIPs a node serves on a dummy interface and sets
+// the sysctls an IPVS director needs, in the caller's network namespace.
+// It removes only the addresses it added itself (remembered in a file, so
+// across restarts too). It needs CAP_NET_ADMIN (and write access to
+// /proc/sys for the sysctls).
+package netif
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+)
+
+// DirectorSysctls are set by default: keep connection tracking for IPVS
+// connections (needed by NAT with netfilter), expire connections to a
+// deleted destination at once, and expire persistence templates of a
+// quiesced (weight 0) destination so drained servers really drain.
+var DirectorSysctls = map[string]string{
+	"net/ipv4/vs/conntrack":                 "1",
+	"net/ipv4/vs/expire_nodest_conn":        "1",
+	"net/ipv4/vs/expire_quiescent_template": "1",
+	"net/ipv4/ip_forward":                   "1",
+}
+
+// SetSysctls writes each key (a path under /proc/sys, with / or .) and
+// returns every failure together.
+func SetSysctls(values map[string]string) error {
+	var errs []error
+	for _, k := range slices.Sorted(mapsKeys(values)) {
+		path := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
+		if err := os.WriteFile(path, []byte(values[k]), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("sysctl %s=%s: %w", k, values[k], err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func mapsKeys(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// VIPs keeps a dummy interface holding exactly the VIPs it is given, plus
+// any addresses others put there.
+type VIPs struct {
+	mu        sync.Mutex
+	link      string
+	stateFile string
+	added     map[netip.Addr]bool
+}
+
+// NewVIPs manages addresses on the dummy interface name (created if
+// missing, brought up); stateFile remembers which addresses it added.
+func NewVIPs(name, stateFile string) (*VIPs, error) {
+	v := &VIPs{link: name, stateFile: stateFile, added: map[netip.Addr]bool{}}
+	b, err := os.ReadFile(stateFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("read %s: %w", stateFile, err)
+	default:
+		var addrs []netip.Addr
+		if err := json.Unmarshal(b, &addrs); err != nil {
+			return nil, fmt.Errorf("VIP state file %s is corrupt: %w", stateFile, err)
+		}
+		for _, a := range addrs {
+			v.added[a] = true
+		}
+	}
+	return v, nil
+}
+
+func (v *VIPs) ensureLink() (netlink.Link, error) {
+	l, err := netlink.LinkByName(v.link)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return nil, fmt.Errorf("find interface %s: %w", v.link, err)
+		}
+		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: v.link}}); err != nil {
+			return nil, fmt.Errorf("create dummy interface %s: %w", v.link, err)
+		}
+		if l, err = netlink.LinkByName(v.link); err != nil {
+			return nil, fmt.Errorf("find interface %s: %w", v.link, err)
+		}
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(l); err != nil {
+			return nil, fmt.Errorf("bring %s up: %w", v.link, err)
+		}
+	}
+	return l, nil
+}
+
+// SetVIPs makes the interface hold vips (host routes: /32, /128); it
+// removes only addresses this manager added that are no longer wanted.
+func (v *VIPs) SetVIPs(_ context.Context, vips []netip.Addr) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	l, err := v.ensureLink()
+	if err != nil {
+		return err
+	}
+	have := map[netip.Addr]bool{}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", v.link, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			have[ip.Unmap()] = true
+		}
+	}
+	want := map[netip.Addr]bool{}
+	var errs []error
+	for _, ip := range vips {
+		ip = ip.Unmap()
+		want[ip] = true
+		if have[ip] {
+			continue
+		}
+		if err := netlink.AddrAdd(l, hostAddr(ip)); err != nil {
+			errs = append(errs, fmt.Errorf("add %s to %s: %w", ip, v.link, err))
+			continue
+		}
+		v.added[ip] = true
+	}
+	for ip := range v.added {
+		if want[ip] {
+			continue
+		}
+		if have[ip] {
+			if err := netlink.AddrDel(l, hostAddr(ip)); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s from %s: %w", ip, v.link, err))
+				continue
+			}
+		}
+		delete(v.added, ip)
+	}
+	if err := v.save(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func hostAddr(ip netip.Addr) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}}
+}
+
+func (v *VIPs) save() error {
+	addrs := make([]netip.Addr, 0, len(v.added))
+	for a := range v.added {
+		addrs = append(addrs, a)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	tmp := v.stateFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	return os.Rename(tmp, v.stateFile)
+}
