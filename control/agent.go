@@ -147,6 +147,13 @@ func (a *Agent) Offer(s *State) {
 	}
 }
 
+// Desired is the latest desired state offered (nil before the first).
+func (a *Agent) Desired() *State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.latest
+}
+
 // Status returns a copy of the node's status and a channel closed at its
 // next change.
 func (a *Agent) Status() (*types.NodeStatus, <-chan struct{}) {

@@ -31,6 +31,7 @@ type Server struct {
 	types.UnimplementedMerlinServer
 	store *Store
 	log   *slog.Logger
+	stats StatsSource
 }
 
 // NewServer serves the API from store.

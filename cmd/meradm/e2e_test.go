@@ -41,7 +41,7 @@ func startMerlin(t *testing.T, extra ...string) int {
 	t.Helper()
 	port, health := etcdtest.FreePort(t), etcdtest.FreePort(t)
 	args := append([]string{"-data-dir", t.TempDir(), "-port", strconv.Itoa(port), "-health-port", strconv.Itoa(health),
-		"-api-address", "127.0.0.1",
+		"-api-address", "127.0.0.1", "-reconcile=false",
 		"-embedded-etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
 		"-embedded-etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))}, extra...)
 	var log bytes.Buffer

@@ -45,12 +45,29 @@ func printMessage(w io.Writer, format string, m proto.Message) error {
 
 func listCmd(g *globals) *cobra.Command {
 	var output string
+	var stats, rate bool
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List virtual services and their real servers (like ipvsadm -Ln)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
+				if stats || rate {
+					nodes, err := nodeStats(ctx, g, c)
+					if err != nil {
+						return err
+					}
+					if output != "table" {
+						for _, n := range nodes {
+							if err := printMessage(g.out, output, n); err != nil {
+								return err
+							}
+						}
+						return nil
+					}
+					printStats(g.out, nodes, rate)
+					return nil
+				}
 				resp, err := c.List(ctx, emptyRequest)
 				if err != nil {
 					return err
@@ -63,6 +80,8 @@ func listCmd(g *globals) *cobra.Command {
 		},
 	}
 	addOutputFlag(cmd, &output)
+	cmd.Flags().BoolVar(&stats, "stats", false, "kernel counters of every node (connections, packets, bytes)")
+	cmd.Flags().BoolVar(&rate, "rate", false, "kernel rate estimates of every node (per second)")
 	return cmd
 }
 

@@ -1,8 +1,8 @@
 // Command merlin is the merlin node daemon: it serves the Merlin gRPC API
 // on top of the desired state in etcd — an external cluster given with
-// -store-endpoints, or an etcd embedded in its data directory. Serving the
-// API needs no privileges; programming IPVS (with later issues) needs root
-// or CAP_NET_ADMIN.
+// -store-endpoints, or an etcd embedded in its data directory — and makes
+// this node's kernel IPVS table match that state. Reconciling IPVS needs
+// CAP_NET_ADMIN and a kernel with ip_vs; -reconcile=false serves only the API.
 package main
 
 import (
@@ -11,22 +11,32 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"sigs.k8s.io/yaml"
 
 	"github.com/merlin-ipvs/merlin/control"
 	"github.com/merlin-ipvs/merlin/control/etcdembed"
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/datapath/netif"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 )
 
@@ -48,6 +58,16 @@ type options struct {
 	tlsClientCA    string
 	maxMessage     int
 	maxStreams     uint
+	configFile     string
+	node           string
+	reconcile      bool
+	resync         time.Duration
+	adopt          string
+	guardFraction  float64
+	guardMin       int
+	vipInterface   string
+	sysctls        bool
+	advertise      string
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -70,8 +90,24 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) that client certificates must chain to; enables mutual TLS")
 	fs.IntVar(&o.maxMessage, "max-message-bytes", 16<<20, "largest gRPC message accepted or sent")
 	fs.UintVar(&o.maxStreams, "max-concurrent-streams", 256, "concurrent gRPC streams per client connection")
+	fs.StringVar(&o.configFile, "config", "", "YAML file of flag settings (keys are flag names); flags on the command line win")
+	host, _ := os.Hostname()
+	fs.StringVar(&o.node, "node", host, "this node's name in node status")
+	fs.BoolVar(&o.reconcile, "reconcile", true, "make this node's IPVS table match the desired state")
+	fs.DurationVar(&o.resync, "reconcile-sync-period", 30*time.Second, "how often to read the whole kernel table and repair changes made behind merlin's back")
+	fs.StringVar(&o.adopt, "adopt", "", "comma-separated prefixes: existing kernel services with a desired VIP inside them are taken over")
+	fs.Float64Var(&o.guardFraction, "deletion-guard-fraction", 0.5, "hold back a desired state deleting more than this share of the owned services at once (negative: off)")
+	fs.IntVar(&o.guardMin, "deletion-guard-min", 3, "... and at least this many")
+	fs.StringVar(&o.vipInterface, "vip-interface", "", "put the VIPs on this dummy interface (created if missing); empty: leave addresses alone")
+	fs.BoolVar(&o.sysctls, "director-sysctls", false, "set the sysctls an IPVS director needs (vs/conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward)")
+	fs.StringVar(&o.advertise, "advertise-address", "", "address:port other nodes' clients reach this node's API at (node status); default the listen address")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.configFile != "" {
+		if err := applyConfigFile(fs, o.configFile); err != nil {
+			return nil, err
+		}
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
@@ -160,7 +196,8 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		}
 		grpcOpts.TLS = tc
 	}
-	g := control.NewGRPCServer(ctx, control.NewServer(store, log), grpcOpts)
+	api := control.NewServer(store, log)
+	g := control.NewGRPCServer(ctx, api, grpcOpts)
 	apiAddr := net.JoinHostPort(o.apiAddress, strconv.Itoa(o.port))
 	lis, err := net.Listen("tcp", apiAddr)
 	if err != nil {
@@ -168,8 +205,28 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	log.Info("API listening", "address", lis.Addr().String(), "tls", grpcOpts.TLS != nil, "mutual_tls", o.tlsClientCA != "", "store", strings.Join(endpoints, ","), "prefix", o.storePrefix)
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	etcdUp := prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_etcd_connected", Help: "1 while etcd answers (with a leader)."})
+	reg.MustRegister(etcdUp)
+	var agent *control.Agent
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
+	if o.reconcile {
+		a, stop, err := startAgent(ctx, o, store, api, reg, log, &wg)
+		if err != nil {
+			g.Stop()
+			return err
+		}
+		defer stop()
+		agent = a
+		advertise := o.advertise
+		if advertise == "" {
+			advertise = lis.Addr().String()
+		}
+		wg.Go(func() { control.PublishStatus(ctx, store, agent, advertise, log) })
+	}
+	wg.Go(func() { probeEtcd(ctx, store, etcdUp) })
 	wg.Go(func() {
 		if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("API: %w", err)
@@ -177,7 +234,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	})
 	var hs *http.Server
 	if o.healthPort != 0 {
-		hs = &http.Server{Addr: net.JoinHostPort(o.apiAddress, strconv.Itoa(o.healthPort)), Handler: healthMux(store), ReadHeaderTimeout: 5 * time.Second}
+		hs = &http.Server{Addr: net.JoinHostPort(o.apiAddress, strconv.Itoa(o.healthPort)), Handler: healthMux(store, agent, reg), ReadHeaderTimeout: 5 * time.Second}
 		hl, err := net.Listen("tcp", hs.Addr)
 		if err != nil {
 			g.Stop()
@@ -194,6 +251,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	cancel() // stops the watcher, agent and status publisher; the kernel table stays as it is
 	log.Info("stopping")
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
@@ -211,7 +269,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	return err
 }
 
-func healthMux(store *control.Store) *http.ServeMux {
+func healthMux(store *control.Store, agent *control.Agent, reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	alive := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	ready := func(w http.ResponseWriter, r *http.Request) {
@@ -221,8 +279,15 @@ func healthMux(store *control.Store) *http.ServeMux {
 			http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if agent != nil {
+			if st, _ := agent.Status(); st.LastResult != "ok" {
+				http.Error(w, "reconcile: "+st.LastResult, http.StatusServiceUnavailable)
+				return
+			}
+		}
 		fmt.Fprintln(w, "ok")
 	}
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", alive)
 	mux.HandleFunc("/alive", alive) // the original Merlin's names
 	mux.HandleFunc("/readyz", ready)
@@ -243,4 +308,115 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// startAgent opens this namespace's IPVS table and runs the watcher and
+// the agent; stop waits for them after ctx ends.
+func startAgent(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, wg *sync.WaitGroup) (*control.Agent, func(), error) {
+	if o.sysctls {
+		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
+			log.Warn("director sysctls", "error", err)
+		}
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("data dir: %w", err)
+	}
+	table, err := ipvs.Open(ipvs.Options{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("open IPVS (run with -reconcile=false to serve only the API): %w", err)
+	}
+	var vips control.VIPSink
+	if o.vipInterface != "" {
+		v, err := netif.NewVIPs(o.vipInterface, filepath.Join(o.dataDir, "vips.json"))
+		if err != nil {
+			table.Close()
+			return nil, nil, err
+		}
+		vips = v
+	}
+	var adopt []netip.Prefix
+	for _, p := range splitList(o.adopt) {
+		pfx, err := netip.ParsePrefix(p)
+		if err != nil {
+			table.Close()
+			return nil, nil, fmt.Errorf("-adopt %q: %w", p, err)
+		}
+		adopt = append(adopt, pfx)
+	}
+	agent, err := control.NewAgent(control.AgentConfig{
+		Node: o.node, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
+		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
+	}, table, vips, control.NewAgentMetrics(reg), log.With("component", "agent"))
+	if err != nil {
+		table.Close()
+		return nil, nil, err
+	}
+	api.SetStats(&control.KernelStats{Node: o.node, Client: table, Agent: agent})
+	watcher := control.NewWatcher(store, log.With("component", "watcher"), control.WatcherConfig{})
+	reg.MustRegister(control.NewWatcherCollector(watcher))
+	var local sync.WaitGroup
+	local.Go(func() { _ = watcher.Run(ctx, agent.Offer) })
+	local.Go(func() { _ = agent.Run(ctx) })
+	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
+	return agent, func() { local.Wait(); table.Close() }, nil
+}
+
+// probeEtcd keeps merlin_etcd_connected current.
+func probeEtcd(ctx context.Context, store *control.Store, up prometheus.Gauge) {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := store.Client().Get(clientv3.WithRequireLeader(pctx), store.Prefix()+"/health", clientv3.WithCountOnly())
+		cancel()
+		if err == nil {
+			up.Set(1)
+		} else {
+			up.Set(0)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// applyConfigFile sets every flag the file names that the command line did not.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var values map[string]any
+	if err := yaml.UnmarshalStrict(raw, &values); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, k := range slices.Sorted(maps.Keys(values)) {
+		f := fs.Lookup(k)
+		if f == nil || k == "config" {
+			return fmt.Errorf("config %s: unknown setting %q", path, k)
+		}
+		if set[k] {
+			continue
+		}
+		v := values[k]
+		var text string
+		switch x := v.(type) {
+		case []any:
+			parts := make([]string, len(x))
+			for i, p := range x {
+				parts[i] = fmt.Sprint(p)
+			}
+			text = strings.Join(parts, ",")
+		case float64:
+			text = strconv.FormatFloat(x, 'f', -1, 64)
+		default:
+			text = fmt.Sprint(x)
+		}
+		if err := f.Value.Set(text); err != nil {
+			return fmt.Errorf("config %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+func statusCmd(g *globals) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show every node: the revision it applied, whether it lags, and why",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.client(func(ctx context.Context, c types.MerlinClient) error {
+				resp, err := c.Status(ctx, emptyRequest)
+				if err != nil {
+					return err
+				}
+				sort.Slice(resp.Nodes, func(i, j int) bool { return resp.Nodes[i].Node < resp.Nodes[j].Node })
+				if output != "table" {
+					return printMessage(g.out, output, resp)
+				}
+				printStatus(g.out, resp, time.Now())
+				return nil
+			})
+		},
+	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
+	fmt.Fprintf(w, "desired revision %d\n", resp.DesiredRevision)
+	if len(resp.Nodes) == 0 {
+		fmt.Fprintln(w, "no node reports status (are the merlin nodes reconciling?)")
+		return
+	}
+	fmt.Fprintf(w, "%-16s %-24s %-8s %-8s %-14s %-6s %s\n", "NODE", "API", "APPLIED", "STATE", "LAST RECONCILE", "OWNED", "ERRORS")
+	var notes []string
+	for _, n := range resp.Nodes {
+		state := "in step"
+		switch {
+		case n.LastResult != "ok":
+			state = "failing"
+			notes = append(notes, fmt.Sprintf("%s: last reconcile: %s", n.Node, n.LastResult))
+		case n.AppliedRevision < resp.DesiredRevision:
+			state = "lagging"
+		}
+		if len(n.Errors) > 0 && state == "in step" {
+			state = "partial"
+		}
+		if gd := n.DeletionGuard; gd.GetHeld() {
+			state = "held"
+			notes = append(notes, fmt.Sprintf("%s: deletion guard holds back deleting %d of %d services; if intended: meradm confirm-deletions %d",
+				n.Node, gd.Deletions, gd.Owned, gd.Revision))
+		}
+		for _, e := range n.Errors {
+			obj := "service " + e.ServiceId
+			if e.Server != "" {
+				obj = "server " + e.ServiceId + "/" + e.Server
+			}
+			notes = append(notes, fmt.Sprintf("%s: %s: %s (attempt %d, next retry in %s)", n.Node, obj, e.Error, e.Attempts,
+				e.NextRetry.AsTime().Sub(now).Round(time.Second)))
+		}
+		ago := "-"
+		if n.LastReconcile != nil {
+			ago = now.Sub(n.LastReconcile.AsTime()).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(w, "%-16s %-24s %-8d %-8s %-14s %-6d %d\n", n.Node, n.ApiAddress, n.AppliedRevision, state, ago, n.OwnedServices, len(n.Errors))
+	}
+	for _, note := range notes {
+		fmt.Fprintln(w, "  "+note)
+	}
+}
+
+func confirmCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "confirm-deletions REVISION",
+		Short: "Let nodes apply a desired state that deletes many services at once (see status)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rev, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("invalid revision %q", args[0])
+			}
+			return g.client(func(ctx context.Context, c types.MerlinClient) error {
+				_, err := c.ConfirmDeletions(ctx, &types.ConfirmDeletionsRequest{Revision: rev})
+				return err
+			})
+		},
+	}
+}
+
+// nodeStats gathers the kernel counters of every node that reports status
+// (or of the node meradm talks to, when none does).
+func nodeStats(ctx context.Context, g *globals, c types.MerlinClient) ([]*types.StatsResponse, error) {
+	st, err := c.Status(ctx, emptyRequest)
+	if err != nil {
+		return nil, err
+	}
+	if len(st.Nodes) == 0 {
+		s, err := c.Stats(ctx, emptyRequest)
+		if err != nil {
+			return nil, err
+		}
+		return []*types.StatsResponse{s}, nil
+	}
+	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Node < st.Nodes[j].Node })
+	var out []*types.StatsResponse
+	for _, n := range st.Nodes {
+		host, port, err := net.SplitHostPort(n.ApiAddress)
+		p, perr := strconv.ParseUint(port, 10, 16)
+		if err != nil || perr != nil {
+			return nil, fmt.Errorf("node %s reports API address %q", n.Node, n.ApiAddress)
+		}
+		ng := *g
+		ng.host, ng.port = host, uint16(p)
+		if ng.tlsServerName == "" && (g.useTLS || g.tlsCA != "") {
+			ng.tlsServerName = g.host
+		}
+		err = ng.client(func(ctx context.Context, nc types.MerlinClient) error {
+			s, err := nc.Stats(ctx, emptyRequest)
+			if err == nil {
+				out = append(out, s)
+			}
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("stats of node %s (%s): %s", n.Node, n.ApiAddress, errorLine(err))
+		}
+	}
+	return out, nil
+}
+
+func printStats(w io.Writer, nodes []*types.StatsResponse, rate bool) {
+	for _, n := range nodes {
+		fmt.Fprintf(w, "node %s\n", n.Node)
+		if rate {
+			fmt.Fprintf(w, "%-44s %10s %10s %10s %12s %12s\n", "Prot LocalAddress:Port [ID]", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS")
+			fmt.Fprintln(w, "  -> RemoteAddress:Port")
+		} else {
+			fmt.Fprintf(w, "%-44s %10s %10s %10s %12s %12s\n", "Prot LocalAddress:Port [ID]", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes")
+			fmt.Fprintf(w, "  -> %-40s %10s %10s %10s %12s %12s %7s %7s\n", "RemoteAddress:Port", "", "", "", "", "", "ActConn", "InActConn")
+		}
+		line := func(name string, c *types.Counters) string {
+			if rate {
+				return fmt.Sprintf("%-44s %10d %10d %10d %12d %12d", name, c.GetCps(), c.GetInPps(), c.GetOutPps(), c.GetInBps(), c.GetOutBps())
+			}
+			return fmt.Sprintf("%-44s %10d %10d %10d %12d %12d", name, c.GetConnections(), c.GetInPackets(), c.GetOutPackets(), c.GetInBytes(), c.GetOutBytes())
+		}
+		for _, s := range n.Services {
+			fmt.Fprintln(w, line(serviceName(s.Key)+" ["+s.ServiceId+"]", s.Counters))
+			for _, d := range s.Servers {
+				l := line("  -> "+control.ServerKeyString(d.Key), d.Counters)
+				if !rate {
+					l += fmt.Sprintf(" %7d %7d", d.ActiveConnections, d.InactiveConnections)
+				}
+				fmt.Fprintln(w, l)
+			}
+		}
+	}
+}
+
+func serviceName(k *types.VirtualService_Key) string {
+	return serviceLine(&types.VirtualService{Key: k, Config: &types.VirtualService_Config{}})
+}
