@@ -38,6 +38,9 @@ fi
 step "build"
 go build ./... || status=1
 go build -o bin/vmrun ./vmtests/cmd/vmrun || status=1
+# The VM cluster tests run these binaries inside the VM.
+go build -o bin/merlin ./cmd/merlin || status=1
+go build -o bin/meradm ./cmd/meradm || status=1
 
 step "host tests (unit and privileged)"
 go test -json -count=1 -timeout 15m ./... > "$out/host.json"
