@@ -20,11 +20,11 @@ setup:
 generate: setup
 	./scripts/generate.sh
 
-# The main job so far: a NAT service programmed through merlin on a real
-# kernel in the VM, with real connections through it.
+# The main job: etcd, two merlin nodes, backends and a client on a real
+# kernel in the VM; services made with meradm; real connections through them.
 demo: setup build
 	$(GO) build -o bin/demo ./vmtests/cmd/demo
-	$(CURDIR)/bin/vmrun $(CURDIR)/bin/demo
+	MERLIN_VM_MEMORY=3072 $(CURDIR)/bin/vmrun $(CURDIR)/bin/demo
 
 # The whole suite: set-up, lint, host tests, fuzz, VM tests, one summary.
 test:

@@ -85,7 +85,6 @@ type Agent struct {
 	model      map[ipvs.ServiceKey]*ipvs.VirtualServer // owned kernel services as last read or written
 	foreign    map[ipvs.ServiceKey]bool                // kernel services merlin leaves alone
 	modelValid bool
-	desired    *State
 	converted  map[string]convertedService
 	failures   map[objectID]*failure
 	lastVIPs   []netip.Addr

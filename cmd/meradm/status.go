@@ -7,6 +7,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -173,5 +174,5 @@ func printStats(w io.Writer, nodes []*types.StatsResponse, rate bool) {
 }
 
 func serviceName(k *types.VirtualService_Key) string {
-	return serviceLine(&types.VirtualService{Key: k, Config: &types.VirtualService_Config{}})
+	return strings.TrimSpace(serviceLine(&types.VirtualService{Key: k, Config: &types.VirtualService_Config{}}))
 }

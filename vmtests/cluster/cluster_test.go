@@ -1,18 +1,15 @@
-// Package cluster runs a merlin cluster on a real kernel: inside the test
-// VM, an etcd (Debian's binary), two merlin nodes in their own network
-// namespaces, three backends and a client, connected by veth and a bridge.
-// It needs root and a kernel with IPVS; on the host it skips.
+// Package cluster tests a merlin cluster on a real kernel: inside the test
+// VM, the lab (vmtests/lab) of an etcd, two merlin nodes, three backends and
+// a client. It needs root and a kernel with IPVS; on the host it skips.
 package cluster
 
 import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -26,12 +23,10 @@ import (
 
 	"github.com/merlin-ipvs/merlin/internal/netns"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
+	"github.com/merlin-ipvs/merlin/vmtests/lab"
 )
 
 const (
-	etcdURL   = "http://198.18.0.1:2379"
-	natVIP    = "198.19.0.10"
-	drVIP     = "198.19.0.20"
 	foreignSv = "198.18.50.50:80"
 	resync    = 3 * time.Second
 )
@@ -51,309 +46,75 @@ func binDir(t *testing.T) string {
 	return dir
 }
 
-type node struct {
-	name    string
-	ns      *netns.NS
-	addr    string
-	dataDir string
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	log     *os.File
-}
-
+// cluster wraps the lab for a test: every failure fails the test.
 type cluster struct {
-	t        *testing.T
-	bin      string
-	root     string // scratch directory
-	etcd     *exec.Cmd
-	etcdDone chan struct{}
-	nodes    []*node
-	backends []*netns.NS
-	client   *netns.NS
-	all      []*netns.NS
-	kv       *clientv3.Client
+	t *testing.T
+	*lab.Lab
+	kv *clientv3.Client
 }
 
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func (c *cluster) newNS(prefix string) *netns.NS {
-	ns, err := netns.New(prefix)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.all = append(c.all, ns)
-	return ns
-}
-
-// setUp builds the topology:
-//
-//	client 198.18.1.2 ── root (router, etcd 198.18.0.1) ── br0 198.18.0.0/24
-//	  node1 .11, node2 .12, backends .21-.23 (default via node1: NAT)
-//	root routes the NAT VIP via node1 and the DR VIP via node2.
 func setUp(t *testing.T) *cluster {
 	if !testenv.InVM() {
 		testenv.Missing(t, false, "the cluster test needs the VM kernel (IPVS); run it through make vmtest")
 	}
 	testenv.RequireRoot(t)
-	// Not under /tmp: the VM shares the host's /tmp over 9p, where etcd's
-	// bbolt cannot mmap its database; /var/tmp is on the VM's tmpfs overlay.
-	root, err := os.MkdirTemp("/var/tmp", "merlin-cluster-")
+	l, err := lab.New(lab.Config{Bin: binDir(t), MerlinArg: []string{"-reconcile-sync-period", resync.String(), "-deletion-guard-min", "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	c := &cluster{t: t, bin: binDir(t), root: root}
-	t.Cleanup(c.tearDown)
-	run(t, "ip", "link", "set", "lo", "up")
-	run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-	run(t, "ip", "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "addr", "add", "198.18.0.1/24", "dev", "br0")
-	run(t, "ip", "link", "set", "br0", "up")
-	attach := func(ns *netns.NS, ifname, addr, gw string) {
-		host := "v" + ns.Name[len(ns.Name)-6:]
-		run(t, "ip", "link", "add", host, "type", "veth", "peer", "name", ifname, "netns", ns.Name)
-		run(t, "ip", "link", "set", host, "master", "br0", "up")
-		nsRun(t, ns, "ip", "addr", "add", addr+"/24", "dev", ifname)
-		nsRun(t, ns, "ip", "link", "set", ifname, "up")
-		nsRun(t, ns, "ip", "route", "add", "default", "via", gw)
-	}
-	for i := range 2 {
-		n := &node{name: fmt.Sprintf("node%d", i+1), ns: c.newNS("node-"), addr: fmt.Sprintf("198.18.0.%d", 11+i)}
-		n.dataDir = filepath.Join(c.root, n.name)
-		attach(n.ns, "eth0", n.addr, "198.18.0.1")
-		c.nodes = append(c.nodes, n)
-	}
-	for i := range 3 {
-		b := c.newNS("backend-")
-		addr := fmt.Sprintf("198.18.0.%d", 21+i)
-		attach(b, "eth0", addr, "198.18.0.11") // NAT replies go back through node1
-		// Direct routing: the VIP on loopback, never answered for in ARP,
-		// and replies from it go straight to the router.
-		nsRun(t, b, "ip", "addr", "add", drVIP+"/32", "dev", "lo")
-		nsRun(t, b, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2")
-		nsRun(t, b, "ip", "rule", "add", "from", drVIP, "table", "100")
-		nsRun(t, b, "ip", "route", "add", "default", "via", "198.18.0.1", "table", "100")
-		c.backends = append(c.backends, b)
-		c.serve(b, fmt.Sprintf("backend%d", i+1), addr+":8080")
-		c.serve(b, fmt.Sprintf("backend%d", i+1), drVIP+":80")
-	}
-	c.client = c.newNS("client-")
-	run(t, "ip", "link", "add", "vclient", "type", "veth", "peer", "name", "eth0", "netns", c.client.Name)
-	run(t, "ip", "addr", "add", "198.18.1.1/24", "dev", "vclient")
-	run(t, "ip", "link", "set", "vclient", "up")
-	nsRun(t, c.client, "ip", "addr", "add", "198.18.1.2/24", "dev", "eth0")
-	nsRun(t, c.client, "ip", "link", "set", "eth0", "up")
-	nsRun(t, c.client, "ip", "route", "add", "default", "via", "198.18.1.1")
-	run(t, "ip", "route", "add", natVIP+"/32", "via", "198.18.0.11")
-	run(t, "ip", "route", "add", drVIP+"/32", "via", "198.18.0.12")
-
-	c.startEtcd()
-	kv, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 5 * time.Second})
+	c := &cluster{t: t, Lab: l}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, name := range []string{"etcd", "node1", "node2"} {
+				t.Logf("%s log (tail):\n%s", name, l.Log(name, 60))
+			}
+		}
+		l.Close()
+		l.RemoveScratch()
+	})
+	kv, err := clientv3.New(clientv3.Config{Endpoints: []string{lab.EtcdURL}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { kv.Close() })
 	c.kv = kv
-	for _, n := range c.nodes {
-		c.startNode(n)
-	}
-	for _, n := range c.nodes {
-		c.waitReady(n)
-	}
 	return c
 }
 
-func (c *cluster) tearDown() {
-	for _, n := range c.nodes {
-		c.stopNode(n, syscall.SIGKILL)
-	}
-	c.stopEtcd()
-	if c.kv != nil {
-		c.kv.Close()
-	}
-	for _, ns := range c.all {
-		_ = ns.Delete()
-	}
-	_ = exec.Command("ip", "link", "del", "br0").Run()
-	_ = exec.Command("ip", "link", "del", "vclient").Run()
-	if c.t.Failed() {
-		b, _ := os.ReadFile(filepath.Join(c.root, "etcd.log"))
-		c.t.Logf("etcd log:\n%s", b)
-		for _, n := range c.nodes {
-			b, _ := os.ReadFile(filepath.Join(c.root, n.name+".log"))
-			lines := strings.Split(string(b), "\n")
-			if len(lines) > 60 {
-				lines = lines[len(lines)-60:]
-			}
-			c.t.Logf("%s log (tail):\n%s", n.name, strings.Join(lines, "\n"))
-		}
-	}
-}
-
-// serve answers each connection with the backend's name, then echoes
-// lines until the client closes.
-func (c *cluster) serve(ns *netns.NS, name, addr string) {
-	var ln net.Listener
-	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
-		c.t.Fatal(err)
-	}
-	c.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				fmt.Fprintln(conn, name)
-				_, _ = io.Copy(conn, conn)
-			}()
-		}
-	}()
-}
-
-func (c *cluster) startEtcd() {
-	dir := filepath.Join(c.root, "etcd")
-	log, err := os.OpenFile(filepath.Join(c.root, "etcd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+func (c *cluster) must(err error) {
+	c.t.Helper()
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	cmd := exec.Command("etcd", "--name", "e", "--data-dir", dir,
-		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
-		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-		"--initial-cluster", "e=http://127.0.0.1:2380", "--log-level", "error", "--logger", "zap")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
-	c.etcd, c.etcdDone = cmd, done
-	c.eventually("etcd healthy", 60*time.Second, func() error {
-		resp, err := http.Get(etcdURL + "/health")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return nil
-	})
-}
-
-func (c *cluster) stopEtcd() {
-	if c.etcd != nil {
-		_ = c.etcd.Process.Kill()
-		<-c.etcdDone
-		c.etcd = nil
-	}
-}
-
-func (c *cluster) startNode(n *node) {
-	log, err := os.OpenFile(filepath.Join(c.root, n.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	cmd := n.ns.Command(filepath.Join(c.bin, "merlin"), "-node", n.name, "-store-endpoints", etcdURL,
-		"-data-dir", n.dataDir, "-api-address", n.addr, "-reconcile-sync-period", resync.String(),
-		"-vip-interface", "merlin0", "-director-sysctls", "-deletion-guard-min", "1")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
-	n.cmd, n.exited, n.log = cmd, done, log
-}
-
-// stopNode signals merlin (ip netns exec replaced itself with merlin).
-func (c *cluster) stopNode(n *node, sig syscall.Signal) {
-	if n.cmd == nil {
-		return
-	}
-	_ = n.cmd.Process.Signal(sig)
-	select {
-	case <-n.exited:
-	case <-time.After(20 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-n.exited
-	}
-	n.cmd = nil
-}
-
-func (c *cluster) waitReady(n *node) {
-	c.eventually(n.name+" ready", 90*time.Second, func() error {
-		resp, err := http.Get("http://" + n.addr + ":4283/readyz")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("%d %s", resp.StatusCode, body)
-		}
-		return nil
-	})
 }
 
 func (c *cluster) eventually(what string, timeout time.Duration, fn func() error) {
 	c.t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := lab.Eventually(timeout, fn); err != nil {
+		c.t.Fatalf("%s: %v", what, err)
 	}
-	c.t.Fatalf("%s: not within %s: %v", what, timeout, err)
 }
 
-// meradm runs the CLI against node1's API.
-func (c *cluster) meradm(args ...string) (string, error) {
-	out, err := exec.Command(filepath.Join(c.bin, "meradm"), append([]string{"-H", c.nodes[0].addr, "--timeout", "30s"}, args...)...).CombinedOutput()
-	return string(out), err
-}
+func (c *cluster) meradm(args ...string) (string, error) { return c.Meradm(args...) }
 
 func (c *cluster) mustMeradm(args ...string) string {
 	c.t.Helper()
-	out, err := c.meradm(args...)
-	if err != nil {
-		c.t.Fatalf("meradm %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
+	out, err := c.Meradm(args...)
+	c.must(err)
 	return out
 }
 
-// table is a node's IPVS table as `ipvsadm -Sn` prints it, sorted, without
-// the foreign service.
-func (c *cluster) table(n *node) string {
+func (c *cluster) table(n *lab.Node) string {
 	c.t.Helper()
-	out, err := n.ns.Command("ipvsadm", "-Sn").CombinedOutput()
-	if err != nil {
-		c.t.Fatalf("ipvsadm -Sn in %s: %v\n%s", n.name, err, out)
-	}
-	var lines []string
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if l != "" && !strings.Contains(l, foreignSv) {
-			lines = append(lines, l)
-		}
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
+	out, err := c.Table(n, foreignSv)
+	c.must(err)
+	return out
 }
 
 func (c *cluster) waitTables(what string, want string) {
 	c.t.Helper()
-	for _, n := range c.nodes {
-		c.eventually(fmt.Sprintf("%s on %s", what, n.name), 60*time.Second, func() error {
+	for _, n := range c.Nodes {
+		c.eventually(fmt.Sprintf("%s on %s", what, n.Name), 60*time.Second, func() error {
 			if got := c.table(n); got != want {
 				return fmt.Errorf("table:\n%s\nwant:\n%s", got, want)
 			}
@@ -362,39 +123,20 @@ func (c *cluster) waitTables(what string, want string) {
 	}
 }
 
-// connect opens a connection from the client and returns the backend name.
-func (c *cluster) connect(addr string) (net.Conn, string, error) {
-	var conn net.Conn
-	err := c.client.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp4", addr, 5*time.Second)
-		return err
-	})
-	if err != nil {
-		return nil, "", err
-	}
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	name, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		conn.Close()
-		return nil, "", err
-	}
-	_ = conn.SetDeadline(time.Time{})
-	return conn, strings.TrimSpace(name), nil
-}
+func (c *cluster) connect(addr string) (net.Conn, string, error) { return c.Connect(addr) }
 
 func (c *cluster) tally(addr string, n int) map[string]int {
 	c.t.Helper()
-	got := map[string]int{}
-	for i := range n {
-		conn, name, err := c.connect(addr)
-		if err != nil {
-			c.t.Fatalf("connection %d to %s: %v", i, addr, err)
-		}
-		conn.Close()
-		got[name]++
-	}
+	got, err := c.Tally(addr, n)
+	c.must(err)
 	return got
 }
+
+func (c *cluster) startEtcd()                               { c.t.Helper(); c.must(c.StartEtcd()) }
+func (c *cluster) stopEtcd()                                { c.StopEtcd() }
+func (c *cluster) stopNode(n *lab.Node, sig syscall.Signal) { c.StopNode(n, sig) }
+func (c *cluster) startNode(n *lab.Node)                    { c.t.Helper(); c.must(c.StartNode(n)) }
+func (c *cluster) waitReady(n *lab.Node)                    { c.t.Helper(); c.must(c.WaitReady(n)) }
 
 // traffic connects through a VIP until stopped, counting failures.
 type traffic struct {
@@ -434,12 +176,10 @@ func (tr *traffic) finish() (ok, fail int64, lastErr any) {
 }
 
 // opsWritten sums merlin_ipvs_ops_total of a node.
-func (c *cluster) opsWritten(n *node) int {
+func (c *cluster) opsWritten(n *lab.Node) int {
 	c.t.Helper()
-	resp, err := http.Get("http://" + n.addr + ":4283/metrics")
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
+	c.must(err)
 	defer resp.Body.Close()
 	total := 0
 	sc := bufio.NewScanner(resp.Body)
@@ -459,10 +199,10 @@ func TestVMCluster(t *testing.T) {
 	ctx := context.Background()
 
 	// A service someone made by hand on node1: merlin must never touch it.
-	nsRun(t, c.nodes[0].ns, "ipvsadm", "-A", "-t", foreignSv, "-s", "rr")
+	nsRun(t, c.Nodes[0].NS, "ipvsadm", "-A", "-t", foreignSv, "-s", "rr")
 
-	c.mustMeradm("service", "add", "nat", "tcp", natVIP+":80", "-s", "rr")
-	c.mustMeradm("service", "add", "dr", "tcp", drVIP+":80", "-s", "rr")
+	c.mustMeradm("service", "add", "nat", "tcp", lab.NATVIP+":80", "-s", "rr")
+	c.mustMeradm("service", "add", "dr", "tcp", lab.DRVIP+":80", "-s", "rr")
 	for i := range 3 {
 		c.mustMeradm("server", "add", "nat", fmt.Sprintf("198.18.0.%d:8080", 21+i), "-f", "masq")
 		c.mustMeradm("server", "add", "dr", fmt.Sprintf("198.18.0.%d:80", 21+i), "-f", "route")
@@ -479,14 +219,14 @@ func TestVMCluster(t *testing.T) {
 	}, "\n")
 	want = sortedLines(want)
 	c.waitTables("services created with meradm", want)
-	for _, n := range c.nodes {
-		if out := nsRun(t, n.ns, "ip", "addr", "show", "dev", "merlin0"); !strings.Contains(out, natVIP+"/32") || !strings.Contains(out, drVIP+"/32") {
-			t.Fatalf("VIPs not on %s's merlin0:\n%s", n.name, out)
+	for _, n := range c.Nodes {
+		if out := nsRun(t, n.NS, "ip", "addr", "show", "dev", "merlin0"); !strings.Contains(out, lab.NATVIP+"/32") || !strings.Contains(out, lab.DRVIP+"/32") {
+			t.Fatalf("VIPs not on %s's merlin0:\n%s", n.Name, out)
 		}
 	}
 
 	t.Run("traffic NAT and DR", func(t *testing.T) {
-		for _, vip := range []string{natVIP, drVIP} {
+		for _, vip := range []string{lab.NATVIP, lab.DRVIP} {
 			got := c.tally(vip+":80", 12)
 			if len(got) != 3 {
 				t.Fatalf("connections to %s reached %v, want all three backends", vip, got)
@@ -496,7 +236,7 @@ func TestVMCluster(t *testing.T) {
 	})
 
 	t.Run("weight 0 drains", func(t *testing.T) {
-		held, name, err := c.connect(natVIP + ":80")
+		held, name, err := c.connect(lab.NATVIP + ":80")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -504,7 +244,7 @@ func TestVMCluster(t *testing.T) {
 		ip := map[string]string{"backend1": "198.18.0.21", "backend2": "198.18.0.22", "backend3": "198.18.0.23"}[name]
 		c.mustMeradm("server", "edit", "nat", ip+":8080", "-w", "0")
 		c.waitTables("weight 0", sortedLines(strings.Replace(want, "-r "+ip+":8080 -m -w 1", "-r "+ip+":8080 -m -w 0", 1)))
-		if got := c.tally(natVIP+":80", 12); got[name] != 0 {
+		if got := c.tally(lab.NATVIP+":80", 12); got[name] != 0 {
 			t.Fatalf("drained %s still got new connections: %v", name, got)
 		}
 		// The existing connection still works.
@@ -518,13 +258,13 @@ func TestVMCluster(t *testing.T) {
 	})
 
 	t.Run("etcd down keeps the dataplane", func(t *testing.T) {
-		tr := c.startTraffic(natVIP + ":80")
-		before := []string{c.table(c.nodes[0]), c.table(c.nodes[1])}
+		tr := c.startTraffic(lab.NATVIP + ":80")
+		before := []string{c.table(c.Nodes[0]), c.table(c.Nodes[1])}
 		c.stopEtcd()
 		time.Sleep(2 * resync) // at least one resync without etcd
-		for i, n := range c.nodes {
+		for i, n := range c.Nodes {
 			if got := c.table(n); got != before[i] {
-				t.Fatalf("%s's table changed while etcd was down:\n%s", n.name, got)
+				t.Fatalf("%s's table changed while etcd was down:\n%s", n.Name, got)
 			}
 		}
 		c.startEtcd()
@@ -540,8 +280,8 @@ func TestVMCluster(t *testing.T) {
 	})
 
 	t.Run("restart writes nothing", func(t *testing.T) {
-		tr := c.startTraffic(natVIP + ":80")
-		n := c.nodes[0]
+		tr := c.startTraffic(lab.NATVIP + ":80")
+		n := c.Nodes[0]
 		c.stopNode(n, syscall.SIGKILL)
 		c.startNode(n)
 		c.waitReady(n)
@@ -565,8 +305,8 @@ func TestVMCluster(t *testing.T) {
 	})
 
 	t.Run("changes behind merlin's back are repaired", func(t *testing.T) {
-		nsRun(t, c.nodes[1].ns, "ipvsadm", "-D", "-t", drVIP+":80")
-		nsRun(t, c.nodes[0].ns, "ipvsadm", "-e", "-t", natVIP+":80", "-r", "198.18.0.22:8080", "-m", "-w", "9")
+		nsRun(t, c.Nodes[1].NS, "ipvsadm", "-D", "-t", lab.DRVIP+":80")
+		nsRun(t, c.Nodes[0].NS, "ipvsadm", "-e", "-t", lab.NATVIP+":80", "-r", "198.18.0.22:8080", "-m", "-w", "9")
 		start := time.Now()
 		c.waitTables("repair", want)
 		t.Logf("repaired within %s (resync period %s)", time.Since(start).Round(100*time.Millisecond), resync)
@@ -585,8 +325,8 @@ func TestVMCluster(t *testing.T) {
 		c.waitTables("the good service applied", withAfter)
 		c.eventually("the bad one reported", 60*time.Second, func() error {
 			out, _ := c.meradm("status")
-			for _, n := range c.nodes {
-				if !strings.Contains(out, n.name+": service twos:") {
+			for _, n := range c.Nodes {
+				if !strings.Contains(out, n.Name+": service twos:") {
 					return fmt.Errorf("status:\n%s", out)
 				}
 			}
@@ -621,9 +361,9 @@ func TestVMCluster(t *testing.T) {
 			return nil
 		})
 		time.Sleep(resync + time.Second)
-		for _, n := range c.nodes {
+		for _, n := range c.Nodes {
 			if got := c.table(n); got != want {
-				t.Fatalf("%s deleted services of a wiped prefix:\n%s", n.name, got)
+				t.Fatalf("%s deleted services of a wiped prefix:\n%s", n.Name, got)
 			}
 		}
 		for _, kv := range saved.Kvs {
@@ -646,9 +386,9 @@ func TestVMCluster(t *testing.T) {
 
 	t.Run("stats from every node", func(t *testing.T) {
 		out := c.mustMeradm("list", "--stats")
-		for _, n := range c.nodes {
-			if !strings.Contains(out, "node "+n.name) {
-				t.Fatalf("list --stats lacks %s:\n%s", n.name, out)
+		for _, n := range c.Nodes {
+			if !strings.Contains(out, "node "+n.Name) {
+				t.Fatalf("list --stats lacks %s:\n%s", n.Name, out)
 			}
 		}
 		if !strings.Contains(out, "[nat]") {
@@ -657,7 +397,7 @@ func TestVMCluster(t *testing.T) {
 	})
 
 	// Through all of it, the hand-made service stayed.
-	if out := nsRun(t, c.nodes[0].ns, "ipvsadm", "-Sn"); !strings.Contains(out, foreignSv) {
+	if out := nsRun(t, c.Nodes[0].NS, "ipvsadm", "-Sn"); !strings.Contains(out, foreignSv) {
 		t.Fatalf("the foreign service was touched:\n%s", out)
 	}
 }
