@@ -614,3 +614,36 @@ func TestAPIGRPCHealth(t *testing.T) {
 		t.Fatalf("health check: %v", err)
 	}
 }
+
+func TestStoreImport(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Embedded)
+	store := control.NewStore(etcd.Client(t), prefix)
+	ctx := ctxT(t)
+	var items []*types.ListResponse_Item
+	for i := range 50 {
+		item := &types.ListResponse_Item{Service: tcpService(fmt.Sprintf("s%d", i), fmt.Sprintf("198.18.1.%d", i+1), 80)}
+		for j := range 10 {
+			item.Servers = append(item.Servers, server("", fmt.Sprintf("198.19.%d.%d", i, j+1), 80, 1))
+		}
+		items = append(items, item)
+	}
+	n, err := store.Import(ctx, items)
+	if err != nil || n != 50 {
+		t.Fatalf("import: %d, %v", n, err)
+	}
+	list, err := store.List(ctx)
+	if err != nil || len(list.Items) != 50 || len(list.Items[0].Servers) != 10 || len(list.InvalidKeys) != 0 {
+		t.Fatalf("after import: %d items, %v", len(list.Items), err)
+	}
+	// Importing a VIP that exists fails and adds nothing.
+	_, rev := dump(t, etcd.Client(t))
+	if _, err := store.Import(ctx, []*types.ListResponse_Item{{Service: tcpService("new", "198.18.1.1", 80)}}); !errors.Is(err, control.ErrAlreadyExists) {
+		t.Fatalf("import of a taken VIP: %v", err)
+	}
+	if _, err := store.Import(ctx, []*types.ListResponse_Item{{Service: tcpService("bad", "198.18.2.1", 0)}}); err == nil || !strings.Contains(err.Error(), "services[0]: key.port") {
+		t.Fatalf("import of a bad service: %v", err)
+	}
+	if _, after := dump(t, etcd.Client(t)); after != rev {
+		t.Fatalf("failed imports changed etcd")
+	}
+}

@@ -647,3 +647,81 @@ func (s *Store) ConfirmDeletions(ctx context.Context, revision int64) error {
 	}
 	return nil
 }
+
+// importTxnOps keeps each import transaction under etcd's default limit
+// of 128 operations.
+const importTxnOps = 120
+
+// Import creates many services with their servers, validated like
+// CreateService and CreateServer, in transactions of up to importTxnOps
+// keys (a restore, or a benchmark's table). Each transaction creates whole
+// services only and fails, leaving earlier ones in place, if any of its
+// keys or VIPs already exists. It returns how many services it created.
+func (s *Store) Import(ctx context.Context, items []*types.ListResponse_Item) (int, error) {
+	type prepared struct {
+		conds []clientv3.Cmp
+		ops   []clientv3.Op
+	}
+	var batch []prepared
+	n, created := 0, 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		var conds []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, p := range batch {
+			conds, ops = append(conds, p.conds...), append(ops, p.ops...)
+		}
+		ops = append(ops, s.mark())
+		resp, err := s.client.Txn(ctx).If(conds...).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("import: %w", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("import: a service, server or VIP of services %d to %d already exists: %w", created+1, created+len(batch), ErrAlreadyExists)
+		}
+		created += len(batch)
+		batch, n = batch[:0], 0
+		return nil
+	}
+	for i, item := range items {
+		svc, err := NormalizeService(item.GetService())
+		if err != nil {
+			return created, fmt.Errorf("services[%d]: %w", i, err)
+		}
+		val, err := marshal(storedService(svc))
+		if err != nil {
+			return created, err
+		}
+		key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
+		p := prepared{
+			conds: []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)},
+			ops:   []clientv3.Op{clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id)},
+		}
+		for j, in := range item.GetServers() {
+			in = proto.Clone(in).(*types.RealServer)
+			in.ServiceID = svc.Id
+			srv, err := NormalizeServer(in, svc)
+			if err != nil {
+				return created, fmt.Errorf("services[%d].servers[%d]: %w", i, j, err)
+			}
+			v, err := marshal(storedServer(srv))
+			if err != nil {
+				return created, err
+			}
+			p.ops = append(p.ops, clientv3.OpPut(s.serverKey(svc.Id, srv.Key), v))
+		}
+		if len(p.ops)+1 > importTxnOps {
+			return created, fmt.Errorf("services[%d]: %d servers do not fit one transaction of %d operations", i, len(item.GetServers()), importTxnOps)
+		}
+		if n+len(p.ops)+1 > importTxnOps {
+			if err := flush(); err != nil {
+				return created, err
+			}
+		}
+		batch = append(batch, p)
+		n += len(p.ops)
+	}
+	return created, flush()
+}
