@@ -40,10 +40,14 @@ lint:
 	$(GO) vet ./...
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
 
-# Side-by-side benchmarks against ipvsadm, cloudflare/ipvs and moby/ipvs, in one VM.
+# Side-by-side benchmarks, each in one VM run: the datapath against ipvsadm,
+# cloudflare/ipvs and moby/ipvs; the node agent against a bare etcd watcher
+# with ipvsadm -e.
 bench: setup build
 	$(GO) build -o bin/ipvsbench ./bench/ipvsbench
+	$(GO) build -o bin/agentbench ./bench/agentbench
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench -services 10000 -dests 10 -runs 3
+	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/agentbench -small 100 -large 10000 -dests 10 -changes 200
 
 clean:
 	rm -rf bin build
