@@ -20,9 +20,11 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/merlin-ipvs/merlin/internal/netns"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
+	"github.com/merlin-ipvs/merlin/types"
 	"github.com/merlin-ipvs/merlin/vmtests/lab"
 )
 
@@ -315,11 +317,13 @@ func TestVMCluster(t *testing.T) {
 	t.Run("one bad object does not block the others", func(t *testing.T) {
 		// Written straight into etcd: "twos" is a valid scheduler name, but
 		// Debian's 6.1 kernel has no ip_vs_twos module, so the kernel refuses it.
-		c.mustMeradm("service", "add", "twos", "tcp", "198.19.0.30:80", "-s", "twos")
-		_, err := c.kv.Put(ctx, "/merlin/services/garbage", "\x00\xffnot protobuf")
-		if err != nil {
-			t.Fatal(err)
-		}
+		twos, err := proto.Marshal(&types.VirtualService{Id: "twos", Key: &types.VirtualService_Key{Ip: "198.19.0.30", Port: 80, Protocol: types.Protocol_TCP},
+			Config: &types.VirtualService_Config{Scheduler: "twos"}})
+		c.must(err)
+		_, err = c.kv.Put(ctx, "/merlin/services/twos", string(twos))
+		c.must(err)
+		_, err = c.kv.Put(ctx, "/merlin/services/garbage", "\x00\xffnot protobuf")
+		c.must(err)
 		c.mustMeradm("service", "add", "after", "tcp", "198.19.0.40:80", "-s", "wlc")
 		withAfter := sortedLines(want + "\n-A -t 198.19.0.40:80 -s wlc")
 		c.waitTables("the good service applied", withAfter)
@@ -339,9 +343,8 @@ func TestVMCluster(t *testing.T) {
 		t.Logf("meradm status:\n%s", c.mustMeradm("status"))
 		c.mustMeradm("service", "del", "twos")
 		c.mustMeradm("service", "del", "after")
-		if _, err := c.kv.Delete(ctx, "/merlin/services/garbage"); err != nil {
-			t.Fatal(err)
-		}
+		_, err = c.kv.Delete(ctx, "/merlin/services/garbage")
+		c.must(err)
 		c.waitTables("cleaned up", want)
 	})
 

@@ -1,0 +1,349 @@
+// Package health checks real servers: HTTP and HTTPS (method, path, Host,
+// expected status codes, body match, TLS name and verification), TCP
+// connect, UDP request/reply, gRPC (grpc.health.v1) and exec, with
+// rise/fall counting in a Monitor that runs each distinct check once.
+// Checks are values: two servers with the same target and check share one
+// prober. It needs no privileges (exec checks run as merlin's user).
+package health
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Kind of check.
+type Kind string
+
+// Kinds of checks.
+const (
+	HTTP  Kind = "http"
+	HTTPS Kind = "https"
+	TCP   Kind = "tcp"
+	UDP   Kind = "udp"
+	GRPC  Kind = "grpc"
+	Exec  Kind = "exec"
+)
+
+// Check is one health check of one target. It is a comparable value: the
+// Monitor keys checks by value, so equal checks share one prober.
+type Check struct {
+	Kind   Kind
+	Target netip.AddrPort // what is probed (the server, or the address/port the endpoint names)
+	// HTTP(S)
+	Method       string // default GET
+	Path         string // default /
+	Host         string // Host header (and default TLS server name)
+	ExpectStatus string // comma-separated codes and ranges, e.g. "200,204,300-399"; default 200-399
+	ExpectBody   string // substring the body must contain
+	TLSVerify    bool   // verify the server certificate (HTTPS, gRPC over TLS)
+	TLSName      string // server name to verify against
+	// gRPC: the service name asked about ("" is the whole server); TLS when TLSVerify or TLSName is set.
+	GRPCService string
+	// UDP: send UDPSend, expect a reply containing UDPExpect (any reply when empty).
+	UDPSend, UDPExpect string
+	// Exec: the command line (space-separated); MERLIN_TARGET_IP and
+	// MERLIN_TARGET_PORT are in its environment.
+	Command string
+
+	Interval, Timeout time.Duration
+	Rise, Fall        int
+}
+
+// Identity is what a check probes; a change that keeps it keeps the state.
+func (c Check) Identity() string { return string(c.Kind) + " " + c.Target.String() + " " + c.Command }
+
+func (c Check) String() string {
+	switch c.Kind {
+	case HTTP, HTTPS:
+		return fmt.Sprintf("%s://%s%s", c.Kind, c.Target, c.Path)
+	case Exec:
+		return "exec " + c.Command
+	}
+	return fmt.Sprintf("%s://%s", c.Kind, c.Target)
+}
+
+// Failure reasons, for metrics.
+const (
+	ReasonTimeout = "timeout"
+	ReasonRefused = "refused"
+	ReasonStatus  = "status"
+	ReasonBody    = "body"
+	ReasonTLS     = "tls"
+	ReasonReset   = "reset"
+	ReasonExit    = "exit"
+	ReasonOther   = "other"
+)
+
+// ProbeError is a failed probe with a bounded reason.
+type ProbeError struct {
+	Reason string
+	Err    error
+}
+
+func (e *ProbeError) Error() string { return e.Err.Error() }
+func (e *ProbeError) Unwrap() error { return e.Err }
+
+func fail(reason string, format string, args ...any) error {
+	return &ProbeError{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// classify names the reason of a network error.
+func classify(err error) error {
+	var pe *ProbeError
+	if errors.As(err, &pe) {
+		return err
+	}
+	var ne net.Error
+	var tlsErr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return &ProbeError{Reason: ReasonTimeout, Err: err}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return &ProbeError{Reason: ReasonRefused, Err: err}
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return &ProbeError{Reason: ReasonReset, Err: err}
+	case errors.As(err, &tlsErr), errors.As(err, &recErr):
+		return &ProbeError{Reason: ReasonTLS, Err: err}
+	}
+	return &ProbeError{Reason: ReasonOther, Err: err}
+}
+
+// Reason of a probe error.
+func Reason(err error) string {
+	var pe *ProbeError
+	if errors.As(err, &pe) {
+		return pe.Reason
+	}
+	return ReasonOther
+}
+
+// Prober runs single probes. Its HTTP transport keeps no idle connections:
+// every probe opens a fresh connection, as a new client would.
+type Prober struct {
+	transport *http.Transport
+	// RootCAs verifies servers' certificates (nil: the system's roots).
+	RootCAs *x509.CertPool
+}
+
+// NewProber returns a prober.
+func NewProber() *Prober {
+	return &Prober{transport: &http.Transport{
+		DisableKeepAlives:  true,
+		DisableCompression: true,
+		Proxy:              nil,
+		DialContext:        (&net.Dialer{}).DialContext,
+	}}
+}
+
+// Probe runs one probe within c.Timeout; nil means healthy.
+func (p *Prober) Probe(ctx context.Context, c Check) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	var err error
+	switch c.Kind {
+	case HTTP, HTTPS:
+		err = p.probeHTTP(ctx, c)
+	case TCP:
+		var conn net.Conn
+		conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", c.Target.String())
+		if err == nil {
+			conn.Close()
+		}
+	case UDP:
+		err = probeUDP(ctx, c)
+	case GRPC:
+		err = probeGRPC(ctx, c)
+	case Exec:
+		err = probeExec(ctx, c)
+	default:
+		return fail(ReasonOther, "unknown check kind %q", c.Kind)
+	}
+	if err != nil {
+		return classify(err)
+	}
+	return nil
+}
+
+func (p *Prober) probeHTTP(ctx context.Context, c Check) error {
+	method := c.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	path := c.Path
+	if path == "" {
+		path = "/"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, fmt.Sprintf("%s://%s%s", c.Kind, c.Target, path), nil)
+	if err != nil {
+		return fail(ReasonOther, "request: %v", err)
+	}
+	if c.Host != "" {
+		req.Host = c.Host
+	}
+	req.Header.Set("User-Agent", "merlin-health-check")
+	t := p.transport
+	if c.Kind == HTTPS {
+		t = t.Clone()
+		name := c.TLSName
+		if name == "" {
+			name = c.Host
+		}
+		t.TLSClientConfig = &tls.Config{ServerName: name, InsecureSkipVerify: !c.TLSVerify, RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12} //nolint:gosec // verification is the check's choice
+		defer t.CloseIdleConnections()
+	}
+	resp, err := t.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if !statusExpected(c.ExpectStatus, resp.StatusCode) {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return fail(ReasonStatus, "status %d, want %s", resp.StatusCode, orDefault(c.ExpectStatus, "200-399"))
+	}
+	if c.ExpectBody != "" {
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil {
+			return err
+		}
+		if !bytes.Contains(body, []byte(c.ExpectBody)) {
+			return fail(ReasonBody, "body does not contain %q", c.ExpectBody)
+		}
+	}
+	return nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// statusExpected matches a code against "200,204,300-399" (default 200-399).
+func statusExpected(spec string, code int) bool {
+	if spec == "" {
+		return code >= 200 && code < 400
+	}
+	for _, part := range strings.Split(spec, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		l, err := strconv.Atoi(lo)
+		if err != nil {
+			continue
+		}
+		h := l
+		if isRange {
+			if h, err = strconv.Atoi(hi); err != nil {
+				continue
+			}
+		}
+		if code >= l && code <= h {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidStatusSpec checks an ExpectStatus value.
+func ValidStatusSpec(spec string) error {
+	for _, part := range strings.Split(spec, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		l, err := strconv.Atoi(lo)
+		if err != nil || l < 100 || l > 599 {
+			return fmt.Errorf("%q is not a status code or range like 200-299", part)
+		}
+		if isRange {
+			h, err := strconv.Atoi(hi)
+			if err != nil || h < l || h > 599 {
+				return fmt.Errorf("%q is not a status range like 200-299", part)
+			}
+		}
+	}
+	return nil
+}
+
+func probeUDP(ctx context.Context, c Check) error {
+	conn, err := (&net.Dialer{}).DialContext(ctx, "udp", c.Target.String())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	payload := c.UDPSend
+	if payload == "" {
+		payload = "merlin health check\n"
+	}
+	if _, err := conn.Write([]byte(payload)); err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return err // a closed port answers ICMP unreachable: ECONNREFUSED
+	}
+	if c.UDPExpect != "" && !bytes.Contains(buf[:n], []byte(c.UDPExpect)) {
+		return fail(ReasonBody, "reply does not contain %q", c.UDPExpect)
+	}
+	return nil
+}
+
+func probeGRPC(ctx context.Context, c Check) error {
+	creds := insecure.NewCredentials()
+	if c.TLSVerify || c.TLSName != "" {
+		creds = credentials.NewTLS(&tls.Config{ServerName: c.TLSName, InsecureSkipVerify: !c.TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // the check's choice
+	}
+	conn, err := grpc.NewClient(c.Target.String(), grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: c.GRPCService})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fail(ReasonRefused, "grpc health: %v", err)
+	}
+	if s := resp.GetStatus(); s != healthpb.HealthCheckResponse_SERVING {
+		return fail(ReasonStatus, "grpc health status %s", s)
+	}
+	return nil
+}
+
+func probeExec(ctx context.Context, c Check) error {
+	args := strings.Fields(c.Command)
+	if len(args) == 0 {
+		return fail(ReasonOther, "empty command")
+	}
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = append(cmd.Environ(), "MERLIN_TARGET_IP="+c.Target.Addr().String(), "MERLIN_TARGET_PORT="+strconv.Itoa(int(c.Target.Port())))
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		return fail(ReasonExit, "%s: %v: %s", args[0], err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -1,0 +1,370 @@
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/merlin-ipvs/merlin/internal/testpki"
+)
+
+func addrOf(t *testing.T, a net.Addr) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// freeAddr is a loopback port with nothing listening.
+func freeAddr(t *testing.T) netip.AddrPort {
+	ln := listen(t)
+	a := addrOf(t, ln.Addr())
+	ln.Close()
+	return a
+}
+
+// silent accepts connections and never answers.
+func silent(t *testing.T) netip.AddrPort {
+	ln := listen(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	return addrOf(t, ln.Addr())
+}
+
+func probe(t *testing.T, c Check) error {
+	t.Helper()
+	if c.Timeout == 0 {
+		c.Timeout = 500 * time.Millisecond
+	}
+	return NewProber().Probe(context.Background(), c)
+}
+
+func wantReason(t *testing.T, err error, reason string) {
+	t.Helper()
+	if err == nil || Reason(err) != reason {
+		t.Fatalf("got %v (reason %q), want reason %q", err, Reason(err), reason)
+	}
+}
+
+func TestHTTP(t *testing.T) {
+	var status atomic.Int32
+	status.Store(200)
+	ln := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host != "svc.example" || r.URL.Path != "/health" || r.Method != http.MethodHead && r.Method != http.MethodGet {
+			w.WriteHeader(400)
+			return
+		}
+		w.WriteHeader(int(status.Load()))
+		_, _ = io.WriteString(w, "all systems go")
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	target := addrOf(t, ln.Addr())
+	c := Check{Kind: HTTP, Target: target, Path: "/health", Host: "svc.example", ExpectBody: "systems go"}
+	if err := probe(t, c); err != nil {
+		t.Fatal(err)
+	}
+	status.Store(503)
+	wantReason(t, probe(t, c), ReasonStatus)
+	c.ExpectStatus = "500-503"
+	c.ExpectBody = ""
+	if err := probe(t, c); err != nil {
+		t.Fatalf("503 with expect 500-503: %v", err)
+	}
+	status.Store(200)
+	c.ExpectStatus, c.ExpectBody = "", "nope"
+	wantReason(t, probe(t, c), ReasonBody)
+	c.ExpectBody, c.Method = "", http.MethodHead
+	if err := probe(t, c); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, probe(t, Check{Kind: HTTP, Target: silent(t), Timeout: 200 * time.Millisecond}), ReasonTimeout)
+	wantReason(t, probe(t, Check{Kind: HTTP, Target: freeAddr(t)}), ReasonRefused)
+}
+
+func TestHTTPSWithTestCA(t *testing.T) {
+	ca := testpki.NewCA(t, "backends")
+	pair := ca.Server(t, "backend")
+	cert, err := tls.LoadX509KeyPair(pair.CertFile, pair.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := tls.NewListener(listen(t), &tls.Config{Certificates: []tls.Certificate{cert}})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}), ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	target := addrOf(t, ln.Addr())
+	// Without verification any certificate passes; with it, the test CA
+	// must be trusted, which the system pool does not.
+	if err := probe(t, Check{Kind: HTTPS, Target: target, TLSName: "localhost"}); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, probe(t, Check{Kind: HTTPS, Target: target, TLSName: "localhost", TLSVerify: true}), ReasonTLS)
+	pem, _ := os.ReadFile(ca.CertFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	p := NewProber()
+	p.RootCAs = pool
+	if err := p.Probe(context.Background(), Check{Kind: HTTPS, Target: target, TLSName: "localhost", TLSVerify: true, Timeout: time.Second}); err != nil {
+		t.Fatalf("verified against the test CA: %v", err)
+	}
+	wantReason(t, p.Probe(context.Background(), Check{Kind: HTTPS, Target: target, TLSName: "wrong.example", TLSVerify: true, Timeout: time.Second}), ReasonTLS)
+}
+
+func TestTCPAndUDP(t *testing.T) {
+	ln := listen(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if err := probe(t, Check{Kind: TCP, Target: addrOf(t, ln.Addr())}); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, probe(t, Check{Kind: TCP, Target: freeAddr(t)}), ReasonRefused)
+
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(append([]byte("echo: "), buf[:n]...), from)
+		}
+	}()
+	udp := addrOf(t, pc.LocalAddr())
+	if err := probe(t, Check{Kind: UDP, Target: udp, UDPSend: "ping", UDPExpect: "echo: ping"}); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, probe(t, Check{Kind: UDP, Target: udp, UDPSend: "ping", UDPExpect: "pong"}), ReasonBody)
+	closed, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	closedAddr := addrOf(t, closed.LocalAddr())
+	closed.Close()
+	wantReason(t, probe(t, Check{Kind: UDP, Target: closedAddr}), ReasonRefused)
+}
+
+func TestGRPCAndExec(t *testing.T) {
+	ln := listen(t)
+	g := grpc.NewServer()
+	hs := grpchealth.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	target := addrOf(t, ln.Addr())
+	hs.SetServingStatus("api", healthpb.HealthCheckResponse_SERVING)
+	if err := probe(t, Check{Kind: GRPC, Target: target, GRPCService: "api", Timeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	hs.SetServingStatus("api", healthpb.HealthCheckResponse_NOT_SERVING)
+	wantReason(t, probe(t, Check{Kind: GRPC, Target: target, GRPCService: "api", Timeout: 2 * time.Second}), ReasonStatus)
+
+	script := t.TempDir() + "/check.sh"
+	if err := os.WriteFile(script, []byte(`[ "$MERLIN_TARGET_IP" = 127.0.0.1 ]`+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := probe(t, Check{Kind: Exec, Target: target, Command: "sh " + script}); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, probe(t, Check{Kind: Exec, Command: "false"}), ReasonExit)
+	wantReason(t, probe(t, Check{Kind: Exec, Command: "sleep 5", Timeout: 200 * time.Millisecond}), ReasonTimeout)
+}
+
+type countingObserver struct{ probes, ups, downs atomic.Int32 }
+
+func (o *countingObserver) Probed(Check, time.Duration, error) { o.probes.Add(1) }
+func (o *countingObserver) Transition(_ Check, up bool) {
+	if up {
+		o.ups.Add(1)
+	} else {
+		o.downs.Add(1)
+	}
+}
+
+// switchable is a TCP target that can be turned off and on.
+type switchable struct {
+	t    *testing.T
+	addr netip.AddrPort
+	ln   net.Listener
+}
+
+func newSwitchable(t *testing.T) *switchable {
+	s := &switchable{t: t}
+	s.on(netip.AddrPort{})
+	t.Cleanup(s.off)
+	return s
+}
+
+func (s *switchable) on(addr netip.AddrPort) {
+	a := "127.0.0.1:0"
+	if addr.IsValid() {
+		a = addr.String()
+	}
+	ln, err := net.Listen("tcp", a)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.ln, s.addr = ln, addrOf(s.t, ln.Addr())
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+func (s *switchable) off() { s.ln.Close() }
+
+func waitState(t *testing.T, m *Monitor, c Check, up bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < 10*time.Second {
+		if st, ok := m.State(c); ok && st.Up == up {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("check %s never became up=%v", c, up)
+	return 0
+}
+
+func TestMonitorRiseFallAndLifecycle(t *testing.T) {
+	goroutines := runtime.NumGoroutine()
+	target := newSwitchable(t)
+	obs := &countingObserver{}
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+	c := Check{Kind: TCP, Target: target.addr, Interval: 20 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 3, Fall: 2}
+	m.Set(map[Check]bool{c: false}) // starts down: rise successes needed
+	waitState(t, m, c, true)
+	if p := obs.probes.Load(); p < 3 {
+		t.Fatalf("up after %d probes, rise is 3", p)
+	}
+	target.off()
+	waitState(t, m, c, false)
+	if st, _ := m.State(c); st.LastError == "" || !st.Transitioned {
+		t.Fatalf("down state: %+v", st)
+	}
+	// Config change on the same target keeps the (down) state.
+	c2 := c
+	c2.Interval, c2.Rise = 30*time.Millisecond, 1
+	m.Set(map[Check]bool{c2: true})
+	if st, ok := m.State(c2); !ok || st.Up {
+		t.Fatalf("state not kept across a config change: %+v", st)
+	}
+	target.on(target.addr)
+	waitState(t, m, c2, true)
+	// Deleting the check stops it.
+	m.Set(map[Check]bool{})
+	if m.Running() != 0 {
+		t.Fatal("check still running")
+	}
+	m.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > goroutines+2 && time.Now().Before(deadline) { // +2: the listener's accept loop and test bookkeeping
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > goroutines+2 {
+		t.Fatalf("%d goroutines after Close, %d before", n, goroutines)
+	}
+}
+
+// A target that fails every other probe flaps below the thresholds: with
+// fall 2 and rise 2 it never changes state.
+func TestMonitorFlappingAtTheThreshold(t *testing.T) {
+	var n atomic.Int32
+	ln := listen(t)
+	target := addrOf(t, ln.Addr())
+	ln.Close()
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	defer m.Close()
+	// An exec check that alternates success and failure.
+	flag := t.TempDir() + "/flip"
+	c := Check{Kind: Exec, Target: target, Command: "sh -c if_test_-e_" + flag, Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
+	c.Command = "sh " + writeFlipScript(t, flag)
+	m.Set(map[Check]bool{c: true})
+	time.Sleep(500 * time.Millisecond)
+	_ = n.Load()
+	if st, _ := m.State(c); !st.Up || st.Transitioned {
+		t.Fatalf("alternating results changed the state: %+v", st)
+	}
+}
+
+func writeFlipScript(t *testing.T, flag string) string {
+	script := t.TempDir() + "/flip.sh"
+	body := "if [ -e " + flag + " ]; then rm " + flag + "; exit 1; else touch " + flag + "; exit 0; fi\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script
+}
+
+func TestStatusSpec(t *testing.T) {
+	for spec, codes := range map[string][2][]int{
+		"":            {{200, 204, 302, 399}, {400, 500, 199}},
+		"200":         {{200}, {201, 404}},
+		"200,300-304": {{200, 300, 304}, {305, 201}},
+	} {
+		for _, c := range codes[0] {
+			if !statusExpected(spec, c) {
+				t.Errorf("%q should accept %d", spec, c)
+			}
+		}
+		for _, c := range codes[1] {
+			if statusExpected(spec, c) {
+				t.Errorf("%q should refuse %d", spec, c)
+			}
+		}
+	}
+	for _, bad := range []string{"abc", "99", "300-200", "200-", "600"} {
+		if ValidStatusSpec(bad) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,196 @@
+package health
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// State of one check.
+type State struct {
+	Up        bool
+	Since     time.Time // of the last transition (or of the start)
+	LastError string    // of the last failed probe, while failing
+	// Transitioned: the state came from a probe result, not the initial
+	// assumption (slow start applies only then).
+	Transitioned bool
+}
+
+// Observer hears about every probe and transition (metrics).
+type Observer interface {
+	Probed(c Check, took time.Duration, err error)
+	Transition(c Check, up bool)
+}
+
+// Monitor runs each distinct check on its own timer: starts are spread
+// over the interval, a check goes down after Fall consecutive failures and
+// up after Rise consecutive successes.
+type Monitor struct {
+	prober   *Prober
+	log      *slog.Logger
+	observer Observer
+
+	mu      sync.Mutex
+	runners map[Check]*runner
+	changed chan struct{}
+	wg      sync.WaitGroup
+	closed  bool
+}
+
+type runner struct {
+	check  Check
+	cancel context.CancelFunc
+	state  State
+	succ   int
+	fails  int
+}
+
+// NewMonitor returns a monitor; observer may be nil.
+func NewMonitor(log *slog.Logger, observer Observer) *Monitor {
+	return &Monitor{prober: NewProber(), log: log, observer: observer, runners: map[Check]*runner{}, changed: make(chan struct{}, 1)}
+}
+
+// Changes receives a value after any check changes state.
+func (m *Monitor) Changes() <-chan struct{} { return m.changed }
+
+func (m *Monitor) notify() {
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Set makes the monitor run exactly these checks; initial gives the state
+// a new check starts in (true: up). Unchanged checks keep running; a check
+// that changed but probes the same target (Identity) keeps its state;
+// removed checks stop.
+func (m *Monitor) Set(want map[Check]bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	removed := map[string]*runner{}
+	for c, r := range m.runners {
+		if _, ok := want[c]; !ok {
+			r.cancel()
+			delete(m.runners, c)
+			removed[c.Identity()] = r
+		}
+	}
+	for c, initialUp := range want {
+		if _, ok := m.runners[c]; ok {
+			continue
+		}
+		r := &runner{check: c, state: State{Up: initialUp, Since: time.Now()}}
+		if old, ok := removed[c.Identity()]; ok {
+			r.state = old.state
+			delete(removed, c.Identity())
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		r.cancel = cancel
+		m.runners[c] = r
+		m.wg.Add(1)
+		go m.run(ctx, r)
+	}
+}
+
+// State returns a check's state; ok is false for a check not running.
+func (m *Monitor) State(c Check) (State, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.runners[c]
+	if !ok {
+		return State{}, false
+	}
+	return r.state, true
+}
+
+// Running is the number of checks running.
+func (m *Monitor) Running() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.runners)
+}
+
+// Close stops every check and waits for them.
+func (m *Monitor) Close() {
+	m.mu.Lock()
+	m.closed = true
+	for c, r := range m.runners {
+		r.cancel()
+		delete(m.runners, c)
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+func (m *Monitor) run(ctx context.Context, r *runner) {
+	defer m.wg.Done()
+	c := r.check
+	// Spread the starts over the interval so that many checks do not fire together.
+	first := time.NewTimer(rand.N(c.Interval))
+	select {
+	case <-ctx.Done():
+		first.Stop()
+		return
+	case <-first.C:
+	}
+	tick := time.NewTicker(c.Interval)
+	defer tick.Stop()
+	for {
+		start := time.Now()
+		err := m.prober.Probe(ctx, c)
+		if ctx.Err() != nil {
+			return
+		}
+		if m.observer != nil {
+			m.observer.Probed(c, time.Since(start), err)
+		}
+		m.record(r, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (m *Monitor) record(r *runner, err error) {
+	m.mu.Lock()
+	c := r.check
+	changed := false
+	if err == nil {
+		r.fails, r.state.LastError = 0, ""
+		r.succ++
+		if !r.state.Up && r.succ >= max(c.Rise, 1) {
+			r.state = State{Up: true, Since: time.Now(), Transitioned: true}
+			changed = true
+		}
+	} else {
+		r.succ = 0
+		r.fails++
+		r.state.LastError = err.Error()
+		if r.state.Up && r.fails >= max(c.Fall, 1) {
+			r.state = State{Up: false, Since: time.Now(), LastError: err.Error(), Transitioned: true}
+			changed = true
+		}
+	}
+	m.mu.Unlock()
+	if changed {
+		m.log.Info("health check changed state", "check", c.String(), "up", err == nil, "error", errString(err))
+		if m.observer != nil {
+			m.observer.Transition(c, err == nil)
+		}
+		m.notify()
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
