@@ -10,12 +10,14 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -23,6 +25,20 @@ import (
 type IPVS interface {
 	Table(ctx context.Context) ([]ipvs.VirtualServer, error)
 	Apply(ctx context.Context, ops []ipvs.Op) error
+}
+
+// HealthMonitor runs health checks; *health.Monitor is one.
+type HealthMonitor interface {
+	Set(want map[health.Check]bool)
+	State(c health.Check) (health.State, bool)
+	Changes() <-chan struct{}
+}
+
+// serverCheck is the health check of one server and what its result does.
+type serverCheck struct {
+	check     health.Check
+	initialUp bool
+	slowStart time.Duration
 }
 
 // VIPSink puts the VIPs a node serves on an interface (datapath/netif).
@@ -71,6 +87,7 @@ type Agent struct {
 	cfg     AgentConfig
 	ipvs    IPVS
 	vips    VIPSink
+	health  HealthMonitor
 	log     *slog.Logger
 	metrics *AgentMetrics
 
@@ -81,14 +98,20 @@ type Agent struct {
 	changed chan struct{} // closed and replaced when status changes
 
 	// Owned by Run.
-	owned      *ownership
-	model      map[ipvs.ServiceKey]*ipvs.VirtualServer // owned kernel services as last read or written
-	foreign    map[ipvs.ServiceKey]bool                // kernel services merlin leaves alone
-	modelValid bool
-	converted  map[string]convertedService
-	failures   map[objectID]*failure
-	lastVIPs   []netip.Addr
-	guardRev   int64
+	owned       *ownership
+	model       map[ipvs.ServiceKey]*ipvs.VirtualServer // owned kernel services as last read or written
+	foreign     map[ipvs.ServiceKey]bool                // kernel services merlin leaves alone
+	modelValid  bool
+	converted   map[string]convertedService
+	failures    map[objectID]*failure
+	lastVIPs    []netip.Addr
+	guardRev    int64
+	checks      map[string]map[string]serverCheck // service ID → server IP:PORT → check
+	checksDirty bool
+	healthDirty atomic.Bool
+	ramping     map[string]bool // services with a server in slow start
+	rampNext    time.Time
+	lastDown    map[string]bool // services whose servers are all down, as last reported
 }
 
 type convertedService struct {
@@ -97,8 +120,8 @@ type convertedService struct {
 	err   error
 }
 
-// NewAgent returns an agent for one IPVS table. vips may be nil.
-func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, metrics *AgentMetrics, log *slog.Logger) (*Agent, error) {
+// NewAgent returns an agent for one IPVS table. vips and checks may be nil.
+func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, checks HealthMonitor, metrics *AgentMetrics, log *slog.Logger) (*Agent, error) {
 	if cfg.ResyncPeriod == 0 {
 		cfg.ResyncPeriod = 30 * time.Second
 	}
@@ -125,7 +148,8 @@ func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, metrics *AgentMetrics, 
 		metrics = NewAgentMetrics(nil)
 	}
 	return &Agent{
-		cfg: cfg, ipvs: table, vips: vips, log: log, metrics: metrics,
+		cfg: cfg, ipvs: table, vips: vips, health: checks, log: log, metrics: metrics,
+		checks: map[string]map[string]serverCheck{}, ramping: map[string]bool{}, lastDown: map[string]bool{},
 		wake:      make(chan struct{}, 1),
 		status:    &types.NodeStatus{Node: cfg.Node, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
 		changed:   make(chan struct{}),
@@ -179,6 +203,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer resync.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	var healthChanges <-chan struct{}
+	if a.health != nil {
+		healthChanges = a.health.Changes()
+	}
 	for {
 		full := false
 		select {
@@ -188,6 +216,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-resync.C:
 			full = true
 		case <-retry.C:
+		case <-healthChanges:
+			a.healthDirty.Store(true)
 		}
 		a.mu.Lock()
 		latest := a.latest
@@ -248,6 +278,9 @@ func (a *Agent) pass(ctx context.Context, desired *State, full bool) time.Time {
 	if err != nil && next.IsZero() {
 		next = time.Now().Add(a.cfg.RetryBackoff)
 	}
+	if len(a.ramping) > 0 && (next.IsZero() || a.rampNext.Before(next)) {
+		next = a.rampNext
+	}
 	return next
 }
 
@@ -258,22 +291,52 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 		}
 	}
 	// Convert what changed since the last pass; services keep their
-	// pointers while unchanged, so this costs nothing for the rest.
+	// pointers while unchanged, so this costs nothing for the rest. Health
+	// changes and slow starts re-convert the services they touch.
+	healthDirty := a.healthDirty.Swap(false)
+	ramping := a.ramping
+	a.ramping = map[string]bool{}
 	dirty := map[ipvs.ServiceKey]bool{}
+	var reconvert []string
 	for id, ss := range desired.Services {
 		c, ok := a.converted[id]
-		if ok && c.state == ss {
+		changed := !ok || c.state != ss
+		if !changed && !ramping[id] && !(healthDirty && a.checks[id] != nil) {
 			continue
 		}
-		if ok && c.err == nil {
+		if changed {
+			a.updateChecks(id, ss)
+			a.clearFailures(id)
+		}
+		reconvert = append(reconvert, id)
+	}
+	for id := range a.checks {
+		if _, ok := desired.Services[id]; !ok {
+			delete(a.checks, id)
+			a.checksDirty = true
+		}
+	}
+	if a.checksDirty && a.health != nil {
+		want := map[health.Check]bool{}
+		for _, byServer := range a.checks {
+			for _, sc := range byServer {
+				want[sc.check] = want[sc.check] || sc.initialUp
+			}
+		}
+		a.health.Set(want)
+		a.checksDirty = false
+	}
+	now := time.Now()
+	for _, id := range reconvert {
+		ss := desired.Services[id]
+		if c, ok := a.converted[id]; ok && c.err == nil {
 			dirty[c.vs.Service.Key] = true
 		}
-		vs, err := ToIPVS(ss, nil)
+		vs, err := ToIPVS(ss, a.weightOf(id, now))
 		a.converted[id] = convertedService{state: ss, vs: vs, err: err}
 		if err == nil {
 			dirty[vs.Service.Key] = true
 		}
-		a.clearFailures(id)
 	}
 	for id, c := range a.converted {
 		if _, ok := desired.Services[id]; !ok {
@@ -284,7 +347,6 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 			a.clearFailures(id)
 		}
 	}
-	now := time.Now()
 	for id, f := range a.failures {
 		if !f.next.After(now) {
 			if c, ok := a.converted[id.service]; ok && c.err == nil {
@@ -340,6 +402,7 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 	ops := ipvs.Diff(want, have)
 	ops = a.guardDeletions(ops, desired)
 	a.setVIPs(ctx)
+	a.reportHealth(desired)
 	if len(ops) == 0 {
 		return nil
 	}
@@ -567,4 +630,160 @@ func (a *Agent) applyToModel(op ipvs.Op) {
 
 func isDestinationOp(k ipvs.OpKind) bool {
 	return k == ipvs.OpAddDestination || k == ipvs.OpUpdateDestination || k == ipvs.OpDeleteDestination
+}
+
+// updateChecks records the health checks of a service's servers.
+func (a *Agent) updateChecks(id string, ss *ServiceState) {
+	if a.health == nil {
+		return
+	}
+	byServer := map[string]serverCheck{}
+	for key, srv := range ss.Servers {
+		c, ok, err := HealthCheckOf(srv, ss.Service)
+		if err != nil {
+			a.fail(objectID{service: id, server: key}, err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		h := EffectiveHealthCheck(srv, ss.Service)
+		byServer[key] = serverCheck{check: c, initialUp: a.initialUp(ss, srv, h), slowStart: h.GetSlowStart().AsDuration()}
+	}
+	old := a.checks[id]
+	if len(byServer) == 0 {
+		if old != nil {
+			delete(a.checks, id)
+			a.checksDirty = true
+		}
+		return
+	}
+	if !maps.Equal(old, byServer) {
+		a.checks[id] = byServer
+		a.checksDirty = true
+	}
+}
+
+// initialUp is the state a new check starts in: down with startup DOWN;
+// otherwise up unless the kernel has the server at weight 0 while its
+// configured weight is not (merlin took it down before a restart).
+func (a *Agent) initialUp(ss *ServiceState, srv *types.RealServer, h *types.RealServer_HealthCheck) bool {
+	if h.GetStartup() == types.RealServer_DOWN {
+		return false
+	}
+	if srv.GetConfig().GetWeight().GetValue() == 0 {
+		return true
+	}
+	vs := a.model[ServiceKeyOf(ss.Service)]
+	if vs == nil {
+		return true
+	}
+	addr, _ := netip.ParseAddr(srv.GetKey().GetIp())
+	for _, d := range vs.Destinations {
+		if d.Key.Address == addr && d.Key.Port == uint16(srv.GetKey().GetPort()) {
+			return d.Config.Weight > 0
+		}
+	}
+	return true
+}
+
+// weightOf gives each server its weight: 0 while its check is down, a
+// ramp during slow start, the configured weight otherwise.
+func (a *Agent) weightOf(id string, now time.Time) func(*types.RealServer) uint32 {
+	byServer := a.checks[id]
+	return func(srv *types.RealServer) uint32 {
+		w := srv.GetConfig().GetWeight().GetValue()
+		sc, ok := byServer[ServerKeyString(srv.GetKey())]
+		if !ok || w == 0 {
+			return w
+		}
+		st, known := a.health.State(sc.check)
+		if !known {
+			if sc.initialUp {
+				return w
+			}
+			return 0
+		}
+		if !st.Up {
+			return 0
+		}
+		if sc.slowStart > 0 && st.Transitioned {
+			if elapsed := now.Sub(st.Since); elapsed < sc.slowStart {
+				step := min(time.Second, sc.slowStart/5)
+				if len(a.ramping) == 0 || now.Add(step).Before(a.rampNext) {
+					a.rampNext = now.Add(step)
+				}
+				a.ramping[id] = true
+				return max(1, uint32(uint64(w)*uint64(elapsed)/uint64(sc.slowStart)))
+			}
+		}
+		return w
+	}
+}
+
+// reportHealth puts every checked server's state into the node status and
+// metrics, and reports services whose servers are all down.
+func (a *Agent) reportHealth(desired *State) {
+	if a.health == nil {
+		return
+	}
+	var servers []*types.ServerHealth
+	var down []string
+	for _, id := range slices.Sorted(maps.Keys(a.checks)) {
+		byServer := a.checks[id]
+		ss := desired.Services[id]
+		conv := a.converted[id]
+		weights := map[string]uint32{}
+		for _, d := range conv.vs.Destinations {
+			weights[netip.AddrPortFrom(d.Key.Address, d.Key.Port).String()] = d.Config.Weight
+		}
+		allDown := ss != nil && len(ss.Servers) > 0
+		for key := range ss.Servers {
+			sc, ok := byServer[key]
+			st, known := health.State{}, false
+			if ok {
+				st, known = a.health.State(sc.check)
+			}
+			up := !ok || (known && st.Up) || (!known && sc.initialUp)
+			if up {
+				allDown = false
+			}
+			if !ok {
+				continue
+			}
+			sh := &types.ServerHealth{ServiceId: id, Server: key, Up: up, LastError: st.LastError, EffectiveWeight: weights[key]}
+			if known {
+				sh.Since = timestamppb.New(st.Since)
+			}
+			servers = append(servers, sh)
+			a.metrics.serverUp.WithLabelValues(id, key).Set(b2f(up))
+		}
+		if allDown {
+			down = append(down, id)
+		}
+	}
+	for _, id := range down {
+		if !a.lastDown[id] {
+			a.log.Warn("every server of the service is down", "service", id)
+		}
+	}
+	for id := range a.lastDown {
+		if !slices.Contains(down, id) {
+			a.log.Info("the service has a server up again", "service", id)
+			a.metrics.serviceDown.DeleteLabelValues(id)
+		}
+	}
+	a.lastDown = map[string]bool{}
+	for _, id := range down {
+		a.lastDown[id] = true
+		a.metrics.serviceDown.WithLabelValues(id).Set(1)
+	}
+	a.setStatus(func(st *types.NodeStatus) { st.Servers, st.ServicesDown = servers, down })
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

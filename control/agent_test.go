@@ -10,11 +10,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -145,7 +148,7 @@ func svcAt(id, ip string, sched string) *types.VirtualService {
 
 func newTestAgent(t *testing.T, table IPVS, dir string) *Agent {
 	t.Helper()
-	a, err := NewAgent(AgentConfig{Node: "n1", OwnershipFile: filepath.Join(dir, "owned.json")}, table, nil, nil, discardLogger())
+	a, err := NewAgent(AgentConfig{Node: "n1", OwnershipFile: filepath.Join(dir, "owned.json")}, table, nil, nil, nil, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,3 +239,83 @@ func mustNormal(t *testing.T, s *types.VirtualService) *types.VirtualService {
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+type fakeMonitor struct {
+	mu     sync.Mutex
+	states map[health.Check]health.State
+	set    map[health.Check]bool
+	ch     chan struct{}
+}
+
+func (f *fakeMonitor) Set(want map[health.Check]bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.set = want
+	for c, up := range want {
+		if _, ok := f.states[c]; !ok {
+			f.states[c] = health.State{Up: up, Since: time.Now()}
+		}
+	}
+}
+
+func (f *fakeMonitor) State(c health.Check) (health.State, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.states[c]
+	return st, ok
+}
+
+func (f *fakeMonitor) Changes() <-chan struct{} { return f.ch }
+
+func (f *fakeMonitor) force(up bool, since time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.states {
+		f.states[c] = health.State{Up: up, Since: since, Transitioned: true}
+	}
+}
+
+func TestAgentHealthWeights(t *testing.T) {
+	ctx := context.Background()
+	table := newFakeTable()
+	mon := &fakeMonitor{states: map[health.Check]health.State{}, ch: make(chan struct{}, 1)}
+	a, err := NewAgent(AgentConfig{Node: "n1", OwnershipFile: filepath.Join(t.TempDir(), "owned.json")}, table, nil, mon, nil, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := svcAt("web", "198.18.0.1", "wrr")
+	svc.Defaults = &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{
+		Endpoint: wrapperspb.String("tcp://:8080"), Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
+		UpThreshold: 1, DownThreshold: 1, SlowStart: durationpb.New(10 * time.Second)}}
+	st := testState(t, svc)
+	withServer(t, st, "web", "198.19.0.1:8080", 10)
+	a.pass(ctx, st, true)
+	key := ServiceKeyOf(st.Services["web"].Service)
+	weight := func() uint32 { return table.svcs[key].Destinations[0].Config.Weight }
+	if len(mon.set) != 1 || weight() != 10 {
+		t.Fatalf("checks %v, weight %d", mon.set, weight())
+	}
+	mon.force(false, time.Now())
+	a.healthDirty.Store(true)
+	w0, _ := table.counts()
+	a.pass(ctx, st, false)
+	if w1, _ := table.counts(); weight() != 0 || w1-w0 != 1 {
+		t.Fatalf("down: weight %d after %d ops", weight(), w1-w0)
+	}
+	status, _ := a.Status()
+	if len(status.ServicesDown) != 1 || len(status.Servers) != 1 || status.Servers[0].Up {
+		t.Fatalf("status: %v", status)
+	}
+	// Up again 5 s into a 10 s slow start: about half the weight, and a pass is due soon.
+	mon.force(true, time.Now().Add(-5*time.Second))
+	a.healthDirty.Store(true)
+	next := a.pass(ctx, st, false)
+	if w := weight(); w < 4 || w > 6 || next.IsZero() {
+		t.Fatalf("slow start: weight %d, next pass %v", w, next)
+	}
+	mon.force(true, time.Now().Add(-time.Minute))
+	a.pass(ctx, st, false)
+	if weight() != 10 {
+		t.Fatalf("after slow start: weight %d", weight())
+	}
+}

@@ -2,11 +2,13 @@ package control
 
 import (
 	"errors"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/health"
 )
 
 // AgentMetrics are the node agent's Prometheus metrics.
@@ -21,6 +23,8 @@ type AgentMetrics struct {
 	ownedServices     prometheus.Gauge
 	objectErrors      prometheus.Gauge
 	guardHeld         prometheus.Gauge
+	serverUp          *prometheus.GaugeVec
+	serviceDown       *prometheus.GaugeVec
 }
 
 // NewAgentMetrics creates the metrics and registers them (reg may be nil).
@@ -38,10 +42,12 @@ func NewAgentMetrics(reg prometheus.Registerer) *AgentMetrics {
 		ownedServices:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_owned_services", Help: "Kernel IPVS services merlin owns on this node."}),
 		objectErrors:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_object_errors", Help: "Desired objects the kernel currently refuses (retried with backoff)."}),
 		guardHeld:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_deletion_guard_held", Help: "1 while a mass deletion waits for confirmation."}),
+		serverUp:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_server_up", Help: "Health of each checked real server as this node sees it (1 up, 0 down)."}, []string{"service", "server"}),
+		serviceDown:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_all_servers_down", Help: "1 for a service whose servers are all down on this node."}, []string{"service"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
-			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld)
+			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown)
 	}
 	return m
 }
@@ -97,4 +103,42 @@ func (c *WatcherCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range c.w.Relists() {
 		ch <- prometheus.MustNewConstMetric(c.relists, prometheus.CounterValue, float64(n), reason)
 	}
+}
+
+// HealthMetrics turn health check results into Prometheus metrics.
+type HealthMetrics struct {
+	duration    *prometheus.HistogramVec
+	failures    *prometheus.CounterVec
+	transitions *prometheus.CounterVec
+}
+
+// NewHealthMetrics creates the metrics and registers them (reg may be nil).
+func NewHealthMetrics(reg prometheus.Registerer) *HealthMetrics {
+	m := &HealthMetrics{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "merlin_health_check_duration_seconds", Help: "Time of one health probe, by kind.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"kind"}),
+		failures:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_health_check_failures_total", Help: "Failed health probes by kind and reason (timeout, refused, status, body, tls, reset, exit, other)."}, []string{"kind", "reason"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_health_transitions_total", Help: "Health state changes of checks, by kind and new state."}, []string{"kind", "to"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.duration, m.failures, m.transitions)
+	}
+	return m
+}
+
+// Probed implements health.Observer.
+func (m *HealthMetrics) Probed(c health.Check, took time.Duration, err error) {
+	m.duration.WithLabelValues(string(c.Kind)).Observe(took.Seconds())
+	if err != nil {
+		m.failures.WithLabelValues(string(c.Kind), health.Reason(err)).Inc()
+	}
+}
+
+// Transition implements health.Observer.
+func (m *HealthMetrics) Transition(c health.Check, up bool) {
+	to := "down"
+	if up {
+		to = "up"
+	}
+	m.transitions.WithLabelValues(string(c.Kind), to).Inc()
 }

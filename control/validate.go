@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -323,7 +324,7 @@ func validateTunnel(c *types.RealServer_Config, forward types.ForwardMethod) err
 }
 
 // HealthCheckSchemes are the endpoint schemes merlin accepts.
-var HealthCheckSchemes = []string{"http", "https", "tcp", "udp", "grpc"}
+var HealthCheckSchemes = []string{"http", "https", "tcp", "udp", "grpc", "exec"}
 
 // validateHealthCheck checks the fields that are set; unless partial (a
 // server's effective check), an endpoint also needs every timing field.
@@ -339,15 +340,41 @@ func validateHealthCheck(field string, h *types.RealServer_HealthCheck, partial 
 		if !slices.Contains(HealthCheckSchemes, u.Scheme) {
 			return fieldErr(field+".endpoint", "scheme %q not supported (want %s)", u.Scheme, strings.Join(HealthCheckSchemes, ", "))
 		}
-		if host := u.Hostname(); host != "" {
-			if _, err := netip.ParseAddr(host); err != nil {
-				return fieldErr(field+".endpoint", "host %q must be an IP address or empty (the server's own)", host)
+		if u.Scheme == "exec" {
+			if h.Command == "" && !partial {
+				return fieldErr(field+".command", "required with an exec: endpoint")
+			}
+		} else {
+			if host := u.Hostname(); host != "" {
+				if _, err := netip.ParseAddr(host); err != nil {
+					return fieldErr(field+".endpoint", "host %q must be an IP address or empty (the server's own)", host)
+				}
+			}
+			if p := u.Port(); p != "" {
+				if port, err := strconv.ParseUint(p, 10, 16); err != nil || port == 0 {
+					return fieldErr(field+".endpoint", "port %q: want 1 to 65535", p)
+				}
+			} else if !partial {
+				// No port: the server's own, unless that is 0 (firewall-mark services).
+				return fieldErr(field+".endpoint", "needs a port, e.g. http://:8080/health")
 			}
 		}
-		port, err := strconv.ParseUint(u.Port(), 10, 16)
-		if err != nil || port == 0 {
-			return fieldErr(field+".endpoint", "needs a port from 1 to 65535, e.g. http://:8080/health")
+	}
+	if h.ExpectStatus != "" {
+		if err := health.ValidStatusSpec(h.ExpectStatus); err != nil {
+			return fieldErr(field+".expect_status", "%v", err)
 		}
+	}
+	if m := h.Method; m != "" && !validMethod(m) {
+		return fieldErr(field+".method", "%q is not an HTTP method", m)
+	}
+	if s := h.SlowStart; s != nil {
+		if err := s.CheckValid(); err != nil || s.AsDuration() < 0 {
+			return fieldErr(field+".slow_start", "must not be negative")
+		}
+	}
+	if _, ok := types.RealServer_Startup_name[int32(h.Startup)]; !ok {
+		return fieldErr(field+".startup", "unknown startup state %d", h.Startup)
 	}
 	if p := h.Period; p != nil {
 		if err := p.CheckValid(); err != nil || p.AsDuration() <= 0 {
@@ -376,6 +403,15 @@ func validateHealthCheck(field string, h *types.RealServer_HealthCheck, partial 
 		return fieldErr(field+".down_threshold", "must be at least 1")
 	}
 	return nil
+}
+
+func validMethod(m string) bool {
+	for _, r := range m {
+		if r < 'A' || r > 'Z' {
+			return false
+		}
+	}
+	return len(m) <= 16
 }
 
 // EffectiveForward is the server's forward method, or the service default.

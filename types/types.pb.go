@@ -232,6 +232,56 @@ func (TunnelType) EnumDescriptor() ([]byte, []int) {
 	return file_types_proto_rawDescGZIP(), []int{3}
 }
 
+// Startup: the state a newly checked server starts in on a node.
+type RealServer_Startup int32
+
+const (
+	// FROM_KERNEL (default): up, unless the kernel already has it at
+	// weight 0 (merlin had taken it down): a restart never stops traffic.
+	RealServer_FROM_KERNEL RealServer_Startup = 0
+	// DOWN: down until up_threshold checks pass (servers added before they are ready).
+	RealServer_DOWN RealServer_Startup = 1
+)
+
+// Enum value maps for RealServer_Startup.
+var (
+	RealServer_Startup_name = map[int32]string{
+		0: "FROM_KERNEL",
+		1: "DOWN",
+	}
+	RealServer_Startup_value = map[string]int32{
+		"FROM_KERNEL": 0,
+		"DOWN":        1,
+	}
+)
+
+func (x RealServer_Startup) Enum() *RealServer_Startup {
+	p := new(RealServer_Startup)
+	*p = x
+	return p
+}
+
+func (x RealServer_Startup) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RealServer_Startup) Descriptor() protoreflect.EnumDescriptor {
+	return file_types_proto_enumTypes[4].Descriptor()
+}
+
+func (RealServer_Startup) Type() protoreflect.EnumType {
+	return &file_types_proto_enumTypes[4]
+}
+
+func (x RealServer_Startup) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RealServer_Startup.Descriptor instead.
+func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{1, 0}
+}
+
 type WatchEvent_Type int32
 
 const (
@@ -273,11 +323,11 @@ func (x WatchEvent_Type) String() string {
 }
 
 func (WatchEvent_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_types_proto_enumTypes[4].Descriptor()
+	return file_types_proto_enumTypes[5].Descriptor()
 }
 
 func (WatchEvent_Type) Type() protoreflect.EnumType {
-	return &file_types_proto_enumTypes[4]
+	return &file_types_proto_enumTypes[5]
 }
 
 func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
@@ -748,6 +798,10 @@ type NodeStatus struct {
 	DeletionGuard *DeletionGuard         `protobuf:"bytes,7,opt,name=deletion_guard,json=deletionGuard,proto3" json:"deletion_guard,omitempty"`
 	OwnedServices uint32                 `protobuf:"varint,8,opt,name=owned_services,json=ownedServices,proto3" json:"owned_services,omitempty"`
 	Started       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started,proto3" json:"started,omitempty"`
+	// servers: every health-checked server as this node sees it.
+	Servers []*ServerHealth `protobuf:"bytes,10,rep,name=servers,proto3" json:"servers,omitempty"`
+	// services_down: services whose servers are all down on this node.
+	ServicesDown  []string `protobuf:"bytes,11,rep,name=services_down,json=servicesDown,proto3" json:"services_down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -845,6 +899,104 @@ func (x *NodeStatus) GetStarted() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *NodeStatus) GetServers() []*ServerHealth {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetServicesDown() []string {
+	if x != nil {
+		return x.ServicesDown
+	}
+	return nil
+}
+
+type ServerHealth struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId       string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	Server          string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"` // IP:PORT
+	Up              bool                   `protobuf:"varint,3,opt,name=up,proto3" json:"up,omitempty"`
+	LastError       string                 `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	EffectiveWeight uint32                 `protobuf:"varint,5,opt,name=effective_weight,json=effectiveWeight,proto3" json:"effective_weight,omitempty"`
+	Since           *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ServerHealth) Reset() {
+	*x = ServerHealth{}
+	mi := &file_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerHealth) ProtoMessage() {}
+
+func (x *ServerHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
+func (*ServerHealth) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ServerHealth) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *ServerHealth) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ServerHealth) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+func (x *ServerHealth) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *ServerHealth) GetEffectiveWeight() uint32 {
+	if x != nil {
+		return x.EffectiveWeight
+	}
+	return 0
+}
+
+func (x *ServerHealth) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
 // ObjectError: one object the kernel refused; retried with backoff.
 type ObjectError struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -860,7 +1012,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1024,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1037,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -937,7 +1089,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1101,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1114,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -1004,7 +1156,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1168,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1181,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1055,7 +1207,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1219,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1232,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -1108,7 +1260,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1272,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1285,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -1219,7 +1371,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1383,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1396,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -1294,7 +1446,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1458,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1471,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -1360,7 +1512,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1524,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1537,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -1418,7 +1570,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1582,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1653,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1665,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1734,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1746,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1786,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1798,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1846,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1858,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,13 +1939,29 @@ type RealServer_HealthCheck struct {
 	Timeout       *durationpb.Duration    `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	UpThreshold   uint32                  `protobuf:"varint,4,opt,name=up_threshold,json=upThreshold,proto3" json:"up_threshold,omitempty"`
 	DownThreshold uint32                  `protobuf:"varint,5,opt,name=down_threshold,json=downThreshold,proto3" json:"down_threshold,omitempty"`
+	// Added by merlin. The endpoint's scheme picks the kind: http, https,
+	// tcp, udp, grpc, or exec (endpoint "exec:" with command). A host in
+	// the endpoint probes that address instead of the server's.
+	Method        string `protobuf:"bytes,6,opt,name=method,proto3" json:"method,omitempty"`                                       // HTTP method, default GET
+	Host          string `protobuf:"bytes,7,opt,name=host,proto3" json:"host,omitempty"`                                           // HTTP Host header (and default TLS server name)
+	ExpectStatus  string `protobuf:"bytes,8,opt,name=expect_status,json=expectStatus,proto3" json:"expect_status,omitempty"`       // e.g. "200,204,300-399"; default 200-399
+	ExpectBody    string `protobuf:"bytes,9,opt,name=expect_body,json=expectBody,proto3" json:"expect_body,omitempty"`             // substring the HTTP body must contain
+	TlsServerName string `protobuf:"bytes,10,opt,name=tls_server_name,json=tlsServerName,proto3" json:"tls_server_name,omitempty"` // HTTPS and gRPC over TLS
+	TlsVerify     bool   `protobuf:"varint,11,opt,name=tls_verify,json=tlsVerify,proto3" json:"tls_verify,omitempty"`              // verify the server certificate
+	UdpSend       string `protobuf:"bytes,12,opt,name=udp_send,json=udpSend,proto3" json:"udp_send,omitempty"`                     // UDP payload to send
+	UdpExpect     string `protobuf:"bytes,13,opt,name=udp_expect,json=udpExpect,proto3" json:"udp_expect,omitempty"`               // substring the UDP reply must contain
+	Command       string `protobuf:"bytes,14,opt,name=command,proto3" json:"command,omitempty"`                                    // exec: the command line; MERLIN_TARGET_IP/PORT in its environment
+	GrpcService   string `protobuf:"bytes,15,opt,name=grpc_service,json=grpcService,proto3" json:"grpc_service,omitempty"`         // grpc.health.v1 service name
+	// slow_start ramps the weight up over this time after the server comes back up.
+	SlowStart     *durationpb.Duration `protobuf:"bytes,16,opt,name=slow_start,json=slowStart,proto3" json:"slow_start,omitempty"`
+	Startup       RealServer_Startup   `protobuf:"varint,17,opt,name=startup,proto3,enum=types.RealServer_Startup" json:"startup,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1973,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,6 +2024,90 @@ func (x *RealServer_HealthCheck) GetDownThreshold() uint32 {
 	return 0
 }
 
+func (x *RealServer_HealthCheck) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetExpectStatus() string {
+	if x != nil {
+		return x.ExpectStatus
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetExpectBody() string {
+	if x != nil {
+		return x.ExpectBody
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetTlsServerName() string {
+	if x != nil {
+		return x.TlsServerName
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetTlsVerify() bool {
+	if x != nil {
+		return x.TlsVerify
+	}
+	return false
+}
+
+func (x *RealServer_HealthCheck) GetUdpSend() string {
+	if x != nil {
+		return x.UdpSend
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetUdpExpect() string {
+	if x != nil {
+		return x.UdpExpect
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetGrpcService() string {
+	if x != nil {
+		return x.GrpcService
+	}
+	return ""
+}
+
+func (x *RealServer_HealthCheck) GetSlowStart() *durationpb.Duration {
+	if x != nil {
+		return x.SlowStart
+	}
+	return nil
+}
+
+func (x *RealServer_HealthCheck) GetStartup() RealServer_Startup {
+	if x != nil {
+		return x.Startup
+	}
+	return RealServer_FROM_KERNEL
+}
+
 type ListResponse_Item struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       *VirtualService        `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
@@ -1866,7 +2118,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2130,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2187,7 @@ const file_types_proto_rawDesc = "" +
 	"\x12persistence_engine\x18\x06 \x01(\tR\x11persistenceEngine\x1a\x82\x01\n" +
 	"\x0eServerDefaults\x12.\n" +
 	"\aforward\x18\x01 \x01(\x0e2\x14.types.ForwardMethodR\aforward\x12@\n" +
-	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\xbd\a\n" +
+	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\x82\v\n" +
 	"\n" +
 	"RealServer\x12\x1c\n" +
 	"\tserviceID\x18\x01 \x01(\tR\tserviceID\x12'\n" +
@@ -1956,13 +2208,33 @@ const file_types_proto_rawDesc = "" +
 	"\vtunnel_port\x18\x06 \x01(\rR\n" +
 	"tunnelPort\x12'\n" +
 	"\x0ftunnel_checksum\x18\a \x01(\bR\x0etunnelChecksum\x124\n" +
-	"\x16tunnel_remote_checksum\x18\b \x01(\bR\x14tunnelRemoteChecksum\x1a\xf9\x01\n" +
+	"\x16tunnel_remote_checksum\x18\b \x01(\bR\x14tunnelRemoteChecksum\x1a\x98\x05\n" +
 	"\vHealthCheck\x128\n" +
 	"\bendpoint\x18\x01 \x01(\v2\x1c.google.protobuf.StringValueR\bendpoint\x121\n" +
 	"\x06period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06period\x123\n" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12!\n" +
 	"\fup_threshold\x18\x04 \x01(\rR\vupThreshold\x12%\n" +
-	"\x0edown_threshold\x18\x05 \x01(\rR\rdownThreshold\"\xf6\x01\n" +
+	"\x0edown_threshold\x18\x05 \x01(\rR\rdownThreshold\x12\x16\n" +
+	"\x06method\x18\x06 \x01(\tR\x06method\x12\x12\n" +
+	"\x04host\x18\a \x01(\tR\x04host\x12#\n" +
+	"\rexpect_status\x18\b \x01(\tR\fexpectStatus\x12\x1f\n" +
+	"\vexpect_body\x18\t \x01(\tR\n" +
+	"expectBody\x12&\n" +
+	"\x0ftls_server_name\x18\n" +
+	" \x01(\tR\rtlsServerName\x12\x1d\n" +
+	"\n" +
+	"tls_verify\x18\v \x01(\bR\ttlsVerify\x12\x19\n" +
+	"\budp_send\x18\f \x01(\tR\audpSend\x12\x1d\n" +
+	"\n" +
+	"udp_expect\x18\r \x01(\tR\tudpExpect\x12\x18\n" +
+	"\acommand\x18\x0e \x01(\tR\acommand\x12!\n" +
+	"\fgrpc_service\x18\x0f \x01(\tR\vgrpcService\x128\n" +
+	"\n" +
+	"slow_start\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\x123\n" +
+	"\astartup\x18\x11 \x01(\x0e2\x19.types.RealServer.StartupR\astartup\"$\n" +
+	"\aStartup\x12\x0f\n" +
+	"\vFROM_KERNEL\x10\x00\x12\b\n" +
+	"\x04DOWN\x10\x01\"\xf6\x01\n" +
 	"\fListResponse\x12.\n" +
 	"\x05items\x18\x01 \x03(\v2\x18.types.ListResponse.ItemR\x05items\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x124\n" +
@@ -1992,7 +2264,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\x96\x03\n" +
+	"\x06DELETE\x10\x04\"\xea\x03\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -2005,7 +2277,19 @@ const file_types_proto_rawDesc = "" +
 	"\x06errors\x18\x06 \x03(\v2\x12.types.ObjectErrorR\x06errors\x12;\n" +
 	"\x0edeletion_guard\x18\a \x01(\v2\x14.types.DeletionGuardR\rdeletionGuard\x12%\n" +
 	"\x0eowned_services\x18\b \x01(\rR\rownedServices\x124\n" +
-	"\astarted\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\astarted\"\xb1\x01\n" +
+	"\astarted\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12-\n" +
+	"\aservers\x18\n" +
+	" \x03(\v2\x13.types.ServerHealthR\aservers\x12#\n" +
+	"\rservices_down\x18\v \x03(\tR\fservicesDown\"\xd1\x01\n" +
+	"\fServerHealth\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12\x0e\n" +
+	"\x02up\x18\x03 \x01(\bR\x02up\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x12)\n" +
+	"\x10effective_weight\x18\x05 \x01(\rR\x0feffectiveWeight\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xb1\x01\n" +
 	"\vObjectError\x12\x1d\n" +
 	"\n" +
 	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
@@ -2101,116 +2385,122 @@ func file_types_proto_rawDescGZIP() []byte {
 	return file_types_proto_rawDescData
 }
 
-var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
 	(ForwardMethod)(0),                    // 2: types.ForwardMethod
 	(TunnelType)(0),                       // 3: types.TunnelType
-	(WatchEvent_Type)(0),                  // 4: types.WatchEvent.Type
-	(*VirtualService)(nil),                // 5: types.VirtualService
-	(*RealServer)(nil),                    // 6: types.RealServer
-	(*ListResponse)(nil),                  // 7: types.ListResponse
-	(*InvalidKey)(nil),                    // 8: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 9: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 10: types.WatchRequest
-	(*WatchEvent)(nil),                    // 11: types.WatchEvent
-	(*NodeStatus)(nil),                    // 12: types.NodeStatus
-	(*ObjectError)(nil),                   // 13: types.ObjectError
-	(*DeletionGuard)(nil),                 // 14: types.DeletionGuard
-	(*StatusResponse)(nil),                // 15: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 16: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 17: types.Counters
-	(*ServerStats)(nil),                   // 18: types.ServerStats
-	(*ServiceStats)(nil),                  // 19: types.ServiceStats
-	(*StatsResponse)(nil),                 // 20: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 21: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 22: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 23: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 24: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 25: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 26: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 27: types.ListResponse.Item
-	(*timestamppb.Timestamp)(nil),         // 28: google.protobuf.Timestamp
-	(*wrapperspb.UInt32Value)(nil),        // 29: google.protobuf.UInt32Value
-	(*wrapperspb.BoolValue)(nil),          // 30: google.protobuf.BoolValue
-	(*wrapperspb.StringValue)(nil),        // 31: google.protobuf.StringValue
-	(*durationpb.Duration)(nil),           // 32: google.protobuf.Duration
-	(*emptypb.Empty)(nil),                 // 33: google.protobuf.Empty
+	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
+	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
+	(*VirtualService)(nil),                // 6: types.VirtualService
+	(*RealServer)(nil),                    // 7: types.RealServer
+	(*ListResponse)(nil),                  // 8: types.ListResponse
+	(*InvalidKey)(nil),                    // 9: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 10: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 11: types.WatchRequest
+	(*WatchEvent)(nil),                    // 12: types.WatchEvent
+	(*NodeStatus)(nil),                    // 13: types.NodeStatus
+	(*ServerHealth)(nil),                  // 14: types.ServerHealth
+	(*ObjectError)(nil),                   // 15: types.ObjectError
+	(*DeletionGuard)(nil),                 // 16: types.DeletionGuard
+	(*StatusResponse)(nil),                // 17: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 18: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 19: types.Counters
+	(*ServerStats)(nil),                   // 20: types.ServerStats
+	(*ServiceStats)(nil),                  // 21: types.ServiceStats
+	(*StatsResponse)(nil),                 // 22: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 23: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 24: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 25: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 26: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 27: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 28: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 29: types.ListResponse.Item
+	(*timestamppb.Timestamp)(nil),         // 30: google.protobuf.Timestamp
+	(*wrapperspb.UInt32Value)(nil),        // 31: google.protobuf.UInt32Value
+	(*wrapperspb.BoolValue)(nil),          // 32: google.protobuf.BoolValue
+	(*wrapperspb.StringValue)(nil),        // 33: google.protobuf.StringValue
+	(*durationpb.Duration)(nil),           // 34: google.protobuf.Duration
+	(*emptypb.Empty)(nil),                 // 35: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	21, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
-	22, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
-	23, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	24, // 3: types.RealServer.key:type_name -> types.RealServer.Key
-	25, // 4: types.RealServer.config:type_name -> types.RealServer.Config
-	26, // 5: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	27, // 6: types.ListResponse.items:type_name -> types.ListResponse.Item
-	8,  // 7: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	4,  // 8: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	5,  // 9: types.WatchEvent.service:type_name -> types.VirtualService
-	6,  // 10: types.WatchEvent.server:type_name -> types.RealServer
-	28, // 11: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	13, // 12: types.NodeStatus.errors:type_name -> types.ObjectError
-	14, // 13: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	28, // 14: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	28, // 15: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	12, // 16: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	24, // 17: types.ServerStats.key:type_name -> types.RealServer.Key
-	17, // 18: types.ServerStats.counters:type_name -> types.Counters
-	21, // 19: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	17, // 20: types.ServiceStats.counters:type_name -> types.Counters
-	18, // 21: types.ServiceStats.servers:type_name -> types.ServerStats
-	19, // 22: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 23: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 24: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	29, // 25: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	29, // 26: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	30, // 27: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 28: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	26, // 29: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	29, // 30: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 31: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	29, // 32: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	29, // 33: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 34: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	31, // 35: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	32, // 36: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	32, // 37: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	5,  // 38: types.ListResponse.Item.service:type_name -> types.VirtualService
-	6,  // 39: types.ListResponse.Item.servers:type_name -> types.RealServer
-	5,  // 40: types.Merlin.CreateService:input_type -> types.VirtualService
-	5,  // 41: types.Merlin.UpdateService:input_type -> types.VirtualService
-	31, // 42: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	6,  // 43: types.Merlin.CreateServer:input_type -> types.RealServer
-	6,  // 44: types.Merlin.UpdateServer:input_type -> types.RealServer
-	6,  // 45: types.Merlin.DeleteServer:input_type -> types.RealServer
-	33, // 46: types.Merlin.List:input_type -> google.protobuf.Empty
-	31, // 47: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	9,  // 48: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	10, // 49: types.Merlin.Watch:input_type -> types.WatchRequest
-	33, // 50: types.Merlin.Status:input_type -> google.protobuf.Empty
-	33, // 51: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	16, // 52: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	33, // 53: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	33, // 54: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	33, // 55: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	33, // 56: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	33, // 57: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	33, // 58: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	7,  // 59: types.Merlin.List:output_type -> types.ListResponse
-	27, // 60: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	33, // 61: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	11, // 62: types.Merlin.Watch:output_type -> types.WatchEvent
-	15, // 63: types.Merlin.Status:output_type -> types.StatusResponse
-	20, // 64: types.Merlin.Stats:output_type -> types.StatsResponse
-	33, // 65: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	53, // [53:66] is the sub-list for method output_type
-	40, // [40:53] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	23, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
+	24, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
+	25, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	26, // 3: types.RealServer.key:type_name -> types.RealServer.Key
+	27, // 4: types.RealServer.config:type_name -> types.RealServer.Config
+	28, // 5: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	29, // 6: types.ListResponse.items:type_name -> types.ListResponse.Item
+	9,  // 7: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	5,  // 8: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	6,  // 9: types.WatchEvent.service:type_name -> types.VirtualService
+	7,  // 10: types.WatchEvent.server:type_name -> types.RealServer
+	30, // 11: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	15, // 12: types.NodeStatus.errors:type_name -> types.ObjectError
+	16, // 13: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	30, // 14: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	14, // 15: types.NodeStatus.servers:type_name -> types.ServerHealth
+	30, // 16: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	30, // 17: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	13, // 18: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	26, // 19: types.ServerStats.key:type_name -> types.RealServer.Key
+	19, // 20: types.ServerStats.counters:type_name -> types.Counters
+	23, // 21: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	19, // 22: types.ServiceStats.counters:type_name -> types.Counters
+	20, // 23: types.ServiceStats.servers:type_name -> types.ServerStats
+	21, // 24: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 25: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 26: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	31, // 27: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	31, // 28: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	32, // 29: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 30: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	28, // 31: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	31, // 32: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 33: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	31, // 34: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	31, // 35: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 36: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	33, // 37: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	34, // 38: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	34, // 39: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	34, // 40: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 41: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	6,  // 42: types.ListResponse.Item.service:type_name -> types.VirtualService
+	7,  // 43: types.ListResponse.Item.servers:type_name -> types.RealServer
+	6,  // 44: types.Merlin.CreateService:input_type -> types.VirtualService
+	6,  // 45: types.Merlin.UpdateService:input_type -> types.VirtualService
+	33, // 46: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	7,  // 47: types.Merlin.CreateServer:input_type -> types.RealServer
+	7,  // 48: types.Merlin.UpdateServer:input_type -> types.RealServer
+	7,  // 49: types.Merlin.DeleteServer:input_type -> types.RealServer
+	35, // 50: types.Merlin.List:input_type -> google.protobuf.Empty
+	33, // 51: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	10, // 52: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	11, // 53: types.Merlin.Watch:input_type -> types.WatchRequest
+	35, // 54: types.Merlin.Status:input_type -> google.protobuf.Empty
+	35, // 55: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	18, // 56: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	35, // 57: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	35, // 58: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	35, // 59: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	35, // 60: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	35, // 61: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	35, // 62: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	8,  // 63: types.Merlin.List:output_type -> types.ListResponse
+	29, // 64: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	35, // 65: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	12, // 66: types.Merlin.Watch:output_type -> types.WatchEvent
+	17, // 67: types.Merlin.Status:output_type -> types.StatusResponse
+	22, // 68: types.Merlin.Stats:output_type -> types.StatsResponse
+	35, // 69: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	57, // [57:70] is the sub-list for method output_type
+	44, // [44:57] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -2223,8 +2513,8 @@ func file_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   23,
+			NumEnums:      6,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -63,11 +63,23 @@ type fileTunnel struct {
 }
 
 type fileHealth struct {
-	Endpoint *string `json:"endpoint,omitempty"`
-	Period   string  `json:"period,omitempty"`
-	Timeout  string  `json:"timeout,omitempty"`
-	Up       uint32  `json:"up,omitempty"`
-	Down     uint32  `json:"down,omitempty"`
+	Endpoint      *string `json:"endpoint,omitempty"` // http://:8080/health, https://, tcp://:PORT, udp://:PORT, grpc://:PORT, exec:
+	Period        string  `json:"period,omitempty"`
+	Timeout       string  `json:"timeout,omitempty"`
+	Up            uint32  `json:"up,omitempty"`
+	Down          uint32  `json:"down,omitempty"`
+	Method        string  `json:"method,omitempty"`
+	Host          string  `json:"host,omitempty"`
+	ExpectStatus  string  `json:"expect_status,omitempty"`
+	ExpectBody    string  `json:"expect_body,omitempty"`
+	TLSServerName string  `json:"tls_server_name,omitempty"`
+	TLSVerify     bool    `json:"tls_verify,omitempty"`
+	UDPSend       string  `json:"udp_send,omitempty"`
+	UDPExpect     string  `json:"udp_expect,omitempty"`
+	Command       string  `json:"command,omitempty"`
+	GRPCService   string  `json:"grpc_service,omitempty"`
+	SlowStart     string  `json:"slow_start,omitempty"`
+	Startup       string  `json:"startup,omitempty"` // kernel (default) or down
 }
 
 // desiredItem is one service of the file in canonical form.
@@ -236,7 +248,14 @@ func (h *fileHealth) toProto(field string) (*types.RealServer_HealthCheck, error
 	if h == nil {
 		return nil, nil
 	}
-	hc := &types.RealServer_HealthCheck{UpThreshold: h.Up, DownThreshold: h.Down}
+	hc := &types.RealServer_HealthCheck{UpThreshold: h.Up, DownThreshold: h.Down, Method: strings.ToUpper(h.Method), Host: h.Host,
+		ExpectStatus: h.ExpectStatus, ExpectBody: h.ExpectBody, TlsServerName: h.TLSServerName, TlsVerify: h.TLSVerify,
+		UdpSend: h.UDPSend, UdpExpect: h.UDPExpect, Command: h.Command, GrpcService: h.GRPCService}
+	st, err := parseStartup(h.Startup)
+	if err != nil {
+		return nil, fmt.Errorf("%s.startup: %w", field, err)
+	}
+	hc.Startup = st
 	if h.Endpoint != nil {
 		hc.Endpoint = wrapperspb.String(*h.Endpoint)
 	}
@@ -244,7 +263,7 @@ func (h *fileHealth) toProto(field string) (*types.RealServer_HealthCheck, error
 		name string
 		in   string
 		out  **durationpb.Duration
-	}{{"period", h.Period, &hc.Period}, {"timeout", h.Timeout, &hc.Timeout}} {
+	}{{"period", h.Period, &hc.Period}, {"timeout", h.Timeout, &hc.Timeout}, {"slow_start", h.SlowStart, &hc.SlowStart}} {
 		if d.in == "" {
 			continue
 		}

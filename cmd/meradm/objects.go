@@ -24,10 +24,18 @@ import (
 const editAttempts = 5
 
 type healthFlags struct {
-	endpoint string
-	period   time.Duration
-	timeout  time.Duration
-	up, down uint32
+	endpoint                 string
+	period                   time.Duration
+	timeout                  time.Duration
+	up, down                 uint32
+	method, host             string
+	expectStatus, expectBody string
+	tlsName                  string
+	tlsVerify                bool
+	udpSend, udpExpect       string
+	command, grpcService     string
+	slowStart                time.Duration
+	startup                  string
 }
 
 func addHealthFlags(f *pflag.FlagSet, h *healthFlags) {
@@ -36,13 +44,31 @@ func addHealthFlags(f *pflag.FlagSet, h *healthFlags) {
 	f.DurationVar(&h.timeout, "health-timeout", 0, "timeout of one health check")
 	f.Uint32Var(&h.up, "health-up", 0, "consecutive successes to come up")
 	f.Uint32Var(&h.down, "health-down", 0, "consecutive failures to go down")
+	f.StringVar(&h.method, "health-method", "", "HTTP method (default GET)")
+	f.StringVar(&h.host, "health-host", "", "HTTP Host header")
+	f.StringVar(&h.expectStatus, "health-expect-status", "", "expected HTTP status codes, e.g. 200,204,300-399 (default 200-399)")
+	f.StringVar(&h.expectBody, "health-expect-body", "", "text the HTTP body must contain")
+	f.StringVar(&h.tlsName, "health-tls-name", "", "TLS server name (https, grpc)")
+	f.BoolVar(&h.tlsVerify, "health-tls-verify", false, "verify the server certificate (https, grpc)")
+	f.StringVar(&h.udpSend, "health-udp-send", "", "UDP payload to send")
+	f.StringVar(&h.udpExpect, "health-udp-expect", "", "text the UDP reply must contain")
+	f.StringVar(&h.command, "health-command", "", "command of an exec: check (MERLIN_TARGET_IP and MERLIN_TARGET_PORT are set)")
+	f.StringVar(&h.grpcService, "health-grpc-service", "", "service name for a grpc:// check")
+	f.DurationVar(&h.slowStart, "slow-start", 0, "ramp the weight up over this time after a server comes back up")
+	f.StringVar(&h.startup, "startup", "", "state of a newly checked server: kernel (default: as the kernel has it) or down (until checks pass)")
 }
 
 // apply sets the health check fields given on the command line.
-func (h *healthFlags) apply(f *pflag.FlagSet, hc **types.RealServer_HealthCheck) {
+func (h *healthFlags) apply(f *pflag.FlagSet, hc **types.RealServer_HealthCheck) error {
 	changed := func(n string) bool { return f.Changed(n) }
-	if !changed("health-endpoint") && !changed("health-period") && !changed("health-timeout") && !changed("health-up") && !changed("health-down") {
-		return
+	given := false
+	for _, n := range []string{"health-endpoint", "health-period", "health-timeout", "health-up", "health-down", "health-method", "health-host",
+		"health-expect-status", "health-expect-body", "health-tls-name", "health-tls-verify", "health-udp-send", "health-udp-expect",
+		"health-command", "health-grpc-service", "slow-start", "startup"} {
+		given = given || changed(n)
+	}
+	if !given {
+		return nil
 	}
 	if *hc == nil {
 		*hc = &types.RealServer_HealthCheck{}
@@ -63,6 +89,44 @@ func (h *healthFlags) apply(f *pflag.FlagSet, hc **types.RealServer_HealthCheck)
 	if changed("health-down") {
 		c.DownThreshold = h.down
 	}
+	set := func(name string, dst *string, v string) {
+		if changed(name) {
+			*dst = v
+		}
+	}
+	set("health-method", &c.Method, strings.ToUpper(h.method))
+	set("health-host", &c.Host, h.host)
+	set("health-expect-status", &c.ExpectStatus, h.expectStatus)
+	set("health-expect-body", &c.ExpectBody, h.expectBody)
+	set("health-tls-name", &c.TlsServerName, h.tlsName)
+	set("health-udp-send", &c.UdpSend, h.udpSend)
+	set("health-udp-expect", &c.UdpExpect, h.udpExpect)
+	set("health-command", &c.Command, h.command)
+	set("health-grpc-service", &c.GrpcService, h.grpcService)
+	if changed("health-tls-verify") {
+		c.TlsVerify = h.tlsVerify
+	}
+	if changed("slow-start") {
+		c.SlowStart = durationpb.New(h.slowStart)
+	}
+	if changed("startup") {
+		st, err := parseStartup(h.startup)
+		if err != nil {
+			return err
+		}
+		c.Startup = st
+	}
+	return nil
+}
+
+func parseStartup(s string) (types.RealServer_Startup, error) {
+	switch strings.ToLower(s) {
+	case "", "kernel", "from-kernel", "from_kernel":
+		return types.RealServer_FROM_KERNEL, nil
+	case "down":
+		return types.RealServer_DOWN, nil
+	}
+	return 0, fmt.Errorf("invalid startup %q: want kernel or down", s)
 }
 
 // parseAddrPort accepts IP:PORT and [IPv6]:PORT.
@@ -197,8 +261,7 @@ func (s *serviceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) error 
 	if svc.Defaults == nil {
 		svc.Defaults = &types.VirtualService_ServerDefaults{}
 	}
-	s.health.apply(f, &svc.Defaults.HealthCheck)
-	return nil
+	return s.health.apply(f, &svc.Defaults.HealthCheck)
 }
 
 func without(flags []string, name string) []string {
@@ -370,8 +433,7 @@ func (s *serverFlags) apply(f *pflag.FlagSet, srv *types.RealServer) error {
 	if f.Changed("tun-remcsum") {
 		c.TunnelRemoteChecksum = s.remote
 	}
-	s.health.apply(f, &srv.HealthCheck)
-	return nil
+	return s.health.apply(f, &srv.HealthCheck)
 }
 
 func serverKey(arg string) (*types.RealServer_Key, error) {

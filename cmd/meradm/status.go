@@ -66,6 +66,23 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 			notes = append(notes, fmt.Sprintf("%s: deletion guard holds back deleting %d of %d services; if intended: meradm confirm-deletions %d",
 				n.Node, gd.Deletions, gd.Owned, gd.Revision))
 		}
+		for _, id := range n.ServicesDown {
+			notes = append(notes, fmt.Sprintf("%s: service %s: every server is down", n.Node, id))
+		}
+		for _, h := range n.Servers {
+			state := "up"
+			if !h.Up {
+				state = "down"
+			}
+			line := fmt.Sprintf("%s: server %s/%s %s, weight %d", n.Node, h.ServiceId, h.Server, state, h.EffectiveWeight)
+			if h.Since != nil {
+				line += fmt.Sprintf(", since %s ago", now.Sub(h.Since.AsTime()).Round(time.Second))
+			}
+			if h.LastError != "" {
+				line += ": " + h.LastError
+			}
+			notes = append(notes, line)
+		}
 		for _, e := range n.Errors {
 			obj := "service " + e.ServiceId
 			if e.Server != "" {

@@ -37,6 +37,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/etcdembed"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/netif"
+	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 )
 
@@ -334,10 +335,12 @@ func startAgent(ctx context.Context, o *options, store *control.Store, api *cont
 		}
 		vips = v
 	}
+	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
 	var adopt []netip.Prefix
 	for _, p := range splitList(o.adopt) {
 		pfx, err := netip.ParsePrefix(p)
 		if err != nil {
+			checks.Close()
 			table.Close()
 			return nil, nil, fmt.Errorf("-adopt %q: %w", p, err)
 		}
@@ -346,8 +349,9 @@ func startAgent(ctx context.Context, o *options, store *control.Store, api *cont
 	agent, err := control.NewAgent(control.AgentConfig{
 		Node: o.node, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
 		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
-	}, table, vips, control.NewAgentMetrics(reg), log.With("component", "agent"))
+	}, table, vips, checks, control.NewAgentMetrics(reg), log.With("component", "agent"))
 	if err != nil {
+		checks.Close()
 		table.Close()
 		return nil, nil, err
 	}
@@ -358,7 +362,7 @@ func startAgent(ctx context.Context, o *options, store *control.Store, api *cont
 	local.Go(func() { _ = watcher.Run(ctx, agent.Offer) })
 	local.Go(func() { _ = agent.Run(ctx) })
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
-	return agent, func() { local.Wait(); table.Close() }, nil
+	return agent, func() { local.Wait(); checks.Close(); table.Close() }, nil
 }
 
 // probeEtcd keeps merlin_etcd_connected current.

@@ -59,6 +59,7 @@ type Lab struct {
 	etcdDone  chan struct{}
 	all       []*netns.NS
 	listeners []net.Listener
+	nat       map[int]net.Listener // each backend's :8080 listener
 }
 
 // Config sizes the lab.
@@ -106,7 +107,7 @@ func New(cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	l = &Lab{Bin: cfg.Bin, Root: root}
+	l = &Lab{Bin: cfg.Bin, Root: root, nat: map[int]net.Listener{}}
 	defer func() {
 		if err != nil {
 			l.Close()
@@ -181,10 +182,10 @@ func New(cfg Config) (l *Lab, err error) {
 		}
 		l.Backends = append(l.Backends, b)
 		name := fmt.Sprintf("backend%d", i+1)
-		if err := l.serve(b, name, addr+":8080"); err != nil {
+		if err := l.StartBackend(i); err != nil {
 			return l, err
 		}
-		if err := l.serve(b, name, DRVIP+":80"); err != nil {
+		if _, err := l.serve(b, name, DRVIP+":80"); err != nil {
 			return l, err
 		}
 	}
@@ -250,10 +251,35 @@ func (l *Lab) Log(name string, lines int) string {
 	return strings.Join(all, "\n")
 }
 
-func (l *Lab) serve(ns *netns.NS, name, addr string) error {
+// BackendAddr is backend i's address (0-based).
+func BackendAddr(i int) string { return fmt.Sprintf("198.18.0.%d", 21+i) }
+
+// StopBackend closes backend i's NAT listener (:8080): connections to it
+// are refused, as when the service crashed.
+func (l *Lab) StopBackend(i int) {
+	if ln := l.nat[i]; ln != nil {
+		ln.Close()
+		delete(l.nat, i)
+	}
+}
+
+// StartBackend (re)opens backend i's NAT listener.
+func (l *Lab) StartBackend(i int) error {
+	if l.nat[i] != nil {
+		return nil
+	}
+	ln, err := l.serve(l.Backends[i], fmt.Sprintf("backend%d", i+1), BackendAddr(i)+":8080")
+	if err != nil {
+		return err
+	}
+	l.nat[i] = ln
+	return nil
+}
+
+func (l *Lab) serve(ns *netns.NS, name, addr string) (net.Listener, error) {
 	var ln net.Listener
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
-		return err
+		return nil, err
 	}
 	l.listeners = append(l.listeners, ln)
 	go func() {
@@ -269,7 +295,7 @@ func (l *Lab) serve(ns *netns.NS, name, addr string) error {
 			}()
 		}
 	}()
-	return nil
+	return ln, nil
 }
 
 // StartEtcd starts (or restarts, with its data) the etcd and waits until healthy.
@@ -349,18 +375,21 @@ func (l *Lab) StopNode(n *Node, sig syscall.Signal) {
 
 // WaitReady waits until the node's /readyz answers 200.
 func (l *Lab) WaitReady(n *Node) error {
-	return Eventually(90*time.Second, func() error {
-		resp, err := http.Get("http://" + n.Addr + ":4283/readyz")
-		if err != nil {
-			return fmt.Errorf("%s: %w", n.Name, err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("%s not ready: %d %s", n.Name, resp.StatusCode, body)
-		}
-		return nil
-	})
+	return Eventually(90*time.Second, func() error { return l.Ready(n) })
+}
+
+// Ready asks the node's /readyz once.
+func (l *Lab) Ready(n *Node) error {
+	resp, err := http.Get("http://" + n.Addr + ":4283/readyz")
+	if err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s not ready: %d %s", n.Name, resp.StatusCode, body)
+	}
+	return nil
 }
 
 // Eventually retries fn until it succeeds or the timeout passes.

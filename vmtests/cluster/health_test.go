@@ -1,0 +1,138 @@
+package cluster
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/merlin-ipvs/merlin/vmtests/lab"
+)
+
+// weights reads each real server's weight of a service from a node's table.
+func (c *cluster) weights(n *lab.Node, vip string) map[string]int {
+	c.t.Helper()
+	out := c.table(n)
+	got := map[string]int{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 8 && f[0] == "-a" && f[2] == vip {
+			w, _ := strconv.Atoi(f[len(f)-1])
+			got[f[4]] = w
+		}
+	}
+	return got
+}
+
+func (c *cluster) waitWeight(vip, server string, want int) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	for _, n := range c.Nodes {
+		c.eventually(fmt.Sprintf("%s weight %d on %s", server, want, n.Name), 60*time.Second, func() error {
+			if w := c.weights(n, vip); w[server] != want {
+				return fmt.Errorf("weights %v", w)
+			}
+			return nil
+		})
+	}
+	return time.Since(start)
+}
+
+func TestVMHealthChecks(t *testing.T) {
+	c := setUp(t)
+	const (
+		interval = time.Second
+		timeout  = 500 * time.Millisecond
+		fall     = 2
+		rise     = 2
+	)
+	vip := lab.NATVIP + ":80"
+	// The check is the service's default: every server inherits it.
+	c.mustMeradm("service", "add", "web", "tcp", vip, "-s", "rr", "--forward-method", "masq",
+		"--health-endpoint", "tcp://:8080", "--health-period", interval.String(), "--health-timeout", timeout.String(),
+		"--health-up", strconv.Itoa(rise), "--health-down", strconv.Itoa(fall))
+	for i := range 3 {
+		c.mustMeradm("server", "add", "web", lab.BackendAddr(i)+":8080")
+	}
+	b2 := lab.BackendAddr(1) + ":8080"
+	c.waitWeight(vip, b2, 1)
+
+	t.Run("a dead backend gets weight 0 on every node", func(t *testing.T) {
+		c.StopBackend(1)
+		took := c.waitWeight(vip, b2, 0)
+		bound := fall*interval + timeout + time.Second
+		t.Logf("weight 0 on both nodes %s after the listener closed (fall × interval + timeout + 1 s = %s)", took.Round(100*time.Millisecond), bound)
+		if got := c.tally(vip, 12); got["backend2"] != 0 || len(got) != 2 {
+			t.Fatalf("new connections reached the dead backend: %v", got)
+		}
+		out := c.mustMeradm("status")
+		for _, n := range c.Nodes {
+			if !strings.Contains(out, n.Name+": server web/"+b2+" down, weight 0") {
+				t.Fatalf("status does not show the down server on %s:\n%s", n.Name, out)
+			}
+		}
+		c.must(c.StartBackend(1))
+		took = c.waitWeight(vip, b2, 1)
+		t.Logf("weight back %s after the listener reopened (rise %d × interval %s)", took.Round(100*time.Millisecond), rise, interval)
+	})
+
+	t.Run("a restart changes no weight and drops no connection", func(t *testing.T) {
+		before := []string{c.table(c.Nodes[0]), c.table(c.Nodes[1])}
+		tr := c.startTraffic(vip)
+		n := c.Nodes[0]
+		c.stopNode(n, syscall.SIGKILL)
+		c.startNode(n)
+		start := time.Now()
+		for {
+			if got := c.table(n); got != before[0] {
+				t.Fatalf("table changed across the restart:\n%s\nwas:\n%s", got, before[0])
+			}
+			// Watch through readiness and a few check intervals after it.
+			if time.Since(start) > 3*interval*rise && c.Ready(n) == nil {
+				break
+			}
+			if time.Since(start) > 90*time.Second {
+				t.Fatalf("merlin not ready after a restart: %v", c.Ready(n))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := c.table(c.Nodes[1]); got != before[1] {
+			t.Fatalf("node2's table changed:\n%s", got)
+		}
+		if ok, fail, lastErr := tr.finish(); fail != 0 {
+			t.Fatalf("client connections during the restart: %d ok, %d failed (%v)", ok, fail, lastErr)
+		}
+		if w := c.opsWritten(n); w != 0 {
+			t.Fatalf("restarted merlin wrote %d IPVS ops with every backend healthy", w)
+		}
+	})
+
+	t.Run("slow start ramps the weight", func(t *testing.T) {
+		c.mustMeradm("server", "edit", "web", b2, "-w", "10", "--slow-start", "8s")
+		c.waitWeight(vip, b2, 10)
+		c.StopBackend(1)
+		c.waitWeight(vip, b2, 0)
+		c.must(c.StartBackend(1))
+		seen := map[int]bool{}
+		c.eventually("full weight after slow start", 60*time.Second, func() error {
+			w := c.weights(c.Nodes[0], vip)[b2]
+			seen[w] = true
+			if w != 10 {
+				return fmt.Errorf("weight %d", w)
+			}
+			return nil
+		})
+		var between []int
+		for w := range seen {
+			if w > 0 && w < 10 {
+				between = append(between, w)
+			}
+		}
+		if len(between) == 0 {
+			t.Fatalf("no intermediate weight seen during slow start: %v", seen)
+		}
+		t.Logf("weights seen during slow start: %v", between)
+	})
+}
