@@ -99,14 +99,45 @@ func (s *State) put(key string, value []byte, modRevision int64) bool {
 	raw := rawValue{value: value, modRevision: modRevision}
 	if isService {
 		s.rawServices[id] = raw
-	} else {
-		if s.rawServers[id] == nil {
-			s.rawServers[id] = map[string]rawValue{}
-		}
-		s.rawServers[id][key] = raw
+		s.rebuild(id)
+		return true
 	}
-	s.rebuild(id)
+	if s.rawServers[id] == nil {
+		s.rawServers[id] = map[string]rawValue{}
+	}
+	s.rawServers[id][key] = raw
+	s.updateServer(id, key, &raw)
 	return true
+}
+
+// updateServer re-decodes one server of a service whose own value did not
+// change (nil raw: the server was deleted).
+func (s *State) updateServer(id, key string, raw *rawValue) {
+	delete(s.Invalid, key)
+	ss := s.Services[id]
+	if ss == nil {
+		if raw == nil {
+			return
+		}
+		if _, ok := s.rawServices[id]; !ok {
+			s.Invalid[key] = fmt.Sprintf("service %q does not exist", id)
+		} else {
+			s.Invalid[key] = fmt.Sprintf("service %q is invalid", id)
+		}
+		return
+	}
+	// ServiceStates are shared with delivered views: replace, never modify.
+	servers := maps.Clone(ss.Servers)
+	delete(servers, key[strings.LastIndexByte(key, '/')+1:])
+	if raw != nil {
+		srv, err := DecodeServer(key, raw.value, raw.modRevision, ss.Service)
+		if err != nil {
+			s.Invalid[key] = err.Error()
+		} else {
+			servers[ServerKeyString(srv.Key)] = srv
+		}
+	}
+	s.Services[id] = &ServiceState{Service: ss.Service, Servers: servers}
 }
 
 // delete records a deleted key and rebuilds the service it affects; it
@@ -123,13 +154,16 @@ func (s *State) delete(key string) bool {
 	delete(s.Invalid, key)
 	if isService {
 		delete(s.rawServices, id)
-	} else if m := s.rawServers[id]; m != nil {
+		s.rebuild(id)
+		return true
+	}
+	if m := s.rawServers[id]; m != nil {
 		delete(m, key)
 		if len(m) == 0 {
 			delete(s.rawServers, id)
 		}
 	}
-	s.rebuild(id)
+	s.updateServer(id, key, nil)
 	return true
 }
 

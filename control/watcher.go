@@ -168,34 +168,43 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 			pcancel()
 			silence.Reset(w.cfg.ProgressInterval)
 		case resp, ok := <-ch:
-			if !ok {
-				return RelistClosed
-			}
-			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-				return RelistCompacted
-			}
-			if err := resp.Err(); err != nil {
-				w.log.Warn("watch failed", "error", err)
-				return RelistClosed
+			// Take every response already waiting before delivering, so a
+			// burst of writes (an import) costs one delivery, not one each.
+			relevant := false
+			for {
+				if !ok {
+					return RelistClosed
+				}
+				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+					return RelistCompacted
+				}
+				if err := resp.Err(); err != nil {
+					w.log.Warn("watch failed", "error", err)
+					return RelistClosed
+				}
+				for _, ev := range resp.Events {
+					if ev.Type == clientv3.EventTypeDelete {
+						relevant = state.delete(string(ev.Kv.Key)) || relevant
+					} else {
+						relevant = state.put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) || relevant
+					}
+				}
+				if relevant {
+					state.Revision = resp.Header.Revision
+				}
+				select {
+				case resp, ok = <-ch:
+					continue
+				default:
+				}
+				break
 			}
 			askedProgress = false
 			silence.Reset(w.cfg.ProgressInterval)
-			if len(resp.Events) == 0 {
-				continue // progress notification
-			}
-			relevant := false
-			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					relevant = state.delete(string(ev.Kv.Key)) || relevant
-				} else {
-					relevant = state.put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) || relevant
-				}
-			}
 			// Node status and other keys under the prefix are not desired
 			// state: delivering them would make every status write wake
 			// every node.
 			if relevant {
-				state.Revision = resp.Header.Revision
 				w.deliver(state, onChange)
 			}
 		}
