@@ -42,12 +42,14 @@ lint:
 
 # Side-by-side benchmarks, each in one VM run: the datapath against ipvsadm,
 # cloudflare/ipvs and moby/ipvs; the node agent against a bare etcd watcher
-# with ipvsadm -e.
+# with ipvsadm -e; health checks against keepalived.
 bench: setup build
 	$(GO) build -o bin/ipvsbench ./bench/ipvsbench
 	$(GO) build -o bin/agentbench ./bench/agentbench
+	$(GO) build -o bin/healthbench ./bench/healthbench
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench -services 10000 -dests 10 -runs 3
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/agentbench -small 100 -large 10000 -dests 10 -changes 200
+	MERLIN_VM_CPUS=2 $(CURDIR)/bin/vmrun $(CURDIR)/bin/healthbench -servers 1000 -kill 100
 
 clean:
 	rm -rf bin build
