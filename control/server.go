@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -247,6 +249,15 @@ func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServe
 				}
 			}
 		}
+		nodes, err := s.store.NodeStatuses(ctx)
+		if err != nil {
+			return toStatus(err)
+		}
+		for _, n := range nodes {
+			if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: state.Revision, Node: n}); err != nil {
+				return err
+			}
+		}
 		if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SYNCED, Revision: state.Revision}); err != nil {
 			return err
 		}
@@ -272,6 +283,18 @@ func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServe
 		}
 		for _, ev := range resp.Events {
 			key := string(ev.Kv.Key)
+			if name, isNode := strings.CutPrefix(key, s.store.nodePrefix()); isNode {
+				out := &types.WatchEvent{Revision: ev.Kv.ModRevision, Type: types.WatchEvent_PUT, Node: &types.NodeStatus{Node: name}}
+				if ev.Type == clientv3.EventTypeDelete {
+					out.Type = types.WatchEvent_DELETE
+				} else if err := proto.Unmarshal(ev.Kv.Value, out.Node); err != nil {
+					continue
+				}
+				if err := stream.Send(out); err != nil {
+					return err
+				}
+				continue
+			}
 			isService, id, ok := state.keyKind(key)
 			if !ok {
 				continue

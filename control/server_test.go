@@ -559,6 +559,18 @@ func TestAPIWatch(t *testing.T) {
 	if synced.Type != types.WatchEvent_SYNCED || synced.Revision == 0 {
 		t.Fatalf("third event %v", synced)
 	}
+	// Node status (health as each node sees it) streams too.
+	lease, err := env.kv.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := control.NewStore(env.kv, prefix)
+	if err := store.PutNodeStatus(ctx, lease.ID, &types.NodeStatus{Node: "lb1", Servers: []*types.ServerHealth{{ServiceId: "web", Server: "198.19.0.2:80", Up: false, LastError: "refused"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(); ev.Type != types.WatchEvent_PUT || ev.Node.GetNode() != "lb1" || ev.Node.Servers[0].LastError != "refused" {
+		t.Fatalf("node status event %v", ev)
+	}
 	noErr(t)(c.UpdateServer(ctx, server("web", "198.19.0.2", 80, 5)))
 	put := next()
 	if put.Type != types.WatchEvent_PUT || put.Server.GetConfig().GetWeight().GetValue() != 5 || put.Revision <= synced.Revision {

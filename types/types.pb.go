@@ -718,10 +718,12 @@ type WatchEvent struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Type     WatchEvent_Type        `protobuf:"varint,1,opt,name=type,proto3,enum=types.WatchEvent_Type" json:"type,omitempty"`
 	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	// Exactly one of service or server is set, except on SYNCED. A DELETE
-	// carries the object's identity (id, or serviceID and key).
-	Service       *VirtualService `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
-	Server        *RealServer     `protobuf:"bytes,4,opt,name=server,proto3" json:"server,omitempty"`
+	// Exactly one of service, server or node is set, except on SYNCED. A
+	// DELETE carries the object's identity (id, serviceID and key, or node name).
+	Service *VirtualService `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	Server  *RealServer     `protobuf:"bytes,4,opt,name=server,proto3" json:"server,omitempty"`
+	// node: a node's status (health of its servers, applied revision) changed.
+	Node          *NodeStatus `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -780,6 +782,13 @@ func (x *WatchEvent) GetService() *VirtualService {
 func (x *WatchEvent) GetServer() *RealServer {
 	if x != nil {
 		return x.Server
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetNode() *NodeStatus {
+	if x != nil {
+		return x.Node
 	}
 	return nil
 }
@@ -2250,13 +2259,14 @@ const file_types_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"3\n" +
 	"\fWatchRequest\x12#\n" +
-	"\rfrom_revision\x18\x01 \x01(\x03R\ffromRevision\"\xf2\x01\n" +
+	"\rfrom_revision\x18\x01 \x01(\x03R\ffromRevision\"\x99\x02\n" +
 	"\n" +
 	"WatchEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.types.WatchEvent.TypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12/\n" +
 	"\aservice\x18\x03 \x01(\v2\x15.types.VirtualServiceR\aservice\x12)\n" +
-	"\x06server\x18\x04 \x01(\v2\x11.types.RealServerR\x06server\"@\n" +
+	"\x06server\x18\x04 \x01(\v2\x11.types.RealServerR\x06server\x12%\n" +
+	"\x04node\x18\x05 \x01(\v2\x11.types.NodeStatusR\x04node\"@\n" +
 	"\x04Type\x12\t\n" +
 	"\x05UNSET\x10\x00\x12\f\n" +
 	"\bSNAPSHOT\x10\x01\x12\n" +
@@ -2437,70 +2447,71 @@ var file_types_proto_depIdxs = []int32{
 	5,  // 8: types.WatchEvent.type:type_name -> types.WatchEvent.Type
 	6,  // 9: types.WatchEvent.service:type_name -> types.VirtualService
 	7,  // 10: types.WatchEvent.server:type_name -> types.RealServer
-	30, // 11: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	15, // 12: types.NodeStatus.errors:type_name -> types.ObjectError
-	16, // 13: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	30, // 14: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	14, // 15: types.NodeStatus.servers:type_name -> types.ServerHealth
-	30, // 16: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	30, // 17: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	13, // 18: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	26, // 19: types.ServerStats.key:type_name -> types.RealServer.Key
-	19, // 20: types.ServerStats.counters:type_name -> types.Counters
-	23, // 21: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	19, // 22: types.ServiceStats.counters:type_name -> types.Counters
-	20, // 23: types.ServiceStats.servers:type_name -> types.ServerStats
-	21, // 24: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 25: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 26: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	31, // 27: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	31, // 28: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	32, // 29: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 30: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	28, // 31: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	31, // 32: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 33: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	31, // 34: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	31, // 35: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 36: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	33, // 37: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	34, // 38: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	34, // 39: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	34, // 40: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 41: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	6,  // 42: types.ListResponse.Item.service:type_name -> types.VirtualService
-	7,  // 43: types.ListResponse.Item.servers:type_name -> types.RealServer
-	6,  // 44: types.Merlin.CreateService:input_type -> types.VirtualService
-	6,  // 45: types.Merlin.UpdateService:input_type -> types.VirtualService
-	33, // 46: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	7,  // 47: types.Merlin.CreateServer:input_type -> types.RealServer
-	7,  // 48: types.Merlin.UpdateServer:input_type -> types.RealServer
-	7,  // 49: types.Merlin.DeleteServer:input_type -> types.RealServer
-	35, // 50: types.Merlin.List:input_type -> google.protobuf.Empty
-	33, // 51: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	10, // 52: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	11, // 53: types.Merlin.Watch:input_type -> types.WatchRequest
-	35, // 54: types.Merlin.Status:input_type -> google.protobuf.Empty
-	35, // 55: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	18, // 56: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	35, // 57: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	35, // 58: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	35, // 59: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	35, // 60: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	35, // 61: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	35, // 62: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	8,  // 63: types.Merlin.List:output_type -> types.ListResponse
-	29, // 64: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	35, // 65: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	12, // 66: types.Merlin.Watch:output_type -> types.WatchEvent
-	17, // 67: types.Merlin.Status:output_type -> types.StatusResponse
-	22, // 68: types.Merlin.Stats:output_type -> types.StatsResponse
-	35, // 69: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	57, // [57:70] is the sub-list for method output_type
-	44, // [44:57] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	13, // 11: types.WatchEvent.node:type_name -> types.NodeStatus
+	30, // 12: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	15, // 13: types.NodeStatus.errors:type_name -> types.ObjectError
+	16, // 14: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	30, // 15: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	14, // 16: types.NodeStatus.servers:type_name -> types.ServerHealth
+	30, // 17: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	30, // 18: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	13, // 19: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	26, // 20: types.ServerStats.key:type_name -> types.RealServer.Key
+	19, // 21: types.ServerStats.counters:type_name -> types.Counters
+	23, // 22: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	19, // 23: types.ServiceStats.counters:type_name -> types.Counters
+	20, // 24: types.ServiceStats.servers:type_name -> types.ServerStats
+	21, // 25: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 26: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 27: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	31, // 28: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	31, // 29: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	32, // 30: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 31: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	28, // 32: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	31, // 33: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 34: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	31, // 35: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	31, // 36: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 37: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	33, // 38: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	34, // 39: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	34, // 40: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	34, // 41: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 42: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	6,  // 43: types.ListResponse.Item.service:type_name -> types.VirtualService
+	7,  // 44: types.ListResponse.Item.servers:type_name -> types.RealServer
+	6,  // 45: types.Merlin.CreateService:input_type -> types.VirtualService
+	6,  // 46: types.Merlin.UpdateService:input_type -> types.VirtualService
+	33, // 47: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	7,  // 48: types.Merlin.CreateServer:input_type -> types.RealServer
+	7,  // 49: types.Merlin.UpdateServer:input_type -> types.RealServer
+	7,  // 50: types.Merlin.DeleteServer:input_type -> types.RealServer
+	35, // 51: types.Merlin.List:input_type -> google.protobuf.Empty
+	33, // 52: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	10, // 53: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	11, // 54: types.Merlin.Watch:input_type -> types.WatchRequest
+	35, // 55: types.Merlin.Status:input_type -> google.protobuf.Empty
+	35, // 56: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	18, // 57: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	35, // 58: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	35, // 59: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	35, // 60: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	35, // 61: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	35, // 62: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	35, // 63: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	8,  // 64: types.Merlin.List:output_type -> types.ListResponse
+	29, // 65: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	35, // 66: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	12, // 67: types.Merlin.Watch:output_type -> types.WatchEvent
+	17, // 68: types.Merlin.Status:output_type -> types.StatusResponse
+	22, // 69: types.Merlin.Stats:output_type -> types.StatsResponse
+	35, // 70: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	58, // [58:71] is the sub-list for method output_type
+	45, // [45:58] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
