@@ -112,6 +112,23 @@ type Agent struct {
 	ramping     map[string]bool // services with a server in slow start
 	rampNext    time.Time
 	lastDown    map[string]bool // services whose servers are all down, as last reported
+	// Periodic resyncs read the kernel in the background (see startDriftCheck).
+	driftKeys  []ipvs.ServiceKey          // to diff in the next pass
+	writeGen   uint64                     // counts applies
+	readGen    uint64                     // counts synchronous full reads
+	touched    map[ipvs.ServiceKey]uint64 // writeGen of the last write to each key
+	drifting   bool
+	driftDone  chan driftResult
+	resyncIPVS IPVS // reads for background resyncs; its own socket, so applies need not wait
+}
+
+// driftResult is what a background kernel read found: owned services
+// whose kernel state differs from the model (nil: gone from the kernel).
+type driftResult struct {
+	writeGen, readGen uint64
+	drift             map[ipvs.ServiceKey]*ipvs.VirtualServer
+	foreign           map[ipvs.ServiceKey]bool
+	err               error
 }
 
 type convertedService struct {
@@ -150,6 +167,7 @@ func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, checks HealthMonitor, m
 	return &Agent{
 		cfg: cfg, ipvs: table, vips: vips, health: checks, log: log, metrics: metrics,
 		checks: map[string]map[string]serverCheck{}, ramping: map[string]bool{}, lastDown: map[string]bool{},
+		touched: map[ipvs.ServiceKey]uint64{}, driftDone: make(chan driftResult, 1),
 		wake:      make(chan struct{}, 1),
 		status:    &types.NodeStatus{Node: cfg.Node, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
 		changed:   make(chan struct{}),
@@ -158,6 +176,11 @@ func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, checks HealthMonitor, m
 		failures:  map[objectID]*failure{},
 	}, nil
 }
+
+// ReadResyncsWith makes background resyncs read the kernel through t (a
+// second client of the same table), so that event passes never wait for
+// a long read of a large table.
+func (a *Agent) ReadResyncsWith(t IPVS) { a.resyncIPVS = t }
 
 // Offer hands the agent a new desired state; only the latest counts.
 func (a *Agent) Offer(s *State) {
@@ -214,7 +237,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-a.wake:
 		case <-resync.C:
+			// The first read is synchronous; later ones run beside the
+			// event passes so that a large table does not delay them.
+			if a.modelValid {
+				a.startDriftCheck(ctx)
+				continue
+			}
 			full = true
+		case res := <-a.driftDone:
+			a.drifting = false
+			a.applyDrift(res)
 		case <-retry.C:
 		case <-healthChanges:
 			a.healthDirty.Store(true)
@@ -354,6 +386,10 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 			}
 		}
 	}
+	for _, k := range a.driftKeys {
+		dirty[k] = true
+	}
+	a.driftKeys = nil
 	if full || a.guardRev != 0 { // held deletions are looked at again every pass
 		for k := range a.model {
 			dirty[k] = true
@@ -413,6 +449,10 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 	}
 	if err := a.owned.save(); err != nil {
 		return fmt.Errorf("record owned services before creating them: %w", err)
+	}
+	a.writeGen++
+	for _, op := range ops {
+		a.touched[op.Service.Key] = a.writeGen
 	}
 	applyErr := a.ipvs.Apply(ctx, ops)
 	failed := map[int]error{}
@@ -501,7 +541,92 @@ func (a *Agent) readKernel(ctx context.Context, desired *State) error {
 		}
 	}
 	a.modelValid = true
+	a.readGen++
 	return a.owned.save()
+}
+
+// startDriftCheck reads the kernel table in the background and compares
+// the owned part with a snapshot of the model; applyDrift takes the result.
+func (a *Agent) startDriftCheck(ctx context.Context) {
+	if a.drifting {
+		return
+	}
+	a.drifting = true
+	model := maps.Clone(a.model) // values are replaced, never modified: see applyToModel
+	owned := maps.Clone(a.owned.keys)
+	writeGen, readGen := a.writeGen, a.readGen
+	table := a.ipvs
+	if a.resyncIPVS != nil {
+		table = a.resyncIPVS
+	}
+	go func() {
+		res := driftResult{writeGen: writeGen, readGen: readGen}
+		defer func() { a.driftDone <- res }()
+		t, err := table.Table(ctx)
+		if err != nil {
+			res.err = err
+			return
+		}
+		read := map[ipvs.ServiceKey]*ipvs.VirtualServer{}
+		res.foreign = map[ipvs.ServiceKey]bool{}
+		for i := range t {
+			k := t[i].Service.Key.Canonical()
+			if owned[k] {
+				read[k] = &t[i]
+			} else {
+				res.foreign[k] = true
+			}
+		}
+		res.drift = map[ipvs.ServiceKey]*ipvs.VirtualServer{}
+		for k, m := range model {
+			r, ok := read[k]
+			switch {
+			case !ok:
+				res.drift[k] = nil
+			case len(ipvs.Diff([]ipvs.VirtualServer{*m}, []ipvs.VirtualServer{*r})) > 0:
+				res.drift[k] = r
+			}
+		}
+		for k, r := range read {
+			if _, ok := model[k]; !ok {
+				res.drift[k] = r
+			}
+		}
+	}()
+}
+
+// applyDrift puts what a background read found into the model, except for
+// keys written since the read began, and runs a pass that repairs it.
+func (a *Agent) applyDrift(res driftResult) {
+	if res.err != nil {
+		a.log.Warn("resync: read the kernel IPVS table", "error", res.err)
+		return
+	}
+	if res.readGen != a.readGen || !a.modelValid {
+		return // a synchronous read replaced the model meanwhile
+	}
+	a.foreign = res.foreign
+	a.driftKeys = nil
+	for k, vs := range res.drift {
+		if a.touched[k] > res.writeGen {
+			continue
+		}
+		if vs == nil {
+			delete(a.model, k)
+		} else {
+			a.model[k] = vs
+		}
+		a.driftKeys = append(a.driftKeys, k)
+	}
+	clear(a.touched)
+	if len(a.driftKeys) > 0 {
+		a.log.Info("resync found changes behind merlin's back; repairing", "services", len(a.driftKeys))
+	}
+	a.metrics.resyncs.Inc()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (a *Agent) foreignHas(k ipvs.ServiceKey) bool { return a.foreign[k] }
@@ -599,6 +724,8 @@ func (a *Agent) clearFailures(serviceID string) {
 	}
 }
 
+// applyToModel records a successful op. Model entries are replaced, never
+// modified, so that a background resync can hold a cheap snapshot.
 func (a *Agent) applyToModel(op ipvs.Op) {
 	k := op.Service.Key
 	switch op.Kind {
@@ -606,7 +733,9 @@ func (a *Agent) applyToModel(op ipvs.Op) {
 		a.model[k] = &ipvs.VirtualServer{Service: op.Service}
 	case ipvs.OpUpdateService:
 		if vs := a.model[k]; vs != nil {
-			vs.Service.Config = op.Service.Config
+			c := *vs
+			c.Service.Config = op.Service.Config
+			a.model[k] = &c
 		}
 	case ipvs.OpDeleteService:
 		delete(a.model, k)
@@ -616,15 +745,18 @@ func (a *Agent) applyToModel(op ipvs.Op) {
 		if vs == nil {
 			return
 		}
-		i := slices.IndexFunc(vs.Destinations, func(d ipvs.Destination) bool { return d.Key == op.Destination.Key })
+		c := *vs
+		c.Destinations = slices.Clone(vs.Destinations)
+		i := slices.IndexFunc(c.Destinations, func(d ipvs.Destination) bool { return d.Key == op.Destination.Key })
 		switch {
 		case op.Kind == ipvs.OpDeleteDestination && i >= 0:
-			vs.Destinations = slices.Delete(vs.Destinations, i, i+1)
+			c.Destinations = slices.Delete(c.Destinations, i, i+1)
 		case op.Kind != ipvs.OpDeleteDestination && i >= 0:
-			vs.Destinations[i] = op.Destination
+			c.Destinations[i] = op.Destination
 		case op.Kind != ipvs.OpDeleteDestination:
-			vs.Destinations = append(vs.Destinations, op.Destination)
+			c.Destinations = append(c.Destinations, op.Destination)
 		}
+		a.model[k] = &c
 	}
 }
 

@@ -319,3 +319,29 @@ func TestAgentHealthWeights(t *testing.T) {
 		t.Fatalf("after slow start: weight %d", weight())
 	}
 }
+
+func TestAgentBackgroundResyncRepairs(t *testing.T) {
+	ctx := context.Background()
+	table := newFakeTable()
+	a := newTestAgent(t, table, t.TempDir())
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 3)
+	a.Offer(st)
+	a.pass(ctx, st, true)
+	web := ServiceKeyOf(st.Services["web"].Service)
+	api := ServiceKeyOf(st.Services["api"].Service)
+	// Behind merlin's back: one service deleted, one weight changed.
+	table.mu.Lock()
+	delete(table.svcs, api)
+	table.svcs[web].Destinations[0].Config.Weight = 9
+	table.mu.Unlock()
+	a.startDriftCheck(ctx)
+	a.applyDrift(<-a.driftDone)
+	a.drifting = false
+	w0, _ := table.counts()
+	a.pass(ctx, st, false)
+	w1, _ := table.counts()
+	if table.svcs[api] == nil || table.svcs[web].Destinations[0].Config.Weight != 3 || w1-w0 != 2 {
+		t.Fatalf("not repaired with 2 ops (%d): %v", w1-w0, table.svcs)
+	}
+}

@@ -25,6 +25,7 @@ type AgentMetrics struct {
 	guardHeld         prometheus.Gauge
 	serverUp          *prometheus.GaugeVec
 	serviceDown       *prometheus.GaugeVec
+	resyncs           prometheus.Counter
 }
 
 // NewAgentMetrics creates the metrics and registers them (reg may be nil).
@@ -43,11 +44,12 @@ func NewAgentMetrics(reg prometheus.Registerer) *AgentMetrics {
 		objectErrors:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_object_errors", Help: "Desired objects the kernel currently refuses (retried with backoff)."}),
 		guardHeld:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_deletion_guard_held", Help: "1 while a mass deletion waits for confirmation."}),
 		serverUp:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_server_up", Help: "Health of each checked real server as this node sees it (1 up, 0 down)."}, []string{"service", "server"}),
+		resyncs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_resyncs_total", Help: "Background reads of the whole kernel table compared with what merlin wrote."}),
 		serviceDown:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_all_servers_down", Help: "1 for a service whose servers are all down on this node."}, []string{"service"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
-			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown)
+			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs)
 	}
 	return m
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -64,7 +65,7 @@ func sh(name string, args ...string) error {
 	return nil
 }
 
-func run(merlinBin string, small, large, dests, changes int) error {
+func run(merlinBin string, small, large, dests, changes int) (err error) {
 	ctx := context.Background()
 	if err := sh("ip", "link", "set", "lo", "up"); err != nil {
 		return err
@@ -125,6 +126,27 @@ func run(merlinBin string, small, large, dests, changes int) error {
 		return err
 	}
 	defer func() { _ = merlin.Process.Kill(); _ = merlin.Wait() }()
+	defer func() {
+		if err != nil {
+			b, _ := os.ReadFile(filepath.Join(root, "merlin.log"))
+			lines := strings.Split(string(b), "\n")
+			fmt.Fprintf(os.Stderr, "merlin log (tail):\n%s\n", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			if resp, herr := http.Get("http://127.0.0.1:4283/metrics"); herr == nil {
+				sc := bufio.NewScanner(resp.Body)
+				for sc.Scan() {
+					if strings.HasPrefix(sc.Text(), "merlin_") {
+						fmt.Fprintln(os.Stderr, sc.Text())
+					}
+				}
+				resp.Body.Close()
+			}
+			if resp, herr := http.Get("http://127.0.0.1:4283/debug/pprof/goroutine?debug=2"); herr == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				fmt.Fprintf(os.Stderr, "merlin goroutines:\n%s\n", b)
+			}
+		}
+	}()
 	if err := waitHTTP("http://127.0.0.1:4283/readyz", 120*time.Second); err != nil {
 		return err
 	}

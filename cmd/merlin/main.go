@@ -355,14 +355,21 @@ func startAgent(ctx context.Context, o *options, store *control.Store, api *cont
 		table.Close()
 		return nil, nil, err
 	}
-	api.SetStats(&control.KernelStats{Node: o.node, Client: table, Agent: agent})
+	reader, err := ipvs.Open(ipvs.Options{})
+	if err != nil {
+		checks.Close()
+		table.Close()
+		return nil, nil, fmt.Errorf("open IPVS for resyncs: %w", err)
+	}
+	agent.ReadResyncsWith(reader)
+	api.SetStats(&control.KernelStats{Node: o.node, Client: reader, Agent: agent})
 	watcher := control.NewWatcher(store, log.With("component", "watcher"), control.WatcherConfig{})
 	reg.MustRegister(control.NewWatcherCollector(watcher))
 	var local sync.WaitGroup
 	local.Go(func() { _ = watcher.Run(ctx, agent.Offer) })
 	local.Go(func() { _ = agent.Run(ctx) })
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
-	return agent, func() { local.Wait(); checks.Close(); table.Close() }, nil
+	return agent, func() { local.Wait(); checks.Close(); reader.Close(); table.Close() }, nil
 }
 
 // probeEtcd keeps merlin_etcd_connected current.
