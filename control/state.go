@@ -37,12 +37,14 @@ type State struct {
 	ConfirmedDeletions int64
 
 	prefix      string
+	seen        int64 // the last revision the state includes (list, or last event)
 	rawServices map[string]rawValue
 	rawServers  map[string]map[string]rawValue // service ID → etcd key → value
 }
 
 func newState(prefix string, revision int64) *State {
 	return &State{
+		seen:        revision,
 		Revision:    revision,
 		Services:    map[string]*ServiceState{},
 		Invalid:     map[string]string{},

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -573,7 +574,9 @@ func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64) ([]keyVa
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := s.client.Get(ctx, from, opts...)
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err := s.client.Get(pctx, from, opts...)
+		cancel()
 		if err != nil {
 			return nil, 0, fmt.Errorf("list %s at revision %d: %w", prefix, rev, err)
 		}

@@ -11,6 +11,9 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/merlin-ipvs/merlin/types"
 )
 
 // Reasons the Watcher lists the whole state again.
@@ -19,13 +22,14 @@ const (
 	RelistCompacted = "compacted"
 	RelistClosed    = "closed"   // the watch channel closed or failed (etcd restart, lost leader)
 	RelistSilent    = "silent"   // no event nor progress notification came back in time
-	RelistPeriodic  = "periodic" // the periodic repair
+	RelistPeriodic  = "periodic" // the periodic check found the watch had missed something
 )
 
 // WatcherConfig tunes a Watcher; zero values take the defaults.
 type WatcherConfig struct {
-	// ResyncPeriod between full re-lists that repair anything a watch
-	// missed; default 5 minutes.
+	// ResyncPeriod between periodic checks: etcd is listed at the watched
+	// revision beside the watch and compared; a difference (a missed
+	// event) leads to a full re-list. Default 5 minutes.
 	ResyncPeriod time.Duration
 	// ProgressInterval: after this long without any response the watcher
 	// asks etcd for a progress notification, and re-lists if none arrives
@@ -49,6 +53,7 @@ type Watcher struct {
 	mu      sync.Mutex
 	relists map[string]int
 	invalid int
+	checks  int
 }
 
 // NewWatcher watches the store's prefix.
@@ -119,9 +124,9 @@ func (w *Watcher) list(ctx context.Context, reason string) (*State, error) {
 	w.mu.Lock()
 	w.relists[reason]++
 	w.mu.Unlock()
-	lctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 30*time.Second)
-	defer cancel()
-	return w.store.ListState(lctx)
+	// Each page has its own deadline (see rangeAll): a large table takes
+	// many pages, and one hung request must not hold the list forever.
+	return w.store.ListState(clientv3.WithRequireLeader(ctx))
 }
 
 func (w *Watcher) deliver(state *State, onChange func(*State)) {
@@ -145,6 +150,15 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 		clientv3.WithRev(state.Revision+1), clientv3.WithProgressNotify())
 	resync := time.NewTimer(w.cfg.ResyncPeriod)
 	defer resync.Stop()
+	// The periodic repair lists etcd at the revision the watcher has seen,
+	// beside the watch, and compares; only a difference costs a re-list.
+	checked := make(chan bool, 1)
+	checking := false
+	defer func() {
+		if checking {
+			<-checked
+		}
+	}()
 	silence := time.NewTimer(w.cfg.ProgressInterval)
 	defer silence.Stop()
 	askedProgress := false
@@ -153,7 +167,20 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 		case <-ctx.Done():
 			return ""
 		case <-resync.C:
-			return RelistPeriodic
+			if !checking {
+				checking = true
+				snapshot, rev := state.view().ListResponse(), state.seen
+				go func() { checked <- w.differs(wctx, snapshot, rev) }()
+			}
+		case differs := <-checked:
+			checking = false
+			w.mu.Lock()
+			w.checks++
+			w.mu.Unlock()
+			if differs {
+				return RelistPeriodic
+			}
+			resync.Reset(w.cfg.ResyncPeriod)
 		case <-silence.C:
 			if askedProgress {
 				return RelistSilent
@@ -183,6 +210,7 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 					return RelistClosed
 				}
 				for _, ev := range resp.Events {
+					state.seen = ev.Kv.ModRevision
 					if ev.Type == clientv3.EventTypeDelete {
 						relevant = state.delete(string(ev.Kv.Key)) || relevant
 					} else {
@@ -209,6 +237,32 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 			}
 		}
 	}
+}
+
+// differs lists etcd at rev and reports whether it differs from what the
+// watcher made of the same revision.
+func (w *Watcher) differs(ctx context.Context, snapshot *types.ListResponse, rev int64) bool {
+	st, err := w.store.ListStateAt(ctx, rev)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("periodic check of the desired state failed; re-listing", "error", err)
+		}
+		return ctx.Err() == nil
+	}
+	got := st.ListResponse()
+	got.Revision, snapshot.Revision = 0, 0
+	if proto.Equal(got, snapshot) {
+		return false
+	}
+	w.log.Warn("the watch missed changes: the periodic check found a difference", "revision", rev)
+	return true
+}
+
+// Checks is how many periodic checks compared etcd with the watched state.
+func (w *Watcher) Checks() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.checks
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

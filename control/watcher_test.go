@@ -200,3 +200,26 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 	}
 	return b
 }
+
+func TestWatcherPeriodicCheckKeepsTheWatch(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Embedded)
+	kv := etcd.Client(t)
+	store := control.NewStore(kv, prefix)
+	put(t, store, "web", "198.18.0.1", 3)
+	w, latest := watched(t, kv, control.WatcherConfig{ResyncPeriod: 100 * time.Millisecond})
+	waitInStep(t, kv, latest)
+	for i := range 5 {
+		if _, err := store.UpdateServer(ctxT(t), server("web", "198.19.0.1", 80, uint32(i+2))); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	waitInStep(t, kv, latest)
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Checks() < 3 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := w.Relists(); w.Checks() < 3 || r[control.RelistPeriodic] != 0 {
+		t.Fatalf("%d checks, relists %v: want checks that found nothing to re-list", w.Checks(), r)
+	}
+}
