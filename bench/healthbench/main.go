@@ -53,7 +53,9 @@ func main() {
 	}
 }
 
-func addr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(1 + i%250)}) }
+func addr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(1 + i%250)})
+}
 
 // runMonitor is merlin's side: the health.Monitor merlin runs, one check per
 // server; transitions go to stdout as "down ADDR UNIXNANO".
@@ -173,7 +175,7 @@ func run() error {
 	}
 	defer ln.Close()
 	srv := &http.Server{
-		Handler:   http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
 		ConnState: func(c net.Conn, s http.ConnState) {
 			if s == http.StateNew {
 				tgt.hit(c.LocalAddr())
@@ -434,4 +436,3 @@ func pct(ds []time.Duration, p int) time.Duration {
 	i := (len(s)*p + 99) / 100
 	return s[max(0, min(len(s)-1, i-1))]
 }
-
