@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 
 export PATH="$PATH:$(go env GOPATH)/bin"
 export MERLIN_CACHE=${MERLIN_CACHE:-/var/cache/merlin}
-FUZZTIME=${FUZZTIME:-10s}
+# An execution count, not a duration: Go 1.26's fuzz coordinator can fail a
+# duration-bound run with a spurious "context deadline exceeded" at the end
+# of its time (golang/go#75804, fixed in Go 1.27).
+FUZZTIME=${FUZZTIME:-50000x}
 out=build/test
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.log
