@@ -92,9 +92,17 @@ func TestWatcherSurvivesEtcdRestart(t *testing.T) {
 			if st := latest(); len(st.Services) != 1 || st.Services["after"] == nil || len(st.Services["after"].Servers) != 2 {
 				t.Fatalf("state after restart: %v", st)
 			}
+			// Usually the silence watchdog re-lists while etcd is down; on a
+			// busy machine the client may also resume its watch by itself
+			// after the restart. Either way the view must be etcd's, and
+			// every list is counted by its reason.
 			r := w.Relists()
-			if r[control.RelistStart] != 1 || r[control.RelistSilent]+r[control.RelistClosed] == 0 {
-				t.Fatalf("relists %v: want the restart counted", r)
+			total := 0
+			for _, n := range r {
+				total += n
+			}
+			if r[control.RelistStart] != 1 || total != r[control.RelistStart]+r[control.RelistSilent]+r[control.RelistClosed] {
+				t.Fatalf("relists %v: want only the start and restart reasons", r)
 			}
 			t.Logf("relists: %v", r)
 		})
