@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 )
@@ -73,7 +74,7 @@ func (o *ownership) save() error {
 		return nil
 	}
 	f := ownershipFile{Services: o.list()}
-	slices.SortFunc(f.Services, func(a, b ipvs.ServiceKey) int { return compareKeyStrings(a, b) })
+	slices.SortFunc(f.Services, func(a, b ipvs.ServiceKey) int { return strings.Compare(a.String(), b.String()) })
 	b, err := json.MarshalIndent(f, "", " ")
 	if err != nil {
 		return err
@@ -102,15 +103,4 @@ func (o *ownership) save() error {
 	}
 	o.dirty = false
 	return nil
-}
-
-func compareKeyStrings(a, b ipvs.ServiceKey) int {
-	as, bs := a.String(), b.String()
-	switch {
-	case as < bs:
-		return -1
-	case as > bs:
-		return 1
-	}
-	return 0
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -72,8 +71,7 @@ func (s *Store) vipKey(k *types.VirtualService_Key) string {
 }
 
 func (s *Store) serverKey(id string, k *types.RealServer_Key) string {
-	addr, _ := netip.ParseAddr(k.GetIp())
-	return s.serverPrefix(id) + netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
+	return s.serverPrefix(id) + ServerKeyString(k)
 }
 
 func marshal(m proto.Message) (string, error) {
@@ -508,11 +506,7 @@ func validateServerKey(k *types.RealServer_Key) error {
 }
 
 func serverName(s *types.RealServer) string {
-	addr, err := netip.ParseAddr(s.GetKey().GetIp())
-	if err != nil {
-		return fmt.Sprintf("%s/%q:%d", s.GetServiceID(), s.GetKey().GetIp(), s.GetKey().GetPort())
-	}
-	return s.GetServiceID() + "/" + netip.AddrPortFrom(addr, uint16(s.GetKey().GetPort())).String()
+	return s.GetServiceID() + "/" + ServerKeyString(s.GetKey())
 }
 
 // List reads every service and server at one revision, page by page.

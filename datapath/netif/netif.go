@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -36,23 +37,13 @@ var DirectorSysctls = map[string]string{
 // returns every failure together.
 func SetSysctls(values map[string]string) error {
 	var errs []error
-	for _, k := range slices.Sorted(mapsKeys(values)) {
+	for _, k := range slices.Sorted(maps.Keys(values)) {
 		path := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
 		if err := os.WriteFile(path, []byte(values[k]), 0o644); err != nil {
 			errs = append(errs, fmt.Errorf("sysctl %s=%s: %w", k, values[k], err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func mapsKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // VIPs keeps a dummy interface holding exactly the VIPs it is given, plus
