@@ -105,6 +105,7 @@ type Agent struct {
 	converted   map[string]convertedService
 	failures    map[objectID]*failure
 	lastVIPs    []netip.Addr
+	vipsDirty   bool // the set of desired VIPs may have changed
 	guardRev    int64
 	checks      map[string]map[string]serverCheck // service ID → server IP:PORT → check
 	checksDirty bool
@@ -359,19 +360,31 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 		a.checksDirty = false
 	}
 	now := time.Now()
+	// The VIP set and the health report change only with these; both cost
+	// a walk of every service, which event passes otherwise avoid.
+	healthChanged := healthDirty || len(ramping) > 0
 	for _, id := range reconvert {
 		ss := desired.Services[id]
-		if c, ok := a.converted[id]; ok && c.err == nil {
-			dirty[c.vs.Service.Key] = true
+		old, had := a.converted[id]
+		if had && old.err == nil {
+			dirty[old.vs.Service.Key] = true
 		}
 		vs, err := ToIPVS(ss, a.weightOf(id, now))
 		a.converted[id] = convertedService{state: ss, vs: vs, err: err}
 		if err == nil {
 			dirty[vs.Service.Key] = true
 		}
+		if !had || (old.err == nil) != (err == nil) || old.vs.Service.Key != vs.Service.Key {
+			a.vipsDirty = true
+		}
+		if a.checks[id] != nil || a.lastDown[id] {
+			healthChanged = true
+		}
 	}
 	for id, c := range a.converted {
 		if _, ok := desired.Services[id]; !ok {
+			a.vipsDirty = true
+			healthChanged = true
 			if c.err == nil {
 				dirty[c.vs.Service.Key] = true
 			}
@@ -437,8 +450,12 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 	}
 	ops := ipvs.Diff(want, have)
 	ops = a.guardDeletions(ops, desired)
-	a.setVIPs(ctx)
-	a.reportHealth(desired)
+	if a.vipsDirty {
+		a.setVIPs(ctx)
+	}
+	if healthChanged || full {
+		a.reportHealth(desired)
+	}
 	if len(ops) == 0 {
 		return nil
 	}
@@ -694,13 +711,14 @@ func (a *Agent) setVIPs(ctx context.Context) {
 	}
 	vips := slices.SortedFunc(maps.Keys(set), netip.Addr.Compare)
 	if slices.Equal(vips, a.lastVIPs) {
+		a.vipsDirty = false
 		return
 	}
 	if err := a.vips.SetVIPs(ctx, vips); err != nil {
-		a.log.Warn("set VIP addresses", "error", err)
+		a.log.Warn("set VIP addresses", "error", err) // vipsDirty stays: retried next pass
 		return
 	}
-	a.lastVIPs = vips
+	a.lastVIPs, a.vipsDirty = vips, false
 }
 
 func (a *Agent) fail(id objectID, err error) {
