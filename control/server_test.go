@@ -297,6 +297,13 @@ func TestAPIRejectsBadInput(t *testing.T) {
 				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/", time.Second, 2*time.Second, 1, 1) }))
 				return err
 			}, codes.InvalidArgument, "health_check.timeout"},
+			{"health host header with a line break", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) {
+					s.HealthCheck = hc("http://:80/", time.Second, time.Second, 1, 1)
+					s.HealthCheck.Host = "a.example\r\nX-Injected: 1"
+				}))
+				return err
+			}, codes.InvalidArgument, "health_check.host"},
 			{"health up threshold", func() error {
 				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/", time.Second, time.Second, 0, 1) }))
 				return err

@@ -365,6 +365,9 @@ func validateHealthCheck(field string, h *types.RealServer_HealthCheck, partial 
 			return fieldErr(field+".expect_status", "%v", err)
 		}
 	}
+	if strings.ContainsFunc(h.Host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return fieldErr(field+".host", "%q has spaces or control characters", h.Host)
+	}
 	if m := h.Method; m != "" && !validMethod(m) {
 		return fieldErr(field+".method", "%q is not an HTTP method", m)
 	}

@@ -7,6 +7,7 @@
 package health
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -136,44 +137,38 @@ func Reason(err error) string {
 	return ReasonOther
 }
 
-// Prober runs single probes. Its HTTP transport keeps no idle connections:
-// every probe opens a fresh connection, as a new client would.
+// Prober runs single probes. Every probe opens a fresh connection, as a
+// new client would, and closes it with a reset (see probeConn.reset).
 type Prober struct {
-	transport *http.Transport
 	// RootCAs verifies servers' certificates (nil: the system's roots).
 	RootCAs *x509.CertPool
 }
 
 // NewProber returns a prober.
-func NewProber() *Prober {
-	return &Prober{transport: &http.Transport{
-		DisableKeepAlives:  true,
-		DisableCompression: true,
-		Proxy:              nil,
-		DialContext:        (&net.Dialer{}).DialContext,
-	}}
-}
+func NewProber() *Prober { return &Prober{} }
 
 // Probe runs one probe within c.Timeout; nil means healthy.
 func (p *Prober) Probe(ctx context.Context, c Check) error {
-	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	defer cancel()
 	var err error
 	switch c.Kind {
+	case TCP:
+		var conn *probeConn
+		if conn, err = dialProbe(ctx, c.Target, time.Now().Add(c.Timeout)); err == nil {
+			conn.reset()
+		}
 	case HTTP, HTTPS:
 		err = p.probeHTTP(ctx, c)
-	case TCP:
-		var conn net.Conn
-		conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", c.Target.String())
-		if err == nil {
-			conn.Close()
+	case UDP, GRPC, Exec:
+		ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+		defer cancel()
+		switch c.Kind {
+		case UDP:
+			err = probeUDP(ctx, c)
+		case GRPC:
+			err = probeGRPC(ctx, c)
+		default:
+			err = probeExec(ctx, c)
 		}
-	case UDP:
-		err = probeUDP(ctx, c)
-	case GRPC:
-		err = probeGRPC(ctx, c)
-	case Exec:
-		err = probeExec(ctx, c)
 	default:
 		return fail(ReasonOther, "unknown check kind %q", c.Kind)
 	}
@@ -183,52 +178,119 @@ func (p *Prober) Probe(ctx context.Context, c Check) error {
 	return nil
 }
 
+// probeHTTP sends one HTTP/1.1 request with "Connection: close". Without a
+// body to match, only the status line is read.
 func (p *Prober) probeHTTP(ctx context.Context, c Check) error {
-	method := c.Method
-	if method == "" {
-		method = http.MethodGet
-	}
-	path := c.Path
-	if path == "" {
-		path = "/"
-	}
-	req, err := http.NewRequestWithContext(ctx, method, fmt.Sprintf("%s://%s%s", c.Kind, c.Target, path), nil)
-	if err != nil {
-		return fail(ReasonOther, "request: %v", err)
-	}
-	if c.Host != "" {
-		req.Host = c.Host
-	}
-	req.Header.Set("User-Agent", "merlin-health-check")
-	t := p.transport
-	if c.Kind == HTTPS {
-		t = t.Clone()
-		name := c.TLSName
-		if name == "" {
-			name = c.Host
-		}
-		t.TLSClientConfig = &tls.Config{ServerName: name, InsecureSkipVerify: !c.TLSVerify, RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12} //nolint:gosec // verification is the check's choice
-		defer t.CloseIdleConnections()
-	}
-	resp, err := t.RoundTrip(req)
+	req, err := httpRequest(c)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	if !statusExpected(c.ExpectStatus, resp.StatusCode) {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return fail(ReasonStatus, "status %d, want %s", resp.StatusCode, orDefault(c.ExpectStatus, "200-399"))
+	conn, err := dialProbe(ctx, c.Target, time.Now().Add(c.Timeout))
+	if err != nil {
+		return err
 	}
-	if c.ExpectBody != "" {
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	defer conn.reset()
+	var rw io.ReadWriter = conn
+	if c.Kind == HTTPS {
+		name := orDefault(c.TLSName, c.Host)
+		tc := tls.Client(conn, &tls.Config{ServerName: name, InsecureSkipVerify: !c.TLSVerify, RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}) //nolint:gosec // verification is the check's choice
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return err
+		}
+		rw = tc
+	}
+	if _, err := rw.Write(req); err != nil {
+		return err
+	}
+	var code int
+	if c.ExpectBody == "" {
+		if code, err = readStatus(rw); err != nil {
+			return err
+		}
+	} else {
+		resp, err := http.ReadResponse(bufio.NewReaderSize(rw, 4096), &http.Request{Method: orDefault(c.Method, http.MethodGet)})
 		if err != nil {
 			return err
 		}
-		if !bytes.Contains(body, []byte(c.ExpectBody)) {
-			return fail(ReasonBody, "body does not contain %q", c.ExpectBody)
+		code = resp.StatusCode
+		if statusExpected(c.ExpectStatus, code) {
+			body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			if err != nil {
+				return err
+			}
+			if !bytes.Contains(body, []byte(c.ExpectBody)) {
+				return fail(ReasonBody, "body does not contain %q", c.ExpectBody)
+			}
 		}
 	}
+	if !statusExpected(c.ExpectStatus, code) {
+		return fail(ReasonStatus, "status %d, want %s", code, orDefault(c.ExpectStatus, "200-399"))
+	}
 	return nil
+}
+
+// httpRequest is the HTTP/1.1 request a check sends.
+func httpRequest(c Check) ([]byte, error) {
+	method := orDefault(c.Method, http.MethodGet)
+	path := orDefault(c.Path, "/")
+	host := c.Host
+	if host == "" {
+		host = c.Target.String()
+	}
+	if !headerSafe(method) || !headerSafe(path) || !headerSafe(host) {
+		return nil, fail(ReasonOther, "method, path or host has spaces or control characters")
+	}
+	req := make([]byte, 0, 128+len(path)+len(host))
+	req = append(append(append(req, method...), ' '), path...)
+	req = append(append(append(req, " HTTP/1.1\r\nHost: "...), host...), "\r\nUser-Agent: merlin-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"...)
+	return req, nil
+}
+
+// readStatus reads an HTTP/1.x status line and returns its code.
+func readStatus(r io.Reader) (int, error) {
+	var buf [256]byte
+	n := 0
+	for {
+		m, err := r.Read(buf[n:])
+		n += m
+		if i := bytes.IndexByte(buf[:n], '\n'); i >= 0 {
+			return parseStatusLine(buf[:i])
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if n == len(buf) {
+			return 0, fail(ReasonOther, "status line longer than %d bytes", len(buf))
+		}
+	}
+}
+
+func parseStatusLine(line []byte) (int, error) {
+	// "HTTP/1.1 200 OK"
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' {
+		return 0, fail(ReasonOther, "not an HTTP/1 status line: %q", bytes.TrimSpace(line))
+	}
+	code := 0
+	for _, d := range line[9:12] {
+		if d < '0' || d > '9' {
+			return 0, fail(ReasonOther, "bad status code in %q", bytes.TrimSpace(line))
+		}
+		code = code*10 + int(d-'0')
+	}
+	return code, nil
+}
+
+// headerSafe: no spaces or control characters, which would split the request line or a header.
+func headerSafe(s string) bool {
+	for i := range len(s) {
+		if s[i] <= ' ' || s[i] == 0x7f {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func orDefault(s, d string) string {

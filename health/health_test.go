@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,7 +25,7 @@ import (
 	"github.com/merlin-ipvs/merlin/internal/testpki"
 )
 
-func addrOf(t *testing.T, a net.Addr) netip.AddrPort {
+func addrOf(t testing.TB, a net.Addr) netip.AddrPort {
 	t.Helper()
 	ap, err := netip.ParseAddrPort(a.String())
 	if err != nil {
@@ -300,18 +302,105 @@ func TestMonitorRiseFallAndLifecycle(t *testing.T) {
 	}
 	target.on(target.addr)
 	waitState(t, m, c2, true)
-	// Deleting the check stops it.
+	// Deleting the check stops it (and the probe loop with it).
 	m.Set(map[Check]bool{})
 	if m.Running() != 0 {
 		t.Fatal("check still running")
 	}
+	waitGoroutines(t, goroutines+2, "after deleting every check") // +2: the listener's accept loop and test bookkeeping
 	m.Close()
+	waitGoroutines(t, goroutines+2, "after Close")
+}
+
+func waitGoroutines(t *testing.T, want int, when string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > goroutines+2 && time.Now().Before(deadline) { // +2: the listener's accept loop and test bookkeeping
+	for runtime.NumGoroutine() > want && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := runtime.NumGoroutine(); n > goroutines+2 {
-		t.Fatalf("%d goroutines after Close, %d before", n, goroutines)
+	if n := runtime.NumGoroutine(); n > want {
+		t.Fatalf("%d goroutines %s, want at most %d", n, when, want)
+	}
+}
+
+type reasonObserver struct {
+	mu     sync.Mutex
+	reason map[Check]string
+}
+
+func (o *reasonObserver) Probed(c Check, _ time.Duration, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err == nil {
+		o.reason[c] = "ok"
+	} else {
+		o.reason[c] = Reason(err)
+	}
+}
+func (o *reasonObserver) Transition(Check, bool) {}
+
+func (o *reasonObserver) waitReason(t *testing.T, c Check, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		o.mu.Lock()
+		got := o.reason[c]
+		o.mu.Unlock()
+		if got == want {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("check %s: last result %q, want %q", c, o.reason[c], want)
+}
+
+// The probe loop (TCP and HTTP status checks) against real listeners:
+// success, wrong status, a status range, a server that never answers, a
+// refused port, and a request that cannot be sent.
+func TestProbeLoop(t *testing.T) {
+	ln := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ok":
+			if r.Host != "svc.example" {
+				w.WriteHeader(400)
+			}
+		case "/503":
+			w.WriteHeader(503)
+		default:
+			w.WriteHeader(404)
+		}
+	}), ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	target := addrOf(t, ln.Addr())
+	base := Check{Target: target, Interval: 20 * time.Millisecond, Timeout: 200 * time.Millisecond, Rise: 1, Fall: 1}
+	with := func(kind Kind, f func(*Check)) Check {
+		c := base
+		c.Kind = kind
+		f(&c)
+		return c
+	}
+	ok := with(HTTP, func(c *Check) { c.Path, c.Host = "/ok", "svc.example" })
+	wrongHost := with(HTTP, func(c *Check) { c.Path = "/ok" })
+	unavailable := with(HTTP, func(c *Check) { c.Path = "/503" })
+	ranged := with(HTTP, func(c *Check) { c.Path, c.ExpectStatus = "/503", "500-503" })
+	head := with(HTTP, func(c *Check) { c.Path, c.Host, c.Method = "/ok", "svc.example", http.MethodHead })
+	silentHTTP := with(HTTP, func(c *Check) { c.Target = silent(t) })
+	refused := with(TCP, func(c *Check) { c.Target = freeAddr(t) })
+	tcpOK := with(TCP, func(*Check) {})
+	unsendable := with(HTTP, func(c *Check) { c.Path = "/a b" })
+	obs := &reasonObserver{reason: map[Check]string{}}
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+	defer m.Close()
+	m.Set(map[Check]bool{ok: false, wrongHost: true, unavailable: true, ranged: false, head: false, silentHTTP: true, refused: true, tcpOK: false, unsendable: true})
+	for c, want := range map[Check]string{ok: "ok", wrongHost: ReasonStatus, unavailable: ReasonStatus, ranged: "ok", head: "ok",
+		silentHTTP: ReasonTimeout, refused: ReasonRefused, tcpOK: "ok", unsendable: ReasonOther} {
+		obs.waitReason(t, c, want)
+		waitState(t, m, c, want == "ok")
+	}
+	if st, _ := m.State(unavailable); !strings.Contains(st.LastError, "status 503") {
+		t.Fatalf("last error %q, want the status", st.LastError)
 	}
 }
 

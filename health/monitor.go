@@ -24,9 +24,11 @@ type Observer interface {
 	Transition(c Check, up bool)
 }
 
-// Monitor runs each distinct check on its own timer: starts are spread
-// over the interval, a check goes down after Fall consecutive failures and
-// up after Rise consecutive successes.
+// Monitor runs each distinct check on its own schedule: starts are spread
+// over the interval and follow each other an interval apart, a check goes
+// down after Fall consecutive failures and up after Rise consecutive
+// successes. TCP and plain HTTP checks share one event loop (see
+// probeLoop); the others run a goroutine each.
 type Monitor struct {
 	prober   *Prober
 	log      *slog.Logger
@@ -34,17 +36,20 @@ type Monitor struct {
 
 	mu      sync.Mutex
 	runners map[Check]*runner
+	loop    *probeLoop // started with the first check it runs
 	changed chan struct{}
 	wg      sync.WaitGroup
 	closed  bool
 }
 
 type runner struct {
-	check  Check
-	cancel context.CancelFunc
-	state  State
-	succ   int
-	fails  int
+	check   Check
+	cancel  context.CancelFunc // goroutine runners
+	looped  bool               // run by the probe loop
+	removed bool               // results arriving after removal are dropped
+	state   State
+	succ    int
+	fails   int
 }
 
 // NewMonitor returns a monitor; observer may be nil.
@@ -75,7 +80,7 @@ func (m *Monitor) Set(want map[Check]bool) {
 	removed := map[string]*runner{}
 	for c, r := range m.runners {
 		if _, ok := want[c]; !ok {
-			r.cancel()
+			m.stopRunner(r)
 			delete(m.runners, c)
 			removed[c.Identity()] = r
 		}
@@ -89,12 +94,52 @@ func (m *Monitor) Set(want map[Check]bool) {
 			r.state = old.state
 			delete(removed, c.Identity())
 		}
+		m.runners[c] = r
+		if loopable(c) {
+			if m.loop == nil {
+				loop, err := newProbeLoop(m, &m.wg)
+				if err == nil {
+					m.loop = loop
+				} else {
+					m.log.Warn("health probe loop unavailable; TCP and HTTP checks run one goroutine each", "error", err)
+				}
+			}
+			if m.loop != nil {
+				r.looped = true
+				m.loop.send(loopCommand{add: r})
+				continue
+			}
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		r.cancel = cancel
-		m.runners[c] = r
 		m.wg.Add(1)
 		go m.run(ctx, r)
 	}
+	m.stopIdleLoop()
+}
+
+// stopIdleLoop ends the probe loop once no check uses it; m.mu is held.
+func (m *Monitor) stopIdleLoop() {
+	if m.loop == nil {
+		return
+	}
+	for _, r := range m.runners {
+		if r.looped {
+			return
+		}
+	}
+	m.loop.shutdown()
+	m.loop = nil
+}
+
+// stopRunner stops a check; m.mu is held.
+func (m *Monitor) stopRunner(r *runner) {
+	r.removed = true
+	if r.looped {
+		m.loop.send(loopCommand{remove: r})
+		return
+	}
+	r.cancel()
 }
 
 // State returns a check's state; ok is false for a check not running.
@@ -120,9 +165,10 @@ func (m *Monitor) Close() {
 	m.mu.Lock()
 	m.closed = true
 	for c, r := range m.runners {
-		r.cancel()
+		m.stopRunner(r)
 		delete(m.runners, c)
 	}
+	m.stopIdleLoop()
 	m.mu.Unlock()
 	m.wg.Wait()
 }
@@ -146,10 +192,7 @@ func (m *Monitor) run(ctx context.Context, r *runner) {
 		if ctx.Err() != nil {
 			return
 		}
-		if m.observer != nil {
-			m.observer.Probed(c, time.Since(start), err)
-		}
-		m.record(r, err)
+		m.finished(r, time.Since(start), err)
 		select {
 		case <-ctx.Done():
 			return
@@ -158,8 +201,20 @@ func (m *Monitor) run(ctx context.Context, r *runner) {
 	}
 }
 
+// finished takes one probe's result.
+func (m *Monitor) finished(r *runner, took time.Duration, err error) {
+	if m.observer != nil {
+		m.observer.Probed(r.check, took, err)
+	}
+	m.record(r, err)
+}
+
 func (m *Monitor) record(r *runner, err error) {
 	m.mu.Lock()
+	if r.removed {
+		m.mu.Unlock()
+		return
+	}
 	c := r.check
 	changed := false
 	if err == nil {

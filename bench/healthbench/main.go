@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/internal/netns"
+	"github.com/vishvananda/netlink"
 )
 
 var (
@@ -39,6 +41,8 @@ var (
 	kill     = flag.Int("kill", 100, "servers killed at once")
 	measure  = flag.Duration("measure", 20*time.Second, "CPU and jitter measuring window")
 	child    = flag.String("monitor", "", "internal: run merlin's monitor for this kind (tcp or http)")
+	profile  = flag.String("cpuprofile", "", "write a CPU profile of merlin's checker (first 20 s) to this file")
+	only     = flag.String("only", "", "run only this contender (merlin or keepalived) and this check kind (tcp or http), e.g. merlin/tcp; for profiling")
 )
 
 func main() {
@@ -71,6 +75,14 @@ func runMonitor(kind health.Kind) {
 		want[c] = true
 	}
 	m.Set(want)
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			time.Sleep(20 * time.Second)
+			pprof.StopCPUProfile()
+			f.Close()
+		}
+	}
 	select {}
 }
 
@@ -188,6 +200,9 @@ func run() error {
 	var results []result
 	for _, kind := range []health.Kind{health.TCP, health.HTTP} {
 		for _, contender := range []string{"keepalived", "merlin"} {
+			if *only != "" && *only != contender+"/"+string(kind) {
+				continue
+			}
 			r, err := runContender(contender, kind, tns, tgt)
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", contender, kind, err)
@@ -198,6 +213,9 @@ func run() error {
 		}
 	}
 	bound := time.Duration(*fall)**interval + *timeout
+	if *only != "" {
+		return nil
+	}
 	fmt.Printf("\n%d servers, interval %s, timeout %s, fall %d, %d killed at once; bound fall × interval + timeout = %s\n\n", *servers, *interval, *timeout, *fall, *kill, bound)
 	fmt.Println("| check | contender | CPU s / 1,000 checks | interval jitter p99 | detection p99 | merlin/keepalived CPU | detection / bound |")
 	fmt.Println("|---|---|---:|---:|---:|---:|---:|")
@@ -265,7 +283,7 @@ func runContender(name string, kind health.Kind, tns *netns.NS, tgt *target) (re
 	default:
 		exe, _ := os.Executable()
 		cmd = cns.Command(exe, "-monitor", string(kind), "-servers", strconv.Itoa(*servers), "-interval", interval.String(),
-			"-timeout", timeout.String(), "-fall", strconv.Itoa(*fall))
+			"-timeout", timeout.String(), "-fall", strconv.Itoa(*fall), "-cpuprofile", *profile)
 		pidOf = func() int { return cmd.Process.Pid } // ip netns exec execs the program itself
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -313,18 +331,21 @@ func runContender(name string, kind health.Kind, tns *netns.NS, tgt *target) (re
 	}
 	r.jitterP99 = pct(jitter, 99)
 
-	// Kill servers: remove their addresses; probes to them time out.
-	var dels []string
+	// Kill servers: remove their addresses (in this process, by netlink, so
+	// that each server's death is timed when its own address is gone);
+	// probes to them then time out.
 	killed := map[netip.Addr]bool{}
+	var order []netip.Addr
 	for i := range *kill {
 		a := addr(i * (*servers / *kill))
 		killed[a] = true
-		dels = append(dels, fmt.Sprintf("addr del %s/32 dev t0", a))
+		order = append(order, a)
 	}
-	t0 := time.Now()
-	if err := ipBatch(tns, dels); err != nil {
+	died, err := removeAddrs(tns, order)
+	if err != nil {
 		return r, err
 	}
+	t0 := died[order[0]]
 	var detect []time.Duration
 	deadline := t0.Add(4*(time.Duration(*fall)**interval+*timeout) + 10*time.Second)
 	for time.Now().Before(deadline) {
@@ -356,19 +377,41 @@ func runContender(name string, kind health.Kind, tns *netns.NS, tgt *target) (re
 	downsMu.Lock()
 	for a := range killed {
 		if at, ok := downs[a]; ok {
-			detect = append(detect, at.Sub(t0))
+			detect = append(detect, at.Sub(died[a]))
 		} else {
-			detect = append(detect, time.Since(t0)) // not detected: counts as the whole wait
+			detect = append(detect, time.Since(died[a])) // not detected: counts as the whole wait
 		}
 	}
 	downsMu.Unlock()
 	r.detectP99 = pct(detect, 99)
+	fmt.Printf("%-10s %-4s  detection min %s p50 %s p90 %s max %s\n", name, kind,
+		pct(detect, 1).Round(time.Millisecond), pct(detect, 50).Round(time.Millisecond), pct(detect, 90).Round(time.Millisecond), pct(detect, 100).Round(time.Millisecond))
 	// Bring the servers back for the next contender.
 	var adds []string
 	for a := range killed {
 		adds = append(adds, fmt.Sprintf("addr add %s/32 dev t0", a))
 	}
 	return r, ipBatch(tns, adds)
+}
+
+// removeAddrs deletes the addresses from the targets' dummy interface one
+// by one and returns when each was gone.
+func removeAddrs(ns *netns.NS, addrs []netip.Addr) (map[netip.Addr]time.Time, error) {
+	died := map[netip.Addr]time.Time{}
+	err := ns.Do(func() error {
+		link, err := netlink.LinkByName("t0")
+		if err != nil {
+			return fmt.Errorf("find t0: %w", err)
+		}
+		for _, a := range addrs {
+			if err := netlink.AddrDel(link, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+				return fmt.Errorf("delete %s: %w", a, err)
+			}
+			died[a] = time.Now()
+		}
+		return nil
+	})
+	return died, err
 }
 
 // ipvsMissing lists the killed servers keepalived has taken out of IPVS
@@ -424,6 +467,9 @@ func cpuTime(pid int) (time.Duration, error) {
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
+	if os.Getenv("HEALTHBENCH_CPU_SPLIT") != "" {
+		fmt.Printf("pid %d user %d system %d ticks\n", pid, ut, st)
+	}
 	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }
 

@@ -1,0 +1,368 @@
+package health
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The probe loop runs the checks that need only a connection and at most a
+// status line (TCP, and HTTP without a body to match) on one goroutine:
+// non-blocking sockets, one epoll set and a heap of due times, the way
+// keepalived's checker works. A goroutine per check with the runtime's
+// poller costs several wake-ups, timers and allocations per probe; at
+// thousands of checks a second that is most of a health checker's CPU.
+
+// loopable says whether the probe loop runs c.
+func loopable(c Check) bool {
+	return c.Kind == TCP || c.Kind == HTTP && c.ExpectBody == ""
+}
+
+// Phases of a probe in flight.
+const (
+	phaseIdle = iota
+	phaseConnecting
+	phaseSending
+	phaseReading
+)
+
+// loopCheck is one check's probing state; only the loop goroutine touches it.
+type loopCheck struct {
+	r       *runner
+	request []byte // HTTP: the request, built once
+	index   int    // in the heap
+	// next is when the loop must act: the next start while idle, the
+	// probe's deadline while one is in flight.
+	next  time.Time
+	due   time.Time // scheduled start of the current or last probe
+	start time.Time
+	phase int
+	fd    int
+	sent  int
+	buf   [256]byte
+	n     int
+}
+
+type loopHeap []*loopCheck
+
+func (h loopHeap) Len() int           { return len(h) }
+func (h loopHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h loopHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *loopHeap) Push(x any) {
+	lc := x.(*loopCheck)
+	lc.index = len(*h)
+	*h = append(*h, lc)
+}
+func (h *loopHeap) Pop() any {
+	old := *h
+	lc := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	lc.index = -1
+	return lc
+}
+
+type loopCommand struct {
+	add    *runner
+	remove *runner
+}
+
+type probeLoop struct {
+	m      *Monitor
+	epfd   int
+	wakeFD int // an eventfd: commands are waiting
+
+	mu       sync.Mutex
+	commands []loopCommand
+	stopping bool
+
+	// Owned by the loop goroutine.
+	due    loopHeap
+	byFD   map[int32]*loopCheck
+	byRun  map[*runner]*loopCheck
+	events []unix.EpollEvent
+}
+
+// newProbeLoop starts a loop; its goroutine is counted in wg.
+func newProbeLoop(m *Monitor, wg *sync.WaitGroup) (*probeLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
+	}
+	l := &probeLoop{m: m, epfd: epfd, wakeFD: wake,
+		byFD: map[int32]*loopCheck{}, byRun: map[*runner]*loopCheck{}, events: make([]unix.EpollEvent, 256)}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.run()
+	}()
+	return l, nil
+}
+
+// send queues a command for the loop; it never blocks, so the monitor may
+// call it holding its lock while the loop waits for that lock to record.
+func (l *probeLoop) send(c loopCommand) {
+	l.mu.Lock()
+	l.commands = append(l.commands, c)
+	l.mu.Unlock()
+	l.wake()
+}
+
+func (l *probeLoop) wake() {
+	one := [8]byte{1}
+	_, _ = unix.Write(l.wakeFD, one[:]) // EAGAIN only when already signalled
+}
+
+// shutdown tells the loop to close every probe in flight and end; it does
+// not wait (the loop may be waiting for the monitor's lock to record).
+func (l *probeLoop) shutdown() {
+	l.mu.Lock()
+	l.stopping = true
+	l.mu.Unlock()
+	l.wake()
+}
+
+func (l *probeLoop) run() {
+	defer func() {
+		for _, lc := range l.byRun {
+			l.closeProbe(lc)
+		}
+		unix.Close(l.epfd)
+		unix.Close(l.wakeFD)
+	}()
+	for {
+		wait := -1
+		if len(l.due) > 0 {
+			// Round up: waking a little early would only spin.
+			wait = max(0, int((time.Until(l.due[0].next)+time.Millisecond-1)/time.Millisecond))
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, wait)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			l.m.log.Error("health probe loop: epoll_wait failed; probes stop", "error", err)
+			return
+		}
+		now := time.Now()
+		for _, ev := range l.events[:max(n, 0)] {
+			if ev.Fd == int32(l.wakeFD) {
+				if !l.takeCommands(now) {
+					return
+				}
+				continue
+			}
+			if lc, ok := l.byFD[ev.Fd]; ok {
+				l.advance(lc, now)
+			}
+		}
+		for len(l.due) > 0 && !l.due[0].next.After(now) {
+			lc := l.due[0]
+			if lc.phase == phaseIdle {
+				l.startProbe(lc, now)
+			} else {
+				l.finish(lc, now, l.timeoutError(lc))
+			}
+		}
+	}
+}
+
+// takeCommands applies queued adds and removes; false means stop.
+func (l *probeLoop) takeCommands(now time.Time) bool {
+	var buf [8]byte
+	_, _ = unix.Read(l.wakeFD, buf[:])
+	l.mu.Lock()
+	cmds, stopping := l.commands, l.stopping
+	l.commands = nil
+	l.mu.Unlock()
+	if stopping {
+		return false
+	}
+	for _, c := range cmds {
+		if r := c.add; r != nil {
+			lc := &loopCheck{r: r, fd: -1}
+			if r.check.Kind == HTTP {
+				req, err := httpRequest(r.check)
+				if err != nil {
+					l.m.log.Warn("health check cannot be sent", "check", r.check.String(), "error", err)
+				}
+				lc.request = req
+			}
+			// Spread the starts over the interval.
+			lc.next = now.Add(rand.N(r.check.Interval))
+			l.byRun[r] = lc
+			heap.Push(&l.due, lc)
+		}
+		if r := c.remove; r != nil {
+			if lc, ok := l.byRun[r]; ok {
+				l.closeProbe(lc)
+				heap.Remove(&l.due, lc.index)
+				delete(l.byRun, r)
+			}
+		}
+	}
+	return true
+}
+
+func (l *probeLoop) startProbe(lc *loopCheck, now time.Time) {
+	c := lc.r.check
+	lc.due, lc.start = lc.next, now
+	lc.next = now.Add(c.Timeout)
+	heap.Fix(&l.due, lc.index)
+	if c.Kind == HTTP && lc.request == nil {
+		l.finish(lc, now, fail(ReasonOther, "method, path or host has spaces or control characters"))
+		return
+	}
+	family, sa := sockaddrOf(c.Target)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		l.finish(lc, now, os.NewSyscallError("socket", err))
+		return
+	}
+	lc.fd, lc.phase, lc.sent, lc.n = fd, phaseConnecting, 0, 0
+	l.byFD[int32(fd)] = lc
+	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		l.finish(lc, now, l.opError("dial", lc, os.NewSyscallError("connect", err)))
+		return
+	}
+	// Added after connect: a socket not yet connecting would report a
+	// hang-up. Level-triggered, so a connect already done is reported too.
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}); err != nil {
+		l.finish(lc, now, os.NewSyscallError("epoll_ctl", err))
+	}
+}
+
+// advance moves a probe on after its socket became ready.
+func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
+	switch lc.phase {
+	case phaseConnecting:
+		soErr, err := unix.GetsockoptInt(lc.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			l.finish(lc, now, os.NewSyscallError("getsockopt", err))
+			return
+		case soErr != 0:
+			if e := unix.Errno(soErr); e == unix.EINPROGRESS || e == unix.EALREADY || e == unix.EINTR {
+				return
+			}
+			l.finish(lc, now, l.opError("dial", lc, os.NewSyscallError("connect", unix.Errno(soErr))))
+			return
+		}
+		if lc.r.check.Kind == TCP {
+			l.finish(lc, now, nil)
+			return
+		}
+		lc.phase = phaseSending
+		fallthrough
+	case phaseSending:
+		n, err := unix.Write(lc.fd, lc.request[lc.sent:])
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return
+			}
+			l.finish(lc, now, l.opError("write", lc, os.NewSyscallError("write", err)))
+			return
+		}
+		if lc.sent += n; lc.sent < len(lc.request) {
+			return
+		}
+		lc.phase = phaseReading
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, lc.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(lc.fd)}); err != nil {
+			l.finish(lc, now, os.NewSyscallError("epoll_ctl", err))
+		}
+	case phaseReading:
+		n, err := unix.Read(lc.fd, lc.buf[lc.n:])
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return
+		case err != nil:
+			l.finish(lc, now, l.opError("read", lc, os.NewSyscallError("read", err)))
+			return
+		}
+		lc.n += n
+		if i := indexNewline(lc.buf[:lc.n]); i >= 0 {
+			code, err := parseStatusLine(lc.buf[:i])
+			if err == nil && !statusExpected(lc.r.check.ExpectStatus, code) {
+				err = fail(ReasonStatus, "status %d, want %s", code, orDefault(lc.r.check.ExpectStatus, "200-399"))
+			}
+			l.finish(lc, now, err)
+			return
+		}
+		switch {
+		case n == 0:
+			l.finish(lc, now, l.opError("read", lc, io.ErrUnexpectedEOF))
+		case lc.n == len(lc.buf):
+			l.finish(lc, now, fail(ReasonOther, "status line longer than %d bytes", len(lc.buf)))
+		}
+	}
+}
+
+func indexNewline(b []byte) int {
+	for i, c := range b {
+		if c == '\n' {
+			return i
+		}
+	}
+	return -1
+}
+
+func (l *probeLoop) opError(op string, lc *loopCheck, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Addr: net.TCPAddrFromAddrPort(lc.r.check.Target), Err: err}
+}
+
+func (l *probeLoop) timeoutError(lc *loopCheck) error {
+	op := "dial"
+	if lc.phase != phaseConnecting {
+		op = "read"
+	}
+	return l.opError(op, lc, os.ErrDeadlineExceeded)
+}
+
+// finish ends the probe in flight, records its result and schedules the
+// next one an interval after this one was due (start to start).
+func (l *probeLoop) finish(lc *loopCheck, now time.Time, err error) {
+	l.closeProbe(lc)
+	c := lc.r.check
+	if err != nil {
+		err = classify(err)
+	}
+	l.m.finished(lc.r, now.Sub(lc.start), err)
+	// The next start is an interval after this one was due; when that has
+	// passed (a probe as long as the interval) it starts at once, still on
+	// the same schedule. Only after falling a whole interval behind (a
+	// stalled machine) are the missed starts skipped.
+	lc.next = lc.due.Add(c.Interval)
+	if behind := now.Sub(lc.next); behind > c.Interval {
+		lc.next = lc.next.Add(behind / c.Interval * c.Interval)
+	}
+	heap.Fix(&l.due, lc.index)
+}
+
+// closeProbe closes a probe's socket with a reset (see probeConn.reset).
+func (l *probeLoop) closeProbe(lc *loopCheck) {
+	if lc.fd < 0 {
+		return
+	}
+	_ = unix.SetsockoptLinger(lc.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	delete(l.byFD, int32(lc.fd))
+	unix.Close(lc.fd) // also leaves the epoll set
+	lc.fd, lc.phase = -1, phaseIdle
+}
