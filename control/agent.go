@@ -91,9 +91,10 @@ type Agent struct {
 	log     *slog.Logger
 	metrics *AgentMetrics
 
-	mu      sync.Mutex
-	latest  *State
-	wake    chan struct{}
+	mu       sync.Mutex
+	desired  *State  // written by Run under mu; nil until the first update
+	incoming *Update // offered, not yet taken by Run (merged)
+	wake     chan struct{}
 	status  *types.NodeStatus
 	changed chan struct{} // closed and replaced when status changes
 
@@ -103,6 +104,7 @@ type Agent struct {
 	foreign     map[ipvs.ServiceKey]bool                // kernel services merlin leaves alone
 	modelValid  bool
 	converted   map[string]convertedService
+	idByKey     map[ipvs.ServiceKey]string // of converted services
 	failures    map[objectID]*failure
 	lastVIPs    []netip.Addr
 	vipsDirty   bool // the set of desired VIPs may have changed
@@ -174,6 +176,7 @@ func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, checks HealthMonitor, m
 		changed:   make(chan struct{}),
 		owned:     owned,
 		converted: map[string]convertedService{},
+		idByKey:   map[ipvs.ServiceKey]string{},
 		failures:  map[objectID]*failure{},
 	}, nil
 }
@@ -183,10 +186,23 @@ func NewAgent(cfg AgentConfig, table IPVS, vips VIPSink, checks HealthMonitor, m
 // a long read of a large table.
 func (a *Agent) ReadResyncsWith(t IPVS) { a.resyncIPVS = t }
 
-// Offer hands the agent a new desired state; only the latest counts.
-func (a *Agent) Offer(s *State) {
+// Offer hands the agent an update of the desired state (the watcher's
+// Run calls it); updates not yet taken merge.
+func (a *Agent) Offer(u *Update) {
 	a.mu.Lock()
-	a.latest = s
+	switch in := a.incoming; {
+	case in == nil || u.Full:
+		a.incoming = u
+	default:
+		in.Revision, in.Invalid, in.ConfirmedDeletions = u.Revision, u.Invalid, u.ConfirmedDeletions
+		for id, ss := range u.Services {
+			if in.Full && ss == nil {
+				delete(in.Services, id)
+			} else {
+				in.Services[id] = ss
+			}
+		}
+	}
 	a.mu.Unlock()
 	select {
 	case a.wake <- struct{}{}:
@@ -194,11 +210,31 @@ func (a *Agent) Offer(s *State) {
 	}
 }
 
-// Desired is the latest desired state offered (nil before the first).
+// Desired is a copy of the desired state the agent works on (nil before
+// the first update).
 func (a *Agent) Desired() *State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.latest
+	if a.desired == nil {
+		return nil
+	}
+	return a.desired.Clone()
+}
+
+// takeUpdate applies the offered update to the agent's desired state and
+// returns it with the IDs of the services that changed (nil: all).
+func (a *Agent) takeUpdate() (*State, map[string]bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	u := a.incoming
+	a.incoming = nil
+	if u == nil {
+		return a.desired, map[string]bool{}
+	}
+	if a.desired == nil {
+		a.desired = &State{}
+	}
+	return a.desired, a.desired.Apply(u)
 }
 
 // Status returns a copy of the node's status and a channel closed at its
@@ -252,27 +288,32 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-healthChanges:
 			a.healthDirty.Store(true)
 		}
-		a.mu.Lock()
-		latest := a.latest
-		a.mu.Unlock()
-		if latest == nil {
+		desired, changed := a.takeUpdate()
+		if desired == nil {
 			continue // static stability: nothing is known yet, so nothing changes
 		}
-		next := a.pass(ctx, latest, full)
+		next := a.pass(ctx, desired, changed, full)
 		if !next.IsZero() {
 			retry.Reset(max(time.Until(next), 10*time.Millisecond))
 		}
 	}
 }
 
-// pass runs one reconcile and returns when the next retry is due (zero: none).
-func (a *Agent) pass(ctx context.Context, desired *State, full bool) time.Time {
+// pass runs one reconcile and returns when the next retry is due (zero:
+// none). changed names the services that changed since the last pass
+// (nil: any may have).
+func (a *Agent) pass(ctx context.Context, desired *State, changed map[string]bool, full bool) time.Time {
 	start := time.Now()
 	kind := "event"
 	if full || !a.modelValid {
 		kind = "resync"
 	}
-	err := a.reconcile(ctx, desired, kind == "resync")
+	err := a.reconcile(ctx, desired, changed, kind == "resync")
+	if err != nil {
+		// The next pass reads the kernel and looks at everything again:
+		// this one may have taken changes it did not apply.
+		a.modelValid = false
+	}
 	a.metrics.reconcileDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 	result := "ok"
 	if err != nil {
@@ -317,37 +358,75 @@ func (a *Agent) pass(ctx context.Context, desired *State, full bool) time.Time {
 	return next
 }
 
-func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error {
+func (a *Agent) reconcile(ctx context.Context, desired *State, changed map[string]bool, full bool) error {
 	if full || !a.modelValid {
 		if err := a.readKernel(ctx, desired); err != nil {
 			return err
 		}
 	}
-	// Convert what changed since the last pass; services keep their
-	// pointers while unchanged, so this costs nothing for the rest. Health
-	// changes and slow starts re-convert the services they touch.
+	// Look only at what may have changed: the services an update named
+	// (every one after a list or on a resync), those in slow start, and
+	// with health news every checked one. Services keep their pointers
+	// while unchanged, so the rest cost nothing. The table's size must not
+	// set the cost of one change.
 	healthDirty := a.healthDirty.Swap(false)
 	ramping := a.ramping
 	a.ramping = map[string]bool{}
+	look := changed
+	if full || changed == nil {
+		look = make(map[string]bool, len(desired.Services)+len(a.converted))
+		for id := range desired.Services {
+			look[id] = true
+		}
+		for id := range a.converted {
+			look[id] = true
+		}
+		for id := range a.checks {
+			look[id] = true
+		}
+	} else if len(ramping) > 0 || healthDirty {
+		look = maps.Clone(changed)
+		maps.Copy(look, ramping)
+		if healthDirty {
+			for id := range a.checks {
+				look[id] = true
+			}
+		}
+	}
 	dirty := map[ipvs.ServiceKey]bool{}
 	var reconvert []string
-	for id, ss := range desired.Services {
-		c, ok := a.converted[id]
-		changed := !ok || c.state != ss
-		if !changed && !ramping[id] && !(healthDirty && a.checks[id] != nil) {
+	now := time.Now()
+	// The VIP set and the health report change only with these; both cost
+	// a walk of every service, which event passes otherwise avoid.
+	healthChanged := healthDirty || len(ramping) > 0
+	for id := range look {
+		ss := desired.Services[id]
+		c, had := a.converted[id]
+		if ss == nil {
+			if had { // deleted
+				a.vipsDirty, healthChanged = true, true
+				if c.err == nil {
+					dirty[c.vs.Service.Key] = true
+					a.forgetKey(c.vs.Service.Key, id)
+				}
+				delete(a.converted, id)
+				a.clearFailures(id)
+			}
+			if a.checks[id] != nil {
+				delete(a.checks, id)
+				a.checksDirty = true
+			}
 			continue
 		}
-		if changed {
+		isNew := !had || c.state != ss
+		if !isNew && !ramping[id] && !(healthDirty && a.checks[id] != nil) {
+			continue
+		}
+		if isNew {
 			a.updateChecks(id, ss)
 			a.clearFailures(id)
 		}
 		reconvert = append(reconvert, id)
-	}
-	for id := range a.checks {
-		if _, ok := desired.Services[id]; !ok {
-			delete(a.checks, id)
-			a.checksDirty = true
-		}
 	}
 	if a.checksDirty && a.health != nil {
 		want := map[health.Check]bool{}
@@ -359,20 +438,20 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 		a.health.Set(want)
 		a.checksDirty = false
 	}
-	now := time.Now()
-	// The VIP set and the health report change only with these; both cost
-	// a walk of every service, which event passes otherwise avoid.
-	healthChanged := healthDirty || len(ramping) > 0
 	for _, id := range reconvert {
 		ss := desired.Services[id]
 		old, had := a.converted[id]
 		if had && old.err == nil {
 			dirty[old.vs.Service.Key] = true
+			a.forgetKey(old.vs.Service.Key, id)
 		}
 		vs, err := ToIPVS(ss, a.weightOf(id, now))
 		a.converted[id] = convertedService{state: ss, vs: vs, err: err}
 		if err == nil {
 			dirty[vs.Service.Key] = true
+			a.idByKey[vs.Service.Key] = id
+		} else {
+			a.fail(objectID{service: id}, err)
 		}
 		if !had || (old.err == nil) != (err == nil) || old.vs.Service.Key != vs.Service.Key {
 			a.vipsDirty = true
@@ -381,21 +460,15 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 			healthChanged = true
 		}
 	}
-	for id, c := range a.converted {
-		if _, ok := desired.Services[id]; !ok {
-			a.vipsDirty = true
-			healthChanged = true
+	for id, f := range a.failures {
+		if f.next.After(now) {
+			continue
+		}
+		if c, ok := a.converted[id.service]; ok {
 			if c.err == nil {
 				dirty[c.vs.Service.Key] = true
-			}
-			delete(a.converted, id)
-			a.clearFailures(id)
-		}
-	}
-	for id, f := range a.failures {
-		if !f.next.After(now) {
-			if c, ok := a.converted[id.service]; ok && c.err == nil {
-				dirty[c.vs.Service.Key] = true
+			} else {
+				a.fail(id, c.err) // still does not convert: report again, later
 			}
 		}
 	}
@@ -407,10 +480,8 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 		for k := range a.model {
 			dirty[k] = true
 		}
-		for _, c := range a.converted {
-			if c.err == nil {
-				dirty[c.vs.Service.Key] = true
-			}
+		for k := range a.idByKey {
+			dirty[k] = true
 		}
 	}
 
@@ -423,27 +494,17 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 		}
 	}
 
-	keyToID := map[ipvs.ServiceKey]string{}
 	var want, have []ipvs.VirtualServer
-	for id, c := range a.converted {
-		if c.err != nil {
-			a.fail(objectID{service: id}, c.err)
-			continue
-		}
-		k := c.vs.Service.Key
-		keyToID[k] = id
-		if !dirty[k] {
-			continue
-		}
-		if !a.owned.has(k) {
-			if a.foreignHas(k) {
+	for k := range dirty {
+		if id, ok := a.idByKey[k]; ok {
+			c := a.converted[id]
+			switch {
+			case !a.owned.has(k) && a.foreignHas(k):
 				a.fail(objectID{service: id}, fmt.Errorf("the kernel has a service %s that merlin does not own; list its VIP under adopt to take it over", k))
-				continue
+			default:
+				want = append(want, c.vs)
 			}
 		}
-		want = append(want, c.vs)
-	}
-	for k := range dirty {
 		if vs, ok := a.model[k]; ok {
 			have = append(have, *vs)
 		}
@@ -487,7 +548,7 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 	}
 	for i, op := range ops {
 		a.metrics.ops.WithLabelValues(opLabel(op.Kind)).Inc()
-		id := objectID{service: keyToID[op.Service.Key]}
+		id := objectID{service: a.idByKey[op.Service.Key]}
 		if isDestinationOp(op.Kind) {
 			id.server = netip.AddrPortFrom(op.Destination.Key.Address, op.Destination.Key.Port).String()
 		}
@@ -519,6 +580,13 @@ func (a *Agent) reconcile(ctx context.Context, desired *State, full bool) error 
 		a.log.Warn("the kernel refused some IPVS ops; the rest applied", "failed", len(failed), "total", len(ops))
 	}
 	return nil
+}
+
+// forgetKey drops the kernel key of a service that no longer converts to it.
+func (a *Agent) forgetKey(k ipvs.ServiceKey, id string) {
+	if a.idByKey[k] == id {
+		delete(a.idByKey, k)
+	}
 }
 
 // readKernel reads the whole table: the owned part becomes the model;

@@ -167,7 +167,7 @@ func TestAgentReconciles(t *testing.T) {
 	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"), svcAt("broken", "198.18.0.3", "twos"), svcAt("clash", "198.18.9.9", "rr"))
 	withServer(t, st, "web", "198.19.0.1:8080", 1)
 	withServer(t, st, "web", "198.19.0.2:8080", 2)
-	a.pass(ctx, st, true)
+	a.pass(ctx, st, nil, true)
 	status, _ := a.Status()
 	if len(table.svcs) != 3 || len(table.svcs[ServiceKeyOf(st.Services["web"].Service)].Destinations) != 2 {
 		t.Fatalf("kernel after first pass: %v", table.svcs)
@@ -182,8 +182,8 @@ func TestAgentReconciles(t *testing.T) {
 
 	// Nothing changed: no writes, by event or by resync.
 	w0, _ := table.counts()
-	a.pass(ctx, st, false)
-	a.pass(ctx, st, true)
+	a.pass(ctx, st, nil, false)
+	a.pass(ctx, st, nil, true)
 	if w1, _ := table.counts(); w1 != w0 { // the refused objects wait for their backoff
 		t.Fatalf("no-op passes wrote %d ops", w1-w0)
 	}
@@ -192,7 +192,7 @@ func TestAgentReconciles(t *testing.T) {
 	st2 := st.Clone()
 	withServer(t, st2, "web", "198.19.0.1:8080", 0)
 	w0, _ = table.counts()
-	a.pass(ctx, st2, false)
+	a.pass(ctx, st2, nil, false)
 	if w1, _ := table.counts(); w1-w0 != 1 {
 		t.Fatalf("weight change wrote %d ops, want 1", w1-w0)
 	}
@@ -201,7 +201,7 @@ func TestAgentReconciles(t *testing.T) {
 	// one retry of the service the kernel refuses.
 	b := newTestAgent(t, table, dir)
 	w0, _ = table.counts()
-	b.pass(ctx, st2, true)
+	b.pass(ctx, st2, nil, true)
 	if w1, _ := table.counts(); w1-w0 != 1 {
 		t.Fatalf("restart wrote %d ops, want 1 (the refused service)", w1-w0)
 	}
@@ -210,10 +210,10 @@ func TestAgentReconciles(t *testing.T) {
 	for i := range 4 {
 		st2.Services["extra"+string(rune('a'+i))] = &ServiceState{Service: mustNormal(t, svcAt("extra"+string(rune('a'+i)), "198.18.1."+string(rune('1'+i)), "rr")), Servers: map[string]*types.RealServer{}}
 	}
-	b.pass(ctx, st2, false)
+	b.pass(ctx, st2, nil, false)
 	empty := testState(t)
 	empty.Revision = 20
-	b.pass(ctx, empty, false)
+	b.pass(ctx, empty, nil, false)
 	if len(table.svcs) != 7 {
 		t.Fatalf("mass deletion not held: %d services left", len(table.svcs))
 	}
@@ -222,7 +222,7 @@ func TestAgentReconciles(t *testing.T) {
 		t.Fatalf("guard status: %v", status.DeletionGuard)
 	}
 	empty.ConfirmedDeletions = 20
-	b.pass(ctx, empty, false)
+	b.pass(ctx, empty, nil, false)
 	if len(table.svcs) != 1 || table.svcs[foreign] == nil {
 		t.Fatalf("after confirmation: %v", table.svcs)
 	}
@@ -289,7 +289,7 @@ func TestAgentHealthWeights(t *testing.T) {
 		UpThreshold: 1, DownThreshold: 1, SlowStart: durationpb.New(10 * time.Second)}}
 	st := testState(t, svc)
 	withServer(t, st, "web", "198.19.0.1:8080", 10)
-	a.pass(ctx, st, true)
+	a.pass(ctx, st, nil, true)
 	key := ServiceKeyOf(st.Services["web"].Service)
 	weight := func() uint32 { return table.svcs[key].Destinations[0].Config.Weight }
 	if len(mon.set) != 1 || weight() != 10 {
@@ -298,7 +298,7 @@ func TestAgentHealthWeights(t *testing.T) {
 	mon.force(false, time.Now())
 	a.healthDirty.Store(true)
 	w0, _ := table.counts()
-	a.pass(ctx, st, false)
+	a.pass(ctx, st, nil, false)
 	if w1, _ := table.counts(); weight() != 0 || w1-w0 != 1 {
 		t.Fatalf("down: weight %d after %d ops", weight(), w1-w0)
 	}
@@ -309,12 +309,12 @@ func TestAgentHealthWeights(t *testing.T) {
 	// Up again 5 s into a 10 s slow start: about half the weight, and a pass is due soon.
 	mon.force(true, time.Now().Add(-5*time.Second))
 	a.healthDirty.Store(true)
-	next := a.pass(ctx, st, false)
+	next := a.pass(ctx, st, nil, false)
 	if w := weight(); w < 4 || w > 6 || next.IsZero() {
 		t.Fatalf("slow start: weight %d, next pass %v", w, next)
 	}
 	mon.force(true, time.Now().Add(-time.Minute))
-	a.pass(ctx, st, false)
+	a.pass(ctx, st, nil, false)
 	if weight() != 10 {
 		t.Fatalf("after slow start: weight %d", weight())
 	}
@@ -326,8 +326,8 @@ func TestAgentBackgroundResyncRepairs(t *testing.T) {
 	a := newTestAgent(t, table, t.TempDir())
 	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"))
 	withServer(t, st, "web", "198.19.0.1:8080", 3)
-	a.Offer(st)
-	a.pass(ctx, st, true)
+	a.Offer(st.FullUpdate())
+	a.pass(ctx, st, nil, true)
 	web := ServiceKeyOf(st.Services["web"].Service)
 	api := ServiceKeyOf(st.Services["api"].Service)
 	// Behind merlin's back: one service deleted, one weight changed.
@@ -339,9 +339,55 @@ func TestAgentBackgroundResyncRepairs(t *testing.T) {
 	a.applyDrift(<-a.driftDone)
 	a.drifting = false
 	w0, _ := table.counts()
-	a.pass(ctx, st, false)
+	a.pass(ctx, st, nil, false)
 	w1, _ := table.counts()
 	if table.svcs[api] == nil || table.svcs[web].Destinations[0].Config.Weight != 3 || w1-w0 != 2 {
 		t.Fatalf("not repaired with 2 ops (%d): %v", w1-w0, table.svcs)
+	}
+}
+
+// Updates from the watcher carry only what changed; the agent merges the
+// ones it has not taken yet and looks at nothing else.
+func TestAgentAppliesUpdates(t *testing.T) {
+	ctx := context.Background()
+	table := newFakeTable()
+	a := newTestAgent(t, table, t.TempDir())
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"), svcAt("db", "198.18.0.3", "rr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	withServer(t, st, "api", "198.19.0.2:8080", 1)
+	step := func(wantOps int) {
+		t.Helper()
+		w0, _ := table.counts()
+		desired, changed := a.takeUpdate()
+		a.pass(ctx, desired, changed, false)
+		if w1, _ := table.counts(); w1-w0 != wantOps {
+			t.Fatalf("%d ops, want %d", w1-w0, wantOps)
+		}
+	}
+	a.Offer(st.FullUpdate())
+	step(5)
+
+	// Two updates before the agent runs: a weight change, then api deleted.
+	st2 := st.Clone()
+	withServer(t, st2, "web", "198.19.0.1:8080", 7)
+	a.Offer(&Update{Revision: 11, Services: map[string]*ServiceState{"web": st2.Services["web"]}, Invalid: map[string]string{}})
+	a.Offer(&Update{Revision: 12, Services: map[string]*ServiceState{"api": nil}, Invalid: map[string]string{}})
+	step(2)
+	web := table.svcs[ServiceKeyOf(st.Services["web"].Service)]
+	if _, ok := table.svcs[ServiceKeyOf(st.Services["api"].Service)]; ok || web.Destinations[0].Config.Weight != 7 {
+		t.Fatalf("kernel: %v", table.svcs)
+	}
+	if d := a.Desired(); d.Revision != 12 || len(d.Services) != 2 || d.Services["web"] != st2.Services["web"] {
+		t.Fatalf("desired: %v", d)
+	}
+	// An update naming an unchanged service writes nothing; a full one after
+	// a delta replaces it.
+	a.Offer(&Update{Revision: 13, Services: map[string]*ServiceState{"db": st2.Services["db"]}, Invalid: map[string]string{}})
+	step(0)
+	a.Offer(&Update{Revision: 14, Services: map[string]*ServiceState{"db": nil}, Invalid: map[string]string{}})
+	a.Offer(st.FullUpdate()) // a re-list: web back at weight 1 (1 op), api back (2), db kept
+	step(3)
+	if len(table.svcs) != 3 || table.svcs[ServiceKeyOf(st.Services["web"].Service)].Destinations[0].Config.Weight != 1 {
+		t.Fatalf("kernel after the full update: %v", table.svcs)
 	}
 }

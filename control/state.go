@@ -37,7 +37,8 @@ type State struct {
 	ConfirmedDeletions int64
 
 	prefix      string
-	seen        int64 // the last revision the state includes (list, or last event)
+	seen        int64           // the last revision the state includes (list, or last event)
+	touched     map[string]bool // service IDs changed since the last Update (the watcher's copy)
 	rawServices map[string]rawValue
 	rawServers  map[string]map[string]rawValue // service ID → etcd key → value
 }
@@ -98,6 +99,7 @@ func (s *State) put(key string, value []byte, modRevision int64) bool {
 	if !ok {
 		return false
 	}
+	s.touch(id)
 	raw := rawValue{value: value, modRevision: modRevision}
 	if isService {
 		s.rawServices[id] = raw
@@ -110,6 +112,69 @@ func (s *State) put(key string, value []byte, modRevision int64) bool {
 	s.rawServers[id][key] = raw
 	s.updateServer(id, key, &raw)
 	return true
+}
+
+func (s *State) touch(id string) {
+	if s.touched == nil {
+		s.touched = map[string]bool{}
+	}
+	s.touched[id] = true
+}
+
+// Update is what the watcher delivers: after a list, the whole state
+// (Full); after watch events, only the services that changed since the
+// previous Update. Its ServiceStates are immutable and shared.
+type Update struct {
+	Revision int64
+	Full     bool
+	// Services: every service (Full), or each changed one by ID with nil
+	// for a service that no longer exists (or no longer decodes).
+	Services           map[string]*ServiceState
+	Invalid            map[string]string // always complete
+	ConfirmedDeletions int64
+}
+
+// update takes what changed since the last one; full hands over every service.
+func (s *State) update(full bool) *Update {
+	u := &Update{Revision: s.Revision, Full: full, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions}
+	if full {
+		u.Services = maps.Clone(s.Services)
+	} else {
+		u.Services = make(map[string]*ServiceState, len(s.touched))
+		for id := range s.touched {
+			u.Services[id] = s.Services[id]
+		}
+	}
+	s.touched = nil
+	return u
+}
+
+// FullUpdate is an Update carrying all of s.
+func (s *State) FullUpdate() *Update {
+	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions}
+}
+
+// Apply brings s (a zero State to start) up to date with u; it reports
+// the service IDs u changed (nil: all of them, for a full update).
+func (s *State) Apply(u *Update) map[string]bool {
+	s.Revision, s.Invalid, s.ConfirmedDeletions = u.Revision, u.Invalid, u.ConfirmedDeletions
+	if u.Full {
+		s.Services = maps.Clone(u.Services)
+		return nil
+	}
+	if s.Services == nil {
+		s.Services = map[string]*ServiceState{}
+	}
+	changed := make(map[string]bool, len(u.Services))
+	for id, ss := range u.Services {
+		changed[id] = true
+		if ss == nil {
+			delete(s.Services, id)
+		} else {
+			s.Services[id] = ss
+		}
+	}
+	return changed
 }
 
 // updateServer re-decodes one server of a service whose own value did not
@@ -153,6 +218,7 @@ func (s *State) delete(key string) bool {
 	if !ok {
 		return false
 	}
+	s.touch(id)
 	delete(s.Invalid, key)
 	if isService {
 		delete(s.rawServices, id)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"sync"
 	"time"
 
@@ -91,10 +90,10 @@ func (w *Watcher) InvalidKeys() int {
 	return w.invalid
 }
 
-// Run delivers the state to onChange after every list and after every
-// batch of watch events, until ctx ends. onChange owns the State it gets:
-// the watcher changes only its own copy. Run returns ctx's error.
-func (w *Watcher) Run(ctx context.Context, onChange func(*State)) error {
+// Run delivers the whole state to onChange after every list, and what
+// changed after every batch of watch events, until ctx ends. onChange owns
+// the Update it gets. Run returns ctx's error.
+func (w *Watcher) Run(ctx context.Context, onChange func(*Update)) error {
 	reason := RelistStart
 	backoff := w.cfg.RetryBackoff
 	for {
@@ -111,7 +110,7 @@ func (w *Watcher) Run(ctx context.Context, onChange func(*State)) error {
 			continue
 		}
 		backoff = w.cfg.RetryBackoff
-		w.deliver(state, onChange)
+		w.deliver(state, true, onChange)
 		reason = w.watch(ctx, state, onChange)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -129,21 +128,16 @@ func (w *Watcher) list(ctx context.Context, reason string) (*State, error) {
 	return w.store.ListState(clientv3.WithRequireLeader(ctx))
 }
 
-func (w *Watcher) deliver(state *State, onChange func(*State)) {
+func (w *Watcher) deliver(state *State, full bool, onChange func(*Update)) {
 	w.mu.Lock()
 	w.invalid = len(state.Invalid)
 	w.mu.Unlock()
-	onChange(state.view())
-}
-
-// view is a copy of what consumers read; the raw values stay behind.
-func (s *State) view() *State {
-	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), prefix: s.prefix, ConfirmedDeletions: s.ConfirmedDeletions}
+	onChange(state.update(full))
 }
 
 // watch follows changes after state.Revision, updating state, until it
 // needs a re-list; it returns the reason.
-func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)) string {
+func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update)) string {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	ch := w.store.client.Watch(wctx, w.store.prefix+"/", clientv3.WithPrefix(),
@@ -169,7 +163,7 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 		case <-resync.C:
 			if !checking {
 				checking = true
-				snapshot, rev := state.view().ListResponse(), state.seen
+				snapshot, rev := state.ListResponse(), state.seen
 				go func() { checked <- w.differs(wctx, snapshot, rev) }()
 			}
 		case differs := <-checked:
@@ -233,7 +227,7 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*State)
 			// state: delivering them would make every status write wake
 			// every node.
 			if relevant {
-				w.deliver(state, onChange)
+				w.deliver(state, false, onChange)
 			}
 		}
 	}

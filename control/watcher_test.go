@@ -17,7 +17,7 @@ import (
 )
 
 // watched runs a Watcher on client until the test ends and returns a
-// function that gives the latest state it delivered.
+// function that gives the state its updates add up to.
 func watched(t *testing.T, client *clientv3.Client, cfg control.WatcherConfig) (*control.Watcher, func() *control.State) {
 	t.Helper()
 	w := control.NewWatcher(control.NewStore(client, prefix), quietLogger(), cfg)
@@ -27,10 +27,24 @@ func watched(t *testing.T, client *clientv3.Client, cfg control.WatcherConfig) (
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = w.Run(ctx, func(s *control.State) { mu.Lock(); last = s; mu.Unlock() })
+		_ = w.Run(ctx, func(u *control.Update) {
+			mu.Lock()
+			defer mu.Unlock()
+			if last == nil {
+				last = &control.State{}
+			}
+			last.Apply(u)
+		})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return w, func() *control.State { mu.Lock(); defer mu.Unlock(); return last }
+	return w, func() *control.State {
+		mu.Lock()
+		defer mu.Unlock()
+		if last == nil {
+			return nil
+		}
+		return last.Clone()
+	}
 }
 
 // waitInStep waits until the watcher's view equals a fresh list of etcd.

@@ -35,6 +35,8 @@ import (
 	"github.com/merlin-ipvs/merlin/types"
 )
 
+var profilePath string
+
 const (
 	etcdURL   = "http://127.0.0.1:2379"
 	floorVIP  = "198.19.255.1:80"
@@ -47,6 +49,7 @@ func main() {
 	large := flag.Int("large", 10000, "services in the large table")
 	dests := flag.Int("dests", 10, "real servers per service")
 	changes := flag.Int("changes", 200, "weight changes measured per contender and size")
+	flag.StringVar(&profilePath, "cpuprofile", "", "save a 30 s CPU profile of merlin during the large-table changes here")
 	flag.Parse()
 	if *merlin == "" {
 		exe, _ := os.Executable()
@@ -162,7 +165,7 @@ func run(merlinBin string, small, large, dests, changes int) (err error) {
 		return err
 	}
 	fmt.Printf("small table: %d services x %d real servers in the kernel %.2fs after merlin started\n", small, dests, time.Since(start).Seconds())
-	smallMerlin, smallFloor, err := measure(ctx, api, kv, nl, table[:small], changes)
+	smallMerlin, smallFloor, smallEtcd, err := measure(ctx, api, kv, nl, table[:small], changes)
 	if err != nil {
 		return err
 	}
@@ -179,19 +182,23 @@ func run(merlinBin string, small, large, dests, changes int) (err error) {
 		large-small, imported.Seconds(), large, dests, time.Since(start).Seconds())
 	time.Sleep(2 * time.Second)
 	rss := rssMiB(merlin.Process.Pid)
-	largeMerlin, largeFloor, err := measure(ctx, api, kv, nl, table, changes)
+	if profilePath != "" {
+		go saveProfile(profilePath)
+	}
+	largeMerlin, largeFloor, largeEtcd, err := measure(ctx, api, kv, nl, table, changes)
 	if err != nil {
 		return err
 	}
 
 	fmt.Printf("\nAPI call → weight in the kernel, %d changes each (interleaved merlin/floor):\n\n", changes)
 	fmt.Printf("| table | contender | p50 | p99 | merlin/floor p99 |\n|---|---|---:|---:|---:|\n")
-	row := func(size string, m, f []time.Duration) {
+	row := func(size string, m, f, e []time.Duration) {
 		fmt.Printf("| %s | merlin (API → etcd → watch → agent → netlink) | %s | %s | **%.2f** |\n", size, ms(pct(m, 50)), ms(pct(m, 99)), float64(pct(m, 99))/float64(pct(f, 99)))
 		fmt.Printf("| %s | floor (etcd put → bare watcher → ipvsadm -e) | %s | %s | |\n", size, ms(pct(f, 50)), ms(pct(f, 99)))
+		fmt.Printf("| %s | etcd alone (put → a watcher hears it) | %s | %s | |\n", size, ms(pct(e, 50)), ms(pct(e, 99)))
 	}
-	row(fmt.Sprintf("%d × %d", small, dests), smallMerlin, smallFloor)
-	row(fmt.Sprintf("%d × %d", large, dests), largeMerlin, largeFloor)
+	row(fmt.Sprintf("%d × %d", small, dests), smallMerlin, smallFloor, smallEtcd)
+	row(fmt.Sprintf("%d × %d", large, dests), largeMerlin, largeFloor, largeEtcd)
 	fmt.Printf("\nmerlin p99 at %d services / at %d services: **%.2f** (goal ≤ 1.5)\n", large, small, float64(pct(largeMerlin, 99))/float64(pct(smallMerlin, 99)))
 	fmt.Printf("merlin p99 / floor p99: %.2f at %d, %.2f at %d (goal ≤ 2)\n",
 		float64(pct(smallMerlin, 99))/float64(pct(smallFloor, 99)), small, float64(pct(largeMerlin, 99))/float64(pct(largeFloor, 99)), large)
@@ -229,7 +236,11 @@ func floorWatcher(ctx context.Context, kv *clientv3.Client) {
 	}
 }
 
-func measure(ctx context.Context, api types.MerlinClient, kv *clientv3.Client, nl *ipvs.Client, table []*types.ListResponse_Item, changes int) (merlin, floor []time.Duration, err error) {
+func measure(ctx context.Context, api types.MerlinClient, kv *clientv3.Client, nl *ipvs.Client, table []*types.ListResponse_Item, changes int) (merlin, floor, etcdOnly []time.Duration, err error) {
+	// etcd alone: a put until a watcher of that key hears it.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	heard := kv.Watch(wctx, "/floor/etcd-only")
 	rng := rand.New(rand.NewPCG(1, uint64(len(table))))
 	floorKey := ipvs.ServiceKey{Protocol: ipvs.TCP, Address: netip.MustParseAddr("198.19.255.1"), Port: 80}
 	for i := range changes {
@@ -239,23 +250,32 @@ func measure(ctx context.Context, api types.MerlinClient, kv *clientv3.Client, n
 		key := control.ServiceKeyOf(&types.VirtualService{Key: &types.VirtualService_Key{Ip: item.Service.Key.Ip, Port: item.Service.Key.Port, Protocol: types.Protocol_TCP, Family: types.AddressFamily_IPV4}})
 		t0 := time.Now()
 		if _, err := api.UpdateServer(ctx, &types.RealServer{ServiceID: item.Service.Id, Key: srv.Key, Config: &types.RealServer_Config{Weight: wrapperspb.UInt32(w)}}); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if err := waitWeight(ctx, nl, key, srv.Key.Ip, w); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		merlin = append(merlin, time.Since(t0))
 
 		t0 = time.Now()
+		if _, err := kv.Put(ctx, "/floor/etcd-only", strconv.Itoa(i)); err != nil {
+			return nil, nil, nil, err
+		}
+		if resp := <-heard; resp.Err() != nil || len(resp.Events) == 0 {
+			return nil, nil, nil, fmt.Errorf("etcd-only watch: %v", resp.Err())
+		}
+		etcdOnly = append(etcdOnly, time.Since(t0))
+
+		t0 = time.Now()
 		if _, err := kv.Put(ctx, "/floor/weight", strconv.Itoa(int(w))); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if err := waitWeight(ctx, nl, floorKey, "198.18.255.2", w); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		floor = append(floor, time.Since(t0))
 	}
-	return merlin, floor, nil
+	return merlin, floor, etcdOnly, nil
 }
 
 // waitWeight polls one service's destinations until ip has weight w.
@@ -296,6 +316,18 @@ func waitConverged(ctx context.Context, nl *ipvs.Client, wantDests int) error {
 		time.Sleep(time.Second)
 	}
 	return fmt.Errorf("merlin did not program %d destinations in 15 minutes", wantDests)
+}
+
+// saveProfile fetches merlin's CPU profile over 30 s.
+func saveProfile(path string) {
+	resp, err := http.Get("http://127.0.0.1:4283/debug/pprof/profile?seconds=30")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cpu profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	_ = os.WriteFile(path, b, 0o644)
 }
 
 func waitHTTP(url string, timeout time.Duration) error {
