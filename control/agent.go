@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -95,8 +96,8 @@ type Agent struct {
 	desired  *State  // written by Run under mu; nil until the first update
 	incoming *Update // offered, not yet taken by Run (merged)
 	wake     chan struct{}
-	status  *types.NodeStatus
-	changed chan struct{} // closed and replaced when status changes
+	status   *types.NodeStatus
+	changed  chan struct{} // closed and replaced when status changes
 
 	// Owned by Run.
 	owned       *ownership
@@ -663,7 +664,11 @@ func (a *Agent) startDriftCheck(ctx context.Context) {
 			}
 		}
 		res.drift = map[ipvs.ServiceKey]*ipvs.VirtualServer{}
+		n := 0
 		for k, m := range model {
+			if n++; n%256 == 0 {
+				runtime.Gosched() // background work: event passes go first
+			}
 			r, ok := read[k]
 			switch {
 			case !ok:

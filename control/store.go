@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -536,10 +538,10 @@ func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
 		return nil, err
 	}
 	st := newState(s.prefix, rev)
-	for _, kv := range svcKVs {
-		st.put(string(kv.Key), kv.Value, kv.ModRevision)
-	}
-	for _, kv := range srvKVs {
+	for i, kv := range slices.Concat(svcKVs, srvKVs) {
+		if i%512 == 511 {
+			runtime.Gosched() // decoding a large table must not hold up the watch and the agent
+		}
 		st.put(string(kv.Key), kv.Value, kv.ModRevision)
 	}
 	confirm, err := s.client.Get(ctx, s.confirmKey(), clientv3.WithRev(rev))

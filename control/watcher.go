@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"runtime"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
-
-	"github.com/merlin-ipvs/merlin/types"
 )
 
 // Reasons the Watcher lists the whole state again.
@@ -163,7 +163,7 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update
 		case <-resync.C:
 			if !checking {
 				checking = true
-				snapshot, rev := state.ListResponse(), state.seen
+				snapshot, rev := state.snapshot(), state.seen
 				go func() { checked <- w.differs(wctx, snapshot, rev) }()
 			}
 		case differs := <-checked:
@@ -235,7 +235,7 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update
 
 // differs lists etcd at rev and reports whether it differs from what the
 // watcher made of the same revision.
-func (w *Watcher) differs(ctx context.Context, snapshot *types.ListResponse, rev int64) bool {
+func (w *Watcher) differs(ctx context.Context, snapshot *State, rev int64) bool {
 	st, err := w.store.ListStateAt(ctx, rev)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -243,12 +243,34 @@ func (w *Watcher) differs(ctx context.Context, snapshot *types.ListResponse, rev
 		}
 		return ctx.Err() == nil
 	}
-	got := st.ListResponse()
-	got.Revision, snapshot.Revision = 0, 0
-	if proto.Equal(got, snapshot) {
+	if sameDesired(st, snapshot) {
 		return false
 	}
 	w.log.Warn("the watch missed changes: the periodic check found a difference", "revision", rev)
+	return true
+}
+
+// sameDesired compares two states service by service, yielding now and
+// then: it runs in the background beside the watch and the agent.
+func sameDesired(a, b *State) bool {
+	if len(a.Services) != len(b.Services) || a.ConfirmedDeletions != b.ConfirmedDeletions || !maps.Equal(a.Invalid, b.Invalid) {
+		return false
+	}
+	n := 0
+	for id, sa := range a.Services {
+		if n++; n%256 == 0 {
+			runtime.Gosched()
+		}
+		sb, ok := b.Services[id]
+		if !ok || !proto.Equal(sa.Service, sb.Service) || len(sa.Servers) != len(sb.Servers) {
+			return false
+		}
+		for k, srv := range sa.Servers {
+			if !proto.Equal(srv, sb.Servers[k]) {
+				return false
+			}
+		}
+	}
 	return true
 }
 
