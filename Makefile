@@ -49,7 +49,7 @@ bench: setup build
 	$(GO) build -o bin/healthbench ./bench/healthbench
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench -services 10000 -dests 10 -runs 3
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/agentbench -small 100 -large 10000 -dests 10 -changes 200
-	MERLIN_VM_CPUS=2 $(CURDIR)/bin/vmrun $(CURDIR)/bin/healthbench -servers 1000 -kill 100
+	$(CURDIR)/bin/vmrun $(CURDIR)/bin/healthbench -servers 200 -kill 100 -measure 15s -rounds 3
 
 clean:
 	rm -rf bin build

@@ -7,9 +7,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,6 +22,87 @@ import (
 // keepalived's checker works. A goroutine per check with the runtime's
 // poller costs several wake-ups, timers and allocations per probe; at
 // thousands of checks a second that is most of a health checker's CPU.
+
+// The loop's sockets never block, so their calls go straight to the kernel
+// (RawSyscall): the runtime's syscall bookkeeping would, for calls that are
+// long only because the kernel does the work inline (a connect over veth
+// runs the whole handshake), hand the loop's P to another thread and take
+// it back, waking threads on every probe. Only epoll_wait blocks.
+
+func rawErr(errno unix.Errno) error {
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+func rawConnect(fd int, sa unsafe.Pointer, saLen uintptr) error {
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sa), saLen)
+	return rawErr(e)
+}
+
+func rawClose(fd int) { _, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
+
+func rawSoError(fd int) (int, error) {
+	var v int32
+	l := uint32(4)
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0)
+	return int(v), rawErr(e)
+}
+
+var resetLinger = unix.Linger{Onoff: 1, Linger: 0}
+
+func rawSetResetOnClose(fd int) {
+	_, _, _ = unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&resetLinger)), unsafe.Sizeof(resetLinger), 0)
+}
+
+func rawEpollCtl(epfd, op, fd int, events uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
+	return rawErr(e)
+}
+
+func rawRead(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(n), rawErr(e)
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(n), rawErr(e)
+}
+
+// rawSockaddr is a target in the kernel's layout, built once per check.
+type rawSockaddr struct {
+	family int
+	in4    unix.RawSockaddrInet4
+	in6    unix.RawSockaddrInet6
+}
+
+func newRawSockaddr(target netip.AddrPort) *rawSockaddr {
+	r := &rawSockaddr{}
+	port := target.Port()
+	if a := target.Addr().Unmap(); a.Is4() {
+		r.family = unix.AF_INET
+		r.in4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		p := (*[2]byte)(unsafe.Pointer(&r.in4.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		return r
+	}
+	a := target.Addr()
+	r.family = unix.AF_INET6
+	r.in6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16(), Scope_id: zoneID(a.Zone())}
+	p := (*[2]byte)(unsafe.Pointer(&r.in6.Port))
+	p[0], p[1] = byte(port>>8), byte(port)
+	return r
+}
+
+func (r *rawSockaddr) ptr() (unsafe.Pointer, uintptr) {
+	if r.family == unix.AF_INET {
+		return unsafe.Pointer(&r.in4), unsafe.Sizeof(r.in4)
+	}
+	return unsafe.Pointer(&r.in6), unsafe.Sizeof(r.in6)
+}
 
 // loopable says whether the probe loop runs c.
 func loopable(c Check) bool {
@@ -37,6 +120,7 @@ const (
 // loopCheck is one check's probing state; only the loop goroutine touches it.
 type loopCheck struct {
 	r       *runner
+	addr    *rawSockaddr
 	request []byte // HTTP: the request, built once
 	index   int    // in the heap
 	// next is when the loop must act: the next start while idle, the
@@ -198,7 +282,7 @@ func (l *probeLoop) takeCommands(now time.Time) bool {
 	}
 	for _, c := range cmds {
 		if r := c.add; r != nil {
-			lc := &loopCheck{r: r, fd: -1}
+			lc := &loopCheck{r: r, fd: -1, addr: newRawSockaddr(r.check.Target)}
 			if r.check.Kind == HTTP {
 				req, err := httpRequest(r.check)
 				if err != nil {
@@ -231,21 +315,21 @@ func (l *probeLoop) startProbe(lc *loopCheck, now time.Time) {
 		l.finish(lc, now, fail(ReasonOther, "method, path or host has spaces or control characters"))
 		return
 	}
-	family, sa := sockaddrOf(c.Target)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(lc.addr.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		l.finish(lc, now, os.NewSyscallError("socket", err))
 		return
 	}
 	lc.fd, lc.phase, lc.sent, lc.n = fd, phaseConnecting, 0, 0
 	l.byFD[int32(fd)] = lc
-	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+	sa, saLen := lc.addr.ptr()
+	if err := rawConnect(fd, sa, saLen); err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		l.finish(lc, now, l.opError("dial", lc, os.NewSyscallError("connect", err)))
 		return
 	}
 	// Added after connect: a socket not yet connecting would report a
 	// hang-up. Level-triggered, so a connect already done is reported too.
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}); err != nil {
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, unix.EPOLLOUT); err != nil {
 		l.finish(lc, now, os.NewSyscallError("epoll_ctl", err))
 	}
 }
@@ -254,7 +338,7 @@ func (l *probeLoop) startProbe(lc *loopCheck, now time.Time) {
 func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
 	switch lc.phase {
 	case phaseConnecting:
-		soErr, err := unix.GetsockoptInt(lc.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		soErr, err := rawSoError(lc.fd)
 		switch {
 		case err != nil:
 			l.finish(lc, now, os.NewSyscallError("getsockopt", err))
@@ -273,7 +357,7 @@ func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
 		lc.phase = phaseSending
 		fallthrough
 	case phaseSending:
-		n, err := unix.Write(lc.fd, lc.request[lc.sent:])
+		n, err := rawWrite(lc.fd, lc.request[lc.sent:])
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) {
 				return
@@ -285,11 +369,11 @@ func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
 			return
 		}
 		lc.phase = phaseReading
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, lc.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(lc.fd)}); err != nil {
+		if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, lc.fd, unix.EPOLLIN|unix.EPOLLRDHUP); err != nil {
 			l.finish(lc, now, os.NewSyscallError("epoll_ctl", err))
 		}
 	case phaseReading:
-		n, err := unix.Read(lc.fd, lc.buf[lc.n:])
+		n, err := rawRead(lc.fd, lc.buf[lc.n:])
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return
@@ -361,8 +445,8 @@ func (l *probeLoop) closeProbe(lc *loopCheck) {
 	if lc.fd < 0 {
 		return
 	}
-	_ = unix.SetsockoptLinger(lc.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	rawSetResetOnClose(lc.fd)
 	delete(l.byFD, int32(lc.fd))
-	unix.Close(lc.fd) // also leaves the epoll set
+	rawClose(lc.fd) // also leaves the epoll set
 	lc.fd, lc.phase = -1, phaseIdle
 }
