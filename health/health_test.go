@@ -450,3 +450,12 @@ func TestStatusSpec(t *testing.T) {
 		}
 	}
 }
+
+func TestMonitorSkipsChecksWithoutTiming(t *testing.T) {
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	defer m.Close()
+	m.Set(map[Check]bool{{Kind: TCP, Target: freeAddr(t)}: true, {Kind: Exec, Command: "true", Interval: time.Second}: true})
+	if n := m.Running(); n != 0 {
+		t.Fatalf("%d checks running without an interval or timeout", n)
+	}
+}

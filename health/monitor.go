@@ -89,6 +89,10 @@ func (m *Monitor) Set(want map[Check]bool) {
 		if _, ok := m.runners[c]; ok {
 			continue
 		}
+		if c.Interval <= 0 || c.Timeout <= 0 {
+			m.log.Warn("health check without an interval or timeout not started", "check", c.String())
+			continue
+		}
 		r := &runner{check: c, state: State{Up: initialUp, Since: time.Now()}}
 		if old, ok := removed[c.Identity()]; ok {
 			r.state = old.state
