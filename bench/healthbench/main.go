@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/merlin-ipvs/merlin/health"
@@ -329,7 +330,24 @@ func runContender(name string, kind health.Kind, tns *netns.NS, tgt *target) (re
 	if err := cmd.Start(); err != nil {
 		return r, err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	defer func() {
+		// keepalived's checker is a child process: stop the parent
+		// gracefully (it stops its children) and kill the checker too, so
+		// that no checker outlives its round and loads the next ones.
+		checker := pidOf()
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if checker > 0 && checker != cmd.Process.Pid {
+			_ = syscall.Kill(checker, syscall.SIGKILL)
+		}
+	}()
 	time.Sleep(3**interval + 2*time.Second) // warm up: every check has run
 	pid := pidOf()
 	if pid == 0 {
