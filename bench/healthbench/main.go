@@ -213,6 +213,7 @@ func run() error {
 				if *only != "" && *only != contender+"/"+string(kind) {
 					continue
 				}
+				waitIdle() // the previous contender's namespace teardown runs in kernel workers
 				r, err := runContender(contender, kind, tns, tgt)
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", contender, kind, err)
@@ -518,6 +519,25 @@ func medianResult(rs []result) result {
 		vmCPUPer1000: med(func(r result) float64 { return r.vmCPUPer1000 }),
 		jitterP99:    time.Duration(med(func(r result) float64 { return float64(r.jitterP99) })),
 		detectP99:    time.Duration(med(func(r result) float64 { return float64(r.detectP99) })),
+	}
+}
+
+// waitIdle waits (up to a minute) until the VM is below 10% busy over a
+// second, so that one contender's leftovers (a network namespace with
+// thousands of TIME_WAIT sockets is torn down in a kernel worker) do not
+// count against the next.
+func waitIdle() {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		b0, err := vmBusy()
+		if err != nil {
+			return
+		}
+		time.Sleep(time.Second)
+		b1, _ := vmBusy()
+		if b1-b0 < 100*time.Millisecond {
+			return
+		}
 	}
 }
 
