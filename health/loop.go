@@ -184,10 +184,6 @@ func newProbeLoop(m *Monitor, wg *sync.WaitGroup) (*probeLoop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create: %w", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
-	}
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		unix.Close(epfd)
@@ -231,68 +227,30 @@ func (l *probeLoop) shutdown() {
 	l.wake()
 }
 
-// run waits on the loop's epoll set through the runtime's poller rather
-// than in a blocking epoll_wait: a goroutine parked in the poller leaves
-// its P idle, where one blocked in a system call keeps the runtime's
-// monitor thread waking every 20 µs to take the P back (a fifth of the
-// checker's CPU in the benchmark). The next due time is the read deadline.
 func (l *probeLoop) run() {
 	defer func() {
 		for _, lc := range l.byRun {
 			l.closeProbe(lc)
 		}
+		unix.Close(l.epfd)
 		unix.Close(l.wakeFD)
 	}()
-	epoll := os.NewFile(uintptr(l.epfd), "health-epoll") // non-blocking: the runtime polls it
-	defer epoll.Close()
-	raw, err := epoll.SyscallConn()
-	if err != nil {
-		l.m.log.Error("health probe loop: cannot poll its epoll set; probes stop", "error", err)
-		return
-	}
-	// A Read whose deadline has passed returns before calling its function,
-	// so every turn polls first and sets the deadline after.
-	setDeadline := func() {
-		var next time.Time
-		if len(l.due) > 0 {
-			next = l.due[0].next
-		}
-		_ = epoll.SetReadDeadline(next)
-	}
-	stop := false
-	for !stop {
-		if !l.poll() {
-			return
-		}
-		setDeadline()
-		err := raw.Read(func(uintptr) bool {
-			if stop = !l.poll(); stop {
-				return true
-			}
-			setDeadline()
-			return false // park until the set is readable or the deadline passes
-		})
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			l.m.log.Error("health probe loop: polling failed; probes stop", "error", err)
-			return
-		}
-	}
-}
-
-// poll takes every ready event and starts or times out every due probe,
-// without blocking; false means stop.
-func (l *probeLoop) poll() bool {
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		wait := -1
+		if len(l.due) > 0 {
+			// Round up: waking a little early would only spin.
+			wait = max(0, int((time.Until(l.due[0].next)+time.Millisecond-1)/time.Millisecond))
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, wait)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.m.log.Error("health probe loop: epoll_wait failed; probes stop", "error", err)
-			return false
+			return
 		}
 		now := time.Now()
 		for _, ev := range l.events[:max(n, 0)] {
 			if ev.Fd == int32(l.wakeFD) {
 				if !l.takeCommands(now) {
-					return false
+					return
 				}
 				continue
 			}
@@ -307,9 +265,6 @@ func (l *probeLoop) poll() bool {
 			} else {
 				l.finish(lc, now, l.timeoutError(lc))
 			}
-		}
-		if n < len(l.events) {
-			return true
 		}
 	}
 }
