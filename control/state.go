@@ -136,16 +136,15 @@ type Update struct {
 
 // update takes what changed since the last one; full hands over every service.
 func (s *State) update(full bool) *Update {
-	u := &Update{Revision: s.Revision, Full: full, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions}
+	defer func() { s.touched = nil }()
 	if full {
-		u.Services = maps.Clone(s.Services)
-	} else {
-		u.Services = make(map[string]*ServiceState, len(s.touched))
-		for id := range s.touched {
-			u.Services[id] = s.Services[id]
-		}
+		return s.FullUpdate()
 	}
-	s.touched = nil
+	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions,
+		Services: make(map[string]*ServiceState, len(s.touched))}
+	for id := range s.touched {
+		u.Services[id] = s.Services[id]
+	}
 	return u
 }
 

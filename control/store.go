@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -538,11 +537,14 @@ func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
 		return nil, err
 	}
 	st := newState(s.prefix, rev)
-	for i, kv := range slices.Concat(svcKVs, srvKVs) {
-		if i%512 == 511 {
-			runtime.Gosched() // decoding a large table must not hold up the watch and the agent
+	n := 0
+	for _, kvs := range [][]keyValue{svcKVs, srvKVs} { // services first: servers decode against them
+		for _, kv := range kvs {
+			if n++; n%512 == 0 {
+				runtime.Gosched() // decoding a large table must not hold up the watch and the agent
+			}
+			st.put(string(kv.Key), kv.Value, kv.ModRevision)
 		}
-		st.put(string(kv.Key), kv.Value, kv.ModRevision)
 	}
 	confirm, err := s.client.Get(ctx, s.confirmKey(), clientv3.WithRev(rev))
 	if err != nil {

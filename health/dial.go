@@ -24,8 +24,8 @@ type probeConn struct {
 // dialProbe connects to target before deadline. Cancelling ctx interrupts
 // the connect and every later read or write.
 func dialProbe(ctx context.Context, target netip.AddrPort, deadline time.Time) (*probeConn, error) {
-	family, sa := sockaddrOf(target)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	addr := newRawSockaddr(target)
+	fd, err := unix.Socket(addr.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
@@ -51,7 +51,8 @@ func dialProbe(ctx context.Context, target netip.AddrPort, deadline time.Time) (
 	err = raw.Write(func(fd uintptr) bool {
 		if !started {
 			started = true
-			err := unix.Connect(int(fd), sa)
+			sa, saLen := addr.ptr()
+			err := rawConnect(int(fd), sa, saLen)
 			switch {
 			case err == nil:
 				return true
@@ -114,14 +115,6 @@ func (c *probeConn) Close() error {
 // LocalAddr and RemoteAddr make a probeConn a net.Conn (for TLS).
 func (c *probeConn) LocalAddr() net.Addr  { return nil }
 func (c *probeConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.remote) }
-
-func sockaddrOf(target netip.AddrPort) (family int, sa unix.Sockaddr) {
-	if a := target.Addr().Unmap(); a.Is4() {
-		return unix.AF_INET, &unix.SockaddrInet4{Port: int(target.Port()), Addr: a.As4()}
-	}
-	a := target.Addr()
-	return unix.AF_INET6, &unix.SockaddrInet6{Port: int(target.Port()), Addr: a.As16(), ZoneId: zoneID(a.Zone())}
-}
 
 func zoneID(zone string) uint32 {
 	if zone == "" {

@@ -34,7 +34,7 @@ func addrOf(t testing.TB, a net.Addr) netip.AddrPort {
 	return ap
 }
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -148,8 +148,8 @@ func TestHTTPSWithTestCA(t *testing.T) {
 	wantReason(t, p.Probe(context.Background(), Check{Kind: HTTPS, Target: target, TLSName: "wrong.example", TLSVerify: true, Timeout: time.Second}), ReasonTLS)
 }
 
-func TestTCPAndUDP(t *testing.T) {
-	ln := listen(t)
+// acceptAndClose answers every connection by closing it, until ln closes.
+func acceptAndClose(ln net.Listener) {
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -159,6 +159,11 @@ func TestTCPAndUDP(t *testing.T) {
 			c.Close()
 		}
 	}()
+}
+
+func TestTCPAndUDP(t *testing.T) {
+	ln := listen(t)
+	acceptAndClose(ln)
 	if err := probe(t, Check{Kind: TCP, Target: addrOf(t, ln.Addr())}); err != nil {
 		t.Fatal(err)
 	}
@@ -251,15 +256,7 @@ func (s *switchable) on(addr netip.AddrPort) {
 		s.t.Fatal(err)
 	}
 	s.ln, s.addr = ln, addrOf(s.t, ln.Addr())
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	acceptAndClose(ln)
 }
 
 func (s *switchable) off() { s.ln.Close() }
@@ -458,4 +455,26 @@ func TestMonitorSkipsChecksWithoutTiming(t *testing.T) {
 	if n := m.Running(); n != 0 {
 		t.Fatalf("%d checks running without an interval or timeout", n)
 	}
+}
+
+// IPv6 targets go through both probe paths (the event loop and a goroutine).
+func TestIPv6Targets(t *testing.T) {
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	target := addrOf(t, ln.Addr())
+	if err := probe(t, Check{Kind: HTTP, Target: target}); err != nil {
+		t.Fatalf("goroutine path: %v", err)
+	}
+	obs := &reasonObserver{reason: map[Check]string{}}
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+	defer m.Close()
+	c := Check{Kind: HTTP, Target: target, Interval: 20 * time.Millisecond, Timeout: 200 * time.Millisecond, Rise: 1, Fall: 1}
+	m.Set(map[Check]bool{c: false})
+	obs.waitReason(t, c, "ok")
 }

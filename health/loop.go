@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bytes"
 	"container/heap"
 	"errors"
 	"fmt"
@@ -382,7 +383,7 @@ func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
 			return
 		}
 		lc.n += n
-		if i := indexNewline(lc.buf[:lc.n]); i >= 0 {
+		if i := bytes.IndexByte(lc.buf[:lc.n], '\n'); i >= 0 {
 			code, err := parseStatusLine(lc.buf[:i])
 			if err == nil && !statusExpected(lc.r.check.ExpectStatus, code) {
 				err = fail(ReasonStatus, "status %d, want %s", code, orDefault(lc.r.check.ExpectStatus, "200-399"))
@@ -397,15 +398,6 @@ func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
 			l.finish(lc, now, fail(ReasonOther, "status line longer than %d bytes", len(lc.buf)))
 		}
 	}
-}
-
-func indexNewline(b []byte) int {
-	for i, c := range b {
-		if c == '\n' {
-			return i
-		}
-	}
-	return -1
 }
 
 func (l *probeLoop) opError(op string, lc *loopCheck, err error) error {

@@ -3,7 +3,6 @@ package health
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -14,20 +13,8 @@ import (
 // probe functions are what they are for.
 
 func BenchmarkProbeTCP(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := listen(b)
+	acceptAndClose(ln)
 	c := Check{Kind: TCP, Target: addrOf(b, ln.Addr()), Timeout: time.Second}
 	p := NewProber()
 	b.ReportAllocs()
@@ -39,10 +26,7 @@ func BenchmarkProbeTCP(b *testing.B) {
 }
 
 func BenchmarkProbeHTTP(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
+	ln := listen(b)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()

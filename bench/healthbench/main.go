@@ -569,9 +569,6 @@ func cpuTime(pid int) (time.Duration, error) {
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	if os.Getenv("HEALTHBENCH_CPU_SPLIT") != "" {
-		fmt.Printf("pid %d user %d system %d ticks\n", pid, ut, st)
-	}
 	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }
 
