@@ -31,6 +31,9 @@ if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; 
 go vet ./... || status=1
 staticcheck ./... || status=1
 
+step "tracked files"
+./scripts/check-tracked.sh || status=1
+
 step "generated code is reproducible"
 if ./scripts/generate.sh && git diff --quiet -- types control/testdata; then
   echo "make generate: no diff"
