@@ -153,6 +153,22 @@ func main() {
 func run(ctx context.Context, o *options, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Listen before anything starts, so that a port in use is an
+	// immediate exit with the reason rather than a half-started node.
+	apiAddr := net.JoinHostPort(o.apiAddress, strconv.Itoa(o.port))
+	lis, err := net.Listen("tcp", apiAddr)
+	if err != nil {
+		return fmt.Errorf("API listen: %w", err)
+	}
+	defer lis.Close()
+	var healthLis net.Listener
+	if o.healthPort != 0 {
+		healthLis, err = net.Listen("tcp", net.JoinHostPort(o.apiAddress, strconv.Itoa(o.healthPort)))
+		if err != nil {
+			return fmt.Errorf("health listen (-health-port %d): %w", o.healthPort, err)
+		}
+		defer healthLis.Close()
+	}
 	endpoints := splitList(o.storeEndpoints)
 	if len(endpoints) == 0 {
 		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
@@ -199,11 +215,6 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	api := control.NewServer(store, log)
 	g := control.NewGRPCServer(ctx, api, grpcOpts)
-	apiAddr := net.JoinHostPort(o.apiAddress, strconv.Itoa(o.port))
-	lis, err := net.Listen("tcp", apiAddr)
-	if err != nil {
-		return fmt.Errorf("API listen: %w", err)
-	}
 	log.Info("API listening", "address", lis.Addr().String(), "tls", grpcOpts.TLS != nil, "mutual_tls", o.tlsClientCA != "", "store", strings.Join(endpoints, ","), "prefix", o.storePrefix)
 
 	reg := prometheus.NewRegistry()
@@ -234,16 +245,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		}
 	})
 	var hs *http.Server
-	if o.healthPort != 0 {
-		hs = &http.Server{Addr: net.JoinHostPort(o.apiAddress, strconv.Itoa(o.healthPort)), Handler: healthMux(store, agent, reg), ReadHeaderTimeout: 5 * time.Second}
-		hl, err := net.Listen("tcp", hs.Addr)
-		if err != nil {
-			g.Stop()
-			wg.Wait()
-			return fmt.Errorf("health listen: %w", err)
-		}
+	if healthLis != nil {
+		hs = &http.Server{Handler: healthMux(store, agent, reg), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
-			if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := hs.Serve(healthLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("health: %w", err)
 			}
 		})

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,5 +41,56 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want an error with %q", content, err, want)
 		}
+	}
+}
+
+// TestMain lets a test run this test binary as the merlin command.
+func TestMain(m *testing.M) {
+	if os.Getenv("MERLIN_TEST_RUN_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// A listener that cannot be opened ends merlin at once with the reason,
+// before any etcd or agent starts (it used to wait for a signal).
+func TestExitsWhenAPortIsTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port := strconv.Itoa(taken.Addr().(*net.TCPAddr).Port)
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	}
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"health port": {[]string{"-port", free(), "-health-port", port}, "health listen (-health-port " + port + ")"},
+		"API port":    {[]string{"-port", port, "-health-port", free()}, "API listen"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := append([]string{"-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false"}, tc.args...)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a hang fails here, not in go test's timeout
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], args...)
+			cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
+			out, err := cmd.CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+				t.Fatalf("merlin: %v (want exit status 1)\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) || strings.Contains(string(out), "embedded etcd started") {
+				t.Fatalf("output does not name %q before starting etcd:\n%s", tc.want, out)
+			}
+		})
 	}
 }
