@@ -19,6 +19,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -870,7 +871,7 @@ func (a *Agent) updateChecks(id string, ss *ServiceState) {
 		if !ok {
 			continue
 		}
-		h := EffectiveHealthCheck(srv, ss.Service)
+		h := model.EffectiveHealthCheck(srv, ss.Service)
 		byServer[key] = serverCheck{check: c, initialUp: a.initialUp(ss, srv, h), slowStart: h.GetSlowStart().AsDuration()}
 	}
 	old := a.checks[id]
@@ -916,7 +917,7 @@ func (a *Agent) weightOf(id string, now time.Time) func(*types.RealServer) uint3
 	byServer := a.checks[id]
 	return func(srv *types.RealServer) uint32 {
 		w := srv.GetConfig().GetWeight().GetValue()
-		sc, ok := byServer[ServerKeyString(srv.GetKey())]
+		sc, ok := byServer[model.ServerKeyString(srv.GetKey())]
 		if !ok || w == 0 {
 			return w
 		}

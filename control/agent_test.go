@@ -18,6 +18,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -114,7 +115,7 @@ func testState(t *testing.T, services ...*types.VirtualService) *State {
 	t.Helper()
 	st := newState("/merlin", 10)
 	for _, svc := range services {
-		n, err := NormalizeService(svc)
+		n, err := model.NormalizeService(svc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,7 +129,7 @@ func withServer(t *testing.T, st *State, id, addr string, weight uint32) {
 	ss := st.Services[id]
 	ip, port, _ := strings.Cut(addr, ":")
 	p := map[string]uint32{"80": 80, "8080": 8080}[port]
-	srv, err := NormalizeServer(&types.RealServer{ServiceID: id, Key: &types.RealServer_Key{Ip: ip, Port: p},
+	srv, err := model.NormalizeServer(&types.RealServer{ServiceID: id, Key: &types.RealServer_Key{Ip: ip, Port: p},
 		Config: &types.RealServer_Config{Weight: wrapperspb.UInt32(weight), Forward: types.ForwardMethod_MASQ}}, ss.Service)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +138,7 @@ func withServer(t *testing.T, st *State, id, addr string, weight uint32) {
 	for k, v := range ss.Servers {
 		servers[k] = v
 	}
-	servers[ServerKeyString(srv.Key)] = srv
+	servers[model.ServerKeyString(srv.Key)] = srv
 	st.Services[id] = &ServiceState{Service: ss.Service, Servers: servers}
 }
 
@@ -229,7 +230,7 @@ func TestAgentReconciles(t *testing.T) {
 }
 
 func mustNormal(t *testing.T, s *types.VirtualService) *types.VirtualService {
-	n, err := NormalizeService(s)
+	n, err := model.NormalizeService(s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -56,7 +57,7 @@ func ToIPVS(ss *ServiceState, weightOf func(*types.RealServer) uint32) (ipvs.Vir
 		if weightOf != nil {
 			d.Weight = weightOf(srv)
 		}
-		switch EffectiveForward(srv, svc) {
+		switch model.EffectiveForward(srv, svc) {
 		case types.ForwardMethod_ROUTE:
 			d.Forward = ipvs.DirectRoute
 		case types.ForwardMethod_TUNNEL:

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -23,7 +24,7 @@ func FuzzDecodeValues(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := control.NormalizeService(s)
+		again, err := model.NormalizeService(s)
 		if err != nil || !proto.Equal(again, s) {
 			t.Fatalf("accepted service is not stable: %v %v", s, err)
 		}
@@ -31,7 +32,7 @@ func FuzzDecodeValues(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if again, err := control.NormalizeServer(srv, s); err != nil || !proto.Equal(again, srv) {
+		if again, err := model.NormalizeServer(srv, s); err != nil || !proto.Equal(again, srv) {
 			t.Fatalf("accepted server is not stable: %v %v", srv, err)
 		}
 	})
@@ -51,20 +52,20 @@ func FuzzValidate(f *testing.F) {
 		if netmask != 0 {
 			in.Config.PersistenceNetmask = wrap(netmask)
 		}
-		svc, err := control.NormalizeService(in)
+		svc, err := model.NormalizeService(in)
 		if err != nil {
 			return
 		}
-		if again, err := control.NormalizeService(svc); err != nil || !proto.Equal(again, svc) {
+		if again, err := model.NormalizeService(svc); err != nil || !proto.Equal(again, svc) {
 			t.Fatalf("not idempotent: %v → %v (%v)", svc, again, err)
 		}
 		srv := &types.RealServer{ServiceID: id, Key: &types.RealServer_Key{Ip: srvIP, Port: srvPort},
 			Config: &types.RealServer_Config{Weight: wrap(weight), Forward: types.ForwardMethod(forward), UpperThreshold: wrap(upper), LowerThreshold: wrap(lower)}}
-		n, err := control.NormalizeServer(srv, svc)
+		n, err := model.NormalizeServer(srv, svc)
 		if err != nil {
 			return
 		}
-		if again, err := control.NormalizeServer(n, svc); err != nil || !proto.Equal(again, n) {
+		if again, err := model.NormalizeServer(n, svc); err != nil || !proto.Equal(again, n) {
 			t.Fatalf("server not idempotent: %v → %v (%v)", n, again, err)
 		}
 	})

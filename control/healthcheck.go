@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -15,7 +16,7 @@ import (
 // check (service defaults with the server's own fields over them). ok is
 // false when the server is not checked.
 func HealthCheckOf(srv *types.RealServer, svc *types.VirtualService) (c health.Check, ok bool, err error) {
-	h := EffectiveHealthCheck(srv, svc)
+	h := model.EffectiveHealthCheck(srv, svc)
 	ep := h.GetEndpoint().GetValue()
 	if ep == "" {
 		return health.Check{}, false, nil

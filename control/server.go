@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -120,7 +121,7 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	var fe *FieldError
+	var fe *model.FieldError
 	switch {
 	case errors.As(err, &fe):
 		st := status.New(codes.InvalidArgument, "invalid "+fe.Error())
@@ -155,7 +156,7 @@ var empty = &emptypb.Empty{}
 
 func (s *Server) CreateService(ctx context.Context, svc *types.VirtualService) (*emptypb.Empty, error) {
 	if svc.GetRevision() != 0 {
-		return nil, toStatus(fieldErr("revision", "must not be set on create"))
+		return nil, toStatus(model.FieldErrorf("revision", "must not be set on create"))
 	}
 	rev, err := s.store.CreateService(ctx, svc)
 	if err != nil {
@@ -189,7 +190,7 @@ func (s *Server) DeleteServiceAtRevision(ctx context.Context, req *types.DeleteS
 
 func (s *Server) CreateServer(ctx context.Context, srv *types.RealServer) (*emptypb.Empty, error) {
 	if srv.GetRevision() != 0 {
-		return nil, toStatus(fieldErr("revision", "must not be set on create"))
+		return nil, toStatus(model.FieldErrorf("revision", "must not be set on create"))
 	}
 	rev, err := s.store.CreateServer(ctx, srv)
 	if err != nil {
@@ -232,7 +233,7 @@ func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServe
 	var err error
 	from := req.GetFromRevision()
 	if from < 0 {
-		return toStatus(fieldErr("from_revision", "must not be negative"))
+		return toStatus(model.FieldErrorf("from_revision", "must not be negative"))
 	}
 	if from == 0 {
 		state, err = s.store.ListState(ctx)

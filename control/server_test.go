@@ -25,6 +25,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/control"
 	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -516,7 +517,7 @@ func TestAPIExtendedFieldsRoundTrip(t *testing.T) {
 		t.Errorf("server fields lost: %v", s)
 	}
 	sc, _ := c.GetService(ctx, wrapperspb.String("sctp"))
-	if sc.Service.Config.PersistenceTimeout.GetValue() != control.DefaultPersistenceTimeout {
+	if sc.Service.Config.PersistenceTimeout.GetValue() != model.DefaultPersistenceTimeout {
 		t.Errorf("persistent flag without timeout: %v", sc.Service.Config)
 	}
 	f, _ := c.GetService(ctx, wrapperspb.String("fw6"))

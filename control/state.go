@@ -3,13 +3,13 @@ package control
 import (
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -206,7 +206,7 @@ func (s *State) updateServer(id, key string, raw *rawValue) {
 		if err != nil {
 			s.Invalid[key] = err.Error()
 		} else {
-			servers[ServerKeyString(srv.Key)] = srv
+			servers[model.ServerKeyString(srv.Key)] = srv
 		}
 	}
 	s.Services[id] = &ServiceState{Service: ss.Service, Servers: servers}
@@ -272,21 +272,12 @@ func (s *State) rebuild(id string) {
 				s.Invalid[key] = err.Error()
 				continue
 			}
-			servers[ServerKeyString(srv.Key)] = srv
+			servers[model.ServerKeyString(srv.Key)] = srv
 		}
 	}
 	if svc != nil {
 		s.Services[id] = &ServiceState{Service: svc, Servers: servers}
 	}
-}
-
-// ServerKeyString is "IP:PORT" ("[IP]:PORT" for IPv6) of a server key.
-func ServerKeyString(k *types.RealServer_Key) string {
-	addr, err := netip.ParseAddr(k.GetIp())
-	if err != nil {
-		return fmt.Sprintf("%s:%d", k.GetIp(), k.GetPort())
-	}
-	return netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
 }
 
 // ListResponse renders the state as the API's List answer, sorted by
@@ -296,7 +287,7 @@ func (s *State) ListResponse() *types.ListResponse {
 	for _, id := range slices.Sorted(maps.Keys(s.Services)) {
 		ss := s.Services[id]
 		item := &types.ListResponse_Item{Service: ss.Service}
-		for _, k := range slices.SortedFunc(maps.Keys(ss.Servers), compareServerKeys) {
+		for _, k := range slices.SortedFunc(maps.Keys(ss.Servers), model.CompareServerKeys) {
 			item.Servers = append(item.Servers, ss.Servers[k])
 		}
 		resp.Items = append(resp.Items, item)
@@ -305,15 +296,6 @@ func (s *State) ListResponse() *types.ListResponse {
 		resp.InvalidKeys = append(resp.InvalidKeys, &types.InvalidKey{Key: k, Reason: s.Invalid[k]})
 	}
 	return resp
-}
-
-func compareServerKeys(a, b string) int {
-	pa, errA := netip.ParseAddrPort(a)
-	pb, errB := netip.ParseAddrPort(b)
-	if errA != nil || errB != nil {
-		return strings.Compare(a, b)
-	}
-	return pa.Compare(pb)
 }
 
 // DecodeService decodes and validates a service value stored at key.
@@ -326,7 +308,7 @@ func DecodeService(key string, value []byte, modRevision int64) (*types.VirtualS
 	if svc.Id != id {
 		return nil, fmt.Errorf("value has id %q under the key of service %q", svc.Id, id)
 	}
-	n, err := NormalizeService(&svc)
+	n, err := model.NormalizeService(&svc)
 	if err != nil {
 		return nil, fmt.Errorf("invalid service: %w", err)
 	}
@@ -344,12 +326,12 @@ func DecodeServer(key string, value []byte, modRevision int64, svc *types.Virtua
 	if srv.ServiceID != svc.Id {
 		return nil, fmt.Errorf("value has serviceID %q under service %q", srv.ServiceID, svc.Id)
 	}
-	n, err := NormalizeServer(&srv, svc)
+	n, err := model.NormalizeServer(&srv, svc)
 	if err != nil {
 		return nil, fmt.Errorf("invalid server: %w", err)
 	}
-	if want := key[strings.LastIndexByte(key, '/')+1:]; ServerKeyString(n.Key) != want {
-		return nil, fmt.Errorf("value is server %s under the key of %s", ServerKeyString(n.Key), want)
+	if want := key[strings.LastIndexByte(key, '/')+1:]; model.ServerKeyString(n.Key) != want {
+		return nil, fmt.Errorf("value is server %s under the key of %s", model.ServerKeyString(n.Key), want)
 	}
 	n.Revision = modRevision
 	return n, nil

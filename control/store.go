@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -68,11 +69,11 @@ func (s *Store) serversPrefix() string         { return s.prefix + "/servers/" }
 func (s *Store) serviceKey(id string) string   { return s.servicesPrefix() + id }
 func (s *Store) serverPrefix(id string) string { return s.serversPrefix() + id + "/" }
 func (s *Store) vipKey(k *types.VirtualService_Key) string {
-	return s.prefix + "/vips/" + VIPKey(k)
+	return s.prefix + "/vips/" + model.VIPKey(k)
 }
 
 func (s *Store) serverKey(id string, k *types.RealServer_Key) string {
-	return s.serverPrefix(id) + ServerKeyString(k)
+	return s.serverPrefix(id) + model.ServerKeyString(k)
 }
 
 func marshal(m proto.Message) (string, error) {
@@ -99,7 +100,7 @@ func storedServer(s *types.RealServer) *types.RealServer {
 // CreateService stores a new service and claims its VIP, atomically. It
 // returns the revision of the write.
 func (s *Store) CreateService(ctx context.Context, in *types.VirtualService) (int64, error) {
-	svc, err := NormalizeService(in)
+	svc, err := model.NormalizeService(in)
 	if err != nil {
 		return 0, err
 	}
@@ -124,7 +125,7 @@ func (s *Store) CreateService(ctx context.Context, in *types.VirtualService) (in
 		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
 			owner = string(kvs[0].Value)
 		}
-		return 0, fmt.Errorf("key: %s is already used by service %q: %w", VIPKey(svc.Key), owner, ErrAlreadyExists)
+		return 0, fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(svc.Key), owner, ErrAlreadyExists)
 	}
 	return resp.Header.Revision, nil
 }
@@ -168,7 +169,7 @@ func (s *Store) readService(ctx context.Context, id string) (*serviceSnapshot, e
 
 // GetService returns one service with its servers, read at one revision.
 func (s *Store) GetService(ctx context.Context, id string) (*types.ListResponse_Item, error) {
-	if err := ValidateID("id", id); err != nil {
+	if err := model.ValidateID("id", id); err != nil {
 		return nil, err
 	}
 	snap, err := s.readService(ctx, id)
@@ -185,9 +186,9 @@ func (s *Store) GetService(ctx context.Context, id string) (*types.ListResponse_
 // Every server of the service must stay valid under the new service.
 func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService) (int64, error) {
 	if update == nil {
-		return 0, fieldErr("service", "required")
+		return 0, model.FieldErrorf("service", "required")
 	}
-	if err := ValidateID("id", update.Id); err != nil {
+	if err := model.ValidateID("id", update.Id); err != nil {
 		return 0, err
 	}
 	for attempt := 0; attempt < casAttempts; attempt++ {
@@ -204,13 +205,13 @@ func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService)
 		} else {
 			next = mergeService(cur.service, update)
 		}
-		next, err = NormalizeService(next)
+		next, err = model.NormalizeService(next)
 		if err != nil {
 			return 0, err
 		}
 		for _, srv := range cur.servers {
-			if _, err := NormalizeServer(srv, next); err != nil {
-				return 0, fieldErr("service", "server %s would become invalid: %v", serverName(srv), err)
+			if _, err := model.NormalizeServer(srv, next); err != nil {
+				return 0, model.FieldErrorf("service", "server %s would become invalid: %v", serverName(srv), err)
 			}
 		}
 		next.Revision = cur.service.Revision
@@ -242,7 +243,7 @@ func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService)
 		}
 		if oldVIP != newVIP {
 			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) != next.Id {
-				return 0, fmt.Errorf("key: %s is already used by service %q: %w", VIPKey(next.Key), kvs[0].Value, ErrAlreadyExists)
+				return 0, fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(next.Key), kvs[0].Value, ErrAlreadyExists)
 			}
 		}
 		if update.Revision != 0 {
@@ -285,7 +286,7 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 func removeFlag(flags []string, name string) []string {
 	var out []string
 	for _, f := range flags {
-		if canonicalFlag(f) != name {
+		if model.CanonicalFlag(f) != name {
 			out = append(out, f)
 		}
 	}
@@ -295,7 +296,7 @@ func removeFlag(flags []string, name string) []string {
 // DeleteService deletes a service, its VIP claim and all its servers in
 // one transaction; with revision != 0 only if the service is at it.
 func (s *Store) DeleteService(ctx context.Context, id string, revision int64) (int64, error) {
-	if err := ValidateID("id", id); err != nil {
+	if err := model.ValidateID("id", id); err != nil {
 		return 0, err
 	}
 	for attempt := 0; attempt < casAttempts; attempt++ {
@@ -341,9 +342,9 @@ func (s *Store) DeleteService(ctx context.Context, id string, revision int64) (i
 // CreateServer adds a server to an existing service.
 func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, error) {
 	if in == nil {
-		return 0, fieldErr("server", "required")
+		return 0, model.FieldErrorf("server", "required")
 	}
-	if err := ValidateID("serviceID", in.ServiceID); err != nil {
+	if err := model.ValidateID("serviceID", in.ServiceID); err != nil {
 		return 0, err
 	}
 	for attempt := 0; attempt < casAttempts; attempt++ {
@@ -351,7 +352,7 @@ func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, 
 		if err != nil {
 			return 0, err
 		}
-		srv, err := NormalizeServer(in, cur.service)
+		srv, err := model.NormalizeServer(in, cur.service)
 		if err != nil {
 			return 0, err
 		}
@@ -384,12 +385,12 @@ func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, 
 // check endpoint replace even when zero or empty, as in the original).
 func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int64, error) {
 	if update == nil {
-		return 0, fieldErr("server", "required")
+		return 0, model.FieldErrorf("server", "required")
 	}
-	if err := ValidateID("serviceID", update.ServiceID); err != nil {
+	if err := model.ValidateID("serviceID", update.ServiceID); err != nil {
 		return 0, err
 	}
-	if err := validateServerKey(update.Key); err != nil {
+	if err := model.ValidateServerKey(update.Key); err != nil {
 		return 0, err
 	}
 	key := s.serverKey(update.ServiceID, update.Key)
@@ -417,7 +418,7 @@ func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int
 		} else {
 			next = mergeServer(prev, update)
 		}
-		next, err = NormalizeServer(next, cur.service)
+		next, err = model.NormalizeServer(next, cur.service)
 		if err != nil {
 			return 0, err
 		}
@@ -469,12 +470,12 @@ func mergeServer(prev, update *types.RealServer) *types.RealServer {
 // DeleteServer deletes one server; with server.Revision only at it.
 func (s *Store) DeleteServer(ctx context.Context, server *types.RealServer) (int64, error) {
 	if server == nil {
-		return 0, fieldErr("server", "required")
+		return 0, model.FieldErrorf("server", "required")
 	}
-	if err := ValidateID("serviceID", server.ServiceID); err != nil {
+	if err := model.ValidateID("serviceID", server.ServiceID); err != nil {
 		return 0, err
 	}
-	if err := validateServerKey(server.Key); err != nil {
+	if err := model.ValidateServerKey(server.Key); err != nil {
 		return 0, err
 	}
 	key := s.serverKey(server.ServiceID, server.Key)
@@ -496,18 +497,8 @@ func (s *Store) DeleteServer(ctx context.Context, server *types.RealServer) (int
 	return 0, fmt.Errorf("server %s: %w", serverName(server), ErrNotFound)
 }
 
-func validateServerKey(k *types.RealServer_Key) error {
-	if k == nil {
-		return fieldErr("key", "required")
-	}
-	if _, err := parseAddr(k.Ip); err != nil {
-		return fieldErr("key.ip", "%v", err)
-	}
-	return validatePort("key.port", k.Port, true)
-}
-
 func serverName(s *types.RealServer) string {
-	return s.GetServiceID() + "/" + ServerKeyString(s.GetKey())
+	return s.GetServiceID() + "/" + model.ServerKeyString(s.GetKey())
 }
 
 // List reads every service and server at one revision, page by page.
@@ -607,7 +598,7 @@ func (s *Store) DesiredRevision(ctx context.Context) (int64, error) {
 // PutNodeStatus publishes a node's status under a lease, so that it goes
 // away when the node does.
 func (s *Store) PutNodeStatus(ctx context.Context, lease clientv3.LeaseID, st *types.NodeStatus) error {
-	if err := ValidateID("node", st.Node); err != nil {
+	if err := model.ValidateID("node", st.Node); err != nil {
 		return err
 	}
 	val, err := marshal(st)
@@ -641,7 +632,7 @@ func (s *Store) NodeStatuses(ctx context.Context) ([]*types.NodeStatus, error) {
 // ConfirmDeletions records that nodes may apply deletions up to revision.
 func (s *Store) ConfirmDeletions(ctx context.Context, revision int64) error {
 	if revision <= 0 {
-		return fieldErr("revision", "must be positive")
+		return model.FieldErrorf("revision", "must be positive")
 	}
 	if _, err := s.client.Put(ctx, s.confirmKey(), strconv.FormatInt(revision, 10)); err != nil {
 		return fmt.Errorf("confirm deletions: %w", err)
@@ -687,7 +678,7 @@ func (s *Store) Import(ctx context.Context, items []*types.ListResponse_Item) (i
 		return nil
 	}
 	for i, item := range items {
-		svc, err := NormalizeService(item.GetService())
+		svc, err := model.NormalizeService(item.GetService())
 		if err != nil {
 			return created, fmt.Errorf("services[%d]: %w", i, err)
 		}
@@ -703,7 +694,7 @@ func (s *Store) Import(ctx context.Context, items []*types.ListResponse_Item) (i
 		for j, in := range item.GetServers() {
 			in = proto.Clone(in).(*types.RealServer)
 			in.ServiceID = svc.Id
-			srv, err := NormalizeServer(in, svc)
+			srv, err := model.NormalizeServer(in, svc)
 			if err != nil {
 				return created, fmt.Errorf("services[%d].servers[%d]: %w", i, j, err)
 			}

@@ -1,9 +1,11 @@
 // Package health checks real servers: HTTP and HTTPS (method, path, Host,
 // expected status codes, body match, TLS name and verification), TCP
-// connect, UDP request/reply, gRPC (grpc.health.v1) and exec, with
-// rise/fall counting in a Monitor that runs each distinct check once.
-// Checks are values: two servers with the same target and check share one
-// prober. It needs no privileges (exec checks run as merlin's user).
+// connect, UDP request/reply and exec, with rise/fall counting in a
+// Monitor that runs each distinct check once. Other kinds plug in as a
+// KindProber (gRPC: package health/grpcprobe), so this package needs only
+// the standard library and x/sys. Checks are values: two servers with the
+// same target and check share one prober. It needs no privileges (exec
+// checks run as merlin's user).
 package health
 
 import (
@@ -23,11 +25,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Kind of check.
@@ -142,10 +139,20 @@ func Reason(err error) string {
 type Prober struct {
 	// RootCAs verifies servers' certificates (nil: the system's roots).
 	RootCAs *x509.CertPool
+	kinds   map[Kind]KindProber
+}
+
+// KindProber probes the checks of a kind this package does not implement
+// itself, within the deadline of ctx.
+type KindProber interface {
+	Probe(ctx context.Context, c Check) error
 }
 
 // NewProber returns a prober.
-func NewProber() *Prober { return &Prober{} }
+func NewProber() *Prober { return &Prober{kinds: map[Kind]KindProber{}} }
+
+// Handle makes p probe checks of kind k with kp. Call it before probing.
+func (p *Prober) Handle(k Kind, kp KindProber) { p.kinds[k] = kp }
 
 // Probe runs one probe within c.Timeout; nil means healthy.
 func (p *Prober) Probe(ctx context.Context, c Check) error {
@@ -158,19 +165,22 @@ func (p *Prober) Probe(ctx context.Context, c Check) error {
 		}
 	case HTTP, HTTPS:
 		err = p.probeHTTP(ctx, c)
-	case UDP, GRPC, Exec:
+	case UDP, Exec:
 		ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 		defer cancel()
-		switch c.Kind {
-		case UDP:
+		if c.Kind == UDP {
 			err = probeUDP(ctx, c)
-		case GRPC:
-			err = probeGRPC(ctx, c)
-		default:
+		} else {
 			err = probeExec(ctx, c)
 		}
 	default:
-		return fail(ReasonOther, "unknown check kind %q", c.Kind)
+		kp := p.kinds[c.Kind]
+		if kp == nil {
+			return fail(ReasonOther, "no prober for %q checks on this node", c.Kind)
+		}
+		ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+		defer cancel()
+		err = kp.Probe(ctx, c)
 	}
 	if err != nil {
 		return classify(err)
@@ -324,24 +334,6 @@ func statusExpected(spec string, code int) bool {
 	return false
 }
 
-// ValidStatusSpec checks an ExpectStatus value.
-func ValidStatusSpec(spec string) error {
-	for _, part := range strings.Split(spec, ",") {
-		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
-		l, err := strconv.Atoi(lo)
-		if err != nil || l < 100 || l > 599 {
-			return fmt.Errorf("%q is not a status code or range like 200-299", part)
-		}
-		if isRange {
-			h, err := strconv.Atoi(hi)
-			if err != nil || h < l || h > 599 {
-				return fmt.Errorf("%q is not a status range like 200-299", part)
-			}
-		}
-	}
-	return nil
-}
-
 func probeUDP(ctx context.Context, c Check) error {
 	conn, err := (&net.Dialer{}).DialContext(ctx, "udp", c.Target.String())
 	if err != nil {
@@ -365,29 +357,6 @@ func probeUDP(ctx context.Context, c Check) error {
 	}
 	if c.UDPExpect != "" && !bytes.Contains(buf[:n], []byte(c.UDPExpect)) {
 		return fail(ReasonBody, "reply does not contain %q", c.UDPExpect)
-	}
-	return nil
-}
-
-func probeGRPC(ctx context.Context, c Check) error {
-	creds := insecure.NewCredentials()
-	if c.TLSVerify || c.TLSName != "" {
-		creds = credentials.NewTLS(&tls.Config{ServerName: c.TLSName, InsecureSkipVerify: !c.TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // the check's choice
-	}
-	conn, err := grpc.NewClient(c.Target.String(), grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: c.GRPCService})
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fail(ReasonRefused, "grpc health: %v", err)
-	}
-	if s := resp.GetStatus(); s != healthpb.HealthCheckResponse_SERVING {
-		return fail(ReasonStatus, "grpc health status %s", s)
 	}
 	return nil
 }

@@ -57,6 +57,10 @@ func NewMonitor(log *slog.Logger, observer Observer) *Monitor {
 	return &Monitor{prober: NewProber(), log: log, observer: observer, runners: map[Check]*runner{}, changed: make(chan struct{}, 1)}
 }
 
+// Handle makes the monitor probe checks of kind k with kp (for example
+// gRPC checks with health/grpcprobe). Call it before Set.
+func (m *Monitor) Handle(k Kind, kp KindProber) { m.prober.Handle(k, kp) }
+
 // Changes receives a value after any check changes state.
 func (m *Monitor) Changes() <-chan struct{} { return m.changed }
 

@@ -42,6 +42,10 @@ else
 fi
 
 step "build"
+# meradm is a laptop tool: it builds for other systems and links no etcd,
+# Prometheus, netlink or control-plane code.
+for os in darwin windows; do GOOS=$os go build -o /dev/null ./cmd/meradm || { echo "meradm does not build for $os"; status=1; }; done
+if go list -deps ./cmd/meradm | grep -E 'go.etcd.io|prometheus|netlink|merlin/control'; then echo "meradm links the packages above"; status=1; fi
 go build ./... || status=1
 go build -o bin/vmrun ./vmtests/cmd/vmrun || status=1
 # The VM cluster tests run these binaries inside the VM.

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -116,14 +116,14 @@ func readFile(path string) (map[string]*desiredItem, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		svc, err = control.NormalizeService(svc)
+		svc, err = model.NormalizeService(svc)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		if out[svc.Id] != nil {
 			return nil, fmt.Errorf("%s: id: %q appears twice", where, svc.Id)
 		}
-		vip := control.VIPKey(svc.Key)
+		vip := model.VIPKey(svc.Key)
 		if other, ok := vips[vip]; ok {
 			return nil, fmt.Errorf("%s: address: %s is also claimed by service %q", where, vip, other)
 		}
@@ -135,11 +135,11 @@ func readFile(path string) (map[string]*desiredItem, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", swhere, err)
 			}
-			srv, err = control.NormalizeServer(srv, svc)
+			srv, err = model.NormalizeServer(srv, svc)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", swhere, err)
 			}
-			k := control.ServerKeyString(srv.Key)
+			k := model.ServerKeyString(srv.Key)
 			if item.servers[k] != nil {
 				return nil, fmt.Errorf("%s: address: %s appears twice", swhere, k)
 			}
@@ -191,7 +191,7 @@ func (fs *fileService) toProto() (*types.VirtualService, error) {
 	if fs.Forward != "" || fs.HealthCheck != nil {
 		svc.Defaults = &types.VirtualService_ServerDefaults{}
 		if fs.Forward != "" {
-			f, err := parseForward(fs.Forward)
+			f, err := model.ParseForward(fs.Forward)
 			if err != nil {
 				return nil, fmt.Errorf("forward: %w", err)
 			}
@@ -218,7 +218,7 @@ func (fs *fileServer) toProto(serviceID string) (*types.RealServer, error) {
 		c.Weight = wrapperspb.UInt32(*fs.Weight)
 	}
 	if fs.Forward != "" {
-		if c.Forward, err = parseForward(fs.Forward); err != nil {
+		if c.Forward, err = model.ParseForward(fs.Forward); err != nil {
 			return nil, fmt.Errorf("forward: %w", err)
 		}
 	}
@@ -286,7 +286,7 @@ type change struct {
 
 func (c change) String() string {
 	if c.server != nil {
-		name := fmt.Sprintf("server %s/%s", c.server.ServiceID, control.ServerKeyString(c.server.Key))
+		name := fmt.Sprintf("server %s/%s", c.server.ServiceID, model.ServerKeyString(c.server.Key))
 		if c.op == "~" {
 			return fmt.Sprintf("~ %s: %s", name, strings.Join(c.fields, ", "))
 		}
@@ -326,7 +326,7 @@ func plan(desired map[string]*desiredItem, actual *types.ListResponse, prune boo
 			}
 			curServers = map[string]*types.RealServer{}
 			for _, s := range cur.Servers {
-				curServers[control.ServerKeyString(s.Key)] = s
+				curServers[model.ServerKeyString(s.Key)] = s
 			}
 		}
 		for _, k := range slices.Sorted(maps.Keys(want.servers)) {

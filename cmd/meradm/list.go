@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -117,8 +117,8 @@ func printTable(w io.Writer, items []*types.ListResponse_Item, invalid []*types.
 		svc := item.Service
 		fmt.Fprintf(w, "%s [%s]\n", serviceLine(svc), svc.Id)
 		for _, srv := range item.Servers {
-			fmt.Fprintf(w, "  -> %-40s %-7s %-6d %s\n", control.ServerKeyString(srv.Key), forwardName(control.EffectiveForward(srv, svc)),
-				srv.GetConfig().GetWeight().GetValue(), healthText(control.EffectiveHealthCheck(srv, svc)))
+			fmt.Fprintf(w, "  -> %-40s %-7s %-6d %s\n", model.ServerKeyString(srv.Key), model.ForwardListed(model.EffectiveForward(srv, svc)),
+				srv.GetConfig().GetWeight().GetValue(), healthText(model.EffectiveHealthCheck(srv, svc)))
 		}
 	}
 	for _, k := range invalid {
@@ -162,18 +162,6 @@ func serviceLine(svc *types.VirtualService) string {
 		b.WriteString(" ops")
 	}
 	return b.String()
-}
-
-func forwardName(f types.ForwardMethod) string {
-	switch f {
-	case types.ForwardMethod_ROUTE:
-		return "Route"
-	case types.ForwardMethod_TUNNEL:
-		return "Tunnel"
-	case types.ForwardMethod_MASQ:
-		return "Masq"
-	}
-	return "-"
 }
 
 func healthText(h *types.RealServer_HealthCheck) string {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -138,18 +139,6 @@ func parseAddrPort(field, s string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
-func parseForward(s string) (types.ForwardMethod, error) {
-	switch strings.ToLower(s) {
-	case "route", "dr", "gatewaying", "g":
-		return types.ForwardMethod_ROUTE, nil
-	case "tunnel", "ipip", "i":
-		return types.ForwardMethod_TUNNEL, nil
-	case "masq", "nat", "masquerading", "m":
-		return types.ForwardMethod_MASQ, nil
-	}
-	return 0, fmt.Errorf("invalid forward method %q: want route, tunnel or masq", s)
-}
-
 // parseNetmask accepts a prefix length (24, 64) or a dotted IPv4 mask.
 func parseNetmask(s string) (uint32, error) {
 	if n, err := strconv.ParseUint(s, 10, 8); err == nil {
@@ -251,7 +240,7 @@ func (s *serviceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) error 
 		if s.forward == "" {
 			svc.Defaults.Forward = types.ForwardMethod_UNSET_FORWARD_METHOD
 		} else {
-			fm, err := parseForward(s.forward)
+			fm, err := model.ParseForward(s.forward)
 			if err != nil {
 				return err
 			}
@@ -405,7 +394,7 @@ func (s *serverFlags) apply(f *pflag.FlagSet, srv *types.RealServer) error {
 		c.Weight = wrapperspb.UInt32(uint32(w))
 	}
 	if f.Changed("forward-method") {
-		fm, err := parseForward(s.forward)
+		fm, err := model.ParseForward(s.forward)
 		if err != nil {
 			return err
 		}

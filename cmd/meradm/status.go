@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -180,7 +180,7 @@ func printStats(w io.Writer, nodes []*types.StatsResponse, rate bool) {
 		for _, s := range n.Services {
 			fmt.Fprintln(w, line(serviceName(s.Key)+" ["+s.ServiceId+"]", s.Counters))
 			for _, d := range s.Servers {
-				l := line("  -> "+control.ServerKeyString(d.Key), d.Counters)
+				l := line("  -> "+model.ServerKeyString(d.Key), d.Counters)
 				if !rate {
 					l += fmt.Sprintf(" %7d %7d", d.ActiveConnections, d.InactiveConnections)
 				}

@@ -38,6 +38,7 @@ import (
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/netif"
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/health/grpcprobe"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 )
 
@@ -341,6 +342,7 @@ func startAgent(ctx context.Context, o *options, store *control.Store, api *cont
 		vips = v
 	}
 	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
+	checks.Handle(health.GRPC, grpcprobe.Prober{})
 	var adopt []netip.Prefix
 	for _, p := range splitList(o.adopt) {
 		pfx, err := netip.ParsePrefix(p)

@@ -212,24 +212,6 @@ func (m ForwardMethod) String() string {
 	return "forward(" + strconv.Itoa(int(m)) + ")"
 }
 
-// ParseForwardMethod accepts the ipvsadm and Merlin names: masq/nat,
-// route/dr/gatewaying, tunnel/ipip, local, bypass.
-func ParseForwardMethod(s string) (ForwardMethod, error) {
-	switch strings.ToLower(s) {
-	case "masq", "nat", "masquerade", "masquerading":
-		return Masquerade, nil
-	case "route", "dr", "droute", "gatewaying":
-		return DirectRoute, nil
-	case "tunnel", "ipip", "tun":
-		return Tunnel, nil
-	case "local":
-		return LocalNode, nil
-	case "bypass":
-		return Bypass, nil
-	}
-	return 0, fmt.Errorf("unknown forwarding method %q (want masq, route or tunnel)", s)
-}
-
 // TunnelType is the encapsulation of the Tunnel forwarding method.
 type TunnelType uint8
 

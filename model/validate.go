@@ -1,4 +1,4 @@
-package control
+package model
 
 import (
 	"fmt"
@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -25,7 +24,8 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
-func fieldErr(field, format string, args ...any) *FieldError {
+// FieldErrorf is a FieldError with a formatted reason.
+func FieldErrorf(field, format string, args ...any) *FieldError {
 	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
@@ -46,11 +46,11 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 func ValidateID(field, id string) error {
 	switch {
 	case id == "":
-		return fieldErr(field, "required")
+		return FieldErrorf(field, "required")
 	case len(id) > maxIDLength:
-		return fieldErr(field, "longer than %d characters", maxIDLength)
+		return FieldErrorf(field, "longer than %d characters", maxIDLength)
 	case !idPattern.MatchString(id):
-		return fieldErr(field, "%q: use letters, digits, '.', '_' and '-', starting with a letter or digit", id)
+		return FieldErrorf(field, "%q: use letters, digits, '.', '_' and '-', starting with a letter or digit", id)
 	}
 	return nil
 }
@@ -64,7 +64,8 @@ var flagOrder = []struct{ name, scheduler string }{
 	{"mh-fallback", "mh"}, {"mh-port", "mh"},
 }
 
-func canonicalFlag(name string) string {
+// CanonicalFlag is the canonical name of a service flag ("ops" → "one-packet").
+func CanonicalFlag(name string) string {
 	switch n := strings.ToLower(strings.TrimSpace(name)); n {
 	case "ops", "onepacket":
 		return "one-packet"
@@ -88,28 +89,28 @@ func flagScheduler(name string) (string, bool) {
 // input is not modified. The revision is kept as given.
 func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
 	if in == nil {
-		return nil, fieldErr("service", "required")
+		return nil, FieldErrorf("service", "required")
 	}
 	s := proto.Clone(in).(*types.VirtualService)
 	if err := ValidateID("id", s.Id); err != nil {
 		return nil, err
 	}
 	if s.Key == nil {
-		return nil, fieldErr("key", "required")
+		return nil, FieldErrorf("key", "required")
 	}
 	family, err := normalizeServiceKey(s.Key)
 	if err != nil {
 		return nil, err
 	}
 	if s.Config == nil {
-		return nil, fieldErr("config", "required")
+		return nil, FieldErrorf("config", "required")
 	}
 	if err := normalizeServiceConfig(s.Config, family); err != nil {
 		return nil, err
 	}
 	if d := s.Defaults; d != nil {
 		if _, ok := types.ForwardMethod_name[int32(d.Forward)]; !ok {
-			return nil, fieldErr("defaults.forward", "unknown forward method %d", d.Forward)
+			return nil, FieldErrorf("defaults.forward", "unknown forward method %d", d.Forward)
 		}
 		if d.HealthCheck != nil {
 			if err := validateHealthCheck("defaults.health_check", d.HealthCheck, true); err != nil {
@@ -126,38 +127,38 @@ func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
 func normalizeServiceKey(k *types.VirtualService_Key) (types.AddressFamily, error) {
 	if k.Fwmark != 0 {
 		if k.Ip != "" || k.Port != 0 || k.Protocol != types.Protocol_UNSET_PROTOCOL {
-			return 0, fieldErr("key.fwmark", "a firewall-mark service has no ip, port or protocol")
+			return 0, FieldErrorf("key.fwmark", "a firewall-mark service has no ip, port or protocol")
 		}
 		switch k.Family {
 		case types.AddressFamily_UNSET_FAMILY:
 			k.Family = types.AddressFamily_IPV4
 		case types.AddressFamily_IPV4, types.AddressFamily_IPV6:
 		default:
-			return 0, fieldErr("key.family", "unknown address family %d", k.Family)
+			return 0, FieldErrorf("key.family", "unknown address family %d", k.Family)
 		}
 		return k.Family, nil
 	}
 	if k.Ip == "" {
-		return 0, fieldErr("key.ip", "required (or set key.fwmark)")
+		return 0, FieldErrorf("key.ip", "required (or set key.fwmark)")
 	}
-	addr, err := parseAddr(k.Ip)
+	addr, err := ParseAddr(k.Ip)
 	if err != nil {
-		return 0, fieldErr("key.ip", "%v", err)
+		return 0, FieldErrorf("key.ip", "%v", err)
 	}
 	family := familyOf(addr)
 	if k.Family != types.AddressFamily_UNSET_FAMILY && k.Family != family {
-		return 0, fieldErr("key.family", "%s does not match address %s", k.Family, addr)
+		return 0, FieldErrorf("key.family", "%s does not match address %s", k.Family, addr)
 	}
 	k.Ip, k.Family = addr.String(), family
-	if err := validatePort("key.port", k.Port, false); err != nil {
+	if err := ValidatePort("key.port", k.Port, false); err != nil {
 		return 0, err
 	}
 	switch k.Protocol {
 	case types.Protocol_TCP, types.Protocol_UDP, types.Protocol_SCTP:
 	case types.Protocol_UNSET_PROTOCOL:
-		return 0, fieldErr("key.protocol", "required (tcp, udp or sctp)")
+		return 0, FieldErrorf("key.protocol", "required (tcp, udp or sctp)")
 	default:
-		return 0, fieldErr("key.protocol", "unknown protocol %d", k.Protocol)
+		return 0, FieldErrorf("key.protocol", "unknown protocol %d", k.Protocol)
 	}
 	return family, nil
 }
@@ -165,20 +166,20 @@ func normalizeServiceKey(k *types.VirtualService_Key) (types.AddressFamily, erro
 func normalizeServiceConfig(c *types.VirtualService_Config, family types.AddressFamily) error {
 	c.Scheduler = strings.ToLower(strings.TrimSpace(c.Scheduler))
 	if c.Scheduler == "" {
-		return fieldErr("config.scheduler", "required")
+		return FieldErrorf("config.scheduler", "required")
 	}
 	if !slices.Contains(Schedulers, c.Scheduler) {
-		return fieldErr("config.scheduler", "unknown scheduler %q (want one of %s)", c.Scheduler, strings.Join(Schedulers, ", "))
+		return FieldErrorf("config.scheduler", "unknown scheduler %q (want one of %s)", c.Scheduler, strings.Join(Schedulers, ", "))
 	}
 	seen := map[string]bool{}
 	for _, f := range c.Flags {
-		name := canonicalFlag(f)
+		name := CanonicalFlag(f)
 		sched, ok := flagScheduler(name)
 		if !ok {
-			return fieldErr("config.flags", "unknown flag %q", f)
+			return FieldErrorf("config.flags", "unknown flag %q", f)
 		}
 		if sched != "" && sched != c.Scheduler {
-			return fieldErr("config.flags", "flag %q belongs to scheduler %s, not %s", name, sched, c.Scheduler)
+			return FieldErrorf("config.flags", "flag %q belongs to scheduler %s, not %s", name, sched, c.Scheduler)
 		}
 		seen[name] = true
 	}
@@ -215,18 +216,18 @@ func normalizeServiceConfig(c *types.VirtualService_Config, family types.Address
 	}
 	if m := c.PersistenceNetmask; m != nil {
 		if !seen["persistent"] {
-			return fieldErr("config.persistence_netmask", "needs persistence (config.persistence_timeout)")
+			return FieldErrorf("config.persistence_netmask", "needs persistence (config.persistence_timeout)")
 		}
 		bits := uint32(32)
 		if family == types.AddressFamily_IPV6 {
 			bits = 128
 		}
 		if m.Value == 0 || m.Value > bits {
-			return fieldErr("config.persistence_netmask", "%d is not a prefix length from 1 to %d", m.Value, bits)
+			return FieldErrorf("config.persistence_netmask", "%d is not a prefix length from 1 to %d", m.Value, bits)
 		}
 	}
 	if e := c.PersistenceEngine; e != "" && e != "sip" {
-		return fieldErr("config.persistence_engine", "unknown engine %q (want sip)", e)
+		return FieldErrorf("config.persistence_engine", "unknown engine %q (want sip)", e)
 	}
 	return nil
 }
@@ -235,25 +236,25 @@ func normalizeServiceConfig(c *types.VirtualService_Config, family types.Address
 // returns it in canonical form (canonical address, weight 1 when unset).
 func NormalizeServer(in *types.RealServer, svc *types.VirtualService) (*types.RealServer, error) {
 	if in == nil {
-		return nil, fieldErr("server", "required")
+		return nil, FieldErrorf("server", "required")
 	}
 	s := proto.Clone(in).(*types.RealServer)
 	if err := ValidateID("serviceID", s.ServiceID); err != nil {
 		return nil, err
 	}
 	if s.Key == nil {
-		return nil, fieldErr("key", "required")
+		return nil, FieldErrorf("key", "required")
 	}
 	if s.Key.Ip == "" {
-		return nil, fieldErr("key.ip", "required")
+		return nil, FieldErrorf("key.ip", "required")
 	}
-	addr, err := parseAddr(s.Key.Ip)
+	addr, err := ParseAddr(s.Key.Ip)
 	if err != nil {
-		return nil, fieldErr("key.ip", "%v", err)
+		return nil, FieldErrorf("key.ip", "%v", err)
 	}
 	s.Key.Ip = addr.String()
 	fwmark := svc.GetKey().GetFwmark() != 0
-	if err := validatePort("key.port", s.Key.Port, fwmark); err != nil {
+	if err := ValidatePort("key.port", s.Key.Port, fwmark); err != nil {
 		return nil, err
 	}
 	if s.Config == nil {
@@ -263,21 +264,21 @@ func NormalizeServer(in *types.RealServer, svc *types.VirtualService) (*types.Re
 	if c.Weight == nil {
 		c.Weight = wrapperspb.UInt32(1)
 	} else if c.Weight.Value > MaxWeight {
-		return nil, fieldErr("config.weight", "%d is above %d", c.Weight.Value, MaxWeight)
+		return nil, FieldErrorf("config.weight", "%d is above %d", c.Weight.Value, MaxWeight)
 	}
 	if _, ok := types.ForwardMethod_name[int32(c.Forward)]; !ok {
-		return nil, fieldErr("config.forward", "unknown forward method %d", c.Forward)
+		return nil, FieldErrorf("config.forward", "unknown forward method %d", c.Forward)
 	}
 	forward := EffectiveForward(s, svc)
 	if forward == types.ForwardMethod_UNSET_FORWARD_METHOD {
-		return nil, fieldErr("config.forward", "required (route, tunnel or masq), here or in the service's defaults.forward")
+		return nil, FieldErrorf("config.forward", "required (%s), here or in the service's defaults.forward", ForwardNames)
 	}
 	if svcFamily := svc.GetKey().GetFamily(); svcFamily != familyOf(addr) && forward != types.ForwardMethod_TUNNEL {
-		return nil, fieldErr("key.ip", "%s server %s cannot serve a %s service with %s forwarding (only tunnel mixes families)",
-			familyOf(addr), addr, svcFamily, strings.ToLower(forward.String()))
+		return nil, FieldErrorf("key.ip", "%s server %s cannot serve a %s service with %s forwarding (only tunnel mixes families)",
+			familyOf(addr), addr, svcFamily, ForwardName(forward))
 	}
 	if c.LowerThreshold != nil && c.UpperThreshold != nil && c.UpperThreshold.Value != 0 && c.LowerThreshold.Value > c.UpperThreshold.Value {
-		return nil, fieldErr("config.lower_threshold", "%d is above config.upper_threshold %d", c.LowerThreshold.Value, c.UpperThreshold.Value)
+		return nil, FieldErrorf("config.lower_threshold", "%d is above config.upper_threshold %d", c.LowerThreshold.Value, c.UpperThreshold.Value)
 	}
 	if err := validateTunnel(c, forward); err != nil {
 		return nil, err
@@ -297,28 +298,28 @@ func validateTunnel(c *types.RealServer_Config, forward types.ForwardMethod) err
 	if forward != types.ForwardMethod_TUNNEL {
 		switch {
 		case c.TunnelType != types.TunnelType_IPIP:
-			return fieldErr("config.tunnel_type", "only for tunnel forwarding")
+			return FieldErrorf("config.tunnel_type", "only for tunnel forwarding")
 		case c.TunnelPort != 0:
-			return fieldErr("config.tunnel_port", "only for tunnel forwarding")
+			return FieldErrorf("config.tunnel_port", "only for tunnel forwarding")
 		case c.TunnelChecksum || c.TunnelRemoteChecksum:
-			return fieldErr("config.tunnel_checksum", "only for tunnel forwarding")
+			return FieldErrorf("config.tunnel_checksum", "only for tunnel forwarding")
 		}
 		return nil
 	}
 	switch c.TunnelType {
 	case types.TunnelType_GUE:
-		if err := validatePort("config.tunnel_port", c.TunnelPort, false); err != nil {
+		if err := ValidatePort("config.tunnel_port", c.TunnelPort, false); err != nil {
 			return err
 		}
 	case types.TunnelType_IPIP, types.TunnelType_GRE:
 		if c.TunnelPort != 0 {
-			return fieldErr("config.tunnel_port", "only for GUE tunnels")
+			return FieldErrorf("config.tunnel_port", "only for GUE tunnels")
 		}
 		if c.TunnelType == types.TunnelType_IPIP && (c.TunnelChecksum || c.TunnelRemoteChecksum) {
-			return fieldErr("config.tunnel_checksum", "only for GUE and GRE tunnels")
+			return FieldErrorf("config.tunnel_checksum", "only for GUE and GRE tunnels")
 		}
 	default:
-		return fieldErr("config.tunnel_type", "unknown tunnel type %d", c.TunnelType)
+		return FieldErrorf("config.tunnel_type", "unknown tunnel type %d", c.TunnelType)
 	}
 	return nil
 }
@@ -335,75 +336,75 @@ func validateHealthCheck(field string, h *types.RealServer_HealthCheck, partial 
 	if ep := h.Endpoint.GetValue(); ep != "" {
 		u, err := url.Parse(ep)
 		if err != nil {
-			return fieldErr(field+".endpoint", "not a URL: %v", err)
+			return FieldErrorf(field+".endpoint", "not a URL: %v", err)
 		}
 		if !slices.Contains(HealthCheckSchemes, u.Scheme) {
-			return fieldErr(field+".endpoint", "scheme %q not supported (want %s)", u.Scheme, strings.Join(HealthCheckSchemes, ", "))
+			return FieldErrorf(field+".endpoint", "scheme %q not supported (want %s)", u.Scheme, strings.Join(HealthCheckSchemes, ", "))
 		}
 		if u.Scheme == "exec" {
 			if h.Command == "" && !partial {
-				return fieldErr(field+".command", "required with an exec: endpoint")
+				return FieldErrorf(field+".command", "required with an exec: endpoint")
 			}
 		} else {
 			if host := u.Hostname(); host != "" {
 				if _, err := netip.ParseAddr(host); err != nil {
-					return fieldErr(field+".endpoint", "host %q must be an IP address or empty (the server's own)", host)
+					return FieldErrorf(field+".endpoint", "host %q must be an IP address or empty (the server's own)", host)
 				}
 			}
 			if p := u.Port(); p != "" {
 				if port, err := strconv.ParseUint(p, 10, 16); err != nil || port == 0 {
-					return fieldErr(field+".endpoint", "port %q: want 1 to 65535", p)
+					return FieldErrorf(field+".endpoint", "port %q: want 1 to 65535", p)
 				}
 			} else if !partial {
 				// No port: the server's own, unless that is 0 (firewall-mark services).
-				return fieldErr(field+".endpoint", "needs a port, e.g. http://:8080/health")
+				return FieldErrorf(field+".endpoint", "needs a port, e.g. http://:8080/health")
 			}
 		}
 	}
 	if h.ExpectStatus != "" {
-		if err := health.ValidStatusSpec(h.ExpectStatus); err != nil {
-			return fieldErr(field+".expect_status", "%v", err)
+		if err := ValidStatusSpec(h.ExpectStatus); err != nil {
+			return FieldErrorf(field+".expect_status", "%v", err)
 		}
 	}
 	if strings.ContainsFunc(h.Host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return fieldErr(field+".host", "%q has spaces or control characters", h.Host)
+		return FieldErrorf(field+".host", "%q has spaces or control characters", h.Host)
 	}
 	if m := h.Method; m != "" && !validMethod(m) {
-		return fieldErr(field+".method", "%q is not an HTTP method", m)
+		return FieldErrorf(field+".method", "%q is not an HTTP method", m)
 	}
 	if s := h.SlowStart; s != nil {
 		if err := s.CheckValid(); err != nil || s.AsDuration() < 0 {
-			return fieldErr(field+".slow_start", "must not be negative")
+			return FieldErrorf(field+".slow_start", "must not be negative")
 		}
 	}
 	if _, ok := types.RealServer_Startup_name[int32(h.Startup)]; !ok {
-		return fieldErr(field+".startup", "unknown startup state %d", h.Startup)
+		return FieldErrorf(field+".startup", "unknown startup state %d", h.Startup)
 	}
 	if p := h.Period; p != nil {
 		if err := p.CheckValid(); err != nil || p.AsDuration() <= 0 {
-			return fieldErr(field+".period", "must be positive")
+			return FieldErrorf(field+".period", "must be positive")
 		}
 	}
 	if t := h.Timeout; t != nil {
 		if err := t.CheckValid(); err != nil || t.AsDuration() <= 0 {
-			return fieldErr(field+".timeout", "must be positive")
+			return FieldErrorf(field+".timeout", "must be positive")
 		}
 	}
 	if h.Period != nil && h.Timeout != nil && h.Timeout.AsDuration() > h.Period.AsDuration() {
-		return fieldErr(field+".timeout", "%v is longer than the period %v", h.Timeout.AsDuration(), h.Period.AsDuration())
+		return FieldErrorf(field+".timeout", "%v is longer than the period %v", h.Timeout.AsDuration(), h.Period.AsDuration())
 	}
 	if partial || h.Endpoint.GetValue() == "" {
 		return nil
 	}
 	switch {
 	case h.Period == nil:
-		return fieldErr(field+".period", "required with an endpoint")
+		return FieldErrorf(field+".period", "required with an endpoint")
 	case h.Timeout == nil:
-		return fieldErr(field+".timeout", "required with an endpoint")
+		return FieldErrorf(field+".timeout", "required with an endpoint")
 	case h.UpThreshold == 0:
-		return fieldErr(field+".up_threshold", "must be at least 1")
+		return FieldErrorf(field+".up_threshold", "must be at least 1")
 	case h.DownThreshold == 0:
-		return fieldErr(field+".down_threshold", "must be at least 1")
+		return FieldErrorf(field+".down_threshold", "must be at least 1")
 	}
 	return nil
 }
@@ -417,42 +418,21 @@ func validMethod(m string) bool {
 	return len(m) <= 16
 }
 
-// EffectiveForward is the server's forward method, or the service default.
-func EffectiveForward(s *types.RealServer, svc *types.VirtualService) types.ForwardMethod {
-	if f := s.GetConfig().GetForward(); f != types.ForwardMethod_UNSET_FORWARD_METHOD {
-		return f
-	}
-	return svc.GetDefaults().GetForward()
-}
-
-// EffectiveHealthCheck is the service's default check with the fields the
-// server sets laid over it; nil when neither has one.
-func EffectiveHealthCheck(s *types.RealServer, svc *types.VirtualService) *types.RealServer_HealthCheck {
-	def, own := svc.GetDefaults().GetHealthCheck(), s.GetHealthCheck()
-	if def == nil && own == nil {
-		return nil
-	}
-	h := &types.RealServer_HealthCheck{}
-	if def != nil {
-		proto.Merge(h, def)
-	}
-	if own != nil {
-		proto.Merge(h, own)
-	}
-	return h
-}
-
-func validatePort(field string, port uint32, zeroOK bool) error {
+// ValidatePort checks a port; zeroOK where the port may be absent
+// (firewall-mark services).
+func ValidatePort(field string, port uint32, zeroOK bool) error {
 	if port == 0 && !zeroOK {
-		return fieldErr(field, "required (1 to 65535)")
+		return FieldErrorf(field, "required (1 to 65535)")
 	}
 	if port > 65535 {
-		return fieldErr(field, "%d is above 65535", port)
+		return FieldErrorf(field, "%d is above 65535", port)
 	}
 	return nil
 }
 
-func parseAddr(s string) (netip.Addr, error) {
+// ParseAddr parses a service or server address: no zones, IPv4-mapped
+// addresses unmapped, never unspecified or multicast.
+func ParseAddr(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
@@ -474,12 +454,21 @@ func familyOf(a netip.Addr) types.AddressFamily {
 	return types.AddressFamily_IPV6
 }
 
-// VIPKey names what a service claims exclusively: protocol, address and
-// port, or family and firewall mark. It is part of the VIP index key.
-func VIPKey(k *types.VirtualService_Key) string {
-	if k.GetFwmark() != 0 {
-		return fmt.Sprintf("fwmark/%s/%d", strings.ToLower(k.GetFamily().String()), k.GetFwmark())
+// ValidStatusSpec checks an expected-status value: comma-separated HTTP
+// codes and ranges, e.g. "200,204,300-399".
+func ValidStatusSpec(spec string) error {
+	for _, part := range strings.Split(spec, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		l, err := strconv.Atoi(lo)
+		if err != nil || l < 100 || l > 599 {
+			return fmt.Errorf("%q is not a status code or range like 200-299", part)
+		}
+		if isRange {
+			h, err := strconv.Atoi(hi)
+			if err != nil || h < l || h > 599 {
+				return fmt.Errorf("%q is not a status range like 200-299", part)
+			}
+		}
 	}
-	addr, _ := netip.ParseAddr(k.GetIp())
-	return strings.ToLower(k.GetProtocol().String()) + "/" + netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
+	return nil
 }
