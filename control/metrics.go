@@ -9,10 +9,11 @@ import (
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/types"
 )
 
-// AgentMetrics are the node agent's Prometheus metrics.
-type AgentMetrics struct {
+// NodeMetrics are the node runner's Prometheus metrics.
+type NodeMetrics struct {
 	reconcileDuration *prometheus.HistogramVec
 	reconcileErrors   prometheus.Counter
 	ops               *prometheus.CounterVec
@@ -26,11 +27,15 @@ type AgentMetrics struct {
 	serverUp          *prometheus.GaugeVec
 	serviceDown       *prometheus.GaugeVec
 	resyncs           prometheus.Counter
+	sinkUp            *prometheus.GaugeVec
+	sinkErrors        *prometheus.CounterVec
+	vips              *prometheus.GaugeVec
+	reportedServers   map[[2]string]bool // merlin_server_up label pairs set
 }
 
-// NewAgentMetrics creates the metrics and registers them (reg may be nil).
-func NewAgentMetrics(reg prometheus.Registerer) *AgentMetrics {
-	m := &AgentMetrics{
+// NewNodeMetrics creates the metrics and registers them (reg may be nil).
+func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
+	m := &NodeMetrics{
 		reconcileDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "merlin_reconcile_duration_seconds", Help: "Time of one reconcile pass, by kind (event: a desired-state change; resync: with a full kernel read).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"kind"}),
@@ -46,12 +51,63 @@ func NewAgentMetrics(reg prometheus.Registerer) *AgentMetrics {
 		serverUp:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_server_up", Help: "Health of each checked real server as this node sees it (1 up, 0 down)."}, []string{"service", "server"}),
 		resyncs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_resyncs_total", Help: "Background reads of the whole kernel table compared with what merlin wrote."}),
 		serviceDown:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_all_servers_down", Help: "1 for a service whose servers are all down on this node."}, []string{"service"}),
+		sinkUp:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_sink_up", Help: "1 while the last update of a part of the dataplane (ipvs, vips, ...) worked, 0 while it fails."}, []string{"sink"}),
+		sinkErrors:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),
+		vips:            prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vips", Help: "VIPs of the desired state on this node, by whether the node can serve them (serving, not_serving)."}, []string{"state"}),
+		reportedServers: map[[2]string]bool{},
+	}
+	for _, op := range []ipvs.OpKind{ipvs.OpAddService, ipvs.OpUpdateService, ipvs.OpDeleteService, ipvs.OpAddDestination, ipvs.OpUpdateDestination, ipvs.OpDeleteDestination} {
+		m.ops.WithLabelValues(opLabel(op)) // exported as 0 before the first op
+	}
+	for _, st := range []string{string(VIPServed), "not_serving"} {
+		m.vips.WithLabelValues(st)
 	}
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
-			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs)
+			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs,
+			m.sinkUp, m.sinkErrors, m.vips)
 	}
 	return m
+}
+
+// declareSinks exports every sink's series before its first update.
+func (m *NodeMetrics) declareSinks(names []string) {
+	for _, n := range names {
+		m.sinkUp.WithLabelValues(n).Set(1)
+		m.sinkErrors.WithLabelValues(n)
+	}
+}
+
+func (m *NodeMetrics) setSink(name string, err error) {
+	if err != nil {
+		m.sinkUp.WithLabelValues(name).Set(0)
+		m.sinkErrors.WithLabelValues(name).Inc()
+		return
+	}
+	m.sinkUp.WithLabelValues(name).Set(1)
+}
+
+// setServerHealth sets merlin_server_up for exactly the checked servers.
+func (m *NodeMetrics) setServerHealth(servers []*types.ServerHealth) {
+	seen := make(map[[2]string]bool, len(servers))
+	for _, sh := range servers {
+		k := [2]string{sh.ServiceId, sh.Server}
+		seen[k] = true
+		m.serverUp.WithLabelValues(k[0], k[1]).Set(b2f(sh.Up))
+	}
+	for k := range m.reportedServers {
+		if !seen[k] {
+			m.serverUp.DeleteLabelValues(k[0], k[1])
+		}
+	}
+	m.reportedServers = seen
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func opLabel(k ipvs.OpKind) string {

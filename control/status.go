@@ -16,12 +16,12 @@ import (
 // statusTTL is how long a node's status outlives the node.
 const statusTTL = 15
 
-// PublishStatus keeps the agent's status in etcd under a lease until ctx
+// PublishStatus keeps the runner's status in etcd under a lease until ctx
 // ends: on every change, and at least every few seconds. The status key
 // disappears when the node stops renewing its lease.
-func PublishStatus(ctx context.Context, store *Store, agent *Agent, apiAddress string, log *slog.Logger) {
+func PublishStatus(ctx context.Context, store *Store, runner *Runner, apiAddress string, log *slog.Logger) {
 	for ctx.Err() == nil {
-		err := publishUnderLease(ctx, store, agent, apiAddress)
+		err := publishUnderLease(ctx, store, runner, apiAddress)
 		if ctx.Err() != nil {
 			return
 		}
@@ -30,7 +30,7 @@ func PublishStatus(ctx context.Context, store *Store, agent *Agent, apiAddress s
 	}
 }
 
-func publishUnderLease(ctx context.Context, store *Store, agent *Agent, apiAddress string) error {
+func publishUnderLease(ctx context.Context, store *Store, runner *Runner, apiAddress string) error {
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	lease, err := store.client.Grant(lctx, statusTTL)
 	cancel()
@@ -47,7 +47,7 @@ func publishUnderLease(ctx context.Context, store *Store, agent *Agent, apiAddre
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
-		st, changed := agent.Status()
+		st, changed := runner.Status()
 		st.ApiAddress = apiAddress
 		if last == nil || !proto.Equal(st, last) {
 			pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -100,13 +100,13 @@ func (s *Server) ConfirmDeletions(ctx context.Context, req *types.ConfirmDeletio
 type KernelStats struct {
 	Node   string
 	Client *ipvs.Client
-	Agent  *Agent
+	Runner *Runner
 }
 
 // Stats implements the Stats RPC's source.
 func (k *KernelStats) Stats(ctx context.Context) (*types.StatsResponse, error) {
 	ids := map[ipvs.ServiceKey]string{}
-	if st := k.Agent.Desired(); st != nil {
+	if st := k.Runner.Desired(); st != nil {
 		for id, ss := range st.Services {
 			ids[ServiceKeyOf(ss.Service)] = id
 		}

@@ -16,6 +16,9 @@ type State struct {
 	// Transitioned: the state came from a probe result, not the initial
 	// assumption (slow start applies only then).
 	Transitioned bool
+	// Settled: a probe result agrees with Up; until then Up is the
+	// initial assumption (a node announces nothing before its checks settle).
+	Settled bool
 }
 
 // Observer hears about every probe and transition (metrics).
@@ -241,7 +244,14 @@ func (m *Monitor) record(r *runner, err error) {
 			changed = true
 		}
 	}
+	settled := !r.state.Settled && r.state.Up == (err == nil)
+	if settled || changed {
+		r.state.Settled = true
+	}
 	m.mu.Unlock()
+	if settled && !changed {
+		m.notify() // the first result that confirms the initial state
+	}
 	if changed {
 		m.log.Info("health check changed state", "check", c.String(), "up", err == nil, "error", errString(err))
 		if m.observer != nil {

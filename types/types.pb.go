@@ -810,9 +810,16 @@ type NodeStatus struct {
 	// servers: every health-checked server as this node sees it.
 	Servers []*ServerHealth `protobuf:"bytes,10,rep,name=servers,proto3" json:"servers,omitempty"`
 	// services_down: services whose servers are all down on this node.
-	ServicesDown  []string `protobuf:"bytes,11,rep,name=services_down,json=servicesDown,proto3" json:"services_down,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ServicesDown []string `protobuf:"bytes,11,rep,name=services_down,json=servicesDown,proto3" json:"services_down,omitempty"`
+	// sinks: each part of the dataplane the node programs from its plan
+	// (IPVS, VIP addresses, ...) and whether its last update worked.
+	Sinks []*SinkStatus `protobuf:"bytes,12,rep,name=sinks,proto3" json:"sinks,omitempty"`
+	// vips_serving: how many VIPs this node can serve; vips_not_serving
+	// lists the others with the reason (bounded by what is wrong).
+	VipsServing    uint32       `protobuf:"varint,13,opt,name=vips_serving,json=vipsServing,proto3" json:"vips_serving,omitempty"`
+	VipsNotServing []*VIPStatus `protobuf:"bytes,14,rep,name=vips_not_serving,json=vipsNotServing,proto3" json:"vips_not_serving,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -922,6 +929,165 @@ func (x *NodeStatus) GetServicesDown() []string {
 	return nil
 }
 
+func (x *NodeStatus) GetSinks() []*SinkStatus {
+	if x != nil {
+		return x.Sinks
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetVipsServing() uint32 {
+	if x != nil {
+		return x.VipsServing
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetVipsNotServing() []*VIPStatus {
+	if x != nil {
+		return x.VipsNotServing
+	}
+	return nil
+}
+
+type SinkStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Ok    bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	// error of the last failed update, while failing.
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	NextRetry     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=next_retry,json=nextRetry,proto3" json:"next_retry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SinkStatus) Reset() {
+	*x = SinkStatus{}
+	mi := &file_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SinkStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SinkStatus) ProtoMessage() {}
+
+func (x *SinkStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
+func (*SinkStatus) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SinkStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SinkStatus) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *SinkStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *SinkStatus) GetNextRetry() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRetry
+	}
+	return nil
+}
+
+type VIPStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// state: serving, no_healthy_server, not_ready or ipvs_failed.
+	State         string   `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Reason        string   `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Services      []string `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VIPStatus) Reset() {
+	*x = VIPStatus{}
+	mi := &file_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VIPStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VIPStatus) ProtoMessage() {}
+
+func (x *VIPStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
+func (*VIPStatus) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *VIPStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *VIPStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *VIPStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *VIPStatus) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
 type ServerHealth struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	ServiceId       string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
@@ -936,7 +1102,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1114,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1127,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -1021,7 +1187,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1199,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1212,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -1098,7 +1264,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1276,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1289,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -1165,7 +1331,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1343,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1356,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1216,7 +1382,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1394,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1407,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -1269,7 +1435,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1447,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1460,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -1380,7 +1546,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1558,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1571,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -1455,7 +1621,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1633,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1646,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -1521,7 +1687,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1699,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1712,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -1579,7 +1745,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1757,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1828,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1840,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +1909,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1921,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1961,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1973,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2021,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2033,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2136,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2148,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2293,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2305,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2440,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\xea\x03\n" +
+	"\x06DELETE\x10\x04\"\xf2\x04\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -2290,7 +2456,22 @@ const file_types_proto_rawDesc = "" +
 	"\astarted\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12-\n" +
 	"\aservers\x18\n" +
 	" \x03(\v2\x13.types.ServerHealthR\aservers\x12#\n" +
-	"\rservices_down\x18\v \x03(\tR\fservicesDown\"\xd1\x01\n" +
+	"\rservices_down\x18\v \x03(\tR\fservicesDown\x12'\n" +
+	"\x05sinks\x18\f \x03(\v2\x11.types.SinkStatusR\x05sinks\x12!\n" +
+	"\fvips_serving\x18\r \x01(\rR\vvipsServing\x12:\n" +
+	"\x10vips_not_serving\x18\x0e \x03(\v2\x10.types.VIPStatusR\x0evipsNotServing\"\x81\x01\n" +
+	"\n" +
+	"SinkStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x129\n" +
+	"\n" +
+	"next_retry\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnextRetry\"o\n" +
+	"\tVIPStatus\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bservices\x18\x04 \x03(\tR\bservices\"\xd1\x01\n" +
 	"\fServerHealth\x12\x1d\n" +
 	"\n" +
 	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
@@ -2396,7 +2577,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -2412,106 +2593,111 @@ var file_types_proto_goTypes = []any{
 	(*WatchRequest)(nil),                  // 11: types.WatchRequest
 	(*WatchEvent)(nil),                    // 12: types.WatchEvent
 	(*NodeStatus)(nil),                    // 13: types.NodeStatus
-	(*ServerHealth)(nil),                  // 14: types.ServerHealth
-	(*ObjectError)(nil),                   // 15: types.ObjectError
-	(*DeletionGuard)(nil),                 // 16: types.DeletionGuard
-	(*StatusResponse)(nil),                // 17: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 18: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 19: types.Counters
-	(*ServerStats)(nil),                   // 20: types.ServerStats
-	(*ServiceStats)(nil),                  // 21: types.ServiceStats
-	(*StatsResponse)(nil),                 // 22: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 23: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 24: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 25: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 26: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 27: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 28: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 29: types.ListResponse.Item
-	(*timestamppb.Timestamp)(nil),         // 30: google.protobuf.Timestamp
-	(*wrapperspb.UInt32Value)(nil),        // 31: google.protobuf.UInt32Value
-	(*wrapperspb.BoolValue)(nil),          // 32: google.protobuf.BoolValue
-	(*wrapperspb.StringValue)(nil),        // 33: google.protobuf.StringValue
-	(*durationpb.Duration)(nil),           // 34: google.protobuf.Duration
-	(*emptypb.Empty)(nil),                 // 35: google.protobuf.Empty
+	(*SinkStatus)(nil),                    // 14: types.SinkStatus
+	(*VIPStatus)(nil),                     // 15: types.VIPStatus
+	(*ServerHealth)(nil),                  // 16: types.ServerHealth
+	(*ObjectError)(nil),                   // 17: types.ObjectError
+	(*DeletionGuard)(nil),                 // 18: types.DeletionGuard
+	(*StatusResponse)(nil),                // 19: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 20: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 21: types.Counters
+	(*ServerStats)(nil),                   // 22: types.ServerStats
+	(*ServiceStats)(nil),                  // 23: types.ServiceStats
+	(*StatsResponse)(nil),                 // 24: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 25: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 26: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 27: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 28: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 29: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 30: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 31: types.ListResponse.Item
+	(*timestamppb.Timestamp)(nil),         // 32: google.protobuf.Timestamp
+	(*wrapperspb.UInt32Value)(nil),        // 33: google.protobuf.UInt32Value
+	(*wrapperspb.BoolValue)(nil),          // 34: google.protobuf.BoolValue
+	(*wrapperspb.StringValue)(nil),        // 35: google.protobuf.StringValue
+	(*durationpb.Duration)(nil),           // 36: google.protobuf.Duration
+	(*emptypb.Empty)(nil),                 // 37: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	23, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
-	24, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
-	25, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	26, // 3: types.RealServer.key:type_name -> types.RealServer.Key
-	27, // 4: types.RealServer.config:type_name -> types.RealServer.Config
-	28, // 5: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	29, // 6: types.ListResponse.items:type_name -> types.ListResponse.Item
+	25, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
+	26, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
+	27, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	28, // 3: types.RealServer.key:type_name -> types.RealServer.Key
+	29, // 4: types.RealServer.config:type_name -> types.RealServer.Config
+	30, // 5: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	31, // 6: types.ListResponse.items:type_name -> types.ListResponse.Item
 	9,  // 7: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
 	5,  // 8: types.WatchEvent.type:type_name -> types.WatchEvent.Type
 	6,  // 9: types.WatchEvent.service:type_name -> types.VirtualService
 	7,  // 10: types.WatchEvent.server:type_name -> types.RealServer
 	13, // 11: types.WatchEvent.node:type_name -> types.NodeStatus
-	30, // 12: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	15, // 13: types.NodeStatus.errors:type_name -> types.ObjectError
-	16, // 14: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	30, // 15: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	14, // 16: types.NodeStatus.servers:type_name -> types.ServerHealth
-	30, // 17: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	30, // 18: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	13, // 19: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	26, // 20: types.ServerStats.key:type_name -> types.RealServer.Key
-	19, // 21: types.ServerStats.counters:type_name -> types.Counters
-	23, // 22: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	19, // 23: types.ServiceStats.counters:type_name -> types.Counters
-	20, // 24: types.ServiceStats.servers:type_name -> types.ServerStats
-	21, // 25: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 26: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 27: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	31, // 28: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	31, // 29: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	32, // 30: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 31: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	28, // 32: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	31, // 33: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 34: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	31, // 35: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	31, // 36: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 37: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	33, // 38: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	34, // 39: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	34, // 40: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	34, // 41: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 42: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	6,  // 43: types.ListResponse.Item.service:type_name -> types.VirtualService
-	7,  // 44: types.ListResponse.Item.servers:type_name -> types.RealServer
-	6,  // 45: types.Merlin.CreateService:input_type -> types.VirtualService
-	6,  // 46: types.Merlin.UpdateService:input_type -> types.VirtualService
-	33, // 47: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	7,  // 48: types.Merlin.CreateServer:input_type -> types.RealServer
-	7,  // 49: types.Merlin.UpdateServer:input_type -> types.RealServer
-	7,  // 50: types.Merlin.DeleteServer:input_type -> types.RealServer
-	35, // 51: types.Merlin.List:input_type -> google.protobuf.Empty
-	33, // 52: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	10, // 53: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	11, // 54: types.Merlin.Watch:input_type -> types.WatchRequest
-	35, // 55: types.Merlin.Status:input_type -> google.protobuf.Empty
-	35, // 56: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	18, // 57: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	35, // 58: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	35, // 59: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	35, // 60: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	35, // 61: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	35, // 62: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	35, // 63: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	8,  // 64: types.Merlin.List:output_type -> types.ListResponse
-	29, // 65: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	35, // 66: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	12, // 67: types.Merlin.Watch:output_type -> types.WatchEvent
-	17, // 68: types.Merlin.Status:output_type -> types.StatusResponse
-	22, // 69: types.Merlin.Stats:output_type -> types.StatsResponse
-	35, // 70: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	58, // [58:71] is the sub-list for method output_type
-	45, // [45:58] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	32, // 12: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	17, // 13: types.NodeStatus.errors:type_name -> types.ObjectError
+	18, // 14: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	32, // 15: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	16, // 16: types.NodeStatus.servers:type_name -> types.ServerHealth
+	14, // 17: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	15, // 18: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	32, // 19: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	32, // 20: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	32, // 21: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	13, // 22: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	28, // 23: types.ServerStats.key:type_name -> types.RealServer.Key
+	21, // 24: types.ServerStats.counters:type_name -> types.Counters
+	25, // 25: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	21, // 26: types.ServiceStats.counters:type_name -> types.Counters
+	22, // 27: types.ServiceStats.servers:type_name -> types.ServerStats
+	23, // 28: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 29: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 30: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	33, // 31: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	33, // 32: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	34, // 33: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 34: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	30, // 35: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	33, // 36: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 37: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	33, // 38: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	33, // 39: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 40: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	35, // 41: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	36, // 42: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	36, // 43: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	36, // 44: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 45: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	6,  // 46: types.ListResponse.Item.service:type_name -> types.VirtualService
+	7,  // 47: types.ListResponse.Item.servers:type_name -> types.RealServer
+	6,  // 48: types.Merlin.CreateService:input_type -> types.VirtualService
+	6,  // 49: types.Merlin.UpdateService:input_type -> types.VirtualService
+	35, // 50: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	7,  // 51: types.Merlin.CreateServer:input_type -> types.RealServer
+	7,  // 52: types.Merlin.UpdateServer:input_type -> types.RealServer
+	7,  // 53: types.Merlin.DeleteServer:input_type -> types.RealServer
+	37, // 54: types.Merlin.List:input_type -> google.protobuf.Empty
+	35, // 55: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	10, // 56: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	11, // 57: types.Merlin.Watch:input_type -> types.WatchRequest
+	37, // 58: types.Merlin.Status:input_type -> google.protobuf.Empty
+	37, // 59: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	20, // 60: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	37, // 61: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	37, // 62: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	37, // 63: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	37, // 64: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	37, // 65: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	37, // 66: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	8,  // 67: types.Merlin.List:output_type -> types.ListResponse
+	31, // 68: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	37, // 69: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	12, // 70: types.Merlin.Watch:output_type -> types.WatchEvent
+	19, // 71: types.Merlin.Status:output_type -> types.StatusResponse
+	24, // 72: types.Merlin.Stats:output_type -> types.StatsResponse
+	37, // 73: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	61, // [61:74] is the sub-list for method output_type
+	48, // [48:61] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -2525,7 +2711,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

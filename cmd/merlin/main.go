@@ -222,22 +222,22 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	etcdUp := prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_etcd_connected", Help: "1 while etcd answers (with a leader)."})
 	reg.MustRegister(etcdUp)
-	var agent *control.Agent
+	var node *control.Runner
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	if o.reconcile {
-		a, stop, err := startAgent(ctx, o, store, api, reg, log, &wg)
+		a, stop, err := startNode(ctx, o, store, api, reg, log, &wg)
 		if err != nil {
 			g.Stop()
 			return err
 		}
 		defer stop()
-		agent = a
+		node = a
 		advertise := o.advertise
 		if advertise == "" {
 			advertise = lis.Addr().String()
 		}
-		wg.Go(func() { control.PublishStatus(ctx, store, agent, advertise, log) })
+		wg.Go(func() { control.PublishStatus(ctx, store, node, advertise, log) })
 	}
 	wg.Go(func() { probeEtcd(ctx, store, etcdUp) })
 	wg.Go(func() {
@@ -247,7 +247,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	})
 	var hs *http.Server
 	if healthLis != nil {
-		hs = &http.Server{Handler: healthMux(store, agent, reg), ReadHeaderTimeout: 5 * time.Second}
+		hs = &http.Server{Handler: healthMux(store, node, reg), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
 			if err := hs.Serve(healthLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("health: %w", err)
@@ -258,7 +258,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	cancel() // stops the watcher, agent and status publisher; the kernel table stays as it is
+	cancel() // stops the watcher, node and status publisher; the kernel table stays as it is
 	log.Info("stopping")
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
@@ -276,7 +276,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	return err
 }
 
-func healthMux(store *control.Store, agent *control.Agent, reg *prometheus.Registry) *http.ServeMux {
+func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	alive := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	ready := func(w http.ResponseWriter, r *http.Request) {
@@ -286,8 +286,8 @@ func healthMux(store *control.Store, agent *control.Agent, reg *prometheus.Regis
 			http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		if agent != nil {
-			if st, _ := agent.Status(); st.LastResult != "ok" {
+		if node != nil {
+			if st, _ := node.Status(); st.LastResult != "ok" {
 				http.Error(w, "reconcile: "+st.LastResult, http.StatusServiceUnavailable)
 				return
 			}
@@ -317,9 +317,9 @@ func splitList(s string) []string {
 	return out
 }
 
-// startAgent opens this namespace's IPVS table and runs the watcher and
-// the agent; stop waits for them after ctx ends.
-func startAgent(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, wg *sync.WaitGroup) (*control.Agent, func(), error) {
+// startNode opens this namespace's IPVS table and runs the watcher and
+// the node runner; stop waits for them after ctx ends.
+func startNode(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, wg *sync.WaitGroup) (*control.Runner, func(), error) {
 	if o.sysctls {
 		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
 			log.Warn("director sysctls", "error", err)
@@ -332,51 +332,49 @@ func startAgent(ctx context.Context, o *options, store *control.Store, api *cont
 	if err != nil {
 		return nil, nil, fmt.Errorf("open IPVS (run with -reconcile=false to serve only the API): %w", err)
 	}
-	var vips control.VIPSink
+	var sinks []control.Sink
 	if o.vipInterface != "" {
 		v, err := netif.NewVIPs(o.vipInterface, filepath.Join(o.dataDir, "vips.json"))
 		if err != nil {
 			table.Close()
 			return nil, nil, err
 		}
-		vips = v
+		sinks = append(sinks, control.NewVIPSink(v))
 	}
-	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
-	checks.Handle(health.GRPC, grpcprobe.Prober{})
 	var adopt []netip.Prefix
 	for _, p := range splitList(o.adopt) {
 		pfx, err := netip.ParsePrefix(p)
 		if err != nil {
-			checks.Close()
 			table.Close()
 			return nil, nil, fmt.Errorf("-adopt %q: %w", p, err)
 		}
 		adopt = append(adopt, pfx)
 	}
-	agent, err := control.NewAgent(control.AgentConfig{
-		Node: o.node, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
-		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
-	}, table, vips, checks, control.NewAgentMetrics(reg), log.With("component", "agent"))
-	if err != nil {
-		checks.Close()
-		table.Close()
-		return nil, nil, err
-	}
 	reader, err := ipvs.Open(ipvs.Options{})
 	if err != nil {
-		checks.Close()
 		table.Close()
 		return nil, nil, fmt.Errorf("open IPVS for resyncs: %w", err)
 	}
-	agent.ReadResyncsWith(reader)
-	api.SetStats(&control.KernelStats{Node: o.node, Client: reader, Agent: agent})
+	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
+	checks.Handle(health.GRPC, grpcprobe.Prober{})
+	runner, err := control.NewRunner(control.RunnerConfig{
+		Node: o.node, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
+		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
+	}, control.RunnerDeps{IPVS: table, Reader: reader, Health: checks, Sinks: sinks, Metrics: control.NewNodeMetrics(reg), Log: log.With("component", "node")})
+	if err != nil {
+		checks.Close()
+		reader.Close()
+		table.Close()
+		return nil, nil, err
+	}
+	api.SetStats(&control.KernelStats{Node: o.node, Client: reader, Runner: runner})
 	watcher := control.NewWatcher(store, log.With("component", "watcher"), control.WatcherConfig{})
 	reg.MustRegister(control.NewWatcherCollector(watcher))
 	var local sync.WaitGroup
-	local.Go(func() { _ = watcher.Run(ctx, agent.Offer) })
-	local.Go(func() { _ = agent.Run(ctx) })
+	local.Go(func() { _ = watcher.Run(ctx, runner.Offer) })
+	local.Go(func() { _ = runner.Run(ctx) })
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
-	return agent, func() { local.Wait(); checks.Close(); reader.Close(); table.Close() }, nil
+	return runner, func() { local.Wait(); checks.Close(); reader.Close(); table.Close() }, nil
 }
 
 // probeEtcd keeps merlin_etcd_connected current.

@@ -1,0 +1,174 @@
+package control
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// VIPServing says whether this node can serve a VIP (what a BGP speaker
+// announces or withdraws).
+type VIPServing string
+
+// Serving states of a VIP.
+const (
+	VIPServed          VIPServing = "serving"
+	VIPNoHealthyServer VIPServing = "no_healthy_server"
+	VIPNotReady        VIPServing = "not_ready"
+	VIPFailed          VIPServing = "ipvs_failed"
+)
+
+// VIPState is one VIP address with the services on it and whether this
+// node can serve it, with the reason when it cannot.
+type VIPState struct {
+	Addr     netip.Addr
+	State    VIPServing
+	Reason   string
+	Services []string // IDs, sorted
+}
+
+// NodeInputs is what the node plan needs beyond the service plans.
+type NodeInputs struct {
+	// NotReady, when set, says why nothing is served yet (before the first
+	// completed reconcile, or before the first health results).
+	NotReady string
+	// Failed names the services the kernel refused on this node.
+	Failed map[string]bool
+}
+
+// NodePlan is what the node programs beside the IPVS table, derived from
+// all service plans.
+type NodePlan struct {
+	VIPs      []netip.Addr // of every programmable address-based service, sorted
+	VIPStates []VIPState   // one per VIP, sorted by address
+	Health    []*types.ServerHealth
+	Down      []string // services whose servers are all down, sorted
+}
+
+// PlanNode derives the node plan from the service plans.
+func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
+	var np NodePlan
+	byVIP := map[netip.Addr][]*ServicePlan{}
+	for _, id := range slices.Sorted(maps.Keys(services)) {
+		p := services[id]
+		if p.AllDown {
+			np.Down = append(np.Down, id)
+		}
+		np.Health = appendHealth(np.Health, p)
+		if k := p.State.Service.GetKey(); k.GetFwmark() == 0 {
+			if addr, err := netip.ParseAddr(k.GetIp()); err == nil {
+				byVIP[addr] = append(byVIP[addr], p)
+			}
+		}
+	}
+	for _, addr := range slices.SortedFunc(maps.Keys(byVIP), netip.Addr.Compare) {
+		st := vipState(addr, byVIP[addr], in)
+		np.VIPStates = append(np.VIPStates, st)
+		if slices.ContainsFunc(byVIP[addr], func(p *ServicePlan) bool { return p.Err == nil }) {
+			np.VIPs = append(np.VIPs, addr)
+		}
+	}
+	return np
+}
+
+// vipState: served when any service on the VIP has a server up and was
+// programmed; otherwise the first reason that applies.
+func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
+	st := VIPState{Addr: addr}
+	var failed, noServer, allDown []string
+	for _, p := range plans {
+		st.Services = append(st.Services, p.ID)
+		switch {
+		case p.Err != nil || in.Failed[p.ID]:
+			failed = append(failed, p.ID)
+		case len(p.Virtual.Destinations) == 0:
+			noServer = append(noServer, p.ID)
+		case p.AllDown:
+			allDown = append(allDown, p.ID)
+		default:
+			st.State = VIPServed
+		}
+	}
+	switch {
+	case in.NotReady != "":
+		st.State, st.Reason = VIPNotReady, in.NotReady
+	case st.State == VIPServed:
+	case len(allDown) > 0 || len(noServer) > 0:
+		st.State = VIPNoHealthyServer
+		st.Reason = joinReasons(map[string][]string{"every server is down": allDown, "no servers": noServer})
+	default:
+		st.State, st.Reason = VIPFailed, "not programmed: "+strings.Join(failed, ", ")
+	}
+	return st
+}
+
+func joinReasons(by map[string][]string) string {
+	var parts []string
+	for _, reason := range slices.Sorted(maps.Keys(by)) {
+		if ids := by[reason]; len(ids) > 0 {
+			parts = append(parts, fmt.Sprintf("%s: %s", reason, strings.Join(ids, ", ")))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func appendHealth(out []*types.ServerHealth, p *ServicePlan) []*types.ServerHealth {
+	for _, sp := range p.Servers {
+		if !sp.Checked {
+			continue
+		}
+		sh := &types.ServerHealth{ServiceId: p.ID, Server: sp.Key, Up: sp.Up, EffectiveWeight: sp.Weight}
+		if sp.Known {
+			sh.LastError, sh.Since = sp.Health.LastError, timestamppb.New(sp.Health.Since)
+		}
+		out = append(out, sh)
+	}
+	return out
+}
+
+// CounterKeys are the keys the traffic counters need: one per programmed
+// service, one per real server with how packets reach it.
+type CounterKeys struct {
+	Services []ipvs.ServiceKey
+	Backends []BackendKey
+}
+
+// BackendKey names one real server of one service.
+type BackendKey struct {
+	Service ipvs.ServiceKey
+	Server  ipvs.DestinationKey
+	Forward ipvs.ForwardMethod
+}
+
+// PlanCounterKeys lists the counter keys of the programmable services,
+// sorted. It walks every server, so it runs only where counters are kept.
+func PlanCounterKeys(services map[string]*ServicePlan) CounterKeys {
+	var ck CounterKeys
+	for _, p := range services {
+		if p.Err != nil {
+			continue
+		}
+		ck.Services = append(ck.Services, p.Key())
+		for _, d := range p.Virtual.Destinations {
+			ck.Backends = append(ck.Backends, BackendKey{Service: p.Key(), Server: d.Key, Forward: d.Config.Forward})
+		}
+	}
+	slices.SortFunc(ck.Services, compareServiceKeys)
+	slices.SortFunc(ck.Backends, func(a, b BackendKey) int {
+		return cmp.Or(compareServiceKeys(a.Service, b.Service),
+			netip.AddrPortFrom(a.Server.Address, a.Server.Port).Compare(netip.AddrPortFrom(b.Server.Address, b.Server.Port)))
+	})
+	return ck
+}
+
+func compareServiceKeys(a, b ipvs.ServiceKey) int {
+	return cmp.Or(cmp.Compare(a.FWMark, b.FWMark), a.Address.Compare(b.Address), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Family, b.Family))
+}

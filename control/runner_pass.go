@@ -1,0 +1,441 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// passState is what the runner carries from one pass to the next; only
+// Run's goroutine touches it.
+type passState struct {
+	plans    map[string]*ServicePlan   // by service ID
+	checks   map[string]ServiceChecks  // by service ID, services with checks only
+	idByKey  map[ipvs.ServiceKey]string // of planned services that convert
+	initial  map[health.Check]bool      // what the monitor was last given
+	ramping  map[string]time.Time       // services in slow start → next weight change
+	failures *failures                  // objects this node could not program
+	sinkFail *failures                  // sinks whose last Set failed (objectID.service is the name)
+	guardRev int64                      // revision a mass deletion is held at (0: none)
+	node     NodePlan
+	nodeIn   NodeInputs      // what node was planned with
+	lastDown map[string]bool // services reported all down
+	ready    bool            // a pass completed with every check's first result in
+
+	driftKeys                           []ipvs.ServiceKey // found by a background read; diffed next pass
+	healthDirty, checksDirty, nodeDirty bool
+}
+
+func newPassState(cfg RunnerConfig, sinks int) passState {
+	return passState{
+		plans: map[string]*ServicePlan{}, checks: map[string]ServiceChecks{}, idByKey: map[ipvs.ServiceKey]string{},
+		ramping: map[string]time.Time{}, failures: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff),
+		sinkFail: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff), nodeDirty: sinks > 0,
+	}
+}
+
+// runPass runs one reconcile, publishes the outcome and returns when the
+// next pass is due without news (zero: not before news).
+func (r *Runner) runPass(ctx context.Context, desired *State, changed map[string]bool, full bool) time.Time {
+	start := time.Now()
+	kind := "event"
+	if full || !r.ipvs.valid {
+		kind = "resync"
+	}
+	err := r.reconcile(ctx, desired, changed, kind == "resync", start)
+	if err != nil {
+		// The next pass reads the kernel and looks at everything again:
+		// this one may have taken changes it did not apply.
+		r.ipvs.valid = false
+		r.metrics.reconcileErrors.Inc()
+		r.log.Warn("reconcile failed", "error", err)
+	}
+	r.metrics.reconcileDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	r.publish(desired, start, err)
+	return r.nextPass(err, start)
+}
+
+// nextPass is the earliest of: a failed object's retry, a failed sink's
+// retry, a slow-start step, and after a failed pass the first backoff.
+// Every one of them lies in the future: a due retry is retried or cleared
+// by the pass that finds it due.
+func (r *Runner) nextPass(err error, now time.Time) time.Time {
+	next := earliest(r.pass.failures.next(), r.pass.sinkFail.next())
+	for _, t := range r.pass.ramping {
+		next = earliest(next, t)
+	}
+	if err != nil {
+		next = earliest(next, now.Add(r.cfg.RetryBackoff))
+	}
+	return next
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}
+
+func (r *Runner) reconcile(ctx context.Context, desired *State, changed map[string]bool, full bool, now time.Time) error {
+	if full {
+		adopted, err := r.ipvs.Read(ctx, desiredKeys(desired))
+		if err != nil {
+			return err
+		}
+		for _, k := range adopted {
+			r.log.Info("adopting kernel service", "service", k)
+		}
+	}
+	dirty := r.replan(desired, r.lookAt(desired, changed, full, now), now)
+	retried := r.retryDue(dirty, now)
+	for _, k := range r.pass.driftKeys {
+		dirty[k] = true
+	}
+	r.pass.driftKeys = nil
+	if full || r.pass.guardRev != 0 { // held deletions are looked at again every pass
+		for k := range r.ipvs.model {
+			dirty[k] = true
+		}
+		for k := range r.pass.idByKey {
+			dirty[k] = true
+		}
+	}
+	err := r.applyIPVS(ctx, desired, dirty, retried, now)
+	r.setSinks(ctx, desired, err == nil, now)
+	return err
+}
+
+// lookAt is the services whose plan may have changed: those an update
+// named (every one after a list or on a resync), those whose slow start
+// steps now, and with health news every checked one. The rest keep their
+// plans, so the table's size does not set the cost of one change.
+func (r *Runner) lookAt(desired *State, changed map[string]bool, full bool, now time.Time) map[string]bool {
+	look := changed
+	if full || changed == nil {
+		look = make(map[string]bool, len(desired.Services)+len(r.pass.plans))
+		for id := range desired.Services {
+			look[id] = true
+		}
+		for id := range r.pass.plans {
+			look[id] = true
+		}
+		return look
+	}
+	extra := func(id string) {
+		if !look[id] {
+			if len(look) == len(changed) {
+				look = cloneSet(changed)
+			}
+			look[id] = true
+		}
+	}
+	for id, t := range r.pass.ramping {
+		if !t.After(now) {
+			extra(id)
+		}
+	}
+	if r.pass.healthDirty {
+		for id := range r.pass.checks {
+			extra(id)
+		}
+	}
+	return look
+}
+
+func cloneSet(m map[string]bool) map[string]bool {
+	c := make(map[string]bool, len(m)+1)
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// replan asks the planner again for the services in look and returns the
+// kernel keys whose planned state may differ from the kernel's.
+func (r *Runner) replan(desired *State, look map[string]bool, now time.Time) map[ipvs.ServiceKey]bool {
+	healthDirty := r.pass.healthDirty
+	r.pass.healthDirty = false
+	dirty := map[ipvs.ServiceKey]bool{}
+	var again []string
+	for id := range look {
+		ss, old := desired.Services[id], r.pass.plans[id]
+		switch {
+		case ss == nil:
+			if old != nil {
+				r.dropPlan(id, old, dirty)
+			}
+		case old == nil || old.State != ss:
+			r.pass.failures.clearService(id)
+			r.setChecks(id, ss, now)
+			again = append(again, id)
+		case r.pass.ramping[id] != (time.Time{}) && !r.pass.ramping[id].After(now),
+			healthDirty && len(r.pass.checks[id].Servers) > 0:
+			again = append(again, id)
+		}
+	}
+	if r.pass.checksDirty && r.health != nil {
+		r.pass.initial = WantedChecks(r.pass.checks)
+		r.health.Set(r.pass.initial)
+		r.pass.checksDirty = false
+	}
+	for _, id := range again {
+		r.setPlan(id, PlanService(id, desired.Services[id], r.pass.checks[id], r.healthView(r.pass.checks[id]), now), dirty, now)
+	}
+	return dirty
+}
+
+func (r *Runner) dropPlan(id string, old *ServicePlan, dirty map[ipvs.ServiceKey]bool) {
+	if old.Err == nil {
+		dirty[old.Key()] = true
+		r.forgetKey(old.Key(), id)
+	}
+	delete(r.pass.plans, id)
+	delete(r.pass.ramping, id)
+	if _, ok := r.pass.checks[id]; ok {
+		delete(r.pass.checks, id)
+		r.pass.checksDirty = true
+	}
+	r.pass.failures.clearService(id)
+	r.pass.nodeDirty = true
+}
+
+// setChecks records the health checks of a changed service.
+func (r *Runner) setChecks(id string, ss *ServiceState, now time.Time) {
+	if r.health == nil {
+		return
+	}
+	sc := PlanChecks(ss, r.ipvs.Kernel(ServiceKeyOf(ss.Service)))
+	for server, err := range sc.Errors {
+		r.fail(objectID{service: id, server: server}, err, now)
+	}
+	old, had := r.pass.checks[id]
+	switch {
+	case len(sc.Servers) == 0 && had:
+		delete(r.pass.checks, id)
+		r.pass.checksDirty = true
+	case len(sc.Servers) > 0 && !old.Equal(sc):
+		r.pass.checks[id] = sc
+		r.pass.checksDirty = true
+	}
+}
+
+func (r *Runner) healthView(sc ServiceChecks) HealthView {
+	hv := HealthView{Initial: r.pass.initial}
+	if len(sc.Servers) == 0 {
+		return hv
+	}
+	hv.States = make(map[health.Check]health.State, len(sc.Servers))
+	for _, c := range sc.Servers {
+		if st, ok := r.health.State(c.Check); ok {
+			hv.States[c.Check] = st
+		}
+	}
+	return hv
+}
+
+// setPlan puts a new plan of a service in place.
+func (r *Runner) setPlan(id string, p *ServicePlan, dirty map[ipvs.ServiceKey]bool, now time.Time) {
+	old := r.pass.plans[id]
+	if old != nil && old.Err == nil {
+		dirty[old.Key()] = true
+		r.forgetKey(old.Key(), id)
+	}
+	r.pass.plans[id] = p
+	if p.Err == nil {
+		dirty[p.Key()] = true
+		r.pass.idByKey[p.Key()] = id
+	} else {
+		r.fail(objectID{service: id}, p.Err, now)
+	}
+	if p.NextChange.IsZero() {
+		delete(r.pass.ramping, id)
+	} else {
+		r.pass.ramping[id] = p.NextChange
+	}
+	if old == nil || nodeFacing(old) != nodeFacing(p) || len(p.Checks.Servers) > 0 {
+		r.pass.nodeDirty = true
+	}
+}
+
+// nodeFacing is what of a service plan the node plan depends on, apart
+// from server health (checked services always count as changed).
+type nodeFace struct {
+	key             ipvs.ServiceKey
+	ok, down, empty bool
+}
+
+func nodeFacing(p *ServicePlan) nodeFace {
+	return nodeFace{key: p.Key(), ok: p.Err == nil, down: p.AllDown, empty: len(p.Virtual.Destinations) == 0}
+}
+
+// forgetKey drops the kernel key of a service that no longer converts to it.
+func (r *Runner) forgetKey(k ipvs.ServiceKey, id string) {
+	if r.pass.idByKey[k] == id {
+		delete(r.pass.idByKey, k)
+	}
+}
+
+func (r *Runner) fail(id objectID, err error, now time.Time) {
+	if r.pass.failures.add(id, err, now) {
+		r.log.Warn("object not applied", "service", id.service, "server", id.server, "error", err)
+	}
+}
+
+// retryDue looks at each failure whose retry is due: one that no longer
+// applies (its service is gone) is cleared, one the planner still refuses
+// is reported again, the rest are diffed again. It returns the retried
+// kernel failures: a retried object that needs no op any more is cleared.
+func (r *Runner) retryDue(dirty map[ipvs.ServiceKey]bool, now time.Time) map[objectID]bool {
+	retried := map[objectID]bool{}
+	for _, id := range r.pass.failures.due(now) {
+		p := r.pass.plans[id.service]
+		switch {
+		case p == nil && id.orphan != (ipvs.ServiceKey{}):
+			dirty[id.orphan] = true // an owned service no longer desired
+			retried[id] = true
+		case p == nil:
+			r.pass.failures.clear(id)
+		case id.server == "" && p.Err != nil:
+			r.fail(id, p.Err, now)
+		case p.Checks.Errors[id.server] != nil:
+			r.fail(id, p.Checks.Errors[id.server], now)
+		case p.Err != nil:
+			r.pass.failures.clear(id) // the service's own error says it
+		default:
+			dirty[p.Key()] = true
+			retried[id] = true
+		}
+	}
+	return retried
+}
+
+// applyIPVS diffs the dirty keys against the kernel model and applies the
+// difference in one batch; objects the kernel refused wait for their
+// backoff, even on a resync.
+func (r *Runner) applyIPVS(ctx context.Context, desired *State, dirty map[ipvs.ServiceKey]bool, retried map[objectID]bool, now time.Time) error {
+	want := make(map[ipvs.ServiceKey]*ipvs.VirtualServer, len(dirty))
+	keys := make([]ipvs.ServiceKey, 0, len(dirty))
+	for k := range dirty {
+		id, planned := r.pass.idByKey[k]
+		if r.pass.failures.waiting(objectID{service: id}, now) || (!planned && r.pass.failures.waiting(orphanID(k), now)) {
+			continue
+		}
+		if planned {
+			if err := r.ipvs.Conflict(k); err != nil {
+				r.fail(objectID{service: id}, err, now)
+				retried[objectID{service: id}] = false // refused again: keep
+				continue
+			}
+			want[k] = &r.pass.plans[id].Virtual
+		}
+		keys = append(keys, k)
+	}
+	ops := r.ipvs.Diff(want, keys)
+	ops = r.guardDeletions(ops, desired)
+	var results []OpResult
+	var err error
+	if len(ops) > 0 {
+		results, err = r.ipvs.Apply(ctx, ops)
+	}
+	touched := r.recordOps(results, now)
+	for id, clearIt := range retried {
+		if clearIt && !touched[id] {
+			r.pass.failures.clear(id) // the kernel already matches
+		}
+	}
+	return err
+}
+
+// recordOps counts the ops, records failures and clears the objects
+// that applied; it returns every object an op was about.
+func (r *Runner) recordOps(results []OpResult, now time.Time) map[objectID]bool {
+	touched := make(map[objectID]bool, len(results))
+	failed := 0
+	for _, res := range results {
+		op := res.Op
+		r.metrics.ops.WithLabelValues(opLabel(op.Kind)).Inc()
+		id := r.objectOf(op)
+		touched[id] = true
+		if res.Err != nil {
+			failed++
+			r.metrics.opErrors.WithLabelValues(opLabel(op.Kind), errorLabel(res.Err)).Inc()
+			r.fail(id, fmt.Errorf("%s: %w", op, res.Err), now)
+			continue
+		}
+		r.pass.failures.clear(id)
+	}
+	if failed > 0 {
+		r.log.Warn("the kernel refused some IPVS ops; the rest applied", "failed", failed, "total", len(results))
+	}
+	return touched
+}
+
+// objectOf names the desired object an op is about; ops on owned services
+// no longer desired are named by their kernel key.
+func (r *Runner) objectOf(op ipvs.Op) objectID {
+	id := objectID{service: r.pass.idByKey[op.Service.Key]}
+	if id.service == "" {
+		id = orphanID(op.Service.Key)
+	}
+	if op.Kind == ipvs.OpAddDestination || op.Kind == ipvs.OpUpdateDestination || op.Kind == ipvs.OpDeleteDestination {
+		id.server = netip.AddrPortFrom(op.Destination.Key.Address, op.Destination.Key.Port).String()
+	}
+	return id
+}
+
+func orphanID(k ipvs.ServiceKey) objectID { return objectID{service: k.String(), orphan: k} }
+
+// guardDeletions holds back service deletions when too many go at once.
+func (r *Runner) guardDeletions(ops []ipvs.Op, desired *State) []ipvs.Op {
+	kept, g := GuardDeletions(ops, r.ipvs.owned.len(), r.guard, r.pass.guardRev, desired.Revision, desired.ConfirmedDeletions)
+	if !g.Held {
+		if r.pass.guardRev != 0 && g.Deletions > 0 {
+			r.log.Info("mass deletion confirmed", "deletions", g.Deletions, "revision", r.pass.guardRev)
+		}
+		r.pass.guardRev = 0
+		r.metrics.guardHeld.Set(0)
+		r.setStatus(func(st *types.NodeStatus) { st.DeletionGuard = nil })
+		return kept
+	}
+	r.pass.guardRev = g.Revision
+	r.metrics.guardHeld.Set(1)
+	r.log.Warn("holding back a mass deletion until confirmed (meradm confirm-deletions)", "deletions", g.Deletions, "owned", g.Owned, "revision", g.Revision)
+	r.setStatus(func(st *types.NodeStatus) {
+		st.DeletionGuard = &types.DeletionGuard{Held: true, Deletions: uint32(g.Deletions), Owned: uint32(g.Owned), Revision: g.Revision}
+	})
+	return kept
+}
+
+// publish puts the outcome of a pass into status and metrics.
+func (r *Runner) publish(desired *State, start time.Time, err error) {
+	result := "ok"
+	if err != nil {
+		result = err.Error()
+	}
+	objErrs := r.pass.failures.report()
+	owned := r.ipvs.owned.len()
+	r.metrics.objectErrors.Set(float64(len(objErrs)))
+	r.metrics.ownedServices.Set(float64(owned))
+	r.metrics.desiredRevision.Set(float64(desired.Revision))
+	r.metrics.invalidKeys.Set(float64(len(desired.Invalid)))
+	r.metrics.setSink("ipvs", err)
+	r.setStatus(func(st *types.NodeStatus) {
+		st.LastResult = result
+		st.LastReconcile = timestamppb.New(start)
+		st.Errors = objErrs
+		st.OwnedServices = uint32(owned)
+		st.Sinks = r.sinkStatus(err)
+		if err == nil {
+			st.AppliedRevision = desired.Revision
+			r.metrics.appliedRevision.Set(float64(desired.Revision))
+		}
+	})
+}

@@ -1,0 +1,129 @@
+package control
+
+import (
+	"context"
+	"maps"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// setSinks derives the node plan again when a service's share of it may
+// have changed, and hands the plan to the sinks: all of them after a
+// change, a failed one again when its retry is due. One sink's failure
+// is recorded for it alone.
+func (r *Runner) setSinks(ctx context.Context, desired *State, reconciled bool, now time.Time) {
+	in := NodeInputs{NotReady: r.notReady(reconciled), Failed: r.pass.failures.services()}
+	if in.NotReady != r.pass.nodeIn.NotReady || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
+		r.pass.nodeDirty = true
+	}
+	changed := r.pass.nodeDirty
+	if changed {
+		r.pass.node, r.pass.nodeIn = PlanNode(r.pass.plans, in), in
+		r.pass.nodeDirty = false
+		r.reportNode()
+	}
+	plan := &Plan{Revision: desired.Revision, Services: r.pass.plans, Node: r.pass.node}
+	for _, s := range r.sinks {
+		id := objectID{service: s.Name()}
+		_, failing := r.pass.sinkFail.byID[id]
+		if !changed && (!failing || r.pass.sinkFail.waiting(id, now)) {
+			continue
+		}
+		err := s.Set(ctx, plan)
+		r.metrics.setSink(s.Name(), err)
+		if err != nil {
+			if r.pass.sinkFail.add(id, err, now) {
+				r.log.Warn("sink failed; retrying with backoff", "sink", s.Name(), "error", err)
+			}
+			continue
+		}
+		if failing {
+			r.log.Info("sink recovered", "sink", s.Name())
+		}
+		r.pass.sinkFail.clear(id)
+	}
+}
+
+// notReady says why the node serves nothing yet: until a pass has
+// completed with the first result of every check in, no VIP is served.
+// Once ready, a node stays ready.
+func (r *Runner) notReady(reconciled bool) string {
+	switch {
+	case r.pass.ready:
+		return ""
+	case !reconciled:
+		return "the first reconcile has not completed"
+	}
+	for c := range r.pass.initial {
+		if st, ok := r.health.State(c); !ok || !st.Settled {
+			return "waiting for the first health results"
+		}
+	}
+	r.pass.ready = true
+	return ""
+}
+
+// reportNode puts the node plan's health and VIP states into status and
+// metrics.
+func (r *Runner) reportNode() {
+	np := r.pass.node
+	down := map[string]bool{}
+	for _, id := range np.Down {
+		down[id] = true
+		if !r.pass.lastDown[id] {
+			r.log.Warn("every server of the service is down", "service", id)
+		}
+		r.metrics.serviceDown.WithLabelValues(id).Set(1)
+	}
+	for id := range r.pass.lastDown {
+		if !down[id] {
+			r.log.Info("the service has a server up again", "service", id)
+			r.metrics.serviceDown.DeleteLabelValues(id)
+		}
+	}
+	r.pass.lastDown = down
+	r.metrics.setServerHealth(np.Health)
+	var notServing []*types.VIPStatus
+	serving := 0
+	for _, v := range np.VIPStates {
+		if v.State == VIPServed {
+			serving++
+			continue
+		}
+		notServing = append(notServing, &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services})
+	}
+	r.metrics.vips.WithLabelValues(string(VIPServed)).Set(float64(serving))
+	r.metrics.vips.WithLabelValues("not_serving").Set(float64(len(notServing)))
+	r.setStatus(func(st *types.NodeStatus) {
+		st.Servers, st.ServicesDown = np.Health, np.Down
+		st.VipsServing, st.VipsNotServing = uint32(serving), notServing
+	})
+}
+
+// sinkStatus is each sink's state for node status; ipvsErr is the IPVS
+// sink's outcome of this pass.
+func (r *Runner) sinkStatus(ipvsErr error) []*types.SinkStatus {
+	out := []*types.SinkStatus{{Name: "ipvs", Ok: ipvsErr == nil}}
+	if ipvsErr != nil {
+		out[0].Error = ipvsErr.Error()
+	}
+	for _, s := range r.sinks {
+		st := &types.SinkStatus{Name: s.Name(), Ok: true}
+		if f := r.pass.sinkFail.byID[objectID{service: s.Name()}]; f != nil {
+			st.Ok, st.Error, st.NextRetry = false, f.err, timestamppb.New(f.next)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func sinkNames(sinks []Sink) []string {
+	names := make([]string, len(sinks))
+	for i, s := range sinks {
+		names[i] = s.Name()
+	}
+	return names
+}
