@@ -198,4 +198,6 @@ func (p *ServicePlan) Key() ipvs.ServiceKey { return p.Virtual.Service.Key }
 
 // Healthy: the service can take traffic on this node (no checks, or at
 // least one server up).
-func (p *ServicePlan) Healthy() bool { return p.Err == nil && !p.AllDown && len(p.Virtual.Destinations) > 0 }
+func (p *ServicePlan) Healthy() bool {
+	return p.Err == nil && !p.AllDown && len(p.Virtual.Destinations) > 0
+}

@@ -16,8 +16,8 @@ import (
 // passState is what the runner carries from one pass to the next; only
 // Run's goroutine touches it.
 type passState struct {
-	plans    map[string]*ServicePlan   // by service ID
-	checks   map[string]ServiceChecks  // by service ID, services with checks only
+	plans    map[string]*ServicePlan    // by service ID
+	checks   map[string]ServiceChecks   // by service ID, services with checks only
 	idByKey  map[ipvs.ServiceKey]string // of planned services that convert
 	initial  map[health.Check]bool      // what the monitor was last given
 	ramping  map[string]time.Time       // services in slow start → next weight change

@@ -32,14 +32,15 @@ import (
 // Every request is validated before anything reaches etcd.
 type Server struct {
 	types.UnimplementedMerlinServer
-	store *Store
-	log   *slog.Logger
-	stats StatsSource
+	store  *Store
+	log    *slog.Logger
+	stats  StatsSource
+	health *health.Server // the gRPC health service, kept in step by RunHealth
 }
 
 // NewServer serves the API from store.
 func NewServer(store *Store, log *slog.Logger) *Server {
-	return &Server{store: store, log: log}
+	return &Server{store: store, log: log, health: health.NewServer()}
 }
 
 // GRPCOptions bound what one client can make the server hold.
@@ -50,8 +51,9 @@ type GRPCOptions struct {
 }
 
 // NewGRPCServer returns a gRPC server with the Merlin service, the standard
-// health service (serving while etcd answers) and server reflection.
-func NewGRPCServer(ctx context.Context, api *Server, o GRPCOptions) *grpc.Server {
+// health service (serving while etcd answers: see RunHealth) and server
+// reflection.
+func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 	if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = 16 << 20
 	}
@@ -70,25 +72,23 @@ func NewGRPCServer(ctx context.Context, api *Server, o GRPCOptions) *grpc.Server
 	}
 	g := grpc.NewServer(opts...)
 	types.RegisterMerlinServer(g, api)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(g, hs)
+	healthpb.RegisterHealthServer(g, api.health)
 	reflection.Register(g)
-	go api.reportHealth(ctx, hs)
 	return g
 }
 
-// reportHealth keeps the gRPC health status in step with etcd's.
-func (s *Server) reportHealth(ctx context.Context, hs *health.Server) {
+// RunHealth keeps the gRPC health status in step with etcd's until ctx
+// ends, then reports NOT_SERVING.
+func (s *Server) RunHealth(ctx context.Context) {
+	hs := s.health
 	defer hs.Shutdown()
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
 		st := healthpb.HealthCheckResponse_SERVING
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		if _, err := s.store.client.Get(clientv3.WithRequireLeader(cctx), s.store.prefix+"/health", clientv3.WithCountOnly()); err != nil {
+		if s.store.Ping(ctx) != nil {
 			st = healthpb.HealthCheckResponse_NOT_SERVING
 		}
-		cancel()
 		hs.SetServingStatus("", st)
 		hs.SetServingStatus("types.Merlin", st)
 		select {
@@ -273,69 +273,71 @@ func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServe
 			return toStatus(err)
 		}
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for resp := range s.store.client.Watch(wctx, s.store.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(from)) {
-		if resp.CompactRevision != 0 {
-			return status.Errorf(codes.OutOfRange, "revision %d is compacted (oldest %d): watch from 0", from, resp.CompactRevision)
-		}
-		if err := resp.Err(); err != nil {
-			return status.Errorf(codes.Unavailable, "watch store: %v", err)
-		}
-		for _, ev := range resp.Events {
-			key := string(ev.Kv.Key)
-			if name, isNode := strings.CutPrefix(key, s.store.nodePrefix()); isNode {
-				out := &types.WatchEvent{Revision: ev.Kv.ModRevision, Type: types.WatchEvent_PUT, Node: &types.NodeStatus{Node: name}}
-				if ev.Type == clientv3.EventTypeDelete {
-					out.Type = types.WatchEvent_DELETE
-				} else if err := proto.Unmarshal(ev.Kv.Value, out.Node); err != nil {
-					continue
-				}
+	reason, err := s.store.Follow(ctx, from, FollowOptions{}, func(events []*clientv3.Event, _ int64) error {
+		for _, ev := range events {
+			if out := s.watchEvent(state, ev); out != nil {
 				if err := stream.Send(out); err != nil {
 					return err
 				}
-				continue
-			}
-			isService, id, ok := state.keyKind(key)
-			if !ok {
-				continue
-			}
-			out := &types.WatchEvent{Revision: ev.Kv.ModRevision}
-			if ev.Type == clientv3.EventTypeDelete {
-				state.delete(key)
-				out.Type = types.WatchEvent_DELETE
-				if isService {
-					out.Service = &types.VirtualService{Id: id}
-				} else {
-					out.Server = serverIdentity(id, key)
-				}
-			} else {
-				state.put(key, ev.Kv.Value, ev.Kv.ModRevision)
-				out.Type = types.WatchEvent_PUT
-				ss := state.Services[id]
-				switch {
-				case ss == nil:
-					continue // invalid: reported by List
-				case isService:
-					out.Service = ss.Service
-				default:
-					srv := ss.Servers[lastSegment(key)]
-					if srv == nil {
-						continue
-					}
-					out.Server = srv
-				}
-			}
-			if err := stream.Send(out); err != nil {
-				return err
 			}
 			from = ev.Kv.ModRevision + 1
 		}
-	}
-	if ctx.Err() != nil {
+		return nil
+	})
+	switch {
+	case err != nil:
+		return err
+	case ctx.Err() != nil:
 		return status.FromContextError(ctx.Err()).Err()
+	case reason == RelistCompacted:
+		return status.Errorf(codes.OutOfRange, "revision %d is compacted: watch from 0 (a fresh snapshot)", from)
 	}
-	return status.Errorf(codes.Unavailable, "store watch ended (no leader?): resume from revision %d", from)
+	return status.Errorf(codes.Unavailable, "store watch ended (%s): resume from revision %d", reason, from)
+}
+
+// watchEvent turns an etcd event into a Watch event, updating state; nil
+// for keys that are not part of the API (or values that do not decode:
+// List reports those).
+func (s *Server) watchEvent(state *State, ev *clientv3.Event) *types.WatchEvent {
+	key := string(ev.Kv.Key)
+	if name, isNode := strings.CutPrefix(key, s.store.nodePrefix()); isNode {
+		out := &types.WatchEvent{Revision: ev.Kv.ModRevision, Type: types.WatchEvent_PUT, Node: &types.NodeStatus{Node: name}}
+		if ev.Type == clientv3.EventTypeDelete {
+			out.Type = types.WatchEvent_DELETE
+		} else if err := proto.Unmarshal(ev.Kv.Value, out.Node); err != nil {
+			return nil
+		}
+		return out
+	}
+	isService, id, ok := state.keyKind(key)
+	if !ok {
+		return nil
+	}
+	out := &types.WatchEvent{Revision: ev.Kv.ModRevision}
+	if ev.Type == clientv3.EventTypeDelete {
+		state.delete(key)
+		out.Type = types.WatchEvent_DELETE
+		if isService {
+			out.Service = &types.VirtualService{Id: id}
+		} else {
+			out.Server = serverIdentity(id, key)
+		}
+		return out
+	}
+	state.put(key, ev.Kv.Value, ev.Kv.ModRevision)
+	out.Type = types.WatchEvent_PUT
+	ss := state.Services[id]
+	switch {
+	case ss == nil:
+		return nil
+	case isService:
+		out.Service = ss.Service
+	default:
+		if out.Server = ss.Servers[lastSegment(key)]; out.Server == nil {
+			return nil
+		}
+	}
+	return out
 }
 
 func lastSegment(key string) string {

@@ -46,7 +46,9 @@ func startAPI(t *testing.T, kind etcdtest.Kind) *apiEnv {
 	etcd := etcdtest.Start(t, kind)
 	kv := etcd.Client(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	g := control.NewGRPCServer(ctx, control.NewServer(control.NewStore(kv, prefix), quietLogger()), control.GRPCOptions{})
+	api := control.NewServer(control.NewStore(kv, prefix), quietLogger())
+	g := control.NewGRPCServer(api, control.GRPCOptions{})
+	go api.RunHealth(ctx)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

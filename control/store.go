@@ -51,9 +51,6 @@ func NewStore(client *clientv3.Client, prefix string) *Store {
 	return &Store{client: client, prefix: strings.TrimSuffix(prefix, "/")}
 }
 
-// Client is the etcd client the store uses.
-func (s *Store) Client() *clientv3.Client { return s.client }
-
 // Prefix is the key prefix, without a trailing slash.
 func (s *Store) Prefix() string { return s.prefix }
 

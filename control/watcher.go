@@ -2,15 +2,14 @@ package control
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -136,101 +135,61 @@ func (w *Watcher) deliver(state *State, full bool, onChange func(*Update)) {
 }
 
 // watch follows changes after state.Revision, updating state, until it
-// needs a re-list; it returns the reason.
+// needs a re-list; it returns the reason. The periodic repair lists etcd
+// at the revision the watcher has seen, beside the watch, and compares;
+// only a difference costs a re-list.
 func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update)) string {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	ch := w.store.client.Watch(wctx, w.store.prefix+"/", clientv3.WithPrefix(),
-		clientv3.WithRev(state.Revision+1), clientv3.WithProgressNotify())
-	resync := time.NewTimer(w.cfg.ResyncPeriod)
+	fctx, stop := context.WithCancel(ctx)
+	defer stop()
+	resync := time.NewTicker(w.cfg.ResyncPeriod)
 	defer resync.Stop()
-	// The periodic repair lists etcd at the revision the watcher has seen,
-	// beside the watch, and compares; only a difference costs a re-list.
-	checked := make(chan bool, 1)
-	checking := false
-	defer func() {
-		if checking {
-			<-checked
+	var checks sync.WaitGroup
+	defer checks.Wait()
+	var checking, missed atomic.Bool
+	check := func() {
+		if checking.Swap(true) {
+			return
 		}
-	}()
-	silence := time.NewTimer(w.cfg.ProgressInterval)
-	defer silence.Stop()
-	askedProgress := false
-	for {
-		select {
-		case <-ctx.Done():
-			return ""
-		case <-resync.C:
-			if !checking {
-				checking = true
-				snapshot, rev := state.snapshot(), state.seen
-				go func() { checked <- w.differs(wctx, snapshot, rev) }()
-			}
-		case differs := <-checked:
-			checking = false
+		snapshot, rev := state.snapshot(), state.seen
+		checks.Go(func() {
+			defer checking.Store(false)
+			differs := w.differs(fctx, snapshot, rev)
 			w.mu.Lock()
 			w.checks++
 			w.mu.Unlock()
 			if differs {
-				return RelistPeriodic
+				missed.Store(true)
+				stop()
 			}
-			resync.Reset(w.cfg.ResyncPeriod)
-		case <-silence.C:
-			if askedProgress {
-				return RelistSilent
-			}
-			// Quiet is normal; a hung connection is not. Ask etcd to prove
-			// the watch is alive.
-			askedProgress = true
-			pctx, pcancel := context.WithTimeout(wctx, w.cfg.ProgressInterval)
-			if err := w.store.client.RequestProgress(pctx); err != nil {
-				w.log.Debug("watch progress request failed", "error", err)
-			}
-			pcancel()
-			silence.Reset(w.cfg.ProgressInterval)
-		case resp, ok := <-ch:
-			// Take every response already waiting before delivering, so a
-			// burst of writes (an import) costs one delivery, not one each.
+		})
+	}
+	reason, _ := w.store.Follow(fctx, state.Revision+1, FollowOptions{ProgressInterval: w.cfg.ProgressInterval, Tick: resync.C, OnTick: check},
+		func(events []*clientv3.Event, revision int64) error {
 			relevant := false
-			for {
-				if !ok {
-					return RelistClosed
+			for _, ev := range events {
+				state.seen = ev.Kv.ModRevision
+				if ev.Type == clientv3.EventTypeDelete {
+					relevant = state.delete(string(ev.Kv.Key)) || relevant
+				} else {
+					relevant = state.put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) || relevant
 				}
-				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-					return RelistCompacted
-				}
-				if err := resp.Err(); err != nil {
-					w.log.Warn("watch failed", "error", err)
-					return RelistClosed
-				}
-				for _, ev := range resp.Events {
-					state.seen = ev.Kv.ModRevision
-					if ev.Type == clientv3.EventTypeDelete {
-						relevant = state.delete(string(ev.Kv.Key)) || relevant
-					} else {
-						relevant = state.put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) || relevant
-					}
-				}
-				if relevant {
-					state.Revision = resp.Header.Revision
-				}
-				select {
-				case resp, ok = <-ch:
-					continue
-				default:
-				}
-				break
 			}
-			askedProgress = false
-			silence.Reset(w.cfg.ProgressInterval)
 			// Node status and other keys under the prefix are not desired
 			// state: delivering them would make every status write wake
 			// every node.
 			if relevant {
+				state.Revision = revision
 				w.deliver(state, false, onChange)
 			}
-		}
+			return nil
+		})
+	if reason == "" && missed.Load() && ctx.Err() == nil {
+		return RelistPeriodic
 	}
+	if reason == RelistClosed {
+		w.log.Warn("watch closed or failed; listing again")
+	}
+	return reason
 }
 
 // differs lists etcd at rev and reports whether it differs from what the

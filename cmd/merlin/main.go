@@ -215,7 +215,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		grpcOpts.TLS = tc
 	}
 	api := control.NewServer(store, log)
-	g := control.NewGRPCServer(ctx, api, grpcOpts)
+	g := control.NewGRPCServer(api, grpcOpts)
 	log.Info("API listening", "address", lis.Addr().String(), "tls", grpcOpts.TLS != nil, "mutual_tls", o.tlsClientCA != "", "store", strings.Join(endpoints, ","), "prefix", o.storePrefix)
 
 	reg := prometheus.NewRegistry()
@@ -240,6 +240,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		wg.Go(func() { control.PublishStatus(ctx, store, node, advertise, log) })
 	}
 	wg.Go(func() { probeEtcd(ctx, store, etcdUp) })
+	wg.Go(func() { api.RunHealth(ctx) })
 	wg.Go(func() {
 		if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("API: %w", err)
@@ -280,10 +281,8 @@ func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Regis
 	mux := http.NewServeMux()
 	alive := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	ready := func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		if _, err := store.Client().Get(clientv3.WithRequireLeader(ctx), store.Prefix()+"/health", clientv3.WithCountOnly()); err != nil {
-			http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
+		if err := store.Ping(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		if node != nil {
@@ -380,10 +379,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 // probeEtcd keeps merlin_etcd_connected current.
 func probeEtcd(ctx context.Context, store *control.Store, up prometheus.Gauge) {
 	for {
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		_, err := store.Client().Get(clientv3.WithRequireLeader(pctx), store.Prefix()+"/health", clientv3.WithCountOnly())
-		cancel()
-		if err == nil {
+		if store.Ping(ctx) == nil {
 			up.Set(1)
 		} else {
 			up.Set(0)
