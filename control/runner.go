@@ -133,9 +133,15 @@ func (r *Runner) Offer(u *Update) {
 	r.mu.Lock()
 	switch in := r.incoming; {
 	case in == nil || u.Full:
+		if in != nil && !in.Received.IsZero() && (u.Received.IsZero() || in.Received.Before(u.Received)) {
+			u.Received = in.Received // the earliest change decides how long it waited
+		}
 		r.incoming = u
 	default:
 		in.Revision, in.Invalid, in.ConfirmedDeletions = u.Revision, u.Invalid, u.ConfirmedDeletions
+		if in.Received.IsZero() {
+			in.Received = u.Received // the earliest change decides how long it waited
+		}
 		for id, ss := range u.Services {
 			if in.Full && ss == nil {
 				delete(in.Services, id)
@@ -167,19 +173,20 @@ func (r *Runner) Desired() *State {
 }
 
 // takeUpdate applies the offered update to the runner's desired state and
-// returns it with the IDs of the services that changed (nil: all).
-func (r *Runner) takeUpdate() (*State, map[string]bool) {
+// returns it with the IDs of the services that changed (nil: all) and when
+// the change arrived from etcd (zero: no update).
+func (r *Runner) takeUpdate() (*State, map[string]bool, time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u := r.incoming
 	r.incoming = nil
 	if u == nil {
-		return r.desired, map[string]bool{}
+		return r.desired, map[string]bool{}, time.Time{}
 	}
 	if r.desired == nil {
 		r.desired = &State{}
 	}
-	return r.desired, r.desired.Apply(u)
+	return r.desired, r.desired.Apply(u), u.Received
 }
 
 // Status returns a copy of the node's status and a channel closed at its
@@ -243,11 +250,11 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-healthChanges:
 			r.pass.healthDirty = true
 		}
-		desired, changed := r.takeUpdate()
+		desired, changed, received := r.takeUpdate()
 		if desired == nil {
 			continue // static stability: nothing is known yet, so nothing changes
 		}
-		if next := r.runPass(ctx, desired, changed, full); !next.IsZero() {
+		if next := r.runPass(ctx, desired, changed, full, received); !next.IsZero() {
 			retry.Reset(max(time.Until(next), 10*time.Millisecond))
 		}
 	}

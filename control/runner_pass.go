@@ -42,8 +42,9 @@ func newPassState(cfg RunnerConfig, sinks int) passState {
 }
 
 // runPass runs one reconcile, publishes the outcome and returns when the
-// next pass is due without news (zero: not before news).
-func (r *Runner) runPass(ctx context.Context, desired *State, changed map[string]bool, full bool) time.Time {
+// next pass is due without news (zero: not before news). received is when
+// the change it takes arrived from etcd (zero: none).
+func (r *Runner) runPass(ctx context.Context, desired *State, changed map[string]bool, full bool, received time.Time) time.Time {
 	start := time.Now()
 	kind := "event"
 	if full || !r.ipvs.valid {
@@ -58,6 +59,9 @@ func (r *Runner) runPass(ctx context.Context, desired *State, changed map[string
 		r.log.Warn("reconcile failed", "error", err)
 	}
 	r.metrics.reconcileDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	if err == nil && !received.IsZero() {
+		r.metrics.changeApply.Observe(time.Since(received).Seconds())
+	}
 	r.publish(desired, start, err)
 	return r.nextPass(err, start)
 }

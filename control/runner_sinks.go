@@ -15,7 +15,7 @@ import (
 // change, a failed one again when its retry is due. One sink's failure
 // is recorded for it alone.
 func (r *Runner) setSinks(ctx context.Context, desired *State, reconciled bool, now time.Time) {
-	in := NodeInputs{NotReady: r.notReady(reconciled), Failed: r.pass.failures.services()}
+	in := NodeInputs{NotReady: r.settleReadiness(reconciled), Failed: r.pass.failures.services()}
 	if in.NotReady != r.pass.nodeIn.NotReady || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
 		r.pass.nodeDirty = true
 	}
@@ -47,10 +47,10 @@ func (r *Runner) setSinks(ctx context.Context, desired *State, reconciled bool, 
 	}
 }
 
-// notReady says why the node serves nothing yet: until a pass has
+// settleReadiness says why the node serves nothing yet: until a pass has
 // completed with the first result of every check in, no VIP is served.
 // Once ready, a node stays ready.
-func (r *Runner) notReady(reconciled bool) string {
+func (r *Runner) settleReadiness(reconciled bool) string {
 	switch {
 	case r.pass.ready:
 		return ""

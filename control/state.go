@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -132,6 +133,9 @@ type Update struct {
 	Services           map[string]*ServiceState
 	Invalid            map[string]string // always complete
 	ConfirmedDeletions int64
+	// Received is when the watcher got the change from etcd (for
+	// merlin_change_apply_seconds); zero when unknown.
+	Received time.Time
 }
 
 // update takes what changed since the last one; full hands over every service.

@@ -109,7 +109,7 @@ func (w *Watcher) Run(ctx context.Context, onChange func(*Update)) error {
 			continue
 		}
 		backoff = w.cfg.RetryBackoff
-		w.deliver(state, true, onChange)
+		w.deliver(state, true, time.Now(), onChange)
 		reason = w.watch(ctx, state, onChange)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -127,11 +127,13 @@ func (w *Watcher) list(ctx context.Context, reason string) (*State, error) {
 	return w.store.ListState(clientv3.WithRequireLeader(ctx))
 }
 
-func (w *Watcher) deliver(state *State, full bool, onChange func(*Update)) {
+func (w *Watcher) deliver(state *State, full bool, received time.Time, onChange func(*Update)) {
 	w.mu.Lock()
 	w.invalid = len(state.Invalid)
 	w.mu.Unlock()
-	onChange(state.update(full))
+	u := state.update(full)
+	u.Received = received
+	onChange(u)
 }
 
 // watch follows changes after state.Revision, updating state, until it
@@ -165,6 +167,7 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update
 	}
 	reason, _ := w.store.Follow(fctx, state.Revision+1, FollowOptions{ProgressInterval: w.cfg.ProgressInterval, Tick: resync.C, OnTick: check},
 		func(events []*clientv3.Event, revision int64) error {
+			received := time.Now()
 			relevant := false
 			for _, ev := range events {
 				state.seen = ev.Kv.ModRevision
@@ -179,7 +182,7 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update
 			// every node.
 			if relevant {
 				state.Revision = revision
-				w.deliver(state, false, onChange)
+				w.deliver(state, false, received, onChange)
 			}
 			return nil
 		})

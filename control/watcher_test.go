@@ -96,7 +96,16 @@ func TestWatcherSurvivesEtcdRestart(t *testing.T) {
 			waitInStep(t, kv, latest)
 
 			etcd.Stop()
-			time.Sleep(1500 * time.Millisecond) // long enough for the silence watchdog
+			// Wait until the watcher has noticed: the silence watchdog (or
+			// the closed watch) makes it list again, which fails while etcd
+			// is down and is counted before it is tried.
+			deadline := time.Now().Add(30 * time.Second)
+			for r := w.Relists(); r[control.RelistSilent]+r[control.RelistClosed] == 0; r = w.Relists() {
+				if time.Now().After(deadline) {
+					t.Fatalf("etcd is down and the watcher did not notice: relists %v", r)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 			etcd.Restart()
 			put(t, store, "after", "198.18.0.2", 2)
 			if _, err := store.DeleteService(ctxT(t), "before", 0); err != nil {
@@ -230,18 +239,20 @@ func TestWatcherPeriodicCheckKeepsTheWatch(t *testing.T) {
 	put(t, store, "web", "198.18.0.1", 3)
 	w, latest := watched(t, kv, control.WatcherConfig{ResyncPeriod: 100 * time.Millisecond})
 	waitInStep(t, kv, latest)
+	// Each write is followed by a periodic check before the next one.
 	for i := range 5 {
 		if _, err := store.UpdateServer(ctxT(t), server("web", "198.19.0.1", 80, uint32(i+2))); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(150 * time.Millisecond)
+		for checks, deadline := w.Checks(), time.Now().Add(10*time.Second); w.Checks() <= checks; {
+			if time.Now().After(deadline) {
+				t.Fatalf("no periodic check after write %d", i)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	waitInStep(t, kv, latest)
-	deadline := time.Now().Add(10 * time.Second)
-	for w.Checks() < 3 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if r := w.Relists(); w.Checks() < 3 || r[control.RelistPeriodic] != 0 {
+	if r := w.Relists(); r[control.RelistPeriodic] != 0 || r[control.RelistStart] != 1 {
 		t.Fatalf("%d checks, relists %v: want checks that found nothing to re-list", w.Checks(), r)
 	}
 }

@@ -388,14 +388,21 @@ func TestProbeLoop(t *testing.T) {
 // A target that fails every other probe flaps below the thresholds: with
 // fall 2 and rise 2 it never changes state.
 func TestMonitorFlappingAtTheThreshold(t *testing.T) {
-	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	obs := &countingObserver{}
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
 	defer m.Close()
 	// An exec check whose script alternates success and failure.
 	c := Check{Kind: Exec, Command: "sh " + writeFlipScript(t, t.TempDir()+"/flip"), Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
 	m.Set(map[Check]bool{c: true})
-	time.Sleep(500 * time.Millisecond)
-	if st, _ := m.State(c); !st.Up || st.Transitioned {
-		t.Fatalf("alternating results changed the state: %+v", st)
+	deadline := time.Now().Add(20 * time.Second)
+	for obs.probes.Load() < 20 { // wait for probes, not for time
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d probes ran", obs.probes.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st, _ := m.State(c); !st.Up || st.Transitioned || obs.ups.Load()+obs.downs.Load() != 0 {
+		t.Fatalf("alternating results changed the state after %d probes: %+v", obs.probes.Load(), st)
 	}
 }
 

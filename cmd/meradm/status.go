@@ -47,7 +47,7 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 		fmt.Fprintln(w, "no node reports status (are the merlin nodes reconciling?)")
 		return
 	}
-	fmt.Fprintf(w, "%-16s %-24s %-8s %-8s %-14s %-6s %s\n", "NODE", "API", "APPLIED", "STATE", "LAST RECONCILE", "OWNED", "ERRORS")
+	fmt.Fprintf(w, "%-16s %-24s %-8s %-8s %-14s %-6s %-6s %s\n", "NODE", "API", "APPLIED", "STATE", "LAST RECONCILE", "OWNED", "ERRORS", "VIPS")
 	var notes []string
 	for _, n := range resp.Nodes {
 		state := "in step"
@@ -65,6 +65,17 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 			state = "held"
 			notes = append(notes, fmt.Sprintf("%s: deletion guard holds back deleting %d of %d services; if intended: meradm confirm-deletions %d",
 				n.Node, gd.Deletions, gd.Owned, gd.Revision))
+		}
+		for _, sk := range n.Sinks {
+			if !sk.Ok {
+				if state == "in step" {
+					state = "partial"
+				}
+				notes = append(notes, fmt.Sprintf("%s: %s failing: %s (next retry in %s)", n.Node, sk.Name, sk.Error, sk.NextRetry.AsTime().Sub(now).Round(time.Second)))
+			}
+		}
+		for _, v := range n.VipsNotServing {
+			notes = append(notes, fmt.Sprintf("%s: VIP %s not served (%s): %s", n.Node, v.Address, strings.ReplaceAll(v.State, "_", " "), v.Reason))
 		}
 		for _, id := range n.ServicesDown {
 			notes = append(notes, fmt.Sprintf("%s: service %s: every server is down", n.Node, id))
@@ -95,7 +106,8 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 		if n.LastReconcile != nil {
 			ago = now.Sub(n.LastReconcile.AsTime()).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(w, "%-16s %-24s %-8d %-8s %-14s %-6d %d\n", n.Node, n.ApiAddress, n.AppliedRevision, state, ago, n.OwnedServices, len(n.Errors))
+		vips := fmt.Sprintf("%d/%d", n.VipsServing, int(n.VipsServing)+len(n.VipsNotServing))
+		fmt.Fprintf(w, "%-16s %-24s %-8d %-8s %-14s %-6d %-6d %s\n", n.Node, n.ApiAddress, n.AppliedRevision, state, ago, n.OwnedServices, len(n.Errors), vips)
 	}
 	for _, note := range notes {
 		fmt.Fprintln(w, "  "+note)

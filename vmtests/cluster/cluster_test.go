@@ -180,20 +180,48 @@ func (tr *traffic) finish() (ok, fail int64, lastErr any) {
 // opsWritten sums merlin_ipvs_ops_total of a node.
 func (c *cluster) opsWritten(n *lab.Node) int {
 	c.t.Helper()
+	return int(c.metric(n, "merlin_ipvs_ops_total"))
+}
+
+// metric sums every series of a metric on a node's /metrics.
+func (c *cluster) metric(n *lab.Node, name string) float64 {
+	c.t.Helper()
 	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
 	c.must(err)
 	defer resp.Body.Close()
-	total := 0
+	total := 0.0
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.HasPrefix(line, "merlin_ipvs_ops_total{") {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
 			f := strings.Fields(line)
 			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			total += int(v)
+			total += v
 		}
 	}
 	return total
+}
+
+// waitResyncs waits until every node has compared the whole kernel table
+// with its model at least k more times (merlin_resyncs_total), while check
+// (if not nil) holds at every look.
+func (c *cluster) waitResyncs(k int, check func()) {
+	c.t.Helper()
+	start := make([]float64, len(c.Nodes))
+	for i, n := range c.Nodes {
+		start[i] = c.metric(n, "merlin_resyncs_total")
+	}
+	for i, n := range c.Nodes {
+		c.eventually(fmt.Sprintf("%d resyncs on %s", k, n.Name), 20*resync+30*time.Second, func() error {
+			if check != nil {
+				check()
+			}
+			if got := c.metric(n, "merlin_resyncs_total") - start[i]; got < float64(k) {
+				return fmt.Errorf("%v resyncs so far", got)
+			}
+			return nil
+		})
+	}
 }
 
 func TestVMCluster(t *testing.T) {
@@ -263,12 +291,13 @@ func TestVMCluster(t *testing.T) {
 		tr := c.startTraffic(lab.NATVIP + ":80")
 		before := []string{c.table(c.Nodes[0]), c.table(c.Nodes[1])}
 		c.stopEtcd()
-		time.Sleep(2 * resync) // at least one resync without etcd
-		for i, n := range c.Nodes {
-			if got := c.table(n); got != before[i] {
-				t.Fatalf("%s's table changed while etcd was down:\n%s", n.Name, got)
+		c.waitResyncs(2, func() { // the background resyncs run without etcd
+			for i, n := range c.Nodes {
+				if got := c.table(n); got != before[i] {
+					t.Fatalf("%s's table changed while etcd was down:\n%s", n.Name, got)
+				}
 			}
-		}
+		})
 		c.startEtcd()
 		c.mustMeradm("server", "edit", "nat", "198.18.0.21:8080", "-w", "3")
 		c.waitTables("change after etcd returned", sortedLines(strings.Replace(want, "-r 198.18.0.21:8080 -m -w 1", "-r 198.18.0.21:8080 -m -w 3", 1)))
@@ -287,7 +316,7 @@ func TestVMCluster(t *testing.T) {
 		c.stopNode(n, syscall.SIGKILL)
 		c.startNode(n)
 		c.waitReady(n)
-		time.Sleep(resync + time.Second) // through a full resync too
+		c.waitResyncs(1, nil) // through a full resync too
 		if w := c.opsWritten(n); w != 0 {
 			t.Fatalf("restarted merlin wrote %d IPVS ops with nothing changed", w)
 		}
@@ -363,12 +392,13 @@ func TestVMCluster(t *testing.T) {
 			}
 			return nil
 		})
-		time.Sleep(resync + time.Second)
-		for _, n := range c.Nodes {
-			if got := c.table(n); got != want {
-				t.Fatalf("%s deleted services of a wiped prefix:\n%s", n.Name, got)
+		c.waitResyncs(1, func() {
+			for _, n := range c.Nodes {
+				if got := c.table(n); got != want {
+					t.Fatalf("%s deleted services of a wiped prefix:\n%s", n.Name, got)
+				}
 			}
-		}
+		})
 		for _, kv := range saved.Kvs {
 			if strings.Contains(string(kv.Key), "/nodes/") {
 				continue

@@ -84,20 +84,22 @@ func TestVMHealthChecks(t *testing.T) {
 		n := c.Nodes[0]
 		c.stopNode(n, syscall.SIGKILL)
 		c.startNode(n)
-		start := time.Now()
-		for {
+		unchanged := func() {
 			if got := c.table(n); got != before[0] {
 				t.Fatalf("table changed across the restart:\n%s\nwas:\n%s", got, before[0])
 			}
-			// Watch through readiness and a few check intervals after it.
-			if time.Since(start) > 3*interval*rise && c.Ready(n) == nil {
-				break
-			}
-			if time.Since(start) > 90*time.Second {
-				t.Fatalf("merlin not ready after a restart: %v", c.Ready(n))
-			}
-			time.Sleep(100 * time.Millisecond)
 		}
+		// Watch through readiness and three rounds of rise probes of each
+		// of the 3 checks after it.
+		c.eventually("ready after the restart", 90*time.Second, func() error { unchanged(); return c.Ready(n) })
+		probes := c.metric(n, "merlin_health_check_duration_seconds_count")
+		c.eventually("probes after readiness", 90*time.Second, func() error {
+			unchanged()
+			if got := c.metric(n, "merlin_health_check_duration_seconds_count") - probes; got < 3*3*rise {
+				return fmt.Errorf("%v probes since ready", got)
+			}
+			return nil
+		})
 		if got := c.table(c.Nodes[1]); got != before[1] {
 			t.Fatalf("node2's table changed:\n%s", got)
 		}
