@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -244,5 +245,18 @@ func TestPlanNodeVIPStates(t *testing.T) {
 	ck := PlanCounterKeys(plans)
 	if len(ck.Services) != 6 || len(ck.Backends) != 3 || ck.Backends[0].Forward != ipvs.Masquerade {
 		t.Fatalf("counter keys %+v", ck)
+	}
+}
+
+// A server whose check cannot be built is reported on its own; the others
+// keep theirs.
+func TestPlanChecksErrorPerServer(t *testing.T) {
+	ss := checkedService(t, 0, types.RealServer_FROM_KERNEL, map[string]uint32{"198.19.0.1": 1, "198.19.0.2": 1})
+	bad := proto.Clone(ss.Servers["198.19.0.2:8080"]).(*types.RealServer)
+	bad.HealthCheck = &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("tcp://[::1")} // what an older version might have stored
+	ss = &ServiceState{Service: ss.Service, Servers: map[string]*types.RealServer{"198.19.0.1:8080": ss.Servers["198.19.0.1:8080"], "198.19.0.2:8080": bad}}
+	sc := PlanChecks(ss, nil)
+	if len(sc.Servers) != 1 || sc.Errors["198.19.0.2:8080"] == nil || len(sc.Errors) != 1 {
+		t.Fatalf("checks %v, errors %v", sc.Servers, sc.Errors)
 	}
 }

@@ -374,7 +374,9 @@ func (r *Runner) recordOps(results []OpResult, now time.Time) map[objectID]bool 
 			r.fail(id, fmt.Errorf("%s: %w", op, res.Err), now)
 			continue
 		}
-		r.pass.failures.clear(id)
+		if p := r.pass.plans[id.service]; p == nil || p.Checks.Errors[id.server] == nil {
+			r.pass.failures.clear(id) // unless the planner still refuses its check
+		}
 	}
 	if failed > 0 {
 		r.log.Warn("the kernel refused some IPVS ops; the rest applied", "failed", failed, "total", len(results))

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -87,16 +87,30 @@ func (n testNode) apply(t *testing.T, st *State) *types.NodeStatus {
 
 func (n testNode) passes(t *testing.T) int {
 	t.Helper()
+	return int(n.metric(t, "merlin_reconcile_duration_seconds", nil))
+}
+
+// metric sums the series of a metric on the node's registry whose labels
+// include the given ones (a histogram counts its observations).
+func (n testNode) metric(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
 	mfs, err := n.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	total := 0
+	total := 0.0
 	for _, mf := range mfs {
-		if mf.GetName() == "merlin_reconcile_duration_seconds" {
-			for _, m := range mf.GetMetric() {
-				total += int(m.GetHistogram().GetSampleCount())
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue series
+				}
 			}
+			total += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return total
@@ -266,13 +280,13 @@ func TestRunnerBackgroundResyncRepairs(t *testing.T) {
 	delete(table.svcs, api)
 	table.svcs[web].Destinations[0].Config.Weight = 9
 	table.mu.Unlock()
-	resyncs := testutil.ToFloat64(a.metrics.resyncs)
+	resyncs := a.metric(t, "merlin_resyncs_total", nil)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		table.mu.Lock()
 		repaired := table.svcs[api] != nil && table.svcs[web].Destinations[0].Config.Weight == 3
 		table.mu.Unlock()
-		if repaired && testutil.ToFloat64(a.metrics.resyncs) > resyncs {
+		if repaired && a.metric(t, "merlin_resyncs_total", nil) > resyncs {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -329,7 +343,10 @@ func TestRunnerMergesUpdates(t *testing.T) {
 // desired state: no error stays, and the node goes quiet.
 func TestRunnerDeleteAlreadyGone(t *testing.T) {
 	table := newFakeTable()
-	a := newTestRunner(t, RunnerConfig{RetryBackoff: 10 * time.Millisecond}, RunnerDeps{IPVS: table})
+	// Background reads wait until the deletions are done, so that none
+	// repairs what was removed behind merlin's back first.
+	reads := gatedReader{fakeTable: table, open: make(chan struct{})}
+	a := newTestRunner(t, RunnerConfig{RetryBackoff: 10 * time.Millisecond, ResyncPeriod: 30 * time.Millisecond}, RunnerDeps{IPVS: table, Reader: reads})
 	a.start(t)
 	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"))
 	withServer(t, st, "web", "198.19.0.1:8080", 1)
@@ -354,8 +371,40 @@ func TestRunnerDeleteAlreadyGone(t *testing.T) {
 	if missed != 2 {
 		t.Fatalf("%d deletes found nothing, want 2 (the server and the service)", missed)
 	}
-	if next := a.nextPass(nil, time.Now()); !next.IsZero() {
-		t.Fatalf("a node with nothing to do plans a pass at %v", next)
+	close(reads.open)
+	a.waitQuiet(t)
+}
+
+// gatedReader's reads of the table wait until open is closed.
+type gatedReader struct {
+	*fakeTable
+	open chan struct{}
+}
+
+func (g gatedReader) Table(ctx context.Context) ([]ipvs.VirtualServer, error) {
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.fakeTable.Table(ctx)
+}
+
+// waitQuiet checks that a node with nothing to do runs no passes but the
+// one after each background resync (with ResyncPeriod short), counted over
+// three resyncs: a retry that is never due again, or due in the past,
+// would make it spin.
+func (n testNode) waitQuiet(t *testing.T) {
+	t.Helper()
+	resyncs, passes := n.metric(t, "merlin_resyncs_total", nil), n.passes(t)
+	for deadline := time.Now().Add(10 * time.Second); n.metric(t, "merlin_resyncs_total", nil) < resyncs+3; {
+		if time.Now().After(deadline) {
+			t.Fatal("no background resyncs")
+		}
+		time.Sleep(5 * time.Millisecond) // polling the counter
+	}
+	if extra := float64(n.passes(t)-passes) - (n.metric(t, "merlin_resyncs_total", nil) - resyncs); extra > 1 {
+		t.Fatalf("%v passes beyond one per resync on a node with nothing to do", extra)
 	}
 }
 
@@ -393,7 +442,7 @@ func TestRunnerSinkFailsAlone(t *testing.T) {
 	if !failing.Sinks[0].Ok || !failing.Sinks[2].Ok || failing.Sinks[1].Error != "interface is gone" || len(table.svcs) != 1 {
 		t.Fatalf("status %v; kernel %v", failing.Sinks, table.svcs)
 	}
-	if up := testutil.ToFloat64(a.metrics.sinkUp.WithLabelValues("vips")); up != 0 {
+	if up := a.metric(t, "merlin_sink_up", map[string]string{"sink": "vips"}); up != 0 {
 		t.Fatalf("merlin_sink_up{sink=vips} = %v while failing", up)
 	}
 	a.waitFor(t, "the sink recovered", func(s *types.NodeStatus) bool { return s.Sinks[1].Ok })
@@ -430,3 +479,21 @@ func TestRunnerNotReadyUntilChecksSettle(t *testing.T) {
 }
 
 var _ HealthMonitor = (*health.Monitor)(nil)
+
+// A server whose health check cannot be built is an error of that server
+// in status; the rest of the service applies.
+func TestRunnerReportsBadCheckPerServer(t *testing.T) {
+	table := newFakeTable()
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: table, Health: newFakeMonitor()})
+	a.start(t)
+	st := healthChecked(t, 0)
+	withServer(t, st, "web", "198.19.0.2:8080", 1)
+	ss := st.Services["web"]
+	bad := proto.Clone(ss.Servers["198.19.0.2:8080"]).(*types.RealServer)
+	bad.HealthCheck = &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("tcp://[::1")}
+	ss.Servers["198.19.0.2:8080"] = bad
+	status := a.apply(t, st)
+	if ids := errorIDs(status); !slices.Equal(ids, []string{"web/198.19.0.2:8080"}) || len(table.svcs) != 1 {
+		t.Fatalf("errors %v, kernel %v", ids, table.svcs)
+	}
+}
