@@ -669,3 +669,46 @@ func TestStoreImport(t *testing.T) {
 		t.Fatalf("failed imports changed etcd")
 	}
 }
+
+// A field sent with presence replaces the stored value on a merge, even
+// when it is zero, false or empty; what is not sent stays.
+func TestAPIMergeClearsPresentFields(t *testing.T) {
+	forEachEtcd(t, func(t *testing.T, env *apiEnv) {
+		ctx, c := ctxT(t), env.client
+		svc := tcpService("web", "198.18.0.1", 80)
+		svc.Config.PersistenceTimeout, svc.Config.OnePacket = wrapperspb.UInt32(600), wrapperspb.Bool(true)
+		svc.Defaults = &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_MASQ, HealthCheck: &types.RealServer_HealthCheck{
+			Endpoint: wrapperspb.String("tcp://:8080"), Period: durationpb.New(2 * time.Second), Timeout: durationpb.New(time.Second),
+			UpThreshold: 2, DownThreshold: 2, SlowStart: durationpb.New(10 * time.Second)}}
+		noErr(t)(c.CreateService(ctx, svc))
+		srv := server("web", "198.19.0.1", 80, 5)
+		srv.Config.UpperThreshold, srv.Config.LowerThreshold = wrapperspb.UInt32(100), wrapperspb.UInt32(10)
+		srv.HealthCheck = &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("tcp://:9000")}
+		noErr(t)(c.CreateServer(ctx, srv))
+
+		noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", Config: &types.VirtualService_Config{PersistenceTimeout: wrapperspb.UInt32(0)}}))
+		noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", Config: &types.VirtualService_Config{OnePacket: wrapperspb.Bool(false)}}))
+		noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", Defaults: &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{
+			Endpoint: wrapperspb.String(""), SlowStart: durationpb.New(0)}}}))
+		noErr(t)(c.UpdateServer(ctx, &types.RealServer{ServiceID: "web", Key: srv.Key, Config: &types.RealServer_Config{
+			UpperThreshold: wrapperspb.UInt32(0), LowerThreshold: wrapperspb.UInt32(0), Weight: wrapperspb.UInt32(0)}}))
+		noErr(t)(c.UpdateServer(ctx, &types.RealServer{ServiceID: "web", Key: srv.Key, HealthCheck: &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("")}}))
+
+		item, err := c.GetService(ctx, wrapperspb.String("web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, hc := item.Service.Config, item.Service.Defaults.GetHealthCheck()
+		if cfg.PersistenceTimeout.GetValue() != 0 || cfg.OnePacket.GetValue() || len(cfg.Flags) != 0 || cfg.Scheduler != "wrr" {
+			t.Errorf("service config after clearing merges: %v", cfg)
+		}
+		if hc.GetEndpoint().GetValue() != "" || hc.GetSlowStart().AsDuration() != 0 || hc.GetPeriod().AsDuration() != 2*time.Second || hc.GetUpThreshold() != 2 {
+			t.Errorf("default health check after a clearing merge: %v", hc)
+		}
+		s := item.Servers[0]
+		if s.Config.GetUpperThreshold().GetValue() != 0 || s.Config.GetLowerThreshold().GetValue() != 0 || s.Config.GetWeight().GetValue() != 0 ||
+			s.Config.Forward != types.ForwardMethod_MASQ || s.HealthCheck.GetEndpoint().GetValue() != "" {
+			t.Errorf("server after clearing merges: %v", s)
+		}
+	})
+}

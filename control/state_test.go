@@ -1,6 +1,11 @@
 package control
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
 
 func TestSameDesired(t *testing.T) {
 	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"))
@@ -22,5 +27,13 @@ func TestSameDesired(t *testing.T) {
 		if sameDesired(st, other) || sameDesired(other, st) {
 			t.Errorf("%s: states compare equal", name)
 		}
+	}
+}
+
+func TestMergePresentReplacesLists(t *testing.T) {
+	cur := &types.VirtualService_Config{Scheduler: "sh", Flags: []string{"sh-port", "flag-3"}, PersistenceEngine: "sip"}
+	mergePresent(cur, &types.VirtualService_Config{Flags: []string{"flag-1"}})
+	if strings.Join(cur.Flags, ",") != "flag-1" || cur.Scheduler != "sh" || cur.PersistenceEngine != "sip" {
+		t.Fatalf("after merge: %v", cur)
 	}
 }

@@ -11,7 +11,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
@@ -262,7 +261,7 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 				next.Config.PersistenceNetmask = nil
 			}
 		}
-		proto.Merge(next.Config, u)
+		mergePresent(next.Config, u)
 		if u.PersistenceTimeout != nil && u.PersistenceTimeout.Value == 0 {
 			next.Config.Flags = removeFlag(next.Config.Flags, "persistent")
 			next.Config.PersistenceNetmask = nil
@@ -275,7 +274,7 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 		if next.Defaults == nil {
 			next.Defaults = &types.VirtualService_ServerDefaults{}
 		}
-		proto.Merge(next.Defaults, d)
+		mergePresent(next.Defaults, d)
 	}
 	return next
 }
@@ -378,8 +377,8 @@ func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, 
 }
 
 // UpdateServer changes a server: with update.Revision, the whole server at
-// that revision; without, the fields it sets are merged (weight and health
-// check endpoint replace even when zero or empty, as in the original).
+// that revision; without, the fields it sets are merged (see mergePresent:
+// a wrapper or duration sent replaces the stored value even when zero).
 func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int64, error) {
 	if update == nil {
 		return 0, model.FieldErrorf("server", "required")
@@ -447,19 +446,13 @@ func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int
 func mergeServer(prev, update *types.RealServer) *types.RealServer {
 	next := proto.Clone(prev).(*types.RealServer)
 	if u := update.Config; u != nil {
-		proto.Merge(next.Config, u)
-		if u.Weight != nil {
-			next.Config.Weight = wrapperspb.UInt32(u.Weight.Value)
-		}
+		mergePresent(next.Config, u)
 	}
 	if u := update.HealthCheck; u != nil {
 		if next.HealthCheck == nil {
 			next.HealthCheck = &types.RealServer_HealthCheck{}
 		}
-		proto.Merge(next.HealthCheck, u)
-		if u.Endpoint != nil {
-			next.HealthCheck.Endpoint = wrapperspb.String(u.Endpoint.Value)
-		}
+		mergePresent(next.HealthCheck, u)
 	}
 	return next
 }

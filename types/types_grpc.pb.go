@@ -49,6 +49,17 @@ type MerlinClient interface {
 	// the stored service (the original semantics). With a revision it
 	// replaces the whole service if, and only if, the stored revision is
 	// still that one (Aborted otherwise).
+	//
+	// What a merge can clear: every field of a wrapper or Duration type
+	// (persistence_timeout, persistence_netmask, one_packet, weight,
+	// upper_threshold, lower_threshold, health_check.endpoint, period,
+	// timeout, slow_start) replaces the stored value when sent, even as 0,
+	// false or "" — persistence_timeout 0 turns persistence off, an empty
+	// endpoint turns a health check off. A repeated field sent (flags)
+	// replaces the list. Plain scalars (scheduler, forward, tunnel_type,
+	// tunnel_port, the booleans and strings of a health check, its up and
+	// down thresholds) change only to a non-zero value: to clear one, send
+	// the whole object with its revision.
 	UpdateService(ctx context.Context, in *VirtualService, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// DeleteService deletes the service and its servers in one transaction.
 	DeleteService(ctx context.Context, in *wrapperspb.StringValue, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -232,6 +243,17 @@ type MerlinServer interface {
 	// the stored service (the original semantics). With a revision it
 	// replaces the whole service if, and only if, the stored revision is
 	// still that one (Aborted otherwise).
+	//
+	// What a merge can clear: every field of a wrapper or Duration type
+	// (persistence_timeout, persistence_netmask, one_packet, weight,
+	// upper_threshold, lower_threshold, health_check.endpoint, period,
+	// timeout, slow_start) replaces the stored value when sent, even as 0,
+	// false or "" — persistence_timeout 0 turns persistence off, an empty
+	// endpoint turns a health check off. A repeated field sent (flags)
+	// replaces the list. Plain scalars (scheduler, forward, tunnel_type,
+	// tunnel_port, the booleans and strings of a health check, its up and
+	// down thresholds) change only to a non-zero value: to clear one, send
+	// the whole object with its revision.
 	UpdateService(context.Context, *VirtualService) (*emptypb.Empty, error)
 	// DeleteService deletes the service and its servers in one transaction.
 	DeleteService(context.Context, *wrapperspb.StringValue) (*emptypb.Empty, error)
