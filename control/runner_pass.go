@@ -355,6 +355,11 @@ func (r *Runner) applyIPVS(ctx context.Context, desired *State, dirty map[ipvs.S
 			r.pass.failures.clear(id) // the kernel already matches
 		}
 	}
+	if stale := r.ipvs.TakeStale(); len(stale) > 0 {
+		// Removed behind merlin's back: the next pass puts it back.
+		r.pass.driftKeys = append(r.pass.driftKeys, stale...)
+		r.poke()
+	}
 	return err
 }
 
@@ -369,8 +374,15 @@ func (r *Runner) recordOps(results []OpResult, now time.Time) map[objectID]bool 
 		id := r.objectOf(op)
 		touched[id] = true
 		if res.Err != nil {
-			failed++
 			r.metrics.opErrors.WithLabelValues(opLabel(op.Kind), errorLabel(res.Err)).Inc()
+		}
+		switch {
+		case res.Stale:
+			r.log.Info("the kernel lost what merlin had written; putting it back", "op", op.String(), "error", res.Err)
+			r.pass.failures.clear(id)
+			continue
+		case res.Err != nil:
+			failed++
 			r.fail(id, fmt.Errorf("%s: %w", op, res.Err), now)
 			continue
 		}

@@ -497,3 +497,34 @@ func TestRunnerReportsBadCheckPerServer(t *testing.T) {
 		t.Fatalf("errors %v, kernel %v", ids, table.svcs)
 	}
 }
+
+// A change to what was removed behind merlin's back puts it back at once,
+// without waiting for a resync: the kernel's "no such service" or "no such
+// destination" corrects the model.
+func TestRunnerRecreatesWhatTheKernelLost(t *testing.T) {
+	table := newFakeTable()
+	a := newTestRunner(t, RunnerConfig{ResyncPeriod: time.Hour}, RunnerDeps{IPVS: table})
+	a.start(t)
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	withServer(t, st, "web", "198.19.0.2:8080", 1)
+	withServer(t, st, "api", "198.19.0.3:8080", 1)
+	a.apply(t, st)
+	web, api := ServiceKeyOf(st.Services["web"].Service), ServiceKeyOf(st.Services["api"].Service)
+	table.mu.Lock() // ipvsadm -d of one web server, -D of api
+	table.svcs[web].Destinations = table.svcs[web].Destinations[1:]
+	delete(table.svcs, api)
+	table.mu.Unlock()
+
+	st2 := st.Clone()
+	st2.Revision = 11
+	withServer(t, st2, "web", "198.19.0.1:8080", 4)
+	withServer(t, st2, "api", "198.19.0.3:8080", 4)
+	a.Offer(st2.FullUpdate())
+	a.waitFor(t, "both repaired", func(s *types.NodeStatus) bool {
+		table.mu.Lock()
+		defer table.mu.Unlock()
+		return s.AppliedRevision == 11 && len(s.Errors) == 0 && table.svcs[api] != nil && len(table.svcs[api].Destinations) == 1 &&
+			len(table.svcs[web].Destinations) == 2 && table.svcs[api].Destinations[0].Config.Weight == 4
+	})
+}

@@ -36,6 +36,9 @@ type ipvsSink struct {
 	writeGen uint64                     // counts applies
 	readGen  uint64                     // counts synchronous full reads
 	touched  map[ipvs.ServiceKey]uint64 // writeGen of the last write to each key
+	// stale: keys whose model the kernel contradicted (a service or
+	// destination gone behind merlin's back); diffed again at once.
+	stale []ipvs.ServiceKey
 }
 
 func newIPVSSink(table IPVS, owned *ownership, adopt []netip.Prefix) *ipvsSink {
@@ -90,8 +93,9 @@ func (s *ipvsSink) Diff(want map[ipvs.ServiceKey]*ipvs.VirtualServer, keys []ipv
 
 // OpResult is the outcome of one op of a batch.
 type OpResult struct {
-	Op  ipvs.Op
-	Err error // nil: applied (or already so)
+	Op    ipvs.Op
+	Err   error // nil: applied (or already so)
+	Stale bool  // refused because the model was wrong; the model is corrected and the key diffed again
 }
 
 // Apply sends ops in one batch and returns each op's outcome; err is set
@@ -134,6 +138,8 @@ func (s *ipvsSink) Apply(ctx context.Context, ops []ipvs.Op) ([]OpResult, error)
 		switch {
 		case err == nil:
 			s.applyToModel(op)
+		case s.forgetMissing(op, err):
+			results[i].Stale = true
 		case errors.Is(err, ipvs.ErrOutcomeUnknown), errors.Is(err, ipvs.ErrNotSent):
 			s.valid = false // read the kernel again before trusting the model
 		case op.Kind == ipvs.OpAddService:
@@ -160,6 +166,35 @@ func alreadyGone(k ipvs.OpKind, err error) bool {
 		return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH)
 	}
 	return false
+}
+
+// forgetMissing corrects the model where the kernel answered that what it
+// holds is not there (ESRCH: no such service; ENOENT on a destination
+// update: no such destination), so that the next diff recreates it instead
+// of waiting for a full read. It reports whether it did.
+func (s *ipvsSink) forgetMissing(op ipvs.Op, err error) bool {
+	k := op.Service.Key
+	vs := s.model[k]
+	switch {
+	case vs == nil:
+		return false
+	case errors.Is(err, unix.ESRCH) && op.Kind != ipvs.OpAddService:
+		delete(s.model, k)
+	case errors.Is(err, unix.ENOENT) && op.Kind == ipvs.OpUpdateDestination:
+		s.model[k] = withDestination(vs, ipvs.Op{Kind: ipvs.OpDeleteDestination, Destination: op.Destination})
+	default:
+		return false
+	}
+	s.stale = append(s.stale, k)
+	return true
+}
+
+// TakeStale returns the keys to diff again because the kernel contradicted
+// the model (see forgetMissing).
+func (s *ipvsSink) TakeStale() []ipvs.ServiceKey {
+	keys := s.stale
+	s.stale = nil
+	return keys
 }
 
 // applyToModel records a successful op. Model entries are replaced, never
