@@ -21,6 +21,9 @@ type ServerCheck struct {
 	Check     health.Check
 	Startup   StartupHint // what the kernel says of the server before the first result
 	SlowStart time.Duration
+	// KernelWeight is the server's weight in the kernel when the check was
+	// planned: a restart in the middle of a slow start resumes from it.
+	KernelWeight uint32
 }
 
 // StartupHint is the evidence a server gives about its check's state before
@@ -61,28 +64,32 @@ func PlanChecks(ss *ServiceState, kernel *ipvs.VirtualServer) ServiceChecks {
 			sc.Servers = map[string]ServerCheck{}
 		}
 		h := model.EffectiveHealthCheck(srv, ss.Service)
-		sc.Servers[key] = ServerCheck{Check: c, Startup: startupHint(srv, h, kernel), SlowStart: h.GetSlowStart().AsDuration()}
+		hint, kw := startupHint(srv, h, kernel)
+		sc.Servers[key] = ServerCheck{Check: c, Startup: hint, SlowStart: h.GetSlowStart().AsDuration(), KernelWeight: kw}
 	}
 	return sc
 }
 
-func startupHint(srv *types.RealServer, h *types.RealServer_HealthCheck, kernel *ipvs.VirtualServer) StartupHint {
-	if h.GetStartup() == types.RealServer_DOWN {
-		return HintDown
-	}
-	if srv.GetConfig().GetWeight().GetValue() == 0 || kernel == nil {
-		return NoHint
-	}
-	addr, _ := netip.ParseAddr(srv.GetKey().GetIp())
-	for _, d := range kernel.Destinations {
-		if d.Key.Address == addr && d.Key.Port == uint16(srv.GetKey().GetPort()) {
-			if d.Config.Weight > 0 {
-				return HintUp
+func startupHint(srv *types.RealServer, h *types.RealServer_HealthCheck, kernel *ipvs.VirtualServer) (StartupHint, uint32) {
+	var kw uint32
+	found := false
+	if kernel != nil {
+		addr, _ := netip.ParseAddr(srv.GetKey().GetIp())
+		for _, d := range kernel.Destinations {
+			if d.Key.Address == addr && d.Key.Port == uint16(srv.GetKey().GetPort()) {
+				kw, found = d.Config.Weight, true
 			}
-			return HintDown
 		}
 	}
-	return NoHint
+	switch {
+	case h.GetStartup() == types.RealServer_DOWN:
+		return HintDown, kw
+	case srv.GetConfig().GetWeight().GetValue() == 0 || !found:
+		return NoHint, kw
+	case kw > 0:
+		return HintUp, kw
+	}
+	return HintDown, kw
 }
 
 // Equal reports whether two services' checks are the same.
@@ -181,8 +188,13 @@ func (p *ServicePlan) planServer(srv *types.RealServer, hv HealthView, now time.
 	case w == 0:
 	case !sp.Up:
 		sp.Weight = 0
-	case sc.SlowStart > 0 && sp.Known && sp.Health.Transitioned:
-		if elapsed := now.Sub(sp.Health.Since); elapsed < sc.SlowStart {
+	case sc.SlowStart > 0 && sp.Known:
+		since, ok := rampStart(sc, sp.Health, w)
+		at := now
+		if at.Before(sp.Health.Since) {
+			at = sp.Health.Since // a check started during this pass
+		}
+		if elapsed := at.Sub(since); ok && elapsed < sc.SlowStart {
 			step := min(time.Second, sc.SlowStart/5)
 			if next := now.Add(step); p.NextChange.IsZero() || next.Before(p.NextChange) {
 				p.NextChange = next
@@ -191,6 +203,21 @@ func (p *ServicePlan) planServer(srv *types.RealServer, hv HealthView, now time.
 		}
 	}
 	return sp
+}
+
+// rampStart is when a server's slow start began: its transition up; or,
+// before any transition (merlin restarted mid-ramp), as long before the
+// check started as the weight the kernel has implies, so the ramp goes on
+// from that weight instead of jumping.
+func rampStart(sc ServerCheck, st health.State, w uint32) (time.Time, bool) {
+	switch {
+	case st.Transitioned:
+		return st.Since, true
+	case sc.KernelWeight > 0 && sc.KernelWeight < w:
+		done := (uint64(sc.SlowStart)*uint64(sc.KernelWeight) + uint64(w) - 1) / uint64(w)
+		return st.Since.Add(-time.Duration(done)), true
+	}
+	return time.Time{}, false
 }
 
 // Key is the kernel key of the planned service (valid when Err is nil).

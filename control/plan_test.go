@@ -260,3 +260,23 @@ func TestPlanChecksErrorPerServer(t *testing.T) {
 		t.Fatalf("checks %v, errors %v", sc.Servers, sc.Errors)
 	}
 }
+
+// A restart in the middle of a slow start goes on from the weight the
+// kernel has, instead of jumping to the full weight.
+func TestPlanServiceResumesSlowStart(t *testing.T) {
+	c := tcpCheck("198.19.0.1")
+	ss := checkedService(t, 10*time.Second, types.RealServer_FROM_KERNEL, map[string]uint32{"198.19.0.1": 10})
+	kernel := &ipvs.VirtualServer{Destinations: []ipvs.Destination{{Key: ipvs.DestinationKey{Address: mustAddr("198.19.0.1"), Port: 8080}, Config: ipvs.DestinationConfig{Weight: 3}}}}
+	sc := PlanChecks(ss, kernel)
+	hv := HealthView{States: map[health.Check]health.State{c: {Up: true, Since: planNow}}} // started up, no transition yet
+	p := PlanService("web", ss, sc, hv, planNow)
+	if !slices.Equal(weights(p), []uint32{3}) || p.NextChange.IsZero() {
+		t.Fatalf("at the restart: weights %v, next change %v", weights(p), p.NextChange)
+	}
+	if p := PlanService("web", ss, sc, hv, planNow.Add(3500*time.Millisecond)); !slices.Equal(weights(p), []uint32{6}) {
+		t.Fatalf("3.5 s later: weights %v", weights(p))
+	}
+	if p := PlanService("web", ss, sc, hv, planNow.Add(7*time.Second)); !slices.Equal(weights(p), []uint32{10}) || !p.NextChange.IsZero() {
+		t.Fatalf("after the rest of the ramp: weights %v", weights(p))
+	}
+}

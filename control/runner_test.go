@@ -528,3 +528,25 @@ func TestRunnerRecreatesWhatTheKernelLost(t *testing.T) {
 			len(table.svcs[web].Destinations) == 2 && table.svcs[api].Destinations[0].Config.Weight == 4
 	})
 }
+
+// A restart during a slow start writes nothing: the ramp goes on from the
+// kernel's weight.
+func TestRunnerRestartMidSlowStart(t *testing.T) {
+	table := newFakeTable()
+	cfg := RunnerConfig{OwnershipFile: filepath.Join(t.TempDir(), "owned.json")}
+	st := healthChecked(t, time.Hour) // a ramp far longer than the test
+	mon := newFakeMonitor()
+	a := newTestRunner(t, cfg, RunnerDeps{IPVS: table, Health: mon})
+	a.start(t)
+	a.apply(t, st)
+	mon.force(true, time.Now().Add(-20*time.Minute)) // a third of the way up
+	a.waitFor(t, "the ramp", func(s *types.NodeStatus) bool { return len(s.Servers) == 1 && s.Servers[0].EffectiveWeight == 3 })
+
+	restarted := newTestRunner(t, cfg, RunnerDeps{IPVS: table, Health: newFakeMonitor()})
+	restarted.start(t)
+	w0, _ := table.counts()
+	status := restarted.apply(t, st)
+	if w1, _ := table.counts(); w1 != w0 || status.Servers[0].EffectiveWeight != 3 {
+		t.Fatalf("the restart wrote %d ops; weight %d", w1-w0, status.Servers[0].EffectiveWeight)
+	}
+}
