@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export MERLIN_CACHE ?= /var/cache/merlin
 
-.PHONY: all build setup generate demo test vmtest lint bench clean
+.PHONY: all build setup generate demo test vmtest soak lint bench clean
 
 all: build
 
@@ -34,6 +34,12 @@ test:
 vmtest: setup build
 	grep -rlE --include='*_test.go' '^func Test(Kernel|VM)' . | xargs -r -n1 dirname | sort -u | \
 	  xargs $(GO) test -count=1 -timeout 20m -exec $(CURDIR)/bin/vmrun -run '^Test(Kernel|VM)' -v
+
+# The chaos soak alone, long: make soak DURATION=30m SEED=42 (make test runs
+# it for 2 minutes with a fresh seed; a failure prints its seed).
+soak: setup build
+	MERLIN_SOAK_DURATION=$(or $(DURATION),10m) MERLIN_SOAK_SEED=$(SEED) $(GO) test -count=1 -timeout 0 \
+	  -exec $(CURDIR)/bin/vmrun -run '^TestVMSoak$$' -v ./vmtests/soak
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -338,6 +338,25 @@ func (l *Lab) StopEtcd() {
 	}
 }
 
+// SignalEtcd sends the etcd a signal (SIGSTOP and SIGCONT pause it).
+func (l *Lab) SignalEtcd(sig syscall.Signal) error {
+	if l.etcd == nil {
+		return fmt.Errorf("etcd is not running")
+	}
+	return l.etcd.Process.Signal(sig)
+}
+
+// Running reports whether merlin runs on the node.
+func (n *Node) Running() bool { return n.cmd != nil }
+
+// Pid is merlin's process ID on the node (0 when stopped).
+func (n *Node) Pid() int {
+	if n.cmd == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // StartNode starts merlin on a node (again).
 func (l *Lab) StartNode(n *Node) error {
 	log, err := os.OpenFile(filepath.Join(l.Root, n.Name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
