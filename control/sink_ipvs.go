@@ -115,19 +115,7 @@ func (s *ipvsSink) Apply(ctx context.Context, ops []ipvs.Op) ([]OpResult, error)
 		s.touched[op.Service.Key] = s.writeGen
 	}
 	applyErr := s.table.Apply(ctx, ops)
-	failed := map[int]error{}
-	var be *ipvs.BatchError
-	switch {
-	case applyErr == nil:
-	case errors.As(applyErr, &be):
-		for _, f := range be.Failed {
-			failed[f.Index] = f.Err
-		}
-	default:
-		for i := range ops {
-			failed[i] = applyErr
-		}
-	}
+	failed, whole := opErrors(len(ops), applyErr)
 	results := make([]OpResult, len(ops))
 	for i, op := range ops {
 		err := failed[i]
@@ -149,11 +137,31 @@ func (s *ipvsSink) Apply(ctx context.Context, ops []ipvs.Op) ([]OpResult, error)
 	if err := s.owned.save(); err != nil {
 		return results, fmt.Errorf("record owned services: %w", err)
 	}
-	if applyErr != nil && be == nil {
+	if whole {
 		s.valid = false
 		return results, fmt.Errorf("apply %d IPVS ops: %w", len(ops), applyErr)
 	}
 	return results, nil
+}
+
+// opErrors maps an Apply error to its ops by index; whole: the batch
+// failed as a whole (not a *BatchError), so every op carries it.
+func opErrors(n int, err error) (failed map[int]error, whole bool) {
+	failed = map[int]error{}
+	var be *ipvs.BatchError
+	switch {
+	case err == nil:
+	case errors.As(err, &be):
+		for _, f := range be.Failed {
+			failed[f.Index] = f.Err
+		}
+	default:
+		for i := range n {
+			failed[i] = err
+		}
+		whole = true
+	}
+	return failed, whole
 }
 
 // alreadyGone: a delete the kernel answers with "no such service" or "no
