@@ -227,10 +227,3 @@ func (f *fakeMonitor) wanted() map[health.Check]bool {
 	defer f.mu.Unlock()
 	return f.set
 }
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}

@@ -134,10 +134,35 @@ type serviceSnapshot struct {
 	invalid  []*types.InvalidKey
 }
 
+// readForWrite reads a service to change it. The first attempt reads from
+// the local member without a quorum round (serializable): the write that
+// follows is compared on revisions, so a stale read only costs a retry,
+// and the retries, like a "not found", read linearizably.
+func (s *Store) readForWrite(ctx context.Context, id string, attempt int) (*serviceSnapshot, error) {
+	if attempt == 0 {
+		snap, err := s.read(ctx, id, clientv3.WithSerializable())
+		if !errors.Is(err, ErrNotFound) {
+			return snap, err
+		}
+	}
+	return s.readService(ctx, id)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func (s *Store) readService(ctx context.Context, id string) (*serviceSnapshot, error) {
+	return s.read(ctx, id)
+}
+
+func (s *Store) read(ctx context.Context, id string, opts ...clientv3.OpOption) (*serviceSnapshot, error) {
 	resp, err := s.client.Txn(ctx).Then(
-		clientv3.OpGet(s.serviceKey(id)),
-		clientv3.OpGet(s.serverPrefix(id), clientv3.WithPrefix()),
+		clientv3.OpGet(s.serviceKey(id), opts...),
+		clientv3.OpGet(s.serverPrefix(id), append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("read service %q: %w", id, err)
@@ -188,7 +213,7 @@ func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService)
 		return 0, err
 	}
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		cur, err := s.readService(ctx, update.Id)
+		cur, err := s.readForWrite(ctx, update.Id, attempt+b2i(update.Revision != 0)) // a revision compares on a fresh read
 		if err != nil {
 			return 0, err
 		}
@@ -344,7 +369,7 @@ func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, 
 		return 0, err
 	}
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		cur, err := s.readService(ctx, in.ServiceID)
+		cur, err := s.readForWrite(ctx, in.ServiceID, attempt)
 		if err != nil {
 			return 0, err
 		}
@@ -391,7 +416,7 @@ func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int
 	}
 	key := s.serverKey(update.ServiceID, update.Key)
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		cur, err := s.readService(ctx, update.ServiceID)
+		cur, err := s.readForWrite(ctx, update.ServiceID, attempt+b2i(update.Revision != 0)) // a revision compares on a fresh read
 		if err != nil {
 			return 0, err
 		}

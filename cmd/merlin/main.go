@@ -179,17 +179,19 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		var watch sync.WaitGroup
+		defer watch.Wait() // after Close, which ends it
 		defer e.Close()
 		log.Info("embedded etcd started", "client_url", e.ClientURL, "dir", o.dataDir+"/etcd")
 		endpoints = []string{e.ClientURL}
-		go func() {
-			select {
-			case err := <-e.Err():
+		watch.Go(func() {
+			// The channel closes when the server stops: on a clean stop
+			// that is no failure.
+			if err, ok := <-e.Err(); ok && err != nil {
 				log.Error("embedded etcd failed", "error", err)
 				cancel()
-			case <-ctx.Done():
 			}
-		}()
+		})
 	}
 	etcdCfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 5 * time.Second}
 	if o.storeTLSCA != "" || o.storeTLSCert != "" {
