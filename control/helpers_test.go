@@ -28,7 +28,8 @@ type fakeTable struct {
 	svcs   map[ipvs.ServiceKey]*ipvs.VirtualServer
 	writes int
 	reads  int
-	gone   int // deletes of what did not exist
+	gone   int                 // deletes of what did not exist
+	refuse func(ipvs.Op) error // when set, ops it returns an error for fail with it
 }
 
 func newFakeTable() *fakeTable { return &fakeTable{svcs: map[ipvs.ServiceKey]*ipvs.VirtualServer{}} }
@@ -52,6 +53,12 @@ func (f *fakeTable) Apply(_ context.Context, ops []ipvs.Op) error {
 	be := &ipvs.BatchError{Total: len(ops)}
 	for i, op := range ops {
 		f.writes++
+		if f.refuse != nil {
+			if err := f.refuse(op); err != nil {
+				be.Failed = append(be.Failed, &ipvs.OpError{Index: i, Op: op, Err: err})
+				continue
+			}
+		}
 		k := op.Service.Key.Canonical()
 		vs := f.svcs[k]
 		var err error

@@ -66,6 +66,21 @@ func (f *failures) waiting(id objectID, now time.Time) bool {
 	return fl != nil && fl.next.After(now)
 }
 
+// holdBehind moves the due retries of a service's servers to the retry of
+// the service itself (waiting): they cannot be tried before it, and a due
+// time left in the past would make the runner spin.
+func (f *failures) holdBehind(serviceID string, now time.Time) {
+	svc := f.byID[objectID{service: serviceID}]
+	if svc == nil {
+		return
+	}
+	for id, fl := range f.byID {
+		if id.service == serviceID && !fl.next.After(now) {
+			fl.next = svc.next
+		}
+	}
+}
+
 // due lists the failures whose retry is due.
 func (f *failures) due(now time.Time) []objectID {
 	var ids []objectID

@@ -99,7 +99,7 @@ func (r *Runner) reconcile(ctx context.Context, desired *State, changed map[stri
 		}
 	}
 	dirty := r.replan(desired, r.lookAt(desired, changed, full, now), now)
-	retried := r.retryDue(dirty, now)
+	r.retryDue(dirty, now)
 	for _, k := range r.pass.driftKeys {
 		dirty[k] = true
 	}
@@ -112,7 +112,7 @@ func (r *Runner) reconcile(ctx context.Context, desired *State, changed map[stri
 			dirty[k] = true
 		}
 	}
-	err := r.applyIPVS(ctx, desired, dirty, retried, now)
+	err := r.applyIPVS(ctx, desired, dirty, now)
 	r.setSinks(ctx, desired, err == nil, now)
 	return err
 }
@@ -295,16 +295,13 @@ func (r *Runner) fail(id objectID, err error, now time.Time) {
 
 // retryDue looks at each failure whose retry is due: one that no longer
 // applies (its service is gone) is cleared, one the planner still refuses
-// is reported again, the rest are diffed again. It returns the retried
-// kernel failures: a retried object that needs no op any more is cleared.
-func (r *Runner) retryDue(dirty map[ipvs.ServiceKey]bool, now time.Time) map[objectID]bool {
-	retried := map[objectID]bool{}
+// is reported again, the others have their keys diffed again.
+func (r *Runner) retryDue(dirty map[ipvs.ServiceKey]bool, now time.Time) {
 	for _, id := range r.pass.failures.due(now) {
 		p := r.pass.plans[id.service]
 		switch {
 		case p == nil && id.orphan != (ipvs.ServiceKey{}):
 			dirty[id.orphan] = true // an owned service no longer desired
-			retried[id] = true
 		case p == nil:
 			r.pass.failures.clear(id)
 		case id.server == "" && p.Err != nil:
@@ -315,27 +312,27 @@ func (r *Runner) retryDue(dirty map[ipvs.ServiceKey]bool, now time.Time) map[obj
 			r.pass.failures.clear(id) // the service's own error says it
 		default:
 			dirty[p.Key()] = true
-			retried[id] = true
 		}
 	}
-	return retried
 }
 
 // applyIPVS diffs the dirty keys against the kernel model and applies the
 // difference in one batch; objects the kernel refused wait for their
 // backoff, even on a resync.
-func (r *Runner) applyIPVS(ctx context.Context, desired *State, dirty map[ipvs.ServiceKey]bool, retried map[objectID]bool, now time.Time) error {
+func (r *Runner) applyIPVS(ctx context.Context, desired *State, dirty map[ipvs.ServiceKey]bool, now time.Time) error {
 	want := make(map[ipvs.ServiceKey]*ipvs.VirtualServer, len(dirty))
 	keys := make([]ipvs.ServiceKey, 0, len(dirty))
 	for k := range dirty {
 		id, planned := r.pass.idByKey[k]
 		if r.pass.failures.waiting(objectID{service: id}, now) || (!planned && r.pass.failures.waiting(orphanID(k), now)) {
+			r.clearIfMatched(k, id, planned)
+			r.pass.failures.holdBehind(id, now)
 			continue
 		}
 		if planned {
 			if err := r.ipvs.Conflict(k); err != nil {
 				r.fail(objectID{service: id}, err, now)
-				retried[objectID{service: id}] = false // refused again: keep
+				r.pass.failures.holdBehind(id, now)
 				continue
 			}
 			want[k] = &r.pass.plans[id].Virtual
@@ -349,18 +346,66 @@ func (r *Runner) applyIPVS(ctx context.Context, desired *State, dirty map[ipvs.S
 	if len(ops) > 0 {
 		results, err = r.ipvs.Apply(ctx, ops)
 	}
-	touched := r.recordOps(results, now)
-	for id, clearIt := range retried {
-		if clearIt && !touched[id] {
-			r.pass.failures.clear(id) // the kernel already matches
-		}
-	}
+	r.clearMatched(keys, r.recordOps(results, now))
 	if stale := r.ipvs.TakeStale(); len(stale) > 0 {
 		// Removed behind merlin's back: the next pass puts it back.
 		r.pass.driftKeys = append(r.pass.driftKeys, stale...)
 		r.poke()
 	}
 	return err
+}
+
+// clearMatched clears the failures of objects at the diffed keys that
+// needed no op: the kernel already holds what is desired for them.
+func (r *Runner) clearMatched(diffed []ipvs.ServiceKey, touched map[objectID]bool) {
+	if len(r.pass.failures.byID) == 0 {
+		return
+	}
+	at := make(map[ipvs.ServiceKey]bool, len(diffed))
+	for _, k := range diffed {
+		at[k] = true
+	}
+	for id := range r.pass.failures.byID {
+		if !touched[id] && at[r.keyOf(id)] && !r.plannerRefuses(id) {
+			r.pass.failures.clear(id)
+		}
+	}
+}
+
+// keyOf is the kernel key an object error is about (zero: none).
+func (r *Runner) keyOf(id objectID) ipvs.ServiceKey {
+	if p := r.pass.plans[id.service]; p != nil && p.Err == nil {
+		return p.Key()
+	}
+	return id.orphan
+}
+
+// plannerRefuses: the error is the planner's (the service or the server's
+// check cannot be built), which no kernel state clears.
+func (r *Runner) plannerRefuses(id objectID) bool {
+	p := r.pass.plans[id.service]
+	return p != nil && ((id.server == "" && p.Err != nil) || p.Checks.Errors[id.server] != nil)
+}
+
+// clearIfMatched clears the failures of a key waiting for its retry when
+// the kernel already holds what is desired there (someone repaired it, or
+// an op reported failed had applied after all): an error that no longer
+// applies does not wait for its retry to go away.
+func (r *Runner) clearIfMatched(k ipvs.ServiceKey, id string, planned bool) {
+	if !planned {
+		if r.ipvs.Kernel(k) == nil {
+			r.pass.failures.clear(orphanID(k))
+		}
+		return
+	}
+	want := map[ipvs.ServiceKey]*ipvs.VirtualServer{k: &r.pass.plans[id].Virtual}
+	if r.ipvs.Conflict(k) == nil && len(r.ipvs.Diff(want, []ipvs.ServiceKey{k})) == 0 {
+		for fid := range r.pass.failures.byID {
+			if fid.service == id && !r.plannerRefuses(fid) {
+				r.pass.failures.clear(fid)
+			}
+		}
+	}
 }
 
 // recordOps counts the ops, records failures and clears the objects

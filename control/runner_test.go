@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -549,4 +550,29 @@ func TestRunnerRestartMidSlowStart(t *testing.T) {
 	if w1, _ := table.counts(); w1 != w0 || status.Servers[0].EffectiveWeight != 3 {
 		t.Fatalf("the restart wrote %d ops; weight %d", w1-w0, status.Servers[0].EffectiveWeight)
 	}
+}
+
+// An error whose object the kernel holds as desired after all (repaired
+// by hand) goes away at the next pass, not at its next retry.
+func TestRunnerClearsErrorsThatNoLongerApply(t *testing.T) {
+	table := newFakeTable()
+	table.refuse = func(op ipvs.Op) error {
+		if op.Kind == ipvs.OpUpdateDestination && op.Destination.Config.Weight == 7 {
+			return unix.EINVAL
+		}
+		return nil
+	}
+	a := newTestRunner(t, RunnerConfig{RetryBackoff: time.Hour, MaxRetryBackoff: time.Hour, ResyncPeriod: 20 * time.Millisecond}, RunnerDeps{IPVS: table})
+	a.start(t)
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	a.apply(t, st)
+	st.Revision = 11
+	withServer(t, st, "web", "198.19.0.1:8080", 7)
+	a.Offer(st.FullUpdate())
+	a.waitFor(t, "the refused weight", func(s *types.NodeStatus) bool { return slices.Equal(errorIDs(s), []string{"web/198.19.0.1:8080"}) })
+	table.mu.Lock() // ipvsadm -e ... -w 7 by hand
+	table.svcs[ServiceKeyOf(st.Services["web"].Service)].Destinations[0].Config.Weight = 7
+	table.mu.Unlock()
+	a.waitFor(t, "the error cleared", func(s *types.NodeStatus) bool { return len(s.Errors) == 0 })
 }

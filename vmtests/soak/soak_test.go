@@ -55,7 +55,8 @@ var (
 const (
 	resync     = 3 * time.Second
 	maxSvcs    = 100
-	stableVIP  = lab.NATVIP + ":80" // never touched by the random changes
+	stableVIP  = lab.NATVIP + ":80" // never touched by the random changes (NAT, through node1)
+	stableDR   = lab.DRVIP + ":80"  // the same, direct routing (through node2)
 	checkedVIP = "198.19.0.30:80"   // one server up, one always down
 	downServer = "198.18.0.22:8080" // of checkedVIP: its check port is closed
 )
@@ -138,11 +139,14 @@ func TestVMSoak(t *testing.T) {
 		unsure: map[string]bool{}, etcd: "up", counts: map[string]int{}, restarted: -1}
 	s.connect()
 	s.fixedServices()
+	for len(s.model) < maxSvcs { // a hundred services to start from
+		s.createService()
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go s.watchDownServer(ctx)
 	held := s.holdConnection()
-	tr := startTraffic(l, stableVIP)
+	trs := []*traffic{startTraffic(l, stableVIP), startTraffic(l, stableDR)}
 
 	start := time.Now()
 	var rss []string
@@ -153,9 +157,13 @@ func TestVMSoak(t *testing.T) {
 		}
 	}
 	rss = append(rss, s.checkpoint(true))
-	ok, failed, lastErr := tr.finish()
-	if failed != 0 || ok == 0 {
-		t.Errorf("client connections to the stable service: %d ok, %d failed (last: %v)", ok, failed, lastErr)
+	var ok int64
+	for i, tr := range trs {
+		n, failed, lastErr := tr.finish()
+		if failed != 0 || n == 0 {
+			t.Errorf("client connections to stable service %d: %d ok, %d failed (last: %v)", i, n, failed, lastErr)
+		}
+		ok += n
 	}
 	if err := echo(held); err != nil {
 		t.Errorf("the connection held through the soak: %v", err)
@@ -210,6 +218,12 @@ func (s *soak) fixedServices() {
 	must(s.api().CreateService(ctx, &types.VirtualService{Id: "stable", Key: apiKey(stableVIP), Config: &types.VirtualService_Config{Scheduler: "rr"}}))
 	for i := range 3 {
 		must(s.api().CreateServer(ctx, masq("stable", lab.BackendAddr(i)+":8080", 1)))
+	}
+	must(s.api().CreateService(ctx, &types.VirtualService{Id: "stable-dr", Key: apiKey(stableDR), Config: &types.VirtualService_Config{Scheduler: "rr"}}))
+	for i := range 3 {
+		dr := masq("stable-dr", lab.BackendAddr(i)+":80", 1)
+		dr.Config.Forward = types.ForwardMethod_ROUTE
+		must(s.api().CreateServer(ctx, dr))
 	}
 	must(s.api().CreateService(ctx, &types.VirtualService{Id: "checked", Key: apiKey(checkedVIP), Config: &types.VirtualService_Config{Scheduler: "rr"}}))
 	up := masq("checked", lab.BackendAddr(0)+":8080", 1)
@@ -343,6 +357,11 @@ func (s *soak) createService() {
 	defer cancel()
 	_, err := s.api().CreateService(ctx, &types.VirtualService{Id: id, Key: apiKey(vip), Config: &types.VirtualService_Config{Scheduler: "wrr"}})
 	s.record("create service", id, err, func() { s.model[id] = &svcModel{vip: vip, scheduler: "wrr", servers: map[string]*srvModel{}} })
+	if m := s.model[id]; m != nil && err == nil {
+		addr := lab.BackendAddr(i%3) + ":8080"
+		_, err := s.api().CreateServer(ctx, masq(id, addr, 1))
+		s.record("create server", id, err, func() { m.servers[addr] = &srvModel{weight: 1} })
+	}
 }
 
 // record keeps an acknowledged write; a refusal the API is sure of leaves
@@ -483,7 +502,7 @@ func (s *soak) list() *types.ListResponse {
 func (s *soak) acknowledgedVisible(list *types.ListResponse) {
 	got := map[string]*svcModel{}
 	for _, item := range list.Items {
-		if id := item.Service.Id; strings.HasPrefix(id, "s") && id != "stable" {
+		if id := item.Service.Id; randomService(id) {
 			m := &svcModel{vip: net.JoinHostPort(item.Service.Key.Ip, strconv.Itoa(int(item.Service.Key.Port))), scheduler: item.Service.Config.Scheduler,
 				persistence: item.Service.Config.GetPersistenceTimeout().GetValue(), servers: map[string]*srvModel{}}
 			for _, srv := range item.Servers {
@@ -575,6 +594,32 @@ func (s *soak) converged(want []ipvs.VirtualServer) error {
 		if ops := ipvs.Diff(want, have); len(ops) > 0 {
 			return fmt.Errorf("%s's kernel differs from the List by %d ops, first %s", s.l.Nodes[i].Name, len(ops), ops[0])
 		}
+		if err := s.vipsMatch(s.l.Nodes[i], want); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// vipsMatch: the node's VIP interface holds exactly the VIPs of the List.
+func (s *soak) vipsMatch(n *lab.Node, want []ipvs.VirtualServer) error {
+	out, err := lab.Run(n.NS, "ip", "-o", "-4", "addr", "show", "dev", "merlin0")
+	if err != nil {
+		return err
+	}
+	var have, need []string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[2] == "inet" {
+			have = append(have, strings.TrimSuffix(f[3], "/32"))
+		}
+	}
+	for _, vs := range want {
+		need = append(need, vs.Service.Key.Address.String())
+	}
+	slices.Sort(have)
+	slices.Sort(need)
+	if need = slices.Compact(need); !slices.Equal(have, need) {
+		return fmt.Errorf("%s's VIPs %v, want %v", n.Name, have, need)
 	}
 	return nil
 }
@@ -632,6 +677,12 @@ func (s *soak) watchDownServer(ctx context.Context) {
 }
 
 func (s *soak) serviceIDs() []string { return sortedKeys(s.model) }
+
+// randomService: the IDs the random changes use, s000 to s099.
+func randomService(id string) bool {
+	n, err := strconv.Atoi(strings.TrimPrefix(id, "s"))
+	return len(id) == 4 && id[0] == 's' && err == nil && n >= 0 && n < maxSvcs
+}
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
