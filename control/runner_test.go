@@ -576,3 +576,19 @@ func TestRunnerClearsErrorsThatNoLongerApply(t *testing.T) {
 	table.mu.Unlock()
 	a.waitFor(t, "the error cleared", func(s *types.NodeStatus) bool { return len(s.Errors) == 0 })
 }
+
+// Background resyncs of an unchanged kernel write nothing, also with a
+// service the kernel refuses waiting for its retry.
+func TestRunnerResyncWritesNothing(t *testing.T) {
+	table := newFakeTable()
+	a := newTestRunner(t, RunnerConfig{ResyncPeriod: 20 * time.Millisecond}, RunnerDeps{IPVS: table})
+	a.start(t)
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("broken", "198.18.0.3", "twos"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	a.apply(t, st)
+	w0, _ := table.counts()
+	a.waitQuiet(t)
+	if w1, _ := table.counts(); w1 != w0 {
+		t.Fatalf("resyncs wrote %d ops", w1-w0)
+	}
+}
