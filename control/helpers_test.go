@@ -30,6 +30,18 @@ type fakeTable struct {
 	reads  int
 	gone   int                 // deletes of what did not exist
 	refuse func(ipvs.Op) error // when set, ops it returns an error for fail with it
+	// hide: the next reads (Table and Lookup calls) that miss a service,
+	// as a kernel dump resumed by position can.
+	hide map[ipvs.ServiceKey]int
+}
+
+// hidden reports whether a read misses k this time.
+func (f *fakeTable) hidden(k ipvs.ServiceKey) bool {
+	if f.hide[k] > 0 {
+		f.hide[k]--
+		return true
+	}
+	return false
 }
 
 func newFakeTable() *fakeTable { return &fakeTable{svcs: map[ipvs.ServiceKey]*ipvs.VirtualServer{}} }
@@ -39,12 +51,27 @@ func (f *fakeTable) Table(context.Context) ([]ipvs.VirtualServer, error) {
 	defer f.mu.Unlock()
 	f.reads++
 	var out []ipvs.VirtualServer
-	for _, vs := range f.svcs {
+	for k, vs := range f.svcs {
+		if f.hidden(k) {
+			continue
+		}
 		c := *vs
 		c.Destinations = slices.Clone(vs.Destinations)
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+func (f *fakeTable) Lookup(_ context.Context, k ipvs.ServiceKey) (*ipvs.VirtualServer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	vs := f.svcs[k.Canonical()]
+	if vs == nil || f.hidden(k.Canonical()) {
+		return nil, nil
+	}
+	c := *vs
+	c.Destinations = slices.Clone(vs.Destinations)
+	return &c, nil
 }
 
 func (f *fakeTable) Apply(_ context.Context, ops []ipvs.Op) error {

@@ -592,3 +592,40 @@ func TestRunnerResyncWritesNothing(t *testing.T) {
 		t.Fatalf("resyncs wrote %d ops", w1-w0)
 	}
 }
+
+// A kernel dump that misses a service (the kernel resumes a dump by
+// position, so a deletion during it can hide another service) neither
+// makes merlin recreate it nor lose it: the dump is confirmed service by
+// service, and an add that finds the service already there learns it back
+// and keeps it merlin's.
+func TestRunnerSurvivesADumpThatHidesAService(t *testing.T) {
+	table := newFakeTable()
+	a := newTestRunner(t, RunnerConfig{ResyncPeriod: 20 * time.Millisecond}, RunnerDeps{IPVS: table})
+	a.start(t)
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	a.apply(t, st)
+	web := ServiceKeyOf(st.Services["web"].Service)
+	for _, hides := range []int{1, 2} { // the dump alone; the dump and its confirmation
+		table.mu.Lock()
+		table.hide = map[ipvs.ServiceKey]int{web: hides}
+		table.mu.Unlock()
+		a.waitQuiet(t) // three resyncs later, and no spin
+		table.mu.Lock()
+		left := table.hide[web]
+		table.mu.Unlock()
+		status, _ := a.Status()
+		if left != 0 || len(status.Errors) != 0 || status.OwnedServices != 2 || len(table.svcs) != 2 {
+			t.Fatalf("after a dump that hid web %d times: %d hides left, errors %v, owned %d, kernel %v", hides, left, errorIDs(status), status.OwnedServices, table.svcs)
+		}
+	}
+	// Still merlin's: a change to it applies.
+	st.Revision = 11
+	withServer(t, st, "web", "198.19.0.1:8080", 5)
+	a.apply(t, st)
+	table.mu.Lock()
+	defer table.mu.Unlock()
+	if w := table.svcs[web].Destinations[0].Config.Weight; w != 5 {
+		t.Fatalf("weight %d after the change", w)
+	}
+}

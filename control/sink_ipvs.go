@@ -15,6 +15,9 @@ import (
 // IPVS is what the node needs of a kernel IPVS table; *ipvs.Client has it.
 type IPVS interface {
 	Table(ctx context.Context) ([]ipvs.VirtualServer, error)
+	// Lookup reads one service (nil: none). A table dump is not atomic,
+	// so what a dump misses is confirmed with it.
+	Lookup(ctx context.Context, key ipvs.ServiceKey) (*ipvs.VirtualServer, error)
 	Apply(ctx context.Context, ops []ipvs.Op) error
 }
 
@@ -48,7 +51,7 @@ func newIPVSSink(table IPVS, owned *ownership, adopt []netip.Prefix) *ipvsSink {
 // Read reads the whole kernel table: the owned part becomes the model,
 // desired services under an adopt prefix become owned.
 func (s *ipvsSink) Read(ctx context.Context, desired map[ipvs.ServiceKey]bool) (adopted []ipvs.ServiceKey, err error) {
-	table, err := s.table.Table(ctx)
+	table, err := readTable(ctx, s.table, s.owned.keys)
 	if err != nil {
 		s.valid = false
 		return nil, fmt.Errorf("read the kernel IPVS table: %w", err)
@@ -63,6 +66,34 @@ func (s *ipvsSink) Read(ctx context.Context, desired map[ipvs.ServiceKey]bool) (
 	s.model, s.foreign, s.valid = kv.Owned, kv.Foreign, true
 	s.readGen++
 	return kv.Adopt, s.owned.save()
+}
+
+// readTable dumps the table and confirms, one by one, the owned services
+// the dump did not show: the kernel resumes a dump by position, so a
+// service deleted during it (by merlin on its other socket, or by hand)
+// can hide one that exists.
+func readTable(ctx context.Context, t IPVS, owned map[ipvs.ServiceKey]bool) ([]ipvs.VirtualServer, error) {
+	table, err := t.Table(ctx)
+	if err != nil {
+		return nil, err
+	}
+	seen := make(map[ipvs.ServiceKey]bool, len(table))
+	for _, vs := range table {
+		seen[vs.Service.Key.Canonical()] = true
+	}
+	for k := range owned {
+		if seen[k] {
+			continue
+		}
+		vs, err := t.Lookup(ctx, k)
+		if err != nil {
+			return nil, fmt.Errorf("look up %s: %w", k, err)
+		}
+		if vs != nil {
+			table = append(table, *vs)
+		}
+	}
+	return table, nil
 }
 
 // Kernel is the model's entry for a key (nil: none); read-only.
@@ -102,8 +133,10 @@ type OpResult struct {
 // when the batch as a whole failed or ownership could not be recorded.
 // Deleting what is already gone succeeds: the desired state is reached.
 func (s *ipvsSink) Apply(ctx context.Context, ops []ipvs.Op) ([]OpResult, error) {
+	ownedBefore := map[ipvs.ServiceKey]bool{}
 	for _, op := range ops {
 		if op.Kind == ipvs.OpAddService {
+			ownedBefore[op.Service.Key] = s.owned.has(op.Service.Key)
 			s.owned.add(op.Service.Key)
 		}
 	}
@@ -127,6 +160,9 @@ func (s *ipvsSink) Apply(ctx context.Context, ops []ipvs.Op) ([]OpResult, error)
 		case err == nil:
 			s.applyToModel(op)
 		case s.forgetMissing(op, err):
+			results[i].Stale = true
+		case alreadyThere(op, err, ownedBefore):
+			s.relearn(ctx, op.Service.Key)
 			results[i].Stale = true
 		case errors.Is(err, ipvs.ErrOutcomeUnknown), errors.Is(err, ipvs.ErrNotSent):
 			s.valid = false // read the kernel again before trusting the model
@@ -195,6 +231,31 @@ func (s *ipvsSink) forgetMissing(op ipvs.Op, err error) bool {
 	}
 	s.stale = append(s.stale, k)
 	return true
+}
+
+// alreadyThere: an add found what it adds in the kernel — a destination,
+// or a service merlin already owned — so the model missed it (a dump that
+// hid it). The service stays merlin's.
+func alreadyThere(op ipvs.Op, err error, ownedBefore map[ipvs.ServiceKey]bool) bool {
+	if !errors.Is(err, unix.EEXIST) {
+		return false
+	}
+	return op.Kind == ipvs.OpAddDestination || (op.Kind == ipvs.OpAddService && ownedBefore[op.Service.Key])
+}
+
+// relearn reads one service back into the model (or, failing that, makes
+// the next pass read the whole table) and has it diffed again.
+func (s *ipvsSink) relearn(ctx context.Context, k ipvs.ServiceKey) {
+	vs, err := s.table.Lookup(ctx, k)
+	switch {
+	case err != nil:
+		s.valid = false
+	case vs == nil:
+		delete(s.model, k)
+	default:
+		s.model[k] = vs
+	}
+	s.stale = append(s.stale, k)
 }
 
 // TakeStale returns the keys to diff again because the kernel contradicted

@@ -27,7 +27,7 @@ func (s *ipvsSink) DriftCheck() func(context.Context) driftResult {
 	table := s.reader
 	return func(ctx context.Context) driftResult {
 		res := driftResult{writeGen: writeGen, readGen: readGen}
-		t, err := table.Table(ctx)
+		t, err := readTable(ctx, table, owned)
 		if err != nil {
 			res.err = err
 			return res

@@ -458,11 +458,11 @@ func (c *Client) Table(ctx context.Context) ([]VirtualServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]VirtualServer, len(svcs))
-	for i, s := range svcs {
-		out[i].Service = s.Service
+	out := make([]VirtualServer, 0, len(svcs))
+	for _, s := range svcs {
+		vs := VirtualServer{Service: s.Service}
 		err := c.destinations(s.Key, false, func(d DestinationStatus) {
-			out[i].Destinations = append(out[i].Destinations, d.Destination)
+			vs.Destinations = append(vs.Destinations, d.Destination)
 		})
 		if errors.Is(err, unix.ESRCH) {
 			continue // deleted between the two dumps
@@ -470,12 +470,41 @@ func (c *Client) Table(ctx context.Context) ([]VirtualServer, error) {
 		if err != nil {
 			return nil, err
 		}
+		out = append(out, vs)
 		// A large table is thousands of round trips: let other goroutines
 		// run between them rather than only when the scheduler preempts
 		// this one (on one CPU, every hand-off elsewhere would wait).
 		runtime.Gosched()
 	}
 	return out, nil
+}
+
+// Lookup reads one service with its destinations, without counters; nil
+// when the kernel has no such service. A dump of the whole table is not
+// atomic (the kernel resumes it by position, so a service deleted meanwhile
+// can hide another one); Lookup is how to be sure of one service.
+func (c *Client) Lookup(ctx context.Context, key ServiceKey) (*VirtualServer, error) {
+	s, err := c.Service(ctx, key)
+	if errors.Is(err, unix.ESRCH) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	end, err := c.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	vs := &VirtualServer{Service: s.Service}
+	err = c.destinations(key.Canonical(), false, func(d DestinationStatus) { vs.Destinations = append(vs.Destinations, d.Destination) })
+	if errors.Is(err, unix.ESRCH) {
+		return nil, nil // deleted between the two requests
+	}
+	if err != nil {
+		return nil, err
+	}
+	return vs, nil
 }
 
 // command runs one acknowledged request under ctx; fn sees its replies.

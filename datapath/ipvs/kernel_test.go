@@ -508,6 +508,13 @@ func TestKernelInfoTimeoutsFlush(t *testing.T) {
 	if _, err := c.Service(ctx, svc("198.18.0.250", 1, "rr").Key); !errors.Is(err, unix.ESRCH) {
 		t.Fatalf("get missing service: %v", err)
 	}
+	want := largeTable(50, 2)[7]
+	if got, err := c.Lookup(ctx, want.Service.Key); err != nil || got == nil || len(Diff([]VirtualServer{want}, []VirtualServer{*got})) != 0 {
+		t.Fatalf("lookup %s: %+v, %v", want.Service.Key, got, err)
+	}
+	if got, err := c.Lookup(ctx, svc("198.18.0.250", 1, "rr").Key); got != nil || err != nil {
+		t.Fatalf("lookup of a missing service: %+v, %v", got, err)
+	}
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
