@@ -174,7 +174,10 @@ func (c *Client) begin(ctx context.Context) (func(), error) {
 	}
 	deadline, _ := ctx.Deadline()
 	_ = c.nl.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = c.nl.SetDeadline(time.Unix(1, 0)) })
+	// The socket of this call, not c.nl: the func may run after the call
+	// ended, when Close or a re-dial has replaced c.nl.
+	nl := c.nl
+	stop := context.AfterFunc(ctx, func() { _ = nl.SetDeadline(time.Unix(1, 0)) })
 	return func() {
 		if !stop() && ctx.Err() != nil {
 			// The deadline may be set behind our back after this point:
