@@ -289,7 +289,7 @@ func (s *soak) write() {
 		return &types.VirtualService{Id: id, Config: c}
 	}
 	var err error
-	apply := func() {}
+	var apply func()
 	switch kind {
 	case "delete service":
 		_, err = s.api().DeleteService(ctx, wrapperspb.String(id))
