@@ -39,11 +39,13 @@ import (
 	"github.com/merlin-ipvs/merlin/datapath/netif"
 	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/health/grpcprobe"
+	"github.com/merlin-ipvs/merlin/internal/etcdlog"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 )
 
 type options struct {
 	debug          bool
+	logFormat      string
 	apiAddress     string
 	port           int
 	healthPort     int
@@ -76,6 +78,7 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("merlin", flag.ContinueOnError)
 	fs.BoolVar(&o.debug, "debug", false, "debug logs")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (logfmt) or json; etcd's own logs follow it")
 	fs.StringVar(&o.apiAddress, "api-address", "", "address the gRPC API listens on (default 127.0.0.1 without TLS, all addresses with TLS)")
 	fs.IntVar(&o.port, "port", 4282, "gRPC API port")
 	fs.IntVar(&o.healthPort, "health-port", 4283, "port of /healthz, /readyz and /debug/pprof (0: off)")
@@ -120,6 +123,9 @@ func parseFlags(args []string) (*options, error) {
 	if o.tlsClientCA != "" && o.tlsCert == "" {
 		return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
 	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return nil, fmt.Errorf("-log-format %q: want text or json", o.logFormat)
+	}
 	if o.port <= 0 || o.port > 65535 {
 		return nil, fmt.Errorf("-port %d: want 1 to 65535", o.port)
 	}
@@ -142,7 +148,11 @@ func main() {
 	if o.debug {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	if o.logFormat == "json" {
+		handler = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	}
+	log := slog.New(handler)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {
@@ -175,7 +185,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-		e, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: o.dataDir, ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL})
+		e, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: o.dataDir, ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log})
 		if err != nil {
 			return err
 		}
@@ -193,7 +203,8 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 			}
 		})
 	}
-	etcdCfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 5 * time.Second}
+	etcdCfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 5 * time.Second,
+		Logger: etcdlog.Client(log.With("component", "etcd-client"))}
 	if o.storeTLSCA != "" || o.storeTLSCert != "" {
 		tc, err := tlsconfig.Client(o.storeTLSCA, o.storeTLSCert, o.storeTLSKey, "")
 		if err != nil {

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -32,6 +34,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		"port: 70000\n":                     "-port 70000",
 		"tls-cert: a.pem\n":                 "-tls-cert and -tls-key go together",
 		"reconcile: [not, a, bool, list]\n": "reconcile",
+		"log-format: xml\n":                 "-log-format \"xml\": want text or json",
 	} {
 		path := filepath.Join(dir, "c.yaml")
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
@@ -90,6 +93,61 @@ func TestExitsWhenAPortIsTaken(t *testing.T) {
 			}
 			if !strings.Contains(string(out), tc.want) || strings.Contains(string(out), "embedded etcd started") {
 				t.Fatalf("output does not name %q before starting etcd:\n%s", tc.want, out)
+			}
+		})
+	}
+}
+
+// A clean start and stop logs no error and no stack trace, in one format
+// (etcd's own logs included).
+func TestCleanStartAndStopLogNoErrors(t *testing.T) {
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	}
+	health := free()
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false", "-log-format", format,
+				"-port", free(), "-health-port", health,
+				"-embedded-etcd-client-url", "http://127.0.0.1:"+free(), "-embedded-etcd-peer-url", "http://127.0.0.1:"+free())
+			cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
+			var out strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				resp, err := http.Get("http://127.0.0.1:" + health + "/readyz")
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					_ = cmd.Process.Kill()
+					_ = cmd.Wait()
+					t.Fatalf("not ready:\n%s", out.String())
+				}
+				time.Sleep(50 * time.Millisecond) // polling readiness
+			}
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("merlin after SIGTERM: %v\n%s", err, out.String())
+			}
+			for i, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+				bad := strings.Contains(line, "level=ERROR") || strings.Contains(line, `"level":"ERROR"`) ||
+					strings.Contains(line, "stacktrace") || strings.HasPrefix(line, "goroutine ")
+				json := strings.HasPrefix(line, "{")
+				if bad || json != (format == "json") {
+					t.Fatalf("line %d is an error, a stack trace or in another format:\n%s\n\nwhole log:\n%s", i+1, line, out.String())
+				}
 			}
 		})
 	}

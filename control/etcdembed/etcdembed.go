@@ -7,18 +7,23 @@ package etcdembed
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/merlin-ipvs/merlin/internal/etcdlog"
 )
 
 // Config says where the server keeps its data and listens.
 type Config struct {
-	DataDir   string // etcd's own data lives in DataDir/etcd
-	ClientURL string // e.g. http://127.0.0.1:2379
-	PeerURL   string // e.g. http://127.0.0.1:2380; only this node uses it
-	Name      string // member name; "merlin" when empty
+	DataDir   string       // etcd's own data lives in DataDir/etcd
+	ClientURL string       // e.g. http://127.0.0.1:2379
+	PeerURL   string       // e.g. http://127.0.0.1:2380; only this node uses it
+	Name      string       // member name; "merlin" when empty
+	Log       *slog.Logger // where etcd's own logs go; nil: discarded
 }
 
 // Server is a single-node etcd server running in this process: the
@@ -26,6 +31,7 @@ type Config struct {
 type Server struct {
 	etcd      *embed.Etcd
 	ClientURL string
+	stopping  *atomic.Bool
 }
 
 // Start starts the server and waits until it serves clients.
@@ -47,7 +53,12 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.LogLevel = "error"
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	stopping := &atomic.Bool{}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdlog.Server(log.With("component", "etcd"), stopping))
 	// Keep a day of history so watchers resuming after a pause rarely
 	// meet a compacted revision.
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
@@ -58,14 +69,17 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Server{etcd: e, ClientURL: cu.String()}, nil
+		return &Server{etcd: e, ClientURL: cu.String(), stopping: stopping}, nil
 	case err := <-e.Err():
+		stopping.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	case <-ctx.Done():
+		stopping.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd not ready: %w", ctx.Err())
 	case <-time.After(60 * time.Second):
+		stopping.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd not ready after 60s")
 	}
@@ -74,5 +88,8 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 // Err reports a fatal error of the running server.
 func (e *Server) Err() <-chan error { return e.etcd.Err() }
 
-// Close stops the server.
-func (e *Server) Close() { e.etcd.Close() }
+// Close stops the server; what it logs while stopping is debug.
+func (e *Server) Close() {
+	e.stopping.Store(true)
+	e.etcd.Close()
+}
