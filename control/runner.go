@@ -25,7 +25,8 @@ type HealthMonitor interface {
 
 // RunnerConfig configures a node runner; zero values take the defaults.
 type RunnerConfig struct {
-	Node string
+	Node    string
+	Version string // of the binary, for node status
 	// ResyncPeriod between full reads of the kernel table, which repair
 	// changes made behind merlin's back; default 30 s.
 	ResyncPeriod time.Duration
@@ -112,7 +113,7 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 	r := &Runner{
 		cfg: cfg, guard: guard, health: deps.Health, log: deps.Log, metrics: deps.Metrics, ipvs: sink, sinks: deps.Sinks,
 		wake:    make(chan struct{}, 1),
-		status:  &types.NodeStatus{Node: cfg.Node, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
+		status:  &types.NodeStatus{Node: cfg.Node, Version: cfg.Version, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
 		changed: make(chan struct{}),
 		pass:    newPassState(cfg, len(deps.Sinks)),
 	}

@@ -818,8 +818,10 @@ type NodeStatus struct {
 	// lists the others with the reason (bounded by what is wrong).
 	VipsServing    uint32       `protobuf:"varint,13,opt,name=vips_serving,json=vipsServing,proto3" json:"vips_serving,omitempty"`
 	VipsNotServing []*VIPStatus `protobuf:"bytes,14,rep,name=vips_not_serving,json=vipsNotServing,proto3" json:"vips_not_serving,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// version of the merlin binary the node runs (as `merlin --version`).
+	Version       string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -948,6 +950,13 @@ func (x *NodeStatus) GetVipsNotServing() []*VIPStatus {
 		return x.VipsNotServing
 	}
 	return nil
+}
+
+func (x *NodeStatus) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 type SinkStatus struct {
@@ -2440,7 +2449,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\xf2\x04\n" +
+	"\x06DELETE\x10\x04\"\x8c\x05\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -2459,7 +2468,8 @@ const file_types_proto_rawDesc = "" +
 	"\rservices_down\x18\v \x03(\tR\fservicesDown\x12'\n" +
 	"\x05sinks\x18\f \x03(\v2\x11.types.SinkStatusR\x05sinks\x12!\n" +
 	"\fvips_serving\x18\r \x01(\rR\vvipsServing\x12:\n" +
-	"\x10vips_not_serving\x18\x0e \x03(\v2\x10.types.VIPStatusR\x0evipsNotServing\"\x81\x01\n" +
+	"\x10vips_not_serving\x18\x0e \x03(\v2\x10.types.VIPStatusR\x0evipsNotServing\x12\x18\n" +
+	"\aversion\x18\x0f \x01(\tR\aversion\"\x81\x01\n" +
 	"\n" +
 	"SinkStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +

@@ -349,3 +349,12 @@ func TestMerlinExternalEtcdOverMutualTLS(t *testing.T) {
 		t.Fatalf("list through external etcd:\n%s", out)
 	}
 }
+
+func TestMeradmVersion(t *testing.T) {
+	var out bytes.Buffer
+	root := newRootCmd(&out, &out)
+	root.SetArgs([]string{"--version"})
+	if err := root.Execute(); err != nil || !strings.HasPrefix(out.String(), "meradm version ") || !strings.Contains(out.String(), "go1.") {
+		t.Fatalf("meradm --version: %v: %q", err, out.String())
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
+	"github.com/merlin-ipvs/merlin/internal/version"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -83,6 +84,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Short:         "admin tool for merlin - distributed IPVS manager",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Read().String(),
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)

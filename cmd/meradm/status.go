@@ -109,6 +109,15 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 		vips := fmt.Sprintf("%d/%d", n.VipsServing, int(n.VipsServing)+len(n.VipsNotServing))
 		fmt.Fprintf(w, "%-16s %-24s %-8d %-8s %-14s %-6d %-6d %s\n", n.Node, n.ApiAddress, n.AppliedRevision, state, ago, n.OwnedServices, len(n.Errors), vips)
 	}
+	versions := map[string]bool{}
+	for _, n := range resp.Nodes {
+		versions[n.Version] = true
+	}
+	if len(versions) > 1 { // in the middle of an upgrade
+		for _, n := range resp.Nodes {
+			notes = append(notes, fmt.Sprintf("%s: runs merlin %s", n.Node, n.Version))
+		}
+	}
 	for _, note := range notes {
 		fmt.Fprintln(w, "  "+note)
 	}

@@ -41,11 +41,14 @@ import (
 	"github.com/merlin-ipvs/merlin/health/grpcprobe"
 	"github.com/merlin-ipvs/merlin/internal/etcdlog"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
+	"github.com/merlin-ipvs/merlin/internal/version"
 )
 
 type options struct {
 	debug          bool
+	version        bool
 	logFormat      string
+	storeBackend   string
 	apiAddress     string
 	port           int
 	healthPort     int
@@ -78,6 +81,8 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("merlin", flag.ContinueOnError)
 	fs.BoolVar(&o.debug, "debug", false, "debug logs")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.StringVar(&o.storeBackend, "store-backend", "etcd3", "the store: etcd3 (the only one; accepted for the original Merlin's command lines)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (logfmt) or json; etcd's own logs follow it")
 	fs.StringVar(&o.apiAddress, "api-address", "", "address the gRPC API listens on (default 127.0.0.1 without TLS, all addresses with TLS)")
 	fs.IntVar(&o.port, "port", 4282, "gRPC API port")
@@ -123,6 +128,13 @@ func parseFlags(args []string) (*options, error) {
 	if o.tlsClientCA != "" && o.tlsCert == "" {
 		return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
 	}
+	switch o.storeBackend {
+	case "etcd3":
+	case "etcd2", "etcd":
+		return nil, fmt.Errorf("-store-backend %s: merlin stores its state in etcd's v3 API only; migrate the keys with `etcdctl migrate` (etcd 3.4) and start with -store-backend etcd3 (or leave it out)", o.storeBackend)
+	default:
+		return nil, fmt.Errorf("-store-backend %q: want etcd3", o.storeBackend)
+	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: want text or json", o.logFormat)
 	}
@@ -143,6 +155,10 @@ func main() {
 		}
 		fmt.Fprintln(os.Stderr, "merlin:", err)
 		os.Exit(2)
+	}
+	if o.version {
+		fmt.Println("merlin", version.Read())
+		return
 	}
 	level := slog.LevelInfo
 	if o.debug {
@@ -235,6 +251,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	etcdUp := prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_etcd_connected", Help: "1 while etcd answers (with a leader)."})
 	reg.MustRegister(etcdUp)
+	build := version.Read()
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_build_info", Help: "1, labelled with the running binary's version, commit and Go version."}, []string{"version", "commit", "goversion"})
+	buildInfo.WithLabelValues(build.Version, build.Commit, build.GoVersion).Set(1)
+	reg.MustRegister(buildInfo)
 	var node *control.Runner
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
@@ -370,7 +390,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
 	checks.Handle(health.GRPC, grpcprobe.Prober{})
 	runner, err := control.NewRunner(control.RunnerConfig{
-		Node: o.node, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
+		Node: o.node, Version: version.Read().String(), ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
 		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
 	}, control.RunnerDeps{IPVS: table, Reader: reader, Health: checks, Sinks: sinks, Metrics: control.NewNodeMetrics(reg), Log: log.With("component", "node")})
 	if err != nil {

@@ -152,3 +152,19 @@ func TestCleanStartAndStopLogNoErrors(t *testing.T) {
 		})
 	}
 }
+
+// The original Merlin's command lines start: -store-backend etcd3.
+func TestOriginalStoreBackendFlag(t *testing.T) {
+	if _, err := parseFlags([]string{"-store-backend", "etcd3", "-store-endpoints", "http://127.0.0.1:2379"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--version")
+	cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "merlin ") || !strings.Contains(string(out), "go1.") {
+		t.Fatalf("merlin --version: %v: %q", err, out)
+	}
+}
