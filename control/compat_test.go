@@ -81,6 +81,9 @@ func TestAPIOriginalClient(t *testing.T) {
 	call("CreateService", msg("VirtualService", `id: "web" key {ip: "198.18.0.10" port: 80 protocol: TCP} config {scheduler: "sh" flags: ["flag-1", "flag-2"]}`), &emptypb.Empty{})
 	call("CreateServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.2" port: 8080} config {weight {value: 2} forward: MASQ}
 		health_check {endpoint {value: "http://:8080/health"} period {seconds: 5} timeout {seconds: 1} up_threshold: 2 down_threshold: 3}`), &emptypb.Empty{})
+	// Without a health check: the original always listed an empty message,
+	// and its list code reads health_check.endpoint unchecked.
+	call("CreateServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.3" port: 8080} config {weight {value: 1} forward: MASQ}`), &emptypb.Empty{})
 	call("UpdateService", msg("VirtualService", `id: "web" config {scheduler: "rr"}`), &emptypb.Empty{})
 	// Weight 0 and an empty endpoint are set explicitly through the wrappers.
 	call("UpdateServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.2" port: 8080} config {weight {value: 0}} health_check {endpoint {value: ""}}`), &emptypb.Empty{})
@@ -91,6 +94,7 @@ func TestAPIOriginalClient(t *testing.T) {
 		service {id: "web" key {ip: "198.18.0.10" port: 80 protocol: TCP} config {scheduler: "rr" flags: ["flag-1", "flag-2"]}}
 		servers {serviceID: "web" key {ip: "198.19.0.2" port: 8080} config {weight {value: 0} forward: MASQ}
 			health_check {endpoint {value: ""} period {seconds: 5} timeout {seconds: 1} up_threshold: 2 down_threshold: 3}}
+		servers {serviceID: "web" key {ip: "198.19.0.3" port: 8080} config {weight {value: 1} forward: MASQ} health_check {}}
 	}`)
 	// Fields merlin added are unknown to the old client; it sees its own.
 	list.SetUnknown(nil)
@@ -99,6 +103,7 @@ func TestAPIOriginalClient(t *testing.T) {
 		t.Fatalf("old client lists\n%v\nwant\n%v", prototext.Format(list), prototext.Format(want))
 	}
 
+	call("DeleteServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.3" port: 8080}`), &emptypb.Empty{})
 	call("DeleteServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.2" port: 8080}`), &emptypb.Empty{})
 	call("DeleteService", wrapperspb.String("web"), &emptypb.Empty{})
 	empty := msg("ListResponse", "")

@@ -219,11 +219,40 @@ func (s *Server) DeleteServer(ctx context.Context, srv *types.RealServer) (*empt
 }
 
 func (s *Server) List(ctx context.Context, _ *emptypb.Empty) (*types.ListResponse, error) {
-	return s.store.List(ctx)
+	resp, err := s.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, item := range resp.Items {
+		item.Servers = withHealthChecks(item.Servers)
+	}
+	return resp, nil
 }
 
 func (s *Server) GetService(ctx context.Context, id *wrapperspb.StringValue) (*types.ListResponse_Item, error) {
-	return s.store.GetService(ctx, id.GetValue())
+	item, err := s.store.GetService(ctx, id.GetValue())
+	if err != nil {
+		return nil, err
+	}
+	item.Servers = withHealthChecks(item.Servers)
+	return item, nil
+}
+
+// withHealthChecks gives every server a health-check message, empty when it
+// has none, as the original Merlin always did: its clients read
+// health_check.endpoint without a nil check. Servers are copied, not
+// changed (the store's are shared).
+func withHealthChecks(servers []*types.RealServer) []*types.RealServer {
+	out := servers[:0:0]
+	for _, srv := range servers {
+		if srv.HealthCheck == nil {
+			c := proto.Clone(srv).(*types.RealServer)
+			c.HealthCheck = &types.RealServer_HealthCheck{}
+			srv = c
+		}
+		out = append(out, srv)
+	}
+	return out
 }
 
 // Watch streams the state and then its changes; see types.proto.
@@ -244,7 +273,7 @@ func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServe
 			if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: item.Service.Revision, Service: item.Service}); err != nil {
 				return err
 			}
-			for _, srv := range item.Servers {
+			for _, srv := range withHealthChecks(item.Servers) {
 				if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: srv.Revision, Server: srv}); err != nil {
 					return err
 				}
@@ -336,6 +365,7 @@ func (s *Server) watchEvent(state *State, ev *clientv3.Event) *types.WatchEvent 
 		if out.Server = ss.Servers[lastSegment(key)]; out.Server == nil {
 			return nil
 		}
+		out.Server = withHealthChecks([]*types.RealServer{out.Server})[0]
 	}
 	return out
 }
