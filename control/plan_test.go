@@ -280,3 +280,20 @@ func TestPlanServiceResumesSlowStart(t *testing.T) {
 		t.Fatalf("after the rest of the ramp: weights %v", weights(p))
 	}
 }
+
+// A server that turns off the check it would inherit gets none, and keeps
+// its configured weight whatever the service's check says.
+func TestPlanChecksServerOptsOut(t *testing.T) {
+	ss := checkedService(t, 0, types.RealServer_FROM_KERNEL, map[string]uint32{"198.19.0.1": 4, "198.19.0.2": 4})
+	off := proto.Clone(ss.Servers["198.19.0.2:8080"]).(*types.RealServer)
+	off.HealthCheck = &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("")}
+	ss = &ServiceState{Service: ss.Service, Servers: map[string]*types.RealServer{"198.19.0.1:8080": ss.Servers["198.19.0.1:8080"], "198.19.0.2:8080": off}}
+	sc := PlanChecks(ss, nil)
+	if _, ok := sc.Servers["198.19.0.2:8080"]; ok || len(sc.Servers) != 1 {
+		t.Fatalf("checks %v", sc.Servers)
+	}
+	hv := HealthView{States: map[health.Check]health.State{tcpCheck("198.19.0.1"): {Up: false}}}
+	if p := PlanService("web", ss, sc, hv, planNow); !slices.Equal(weights(p), []uint32{0, 4}) || p.AllDown {
+		t.Fatalf("weights %v, all down %v", weights(p), p.AllDown)
+	}
+}

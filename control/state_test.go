@@ -1,10 +1,7 @@
 package control
 
 import (
-	"strings"
 	"testing"
-
-	"github.com/merlin-ipvs/merlin/types"
 )
 
 func TestSameDesired(t *testing.T) {
@@ -27,13 +24,5 @@ func TestSameDesired(t *testing.T) {
 		if sameDesired(st, other) || sameDesired(other, st) {
 			t.Errorf("%s: states compare equal", name)
 		}
-	}
-}
-
-func TestMergePresentReplacesLists(t *testing.T) {
-	cur := &types.VirtualService_Config{Scheduler: "sh", Flags: []string{"sh-port", "flag-3"}, PersistenceEngine: "sip"}
-	mergePresent(cur, &types.VirtualService_Config{Flags: []string{"flag-1"}})
-	if strings.Join(cur.Flags, ",") != "flag-1" || cur.Scheduler != "sh" || cur.PersistenceEngine != "sip" {
-		t.Fatalf("after merge: %v", cur)
 	}
 }

@@ -286,7 +286,7 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 				next.Config.PersistenceNetmask = nil
 			}
 		}
-		mergePresent(next.Config, u)
+		model.MergePresent(next.Config, u)
 		if u.PersistenceTimeout != nil && u.PersistenceTimeout.Value == 0 {
 			next.Config.Flags = removeFlag(next.Config.Flags, "persistent")
 			next.Config.PersistenceNetmask = nil
@@ -299,7 +299,7 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 		if next.Defaults == nil {
 			next.Defaults = &types.VirtualService_ServerDefaults{}
 		}
-		mergePresent(next.Defaults, d)
+		model.MergePresent(next.Defaults, d)
 	}
 	return next
 }
@@ -402,7 +402,7 @@ func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, 
 }
 
 // UpdateServer changes a server: with update.Revision, the whole server at
-// that revision; without, the fields it sets are merged (see mergePresent:
+// that revision; without, the fields it sets are merged (see model.MergePresent:
 // a wrapper or duration sent replaces the stored value even when zero).
 func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int64, error) {
 	if update == nil {
@@ -471,13 +471,13 @@ func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int
 func mergeServer(prev, update *types.RealServer) *types.RealServer {
 	next := proto.Clone(prev).(*types.RealServer)
 	if u := update.Config; u != nil {
-		mergePresent(next.Config, u)
+		model.MergePresent(next.Config, u)
 	}
 	if u := update.HealthCheck; u != nil {
 		if next.HealthCheck == nil {
 			next.HealthCheck = &types.RealServer_HealthCheck{}
 		}
-		mergePresent(next.HealthCheck, u)
+		model.MergePresent(next.HealthCheck, u)
 	}
 	return next
 }

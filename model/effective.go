@@ -26,7 +26,7 @@ func EffectiveHealthCheck(s *types.RealServer, svc *types.VirtualService) *types
 		proto.Merge(h, def)
 	}
 	if own != nil {
-		proto.Merge(h, own)
+		MergePresent(h, own) // an endpoint "" of its own turns the default check off
 	}
 	return h
 }

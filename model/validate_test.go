@@ -1,6 +1,15 @@
 package model
 
-import "testing"
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
 
 func TestValidStatusSpec(t *testing.T) {
 	for _, good := range []string{"200", "200,204", "200-299", "200, 300-304"} {
@@ -24,5 +33,31 @@ func TestForwardNames(t *testing.T) {
 	}
 	if _, err := ParseForward("bypass"); err == nil {
 		t.Error("bypass accepted")
+	}
+}
+
+func TestMergePresentReplacesLists(t *testing.T) {
+	cur := &types.VirtualService_Config{Scheduler: "sh", Flags: []string{"sh-port", "flag-3"}, PersistenceEngine: "sip"}
+	MergePresent(cur, &types.VirtualService_Config{Flags: []string{"flag-1"}})
+	if strings.Join(cur.Flags, ",") != "flag-1" || cur.Scheduler != "sh" || cur.PersistenceEngine != "sip" {
+		t.Fatalf("after merge: %v", cur)
+	}
+}
+
+// A server turns off a check it inherits with an endpoint of "" of its own;
+// other fields it sets lie over the default's, zero durations included.
+func TestEffectiveHealthCheckOptOut(t *testing.T) {
+	svc := &types.VirtualService{Defaults: &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{
+		Endpoint: wrapperspb.String("tcp://:8080"), Period: durationpb.New(2 * time.Second), SlowStart: durationpb.New(time.Minute), UpThreshold: 2}}}
+	off := &types.RealServer{HealthCheck: &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("")}}
+	if h := EffectiveHealthCheck(off, svc); h.GetEndpoint().GetValue() != "" || h.GetPeriod().AsDuration() != 2*time.Second {
+		t.Fatalf("opted out: %v", h)
+	}
+	noRamp := &types.RealServer{HealthCheck: &types.RealServer_HealthCheck{SlowStart: durationpb.New(0)}}
+	if h := EffectiveHealthCheck(noRamp, svc); h.GetEndpoint().GetValue() != "tcp://:8080" || h.GetSlowStart().AsDuration() != 0 || h.GetUpThreshold() != 2 {
+		t.Fatalf("own slow start 0: %v", h)
+	}
+	if h := EffectiveHealthCheck(&types.RealServer{}, svc); h.GetEndpoint().GetValue() != "tcp://:8080" {
+		t.Fatalf("inherited: %v", h)
 	}
 }

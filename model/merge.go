@@ -1,4 +1,4 @@
-package control
+package model
 
 import (
 	"strings"
@@ -7,15 +7,16 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// mergePresent lays every field src carries over dst: what an update
-// without a revision changes. Unlike proto.Merge, a field sent with
+// MergePresent lays every field src carries over dst: what an update
+// without a revision changes, and how a server's own health check lies over
+// its service's default. Unlike proto.Merge, a field sent with
 // presence replaces the stored value even when it is zero, false or empty:
 // wrapper types (UInt32Value, BoolValue, StringValue …), durations and
 // `optional` fields. Repeated fields given replace the stored list. Plain
 // proto3 scalars (a scheduler name, an enum) cannot be told apart from
 // "not sent" when zero, so they change only to a non-zero value; other
 // messages merge field by field.
-func mergePresent(dst, src proto.Message) {
+func MergePresent(dst, src proto.Message) {
 	mergeReflect(dst.ProtoReflect(), src.ProtoReflect())
 }
 
