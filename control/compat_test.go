@@ -4,6 +4,8 @@ import (
 	"os"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -74,7 +76,7 @@ func TestAPIOriginalClient(t *testing.T) {
 	msg := originalMessages(t)
 	call := func(method string, req proto.Message, resp proto.Message) {
 		t.Helper()
-		if err := env.conn.Invoke(ctx, "/types.Merlin/"+method, req, resp); err != nil {
+		if err := env.original.Invoke(ctx, "/types.Merlin/"+method, req, resp); err != nil {
 			t.Fatalf("%s: %v", method, err)
 		}
 	}
@@ -103,6 +105,30 @@ func TestAPIOriginalClient(t *testing.T) {
 		t.Fatalf("old client lists\n%v\nwant\n%v", prototext.Format(list), prototext.Format(want))
 	}
 
+	// Its protobuf library keeps the fields it does not know and sends them
+	// back: a read-modify-write carries merlin's revision. It stays a merge
+	// even when the object changed since the read.
+	fresh := msg("ListResponse", "")
+	call("List", &emptypb.Empty{}, fresh)
+	items := fresh.Descriptor().Fields().ByName("items")
+	srv := fresh.ProtoReflect().Get(items).List().Get(0).Message().Get(items.Message().Fields().ByName("servers")).List().Get(1).Message().Interface()
+	call("UpdateServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.3" port: 8080} config {weight {value: 4}}`), &emptypb.Empty{})
+	if len(srv.ProtoReflect().GetUnknown()) == 0 {
+		t.Fatal("the listed server carries no unknown fields (its revision)")
+	}
+	echo := proto.Clone(srv)
+	setWeight(t, echo, 7)
+	call("UpdateServer", echo, &emptypb.Empty{}) // stale revision, no header: applied
+	item, err := env.client.GetService(ctx, wrapperspb.String("web"))
+	if err != nil || item.Servers[1].Config.Weight.GetValue() != 7 {
+		t.Fatalf("the echoed revision made the update conditional: %v, %v", item, err)
+	}
+	// A client that means its revisions gets optimistic concurrency.
+	stale := item.Servers[1]
+	stale.Revision--
+	if _, err := env.client.UpdateServer(ctx, stale); status.Code(err) != codes.Aborted {
+		t.Fatalf("stale revision with the header: %v, want Aborted", err)
+	}
 	call("DeleteServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.3" port: 8080}`), &emptypb.Empty{})
 	call("DeleteServer", msg("RealServer", `serviceID: "web" key {ip: "198.19.0.2" port: 8080}`), &emptypb.Empty{})
 	call("DeleteService", wrapperspb.String("web"), &emptypb.Empty{})
@@ -128,4 +154,13 @@ func clearUnknown(m protoreflect.ProtoMessage) {
 		}
 		return true
 	})
+}
+
+// setWeight sets config.weight.value of a dynamic RealServer.
+func setWeight(t *testing.T, m proto.Message, w uint32) {
+	t.Helper()
+	r := m.ProtoReflect()
+	cfg := r.Mutable(r.Descriptor().Fields().ByName("config")).Message()
+	weight := cfg.Mutable(cfg.Descriptor().Fields().ByName("weight")).Message()
+	weight.Set(weight.Descriptor().Fields().ByName("value"), protoreflect.ValueOfUint32(w))
 }

@@ -155,7 +155,7 @@ func toStatus(err error) error {
 var empty = &emptypb.Empty{}
 
 func (s *Server) CreateService(ctx context.Context, svc *types.VirtualService) (*emptypb.Empty, error) {
-	if svc.GetRevision() != 0 {
+	if svc = unmeant(ctx, svc); svc.GetRevision() != 0 {
 		return nil, toStatus(model.FieldErrorf("revision", "must not be set on create"))
 	}
 	rev, err := s.store.CreateService(ctx, svc)
@@ -166,7 +166,23 @@ func (s *Server) CreateService(ctx context.Context, svc *types.VirtualService) (
 	return empty, nil
 }
 
+// unmeant drops a revision the client did not mean (see
+// types.RevisionsHeader): an original Merlin client echoes back the
+// revisions of what it listed without knowing them.
+func unmeant[M interface {
+	proto.Message
+	GetRevision() int64
+}](ctx context.Context, m M) M {
+	if types.RevisionsMeant(ctx) || m.GetRevision() == 0 {
+		return m
+	}
+	c := proto.Clone(m).(M)
+	c.ProtoReflect().Clear(c.ProtoReflect().Descriptor().Fields().ByName("revision"))
+	return c
+}
+
 func (s *Server) UpdateService(ctx context.Context, svc *types.VirtualService) (*emptypb.Empty, error) {
+	svc = unmeant(ctx, svc)
 	rev, err := s.store.UpdateService(ctx, svc)
 	if err != nil {
 		return nil, err
@@ -189,7 +205,7 @@ func (s *Server) DeleteServiceAtRevision(ctx context.Context, req *types.DeleteS
 }
 
 func (s *Server) CreateServer(ctx context.Context, srv *types.RealServer) (*emptypb.Empty, error) {
-	if srv.GetRevision() != 0 {
+	if srv = unmeant(ctx, srv); srv.GetRevision() != 0 {
 		return nil, toStatus(model.FieldErrorf("revision", "must not be set on create"))
 	}
 	rev, err := s.store.CreateServer(ctx, srv)
@@ -201,6 +217,7 @@ func (s *Server) CreateServer(ctx context.Context, srv *types.RealServer) (*empt
 }
 
 func (s *Server) UpdateServer(ctx context.Context, srv *types.RealServer) (*emptypb.Empty, error) {
+	srv = unmeant(ctx, srv)
 	rev, err := s.store.UpdateServer(ctx, srv)
 	if err != nil {
 		return nil, err
@@ -210,6 +227,7 @@ func (s *Server) UpdateServer(ctx context.Context, srv *types.RealServer) (*empt
 }
 
 func (s *Server) DeleteServer(ctx context.Context, srv *types.RealServer) (*emptypb.Empty, error) {
+	srv = unmeant(ctx, srv)
 	rev, err := s.store.DeleteServer(ctx, srv)
 	if err != nil {
 		return nil, err

@@ -32,10 +32,11 @@ import (
 const prefix = "/merlin"
 
 type apiEnv struct {
-	etcd   *etcdtest.Server
-	kv     *clientv3.Client
-	client types.MerlinClient
-	conn   *grpc.ClientConn
+	etcd     *etcdtest.Server
+	kv       *clientv3.Client
+	client   types.MerlinClient
+	conn     *grpc.ClientConn // sends types.RevisionsHeader, as merlin's own clients do
+	original *grpc.ClientConn // does not, as the original Merlin's clients do not
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -55,12 +56,18 @@ func startAPI(t *testing.T, kind etcdtest.Kind) *apiEnv {
 	}
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(func() { cancel(); g.Stop() })
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(lis.Addr().String(), append(types.WithRevisions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &apiEnv{etcd: etcd, kv: kv, client: types.NewMerlinClient(conn), conn: conn}
+	// The original Merlin's clients send no revisions header.
+	old, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { old.Close() })
+	return &apiEnv{etcd: etcd, kv: kv, client: types.NewMerlinClient(conn), conn: conn, original: old}
 }
 
 func forEachEtcd(t *testing.T, fn func(t *testing.T, env *apiEnv)) {

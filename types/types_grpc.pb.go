@@ -50,6 +50,12 @@ type MerlinClient interface {
 	// replaces the whole service if, and only if, the stored revision is
 	// still that one (Aborted otherwise).
 	//
+	// Revisions in requests (UpdateService, UpdateServer, DeleteServer)
+	// count only when the request carries the metadata "merlin-revisions"
+	// (types.WithRevisions): the original Merlin's clients keep unknown
+	// fields and echo back the revision of what they listed, and their
+	// read-modify-writes stay merges.
+	//
 	// What a merge can clear: every field of a wrapper or Duration type
 	// (persistence_timeout, persistence_netmask, one_packet, weight,
 	// upper_threshold, lower_threshold, health_check.endpoint, period,
@@ -243,6 +249,12 @@ type MerlinServer interface {
 	// the stored service (the original semantics). With a revision it
 	// replaces the whole service if, and only if, the stored revision is
 	// still that one (Aborted otherwise).
+	//
+	// Revisions in requests (UpdateService, UpdateServer, DeleteServer)
+	// count only when the request carries the metadata "merlin-revisions"
+	// (types.WithRevisions): the original Merlin's clients keep unknown
+	// fields and echo back the revision of what they listed, and their
+	// read-modify-writes stay merges.
 	//
 	// What a merge can clear: every field of a wrapper or Duration type
 	// (persistence_timeout, persistence_netmask, one_packet, weight,

@@ -119,7 +119,7 @@ func (g *globals) clientFor(timeout time.Duration, fn func(ctx context.Context, 
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	conn, err := grpc.NewClient(net.JoinHostPort(g.host, strconv.Itoa(int(g.port))), grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(net.JoinHostPort(g.host, strconv.Itoa(int(g.port))), append(types.WithRevisions(), grpc.WithTransportCredentials(creds))...)
 	if err != nil {
 		return fmt.Errorf("connect to %s:%d: %w", g.host, g.port, err)
 	}
