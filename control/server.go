@@ -101,7 +101,13 @@ func (s *Server) RunHealth(ctx context.Context) {
 
 func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
-	resp, err := handler(ctx, req)
+	hctx, budget, cancel := storeBudget(ctx)
+	defer cancel()
+	resp, err := handler(hctx, req)
+	if err != nil && hctx.Err() != nil && ctx.Err() == nil {
+		// Our budget ran out, not the client's: say why, while it listens.
+		err = status.Errorf(codes.Unavailable, "etcd (%s) did not answer within %s: unreachable, or without a leader", strings.Join(s.store.Endpoints(), ","), budget.Round(100*time.Millisecond))
+	}
 	if err != nil {
 		err = toStatus(err)
 		level := slog.LevelInfo
@@ -113,6 +119,19 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 		s.log.Debug("request", "method", info.FullMethod, "duration", time.Since(start))
 	}
 	return resp, err
+}
+
+// storeBudget is the time a request may wait for etcd: the client's
+// deadline less a margin to answer in (a tenth, at most a second), or 30 s
+// for a client without one.
+func storeBudget(ctx context.Context) (context.Context, time.Duration, context.CancelFunc) {
+	budget := 30 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		left := time.Until(d)
+		budget = left - min(time.Second, left/10)
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	return ctx, budget, cancel
 }
 
 // toStatus maps store errors to gRPC codes: the field of a bad argument is

@@ -719,3 +719,17 @@ func TestAPIMergeClearsPresentFields(t *testing.T) {
 		}
 	})
 }
+
+// With etcd gone, a request fails while its client still listens, with
+// Unavailable naming etcd, instead of running into the client's deadline.
+func TestAPIEtcdUnreachableSaysSo(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	noErr(t)(env.client.CreateService(ctxT(t), tcpService("web", "198.18.0.1", 80)))
+	env.etcd.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err := env.client.List(ctx, &emptypb.Empty{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "etcd (") || ctx.Err() != nil {
+		t.Fatalf("List with etcd stopped: %v (client context: %v)", err, ctx.Err())
+	}
+}

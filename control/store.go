@@ -50,6 +50,9 @@ func NewStore(client *clientv3.Client, prefix string) *Store {
 	return &Store{client: client, prefix: strings.TrimSuffix(prefix, "/")}
 }
 
+// Endpoints are the etcd endpoints the store talks to.
+func (s *Store) Endpoints() []string { return s.client.Endpoints() }
+
 // Prefix is the key prefix, without a trailing slash.
 func (s *Store) Prefix() string { return s.prefix }
 

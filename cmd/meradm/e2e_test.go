@@ -99,6 +99,18 @@ func meradm(t *testing.T, port int, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// differs runs a diff that must find differences: exit code 1, as diff(1).
+func differs(t *testing.T, port int, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := newRootCmd(&out, &errOut)
+	root.SetArgs(joinOptionalValues(append([]string{"-H", "127.0.0.1", "-P", strconv.Itoa(port)}, args...)))
+	if code := exitCode(root.Execute(), &errOut); code != exitFailure || errOut.Len() != 0 {
+		t.Fatalf("meradm %s: exit code %d (%s), want 1 and no error", strings.Join(args, " "), code, errOut.String())
+	}
+	return out.String()
+}
+
 func ok(t *testing.T, port int, args ...string) string {
 	t.Helper()
 	out, err := meradm(t, port, args...)
@@ -197,7 +209,13 @@ func TestMeradmCommands(t *testing.T) {
 	fails(t, p, "invalid forward method", "server", "add", "web", "198.19.0.9:80", "-f", "teleport")
 	fails(t, p, "not found", "server", "edit", "web", "198.19.0.99:80", "-w", "1")
 	fails(t, p, "not found", "service", "del", "nope")
-	fails(t, p, `required flag(s) "scheduler" not set`, "service", "add", "x", "tcp", "198.18.0.20:1")
+	// ipvsadm's defaults: scheduler wlc, direct routing.
+	ok(t, p, "service", "add", "x", "tcp", "198.18.0.20:1")
+	ok(t, p, "server", "add", "x", "198.19.0.20:1")
+	if l := ok(t, p, "list"); !strings.Contains(l, "TCP  198.18.0.20:1 wlc [x]") || !strings.Contains(l, "-> 198.19.0.20:1                            Route") {
+		t.Fatalf("defaults not ipvsadm's:\n%s", l)
+	}
+	ok(t, p, "service", "del", "x")
 
 	ok(t, p, "server", "del", "web", "198.19.0.3:8080")
 	ok(t, p, "service", "del", "marked")
@@ -252,7 +270,7 @@ func TestMeradmDiffApplyRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := ok(t, p, "list", "-o", "json")
-	diff := ok(t, p, "diff", "-f", file, "--prune")
+	diff := differs(t, p, "diff", "-f", file, "--prune")
 	for _, want := range []string{
 		"~ service web: config.flags: (none) → sh-port, config.scheduler: wrr → sh, defaults.forward: (none) → masq",
 		"+ service v6: UDP  [2001:db8::53]:53 mh persistent 600 mask 64 ops",
@@ -270,7 +288,7 @@ func TestMeradmDiffApplyRoundTrip(t *testing.T) {
 		t.Fatalf("diff changed the state")
 	}
 	// Without --prune nothing is deleted.
-	if d := ok(t, p, "diff", "-f", file); strings.Contains(d, "- ") {
+	if d := differs(t, p, "diff", "-f", file); strings.Contains(d, "- ") {
 		t.Fatalf("diff without --prune deletes:\n%s", d)
 	}
 	ok(t, p, "apply", "-f", file, "--prune")
@@ -315,8 +333,8 @@ func TestMeradmMutualTLS(t *testing.T) {
 
 	// Plaintext, no client certificate, a certificate from another CA, and
 	// trusting the wrong CA all fail; the right certificate works.
-	if _, err := meradm(t, p, "--timeout", "3s", "list"); err == nil {
-		t.Fatal("plaintext client accepted by a TLS server")
+	if _, err := meradm(t, p, "--timeout", "3s", "list"); err == nil || !strings.Contains(err.Error(), "add --tls") {
+		t.Fatalf("plaintext client against a TLS server: %v (want the hint to add --tls)", err)
 	}
 	if _, err := meradm(t, p, "--timeout", "3s", "--tls-ca", ca.CertFile, "list"); err == nil {
 		t.Fatal("client without a certificate accepted")
@@ -356,5 +374,42 @@ func TestMeradmVersion(t *testing.T) {
 	root.SetArgs([]string{"--version"})
 	if err := root.Execute(); err != nil || !strings.HasPrefix(out.String(), "meradm version ") || !strings.Contains(out.String(), "go1.") {
 		t.Fatalf("meradm --version: %v: %q", err, out.String())
+	}
+}
+
+// Exit codes: 0 ok, 1 failure, 2 usage; the environment sets the address.
+func TestMeradmExitCodesAndEnvironment(t *testing.T) {
+	p := startMerlin(t)
+	run := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		root := newRootCmd(&out, &errOut)
+		root.SetArgs(args)
+		return exitCode(root.Execute(), &errOut), out.String() + errOut.String()
+	}
+	t.Setenv("MERLIN_HOST", "127.0.0.1")
+	t.Setenv("MERLIN_PORT", strconv.Itoa(p))
+	if code, out := run("service", "add", "web", "tcp", "198.18.0.10:80"); code != exitOK {
+		t.Fatalf("service add through MERLIN_HOST/MERLIN_PORT: %d %s", code, out)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"service", "add", "web", "tcp", "198.18.0.11:80"}, exitFailure, "already"},
+		{[]string{"service", "add", "web"}, exitUsage, "meradm service add"},
+		{[]string{"list", "--no-such-flag"}, exitUsage, "no-such-flag"},
+		{[]string{"no-such-command"}, exitUsage, "unknown command"},
+	} {
+		if code, out := run(tc.args...); code != tc.code || !strings.Contains(out, tc.want) {
+			t.Errorf("meradm %s: exit %d %q, want %d with %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
+		}
+	}
+	if code, out := run("--tls", "--timeout", "3s", "list"); code != exitFailure || !strings.Contains(out, "drop --tls") {
+		t.Errorf("a TLS client against a plain-text server: exit %d %q (want the hint to drop --tls)", code, out)
+	}
+	t.Setenv("MERLIN_PORT", "seventy")
+	if code, out := run("list"); code != exitUsage || !strings.Contains(out, "MERLIN_PORT") {
+		t.Errorf("a bad MERLIN_PORT: exit %d %q", code, out)
 	}
 }

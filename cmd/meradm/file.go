@@ -457,9 +457,10 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 						return fmt.Errorf("%s: %w (%d of %d changes applied; run apply again once fixed)", strings.SplitN(ch.String(), ":", 2)[0], errors.New(errorLine(err)), i, len(changes))
 					}
 				}
-				if apply {
-					fmt.Fprintf(g.out, "applied %d changes\n", len(changes))
+				if !apply {
+					return errDifferences // diff exits 1 when there are differences, as diff(1)
 				}
+				fmt.Fprintf(g.out, "applied %d changes\n", len(changes))
 				return nil
 			})
 		},

@@ -12,10 +12,12 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -40,10 +42,82 @@ type globals struct {
 func main() {
 	root := newRootCmd(os.Stdout, os.Stderr)
 	root.SetArgs(joinOptionalValues(os.Args[1:]))
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "meradm:", errorLine(err))
-		os.Exit(1)
+	os.Exit(exitCode(root.Execute(), os.Stderr))
+}
+
+// Exit codes, as diff(1) and most tools: 0 success, 1 failure (for diff:
+// there are differences), 2 a usage error.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError is a command line that cannot be run as written.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// errDifferences: diff found changes to make (and printed them).
+var errDifferences = errors.New("there are differences")
+
+func exitCode(err error, stderr io.Writer) int {
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errDifferences):
+		return exitFailure
+	case errors.As(err, &ue), strings.HasPrefix(err.Error(), "unknown command"):
+		fmt.Fprintln(stderr, "meradm:", errorLine(err))
+		return exitUsage
 	}
+	fmt.Fprintln(stderr, "meradm:", errorLine(err))
+	return exitFailure
+}
+
+// usageErrors makes every command's argument and flag errors usage errors.
+func usageErrors(c *cobra.Command) {
+	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return usageError{fmt.Errorf("%s: %w", cmd.CommandPath(), err)}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageErrors(sub)
+	}
+}
+
+// envFlags are the global flags an environment variable can set (the
+// command line wins), so a shell can point meradm at a cluster once.
+var envFlags = map[string]string{
+	"host": "MERLIN_HOST", "port": "MERLIN_PORT", "timeout": "MERLIN_TIMEOUT", "tls": "MERLIN_TLS",
+	"tls-ca": "MERLIN_TLS_CA", "tls-cert": "MERLIN_TLS_CERT", "tls-key": "MERLIN_TLS_KEY", "tls-server-name": "MERLIN_TLS_SERVER_NAME",
+}
+
+func flagsFromEnv(cmd *cobra.Command) error {
+	for name, env := range envFlags {
+		v, ok := os.LookupEnv(env)
+		f := cmd.Flags().Lookup(name)
+		if !ok || f == nil || f.Changed {
+			continue
+		}
+		if err := f.Value.Set(v); err != nil {
+			return usageError{fmt.Errorf("%s=%q (for --%s): %w", env, shorten(v), name, err)}
+		}
+	}
+	return nil
+}
+
+func shorten(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
 }
 
 // joinOptionalValues lets `-p 600` mean `-p=600` as in ipvsadm: the
@@ -65,16 +139,22 @@ func joinOptionalValues(args []string) []string {
 	return out
 }
 
-// errorLine is one clear line: a gRPC status shows only its message.
+// errorLine is one clear line: a gRPC status shows only its message, with
+// a hint where the message alone would puzzle.
 func errorLine(err error) string {
+	msg := err.Error()
 	if st, ok := status.FromError(err); ok {
-		return st.Message()
+		msg = st.Message()
+	} else if se := (interface{ GRPCStatus() *status.Status })(nil); errors.As(err, &se) {
+		msg = se.GRPCStatus().Message()
 	}
-	var se interface{ GRPCStatus() *status.Status }
-	if errors.As(err, &se) {
-		return se.GRPCStatus().Message()
+	switch {
+	case strings.Contains(msg, "error reading server preface") || strings.Contains(msg, "http2: frame too large"):
+		msg += " (the server speaks TLS: add --tls, with --tls-ca if its certificate is not from a system CA)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		msg += " (the server speaks plain text: drop --tls and the --tls-* flags)"
 	}
-	return err.Error()
+	return msg
 }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -98,6 +178,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.StringVar(&g.tlsKey, "tls-key", "", "client key (PEM) for mutual TLS")
 	f.StringVar(&g.tlsServerName, "tls-server-name", "", "name to verify the server's certificate against (default: --host)")
 	root.AddCommand(listCmd(g), getCmd(g), serviceCmd(g), serverCmd(g), diffCmd(g, false), diffCmd(g, true), watchCmd(g), statusCmd(g), confirmCmd(g))
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd) }
+	usageErrors(root)
 	return root
 }
 
@@ -130,5 +212,9 @@ func (g *globals) clientFor(timeout time.Duration, fn func(ctx context.Context, 
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	return fn(ctx, types.NewMerlinClient(conn))
+	err = fn(ctx, types.NewMerlinClient(conn))
+	if timeout > 0 && ctx.Err() == context.DeadlineExceeded && (status.Code(err) == codes.DeadlineExceeded || status.Code(err) == codes.Canceled) {
+		return fmt.Errorf("no answer from merlin at %s within --timeout %s", net.JoinHostPort(g.host, strconv.Itoa(int(g.port))), timeout)
+	}
+	return err
 }

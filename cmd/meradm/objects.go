@@ -174,7 +174,7 @@ type serviceFlags struct {
 }
 
 func addServiceFlags(f *pflag.FlagSet, s *serviceFlags) {
-	f.StringVarP(&s.scheduler, "scheduler", "s", "", "scheduler: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh, twos")
+	f.StringVarP(&s.scheduler, "scheduler", "s", "", "scheduler: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh, twos (service add: wlc, as ipvsadm)")
 	f.StringSliceVarP(&s.flags, "scheduler-flags", "b", nil, "scheduler flags: flag-1,flag-2,flag-3, sh-fallback,sh-port, mh-fallback,mh-port")
 	f.StringVarP(&s.persistent, "persistent", "p", "", "persistence timeout in seconds (0 turns persistence off)")
 	f.Lookup("persistent").NoOptDefVal = "300"
@@ -296,6 +296,10 @@ func serviceCmd(g *globals) *cobra.Command {
 				}
 				svc.Key.Protocol, svc.Key.Ip, svc.Key.Port = types.Protocol(p), ap.Addr().String(), uint32(ap.Port())
 			}
+			if !cmd.Flags().Changed("scheduler") {
+				add.scheduler = "wlc" // ipvsadm's default
+				_ = cmd.Flags().Set("scheduler", "wlc")
+			}
 			if err := add.apply(cmd.Flags(), svc); err != nil {
 				return err
 			}
@@ -307,7 +311,6 @@ func serviceCmd(g *globals) *cobra.Command {
 	}
 	addServiceFlags(addCmd.Flags(), &add)
 	addCmd.Flags().BoolVarP(&add.ipv6, "ipv6", "6", false, "IPv6 firewall-mark service")
-	_ = addCmd.MarkFlagRequired("scheduler")
 
 	editCmd := &cobra.Command{
 		Use:   "edit ID",
@@ -371,7 +374,7 @@ type serverFlags struct {
 
 func addServerFlags(f *pflag.FlagSet, s *serverFlags) {
 	f.StringVarP(&s.weight, "weight", "w", "", "weight of the real server (0 drains it; default 1)")
-	f.StringVarP(&s.forward, "forward-method", "f", "", "route, tunnel or masq (default: the service's)")
+	f.StringVarP(&s.forward, "forward-method", "f", "", "route, tunnel or masq (default: the service's, else route as ipvsadm)")
 	f.Uint32VarP(&s.upper, "u-threshold", "x", 0, "upper connection threshold (0: none)")
 	f.Uint32VarP(&s.lower, "l-threshold", "y", 0, "lower connection threshold")
 	f.StringVar(&s.tunType, "tun-type", "", "tunnel type: ipip, gue or gre")
@@ -451,6 +454,17 @@ func serverCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
+				if srv.Config.Forward == types.ForwardMethod_UNSET_FORWARD_METHOD {
+					// ipvsadm's default is direct routing; the service's own
+					// default forward method comes first.
+					item, err := c.GetService(ctx, wrapperspb.String(srv.ServiceID))
+					if err != nil {
+						return err
+					}
+					if item.Service.GetDefaults().GetForward() == types.ForwardMethod_UNSET_FORWARD_METHOD {
+						srv.Config.Forward = types.ForwardMethod_ROUTE
+					}
+				}
 				_, err := c.CreateServer(ctx, srv)
 				return err
 			})

@@ -58,6 +58,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	stopping := &atomic.Bool{}
+	cfg.WarningUnaryRequestDuration = time.Second // requests slower than this are logged as warnings
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdlog.Server(log.With("component", "etcd"), stopping))
 	// Keep a day of history so watchers resuming after a pause rarely
 	// meet a compacted revision.

@@ -35,16 +35,19 @@ func Client(log *slog.Logger) *zap.Logger {
 	}})
 }
 
-// Server is an embedded server's: errors and warnings as such, its
-// chatty information at debug, and while the server is being stopped its
-// errors about closed listeners (what a stop looks like) at debug.
+// Server is an embedded server's: errors as errors, warnings as
+// information, its chatty information at debug, and while the server is being stopped
+// everything (its errors about closed listeners are what a stop looks like)
+// at debug.
 func Server(log *slog.Logger, stopping *atomic.Bool) *zap.Logger {
 	return zap.New(&slogCore{log: log, level: func(l zapcore.Level) slog.Level {
 		switch {
-		case l >= zapcore.ErrorLevel && !stopping.Load():
+		case stopping.Load():
+			return slog.LevelDebug
+		case l >= zapcore.ErrorLevel:
 			return slog.LevelError
 		case l == zapcore.WarnLevel:
-			return slog.LevelWarn
+			return slog.LevelInfo // its warnings are for etcd operators (single port, simple tokens, slow requests)
 		}
 		return slog.LevelDebug
 	}})
