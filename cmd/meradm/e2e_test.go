@@ -413,3 +413,54 @@ func TestMeradmExitCodesAndEnvironment(t *testing.T) {
 		t.Errorf("a bad MERLIN_PORT: exit %d %q", code, out)
 	}
 }
+
+// export writes exactly what apply reads: export → apply on an empty
+// cluster → export is byte for byte the same.
+func TestMeradmExportApplyExport(t *testing.T) {
+	a := startMerlin(t)
+	ok(t, a, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "sh", "-b", "sh-port", "--forward-method", "masq",
+		"--health-endpoint", "http://:8080/health", "--health-period", "2s", "--health-timeout", "1s", "--health-up", "2", "--health-down", "3")
+	ok(t, a, "service", "add", "dns", "udp", "[2001:db8::53]:53", "-s", "mh", "-b", "mh-port", "-o", "-p", "600", "-M", "64", "--forward-method", "tunnel")
+	ok(t, a, "service", "add", "marked", "fwmark", "7", "-s", "rr", "-p", "-M", "255.255.255.0", "-6")
+	ok(t, a, "server", "add", "web", "198.19.0.2:8080", "-w", "10", "--health-endpoint", "", "-x", "100", "-y", "10")
+	ok(t, a, "server", "add", "web", "198.19.0.3:8080", "-w", "0", "--slow-start", "30s", "--startup", "down")
+	ok(t, a, "server", "add", "dns", "198.19.0.4:53", "--tun-type", "gue", "--tun-port", "6080", "--tun-csum")
+	ok(t, a, "server", "add", "marked", "[2001:db8::5]:0", "-f", "route")
+	first := ok(t, a, "export")
+	file := filepath.Join(t.TempDir(), "backup.yaml")
+	if err := os.WriteFile(file, []byte(first), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := startMerlin(t)
+	ok(t, b, "apply", "-f", file)
+	if second := ok(t, b, "export"); second != first {
+		t.Fatalf("export after apply differs:\n%s\nfirst:\n%s", second, first)
+	}
+	if d := ok(t, a, "diff", "-f", file, "--prune"); strings.TrimSpace(d) != "no changes" {
+		t.Fatalf("the export differs from what it was taken from:\n%s", d)
+	}
+	if !strings.Contains(first, "endpoint: \"\"") || !strings.Contains(first, "startup: down") {
+		t.Fatalf("export lost a field:\n%s", first)
+	}
+}
+
+// An apply --prune that would delete many services, or all of them, needs
+// --yes (no terminal here to ask at); nothing is deleted without it.
+func TestMeradmPruneNeedsYes(t *testing.T) {
+	p := startMerlin(t)
+	for i := range 5 {
+		ok(t, p, "service", "add", fmt.Sprintf("s%d", i), "tcp", fmt.Sprintf("198.18.0.%d:80", 10+i))
+	}
+	empty := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(empty, []byte("services: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fails(t, p, "apply would delete 5 of the 5 services; nothing changed: re-run with --yes", "apply", "-f", empty, "--prune")
+	if l := ok(t, p, "list"); strings.Count(l, "TCP ") != 5 {
+		t.Fatalf("services deleted without --yes:\n%s", l)
+	}
+	ok(t, p, "apply", "-f", empty, "--prune", "--yes")
+	if l := ok(t, p, "list"); strings.Contains(l, "TCP ") {
+		t.Fatalf("services left after --yes:\n%s", l)
+	}
+}

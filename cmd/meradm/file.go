@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -424,7 +426,7 @@ func scalarText(fd protoreflect.FieldDescriptor, v protoreflect.Value) string {
 
 func diffCmd(g *globals, apply bool) *cobra.Command {
 	var file string
-	var prune bool
+	var prune, yes bool
 	use, short := "diff -f FILE", "Show what applying a declarative file would change"
 	if apply {
 		use, short = "apply -f FILE", "Make merlin's services and servers match a declarative file"
@@ -448,6 +450,11 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 					fmt.Fprintln(g.out, "no changes")
 					return nil
 				}
+				if apply && !yes {
+					if err := confirmDeletions(g, changes, len(actual.Items)); err != nil {
+						return err
+					}
+				}
 				for i, ch := range changes {
 					fmt.Fprintln(g.out, ch)
 					if !apply {
@@ -468,6 +475,9 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 	cmd.Flags().StringVarP(&file, "file", "f", "", "declarative YAML file (- for standard input)")
 	_ = cmd.MarkFlagRequired("file")
 	cmd.Flags().BoolVar(&prune, "prune", false, "also delete services and servers the file does not have")
+	if apply {
+		cmd.Flags().BoolVarP(&yes, "yes", "y", false, "delete without asking, even many services or all of them")
+	}
 	return cmd
 }
 
@@ -491,4 +501,32 @@ func applyChange(ctx context.Context, c types.MerlinClient, ch change) error {
 		_, err = c.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: ch.service.Id, Revision: ch.service.Revision})
 	}
 	return err
+}
+
+// manyDeletions: deleting more services than this at once, or all of them,
+// needs a yes.
+const manyDeletions = 3
+
+// confirmDeletions asks before an apply deletes many services or all of
+// them: at a terminal it asks, elsewhere it refuses (--yes lets it through).
+func confirmDeletions(g *globals, changes []change, existing int) error {
+	n := 0
+	for _, ch := range changes {
+		if ch.op == "-" && ch.server == nil {
+			n++
+		}
+	}
+	if n == 0 || (n <= manyDeletions && n < existing) {
+		return nil
+	}
+	what := fmt.Sprintf("apply would delete %d of the %d services", n, existing)
+	if !term.IsTerminal(int(os.Stdin.Fd())) {
+		return fmt.Errorf("%s; nothing changed: re-run with --yes if that is what you want", what)
+	}
+	fmt.Fprintf(g.out, "%s. Go on? [y/N] ", what)
+	answer, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+	if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+		return fmt.Errorf("%s: not confirmed; nothing changed", what)
+	}
+	return nil
 }
