@@ -303,10 +303,6 @@ func TestAPIRejectsBadInput(t *testing.T) {
 				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/", 0, time.Second, 1, 1) }))
 				return err
 			}, codes.InvalidArgument, "health_check.period"},
-			{"health timeout above period", func() error {
-				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/", time.Second, 2*time.Second, 1, 1) }))
-				return err
-			}, codes.InvalidArgument, "health_check.timeout"},
 			{"health host header with a line break", func() error {
 				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) {
 					s.HealthCheck = hc("http://:80/", time.Second, time.Second, 1, 1)
@@ -732,4 +728,17 @@ func TestAPIEtcdUnreachableSaysSo(t *testing.T) {
 	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "etcd (") || ctx.Err() != nil {
 		t.Fatalf("List with etcd stopped: %v (client context: %v)", err, ctx.Err())
 	}
+}
+
+// A health check whose timeout is longer than its period, which the
+// original Merlin accepted, is accepted: the next probe of a check waits
+// for the one before it.
+func TestAPIAcceptsTimeoutAbovePeriod(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx, c := ctxT(t), env.client
+	noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.1", 80)))
+	srv := server("web", "198.19.0.1", 80, 1)
+	srv.HealthCheck = &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("http://:80/"), Period: durationpb.New(time.Second),
+		Timeout: durationpb.New(3 * time.Second), UpThreshold: 1, DownThreshold: 1}
+	noErr(t)(c.CreateServer(ctx, srv))
 }

@@ -390,9 +390,8 @@ func validateHealthCheck(field string, h *types.RealServer_HealthCheck, partial 
 			return FieldErrorf(field+".timeout", "must be positive")
 		}
 	}
-	if h.Period != nil && h.Timeout != nil && h.Timeout.AsDuration() > h.Period.AsDuration() {
-		return FieldErrorf(field+".timeout", "%v is longer than the period %v", h.Timeout.AsDuration(), h.Period.AsDuration())
-	}
+	// A timeout longer than the period is allowed, as in the original
+	// Merlin: a check's next probe waits for the one before it.
 	if partial || h.Endpoint.GetValue() == "" {
 		return nil
 	}
