@@ -464,3 +464,18 @@ func TestMeradmPruneNeedsYes(t *testing.T) {
 		t.Fatalf("services left after --yes:\n%s", l)
 	}
 }
+
+// Completion offers service IDs and server addresses from the API.
+func TestMeradmCompletesFromTheAPI(t *testing.T) {
+	p := startMerlin(t)
+	ok(t, p, "service", "add", "web", "tcp", "198.18.0.10:80")
+	ok(t, p, "service", "add", "api", "tcp", "198.18.0.11:80")
+	ok(t, p, "server", "add", "web", "198.19.0.2:8080")
+	ok(t, p, "server", "add", "web", "198.19.0.3:8080")
+	if out := ok(t, p, "__complete", "service", "del", "w"); !strings.HasPrefix(out, "web\n:4") || strings.Contains(out, "api") {
+		t.Fatalf("service IDs: %q", out)
+	}
+	if out := ok(t, p, "__complete", "server", "edit", "web", ""); !strings.HasPrefix(out, "198.19.0.2:8080\n198.19.0.3:8080\n:4") {
+		t.Fatalf("server addresses: %q", out)
+	}
+}

@@ -88,9 +88,10 @@ func listCmd(g *globals) *cobra.Command {
 func getCmd(g *globals) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
-		Use:   "get SERVICE-ID",
-		Short: "Show one virtual service with its real servers",
-		Args:  cobra.ExactArgs(1),
+		Use:               "get SERVICE-ID",
+		ValidArgsFunction: g.completeFromAPI(false),
+		Short:             "Show one virtual service with its real servers",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
 				item, err := c.GetService(ctx, wrapperspb.String(args[0]))

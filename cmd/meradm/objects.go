@@ -313,9 +313,10 @@ func serviceCmd(g *globals) *cobra.Command {
 	addCmd.Flags().BoolVarP(&add.ipv6, "ipv6", "6", false, "IPv6 firewall-mark service")
 
 	editCmd := &cobra.Command{
-		Use:   "edit ID",
-		Short: "Edit a virtual service (only the flags given change)",
-		Args:  cobra.ExactArgs(1),
+		Use:               "edit ID",
+		ValidArgsFunction: g.completeFromAPI(false),
+		Short:             "Edit a virtual service (only the flags given change)",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
 				return retryOnConflict(func() error {
@@ -336,9 +337,10 @@ func serviceCmd(g *globals) *cobra.Command {
 	addServiceFlags(editCmd.Flags(), &edit)
 
 	delCmd := &cobra.Command{
-		Use:   "del ID",
-		Short: "Delete a virtual service and all its servers",
-		Args:  cobra.ExactArgs(1),
+		Use:               "del ID",
+		ValidArgsFunction: g.completeFromAPI(false),
+		Short:             "Delete a virtual service and all its servers",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
 				_, err := c.DeleteService(ctx, wrapperspb.String(args[0]))
@@ -440,10 +442,11 @@ func serverCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "server [add|edit|del]", Short: "Modify a real server"}
 	var add, edit serverFlags
 	addCmd := &cobra.Command{
-		Use:     "add SERVICE-ID IP:PORT",
-		Short:   "Add a real server to a service",
-		Example: "  meradm server add web 198.19.0.2:8080 -w 10 -f masq --health-endpoint http://:8080/health --health-period 2s --health-timeout 1s --health-up 2 --health-down 3",
-		Args:    cobra.ExactArgs(2),
+		Use:               "add SERVICE-ID IP:PORT",
+		ValidArgsFunction: g.completeFromAPI(false),
+		Short:             "Add a real server to a service",
+		Example:           "  meradm server add web 198.19.0.2:8080 -w 10 -f masq --health-endpoint http://:8080/health --health-period 2s --health-timeout 1s --health-up 2 --health-down 3",
+		Args:              cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := serverKey(args[1])
 			if err != nil {
@@ -472,9 +475,10 @@ func serverCmd(g *globals) *cobra.Command {
 	}
 	addServerFlags(addCmd.Flags(), &add)
 	editCmd := &cobra.Command{
-		Use:   "edit SERVICE-ID IP:PORT",
-		Short: "Edit a real server (only the flags given change)",
-		Args:  cobra.ExactArgs(2),
+		Use:               "edit SERVICE-ID IP:PORT",
+		ValidArgsFunction: g.completeFromAPI(true),
+		Short:             "Edit a real server (only the flags given change)",
+		Args:              cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := serverKey(args[1])
 			if err != nil {
@@ -502,9 +506,10 @@ func serverCmd(g *globals) *cobra.Command {
 	}
 	addServerFlags(editCmd.Flags(), &edit)
 	delCmd := &cobra.Command{
-		Use:   "del SERVICE-ID IP:PORT",
-		Short: "Delete a real server",
-		Args:  cobra.ExactArgs(2),
+		Use:               "del SERVICE-ID IP:PORT",
+		ValidArgsFunction: g.completeFromAPI(true),
+		Short:             "Delete a real server",
+		Args:              cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := serverKey(args[1])
 			if err != nil {
