@@ -479,3 +479,79 @@ func TestMeradmCompletesFromTheAPI(t *testing.T) {
 		t.Fatalf("server addresses: %q", out)
 	}
 }
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "state.yaml")
+	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// Every valid target state is reachable: a VIP swap, a move from IPv4 to
+// IPv6 with the servers, a VIP moved to a new service while the old one is
+// pruned.
+func TestMeradmApplyReachesAnyValidState(t *testing.T) {
+	p := startMerlin(t)
+	ok(t, p, "apply", "-f", writeFile(t, `services:
+- {id: a, protocol: tcp, address: "198.18.0.1:80", scheduler: rr, forward: masq, servers: [{address: "198.19.0.1:80"}]}
+- {id: b, protocol: tcp, address: "198.18.0.2:80", scheduler: rr, forward: masq, servers: [{address: "198.19.0.2:80"}]}
+- {id: v4, protocol: tcp, address: "198.18.0.3:80", scheduler: rr, forward: masq, servers: [{address: "198.19.0.3:80", weight: 3}]}
+- {id: old, protocol: tcp, address: "198.18.0.4:80", scheduler: rr, forward: masq}
+`))
+	target := writeFile(t, `services:
+- {id: a, protocol: tcp, address: "198.18.0.2:80", scheduler: rr, forward: masq, servers: [{address: "198.19.0.1:80"}]}
+- {id: b, protocol: tcp, address: "198.18.0.1:80", scheduler: rr, forward: masq, servers: [{address: "198.19.0.2:80"}]}
+- {id: v4, protocol: tcp, address: "[2001:db8::3]:80", scheduler: rr, forward: masq, servers: [{address: "[2001:db8::13]:80", weight: 3}]}
+- {id: new, protocol: tcp, address: "198.18.0.4:80", scheduler: wlc, forward: masq}
+`)
+	ok(t, p, "apply", "-f", target, "--prune")
+	if d := ok(t, p, "diff", "-f", target, "--prune"); strings.TrimSpace(d) != "no changes" {
+		t.Fatalf("not reached:\n%s", d)
+	}
+}
+
+// apply checks the whole file against the current state before it writes
+// anything, and reports every problem at once.
+func TestMeradmApplyValidatesFirst(t *testing.T) {
+	p := startMerlin(t)
+	ok(t, p, "service", "add", "keep", "tcp", "198.18.0.9:80")
+	before := ok(t, p, "export")
+	// Two bad entries: both named.
+	_, err := meradm(t, p, "apply", "-f", writeFile(t, `services:
+- {id: x1, protocol: tcp, address: "198.18.0.1:80", scheduler: nope}
+- {id: y1, protocol: tcp, address: "198.18.0.2:80", scheduler: rr, servers: [{address: "198.19.0.1:80", weight: 70000, forward: masq}]}
+`))
+	if err == nil || !strings.Contains(err.Error(), "services[0] (x1)") || !strings.Contains(err.Error(), "services[1] (y1).servers[0]") {
+		t.Fatalf("want both problems: %v", err)
+	}
+	// A VIP held by a service the file leaves alone (no --prune): refused
+	// before the first write, though the conflict is the last entry.
+	_, err = meradm(t, p, "apply", "-f", writeFile(t, `services:
+- {id: a, protocol: tcp, address: "198.18.0.1:80", scheduler: rr}
+- {id: b, protocol: tcp, address: "198.18.0.9:80", scheduler: rr}
+`))
+	if err == nil || !strings.Contains(err.Error(), `address tcp/198.18.0.9:80 is held by service "keep"`) {
+		t.Fatalf("conflict: %v", err)
+	}
+	if after := ok(t, p, "export"); after != before {
+		t.Fatalf("a refused apply changed something:\n%s", after)
+	}
+}
+
+// A large file is applied whole: each request has --timeout, the apply
+// as a whole none.
+func TestMeradmApplyLargeFile(t *testing.T) {
+	p := startMerlin(t)
+	var b strings.Builder
+	b.WriteString("services:\n")
+	const n = 1500
+	for i := range n {
+		fmt.Fprintf(&b, "- {id: s%04d, protocol: tcp, address: \"198.18.%d.%d:80\", scheduler: rr, forward: masq, servers: [{address: \"198.19.0.1:%d\"}]}\n", i, i/250, i%250+1, 1000+i)
+	}
+	out := ok(t, p, "--timeout", "5s", "apply", "-f", writeFile(t, b.String()))
+	if !strings.Contains(out, fmt.Sprintf("applied %d changes", 2*n)) {
+		t.Fatalf("apply: %s", out[max(0, len(out)-300):])
+	}
+}

@@ -109,47 +109,69 @@ func readFile(path string) (map[string]*desiredItem, error) {
 	}
 	out := map[string]*desiredItem{}
 	vips := map[string]string{}
+	var errs []error
 	for i, fs := range spec.Services {
 		where := fmt.Sprintf("%s: services[%d]", path, i)
 		if fs.ID != "" {
 			where += " (" + fs.ID + ")"
 		}
-		svc, err := fs.toProto()
+		item, err := readService(fs, where, out, vips)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+			errs = append(errs, err)
+			continue
 		}
-		svc, err = model.NormalizeService(svc)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		out[item.service.Id] = item
+	}
+	if len(errs) > 0 {
+		if len(errs) > maxReported {
+			errs = append(errs[:maxReported], fmt.Errorf("… and %d more", len(errs)-maxReported))
 		}
-		if out[svc.Id] != nil {
-			return nil, fmt.Errorf("%s: id: %q appears twice", where, svc.Id)
-		}
-		vip := model.VIPKey(svc.Key)
-		if other, ok := vips[vip]; ok {
-			return nil, fmt.Errorf("%s: address: %s is also claimed by service %q", where, vip, other)
-		}
-		vips[vip] = svc.Id
-		item := &desiredItem{service: svc, servers: map[string]*types.RealServer{}}
-		for j, fsrv := range fs.Servers {
-			swhere := fmt.Sprintf("%s.servers[%d]", where, j)
-			srv, err := fsrv.toProto(svc.Id)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", swhere, err)
-			}
-			srv, err = model.NormalizeServer(srv, svc)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", swhere, err)
-			}
-			k := model.ServerKeyString(srv.Key)
-			if item.servers[k] != nil {
-				return nil, fmt.Errorf("%s: address: %s appears twice", swhere, k)
-			}
-			item.servers[k] = srv
-		}
-		out[svc.Id] = item
+		return nil, errors.Join(errs...) // every problem at once
 	}
 	return out, nil
+}
+
+// maxReported bounds the problems a bad file reports at once.
+const maxReported = 20
+
+// readService validates one service of the file and its servers.
+func readService(fs fileService, where string, seen map[string]*desiredItem, vips map[string]string) (*desiredItem, error) {
+	svc, err := fs.toProto()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	svc, err = model.NormalizeService(svc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	if seen[svc.Id] != nil {
+		return nil, fmt.Errorf("%s: id: %q appears twice", where, svc.Id)
+	}
+	vip := model.VIPKey(svc.Key)
+	if other, ok := vips[vip]; ok {
+		return nil, fmt.Errorf("%s: address: %s is also claimed by service %q", where, vip, other)
+	}
+	vips[vip] = svc.Id
+	item := &desiredItem{service: svc, servers: map[string]*types.RealServer{}}
+	var errs []error
+	for j, fsrv := range fs.Servers {
+		swhere := fmt.Sprintf("%s.servers[%d]", where, j)
+		srv, err := fsrv.toProto(svc.Id)
+		if err == nil {
+			srv, err = model.NormalizeServer(srv, svc)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", swhere, err))
+			continue
+		}
+		k := model.ServerKeyString(srv.Key)
+		if item.servers[k] != nil {
+			errs = append(errs, fmt.Errorf("%s: address: %s appears twice", swhere, k))
+			continue
+		}
+		item.servers[k] = srv
+	}
+	return item, errors.Join(errs...)
 }
 
 func (fs *fileService) toProto() (*types.VirtualService, error) {
@@ -280,10 +302,11 @@ func (h *fileHealth) toProto(field string) (*types.RealServer_HealthCheck, error
 
 // change is one step that brings merlin's state to the file's.
 type change struct {
-	op      string // "+", "~", "-"
-	service *types.VirtualService
-	server  *types.RealServer
-	fields  []string // what changes, for "~"
+	op       string // "+", "~", "-"
+	service  *types.VirtualService
+	server   *types.RealServer
+	fields   []string // what changes, for "~"
+	replaced bool     // a service deleted to come back at another address
 }
 
 func (c change) String() string {
@@ -304,6 +327,9 @@ func (c change) String() string {
 	case "+":
 		return fmt.Sprintf("+ %s: %s", name, serviceLine(c.service))
 	}
+	if c.replaced {
+		return "- " + name + " (to come back at its new address)"
+	}
 	return "- " + name
 }
 
@@ -314,17 +340,25 @@ func plan(desired map[string]*desiredItem, actual *types.ListResponse, prune boo
 	for _, item := range actual.Items {
 		have[item.Service.Id] = item
 	}
-	var svcChanges, srvChanges, deletions []change
+	// The order is always valid: services go first (pruned ones, and those
+	// whose address changes: a new address is a new kernel service, and
+	// freeing it first makes swaps and moves possible), then services
+	// change in place, new ones come, servers change, pruned servers go.
+	var gone, updated, created, servers, serversGone []change
 	for _, id := range slices.Sorted(maps.Keys(desired)) {
 		want := desired[id]
 		cur := have[id]
+		if cur != nil && model.VIPKey(cur.Service.Key) != model.VIPKey(want.service.Key) {
+			gone = append(gone, change{op: "-", service: cur.Service, replaced: true})
+			cur = nil
+		}
 		var curServers map[string]*types.RealServer
 		if cur == nil {
-			svcChanges = append(svcChanges, change{op: "+", service: want.service})
+			created = append(created, change{op: "+", service: want.service})
 		} else {
 			want.service.Revision = cur.Service.Revision
 			if fields := fieldDiff(cur.Service, want.service); len(fields) > 0 {
-				svcChanges = append(svcChanges, change{op: "~", service: want.service, fields: fields})
+				updated = append(updated, change{op: "~", service: want.service, fields: fields})
 			}
 			curServers = map[string]*types.RealServer{}
 			for _, s := range cur.Servers {
@@ -335,18 +369,18 @@ func plan(desired map[string]*desiredItem, actual *types.ListResponse, prune boo
 			ws := want.servers[k]
 			cs := curServers[k]
 			if cs == nil {
-				srvChanges = append(srvChanges, change{op: "+", server: ws})
+				servers = append(servers, change{op: "+", server: ws})
 				continue
 			}
 			ws.Revision = cs.Revision
 			if fields := fieldDiff(cs, ws); len(fields) > 0 {
-				srvChanges = append(srvChanges, change{op: "~", server: ws, fields: fields})
+				servers = append(servers, change{op: "~", server: ws, fields: fields})
 			}
 		}
 		if prune {
 			for _, k := range slices.Sorted(maps.Keys(curServers)) {
 				if want.servers[k] == nil {
-					deletions = append(deletions, change{op: "-", server: curServers[k]})
+					serversGone = append(serversGone, change{op: "-", server: curServers[k]})
 				}
 			}
 		}
@@ -354,11 +388,29 @@ func plan(desired map[string]*desiredItem, actual *types.ListResponse, prune boo
 	if prune {
 		for _, item := range actual.Items {
 			if desired[item.Service.Id] == nil {
-				deletions = append(deletions, change{op: "-", service: item.Service})
+				gone = append(gone, change{op: "-", service: item.Service})
 			}
 		}
 	}
-	return append(append(svcChanges, srvChanges...), deletions...)
+	return slices.Concat(gone, updated, created, servers, serversGone)
+}
+
+// conflicts lists every address the file gives a service that another
+// service, which the apply leaves in place, holds: found before anything is
+// written.
+func conflicts(desired map[string]*desiredItem, actual *types.ListResponse, prune bool) []error {
+	owner := map[string]string{}
+	for _, item := range actual.Items {
+		owner[model.VIPKey(item.Service.Key)] = item.Service.Id
+	}
+	var errs []error
+	for _, id := range slices.Sorted(maps.Keys(desired)) {
+		vip := model.VIPKey(desired[id].service.Key)
+		if o, ok := owner[vip]; ok && o != id && desired[o] == nil && !prune {
+			errs = append(errs, fmt.Errorf("service %s: address %s is held by service %q, which the file does not have (add --prune to delete it)", id, vip, o))
+		}
+	}
+	return errs
 }
 
 // fieldDiff names every field that differs, as "path: old → new".
@@ -440,10 +492,15 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.client(func(ctx context.Context, c types.MerlinClient) error {
-				actual, err := c.List(ctx, emptyRequest)
+			// No overall deadline: each request has --timeout, so a large
+			// file is not cut off half-way.
+			return g.clientFor(0, func(ctx context.Context, c types.MerlinClient) error {
+				actual, err := call(ctx, g, func(ctx context.Context) (*types.ListResponse, error) { return c.List(ctx, emptyRequest) })
 				if err != nil {
 					return err
+				}
+				if errs := conflicts(desired, actual, prune); len(errs) > 0 {
+					return fmt.Errorf("nothing applied: %w", errors.Join(errs...))
 				}
 				changes := plan(desired, actual, prune)
 				if len(changes) == 0 {
@@ -460,8 +517,8 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 					if !apply {
 						continue
 					}
-					if err := applyChange(ctx, c, ch); err != nil {
-						return fmt.Errorf("%s: %w (%d of %d changes applied; run apply again once fixed)", strings.SplitN(ch.String(), ":", 2)[0], errors.New(errorLine(err)), i, len(changes))
+					if _, err := call(ctx, g, func(ctx context.Context) (any, error) { return nil, applyChange(ctx, c, ch) }); err != nil {
+						return fmt.Errorf("%s: %w (%d of %d changes applied, the ones printed before this; run apply again once fixed)", strings.SplitN(ch.String(), ":", 2)[0], errors.New(errorLine(err)), i, len(changes))
 					}
 				}
 				if !apply {
@@ -512,7 +569,7 @@ const manyDeletions = 3
 func confirmDeletions(g *globals, changes []change, existing int) error {
 	n := 0
 	for _, ch := range changes {
-		if ch.op == "-" && ch.server == nil {
+		if ch.op == "-" && ch.server == nil && !ch.replaced {
 			n++
 		}
 	}

@@ -188,6 +188,16 @@ func (g *globals) client(fn func(ctx context.Context, c types.MerlinClient) erro
 	return g.clientFor(g.timeout, fn)
 }
 
+// call runs one request with its own --timeout.
+func call[T any](ctx context.Context, g *globals, fn func(context.Context) (T, error)) (T, error) {
+	if g.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.timeout)
+		defer cancel()
+	}
+	return fn(ctx)
+}
+
 func (g *globals) clientFor(timeout time.Duration, fn func(ctx context.Context, c types.MerlinClient) error) error {
 	creds := insecure.NewCredentials()
 	if g.useTLS || g.tlsCA != "" || g.tlsCert != "" || g.tlsKey != "" {
