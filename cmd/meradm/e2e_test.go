@@ -555,3 +555,39 @@ func TestMeradmApplyLargeFile(t *testing.T) {
 		t.Fatalf("apply: %s", out[max(0, len(out)-300):])
 	}
 }
+
+// The README's quick start works as written: its meradm commands, run
+// against a merlin started as it says, print the listing it shows.
+func TestReadmeQuickStart(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(readme)
+	i := strings.Index(section, "## Quick start")
+	if i < 0 {
+		t.Fatal("README has no quick start")
+	}
+	section = section[i:]
+	blocks := strings.Split(section, "```")
+	if len(blocks) < 4 {
+		t.Fatal("quick start: want a command block and an output block")
+	}
+	commands, shown := blocks[1], strings.TrimPrefix(blocks[3], "\n")
+	if !strings.Contains(commands, "bin/merlin -data-dir /tmp/merlin -reconcile=false &") {
+		t.Fatalf("the quick start no longer starts merlin API-only:\n%s", commands)
+	}
+	p := startMerlin(t)
+	var last string
+	for _, line := range strings.Split(strings.ReplaceAll(commands, "\\\n", " "), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "bin/meradm" {
+			continue
+		}
+		last = ok(t, p, f[1:]...)
+	}
+	if strings.TrimSpace(last) != strings.TrimSpace(shown) {
+		t.Fatalf("the last command prints\n%s\nthe README shows\n%s", last, shown)
+	}
+}
