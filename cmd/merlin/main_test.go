@@ -65,20 +65,12 @@ func TestExitsWhenAPortIsTaken(t *testing.T) {
 	}
 	defer taken.Close()
 	port := strconv.Itoa(taken.Addr().(*net.TCPAddr).Port)
-	free := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	}
 	for name, tc := range map[string]struct {
 		args []string
 		want string
 	}{
-		"health port": {[]string{"-port", free(), "-health-port", port}, "health listen (-health-port " + port + ")"},
-		"API port":    {[]string{"-port", port, "-health-port", free()}, "API listen"},
+		"health port": {[]string{"-port", freePort(t), "-health-port", port}, "health listen (-health-port " + port + ")"},
+		"API port":    {[]string{"-port", port, "-health-port", freePort(t)}, "API listen"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			args := append([]string{"-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false"}, tc.args...)
@@ -101,20 +93,12 @@ func TestExitsWhenAPortIsTaken(t *testing.T) {
 // A clean start and stop logs no error and no stack trace, in one format
 // (etcd's own logs included).
 func TestCleanStartAndStopLogNoErrors(t *testing.T) {
-	free := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	}
-	health := free()
+	health := freePort(t)
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false", "-log-format", format,
-				"-port", free(), "-health-port", health,
-				"-embedded-etcd-client-url", "http://127.0.0.1:"+free(), "-embedded-etcd-peer-url", "http://127.0.0.1:"+free())
+				"-port", freePort(t), "-health-port", health,
+				"-embedded-etcd-client-url", "http://127.0.0.1:"+freePort(t), "-embedded-etcd-peer-url", "http://127.0.0.1:"+freePort(t))
 			cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
 			var out strings.Builder
 			cmd.Stdout, cmd.Stderr = &out, &out
@@ -167,4 +151,15 @@ func TestVersionFlag(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "merlin ") || !strings.Contains(string(out), "go1.") {
 		t.Fatalf("merlin --version: %v: %q", err, out)
 	}
+}
+
+// freePort is a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }

@@ -8,13 +8,10 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -140,42 +137,7 @@ func (c *cluster) stopNode(n *lab.Node, sig syscall.Signal) { c.StopNode(n, sig)
 func (c *cluster) startNode(n *lab.Node)                    { c.t.Helper(); c.must(c.StartNode(n)) }
 func (c *cluster) waitReady(n *lab.Node)                    { c.t.Helper(); c.must(c.WaitReady(n)) }
 
-// traffic connects through a VIP until stopped, counting failures.
-type traffic struct {
-	stop     chan struct{}
-	done     chan struct{}
-	ok, fail atomic.Int64
-	lastErr  atomic.Value
-}
-
-func (c *cluster) startTraffic(addr string) *traffic {
-	tr := &traffic{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(tr.done)
-		for i := 0; i < 100000; i++ { // bounded; stopped long before
-			select {
-			case <-tr.stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			conn, _, err := c.connect(addr)
-			if err != nil {
-				tr.fail.Add(1)
-				tr.lastErr.Store(err.Error())
-				continue
-			}
-			conn.Close()
-			tr.ok.Add(1)
-		}
-	}()
-	return tr
-}
-
-func (tr *traffic) finish() (ok, fail int64, lastErr any) {
-	close(tr.stop)
-	<-tr.done
-	return tr.ok.Load(), tr.fail.Load(), tr.lastErr.Load()
-}
+func (c *cluster) startTraffic(addr string) *lab.Traffic { return c.StartTraffic(addr) }
 
 // opsWritten sums merlin_ipvs_ops_total of a node.
 func (c *cluster) opsWritten(n *lab.Node) int {
@@ -186,20 +148,9 @@ func (c *cluster) opsWritten(n *lab.Node) int {
 // metric sums every series of a metric on a node's /metrics.
 func (c *cluster) metric(n *lab.Node, name string) float64 {
 	c.t.Helper()
-	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
+	v, err := lab.Metric(n, name)
 	c.must(err)
-	defer resp.Body.Close()
-	total := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			total += v
-		}
-	}
-	return total
+	return v
 }
 
 // waitResyncs waits until every node has compared the whole kernel table
@@ -301,7 +252,7 @@ func TestVMCluster(t *testing.T) {
 		c.startEtcd()
 		c.mustMeradm("server", "edit", "nat", "198.18.0.21:8080", "-w", "3")
 		c.waitTables("change after etcd returned", sortedLines(strings.Replace(want, "-r 198.18.0.21:8080 -m -w 1", "-r 198.18.0.21:8080 -m -w 3", 1)))
-		ok, fail, lastErr := tr.finish()
+		ok, fail, lastErr := tr.Finish()
 		if fail != 0 || ok == 0 {
 			t.Fatalf("client connections during the etcd outage: %d ok, %d failed (%v)", ok, fail, lastErr)
 		}
@@ -330,7 +281,7 @@ func TestVMCluster(t *testing.T) {
 		}
 		c.startNode(n)
 		c.waitReady(n)
-		if ok, fail, lastErr := tr.finish(); fail != 0 {
+		if ok, fail, lastErr := tr.Finish(); fail != 0 {
 			t.Fatalf("client connections during restarts: %d ok, %d failed (%v)", ok, fail, lastErr)
 		}
 	})

@@ -103,7 +103,7 @@ func TestVMHealthChecks(t *testing.T) {
 		if got := c.table(c.Nodes[1]); got != before[1] {
 			t.Fatalf("node2's table changed:\n%s", got)
 		}
-		if ok, fail, lastErr := tr.finish(); fail != 0 {
+		if ok, fail, lastErr := tr.Finish(); fail != 0 {
 			t.Fatalf("client connections during the restart: %d ok, %d failed (%v)", ok, fail, lastErr)
 		}
 		if w := c.opsWritten(n); w != 0 {

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -146,7 +145,7 @@ func TestVMSoak(t *testing.T) {
 	defer stop()
 	go s.watchDownServer(ctx)
 	held := s.holdConnection()
-	trs := []*traffic{startTraffic(l, stableVIP), startTraffic(l, stableDR)}
+	trs := []*lab.Traffic{l.StartTraffic(stableVIP), l.StartTraffic(stableDR)}
 
 	start := time.Now()
 	var rss []string
@@ -159,7 +158,7 @@ func TestVMSoak(t *testing.T) {
 	rss = append(rss, s.checkpoint(true))
 	var ok int64
 	for i, tr := range trs {
-		n, failed, lastErr := tr.finish()
+		n, failed, lastErr := tr.Finish()
 		if failed != 0 || n == 0 {
 			t.Errorf("client connections to stable service %d: %d ok, %d failed (last: %v)", i, n, failed, lastErr)
 		}
@@ -716,61 +715,14 @@ func echo(conn net.Conn) error {
 	return nil
 }
 
-type traffic struct {
-	stop, done chan struct{}
-	ok, fail   atomic.Int64
-	lastErr    atomic.Value
-}
-
-// startTraffic connects to addr from the client ten times a second.
-func startTraffic(l *lab.Lab, addr string) *traffic {
-	tr := &traffic{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(tr.done)
-		for range 1000000 { // bounded; stopped long before
-			select {
-			case <-tr.stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			conn, _, err := l.Connect(addr)
-			if err != nil {
-				tr.fail.Add(1)
-				tr.lastErr.Store(err.Error())
-				continue
-			}
-			conn.Close()
-			tr.ok.Add(1)
-		}
-	}()
-	return tr
-}
-
-func (tr *traffic) finish() (ok, fail int64, lastErr any) {
-	close(tr.stop)
-	<-tr.done
-	return tr.ok.Load(), tr.fail.Load(), tr.lastErr.Load()
-}
-
 // metric sums every series of a metric on a node's /metrics.
 func metric(t *testing.T, n *lab.Node, name string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
+	v, err := lab.Metric(n, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	total := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			total += v
-		}
-	}
-	return total
+	return v
 }
 
 func rssMiB(pid int) float64 {

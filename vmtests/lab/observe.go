@@ -1,0 +1,74 @@
+package lab
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Traffic connects from the client through an address ten times a second
+// until Finish, counting what worked and what failed.
+type Traffic struct {
+	stop, done chan struct{}
+	ok, fail   atomic.Int64
+	lastErr    atomic.Value
+}
+
+// StartTraffic starts connecting to addr; the loop is bounded in count.
+func (l *Lab) StartTraffic(addr string) *Traffic {
+	tr := &Traffic{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(tr.done)
+		for range 1000000 { // bounded; stopped long before
+			select {
+			case <-tr.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			conn, _, err := l.Connect(addr)
+			if err != nil {
+				tr.fail.Add(1)
+				tr.lastErr.Store(err.Error())
+				continue
+			}
+			conn.Close()
+			tr.ok.Add(1)
+		}
+	}()
+	return tr
+}
+
+// Finish stops the connections and returns how many worked and failed,
+// with the last error.
+func (tr *Traffic) Finish() (ok, fail int64, lastErr any) {
+	close(tr.stop)
+	<-tr.done
+	return tr.ok.Load(), tr.fail.Load(), tr.lastErr.Load()
+}
+
+// Metric sums every series of a metric on a node's /metrics.
+func Metric(n *Node, name string) (float64, error) {
+	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s /metrics: %s", n.Name, resp.Status)
+	}
+	total := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			total += v
+		}
+	}
+	return total, sc.Err()
+}
