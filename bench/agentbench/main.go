@@ -119,7 +119,7 @@ func run(merlinBin string, small, large, dests, changes int) (err error) {
 	go floorWatcher(fctx, kv)
 
 	merlin := exec.Command(merlinBin, "-node", "bench", "-store-endpoints", etcdURL, "-data-dir", filepath.Join(root, "merlin"),
-		"-reconcile-sync-period", "30s")
+		"-reconcile-sync-period", "30s", "-pprof")
 	mlog, err := os.Create(filepath.Join(root, "merlin.log"))
 	if err != nil {
 		return err

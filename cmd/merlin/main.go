@@ -52,6 +52,9 @@ type options struct {
 	apiAddress     string
 	port           int
 	healthPort     int
+	healthAddress  string
+	pprof          bool
+	insecureAPI    bool
 	storeEndpoints string
 	storePrefix    string
 	storeTLSCA     string
@@ -84,9 +87,12 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.StringVar(&o.storeBackend, "store-backend", "etcd3", "the store: etcd3 (the only one; accepted for the original Merlin's command lines)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (logfmt) or json; etcd's own logs follow it")
-	fs.StringVar(&o.apiAddress, "api-address", "", "address the gRPC API listens on (default 127.0.0.1 without TLS, all addresses with TLS)")
+	fs.StringVar(&o.apiAddress, "api-address", "", "address the gRPC API listens on (default 127.0.0.1; all addresses with mutual TLS)")
+	fs.BoolVar(&o.insecureAPI, "insecure-api", false, "allow the API on a non-loopback address without client certificates (anyone who reaches it can change the load balancer)")
 	fs.IntVar(&o.port, "port", 4282, "gRPC API port")
-	fs.IntVar(&o.healthPort, "health-port", 4283, "port of /healthz, /readyz and /debug/pprof (0: off)")
+	fs.IntVar(&o.healthPort, "health-port", 4283, "port of /metrics, /healthz and /readyz (0: off)")
+	fs.StringVar(&o.healthAddress, "health-address", "127.0.0.1", "address of the health and metrics port (unauthenticated: keep it on loopback or a management network)")
+	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the health port")
 	fs.StringVar(&o.storeEndpoints, "store-endpoints", "", "comma-separated etcd endpoints; empty runs an embedded single-node etcd in -data-dir")
 	fs.StringVar(&o.storePrefix, "store-prefix", "/merlin", "etcd key prefix of the desired state")
 	fs.StringVar(&o.storeTLSCA, "store-tls-ca", "", "CA certificate (PEM) of the etcd servers")
@@ -141,10 +147,35 @@ func parseFlags(args []string) (*options, error) {
 	if o.port <= 0 || o.port > 65535 {
 		return nil, fmt.Errorf("-port %d: want 1 to 65535", o.port)
 	}
-	if o.apiAddress == "" && o.tlsCert == "" {
+	if o.healthPort < 0 || o.healthPort > 65535 {
+		return nil, fmt.Errorf("-health-port %d: want 0 (off) or 1 to 65535", o.healthPort)
+	}
+	if o.apiAddress == "" {
 		o.apiAddress = "127.0.0.1"
+		if o.tlsClientCA != "" {
+			o.apiAddress = "" // every address: clients must show certificates
+		}
+	}
+	if !loopback(o.apiAddress) && o.tlsClientCA == "" && !o.insecureAPI {
+		return nil, fmt.Errorf("-api-address %q: a non-loopback API needs client certificates (-tls-cert, -tls-key, -tls-client-ca); -insecure-api allows it without", shorten(o.apiAddress))
 	}
 	return o, nil
+}
+
+// loopback: the address only this machine reaches.
+func loopback(addr string) bool {
+	if addr == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(addr)
+	return err == nil && a.IsLoopback()
+}
+
+func shorten(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
 }
 
 func main() {
@@ -190,7 +221,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	defer lis.Close()
 	var healthLis net.Listener
 	if o.healthPort != 0 {
-		healthLis, err = net.Listen("tcp", net.JoinHostPort(o.apiAddress, strconv.Itoa(o.healthPort)))
+		healthLis, err = net.Listen("tcp", net.JoinHostPort(o.healthAddress, strconv.Itoa(o.healthPort)))
 		if err != nil {
 			return fmt.Errorf("health listen (-health-port %d): %w", o.healthPort, err)
 		}
@@ -245,6 +276,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	api := control.NewServer(store, log)
 	g := control.NewGRPCServer(api, grpcOpts)
+	if !loopback(o.apiAddress) && o.tlsClientCA == "" {
+		log.Warn("the API accepts clients without certificates on a non-loopback address (-insecure-api): anyone who reaches it can change this load balancer", "address", lis.Addr().String())
+	}
 	log.Info("API listening", "address", lis.Addr().String(), "tls", grpcOpts.TLS != nil, "mutual_tls", o.tlsClientCA != "", "store", strings.Join(endpoints, ","), "prefix", o.storePrefix)
 
 	reg := prometheus.NewRegistry()
@@ -281,7 +315,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	})
 	var hs *http.Server
 	if healthLis != nil {
-		hs = &http.Server{Handler: healthMux(store, node, reg), ReadHeaderTimeout: 5 * time.Second}
+		hs = &http.Server{Handler: healthMux(store, node, reg, o.pprof), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
 			if err := hs.Serve(healthLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("health: %w", err)
@@ -310,7 +344,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	return err
 }
 
-func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Registry) *http.ServeMux {
+func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Registry, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	alive := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	ready := func(w http.ResponseWriter, r *http.Request) {
@@ -331,11 +365,13 @@ func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Regis
 	mux.HandleFunc("/alive", alive) // the original Merlin's names
 	mux.HandleFunc("/readyz", ready)
 	mux.HandleFunc("/health", ready)
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

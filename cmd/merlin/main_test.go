@@ -163,3 +163,35 @@ func freePort(t *testing.T) string {
 	defer l.Close()
 	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
+
+// A non-loopback API needs client certificates, or -insecure-api said out
+// loud; the health port stays on loopback unless told otherwise.
+func TestAPIExposureNeedsClientAuth(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // "" accepted
+	}{
+		{[]string{"-api-address", "0.0.0.0"}, `-api-address "0.0.0.0": a non-loopback API needs client certificates`},
+		{[]string{"-api-address", "198.18.0.1", "-tls-cert", "c.pem", "-tls-key", "k.pem"}, "needs client certificates"},
+		{[]string{"-api-address", "198.18.0.1", "-insecure-api"}, ""},
+		{[]string{"-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-client-ca", "ca.pem"}, ""},
+		{[]string{"-api-address", "::1"}, ""},
+		{[]string{"-health-port", "70000"}, "-health-port 70000"},
+	} {
+		o, err := parseFlags(tc.args)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v: %v", tc.args, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.want)
+		case err == nil && o.healthAddress != "127.0.0.1":
+			t.Errorf("%v: health address %q", tc.args, o.healthAddress)
+		}
+	}
+	if o, _ := parseFlags([]string{"-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-client-ca", "ca.pem"}); o.apiAddress != "" {
+		t.Errorf("with mutual TLS the API listens on %q, want every address", o.apiAddress)
+	}
+	if o, _ := parseFlags(nil); o.apiAddress != "127.0.0.1" || o.pprof {
+		t.Errorf("defaults: API on %q, pprof %v", o.apiAddress, o.pprof)
+	}
+}

@@ -363,7 +363,10 @@ func (l *Lab) StartNode(n *Node) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{"-node", n.Name, "-store-endpoints", EtcdURL, "-data-dir", n.DataDir, "-api-address", n.Addr,
+	// The lab's network is the test's own: the API without certificates
+	// and the metrics on the node's address are what the tests reach.
+	args := append([]string{"-node", n.Name, "-store-endpoints", EtcdURL, "-data-dir", n.DataDir, "-api-address", n.Addr, "-insecure-api",
+		"-health-address", n.Addr,
 		"-vip-interface", "merlin0", "-director-sysctls"}, n.Args...)
 	cmd := n.NS.Command(filepath.Join(l.Bin, "merlin"), args...)
 	cmd.Stdout, cmd.Stderr = log, log
