@@ -1,0 +1,151 @@
+package bgp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Family is an address family a session carries.
+type Family string
+
+// The families merlin announces.
+const (
+	IPv4Unicast Family = "ipv4-unicast"
+	IPv6Unicast Family = "ipv6-unicast"
+)
+
+// Config is one node's speaker.
+type Config struct {
+	LocalAS  uint32
+	RouterID netip.Addr // IPv4
+	// ListenPort: 0 does not listen (merlin dials out; passive peers need a
+	// listener); 179 needs CAP_NET_BIND_SERVICE.
+	ListenPort      int
+	ListenAddresses []netip.Addr
+	// NextHopIPv6 is the next hop of IPv6 routes sent over an IPv4 session
+	// (an IPv6 session uses its own local address).
+	NextHopIPv6 netip.Addr
+	Peers       []Peer
+}
+
+// Peer is one BGP neighbour (a router).
+type Peer struct {
+	Address netip.Addr
+	AS      uint32
+	Port    int        // 0: 179
+	Local   netip.Addr // source address; unset: the kernel's choice
+	// Password is the TCP-MD5 key (read from a file by the caller, never
+	// taken from a command line).
+	Password        string
+	HoldTime        time.Duration // 0: 90 s
+	KeepaliveTime   time.Duration // 0: a third of the hold time
+	ConnectRetry    time.Duration // 0: 5 s
+	MultihopTTL     int           // eBGP multihop TTL; 0: directly connected
+	Passive         bool          // wait for the router to connect
+	GracefulRestart time.Duration // restart time announced; 0: off
+	Families        []Family      // default: IPv4 unicast, and IPv6 unicast
+	// MaxPrefixes the router may send before the session is shut down
+	// (merlin imports nothing; a router that floods it is misconfigured or
+	// hostile). 0: 1000.
+	MaxPrefixes uint32
+}
+
+const (
+	defaultHoldTime     = 90 * time.Second
+	defaultConnectRetry = 5 * time.Second
+	defaultMaxPrefixes  = 1000
+)
+
+// Validate checks the whole configuration and names the setting at fault.
+func (c Config) Validate() error {
+	if c.LocalAS == 0 {
+		return errors.New("bgp.local_as: required (1 to 4294967295)")
+	}
+	if !c.RouterID.Is4() || c.RouterID.IsUnspecified() {
+		return fmt.Errorf("bgp.router_id %q: want a non-zero IPv4 address", c.RouterID)
+	}
+	if c.ListenPort < 0 || c.ListenPort > 65535 {
+		return fmt.Errorf("bgp.listen_port %d: want 0 (do not listen) to 65535", c.ListenPort)
+	}
+	if c.NextHopIPv6.IsValid() && !c.NextHopIPv6.Is6() {
+		return fmt.Errorf("bgp.next_hop_ipv6 %q: want an IPv6 address", c.NextHopIPv6)
+	}
+	seen := map[netip.Addr]bool{}
+	for i, p := range c.Peers {
+		if err := c.validatePeer(p); err != nil {
+			return fmt.Errorf("bgp.peers[%d]: %w", i, err)
+		}
+		if seen[p.Address] {
+			return fmt.Errorf("bgp.peers[%d].address %s: listed twice", i, p.Address)
+		}
+		seen[p.Address] = true
+	}
+	return nil
+}
+
+func (c Config) validatePeer(p Peer) error {
+	if !p.Address.IsValid() || p.Address.IsUnspecified() {
+		return fmt.Errorf("address %q: want the router's IP address", p.Address)
+	}
+	if p.AS == 0 {
+		return errors.New("as: required")
+	}
+	if p.Port < 0 || p.Port > 65535 {
+		return fmt.Errorf("port %d: want 1 to 65535", p.Port)
+	}
+	if p.Local.IsValid() && p.Local.Is4() != p.Address.Is4() {
+		return fmt.Errorf("local_address %s: not the family of %s", p.Local, p.Address)
+	}
+	if len(p.Password) > 80 { // TCP_MD5SIG_MAXKEYLEN
+		return fmt.Errorf("password: %d bytes, the kernel takes at most 80", len(p.Password))
+	}
+	hold := p.hold()
+	if hold < 3*time.Second {
+		return fmt.Errorf("hold_time %s: want at least 3s", p.HoldTime)
+	}
+	if p.HoldTime%time.Second != 0 || p.KeepaliveTime%time.Second != 0 || p.ConnectRetry%time.Second != 0 || p.GracefulRestart%time.Second != 0 {
+		return errors.New("hold_time, keepalive_time, connect_retry and graceful_restart are whole seconds")
+	}
+	if p.KeepaliveTime < 0 || p.KeepaliveTime >= hold {
+		return fmt.Errorf("keepalive_time %s: want less than the hold time %s", p.KeepaliveTime, hold)
+	}
+	if p.MultihopTTL < 0 || p.MultihopTTL > 255 {
+		return fmt.Errorf("multihop_ttl %d: want 0 to 255", p.MultihopTTL)
+	}
+	if p.GracefulRestart < 0 || p.GracefulRestart > 4095*time.Second {
+		return fmt.Errorf("graceful_restart %s: want 0 (off) to 4095s", p.GracefulRestart)
+	}
+	for _, f := range p.Families {
+		switch f {
+		case IPv4Unicast:
+		case IPv6Unicast:
+			if p.Address.Is4() && !c.NextHopIPv6.IsValid() {
+				return fmt.Errorf("families: %s over an IPv4 session needs bgp.next_hop_ipv6", f)
+			}
+		default:
+			return fmt.Errorf("families %q: want %s or %s", f, IPv4Unicast, IPv6Unicast)
+		}
+	}
+	return nil
+}
+
+func (p Peer) hold() time.Duration {
+	if p.HoldTime == 0 {
+		return defaultHoldTime
+	}
+	return p.HoldTime
+}
+
+// families: IPv4 unicast always by default; IPv6 unicast when the session
+// is IPv6 or an IPv6 next hop is configured.
+func (c Config) families(p Peer) []Family {
+	if len(p.Families) > 0 {
+		return p.Families
+	}
+	if p.Address.Is6() || c.NextHopIPv6.IsValid() {
+		return []Family{IPv4Unicast, IPv6Unicast}
+	}
+	return []Family{IPv4Unicast}
+}

@@ -1,0 +1,160 @@
+package bgp
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+var (
+	ipv4Unicast = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	ipv6Unicast = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+)
+
+func family(p netip.Prefix) *api.Family {
+	if p.Addr().Is4() {
+		return ipv4Unicast
+	}
+	return ipv6Unicast
+}
+
+func gobgpFamily(f Family) *api.Family {
+	if f == IPv6Unicast {
+		return ipv6Unicast
+	}
+	return ipv4Unicast
+}
+
+// path is the GoBGP path of a route. The unspecified next hop becomes
+// each session's local address (GoBGP does this for local paths).
+func (s *Speaker) path(r Route) *api.Path {
+	nlri := mustAny(&api.IPAddressPrefix{Prefix: r.Prefix.Addr().String(), PrefixLen: uint32(r.Prefix.Bits())})
+	attrs := []*anypb.Any{mustAny(&api.OriginAttribute{Origin: 0})} // IGP
+	if r.Prefix.Addr().Is4() {
+		attrs = append(attrs, mustAny(&api.NextHopAttribute{NextHop: "0.0.0.0"}))
+	} else {
+		nh := "::"
+		if s.cfg.NextHopIPv6.IsValid() {
+			nh = s.cfg.NextHopIPv6.String()
+		}
+		attrs = append(attrs, mustAny(&api.MpReachNLRIAttribute{Family: ipv6Unicast, NextHops: []string{nh}, Nlris: []*anypb.Any{nlri}}))
+	}
+	if cs := sortedCommunities(r.Communities); len(cs) > 0 {
+		c := &api.CommunitiesAttribute{}
+		for _, x := range cs {
+			c.Communities = append(c.Communities, uint32(x))
+		}
+		attrs = append(attrs, mustAny(c))
+	}
+	if ls := sortedLarge(r.LargeCommunities); len(ls) > 0 {
+		c := &api.LargeCommunitiesAttribute{}
+		for _, x := range ls {
+			c.Communities = append(c.Communities, &api.LargeCommunity{GlobalAdmin: x.Global, LocalData1: x.Local1, LocalData2: x.Local2})
+		}
+		attrs = append(attrs, mustAny(c))
+	}
+	if r.LocalPref != nil {
+		attrs = append(attrs, mustAny(&api.LocalPrefAttribute{LocalPref: *r.LocalPref}))
+	}
+	return &api.Path{Family: family(r.Prefix), Nlri: nlri, Pattrs: attrs}
+}
+
+// mustAny wraps a GoBGP attribute message; it fails only for a nil
+// message, which these callers never pass.
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+func secs(d, def time.Duration) uint64 {
+	if d == 0 {
+		d = def
+	}
+	return uint64(d / time.Second)
+}
+
+func (s *Speaker) peerConf(p Peer) *api.Peer {
+	hold := p.hold()
+	keep := p.KeepaliveTime
+	if keep == 0 {
+		keep = hold / 3
+	}
+	out := &api.Peer{
+		Conf: &api.PeerConf{NeighborAddress: p.Address.String(), PeerAsn: p.AS, AuthPassword: p.Password},
+		Timers: &api.Timers{Config: &api.TimersConfig{HoldTime: secs(hold, 0), KeepaliveInterval: secs(keep, 0),
+			ConnectRetry: secs(p.ConnectRetry, defaultConnectRetry), IdleHoldTimeAfterReset: secs(p.ConnectRetry, defaultConnectRetry)}},
+		Transport: &api.Transport{PassiveMode: p.Passive, RemotePort: uint32(p.Port)},
+	}
+	if p.Local.IsValid() {
+		out.Transport.LocalAddress = p.Local.String()
+	}
+	if p.MultihopTTL > 0 {
+		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.MultihopTTL)}
+	}
+	if p.GracefulRestart > 0 {
+		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(p.GracefulRestart / time.Second)}
+	}
+	for _, f := range s.cfg.families(p) {
+		af := &api.AfiSafi{
+			Config:       &api.AfiSafiConfig{Family: gobgpFamily(f), Enabled: true},
+			PrefixLimits: &api.PrefixLimit{Family: gobgpFamily(f), MaxPrefixes: p.maxPrefixes()},
+		}
+		if p.GracefulRestart > 0 {
+			af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+		}
+		out.AfiSafis = append(out.AfiSafis, af)
+	}
+	return out
+}
+
+// setPolicies: import nothing; export host routes only.
+func setPolicies(ctx context.Context, srv *server.BgpServer) error {
+	sets := []*api.DefinedSet{
+		{DefinedType: api.DefinedType_PREFIX, Name: "merlin-host-v4", Prefixes: []*api.Prefix{{IpPrefix: "0.0.0.0/0", MaskLengthMin: 32, MaskLengthMax: 32}}},
+		{DefinedType: api.DefinedType_PREFIX, Name: "merlin-host-v6", Prefixes: []*api.Prefix{{IpPrefix: "::/0", MaskLengthMin: 128, MaskLengthMax: 128}}},
+	}
+	policy := &api.Policy{Name: "merlin-export"}
+	for _, ds := range sets {
+		if err := srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
+			return err
+		}
+		policy.Statements = append(policy.Statements, &api.Statement{
+			Name:       ds.Name,
+			Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: ds.Name}},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+		})
+	}
+	// The global import policy sees merlin's own paths too: accept those.
+	imports := &api.Policy{Name: "merlin-import", Statements: []*api.Statement{{
+		Name:       "merlin-local",
+		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+	}}}
+	for _, p := range []*api.Policy{policy, imports} {
+		if err := srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: p}); err != nil {
+			return err
+		}
+	}
+	for _, pa := range []*api.PolicyAssignment{
+		{Name: "global", Direction: api.PolicyDirection_IMPORT, Policies: []*api.Policy{{Name: imports.Name}}, DefaultAction: api.RouteAction_REJECT},
+		{Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: policy.Name}}, DefaultAction: api.RouteAction_REJECT},
+	} {
+		if err := srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: pa}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func alreadyPeer(err error) bool {
+	return strings.Contains(err.Error(), "can't overwrite the existing peer")
+}

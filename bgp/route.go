@@ -1,0 +1,107 @@
+package bgp
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Route is one host route to announce with its attributes.
+type Route struct {
+	Prefix           netip.Prefix // a /32 or /128
+	Communities      []Community
+	LargeCommunities []LargeCommunity
+	// LocalPref is sent to iBGP peers (eBGP peers never see it); nil: the
+	// receiver's default.
+	LocalPref *uint32
+}
+
+// Community is an RFC 1997 community, ASN:VALUE.
+type Community uint32
+
+// GracefulShutdown is RFC 8326's GRACEFUL_SHUTDOWN community, 65535:0.
+const GracefulShutdown Community = 0xFFFF0000
+
+// LargeCommunity is an RFC 8092 large community, GLOBAL:LOCAL1:LOCAL2.
+type LargeCommunity struct{ Global, Local1, Local2 uint32 }
+
+// ParseCommunity reads ASN:VALUE (each 0 to 65535).
+func ParseCommunity(s string) (Community, error) {
+	a, b, ok := strings.Cut(s, ":")
+	hi, err1 := strconv.ParseUint(a, 10, 16)
+	lo, err2 := strconv.ParseUint(b, 10, 16)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("community %q: want ASN:VALUE, each 0 to 65535", short(s))
+	}
+	return Community(hi<<16 | lo), nil
+}
+
+func (c Community) String() string { return fmt.Sprintf("%d:%d", uint32(c)>>16, uint32(c)&0xFFFF) }
+
+// ParseLargeCommunity reads GLOBAL:LOCAL1:LOCAL2 (each 0 to 4294967295).
+func ParseLargeCommunity(s string) (LargeCommunity, error) {
+	parts := strings.Split(s, ":")
+	var v [3]uint32
+	if len(parts) != 3 {
+		return LargeCommunity{}, fmt.Errorf("large community %q: want GLOBAL:LOCAL1:LOCAL2", short(s))
+	}
+	for i, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 32)
+		if err != nil {
+			return LargeCommunity{}, fmt.Errorf("large community %q: want GLOBAL:LOCAL1:LOCAL2, each 0 to 4294967295", short(s))
+		}
+		v[i] = uint32(n)
+	}
+	return LargeCommunity{v[0], v[1], v[2]}, nil
+}
+
+func (c LargeCommunity) String() string { return fmt.Sprintf("%d:%d:%d", c.Global, c.Local1, c.Local2) }
+
+func short(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "…"
+	}
+	return s
+}
+
+// HostRoute is the route announcing one address.
+func HostRoute(a netip.Addr) Route { return Route{Prefix: netip.PrefixFrom(a, a.BitLen())} }
+
+func (r Route) validate() error {
+	if !r.Prefix.IsValid() || r.Prefix.Bits() != r.Prefix.Addr().BitLen() || r.Prefix.Addr().Zone() != "" {
+		return fmt.Errorf("route %s: merlin announces host routes only (/32, /128)", r.Prefix)
+	}
+	return nil
+}
+
+// equal: same prefix and attributes (attribute order does not matter).
+func (r Route) equal(o Route) bool {
+	lp := func(p *uint32) int64 {
+		if p == nil {
+			return -1
+		}
+		return int64(*p)
+	}
+	return r.Prefix == o.Prefix && lp(r.LocalPref) == lp(o.LocalPref) &&
+		slices.Equal(sortedCommunities(r.Communities), sortedCommunities(o.Communities)) &&
+		slices.Equal(sortedLarge(r.LargeCommunities), sortedLarge(o.LargeCommunities))
+}
+
+func sortedCommunities(c []Community) []Community {
+	c = slices.Clone(c)
+	slices.Sort(c)
+	return slices.Compact(c)
+}
+
+func sortedLarge(c []LargeCommunity) []LargeCommunity {
+	c = slices.Clone(c)
+	slices.SortFunc(c, cmpLarge)
+	return slices.Compact(c)
+}
+
+func cmpLarge(a, b LargeCommunity) int {
+	return cmp.Or(cmp.Compare(a.Global, b.Global), cmp.Compare(a.Local1, b.Local1), cmp.Compare(a.Local2, b.Local2))
+}

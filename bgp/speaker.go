@@ -1,0 +1,222 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+)
+
+// Speaker announces a set of host routes to its peers.
+type Speaker struct {
+	cfg Config
+	log *slog.Logger
+	ev  *events
+
+	mu          sync.Mutex
+	srv         *server.BgpServer // set while Run runs
+	want        map[netip.Prefix]Route
+	sent        map[netip.Prefix]Route
+	wantSet     bool // Set has been called: peers may be added
+	peersAdded  bool
+	gracefulRun bool // a peer has graceful restart: leave sessions on stop
+}
+
+// New checks the configuration; it starts nothing.
+func New(cfg Config, log *slog.Logger) (*Speaker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Speaker{cfg: cfg, log: log, ev: newEvents(), want: map[netip.Prefix]Route{}, sent: map[netip.Prefix]Route{}}
+	for _, p := range cfg.Peers {
+		if p.GracefulRestart > 0 {
+			s.gracefulRun = true
+		}
+	}
+	return s, nil
+}
+
+// Run runs the speaker until ctx ends. Peers are configured only after
+// the first Set, so a starting node opens no session (and, with graceful
+// restart, sends no End-of-RIB) before it knows what it serves. On return:
+// with graceful restart configured the sessions are left to end with the
+// process (the routers keep the routes as stale for the restart time);
+// without it every peer is sent a Cease and withdraws the routes at once.
+func (s *Speaker) Run(ctx context.Context) error {
+	srv := server.NewBgpServer(server.LoggerOption(&logger{log: s.log, ev: s.ev}))
+	go srv.Serve() // never returns (GoBGP v3); see the package doc
+	if err := s.start(ctx, srv); err != nil {
+		srv.Stop()
+		return err
+	}
+	s.mu.Lock()
+	s.srv = srv
+	err := s.syncLocked(ctx)
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Warn("bgp: first announcement", "error", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			s.srv = nil
+			s.mu.Unlock()
+			if !s.gracefulRun {
+				srv.Stop()
+			}
+			return nil
+		case addr := <-s.ev.overLimit:
+			s.shutDown(ctx, srv, addr)
+		}
+	}
+}
+
+func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
+	g := &api.Global{Asn: s.cfg.LocalAS, RouterId: s.cfg.RouterID.String(), ListenPort: int32(s.cfg.ListenPort)}
+	if s.cfg.ListenPort == 0 {
+		g.ListenPort = -1
+	}
+	for _, a := range s.cfg.ListenAddresses {
+		g.ListenAddresses = append(g.ListenAddresses, a.String())
+	}
+	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
+		return fmt.Errorf("start bgp: %w", err)
+	}
+	if err := setPolicies(ctx, srv); err != nil {
+		return fmt.Errorf("bgp policies: %w", err)
+	}
+	return nil
+}
+
+// Set makes the announced routes exactly routes. Before Run has started
+// the speaker it only records them.
+func (s *Speaker) Set(ctx context.Context, routes []Route) error {
+	want := make(map[netip.Prefix]Route, len(routes))
+	for _, r := range routes {
+		if err := r.validate(); err != nil {
+			return err
+		}
+		if f := familyOf(r.Prefix); !s.carries(f) {
+			return fmt.Errorf("route %s: no peer carries %s", r.Prefix, f)
+		}
+		want[r.Prefix] = r
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.want, s.wantSet = want, true
+	if s.srv == nil {
+		return nil
+	}
+	return s.syncLocked(ctx)
+}
+
+func familyOf(p netip.Prefix) Family {
+	if p.Addr().Is4() {
+		return IPv4Unicast
+	}
+	return IPv6Unicast
+}
+
+func (s *Speaker) carries(f Family) bool {
+	for _, p := range s.cfg.Peers {
+		if slices.Contains(s.cfg.families(p), f) {
+			return true
+		}
+	}
+	return len(s.cfg.Peers) == 0
+}
+
+// syncLocked withdraws what is no longer wanted, announces what is new or
+// changed, then (the first time) adds the peers.
+func (s *Speaker) syncLocked(ctx context.Context) error {
+	if !s.wantSet {
+		return nil
+	}
+	var errs []error
+	for _, p := range slices.SortedFunc(maps.Keys(s.sent), netip.Prefix.Compare) {
+		if _, ok := s.want[p]; ok {
+			continue
+		}
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: family(p), Path: s.path(s.sent[p])}); err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+			continue
+		}
+		delete(s.sent, p)
+	}
+	for _, p := range slices.SortedFunc(maps.Keys(s.want), netip.Prefix.Compare) {
+		r := s.want[p]
+		if old, ok := s.sent[p]; ok && old.equal(r) {
+			continue
+		}
+		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: s.path(r)}); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", p, err))
+			continue
+		}
+		s.sent[p] = r
+	}
+	if !s.peersAdded {
+		if err := s.addPeers(ctx); err != nil {
+			errs = append(errs, err)
+		} else {
+			s.peersAdded = true
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Speaker) addPeers(ctx context.Context) error {
+	for _, p := range s.cfg.Peers {
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peerConf(p)}); err != nil {
+			// Already there after an earlier partial attempt is fine.
+			if !errors.Is(ctx.Err(), context.Canceled) && !alreadyPeer(err) {
+				return fmt.Errorf("add bgp peer %s: %w", p.Address, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Announced is the set of routes handed to GoBGP, sorted.
+func (s *Speaker) Announced() []Route {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.SortedFunc(maps.Values(s.sent), func(a, b Route) int { return a.Prefix.Compare(b.Prefix) })
+}
+
+func (s *Speaker) shutDown(ctx context.Context, srv *server.BgpServer, addr string) {
+	p, ok := s.peerByAddress(addr)
+	if !ok {
+		return
+	}
+	msg := fmt.Sprintf("shut down: sent more than %d prefixes (merlin imports none)", p.maxPrefixes())
+	s.ev.setError(addr, msg)
+	s.ev.setShut(addr, true)
+	s.log.Error("bgp peer shut down", "peer", addr, "reason", msg)
+	if err := srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: addr, Communication: "maximum prefixes exceeded"}); err != nil {
+		s.log.Warn("bgp: disable peer", "peer", addr, "error", err)
+	}
+}
+
+func (s *Speaker) peerByAddress(addr string) (Peer, bool) {
+	for _, p := range s.cfg.Peers {
+		if p.Address.String() == addr {
+			return p, true
+		}
+	}
+	return Peer{}, false
+}
+
+func (p Peer) maxPrefixes() uint32 {
+	if p.MaxPrefixes == 0 {
+		return defaultMaxPrefixes
+	}
+	return p.MaxPrefixes
+}

@@ -1,0 +1,324 @@
+package bgp
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// router is an in-process GoBGP standing in for a router: it accepts
+// everything it is sent and can announce routes of its own.
+type router struct {
+	t    *testing.T
+	srv  *server.BgpServer
+	addr netip.Addr
+	port int
+}
+
+func newRouter(t *testing.T, addr string, as uint32, neighbors ...*api.Peer) *router {
+	t.Helper()
+	r := &router{t: t, srv: server.NewBgpServer(server.LoggerOption(&logger{log: testLog(t), ev: newEvents()})), addr: netip.MustParseAddr(addr), port: freePort(t, addr)}
+	go r.srv.Serve()
+	ctx := context.Background()
+	if err := r.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{Asn: as, RouterId: "192.0.2.254", ListenPort: int32(r.port), ListenAddresses: []string{addr}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range neighbors {
+		if err := r.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(r.srv.Stop)
+	return r
+}
+
+// neighbor is the router's side of a session with merlin: passive, so
+// merlin (which does not listen) dials.
+func neighbor(addr string, as uint32, password string, families ...*api.Family) *api.Peer {
+	p := &api.Peer{Conf: &api.PeerConf{NeighborAddress: addr, PeerAsn: as, AuthPassword: password}, Transport: &api.Transport{PassiveMode: true}}
+	for _, f := range families {
+		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}})
+	}
+	return p
+}
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func freePort(t *testing.T, addr string) int {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// learned is what the router holds from merlin: prefix → path.
+func (r *router) learned(f *api.Family) map[netip.Prefix]*api.Path {
+	out := map[netip.Prefix]*api.Path{}
+	err := r.srv.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: f}, func(d *api.Destination) {
+		for _, p := range d.GetPaths() {
+			if p.GetNeighborIp() != "" && p.GetNeighborIp() != "<nil>" {
+				out[netip.MustParsePrefix(d.GetPrefix())] = p
+			}
+		}
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return out
+}
+
+func (r *router) announce(prefixes ...string) {
+	for _, s := range prefixes {
+		p := netip.MustParsePrefix(s)
+		nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
+		origin, _ := anypb.New(&api.OriginAttribute{})
+		nh, _ := anypb.New(&api.NextHopAttribute{NextHop: r.addr.String()})
+		if _, err := r.srv.AddPath(context.Background(), &api.AddPathRequest{Path: &api.Path{Family: ipv4Unicast, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}}); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+// eventually waits for cond, failing after a generous deadline.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func startSpeaker(t *testing.T, cfg Config) *Speaker {
+	t.Helper()
+	s, err := New(cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+func peerUp(t *testing.T, s *Speaker, i int) bool {
+	ps, err := s.Peers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps[i].Up
+}
+
+func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
+	r := newRouter(t, "127.0.0.1", 65000, neighbor("127.0.0.2", 65001, ""))
+	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
+		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.2")}}})
+	ctx := context.Background()
+	gshut := HostRoute(netip.MustParseAddr("198.18.0.2"))
+	gshut.Communities = []Community{GracefulShutdown, 64512<<16 | 7}
+	gshut.LargeCommunities = []LargeCommunity{{65001, 1, 2}}
+	want := []Route{HostRoute(netip.MustParseAddr("198.18.0.1")), gshut}
+	if err := s.Set(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both routes at the router", func() bool { return len(r.learned(ipv4Unicast)) == 2 })
+	p := r.learned(ipv4Unicast)[netip.MustParsePrefix("198.18.0.2/32")]
+	attrs := attributes(t, p)
+	if got := attrs.communities; !slices.Equal(got, []uint32{64512<<16 | 7, 0xFFFF0000}) {
+		t.Errorf("communities %x, want 64512:7 and GRACEFUL_SHUTDOWN", got)
+	}
+	if got := attrs.large; len(got) != 1 || got[0] != (LargeCommunity{65001, 1, 2}) {
+		t.Errorf("large communities %v", got)
+	}
+	if attrs.nextHop != "127.0.0.2" {
+		t.Errorf("next hop %q, want the session's local address 127.0.0.2", attrs.nextHop)
+	}
+	// Same set again: nothing to do; one fewer: withdrawn.
+	if err := s.Set(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, want[:1]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "198.18.0.2 withdrawn", func() bool { return len(r.learned(ipv4Unicast)) == 1 })
+	// Changed attributes replace the route.
+	changed := want[0]
+	changed.Communities = []Community{65000<<16 | 1}
+	if err := s.Set(ctx, []Route{changed}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "new community at the router", func() bool {
+		p := r.learned(ipv4Unicast)[changed.Prefix]
+		return p != nil && slices.Equal(attributes(t, p).communities, []uint32{65000<<16 | 1})
+	})
+	ps, err := s.Peers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ps[0].Up || ps[0].State != "established" || ps[0].PrefixesSent != 1 || ps[0].Since.IsZero() {
+		t.Errorf("peer status %+v, want established with 1 prefix sent", ps[0])
+	}
+}
+
+func TestSpeakerImportsNothing(t *testing.T) {
+	r := newRouter(t, "127.0.0.1", 65000, neighbor("127.0.0.3", 65001, ""))
+	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
+		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.3")}}})
+	ctx := context.Background()
+	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err != nil {
+		t.Fatal(err)
+	}
+	r.announce("10.0.0.0/8", "198.18.0.9/32")
+	eventually(t, "the router's 2 routes received", func() bool {
+		ps, _ := s.Peers(ctx)
+		return ps[0].PrefixesReceived == 2
+	})
+	table, err := s.Table(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/32")}; !slices.Equal(table, want) {
+		t.Errorf("speaker's table %v, want only its own %v", table, want)
+	}
+}
+
+func TestSpeakerMaxPrefixShutsPeerDown(t *testing.T) {
+	r := newRouter(t, "127.0.0.1", 65000, neighbor("127.0.0.4", 65001, ""))
+	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
+		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.4"), MaxPrefixes: 3}}})
+	if err := s.Set(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "session up", func() bool { return peerUp(t, s, 0) })
+	r.announce("10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24")
+	eventually(t, "peer shut down", func() bool {
+		ps, _ := s.Peers(context.Background())
+		return ps[0].Shut && !ps[0].Up
+	})
+	ps, _ := s.Peers(context.Background())
+	if !strings.Contains(ps[0].LastError, "more than 3 prefixes") {
+		t.Errorf("last error %q, want it to say the limit", ps[0].LastError)
+	}
+}
+
+func TestSpeakerMD5(t *testing.T) {
+	r := newRouter(t, "127.0.0.1", 65000, neighbor("127.0.0.5", 65001, "s3cret"), neighbor("127.0.0.6", 65001, "other"))
+	good := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
+		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.5"), Password: "s3cret"}}})
+	before := md5Failures(t)
+	bad := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.2"),
+		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.6"), Password: "wrong", ConnectRetry: time.Second}}})
+	for _, s := range []*Speaker{good, bad} {
+		if err := s.Set(context.Background(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "session with the right password up", func() bool { return peerUp(t, good, 0) })
+	// The wrong key: the router's kernel drops the SYNs (counted as MD5
+	// failures); the session never comes up.
+	eventually(t, "the kernel to drop segments with the wrong key", func() bool { return md5Failures(t) > before })
+	if peerUp(t, bad, 0) {
+		t.Error("session with the wrong password is up")
+	}
+}
+
+// md5Failures is the kernel's count of TCP segments with a wrong MD5
+// signature (TcpExt TCPMD5Failure).
+func md5Failures(t *testing.T) int {
+	f, err := os.Open("/proc/net/netstat")
+	if err != nil {
+		t.Skip("no /proc/net/netstat:", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	var names []string
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 || fields[0] != "TcpExt:" {
+			continue
+		}
+		if names == nil {
+			names = fields
+			continue
+		}
+		for i, n := range names {
+			if n == "TCPMD5Failure" && i < len(fields) {
+				v, _ := strconv.Atoi(fields[i])
+				return v
+			}
+		}
+	}
+	t.Skip("kernel does not count TCPMD5Failure")
+	return 0
+}
+
+func TestSpeakerIPv6(t *testing.T) {
+	r := newRouter(t, "::1", 65000, neighbor("::1", 65001, "", ipv6Unicast))
+	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
+		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Families: []Family{IPv6Unicast}}}})
+	if err := s.Set(context.Background(), []Route{HostRoute(netip.MustParseAddr("2001:db8::1"))}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the IPv6 route at the router", func() bool { return len(r.learned(ipv6Unicast)) == 1 })
+	if err := s.Set(context.Background(), []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err == nil {
+		t.Error("an IPv4 route accepted with only an IPv6 family configured")
+	}
+}
+
+type pathAttrs struct {
+	nextHop     string
+	communities []uint32
+	large       []LargeCommunity
+}
+
+func attributes(t *testing.T, p *api.Path) pathAttrs {
+	var out pathAttrs
+	for _, a := range p.GetPattrs() {
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch x := m.(type) {
+		case *api.NextHopAttribute:
+			out.nextHop = x.NextHop
+		case *api.CommunitiesAttribute:
+			out.communities = x.Communities
+		case *api.LargeCommunitiesAttribute:
+			for _, c := range x.Communities {
+				out.large = append(out.large, LargeCommunity{c.GlobalAdmin, c.LocalData1, c.LocalData2})
+			}
+		}
+	}
+	return out
+}
