@@ -43,22 +43,3 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
-
-func TestParseCommunities(t *testing.T) {
-	if c, err := ParseCommunity("65535:0"); err != nil || c != GracefulShutdown || c.String() != "65535:0" {
-		t.Errorf("65535:0 → %v, %v", c, err)
-	}
-	for _, bad := range []string{"", "1", "65536:1", "1:-1", "a:b", "1:2:3"} {
-		if _, err := ParseCommunity(bad); err == nil {
-			t.Errorf("community %q accepted", bad)
-		}
-	}
-	if c, err := ParseLargeCommunity("4200000000:1:2"); err != nil || c.String() != "4200000000:1:2" {
-		t.Errorf("large community → %v, %v", c, err)
-	}
-	for _, bad := range []string{"1:2", "1:2:3:4", "4294967296:0:0", "x:1:2"} {
-		if _, err := ParseLargeCommunity(bad); err == nil {
-			t.Errorf("large community %q accepted", bad)
-		}
-	}
-}

@@ -13,7 +13,8 @@ import (
 // events keeps what GoBGP reports only in its log: why a session went
 // down, and a peer over its prefix limit.
 type events struct {
-	overLimit chan string // peer addresses to shut down
+	overLimit chan string   // peer addresses to shut down
+	changed   chan struct{} // a session went up or down
 
 	mu        sync.Mutex
 	lastError map[string]string
@@ -21,7 +22,7 @@ type events struct {
 }
 
 func newEvents() *events {
-	return &events{overLimit: make(chan string, 16), lastError: map[string]string{}, shut: map[string]bool{}}
+	return &events{overLimit: make(chan string, 16), changed: make(chan struct{}, 1), lastError: map[string]string{}, shut: map[string]bool{}}
 }
 
 func (e *events) setError(addr, msg string) {
@@ -34,6 +35,13 @@ func (e *events) setShut(addr string, v bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.shut[addr] = v
+}
+
+func (e *events) poke() {
+	select {
+	case e.changed <- struct{}{}:
+	default:
+	}
 }
 
 func (e *events) get(addr string) (lastError string, shut bool) {
@@ -54,7 +62,10 @@ func (l *logger) note(msg string, f gobgplog.Fields) {
 		return
 	}
 	switch msg {
+	case "Peer Up":
+		l.ev.poke()
 	case "Peer Down":
+		defer l.ev.poke()
 		if reason, ok := f["Reason"]; ok {
 			if _, shut := l.ev.get(key); !shut {
 				l.ev.setError(key, fmt.Sprint(reason))

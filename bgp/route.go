@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 )
 
 // Route is one host route to announce with its attributes.
@@ -28,44 +26,9 @@ const GracefulShutdown Community = 0xFFFF0000
 // LargeCommunity is an RFC 8092 large community, GLOBAL:LOCAL1:LOCAL2.
 type LargeCommunity struct{ Global, Local1, Local2 uint32 }
 
-// ParseCommunity reads ASN:VALUE (each 0 to 65535).
-func ParseCommunity(s string) (Community, error) {
-	a, b, ok := strings.Cut(s, ":")
-	hi, err1 := strconv.ParseUint(a, 10, 16)
-	lo, err2 := strconv.ParseUint(b, 10, 16)
-	if !ok || err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("community %q: want ASN:VALUE, each 0 to 65535", short(s))
-	}
-	return Community(hi<<16 | lo), nil
-}
-
 func (c Community) String() string { return fmt.Sprintf("%d:%d", uint32(c)>>16, uint32(c)&0xFFFF) }
 
-// ParseLargeCommunity reads GLOBAL:LOCAL1:LOCAL2 (each 0 to 4294967295).
-func ParseLargeCommunity(s string) (LargeCommunity, error) {
-	parts := strings.Split(s, ":")
-	var v [3]uint32
-	if len(parts) != 3 {
-		return LargeCommunity{}, fmt.Errorf("large community %q: want GLOBAL:LOCAL1:LOCAL2", short(s))
-	}
-	for i, p := range parts {
-		n, err := strconv.ParseUint(p, 10, 32)
-		if err != nil {
-			return LargeCommunity{}, fmt.Errorf("large community %q: want GLOBAL:LOCAL1:LOCAL2, each 0 to 4294967295", short(s))
-		}
-		v[i] = uint32(n)
-	}
-	return LargeCommunity{v[0], v[1], v[2]}, nil
-}
-
 func (c LargeCommunity) String() string { return fmt.Sprintf("%d:%d:%d", c.Global, c.Local1, c.Local2) }
-
-func short(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "…"
-	}
-	return s
-}
 
 // HostRoute is the route announcing one address.
 func HostRoute(a netip.Addr) Route { return Route{Prefix: netip.PrefixFrom(a, a.BitLen())} }

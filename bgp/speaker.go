@@ -184,6 +184,9 @@ func (s *Speaker) addPeers(ctx context.Context) error {
 	return nil
 }
 
+// Changes is signalled (coalesced) when a session goes up or down.
+func (s *Speaker) Changes() <-chan struct{} { return s.ev.changed }
+
 // Announced is the set of routes handed to GoBGP, sorted.
 func (s *Speaker) Announced() []Route {
 	s.mu.Lock()
@@ -199,6 +202,7 @@ func (s *Speaker) shutDown(ctx context.Context, srv *server.BgpServer, addr stri
 	msg := fmt.Sprintf("shut down: sent more than %d prefixes (merlin imports none)", p.maxPrefixes())
 	s.ev.setError(addr, msg)
 	s.ev.setShut(addr, true)
+	s.ev.poke()
 	s.log.Error("bgp peer shut down", "peer", addr, "reason", msg)
 	if err := srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: addr, Communication: "maximum prefixes exceeded"}); err != nil {
 		s.log.Warn("bgp: disable peer", "peer", addr, "error", err)

@@ -30,6 +30,7 @@ type NodeMetrics struct {
 	sinkUp            *prometheus.GaugeVec
 	sinkErrors        *prometheus.CounterVec
 	vips              *prometheus.GaugeVec
+	vipAnnounced      *prometheus.GaugeVec
 	changeApply       prometheus.Histogram
 	reportedServers   map[[2]string]bool // merlin_server_up label pairs set
 }
@@ -55,6 +56,7 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		sinkUp:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_sink_up", Help: "1 while the last update of a part of the dataplane (ipvs, vips, ...) worked, 0 while it fails."}, []string{"sink"}),
 		sinkErrors:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),
 		vips:            prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vips", Help: "VIPs of the desired state on this node, by whether the node can serve them (serving, not_serving)."}, []string{"state"}),
+		vipAnnounced:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
 		changeApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "merlin_change_apply_seconds",
 			Help:    "Time from a desired-state change arriving from etcd to the end of the pass that applied it (kernel writes acknowledged): merlin's own share of a change.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -69,7 +71,7 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
 			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs,
-			m.sinkUp, m.sinkErrors, m.vips, m.changeApply)
+			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.changeApply)
 	}
 	return m
 }

@@ -297,3 +297,60 @@ func TestPlanChecksServerOptsOut(t *testing.T) {
 		t.Fatalf("weights %v, all down %v", weights(p), p.AllDown)
 	}
 }
+
+func TestPlanNodeAnnouncements(t *testing.T) {
+	web := svcAt("web", "198.18.0.1", "wrr")
+	web.Announce = &types.Announce{Communities: []string{"65000:2", "65000:1"}, LocalPreference: wrapperspb.UInt32(150)}
+	web2 := svcAt("web-alt", "198.18.0.1", "rr")
+	web2.Key.Port = 8443
+	web2.Announce = &types.Announce{Communities: []string{"65000:1"}, LargeCommunities: []string{"65000:1:2"}, LocalPreference: wrapperspb.UInt32(120)}
+	always := svcAt("always", "198.18.0.2", "rr")
+	always.Announce = &types.Announce{Always: true}
+	st := testState(t, web, web2, always, svcAt("empty", "198.18.0.3", "rr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	plans := map[string]*ServicePlan{}
+	for id, ss := range st.Services {
+		plans[id] = PlanService(id, ss, PlanChecks(ss, nil), HealthView{}, planNow)
+	}
+	byAddr := func(in NodeInputs) map[string]VIPState {
+		out := map[string]VIPState{}
+		for _, v := range PlanNode(plans, in).VIPStates {
+			out[v.Addr.String()] = v
+		}
+		return out
+	}
+
+	got := byAddr(NodeInputs{})
+	if v := got["198.18.0.1"]; !v.Announce || !slices.Equal(v.Route.Communities, []uint32{65000<<16 | 1, 65000<<16 | 2}) ||
+		len(v.Route.LargeCommunities) != 1 || *v.Route.LocalPref != 150 || v.Route.GracefulShutdown {
+		t.Errorf("198.18.0.1: %+v, want announced with the joined communities and the highest local preference", v)
+	}
+	if v := got["198.18.0.2"]; !v.Announce || v.State != VIPNoHealthyServer || !strings.Contains(v.Reason, "announce.always") {
+		t.Errorf("198.18.0.2 (always, no servers): %+v", v)
+	}
+	if v := got["198.18.0.3"]; v.Announce {
+		t.Errorf("198.18.0.3 without servers announced: %+v", v)
+	}
+
+	got = byAddr(NodeInputs{Drain: Draining})
+	if v := got["198.18.0.1"]; !v.Announce || v.State != VIPDraining || !v.Route.GracefulShutdown {
+		t.Errorf("draining: %+v, want announced with graceful shutdown", v)
+	}
+	if v := got["198.18.0.3"]; v.Announce || v.State != VIPNoHealthyServer {
+		t.Errorf("draining, no servers: %+v, want withdrawn for its own reason", v)
+	}
+	for addr, v := range byAddr(NodeInputs{Drain: Drained}) {
+		if v.Announce || v.State != VIPDrained {
+			t.Errorf("drained: %s %+v", addr, v)
+		}
+	}
+	np := PlanNode(plans, NodeInputs{NotReady: "waiting", Drain: Draining})
+	if np.Ready {
+		t.Error("a node that is not ready says it is")
+	}
+	for _, v := range np.VIPStates {
+		if v.Announce || v.State != VIPNotReady {
+			t.Errorf("not ready: %s %+v", v.Addr, v)
+		}
+	}
+}

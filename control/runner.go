@@ -139,7 +139,7 @@ func (r *Runner) Offer(u *Update) {
 		}
 		r.incoming = u
 	default:
-		in.Revision, in.Invalid, in.ConfirmedDeletions = u.Revision, u.Invalid, u.ConfirmedDeletions
+		in.Revision, in.Invalid, in.ConfirmedDeletions, in.Drains = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains
 		if in.Received.IsZero() {
 			in.Received = u.Received // the earliest change decides how long it waited
 		}

@@ -14,18 +14,20 @@ import (
 // passState is what the runner carries from one pass to the next; only
 // Run's goroutine touches it.
 type passState struct {
-	plans    map[string]*ServicePlan    // by service ID
-	checks   map[string]ServiceChecks   // by service ID, services with checks only
-	idByKey  map[ipvs.ServiceKey]string // of planned services that convert
-	initial  map[health.Check]bool      // what the monitor was last given
-	ramping  map[string]time.Time       // services in slow start → next weight change
-	failures *failures                  // objects this node could not program
-	sinkFail *failures                  // sinks whose last Set failed (objectID.service is the name)
-	guardRev int64                      // revision a mass deletion is held at (0: none)
-	node     NodePlan
-	nodeIn   NodeInputs      // what node was planned with
-	lastDown map[string]bool // services reported all down
-	ready    bool            // a pass completed with every check's first result in
+	plans     map[string]*ServicePlan    // by service ID
+	checks    map[string]ServiceChecks   // by service ID, services with checks only
+	idByKey   map[ipvs.ServiceKey]string // of planned services that convert
+	initial   map[health.Check]bool      // what the monitor was last given
+	ramping   map[string]time.Time       // services in slow start → next weight change
+	failures  *failures                  // objects this node could not program
+	sinkFail  *failures                  // sinks whose last Set failed (objectID.service is the name)
+	guardRev  int64                      // revision a mass deletion is held at (0: none)
+	node      NodePlan
+	nodeIn    NodeInputs      // what node was planned with
+	lastDown  map[string]bool // services reported all down
+	ready     bool            // a pass completed with every check's first result in
+	drain     *Drain          // this node's, nil when not draining
+	drainEnds time.Time       // when a drain withdraws (zero: not draining, or past it)
 
 	driftKeys                           []ipvs.ServiceKey // found by a background read; diffed next pass
 	healthDirty, checksDirty, nodeDirty bool
@@ -69,7 +71,7 @@ func (r *Runner) runPass(ctx context.Context, desired *State, changed map[string
 // Every one of them lies in the future: a due retry is retried or cleared
 // by the pass that finds it due.
 func (r *Runner) nextPass(err error, now time.Time) time.Time {
-	next := earliest(r.pass.failures.next(), r.pass.sinkFail.next())
+	next := earliest(earliest(r.pass.failures.next(), r.pass.sinkFail.next()), r.pass.drainEnds)
 	for _, t := range r.pass.ramping {
 		next = earliest(next, t)
 	}

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/merlin-ipvs/merlin/types"
@@ -15,8 +16,14 @@ import (
 // change, a failed one again when its retry is due. One sink's failure
 // is recorded for it alone.
 func (r *Runner) setSinks(ctx context.Context, desired *State, reconciled bool, now time.Time) {
-	in := NodeInputs{NotReady: r.settleReadiness(reconciled), Failed: r.pass.failures.services()}
-	if in.NotReady != r.pass.nodeIn.NotReady || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
+	var drain *Drain
+	if d, ok := desired.Drains[r.cfg.Node]; ok {
+		drain = &d
+	}
+	phase, ends := drain.Phase(now)
+	r.pass.drain, r.pass.drainEnds = drain, ends
+	in := NodeInputs{NotReady: r.settleReadiness(reconciled), Failed: r.pass.failures.services(), Drain: phase}
+	if in.NotReady != r.pass.nodeIn.NotReady || in.Drain != r.pass.nodeIn.Drain || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
 		r.pass.nodeDirty = true
 	}
 	changed := r.pass.nodeDirty
@@ -87,19 +94,25 @@ func (r *Runner) reportNode() {
 	r.pass.lastDown = down
 	r.metrics.setServerHealth(np.Health)
 	var notServing []*types.VIPStatus
-	serving := 0
+	serving, announced := 0, 0
+	r.metrics.vipAnnounced.Reset()
 	for _, v := range np.VIPStates {
+		r.metrics.vipAnnounced.WithLabelValues(v.Addr.String(), string(v.State)).Set(b2f(v.Announce))
+		if v.Announce {
+			announced++
+		}
 		if v.State == VIPServed {
 			serving++
 			continue
 		}
-		notServing = append(notServing, &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services})
+		notServing = append(notServing, &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services, Announced: v.Announce})
 	}
 	r.metrics.vips.WithLabelValues(string(VIPServed)).Set(float64(serving))
 	r.metrics.vips.WithLabelValues("not_serving").Set(float64(len(notServing)))
 	r.setStatus(func(st *types.NodeStatus) {
 		st.Servers, st.ServicesDown = np.Health, np.Down
-		st.VipsServing, st.VipsNotServing = uint32(serving), notServing
+		st.VipsServing, st.VipsNotServing, st.VipsAnnounced = uint32(serving), notServing, uint32(announced)
+		st.Drain = drainStatus(r.pass.drain, r.pass.nodeIn.Drain)
 	})
 }
 
@@ -126,4 +139,11 @@ func sinkNames(sinks []Sink) []string {
 		names[i] = s.Name()
 	}
 	return names
+}
+
+func drainStatus(d *Drain, phase DrainPhase) *types.DrainStatus {
+	if d == nil {
+		return nil
+	}
+	return &types.DrainStatus{Since: timestamppb.New(d.Since), WithdrawAfter: durationpb.New(d.WithdrawAfter), Withdrawn: phase == Drained}
 }

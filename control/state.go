@@ -36,6 +36,9 @@ type State struct {
 	Invalid  map[string]string
 	// ConfirmedDeletions: nodes may apply mass deletions up to this revision.
 	ConfirmedDeletions int64
+	// Drains: nodes whose BGP announcements are drained, by node name.
+	// Replaced whole on a change, so it may be shared.
+	Drains map[string]Drain
 
 	prefix      string
 	seen        int64           // the last revision the state includes (list, or last event)
@@ -65,6 +68,7 @@ func (s *State) Clone() *State {
 		Invalid:            maps.Clone(s.Invalid),
 		prefix:             s.prefix,
 		ConfirmedDeletions: s.ConfirmedDeletions,
+		Drains:             s.Drains,
 		rawServices:        maps.Clone(s.rawServices),
 		rawServers:         make(map[string]map[string]rawValue, len(s.rawServers)),
 	}
@@ -94,6 +98,10 @@ func (s *State) keyKind(key string) (service bool, id string, ok bool) {
 func (s *State) put(key string, value []byte, modRevision int64) bool {
 	if key == s.prefix+"/confirm-deletions" {
 		s.ConfirmedDeletions, _ = strconv.ParseInt(string(value), 10, 64)
+		return true
+	}
+	if node, ok := strings.CutPrefix(key, s.prefix+"/drain/"); ok {
+		s.setDrain(node, value)
 		return true
 	}
 	isService, id, ok := s.keyKind(key)
@@ -133,6 +141,7 @@ type Update struct {
 	Services           map[string]*ServiceState
 	Invalid            map[string]string // always complete
 	ConfirmedDeletions int64
+	Drains             map[string]Drain // always complete; shared
 	// Received is when the watcher got the change from etcd (for
 	// merlin_change_apply_seconds); zero when unknown.
 	Received time.Time
@@ -144,7 +153,7 @@ func (s *State) update(full bool) *Update {
 	if full {
 		return s.FullUpdate()
 	}
-	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions,
+	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains,
 		Services: make(map[string]*ServiceState, len(s.touched))}
 	for id := range s.touched {
 		u.Services[id] = s.Services[id]
@@ -155,18 +164,18 @@ func (s *State) update(full bool) *Update {
 // snapshot is what consumers compare: the decoded services (shared,
 // immutable) without the raw values.
 func (s *State) snapshot() *State {
-	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, prefix: s.prefix}
+	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, prefix: s.prefix}
 }
 
 // FullUpdate is an Update carrying all of s.
 func (s *State) FullUpdate() *Update {
-	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions}
+	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains}
 }
 
 // Apply brings s (a zero State to start) up to date with u; it reports
 // the service IDs u changed (nil: all of them, for a full update).
 func (s *State) Apply(u *Update) map[string]bool {
-	s.Revision, s.Invalid, s.ConfirmedDeletions = u.Revision, u.Invalid, u.ConfirmedDeletions
+	s.Revision, s.Invalid, s.ConfirmedDeletions, s.Drains = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains
 	if u.Full {
 		s.Services = maps.Clone(u.Services)
 		return nil
@@ -221,6 +230,10 @@ func (s *State) updateServer(id, key string, raw *rawValue) {
 func (s *State) delete(key string) bool {
 	if key == s.prefix+"/confirm-deletions" {
 		s.ConfirmedDeletions = 0
+		return true
+	}
+	if node, ok := strings.CutPrefix(key, s.prefix+"/drain/"); ok {
+		s.setDrain(node, nil)
 		return true
 	}
 	isService, id, ok := s.keyKind(key)

@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -173,3 +177,37 @@ func (s *Server) Stats(ctx context.Context, _ *emptypb.Empty) (*types.StatsRespo
 
 // SetStats sets where Stats reads counters from.
 func (s *Server) SetStats(src StatsSource) { s.stats = src }
+
+// DrainNode starts or ends a node's BGP drain.
+func (s *Server) DrainNode(ctx context.Context, req *types.DrainNodeRequest) (*emptypb.Empty, error) {
+	node := req.GetNode()
+	if err := model.ValidateID("node", node); err != nil {
+		return nil, err
+	}
+	after := DefaultDrainWithdrawAfter
+	if w := req.GetWithdrawAfter(); w != nil {
+		after = w.AsDuration()
+		if err := w.CheckValid(); err != nil || after < 0 || after > MaxDrainWithdrawAfter {
+			return nil, model.FieldErrorf("withdraw_after", "%s: want 0 to %s", after, MaxDrainWithdrawAfter)
+		}
+	}
+	nodes, err := s.store.NodeStatuses(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.ContainsFunc(nodes, func(n *types.NodeStatus) bool { return n.Node == node }) {
+		return nil, status.Errorf(codes.NotFound, "node %q: not in node status (is it running?)", model.Truncate(node, 63))
+	}
+	if req.GetUndrain() {
+		if err := s.store.SetDrain(ctx, node, nil); err != nil {
+			return nil, err
+		}
+		s.log.Warn("node undrained", "node", node)
+		return empty, nil
+	}
+	if err := s.store.SetDrain(ctx, node, &Drain{Since: time.Now().UTC(), WithdrawAfter: after}); err != nil {
+		return nil, err
+	}
+	s.log.Warn("node draining", "node", node, "withdraw_after", after)
+	return empty, nil
+}

@@ -304,6 +304,12 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 		}
 		model.MergePresent(next.Defaults, d)
 	}
+	if a := update.Announce; a != nil {
+		if next.Announce == nil {
+			next.Announce = &types.Announce{}
+		}
+		model.MergePresent(next.Announce, a)
+	}
 	return next
 }
 
@@ -561,6 +567,9 @@ func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
 	}
 	for _, kv := range confirm.Kvs {
 		st.put(string(kv.Key), kv.Value, kv.ModRevision)
+	}
+	if err := s.listDrains(ctx, st, rev); err != nil {
+		return nil, err
 	}
 	return st, nil
 }

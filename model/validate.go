@@ -121,6 +121,9 @@ func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
 			s.Defaults = nil
 		}
 	}
+	if s.Announce, err = normalizeAnnounce(s.Announce); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -61,3 +61,37 @@ func TestEffectiveHealthCheckOptOut(t *testing.T) {
 		t.Fatalf("inherited: %v", h)
 	}
 }
+
+func TestNormalizeAnnounce(t *testing.T) {
+	base := func(a *types.Announce) *types.VirtualService {
+		return &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.1", Port: 80, Protocol: types.Protocol_TCP},
+			Config: &types.VirtualService_Config{Scheduler: "rr"}, Announce: a}
+	}
+	got, err := NormalizeService(base(&types.Announce{}))
+	if err != nil || got.Announce != nil {
+		t.Fatalf("empty announce: %v, %v (want it dropped)", got.GetAnnounce(), err)
+	}
+	if _, err := NormalizeService(base(&types.Announce{Communities: []string{"65535:0", "1:2"}, LargeCommunities: []string{"4200000000:1:2"}})); err != nil {
+		t.Fatal(err)
+	}
+	many := make([]string, 33)
+	for i := range many {
+		many[i] = "1:1"
+	}
+	for _, tc := range []struct {
+		a    *types.Announce
+		want string
+	}{
+		{&types.Announce{Communities: []string{"65536:1"}}, "announce.communities: \"65536:1\""},
+		{&types.Announce{Communities: []string{"1"}}, "announce.communities"},
+		{&types.Announce{LargeCommunities: []string{"1:2"}}, "announce.large_communities"},
+		{&types.Announce{LargeCommunities: []string{"4294967296:0:0"}}, "announce.large_communities"},
+		{&types.Announce{Communities: many}, "33 given, at most 32"},
+		{&types.Announce{Communities: []string{strings.Repeat("9", 100)}}, "…"},
+	} {
+		_, err := NormalizeService(base(tc.a))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.a, err, tc.want)
+		}
+	}
+}

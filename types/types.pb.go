@@ -279,7 +279,7 @@ func (x RealServer_Startup) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RealServer_Startup.Descriptor instead.
 func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1, 0}
+	return file_types_proto_rawDescGZIP(), []int{2, 0}
 }
 
 type WatchEvent_Type int32
@@ -336,7 +336,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6, 0}
+	return file_types_proto_rawDescGZIP(), []int{7, 0}
 }
 
 type VirtualService struct {
@@ -349,7 +349,9 @@ type VirtualService struct {
 	Config   *VirtualService_Config         `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
 	Defaults *VirtualService_ServerDefaults `protobuf:"bytes,4,opt,name=defaults,proto3" json:"defaults,omitempty"`
 	// revision is the etcd revision that last changed this service (set on reads).
-	Revision      int64 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	// announce: how BGP announces this service's VIP (merlin).
+	Announce      *Announce `protobuf:"bytes,6,opt,name=announce,proto3" json:"announce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +421,89 @@ func (x *VirtualService) GetRevision() int64 {
 	return 0
 }
 
+func (x *VirtualService) GetAnnounce() *Announce {
+	if x != nil {
+		return x.Announce
+	}
+	return nil
+}
+
+// Announce: BGP options of a service's VIP. Services sharing a VIP share
+// its route: their communities are joined, the highest local preference
+// wins, and one service with always keeps the VIP announced.
+type Announce struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// always announces the VIP while the service is programmed, even when
+	// no server of it is healthy.
+	Always bool `protobuf:"varint,1,opt,name=always,proto3" json:"always,omitempty"`
+	// communities, ASN:VALUE (RFC 1997).
+	Communities []string `protobuf:"bytes,2,rep,name=communities,proto3" json:"communities,omitempty"`
+	// large_communities, GLOBAL:LOCAL1:LOCAL2 (RFC 8092).
+	LargeCommunities []string `protobuf:"bytes,3,rep,name=large_communities,json=largeCommunities,proto3" json:"large_communities,omitempty"`
+	// local_preference sent to iBGP peers.
+	LocalPreference *wrapperspb.UInt32Value `protobuf:"bytes,4,opt,name=local_preference,json=localPreference,proto3" json:"local_preference,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Announce) Reset() {
+	*x = Announce{}
+	mi := &file_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Announce) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Announce) ProtoMessage() {}
+
+func (x *Announce) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Announce.ProtoReflect.Descriptor instead.
+func (*Announce) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Announce) GetAlways() bool {
+	if x != nil {
+		return x.Always
+	}
+	return false
+}
+
+func (x *Announce) GetCommunities() []string {
+	if x != nil {
+		return x.Communities
+	}
+	return nil
+}
+
+func (x *Announce) GetLargeCommunities() []string {
+	if x != nil {
+		return x.LargeCommunities
+	}
+	return nil
+}
+
+func (x *Announce) GetLocalPreference() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.LocalPreference
+	}
+	return nil
+}
+
 type RealServer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// ServiceID is the id of the virtual service to associate this real server with.
@@ -438,7 +523,7 @@ type RealServer struct {
 
 func (x *RealServer) Reset() {
 	*x = RealServer{}
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +535,7 @@ func (x *RealServer) String() string {
 func (*RealServer) ProtoMessage() {}
 
 func (x *RealServer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +548,7 @@ func (x *RealServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer.ProtoReflect.Descriptor instead.
 func (*RealServer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1}
+	return file_types_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RealServer) GetServiceID() string {
@@ -514,7 +599,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +611,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +624,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2}
+	return file_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListResponse) GetItems() []*ListResponse_Item {
@@ -573,7 +658,7 @@ type InvalidKey struct {
 
 func (x *InvalidKey) Reset() {
 	*x = InvalidKey{}
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +670,7 @@ func (x *InvalidKey) String() string {
 func (*InvalidKey) ProtoMessage() {}
 
 func (x *InvalidKey) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +683,7 @@ func (x *InvalidKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidKey.ProtoReflect.Descriptor instead.
 func (*InvalidKey) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3}
+	return file_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InvalidKey) GetKey() string {
@@ -626,7 +711,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +723,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +736,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4}
+	return file_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeleteServiceRequest) GetId() string {
@@ -679,7 +764,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +776,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +789,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{5}
+	return file_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -730,7 +815,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +827,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +840,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6}
+	return file_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -819,14 +904,20 @@ type NodeStatus struct {
 	VipsServing    uint32       `protobuf:"varint,13,opt,name=vips_serving,json=vipsServing,proto3" json:"vips_serving,omitempty"`
 	VipsNotServing []*VIPStatus `protobuf:"bytes,14,rep,name=vips_not_serving,json=vipsNotServing,proto3" json:"vips_not_serving,omitempty"`
 	// version of the merlin binary the node runs (as `merlin --version`).
-	Version       string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	Version string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	// drain: set while the node's BGP announcements are drained.
+	Drain *DrainStatus `protobuf:"bytes,16,opt,name=drain,proto3" json:"drain,omitempty"`
+	// bgp_peers: the node's BGP sessions (none without BGP).
+	BgpPeers []*BGPPeer `protobuf:"bytes,17,rep,name=bgp_peers,json=bgpPeers,proto3" json:"bgp_peers,omitempty"`
+	// vips_announced: how many VIPs the node announces by BGP.
+	VipsAnnounced uint32 `protobuf:"varint,18,opt,name=vips_announced,json=vipsAnnounced,proto3" json:"vips_announced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +929,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +942,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7}
+	return file_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NodeStatus) GetNode() string {
@@ -959,6 +1050,253 @@ func (x *NodeStatus) GetVersion() string {
 	return ""
 }
 
+func (x *NodeStatus) GetDrain() *DrainStatus {
+	if x != nil {
+		return x.Drain
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetBgpPeers() []*BGPPeer {
+	if x != nil {
+		return x.BgpPeers
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetVipsAnnounced() uint32 {
+	if x != nil {
+		return x.VipsAnnounced
+	}
+	return 0
+}
+
+type DrainStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	WithdrawAfter *durationpb.Duration   `protobuf:"bytes,2,opt,name=withdraw_after,json=withdrawAfter,proto3" json:"withdraw_after,omitempty"`
+	// withdrawn: past withdraw_after, the VIPs are no longer announced.
+	Withdrawn     bool `protobuf:"varint,3,opt,name=withdrawn,proto3" json:"withdrawn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainStatus) Reset() {
+	*x = DrainStatus{}
+	mi := &file_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainStatus) ProtoMessage() {}
+
+func (x *DrainStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
+func (*DrainStatus) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *DrainStatus) GetWithdrawAfter() *durationpb.Duration {
+	if x != nil {
+		return x.WithdrawAfter
+	}
+	return nil
+}
+
+func (x *DrainStatus) GetWithdrawn() bool {
+	if x != nil {
+		return x.Withdrawn
+	}
+	return false
+}
+
+type BGPPeer struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	As      uint32                 `protobuf:"varint,2,opt,name=as,proto3" json:"as,omitempty"`
+	// state: idle, connect, active, opensent, openconfirm or established.
+	State            string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	UpSince          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=up_since,json=upSince,proto3" json:"up_since,omitempty"`
+	PrefixesSent     uint64                 `protobuf:"varint,5,opt,name=prefixes_sent,json=prefixesSent,proto3" json:"prefixes_sent,omitempty"`
+	PrefixesReceived uint64                 `protobuf:"varint,6,opt,name=prefixes_received,json=prefixesReceived,proto3" json:"prefixes_received,omitempty"`
+	LastError        string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// shut: shut down for sending more prefixes than its limit.
+	Shut          bool `protobuf:"varint,8,opt,name=shut,proto3" json:"shut,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BGPPeer) Reset() {
+	*x = BGPPeer{}
+	mi := &file_types_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BGPPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BGPPeer) ProtoMessage() {}
+
+func (x *BGPPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
+func (*BGPPeer) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BGPPeer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BGPPeer) GetAs() uint32 {
+	if x != nil {
+		return x.As
+	}
+	return 0
+}
+
+func (x *BGPPeer) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BGPPeer) GetUpSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpSince
+	}
+	return nil
+}
+
+func (x *BGPPeer) GetPrefixesSent() uint64 {
+	if x != nil {
+		return x.PrefixesSent
+	}
+	return 0
+}
+
+func (x *BGPPeer) GetPrefixesReceived() uint64 {
+	if x != nil {
+		return x.PrefixesReceived
+	}
+	return 0
+}
+
+func (x *BGPPeer) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *BGPPeer) GetShut() bool {
+	if x != nil {
+		return x.Shut
+	}
+	return false
+}
+
+type DrainNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// withdraw_after: how long the VIPs stay announced with the graceful
+	// shutdown community before they are withdrawn (default 30 s).
+	WithdrawAfter *durationpb.Duration `protobuf:"bytes,2,opt,name=withdraw_after,json=withdrawAfter,proto3" json:"withdraw_after,omitempty"`
+	// undrain ends the drain: the VIPs are announced normally again.
+	Undrain       bool `protobuf:"varint,3,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_types_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DrainNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainNodeRequest) GetWithdrawAfter() *durationpb.Duration {
+	if x != nil {
+		return x.WithdrawAfter
+	}
+	return nil
+}
+
+func (x *DrainNodeRequest) GetUndrain() bool {
+	if x != nil {
+		return x.Undrain
+	}
+	return false
+}
+
 type SinkStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -972,7 +1310,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1322,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1335,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -1031,17 +1369,21 @@ func (x *SinkStatus) GetNextRetry() *timestamppb.Timestamp {
 type VIPStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	// state: serving, no_healthy_server, not_ready or ipvs_failed.
-	State         string   `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Reason        string   `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Services      []string `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	// state: serving, draining, drained, no_healthy_server, not_ready or
+	// ipvs_failed.
+	State    string   `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Reason   string   `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Services []string `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	// announced by BGP (draining VIPs are, with GRACEFUL_SHUTDOWN; a
+	// service with announce.always keeps a VIP without healthy servers).
+	Announced     bool `protobuf:"varint,5,opt,name=announced,proto3" json:"announced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1395,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1408,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -1097,6 +1439,13 @@ func (x *VIPStatus) GetServices() []string {
 	return nil
 }
 
+func (x *VIPStatus) GetAnnounced() bool {
+	if x != nil {
+		return x.Announced
+	}
+	return false
+}
+
 type ServerHealth struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	ServiceId       string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
@@ -1111,7 +1460,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1472,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1485,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -1196,7 +1545,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1557,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1570,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -1273,7 +1622,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1634,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1647,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -1340,7 +1689,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1701,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1714,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1391,7 +1740,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1752,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1765,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -1444,7 +1793,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1805,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1818,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -1555,7 +1904,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1916,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1929,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -1630,7 +1979,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1991,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +2004,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -1696,7 +2045,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +2057,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +2070,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -1754,7 +2103,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +2115,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2186,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2198,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2267,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2279,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2319,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2331,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2344,7 @@ func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Key.ProtoReflect.Descriptor instead.
 func (*RealServer_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1, 0}
+	return file_types_proto_rawDescGZIP(), []int{2, 0}
 }
 
 func (x *RealServer_Key) GetIp() string {
@@ -2030,7 +2379,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2391,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2404,7 @@ func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Config.ProtoReflect.Descriptor instead.
 func (*RealServer_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1, 1}
+	return file_types_proto_rawDescGZIP(), []int{2, 1}
 }
 
 func (x *RealServer_Config) GetWeight() *wrapperspb.UInt32Value {
@@ -2145,7 +2494,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2506,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2519,7 @@ func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_HealthCheck.ProtoReflect.Descriptor instead.
 func (*RealServer_HealthCheck) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1, 2}
+	return file_types_proto_rawDescGZIP(), []int{2, 2}
 }
 
 func (x *RealServer_HealthCheck) GetEndpoint() *wrapperspb.StringValue {
@@ -2302,7 +2651,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2663,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2676,7 @@ func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse_Item.ProtoReflect.Descriptor instead.
 func (*ListResponse_Item) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2, 0}
+	return file_types_proto_rawDescGZIP(), []int{3, 0}
 }
 
 func (x *ListResponse_Item) GetService() *VirtualService {
@@ -2348,13 +2697,14 @@ var File_types_proto protoreflect.FileDescriptor
 
 const file_types_proto_rawDesc = "" +
 	"\n" +
-	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x06\n" +
+	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x06\n" +
 	"\x0eVirtualService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x03key\x18\x02 \x01(\v2\x19.types.VirtualService.KeyR\x03key\x124\n" +
 	"\x06config\x18\x03 \x01(\v2\x1c.types.VirtualService.ConfigR\x06config\x12@\n" +
 	"\bdefaults\x18\x04 \x01(\v2$.types.VirtualService.ServerDefaultsR\bdefaults\x12\x1a\n" +
-	"\brevision\x18\x05 \x01(\x03R\brevision\x1a\x9c\x01\n" +
+	"\brevision\x18\x05 \x01(\x03R\brevision\x12+\n" +
+	"\bannounce\x18\x06 \x01(\v2\x0f.types.AnnounceR\bannounce\x1a\x9c\x01\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12+\n" +
@@ -2371,7 +2721,12 @@ const file_types_proto_rawDesc = "" +
 	"\x12persistence_engine\x18\x06 \x01(\tR\x11persistenceEngine\x1a\x82\x01\n" +
 	"\x0eServerDefaults\x12.\n" +
 	"\aforward\x18\x01 \x01(\x0e2\x14.types.ForwardMethodR\aforward\x12@\n" +
-	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\x82\v\n" +
+	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\xba\x01\n" +
+	"\bAnnounce\x12\x16\n" +
+	"\x06always\x18\x01 \x01(\bR\x06always\x12 \n" +
+	"\vcommunities\x18\x02 \x03(\tR\vcommunities\x12+\n" +
+	"\x11large_communities\x18\x03 \x03(\tR\x10largeCommunities\x12G\n" +
+	"\x10local_preference\x18\x04 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x0flocalPreference\"\x82\v\n" +
 	"\n" +
 	"RealServer\x12\x1c\n" +
 	"\tserviceID\x18\x01 \x01(\tR\tserviceID\x12'\n" +
@@ -2449,7 +2804,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\x8c\x05\n" +
+	"\x06DELETE\x10\x04\"\x8a\x06\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -2469,19 +2824,41 @@ const file_types_proto_rawDesc = "" +
 	"\x05sinks\x18\f \x03(\v2\x11.types.SinkStatusR\x05sinks\x12!\n" +
 	"\fvips_serving\x18\r \x01(\rR\vvipsServing\x12:\n" +
 	"\x10vips_not_serving\x18\x0e \x03(\v2\x10.types.VIPStatusR\x0evipsNotServing\x12\x18\n" +
-	"\aversion\x18\x0f \x01(\tR\aversion\"\x81\x01\n" +
+	"\aversion\x18\x0f \x01(\tR\aversion\x12(\n" +
+	"\x05drain\x18\x10 \x01(\v2\x12.types.DrainStatusR\x05drain\x12+\n" +
+	"\tbgp_peers\x18\x11 \x03(\v2\x0e.types.BGPPeerR\bbgpPeers\x12%\n" +
+	"\x0evips_announced\x18\x12 \x01(\rR\rvipsAnnounced\"\x9f\x01\n" +
+	"\vDrainStatus\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
+	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
+	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\x85\x02\n" +
+	"\aBGPPeer\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
+	"\x02as\x18\x02 \x01(\rR\x02as\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x125\n" +
+	"\bup_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aupSince\x12#\n" +
+	"\rprefixes_sent\x18\x05 \x01(\x04R\fprefixesSent\x12+\n" +
+	"\x11prefixes_received\x18\x06 \x01(\x04R\x10prefixesReceived\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x12\x12\n" +
+	"\x04shut\x18\b \x01(\bR\x04shut\"\x82\x01\n" +
+	"\x10DrainNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12@\n" +
+	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x18\n" +
+	"\aundrain\x18\x03 \x01(\bR\aundrain\"\x81\x01\n" +
 	"\n" +
 	"SinkStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x129\n" +
 	"\n" +
-	"next_retry\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnextRetry\"o\n" +
+	"next_retry\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnextRetry\"\x8d\x01\n" +
 	"\tVIPStatus\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1a\n" +
-	"\bservices\x18\x04 \x03(\tR\bservices\"\xd1\x01\n" +
+	"\bservices\x18\x04 \x03(\tR\bservices\x12\x1c\n" +
+	"\tannounced\x18\x05 \x01(\bR\tannounced\"\xd1\x01\n" +
 	"\fServerHealth\x12\x1d\n" +
 	"\n" +
 	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
@@ -2557,7 +2934,7 @@ const file_types_proto_rawDesc = "" +
 	"TunnelType\x12\b\n" +
 	"\x04IPIP\x10\x00\x12\a\n" +
 	"\x03GUE\x10\x01\x12\a\n" +
-	"\x03GRE\x10\x022\xd4\x06\n" +
+	"\x03GRE\x10\x022\x94\a\n" +
 	"\x06Merlin\x12@\n" +
 	"\rCreateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12@\n" +
 	"\rUpdateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12G\n" +
@@ -2572,7 +2949,8 @@ const file_types_proto_rawDesc = "" +
 	"\x05Watch\x12\x13.types.WatchRequest\x1a\x11.types.WatchEvent\"\x000\x01\x129\n" +
 	"\x06Status\x12\x16.google.protobuf.Empty\x1a\x15.types.StatusResponse\"\x00\x127\n" +
 	"\x05Stats\x12\x16.google.protobuf.Empty\x1a\x14.types.StatsResponse\"\x00\x12L\n" +
-	"\x10ConfirmDeletions\x12\x1e.types.ConfirmDeletionsRequest\x1a\x16.google.protobuf.Empty\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
+	"\x10ConfirmDeletions\x12\x1e.types.ConfirmDeletionsRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n" +
+	"\tDrainNode\x12\x17.types.DrainNodeRequest\x1a\x16.google.protobuf.Empty\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
 
 var (
 	file_types_proto_rawDescOnce sync.Once
@@ -2587,7 +2965,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -2596,118 +2974,132 @@ var file_types_proto_goTypes = []any{
 	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
 	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
 	(*VirtualService)(nil),                // 6: types.VirtualService
-	(*RealServer)(nil),                    // 7: types.RealServer
-	(*ListResponse)(nil),                  // 8: types.ListResponse
-	(*InvalidKey)(nil),                    // 9: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 10: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 11: types.WatchRequest
-	(*WatchEvent)(nil),                    // 12: types.WatchEvent
-	(*NodeStatus)(nil),                    // 13: types.NodeStatus
-	(*SinkStatus)(nil),                    // 14: types.SinkStatus
-	(*VIPStatus)(nil),                     // 15: types.VIPStatus
-	(*ServerHealth)(nil),                  // 16: types.ServerHealth
-	(*ObjectError)(nil),                   // 17: types.ObjectError
-	(*DeletionGuard)(nil),                 // 18: types.DeletionGuard
-	(*StatusResponse)(nil),                // 19: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 20: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 21: types.Counters
-	(*ServerStats)(nil),                   // 22: types.ServerStats
-	(*ServiceStats)(nil),                  // 23: types.ServiceStats
-	(*StatsResponse)(nil),                 // 24: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 25: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 26: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 27: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 28: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 29: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 30: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 31: types.ListResponse.Item
-	(*timestamppb.Timestamp)(nil),         // 32: google.protobuf.Timestamp
-	(*wrapperspb.UInt32Value)(nil),        // 33: google.protobuf.UInt32Value
-	(*wrapperspb.BoolValue)(nil),          // 34: google.protobuf.BoolValue
-	(*wrapperspb.StringValue)(nil),        // 35: google.protobuf.StringValue
-	(*durationpb.Duration)(nil),           // 36: google.protobuf.Duration
-	(*emptypb.Empty)(nil),                 // 37: google.protobuf.Empty
+	(*Announce)(nil),                      // 7: types.Announce
+	(*RealServer)(nil),                    // 8: types.RealServer
+	(*ListResponse)(nil),                  // 9: types.ListResponse
+	(*InvalidKey)(nil),                    // 10: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 11: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 12: types.WatchRequest
+	(*WatchEvent)(nil),                    // 13: types.WatchEvent
+	(*NodeStatus)(nil),                    // 14: types.NodeStatus
+	(*DrainStatus)(nil),                   // 15: types.DrainStatus
+	(*BGPPeer)(nil),                       // 16: types.BGPPeer
+	(*DrainNodeRequest)(nil),              // 17: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 18: types.SinkStatus
+	(*VIPStatus)(nil),                     // 19: types.VIPStatus
+	(*ServerHealth)(nil),                  // 20: types.ServerHealth
+	(*ObjectError)(nil),                   // 21: types.ObjectError
+	(*DeletionGuard)(nil),                 // 22: types.DeletionGuard
+	(*StatusResponse)(nil),                // 23: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 24: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 25: types.Counters
+	(*ServerStats)(nil),                   // 26: types.ServerStats
+	(*ServiceStats)(nil),                  // 27: types.ServiceStats
+	(*StatsResponse)(nil),                 // 28: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 29: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 30: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 31: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 32: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 33: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 34: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 35: types.ListResponse.Item
+	(*wrapperspb.UInt32Value)(nil),        // 36: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 38: google.protobuf.Duration
+	(*wrapperspb.BoolValue)(nil),          // 39: google.protobuf.BoolValue
+	(*wrapperspb.StringValue)(nil),        // 40: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 41: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	25, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
-	26, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
-	27, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	28, // 3: types.RealServer.key:type_name -> types.RealServer.Key
-	29, // 4: types.RealServer.config:type_name -> types.RealServer.Config
-	30, // 5: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	31, // 6: types.ListResponse.items:type_name -> types.ListResponse.Item
-	9,  // 7: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	5,  // 8: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	6,  // 9: types.WatchEvent.service:type_name -> types.VirtualService
-	7,  // 10: types.WatchEvent.server:type_name -> types.RealServer
-	13, // 11: types.WatchEvent.node:type_name -> types.NodeStatus
-	32, // 12: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	17, // 13: types.NodeStatus.errors:type_name -> types.ObjectError
-	18, // 14: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	32, // 15: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	16, // 16: types.NodeStatus.servers:type_name -> types.ServerHealth
-	14, // 17: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	15, // 18: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	32, // 19: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	32, // 20: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	32, // 21: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	13, // 22: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	28, // 23: types.ServerStats.key:type_name -> types.RealServer.Key
-	21, // 24: types.ServerStats.counters:type_name -> types.Counters
-	25, // 25: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	21, // 26: types.ServiceStats.counters:type_name -> types.Counters
-	22, // 27: types.ServiceStats.servers:type_name -> types.ServerStats
-	23, // 28: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 29: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 30: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	33, // 31: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	33, // 32: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	34, // 33: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 34: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	30, // 35: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	33, // 36: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 37: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	33, // 38: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	33, // 39: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 40: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	35, // 41: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	36, // 42: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	36, // 43: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	36, // 44: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 45: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	6,  // 46: types.ListResponse.Item.service:type_name -> types.VirtualService
-	7,  // 47: types.ListResponse.Item.servers:type_name -> types.RealServer
-	6,  // 48: types.Merlin.CreateService:input_type -> types.VirtualService
-	6,  // 49: types.Merlin.UpdateService:input_type -> types.VirtualService
-	35, // 50: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	7,  // 51: types.Merlin.CreateServer:input_type -> types.RealServer
-	7,  // 52: types.Merlin.UpdateServer:input_type -> types.RealServer
-	7,  // 53: types.Merlin.DeleteServer:input_type -> types.RealServer
-	37, // 54: types.Merlin.List:input_type -> google.protobuf.Empty
-	35, // 55: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	10, // 56: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	11, // 57: types.Merlin.Watch:input_type -> types.WatchRequest
-	37, // 58: types.Merlin.Status:input_type -> google.protobuf.Empty
-	37, // 59: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	20, // 60: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	37, // 61: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	37, // 62: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	37, // 63: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	37, // 64: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	37, // 65: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	37, // 66: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	8,  // 67: types.Merlin.List:output_type -> types.ListResponse
-	31, // 68: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	37, // 69: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	12, // 70: types.Merlin.Watch:output_type -> types.WatchEvent
-	19, // 71: types.Merlin.Status:output_type -> types.StatusResponse
-	24, // 72: types.Merlin.Stats:output_type -> types.StatsResponse
-	37, // 73: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	61, // [61:74] is the sub-list for method output_type
-	48, // [48:61] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	29, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
+	30, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
+	31, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	7,  // 3: types.VirtualService.announce:type_name -> types.Announce
+	36, // 4: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	32, // 5: types.RealServer.key:type_name -> types.RealServer.Key
+	33, // 6: types.RealServer.config:type_name -> types.RealServer.Config
+	34, // 7: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	35, // 8: types.ListResponse.items:type_name -> types.ListResponse.Item
+	10, // 9: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	5,  // 10: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	6,  // 11: types.WatchEvent.service:type_name -> types.VirtualService
+	8,  // 12: types.WatchEvent.server:type_name -> types.RealServer
+	14, // 13: types.WatchEvent.node:type_name -> types.NodeStatus
+	37, // 14: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	21, // 15: types.NodeStatus.errors:type_name -> types.ObjectError
+	22, // 16: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	37, // 17: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	20, // 18: types.NodeStatus.servers:type_name -> types.ServerHealth
+	18, // 19: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	19, // 20: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	15, // 21: types.NodeStatus.drain:type_name -> types.DrainStatus
+	16, // 22: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	37, // 23: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	38, // 24: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	37, // 25: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	38, // 26: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	37, // 27: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	37, // 28: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	37, // 29: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	14, // 30: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	32, // 31: types.ServerStats.key:type_name -> types.RealServer.Key
+	25, // 32: types.ServerStats.counters:type_name -> types.Counters
+	29, // 33: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	25, // 34: types.ServiceStats.counters:type_name -> types.Counters
+	26, // 35: types.ServiceStats.servers:type_name -> types.ServerStats
+	27, // 36: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 37: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 38: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	36, // 39: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	36, // 40: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	39, // 41: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 42: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	34, // 43: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	36, // 44: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 45: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	36, // 46: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	36, // 47: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 48: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	40, // 49: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	38, // 50: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	38, // 51: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	38, // 52: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 53: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	6,  // 54: types.ListResponse.Item.service:type_name -> types.VirtualService
+	8,  // 55: types.ListResponse.Item.servers:type_name -> types.RealServer
+	6,  // 56: types.Merlin.CreateService:input_type -> types.VirtualService
+	6,  // 57: types.Merlin.UpdateService:input_type -> types.VirtualService
+	40, // 58: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	8,  // 59: types.Merlin.CreateServer:input_type -> types.RealServer
+	8,  // 60: types.Merlin.UpdateServer:input_type -> types.RealServer
+	8,  // 61: types.Merlin.DeleteServer:input_type -> types.RealServer
+	41, // 62: types.Merlin.List:input_type -> google.protobuf.Empty
+	40, // 63: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	11, // 64: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	12, // 65: types.Merlin.Watch:input_type -> types.WatchRequest
+	41, // 66: types.Merlin.Status:input_type -> google.protobuf.Empty
+	41, // 67: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	24, // 68: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	17, // 69: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	41, // 70: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	41, // 71: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	41, // 72: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	41, // 73: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	41, // 74: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	41, // 75: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	9,  // 76: types.Merlin.List:output_type -> types.ListResponse
+	35, // 77: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	41, // 78: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	13, // 79: types.Merlin.Watch:output_type -> types.WatchEvent
+	23, // 80: types.Merlin.Status:output_type -> types.StatusResponse
+	28, // 81: types.Merlin.Stats:output_type -> types.StatsResponse
+	41, // 82: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	41, // 83: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	70, // [70:84] is the sub-list for method output_type
+	56, // [56:70] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -2721,7 +3113,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	Merlin_Status_FullMethodName                  = "/types.Merlin/Status"
 	Merlin_Stats_FullMethodName                   = "/types.Merlin/Stats"
 	Merlin_ConfirmDeletions_FullMethodName        = "/types.Merlin/ConfirmDeletions"
+	Merlin_DrainNode_FullMethodName               = "/types.Merlin/DrainNode"
 )
 
 // MerlinClient is the client API for Merlin service.
@@ -91,6 +92,11 @@ type MerlinClient interface {
 	// ConfirmDeletions lets nodes apply a desired state that deletes more
 	// services at once than their deletion guard allows, up to revision.
 	ConfirmDeletions(ctx context.Context, in *ConfirmDeletionsRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// DrainNode starts a graceful drain of a node's BGP announcements
+	// (RFC 8326: GRACEFUL_SHUTDOWN community and lowest local preference,
+	// then withdrawn after withdraw_after), or ends it with undrain. The
+	// drain is stored in etcd and survives restarts.
+	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type merlinClient struct {
@@ -240,6 +246,16 @@ func (c *merlinClient) ConfirmDeletions(ctx context.Context, in *ConfirmDeletion
 	return out, nil
 }
 
+func (c *merlinClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, Merlin_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MerlinServer is the server API for Merlin service.
 // All implementations must embed UnimplementedMerlinServer
 // for forward compatibility.
@@ -291,6 +307,11 @@ type MerlinServer interface {
 	// ConfirmDeletions lets nodes apply a desired state that deletes more
 	// services at once than their deletion guard allows, up to revision.
 	ConfirmDeletions(context.Context, *ConfirmDeletionsRequest) (*emptypb.Empty, error)
+	// DrainNode starts a graceful drain of a node's BGP announcements
+	// (RFC 8326: GRACEFUL_SHUTDOWN community and lowest local preference,
+	// then withdrawn after withdraw_after), or ends it with undrain. The
+	// drain is stored in etcd and survives restarts.
+	DrainNode(context.Context, *DrainNodeRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedMerlinServer()
 }
 
@@ -339,6 +360,9 @@ func (UnimplementedMerlinServer) Stats(context.Context, *emptypb.Empty) (*StatsR
 }
 func (UnimplementedMerlinServer) ConfirmDeletions(context.Context, *ConfirmDeletionsRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method ConfirmDeletions not implemented")
+}
+func (UnimplementedMerlinServer) DrainNode(context.Context, *DrainNodeRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainNode not implemented")
 }
 func (UnimplementedMerlinServer) mustEmbedUnimplementedMerlinServer() {}
 func (UnimplementedMerlinServer) testEmbeddedByValue()                {}
@@ -588,6 +612,24 @@ func _Merlin_ConfirmDeletions_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Merlin_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_DrainNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).DrainNode(ctx, req.(*DrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Merlin_ServiceDesc is the grpc.ServiceDesc for Merlin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -642,6 +684,10 @@ var Merlin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ConfirmDeletions",
 			Handler:    _Merlin_ConfirmDeletions_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _Merlin_DrainNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -171,6 +171,15 @@ type serviceFlags struct {
 	forward    string
 	ipv6       bool
 	health     healthFlags
+	announce   announceFlags
+}
+
+// announceFlags are a service's BGP options.
+type announceFlags struct {
+	always      bool
+	communities []string
+	large       []string
+	localPref   uint32
 }
 
 func addServiceFlags(f *pflag.FlagSet, s *serviceFlags) {
@@ -182,7 +191,43 @@ func addServiceFlags(f *pflag.FlagSet, s *serviceFlags) {
 	f.BoolVarP(&s.ops, "ops", "o", false, "one-packet scheduling (UDP)")
 	f.StringVar(&s.engine, "pe", "", "persistence engine (sip)")
 	f.StringVar(&s.forward, "forward-method", "", "default forward method of its servers: route, tunnel or masq")
+	f.BoolVar(&s.announce.always, "bgp-always", false, "BGP: announce the VIP even while no server is healthy")
+	f.StringSliceVar(&s.announce.communities, "bgp-community", nil, "BGP: communities of the VIP's route, ASN:VALUE (empty: none)")
+	f.StringSliceVar(&s.announce.large, "bgp-large-community", nil, "BGP: large communities, GLOBAL:LOCAL1:LOCAL2 (empty: none)")
+	f.Uint32Var(&s.announce.localPref, "bgp-local-pref", 0, "BGP: local preference sent to iBGP peers")
 	addHealthFlags(f, &s.health)
+}
+
+// apply sets the BGP options given on the command line.
+func (a *announceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) {
+	if !f.Changed("bgp-always") && !f.Changed("bgp-community") && !f.Changed("bgp-large-community") && !f.Changed("bgp-local-pref") {
+		return
+	}
+	if svc.Announce == nil {
+		svc.Announce = &types.Announce{}
+	}
+	if f.Changed("bgp-always") {
+		svc.Announce.Always = a.always
+	}
+	if f.Changed("bgp-community") {
+		svc.Announce.Communities = nonEmpty(a.communities)
+	}
+	if f.Changed("bgp-large-community") {
+		svc.Announce.LargeCommunities = nonEmpty(a.large)
+	}
+	if f.Changed("bgp-local-pref") {
+		svc.Announce.LocalPreference = wrapperspb.UInt32(a.localPref)
+	}
+}
+
+func nonEmpty(in []string) []string {
+	var out []string
+	for _, s := range in {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // apply sets the service fields given on the command line.
@@ -247,6 +292,7 @@ func (s *serviceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) error 
 			svc.Defaults.Forward = fm
 		}
 	}
+	s.announce.apply(f, svc)
 	if svc.Defaults == nil {
 		svc.Defaults = &types.VirtualService_ServerDefaults{}
 	}

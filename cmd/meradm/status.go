@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
@@ -74,9 +75,19 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 				notes = append(notes, fmt.Sprintf("%s: %s failing: %s (next retry in %s)", n.Node, sk.Name, sk.Error, sk.NextRetry.AsTime().Sub(now).Round(time.Second)))
 			}
 		}
+		notes = append(notes, drainNotes(n, now)...)
 		for _, v := range n.VipsNotServing {
-			notes = append(notes, fmt.Sprintf("%s: VIP %s not served (%s): %s", n.Node, v.Address, strings.ReplaceAll(v.State, "_", " "), v.Reason))
+			what := "not served"
+			if v.State == "draining" {
+				what = "draining"
+			}
+			line := fmt.Sprintf("%s: VIP %s %s (%s): %s", n.Node, v.Address, what, strings.ReplaceAll(v.State, "_", " "), v.Reason)
+			if len(n.BgpPeers) > 0 {
+				line += map[bool]string{true: "; announced", false: "; withdrawn"}[v.Announced]
+			}
+			notes = append(notes, line)
 		}
+		notes = append(notes, peerNotes(n, now)...)
 		for _, id := range n.ServicesDown {
 			notes = append(notes, fmt.Sprintf("%s: service %s: every server is down", n.Node, id))
 		}
@@ -121,6 +132,74 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 	for _, note := range notes {
 		fmt.Fprintln(w, "  "+note)
 	}
+}
+
+func drainNotes(n *types.NodeStatus, now time.Time) []string {
+	d := n.Drain
+	if d == nil {
+		return nil
+	}
+	since := now.Sub(d.Since.AsTime()).Round(time.Second)
+	if d.Withdrawn {
+		return []string{fmt.Sprintf("%s: drained %s ago: its VIPs are withdrawn (meradm node undrain %s)", n.Node, since, n.Node)}
+	}
+	left := d.Since.AsTime().Add(d.WithdrawAfter.AsDuration()).Sub(now).Round(time.Second)
+	return []string{fmt.Sprintf("%s: draining for %s: VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in %s", n.Node, since, max(left, 0))}
+}
+
+func peerNotes(n *types.NodeStatus, now time.Time) []string {
+	var out []string
+	for _, p := range n.BgpPeers {
+		line := fmt.Sprintf("%s: bgp peer %s (AS %d) %s", n.Node, p.Address, p.As, p.State)
+		if p.UpSince != nil {
+			line += fmt.Sprintf(" for %s", now.Sub(p.UpSince.AsTime()).Round(time.Second))
+		}
+		line += fmt.Sprintf(", %d prefixes sent, %d received", p.PrefixesSent, p.PrefixesReceived)
+		if p.Shut {
+			line += ", shut down"
+		}
+		if p.LastError != "" {
+			line += ": " + p.LastError
+		}
+		out = append(out, line)
+	}
+	if len(n.BgpPeers) > 0 {
+		out = append(out, fmt.Sprintf("%s: bgp announces %d VIPs", n.Node, n.VipsAnnounced))
+	}
+	return out
+}
+
+func nodeCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "node [drain|undrain]", Short: "Drain a node's BGP announcements (RFC 8326) or bring them back"}
+	var after time.Duration
+	drain := &cobra.Command{
+		Use:   "drain NODE",
+		Short: "Announce the node's VIPs with GRACEFUL_SHUTDOWN and lowest preference, then withdraw them",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.client(func(ctx context.Context, c types.MerlinClient) error {
+				_, err := c.DrainNode(ctx, &types.DrainNodeRequest{Node: args[0], WithdrawAfter: durationpb.New(after)})
+				if err == nil {
+					fmt.Fprintf(g.out, "draining %s: VIPs withdrawn in %s (meradm status shows it)\n", args[0], after)
+				}
+				return err
+			})
+		},
+	}
+	drain.Flags().DurationVar(&after, "withdraw-after", 30*time.Second, "how long the VIPs stay announced with GRACEFUL_SHUTDOWN before they are withdrawn")
+	undrain := &cobra.Command{
+		Use:   "undrain NODE",
+		Short: "End a drain: the node announces its VIPs normally again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.client(func(ctx context.Context, c types.MerlinClient) error {
+				_, err := c.DrainNode(ctx, &types.DrainNodeRequest{Node: args[0], Undrain: true})
+				return err
+			})
+		},
+	}
+	cmd.AddCommand(drain, undrain)
+	return cmd
 }
 
 func confirmCmd(g *globals) *cobra.Command {

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +34,7 @@ import (
 	"google.golang.org/grpc"
 	"sigs.k8s.io/yaml"
 
+	"github.com/merlin-ipvs/merlin/bgp"
 	"github.com/merlin-ipvs/merlin/control"
 	"github.com/merlin-ipvs/merlin/control/etcdembed"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
@@ -78,6 +80,8 @@ type options struct {
 	vipInterface   string
 	sysctls        bool
 	advertise      string
+	bgpFile        bgpFile // the file's bgp section, then the -bgp-* flags
+	bgp            *bgp.Config
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -117,14 +121,26 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.vipInterface, "vip-interface", "", "put the VIPs on this dummy interface (created if missing); empty: leave addresses alone")
 	fs.BoolVar(&o.sysctls, "director-sysctls", false, "set the sysctls an IPVS director needs (vs/conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward)")
 	fs.StringVar(&o.advertise, "advertise-address", "", "address:port other nodes' clients reach this node's API at (node status); default the listen address")
+	var bf bgpFile
+	var peers peerFlags
+	fs.Func("bgp-local-as", "BGP: this node's AS number (BGP is off without it; peers and the rest go in the config file's bgp section)", func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		bf.LocalAS = uint32(n)
+		return err
+	})
+	fs.StringVar(&bf.RouterID, "bgp-router-id", "", "BGP: router ID (an IPv4 address of this node)")
+	fs.IntVar(&bf.ListenPort, "bgp-listen-port", 0, "BGP: port to accept sessions on (0: dial out only; passive peers need it)")
+	fs.StringVar(&bf.NextHopIPv6, "bgp-next-hop-ipv6", "", "BGP: next hop of IPv6 VIPs announced over IPv4 sessions")
+	fs.Var(&peers, "bgp-peer", "BGP peer, repeatable: address=IP,as=N[,port=,local_address=,password_file=,hold_time=,keepalive_time=,connect_retry=,multihop_ttl=,passive,graceful_restart=,families=ipv4-unicast+ipv6-unicast,max_prefixes=]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if o.configFile != "" {
-		if err := applyConfigFile(fs, o.configFile); err != nil {
+		if err := applyConfigFile(fs, o.configFile, &o.bgpFile); err != nil {
 			return nil, err
 		}
 	}
+	mergeBGPFlags(fs, &o.bgpFile, bf, peers)
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
@@ -158,6 +174,13 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if !loopback(o.apiAddress) && o.tlsClientCA == "" && !o.insecureAPI {
 		return nil, fmt.Errorf("-api-address %q: a non-loopback API needs client certificates (-tls-cert, -tls-key, -tls-client-ca); -insecure-api allows it without", shorten(o.apiAddress))
+	}
+	var err error
+	if o.bgp, err = bgpConfig(o.bgpFile); err != nil {
+		return nil, err
+	}
+	if o.bgp != nil && !o.reconcile {
+		return nil, errors.New("bgp with -reconcile=false: BGP announces the VIPs this node reconciles; configure one or the other")
 	}
 	return o, nil
 }
@@ -293,7 +316,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	if o.reconcile {
-		a, stop, err := startNode(ctx, o, store, api, reg, log, &wg)
+		a, stop, err := startNode(ctx, o, store, api, reg, log, errc)
 		if err != nil {
 			g.Stop()
 			return err
@@ -387,7 +410,7 @@ func splitList(s string) []string {
 
 // startNode opens this namespace's IPVS table and runs the watcher and
 // the node runner; stop waits for them after ctx ends.
-func startNode(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, wg *sync.WaitGroup) (*control.Runner, func(), error) {
+func startNode(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, errc chan<- error) (*control.Runner, func(), error) {
 	if o.sysctls {
 		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
 			log.Warn("director sysctls", "error", err)
@@ -408,6 +431,16 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 			return nil, nil, err
 		}
 		sinks = append(sinks, control.NewVIPSink(v))
+	}
+	var speaker *bgp.Speaker
+	if o.bgp != nil {
+		var err error
+		if speaker, err = bgp.New(*o.bgp, log.With("component", "bgp")); err != nil {
+			table.Close()
+			return nil, nil, err
+		}
+		sinks = append(sinks, control.NewBGPSink(speaker))
+		reg.MustRegister(control.NewBGPCollector(speaker))
 	}
 	var adopt []netip.Prefix
 	for _, p := range splitList(o.adopt) {
@@ -441,6 +474,15 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	var local sync.WaitGroup
 	local.Go(func() { _ = watcher.Run(ctx, runner.Offer) })
 	local.Go(func() { _ = runner.Run(ctx) })
+	if speaker != nil {
+		local.Go(func() {
+			if err := speaker.Run(ctx); err != nil {
+				errc <- fmt.Errorf("bgp: %w", err)
+			}
+		})
+		local.Go(func() { reportPeers(ctx, speaker, runner, log) })
+		log.Info("bgp speaker", "local_as", o.bgp.LocalAS, "router_id", o.bgp.RouterID, "peers", len(o.bgp.Peers))
+	}
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
 	return runner, func() { local.Wait(); checks.Close(); reader.Close(); table.Close() }, nil
 }
@@ -461,8 +503,9 @@ func probeEtcd(ctx context.Context, store *control.Store, up prometheus.Gauge) {
 	}
 }
 
-// applyConfigFile sets every flag the file names that the command line did not.
-func applyConfigFile(fs *flag.FlagSet, path string) error {
+// applyConfigFile sets every flag the file names that the command line
+// did not, and reads its bgp section.
+func applyConfigFile(fs *flag.FlagSet, path string, bf *bgpFile) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -473,6 +516,16 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if section, ok := values["bgp"]; ok {
+		raw, err := json.Marshal(section)
+		if err == nil {
+			err = yaml.UnmarshalStrict(raw, bf)
+		}
+		if err != nil {
+			return fmt.Errorf("config %s: bgp: %w", path, err)
+		}
+		delete(values, "bgp")
+	}
 	for _, k := range slices.Sorted(maps.Keys(values)) {
 		f := fs.Lookup(k)
 		if f == nil || k == "config" {

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/merlin-ipvs/merlin/bgp"
+	"github.com/merlin-ipvs/merlin/control"
+)
+
+// bgpFile is the `bgp:` section of the configuration file.
+type bgpFile struct {
+	LocalAS         uint32     `json:"local_as"`
+	RouterID        string     `json:"router_id"`
+	ListenPort      int        `json:"listen_port"`
+	ListenAddresses []string   `json:"listen_addresses"`
+	NextHopIPv6     string     `json:"next_hop_ipv6"`
+	Peers           []peerFile `json:"peers"`
+}
+
+// peerFile is one peer, in the file or as a -bgp-peer flag
+// (key=value,key=value with the same keys).
+type peerFile struct {
+	Address         string   `json:"address"`
+	AS              uint32   `json:"as"`
+	Port            int      `json:"port"`
+	LocalAddress    string   `json:"local_address"`
+	PasswordFile    string   `json:"password_file"`
+	HoldTime        string   `json:"hold_time"`
+	KeepaliveTime   string   `json:"keepalive_time"`
+	ConnectRetry    string   `json:"connect_retry"`
+	MultihopTTL     int      `json:"multihop_ttl"`
+	Passive         bool     `json:"passive"`
+	GracefulRestart string   `json:"graceful_restart"`
+	Families        []string `json:"families"`
+	MaxPrefixes     uint32   `json:"max_prefixes"`
+}
+
+// peerFlags collects repeated -bgp-peer flags.
+type peerFlags []peerFile
+
+func (p *peerFlags) String() string { return fmt.Sprintf("%d peers", len(*p)) }
+
+// Set reads address=IP,as=N[,key=value...]; families are joined with '+'.
+func (p *peerFlags) Set(v string) error {
+	m := map[string]any{}
+	for _, kv := range strings.Split(v, ",") {
+		k, val, ok := strings.Cut(kv, "=")
+		k = strings.ReplaceAll(strings.TrimSpace(k), "-", "_")
+		switch {
+		case !ok && k == "passive":
+			m[k] = true
+		case !ok:
+			return fmt.Errorf("%q: want key=value", kv)
+		case k == "families":
+			m[k] = strings.Split(val, "+")
+		case k == "as" || k == "port" || k == "multihop_ttl" || k == "max_prefixes":
+			n, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				return fmt.Errorf("%s %q: want a number", k, shorten(val))
+			}
+			m[k] = n
+		default:
+			m[k] = val
+		}
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	var pf peerFile
+	if err := yaml.UnmarshalStrict(raw, &pf); err != nil {
+		return err
+	}
+	*p = append(*p, pf)
+	return nil
+}
+
+// bgpConfig builds the speaker's configuration from the file section and
+// the flags; zero local AS and no peers: BGP is off.
+func bgpConfig(f bgpFile) (*bgp.Config, error) {
+	if f.LocalAS == 0 && len(f.Peers) == 0 {
+		return nil, nil
+	}
+	c := &bgp.Config{LocalAS: f.LocalAS, ListenPort: f.ListenPort}
+	var err error
+	if c.RouterID, err = optionalAddr("bgp.router_id", f.RouterID); err != nil {
+		return nil, err
+	}
+	if c.NextHopIPv6, err = optionalAddr("bgp.next_hop_ipv6", f.NextHopIPv6); err != nil {
+		return nil, err
+	}
+	for i, s := range f.ListenAddresses {
+		a, err := optionalAddr(fmt.Sprintf("bgp.listen_addresses[%d]", i), s)
+		if err != nil {
+			return nil, err
+		}
+		c.ListenAddresses = append(c.ListenAddresses, a)
+	}
+	for i, pf := range f.Peers {
+		p, err := pf.peer()
+		if err != nil {
+			return nil, fmt.Errorf("bgp.peers[%d]: %w", i, err)
+		}
+		c.Peers = append(c.Peers, p)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (pf peerFile) peer() (bgp.Peer, error) {
+	p := bgp.Peer{AS: pf.AS, Port: pf.Port, MultihopTTL: pf.MultihopTTL, Passive: pf.Passive, MaxPrefixes: pf.MaxPrefixes}
+	var err error
+	if p.Address, err = optionalAddr("address", pf.Address); err != nil {
+		return p, err
+	}
+	if p.Local, err = optionalAddr("local_address", pf.LocalAddress); err != nil {
+		return p, err
+	}
+	for _, d := range []struct {
+		name string
+		in   string
+		out  *time.Duration
+	}{{"hold_time", pf.HoldTime, &p.HoldTime}, {"keepalive_time", pf.KeepaliveTime, &p.KeepaliveTime},
+		{"connect_retry", pf.ConnectRetry, &p.ConnectRetry}, {"graceful_restart", pf.GracefulRestart, &p.GracefulRestart}} {
+		if d.in == "" {
+			continue
+		}
+		if *d.out, err = time.ParseDuration(d.in); err != nil {
+			return p, fmt.Errorf("%s %q: want a duration such as 90s", d.name, shorten(d.in))
+		}
+	}
+	for _, f := range pf.Families {
+		p.Families = append(p.Families, bgp.Family(f))
+	}
+	if pf.PasswordFile != "" {
+		if p.Password, err = readPassword(pf.PasswordFile); err != nil {
+			return p, fmt.Errorf("password_file: %w", err)
+		}
+	}
+	return p, nil
+}
+
+func optionalAddr(field, s string) (netip.Addr, error) {
+	if s == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return a, fmt.Errorf("%s %q: want an IP address", field, shorten(s))
+	}
+	return a, nil
+}
+
+// readPassword reads a TCP-MD5 key: the file's first line. A file others
+// can read is refused: the key lets anyone who has it inject routes.
+func readPassword(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode().Perm()&0o007 != 0 {
+		return "", fmt.Errorf("%s is readable by others (mode %v): chmod o-rwx", path, fi.Mode().Perm())
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	key, _, _ := strings.Cut(string(raw), "\n")
+	key = strings.TrimRight(key, "\r")
+	if key == "" {
+		return "", errors.New(path + " is empty")
+	}
+	return key, nil
+}
+
+// mergeBGPFlags lays the -bgp-* flags given on the command line over the
+// file's section; -bgp-peer flags replace the file's peers.
+func mergeBGPFlags(fs *flag.FlagSet, dst *bgpFile, flags bgpFile, peers peerFlags) {
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "bgp-local-as":
+			dst.LocalAS = flags.LocalAS
+		case "bgp-router-id":
+			dst.RouterID = flags.RouterID
+		case "bgp-listen-port":
+			dst.ListenPort = flags.ListenPort
+		case "bgp-next-hop-ipv6":
+			dst.NextHopIPv6 = flags.NextHopIPv6
+		}
+	})
+	if len(peers) > 0 {
+		dst.Peers = peers
+	}
+}
+
+// reportPeers keeps the speaker's sessions in node status: on every
+// session change, and every few seconds for the prefix counts.
+func reportPeers(ctx context.Context, s *bgp.Speaker, runner *control.Runner, log *slog.Logger) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		peers, err := s.Peers(qctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			log.Warn("bgp peer status", "error", err)
+		} else if err == nil {
+			runner.SetBGPPeers(control.BGPPeers(peers))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.Changes():
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,78 @@
+package model
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// maxCommunities bounds each community list of a service's announcement.
+const maxCommunities = 32
+
+// LargeCommunity is GLOBAL:LOCAL1:LOCAL2.
+type LargeCommunity [3]uint32
+
+// ParseCommunity reads an RFC 1997 community, ASN:VALUE (each 0 to 65535).
+func ParseCommunity(s string) (uint32, error) {
+	a, b, ok := strings.Cut(s, ":")
+	hi, err1 := strconv.ParseUint(a, 10, 16)
+	lo, err2 := strconv.ParseUint(b, 10, 16)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, FieldErrorf("community", "%q: want ASN:VALUE, each 0 to 65535", short(s))
+	}
+	return uint32(hi<<16 | lo), nil
+}
+
+// ParseLargeCommunity reads an RFC 8092 large community,
+// GLOBAL:LOCAL1:LOCAL2 (each 0 to 4294967295).
+func ParseLargeCommunity(s string) (LargeCommunity, error) {
+	parts := strings.Split(s, ":")
+	var v LargeCommunity
+	if len(parts) != 3 {
+		return v, FieldErrorf("large community", "%q: want GLOBAL:LOCAL1:LOCAL2", short(s))
+	}
+	for i, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 32)
+		if err != nil {
+			return v, FieldErrorf("large community", "%q: want GLOBAL:LOCAL1:LOCAL2, each 0 to 4294967295", short(s))
+		}
+		v[i] = uint32(n)
+	}
+	return v, nil
+}
+
+// short quotes at most a short prefix of a value in an error.
+func short(s string) string { return Truncate(s, 32) }
+
+// Truncate keeps at most n bytes of s, marking the cut.
+func Truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// normalizeAnnounce checks a service's BGP options; an empty one is nil.
+func normalizeAnnounce(a *types.Announce) (*types.Announce, error) {
+	if a == nil || (!a.Always && len(a.Communities) == 0 && len(a.LargeCommunities) == 0 && a.LocalPreference == nil) {
+		return nil, nil
+	}
+	if n := len(a.Communities); n > maxCommunities {
+		return nil, FieldErrorf("announce.communities", "%d given, at most %d", n, maxCommunities)
+	}
+	if n := len(a.LargeCommunities); n > maxCommunities {
+		return nil, FieldErrorf("announce.large_communities", "%d given, at most %d", n, maxCommunities)
+	}
+	for _, c := range a.Communities {
+		if _, err := ParseCommunity(c); err != nil {
+			return nil, FieldErrorf("announce.communities", "%s", err.(*FieldError).Reason)
+		}
+	}
+	for _, c := range a.LargeCommunities {
+		if _, err := ParseLargeCommunity(c); err != nil {
+			return nil, FieldErrorf("announce.large_communities", "%s", err.(*FieldError).Reason)
+		}
+	}
+	return a, nil
+}
