@@ -155,5 +155,8 @@ func TestSpeakerWithGobgpd(t *testing.T) {
 	if err := s.Set(context.Background(), want[1:]); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "gobgpd to lose 198.18.0.1", func() bool { out := rib(); return !strings.Contains(out, "198.18.0.1/32") && strings.Contains(out, "198.18.0.3/32") })
+	eventually(t, "gobgpd to lose 198.18.0.1", func() bool {
+		out := rib()
+		return !strings.Contains(out, "198.18.0.1/32") && strings.Contains(out, "198.18.0.3/32")
+	})
 }
