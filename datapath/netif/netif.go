@@ -25,8 +25,14 @@ import (
 // DirectorSysctls are set by default: keep connection tracking for IPVS
 // connections (needed by NAT with netfilter), expire connections to a
 // deleted destination at once, and expire persistence templates of a
-// quiesced (weight 0) destination so drained servers really drain.
+// quiesced (weight 0) destination so drained servers really drain, and
+// take over TCP and SCTP connections begun on another node (sloppy): when
+// routers rehash a flow to this node after another withdrew, a mid-flow
+// packet is scheduled like a new connection — with the mh scheduler on
+// every node, to the same real server — instead of being reset.
 var DirectorSysctls = map[string]string{
+	"net/ipv4/vs/sloppy_tcp":                "1",
+	"net/ipv4/vs/sloppy_sctp":               "1",
 	"net/ipv4/vs/conntrack":                 "1",
 	"net/ipv4/vs/expire_nodest_conn":        "1",
 	"net/ipv4/vs/expire_quiescent_template": "1",

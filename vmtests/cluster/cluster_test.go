@@ -52,19 +52,22 @@ type cluster struct {
 	kv *clientv3.Client
 }
 
-func setUp(t *testing.T) *cluster {
+func setUp(t *testing.T) *cluster { return setUpWith(t, nil) }
+
+// setUpWith is setUp with per-node merlin flags.
+func setUpWith(t *testing.T, nodeArg func(*lab.Node) []string) *cluster {
 	if !testenv.InVM() {
 		testenv.Missing(t, false, "the cluster test needs the VM kernel (IPVS); run it through make vmtest")
 	}
 	testenv.RequireRoot(t)
-	l, err := lab.New(lab.Config{Bin: binDir(t), MerlinArg: []string{"-reconcile-sync-period", resync.String(), "-deletion-guard-min", "1"}})
+	l, err := lab.New(lab.Config{Bin: binDir(t), MerlinArg: []string{"-reconcile-sync-period", resync.String(), "-deletion-guard-min", "1"}, NodeArg: nodeArg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, Lab: l}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, name := range []string{"etcd", "node1", "node2"} {
+			for _, name := range []string{"etcd", "node1", "node2", "bird"} {
 				t.Logf("%s log (tail):\n%s", name, l.Log(name, 60))
 			}
 		}

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -68,6 +69,8 @@ type Config struct {
 	Nodes     int      // default 2
 	Backends  int      // default 3
 	MerlinArg []string // extra flags for every node
+	// NodeArg gives a node's own extra flags (e.g. its BGP router ID).
+	NodeArg func(n *Node) []string
 }
 
 func sh(name string, args ...string) error {
@@ -154,6 +157,9 @@ func New(cfg Config) (l *Lab, err error) {
 		}
 		n := &Node{Name: fmt.Sprintf("node%d", i+1), NS: ns, Addr: fmt.Sprintf("198.18.0.%d", 11+i), Args: cfg.MerlinArg}
 		n.DataDir = filepath.Join(root, n.Name)
+		if cfg.NodeArg != nil {
+			n.Args = append(slices.Clone(n.Args), cfg.NodeArg(n)...)
+		}
 		if err := attach(ns, n.Addr, "198.18.0.1"); err != nil {
 			return l, err
 		}

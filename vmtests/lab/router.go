@@ -1,0 +1,146 @@
+package lab
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The lab's router is the VM's root namespace (br0, 198.18.0.1): with BGP
+// it runs Debian's bird2, peers with every node, honours GRACEFUL_SHUTDOWN
+// (RFC 8326) and installs what it learns into its kernel with multipath.
+
+// RouterAS and NodeAS are the lab's AS numbers.
+const (
+	RouterAS = 65000
+	NodeAS   = 65001
+	RouterIP = "198.18.0.1"
+)
+
+// BGPArgs are a node's merlin flags to peer with the lab's router.
+func BGPArgs(n *Node, peerOpts string) []string {
+	peer := fmt.Sprintf("address=%s,as=%d,hold_time=9s,connect_retry=1s", RouterIP, RouterAS)
+	if peerOpts != "" {
+		peer += "," + peerOpts
+	}
+	return []string{"-bgp-local-as", fmt.Sprint(NodeAS), "-bgp-router-id", n.Addr, "-bgp-peer", peer}
+}
+
+// Router is bird2 running as the lab's router.
+type Router struct {
+	dir  string
+	sock string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// StartRouter starts bird2 with a session to every node. ECMP hashes on
+// ports too (fib_multipath_hash_policy 1), so one client's connections
+// spread over the nodes.
+func (l *Lab) StartRouter() (*Router, error) {
+	if err := sh("sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"); err != nil {
+		return nil, err
+	}
+	r := &Router{dir: filepath.Join(l.Root, "bird")}
+	r.sock = filepath.Join(r.dir, "bird.ctl")
+	if err := os.MkdirAll(r.dir, 0o755); err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `router id %s;
+protocol device { scan time 5; }
+protocol kernel {
+	ipv4 { import none; export all; };
+	merge paths on;
+}
+filter gshut {
+	if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
+	accept;
+}
+template bgp merlin {
+	local %s as %d;
+	passive on;
+	hold time 9;
+	graceful restart on;
+	ipv4 { import filter gshut; export none; };
+}
+`, RouterIP, RouterIP, RouterAS)
+	for _, n := range l.Nodes {
+		fmt.Fprintf(&b, "protocol bgp %s from merlin { neighbor %s as %d; }\n", n.Name, n.Addr, NodeAS)
+	}
+	conf := filepath.Join(r.dir, "bird.conf")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	log, err := os.Create(filepath.Join(l.Root, "bird.log"))
+	if err != nil {
+		return nil, err
+	}
+	r.cmd = exec.Command("bird", "-f", "-c", conf, "-s", r.sock)
+	r.cmd.Stdout, r.cmd.Stderr = log, log
+	if err := r.cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("start bird: %w", err)
+	}
+	r.done = make(chan struct{})
+	go func() { _ = r.cmd.Wait(); log.Close(); close(r.done) }()
+	return r, nil
+}
+
+// Stop ends bird; the routes it installed go with it.
+func (r *Router) Stop() {
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+}
+
+// Birdc runs a bird CLI command.
+func (r *Router) Birdc(args ...string) (string, error) {
+	out, err := exec.Command("birdc", append([]string{"-s", r.sock}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("birdc %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+var viaPattern = regexp.MustCompile(`via (\d+\.\d+\.\d+\.\d+)`)
+
+// NextHops are the next hops of the router's kernel route to addr, sorted
+// (none: no route).
+func (r *Router) NextHops(addr string) ([]string, error) {
+	out, err := exec.Command("ip", "-4", "route", "show", addr+"/32").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("ip route show %s: %w: %s", addr, err, out)
+	}
+	var hops []string
+	for _, m := range viaPattern.FindAllStringSubmatch(string(out), -1) {
+		hops = append(hops, m[1])
+	}
+	slices.Sort(hops)
+	return hops, nil
+}
+
+// WaitNextHops waits until the kernel route to addr goes via exactly hops.
+func (r *Router) WaitNextHops(addr string, timeout time.Duration, hops ...string) error {
+	slices.Sort(hops)
+	return Eventually(timeout, func() error {
+		got, err := r.NextHops(addr)
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(got, hops) {
+			return fmt.Errorf("route to %s via %v, want %v", addr, got, hops)
+		}
+		return nil
+	})
+}
