@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -741,4 +742,56 @@ func TestAPIAcceptsTimeoutAbovePeriod(t *testing.T) {
 	srv.HealthCheck = &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("http://:80/"), Period: durationpb.New(time.Second),
 		Timeout: durationpb.New(3 * time.Second), UpThreshold: 1, DownThreshold: 1}
 	noErr(t)(c.CreateServer(ctx, srv))
+}
+
+// A drain names a running node, is stored for the watchers (the nodes),
+// and is bounded; a service's BGP options merge like its other fields.
+func TestAPIDrainNodeAndAnnounce(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx, c := ctxT(t), env.client
+	_, err := c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1"})
+	wantCode(t, err, codes.NotFound)
+	lease, err := env.kv.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := control.NewStore(env.kv, prefix)
+	if err := store.PutNodeStatus(ctx, lease.ID, &types.NodeStatus{Node: "lb1"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1", WithdrawAfter: durationpb.New(2 * time.Hour)})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = c.DrainNode(ctx, &types.DrainNodeRequest{Node: "../x"})
+	wantCode(t, err, codes.InvalidArgument)
+	noErr(t)(c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1", WithdrawAfter: durationpb.New(time.Minute)}))
+	st, err := store.ListState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := st.Drains["lb1"]; !ok || d.WithdrawAfter != time.Minute || time.Since(d.Since) > time.Minute {
+		t.Fatalf("drains in the desired state: %v", st.Drains)
+	}
+	noErr(t)(c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1", Undrain: true}))
+	if st, err = store.ListState(ctx); err != nil || len(st.Drains) != 0 {
+		t.Fatalf("after undrain: %v, %v", st.Drains, err)
+	}
+
+	svc := tcpService("web", "198.18.0.1", 80)
+	svc.Announce = &types.Announce{Communities: []string{"65000:1"}}
+	noErr(t)(c.CreateService(ctx, svc))
+	// A merge without a revision: the communities given replace the list,
+	// the local preference is added, always stays.
+	_, err = types.NewMerlinClient(env.original).UpdateService(ctx, &types.VirtualService{Id: "web", Announce: &types.Announce{Communities: []string{"65000:2", "65000:3"}, LocalPreference: wrapperspb.UInt32(200)}})
+	noErr(t)(nil, err)
+	got, err := c.GetService(ctx, wrapperspb.String("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := got.Service.Announce; !slices.Equal(a.GetCommunities(), []string{"65000:2", "65000:3"}) || a.GetLocalPreference().GetValue() != 200 {
+		t.Fatalf("announce after the merge: %v", a)
+	}
+	bad := tcpService("bad", "198.18.0.2", 80)
+	bad.Announce = &types.Announce{Communities: []string{"65536:0"}}
+	_, err = c.CreateService(ctx, bad)
+	wantCode(t, err, codes.InvalidArgument)
 }
