@@ -53,9 +53,11 @@ bench: setup build
 	$(GO) build -o bin/ipvsbench ./bench/ipvsbench
 	$(GO) build -o bin/agentbench ./bench/agentbench
 	$(GO) build -o bin/healthbench ./bench/healthbench
+	$(GO) build -o bin/bgpbench ./bench/bgpbench
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench -services 10000 -dests 10 -runs 3
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/agentbench -small 100 -large 10000 -dests 10 -changes 200
 	$(CURDIR)/bin/vmrun $(CURDIR)/bin/healthbench -servers 200 -kill 100 -measure 15s -rounds 3
+	MERLIN_VM_MEMORY=3072 $(CURDIR)/bin/vmrun $(CURDIR)/bin/bgpbench -large 10000 -small 10 -reps 100 -rounds 3
 
 clean:
 	rm -rf bin build

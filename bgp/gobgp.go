@@ -45,14 +45,14 @@ func (s *Speaker) path(r Route) *api.Path {
 		}
 		attrs = append(attrs, mustAny(&api.MpReachNLRIAttribute{Family: ipv6Unicast, NextHops: []string{nh}, Nlris: []*anypb.Any{nlri}}))
 	}
-	if cs := sortedCommunities(r.Communities); len(cs) > 0 {
+	if cs := r.Communities; len(cs) > 0 {
 		c := &api.CommunitiesAttribute{}
 		for _, x := range cs {
 			c.Communities = append(c.Communities, uint32(x))
 		}
 		attrs = append(attrs, mustAny(c))
 	}
-	if ls := sortedLarge(r.LargeCommunities); len(ls) > 0 {
+	if ls := r.LargeCommunities; len(ls) > 0 {
 		c := &api.LargeCommunitiesAttribute{}
 		for _, x := range ls {
 			c.Communities = append(c.Communities, &api.LargeCommunity{GlobalAdmin: x.Global, LocalData1: x.Local1, LocalData2: x.Local2})

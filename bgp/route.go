@@ -40,7 +40,19 @@ func (r Route) validate() error {
 	return nil
 }
 
-// equal: same prefix and attributes (attribute order does not matter).
+// normalized sorts and deduplicates the communities, so that equal
+// routes compare equal field by field.
+func (r Route) normalized() Route {
+	if len(r.Communities) > 0 {
+		r.Communities = sortedCommunities(r.Communities)
+	}
+	if len(r.LargeCommunities) > 0 {
+		r.LargeCommunities = sortedLarge(r.LargeCommunities)
+	}
+	return r
+}
+
+// equal compares normalized routes.
 func (r Route) equal(o Route) bool {
 	lp := func(p *uint32) int64 {
 		if p == nil {
@@ -49,8 +61,7 @@ func (r Route) equal(o Route) bool {
 		return int64(*p)
 	}
 	return r.Prefix == o.Prefix && lp(r.LocalPref) == lp(o.LocalPref) &&
-		slices.Equal(sortedCommunities(r.Communities), sortedCommunities(o.Communities)) &&
-		slices.Equal(sortedLarge(r.LargeCommunities), sortedLarge(o.LargeCommunities))
+		slices.Equal(r.Communities, o.Communities) && slices.Equal(r.LargeCommunities, o.LargeCommunities)
 }
 
 func sortedCommunities(c []Community) []Community {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -21,10 +20,11 @@ type Speaker struct {
 	ev  *events
 
 	mu          sync.Mutex
-	srv         *server.BgpServer // set while Run runs
-	want        map[netip.Prefix]Route
-	sent        map[netip.Prefix]Route
-	wantSet     bool // Set has been called: peers may be added
+	srv         *server.BgpServer           // set while Run runs
+	want        []Route                     // normalized, as last given
+	sent        map[netip.Prefix]*sentRoute // what GoBGP holds
+	gen         uint64                      // of the last sync
+	wantSet     bool                        // Set has been called: peers may be added
 	peersAdded  bool
 	gracefulRun bool // a peer has graceful restart: leave sessions on stop
 }
@@ -34,7 +34,7 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Speaker{cfg: cfg, log: log, ev: newEvents(), want: map[netip.Prefix]Route{}, sent: map[netip.Prefix]Route{}}
+	s := &Speaker{cfg: cfg, log: log, ev: newEvents(), sent: map[netip.Prefix]*sentRoute{}}
 	for _, p := range cfg.Peers {
 		if p.GracefulRestart > 0 {
 			s.gracefulRun = true
@@ -99,7 +99,7 @@ func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
 // Set makes the announced routes exactly routes. Before Run has started
 // the speaker it only records them.
 func (s *Speaker) Set(ctx context.Context, routes []Route) error {
-	want := make(map[netip.Prefix]Route, len(routes))
+	want := make([]Route, 0, len(routes))
 	for _, r := range routes {
 		if err := r.validate(); err != nil {
 			return err
@@ -107,7 +107,7 @@ func (s *Speaker) Set(ctx context.Context, routes []Route) error {
 		if f := familyOf(r.Prefix); !s.carries(f) {
 			return fmt.Errorf("route %s: no peer carries %s", r.Prefix, f)
 		}
-		want[r.Prefix] = r
+		want = append(want, r.normalized())
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -134,33 +134,53 @@ func (s *Speaker) carries(f Family) bool {
 	return len(s.cfg.Peers) == 0
 }
 
-// syncLocked withdraws what is no longer wanted, announces what is new or
-// changed, then (the first time) adds the peers.
+// sentRoute is a route GoBGP holds, with the sync that last wanted it.
+type sentRoute struct {
+	Route
+	gen uint64
+}
+
+// syncLocked announces what is new or changed, withdraws what is no longer
+// wanted, then (the first time) adds the peers. One unchanged route costs a
+// map lookup; the sweep for withdrawals runs only when routes went away.
 func (s *Speaker) syncLocked(ctx context.Context) error {
 	if !s.wantSet {
 		return nil
 	}
+	s.gen++
 	var errs []error
-	for _, p := range slices.SortedFunc(maps.Keys(s.sent), netip.Prefix.Compare) {
-		if _, ok := s.want[p]; ok {
-			continue
-		}
-		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: family(p), Path: s.path(s.sent[p])}); err != nil {
-			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
-			continue
-		}
-		delete(s.sent, p)
-	}
-	for _, p := range slices.SortedFunc(maps.Keys(s.want), netip.Prefix.Compare) {
-		r := s.want[p]
-		if old, ok := s.sent[p]; ok && old.equal(r) {
+	kept := 0
+	for _, r := range s.want {
+		old := s.sent[r.Prefix]
+		if old != nil && old.gen != s.gen && old.equal(r) {
+			old.gen = s.gen
+			kept++
 			continue
 		}
 		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: s.path(r)}); err != nil {
-			errs = append(errs, fmt.Errorf("announce %s: %w", p, err))
+			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
+			if old != nil && old.gen != s.gen {
+				old.gen = s.gen // still held as it was: withdraw it only when no longer wanted
+				kept++
+			}
 			continue
 		}
-		s.sent[p] = r
+		if old == nil || old.gen != s.gen {
+			kept++
+		}
+		s.sent[r.Prefix] = &sentRoute{Route: r, gen: s.gen}
+	}
+	if kept < len(s.sent) {
+		for p, old := range s.sent {
+			if old.gen == s.gen {
+				continue
+			}
+			if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: family(p), Path: s.path(old.Route)}); err != nil {
+				errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+				continue
+			}
+			delete(s.sent, p)
+		}
 	}
 	if !s.peersAdded {
 		if err := s.addPeers(ctx); err != nil {
@@ -191,7 +211,12 @@ func (s *Speaker) Changes() <-chan struct{} { return s.ev.changed }
 func (s *Speaker) Announced() []Route {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.SortedFunc(maps.Values(s.sent), func(a, b Route) int { return a.Prefix.Compare(b.Prefix) })
+	out := make([]Route, 0, len(s.sent))
+	for _, r := range s.sent {
+		out = append(out, r.Route)
+	}
+	slices.SortFunc(out, func(a, b Route) int { return a.Prefix.Compare(b.Prefix) })
+	return out
 }
 
 func (s *Speaker) shutDown(ctx context.Context, srv *server.BgpServer, addr string) {
