@@ -37,6 +37,14 @@ func TestVMBGP(t *testing.T) {
 
 	t.Run("ECMP", func(t *testing.T) {
 		c.must(r.WaitNextHops(lab.DRVIP, 90*time.Second, both...))
+		for _, n := range c.Nodes {
+			if up, routes := c.metric(n, "merlin_bgp_session_up"), c.metric(n, "merlin_bgp_routes_announced"); up != 1 || routes != 1 {
+				t.Errorf("%s: merlin_bgp_session_up %v, merlin_bgp_routes_announced %v; want 1 and 1", n.Name, up, routes)
+			}
+		}
+		if out := c.mustMeradm("status"); !strings.Contains(out, "node1: bgp peer 198.18.0.1 (AS 65000) established") || !strings.Contains(out, "node2: bgp announces 1 VIPs") {
+			t.Errorf("status does not show the sessions:\n%s", out)
+		}
 		before := []int{c.conns(node1), c.conns(node2)}
 		c.tally(vip, 30)
 		// The kernel sums its per-CPU counters every two seconds.

@@ -1,15 +1,18 @@
 // Command demo shows merlin's main job on a real kernel: inside the test VM
 // (see `make demo`) it starts an etcd and two merlin nodes, each in its own
 // network namespace, with three backends and a client; creates a NAT and a
-// direct-routing service with meradm; sends real TCP connections through
-// both VIPs; and prints each node's IPVS table and where the connections
-// went. It needs root, a kernel with IPVS, and bin/merlin and bin/meradm.
+// direct-routing service with meradm; both nodes announce the
+// direct-routing VIP by BGP to a bird2 router, which installs an ECMP route;
+// sends real TCP connections through both VIPs; prints each node's IPVS
+// table and where the connections went; then drains one node. It needs
+// root, a kernel with IPVS, bird2, and bin/merlin and bin/meradm.
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -34,18 +37,28 @@ func main() {
 
 func run(bin string, conns int) error {
 	fmt.Println("starting etcd and two merlin nodes (node1 198.18.0.11, node2 198.18.0.12) in their own network namespaces ...")
-	l, err := lab.New(lab.Config{Bin: bin})
+	l, err := lab.New(lab.Config{Bin: bin, NodeArg: func(n *lab.Node) []string { return lab.BGPArgs(n, "graceful_restart=120s") }})
 	if err != nil {
 		return err
 	}
 	defer l.RemoveScratch()
 	defer l.Close()
+	// The direct-routing VIP reaches the nodes by BGP: bird2 in the VM's
+	// root namespace is the router.
+	if out, err := exec.Command("ip", "route", "del", lab.DRVIP+"/32").CombinedOutput(); err != nil {
+		return fmt.Errorf("ip route del: %w: %s", err, out)
+	}
+	r, err := l.StartRouter()
+	if err != nil {
+		return err
+	}
+	defer r.Stop()
 	steps := [][]string{
 		{"service", "add", "web", "tcp", lab.NATVIP + ":80", "-s", "wrr"},
 		{"server", "add", "web", "198.18.0.21:8080", "-w", "1", "-f", "masq"},
 		{"server", "add", "web", "198.18.0.22:8080", "-w", "2", "-f", "masq"},
 		{"server", "add", "web", "198.18.0.23:8080", "-w", "3", "-f", "masq"},
-		{"service", "add", "web-dr", "tcp", lab.DRVIP + ":80", "-s", "rr", "--forward-method", "route"},
+		{"service", "add", "web-dr", "tcp", lab.DRVIP + ":80", "-s", "mh", "-b", "mh-fallback", "--forward-method", "route"},
 		{"server", "add", "web-dr", "198.18.0.21:80"},
 		{"server", "add", "web-dr", "198.18.0.22:80"},
 		{"server", "add", "web-dr", "198.18.0.23:80"},
@@ -84,7 +97,12 @@ func run(bin string, conns int) error {
 		}
 		fmt.Printf("\n%s (ipvsadm -Ln):\n%s", n.Name, out)
 	}
-	for _, t := range []struct{ name, vip string }{{"NAT via node1, weights 1:2:3", lab.NATVIP}, {"direct routing via node2, round robin", lab.DRVIP}} {
+	if err := r.WaitNextHops(lab.DRVIP, 90*time.Second, l.Nodes[0].Addr, l.Nodes[1].Addr); err != nil {
+		return err
+	}
+	route, _ := exec.Command("ip", "route", "show", lab.DRVIP).CombinedOutput()
+	fmt.Printf("\nthe router learned %s from both nodes by BGP (ip route show %s):\n%s", lab.DRVIP, lab.DRVIP, route)
+	for _, t := range []struct{ name, vip string }{{"NAT via node1, weights 1:2:3", lab.NATVIP}, {"direct routing, ECMP over both nodes, maglev hashing", lab.DRVIP}} {
 		got, err := l.Tally(t.vip+":80", conns)
 		if err != nil {
 			return err
@@ -109,5 +127,19 @@ func run(bin string, conns int) error {
 		return err
 	}
 	fmt.Printf("\n$ meradm list --stats\n%s", out)
+	fmt.Println("\n$ meradm node drain node2 --withdraw-after 5s")
+	if _, err := l.Meradm("node", "drain", "node2", "--withdraw-after", "5s"); err != nil {
+		return err
+	}
+	if err := r.WaitNextHops(lab.DRVIP, 60*time.Second, l.Nodes[0].Addr); err != nil {
+		return err
+	}
+	route, _ = exec.Command("ip", "route", "show", lab.DRVIP).CombinedOutput()
+	fmt.Printf("the router now sends %s to node1 only:\n%s", lab.DRVIP, route)
+	got, err := l.Tally(lab.DRVIP+":80", conns)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d more connections, all through node1, went to %v\n", conns, got)
 	return nil
 }
