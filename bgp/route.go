@@ -52,8 +52,9 @@ func (r Route) normalized() Route {
 	return r
 }
 
-// equal compares normalized routes.
-func (r Route) equal(o Route) bool {
+// Equal compares routes whose communities are sorted (as the speaker
+// keeps them, and as the planner makes them).
+func (r Route) Equal(o Route) bool {
 	lp := func(p *uint32) int64 {
 		if p == nil {
 			return -1

@@ -152,7 +152,7 @@ func (s *Speaker) syncLocked(ctx context.Context) error {
 	kept := 0
 	for _, r := range s.want {
 		old := s.sent[r.Prefix]
-		if old != nil && old.gen != s.gen && old.equal(r) {
+		if old != nil && old.gen != s.gen && old.Equal(r) {
 			old.gen = s.gen
 			kept++
 			continue

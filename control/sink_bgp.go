@@ -36,7 +36,7 @@ func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
 		return nil
 	}
 	routes := Routes(p.Node.VIPStates)
-	if s.set && slices.EqualFunc(routes, s.last, sameRoute) {
+	if s.set && slices.EqualFunc(routes, s.last, bgp.Route.Equal) {
 		return nil
 	}
 	if err := s.a.Set(ctx, routes); err != nil {
@@ -69,17 +69,6 @@ func Routes(vips []VIPState) []bgp.Route {
 		out = append(out, r)
 	}
 	return out
-}
-
-func sameRoute(a, b bgp.Route) bool {
-	lp := func(p *uint32) int64 {
-		if p == nil {
-			return -1
-		}
-		return int64(*p)
-	}
-	return a.Prefix == b.Prefix && lp(a.LocalPref) == lp(b.LocalPref) &&
-		slices.Equal(a.Communities, b.Communities) && slices.Equal(a.LargeCommunities, b.LargeCommunities)
 }
 
 // BGPPeers is the speaker's sessions as node status shows them.
