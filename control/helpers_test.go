@@ -261,3 +261,14 @@ func (f *fakeMonitor) wanted() map[health.Check]bool {
 	defer f.mu.Unlock()
 	return f.set
 }
+
+// checkedAt sets when every check last had a result.
+func (f *fakeMonitor) checkedAt(at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c, st := range f.states {
+		st.Checked = at
+		f.states[c] = st
+	}
+	f.notify()
+}

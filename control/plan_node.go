@@ -58,6 +58,9 @@ type NodeInputs struct {
 	// Failed names the services the kernel refused on this node.
 	Failed map[string]bool
 	Drain  DrainPhase
+	// HealthStuck, when set, says why health results stopped coming in:
+	// nothing is announced while the node cannot tell what it serves.
+	HealthStuck string
 }
 
 // DrainPhase is where a node's BGP drain stands (the runner reads the
@@ -135,6 +138,8 @@ func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 	switch {
 	case in.NotReady != "":
 		st.State, st.Reason = VIPNotReady, in.NotReady
+	case in.HealthStuck != "":
+		st.State, st.Reason = VIPNotReady, in.HealthStuck
 	case in.Drain == Drained:
 		st.State, st.Reason = VIPDrained, "the node is drained"
 	case in.Drain == Draining && (served || always):

@@ -28,6 +28,7 @@ type passState struct {
 	ready     bool            // a pass completed with every check's first result in
 	drain     *Drain          // this node's, nil when not draining
 	drainEnds time.Time       // when a drain withdraws (zero: not draining, or past it)
+	stuckLook time.Time       // when the health results would be stale
 
 	driftKeys                           []ipvs.ServiceKey // found by a background read; diffed next pass
 	healthDirty, checksDirty, nodeDirty bool
@@ -71,7 +72,7 @@ func (r *Runner) runPass(ctx context.Context, desired *State, changed map[string
 // Every one of them lies in the future: a due retry is retried or cleared
 // by the pass that finds it due.
 func (r *Runner) nextPass(err error, now time.Time) time.Time {
-	next := earliest(earliest(r.pass.failures.next(), r.pass.sinkFail.next()), r.pass.drainEnds)
+	next := earliest(earliest(r.pass.failures.next(), r.pass.sinkFail.next()), earliest(r.pass.drainEnds, r.pass.stuckLook))
 	for _, t := range r.pass.ramping {
 		next = earliest(next, t)
 	}

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"time"
 
@@ -23,7 +24,9 @@ func (r *Runner) setSinks(ctx context.Context, desired *State, reconciled bool, 
 	phase, ends := drain.Phase(now)
 	r.pass.drain, r.pass.drainEnds = drain, ends
 	in := NodeInputs{NotReady: r.settleReadiness(reconciled), Failed: r.pass.failures.services(), Drain: phase}
-	if in.NotReady != r.pass.nodeIn.NotReady || in.Drain != r.pass.nodeIn.Drain || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
+	in.HealthStuck, r.pass.stuckLook = r.healthStuck(now)
+	if in.NotReady != r.pass.nodeIn.NotReady || in.Drain != r.pass.nodeIn.Drain || in.HealthStuck != r.pass.nodeIn.HealthStuck ||
+		!maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
 		r.pass.nodeDirty = true
 	}
 	changed := r.pass.nodeDirty
@@ -71,6 +74,28 @@ func (r *Runner) settleReadiness(reconciled bool) string {
 	}
 	r.pass.ready = true
 	return ""
+}
+
+// healthStuck says why the monitor seems stuck — no check has had a
+// result for three of its rounds — and when to look again otherwise.
+func (r *Runner) healthStuck(now time.Time) (string, time.Time) {
+	if r.health == nil || !r.pass.ready {
+		return "", time.Time{}
+	}
+	var latest, last time.Time
+	for c := range r.pass.initial {
+		st, ok := r.health.State(c)
+		if !ok || st.Checked.IsZero() {
+			continue // not probed yet
+		}
+		if due := st.Checked.Add(3*(c.Interval+c.Timeout) + 5*time.Second); due.After(latest) {
+			latest, last = due, st.Checked
+		}
+	}
+	if latest.IsZero() || now.Before(latest) {
+		return "", latest
+	}
+	return fmt.Sprintf("no health check result for %s: the health monitor is stuck", now.Sub(last).Round(time.Second)), time.Time{}
 }
 
 // reportNode puts the node plan's health and VIP states into status and

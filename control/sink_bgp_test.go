@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,4 +88,27 @@ func TestRunnerBGPAnnouncements(t *testing.T) {
 	undrained.Drains = nil
 	a.Offer(undrained.FullUpdate())
 	ann.waitSet(t, "the VIP back", func(r []bgp.Route) bool { return len(r) == 1 && len(r[0].Communities) == 0 })
+}
+
+// A monitor whose results stop coming in withdraws the node's VIPs: it
+// can no longer tell whether it serves them.
+func TestRunnerStuckHealthMonitorWithdraws(t *testing.T) {
+	mon := newFakeMonitor()
+	ann := newRecordingAnnouncer()
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann)}})
+	a.start(t)
+	a.apply(t, healthChecked(t, 0))
+	mon.settle()
+	mon.checkedAt(time.Now())
+	ann.waitSet(t, "the VIP announced", func(r []bgp.Route) bool { return len(r) == 1 })
+	mon.checkedAt(time.Now().Add(-time.Hour))
+	ann.waitSet(t, "the withdrawal", func(r []bgp.Route) bool { return len(r) == 0 })
+	st := a.waitFor(t, "stuck in status", func(s *types.NodeStatus) bool {
+		return len(s.VipsNotServing) == 1 && strings.Contains(s.VipsNotServing[0].Reason, "health monitor is stuck")
+	})
+	if st.VipsNotServing[0].State != string(VIPNotReady) {
+		t.Fatalf("VIP state %v", st.VipsNotServing[0])
+	}
+	mon.checkedAt(time.Now())
+	ann.waitSet(t, "the VIP back", func(r []bgp.Route) bool { return len(r) == 1 })
 }

@@ -271,8 +271,8 @@ func TestMonitorRiseFallAndLifecycle(t *testing.T) {
 	}
 	target.off()
 	waitState(t, m, c, false)
-	if st, _ := m.State(c); st.LastError == "" || !st.Transitioned {
-		t.Fatalf("down state: %+v", st)
+	if st, _ := m.State(c); st.LastError == "" || !st.Transitioned || time.Since(st.Checked) > time.Minute {
+		t.Fatalf("down state: %+v (Checked: when the last result came)", st)
 	}
 	// Config change on the same target keeps the (down) state.
 	c2 := c

@@ -19,6 +19,9 @@ type State struct {
 	// Settled: a probe result agrees with Up; until then Up is the
 	// initial assumption (a node announces nothing before its checks settle).
 	Settled bool
+	// Checked is when the last probe result came in (zero: none yet); a
+	// monitor whose results stop coming is stuck.
+	Checked time.Time
 }
 
 // Observer hears about every probe and transition (metrics).
@@ -248,6 +251,7 @@ func (m *Monitor) record(r *runner, err error) {
 	if settled || changed {
 		r.state.Settled = true
 	}
+	r.state.Checked = time.Now()
 	m.mu.Unlock()
 	if settled && !changed {
 		m.notify() // the first result that confirms the initial state
