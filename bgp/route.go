@@ -41,15 +41,32 @@ func (r Route) validate() error {
 }
 
 // normalized sorts and deduplicates the communities, so that equal
-// routes compare equal field by field.
+// routes compare equal field by field; already normalized lists are kept.
 func (r Route) normalized() Route {
-	if len(r.Communities) > 0 {
+	if !isSet(r.Communities, cmp.Compare[Community]) {
 		r.Communities = sortedCommunities(r.Communities)
 	}
-	if len(r.LargeCommunities) > 0 {
+	if !isSet(r.LargeCommunities, cmpLarge) {
 		r.LargeCommunities = sortedLarge(r.LargeCommunities)
 	}
 	return r
+}
+
+// isSet: strictly increasing.
+func isSet[T any](s []T, cmp func(a, b T) int) bool {
+	for i := 1; i < len(s); i++ {
+		if cmp(s[i-1], s[i]) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// same: the very same slices (normalized returned r unchanged).
+func (r Route) same(o Route) bool {
+	return len(r.Communities) == len(o.Communities) && len(r.LargeCommunities) == len(o.LargeCommunities) &&
+		(len(r.Communities) == 0 || &r.Communities[0] == &o.Communities[0]) &&
+		(len(r.LargeCommunities) == 0 || &r.LargeCommunities[0] == &o.LargeCommunities[0])
 }
 
 // Equal compares routes whose communities are sorted (as the speaker

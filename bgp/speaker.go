@@ -20,8 +20,10 @@ type Speaker struct {
 	ev  *events
 
 	mu          sync.Mutex
-	srv         *server.BgpServer           // set while Run runs
-	want        []Route                     // normalized, as last given
+	srv         *server.BgpServer // set while Run runs
+	want        []Route           // normalized, given before Run started
+	carry4      bool              // a peer carries IPv4 unicast (or there is no peer)
+	carry6      bool
 	sent        map[netip.Prefix]*sentRoute // what GoBGP holds
 	gen         uint64                      // of the last sync
 	wantSet     bool                        // Set has been called: peers may be added
@@ -35,9 +37,14 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 		return nil, err
 	}
 	s := &Speaker{cfg: cfg, log: log, ev: newEvents(), sent: map[netip.Prefix]*sentRoute{}}
+	s.carry4, s.carry6 = len(cfg.Peers) == 0, len(cfg.Peers) == 0
 	for _, p := range cfg.Peers {
 		if p.GracefulRestart > 0 {
 			s.gracefulRun = true
+		}
+		for _, f := range cfg.families(p) {
+			s.carry4 = s.carry4 || f == IPv4Unicast
+			s.carry6 = s.carry6 || f == IPv6Unicast
 		}
 	}
 	return s, nil
@@ -58,7 +65,8 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.srv = srv
-	err := s.syncLocked(ctx)
+	err := s.syncLocked(ctx, s.want)
+	s.want = nil
 	s.mu.Unlock()
 	if err != nil {
 		s.log.Warn("bgp: first announcement", "error", err)
@@ -97,25 +105,33 @@ func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
 }
 
 // Set makes the announced routes exactly routes. Before Run has started
-// the speaker it only records them.
+// the speaker only records them. It does not keep routes once it returns;
+// an unchanged route costs one map lookup.
 func (s *Speaker) Set(ctx context.Context, routes []Route) error {
-	want := make([]Route, 0, len(routes))
-	for _, r := range routes {
+	want := routes
+	for i, r := range routes {
 		if err := r.validate(); err != nil {
 			return err
 		}
 		if f := familyOf(r.Prefix); !s.carries(f) {
 			return fmt.Errorf("route %s: no peer carries %s", r.Prefix, f)
 		}
-		want = append(want, r.normalized())
+		if n := r.normalized(); !n.same(r) {
+			if &want[0] == &routes[0] {
+				want = slices.Clone(routes) // normalize a copy, never the caller's slice
+			}
+			want[i] = n
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.want, s.wantSet = want, true
+	s.wantSet = true
 	if s.srv == nil {
+		s.want = slices.Clone(want) // for Run's first sync
 		return nil
 	}
-	return s.syncLocked(ctx)
+	s.want = nil
+	return s.syncLocked(ctx, want)
 }
 
 func familyOf(p netip.Prefix) Family {
@@ -126,12 +142,10 @@ func familyOf(p netip.Prefix) Family {
 }
 
 func (s *Speaker) carries(f Family) bool {
-	for _, p := range s.cfg.Peers {
-		if slices.Contains(s.cfg.families(p), f) {
-			return true
-		}
+	if f == IPv4Unicast {
+		return s.carry4
 	}
-	return len(s.cfg.Peers) == 0
+	return s.carry6
 }
 
 // sentRoute is a route GoBGP holds, with the sync that last wanted it.
@@ -143,14 +157,14 @@ type sentRoute struct {
 // syncLocked announces what is new or changed, withdraws what is no longer
 // wanted, then (the first time) adds the peers. One unchanged route costs a
 // map lookup; the sweep for withdrawals runs only when routes went away.
-func (s *Speaker) syncLocked(ctx context.Context) error {
+func (s *Speaker) syncLocked(ctx context.Context, want []Route) error {
 	if !s.wantSet {
 		return nil
 	}
 	s.gen++
 	var errs []error
 	kept := 0
-	for _, r := range s.want {
+	for _, r := range want {
 		old := s.sent[r.Prefix]
 		if old != nil && old.gen != s.gen && old.Equal(r) {
 			old.gen = s.gen

