@@ -17,10 +17,17 @@ import (
 // TestVMBGP is the BGP story on a real kernel: two merlin nodes announce a
 // direct-routing VIP to bird2 (the lab's router), which installs an ECMP
 // route; health, a one-sided failure, a drain, a SIGKILL with graceful
-// restart and an etcd outage each change (or keep) that route as they
-// should, while the client's connections keep working.
+// restart, an etcd outage and a cut link each change (or keep) that route
+// as they should, while the client's connections keep working. node2 has
+// graceful restart (a restart keeps its routes), node1 not (a dead node1
+// is withdrawn after the hold time).
 func TestVMBGP(t *testing.T) {
-	c := setUpWith(t, func(n *lab.Node) []string { return lab.BGPArgs(n, "graceful_restart=60s") })
+	c := setUpWith(t, func(n *lab.Node) []string {
+		if n.Name == "node2" {
+			return lab.BGPArgs(n, "graceful_restart=60s")
+		}
+		return lab.BGPArgs(n, "")
+	})
 	node1, node2 := c.Nodes[0], c.Nodes[1]
 	both := []string{node1.Addr, node2.Addr}
 	// The lab routes the DR VIP statically to node2; here BGP does.
@@ -157,6 +164,19 @@ func TestVMBGP(t *testing.T) {
 		}
 		c.tally(vip, 5)
 		c.startEtcd()
+	})
+
+	t.Run("a cut link fails over by hold time", func(t *testing.T) {
+		long := c.longLivedVia(node1, vip)
+		defer long.Close()
+		c.must(exec.Command("ip", "link", "set", node1.Link, "down").Run())
+		c.must(r.WaitNextHops(lab.DRVIP, 60*time.Second, node2.Addr))
+		// The connection node1 carried continues through node2: the
+		// client's retransmissions reach the same server.
+		c.must(echo(long, "after node1 is gone"))
+		c.tally(vip, 5)
+		c.must(exec.Command("ip", "link", "set", node1.Link, "up").Run())
+		c.must(r.WaitNextHops(lab.DRVIP, 90*time.Second, both...))
 	})
 }
 

@@ -44,6 +44,7 @@ type Node struct {
 	Addr    string
 	DataDir string
 	Args    []string // extra merlin flags
+	Link    string   // the root namespace's end of its veth (on br0)
 	cmd     *exec.Cmd
 	exited  chan struct{}
 }
@@ -163,6 +164,7 @@ func New(cfg Config) (l *Lab, err error) {
 		if err := attach(ns, n.Addr, "198.18.0.1"); err != nil {
 			return l, err
 		}
+		n.Link = "v" + ns.Name[len(ns.Name)-6:]
 		l.Nodes = append(l.Nodes, n)
 	}
 	for i := range cfg.Backends {

@@ -67,6 +67,7 @@ template bgp merlin {
 	local %s as %d;
 	passive on;
 	hold time 9;
+	error wait time 1, 10;  # retry soon after a failed session (default 60 s)
 	graceful restart on;
 	ipv4 { import filter gshut; export none; };
 }
