@@ -323,8 +323,32 @@ func TestAPIRejectsBadInput(t *testing.T) {
 				return err
 			}, codes.InvalidArgument, "key.ip"},
 		}
+		huge := strings.Repeat("x", 1400<<10)
+		cases = append(cases, []struct {
+			name  string
+			call  func() error
+			code  codes.Code
+			field string
+		}{
+			{"1.4 MB udp_send", func() error {
+				_, err := c.UpdateServer(ctx, srv(func(s *types.RealServer) {
+					s.Key.Ip, s.Key.Port = "198.19.0.2", 8080
+					s.HealthCheck = &types.RealServer_HealthCheck{UdpSend: huge}
+				}))
+				return err
+			}, codes.InvalidArgument, "health_check.udp_send"},
+			{"1.4 MB id", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = huge })); return err }, codes.InvalidArgument, "id"},
+			{"1 ns period", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("tcp://:80", time.Nanosecond, time.Nanosecond, 1, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.period"},
+			{"loopback VIP", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "127.0.0.1" })); return err }, codes.InvalidArgument, "key.ip"},
+		}...)
 		for _, tc := range cases {
 			err := tc.call()
+			if len(status.Convert(err).Message()) > 400 {
+				t.Errorf("%s: a %d-byte error message", tc.name, len(status.Convert(err).Message()))
+			}
 			st := status.Convert(err)
 			if st.Code() != tc.code {
 				t.Errorf("%s: got %v, want %v", tc.name, err, tc.code)

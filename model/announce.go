@@ -7,9 +7,6 @@ import (
 	"github.com/merlin-ipvs/merlin/types"
 )
 
-// maxCommunities bounds each community list of a service's announcement.
-const maxCommunities = 32
-
 // LargeCommunity is GLOBAL:LOCAL1:LOCAL2.
 type LargeCommunity [3]uint32
 
@@ -57,12 +54,6 @@ func Truncate(s string, n int) string {
 func normalizeAnnounce(a *types.Announce) (*types.Announce, error) {
 	if a == nil || (!a.Always && len(a.Communities) == 0 && len(a.LargeCommunities) == 0 && a.LocalPreference == nil) {
 		return nil, nil
-	}
-	if n := len(a.Communities); n > maxCommunities {
-		return nil, FieldErrorf("announce.communities", "%d given, at most %d", n, maxCommunities)
-	}
-	if n := len(a.LargeCommunities); n > maxCommunities {
-		return nil, FieldErrorf("announce.large_communities", "%d given, at most %d", n, maxCommunities)
 	}
 	for _, c := range a.Communities {
 		if _, err := ParseCommunity(c); err != nil {

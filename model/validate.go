@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -24,8 +25,14 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
-// FieldErrorf is a FieldError with a formatted reason.
+// FieldErrorf is a FieldError with a formatted reason. A string argument
+// (a value quoted back) keeps at most its first 64 bytes.
 func FieldErrorf(field, format string, args ...any) *FieldError {
+	for i, a := range args {
+		if s, ok := a.(string); ok {
+			args[i] = Truncate(s, 64)
+		}
+	}
 	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
@@ -37,6 +44,19 @@ const DefaultPersistenceTimeout = 300
 
 // MaxWeight is the largest weight ipvsadm accepts.
 const MaxWeight = 65535
+
+// MaxPersistenceTimeout is the largest persistence timeout ipvsadm
+// accepts (31 days).
+const MaxPersistenceTimeout = 2678400
+
+// Health-check timing bounds: no configuration turns a node into a
+// connection flood, and none waits for hours.
+const (
+	MinCheckPeriod  = 100 * time.Millisecond
+	MinCheckTimeout = 10 * time.Millisecond
+	MaxCheckTiming  = time.Hour
+	MaxThreshold    = 100
+)
 
 const maxIDLength = 63
 
@@ -90,6 +110,9 @@ func flagScheduler(name string) (string, bool) {
 func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
 	if in == nil {
 		return nil, FieldErrorf("service", "required")
+	}
+	if err := CheckSizes(in); err != nil {
+		return nil, err
 	}
 	s := proto.Clone(in).(*types.VirtualService)
 	if err := ValidateID("id", s.Id); err != nil {
@@ -148,6 +171,9 @@ func normalizeServiceKey(k *types.VirtualService_Key) (types.AddressFamily, erro
 	if err != nil {
 		return 0, FieldErrorf("key.ip", "%v", err)
 	}
+	if addr.IsLoopback() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || addr.IsLinkLocalUnicast() {
+		return 0, FieldErrorf("key.ip", "%s cannot be a VIP (loopback, broadcast or link-local)", addr)
+	}
 	family := familyOf(addr)
 	if k.Family != types.AddressFamily_UNSET_FAMILY && k.Family != family {
 		return 0, FieldErrorf("key.family", "%s does not match address %s", k.Family, addr)
@@ -191,6 +217,9 @@ func normalizeServiceConfig(c *types.VirtualService_Config, family types.Address
 		if seen[named] {
 			delete(seen, generic)
 		}
+	}
+	if t := c.PersistenceTimeout; t != nil && t.Value > MaxPersistenceTimeout {
+		return FieldErrorf("config.persistence_timeout", "%d s is above %d s (31 days, ipvsadm's limit)", t.Value, MaxPersistenceTimeout)
 	}
 	if t := c.PersistenceTimeout; t != nil && t.Value > 0 {
 		seen["persistent"] = true
@@ -240,6 +269,9 @@ func normalizeServiceConfig(c *types.VirtualService_Config, family types.Address
 func NormalizeServer(in *types.RealServer, svc *types.VirtualService) (*types.RealServer, error) {
 	if in == nil {
 		return nil, FieldErrorf("server", "required")
+	}
+	if err := CheckSizes(in); err != nil {
+		return nil, err
 	}
 	s := proto.Clone(in).(*types.RealServer)
 	if err := ValidateID("serviceID", s.ServiceID); err != nil {
@@ -384,14 +416,17 @@ func validateHealthCheck(field string, h *types.RealServer_HealthCheck, partial 
 		return FieldErrorf(field+".startup", "unknown startup state %d", h.Startup)
 	}
 	if p := h.Period; p != nil {
-		if err := p.CheckValid(); err != nil || p.AsDuration() <= 0 {
-			return FieldErrorf(field+".period", "must be positive")
+		if err := p.CheckValid(); err != nil || p.AsDuration() < MinCheckPeriod || p.AsDuration() > MaxCheckTiming {
+			return FieldErrorf(field+".period", "%s: want %s to %s", p.AsDuration(), MinCheckPeriod, MaxCheckTiming)
 		}
 	}
 	if t := h.Timeout; t != nil {
-		if err := t.CheckValid(); err != nil || t.AsDuration() <= 0 {
-			return FieldErrorf(field+".timeout", "must be positive")
+		if err := t.CheckValid(); err != nil || t.AsDuration() < MinCheckTimeout || t.AsDuration() > MaxCheckTiming {
+			return FieldErrorf(field+".timeout", "%s: want %s to %s", t.AsDuration(), MinCheckTimeout, MaxCheckTiming)
 		}
+	}
+	if h.UpThreshold > MaxThreshold || h.DownThreshold > MaxThreshold {
+		return FieldErrorf(field+".up_threshold", "up %d, down %d: at most %d", h.UpThreshold, h.DownThreshold, MaxThreshold)
 	}
 	// A timeout longer than the period is allowed, as in the original
 	// Merlin: a check's next probe waits for the one before it.

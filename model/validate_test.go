@@ -86,12 +86,93 @@ func TestNormalizeAnnounce(t *testing.T) {
 		{&types.Announce{Communities: []string{"1"}}, "announce.communities"},
 		{&types.Announce{LargeCommunities: []string{"1:2"}}, "announce.large_communities"},
 		{&types.Announce{LargeCommunities: []string{"4294967296:0:0"}}, "announce.large_communities"},
-		{&types.Announce{Communities: many}, "33 given, at most 32"},
+		{&types.Announce{Communities: many}, "33 items, at most 32"},
 		{&types.Announce{Communities: []string{strings.Repeat("9", 100)}}, "…"},
 	} {
 		_, err := NormalizeService(base(tc.a))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want %q", tc.a, err, tc.want)
+		}
+	}
+}
+
+// Every field is bounded, and an error never quotes more than a short
+// prefix of the value at fault.
+func TestLimits(t *testing.T) {
+	svc := func() *types.VirtualService {
+		return &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.1", Port: 80, Protocol: types.Protocol_TCP},
+			Config: &types.VirtualService_Config{Scheduler: "rr"}}
+	}
+	check := func() *types.RealServer_HealthCheck {
+		return &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("udp://:53"), Period: durationpb.New(time.Second),
+			Timeout: durationpb.New(time.Second), UpThreshold: 1, DownThreshold: 1}
+	}
+	srv := func(edit func(*types.RealServer_HealthCheck)) *types.RealServer {
+		h := check()
+		edit(h)
+		return &types.RealServer{ServiceID: "web", Key: &types.RealServer_Key{Ip: "198.19.0.1", Port: 53},
+			Config: &types.RealServer_Config{Forward: types.ForwardMethod_ROUTE}, HealthCheck: h}
+	}
+	normal := func() *types.VirtualService {
+		n, err := NormalizeService(svc())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	huge := strings.Repeat("x", 1<<20)
+	for _, tc := range []struct {
+		name string
+		err  func() error
+		want string
+	}{
+		{"udp payload", func() error {
+			_, err := NormalizeServer(srv(func(h *types.RealServer_HealthCheck) { h.UdpSend = huge }), normal())
+			return err
+		}, "health_check.udp_send: 1048576 bytes, at most 1024"},
+		{"endpoint", func() error {
+			_, err := NormalizeServer(srv(func(h *types.RealServer_HealthCheck) { h.Endpoint = wrapperspb.String("http://:80/" + huge) }), normal())
+			return err
+		}, "health_check.endpoint: 1048587 bytes, at most 512"},
+		{"control characters", func() error {
+			_, err := NormalizeServer(srv(func(h *types.RealServer_HealthCheck) { h.GrpcService = "a\x00b" }), normal())
+			return err
+		}, "health_check.grpc_service"},
+		{"1 ns period", func() error {
+			_, err := NormalizeServer(srv(func(h *types.RealServer_HealthCheck) { h.Period = durationpb.New(time.Nanosecond) }), normal())
+			return err
+		}, "health_check.period: 1ns: want 100ms to 1h0m0s"},
+		{"1 ns timeout", func() error {
+			_, err := NormalizeServer(srv(func(h *types.RealServer_HealthCheck) { h.Timeout = durationpb.New(time.Nanosecond) }), normal())
+			return err
+		}, "health_check.timeout"},
+		{"threshold", func() error {
+			_, err := NormalizeServer(srv(func(h *types.RealServer_HealthCheck) { h.DownThreshold = 1000 }), normal())
+			return err
+		}, "at most 100"},
+		{"scheduler", func() error { s := svc(); s.Config.Scheduler = huge; _, err := NormalizeService(s); return err }, "config.scheduler: 1048576 bytes, at most 256"},
+		{"flags", func() error {
+			s := svc()
+			s.Config.Flags = make([]string, 40)
+			_, err := NormalizeService(s)
+			return err
+		}, "config.flags: 40 items, at most 32"},
+		{"loopback VIP", func() error { s := svc(); s.Key.Ip = "127.0.0.1"; _, err := NormalizeService(s); return err }, "key.ip: 127.0.0.1 cannot be a VIP"},
+		{"broadcast VIP", func() error { s := svc(); s.Key.Ip = "255.255.255.255"; _, err := NormalizeService(s); return err }, "cannot be a VIP"},
+		{"persistence", func() error {
+			s := svc()
+			s.Config.PersistenceTimeout = wrapperspb.UInt32(MaxPersistenceTimeout + 1)
+			_, err := NormalizeService(s)
+			return err
+		}, "config.persistence_timeout: 2678401 s is above"},
+		{"long quoted value", func() error { s := svc(); s.Config.Scheduler = strings.Repeat("y", 200); _, err := NormalizeService(s); return err }, "yyyy…\""},
+	} {
+		err := tc.err()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+		if err != nil && len(err.Error()) > 300 {
+			t.Errorf("%s: %d-byte error message", tc.name, len(err.Error()))
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -157,6 +158,9 @@ func parseFlags(args []string) (*options, error) {
 	default:
 		return nil, fmt.Errorf("-store-backend %q: want etcd3", o.storeBackend)
 	}
+	if err := checkStoreFlags(o); err != nil {
+		return nil, err
+	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: want text or json", o.logFormat)
 	}
@@ -183,6 +187,30 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("bgp with -reconcile=false: BGP announces the VIPs this node reconciles; configure one or the other")
 	}
 	return o, nil
+}
+
+// checkStoreFlags refuses limits and store settings that cannot work,
+// before anything starts (each used to be taken silently).
+func checkStoreFlags(o *options) error {
+	switch {
+	case o.maxMessage < 1024 || o.maxMessage > 1<<30:
+		return fmt.Errorf("-max-message-bytes %d: want 1024 to %d", o.maxMessage, 1<<30)
+	case o.maxStreams == 0 || o.maxStreams > 1<<16:
+		return fmt.Errorf("-max-concurrent-streams %d: want 1 to %d", o.maxStreams, 1<<16)
+	case (o.storeTLSCert == "") != (o.storeTLSKey == ""):
+		return errors.New("-store-tls-cert and -store-tls-key go together (without them etcd would be reached without a client certificate)")
+	}
+	for _, e := range splitList(o.storeEndpoints) {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("-store-endpoints %q: want http(s)://HOST:PORT", shorten(e))
+		}
+	}
+	for name, v := range map[string]string{"-embedded-etcd-client-url": o.etcdClientURL, "-embedded-etcd-peer-url": o.etcdPeerURL} {
+		if u, err := url.Parse(v); err != nil || u.Scheme != "http" || u.Port() == "" {
+			return fmt.Errorf("%s %q: want http://IP:PORT", name, shorten(v))
+		}
+	}
+	return nil
 }
 
 // loopback: the address only this machine reaches.

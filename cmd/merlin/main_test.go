@@ -35,6 +35,11 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		"tls-cert: a.pem\n":                 "-tls-cert and -tls-key go together",
 		"reconcile: [not, a, bool, list]\n": "reconcile",
 		"log-format: xml\n":                 "-log-format \"xml\": want text or json",
+		"max-message-bytes: -1\n":           "-max-message-bytes -1",
+		"store-tls-key: k.pem\n":            "-store-tls-cert and -store-tls-key go together",
+		"store-endpoints: [etcd0]\n":        "-store-endpoints \"etcd0\"",
+		"embedded-etcd-client-url: x\n":     "-embedded-etcd-client-url",
+		"max-concurrent-streams: 0\n":       "-max-concurrent-streams 0",
 	} {
 		path := filepath.Join(dir, "c.yaml")
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
