@@ -48,6 +48,10 @@ type GRPCOptions struct {
 	TLS                  *tls.Config // nil: plaintext
 	MaxMessageBytes      int         // default 16 MiB
 	MaxConcurrentStreams uint32      // per connection; default 256
+	// IdleTimeout closes a connection without streams for that long
+	// (default 5 min); a connection that has not finished its handshake
+	// within 10 s is closed too.
+	IdleTimeout time.Duration
 }
 
 // NewGRPCServer returns a gRPC server with the Merlin service, the standard
@@ -60,11 +64,16 @@ func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 	if o.MaxConcurrentStreams == 0 {
 		o.MaxConcurrentStreams = 256
 	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = 5 * time.Minute
+	}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(o.MaxMessageBytes),
 		grpc.MaxSendMsgSize(o.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(o.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: o.IdleTimeout, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.ConnectionTimeout(10 * time.Second),
 		grpc.ChainUnaryInterceptor(api.logUnary),
 	}
 	if o.TLS != nil {

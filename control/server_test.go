@@ -337,12 +337,18 @@ func TestAPIRejectsBadInput(t *testing.T) {
 				}))
 				return err
 			}, codes.InvalidArgument, "health_check.udp_send"},
-			{"1.4 MB id", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = huge })); return err }, codes.InvalidArgument, "id"},
+			{"1.4 MB id", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Id = huge }))
+				return err
+			}, codes.InvalidArgument, "id"},
 			{"1 ns period", func() error {
 				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("tcp://:80", time.Nanosecond, time.Nanosecond, 1, 1) }))
 				return err
 			}, codes.InvalidArgument, "health_check.period"},
-			{"loopback VIP", func() error { _, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "127.0.0.1" })); return err }, codes.InvalidArgument, "key.ip"},
+			{"loopback VIP", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "127.0.0.1" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
 		}...)
 		for _, tc := range cases {
 			err := tc.call()

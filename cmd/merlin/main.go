@@ -42,6 +42,7 @@ import (
 	"github.com/merlin-ipvs/merlin/datapath/netif"
 	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/health/grpcprobe"
+	"github.com/merlin-ipvs/merlin/internal/connlimit"
 	"github.com/merlin-ipvs/merlin/internal/etcdlog"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 	"github.com/merlin-ipvs/merlin/internal/version"
@@ -71,6 +72,8 @@ type options struct {
 	tlsClientCA    string
 	maxMessage     int
 	maxStreams     uint
+	maxConns       int
+	idleTimeout    time.Duration
 	configFile     string
 	node           string
 	reconcile      bool
@@ -111,6 +114,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) that client certificates must chain to; enables mutual TLS")
 	fs.IntVar(&o.maxMessage, "max-message-bytes", 16<<20, "largest gRPC message accepted or sent")
 	fs.UintVar(&o.maxStreams, "max-concurrent-streams", 256, "concurrent gRPC streams per client connection")
+	fs.IntVar(&o.maxConns, "max-connections", 1024, "concurrent API client connections; more are closed at once and counted (merlin_api_connections_refused_total)")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "close an API connection without streams after this long")
 	fs.StringVar(&o.configFile, "config", "", "YAML file of flag settings (keys are flag names); flags on the command line win")
 	host, _ := os.Hostname()
 	fs.StringVar(&o.node, "node", host, "this node's name in node status")
@@ -197,6 +202,10 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-max-message-bytes %d: want 1024 to %d", o.maxMessage, 1<<30)
 	case o.maxStreams == 0 || o.maxStreams > 1<<16:
 		return fmt.Errorf("-max-concurrent-streams %d: want 1 to %d", o.maxStreams, 1<<16)
+	case o.maxConns < 1 || o.maxConns > 1<<20:
+		return fmt.Errorf("-max-connections %d: want 1 to %d", o.maxConns, 1<<20)
+	case o.idleTimeout < time.Second:
+		return fmt.Errorf("-idle-timeout %s: want at least 1s", o.idleTimeout)
 	case (o.storeTLSCert == "") != (o.storeTLSKey == ""):
 		return errors.New("-store-tls-cert and -store-tls-key go together (without them etcd would be reached without a client certificate)")
 	}
@@ -317,7 +326,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	defer kv.Close()
 	store := control.NewStore(kv, o.storePrefix)
 
-	grpcOpts := control.GRPCOptions{MaxMessageBytes: o.maxMessage, MaxConcurrentStreams: uint32(o.maxStreams)}
+	grpcOpts := control.GRPCOptions{MaxMessageBytes: o.maxMessage, MaxConcurrentStreams: uint32(o.maxStreams), IdleTimeout: o.idleTimeout}
 	if o.tlsCert != "" {
 		tc, err := tlsconfig.Server(o.tlsCert, o.tlsKey, o.tlsClientCA)
 		if err != nil {
@@ -340,6 +349,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_build_info", Help: "1, labelled with the running binary's version, commit and Go version."}, []string{"version", "commit", "goversion"})
 	buildInfo.WithLabelValues(build.Version, build.Commit, build.GoVersion).Set(1)
 	reg.MustRegister(buildInfo)
+	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_api_connections_refused_total", Help: "API client connections closed at once for being beyond -max-connections."})
+	capped := connlimit.New(lis, o.maxConns, refused.Inc)
+	reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_api_connections", Help: "Open API client connections."},
+		func() float64 { return float64(capped.Open()) }))
 	var node *control.Runner
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
@@ -360,7 +373,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	wg.Go(func() { probeEtcd(ctx, store, etcdUp) })
 	wg.Go(func() { api.RunHealth(ctx) })
 	wg.Go(func() {
-		if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := g.Serve(capped); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("API: %w", err)
 		}
 	})

@@ -1,0 +1,58 @@
+package connlimit
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+func TestCapRefusesAndFrees(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(inner, 2, nil)
+	defer l.Close()
+	accepted := make(chan net.Conn, 10)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	dial()
+	dial()
+	first := <-accepted
+	<-accepted
+	extra := dial()
+	// The third is closed by the server: the client reads EOF.
+	_ = extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a connection beyond the cap stayed open")
+	}
+	if l.Refused() != 1 || l.Open() != 2 {
+		t.Fatalf("refused %d, open %d", l.Refused(), l.Open())
+	}
+	first.Close()
+	first.Close() // twice counts once
+	dial()
+	select {
+	case <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a freed slot was not given to the next connection")
+	}
+	if l.Open() != 2 {
+		t.Fatalf("open %d after one closed and one accepted", l.Open())
+	}
+}
