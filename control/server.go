@@ -36,12 +36,19 @@ type Server struct {
 	log    *slog.Logger
 	stats  StatsSource
 	health *health.Server // the gRPC health service, kept in step by RunHealth
+	// watchBuffer bounds the bytes of events waiting for one Watch client.
+	watchBuffer int
 }
 
 // NewServer serves the API from store.
 func NewServer(store *Store, log *slog.Logger) *Server {
-	return &Server{store: store, log: log, health: health.NewServer()}
+	return &Server{store: store, log: log, health: health.NewServer(), watchBuffer: DefaultWatchBuffer}
 }
+
+// SetWatchBuffer bounds the bytes of events waiting for one Watch client.
+func (s *Server) SetWatchBuffer(n int) { s.watchBuffer = n }
+
+var errSlowWatcher = errors.New("watch client too slow")
 
 // GRPCOptions bound what one client can make the server hold.
 type GRPCOptions struct {
@@ -348,18 +355,46 @@ func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServe
 			return toStatus(err)
 		}
 	}
+	return s.follow(ctx, stream, state, from)
+}
+
+// follow streams the changes from revision from through a bounded queue:
+// a client that falls more than the watch buffer behind is cut off with
+// ResourceExhausted and the revision to resume from.
+func (s *Server) follow(ctx context.Context, stream grpc.ServerStreamingServer[types.WatchEvent], state *State, from int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	q := newSendQueue(stream, s.watchBuffer)
+	go q.run(ctx)
+	slow := false
+	defer func() {
+		cancel()
+		if !slow {
+			<-q.stopped
+		}
+		// A slow client's Send may be blocked on flow control: it fails
+		// and the sender ends as soon as this handler has returned.
+	}()
 	reason, err := s.store.Follow(ctx, from, FollowOptions{}, func(events []*clientv3.Event, _ int64) error {
 		for _, ev := range events {
-			if out := s.watchEvent(state, ev); out != nil {
-				if err := stream.Send(out); err != nil {
-					return err
-				}
+			if out := s.watchEvent(state, ev); out != nil && !q.push(out) {
+				slow = true
+				return errSlowWatcher
 			}
 			from = ev.Kv.ModRevision + 1
 		}
 		return nil
 	})
 	switch {
+	case q.sendErr() != nil:
+		return q.sendErr()
+	case slow:
+		resume := q.oldest()
+		if resume == 0 {
+			resume = from
+		}
+		s.log.Warn("watch client too slow: cut off", "buffer_bytes", s.watchBuffer, "resume_revision", resume)
+		return status.Errorf(codes.ResourceExhausted, "watch client too slow: more than %d bytes of events waiting; watch again from revision %d", s.watchBuffer, resume)
 	case err != nil:
 		return err
 	case ctx.Err() != nil:

@@ -43,12 +43,17 @@ type apiEnv struct {
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // startAPI runs the gRPC API on loopback against a real etcd of the kind.
-func startAPI(t *testing.T, kind etcdtest.Kind) *apiEnv {
+func startAPI(t *testing.T, kind etcdtest.Kind) *apiEnv { return startAPIWith(t, kind, nil) }
+
+func startAPIWith(t *testing.T, kind etcdtest.Kind, set func(*control.Server)) *apiEnv {
 	t.Helper()
 	etcd := etcdtest.Start(t, kind)
 	kv := etcd.Client(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	api := control.NewServer(control.NewStore(kv, prefix), quietLogger())
+	if set != nil {
+		set(api)
+	}
 	g := control.NewGRPCServer(api, control.GRPCOptions{})
 	go api.RunHealth(ctx)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -824,4 +829,48 @@ func TestAPIDrainNodeAndAnnounce(t *testing.T) {
 	bad.Announce = &types.Announce{Communities: []string{"65536:0"}}
 	_, err = c.CreateService(ctx, bad)
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// A Watch client that stops reading is cut off once the events waiting
+// for it pass the buffer: it reads what was sent, then ResourceExhausted
+// with the revision to resume from.
+func TestAPIWatchCutsOffSlowClient(t *testing.T) {
+	env := startAPIWith(t, etcdtest.Embedded, func(s *control.Server) { s.SetWatchBuffer(64 << 10) })
+	ctx, c := ctxT(t), env.client
+	// A fixed 64 KiB window (no growth by bandwidth estimation), as a
+	// client that does not read ends up with.
+	slow, err := grpc.NewClient(env.conn.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	stream, err := types.NewMerlinClient(slow).Watch(ctx, &types.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := stream.Recv(); err != nil || ev.Type != types.WatchEvent_SYNCED {
+		t.Fatalf("first event %v, %v", ev, err)
+	}
+	// The client reads nothing while 400 services of ~1.2 KB are written
+	// (far more than gRPC's flow-control window and the 64 KiB buffer).
+	for i := range 400 {
+		svc := tcpService(fmt.Sprintf("s%d", i), fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250), 80)
+		svc.Defaults = &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{UdpSend: strings.Repeat("x", 1000)}}
+		noErr(t)(c.CreateService(ctx, svc))
+	}
+	n := 0
+	for {
+		_, err := stream.Recv()
+		if err != nil {
+			st := status.Convert(err)
+			if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "watch again from revision") {
+				t.Fatalf("after %d events: %v, want ResourceExhausted with a revision", n, err)
+			}
+			break
+		}
+		if n++; n == 400 {
+			t.Fatal("all 400 events arrived: the slow client was not cut off")
+		}
+	}
 }
