@@ -165,7 +165,12 @@ func TestLimits(t *testing.T) {
 			_, err := NormalizeService(s)
 			return err
 		}, "config.persistence_timeout: 2678401 s is above"},
-		{"long quoted value", func() error { s := svc(); s.Config.Scheduler = strings.Repeat("y", 200); _, err := NormalizeService(s); return err }, "yyyy…\""},
+		{"long quoted value", func() error {
+			s := svc()
+			s.Config.Scheduler = strings.Repeat("y", 200)
+			_, err := NormalizeService(s)
+			return err
+		}, "yyyy…\""},
 	} {
 		err := tc.err()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
