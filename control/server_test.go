@@ -874,3 +874,67 @@ func TestAPIWatchCutsOffSlowClient(t *testing.T) {
 		}
 	}
 }
+
+// A store nearing its quota takes only deletes, before etcd's own alarm
+// refuses every write; a raised alarm is seen and named.
+func TestAPIStoreQuota(t *testing.T) {
+	for _, kind := range etcdtest.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			etcd := etcdtest.StartWithQuota(t, kind, 8<<20)
+			kv := etcd.Client(t)
+			store := control.NewStore(kv, prefix)
+			store.SetQuota(8 << 20)
+			api := control.NewServer(store, quietLogger())
+			g := control.NewGRPCServer(api, control.GRPCOptions{})
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() { _ = g.Serve(lis) }()
+			t.Cleanup(g.Stop)
+			conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			c, ctx := types.NewMerlinClient(conn), ctxT(t)
+			noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.1", 80)))
+			noErr(t)(c.CreateService(ctx, tcpService("web2", "198.18.0.2", 80)))
+
+			// Past 90% of the quota the store knows (here: as if it were
+			// the database's size now), the API refuses to add but deletes.
+			if err := store.Check(ctx); err != nil {
+				t.Fatal(err)
+			}
+			size, _ := store.Usage()
+			store.SetQuota(size)
+			_, err = c.CreateService(ctx, tcpService("more", "198.18.0.3", 80))
+			wantCode(t, err, codes.ResourceExhausted)
+			if !strings.Contains(status.Convert(err).Message(), "only deletes are accepted") {
+				t.Errorf("refusal %q", status.Convert(err).Message())
+			}
+			noErr(t)(c.DeleteService(ctx, wrapperspb.String("web2")))
+			store.SetQuota(8 << 20)
+
+			// Someone else fills etcd until it raises NOSPACE: merlin sees
+			// the alarm and names it.
+			junk := strings.Repeat("j", 256<<10)
+			var putErr error
+			for i := 0; i < 160 && putErr == nil; i++ {
+				_, putErr = kv.Put(ctx, fmt.Sprintf("/junk/%d", i), junk)
+			}
+			if putErr == nil {
+				t.Fatal("etcd took 40 MiB under an 8 MiB quota")
+			}
+			err = store.Check(ctx)
+			if err == nil || !strings.Contains(err.Error(), "NOSPACE") {
+				t.Fatalf("Check after the alarm: %v", err)
+			}
+			_, err = c.CreateService(ctx, tcpService("more", "198.18.0.3", 80))
+			wantCode(t, err, codes.ResourceExhausted)
+			if st := status.Convert(err); !strings.Contains(st.Message(), "NOSPACE") {
+				t.Errorf("refusal %q does not name the alarm", st.Message())
+			}
+		})
+	}
+}

@@ -43,11 +43,13 @@ const listPageSize = 1000
 type Store struct {
 	client *clientv3.Client
 	prefix string
+	quota  int64 // etcd's backend quota, for the write guard (quota.go)
+	usage  storeUsage
 }
 
 // NewStore uses the client for keys under prefix (e.g. "/merlin").
 func NewStore(client *clientv3.Client, prefix string) *Store {
-	return &Store{client: client, prefix: strings.TrimSuffix(prefix, "/")}
+	return &Store{client: client, prefix: strings.TrimSuffix(prefix, "/"), quota: DefaultStoreQuota}
 }
 
 // Endpoints are the etcd endpoints the store talks to.

@@ -73,6 +73,7 @@ type options struct {
 	maxMessage     int
 	maxStreams     uint
 	maxConns       int
+	storeQuota     int64
 	idleTimeout    time.Duration
 	configFile     string
 	node           string
@@ -103,6 +104,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the health port")
 	fs.StringVar(&o.storeEndpoints, "store-endpoints", "", "comma-separated etcd endpoints; empty runs an embedded single-node etcd in -data-dir")
 	fs.StringVar(&o.storePrefix, "store-prefix", "/merlin", "etcd key prefix of the desired state")
+	fs.Int64Var(&o.storeQuota, "store-quota-bytes", control.DefaultStoreQuota, "etcd's backend quota (the embedded etcd runs with it; for an external etcd, give its --quota-backend-bytes): past 90% of it the API accepts only deletes")
 	fs.StringVar(&o.storeTLSCA, "store-tls-ca", "", "CA certificate (PEM) of the etcd servers")
 	fs.StringVar(&o.storeTLSCert, "store-tls-cert", "", "client certificate (PEM) for etcd")
 	fs.StringVar(&o.storeTLSKey, "store-tls-key", "", "client key (PEM) for etcd")
@@ -202,6 +204,8 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-max-message-bytes %d: want 1024 to %d", o.maxMessage, 1<<30)
 	case o.maxStreams == 0 || o.maxStreams > 1<<16:
 		return fmt.Errorf("-max-concurrent-streams %d: want 1 to %d", o.maxStreams, 1<<16)
+	case o.storeQuota < 1<<20 || o.storeQuota > 8<<30:
+		return fmt.Errorf("-store-quota-bytes %d: want 1 MiB to 8 GiB (etcd's largest)", o.storeQuota)
 	case o.maxConns < 1 || o.maxConns > 1<<20:
 		return fmt.Errorf("-max-connections %d: want 1 to %d", o.maxConns, 1<<20)
 	case o.idleTimeout < time.Second:
@@ -292,7 +296,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-		e, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: o.dataDir, ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log})
+		e, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: o.dataDir, ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, QuotaBytes: o.storeQuota, Log: log})
 		if err != nil {
 			return err
 		}
@@ -325,6 +329,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	defer kv.Close()
 	store := control.NewStore(kv, o.storePrefix)
+	store.SetQuota(o.storeQuota)
 
 	grpcOpts := control.GRPCOptions{MaxMessageBytes: o.maxMessage, MaxConcurrentStreams: uint32(o.maxStreams), IdleTimeout: o.idleTimeout}
 	if o.tlsCert != "" {
@@ -344,7 +349,16 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	etcdUp := prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_etcd_connected", Help: "1 while etcd answers (with a leader)."})
-	reg.MustRegister(etcdUp)
+	reg.MustRegister(etcdUp,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_etcd_db_bytes", Help: "Size of etcd's database (largest member), as last looked at."},
+			func() float64 { n, _ := store.Usage(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_etcd_alarm", Help: "1 while etcd has an alarm raised (NOSPACE, CORRUPT): it refuses writes."},
+			func() float64 {
+				if _, a := store.Usage(); a != "" {
+					return 1
+				}
+				return 0
+			}))
 	build := version.Read()
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_build_info", Help: "1, labelled with the running binary's version, commit and Go version."}, []string{"version", "commit", "goversion"})
 	buildInfo.WithLabelValues(build.Version, build.Commit, build.GoVersion).Set(1)
@@ -370,7 +384,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		}
 		wg.Go(func() { control.PublishStatus(ctx, store, node, advertise, log) })
 	}
-	wg.Go(func() { probeEtcd(ctx, store, etcdUp) })
+	wg.Go(func() { probeEtcd(ctx, store, etcdUp, log) })
 	wg.Go(func() { api.RunHealth(ctx) })
 	wg.Go(func() {
 		if err := g.Serve(capped); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -414,6 +428,10 @@ func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Regis
 	ready := func(w http.ResponseWriter, r *http.Request) {
 		if err := store.Ping(r.Context()); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if _, alarms := store.Usage(); alarms != "" {
+			http.Error(w, "etcd alarm "+alarms+": writes are refused", http.StatusServiceUnavailable)
 			return
 		}
 		if node != nil {
@@ -528,11 +546,22 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	return runner, func() { local.Wait(); checks.Close(); reader.Close(); table.Close() }, nil
 }
 
-// probeEtcd keeps merlin_etcd_connected current.
-func probeEtcd(ctx context.Context, store *control.Store, up prometheus.Gauge) {
+// probeEtcd keeps merlin_etcd_connected current, and what the store's
+// write guard and /readyz know of etcd's size and alarms.
+func probeEtcd(ctx context.Context, store *control.Store, up prometheus.Gauge, log *slog.Logger) {
+	alarmed := false
 	for {
 		if store.Ping(ctx) == nil {
 			up.Set(1)
+			err := store.Check(ctx)
+			if (err != nil) != alarmed && ctx.Err() == nil {
+				alarmed = err != nil
+				if alarmed {
+					log.Error("etcd refuses writes", "error", err)
+				} else {
+					log.Info("etcd alarm cleared")
+				}
+			}
 		} else {
 			up.Set(0)
 		}

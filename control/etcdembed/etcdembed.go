@@ -19,11 +19,14 @@ import (
 
 // Config says where the server keeps its data and listens.
 type Config struct {
-	DataDir   string       // etcd's own data lives in DataDir/etcd
-	ClientURL string       // e.g. http://127.0.0.1:2379
-	PeerURL   string       // e.g. http://127.0.0.1:2380; only this node uses it
-	Name      string       // member name; "merlin" when empty
-	Log       *slog.Logger // where etcd's own logs go; nil: discarded
+	DataDir   string // etcd's own data lives in DataDir/etcd
+	ClientURL string // e.g. http://127.0.0.1:2379
+	PeerURL   string // e.g. http://127.0.0.1:2380; only this node uses it
+	Name      string // member name; "merlin" when empty
+	// QuotaBytes is the backend quota (0: etcd's 2 GiB); past it etcd raises
+	// its NOSPACE alarm and refuses writes.
+	QuotaBytes int64
+	Log        *slog.Logger // where etcd's own logs go; nil: discarded
 }
 
 // Server is a single-node etcd server running in this process: the
@@ -60,10 +63,11 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	stopping := &atomic.Bool{}
 	cfg.WarningUnaryRequestDuration = time.Second // requests slower than this are logged as warnings
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdlog.Server(log.With("component", "etcd"), stopping))
-	// Keep a day of history so watchers resuming after a pause rarely
-	// meet a compacted revision.
+	// Keep an hour of history: watchers resuming after a pause rarely meet
+	// a compacted revision, and a burst of writes is freed within the hour.
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
-	cfg.AutoCompactionRetention = "24h"
+	cfg.AutoCompactionRetention = "1h"
+	cfg.QuotaBackendBytes = c.QuotaBytes
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.Dir, err)

@@ -46,6 +46,7 @@ type Server struct {
 	cmdExited  chan struct{}
 	binaryPath string
 	tls        *TLSFiles
+	quota      int64 // backend quota; 0: etcd's default
 }
 
 // TLSFiles make Debian's etcd serve clients over TLS and require client
@@ -81,7 +82,14 @@ func StartTLS(t testing.TB, files TLSFiles) *Server {
 	return start(t, Debian, &files)
 }
 
-func start(t testing.TB, kind Kind, tlsFiles *TLSFiles) *Server {
+// StartWithQuota runs a server whose backend quota is bytes: past it,
+// etcd raises its NOSPACE alarm.
+func StartWithQuota(t testing.TB, kind Kind, bytes int64) *Server {
+	t.Helper()
+	return start(t, kind, nil, bytes)
+}
+
+func start(t testing.TB, kind Kind, tlsFiles *TLSFiles, quota ...int64) *Server {
 	t.Helper()
 	scheme := "http"
 	if tlsFiles != nil {
@@ -94,6 +102,9 @@ func start(t testing.TB, kind Kind, tlsFiles *TLSFiles) *Server {
 		peerURL:   "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
 		dir:       t.TempDir(),
 		t:         t,
+	}
+	if len(quota) > 0 {
+		s.quota = quota[0]
 	}
 	if kind == Debian {
 		path, err := exec.LookPath("etcd")
@@ -128,7 +139,7 @@ func (s *Server) Restart() {
 	defer cancel()
 	switch s.Kind {
 	case Embedded:
-		e, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: s.dir, ClientURL: s.ClientURL, PeerURL: s.peerURL})
+		e, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: s.dir, ClientURL: s.ClientURL, PeerURL: s.peerURL, QuotaBytes: s.quota})
 		if err != nil {
 			s.t.Fatalf("embedded etcd: %v", err)
 		}
@@ -143,6 +154,9 @@ func (s *Server) Restart() {
 			"--listen-client-urls", s.ClientURL, "--advertise-client-urls", s.ClientURL,
 			"--listen-peer-urls", s.peerURL, "--initial-advertise-peer-urls", s.peerURL,
 			"--initial-cluster", "test="+s.peerURL, "--log-level", "error", "--logger", "zap")
+		if s.quota > 0 {
+			cmd.Args = append(cmd.Args, "--quota-backend-bytes", strconv.FormatInt(s.quota, 10))
+		}
 		probe := http.DefaultClient
 		if f := s.tls; f != nil {
 			cmd.Args = append(cmd.Args, "--cert-file", f.CertFile, "--key-file", f.KeyFile,
