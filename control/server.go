@@ -174,6 +174,8 @@ func toStatus(err error) error {
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, rpctypes.ErrFutureRev), errors.Is(err, rpctypes.ErrGRPCFutureRev):
+		return status.Error(codes.OutOfRange, "revision is in the future: etcd has not reached it")
 	case errors.Is(err, rpctypes.ErrNoSpace), errors.Is(err, rpctypes.ErrGRPCNoSpace):
 		return status.Error(codes.ResourceExhausted, "etcd is full (NOSPACE alarm): it refuses every write until compacted, defragmented and disarmed (README: \"When etcd is full\")")
 	case errors.Is(err, rpctypes.ErrNoLeader), errors.Is(err, rpctypes.ErrTimeout), errors.Is(err, rpctypes.ErrGRPCNoLeader):
@@ -233,6 +235,9 @@ func (s *Server) DeleteService(ctx context.Context, id *wrapperspb.StringValue) 
 }
 
 func (s *Server) DeleteServiceAtRevision(ctx context.Context, req *types.DeleteServiceRequest) (*emptypb.Empty, error) {
+	if req.GetRevision() < 0 {
+		return nil, model.FieldErrorf("revision", "%d: must not be negative", req.GetRevision())
+	}
 	rev, err := s.store.DeleteService(ctx, req.GetId(), req.GetRevision())
 	if err != nil {
 		return nil, err

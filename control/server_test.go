@@ -938,3 +938,38 @@ func TestAPIStoreQuota(t *testing.T) {
 		})
 	}
 }
+
+// Confirmations name exactly what is held; revisions from the future or
+// below zero are the client's error, never Internal.
+func TestAPIConfirmAndRevisions(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx, c := ctxT(t), env.client
+	_, err := c.ConfirmDeletions(ctx, &types.ConfirmDeletionsRequest{Revision: 5})
+	wantCode(t, err, codes.FailedPrecondition)
+	lease, err := env.kv.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := control.NewStore(env.kv, prefix)
+	if err := store.PutNodeStatus(ctx, lease.ID, &types.NodeStatus{Node: "lb1", DeletionGuard: &types.DeletionGuard{Held: true, Revision: 42, Deletions: 9, Owned: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, rev := range []int64{41, 43, 1 << 40} {
+		_, err = c.ConfirmDeletions(ctx, &types.ConfirmDeletionsRequest{Revision: rev})
+		wantCode(t, err, codes.FailedPrecondition)
+		if !strings.Contains(status.Convert(err).Message(), "lb1 at 42") {
+			t.Errorf("refusal of %d does not say what is held: %v", rev, err)
+		}
+	}
+	_, err = c.ConfirmDeletions(ctx, &types.ConfirmDeletionsRequest{Revision: -1})
+	wantCode(t, err, codes.InvalidArgument)
+	noErr(t)(c.ConfirmDeletions(ctx, &types.ConfirmDeletionsRequest{Revision: 42}))
+
+	_, err = c.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: "web", Revision: -3})
+	wantCode(t, err, codes.InvalidArgument)
+	stream, err := c.Watch(ctx, &types.WatchRequest{FromRevision: 1 << 40})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	wantCode(t, err, codes.OutOfRange)
+}

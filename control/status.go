@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -91,8 +92,32 @@ func (s *Server) Status(ctx context.Context, _ *emptypb.Empty) (*types.StatusRes
 }
 
 // ConfirmDeletions records the confirmation for the nodes.
+// Only the revision a node actually holds back is accepted: a later one
+// would approve mass deletions no one has seen yet.
 func (s *Server) ConfirmDeletions(ctx context.Context, req *types.ConfirmDeletionsRequest) (*emptypb.Empty, error) {
-	if err := s.store.ConfirmDeletions(ctx, req.GetRevision()); err != nil {
+	rev := req.GetRevision()
+	if rev <= 0 {
+		return nil, model.FieldErrorf("revision", "%d: want the revision meradm status shows as held", rev)
+	}
+	nodes, err := s.store.NodeStatuses(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var held []string
+	match := false
+	for _, n := range nodes {
+		if g := n.GetDeletionGuard(); g.GetHeld() {
+			held = append(held, fmt.Sprintf("%s at %d", n.Node, g.Revision))
+			match = match || g.Revision == rev
+		}
+	}
+	switch {
+	case len(held) == 0:
+		return nil, status.Error(codes.FailedPrecondition, "no node holds deletions back: nothing to confirm")
+	case !match:
+		return nil, status.Errorf(codes.FailedPrecondition, "no node holds deletions back at revision %d (held: %s)", rev, strings.Join(held, ", "))
+	}
+	if err := s.store.ConfirmDeletions(ctx, rev); err != nil {
 		return nil, err
 	}
 	s.log.Warn("mass deletion confirmed", "revision", req.GetRevision())
