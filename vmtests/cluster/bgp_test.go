@@ -92,8 +92,6 @@ func TestVMBGP(t *testing.T) {
 	})
 
 	t.Run("drain", func(t *testing.T) {
-		long := c.longLivedVia(node2, vip)
-		defer long.Close()
 		tr := c.startTraffic(vip)
 		c.mustMeradm("node", "drain", node2.Name, "--withdraw-after", "8s")
 		c.eventually("bird to see GRACEFUL_SHUTDOWN from node2", 30*time.Second, func() error {
@@ -115,9 +113,6 @@ func TestVMBGP(t *testing.T) {
 		if fail > 0 || ok == 0 {
 			t.Errorf("during the drain %d connections failed, %d worked (last error %v)", fail, ok, last)
 		}
-		// The connection node2 carried now reaches the same server through
-		// node1 (mh on both, sloppy TCP): data still flows both ways.
-		c.must(echo(long, "after the drain"))
 		c.mustMeradm("node", "undrain", node2.Name)
 		c.must(r.WaitNextHops(lab.DRVIP, 60*time.Second, both...))
 	})
