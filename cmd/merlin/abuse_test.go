@@ -5,8 +5,6 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,15 +23,7 @@ import (
 // idle ones time out a client is served again.
 func TestConnectionCapAndIdleTimeout(t *testing.T) {
 	api, health := freePort(t), freePort(t)
-	cmd := exec.Command(os.Args[0], "-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false",
-		"-port", api, "-health-port", health, "-max-connections", "8", "-idle-timeout", "2s",
-		"-embedded-etcd-client-url", "http://127.0.0.1:"+freePort(t), "-embedded-etcd-peer-url", "http://127.0.0.1:"+freePort(t))
-	cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, out := startAPIOnly(t, "-port", api, "-health-port", health, "-max-connections", "8", "-idle-timeout", "2s")
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {

@@ -101,15 +101,7 @@ func TestCleanStartAndStopLogNoErrors(t *testing.T) {
 	health := freePort(t)
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false", "-log-format", format,
-				"-port", freePort(t), "-health-port", health,
-				"-embedded-etcd-client-url", "http://127.0.0.1:"+freePort(t), "-embedded-etcd-peer-url", "http://127.0.0.1:"+freePort(t))
-			cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
-			var out strings.Builder
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
+			cmd, out := startAPIOnly(t, "-log-format", format, "-port", freePort(t), "-health-port", health)
 			deadline := time.Now().Add(60 * time.Second)
 			for {
 				resp, err := http.Get("http://127.0.0.1:" + health + "/readyz")
@@ -156,6 +148,22 @@ func TestVersionFlag(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "merlin ") || !strings.Contains(string(out), "go1.") {
 		t.Fatalf("merlin --version: %v: %q", err, out)
 	}
+}
+
+// startAPIOnly starts this binary as merlin serving only the API, with an
+// embedded etcd on free ports, logging to the returned builder.
+func startAPIOnly(t *testing.T, args ...string) (*exec.Cmd, *strings.Builder) {
+	t.Helper()
+	args = append([]string{"-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false",
+		"-embedded-etcd-client-url", "http://127.0.0.1:" + freePort(t), "-embedded-etcd-peer-url", "http://127.0.0.1:" + freePort(t)}, args...)
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, out
 }
 
 // freePort is a TCP port on 127.0.0.1 that was free a moment ago.
