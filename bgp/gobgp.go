@@ -101,7 +101,13 @@ func (s *Speaker) peerConf(p Peer) *api.Peer {
 		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.MultihopTTL)}
 	}
 	if p.GracefulRestart > 0 {
-		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(p.GracefulRestart / time.Second)}
+		// A new process is a restart: the OPEN says so (restart state and
+		// forwarding preserved per family), so the router keeps the stale
+		// routes until this speaker's End-of-RIB instead of dropping them
+		// at the new OPEN; updates wait for the router's End-of-RIB (or the
+		// deferral time).
+		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(p.GracefulRestart / time.Second),
+			LocalRestarting: true, DeferralTime: 30}
 	}
 	for _, f := range s.cfg.families(p) {
 		af := &api.AfiSafi{
