@@ -973,3 +973,23 @@ func TestAPIConfirmAndRevisions(t *testing.T) {
 	}
 	wantCode(t, err, codes.OutOfRange)
 }
+
+// An IPv4-mapped IPv6 address names the same server on every call.
+func TestAPIMappedAddressesAreOneServer(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx, c := ctxT(t), env.client
+	noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.1", 80)))
+	noErr(t)(c.CreateServer(ctx, server("web", "::ffff:198.19.0.2", 8080, 1)))
+	noErr(t)(types.NewMerlinClient(env.original).UpdateServer(ctx, server("web", "::ffff:198.19.0.2", 8080, 7)))
+	got, err := c.GetService(ctx, wrapperspb.String("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Servers) != 1 || got.Servers[0].Key.Ip != "198.19.0.2" || got.Servers[0].Config.Weight.GetValue() != 7 {
+		t.Fatalf("servers %v", got.Servers)
+	}
+	noErr(t)(c.DeleteServer(ctx, server("web", "::ffff:198.19.0.2", 8080, 0)))
+	if got, err = c.GetService(ctx, wrapperspb.String("web")); err != nil || len(got.Servers) != 0 {
+		t.Fatalf("after delete: %v, %v", got.GetServers(), err)
+	}
+}

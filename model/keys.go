@@ -15,16 +15,18 @@ func VIPKey(k *types.VirtualService_Key) string {
 		return fmt.Sprintf("fwmark/%s/%d", strings.ToLower(k.GetFamily().String()), k.GetFwmark())
 	}
 	addr, _ := netip.ParseAddr(k.GetIp())
+	addr = addr.Unmap() // as ParseAddr: ::ffff:10.0.1.1 is 10.0.1.1 on every call
 	return strings.ToLower(k.GetProtocol().String()) + "/" + netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
 }
 
-// ServerKeyString is "IP:PORT" ("[IP]:PORT" for IPv6) of a server key.
+// ServerKeyString is "IP:PORT" ("[IP]:PORT" for IPv6) of a server key;
+// an IPv4-mapped address names the IPv4 one, as ParseAddr makes it.
 func ServerKeyString(k *types.RealServer_Key) string {
 	addr, err := netip.ParseAddr(k.GetIp())
 	if err != nil {
 		return fmt.Sprintf("%s:%d", k.GetIp(), k.GetPort())
 	}
-	return netip.AddrPortFrom(addr, uint16(k.GetPort())).String()
+	return netip.AddrPortFrom(addr.Unmap(), uint16(k.GetPort())).String()
 }
 
 // CompareServerKeys orders ServerKeyString values by address, then port.
