@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,19 +41,37 @@ func TestMain(m *testing.M) {
 // ends and returns its API port.
 func startMerlin(t *testing.T, extra ...string) int {
 	t.Helper()
+	// A port that was free a moment ago may be taken by a test running
+	// beside this one: start again on others.
+	for attempt := 1; ; attempt++ {
+		port, log, err := tryStartMerlin(t, extra...)
+		if err == nil {
+			return port
+		}
+		if attempt == 3 || !strings.Contains(log, "address already in use") {
+			t.Fatalf("%v\n%s", err, log)
+		}
+	}
+}
+
+// tryStartMerlin starts merlin on free ports and waits until it is ready;
+// on failure it returns merlin's log.
+func tryStartMerlin(t *testing.T, extra ...string) (int, string, error) {
+	t.Helper()
 	port, health := etcdtest.FreePort(t), etcdtest.FreePort(t)
 	args := append([]string{"-data-dir", t.TempDir(), "-port", strconv.Itoa(port), "-health-port", strconv.Itoa(health),
 		"-api-address", "127.0.0.1", "-reconcile=false",
 		"-embedded-etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
 		"-embedded-etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))}, extra...)
-	var log bytes.Buffer
+	log := &syncBuffer{}
 	cmd := exec.Command(merlinBinary, args...)
-	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {
@@ -72,18 +92,36 @@ func startMerlin(t *testing.T, extra ...string) int {
 			if resp.StatusCode == 200 {
 				if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 					c.Close()
-					return port
+					return port, "", nil
 				}
 			}
 		}
 		select {
-		case err := <-exited:
-			t.Fatalf("merlin exited: %v\n%s", err, log.String())
+		case <-exited:
+			return 0, log.String(), fmt.Errorf("merlin exited: %v", waitErr)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	t.Fatalf("merlin not ready\n%s", log.String())
-	return 0
+	return 0, log.String(), errors.New("merlin not ready")
+}
+
+// syncBuffer is a bytes.Buffer merlin's output goroutines and the test
+// may use at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // meradm runs the CLI in-process and returns its output and error line.
