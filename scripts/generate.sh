@@ -16,3 +16,5 @@ PATH="$bin:$PATH" protoc -I types -I /usr/include \
 # The original Merlin API's shapes, as a descriptor set for the compatibility test.
 protoc -I control/testdata -I /usr/include --include_imports \
   -o control/testdata/original_merlin.pb control/testdata/original_merlin.proto
+# The eBPF counters (bpf/*.c) with Debian's clang 19, through bpf2go.
+go generate ./datapath/xdpstats

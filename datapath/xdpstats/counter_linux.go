@@ -1,0 +1,233 @@
+//go:build linux
+
+package xdpstats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Defaults of Config.
+const (
+	DefaultPinDir     = "/sys/fs/bpf/merlin"
+	DefaultMaxVIPs    = 16384
+	DefaultMaxServers = 131072
+	maxLocals         = 4096
+	// RefreshPeriod is how often Run re-reads the neighbour table (for
+	// direct-routing servers' MACs) and the node's own addresses.
+	RefreshPeriod = 2 * time.Second
+)
+
+// XDP attach modes.
+const (
+	XDPAuto    = ""        // native where the driver has it, generic otherwise
+	XDPNative  = "native"  // in the driver
+	XDPGeneric = "generic" // after the driver, slower, works everywhere
+)
+
+// Config says where to count and how much room the maps have.
+type Config struct {
+	XDPInterfaces []string // ingress: where client traffic arrives
+	XDPMode       string   // XDPAuto, XDPNative or XDPGeneric
+	TCInterfaces  []string // backend side: where IPVS sends packets to real servers
+	MaxVIPs       int      // VIP:port:protocol keys (and as many VIP addresses)
+	MaxServers    int      // real-server keys of all services
+	PinDir        string   // in bpffs; maps under maps/, links under links/
+}
+
+// Validate checks the configuration; errors name the setting.
+func (c *Config) Validate() error {
+	switch c.XDPMode {
+	case XDPAuto, XDPNative, XDPGeneric:
+	default:
+		return fmt.Errorf("counters xdp mode %.16q: want native, generic or empty", c.XDPMode)
+	}
+	if len(c.XDPInterfaces)+len(c.TCInterfaces) == 0 {
+		return errors.New("counters: no interface to count on (xdp or tc interfaces)")
+	}
+	for _, n := range append(append([]string{}, c.XDPInterfaces...), c.TCInterfaces...) {
+		if n == "" || len(n) > 15 || filepath.Base(n) != n {
+			return fmt.Errorf("counters interface %.20q: not an interface name", n)
+		}
+	}
+	if c.MaxVIPs < 0 || c.MaxVIPs > 1<<20 {
+		return fmt.Errorf("counters max vips %d: want 1 to %d", c.MaxVIPs, 1<<20)
+	}
+	if c.MaxServers < 0 || c.MaxServers > 1<<22 {
+		return fmt.Errorf("counters max servers %d: want 1 to %d", c.MaxServers, 1<<22)
+	}
+	if c.PinDir != "" && !filepath.IsAbs(c.PinDir) {
+		return fmt.Errorf("counters pin dir %.40q: want an absolute path", c.PinDir)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxVIPs == 0 {
+		c.MaxVIPs = DefaultMaxVIPs
+	}
+	if c.MaxServers == 0 {
+		c.MaxServers = DefaultMaxServers
+	}
+	if c.PinDir == "" {
+		c.PinDir = DefaultPinDir
+	}
+	return c
+}
+
+// Attachment is one program on one interface.
+type Attachment struct {
+	Interface string
+	Hook      string // "xdp native", "xdp generic", "tcx egress", "clsact ingress", …
+}
+
+// Status is what the counters are doing and, when off, why.
+type Status struct {
+	On         bool
+	Reason     string // why counters are off
+	Attached   []Attachment
+	Keys       int // keys counted
+	Dropped    int // keys that did not fit their map
+	Unresolved int // direct-routing servers whose MAC the node does not know yet
+}
+
+// Counter owns the programs, maps and links. New starts nothing; Open loads
+// and attaches; Set gives it the keys; Run keeps neighbour-derived keys
+// fresh; Close lets go of the file descriptors (pins keep counting).
+type Counter struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	objs     *countersObjects
+	links    []link.Link
+	status   Status
+	want     Keys
+	routeMAC map[countersKey]ServerKey // direct-routing map keys → their server
+}
+
+// New returns a Counter for cfg (see Config.Validate).
+func New(cfg Config, log *slog.Logger) *Counter {
+	return &Counter{cfg: cfg.withDefaults(), log: log, status: Status{Reason: "not started"}}
+}
+
+// Open loads the programs, reuses or creates the pinned maps, and attaches
+// to every configured interface. On error nothing it attached stays, the
+// status says why, and the caller runs on without counters.
+func (c *Counter) Open(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.open(); err != nil {
+		c.closeLocked()
+		c.status = Status{Reason: err.Error()}
+		return err
+	}
+	c.status.On, c.status.Reason = true, ""
+	return nil
+}
+
+func (c *Counter) open() error {
+	if err := ensureBPFFS(c.cfg.PinDir); err != nil {
+		return err
+	}
+	objs, err := c.load()
+	if err != nil {
+		return err
+	}
+	c.objs = objs
+	return c.attachAll()
+}
+
+// load loads the collection, sharing the maps pinned by an earlier run. Maps
+// of another size or layout are replaced: their counts restart at zero.
+func (c *Counter) load() (*countersObjects, error) {
+	mapDir := filepath.Join(c.cfg.PinDir, "maps")
+	if err := os.MkdirAll(mapDir, 0o700); err != nil {
+		return nil, fmt.Errorf("counters pin dir: %w", err)
+	}
+	for attempt := 0; ; attempt++ {
+		spec, err := loadCounters()
+		if err != nil {
+			return nil, err
+		}
+		sizes := map[string]int{countersMapVips: c.cfg.MaxVIPs, countersMapUnmatched: c.cfg.MaxVIPs,
+			countersMapForwarded: c.cfg.MaxServers, countersMapReplies: c.cfg.MaxServers, countersMapLocals: maxLocals}
+		for name, n := range sizes {
+			spec.Maps[name].MaxEntries = uint32(n)
+		}
+		objs := &countersObjects{}
+		err = spec.LoadAndAssign(objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapDir}})
+		if err == nil {
+			return objs, nil
+		}
+		if !errors.Is(err, ebpf.ErrMapIncompatible) || attempt > 0 {
+			return nil, fmt.Errorf("load counter programs: %w", err)
+		}
+		c.log.Warn("counter maps pinned by an earlier run have another size; counts restart at zero", "dir", mapDir, "error", err)
+		for name := range sizes {
+			if err := os.Remove(filepath.Join(mapDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("remove old counter map: %w", err)
+			}
+		}
+	}
+}
+
+// Status reports the counters' state.
+func (c *Counter) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.status
+	s.Attached = append([]Attachment(nil), s.Attached...)
+	return s
+}
+
+// Close releases the file descriptors. Pinned links and maps stay: the
+// programs go on counting until the next Open takes them over, or Remove.
+func (c *Counter) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeLocked()
+	c.status = Status{Reason: "closed"}
+	return nil
+}
+
+func (c *Counter) closeLocked() {
+	for _, l := range c.links {
+		_ = l.Close()
+	}
+	c.links = nil
+	if c.objs != nil {
+		_ = c.objs.Close()
+		c.objs = nil
+	}
+}
+
+// Run refreshes what derives from the node's tables (direct-routing MACs,
+// local addresses) every RefreshPeriod until ctx ends.
+func (c *Counter) Run(ctx context.Context) {
+	t := time.NewTicker(RefreshPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.mu.Lock()
+			if c.objs != nil {
+				if err := c.syncLocked(); err != nil {
+					c.log.Warn("refresh counter keys", "error", err)
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}
