@@ -206,41 +206,6 @@ func appendHealth(out []*types.ServerHealth, p *ServicePlan) []*types.ServerHeal
 	return out
 }
 
-// CounterKeys are the keys the traffic counters need: one per programmed
-// service, one per real server with how packets reach it.
-type CounterKeys struct {
-	Services []ipvs.ServiceKey
-	Backends []BackendKey
-}
-
-// BackendKey names one real server of one service.
-type BackendKey struct {
-	Service ipvs.ServiceKey
-	Server  ipvs.DestinationKey
-	Forward ipvs.ForwardMethod
-}
-
-// PlanCounterKeys lists the counter keys of the programmable services,
-// sorted. It walks every server, so it runs only where counters are kept.
-func PlanCounterKeys(services map[string]*ServicePlan) CounterKeys {
-	var ck CounterKeys
-	for _, p := range services {
-		if p.Err != nil {
-			continue
-		}
-		ck.Services = append(ck.Services, p.Key())
-		for _, d := range p.Virtual.Destinations {
-			ck.Backends = append(ck.Backends, BackendKey{Service: p.Key(), Server: d.Key, Forward: d.Config.Forward})
-		}
-	}
-	slices.SortFunc(ck.Services, compareServiceKeys)
-	slices.SortFunc(ck.Backends, func(a, b BackendKey) int {
-		return cmp.Or(compareServiceKeys(a.Service, b.Service),
-			netip.AddrPortFrom(a.Server.Address, a.Server.Port).Compare(netip.AddrPortFrom(b.Server.Address, b.Server.Port)))
-	})
-	return ck
-}
-
 func compareServiceKeys(a, b ipvs.ServiceKey) int {
 	return cmp.Or(cmp.Compare(a.FWMark, b.FWMark), a.Address.Compare(b.Address), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Family, b.Family))
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -242,9 +243,13 @@ func TestPlanNodeVIPStates(t *testing.T) {
 		}
 	}
 
-	ck := PlanCounterKeys(plans)
-	if len(ck.Services) != 6 || len(ck.Backends) != 3 || ck.Backends[0].Forward != ipvs.Masquerade {
-		t.Fatalf("counter keys %+v", ck)
+	// 198.19.0.1:8080 serves two services: its packets are one count.
+	keys, idx := PlanCounterKeys(&Plan{Services: plans})
+	if len(keys.VIPs) != 5 || len(keys.Servers) != 2 || keys.Servers[0].Method != xdpstats.NAT || len(idx.Services) != 6 {
+		t.Fatalf("counter keys %+v, index %+v", keys, idx)
+	}
+	if l := idx.Servers[keys.Servers[0]]; l.Service == "" || l.Server == "" {
+		t.Fatalf("server label %+v", l)
 	}
 }
 

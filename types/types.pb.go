@@ -911,6 +911,8 @@ type NodeStatus struct {
 	BgpPeers []*BGPPeer `protobuf:"bytes,17,rep,name=bgp_peers,json=bgpPeers,proto3" json:"bgp_peers,omitempty"`
 	// vips_announced: how many VIPs the node announces by BGP.
 	VipsAnnounced uint32 `protobuf:"varint,18,opt,name=vips_announced,json=vipsAnnounced,proto3" json:"vips_announced,omitempty"`
+	// counters: the node's eBPF traffic counters (absent when none are configured).
+	Counters      *CountersStatus `protobuf:"bytes,19,opt,name=counters,proto3" json:"counters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1071,6 +1073,101 @@ func (x *NodeStatus) GetVipsAnnounced() uint32 {
 	return 0
 }
 
+func (x *NodeStatus) GetCounters() *CountersStatus {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+type CountersStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	On    bool                   `protobuf:"varint,1,opt,name=on,proto3" json:"on,omitempty"`
+	// reason: why the counters are off (a conflict, the kernel, privileges).
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// attached: "INTERFACE HOOK" for each program, e.g. "eth0 xdp native", "eth1 tcx egress".
+	Attached []string `protobuf:"bytes,3,rep,name=attached,proto3" json:"attached,omitempty"`
+	Keys     uint32   `protobuf:"varint,4,opt,name=keys,proto3" json:"keys,omitempty"`
+	// keys_dropped: keys that did not fit the maps (their traffic is not counted).
+	KeysDropped uint32 `protobuf:"varint,5,opt,name=keys_dropped,json=keysDropped,proto3" json:"keys_dropped,omitempty"`
+	// unresolved_servers: direct-routing servers whose MAC the node does not know yet.
+	UnresolvedServers uint32 `protobuf:"varint,6,opt,name=unresolved_servers,json=unresolvedServers,proto3" json:"unresolved_servers,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CountersStatus) Reset() {
+	*x = CountersStatus{}
+	mi := &file_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountersStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountersStatus) ProtoMessage() {}
+
+func (x *CountersStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
+func (*CountersStatus) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CountersStatus) GetOn() bool {
+	if x != nil {
+		return x.On
+	}
+	return false
+}
+
+func (x *CountersStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CountersStatus) GetAttached() []string {
+	if x != nil {
+		return x.Attached
+	}
+	return nil
+}
+
+func (x *CountersStatus) GetKeys() uint32 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *CountersStatus) GetKeysDropped() uint32 {
+	if x != nil {
+		return x.KeysDropped
+	}
+	return 0
+}
+
+func (x *CountersStatus) GetUnresolvedServers() uint32 {
+	if x != nil {
+		return x.UnresolvedServers
+	}
+	return 0
+}
+
 type DrainStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Since         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
@@ -1083,7 +1180,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1192,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1205,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -1150,7 +1247,7 @@ type BGPPeer struct {
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1259,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1272,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -1248,7 +1345,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1357,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1370,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1310,7 +1407,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1419,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1432,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -1383,7 +1480,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1492,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1505,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -1460,7 +1557,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1569,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1582,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -1545,7 +1642,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1654,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1667,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -1622,7 +1719,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +1731,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +1744,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -1689,7 +1786,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1798,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1811,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1740,7 +1837,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +1849,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +1862,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -1793,7 +1890,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1902,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1915,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -1904,7 +2001,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2013,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2026,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -1979,7 +2076,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2088,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2101,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -2045,7 +2142,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2154,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2167,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -2103,7 +2200,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2115,7 +2212,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2283,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2295,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2364,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2376,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2416,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2428,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2476,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2488,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2591,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2603,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2651,7 +2748,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2663,7 +2760,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2804,7 +2901,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\x8a\x06\n" +
+	"\x06DELETE\x10\x04\"\xbd\x06\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -2827,7 +2924,15 @@ const file_types_proto_rawDesc = "" +
 	"\aversion\x18\x0f \x01(\tR\aversion\x12(\n" +
 	"\x05drain\x18\x10 \x01(\v2\x12.types.DrainStatusR\x05drain\x12+\n" +
 	"\tbgp_peers\x18\x11 \x03(\v2\x0e.types.BGPPeerR\bbgpPeers\x12%\n" +
-	"\x0evips_announced\x18\x12 \x01(\rR\rvipsAnnounced\"\x9f\x01\n" +
+	"\x0evips_announced\x18\x12 \x01(\rR\rvipsAnnounced\x121\n" +
+	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\"\xba\x01\n" +
+	"\x0eCountersStatus\x12\x0e\n" +
+	"\x02on\x18\x01 \x01(\bR\x02on\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +
+	"\battached\x18\x03 \x03(\tR\battached\x12\x12\n" +
+	"\x04keys\x18\x04 \x01(\rR\x04keys\x12!\n" +
+	"\fkeys_dropped\x18\x05 \x01(\rR\vkeysDropped\x12-\n" +
+	"\x12unresolved_servers\x18\x06 \x01(\rR\x11unresolvedServers\"\x9f\x01\n" +
 	"\vDrainStatus\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
@@ -2965,7 +3070,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -2982,124 +3087,126 @@ var file_types_proto_goTypes = []any{
 	(*WatchRequest)(nil),                  // 12: types.WatchRequest
 	(*WatchEvent)(nil),                    // 13: types.WatchEvent
 	(*NodeStatus)(nil),                    // 14: types.NodeStatus
-	(*DrainStatus)(nil),                   // 15: types.DrainStatus
-	(*BGPPeer)(nil),                       // 16: types.BGPPeer
-	(*DrainNodeRequest)(nil),              // 17: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 18: types.SinkStatus
-	(*VIPStatus)(nil),                     // 19: types.VIPStatus
-	(*ServerHealth)(nil),                  // 20: types.ServerHealth
-	(*ObjectError)(nil),                   // 21: types.ObjectError
-	(*DeletionGuard)(nil),                 // 22: types.DeletionGuard
-	(*StatusResponse)(nil),                // 23: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 24: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 25: types.Counters
-	(*ServerStats)(nil),                   // 26: types.ServerStats
-	(*ServiceStats)(nil),                  // 27: types.ServiceStats
-	(*StatsResponse)(nil),                 // 28: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 29: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 30: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 31: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 32: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 33: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 34: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 35: types.ListResponse.Item
-	(*wrapperspb.UInt32Value)(nil),        // 36: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 37: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 38: google.protobuf.Duration
-	(*wrapperspb.BoolValue)(nil),          // 39: google.protobuf.BoolValue
-	(*wrapperspb.StringValue)(nil),        // 40: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 41: google.protobuf.Empty
+	(*CountersStatus)(nil),                // 15: types.CountersStatus
+	(*DrainStatus)(nil),                   // 16: types.DrainStatus
+	(*BGPPeer)(nil),                       // 17: types.BGPPeer
+	(*DrainNodeRequest)(nil),              // 18: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 19: types.SinkStatus
+	(*VIPStatus)(nil),                     // 20: types.VIPStatus
+	(*ServerHealth)(nil),                  // 21: types.ServerHealth
+	(*ObjectError)(nil),                   // 22: types.ObjectError
+	(*DeletionGuard)(nil),                 // 23: types.DeletionGuard
+	(*StatusResponse)(nil),                // 24: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 25: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 26: types.Counters
+	(*ServerStats)(nil),                   // 27: types.ServerStats
+	(*ServiceStats)(nil),                  // 28: types.ServiceStats
+	(*StatsResponse)(nil),                 // 29: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 30: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 31: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 32: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 33: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 34: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 35: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 36: types.ListResponse.Item
+	(*wrapperspb.UInt32Value)(nil),        // 37: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 39: google.protobuf.Duration
+	(*wrapperspb.BoolValue)(nil),          // 40: google.protobuf.BoolValue
+	(*wrapperspb.StringValue)(nil),        // 41: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 42: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	29, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
-	30, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
-	31, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	30, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
+	31, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
+	32, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
 	7,  // 3: types.VirtualService.announce:type_name -> types.Announce
-	36, // 4: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	32, // 5: types.RealServer.key:type_name -> types.RealServer.Key
-	33, // 6: types.RealServer.config:type_name -> types.RealServer.Config
-	34, // 7: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	35, // 8: types.ListResponse.items:type_name -> types.ListResponse.Item
+	37, // 4: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	33, // 5: types.RealServer.key:type_name -> types.RealServer.Key
+	34, // 6: types.RealServer.config:type_name -> types.RealServer.Config
+	35, // 7: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	36, // 8: types.ListResponse.items:type_name -> types.ListResponse.Item
 	10, // 9: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
 	5,  // 10: types.WatchEvent.type:type_name -> types.WatchEvent.Type
 	6,  // 11: types.WatchEvent.service:type_name -> types.VirtualService
 	8,  // 12: types.WatchEvent.server:type_name -> types.RealServer
 	14, // 13: types.WatchEvent.node:type_name -> types.NodeStatus
-	37, // 14: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	21, // 15: types.NodeStatus.errors:type_name -> types.ObjectError
-	22, // 16: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	37, // 17: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	20, // 18: types.NodeStatus.servers:type_name -> types.ServerHealth
-	18, // 19: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	19, // 20: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	15, // 21: types.NodeStatus.drain:type_name -> types.DrainStatus
-	16, // 22: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	37, // 23: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	38, // 24: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	37, // 25: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	38, // 26: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	37, // 27: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	37, // 28: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	37, // 29: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	14, // 30: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	32, // 31: types.ServerStats.key:type_name -> types.RealServer.Key
-	25, // 32: types.ServerStats.counters:type_name -> types.Counters
-	29, // 33: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	25, // 34: types.ServiceStats.counters:type_name -> types.Counters
-	26, // 35: types.ServiceStats.servers:type_name -> types.ServerStats
-	27, // 36: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 37: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 38: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	36, // 39: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	36, // 40: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	39, // 41: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 42: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	34, // 43: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	36, // 44: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 45: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	36, // 46: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	36, // 47: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 48: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	40, // 49: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	38, // 50: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	38, // 51: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	38, // 52: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 53: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	6,  // 54: types.ListResponse.Item.service:type_name -> types.VirtualService
-	8,  // 55: types.ListResponse.Item.servers:type_name -> types.RealServer
-	6,  // 56: types.Merlin.CreateService:input_type -> types.VirtualService
-	6,  // 57: types.Merlin.UpdateService:input_type -> types.VirtualService
-	40, // 58: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	8,  // 59: types.Merlin.CreateServer:input_type -> types.RealServer
-	8,  // 60: types.Merlin.UpdateServer:input_type -> types.RealServer
-	8,  // 61: types.Merlin.DeleteServer:input_type -> types.RealServer
-	41, // 62: types.Merlin.List:input_type -> google.protobuf.Empty
-	40, // 63: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	11, // 64: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	12, // 65: types.Merlin.Watch:input_type -> types.WatchRequest
-	41, // 66: types.Merlin.Status:input_type -> google.protobuf.Empty
-	41, // 67: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	24, // 68: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	17, // 69: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	41, // 70: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	41, // 71: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	41, // 72: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	41, // 73: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	41, // 74: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	41, // 75: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	9,  // 76: types.Merlin.List:output_type -> types.ListResponse
-	35, // 77: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	41, // 78: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	13, // 79: types.Merlin.Watch:output_type -> types.WatchEvent
-	23, // 80: types.Merlin.Status:output_type -> types.StatusResponse
-	28, // 81: types.Merlin.Stats:output_type -> types.StatsResponse
-	41, // 82: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	41, // 83: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	70, // [70:84] is the sub-list for method output_type
-	56, // [56:70] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	38, // 14: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	22, // 15: types.NodeStatus.errors:type_name -> types.ObjectError
+	23, // 16: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	38, // 17: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	21, // 18: types.NodeStatus.servers:type_name -> types.ServerHealth
+	19, // 19: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	20, // 20: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	16, // 21: types.NodeStatus.drain:type_name -> types.DrainStatus
+	17, // 22: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	15, // 23: types.NodeStatus.counters:type_name -> types.CountersStatus
+	38, // 24: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	39, // 25: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	38, // 26: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	39, // 27: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	38, // 28: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	38, // 29: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	38, // 30: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	14, // 31: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	33, // 32: types.ServerStats.key:type_name -> types.RealServer.Key
+	26, // 33: types.ServerStats.counters:type_name -> types.Counters
+	30, // 34: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	26, // 35: types.ServiceStats.counters:type_name -> types.Counters
+	27, // 36: types.ServiceStats.servers:type_name -> types.ServerStats
+	28, // 37: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 38: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 39: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	37, // 40: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	37, // 41: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	40, // 42: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 43: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	35, // 44: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	37, // 45: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 46: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	37, // 47: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	37, // 48: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 49: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	41, // 50: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	39, // 51: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	39, // 52: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	39, // 53: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 54: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	6,  // 55: types.ListResponse.Item.service:type_name -> types.VirtualService
+	8,  // 56: types.ListResponse.Item.servers:type_name -> types.RealServer
+	6,  // 57: types.Merlin.CreateService:input_type -> types.VirtualService
+	6,  // 58: types.Merlin.UpdateService:input_type -> types.VirtualService
+	41, // 59: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	8,  // 60: types.Merlin.CreateServer:input_type -> types.RealServer
+	8,  // 61: types.Merlin.UpdateServer:input_type -> types.RealServer
+	8,  // 62: types.Merlin.DeleteServer:input_type -> types.RealServer
+	42, // 63: types.Merlin.List:input_type -> google.protobuf.Empty
+	41, // 64: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	11, // 65: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	12, // 66: types.Merlin.Watch:input_type -> types.WatchRequest
+	42, // 67: types.Merlin.Status:input_type -> google.protobuf.Empty
+	42, // 68: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	25, // 69: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	18, // 70: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	42, // 71: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	42, // 72: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	42, // 73: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	42, // 74: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	42, // 75: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	42, // 76: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	9,  // 77: types.Merlin.List:output_type -> types.ListResponse
+	36, // 78: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	42, // 79: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	13, // 80: types.Merlin.Watch:output_type -> types.WatchEvent
+	24, // 81: types.Merlin.Status:output_type -> types.StatusResponse
+	29, // 82: types.Merlin.Stats:output_type -> types.StatsResponse
+	42, // 83: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	42, // 84: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	71, // [71:85] is the sub-list for method output_type
+	57, // [57:71] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -3113,7 +3220,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

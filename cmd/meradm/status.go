@@ -88,6 +88,7 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 			notes = append(notes, line)
 		}
 		notes = append(notes, peerNotes(n, now)...)
+		notes = append(notes, counterNotes(n)...)
 		for _, id := range n.ServicesDown {
 			notes = append(notes, fmt.Sprintf("%s: service %s: every server is down", n.Node, id))
 		}
@@ -292,4 +293,23 @@ func printStats(w io.Writer, nodes []*types.StatsResponse, rate bool) {
 
 func serviceName(k *types.VirtualService_Key) string {
 	return strings.TrimSpace(serviceLine(&types.VirtualService{Key: k, Config: &types.VirtualService_Config{}}))
+}
+
+// counterNotes say where the eBPF counters count, or why they do not.
+func counterNotes(n *types.NodeStatus) []string {
+	c := n.Counters
+	switch {
+	case c == nil:
+		return nil
+	case !c.On:
+		return []string{fmt.Sprintf("%s: traffic counters off: %s", n.Node, c.Reason)}
+	}
+	line := fmt.Sprintf("%s: traffic counters on (%s), %d keys", n.Node, strings.Join(c.Attached, ", "), c.Keys)
+	if c.KeysDropped > 0 {
+		line += fmt.Sprintf(", %d did not fit", c.KeysDropped)
+	}
+	if c.UnresolvedServers > 0 {
+		line += fmt.Sprintf(", %d direct-routing servers without a known MAC", c.UnresolvedServers)
+	}
+	return []string{line}
 }

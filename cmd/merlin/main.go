@@ -40,6 +40,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/etcdembed"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/netif"
+	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/health/grpcprobe"
 	"github.com/merlin-ipvs/merlin/internal/connlimit"
@@ -87,6 +88,8 @@ type options struct {
 	advertise      string
 	bgpFile        bgpFile // the file's bgp section, then the -bgp-* flags
 	bgp            *bgp.Config
+	counterFlags   counterFlags
+	counters       *xdpstats.Config // nil: no eBPF counters
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -129,6 +132,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.vipInterface, "vip-interface", "", "put the VIPs on this dummy interface (created if missing); empty: leave addresses alone")
 	fs.BoolVar(&o.sysctls, "director-sysctls", false, "set the sysctls an IPVS director needs (vs/conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward)")
 	fs.StringVar(&o.advertise, "advertise-address", "", "address:port other nodes' clients reach this node's API at (node status); default the listen address")
+	o.counterFlags.register(fs)
 	var bf bgpFile
 	var peers peerFlags
 	fs.Func("bgp-local-as", "BGP: this node's AS number (BGP is off without it; peers and the rest go in the config file's bgp section)", func(v string) error {
@@ -189,6 +193,12 @@ func parseFlags(args []string) (*options, error) {
 	var err error
 	if o.bgp, err = bgpConfig(o.bgpFile); err != nil {
 		return nil, err
+	}
+	if o.counters, err = o.counterFlags.config(); err != nil {
+		return nil, err
+	}
+	if o.counters != nil && !o.reconcile {
+		return nil, errors.New("-counters-* with -reconcile=false: the counters count the services this node reconciles")
 	}
 	if o.bgp != nil && !o.reconcile {
 		return nil, errors.New("bgp with -reconcile=false: BGP announces the VIPs this node reconciles; configure one or the other")
@@ -253,6 +263,14 @@ func main() {
 	}
 	if o.version {
 		fmt.Println("merlin", version.Read())
+		return
+	}
+	if o.counterFlags.remove {
+		if err := xdpstats.Remove(o.counterFlags.pinDir); err != nil {
+			fmt.Fprintln(os.Stderr, "merlin: remove counters:", err)
+			os.Exit(1)
+		}
+		fmt.Println("merlin: eBPF counters detached, pins under", o.counterFlags.pinDir, "removed")
 		return
 	}
 	level := slog.LevelInfo
@@ -515,6 +533,27 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		table.Close()
 		return nil, nil, fmt.Errorf("open IPVS for resyncs: %w", err)
 	}
+	statsReader, err := ipvs.Open(ipvs.Options{})
+	if err != nil {
+		reader.Close()
+		table.Close()
+		return nil, nil, fmt.Errorf("open IPVS for metrics: %w", err)
+	}
+	var counter *xdpstats.Counter
+	var counters control.Counters // stays a nil interface without counters
+	if o.counters != nil {
+		counter = openCounters(ctx, o.counters, log.With("component", "counters"))
+		counters = counter
+	}
+	traffic := control.NewTraffic(statsReader, counters, 0)
+	sinks = append(sinks, traffic.Sink())
+	reg.MustRegister(traffic)
+	closeTraffic := func() {
+		if counter != nil {
+			_ = counter.Close()
+		}
+		statsReader.Close()
+	}
 	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
 	checks.Handle(health.GRPC, grpcprobe.Prober{})
 	runner, err := control.NewRunner(control.RunnerConfig{
@@ -523,6 +562,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	}, control.RunnerDeps{IPVS: table, Reader: reader, Health: checks, Sinks: sinks, Metrics: control.NewNodeMetrics(reg), Log: log.With("component", "node")})
 	if err != nil {
 		checks.Close()
+		closeTraffic()
 		reader.Close()
 		table.Close()
 		return nil, nil, err
@@ -542,8 +582,12 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		local.Go(func() { reportPeers(ctx, speaker, runner, log) })
 		log.Info("bgp speaker", "local_as", o.bgp.LocalAS, "router_id", o.bgp.RouterID, "peers", len(o.bgp.Peers))
 	}
+	if counter != nil {
+		local.Go(func() { counter.Run(ctx) })
+		local.Go(func() { reportCounters(ctx, traffic, runner) })
+	}
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
-	return runner, func() { local.Wait(); checks.Close(); reader.Close(); table.Close() }, nil
+	return runner, func() { local.Wait(); checks.Close(); closeTraffic(); reader.Close(); table.Close() }, nil
 }
 
 // probeEtcd keeps merlin_etcd_connected current, and what the store's

@@ -60,6 +60,7 @@ func (c *Counter) desired() (desired, error) {
 			mac, ok := macs[k.Addr.Unmap()]
 			if !ok {
 				d.unresolved++
+				resolve(k.Addr.Unmap())
 				continue
 			}
 			rk := routeKey(mac, k.Port, k.Proto)
@@ -77,6 +78,20 @@ func (c *Counter) desired() (desired, error) {
 		}
 	}
 	return d, nil
+}
+
+// resolve asks the kernel to resolve a server's link-layer address, as its
+// first packet would, so the next refresh can key it.
+func resolve(ip netip.Addr) {
+	routes, err := netlink.RouteGet(ip.AsSlice())
+	if err != nil || len(routes) == 0 || routes[0].Gw != nil {
+		return // not on a link of this node: not reachable by direct routing
+	}
+	family := netlink.FAMILY_V4
+	if ip.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	_ = netlink.NeighSet(&netlink.Neigh{LinkIndex: routes[0].LinkIndex, Family: family, IP: ip.AsSlice(), Flags: netlink.NTF_USE})
 }
 
 // neighbours maps each address with a known link-layer address to it.
