@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -265,7 +266,7 @@ func (r *Runner) setPlan(id string, p *ServicePlan, dirty map[ipvs.ServiceKey]bo
 	} else {
 		r.pass.ramping[id] = p.NextChange
 	}
-	if old == nil || nodeFacing(old) != nodeFacing(p) || len(p.Checks.Servers) > 0 {
+	if old == nil || nodeFacing(old) != nodeFacing(p) || len(p.Checks.Servers) > 0 || !sameServers(old, p) {
 		r.pass.nodeDirty = true
 	}
 }
@@ -279,6 +280,14 @@ type nodeFace struct {
 
 func nodeFacing(p *ServicePlan) nodeFace {
 	return nodeFace{key: p.Key(), ok: p.Err == nil, down: p.AllDown, empty: len(p.Virtual.Destinations) == 0}
+}
+
+// sameServers: the plans forward to the same servers the same way (what
+// the traffic counters key on; weights do not matter).
+func sameServers(a, b *ServicePlan) bool {
+	return slices.EqualFunc(a.Virtual.Destinations, b.Virtual.Destinations, func(x, y ipvs.Destination) bool {
+		return x.Key == y.Key && x.Config.Forward == y.Config.Forward && x.Config.TunnelType == y.Config.TunnelType
+	})
 }
 
 // forgetKey drops the kernel key of a service that no longer converts to it.

@@ -438,6 +438,8 @@ func TestMeradmExitCodesAndEnvironment(t *testing.T) {
 		{[]string{"service", "add", "web"}, exitUsage, "meradm service add"},
 		{[]string{"list", "--no-such-flag"}, exitUsage, "no-such-flag"},
 		{[]string{"no-such-command"}, exitUsage, "unknown command"},
+		{[]string{"service", "frob", "web"}, exitUsage, `unknown command "frob" for "meradm service"`},
+		{[]string{"server", "remove", "web"}, exitUsage, "unknown command"},
 	} {
 		if code, out := run(tc.args...); code != tc.code || !strings.Contains(out, tc.want) {
 			t.Errorf("meradm %s: exit %d %q, want %d with %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)

@@ -310,7 +310,7 @@ func without(flags []string, name string) []string {
 }
 
 func serviceCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "service [add|edit|del]", Short: "Modify a virtual service"}
+	cmd := &cobra.Command{Use: "service [add|edit|del]", Short: "Modify a virtual service", Args: cobra.NoArgs, RunE: groupHelp}
 	var add, edit serviceFlags
 	addCmd := &cobra.Command{
 		Use:   "add ID PROTOCOL VIP:PORT | add ID fwmark MARK",
@@ -384,6 +384,7 @@ func serviceCmd(g *globals) *cobra.Command {
 
 	delCmd := &cobra.Command{
 		Use:               "del ID",
+		Aliases:           []string{"delete", "rm"},
 		ValidArgsFunction: g.completeFromAPI(false),
 		Short:             "Delete a virtual service and all its servers",
 		Args:              cobra.ExactArgs(1),
@@ -485,7 +486,7 @@ func serverKey(arg string) (*types.RealServer_Key, error) {
 }
 
 func serverCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "server [add|edit|del]", Short: "Modify a real server"}
+	cmd := &cobra.Command{Use: "server [add|edit|del]", Short: "Modify a real server", Args: cobra.NoArgs, RunE: groupHelp}
 	var add, edit serverFlags
 	addCmd := &cobra.Command{
 		Use:               "add SERVICE-ID IP:PORT",
@@ -553,6 +554,7 @@ func serverCmd(g *globals) *cobra.Command {
 	addServerFlags(editCmd.Flags(), &edit)
 	delCmd := &cobra.Command{
 		Use:               "del SERVICE-ID IP:PORT",
+		Aliases:           []string{"delete", "rm"},
 		ValidArgsFunction: g.completeFromAPI(true),
 		Short:             "Delete a real server",
 		Args:              cobra.ExactArgs(2),
@@ -572,3 +574,7 @@ func serverCmd(g *globals) *cobra.Command {
 }
 
 var emptyRequest = &emptypb.Empty{}
+
+// groupHelp runs for a command group named alone: its help. With an unknown
+// subcommand, cobra.NoArgs has already failed ("unknown command").
+func groupHelp(cmd *cobra.Command, _ []string) error { return cmd.Help() }

@@ -171,7 +171,7 @@ func peerNotes(n *types.NodeStatus, now time.Time) []string {
 }
 
 func nodeCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "node [drain|undrain]", Short: "Drain a node's BGP announcements (RFC 8326) or bring them back"}
+	cmd := &cobra.Command{Use: "node [drain|undrain]", Short: "Drain a node's BGP announcements (RFC 8326) or bring them back", Args: cobra.NoArgs, RunE: groupHelp}
 	var after time.Duration
 	drain := &cobra.Command{
 		Use:   "drain NODE",

@@ -112,8 +112,15 @@ type Counter struct {
 	links    []link.Link
 	status   Status
 	want     Keys
+	wantSet  bool // Set was called: until then the pinned keys stay as they are
 	routeMAC map[countersKey]ServerKey // direct-routing map keys → their server
+	held     held
+	rounds   int // refreshes since the last full sync
 }
+
+// fullSyncRounds: every this many refreshes, the keys are read back from
+// the kernel rather than trusted.
+const fullSyncRounds = 30
 
 // New returns a Counter for cfg (see Config.Validate).
 func New(cfg Config, log *slog.Logger) *Counter {
@@ -143,7 +150,7 @@ func (c *Counter) open() error {
 	if err != nil {
 		return err
 	}
-	c.objs = objs
+	c.objs, c.held = objs, held{}
 	return c.attachAll()
 }
 
@@ -222,7 +229,10 @@ func (c *Counter) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			c.mu.Lock()
-			if c.objs != nil {
+			if c.rounds++; c.rounds >= fullSyncRounds {
+				c.held, c.rounds = held{}, 0
+			}
+			if c.objs != nil && c.wantSet {
 				if err := c.syncLocked(); err != nil {
 					c.log.Warn("refresh counter keys", "error", err)
 				}

@@ -23,6 +23,7 @@ func (c *Counter) Set(keys Keys) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.want = Keys{VIPs: append([]VIPKey(nil), keys.VIPs...), Servers: append([]ServerKey(nil), keys.Servers...)}
+	c.wantSet = true
 	if c.objs == nil {
 		return ErrNotOpen
 	}
@@ -111,27 +112,32 @@ func neighbours() map[netip.Addr]net.HardwareAddr {
 	return out
 }
 
+// held is what the maps hold, as far as this process knows: changes are
+// the difference to it. A full sync re-reads the kernel's keys (after Open,
+// and from time to time to repair what someone else changed).
+type held struct {
+	vips, forwarded, replies map[countersKey]bool
+	unmatched, locals        map[countersAddrKey]bool
+}
+
 func (c *Counter) syncLocked() error {
 	d, err := c.desired()
 	if err != nil {
 		return err
 	}
-	dropped := 0
+	h := &c.held
 	var errs []error
-	for _, m := range []struct {
-		m    *ebpf.Map
-		want map[countersKey]bool
-	}{{c.objs.Vips, d.vips}, {c.objs.Forwarded, d.forwarded}, {c.objs.Replies, d.replies}} {
-		n, err := syncMap(m.m, m.want, perCPUZero())
+	dropped := 0
+	add := func(n int, err error) {
 		dropped += n
 		errs = append(errs, err)
 	}
-	n, err := syncMap(c.objs.Unmatched, d.unmatched, perCPUZero())
-	dropped += n
-	errs = append(errs, err)
-	n, err = syncMap(c.objs.Locals, d.locals, uint8(1))
-	dropped += n
-	errs = append(errs, err)
+	zero := perCPUZero()
+	add(syncMap(c.objs.Vips, &h.vips, d.vips, zero))
+	add(syncMap(c.objs.Forwarded, &h.forwarded, d.forwarded, zero))
+	add(syncMap(c.objs.Replies, &h.replies, d.replies, zero))
+	add(syncMap(c.objs.Unmatched, &h.unmatched, d.unmatched, zero))
+	add(syncMap(c.objs.Locals, &h.locals, d.locals, uint8(1)))
 	c.routeMAC = d.routes
 	c.status.Keys = len(d.vips) + len(d.forwarded) + len(d.replies)
 	c.status.Dropped, c.status.Unresolved = dropped, d.unresolved
@@ -148,32 +154,36 @@ func perCPUZero() []countersCounters {
 	return make([]countersCounters, ebpf.MustPossibleCPU())
 }
 
-// syncMap deletes the keys of m not in want and adds the missing ones with
-// value zero; it returns how many did not fit.
-func syncMap[K comparable](m *ebpf.Map, want map[K]bool, zero any) (int, error) {
-	var stale []K
-	var cur, next K
-	err := m.NextKey(nil, &next)
-	for err == nil {
-		if !want[next] {
-			stale = append(stale, next)
+// syncMap makes m hold the keys of want: it deletes what *have has beyond
+// them and adds the missing ones with value zero, keeping *have current.
+// A nil *have is read from the kernel first. It returns how many did not fit.
+func syncMap[K comparable](m *ebpf.Map, have *map[K]bool, want map[K]bool, zero any) (int, error) {
+	if *have == nil {
+		keys, err := mapKeys[K](m)
+		if err != nil {
+			return 0, err
 		}
-		cur = next
-		err = m.NextKey(&cur, &next)
+		*have = keys
 	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return 0, fmt.Errorf("map %s: %w", m, err)
-	}
-	for _, key := range stale {
+	h := *have
+	for key := range h {
+		if want[key] {
+			continue
+		}
 		if err := m.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, fmt.Errorf("map %s: delete: %w", m, err)
 		}
+		delete(h, key)
 	}
 	dropped := 0
 	for key := range want {
+		if h[key] {
+			continue
+		}
 		err := m.Update(&key, zero, ebpf.UpdateNoExist)
 		switch {
 		case err == nil, errors.Is(err, ebpf.ErrKeyExist):
+			h[key] = true
 		case errors.Is(err, unix.E2BIG):
 			dropped++
 		default:
@@ -181,6 +191,22 @@ func syncMap[K comparable](m *ebpf.Map, want map[K]bool, zero any) (int, error) 
 		}
 	}
 	return dropped, nil
+}
+
+// mapKeys reads every key of m.
+func mapKeys[K comparable](m *ebpf.Map) (map[K]bool, error) {
+	keys := map[K]bool{}
+	var cur, next K
+	err := m.NextKey(nil, &next)
+	for err == nil {
+		keys[next] = true
+		cur = next
+		err = m.NextKey(&cur, &next)
+	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("map %s: %w", m, err)
+	}
+	return keys, nil
 }
 
 // Read sums every counter over CPUs.

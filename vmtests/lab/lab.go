@@ -35,6 +35,9 @@ const (
 	EtcdURL = "http://198.18.0.1:2379"
 	NATVIP  = "198.19.0.10"
 	DRVIP   = "198.19.0.20"
+	// BPFFS is a bpffs for the nodes' pinned counters, outside /sys (which
+	// `ip netns exec` remounts).
+	BPFFS = "/run/merlin-lab-bpf"
 )
 
 // Node is one merlin node.
@@ -124,6 +127,9 @@ func New(cfg Config) (l *Lab, err error) {
 		{"ip", "link", "add", "br0", "type", "bridge"},
 		{"ip", "addr", "add", "198.18.0.1/24", "dev", "br0"},
 		{"ip", "link", "set", "br0", "up"},
+		{"mkdir", "-p", BPFFS},
+		{"sh", "-c", "mountpoint -q " + BPFFS + " || mount -t bpf bpf " + BPFFS},
+		{"sh", "-c", "rm -rf " + BPFFS + "/*"}, // an earlier lab's pins
 	} {
 		if err := sh(c[0], c[1:]...); err != nil {
 			return l, err

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Traffic connects from the client through an address ten times a second
@@ -71,4 +74,40 @@ func Metric(n *Node, name string) (float64, error) {
 		}
 	}
 	return total, sc.Err()
+}
+
+// Series reads one metric's series from a node's /metrics, keyed by their
+// labels as `name=value` pairs joined by commas, in the exposition's order
+// (empty for a series without labels).
+func Series(n *Node, name string) (map[string]float64, error) {
+	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s /metrics: %s", n.Name, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("%s /metrics: %w", n.Name, err)
+	}
+	out := map[string]float64{}
+	f := families[name]
+	if f == nil {
+		return out, nil
+	}
+	for _, m := range f.Metric {
+		var labels []string
+		for _, l := range m.Label {
+			labels = append(labels, l.GetName()+"="+l.GetValue())
+		}
+		v := m.GetGauge().GetValue()
+		if m.Counter != nil {
+			v = m.GetCounter().GetValue()
+		}
+		out[strings.Join(labels, ",")] = v
+	}
+	return out, nil
 }
