@@ -20,6 +20,7 @@ type trafficDescs struct {
 	replyPkts, replyBytes, replySYNACK, replyRST                  *prometheus.Desc
 	countersUp, countersKeys, countersDropped, countersUnresolved *prometheus.Desc
 	countersAttached                                              *prometheus.Desc
+	passiveAttempts, passiveAnswered, passiveRefused              *prometheus.Desc
 	all                                                           []*prometheus.Desc
 }
 
@@ -76,6 +77,9 @@ func newTrafficDescs() trafficDescs {
 		countersKeys:       one("merlin_counters_keys", "Keys the eBPF counters count (VIPs, servers forwarded to, NAT servers replying)."),
 		countersDropped:    one("merlin_counters_keys_dropped", "Keys that did not fit the eBPF maps (raise -counters-max-vips / -counters-max-servers)."),
 		countersUnresolved: one("merlin_counters_unresolved_servers", "Direct-routing servers not counted yet: the node does not know their MAC address."),
+		passiveAttempts:    srv("merlin_passive_connection_attempts", "Connection attempts (SYN) forwarded to the NAT real server in its service's passive health window."),
+		passiveAnswered:    srv("merlin_passive_connections_answered", "Of those, answered with a SYN-ACK."),
+		passiveRefused:     srv("merlin_passive_connections_refused", "Resets from the real server in the window (refused or aborted connections)."),
 		countersAttached:   desc("merlin_counters_attached", "1 for each interface and hook the counters are attached to.", "interface", "hook"),
 	}
 	d.all = all
@@ -202,6 +206,7 @@ func (t *Traffic) collectCounters(ch chan<- prometheus.Metric, idx CounterIndex)
 			counter(ch, d.fwdRST, c.RST, l.Service, l.Server)
 		}
 	}
+	t.collectPassive(ch, idx)
 	for k, c := range snap.Replies {
 		if l, ok := idx.Servers[k]; ok {
 			counter(ch, d.replyPkts, c.Packets, l.Service, l.Server)
@@ -209,5 +214,20 @@ func (t *Traffic) collectCounters(ch chan<- prometheus.Metric, idx CounterIndex)
 			counter(ch, d.replySYNACK, c.SYNACK, l.Service, l.Server)
 			counter(ch, d.replyRST, c.RST, l.Service, l.Server)
 		}
+	}
+}
+
+func (t *Traffic) collectPassive(ch chan<- prometheus.Metric, idx CounterIndex) {
+	d := &t.descs
+	t.passive.mu.Lock()
+	defer t.passive.mu.Unlock()
+	for k, f := range t.passive.figures {
+		j, ok := idx.Passive[k]
+		if !ok {
+			continue
+		}
+		gauge(ch, d.passiveAttempts, float64(f.Attempts), j.Label.Service, j.Label.Server)
+		gauge(ch, d.passiveAnswered, float64(f.Answered), j.Label.Service, j.Label.Server)
+		gauge(ch, d.passiveRefused, float64(f.Refused), j.Label.Service, j.Label.Server)
 	}
 }

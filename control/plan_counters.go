@@ -7,6 +7,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
+	"github.com/merlin-ipvs/merlin/model"
 )
 
 // ServerLabel names a real server in metrics: its service and IP:PORT.
@@ -22,6 +23,7 @@ type CounterIndex struct {
 	VIPs     map[xdpstats.VIPKey]string
 	Servers  map[xdpstats.ServerKey]ServerLabel
 	Services map[ipvs.ServiceKey]string // kernel service → service ID
+	Passive  map[xdpstats.ServerKey]PassiveJudge
 }
 
 // PlanCounterKeys is what the eBPF counters should count for the plan: each
@@ -31,7 +33,8 @@ type CounterIndex struct {
 // MAC —, the VIP's port). Firewall-mark services are not seen by XDP (the
 // mark is set later) and GUE/GRE tunnels are not parsed: neither is keyed.
 func PlanCounterKeys(p *Plan) (xdpstats.Keys, CounterIndex) {
-	idx := CounterIndex{VIPs: map[xdpstats.VIPKey]string{}, Servers: map[xdpstats.ServerKey]ServerLabel{}, Services: map[ipvs.ServiceKey]string{}}
+	idx := CounterIndex{VIPs: map[xdpstats.VIPKey]string{}, Servers: map[xdpstats.ServerKey]ServerLabel{}, Services: map[ipvs.ServiceKey]string{},
+		Passive: map[xdpstats.ServerKey]PassiveJudge{}}
 	var keys xdpstats.Keys
 	for _, id := range slices.Sorted(maps.Keys(p.Services)) {
 		sp := p.Services[id]
@@ -54,9 +57,14 @@ func PlanCounterKeys(p *Plan) (xdpstats.Keys, CounterIndex) {
 			if !ok {
 				continue
 			}
-			if _, dup := idx.Servers[k]; !dup {
-				idx.Servers[k] = ServerLabel{Service: id, Server: d.Key.String()}
-				keys.Servers = append(keys.Servers, k)
+			if _, dup := idx.Servers[k]; dup {
+				continue
+			}
+			label := ServerLabel{Service: id, Server: d.Key.String()}
+			idx.Servers[k] = label
+			keys.Servers = append(keys.Servers, k)
+			if j, ok := passiveJudge(sp, label, k); ok {
+				idx.Passive[k] = j
 			}
 		}
 	}
@@ -79,4 +87,15 @@ func counterServerKey(svc ipvs.ServiceKey, d ipvs.Destination) (xdpstats.ServerK
 		return k, false
 	}
 	return k, k.Addr.IsValid() && k.Addr != netip.IPv6Unspecified()
+}
+
+// passiveJudge: how a NAT server of a service with passive health is
+// judged; not at all without an active check to count against.
+func passiveJudge(sp *ServicePlan, label ServerLabel, k xdpstats.ServerKey) (PassiveJudge, bool) {
+	window, minAttempts, maxFailed, on := model.PassiveSettings(sp.State.Service.GetPassiveHealth())
+	sc, checked := sp.Checks.Servers[label.Server]
+	if !on || !checked || k.Method != xdpstats.NAT {
+		return PassiveJudge{}, false
+	}
+	return PassiveJudge{Label: label, Check: sc.Check, Window: window, MinAttempts: minAttempts, MaxFailedPercent: maxFailed}, true
 }

@@ -38,6 +38,7 @@ type Traffic struct {
 	lastKeys xdpstats.Keys
 	keysSet  bool
 	descs    trafficDescs
+	passive  passiveState
 }
 
 // DefaultScrapeTimeout bounds the kernel reads of one scrape.
@@ -97,6 +98,7 @@ func (t *Traffic) CountersStatus() *types.CountersStatus {
 	for _, a := range st.Attached {
 		out.Attached = append(out.Attached, a.Interface+" "+a.Hook)
 	}
+	out.PassiveFailing = t.passiveFailing()
 	return out
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -463,4 +464,25 @@ func TestIPv6Targets(t *testing.T) {
 	c := Check{Kind: HTTP, Target: target, Interval: 20 * time.Millisecond, Timeout: 200 * time.Millisecond, Rise: 1, Fall: 1}
 	m.Set(map[Check]bool{c: false})
 	obs.waitReason(t, c, "ok")
+}
+
+// Reported results (passive health) count like probes: Fall of them take
+// a check down between its probes; the probes bring it back.
+func TestMonitorReport(t *testing.T) {
+	target := newSwitchable(t)
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	defer m.Close()
+	c := Check{Kind: TCP, Target: target.addr, Interval: time.Hour, Timeout: time.Second, Rise: 1, Fall: 2}
+	if m.Report(c, errors.New("passive")) {
+		t.Fatal("a check that is not running took a report")
+	}
+	m.Set(map[Check]bool{c: true})
+	m.Report(c, errors.New("passive: 9 of 10 not answered"))
+	if st, _ := m.State(c); !st.Up {
+		t.Fatalf("down after one report, fall is 2: %+v", st)
+	}
+	m.Report(c, errors.New("passive: 9 of 10 not answered"))
+	if st, _ := m.State(c); st.Up || st.LastError != "passive: 9 of 10 not answered" {
+		t.Fatalf("after two reports: %+v", st)
+	}
 }

@@ -215,6 +215,19 @@ func (m *Monitor) run(ctx context.Context, r *runner) {
 	}
 }
 
+// Report counts a result found outside the probes (passive health) for a
+// running check exactly like a probe's: Fall of them in a row take it
+// down. It returns false if the check is not running.
+func (m *Monitor) Report(c Check, err error) bool {
+	m.mu.Lock()
+	r, ok := m.runners[c]
+	m.mu.Unlock()
+	if ok {
+		m.record(r, err)
+	}
+	return ok
+}
+
 // finished takes one probe's result.
 func (m *Monitor) finished(r *runner, took time.Duration, err error) {
 	if m.observer != nil {

@@ -3,6 +3,7 @@ package model
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -66,4 +67,50 @@ func normalizeAnnounce(a *types.Announce) (*types.Announce, error) {
 		}
 	}
 	return a, nil
+}
+
+// Passive health defaults and bounds.
+const (
+	DefaultPassiveWindow      = 10 * time.Second
+	DefaultPassiveMinAttempts = 5
+	DefaultPassiveMaxFailed   = 50
+)
+
+// normalizePassive checks a service's passive health settings; an empty
+// one is nil.
+func normalizePassive(p *types.PassiveHealth) (*types.PassiveHealth, error) {
+	if p == nil || (p.Enabled == nil && p.Window == nil && p.MinAttempts == nil && p.MaxFailedPercent == nil) {
+		return nil, nil
+	}
+	if w := p.Window; w != nil {
+		if err := w.CheckValid(); err != nil || w.AsDuration() < 2*time.Second || w.AsDuration() > 5*time.Minute {
+			return nil, FieldErrorf("passive_health.window", "%s: want 2s to 5m", w.AsDuration())
+		}
+	}
+	if m := p.MinAttempts; m != nil && (m.Value < 1 || m.Value > 1_000_000) {
+		return nil, FieldErrorf("passive_health.min_attempts", "%d: want 1 to 1000000", m.Value)
+	}
+	if m := p.MaxFailedPercent; m != nil && m.Value > 99 {
+		return nil, FieldErrorf("passive_health.max_failed_percent", "%d: want 0 to 99", m.Value)
+	}
+	return p, nil
+}
+
+// PassiveSettings are a service's passive health settings with defaults;
+// ok is false when passive health is off.
+func PassiveSettings(p *types.PassiveHealth) (window time.Duration, minAttempts, maxFailedPercent uint32, ok bool) {
+	if !p.GetEnabled().GetValue() {
+		return 0, 0, 0, false
+	}
+	window, minAttempts, maxFailedPercent = DefaultPassiveWindow, DefaultPassiveMinAttempts, DefaultPassiveMaxFailed
+	if p.Window != nil {
+		window = p.Window.AsDuration()
+	}
+	if p.MinAttempts != nil {
+		minAttempts = p.MinAttempts.Value
+	}
+	if p.MaxFailedPercent != nil {
+		maxFailedPercent = p.MaxFailedPercent.Value
+	}
+	return window, minAttempts, maxFailedPercent, true
 }

@@ -144,6 +144,9 @@ func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
 			s.Defaults = nil
 		}
 	}
+	if s.PassiveHealth, err = normalizePassive(s.PassiveHealth); err != nil {
+		return nil, err
+	}
 	if s.Announce, err = normalizeAnnounce(s.Announce); err != nil {
 		return nil, err
 	}

@@ -279,7 +279,7 @@ func (x RealServer_Startup) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RealServer_Startup.Descriptor instead.
 func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2, 0}
+	return file_types_proto_rawDescGZIP(), []int{3, 0}
 }
 
 type WatchEvent_Type int32
@@ -336,7 +336,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7, 0}
+	return file_types_proto_rawDescGZIP(), []int{8, 0}
 }
 
 type VirtualService struct {
@@ -351,7 +351,9 @@ type VirtualService struct {
 	// revision is the etcd revision that last changed this service (set on reads).
 	Revision int64 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
 	// announce: how BGP announces this service's VIP (merlin).
-	Announce      *Announce `protobuf:"bytes,6,opt,name=announce,proto3" json:"announce,omitempty"`
+	Announce *Announce `protobuf:"bytes,6,opt,name=announce,proto3" json:"announce,omitempty"`
+	// passive_health: judge NAT servers by the connections they answer (merlin).
+	PassiveHealth *PassiveHealth `protobuf:"bytes,7,opt,name=passive_health,json=passiveHealth,proto3" json:"passive_health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -428,6 +430,92 @@ func (x *VirtualService) GetAnnounce() *Announce {
 	return nil
 }
 
+func (x *VirtualService) GetPassiveHealth() *PassiveHealth {
+	if x != nil {
+		return x.PassiveHealth
+	}
+	return nil
+}
+
+// PassiveHealth judges a service's NAT servers by the connection attempts
+// a node forwards to them, seen by its eBPF counters: a server whose
+// attempts in the window go unanswered (no SYN-ACK) or refused (RST) beyond
+// the limit counts as one failed health check per second, so its active
+// check's fall count takes it down before the next probe would, and the
+// active check's rise count brings it back. Needs an active health check on
+// the server and the node's counters (-counters-tc-interfaces).
+type PassiveHealth struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Enabled *wrapperspb.BoolValue  `protobuf:"bytes,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// window: how far back attempts count (default 10s; 2s to 5m).
+	Window *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	// min_attempts in the window before a server is judged (default 5).
+	MinAttempts *wrapperspb.UInt32Value `protobuf:"bytes,3,opt,name=min_attempts,json=minAttempts,proto3" json:"min_attempts,omitempty"`
+	// max_failed_percent: a larger share of unanswered or refused attempts
+	// is a failure (default 50; 0 to 99).
+	MaxFailedPercent *wrapperspb.UInt32Value `protobuf:"bytes,4,opt,name=max_failed_percent,json=maxFailedPercent,proto3" json:"max_failed_percent,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PassiveHealth) Reset() {
+	*x = PassiveHealth{}
+	mi := &file_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PassiveHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PassiveHealth) ProtoMessage() {}
+
+func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PassiveHealth.ProtoReflect.Descriptor instead.
+func (*PassiveHealth) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PassiveHealth) GetEnabled() *wrapperspb.BoolValue {
+	if x != nil {
+		return x.Enabled
+	}
+	return nil
+}
+
+func (x *PassiveHealth) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *PassiveHealth) GetMinAttempts() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.MinAttempts
+	}
+	return nil
+}
+
+func (x *PassiveHealth) GetMaxFailedPercent() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.MaxFailedPercent
+	}
+	return nil
+}
+
 // Announce: BGP options of a service's VIP. Services sharing a VIP share
 // its route: their communities are joined, the highest local preference
 // wins, and one service with always keeps the VIP announced.
@@ -448,7 +536,7 @@ type Announce struct {
 
 func (x *Announce) Reset() {
 	*x = Announce{}
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +548,7 @@ func (x *Announce) String() string {
 func (*Announce) ProtoMessage() {}
 
 func (x *Announce) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +561,7 @@ func (x *Announce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Announce.ProtoReflect.Descriptor instead.
 func (*Announce) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1}
+	return file_types_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Announce) GetAlways() bool {
@@ -523,7 +611,7 @@ type RealServer struct {
 
 func (x *RealServer) Reset() {
 	*x = RealServer{}
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +623,7 @@ func (x *RealServer) String() string {
 func (*RealServer) ProtoMessage() {}
 
 func (x *RealServer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +636,7 @@ func (x *RealServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer.ProtoReflect.Descriptor instead.
 func (*RealServer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2}
+	return file_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RealServer) GetServiceID() string {
@@ -599,7 +687,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +699,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +712,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3}
+	return file_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListResponse) GetItems() []*ListResponse_Item {
@@ -658,7 +746,7 @@ type InvalidKey struct {
 
 func (x *InvalidKey) Reset() {
 	*x = InvalidKey{}
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +758,7 @@ func (x *InvalidKey) String() string {
 func (*InvalidKey) ProtoMessage() {}
 
 func (x *InvalidKey) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +771,7 @@ func (x *InvalidKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidKey.ProtoReflect.Descriptor instead.
 func (*InvalidKey) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4}
+	return file_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InvalidKey) GetKey() string {
@@ -711,7 +799,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +811,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +824,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{5}
+	return file_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteServiceRequest) GetId() string {
@@ -764,7 +852,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +864,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +877,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6}
+	return file_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -815,7 +903,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +915,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +928,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7}
+	return file_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -919,7 +1007,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1019,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1032,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeStatus) GetNode() string {
@@ -1092,13 +1180,16 @@ type CountersStatus struct {
 	KeysDropped uint32 `protobuf:"varint,5,opt,name=keys_dropped,json=keysDropped,proto3" json:"keys_dropped,omitempty"`
 	// unresolved_servers: direct-routing servers whose MAC the node does not know yet.
 	UnresolvedServers uint32 `protobuf:"varint,6,opt,name=unresolved_servers,json=unresolvedServers,proto3" json:"unresolved_servers,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// passive_failing: NAT servers whose connection attempts in the passive
+	// health window went unanswered or refused (at most 32).
+	PassiveFailing []*PassiveFigures `protobuf:"bytes,7,rep,name=passive_failing,json=passiveFailing,proto3" json:"passive_failing,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CountersStatus) Reset() {
 	*x = CountersStatus{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1201,7 @@ func (x *CountersStatus) String() string {
 func (*CountersStatus) ProtoMessage() {}
 
 func (x *CountersStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1214,7 @@ func (x *CountersStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
 func (*CountersStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CountersStatus) GetOn() bool {
@@ -1168,6 +1259,98 @@ func (x *CountersStatus) GetUnresolvedServers() uint32 {
 	return 0
 }
 
+func (x *CountersStatus) GetPassiveFailing() []*PassiveFigures {
+	if x != nil {
+		return x.PassiveFailing
+	}
+	return nil
+}
+
+type PassiveFigures struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	Server    string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	// attempts forwarded (SYN), answered (SYN-ACK) and refused (RST) in the window.
+	Attempts      uint64               `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Answered      uint64               `protobuf:"varint,4,opt,name=answered,proto3" json:"answered,omitempty"`
+	Refused       uint64               `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
+	Window        *durationpb.Duration `protobuf:"bytes,6,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PassiveFigures) Reset() {
+	*x = PassiveFigures{}
+	mi := &file_types_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PassiveFigures) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PassiveFigures) ProtoMessage() {}
+
+func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PassiveFigures.ProtoReflect.Descriptor instead.
+func (*PassiveFigures) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PassiveFigures) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *PassiveFigures) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *PassiveFigures) GetAttempts() uint64 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *PassiveFigures) GetAnswered() uint64 {
+	if x != nil {
+		return x.Answered
+	}
+	return 0
+}
+
+func (x *PassiveFigures) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *PassiveFigures) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
 type DrainStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Since         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
@@ -1180,7 +1363,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1375,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1388,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -1247,7 +1430,7 @@ type BGPPeer struct {
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1442,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1455,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -1345,7 +1528,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1540,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1553,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1407,7 +1590,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1602,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1615,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -1480,7 +1663,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1675,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1688,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -1557,7 +1740,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1752,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1765,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -1642,7 +1825,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1837,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1850,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -1719,7 +1902,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1914,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1927,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -1786,7 +1969,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1981,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1994,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1837,7 +2020,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2032,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2045,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -1890,7 +2073,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2085,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2098,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -2001,7 +2184,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2013,7 +2196,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2026,7 +2209,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -2076,7 +2259,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2271,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2284,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -2142,7 +2325,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2337,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2350,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -2200,7 +2383,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2395,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2466,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2478,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2547,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2559,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2599,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2611,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2624,7 @@ func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Key.ProtoReflect.Descriptor instead.
 func (*RealServer_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2, 0}
+	return file_types_proto_rawDescGZIP(), []int{3, 0}
 }
 
 func (x *RealServer_Key) GetIp() string {
@@ -2476,7 +2659,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2671,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2684,7 @@ func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Config.ProtoReflect.Descriptor instead.
 func (*RealServer_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2, 1}
+	return file_types_proto_rawDescGZIP(), []int{3, 1}
 }
 
 func (x *RealServer_Config) GetWeight() *wrapperspb.UInt32Value {
@@ -2591,7 +2774,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2603,7 +2786,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2616,7 +2799,7 @@ func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_HealthCheck.ProtoReflect.Descriptor instead.
 func (*RealServer_HealthCheck) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2, 2}
+	return file_types_proto_rawDescGZIP(), []int{3, 2}
 }
 
 func (x *RealServer_HealthCheck) GetEndpoint() *wrapperspb.StringValue {
@@ -2748,7 +2931,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +2943,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +2956,7 @@ func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse_Item.ProtoReflect.Descriptor instead.
 func (*ListResponse_Item) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 0}
+	return file_types_proto_rawDescGZIP(), []int{4, 0}
 }
 
 func (x *ListResponse_Item) GetService() *VirtualService {
@@ -2794,14 +2977,15 @@ var File_types_proto protoreflect.FileDescriptor
 
 const file_types_proto_rawDesc = "" +
 	"\n" +
-	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x06\n" +
+	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\a\n" +
 	"\x0eVirtualService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x03key\x18\x02 \x01(\v2\x19.types.VirtualService.KeyR\x03key\x124\n" +
 	"\x06config\x18\x03 \x01(\v2\x1c.types.VirtualService.ConfigR\x06config\x12@\n" +
 	"\bdefaults\x18\x04 \x01(\v2$.types.VirtualService.ServerDefaultsR\bdefaults\x12\x1a\n" +
 	"\brevision\x18\x05 \x01(\x03R\brevision\x12+\n" +
-	"\bannounce\x18\x06 \x01(\v2\x0f.types.AnnounceR\bannounce\x1a\x9c\x01\n" +
+	"\bannounce\x18\x06 \x01(\v2\x0f.types.AnnounceR\bannounce\x12;\n" +
+	"\x0epassive_health\x18\a \x01(\v2\x14.types.PassiveHealthR\rpassiveHealth\x1a\x9c\x01\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12+\n" +
@@ -2818,7 +3002,12 @@ const file_types_proto_rawDesc = "" +
 	"\x12persistence_engine\x18\x06 \x01(\tR\x11persistenceEngine\x1a\x82\x01\n" +
 	"\x0eServerDefaults\x12.\n" +
 	"\aforward\x18\x01 \x01(\x0e2\x14.types.ForwardMethodR\aforward\x12@\n" +
-	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\xba\x01\n" +
+	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\x85\x02\n" +
+	"\rPassiveHealth\x124\n" +
+	"\aenabled\x18\x01 \x01(\v2\x1a.google.protobuf.BoolValueR\aenabled\x121\n" +
+	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12?\n" +
+	"\fmin_attempts\x18\x03 \x01(\v2\x1c.google.protobuf.UInt32ValueR\vminAttempts\x12J\n" +
+	"\x12max_failed_percent\x18\x04 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x10maxFailedPercent\"\xba\x01\n" +
 	"\bAnnounce\x12\x16\n" +
 	"\x06always\x18\x01 \x01(\bR\x06always\x12 \n" +
 	"\vcommunities\x18\x02 \x03(\tR\vcommunities\x12+\n" +
@@ -2925,14 +3114,23 @@ const file_types_proto_rawDesc = "" +
 	"\x05drain\x18\x10 \x01(\v2\x12.types.DrainStatusR\x05drain\x12+\n" +
 	"\tbgp_peers\x18\x11 \x03(\v2\x0e.types.BGPPeerR\bbgpPeers\x12%\n" +
 	"\x0evips_announced\x18\x12 \x01(\rR\rvipsAnnounced\x121\n" +
-	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\"\xba\x01\n" +
+	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\"\xfa\x01\n" +
 	"\x0eCountersStatus\x12\x0e\n" +
 	"\x02on\x18\x01 \x01(\bR\x02on\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +
 	"\battached\x18\x03 \x03(\tR\battached\x12\x12\n" +
 	"\x04keys\x18\x04 \x01(\rR\x04keys\x12!\n" +
 	"\fkeys_dropped\x18\x05 \x01(\rR\vkeysDropped\x12-\n" +
-	"\x12unresolved_servers\x18\x06 \x01(\rR\x11unresolvedServers\"\x9f\x01\n" +
+	"\x12unresolved_servers\x18\x06 \x01(\rR\x11unresolvedServers\x12>\n" +
+	"\x0fpassive_failing\x18\a \x03(\v2\x15.types.PassiveFiguresR\x0epassiveFailing\"\xcc\x01\n" +
+	"\x0ePassiveFigures\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\x04R\battempts\x12\x1a\n" +
+	"\banswered\x18\x04 \x01(\x04R\banswered\x12\x18\n" +
+	"\arefused\x18\x05 \x01(\x04R\arefused\x121\n" +
+	"\x06window\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\x9f\x01\n" +
 	"\vDrainStatus\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
@@ -3070,7 +3268,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -3079,134 +3277,143 @@ var file_types_proto_goTypes = []any{
 	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
 	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
 	(*VirtualService)(nil),                // 6: types.VirtualService
-	(*Announce)(nil),                      // 7: types.Announce
-	(*RealServer)(nil),                    // 8: types.RealServer
-	(*ListResponse)(nil),                  // 9: types.ListResponse
-	(*InvalidKey)(nil),                    // 10: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 11: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 12: types.WatchRequest
-	(*WatchEvent)(nil),                    // 13: types.WatchEvent
-	(*NodeStatus)(nil),                    // 14: types.NodeStatus
-	(*CountersStatus)(nil),                // 15: types.CountersStatus
-	(*DrainStatus)(nil),                   // 16: types.DrainStatus
-	(*BGPPeer)(nil),                       // 17: types.BGPPeer
-	(*DrainNodeRequest)(nil),              // 18: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 19: types.SinkStatus
-	(*VIPStatus)(nil),                     // 20: types.VIPStatus
-	(*ServerHealth)(nil),                  // 21: types.ServerHealth
-	(*ObjectError)(nil),                   // 22: types.ObjectError
-	(*DeletionGuard)(nil),                 // 23: types.DeletionGuard
-	(*StatusResponse)(nil),                // 24: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 25: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 26: types.Counters
-	(*ServerStats)(nil),                   // 27: types.ServerStats
-	(*ServiceStats)(nil),                  // 28: types.ServiceStats
-	(*StatsResponse)(nil),                 // 29: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 30: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 31: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 32: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 33: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 34: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 35: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 36: types.ListResponse.Item
-	(*wrapperspb.UInt32Value)(nil),        // 37: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 39: google.protobuf.Duration
-	(*wrapperspb.BoolValue)(nil),          // 40: google.protobuf.BoolValue
-	(*wrapperspb.StringValue)(nil),        // 41: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 42: google.protobuf.Empty
+	(*PassiveHealth)(nil),                 // 7: types.PassiveHealth
+	(*Announce)(nil),                      // 8: types.Announce
+	(*RealServer)(nil),                    // 9: types.RealServer
+	(*ListResponse)(nil),                  // 10: types.ListResponse
+	(*InvalidKey)(nil),                    // 11: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 12: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 13: types.WatchRequest
+	(*WatchEvent)(nil),                    // 14: types.WatchEvent
+	(*NodeStatus)(nil),                    // 15: types.NodeStatus
+	(*CountersStatus)(nil),                // 16: types.CountersStatus
+	(*PassiveFigures)(nil),                // 17: types.PassiveFigures
+	(*DrainStatus)(nil),                   // 18: types.DrainStatus
+	(*BGPPeer)(nil),                       // 19: types.BGPPeer
+	(*DrainNodeRequest)(nil),              // 20: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 21: types.SinkStatus
+	(*VIPStatus)(nil),                     // 22: types.VIPStatus
+	(*ServerHealth)(nil),                  // 23: types.ServerHealth
+	(*ObjectError)(nil),                   // 24: types.ObjectError
+	(*DeletionGuard)(nil),                 // 25: types.DeletionGuard
+	(*StatusResponse)(nil),                // 26: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 27: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 28: types.Counters
+	(*ServerStats)(nil),                   // 29: types.ServerStats
+	(*ServiceStats)(nil),                  // 30: types.ServiceStats
+	(*StatsResponse)(nil),                 // 31: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 32: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 33: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 34: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 35: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 36: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 37: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 38: types.ListResponse.Item
+	(*wrapperspb.BoolValue)(nil),          // 39: google.protobuf.BoolValue
+	(*durationpb.Duration)(nil),           // 40: google.protobuf.Duration
+	(*wrapperspb.UInt32Value)(nil),        // 41: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 42: google.protobuf.Timestamp
+	(*wrapperspb.StringValue)(nil),        // 43: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 44: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	30, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
-	31, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
-	32, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	7,  // 3: types.VirtualService.announce:type_name -> types.Announce
-	37, // 4: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	33, // 5: types.RealServer.key:type_name -> types.RealServer.Key
-	34, // 6: types.RealServer.config:type_name -> types.RealServer.Config
-	35, // 7: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	36, // 8: types.ListResponse.items:type_name -> types.ListResponse.Item
-	10, // 9: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	5,  // 10: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	6,  // 11: types.WatchEvent.service:type_name -> types.VirtualService
-	8,  // 12: types.WatchEvent.server:type_name -> types.RealServer
-	14, // 13: types.WatchEvent.node:type_name -> types.NodeStatus
-	38, // 14: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	22, // 15: types.NodeStatus.errors:type_name -> types.ObjectError
-	23, // 16: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	38, // 17: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	21, // 18: types.NodeStatus.servers:type_name -> types.ServerHealth
-	19, // 19: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	20, // 20: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	16, // 21: types.NodeStatus.drain:type_name -> types.DrainStatus
-	17, // 22: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	15, // 23: types.NodeStatus.counters:type_name -> types.CountersStatus
-	38, // 24: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	39, // 25: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	38, // 26: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	39, // 27: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	38, // 28: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	38, // 29: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	38, // 30: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	14, // 31: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	33, // 32: types.ServerStats.key:type_name -> types.RealServer.Key
-	26, // 33: types.ServerStats.counters:type_name -> types.Counters
-	30, // 34: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	26, // 35: types.ServiceStats.counters:type_name -> types.Counters
-	27, // 36: types.ServiceStats.servers:type_name -> types.ServerStats
-	28, // 37: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 38: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 39: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	37, // 40: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	37, // 41: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	40, // 42: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 43: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	35, // 44: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	37, // 45: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 46: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	37, // 47: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	37, // 48: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 49: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	41, // 50: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	39, // 51: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	39, // 52: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	39, // 53: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 54: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	6,  // 55: types.ListResponse.Item.service:type_name -> types.VirtualService
-	8,  // 56: types.ListResponse.Item.servers:type_name -> types.RealServer
-	6,  // 57: types.Merlin.CreateService:input_type -> types.VirtualService
-	6,  // 58: types.Merlin.UpdateService:input_type -> types.VirtualService
-	41, // 59: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	8,  // 60: types.Merlin.CreateServer:input_type -> types.RealServer
-	8,  // 61: types.Merlin.UpdateServer:input_type -> types.RealServer
-	8,  // 62: types.Merlin.DeleteServer:input_type -> types.RealServer
-	42, // 63: types.Merlin.List:input_type -> google.protobuf.Empty
-	41, // 64: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	11, // 65: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	12, // 66: types.Merlin.Watch:input_type -> types.WatchRequest
-	42, // 67: types.Merlin.Status:input_type -> google.protobuf.Empty
-	42, // 68: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	25, // 69: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	18, // 70: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	42, // 71: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	42, // 72: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	42, // 73: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	42, // 74: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	42, // 75: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	42, // 76: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	9,  // 77: types.Merlin.List:output_type -> types.ListResponse
-	36, // 78: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	42, // 79: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	13, // 80: types.Merlin.Watch:output_type -> types.WatchEvent
-	24, // 81: types.Merlin.Status:output_type -> types.StatusResponse
-	29, // 82: types.Merlin.Stats:output_type -> types.StatsResponse
-	42, // 83: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	42, // 84: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	71, // [71:85] is the sub-list for method output_type
-	57, // [57:71] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	32, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
+	33, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
+	34, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	8,  // 3: types.VirtualService.announce:type_name -> types.Announce
+	7,  // 4: types.VirtualService.passive_health:type_name -> types.PassiveHealth
+	39, // 5: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	40, // 6: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	41, // 7: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	41, // 8: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	41, // 9: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	35, // 10: types.RealServer.key:type_name -> types.RealServer.Key
+	36, // 11: types.RealServer.config:type_name -> types.RealServer.Config
+	37, // 12: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	38, // 13: types.ListResponse.items:type_name -> types.ListResponse.Item
+	11, // 14: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	5,  // 15: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	6,  // 16: types.WatchEvent.service:type_name -> types.VirtualService
+	9,  // 17: types.WatchEvent.server:type_name -> types.RealServer
+	15, // 18: types.WatchEvent.node:type_name -> types.NodeStatus
+	42, // 19: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	24, // 20: types.NodeStatus.errors:type_name -> types.ObjectError
+	25, // 21: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	42, // 22: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	23, // 23: types.NodeStatus.servers:type_name -> types.ServerHealth
+	21, // 24: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	22, // 25: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	18, // 26: types.NodeStatus.drain:type_name -> types.DrainStatus
+	19, // 27: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	16, // 28: types.NodeStatus.counters:type_name -> types.CountersStatus
+	17, // 29: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	40, // 30: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	42, // 31: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	40, // 32: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	42, // 33: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	40, // 34: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	42, // 35: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	42, // 36: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	42, // 37: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	15, // 38: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	35, // 39: types.ServerStats.key:type_name -> types.RealServer.Key
+	28, // 40: types.ServerStats.counters:type_name -> types.Counters
+	32, // 41: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	28, // 42: types.ServiceStats.counters:type_name -> types.Counters
+	29, // 43: types.ServiceStats.servers:type_name -> types.ServerStats
+	30, // 44: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 45: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 46: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	41, // 47: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	41, // 48: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	39, // 49: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 50: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	37, // 51: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	41, // 52: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 53: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	41, // 54: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	41, // 55: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 56: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	43, // 57: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	40, // 58: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	40, // 59: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	40, // 60: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 61: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	6,  // 62: types.ListResponse.Item.service:type_name -> types.VirtualService
+	9,  // 63: types.ListResponse.Item.servers:type_name -> types.RealServer
+	6,  // 64: types.Merlin.CreateService:input_type -> types.VirtualService
+	6,  // 65: types.Merlin.UpdateService:input_type -> types.VirtualService
+	43, // 66: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	9,  // 67: types.Merlin.CreateServer:input_type -> types.RealServer
+	9,  // 68: types.Merlin.UpdateServer:input_type -> types.RealServer
+	9,  // 69: types.Merlin.DeleteServer:input_type -> types.RealServer
+	44, // 70: types.Merlin.List:input_type -> google.protobuf.Empty
+	43, // 71: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	12, // 72: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	13, // 73: types.Merlin.Watch:input_type -> types.WatchRequest
+	44, // 74: types.Merlin.Status:input_type -> google.protobuf.Empty
+	44, // 75: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	27, // 76: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	20, // 77: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	44, // 78: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	44, // 79: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	44, // 80: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	44, // 81: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	44, // 82: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	44, // 83: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	10, // 84: types.Merlin.List:output_type -> types.ListResponse
+	38, // 85: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	44, // 86: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	14, // 87: types.Merlin.Watch:output_type -> types.WatchEvent
+	26, // 88: types.Merlin.Status:output_type -> types.StatusResponse
+	31, // 89: types.Merlin.Stats:output_type -> types.StatsResponse
+	44, // 90: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	44, // 91: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	78, // [78:92] is the sub-list for method output_type
+	64, // [64:78] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -3220,7 +3427,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -172,6 +172,45 @@ type serviceFlags struct {
 	ipv6       bool
 	health     healthFlags
 	announce   announceFlags
+	passive    passiveFlags
+}
+
+// passiveFlags are a service's passive health settings.
+type passiveFlags struct {
+	enabled     bool
+	window      time.Duration
+	minAttempts uint32
+	maxFailed   uint32
+}
+
+func (p *passiveFlags) register(f *pflag.FlagSet) {
+	f.BoolVar(&p.enabled, "passive-health", false, "judge NAT servers by the connections they answer too (needs an active check and the nodes' eBPF counters)")
+	f.DurationVar(&p.window, "passive-window", 0, "passive health: how far back connection attempts count (default 10s)")
+	f.Uint32Var(&p.minAttempts, "passive-min-attempts", 0, "passive health: attempts in the window before a server is judged (default 5)")
+	f.Uint32Var(&p.maxFailed, "passive-max-failed-percent", 0, "passive health: a larger share of unanswered or refused attempts fails a check (default 50)")
+}
+
+// apply sets the passive health settings given on the command line.
+func (p *passiveFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) {
+	if !f.Changed("passive-health") && !f.Changed("passive-window") && !f.Changed("passive-min-attempts") && !f.Changed("passive-max-failed-percent") {
+		return
+	}
+	if svc.PassiveHealth == nil {
+		svc.PassiveHealth = &types.PassiveHealth{}
+	}
+	ph := svc.PassiveHealth
+	if f.Changed("passive-health") {
+		ph.Enabled = wrapperspb.Bool(p.enabled)
+	}
+	if f.Changed("passive-window") {
+		ph.Window = durationpb.New(p.window)
+	}
+	if f.Changed("passive-min-attempts") {
+		ph.MinAttempts = wrapperspb.UInt32(p.minAttempts)
+	}
+	if f.Changed("passive-max-failed-percent") {
+		ph.MaxFailedPercent = wrapperspb.UInt32(p.maxFailed)
+	}
 }
 
 // announceFlags are a service's BGP options.
@@ -195,6 +234,7 @@ func addServiceFlags(f *pflag.FlagSet, s *serviceFlags) {
 	f.StringSliceVar(&s.announce.communities, "bgp-community", nil, "BGP: communities of the VIP's route, ASN:VALUE (empty: none)")
 	f.StringSliceVar(&s.announce.large, "bgp-large-community", nil, "BGP: large communities, GLOBAL:LOCAL1:LOCAL2 (empty: none)")
 	f.Uint32Var(&s.announce.localPref, "bgp-local-pref", 0, "BGP: local preference sent to iBGP peers")
+	s.passive.register(f)
 	addHealthFlags(f, &s.health)
 }
 
@@ -293,6 +333,7 @@ func (s *serviceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) error 
 		}
 	}
 	s.announce.apply(f, svc)
+	s.passive.apply(f, svc)
 	if svc.Defaults == nil {
 		svc.Defaults = &types.VirtualService_ServerDefaults{}
 	}

@@ -311,5 +311,10 @@ func counterNotes(n *types.NodeStatus) []string {
 	if c.UnresolvedServers > 0 {
 		line += fmt.Sprintf(", %d direct-routing servers without a known MAC", c.UnresolvedServers)
 	}
-	return []string{line}
+	out := []string{line}
+	for _, p := range c.PassiveFailing {
+		out = append(out, fmt.Sprintf("%s: passive health: %s/%s answered %d of %d connection attempts in %s (%d refused)",
+			n.Node, p.ServiceId, p.Server, p.Answered, p.Attempts, p.Window.AsDuration(), p.Refused))
+	}
+	return out
 }

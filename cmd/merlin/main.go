@@ -585,6 +585,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	if counter != nil {
 		local.Go(func() { counter.Run(ctx) })
 		local.Go(func() { reportCounters(ctx, traffic, runner) })
+		local.Go(func() { traffic.RunPassive(ctx, checks) })
 	}
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
 	return runner, func() { local.Wait(); checks.Close(); closeTraffic(); reader.Close(); table.Close() }, nil

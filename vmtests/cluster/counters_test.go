@@ -116,6 +116,49 @@ func TestVMCounters(t *testing.T) {
 			t.Fatalf("forwarded packets %v after the restart, %v before: counts must go on", after, before)
 		}
 	}
+	testPassive(c, node1)
+}
+
+// testPassive stops one NAT backend's listener (the kernel refuses its
+// connections with RSTs): with passive health on, the node sees the
+// refusals and takes it to weight 0 long before its active check (every
+// 10 minutes) would probe again.
+func testPassive(c *cluster, node *lab.Node) {
+	t := c.t
+	c.mustMeradm("service", "edit", "nat", "--passive-health", "--passive-window", "5s", "--passive-min-attempts", "3",
+		"--health-endpoint", "tcp://:8080", "--health-period", "10m", "--health-timeout", "1s", "--health-up", "1", "--health-down", "2")
+	victim := lab.BackendAddr(0) + ":8080"
+	weight := func() float64 {
+		return c.series(node, "merlin_ipvs_backend_weight")["server="+victim+",service=nat"]
+	}
+	c.eventually("the victim serves before", 20*time.Second, func() error {
+		if w := weight(); w != 1 {
+			return fmt.Errorf("weight %v", w)
+		}
+		return nil
+	})
+	c.StopBackend(0)
+	t.Cleanup(func() { _ = c.StartBackend(0) })
+	start := time.Now()
+	c.eventually("passive health takes the refusing server down", 30*time.Second, func() error {
+		for range 10 { // connections to the refusing server fail: that is the point
+			if conn, _, err := c.connect(lab.NATVIP + ":80"); err == nil {
+				conn.Close()
+			}
+		}
+		if w := weight(); w != 0 {
+			return fmt.Errorf("weight %v", w)
+		}
+		return nil
+	})
+	t.Logf("passive health: weight 0 %.1fs after the listener stopped", time.Since(start).Seconds())
+	if rst := c.series(node, "merlin_tc_reply_rst_total")["server="+victim+",service=nat"]; rst < 3 {
+		t.Errorf("merlin_tc_reply_rst_total of %s = %v, want the refusals counted", victim, rst)
+	}
+	out := c.mustMeradm("status")
+	if !strings.Contains(out, "server nat/"+victim+" down, weight 0") || !strings.Contains(out, "passive: ") {
+		t.Fatalf("status does not say passive health took %s down:\n%s", victim, out)
+	}
 }
 
 // waitCounterKeys waits until every node counts want keys, none unresolved.
