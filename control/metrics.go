@@ -33,6 +33,7 @@ type NodeMetrics struct {
 	vipAnnounced      *prometheus.GaugeVec
 	changeApply       prometheus.Histogram
 	reportedServers   map[[2]string]bool // merlin_server_up label pairs set
+	reportedServices  map[string]bool    // merlin_service_all_servers_down as last set
 }
 
 // NewNodeMetrics creates the metrics and registers them (reg may be nil).
@@ -60,10 +61,14 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		changeApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "merlin_change_apply_seconds",
 			Help:    "Time from a desired-state change arriving from etcd to the end of the pass that applied it (kernel writes acknowledged): merlin's own share of a change.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
-		reportedServers: map[[2]string]bool{},
+		reportedServers:  map[[2]string]bool{},
+		reportedServices: map[string]bool{},
 	}
 	for _, op := range []ipvs.OpKind{ipvs.OpAddService, ipvs.OpUpdateService, ipvs.OpDeleteService, ipvs.OpAddDestination, ipvs.OpUpdateDestination, ipvs.OpDeleteDestination} {
 		m.ops.WithLabelValues(opLabel(op)) // exported as 0 before the first op
+		for _, e := range []string{"not_sent", "outcome_unknown", "other"} {
+			m.opErrors.WithLabelValues(opLabel(op), e)
+		}
 	}
 	for _, st := range []string{string(VIPServed), "not_serving"} {
 		m.vips.WithLabelValues(st)
@@ -91,6 +96,23 @@ func (m *NodeMetrics) setSink(name string, err error) {
 		return
 	}
 	m.sinkUp.WithLabelValues(name).Set(1)
+}
+
+// setServicesDown exports merlin_service_all_servers_down for every planned
+// service: 1 when all its servers are down, 0 otherwise (set on change).
+func (m *NodeMetrics) setServicesDown(plans map[string]*ServicePlan, down map[string]bool) {
+	for id := range plans {
+		if was, ok := m.reportedServices[id]; !ok || was != down[id] {
+			m.serviceDown.WithLabelValues(id).Set(b2f(down[id]))
+			m.reportedServices[id] = down[id]
+		}
+	}
+	for id := range m.reportedServices {
+		if _, ok := plans[id]; !ok {
+			m.serviceDown.DeleteLabelValues(id)
+			delete(m.reportedServices, id)
+		}
+	}
 }
 
 // setServerHealth sets merlin_server_up for exactly the checked servers.
@@ -183,6 +205,14 @@ func NewHealthMetrics(reg prometheus.Registerer) *HealthMetrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"kind"}),
 		failures:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_health_check_failures_total", Help: "Failed health probes by kind and reason (timeout, refused, status, body, tls, reset, exit, other)."}, []string{"kind", "reason"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_health_transitions_total", Help: "Health state changes of checks, by kind and new state."}, []string{"kind", "to"}),
+	}
+	// Exported as 0 before the first probe, so rate() and alerts see the first one.
+	for _, k := range []health.Kind{health.HTTP, health.HTTPS, health.TCP, health.UDP, health.GRPC, health.Exec} {
+		m.transitions.WithLabelValues(string(k), "up")
+		m.transitions.WithLabelValues(string(k), "down")
+		for _, r := range []string{health.ReasonTimeout, health.ReasonRefused, health.ReasonStatus, health.ReasonBody, health.ReasonTLS, health.ReasonReset, health.ReasonExit, health.ReasonOther} {
+			m.failures.WithLabelValues(string(k), r)
+		}
 	}
 	if reg != nil {
 		reg.MustRegister(m.duration, m.failures, m.transitions)

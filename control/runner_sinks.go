@@ -108,15 +108,14 @@ func (r *Runner) reportNode() {
 		if !r.pass.lastDown[id] {
 			r.log.Warn("every server of the service is down", "service", id)
 		}
-		r.metrics.serviceDown.WithLabelValues(id).Set(1)
 	}
 	for id := range r.pass.lastDown {
 		if !down[id] {
 			r.log.Info("the service has a server up again", "service", id)
-			r.metrics.serviceDown.DeleteLabelValues(id)
 		}
 	}
 	r.pass.lastDown = down
+	r.metrics.setServicesDown(r.pass.plans, down)
 	r.metrics.setServerHealth(np.Health)
 	var notServing []*types.VIPStatus
 	serving, announced := 0, 0

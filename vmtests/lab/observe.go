@@ -111,3 +111,24 @@ func Series(n *Node, name string) (map[string]float64, error) {
 	}
 	return out, nil
 }
+
+// Families lists the metric families a node's /metrics exports.
+func Families(n *Node) (map[string]bool, error) {
+	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("%s /metrics: %w", n.Name, err)
+	}
+	out := map[string]bool{}
+	for name, f := range families {
+		if len(f.Metric) > 0 {
+			out[name] = true
+		}
+	}
+	return out, nil
+}

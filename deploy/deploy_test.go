@@ -1,0 +1,76 @@
+package deploy_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/merlin-ipvs/merlin/deploy"
+	"github.com/merlin-ipvs/merlin/internal/testenv"
+)
+
+func promtool(t *testing.T, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("promtool"); err != nil {
+		testenv.Missing(t, testenv.PeersPromised(), "Debian's promtool (package prometheus) not installed")
+	}
+	cmd := exec.Command("promtool", args...)
+	cmd.Dir = "prometheus"
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// The rules parse, each alert has a unit test, and the tests pass.
+func TestAlertRules(t *testing.T) {
+	promtool(t, "check", "rules", "merlin-rules.yml")
+	promtool(t, "test", "rules", "merlin-rules.test.yml")
+	promtool(t, "check", "config", "prometheus.yml")
+	alerts, err := deploy.Alerts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests, err := os.ReadFile("prometheus/merlin-rules.test.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range alerts {
+		name := strings.TrimPrefix(a.Where, "alert: ")
+		if !strings.Contains(string(tests), "alertname: "+name+",") && !strings.Contains(string(tests), "alertname: "+name+"\n") {
+			t.Errorf("alert %s has no promtool unit test", name)
+		}
+	}
+	if len(alerts) < 10 {
+		t.Fatalf("only %d alerts", len(alerts))
+	}
+}
+
+// Every dashboard query parses as PromQL: promtool checks them as
+// recording rules.
+func TestDashboardQueriesParse(t *testing.T) {
+	qs, err := deploy.Dashboard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	b.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	for i, q := range qs {
+		if len(deploy.MetricNames(q.Expr)) == 0 {
+			t.Errorf("%s reads no merlin metric: %s", q.Where, q.Expr)
+		}
+		fmt.Fprintf(&b, "      - record: dashboard:query_%d\n        expr: %q\n", i, q.Expr)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-rules.yml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	promtool(t, "check", "rules", path)
+	if len(qs) < 30 {
+		t.Fatalf("only %d dashboard queries", len(qs))
+	}
+}
