@@ -117,6 +117,30 @@ func TestVMCounters(t *testing.T) {
 		}
 	}
 	testPassive(c, node1)
+	testCountersOff(c, node2)
+}
+
+// testCountersOff restarts a node with counters it cannot attach: it goes
+// on reconciling IPVS and says why the counters are off.
+func testCountersOff(c *cluster, n *lab.Node) {
+	t := c.t
+	c.stopNode(n, syscall.SIGTERM)
+	n.Args = append(n.Args, "-counters-xdp-interfaces", "nosuch0")
+	c.mustMeradm("service", "add", "later", "tcp", "198.19.0.40:80")
+	c.startNode(n)
+	c.waitReady(n)
+	c.eventually("the node reconciles without counters", 30*time.Second, func() error {
+		if table := c.table(n); !strings.Contains(table, "198.19.0.40:80") {
+			return fmt.Errorf("table:\n%s", table)
+		}
+		if up := c.metric(n, "merlin_counters_up"); up != 0 {
+			return fmt.Errorf("merlin_counters_up %v", up)
+		}
+		return nil
+	})
+	if out := c.mustMeradm("status"); !strings.Contains(out, n.Name+": traffic counters off: xdp on nosuch0: interface") {
+		t.Fatalf("status does not say why the counters are off:\n%s", out)
+	}
 }
 
 // testPassive stops one NAT backend's listener (the kernel refuses its
