@@ -113,7 +113,7 @@ type Counter struct {
 	status   Status
 	want     Keys
 	wantSet  bool                      // Set was called: until then the pinned keys stay as they are
-	routeMAC map[countersKey]ServerKey // direct-routing map keys → their server
+	routeMAC map[countersMacKey]ServerKey // direct-routing map keys → their server
 	held     held
 	rounds   int // refreshes since the last full sync
 }
@@ -166,8 +166,7 @@ func (c *Counter) load() (*countersObjects, error) {
 		if err != nil {
 			return nil, err
 		}
-		sizes := map[string]int{countersMapVips: c.cfg.MaxVIPs, countersMapUnmatched: c.cfg.MaxVIPs,
-			countersMapForwarded: c.cfg.MaxServers, countersMapReplies: c.cfg.MaxServers, countersMapLocals: maxLocals}
+		sizes := mapSizes(c.cfg.MaxVIPs, c.cfg.MaxServers)
 		for name, n := range sizes {
 			spec.Maps[name].MaxEntries = uint32(n)
 		}
@@ -239,5 +238,16 @@ func (c *Counter) Run(ctx context.Context) {
 			}
 			c.mu.Unlock()
 		}
+	}
+}
+
+// mapSizes gives every map its size: each family's map of a role can hold
+// the whole configured number (a node may serve only IPv6).
+func mapSizes(maxVIPs, maxServers int) map[string]int {
+	return map[string]int{
+		countersMapVips4: maxVIPs, countersMapVips6: maxVIPs, countersMapUnmatched4: maxVIPs, countersMapUnmatched6: maxVIPs,
+		countersMapForwarded4: maxServers, countersMapForwarded6: maxServers, countersMapForwardedMac: maxServers,
+		countersMapReplies4: maxServers, countersMapReplies6: maxServers,
+		countersMapLocals4: maxLocals, countersMapLocals6: maxLocals,
 	}
 }

@@ -13,11 +13,9 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type countersAddrKey struct {
+type countersAddr6 struct {
 	_    structs.HostLayout
 	Addr [16]uint8
-	Kind uint8
-	Pad  [3]uint8
 }
 
 type countersCounters struct {
@@ -30,7 +28,15 @@ type countersCounters struct {
 	Rst     uint64
 }
 
-type countersKey struct {
+type countersKey4 struct {
+	_     structs.HostLayout
+	Addr  uint32
+	Port  uint16
+	Proto uint8
+	Kind  uint8
+}
+
+type countersKey6 struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
 	Port  uint16
@@ -38,15 +44,36 @@ type countersKey struct {
 	Kind  uint8
 }
 
+type countersMacKey struct {
+	_     structs.HostLayout
+	Mac   [6]uint8
+	Port  uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type countersVipCounters struct {
+	_       structs.HostLayout
+	Packets uint64
+	Bytes   uint64
+	Syn     uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	countersMapForwarded       = "forwarded"
-	countersMapLocals          = "locals"
-	countersMapReplies         = "replies"
-	countersMapUnmatched       = "unmatched"
-	countersMapVips            = "vips"
+	countersMapForwarded4      = "forwarded4"
+	countersMapForwarded6      = "forwarded6"
+	countersMapForwardedMac    = "forwarded_mac"
+	countersMapLocals4         = "locals4"
+	countersMapLocals6         = "locals6"
+	countersMapReplies4        = "replies4"
+	countersMapReplies6        = "replies6"
+	countersMapUnmatched4      = "unmatched4"
+	countersMapUnmatched6      = "unmatched6"
+	countersMapVips4           = "vips4"
+	countersMapVips6           = "vips6"
 	countersProgCountForwarded = "count_forwarded"
 	countersProgCountReplies   = "count_replies"
 	countersProgCountVips      = "count_vips"
@@ -103,11 +130,17 @@ type countersProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type countersMapSpecs struct {
-	Forwarded *ebpf.MapSpec `ebpf:"forwarded"`
-	Locals    *ebpf.MapSpec `ebpf:"locals"`
-	Replies   *ebpf.MapSpec `ebpf:"replies"`
-	Unmatched *ebpf.MapSpec `ebpf:"unmatched"`
-	Vips      *ebpf.MapSpec `ebpf:"vips"`
+	Forwarded4   *ebpf.MapSpec `ebpf:"forwarded4"`
+	Forwarded6   *ebpf.MapSpec `ebpf:"forwarded6"`
+	ForwardedMac *ebpf.MapSpec `ebpf:"forwarded_mac"`
+	Locals4      *ebpf.MapSpec `ebpf:"locals4"`
+	Locals6      *ebpf.MapSpec `ebpf:"locals6"`
+	Replies4     *ebpf.MapSpec `ebpf:"replies4"`
+	Replies6     *ebpf.MapSpec `ebpf:"replies6"`
+	Unmatched4   *ebpf.MapSpec `ebpf:"unmatched4"`
+	Unmatched6   *ebpf.MapSpec `ebpf:"unmatched6"`
+	Vips4        *ebpf.MapSpec `ebpf:"vips4"`
+	Vips6        *ebpf.MapSpec `ebpf:"vips6"`
 }
 
 // countersVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,20 +169,32 @@ func (o *countersObjects) Close() error {
 //
 // It can be passed to loadCountersObjects or ebpf.CollectionSpec.LoadAndAssign.
 type countersMaps struct {
-	Forwarded *ebpf.Map `ebpf:"forwarded"`
-	Locals    *ebpf.Map `ebpf:"locals"`
-	Replies   *ebpf.Map `ebpf:"replies"`
-	Unmatched *ebpf.Map `ebpf:"unmatched"`
-	Vips      *ebpf.Map `ebpf:"vips"`
+	Forwarded4   *ebpf.Map `ebpf:"forwarded4"`
+	Forwarded6   *ebpf.Map `ebpf:"forwarded6"`
+	ForwardedMac *ebpf.Map `ebpf:"forwarded_mac"`
+	Locals4      *ebpf.Map `ebpf:"locals4"`
+	Locals6      *ebpf.Map `ebpf:"locals6"`
+	Replies4     *ebpf.Map `ebpf:"replies4"`
+	Replies6     *ebpf.Map `ebpf:"replies6"`
+	Unmatched4   *ebpf.Map `ebpf:"unmatched4"`
+	Unmatched6   *ebpf.Map `ebpf:"unmatched6"`
+	Vips4        *ebpf.Map `ebpf:"vips4"`
+	Vips6        *ebpf.Map `ebpf:"vips6"`
 }
 
 func (m *countersMaps) Close() error {
 	return _CountersClose(
-		m.Forwarded,
-		m.Locals,
-		m.Replies,
-		m.Unmatched,
-		m.Vips,
+		m.Forwarded4,
+		m.Forwarded6,
+		m.ForwardedMac,
+		m.Locals4,
+		m.Locals6,
+		m.Replies4,
+		m.Replies6,
+		m.Unmatched4,
+		m.Unmatched6,
+		m.Vips4,
+		m.Vips6,
 	)
 }
 

@@ -1,6 +1,7 @@
 package xdpstats
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -77,6 +78,12 @@ type Counters struct {
 	RST     uint64
 }
 
+func (c *Counters) addVIP(o countersVipCounters) {
+	c.Packets += o.Packets
+	c.Bytes += o.Bytes
+	c.SYN += o.Syn
+}
+
 func (c *Counters) add(o countersCounters) {
 	c.Packets += o.Packets
 	c.Bytes += o.Bytes
@@ -94,68 +101,75 @@ type Snapshot struct {
 	Replies   map[ServerKey]Counters  // from each NAT real server
 }
 
-// Key kinds, as in bpf/counters.c.
+// Key kinds of real servers, as in bpf/counters.c (VIP keys have 0).
 const (
-	kindIPv4  = 4
-	kindIPv6  = 6
-	kindRoute = 0x30
+	kindNAT    = 1
+	kindTunnel = 2
 )
 
-func familyKind(a netip.Addr) uint8 {
-	if a.Is4() {
-		return kindIPv4
-	}
-	return kindIPv6
+// be16 and be32 hold network-order bytes in the host-order integers the
+// generated key types have.
+func be16(p uint16) uint16 { return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, p)) }
+
+func fromBE16(v uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)) }
+
+func be32(a netip.Addr) uint32 { b := a.As4(); return binary.NativeEndian.Uint32(b[:]) }
+
+func fromBE32(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte(binary.NativeEndian.AppendUint32(nil, v)))
 }
 
-func putAddr(dst *[16]uint8, a netip.Addr) {
-	if a.Is4() {
-		b := a.As4()
-		copy(dst[:], b[:])
-		return
-	}
-	*dst = a.As16()
+// mapKey is a key of the IPv4 or the IPv6 map of a role.
+type mapKey struct {
+	v4   countersKey4
+	v6   countersKey6
+	is4  bool
+	zero bool // invalid address
 }
 
-func getAddr(src [16]uint8, kind uint8) netip.Addr {
-	if kind&0x0f == kindIPv4 {
-		return netip.AddrFrom4([4]byte(src[:4]))
-	}
-	return netip.AddrFrom16(src)
-}
-
-// htons: the programs compare ports in network order.
-func htons(p uint16) uint16 { return p<<8 | p>>8 }
-
-func vipKey(k VIPKey) countersKey {
-	a := k.Addr.Unmap()
-	ck := countersKey{Port: htons(k.Port), Proto: k.Proto, Kind: familyKind(a)}
-	putAddr(&ck.Addr, a)
-	return ck
-}
-
-func fromVIPKey(ck countersKey) VIPKey {
-	return VIPKey{Addr: getAddr(ck.Addr, ck.Kind), Port: htons(ck.Port), Proto: ck.Proto}
-}
-
-func addrKey(a netip.Addr) countersAddrKey {
+func keyOf(a netip.Addr, port uint16, proto, kind uint8) mapKey {
 	a = a.Unmap()
-	ak := countersAddrKey{Kind: familyKind(a)}
-	putAddr(&ak.Addr, a)
-	return ak
+	switch {
+	case a.Is4():
+		return mapKey{v4: countersKey4{Addr: be32(a), Port: be16(port), Proto: proto, Kind: kind}, is4: true}
+	case a.Is6():
+		return mapKey{v6: countersKey6{Addr: a.As16(), Port: be16(port), Proto: proto, Kind: kind}}
+	}
+	return mapKey{zero: true}
 }
 
-// serverKey is the map key of a NAT or tunnel server; direct-routing
-// servers are keyed by MAC (routeKey).
-func serverKey(k ServerKey) countersKey {
-	a := k.Addr.Unmap()
-	ck := countersKey{Port: htons(k.Port), Proto: k.Proto, Kind: uint8(k.Method)<<4 | familyKind(a)}
-	putAddr(&ck.Addr, a)
-	return ck
+func vipOf4(k countersKey4) VIPKey {
+	return VIPKey{Addr: fromBE32(k.Addr), Port: fromBE16(k.Port), Proto: k.Proto}
 }
 
-func routeKey(mac net.HardwareAddr, port uint16, proto uint8) countersKey {
-	ck := countersKey{Port: htons(port), Proto: proto, Kind: kindRoute}
-	copy(ck.Addr[:], mac)
-	return ck
+func vipOf6(k countersKey6) VIPKey {
+	return VIPKey{Addr: netip.AddrFrom16(k.Addr), Port: fromBE16(k.Port), Proto: k.Proto}
+}
+
+func serverOf4(k countersKey4) ServerKey {
+	return ServerKey{Method: methodOf(k.Kind), Addr: fromBE32(k.Addr), Port: fromBE16(k.Port), Proto: k.Proto}
+}
+
+func serverOf6(k countersKey6) ServerKey {
+	return ServerKey{Method: methodOf(k.Kind), Addr: netip.AddrFrom16(k.Addr), Port: fromBE16(k.Port), Proto: k.Proto}
+}
+
+func methodOf(kind uint8) Method {
+	if kind == kindTunnel {
+		return Tunnel
+	}
+	return NAT
+}
+
+func kindOf(m Method) uint8 {
+	if m == Tunnel {
+		return kindTunnel
+	}
+	return kindNAT
+}
+
+func routeKey(mac net.HardwareAddr, port uint16, proto uint8) countersMacKey {
+	k := countersMacKey{Port: be16(port), Proto: proto}
+	copy(k.Mac[:], mac)
+	return k
 }

@@ -30,30 +30,69 @@ func (c *Counter) Set(keys Keys) error {
 	return c.syncLocked()
 }
 
+// keySet is the keys of one role's IPv4 and IPv6 maps.
+type keySet struct {
+	v4 map[countersKey4]bool
+	v6 map[countersKey6]bool
+}
+
+func newKeySet() keySet { return keySet{v4: map[countersKey4]bool{}, v6: map[countersKey6]bool{}} }
+
+func (s keySet) add(k mapKey) {
+	switch {
+	case k.zero:
+	case k.is4:
+		s.v4[k.v4] = true
+	default:
+		s.v6[k.v6] = true
+	}
+}
+
+func (s keySet) len() int { return len(s.v4) + len(s.v6) }
+
+// addrSet is the keys of an address-only IPv4 and IPv6 map pair.
+type addrSet struct {
+	v4 map[uint32]bool
+	v6 map[countersAddr6]bool
+}
+
+func newAddrSet() addrSet { return addrSet{v4: map[uint32]bool{}, v6: map[countersAddr6]bool{}} }
+
+func (s addrSet) add(a netip.Addr) {
+	a = a.Unmap()
+	switch {
+	case a.Is4():
+		s.v4[be32(a)] = true
+	case a.Is6():
+		s.v6[countersAddr6{Addr: a.As16()}] = true
+	}
+}
+
 // desired is the key set of every map for the wanted keys and the node's
 // neighbour table and addresses.
 type desired struct {
-	vips, forwarded, replies map[countersKey]bool
-	unmatched, locals        map[countersAddrKey]bool
-	routes                   map[countersKey]ServerKey
+	vips, forwarded, replies keySet
+	unmatched, locals        addrSet
+	macs                     map[countersMacKey]bool
+	routes                   map[countersMacKey]ServerKey
 	unresolved               int
 }
 
 func (c *Counter) desired() (desired, error) {
-	d := desired{vips: map[countersKey]bool{}, forwarded: map[countersKey]bool{}, replies: map[countersKey]bool{},
-		unmatched: map[countersAddrKey]bool{}, locals: map[countersAddrKey]bool{}, routes: map[countersKey]ServerKey{}}
+	d := desired{vips: newKeySet(), forwarded: newKeySet(), replies: newKeySet(), unmatched: newAddrSet(), locals: newAddrSet(),
+		macs: map[countersMacKey]bool{}, routes: map[countersMacKey]ServerKey{}}
 	for _, k := range c.want.VIPs {
-		d.vips[vipKey(k)] = true
-		d.unmatched[addrKey(k.Addr)] = true
+		d.vips.add(keyOf(k.Addr, k.Port, k.Proto, 0))
+		d.unmatched.add(k.Addr)
 	}
 	var macs map[netip.Addr]net.HardwareAddr
 	for _, k := range c.want.Servers {
 		switch k.Method {
 		case NAT:
-			d.forwarded[serverKey(k)] = true
-			d.replies[serverKey(k)] = true
+			d.forwarded.add(keyOf(k.Addr, k.Port, k.Proto, kindNAT))
+			d.replies.add(keyOf(k.Addr, k.Port, k.Proto, kindNAT))
 		case Tunnel:
-			d.forwarded[serverKey(k)] = true
+			d.forwarded.add(keyOf(k.Addr, k.Port, k.Proto, kindTunnel))
 		case Route:
 			if macs == nil {
 				macs = neighbours()
@@ -65,7 +104,7 @@ func (c *Counter) desired() (desired, error) {
 				continue
 			}
 			rk := routeKey(mac, k.Port, k.Proto)
-			d.forwarded[rk] = true
+			d.macs[rk] = true
 			d.routes[rk] = k
 		}
 	}
@@ -75,7 +114,7 @@ func (c *Counter) desired() (desired, error) {
 	}
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			d.locals[addrKey(ip)] = true
+			d.locals.add(ip)
 		}
 	}
 	return d, nil
@@ -116,8 +155,11 @@ func neighbours() map[netip.Addr]net.HardwareAddr {
 // the difference to it. A full sync re-reads the kernel's keys (after Open,
 // and from time to time to repair what someone else changed).
 type held struct {
-	vips, forwarded, replies map[countersKey]bool
-	unmatched, locals        map[countersAddrKey]bool
+	vips4, forwarded4, replies4 map[countersKey4]bool
+	vips6, forwarded6, replies6 map[countersKey6]bool
+	unmatched4, locals4         map[uint32]bool
+	unmatched6, locals6         map[countersAddr6]bool
+	macs                        map[countersMacKey]bool
 }
 
 func (c *Counter) syncLocked() error {
@@ -125,21 +167,27 @@ func (c *Counter) syncLocked() error {
 	if err != nil {
 		return err
 	}
-	h := &c.held
+	h, o := &c.held, c.objs
 	var errs []error
 	dropped := 0
 	add := func(n int, err error) {
 		dropped += n
 		errs = append(errs, err)
 	}
-	zero := perCPUZero()
-	add(syncMap(c.objs.Vips, &h.vips, d.vips, zero))
-	add(syncMap(c.objs.Forwarded, &h.forwarded, d.forwarded, zero))
-	add(syncMap(c.objs.Replies, &h.replies, d.replies, zero))
-	add(syncMap(c.objs.Unmatched, &h.unmatched, d.unmatched, zero))
-	add(syncMap(c.objs.Locals, &h.locals, d.locals, uint8(1)))
+	zero, vipZero := perCPUZero(), perCPUVIPZero()
+	add(syncMap(o.Vips4, &h.vips4, d.vips.v4, vipZero))
+	add(syncMap(o.Vips6, &h.vips6, d.vips.v6, vipZero))
+	add(syncMap(o.Unmatched4, &h.unmatched4, d.unmatched.v4, vipZero))
+	add(syncMap(o.Unmatched6, &h.unmatched6, d.unmatched.v6, vipZero))
+	add(syncMap(o.Forwarded4, &h.forwarded4, d.forwarded.v4, zero))
+	add(syncMap(o.Forwarded6, &h.forwarded6, d.forwarded.v6, zero))
+	add(syncMap(o.ForwardedMac, &h.macs, d.macs, zero))
+	add(syncMap(o.Replies4, &h.replies4, d.replies.v4, zero))
+	add(syncMap(o.Replies6, &h.replies6, d.replies.v6, zero))
+	add(syncMap(o.Locals4, &h.locals4, d.locals.v4, uint8(1)))
+	add(syncMap(o.Locals6, &h.locals6, d.locals.v6, uint8(1)))
 	c.routeMAC = d.routes
-	c.status.Keys = len(d.vips) + len(d.forwarded) + len(d.replies)
+	c.status.Keys = d.vips.len() + d.forwarded.len() + len(d.macs) + d.replies.len()
 	c.status.Dropped, c.status.Unresolved = dropped, d.unresolved
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("set counter keys: %w", err)
@@ -152,6 +200,10 @@ func (c *Counter) syncLocked() error {
 
 func perCPUZero() []countersCounters {
 	return make([]countersCounters, ebpf.MustPossibleCPU())
+}
+
+func perCPUVIPZero() []countersVipCounters {
+	return make([]countersVipCounters, ebpf.MustPossibleCPU())
 }
 
 // syncMap makes m hold the keys of want: it deletes what *have has beyond
@@ -216,43 +268,50 @@ func (c *Counter) Read() (Snapshot, error) {
 	if c.objs == nil {
 		return Snapshot{}, ErrNotOpen
 	}
-	s := Snapshot{VIPs: map[VIPKey]Counters{}, Unmatched: map[netip.Addr]Counters{}, Forwarded: map[ServerKey]Counters{}, Replies: map[ServerKey]Counters{}}
-	err := errors.Join(
-		readMap(c.objs.Vips, func(k countersKey, v Counters) { s.VIPs[fromVIPKey(k)] = v }),
-		readMap(c.objs.Unmatched, func(k countersAddrKey, v Counters) { s.Unmatched[getAddr(k.Addr, k.Kind)] = v }),
-		readMap(c.objs.Forwarded, func(k countersKey, v Counters) {
-			if sk, ok := c.serverOf(k); ok {
-				s.Forwarded[sk] = v
-			}
-		}),
-		readMap(c.objs.Replies, func(k countersKey, v Counters) {
-			if sk, ok := c.serverOf(k); ok {
-				s.Replies[sk] = v
-			}
-		}),
-	)
+	s, err := read(c.objs, c.routeMAC)
 	if err != nil {
 		return s, fmt.Errorf("read counters: %w", err)
 	}
 	return s, nil
 }
 
-func (c *Counter) serverOf(k countersKey) (ServerKey, bool) {
-	if k.Kind == kindRoute {
-		sk, ok := c.routeMAC[k]
-		return sk, ok
-	}
-	return ServerKey{Method: Method(k.Kind >> 4), Addr: getAddr(k.Addr, k.Kind), Port: htons(k.Port), Proto: k.Proto}, true
+func read(o *countersObjects, routes map[countersMacKey]ServerKey) (Snapshot, error) {
+	s := Snapshot{VIPs: map[VIPKey]Counters{}, Unmatched: map[netip.Addr]Counters{}, Forwarded: map[ServerKey]Counters{}, Replies: map[ServerKey]Counters{}}
+	err := errors.Join(
+		readVIPMap(o.Vips4, func(k countersKey4, v Counters) { s.VIPs[vipOf4(k)] = v }),
+		readVIPMap(o.Vips6, func(k countersKey6, v Counters) { s.VIPs[vipOf6(k)] = v }),
+		readVIPMap(o.Unmatched4, func(k uint32, v Counters) { s.Unmatched[fromBE32(k)] = v }),
+		readVIPMap(o.Unmatched6, func(k countersAddr6, v Counters) { s.Unmatched[netip.AddrFrom16(k.Addr)] = v }),
+		readMap(o.Forwarded4, func(k countersKey4, v Counters) { s.Forwarded[serverOf4(k)] = v }),
+		readMap(o.Forwarded6, func(k countersKey6, v Counters) { s.Forwarded[serverOf6(k)] = v }),
+		readMap(o.ForwardedMac, func(k countersMacKey, v Counters) {
+			if sk, ok := routes[k]; ok {
+				s.Forwarded[sk] = v
+			}
+		}),
+		readMap(o.Replies4, func(k countersKey4, v Counters) { s.Replies[serverOf4(k)] = v }),
+		readMap(o.Replies6, func(k countersKey6, v Counters) { s.Replies[serverOf6(k)] = v }),
+	)
+	return s, err
 }
 
 func readMap[K any](m *ebpf.Map, fn func(K, Counters)) error {
+	return readPerCPU(m, (*Counters).add, fn)
+}
+
+func readVIPMap[K any](m *ebpf.Map, fn func(K, Counters)) error {
+	return readPerCPU(m, (*Counters).addVIP, fn)
+}
+
+// readPerCPU sums each key's per-CPU values with add.
+func readPerCPU[K, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counters)) error {
 	var k K
-	var vals []countersCounters
+	var vals []V
 	it := m.Iterate()
 	for it.Next(&k, &vals) {
 		var sum Counters
 		for _, v := range vals {
-			sum.add(v)
+			add(&sum, v)
 		}
 		fn(k, sum)
 	}
