@@ -112,7 +112,7 @@ type Counter struct {
 	links    []link.Link
 	status   Status
 	want     Keys
-	wantSet  bool                      // Set was called: until then the pinned keys stay as they are
+	wantSet  bool                         // Set was called: until then the pinned keys stay as they are
 	routeMAC map[countersMacKey]ServerKey // direct-routing map keys → their server
 	held     held
 	rounds   int // refreshes since the last full sync
