@@ -21,6 +21,7 @@ type trafficDescs struct {
 	countersUp, countersKeys, countersDropped, countersUnresolved *prometheus.Desc
 	countersAttached                                              *prometheus.Desc
 	passiveAttempts, passiveAnswered, passiveRefused              *prometheus.Desc
+	countersSeconds                                               *prometheus.Desc
 	all                                                           []*prometheus.Desc
 }
 
@@ -80,6 +81,7 @@ func newTrafficDescs() trafficDescs {
 		passiveAttempts:    srv("merlin_passive_connection_attempts", "Connection attempts (SYN) forwarded to the NAT real server in its service's passive health window."),
 		passiveAnswered:    srv("merlin_passive_connections_answered", "Of those, answered with a SYN-ACK."),
 		passiveRefused:     srv("merlin_passive_connections_refused", "Resets from the real server in the window (refused or aborted connections)."),
+		countersSeconds:    one("merlin_counters_read_seconds", "How long the last scrape's read of the eBPF counters took."),
 		countersAttached:   desc("merlin_counters_attached", "1 for each interface and hook the counters are attached to.", "interface", "hook"),
 	}
 	d.all = all
@@ -124,15 +126,12 @@ func (t *Traffic) collectIPVS(ch chan<- prometheus.Metric, idx CounterIndex) {
 
 func (t *Traffic) readIPVS(ctx context.Context, ch chan<- prometheus.Metric, idx CounterIndex) bool {
 	d := &t.descs
-	svcs, err := t.kernel.Services(ctx)
+	svcs, err := t.kernel.Stats(ctx, func(k ipvs.ServiceKey) bool { _, ok := idx.Services[k.Canonical()]; return ok })
 	if err != nil {
 		return false
 	}
 	for _, s := range svcs {
-		id, ok := idx.Services[s.Key.Canonical()]
-		if !ok {
-			continue // not merlin's
-		}
+		id := idx.Services[s.Key.Canonical()]
 		st := s.Stats
 		counter(ch, d.svcConns, st.Connections, id)
 		counter(ch, d.svcInPkts, st.InPackets, id)
@@ -144,11 +143,7 @@ func (t *Traffic) readIPVS(ctx context.Context, ch chan<- prometheus.Metric, idx
 		gauge(ch, d.svcOutPPS, float64(st.OutPPS), id)
 		gauge(ch, d.svcInBPS, float64(st.InBPS), id)
 		gauge(ch, d.svcOutBPS, float64(st.OutBPS), id)
-		dests, err := t.kernel.Destinations(ctx, s.Key)
-		if err != nil {
-			return false
-		}
-		for _, ds := range dests {
+		for _, ds := range s.Destinations {
 			t.collectBackend(ch, id, ds)
 		}
 	}
@@ -182,10 +177,12 @@ func (t *Traffic) collectCounters(ch chan<- prometheus.Metric, idx CounterIndex)
 	if !st.On {
 		return
 	}
+	start := time.Now()
 	snap, err := t.counters.Read()
 	if err != nil {
 		return
 	}
+	gauge(ch, d.countersSeconds, time.Since(start).Seconds())
 	for k, c := range snap.VIPs {
 		if id, ok := idx.VIPs[k]; ok {
 			counter(ch, d.xdpPkts, c.Packets, id)

@@ -15,25 +15,19 @@ import (
 // fakeKernel answers with the plan's services and fixed counters.
 type fakeKernel struct{ table []ipvs.VirtualServer }
 
-func (k fakeKernel) Services(context.Context) ([]ipvs.ServiceStatus, error) {
-	var out []ipvs.ServiceStatus
+func (k fakeKernel) Stats(_ context.Context, keep func(ipvs.ServiceKey) bool) ([]ipvs.ServiceStats, error) {
+	var out []ipvs.ServiceStats
 	for _, vs := range k.table {
-		out = append(out, ipvs.ServiceStatus{Service: vs.Service, Stats: ipvs.Stats{Connections: 7, InPackets: 70}})
+		if !keep(vs.Service.Key) {
+			continue
+		}
+		ss := ipvs.ServiceStats{ServiceStatus: ipvs.ServiceStatus{Service: vs.Service, Stats: ipvs.Stats{Connections: 7, InPackets: 70}}}
+		for _, d := range vs.Destinations {
+			ss.Destinations = append(ss.Destinations, ipvs.DestinationStatus{Destination: d, ActiveConnections: 2, Stats: ipvs.Stats{InPackets: 30}})
+		}
+		out = append(out, ss)
 	}
 	return out, nil
-}
-
-func (k fakeKernel) Destinations(_ context.Context, key ipvs.ServiceKey) ([]ipvs.DestinationStatus, error) {
-	for _, vs := range k.table {
-		if vs.Service.Key == key {
-			var out []ipvs.DestinationStatus
-			for _, d := range vs.Destinations {
-				out = append(out, ipvs.DestinationStatus{Destination: d, ActiveConnections: 2, Stats: ipvs.Stats{InPackets: 30}})
-			}
-			return out, nil
-		}
-	}
-	return nil, nil
 }
 
 type fakeCounters struct {

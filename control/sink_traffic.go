@@ -21,8 +21,7 @@ type Counters interface {
 
 // KernelCounters reads the kernel's IPVS counters: ipvs.Client.
 type KernelCounters interface {
-	Services(ctx context.Context) ([]ipvs.ServiceStatus, error)
-	Destinations(ctx context.Context, key ipvs.ServiceKey) ([]ipvs.DestinationStatus, error)
+	Stats(ctx context.Context, keep func(ipvs.ServiceKey) bool) ([]ipvs.ServiceStats, error)
 }
 
 // Traffic keeps the eBPF counters' keys equal to the plan's (as a sink)

@@ -482,6 +482,44 @@ func (c *Client) Table(ctx context.Context) ([]VirtualServer, error) {
 	return out, nil
 }
 
+// ServiceStats is a service and its destinations with their counters.
+type ServiceStats struct {
+	ServiceStatus
+	Destinations []DestinationStatus
+}
+
+// Stats reads every service and destination with their counters in one
+// call (one service dump, one destination dump per service), for metrics.
+// keep chooses the services whose destinations are read.
+func (c *Client) Stats(ctx context.Context, keep func(ServiceKey) bool) ([]ServiceStats, error) {
+	end, err := c.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	svcs, err := c.services(true)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ServiceStats, 0, len(svcs))
+	for _, s := range svcs {
+		if !keep(s.Key) {
+			continue
+		}
+		ss := ServiceStats{ServiceStatus: s}
+		err := c.destinations(s.Key, true, func(d DestinationStatus) { ss.Destinations = append(ss.Destinations, d) })
+		if errors.Is(err, unix.ESRCH) {
+			continue // deleted between the two dumps
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ss)
+		runtime.Gosched() // as in Table
+	}
+	return out, nil
+}
+
 // Lookup reads one service with its destinations, without counters; nil
 // when the kernel has no such service. A dump of the whole table is not
 // atomic (the kernel resumes it by position, so a service deleted meanwhile

@@ -303,8 +303,38 @@ func readVIPMap[K any](m *ebpf.Map, fn func(K, Counters)) error {
 	return readPerCPU(m, (*Counters).addVIP, fn)
 }
 
-// readPerCPU sums each key's per-CPU values with add.
+// readBatch is how many keys one batched lookup reads.
+const readBatch = 4096
+
+// readPerCPU sums each key's per-CPU values with add: a few batched
+// lookups (one system call per readBatch keys), or one lookup per key on
+// kernels without batches.
 func readPerCPU[K, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counters)) error {
+	ncpu := ebpf.MustPossibleCPU()
+	keys := make([]K, readBatch)
+	vals := make([]V, readBatch*ncpu)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			var sum Counters
+			for _, v := range vals[i*ncpu : (i+1)*ncpu] {
+				add(&sum, v)
+			}
+			fn(keys[i], sum)
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return iteratePerCPU(m, add, fn)
+		case err != nil:
+			return fmt.Errorf("map %s: %w", m, err)
+		}
+	}
+}
+
+func iteratePerCPU[K, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counters)) error {
 	var k K
 	var vals []V
 	it := m.Iterate()
