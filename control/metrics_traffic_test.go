@@ -2,10 +2,12 @@ package control
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
@@ -59,22 +61,70 @@ func TestTrafficCollectorLabels(t *testing.T) {
 	}
 	fc.snap = xdpstats.Snapshot{VIPs: map[xdpstats.VIPKey]xdpstats.Counters{fc.keys.VIPs[0]: {Packets: 5, SYN: 1}},
 		Forwarded: map[xdpstats.ServerKey]xdpstats.Counters{fc.keys.Servers[0]: {Packets: 3}}}
-	want := `
-# HELP merlin_ipvs_backend_incoming_packets_total Packets IPVS forwarded to the real server (kernel counter).
-# TYPE merlin_ipvs_backend_incoming_packets_total counter
-merlin_ipvs_backend_incoming_packets_total{server="198.19.0.1:8080",service="web"} 30
-# HELP merlin_ipvs_service_connections_total Connections IPVS scheduled for the service (kernel counter).
-# TYPE merlin_ipvs_service_connections_total counter
-merlin_ipvs_service_connections_total{service="web"} 7
-# HELP merlin_tc_forwarded_packets_total Packets IPVS forwarded to the real server, seen leaving this node (TC).
-# TYPE merlin_tc_forwarded_packets_total counter
-merlin_tc_forwarded_packets_total{server="198.19.0.1:8080",service="web"} 3
-# HELP merlin_xdp_syn_total TCP connection attempts (SYN without ACK) to the service arriving at this node (XDP).
-# TYPE merlin_xdp_syn_total counter
-merlin_xdp_syn_total{service="web"} 1
-`
-	if err := testutil.CollectAndCompare(tr, strings.NewReader(want), "merlin_ipvs_backend_incoming_packets_total", "merlin_ipvs_service_connections_total",
-		"merlin_tc_forwarded_packets_total", "merlin_xdp_syn_total"); err != nil {
+	var out strings.Builder
+	if err := tr.WriteMetrics(context.Background(), &out); err != nil {
 		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(out.String()))
+	if err != nil {
+		t.Fatalf("the text does not parse: %v\n%s", err, out.String())
+	}
+	value := func(name string, labels ...string) float64 {
+		t.Helper()
+		f := families[name]
+		if f == nil {
+			t.Fatalf("no %s in\n%s", name, out.String())
+		}
+		for _, m := range f.Metric {
+			var got []string
+			for _, l := range m.Label {
+				got = append(got, l.GetName(), l.GetValue())
+			}
+			if slices.Equal(got, labels) {
+				if m.Counter != nil {
+					return m.Counter.GetValue()
+				}
+				return m.Gauge.GetValue()
+			}
+		}
+		t.Fatalf("no %s%v in\n%s", name, labels, out.String())
+		return 0
+	}
+	if v := value("merlin_ipvs_backend_incoming_packets_total", "service", "web", "server", "198.19.0.1:8080"); v != 30 {
+		t.Errorf("backend incoming packets %v", v)
+	}
+	if v := value("merlin_ipvs_service_connections_total", "service", "web"); v != 7 {
+		t.Errorf("service connections %v", v)
+	}
+	if v := value("merlin_tc_forwarded_packets_total", "service", "web", "server", "198.19.0.1:8080"); v != 3 {
+		t.Errorf("forwarded packets %v", v)
+	}
+	if v := value("merlin_xdp_syn_total", "service", "web"); v != 1 {
+		t.Errorf("xdp syn %v", v)
+	}
+	if n := len(families["merlin_ipvs_service_connections_total"].Metric); n != 1 {
+		t.Errorf("%d services exported: the foreign one must not be", n)
+	}
+	if families["merlin_ipvs_service_connections_total"].GetType().String() != "COUNTER" || families["merlin_ipvs_backend_weight"].GetType().String() != "GAUGE" {
+		t.Errorf("types: %v", families["merlin_ipvs_service_connections_total"].GetType())
+	}
+}
+
+// Label values are escaped: a service ID is the API's to choose.
+func TestTextWriterEscapes(t *testing.T) {
+	var b strings.Builder
+	tw := newTextWriter(&b)
+	tw.family("m", "gauge", "a\\b\nc")
+	tw.sample("m", 1.5, "service", "a\"b\\c\nd")
+	_ = tw.flush()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b.String())
+	}
+	m := families["m"].Metric[0]
+	if m.Label[0].GetValue() != "a\"b\\c\nd" || m.Gauge.GetValue() != 1.5 {
+		t.Fatalf("round trip: %v", m)
 	}
 }

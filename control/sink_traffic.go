@@ -26,7 +26,7 @@ type KernelCounters interface {
 
 // Traffic keeps the eBPF counters' keys equal to the plan's (as a sink)
 // and exports the kernel's IPVS counters and the eBPF counters under the
-// plan's service IDs (as a Prometheus collector, reading on each scrape).
+// plan's service IDs (WriteMetrics, reading on each scrape).
 type Traffic struct {
 	kernel   KernelCounters // nil: no IPVS counters
 	counters Counters       // nil: no eBPF counters configured
@@ -36,7 +36,6 @@ type Traffic struct {
 	idx      CounterIndex
 	lastKeys xdpstats.Keys
 	keysSet  bool
-	descs    trafficDescs
 	passive  passiveState
 }
 
@@ -49,7 +48,7 @@ func NewTraffic(kernel KernelCounters, counters Counters, timeout time.Duration)
 	if timeout <= 0 {
 		timeout = DefaultScrapeTimeout
 	}
-	return &Traffic{kernel: kernel, counters: counters, timeout: timeout, descs: newTrafficDescs()}
+	return &Traffic{kernel: kernel, counters: counters, timeout: timeout}
 }
 
 // Sink is the traffic sink: give it to the runner (RunnerDeps.Sinks).

@@ -30,7 +30,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"sigs.k8s.io/yaml"
@@ -386,16 +385,17 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_api_connections", Help: "Open API client connections."},
 		func() float64 { return float64(capped.Open()) }))
 	var node *control.Runner
+	var traffic *control.Traffic
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	if o.reconcile {
-		a, stop, err := startNode(ctx, o, store, api, reg, log, errc)
+		a, tr, stop, err := startNode(ctx, o, store, api, reg, log, errc)
 		if err != nil {
 			g.Stop()
 			return err
 		}
 		defer stop()
-		node = a
+		node, traffic = a, tr
 		advertise := o.advertise
 		if advertise == "" {
 			advertise = lis.Addr().String()
@@ -411,7 +411,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	})
 	var hs *http.Server
 	if healthLis != nil {
-		hs = &http.Server{Handler: healthMux(store, node, reg, o.pprof), ReadHeaderTimeout: 5 * time.Second}
+		hs = &http.Server{Handler: healthMux(store, node, control.MetricsHandler(reg, traffic), o.pprof), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
 			if err := hs.Serve(healthLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("health: %w", err)
@@ -440,7 +440,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	return err
 }
 
-func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Registry, withPprof bool) *http.ServeMux {
+func healthMux(store *control.Store, node *control.Runner, metrics http.Handler, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	alive := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	ready := func(w http.ResponseWriter, r *http.Request) {
@@ -460,7 +460,7 @@ func healthMux(store *control.Store, node *control.Runner, reg *prometheus.Regis
 		}
 		fmt.Fprintln(w, "ok")
 	}
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", metrics)
 	mux.HandleFunc("/healthz", alive)
 	mux.HandleFunc("/alive", alive) // the original Merlin's names
 	mux.HandleFunc("/readyz", ready)
@@ -487,25 +487,25 @@ func splitList(s string) []string {
 
 // startNode opens this namespace's IPVS table and runs the watcher and
 // the node runner; stop waits for them after ctx ends.
-func startNode(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, errc chan<- error) (*control.Runner, func(), error) {
+func startNode(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, errc chan<- error) (*control.Runner, *control.Traffic, func(), error) {
 	if o.sysctls {
 		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
 			log.Warn("director sysctls", "error", err)
 		}
 	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("data dir: %w", err)
+		return nil, nil, nil, fmt.Errorf("data dir: %w", err)
 	}
 	table, err := ipvs.Open(ipvs.Options{})
 	if err != nil {
-		return nil, nil, fmt.Errorf("open IPVS (run with -reconcile=false to serve only the API): %w", err)
+		return nil, nil, nil, fmt.Errorf("open IPVS (run with -reconcile=false to serve only the API): %w", err)
 	}
 	var sinks []control.Sink
 	if o.vipInterface != "" {
 		v, err := netif.NewVIPs(o.vipInterface, filepath.Join(o.dataDir, "vips.json"))
 		if err != nil {
 			table.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		sinks = append(sinks, control.NewVIPSink(v))
 	}
@@ -514,7 +514,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		var err error
 		if speaker, err = bgp.New(*o.bgp, log.With("component", "bgp")); err != nil {
 			table.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		sinks = append(sinks, control.NewBGPSink(speaker))
 		reg.MustRegister(control.NewBGPCollector(speaker))
@@ -524,20 +524,20 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		pfx, err := netip.ParsePrefix(p)
 		if err != nil {
 			table.Close()
-			return nil, nil, fmt.Errorf("-adopt %q: %w", p, err)
+			return nil, nil, nil, fmt.Errorf("-adopt %q: %w", p, err)
 		}
 		adopt = append(adopt, pfx)
 	}
 	reader, err := ipvs.Open(ipvs.Options{})
 	if err != nil {
 		table.Close()
-		return nil, nil, fmt.Errorf("open IPVS for resyncs: %w", err)
+		return nil, nil, nil, fmt.Errorf("open IPVS for resyncs: %w", err)
 	}
 	statsReader, err := ipvs.Open(ipvs.Options{})
 	if err != nil {
 		reader.Close()
 		table.Close()
-		return nil, nil, fmt.Errorf("open IPVS for metrics: %w", err)
+		return nil, nil, nil, fmt.Errorf("open IPVS for metrics: %w", err)
 	}
 	var counter *xdpstats.Counter
 	var counters control.Counters // stays a nil interface without counters
@@ -547,7 +547,6 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	}
 	traffic := control.NewTraffic(statsReader, counters, 0)
 	sinks = append(sinks, traffic.Sink())
-	reg.MustRegister(traffic)
 	closeTraffic := func() {
 		if counter != nil {
 			_ = counter.Close()
@@ -565,7 +564,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		closeTraffic()
 		reader.Close()
 		table.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	api.SetStats(&control.KernelStats{Node: o.node, Client: reader, Runner: runner})
 	watcher := control.NewWatcher(store, log.With("component", "watcher"), control.WatcherConfig{})
@@ -588,7 +587,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		local.Go(func() { traffic.RunPassive(ctx, checks) })
 	}
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
-	return runner, func() { local.Wait(); checks.Close(); closeTraffic(); reader.Close(); table.Close() }, nil
+	return runner, traffic, func() { local.Wait(); checks.Close(); closeTraffic(); reader.Close(); table.Close() }, nil
 }
 
 // probeEtcd keeps merlin_etcd_connected current, and what the store's

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -77,8 +78,8 @@ func Metric(n *Node, name string) (float64, error) {
 }
 
 // Series reads one metric's series from a node's /metrics, keyed by their
-// labels as `name=value` pairs joined by commas, in the exposition's order
-// (empty for a series without labels).
+// labels as `name=value` pairs sorted and joined by commas (empty for a
+// series without labels).
 func Series(n *Node, name string) (map[string]float64, error) {
 	resp, err := http.Get("http://" + n.Addr + ":4283/metrics")
 	if err != nil {
@@ -103,6 +104,7 @@ func Series(n *Node, name string) (map[string]float64, error) {
 		for _, l := range m.Label {
 			labels = append(labels, l.GetName()+"="+l.GetValue())
 		}
+		sort.Strings(labels)
 		v := m.GetGauge().GetValue()
 		if m.Counter != nil {
 			v = m.GetCounter().GetValue()
