@@ -96,6 +96,41 @@ func TestNormalizeAnnounce(t *testing.T) {
 	}
 }
 
+func TestNormalizePassiveHealth(t *testing.T) {
+	base := func(p *types.PassiveHealth) *types.VirtualService {
+		return &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.1", Port: 80, Protocol: types.Protocol_TCP},
+			Config: &types.VirtualService_Config{Scheduler: "rr"}, PassiveHealth: p}
+	}
+	got, err := NormalizeService(base(&types.PassiveHealth{}))
+	if err != nil || got.PassiveHealth != nil {
+		t.Fatalf("empty passive health: %v, %v (want it dropped)", got.GetPassiveHealth(), err)
+	}
+	on := &types.PassiveHealth{Enabled: wrapperspb.Bool(true), MinAttempts: wrapperspb.UInt32(3)}
+	if _, err := NormalizeService(base(on)); err != nil {
+		t.Fatal(err)
+	}
+	if w, n, pct, ok := PassiveSettings(on); !ok || w != DefaultPassiveWindow || n != 3 || pct != DefaultPassiveMaxFailed {
+		t.Fatalf("settings with defaults: %v %v %v %v", w, n, pct, ok)
+	}
+	if _, _, _, ok := PassiveSettings(&types.PassiveHealth{Enabled: wrapperspb.Bool(false), MinAttempts: wrapperspb.UInt32(3)}); ok {
+		t.Fatal("disabled passive health is on")
+	}
+	for _, tc := range []struct {
+		p    *types.PassiveHealth
+		want string
+	}{
+		{&types.PassiveHealth{Window: durationpb.New(time.Second)}, "passive_health.window: 1s: want 2s to 5m"},
+		{&types.PassiveHealth{Window: durationpb.New(time.Hour)}, "passive_health.window"},
+		{&types.PassiveHealth{MinAttempts: wrapperspb.UInt32(0)}, "passive_health.min_attempts: 0"},
+		{&types.PassiveHealth{MaxFailedPercent: wrapperspb.UInt32(100)}, "passive_health.max_failed_percent: 100: want 0 to 99"},
+	} {
+		_, err := NormalizeService(base(tc.p))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.p, err, tc.want)
+		}
+	}
+}
+
 // Every field is bounded, and an error never quotes more than a short
 // prefix of the value at fault.
 func TestLimits(t *testing.T) {

@@ -37,7 +37,11 @@ func main() {
 
 func run(bin string, conns int) error {
 	fmt.Println("starting etcd and two merlin nodes (node1 198.18.0.11, node2 198.18.0.12) in their own network namespaces ...")
-	l, err := lab.New(lab.Config{Bin: bin, NodeArg: func(n *lab.Node) []string { return lab.BGPArgs(n, "graceful_restart=120s") }})
+	l, err := lab.New(lab.Config{Bin: bin, NodeArg: func(n *lab.Node) []string {
+		// eBPF counters on the node's one interface, both ways.
+		counters := []string{"-counters-xdp-interfaces", "eth0", "-counters-tc-interfaces", "eth0", "-counters-pin-dir", lab.BPFFS + "/" + n.Name}
+		return append(lab.BGPArgs(n, "graceful_restart=120s"), counters...)
+	}})
 	if err != nil {
 		return err
 	}
@@ -117,6 +121,9 @@ func run(bin string, conns int) error {
 			fmt.Printf("  %-10s %d\n", n, got[n])
 		}
 	}
+	if err := printCounters(l.Nodes[0]); err != nil {
+		return err
+	}
 	out, err = l.Meradm("status")
 	if err != nil {
 		return err
@@ -141,5 +148,42 @@ func run(bin string, conns int) error {
 		return err
 	}
 	fmt.Printf("%d more connections, all through node1, went to %v\n", conns, got)
+	return nil
+}
+
+// printCounters shows node1's eBPF counters of the NAT service beside the
+// kernel's own IPVS counters, from its /metrics.
+func printCounters(n *lab.Node) error {
+	get := func(name string) (map[string]float64, error) { return lab.Series(n, name) }
+	fwd, err := get("merlin_tc_forwarded_packets_total")
+	if err != nil {
+		return err
+	}
+	kernel, err := get("merlin_ipvs_backend_incoming_packets_total")
+	if err != nil {
+		return err
+	}
+	synack, err := get("merlin_tc_reply_synack_total")
+	if err != nil {
+		return err
+	}
+	xdp, err := get("merlin_xdp_packets_total")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n%s's eBPF counters for service nat (from /metrics), beside the kernel's IPVS counters:\n", n.Name)
+	fmt.Printf("  %-22s %18s %18s %14s\n", "server", "forwarded (TC)", "IPVS in packets", "SYN-ACKs back")
+	var keys []string
+	for k := range fwd {
+		if strings.Contains(k, "service=nat") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		server := strings.TrimPrefix(strings.Split(k, ",")[0], "server=")
+		fmt.Printf("  %-22s %18.0f %18.0f %14.0f\n", server, fwd[k], kernel[k], synack[k])
+	}
+	fmt.Printf("  packets to the VIP at XDP, before IPVS: %.0f\n", xdp["service=nat"])
 	return nil
 }
