@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 )
 
 // Defaults of Config.
@@ -143,6 +144,11 @@ func (c *Counter) Open(ctx context.Context) error {
 }
 
 func (c *Counter) open() error {
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
+	// to the memory cgroup, and this does nothing.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
+	}
 	if err := ensureBPFFS(c.cfg.PinDir); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ package xdpstats_test
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
@@ -311,4 +313,51 @@ func TestForeignXDPLeftAlone(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Without the privileges BPF needs, Open fails with the reason, leaves
+// nothing attached, and the Counter stays usable as "off".
+func TestMissingPrivilegeIsReported(t *testing.T) {
+	tp := newTopology(t)
+	c := xdpstats.New(config(pinDir(t)), slog.New(slog.DiscardHandler))
+	var err error
+	in(t, tp.lb, func() error {
+		// Capabilities are per thread: drop the effective ones of this
+		// (locked) thread only, and take them back after.
+		var hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			return err
+		}
+		saved := data
+		data[0].Effective, data[1].Effective = 0, 0
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			return err
+		}
+		err = c.Open(t.Context())
+		return unix.Capset(&hdr, &saved[0])
+	})
+	if err == nil {
+		t.Fatal("Open without privileges succeeded")
+	}
+	if st := c.Status(); st.On || st.Reason == "" {
+		t.Fatalf("status %+v: want off with the reason", st)
+	}
+	if err := c.Set(xdpstats.Keys{VIPs: []xdpstats.VIPKey{vipUDP}}); !errors.Is(err, xdpstats.ErrNotOpen) {
+		t.Fatalf("Set on counters that are off: %v", err)
+	}
+	if _, err := c.Read(); !errors.Is(err, xdpstats.ErrNotOpen) {
+		t.Fatalf("Read on counters that are off: %v", err)
+	}
+	in(t, tp.lb, func() error {
+		l, err := netlink.LinkByName("l0")
+		if err != nil {
+			return err
+		}
+		if x := l.Attrs().Xdp; x != nil && x.Attached {
+			return fmt.Errorf("an XDP program is attached after a failed Open")
+		}
+		return nil
+	})
+	t.Logf("reason: %s", c.Status().Reason)
 }
