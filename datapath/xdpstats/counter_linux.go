@@ -108,15 +108,15 @@ type Counter struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	objs     *countersObjects
-	links    []link.Link
-	status   Status
-	want     Keys
-	wantSet  bool                         // Set was called: until then the pinned keys stay as they are
-	routeMAC map[countersMacKey]ServerKey // direct-routing map keys → their server
-	held     held
-	rounds   int // refreshes since the last full sync
+	mu             sync.Mutex
+	objs           *countersObjects
+	links          []link.Link
+	status         Status
+	planned        *planned                     // nil before the first Set: until then the pinned keys stay as they are
+	plannedDropped int                          // planned keys that did not fit at their last sync
+	routeMAC       map[countersMacKey]ServerKey // direct-routing map keys → their server
+	held           held
+	rounds         int // refreshes since the last full sync
 }
 
 // fullSyncRounds: every this many refreshes, the keys are read back from
@@ -234,11 +234,12 @@ func (c *Counter) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			c.mu.Lock()
+			full := false
 			if c.rounds++; c.rounds >= fullSyncRounds {
-				c.held, c.rounds = held{}, 0
+				c.held, c.rounds, full = held{}, 0, true
 			}
-			if c.objs != nil && c.wantSet {
-				if err := c.syncLocked(); err != nil {
+			if c.objs != nil && c.planned != nil {
+				if err := c.syncLocked(full); err != nil {
 					c.log.Warn("refresh counter keys", "error", err)
 				}
 			}

@@ -22,12 +22,11 @@ var ErrNotOpen = errors.New("counters are off")
 func (c *Counter) Set(keys Keys) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.want = Keys{VIPs: append([]VIPKey(nil), keys.VIPs...), Servers: append([]ServerKey(nil), keys.Servers...)}
-	c.wantSet = true
+	c.planned = planKeys(keys)
 	if c.objs == nil {
 		return ErrNotOpen
 	}
-	return c.syncLocked()
+	return c.syncLocked(true)
 }
 
 // keySet is the keys of one role's IPv4 and IPv6 maps.
@@ -68,56 +67,70 @@ func (s addrSet) add(a netip.Addr) {
 	}
 }
 
-// desired is the key set of every map for the wanted keys and the node's
-// neighbour table and addresses.
-type desired struct {
+// planned is the key set of the maps that follow only the plan: built
+// once per Set.
+type planned struct {
 	vips, forwarded, replies keySet
-	unmatched, locals        addrSet
-	macs                     map[countersMacKey]bool
-	routes                   map[countersMacKey]ServerKey
-	unresolved               int
+	unmatched                addrSet
+	routes                   []ServerKey // direct-routing servers, keyed by MAC (nodeKeys)
 }
 
-func (c *Counter) desired() (desired, error) {
-	d := desired{vips: newKeySet(), forwarded: newKeySet(), replies: newKeySet(), unmatched: newAddrSet(), locals: newAddrSet(),
-		macs: map[countersMacKey]bool{}, routes: map[countersMacKey]ServerKey{}}
-	for _, k := range c.want.VIPs {
-		d.vips.add(keyOf(k.Addr, k.Port, k.Proto, 0))
-		d.unmatched.add(k.Addr)
+func planKeys(want Keys) *planned {
+	p := &planned{vips: newKeySet(), forwarded: newKeySet(), replies: newKeySet(), unmatched: newAddrSet()}
+	for _, k := range want.VIPs {
+		p.vips.add(keyOf(k.Addr, k.Port, k.Proto, 0))
+		p.unmatched.add(k.Addr)
 	}
-	var macs map[netip.Addr]net.HardwareAddr
-	for _, k := range c.want.Servers {
+	for _, k := range want.Servers {
 		switch k.Method {
 		case NAT:
-			d.forwarded.add(keyOf(k.Addr, k.Port, k.Proto, kindNAT))
-			d.replies.add(keyOf(k.Addr, k.Port, k.Proto, kindNAT))
+			p.forwarded.add(keyOf(k.Addr, k.Port, k.Proto, kindNAT))
+			p.replies.add(keyOf(k.Addr, k.Port, k.Proto, kindNAT))
 		case Tunnel:
-			d.forwarded.add(keyOf(k.Addr, k.Port, k.Proto, kindTunnel))
+			p.forwarded.add(keyOf(k.Addr, k.Port, k.Proto, kindTunnel))
 		case Route:
-			if macs == nil {
-				macs = neighbours()
-			}
-			mac, ok := macs[k.Addr.Unmap()]
-			if !ok {
-				d.unresolved++
-				resolve(k.Addr.Unmap())
-				continue
-			}
-			rk := routeKey(mac, k.Port, k.Proto)
-			d.macs[rk] = true
-			d.routes[rk] = k
+			p.routes = append(p.routes, k)
 		}
+	}
+	return p
+}
+
+// fromNode is the key set of the maps that follow the node's tables: the
+// direct-routing servers' MACs and the node's own addresses.
+type fromNode struct {
+	macs       map[countersMacKey]bool
+	routes     map[countersMacKey]ServerKey
+	unresolved int
+	locals     addrSet
+}
+
+func nodeKeys(routes []ServerKey) (fromNode, error) {
+	n := fromNode{macs: map[countersMacKey]bool{}, routes: map[countersMacKey]ServerKey{}, locals: newAddrSet()}
+	var macs map[netip.Addr]net.HardwareAddr
+	for _, k := range routes {
+		if macs == nil {
+			macs = neighbours()
+		}
+		mac, ok := macs[k.Addr.Unmap()]
+		if !ok {
+			n.unresolved++
+			resolve(k.Addr.Unmap())
+			continue
+		}
+		rk := routeKey(mac, k.Port, k.Proto)
+		n.macs[rk] = true
+		n.routes[rk] = k
 	}
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
-		return d, fmt.Errorf("list local addresses: %w", err)
+		return n, fmt.Errorf("list local addresses: %w", err)
 	}
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			d.locals.add(ip)
+			n.locals.add(ip)
 		}
 	}
-	return d, nil
+	return n, nil
 }
 
 // resolve asks the kernel to resolve a server's link-layer address, as its
@@ -162,12 +175,14 @@ type held struct {
 	macs                        map[countersMacKey]bool
 }
 
-func (c *Counter) syncLocked() error {
-	d, err := c.desired()
+// syncLocked brings the maps to the wanted keys: the planned ones when
+// withPlan (after a Set, or a full sync), the node-derived ones always.
+func (c *Counter) syncLocked(withPlan bool) error {
+	n, err := nodeKeys(c.planned.routes)
 	if err != nil {
 		return err
 	}
-	h, o := &c.held, c.objs
+	h, o, p := &c.held, c.objs, c.planned
 	var errs []error
 	dropped := 0
 	add := func(n int, err error) {
@@ -175,20 +190,25 @@ func (c *Counter) syncLocked() error {
 		errs = append(errs, err)
 	}
 	zero, vipZero := perCPUZero(), perCPUVIPZero()
-	add(syncMap(o.Vips4, &h.vips4, d.vips.v4, vipZero))
-	add(syncMap(o.Vips6, &h.vips6, d.vips.v6, vipZero))
-	add(syncMap(o.Unmatched4, &h.unmatched4, d.unmatched.v4, vipZero))
-	add(syncMap(o.Unmatched6, &h.unmatched6, d.unmatched.v6, vipZero))
-	add(syncMap(o.Forwarded4, &h.forwarded4, d.forwarded.v4, zero))
-	add(syncMap(o.Forwarded6, &h.forwarded6, d.forwarded.v6, zero))
-	add(syncMap(o.ForwardedMac, &h.macs, d.macs, zero))
-	add(syncMap(o.Replies4, &h.replies4, d.replies.v4, zero))
-	add(syncMap(o.Replies6, &h.replies6, d.replies.v6, zero))
-	add(syncMap(o.Locals4, &h.locals4, d.locals.v4, uint8(1)))
-	add(syncMap(o.Locals6, &h.locals6, d.locals.v6, uint8(1)))
-	c.routeMAC = d.routes
-	c.status.Keys = d.vips.len() + d.forwarded.len() + len(d.macs) + d.replies.len()
-	c.status.Dropped, c.status.Unresolved = dropped, d.unresolved
+	if withPlan {
+		c.plannedDropped = 0
+		add(syncMap(o.Vips4, &h.vips4, p.vips.v4, vipZero))
+		add(syncMap(o.Vips6, &h.vips6, p.vips.v6, vipZero))
+		add(syncMap(o.Unmatched4, &h.unmatched4, p.unmatched.v4, vipZero))
+		add(syncMap(o.Unmatched6, &h.unmatched6, p.unmatched.v6, vipZero))
+		add(syncMap(o.Forwarded4, &h.forwarded4, p.forwarded.v4, zero))
+		add(syncMap(o.Forwarded6, &h.forwarded6, p.forwarded.v6, zero))
+		add(syncMap(o.Replies4, &h.replies4, p.replies.v4, zero))
+		add(syncMap(o.Replies6, &h.replies6, p.replies.v6, zero))
+		c.plannedDropped = dropped
+	}
+	dropped = c.plannedDropped
+	add(syncMap(o.ForwardedMac, &h.macs, n.macs, zero))
+	add(syncMap(o.Locals4, &h.locals4, n.locals.v4, uint8(1)))
+	add(syncMap(o.Locals6, &h.locals6, n.locals.v6, uint8(1)))
+	c.routeMAC = n.routes
+	c.status.Keys = p.vips.len() + p.forwarded.len() + len(n.macs) + p.replies.len()
+	c.status.Dropped, c.status.Unresolved = dropped, n.unresolved
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("set counter keys: %w", err)
 	}

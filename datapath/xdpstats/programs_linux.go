@@ -37,16 +37,7 @@ func LoadPrograms(maxVIPs, maxServers int) (*Programs, error) {
 // keys given (direct-routing keys need the neighbour table: see Counter).
 func (p *Programs) SetKeys(keys Keys) error {
 	var errs []error
-	d := desired{vips: newKeySet(), forwarded: newKeySet(), replies: newKeySet(), unmatched: newAddrSet()}
-	for _, k := range keys.VIPs {
-		d.vips.add(keyOf(k.Addr, k.Port, k.Proto, 0))
-		d.unmatched.add(k.Addr)
-	}
-	for _, k := range keys.Servers {
-		if k.Method != Route {
-			d.forwarded.add(keyOf(k.Addr, k.Port, k.Proto, kindOf(k.Method)))
-		}
-	}
+	d := planKeys(keys)
 	var h held
 	zero, vipZero := perCPUZero(), perCPUVIPZero()
 	for _, sync := range []func() (int, error){
