@@ -421,7 +421,7 @@ func TestMeradmExitCodesAndEnvironment(t *testing.T) {
 	run := func(args ...string) (int, string) {
 		var out, errOut bytes.Buffer
 		root := newRootCmd(&out, &errOut)
-		root.SetArgs(args)
+		root.SetArgs(joinOptionalValues(args)) // as main does
 		return exitCode(root.Execute(), &errOut), out.String() + errOut.String()
 	}
 	t.Setenv("MERLIN_HOST", "127.0.0.1")
@@ -440,6 +440,9 @@ func TestMeradmExitCodesAndEnvironment(t *testing.T) {
 		{[]string{"no-such-command"}, exitUsage, "unknown command"},
 		{[]string{"service", "frob", "web"}, exitUsage, `unknown command "frob" for "meradm service"`},
 		{[]string{"server", "remove", "web"}, exitUsage, "unknown command"},
+		// A negative number is a value, refused by name — not a flag "-5".
+		{[]string{"service", "edit", "web", "-p", "-5"}, exitFailure, `-p/--persistent "-5": want a timeout in seconds`},
+		{[]string{"server", "add", "web", "198.19.0.1:80", "-w", "-1"}, exitFailure, "weight"},
 	} {
 		if code, out := run(tc.args...); code != tc.code || !strings.Contains(out, tc.want) {
 			t.Errorf("meradm %s: exit %d %q, want %d with %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)

@@ -128,7 +128,7 @@ func joinOptionalValues(args []string) []string {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if (a == "-p" || a == "--persistent") && i+1 < len(args) {
-			if _, err := strconv.ParseUint(args[i+1], 10, 32); err == nil {
+			if _, err := strconv.ParseInt(args[i+1], 10, 64); err == nil { // negative too: refused by name, not taken for a flag
 				out = append(out, a+"="+args[i+1])
 				i++
 				continue

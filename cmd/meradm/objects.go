@@ -292,7 +292,7 @@ func (s *serviceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) error 
 	if f.Changed("persistent") {
 		t, err := strconv.ParseUint(s.persistent, 10, 32)
 		if err != nil {
-			return fmt.Errorf("invalid persistence timeout %q: want seconds", s.persistent)
+			return fmt.Errorf("-p/--persistent %q: want a timeout in seconds, 0 or more", shorten(s.persistent))
 		}
 		c.Flags = without(c.Flags, "persistent")
 		if t == 0 {
