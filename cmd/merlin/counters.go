@@ -33,6 +33,11 @@ func (c *counterFlags) register(fs *flag.FlagSet) {
 func (c *counterFlags) config() (*xdpstats.Config, error) {
 	cfg := &xdpstats.Config{XDPInterfaces: splitList(c.xdp), XDPMode: c.mode, TCInterfaces: splitList(c.tc),
 		MaxVIPs: c.maxVIPs, MaxServers: c.maxServers, PinDir: c.pinDir}
+	switch c.mode {
+	case xdpstats.XDPAuto, xdpstats.XDPNative, xdpstats.XDPGeneric:
+	default:
+		return nil, fmt.Errorf("-counters-xdp-mode %q: want native, generic or empty", shorten(c.mode))
+	}
 	if len(cfg.XDPInterfaces)+len(cfg.TCInterfaces) == 0 {
 		return nil, nil
 	}

@@ -49,46 +49,47 @@ import (
 )
 
 type options struct {
-	debug          bool
-	version        bool
-	logFormat      string
-	storeBackend   string
-	apiAddress     string
-	port           int
-	healthPort     int
-	healthAddress  string
-	pprof          bool
-	insecureAPI    bool
-	storeEndpoints string
-	storePrefix    string
-	storeTLSCA     string
-	storeTLSCert   string
-	storeTLSKey    string
-	dataDir        string
-	etcdClientURL  string
-	etcdPeerURL    string
-	tlsCert        string
-	tlsKey         string
-	tlsClientCA    string
-	maxMessage     int
-	maxStreams     uint
-	maxConns       int
-	storeQuota     int64
-	idleTimeout    time.Duration
-	configFile     string
-	node           string
-	reconcile      bool
-	resync         time.Duration
-	adopt          string
-	guardFraction  float64
-	guardMin       int
-	vipInterface   string
-	sysctls        bool
-	advertise      string
-	bgpFile        bgpFile // the file's bgp section, then the -bgp-* flags
-	bgp            *bgp.Config
-	counterFlags   counterFlags
-	counters       *xdpstats.Config // nil: no eBPF counters
+	debug              bool
+	version            bool
+	logFormat          string
+	storeBackend       string
+	apiAddress         string
+	port               int
+	healthPort         int
+	healthAddress      string
+	pprof              bool
+	insecureAPI        bool
+	storeEndpoints     string
+	storePrefix        string
+	storeTLSCA         string
+	storeTLSCert       string
+	storeTLSKey        string
+	dataDir            string
+	etcdClientURL      string
+	etcdPeerURL        string
+	tlsCert            string
+	tlsKey             string
+	tlsClientCA        string
+	maxMessage         int
+	maxStreams         uint
+	maxConns           int
+	storeQuota         int64
+	idleTimeout        time.Duration
+	configFile         string
+	node               string
+	reconcile          bool
+	resync             time.Duration
+	adopt              string
+	guardFraction      float64
+	guardMin           int
+	vipInterface       string
+	sysctls            bool
+	advertise          string
+	bgpFile            bgpFile // the file's bgp section, then the -bgp-* flags
+	bgp                *bgp.Config
+	counterFlags       counterFlags
+	metricsReadTimeout time.Duration
+	counters           *xdpstats.Config // nil: no eBPF counters
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -132,6 +133,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.sysctls, "director-sysctls", false, "set the sysctls an IPVS director needs (vs/conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward)")
 	fs.StringVar(&o.advertise, "advertise-address", "", "address:port other nodes' clients reach this node's API at (node status); default the listen address")
 	o.counterFlags.register(fs)
+	fs.DurationVar(&o.metricsReadTimeout, "metrics-read-timeout", control.DefaultScrapeTimeout, "bound on one scrape's read of the kernel's IPVS counters (a read cut short exports what it got and merlin_ipvs_stats_up 0)")
 	var bf bgpFile
 	var peers peerFlags
 	fs.Func("bgp-local-as", "BGP: this node's AS number (BGP is off without it; peers and the rest go in the config file's bgp section)", func(v string) error {
@@ -217,6 +219,8 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-store-quota-bytes %d: want 1 MiB to 8 GiB (etcd's largest)", o.storeQuota)
 	case o.maxConns < 1 || o.maxConns > 1<<20:
 		return fmt.Errorf("-max-connections %d: want 1 to %d", o.maxConns, 1<<20)
+	case o.metricsReadTimeout < 100*time.Millisecond || o.metricsReadTimeout > 10*time.Minute:
+		return fmt.Errorf("-metrics-read-timeout %s: want 100ms to 10m", o.metricsReadTimeout)
 	case o.idleTimeout < time.Second:
 		return fmt.Errorf("-idle-timeout %s: want at least 1s", o.idleTimeout)
 	case (o.storeTLSCert == "") != (o.storeTLSKey == ""):
@@ -545,7 +549,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		counter = openCounters(ctx, o.counters, log.With("component", "counters"))
 		counters = counter
 	}
-	traffic := control.NewTraffic(statsReader, counters, 0)
+	traffic := control.NewTraffic(statsReader, counters, o.metricsReadTimeout)
 	sinks = append(sinks, traffic.Sink())
 	closeTraffic := func() {
 		if counter != nil {

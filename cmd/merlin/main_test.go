@@ -29,17 +29,20 @@ func TestExampleConfigParses(t *testing.T) {
 func TestConfigErrorsNameTheSetting(t *testing.T) {
 	dir := t.TempDir()
 	for content, want := range map[string]string{
-		"no-such-flag: 1\n":                 "unknown setting \"no-such-flag\"",
-		"reconcile-sync-period: often\n":    "reconcile-sync-period",
-		"port: 70000\n":                     "-port 70000",
-		"tls-cert: a.pem\n":                 "-tls-cert and -tls-key go together",
-		"reconcile: [not, a, bool, list]\n": "reconcile",
-		"log-format: xml\n":                 "-log-format \"xml\": want text or json",
-		"max-message-bytes: -1\n":           "-max-message-bytes -1",
-		"store-tls-key: k.pem\n":            "-store-tls-cert and -store-tls-key go together",
-		"store-endpoints: [etcd0]\n":        "-store-endpoints \"etcd0\"",
-		"embedded-etcd-client-url: x\n":     "-embedded-etcd-client-url",
-		"max-concurrent-streams: 0\n":       "-max-concurrent-streams 0",
+		"no-such-flag: 1\n":                    "unknown setting \"no-such-flag\"",
+		"reconcile-sync-period: often\n":       "reconcile-sync-period",
+		"port: 70000\n":                        "-port 70000",
+		"tls-cert: a.pem\n":                    "-tls-cert and -tls-key go together",
+		"reconcile: [not, a, bool, list]\n":    "reconcile",
+		"log-format: xml\n":                    "-log-format \"xml\": want text or json",
+		"max-message-bytes: -1\n":              "-max-message-bytes -1",
+		"store-tls-key: k.pem\n":               "-store-tls-cert and -store-tls-key go together",
+		"store-endpoints: [etcd0]\n":           "-store-endpoints \"etcd0\"",
+		"embedded-etcd-client-url: x\n":        "-embedded-etcd-client-url",
+		"max-concurrent-streams: 0\n":          "-max-concurrent-streams 0",
+		"metrics-read-timeout: 1ns\n":          "-metrics-read-timeout 1ns: want 100ms to 10m",
+		"counters-xdp-mode: turbo\n":           "-counters-xdp-mode \"turbo\": want native, generic or empty",
+		"counters-tc-interfaces: [\"../x\"]\n": "not an interface name",
 	} {
 		path := filepath.Join(dir, "c.yaml")
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
