@@ -98,7 +98,8 @@ func run(merlinBin string, services, dests, scrapes int) error {
 		return err
 	}
 	stopMerlin, err := start(root, "merlin", exec.Command(merlinBin, "-node", "bench", "-store-endpoints", etcdURL, "-data-dir", filepath.Join(root, "merlin"),
-		"-counters-xdp-interfaces", "bench0", "-counters-tc-interfaces", "bench0", "-counters-xdp-mode", "generic", "-counters-pin-dir", "/sys/fs/bpf/scrapebench"))
+		"-counters-xdp-interfaces", "bench0", "-counters-tc-interfaces", "bench0", "-counters-xdp-mode", "generic", "-counters-pin-dir", "/sys/fs/bpf/scrapebench",
+		"-metrics-read-timeout", "5m")) // the whole table, however slow the VM
 	if err != nil {
 		return err
 	}
@@ -165,7 +166,11 @@ func run(merlinBin string, services, dests, scrapes int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("of one scrape: kernel IPVS read %.2fs, eBPF counters read %.2fs\n", parts["merlin_ipvs_stats_read_seconds"], parts["merlin_counters_read_seconds"])
+	up, err := scrapeValues(urls["merlin"], "merlin_ipvs_stats_up")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("of one scrape: kernel IPVS read %.2fs (complete: %v), eBPF counters read %.2fs\n", parts["merlin_ipvs_stats_read_seconds"], up["merlin_ipvs_stats_up"] == 1, parts["merlin_counters_read_seconds"])
 	rss, err := rssMiB("merlin")
 	if err != nil {
 		return err
