@@ -44,7 +44,15 @@ func (t *Traffic) read(ctx context.Context) *trafficRead {
 	if t.kernel != nil {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(ctx, t.timeout)
-		svcs, err := t.kernel.Stats(ctx, func(k ipvs.ServiceKey) bool { _, ok := r.idx.Services[k.Canonical()]; return ok })
+		keep := func(k ipvs.ServiceKey) bool { _, ok := r.idx.Services[k.Canonical()]; return ok }
+		svcs, err := t.kernel.Stats(ctx, keep)
+		if err != nil && ctx.Err() == nil {
+			// A dump the kernel cut short (the table changed under it) is
+			// read once more; a second failure exports what it got.
+			if again, err2 := t.kernel.Stats(ctx, keep); len(again) >= len(svcs) {
+				svcs, err = again, err2
+			}
+		}
 		cancel()
 		r.svcs, r.ipvsOK, r.ipvsSeconds = svcs, err == nil, time.Since(start).Seconds()
 		r.serverLabels = make([][]string, len(svcs))

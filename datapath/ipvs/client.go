@@ -490,7 +490,8 @@ type ServiceStats struct {
 
 // Stats reads every service and destination with their counters in one
 // call (one service dump, one destination dump per service), for metrics.
-// keep chooses the services whose destinations are read.
+// keep chooses the services whose destinations are read. On an error it
+// returns what it read before it.
 func (c *Client) Stats(ctx context.Context, keep func(ServiceKey) bool) ([]ServiceStats, error) {
 	end, err := c.begin(ctx)
 	if err != nil {
@@ -512,7 +513,7 @@ func (c *Client) Stats(ctx context.Context, keep func(ServiceKey) bool) ([]Servi
 			continue // deleted between the two dumps
 		}
 		if err != nil {
-			return nil, err
+			return out, err
 		}
 		out = append(out, ss)
 		runtime.Gosched() // as in Table

@@ -151,7 +151,7 @@ func run(bin string, conns int) error {
 	return nil
 }
 
-// printCounters shows node1's eBPF counters of the NAT service beside the
+// printCounters shows node1's eBPF counters of the NAT service (web) beside the
 // kernel's own IPVS counters, from its /metrics.
 func printCounters(n *lab.Node) error {
 	get := func(name string) (map[string]float64, error) { return lab.Series(n, name) }
@@ -171,11 +171,11 @@ func printCounters(n *lab.Node) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("\n%s's eBPF counters for service nat (from /metrics), beside the kernel's IPVS counters:\n", n.Name)
+	fmt.Printf("\n%s's eBPF counters for service web (NAT; from /metrics), beside the kernel's IPVS counters:\n", n.Name)
 	fmt.Printf("  %-22s %18s %18s %14s\n", "server", "forwarded (TC)", "IPVS in packets", "SYN-ACKs back")
 	var keys []string
 	for k := range fwd {
-		if strings.Contains(k, "service=nat") {
+		if strings.HasSuffix(k, ",service=web") {
 			keys = append(keys, k)
 		}
 	}
@@ -184,6 +184,6 @@ func printCounters(n *lab.Node) error {
 		server := strings.TrimPrefix(strings.Split(k, ",")[0], "server=")
 		fmt.Printf("  %-22s %18.0f %18.0f %14.0f\n", server, fwd[k], kernel[k], synack[k])
 	}
-	fmt.Printf("  packets to the VIP at XDP, before IPVS: %.0f\n", xdp["service=nat"])
+	fmt.Printf("  packets to the VIP at XDP, before IPVS: %.0f\n", xdp["service=web"])
 	return nil
 }
