@@ -163,13 +163,6 @@ func methodOf(kind uint8) Method {
 	return NAT
 }
 
-func kindOf(m Method) uint8 {
-	if m == Tunnel {
-		return kindTunnel
-	}
-	return kindNAT
-}
-
 func routeKey(mac net.HardwareAddr, port uint16, proto uint8) countersMacKey {
 	k := countersMacKey{Port: be16(port), Proto: proto}
 	copy(k.Mac[:], mac)
