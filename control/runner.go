@@ -27,6 +27,8 @@ type HealthMonitor interface {
 type RunnerConfig struct {
 	Node    string
 	Version string // of the binary, for node status
+	// Warnings: this node's weakening settings, for node status.
+	Warnings []string
 	// ResyncPeriod between full reads of the kernel table, which repair
 	// changes made behind merlin's back; default 30 s.
 	ResyncPeriod time.Duration
@@ -113,7 +115,7 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 	r := &Runner{
 		cfg: cfg, guard: guard, health: deps.Health, log: deps.Log, metrics: deps.Metrics, ipvs: sink, sinks: deps.Sinks,
 		wake:    make(chan struct{}, 1),
-		status:  &types.NodeStatus{Node: cfg.Node, Version: cfg.Version, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
+		status:  &types.NodeStatus{Node: cfg.Node, Version: cfg.Version, Warnings: cfg.Warnings, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
 		changed: make(chan struct{}),
 		pass:    newPassState(cfg, len(deps.Sinks)),
 	}

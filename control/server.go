@@ -38,6 +38,7 @@ type Server struct {
 	health *health.Server // the gRPC health service, kept in step by RunHealth
 	// watchBuffer bounds the bytes of events waiting for one Watch client.
 	watchBuffer int
+	roles       Roles
 }
 
 // NewServer serves the API from store.
@@ -81,7 +82,8 @@ func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: o.IdleTimeout, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 		grpc.ConnectionTimeout(10 * time.Second),
-		grpc.ChainUnaryInterceptor(api.logUnary, api.quotaGuard),
+		grpc.ChainUnaryInterceptor(api.authorizeUnary, api.logUnary, api.quotaGuard),
+		grpc.ChainStreamInterceptor(api.authorizeStream),
 	}
 	if o.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(o.TLS)))
@@ -126,6 +128,9 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	}
 	if err != nil {
 		err = toStatus(err)
+	}
+	s.audit(ctx, info.FullMethod, req, err, time.Since(start))
+	if err != nil {
 		level := slog.LevelInfo
 		if c := status.Code(err); c == codes.Internal || c == codes.Unavailable || c == codes.Unknown {
 			level = slog.LevelError

@@ -1000,7 +1000,10 @@ type NodeStatus struct {
 	// vips_announced: how many VIPs the node announces by BGP.
 	VipsAnnounced uint32 `protobuf:"varint,18,opt,name=vips_announced,json=vipsAnnounced,proto3" json:"vips_announced,omitempty"`
 	// counters: the node's eBPF traffic counters (absent when none are configured).
-	Counters      *CountersStatus `protobuf:"bytes,19,opt,name=counters,proto3" json:"counters,omitempty"`
+	Counters *CountersStatus `protobuf:"bytes,19,opt,name=counters,proto3" json:"counters,omitempty"`
+	// warnings: settings of this node that weaken it (an API without client
+	// authentication, exec health checks enabled), said at start and here.
+	Warnings      []string `protobuf:"bytes,20,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1164,6 +1167,13 @@ func (x *NodeStatus) GetVipsAnnounced() uint32 {
 func (x *NodeStatus) GetCounters() *CountersStatus {
 	if x != nil {
 		return x.Counters
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -3090,7 +3100,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\xbd\x06\n" +
+	"\x06DELETE\x10\x04\"\xd9\x06\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -3114,7 +3124,8 @@ const file_types_proto_rawDesc = "" +
 	"\x05drain\x18\x10 \x01(\v2\x12.types.DrainStatusR\x05drain\x12+\n" +
 	"\tbgp_peers\x18\x11 \x03(\v2\x0e.types.BGPPeerR\bbgpPeers\x12%\n" +
 	"\x0evips_announced\x18\x12 \x01(\rR\rvipsAnnounced\x121\n" +
-	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\"\xfa\x01\n" +
+	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\x12\x1a\n" +
+	"\bwarnings\x18\x14 \x03(\tR\bwarnings\"\xfa\x01\n" +
 	"\x0eCountersStatus\x12\x0e\n" +
 	"\x02on\x18\x01 \x01(\bR\x02on\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +

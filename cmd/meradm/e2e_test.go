@@ -41,14 +41,21 @@ func TestMain(m *testing.M) {
 // ends and returns its API port.
 func startMerlin(t *testing.T, extra ...string) int {
 	t.Helper()
+	port, _ := startMerlinWithLog(t, extra...)
+	return port
+}
+
+// startMerlinWithLog is startMerlin that also hands back merlin's log.
+func startMerlinWithLog(t *testing.T, extra ...string) (int, *syncBuffer) {
+	t.Helper()
 	// A port that was free a moment ago may be taken by a test running
 	// beside this one: start again on others.
 	for attempt := 1; ; attempt++ {
 		port, log, err := tryStartMerlin(t, extra...)
 		if err == nil {
-			return port
+			return port, log
 		}
-		if attempt == 3 || !strings.Contains(log, "address already in use") {
+		if attempt == 3 || !strings.Contains(log.String(), "address already in use") {
 			t.Fatalf("%v\n%s", err, log)
 		}
 	}
@@ -56,7 +63,7 @@ func startMerlin(t *testing.T, extra ...string) int {
 
 // tryStartMerlin starts merlin on free ports and waits until it is ready;
 // on failure it returns merlin's log.
-func tryStartMerlin(t *testing.T, extra ...string) (int, string, error) {
+func tryStartMerlin(t *testing.T, extra ...string) (int, *syncBuffer, error) {
 	t.Helper()
 	port, health := etcdtest.FreePort(t), etcdtest.FreePort(t)
 	args := append([]string{"-data-dir", t.TempDir(), "-port", strconv.Itoa(port), "-health-port", strconv.Itoa(health),
@@ -92,17 +99,17 @@ func tryStartMerlin(t *testing.T, extra ...string) (int, string, error) {
 			if resp.StatusCode == 200 {
 				if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 					c.Close()
-					return port, "", nil
+					return port, log, nil
 				}
 			}
 		}
 		select {
 		case <-exited:
-			return 0, log.String(), fmt.Errorf("merlin exited: %v", waitErr)
+			return 0, log, fmt.Errorf("merlin exited: %v", waitErr)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return 0, log.String(), errors.New("merlin not ready")
+	return 0, log, errors.New("merlin not ready")
 }
 
 // syncBuffer is a bytes.Buffer merlin's output goroutines and the test
@@ -387,6 +394,59 @@ func TestMeradmMutualTLS(t *testing.T) {
 	ok(t, p, append(tlsArgs, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "rr")...)
 	if out := ok(t, p, append(tlsArgs, "list")...); !strings.Contains(out, "[web]") {
 		t.Fatalf("list over mTLS:\n%s", out)
+	}
+}
+
+// TestMeradmRoles: with -api-readers and -api-writers, a reader's
+// certificate may list but not write, a writer's may do both, a certificate
+// the CA signed for no role gets nothing, and every write is in the audit
+// log with its identity and peer.
+func TestMeradmRoles(t *testing.T) {
+	ca := testpki.NewCA(t, "merlin")
+	srv := ca.Server(t, "merlin-server")
+	p, log := startMerlinWithLog(t, "-tls-cert", srv.CertFile, "-tls-key", srv.KeyFile, "-tls-client-ca", ca.CertFile,
+		"-api-readers", "grafana-bot", "-api-writers", "ops-alice,ops-bob")
+	as := func(name string) []string {
+		c := ca.Client(t, name)
+		return []string{"--tls-ca", ca.CertFile, "--tls-cert", c.CertFile, "--tls-key", c.KeyFile}
+	}
+	reader, writer, nobody := as("grafana-bot"), as("ops-alice"), as("intern")
+
+	ok(t, p, append(writer, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "rr")...)
+	ok(t, p, append(writer, "server", "add", "web", "198.19.0.2:80", "-f", "nat")...)
+	if out := ok(t, p, append(reader, "list")...); !strings.Contains(out, "198.19.0.2:80") {
+		t.Fatalf("reader's list:\n%s", out)
+	}
+	ok(t, p, append(reader, "status")...)
+	fails(t, p, "/types.Merlin/CreateService needs the writer role", append(reader, "service", "add", "db", "tcp", "198.18.0.11:5432")...)
+	fails(t, p, "/types.Merlin/DeleteServer needs the writer role", append(reader, "server", "del", "web", "198.19.0.2:80")...)
+	fails(t, p, `/types.Merlin/List needs the reader role; client "intern"`, append(nobody, "list")...)
+	fails(t, p, "/types.Merlin/CreateService needs the writer role", append(nobody, "service", "add", "db", "tcp", "198.18.0.11:5432")...)
+	fails(t, p, "/types.Merlin/Watch needs the reader role", append(nobody, "watch")...)
+	if out := ok(t, p, append(writer, "list")...); !strings.Contains(out, "198.19.0.2:80") || strings.Contains(out, "db") {
+		t.Fatalf("refused writes changed the state:\n%s", out)
+	}
+
+	audit := ""
+	for _, line := range strings.Split(log.String(), "\n") {
+		if strings.Contains(line, "msg=audit") {
+			audit += line + "\n"
+		}
+	}
+	for _, want := range []string{
+		`method=/types.Merlin/CreateService identity=ops-alice peer=127.0.0.1:`,
+		`method=/types.Merlin/CreateServer identity=ops-alice`,
+		`198.19.0.2`,
+	} {
+		if !strings.Contains(audit, want) {
+			t.Errorf("audit log lacks %s:\n%s", want, audit)
+		}
+	}
+	if strings.Contains(audit, "grafana-bot") || strings.Contains(audit, "intern") || strings.Count(audit, "\n") != 2 {
+		t.Errorf("audit log has more than the two writes:\n%s", audit)
+	}
+	if !strings.Contains(log.String(), `msg="permission denied" method=/types.Merlin/List identity=intern`) {
+		t.Errorf("denial not logged:\n%s", log)
 	}
 }
 

@@ -89,6 +89,9 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 		}
 		notes = append(notes, peerNotes(n, now)...)
 		notes = append(notes, counterNotes(n)...)
+		for _, w := range n.Warnings {
+			notes = append(notes, fmt.Sprintf("%s: warning: %s", n.Node, w))
+		}
 		for _, id := range n.ServicesDown {
 			notes = append(notes, fmt.Sprintf("%s: service %s: every server is down", n.Node, id))
 		}

@@ -70,6 +70,8 @@ type options struct {
 	tlsCert            string
 	tlsKey             string
 	tlsClientCA        string
+	apiReaders         string
+	apiWriters         string
 	maxMessage         int
 	maxStreams         uint
 	maxConns           int
@@ -90,6 +92,7 @@ type options struct {
 	counterFlags       counterFlags
 	metricsReadTimeout time.Duration
 	counters           *xdpstats.Config // nil: no eBPF counters
+	warnings           []string         // weakening settings, for node status
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -117,6 +120,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM) for the gRPC API; enables TLS")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server key (PEM) for the gRPC API")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) that client certificates must chain to; enables mutual TLS")
+	fs.StringVar(&o.apiReaders, "api-readers", "", "comma-separated client identities (certificate CN or SAN; * any) that may List, GetService, Watch, Status and Stats; with -api-writers set, everyone else is refused")
+	fs.StringVar(&o.apiWriters, "api-writers", "", "comma-separated client identities that may also change the desired state; empty with -api-readers empty: every client the TLS CA admits")
 	fs.IntVar(&o.maxMessage, "max-message-bytes", 16<<20, "largest gRPC message accepted or sent")
 	fs.UintVar(&o.maxStreams, "max-concurrent-streams", 256, "concurrent gRPC streams per client connection")
 	fs.IntVar(&o.maxConns, "max-connections", 1024, "concurrent API client connections; more are closed at once and counted (merlin_api_connections_refused_total)")
@@ -187,6 +192,9 @@ func parseFlags(args []string) (*options, error) {
 		if o.tlsClientCA != "" {
 			o.apiAddress = "" // every address: clients must show certificates
 		}
+	}
+	if (o.apiReaders != "" || o.apiWriters != "") && o.tlsClientCA == "" {
+		return nil, errors.New("-api-readers and -api-writers name client certificates: they need -tls-client-ca")
 	}
 	if !loopback(o.apiAddress) && o.tlsClientCA == "" && !o.insecureAPI {
 		return nil, fmt.Errorf("-api-address %q: a non-loopback API needs client certificates (-tls-cert, -tls-key, -tls-client-ca); -insecure-api allows it without", shorten(o.apiAddress))
@@ -361,11 +369,15 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		grpcOpts.TLS = tc
 	}
 	api := control.NewServer(store, log)
+	roles := control.Roles{Readers: splitList(o.apiReaders), Writers: splitList(o.apiWriters)}
+	api.SetRoles(roles)
 	g := control.NewGRPCServer(api, grpcOpts)
 	if !loopback(o.apiAddress) && o.tlsClientCA == "" {
-		log.Warn("the API accepts clients without certificates on a non-loopback address (-insecure-api): anyone who reaches it can change this load balancer", "address", lis.Addr().String())
+		w := fmt.Sprintf("the API accepts clients without certificates on %s (-insecure-api): anyone who reaches it can change this load balancer", lis.Addr())
+		log.Warn(w)
+		o.warnings = append(o.warnings, w)
 	}
-	log.Info("API listening", "address", lis.Addr().String(), "tls", grpcOpts.TLS != nil, "mutual_tls", o.tlsClientCA != "", "store", strings.Join(endpoints, ","), "prefix", o.storePrefix)
+	log.Info("API listening", "address", lis.Addr().String(), "tls", grpcOpts.TLS != nil, "mutual_tls", o.tlsClientCA != "", "roles", roles.Enforced(), "store", strings.Join(endpoints, ","), "prefix", o.storePrefix)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -560,7 +572,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
 	checks.Handle(health.GRPC, grpcprobe.Prober{})
 	runner, err := control.NewRunner(control.RunnerConfig{
-		Node: o.node, Version: version.Read().String(), ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
+		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
 		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
 	}, control.RunnerDeps{IPVS: table, Reader: reader, Health: checks, Sinks: sinks, Metrics: control.NewNodeMetrics(reg), Log: log.With("component", "node")})
 	if err != nil {

@@ -193,6 +193,8 @@ func TestAPIExposureNeedsClientAuth(t *testing.T) {
 		{[]string{"-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-client-ca", "ca.pem"}, ""},
 		{[]string{"-api-address", "::1"}, ""},
 		{[]string{"-health-port", "70000"}, "-health-port 70000"},
+		{[]string{"-api-writers", "ops"}, "-api-readers and -api-writers name client certificates: they need -tls-client-ca"},
+		{[]string{"-api-readers", "bot", "-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-client-ca", "ca.pem"}, ""},
 	} {
 		o, err := parseFlags(tc.args)
 		switch {
