@@ -1,11 +1,11 @@
 // Package health checks real servers: HTTP and HTTPS (method, path, Host,
 // expected status codes, body match, TLS name and verification), TCP
-// connect, UDP request/reply and exec, with rise/fall counting in a
-// Monitor that runs each distinct check once. Other kinds plug in as a
-// KindProber (gRPC: package health/grpcprobe), so this package needs only
-// the standard library and x/sys. Checks are values: two servers with the
-// same target and check share one prober. It needs no privileges (exec
-// checks run as merlin's user).
+// connect and UDP request/reply, with rise/fall counting in a Monitor that
+// runs each distinct check once. Other kinds plug in as a KindProber (gRPC:
+// package health/grpcprobe; exec: health/execprobe, only where a node
+// enables it), so this package needs only the standard library and x/sys.
+// Checks are values: two servers with the same target and check share one
+// prober. It needs no privileges.
 package health
 
 import (
@@ -20,7 +20,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -57,8 +56,9 @@ type Check struct {
 	GRPCService string
 	// UDP: send UDPSend, expect a reply containing UDPExpect (any reply when empty).
 	UDPSend, UDPExpect string
-	// Exec: the command line (space-separated); MERLIN_TARGET_IP and
-	// MERLIN_TARGET_PORT are in its environment.
+	// Exec: the program and its arguments (space-separated; see
+	// health/execprobe); MERLIN_TARGET_IP and MERLIN_TARGET_PORT are in
+	// its environment.
 	Command string
 
 	Interval, Timeout time.Duration
@@ -138,8 +138,9 @@ func Reason(err error) string {
 // new client would, and closes it with a reset (see probeConn.reset).
 type Prober struct {
 	// RootCAs verifies servers' certificates (nil: the system's roots).
-	RootCAs *x509.CertPool
-	kinds   map[Kind]KindProber
+	RootCAs  *x509.CertPool
+	kinds    map[Kind]KindProber
+	disabled map[Kind]string // why a kind without a prober is not run
 }
 
 // KindProber probes the checks of a kind this package does not implement
@@ -149,10 +150,27 @@ type KindProber interface {
 }
 
 // NewProber returns a prober.
-func NewProber() *Prober { return &Prober{kinds: map[Kind]KindProber{}} }
+func NewProber() *Prober { return &Prober{kinds: map[Kind]KindProber{}, disabled: map[Kind]string{}} }
 
 // Handle makes p probe checks of kind k with kp. Call it before probing.
 func (p *Prober) Handle(k Kind, kp KindProber) { p.kinds[k] = kp }
+
+// runs: p can probe checks of kind k.
+func (p *Prober) runs(k Kind) bool {
+	switch k {
+	case TCP, HTTP, HTTPS, UDP:
+		return true
+	}
+	return p.kinds[k] != nil
+}
+
+// notRun says why checks of kind k are not run.
+func (p *Prober) notRun(k Kind) string {
+	if why := p.disabled[k]; why != "" {
+		return why
+	}
+	return fmt.Sprintf("%s checks are not run on this node: it has no prober for them", k)
+}
 
 // Probe runs one probe within c.Timeout; nil means healthy.
 func (p *Prober) Probe(ctx context.Context, c Check) error {
@@ -165,18 +183,14 @@ func (p *Prober) Probe(ctx context.Context, c Check) error {
 		}
 	case HTTP, HTTPS:
 		err = p.probeHTTP(ctx, c)
-	case UDP, Exec:
+	case UDP:
 		ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 		defer cancel()
-		if c.Kind == UDP {
-			err = probeUDP(ctx, c)
-		} else {
-			err = probeExec(ctx, c)
-		}
+		err = probeUDP(ctx, c)
 	default:
 		kp := p.kinds[c.Kind]
 		if kp == nil {
-			return fail(ReasonOther, "no prober for %q checks on this node", c.Kind)
+			return fail(ReasonOther, "%s", p.notRun(c.Kind))
 		}
 		ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 		defer cancel()
@@ -357,24 +371,6 @@ func probeUDP(ctx context.Context, c Check) error {
 	}
 	if c.UDPExpect != "" && !bytes.Contains(buf[:n], []byte(c.UDPExpect)) {
 		return fail(ReasonBody, "reply does not contain %q", c.UDPExpect)
-	}
-	return nil
-}
-
-func probeExec(ctx context.Context, c Check) error {
-	args := strings.Fields(c.Command)
-	if len(args) == 0 {
-		return fail(ReasonOther, "empty command")
-	}
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = append(cmd.Environ(), "MERLIN_TARGET_IP="+c.Target.Addr().String(), "MERLIN_TARGET_PORT="+strconv.Itoa(int(c.Target.Port())))
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if err != nil {
-		return fail(ReasonExit, "%s: %v: %s", args[0], err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

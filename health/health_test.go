@@ -192,18 +192,26 @@ func TestTCPAndUDP(t *testing.T) {
 	wantReason(t, probe(t, Check{Kind: UDP, Target: closedAddr}), ReasonRefused)
 }
 
-func TestExec(t *testing.T) {
+func TestKindsWithoutProber(t *testing.T) {
 	target := netip.MustParseAddrPort("127.0.0.1:9")
 	wantReason(t, probe(t, Check{Kind: GRPC, Target: target}), ReasonOther) // no gRPC prober handed in
-	script := t.TempDir() + "/check.sh"
-	if err := os.WriteFile(script, []byte(`[ "$MERLIN_TARGET_IP" = 127.0.0.1 ]`+"\n"), 0o755); err != nil {
-		t.Fatal(err)
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	defer m.Close()
+	m.Disable(Exec, "exec checks are off on this node")
+	flag := t.TempDir() + "/ran"
+	c := Check{Kind: Exec, Target: target, Command: "touch " + flag, Interval: 100 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}
+	g := Check{Kind: GRPC, Target: target, Interval: 100 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}
+	m.Set(map[Check]bool{c: true, g: true})
+	st, ok := m.State(c)
+	if !ok || st.Up || !st.Settled || st.LastError != "exec checks are off on this node" {
+		t.Fatalf("exec check without a prober: %+v, %v", st, ok)
 	}
-	if err := probe(t, Check{Kind: Exec, Target: target, Command: "sh " + script}); err != nil {
-		t.Fatal(err)
+	if st, _ := m.State(g); st.Up || !strings.Contains(st.LastError, "no prober for them") {
+		t.Fatalf("grpc check without a prober: %+v", st)
 	}
-	wantReason(t, probe(t, Check{Kind: Exec, Command: "false"}), ReasonExit)
-	wantReason(t, probe(t, Check{Kind: Exec, Command: "sleep 5", Timeout: 200 * time.Millisecond}), ReasonTimeout)
+	if _, err := os.Stat(flag); err == nil {
+		t.Fatal("the exec check's command ran")
+	}
 }
 
 type countingObserver struct{ probes, ups, downs atomic.Int32 }
@@ -392,8 +400,9 @@ func TestMonitorFlappingAtTheThreshold(t *testing.T) {
 	obs := &countingObserver{}
 	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
 	defer m.Close()
-	// An exec check whose script alternates success and failure.
-	c := Check{Kind: Exec, Command: "sh " + writeFlipScript(t, t.TempDir()+"/flip"), Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
+	// A check whose probes alternate success and failure.
+	m.Handle("flip", &flipProber{})
+	c := Check{Kind: "flip", Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
 	m.Set(map[Check]bool{c: true})
 	deadline := time.Now().Add(20 * time.Second)
 	for obs.probes.Load() < 20 { // wait for probes, not for time
@@ -407,13 +416,43 @@ func TestMonitorFlappingAtTheThreshold(t *testing.T) {
 	}
 }
 
-func writeFlipScript(t *testing.T, flag string) string {
-	script := t.TempDir() + "/flip.sh"
-	body := "if [ -e " + flag + " ]; then rm " + flag + "; exit 1; else touch " + flag + "; exit 0; fi\n"
-	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
-		t.Fatal(err)
+type flipProber struct{ n atomic.Int32 }
+
+func (f *flipProber) Probe(context.Context, Check) error {
+	if f.n.Add(1)%2 == 0 {
+		return errors.New("flip")
 	}
-	return script
+	return nil
+}
+
+// Beyond its limit the monitor runs no more checks: the rest stay down
+// with the reason, and start once others go.
+func TestMonitorMaxChecks(t *testing.T) {
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	defer m.Close()
+	m.Handle("flip", &flipProber{})
+	m.SetMaxChecks(2)
+	checks := make([]Check, 3)
+	want := map[Check]bool{}
+	for i := range checks {
+		checks[i] = Check{Kind: "flip", Target: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), uint16(i+1)), Interval: time.Hour, Timeout: time.Second, Rise: 1, Fall: 1}
+		want[checks[i]] = true
+	}
+	m.Set(want)
+	var over []Check
+	for _, c := range checks {
+		if st, _ := m.State(c); strings.Contains(st.LastError, "over this node's limit of 2 health checks") {
+			over = append(over, c)
+		}
+	}
+	if len(over) != 1 || over[0] != checks[2] {
+		t.Fatalf("over the limit: %v, want the last of %v", over, checks)
+	}
+	delete(want, checks[0])
+	m.Set(want)
+	if st, _ := m.State(checks[2]); !st.Up || st.LastError != "" {
+		t.Fatalf("a check under the limit again did not start: %+v", st)
+	}
 }
 
 func TestStatusSpec(t *testing.T) {
@@ -438,7 +477,7 @@ func TestStatusSpec(t *testing.T) {
 func TestMonitorSkipsChecksWithoutTiming(t *testing.T) {
 	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	defer m.Close()
-	m.Set(map[Check]bool{{Kind: TCP, Target: freeAddr(t)}: true, {Kind: Exec, Command: "true", Interval: time.Second}: true})
+	m.Set(map[Check]bool{{Kind: TCP, Target: freeAddr(t)}: true, {Kind: UDP, Target: freeAddr(t), Interval: time.Second}: true})
 	if n := m.Running(); n != 0 {
 		t.Fatalf("%d checks running without an interval or timeout", n)
 	}

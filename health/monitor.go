@@ -2,8 +2,12 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -40,22 +44,25 @@ type Monitor struct {
 	log      *slog.Logger
 	observer Observer
 
-	mu      sync.Mutex
-	runners map[Check]*runner
-	loop    *probeLoop // started with the first check it runs
-	changed chan struct{}
-	wg      sync.WaitGroup
-	closed  bool
+	mu        sync.Mutex
+	runners   map[Check]*runner
+	loop      *probeLoop // started with the first check it runs
+	changed   chan struct{}
+	maxChecks int
+	wg        sync.WaitGroup
+	closed    bool
 }
 
 type runner struct {
-	check   Check
-	cancel  context.CancelFunc // goroutine runners
-	looped  bool               // run by the probe loop
-	removed bool               // results arriving after removal are dropped
-	state   State
-	succ    int
-	fails   int
+	check     Check
+	cancel    context.CancelFunc // goroutine runners
+	looped    bool               // run by the probe loop
+	idle      bool               // never run: no prober on this node, or over the limit
+	overLimit bool               // idle for the limit: looked at again on every Set
+	removed   bool               // results arriving after removal are dropped
+	state     State
+	succ      int
+	fails     int
 }
 
 // NewMonitor returns a monitor; observer may be nil.
@@ -66,6 +73,11 @@ func NewMonitor(log *slog.Logger, observer Observer) *Monitor {
 // Handle makes the monitor probe checks of kind k with kp (for example
 // gRPC checks with health/grpcprobe). Call it before Set.
 func (m *Monitor) Handle(k Kind, kp KindProber) { m.prober.Handle(k, kp) }
+
+// Disable says why checks of kind k are not run on this node. Checks of a
+// kind without a prober are never started: they stay down, settled, with
+// the reason as their error. Call it before Set.
+func (m *Monitor) Disable(k Kind, reason string) { m.prober.disabled[k] = reason }
 
 // Changes receives a value after any check changes state.
 func (m *Monitor) Changes() <-chan struct{} { return m.changed }
@@ -89,18 +101,32 @@ func (m *Monitor) Set(want map[Check]bool) {
 	}
 	removed := map[string]*runner{}
 	for c, r := range m.runners {
-		if _, ok := want[c]; !ok {
+		if _, ok := want[c]; !ok || r.overLimit {
 			m.stopRunner(r)
 			delete(m.runners, c)
-			removed[c.Identity()] = r
+			if !r.overLimit {
+				removed[c.Identity()] = r
+			}
 		}
 	}
-	for c, initialUp := range want {
+	over := 0
+	for _, c := range m.startOrder(want) {
+		initialUp := want[c]
 		if _, ok := m.runners[c]; ok {
+			continue
+		}
+		if m.maxChecks > 0 && len(m.runners) >= m.maxChecks {
+			m.runners[c] = &runner{check: c, idle: true, overLimit: true, state: State{Since: time.Now(), Settled: true, LastError: fmt.Sprintf("not run: over this node's limit of %d health checks", m.maxChecks)}}
+			over++
 			continue
 		}
 		if c.Interval <= 0 || c.Timeout <= 0 {
 			m.log.Warn("health check without an interval or timeout not started", "check", c.String())
+			continue
+		}
+		if !m.prober.runs(c.Kind) {
+			m.runners[c] = &runner{check: c, idle: true, state: State{Since: time.Now(), Settled: true, LastError: m.prober.notRun(c.Kind)}}
+			m.log.Warn("health check not run", "check", c.String(), "reason", m.prober.notRun(c.Kind))
 			continue
 		}
 		r := &runner{check: c, state: State{Up: initialUp, Since: time.Now()}}
@@ -129,7 +155,40 @@ func (m *Monitor) Set(want map[Check]bool) {
 		m.wg.Add(1)
 		go m.run(ctx, r)
 	}
+	if over > 0 {
+		m.log.Warn("health checks over this node's limit not run", "not_run", over, "limit", m.maxChecks)
+	}
 	m.stopIdleLoop()
+}
+
+// SetMaxChecks bounds the checks the monitor runs (0: no bound). Checks
+// beyond it stay down with the reason; those already running keep their
+// place, the others come in a fixed order. Call it before Set.
+func (m *Monitor) SetMaxChecks(n int) { m.maxChecks = n }
+
+// startOrder: running checks first, then the others in a fixed order, so
+// that a bound on the number of checks keeps the same ones.
+func (m *Monitor) startOrder(want map[Check]bool) []Check {
+	order := slices.Collect(maps.Keys(want))
+	if m.maxChecks == 0 || len(want) <= m.maxChecks {
+		return order
+	}
+	keys := make(map[Check]string, len(order))
+	for _, c := range order {
+		keys[c] = fmt.Sprintf("%v", c)
+	}
+	slices.SortFunc(order, func(a, b Check) int {
+		_, ra := m.runners[a]
+		_, rb := m.runners[b]
+		switch {
+		case ra && !rb:
+			return -1
+		case rb && !ra:
+			return 1
+		}
+		return strings.Compare(keys[a], keys[b])
+	})
+	return order
 }
 
 // stopIdleLoop ends the probe loop once no check uses it; m.mu is held.
@@ -149,6 +208,9 @@ func (m *Monitor) stopIdleLoop() {
 // stopRunner stops a check; m.mu is held.
 func (m *Monitor) stopRunner(r *runner) {
 	r.removed = true
+	if r.idle {
+		return
+	}
 	if r.looped {
 		m.loop.send(loopCommand{remove: r})
 		return

@@ -41,6 +41,7 @@ import (
 	"github.com/merlin-ipvs/merlin/datapath/netif"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/health/execprobe"
 	"github.com/merlin-ipvs/merlin/health/grpcprobe"
 	"github.com/merlin-ipvs/merlin/internal/connlimit"
 	"github.com/merlin-ipvs/merlin/internal/etcdlog"
@@ -91,6 +92,9 @@ type options struct {
 	bgp                *bgp.Config
 	counterFlags       counterFlags
 	metricsReadTimeout time.Duration
+	execDir            string
+	execUser           string
+	maxChecks          int
 	counters           *xdpstats.Config // nil: no eBPF counters
 	warnings           []string         // weakening settings, for node status
 }
@@ -137,6 +141,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.vipInterface, "vip-interface", "", "put the VIPs on this dummy interface (created if missing); empty: leave addresses alone")
 	fs.BoolVar(&o.sysctls, "director-sysctls", false, "set the sysctls an IPVS director needs (vs/conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward)")
 	fs.StringVar(&o.advertise, "advertise-address", "", "address:port other nodes' clients reach this node's API at (node status); default the listen address")
+	fs.StringVar(&o.execDir, "health-exec-dir", "", "run exec health checks: only programs in this directory (root's, like its programs), no shell; empty: exec checks are not run on this node (their servers are down with the reason)")
+	fs.StringVar(&o.execUser, "health-exec-user", "nobody", "the unprivileged user exec health checks run as")
+	fs.IntVar(&o.maxChecks, "health-max-checks", 16384, "most distinct health checks this node runs; the others are not run (their servers stay down with the reason)")
 	o.counterFlags.register(fs)
 	fs.DurationVar(&o.metricsReadTimeout, "metrics-read-timeout", control.DefaultScrapeTimeout, "bound on one scrape's read of the kernel's IPVS counters (a read cut short exports what it got and merlin_ipvs_stats_up 0)")
 	var bf bgpFile
@@ -229,6 +236,8 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-max-connections %d: want 1 to %d", o.maxConns, 1<<20)
 	case o.metricsReadTimeout < 100*time.Millisecond || o.metricsReadTimeout > 10*time.Minute:
 		return fmt.Errorf("-metrics-read-timeout %s: want 100ms to 10m", o.metricsReadTimeout)
+	case o.maxChecks < 1 || o.maxChecks > 1<<20:
+		return fmt.Errorf("-health-max-checks %d: want 1 to %d", o.maxChecks, 1<<20)
 	case o.idleTimeout < time.Second:
 		return fmt.Errorf("-idle-timeout %s: want at least 1s", o.idleTimeout)
 	case (o.storeTLSCert == "") != (o.storeTLSKey == ""):
@@ -504,10 +513,15 @@ func splitList(s string) []string {
 // startNode opens this namespace's IPVS table and runs the watcher and
 // the node runner; stop waits for them after ctx ends.
 func startNode(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, errc chan<- error) (*control.Runner, *control.Traffic, func(), error) {
-	if o.sysctls {
-		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
-			log.Warn("director sysctls", "error", err)
+	var execProber *execprobe.Prober
+	if o.execDir != "" {
+		var err error
+		if execProber, err = execprobe.New(execprobe.Config{Dir: o.execDir, User: o.execUser}); err != nil {
+			return nil, nil, nil, fmt.Errorf("-health-exec-dir, -health-exec-user: %w", err)
 		}
+		w := fmt.Sprintf("exec health checks run programs from %s as %s", o.execDir, o.execUser)
+		log.Warn(w)
+		o.warnings = append(o.warnings, w)
 	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return nil, nil, nil, fmt.Errorf("data dir: %w", err)
@@ -571,6 +585,12 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	}
 	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
 	checks.Handle(health.GRPC, grpcprobe.Prober{})
+	checks.SetMaxChecks(o.maxChecks)
+	if execProber != nil {
+		checks.Handle(health.Exec, execProber)
+	} else {
+		checks.Disable(health.Exec, "not run: exec health checks are off on this node (merlin -health-exec-dir)")
+	}
 	runner, err := control.NewRunner(control.RunnerConfig{
 		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
 		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
@@ -583,6 +603,12 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		return nil, nil, nil, err
 	}
 	api.SetStats(&control.KernelStats{Node: o.node, Client: reader, Runner: runner})
+	// Every start-up check has passed: only now change the node.
+	if o.sysctls {
+		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
+			log.Warn("director sysctls", "error", err)
+		}
+	}
 	watcher := control.NewWatcher(store, log.With("component", "watcher"), control.WatcherConfig{})
 	reg.MustRegister(control.NewWatcherCollector(watcher))
 	var local sync.WaitGroup
