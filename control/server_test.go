@@ -466,6 +466,28 @@ func TestAPIRevisions(t *testing.T) {
 		_, err = c.CreateService(ctx, tcpService("new-vip", "198.18.0.11", 80))
 		wantCode(t, err, codes.AlreadyExists)
 
+		// A merge that names a key moves the service too, never OK while
+		// ignoring it; a key another service holds, or one its servers
+		// cannot follow, is refused and nothing changes.
+		noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "::ffff:198.18.0.12", Port: 8080, Protocol: types.Protocol_TCP}}))
+		if got, _ := c.GetService(ctx, wrapperspb.String("web")); got.Service.Key.Ip != "198.18.0.12" || got.Service.Key.Port != 8080 || got.Service.Config.Scheduler != "sh" {
+			t.Fatalf("merge with a key: %v", got.Service)
+		}
+		noErr(t)(c.CreateService(ctx, tcpService("new-vip", "198.18.0.11", 80)))
+		_, before := dump(t, env.kv)
+		_, err = c.UpdateService(ctx, &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.10", Port: 80, Protocol: types.Protocol_TCP}})
+		wantCode(t, err, codes.AlreadyExists)
+		_, err = c.UpdateService(ctx, &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "2001:db8::1", Port: 80, Protocol: types.Protocol_TCP}})
+		wantCode(t, err, codes.InvalidArgument)
+		if _, after := dump(t, env.kv); after != before {
+			t.Fatalf("refused key changes wrote to etcd: revision %d → %d", before, after)
+		}
+		_, err = c.UpdateService(ctx, &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.11", Port: 80, Protocol: types.Protocol_TCP}, Config: &types.VirtualService_Config{Scheduler: "sh"}})
+		wantCode(t, err, codes.AlreadyExists)
+		noErr(t)(c.DeleteService(ctx, wrapperspb.String("new-vip")))
+		noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.11", Port: 80, Protocol: types.Protocol_TCP}}))
+		noErr(t)(c.CreateService(ctx, tcpService("reuse", "198.18.0.12", 8080)))
+
 		srv := proto.Clone(got.Servers[0]).(*types.RealServer)
 		noErr(t)(c.UpdateServer(ctx, server("web", "198.19.0.2", 80, 7)))
 		srv.Config.Weight = wrapperspb.UInt32(9)

@@ -282,6 +282,12 @@ func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService)
 // mergeService lays the fields an update sets over the stored service.
 func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 	next := proto.Clone(cur).(*types.VirtualService)
+	if update.Key != nil {
+		// A key is one value (address, port, protocol or fwmark): given,
+		// it replaces the old one; the VIP index moves in the same
+		// transaction.
+		next.Key = proto.Clone(update.Key).(*types.VirtualService_Key)
+	}
 	if u := update.Config; u != nil {
 		if len(u.Flags) > 0 {
 			next.Config.Flags = nil // flags given replace the old ones

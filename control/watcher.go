@@ -141,12 +141,13 @@ func (w *Watcher) deliver(state *State, full bool, received time.Time, onChange 
 // at the revision the watcher has seen, beside the watch, and compares;
 // only a difference costs a re-list.
 func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update)) string {
+	// A check still waiting for etcd ends with fctx: stop, then wait.
+	var checks sync.WaitGroup
+	defer checks.Wait()
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
 	resync := time.NewTicker(w.cfg.ResyncPeriod)
 	defer resync.Stop()
-	var checks sync.WaitGroup
-	defer checks.Wait()
 	var checking, missed atomic.Bool
 	check := func() {
 		if checking.Swap(true) {

@@ -3,6 +3,7 @@ package control_test
 import (
 	"context"
 	"fmt"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -102,7 +103,9 @@ func TestWatcherSurvivesEtcdRestart(t *testing.T) {
 			deadline := time.Now().Add(30 * time.Second)
 			for r := w.Relists(); r[control.RelistSilent]+r[control.RelistClosed] == 0; r = w.Relists() {
 				if time.Now().After(deadline) {
-					t.Fatalf("etcd is down and the watcher did not notice: relists %v", r)
+					var dump strings.Builder
+					_ = pprof.Lookup("goroutine").WriteTo(&dump, 1)
+					t.Fatalf("etcd is down and the watcher did not notice: relists %v\n%s", r, dump.String())
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
