@@ -48,7 +48,16 @@ func (s *Store) Follow(ctx context.Context, from int64, o FollowOptions, onEvent
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	// The client's Watch waits until etcd has taken the watch: an etcd
+	// that went away just before would hold it until it comes back.
+	unanswered := time.AfterFunc(2*o.ProgressInterval, cancel)
 	ch := s.client.Watch(wctx, s.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	if !unanswered.Stop() {
+		if ctx.Err() != nil {
+			return "", nil
+		}
+		return RelistSilent, nil
+	}
 	silence := time.NewTimer(o.ProgressInterval)
 	defer silence.Stop()
 	askedProgress := false

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -72,5 +73,42 @@ func TestDashboardQueriesParse(t *testing.T) {
 	promtool(t, "check", "rules", path)
 	if len(qs) < 30 {
 		t.Fatalf("only %d dashboard queries", len(qs))
+	}
+}
+
+// The shipped unit scores 4.0 or better in systemd's own security
+// analysis, and grants no capability beyond its bounding set.
+func TestSystemdUnitHardening(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		testenv.Missing(t, testenv.PeersPromised(), "systemd-analyze (package systemd) not installed")
+	}
+	out, err := exec.Command("systemd-analyze", "security", "--offline=true", "--threshold=40", "merlin.service").CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	}
+	var score float64
+	last := strings.TrimSpace(string(out))
+	last = last[strings.LastIndex(last, "\n")+1:]
+	if _, err := fmt.Sscanf(last[strings.Index(last, ": ")+2:], "%f", &score); err != nil || score > 4.0 {
+		t.Fatalf("exposure %v (%v), want at most 4.0:\n%s", score, err, out)
+	}
+	t.Logf("systemd-analyze security: %s", last)
+	unit, err := os.ReadFile("merlin.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caps := map[string][]string{}
+	for _, line := range strings.Split(string(unit), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && strings.HasSuffix(k, "Capabilities") || strings.HasPrefix(line, "CapabilityBoundingSet=") {
+			caps[k] = strings.Fields(v)
+		}
+	}
+	for _, c := range caps["AmbientCapabilities"] {
+		if !slices.Contains(caps["CapabilityBoundingSet"], c) {
+			t.Errorf("ambient %s is not in the bounding set", c)
+		}
+	}
+	if !strings.Contains(string(unit), "\nType=notify\n") || !strings.Contains(string(unit), "\nNoNewPrivileges=yes\n") {
+		t.Error("the unit is not Type=notify with NoNewPrivileges")
 	}
 }

@@ -45,6 +45,7 @@ import (
 	"github.com/merlin-ipvs/merlin/health/grpcprobe"
 	"github.com/merlin-ipvs/merlin/internal/connlimit"
 	"github.com/merlin-ipvs/merlin/internal/etcdlog"
+	"github.com/merlin-ipvs/merlin/internal/sdnotify"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 	"github.com/merlin-ipvs/merlin/internal/version"
 )
@@ -443,12 +444,16 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 			}
 		})
 	}
+	if nerr := sdnotify.Notify("READY=1", "STATUS=serving the API on "+lis.Addr().String()+nodeState(o)); nerr != nil {
+		log.Warn("telling systemd merlin is ready", "error", nerr)
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	cancel() // stops the watcher, node and status publisher; the kernel table stays as it is
 	log.Info("stopping")
+	_ = sdnotify.Notify("STOPPING=1")
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
 	select {
@@ -463,6 +468,14 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	wg.Wait()
 	return err
+}
+
+// nodeState completes the status line merlin gives systemd.
+func nodeState(o *options) string {
+	if o.reconcile {
+		return ", reconciling IPVS as node " + o.node
+	}
+	return ", not reconciling (-reconcile=false)"
 }
 
 func healthMux(store *control.Store, node *control.Runner, metrics http.Handler, withPprof bool) *http.ServeMux {

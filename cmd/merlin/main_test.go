@@ -213,3 +213,39 @@ func TestAPIExposureNeedsClientAuth(t *testing.T) {
 		t.Errorf("defaults: API on %q, pprof %v", o.apiAddress, o.pprof)
 	}
 }
+
+// merlin tells systemd (Type=notify) it is ready once its API accepts
+// connections, and that it is stopping on SIGTERM.
+func TestTellsSystemdReadyAndStopping(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	api := freePort(t)
+	cmd, out := startAPIOnly(t, "-port", api, "-health-port", "0")
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	read := func(want string) string {
+		t.Helper()
+		_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+		buf := make([]byte, 4096)
+		n, err := conn.Read(buf)
+		if err != nil || !strings.Contains(string(buf[:n]), want) {
+			t.Fatalf("notification %q, %v; want %s\n%s", buf[:n], err, want, out.String())
+		}
+		return string(buf[:n])
+	}
+	msg := read("READY=1")
+	if !strings.Contains(msg, "STATUS=serving the API on 127.0.0.1:"+api) {
+		t.Fatalf("ready without the status line: %q", msg)
+	}
+	c, err := net.Dial("tcp", "127.0.0.1:"+api)
+	if err != nil {
+		t.Fatalf("ready, but the API does not accept: %v", err)
+	}
+	c.Close()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	read("STOPPING=1")
+}

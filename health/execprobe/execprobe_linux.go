@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/merlin-ipvs/merlin/health"
 )
 
@@ -60,6 +62,9 @@ func New(cfg Config) (*Prober, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := canSwitchUser(); err != nil {
+		return nil, fmt.Errorf("exec checks run as %q: %w", cfg.User, err)
+	}
 	n := cfg.MaxRunning
 	if n <= 0 {
 		n = 64
@@ -83,6 +88,20 @@ func lookupUser(name string) (uid, gid uint32, err error) {
 		return 0, 0, fmt.Errorf("exec check user %q is root: exec checks run as an unprivileged user", name)
 	}
 	return uint32(id), uint32(g), nil
+}
+
+// canSwitchUser: the calling thread holds CAP_SETUID and CAP_SETGID (a
+// systemd unit must grant them for exec checks).
+func canSwitchUser() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	if want := uint32(1<<unix.CAP_SETUID | 1<<unix.CAP_SETGID); data[0].Effective&want != want {
+		return errors.New("merlin lacks CAP_SETUID and CAP_SETGID (add both to the unit's CapabilityBoundingSet and AmbientCapabilities)")
+	}
+	return nil
 }
 
 // rootOnly: path is owned by root and neither group nor others may write

@@ -7,11 +7,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/health/execprobe"
@@ -158,5 +161,27 @@ func TestExecCheckConfig(t *testing.T) {
 	}
 	if _, err := execprobe.New(execprobe.Config{Dir: dir, User: "65534"}); err != nil {
 		t.Errorf("numeric user: %v", err)
+	}
+
+	// Without CAP_SETUID (dropped on this locked thread only) exec checks
+	// cannot run as another user: New says so instead of every probe.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	saved := data
+	data[0].Effective &^= 1 << unix.CAP_SETUID
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	_, err := execprobe.New(execprobe.Config{Dir: dir, User: "nobody"})
+	if err := unix.Capset(&hdr, &saved[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err == nil || !strings.Contains(err.Error(), "lacks CAP_SETUID and CAP_SETGID") {
+		t.Fatalf("without CAP_SETUID: %v", err)
 	}
 }
