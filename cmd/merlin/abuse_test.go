@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,8 +15,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -100,5 +106,149 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// rssOf is a process's resident set and its peak so far, in MiB.
+func rssOf(t *testing.T, pid int) (rss, peak float64) {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && (f[0] == "VmRSS:" || f[0] == "VmHWM:") {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			if f[0] == "VmRSS:" {
+				rss = kb / 1024
+			} else {
+				peak = kb / 1024
+			}
+		}
+	}
+	return rss, peak
+}
+
+func stopMerlin(t *testing.T, cmd *exec.Cmd, out *strings.Builder) {
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("merlin after SIGTERM: %v\n%s", err, out.String())
+		}
+	})
+}
+
+func dialAPI(t *testing.T, port string, opts ...grpc.DialOption) types.MerlinClient {
+	t.Helper()
+	conn, err := grpc.NewClient("127.0.0.1:"+port, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return types.NewMerlinClient(conn)
+}
+
+// Under an open-files limit of 300 (the issue's), 400 silent connections
+// neither starve the embedded etcd nor end merlin: the cap is lowered to
+// leave merlin its descriptors, and a client connected before is served,
+// writes included.
+func TestConnectionFloodUnderALowFileLimit(t *testing.T) {
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("prlimit (util-linux) not installed")
+	}
+	api, health := freePort(t), freePort(t)
+	cmd, out := startAPIOnlyUnder(t, []string{"prlimit", "--nofile=300:300", "--"}, "-port", api, "-health-port", health)
+	stopMerlin(t, cmd, out)
+	waitFor(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
+	client := dialAPI(t, api)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := client.List(ctx, &emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	var raw []net.Conn
+	defer func() {
+		for _, c := range raw {
+			c.Close()
+		}
+	}()
+	for range 400 {
+		c, err := net.Dial("tcp", "127.0.0.1:"+api)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = append(raw, c)
+	}
+	waitFor(t, "250 connections refused", func() bool { return metricOf(t, health, "merlin_api_connections_refused_total") >= 250 })
+	if _, err := client.CreateService(ctx, &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.10", Port: 80, Protocol: types.Protocol_TCP}, Config: &types.VirtualService_Config{Scheduler: "wrr"}}); err != nil {
+		t.Fatalf("a write through etcd during the flood: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "-max-connections lowered") {
+		t.Errorf("no warning that the cap was lowered:\n%s", out.String())
+	}
+	rss, peak := rssOf(t, cmd.Process.Pid)
+	t.Logf("RSS with 400 silent connections under a 300-descriptor limit: %.0f MiB (peak %.0f MiB)", rss, peak)
+}
+
+// Ten Watch clients that never read, 2,000 writes of services near the
+// size limits, and 300 updates each carrying a 1.4 MB field: the watchers
+// are cut off with ResourceExhausted, the big updates are InvalidArgument,
+// and merlin's memory stays bounded.
+func TestAbuseKeepsMemoryBounded(t *testing.T) {
+	api, health := freePort(t), freePort(t)
+	cmd, out := startAPIOnly(t, "-port", api, "-health-port", health)
+	stopMerlin(t, cmd, out)
+	waitFor(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
+	client := dialAPI(t, api)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := client.List(ctx, &emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := rssOf(t, cmd.Process.Pid)
+
+	var watchers []grpc.ServerStreamingClient[types.WatchEvent]
+	for range 10 {
+		w := dialAPI(t, api, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+		stream, err := w.Watch(ctx, &types.WatchRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		watchers = append(watchers, stream)
+	}
+	big := strings.Repeat("x", 1000)
+	for i := range 2000 {
+		svc := &types.VirtualService{Id: fmt.Sprintf("svc-%04d", i),
+			Key:    &types.VirtualService_Key{Ip: fmt.Sprintf("198.18.%d.%d", i/250, i%250+1), Port: 80, Protocol: types.Protocol_TCP},
+			Config: &types.VirtualService_Config{Scheduler: "wrr"},
+			Defaults: &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{
+				Endpoint: wrapperspb.String("udp://:53"), UdpSend: big, UdpExpect: big, ExpectBody: big, Command: big}}}
+		if _, err := client.CreateService(ctx, svc); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	_, afterWrites := rssOf(t, cmd.Process.Pid)
+	for i, w := range watchers {
+		var err error
+		for err == nil {
+			_, err = w.Recv()
+		}
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("watcher %d ended with %v, want ResourceExhausted", i, err)
+		}
+	}
+	huge := strings.Repeat("y", 1400<<10)
+	for i := range 300 {
+		_, err := client.UpdateService(ctx, &types.VirtualService{Id: "svc-0000", Defaults: &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{UdpSend: huge}}})
+		if status.Code(err) != codes.InvalidArgument || len(status.Convert(err).Message()) > 200 {
+			t.Fatalf("oversized update %d: %v", i, status.Code(err))
+		}
+	}
+	rss, peak := rssOf(t, cmd.Process.Pid)
+	t.Logf("RSS: %.0f MiB at start; peak %.0f MiB after 10 non-reading watchers and 2,000 writes of ~4 KB; %.0f MiB (peak %.0f MiB) after 300 updates of 1.4 MB refused",
+		base, afterWrites, rss, peak)
+	if peak > 512 {
+		t.Fatalf("peak RSS %.0f MiB", peak)
 	}
 }

@@ -407,7 +407,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	buildInfo.WithLabelValues(build.Version, build.Commit, build.GoVersion).Set(1)
 	reg.MustRegister(buildInfo)
 	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_api_connections_refused_total", Help: "API client connections closed at once for being beyond -max-connections."})
-	capped := connlimit.New(lis, o.maxConns, refused.Inc)
+	capped := connlimit.New(lis, fitConnections(o.maxConns, log), refused.Inc)
 	reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_api_connections", Help: "Open API client connections."},
 		func() float64 { return float64(capped.Open()) }))
 	var node *control.Runner
@@ -468,6 +468,21 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	wg.Wait()
 	return err
+}
+
+// fitConnections keeps the API's clients from taking the descriptors
+// merlin and its embedded etcd need (Go has raised the soft limit to the
+// hard one already).
+func fitConnections(max int, log *slog.Logger) int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return max
+	}
+	fitted, lowered := connlimit.Fit(max, lim.Cur)
+	if lowered {
+		log.Warn("-max-connections lowered to keep descriptors for merlin and etcd (raise LimitNOFILE)", "max_connections", max, "lowered_to", fitted, "open_files_limit", lim.Cur)
+	}
+	return fitted
 }
 
 // nodeState completes the status line merlin gives systemd.

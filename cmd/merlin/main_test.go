@@ -157,9 +157,16 @@ func TestVersionFlag(t *testing.T) {
 // embedded etcd on free ports, logging to the returned builder.
 func startAPIOnly(t *testing.T, args ...string) (*exec.Cmd, *strings.Builder) {
 	t.Helper()
+	return startAPIOnlyUnder(t, nil, args...)
+}
+
+// startAPIOnlyUnder is startAPIOnly through a wrapper command (prlimit …).
+func startAPIOnlyUnder(t *testing.T, wrapper []string, args ...string) (*exec.Cmd, *strings.Builder) {
+	t.Helper()
 	args = append([]string{"-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false",
 		"-embedded-etcd-client-url", "http://127.0.0.1:" + freePort(t), "-embedded-etcd-peer-url", "http://127.0.0.1:" + freePort(t)}, args...)
-	cmd := exec.Command(os.Args[0], args...)
+	argv := append(append(wrapper[:len(wrapper):len(wrapper)], os.Args[0]), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out

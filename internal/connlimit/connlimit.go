@@ -19,6 +19,17 @@ type Listener struct {
 	onRefuse func()
 }
 
+// Fit lowers a connection cap so that the process keeps descriptors of
+// its own under its limit of open files (nofile): 512, or half of them
+// when it has fewer than 1,024. lowered says the cap had to change.
+func Fit(max int, nofile uint64) (fitted int, lowered bool) {
+	reserve := min(512, nofile/2)
+	if room := int(min(nofile-reserve, 1<<30)); max > room {
+		return room, true
+	}
+	return max, false
+}
+
 // New wraps l; onRefuse (may be nil) is called for each refused connection.
 func New(l net.Listener, max int, onRefuse func()) *Listener {
 	return &Listener{Listener: l, max: int64(max), onRefuse: onRefuse}

@@ -56,3 +56,22 @@ func TestCapRefusesAndFrees(t *testing.T) {
 		t.Fatalf("open %d after one closed and one accepted", l.Open())
 	}
 }
+
+func TestFit(t *testing.T) {
+	for _, tc := range []struct {
+		max     int
+		nofile  uint64
+		want    int
+		lowered bool
+	}{
+		{1024, 65536, 1024, false},
+		{1024, 1024, 512, true},
+		{1024, 300, 150, true},
+		{100, 300, 100, false},
+		{1 << 20, 1 << 40, 1 << 20, false},
+	} {
+		if got, lowered := Fit(tc.max, tc.nofile); got != tc.want || lowered != tc.lowered {
+			t.Errorf("Fit(%d, %d) = %d, %v; want %d, %v", tc.max, tc.nofile, got, lowered, tc.want, tc.lowered)
+		}
+	}
+}
