@@ -82,8 +82,9 @@ func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: o.IdleTimeout, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 		grpc.ConnectionTimeout(10 * time.Second),
-		grpc.ChainUnaryInterceptor(api.authorizeUnary, api.logUnary, api.quotaGuard),
-		grpc.ChainStreamInterceptor(api.authorizeStream),
+		serverCodec(),
+		grpc.ChainUnaryInterceptor(api.authorizeUnary, rejectUndecodableUnary, api.logUnary, api.quotaGuard),
+		grpc.ChainStreamInterceptor(api.authorizeStream, rejectUndecodableStream),
 	}
 	if o.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(o.TLS)))

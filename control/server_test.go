@@ -354,6 +354,70 @@ func TestAPIRejectsBadInput(t *testing.T) {
 				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "127.0.0.1" }))
 				return err
 			}, codes.InvalidArgument, "key.ip"},
+			{"broadcast VIP", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "255.255.255.255" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"multicast VIP", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "ff02::1" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"unspecified VIP", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "0.0.0.0" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"VIP with a zone", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Key.Ip = "2001:db8::1%eth0" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"server with a zone", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.Key.Ip = "198.19.0.3%eth0" }))
+				return err
+			}, codes.InvalidArgument, "key.ip"},
+			{"persistence above ipvsadm's", func() error {
+				_, err := c.CreateService(ctx, svc(func(s *types.VirtualService) { s.Config.PersistenceTimeout = wrapperspb.UInt32(2678401) }))
+				return err
+			}, codes.InvalidArgument, "config.persistence_timeout"},
+			{"invalid UTF-8 id", func() error {
+				return env.conn.Invoke(ctx, "/types.Merlin/CreateService", []byte("\x0a\x04web\xff"), &emptypb.Empty{}, grpc.ForceCodec(rawCodec{}))
+			}, codes.InvalidArgument, ""},
+			{"truncated body", func() error {
+				return env.conn.Invoke(ctx, "/types.Merlin/CreateServer", []byte("\x0a\x10ab"), &emptypb.Empty{}, grpc.ForceCodec(rawCodec{}))
+			}, codes.InvalidArgument, ""},
+			{"undecodable watch request", func() error {
+				stream, err := env.conn.NewStream(ctx, &types.Merlin_ServiceDesc.Streams[0], "/types.Merlin/Watch", grpc.ForceCodec(rawCodec{}))
+				if err != nil {
+					return err
+				}
+				if err := stream.SendMsg([]byte("\x08\xff")); err != nil {
+					return err
+				}
+				_ = stream.CloseSend()
+				return stream.RecvMsg(&types.WatchEvent{})
+			}, codes.InvalidArgument, ""},
+			{"NUL in a health path", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("http://:80/a\x00b", time.Second, time.Second, 1, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.endpoint"},
+			{"control character in a host", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) {
+					s.HealthCheck = hc("http://:80/", time.Second, time.Second, 1, 1)
+					s.HealthCheck.Host = "a\x1bexample"
+				}))
+				return err
+			}, codes.InvalidArgument, "health_check.host"},
+			{"negative revision", func() error {
+				_, err := c.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: "web", Revision: -1})
+				return err
+			}, codes.InvalidArgument, "revision"},
+			{"future revision", func() error {
+				_, err := c.DeleteServiceAtRevision(ctx, &types.DeleteServiceRequest{Id: "web", Revision: 1 << 40})
+				return err
+			}, codes.Aborted, ""},
+			{"threshold of a thousand", func() error {
+				_, err := c.CreateServer(ctx, srv(func(s *types.RealServer) { s.HealthCheck = hc("tcp://:80", time.Second, time.Second, 1000, 1) }))
+				return err
+			}, codes.InvalidArgument, "health_check.up_threshold"},
 		}...)
 		for _, tc := range cases {
 			err := tc.call()
@@ -384,6 +448,14 @@ func TestAPIRejectsBadInput(t *testing.T) {
 		}
 	})
 }
+
+// rawCodec sends request bytes as they are: what a broken or hostile
+// client can put on the wire.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error)      { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error { return proto.Unmarshal(data, v.(proto.Message)) }
+func (rawCodec) Name() string                       { return "proto" }
 
 func equalMaps(a, b map[string]string) bool {
 	if len(a) != len(b) {
