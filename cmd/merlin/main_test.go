@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -255,4 +256,30 @@ func TestTellsSystemdReadyAndStopping(t *testing.T) {
 	c.Close()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	read("STOPPING=1")
+}
+
+// A corrupt embedded etcd database ends merlin with the reason and how to
+// recover, not with etcd's panic.
+func TestCorruptEmbeddedDatabase(t *testing.T) {
+	dir := t.TempDir()
+	snap := filepath.Join(dir, "etcd", "member", "snap")
+	if err := os.MkdirAll(snap, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(snap, "db"), bytes.Repeat([]byte("not a bolt database "), 5000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-data-dir", dir, "-api-address", "127.0.0.1", "-reconcile=false", "-port", freePort(t), "-health-port", "0",
+		"-embedded-etcd-client-url", "http://127.0.0.1:"+freePort(t), "-embedded-etcd-peer-url", "http://127.0.0.1:"+freePort(t))
+	cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("merlin: %v (want exit status 1)\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "snap/db is corrupt") || !strings.Contains(string(out), "restore it from a snapshot") || strings.Contains(string(out), "panic") {
+		t.Fatalf("output:\n%s", out)
+	}
 }

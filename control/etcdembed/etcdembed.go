@@ -6,12 +6,17 @@ package etcdembed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/merlin-ipvs/merlin/internal/etcdlog"
@@ -38,6 +43,28 @@ type Server struct {
 }
 
 // Start starts the server and waits until it serves clients.
+// checkDatabase opens an existing etcd database read-only first: etcd
+// panics in a goroutine of its own on a corrupt one, which would end merlin
+// with a stack trace instead of the reason.
+func checkDatabase(path string) (err error) {
+	if _, serr := os.Stat(path); serr != nil {
+		return nil // none yet: etcd creates it
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("embedded etcd database %s is corrupt (%v): restore it from a snapshot, or move it away to start empty", path, r)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return fmt.Errorf("embedded etcd database %s is in use by another process", path)
+		}
+		return fmt.Errorf("embedded etcd database %s is corrupt (%v): restore it from a snapshot, or move it away to start empty", path, err)
+	}
+	return db.Close()
+}
+
 func Start(ctx context.Context, c Config) (*Server, error) {
 	cu, err := url.Parse(c.ClientURL)
 	if err != nil {
@@ -68,6 +95,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
 	cfg.AutoCompactionRetention = "1h"
 	cfg.QuotaBackendBytes = c.QuotaBytes
+	if err := checkDatabase(filepath.Join(cfg.Dir, "member", "snap", "db")); err != nil {
+		return nil, err
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.Dir, err)
