@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -35,18 +36,20 @@ func (s *Store) SetQuota(bytes int64) { s.quota = bytes }
 // API's write guard and /readyz use what it finds. It fails while an
 // alarm is raised: etcd then refuses writes.
 func (s *Store) Check(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
 	var size int64
 	for _, ep := range s.client.Endpoints() {
-		if st, err := s.client.Status(ctx, ep); err == nil {
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if st, err := s.client.Status(sctx, ep); err == nil {
 			size = max(size, st.DbSize)
 		}
+		cancel()
 	}
 	s.usage.dbSize.Store(size)
-	resp, err := s.client.AlarmList(ctx)
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := s.client.AlarmList(actx)
 	if err != nil {
-		return fmt.Errorf("etcd alarms: %w", err)
+		return fmt.Errorf("list etcd alarms: %w", err) // unknown: the last answer stands
 	}
 	var alarms []string
 	for _, a := range resp.Alarms {
@@ -56,10 +59,13 @@ func (s *Store) Check(ctx context.Context) error {
 	}
 	s.usage.alarms.Store(strings.Join(alarms, ","))
 	if len(alarms) > 0 {
-		return fmt.Errorf("etcd alarm %s: etcd refuses writes (README: \"When etcd is full\")", strings.Join(alarms, ","))
+		return fmt.Errorf("etcd alarm %s: etcd refuses writes (README: \"When etcd is full\"): %w", strings.Join(alarms, ","), ErrEtcdAlarm)
 	}
 	return nil
 }
+
+// ErrEtcdAlarm: etcd has an alarm raised and refuses writes.
+var ErrEtcdAlarm = errors.New("etcd alarm")
 
 // Usage is the database size and the active alarms found by the last Check.
 func (s *Store) Usage() (dbSize int64, alarms string) {

@@ -1021,7 +1021,7 @@ func TestAPIStoreQuota(t *testing.T) {
 				t.Fatal("etcd took 40 MiB under an 8 MiB quota")
 			}
 			err = store.Check(ctx)
-			if err == nil || !strings.Contains(err.Error(), "NOSPACE") {
+			if !errors.Is(err, control.ErrEtcdAlarm) || !strings.Contains(err.Error(), "NOSPACE") {
 				t.Fatalf("Check after the alarm: %v", err)
 			}
 			_, err = c.CreateService(ctx, tcpService("more", "198.18.0.3", 80))

@@ -61,6 +61,7 @@ func (s *Store) Follow(ctx context.Context, from int64, o FollowOptions, onEvent
 	silence := time.NewTimer(o.ProgressInterval)
 	defer silence.Stop()
 	askedProgress := false
+	seen := from - 1 // the highest revision etcd has answered with
 	for {
 		select {
 		case <-ctx.Done():
@@ -87,6 +88,14 @@ func (s *Store) Follow(ctx context.Context, from int64, o FollowOptions, onEvent
 				if reason := stopReason(resp, ok); reason != "" {
 					return reason, nil
 				}
+				if resp.Header.Revision != 0 && resp.Header.Revision < seen {
+					// etcd is behind what it said before: it was restored
+					// from a snapshot, and the watch (which the client
+					// resumes after the last revision it saw) would stay
+					// silent until etcd caught up.
+					return RelistRestored, nil
+				}
+				seen = max(seen, resp.Header.Revision)
 				events = append(events, resp.Events...)
 				revision = resp.Header.Revision
 				select {

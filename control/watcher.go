@@ -21,6 +21,7 @@ const (
 	RelistClosed    = "closed"   // the watch channel closed or failed (etcd restart, lost leader)
 	RelistSilent    = "silent"   // no event nor progress notification came back in time
 	RelistPeriodic  = "periodic" // the periodic check found the watch had missed something
+	RelistRestored  = "restored" // etcd's revision went back (restored from a snapshot)
 )
 
 // WatcherConfig tunes a Watcher; zero values take the defaults.

@@ -668,7 +668,9 @@ func probeEtcd(ctx context.Context, store *control.Store, up prometheus.Gauge, l
 		if store.Ping(ctx) == nil {
 			up.Set(1)
 			err := store.Check(ctx)
-			if (err != nil) != alarmed && ctx.Err() == nil {
+			if err != nil && !errors.Is(err, control.ErrEtcdAlarm) {
+				log.Debug("etcd usage not known", "error", err)
+			} else if (err != nil) != alarmed && ctx.Err() == nil {
 				alarmed = err != nil
 				if alarmed {
 					log.Error("etcd refuses writes", "error", err)

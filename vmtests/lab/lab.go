@@ -75,6 +75,10 @@ type Config struct {
 	MerlinArg []string // extra flags for every node
 	// NodeArg gives a node's own extra flags (e.g. its BGP router ID).
 	NodeArg func(n *Node) []string
+	// TopologyOnly builds the network, backends and client but starts
+	// neither etcd nor merlin: the test brings its own (the deploying
+	// guide's steps).
+	TopologyOnly bool
 }
 
 func sh(name string, args ...string) error {
@@ -135,28 +139,7 @@ func New(cfg Config) (l *Lab, err error) {
 			return l, err
 		}
 	}
-	newNS := func(prefix string) (*netns.NS, error) {
-		ns, err := netns.New(prefix)
-		if err == nil {
-			l.all = append(l.all, ns)
-		}
-		return ns, err
-	}
-	attach := func(ns *netns.NS, addr, gw string) error {
-		host := "v" + ns.Name[len(ns.Name)-6:]
-		if err := sh("ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns.Name); err != nil {
-			return err
-		}
-		if err := sh("ip", "link", "set", host, "master", "br0", "up"); err != nil {
-			return err
-		}
-		for _, c := range [][]string{{"ip", "addr", "add", addr + "/24", "dev", "eth0"}, {"ip", "link", "set", "eth0", "up"}, {"ip", "route", "add", "default", "via", gw}} {
-			if _, err := Run(ns, c[0], c[1:]...); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+	newNS, attach := l.newNS, l.attach
 	for i := range cfg.Nodes {
 		ns, err := newNS("node-")
 		if err != nil {
@@ -220,6 +203,9 @@ func New(cfg Config) (l *Lab, err error) {
 			return l, err
 		}
 	}
+	if cfg.TopologyOnly {
+		return l, nil
+	}
 	if err := l.StartEtcd(); err != nil {
 		return l, err
 	}
@@ -234,6 +220,41 @@ func New(cfg Config) (l *Lab, err error) {
 		}
 	}
 	return l, nil
+}
+
+func (l *Lab) newNS(prefix string) (*netns.NS, error) {
+	ns, err := netns.New(prefix)
+	if err == nil {
+		l.all = append(l.all, ns)
+	}
+	return ns, err
+}
+
+// attach joins a namespace to br0 with addr, routing through gw.
+func (l *Lab) attach(ns *netns.NS, addr, gw string) error {
+	host := "v" + ns.Name[len(ns.Name)-6:]
+	if err := sh("ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns.Name); err != nil {
+		return err
+	}
+	if err := sh("ip", "link", "set", host, "master", "br0", "up"); err != nil {
+		return err
+	}
+	for _, c := range [][]string{{"ip", "addr", "add", addr + "/24", "dev", "eth0"}, {"ip", "link", "set", "eth0", "up"}, {"ip", "route", "add", "default", "via", gw}} {
+		if _, err := Run(ns, c[0], c[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddMachine is a namespace of its own on br0 with addr (another machine
+// of the site, such as an etcd member); Close removes it.
+func (l *Lab) AddMachine(prefix, addr string) (*netns.NS, error) {
+	ns, err := l.newNS(prefix)
+	if err != nil {
+		return nil, err
+	}
+	return ns, l.attach(ns, addr, "198.18.0.1")
 }
 
 // Close stops everything and removes the namespaces and links.
