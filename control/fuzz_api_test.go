@@ -105,6 +105,13 @@ var apiCalls = []apiCall{
 		}
 		return nil
 	}},
+	{"ApplyChanges", func(ctx context.Context, c types.MerlinClient, raw []byte) error {
+		if m, ok := decoded(raw, &types.ApplyChangesRequest{}); ok {
+			_, err := c.ApplyChanges(ctx, m)
+			return err
+		}
+		return nil
+	}},
 	{"Watch", func(ctx context.Context, c types.MerlinClient, raw []byte) error {
 		m, ok := decoded(raw, &types.WatchRequest{})
 		if !ok {
@@ -159,6 +166,11 @@ func FuzzAPI(f *testing.F) {
 	f.Add(append(op("UpdateServer", server("web", "::ffff:198.19.0.2", 80, 0)), op("DeleteServer", server("web", "198.19.0.2", 80, 0))...))
 	f.Add(append(op("Watch", &types.WatchRequest{FromRevision: 1 << 50}), op("ConfirmDeletions", &types.ConfirmDeletionsRequest{Revision: 9})...))
 	f.Add(op("DrainNode", &types.DrainNodeRequest{Node: "n1"}))
+	f.Add(append(op("CreateService", svc), op("ApplyChanges", &types.ApplyChangesRequest{Changes: []*types.Change{
+		{Change: &types.Change_UpdateService{UpdateService: &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.11", Port: 80, Protocol: types.Protocol_TCP}}}},
+		{Change: &types.Change_CreateService{CreateService: tcpService("other", "198.18.0.10", 80)}},
+		{Change: &types.Change_CreateServer{CreateServer: server("other", "198.19.0.3", 80, 1)}},
+	}})...))
 
 	etcd := etcdtest.Start(f, etcdtest.Embedded)
 	kv := etcd.Client(f)

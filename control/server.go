@@ -83,8 +83,8 @@ func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: o.IdleTimeout, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 		grpc.ConnectionTimeout(10 * time.Second),
 		serverCodec(),
-		grpc.ChainUnaryInterceptor(api.authorizeUnary, rejectUndecodableUnary, api.logUnary, api.quotaGuard),
-		grpc.ChainStreamInterceptor(api.authorizeStream, rejectUndecodableStream),
+		grpc.ChainUnaryInterceptor(api.recoverUnary, api.authorizeUnary, rejectUndecodableUnary, api.logUnary, api.quotaGuard),
+		grpc.ChainStreamInterceptor(api.recoverStream, api.authorizeStream, rejectUndecodableStream),
 	}
 	if o.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(o.TLS)))
@@ -176,6 +176,8 @@ func toStatus(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, ErrConflict):
 		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, ErrBatchTooLarge):
+		return status.Error(codes.OutOfRange, err.Error()+": apply the changes in smaller batches")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

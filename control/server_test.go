@@ -1087,3 +1087,113 @@ func TestAPIMappedAddressesAreOneServer(t *testing.T) {
 		t.Fatalf("after delete: %v, %v", got.GetServers(), err)
 	}
 }
+
+// ApplyChanges: swaps, address-family moves with servers and VIP moves in
+// one transaction; a batch with one bad change writes nothing and names
+// the change; a batch larger than one transaction is OutOfRange.
+func TestAPIApplyChanges(t *testing.T) {
+	forEachEtcd(t, func(t *testing.T, env *apiEnv) {
+		ctx, c := ctxT(t), env.client
+		noErr(t)(c.CreateService(ctx, tcpService("a", "198.18.0.1", 80)))
+		noErr(t)(c.CreateService(ctx, tcpService("b", "198.18.0.2", 80)))
+		noErr(t)(c.CreateServer(ctx, server("a", "198.19.0.2", 80, 1)))
+		apply := func(changes ...*types.Change) error {
+			_, err := c.ApplyChanges(ctx, &types.ApplyChangesRequest{Changes: changes})
+			return err
+		}
+		key := func(ip string) *types.VirtualService_Key {
+			return &types.VirtualService_Key{Ip: ip, Port: 80, Protocol: types.Protocol_TCP}
+		}
+		upd := func(id, ip string) *types.Change {
+			return &types.Change{Change: &types.Change_UpdateService{UpdateService: &types.VirtualService{Id: id, Key: key(ip)}}}
+		}
+		create := func(id, ip string) *types.Change {
+			return &types.Change{Change: &types.Change_CreateService{CreateService: tcpService(id, ip, 80)}}
+		}
+
+		// A swap of two VIPs: one transaction, one revision.
+		_, before := dump(t, env.kv)
+		noErr(t)(nil, apply(upd("a", "198.18.0.2"), upd("b", "198.18.0.1")))
+		if _, after := dump(t, env.kv); after != before+1 {
+			t.Fatalf("swap took revisions %d → %d, want one transaction", before, after)
+		}
+		if got, _ := c.GetService(ctx, wrapperspb.String("a")); got.Service.Key.Ip != "198.18.0.2" {
+			t.Fatalf("after the swap a is at %s", got.Service.Key.Ip)
+		}
+		// IPv4 → IPv6 with its servers.
+		noErr(t)(nil, apply(
+			&types.Change{Change: &types.Change_DeleteServer{DeleteServer: server("a", "198.19.0.2", 80, 0)}},
+			upd("a", "2001:db8::1"),
+			&types.Change{Change: &types.Change_CreateServer{CreateServer: server("a", "2001:db8::2", 80, 1)}}))
+		if got, _ := c.GetService(ctx, wrapperspb.String("a")); got.Service.Key.Ip != "2001:db8::1" || len(got.Servers) != 1 || got.Servers[0].Key.Ip != "2001:db8::2" {
+			t.Fatalf("after the move: %v", got)
+		}
+		// A VIP handed to a new service while the old one goes.
+		noErr(t)(nil, apply(&types.Change{Change: &types.Change_DeleteService{DeleteService: &types.DeleteServiceRequest{Id: "b"}}}, create("c", "198.18.0.1")))
+		checkStored(t, ctx, env.kv, c)
+
+		// One bad change: nothing written, the change named.
+		_, before = dump(t, env.kv)
+		err := apply(create("d", "198.18.0.3"), create("e", "198.18.0.4"), create("f", "198.18.0.1"))
+		wantCode(t, err, codes.AlreadyExists)
+		if !strings.Contains(status.Convert(err).Message(), "changes[2]") {
+			t.Errorf("error %q does not name the change", status.Convert(err).Message())
+		}
+		bad := create("g", "198.18.0.5")
+		bad.GetCreateService().Config.Scheduler = "nope"
+		err = apply(create("d", "198.18.0.3"), bad)
+		wantCode(t, err, codes.InvalidArgument)
+		if !strings.Contains(status.Convert(err).Message(), "changes[1].config.scheduler") {
+			t.Errorf("error %q does not name the field", status.Convert(err).Message())
+		}
+		stale := &types.Change{Change: &types.Change_UpdateService{UpdateService: &types.VirtualService{Id: "c", Revision: 1, Config: &types.VirtualService_Config{Scheduler: "rr"}}}}
+		wantCode(t, apply(create("d", "198.18.0.3"), stale), codes.Aborted)
+		if _, after := dump(t, env.kv); after != before {
+			t.Fatalf("refused batches wrote: revision %d → %d", before, after)
+		}
+
+		// Limits: 33 changes; a deletion needing more than one transaction.
+		var many []*types.Change
+		for i := range 33 {
+			many = append(many, create(fmt.Sprintf("m%d", i), fmt.Sprintf("198.18.1.%d", i+1)))
+		}
+		wantCode(t, apply(many...), codes.InvalidArgument)
+		for i := range 130 {
+			noErr(t)(c.CreateServer(ctx, server("c", fmt.Sprintf("198.19.1.%d", i+1), 80, 1)))
+		}
+		err = apply(&types.Change{Change: &types.Change_DeleteService{DeleteService: &types.DeleteServiceRequest{Id: "c"}}})
+		wantCode(t, err, codes.OutOfRange)
+		checkStored(t, ctx, env.kv, c)
+	})
+}
+
+// A handler that panics answers Internal; the server keeps serving.
+func TestAPIRecoversFromAPanic(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Embedded)
+	api := control.NewServer(control.NewStore(etcd.Client(t), prefix), quietLogger())
+	g := control.NewGRPCServer(api, control.GRPCOptions{})
+	g.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Boom", HandlerType: (*any)(nil), Methods: []grpc.MethodDesc{{MethodName: "Boom",
+		Handler: func(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			in := new(emptypb.Empty)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			return interceptor(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/test.Boom/Boom"}, func(context.Context, any) (any, error) { panic("boom") })
+		}}}}, struct{}{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	err = conn.Invoke(ctxT(t), "/test.Boom/Boom", &emptypb.Empty{}, &emptypb.Empty{})
+	wantCode(t, err, codes.Internal)
+	if _, err := types.NewMerlinClient(conn).List(ctxT(t), &emptypb.Empty{}); err != nil {
+		t.Fatalf("after the panic: %v", err)
+	}
+}

@@ -279,7 +279,7 @@ func (x RealServer_Startup) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RealServer_Startup.Descriptor instead.
 func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 0}
+	return file_types_proto_rawDescGZIP(), []int{6, 0}
 }
 
 type WatchEvent_Type int32
@@ -336,7 +336,242 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8, 0}
+	return file_types_proto_rawDescGZIP(), []int{11, 0}
+}
+
+type Change struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Change:
+	//
+	//	*Change_CreateService
+	//	*Change_UpdateService
+	//	*Change_DeleteService
+	//	*Change_CreateServer
+	//	*Change_UpdateServer
+	//	*Change_DeleteServer
+	Change        isChange_Change `protobuf_oneof:"change"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Change) Reset() {
+	*x = Change{}
+	mi := &file_types_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Change) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Change) ProtoMessage() {}
+
+func (x *Change) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Change.ProtoReflect.Descriptor instead.
+func (*Change) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Change) GetChange() isChange_Change {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+func (x *Change) GetCreateService() *VirtualService {
+	if x != nil {
+		if x, ok := x.Change.(*Change_CreateService); ok {
+			return x.CreateService
+		}
+	}
+	return nil
+}
+
+func (x *Change) GetUpdateService() *VirtualService {
+	if x != nil {
+		if x, ok := x.Change.(*Change_UpdateService); ok {
+			return x.UpdateService
+		}
+	}
+	return nil
+}
+
+func (x *Change) GetDeleteService() *DeleteServiceRequest {
+	if x != nil {
+		if x, ok := x.Change.(*Change_DeleteService); ok {
+			return x.DeleteService
+		}
+	}
+	return nil
+}
+
+func (x *Change) GetCreateServer() *RealServer {
+	if x != nil {
+		if x, ok := x.Change.(*Change_CreateServer); ok {
+			return x.CreateServer
+		}
+	}
+	return nil
+}
+
+func (x *Change) GetUpdateServer() *RealServer {
+	if x != nil {
+		if x, ok := x.Change.(*Change_UpdateServer); ok {
+			return x.UpdateServer
+		}
+	}
+	return nil
+}
+
+func (x *Change) GetDeleteServer() *RealServer {
+	if x != nil {
+		if x, ok := x.Change.(*Change_DeleteServer); ok {
+			return x.DeleteServer
+		}
+	}
+	return nil
+}
+
+type isChange_Change interface {
+	isChange_Change()
+}
+
+type Change_CreateService struct {
+	CreateService *VirtualService `protobuf:"bytes,1,opt,name=create_service,json=createService,proto3,oneof"`
+}
+
+type Change_UpdateService struct {
+	UpdateService *VirtualService `protobuf:"bytes,2,opt,name=update_service,json=updateService,proto3,oneof"`
+}
+
+type Change_DeleteService struct {
+	DeleteService *DeleteServiceRequest `protobuf:"bytes,3,opt,name=delete_service,json=deleteService,proto3,oneof"`
+}
+
+type Change_CreateServer struct {
+	CreateServer *RealServer `protobuf:"bytes,4,opt,name=create_server,json=createServer,proto3,oneof"`
+}
+
+type Change_UpdateServer struct {
+	UpdateServer *RealServer `protobuf:"bytes,5,opt,name=update_server,json=updateServer,proto3,oneof"`
+}
+
+type Change_DeleteServer struct {
+	DeleteServer *RealServer `protobuf:"bytes,6,opt,name=delete_server,json=deleteServer,proto3,oneof"`
+}
+
+func (*Change_CreateService) isChange_Change() {}
+
+func (*Change_UpdateService) isChange_Change() {}
+
+func (*Change_DeleteService) isChange_Change() {}
+
+func (*Change_CreateServer) isChange_Change() {}
+
+func (*Change_UpdateServer) isChange_Change() {}
+
+func (*Change_DeleteServer) isChange_Change() {}
+
+type ApplyChangesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Changes       []*Change              `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyChangesRequest) Reset() {
+	*x = ApplyChangesRequest{}
+	mi := &file_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyChangesRequest) ProtoMessage() {}
+
+func (x *ApplyChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyChangesRequest.ProtoReflect.Descriptor instead.
+func (*ApplyChangesRequest) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ApplyChangesRequest) GetChanges() []*Change {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+type ApplyChangesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision of the transaction (0: nothing needed changing).
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyChangesResponse) Reset() {
+	*x = ApplyChangesResponse{}
+	mi := &file_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyChangesResponse) ProtoMessage() {}
+
+func (x *ApplyChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyChangesResponse.ProtoReflect.Descriptor instead.
+func (*ApplyChangesResponse) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ApplyChangesResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type VirtualService struct {
@@ -360,7 +595,7 @@ type VirtualService struct {
 
 func (x *VirtualService) Reset() {
 	*x = VirtualService{}
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -372,7 +607,7 @@ func (x *VirtualService) String() string {
 func (*VirtualService) ProtoMessage() {}
 
 func (x *VirtualService) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -385,7 +620,7 @@ func (x *VirtualService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService.ProtoReflect.Descriptor instead.
 func (*VirtualService) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{0}
+	return file_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *VirtualService) GetId() string {
@@ -460,7 +695,7 @@ type PassiveHealth struct {
 
 func (x *PassiveHealth) Reset() {
 	*x = PassiveHealth{}
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +707,7 @@ func (x *PassiveHealth) String() string {
 func (*PassiveHealth) ProtoMessage() {}
 
 func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +720,7 @@ func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveHealth.ProtoReflect.Descriptor instead.
 func (*PassiveHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1}
+	return file_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PassiveHealth) GetEnabled() *wrapperspb.BoolValue {
@@ -536,7 +771,7 @@ type Announce struct {
 
 func (x *Announce) Reset() {
 	*x = Announce{}
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +783,7 @@ func (x *Announce) String() string {
 func (*Announce) ProtoMessage() {}
 
 func (x *Announce) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +796,7 @@ func (x *Announce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Announce.ProtoReflect.Descriptor instead.
 func (*Announce) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2}
+	return file_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Announce) GetAlways() bool {
@@ -611,7 +846,7 @@ type RealServer struct {
 
 func (x *RealServer) Reset() {
 	*x = RealServer{}
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +858,7 @@ func (x *RealServer) String() string {
 func (*RealServer) ProtoMessage() {}
 
 func (x *RealServer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +871,7 @@ func (x *RealServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer.ProtoReflect.Descriptor instead.
 func (*RealServer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3}
+	return file_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RealServer) GetServiceID() string {
@@ -687,7 +922,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +934,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +947,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4}
+	return file_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListResponse) GetItems() []*ListResponse_Item {
@@ -746,7 +981,7 @@ type InvalidKey struct {
 
 func (x *InvalidKey) Reset() {
 	*x = InvalidKey{}
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +993,7 @@ func (x *InvalidKey) String() string {
 func (*InvalidKey) ProtoMessage() {}
 
 func (x *InvalidKey) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +1006,7 @@ func (x *InvalidKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidKey.ProtoReflect.Descriptor instead.
 func (*InvalidKey) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{5}
+	return file_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InvalidKey) GetKey() string {
@@ -799,7 +1034,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +1046,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +1059,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6}
+	return file_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteServiceRequest) GetId() string {
@@ -852,7 +1087,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1099,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1112,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -903,7 +1138,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1150,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1163,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1010,7 +1245,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1257,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1270,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NodeStatus) GetNode() string {
@@ -1199,7 +1434,7 @@ type CountersStatus struct {
 
 func (x *CountersStatus) Reset() {
 	*x = CountersStatus{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1446,7 @@ func (x *CountersStatus) String() string {
 func (*CountersStatus) ProtoMessage() {}
 
 func (x *CountersStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1459,7 @@ func (x *CountersStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
 func (*CountersStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CountersStatus) GetOn() bool {
@@ -1291,7 +1526,7 @@ type PassiveFigures struct {
 
 func (x *PassiveFigures) Reset() {
 	*x = PassiveFigures{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1538,7 @@ func (x *PassiveFigures) String() string {
 func (*PassiveFigures) ProtoMessage() {}
 
 func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1551,7 @@ func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveFigures.ProtoReflect.Descriptor instead.
 func (*PassiveFigures) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PassiveFigures) GetServiceId() string {
@@ -1373,7 +1608,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1620,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1633,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -1440,7 +1675,7 @@ type BGPPeer struct {
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1687,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1700,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -1538,7 +1773,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1785,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1798,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1600,7 +1835,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1847,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1860,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -1673,7 +1908,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1920,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1933,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -1750,7 +1985,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1997,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +2010,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -1835,7 +2070,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2082,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2095,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -1912,7 +2147,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2159,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2172,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -1979,7 +2214,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2226,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2239,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2030,7 +2265,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2277,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2290,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -2083,7 +2318,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2095,7 +2330,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2108,7 +2343,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -2194,7 +2429,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2441,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2454,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -2269,7 +2504,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2281,7 +2516,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2294,7 +2529,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{24}
+	return file_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -2335,7 +2570,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2582,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2595,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{25}
+	return file_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -2393,7 +2628,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2640,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2653,7 @@ func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Key.ProtoReflect.Descriptor instead.
 func (*VirtualService_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{0, 0}
+	return file_types_proto_rawDescGZIP(), []int{3, 0}
 }
 
 func (x *VirtualService_Key) GetIp() string {
@@ -2476,7 +2711,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2723,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2736,7 @@ func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Config.ProtoReflect.Descriptor instead.
 func (*VirtualService_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{0, 1}
+	return file_types_proto_rawDescGZIP(), []int{3, 1}
 }
 
 func (x *VirtualService_Config) GetScheduler() string {
@@ -2557,7 +2792,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +2804,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +2817,7 @@ func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_ServerDefaults.ProtoReflect.Descriptor instead.
 func (*VirtualService_ServerDefaults) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{0, 2}
+	return file_types_proto_rawDescGZIP(), []int{3, 2}
 }
 
 func (x *VirtualService_ServerDefaults) GetForward() ForwardMethod {
@@ -2609,7 +2844,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2856,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2869,7 @@ func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Key.ProtoReflect.Descriptor instead.
 func (*RealServer_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 0}
+	return file_types_proto_rawDescGZIP(), []int{6, 0}
 }
 
 func (x *RealServer_Key) GetIp() string {
@@ -2669,7 +2904,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2916,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2929,7 @@ func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Config.ProtoReflect.Descriptor instead.
 func (*RealServer_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 1}
+	return file_types_proto_rawDescGZIP(), []int{6, 1}
 }
 
 func (x *RealServer_Config) GetWeight() *wrapperspb.UInt32Value {
@@ -2784,7 +3019,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2796,7 +3031,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2809,7 +3044,7 @@ func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_HealthCheck.ProtoReflect.Descriptor instead.
 func (*RealServer_HealthCheck) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 2}
+	return file_types_proto_rawDescGZIP(), []int{6, 2}
 }
 
 func (x *RealServer_HealthCheck) GetEndpoint() *wrapperspb.StringValue {
@@ -2941,7 +3176,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2953,7 +3188,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3201,7 @@ func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse_Item.ProtoReflect.Descriptor instead.
 func (*ListResponse_Item) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4, 0}
+	return file_types_proto_rawDescGZIP(), []int{7, 0}
 }
 
 func (x *ListResponse_Item) GetService() *VirtualService {
@@ -2987,7 +3222,19 @@ var File_types_proto protoreflect.FileDescriptor
 
 const file_types_proto_rawDesc = "" +
 	"\n" +
-	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\a\n" +
+	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n" +
+	"\x06Change\x12>\n" +
+	"\x0ecreate_service\x18\x01 \x01(\v2\x15.types.VirtualServiceH\x00R\rcreateService\x12>\n" +
+	"\x0eupdate_service\x18\x02 \x01(\v2\x15.types.VirtualServiceH\x00R\rupdateService\x12D\n" +
+	"\x0edelete_service\x18\x03 \x01(\v2\x1b.types.DeleteServiceRequestH\x00R\rdeleteService\x128\n" +
+	"\rcreate_server\x18\x04 \x01(\v2\x11.types.RealServerH\x00R\fcreateServer\x128\n" +
+	"\rupdate_server\x18\x05 \x01(\v2\x11.types.RealServerH\x00R\fupdateServer\x128\n" +
+	"\rdelete_server\x18\x06 \x01(\v2\x11.types.RealServerH\x00R\fdeleteServerB\b\n" +
+	"\x06change\">\n" +
+	"\x13ApplyChangesRequest\x12'\n" +
+	"\achanges\x18\x01 \x03(\v2\r.types.ChangeR\achanges\"2\n" +
+	"\x14ApplyChangesResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb6\a\n" +
 	"\x0eVirtualService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x03key\x18\x02 \x01(\v2\x19.types.VirtualService.KeyR\x03key\x124\n" +
@@ -3248,7 +3495,7 @@ const file_types_proto_rawDesc = "" +
 	"TunnelType\x12\b\n" +
 	"\x04IPIP\x10\x00\x12\a\n" +
 	"\x03GUE\x10\x01\x12\a\n" +
-	"\x03GRE\x10\x022\x94\a\n" +
+	"\x03GRE\x10\x022\xdf\a\n" +
 	"\x06Merlin\x12@\n" +
 	"\rCreateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12@\n" +
 	"\rUpdateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12G\n" +
@@ -3264,7 +3511,8 @@ const file_types_proto_rawDesc = "" +
 	"\x06Status\x12\x16.google.protobuf.Empty\x1a\x15.types.StatusResponse\"\x00\x127\n" +
 	"\x05Stats\x12\x16.google.protobuf.Empty\x1a\x14.types.StatsResponse\"\x00\x12L\n" +
 	"\x10ConfirmDeletions\x12\x1e.types.ConfirmDeletionsRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n" +
-	"\tDrainNode\x12\x17.types.DrainNodeRequest\x1a\x16.google.protobuf.Empty\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
+	"\tDrainNode\x12\x17.types.DrainNodeRequest\x1a\x16.google.protobuf.Empty\"\x00\x12I\n" +
+	"\fApplyChanges\x12\x1a.types.ApplyChangesRequest\x1a\x1b.types.ApplyChangesResponse\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
 
 var (
 	file_types_proto_rawDescOnce sync.Once
@@ -3279,7 +3527,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -3287,144 +3535,156 @@ var file_types_proto_goTypes = []any{
 	(TunnelType)(0),                       // 3: types.TunnelType
 	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
 	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
-	(*VirtualService)(nil),                // 6: types.VirtualService
-	(*PassiveHealth)(nil),                 // 7: types.PassiveHealth
-	(*Announce)(nil),                      // 8: types.Announce
-	(*RealServer)(nil),                    // 9: types.RealServer
-	(*ListResponse)(nil),                  // 10: types.ListResponse
-	(*InvalidKey)(nil),                    // 11: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 12: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 13: types.WatchRequest
-	(*WatchEvent)(nil),                    // 14: types.WatchEvent
-	(*NodeStatus)(nil),                    // 15: types.NodeStatus
-	(*CountersStatus)(nil),                // 16: types.CountersStatus
-	(*PassiveFigures)(nil),                // 17: types.PassiveFigures
-	(*DrainStatus)(nil),                   // 18: types.DrainStatus
-	(*BGPPeer)(nil),                       // 19: types.BGPPeer
-	(*DrainNodeRequest)(nil),              // 20: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 21: types.SinkStatus
-	(*VIPStatus)(nil),                     // 22: types.VIPStatus
-	(*ServerHealth)(nil),                  // 23: types.ServerHealth
-	(*ObjectError)(nil),                   // 24: types.ObjectError
-	(*DeletionGuard)(nil),                 // 25: types.DeletionGuard
-	(*StatusResponse)(nil),                // 26: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 27: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 28: types.Counters
-	(*ServerStats)(nil),                   // 29: types.ServerStats
-	(*ServiceStats)(nil),                  // 30: types.ServiceStats
-	(*StatsResponse)(nil),                 // 31: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 32: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 33: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 34: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 35: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 36: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 37: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 38: types.ListResponse.Item
-	(*wrapperspb.BoolValue)(nil),          // 39: google.protobuf.BoolValue
-	(*durationpb.Duration)(nil),           // 40: google.protobuf.Duration
-	(*wrapperspb.UInt32Value)(nil),        // 41: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 42: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil),        // 43: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 44: google.protobuf.Empty
+	(*Change)(nil),                        // 6: types.Change
+	(*ApplyChangesRequest)(nil),           // 7: types.ApplyChangesRequest
+	(*ApplyChangesResponse)(nil),          // 8: types.ApplyChangesResponse
+	(*VirtualService)(nil),                // 9: types.VirtualService
+	(*PassiveHealth)(nil),                 // 10: types.PassiveHealth
+	(*Announce)(nil),                      // 11: types.Announce
+	(*RealServer)(nil),                    // 12: types.RealServer
+	(*ListResponse)(nil),                  // 13: types.ListResponse
+	(*InvalidKey)(nil),                    // 14: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 15: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 16: types.WatchRequest
+	(*WatchEvent)(nil),                    // 17: types.WatchEvent
+	(*NodeStatus)(nil),                    // 18: types.NodeStatus
+	(*CountersStatus)(nil),                // 19: types.CountersStatus
+	(*PassiveFigures)(nil),                // 20: types.PassiveFigures
+	(*DrainStatus)(nil),                   // 21: types.DrainStatus
+	(*BGPPeer)(nil),                       // 22: types.BGPPeer
+	(*DrainNodeRequest)(nil),              // 23: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 24: types.SinkStatus
+	(*VIPStatus)(nil),                     // 25: types.VIPStatus
+	(*ServerHealth)(nil),                  // 26: types.ServerHealth
+	(*ObjectError)(nil),                   // 27: types.ObjectError
+	(*DeletionGuard)(nil),                 // 28: types.DeletionGuard
+	(*StatusResponse)(nil),                // 29: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 30: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 31: types.Counters
+	(*ServerStats)(nil),                   // 32: types.ServerStats
+	(*ServiceStats)(nil),                  // 33: types.ServiceStats
+	(*StatsResponse)(nil),                 // 34: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 35: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 36: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 37: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 38: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 39: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 40: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 41: types.ListResponse.Item
+	(*wrapperspb.BoolValue)(nil),          // 42: google.protobuf.BoolValue
+	(*durationpb.Duration)(nil),           // 43: google.protobuf.Duration
+	(*wrapperspb.UInt32Value)(nil),        // 44: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 45: google.protobuf.Timestamp
+	(*wrapperspb.StringValue)(nil),        // 46: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 47: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	32, // 0: types.VirtualService.key:type_name -> types.VirtualService.Key
-	33, // 1: types.VirtualService.config:type_name -> types.VirtualService.Config
-	34, // 2: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	8,  // 3: types.VirtualService.announce:type_name -> types.Announce
-	7,  // 4: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	39, // 5: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	40, // 6: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	41, // 7: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	41, // 8: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	41, // 9: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	35, // 10: types.RealServer.key:type_name -> types.RealServer.Key
-	36, // 11: types.RealServer.config:type_name -> types.RealServer.Config
-	37, // 12: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	38, // 13: types.ListResponse.items:type_name -> types.ListResponse.Item
-	11, // 14: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	5,  // 15: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	6,  // 16: types.WatchEvent.service:type_name -> types.VirtualService
-	9,  // 17: types.WatchEvent.server:type_name -> types.RealServer
-	15, // 18: types.WatchEvent.node:type_name -> types.NodeStatus
-	42, // 19: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	24, // 20: types.NodeStatus.errors:type_name -> types.ObjectError
-	25, // 21: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	42, // 22: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	23, // 23: types.NodeStatus.servers:type_name -> types.ServerHealth
-	21, // 24: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	22, // 25: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	18, // 26: types.NodeStatus.drain:type_name -> types.DrainStatus
-	19, // 27: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	16, // 28: types.NodeStatus.counters:type_name -> types.CountersStatus
-	17, // 29: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	40, // 30: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	42, // 31: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	40, // 32: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	42, // 33: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	40, // 34: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	42, // 35: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	42, // 36: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	42, // 37: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	15, // 38: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	35, // 39: types.ServerStats.key:type_name -> types.RealServer.Key
-	28, // 40: types.ServerStats.counters:type_name -> types.Counters
-	32, // 41: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	28, // 42: types.ServiceStats.counters:type_name -> types.Counters
-	29, // 43: types.ServiceStats.servers:type_name -> types.ServerStats
-	30, // 44: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 45: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 46: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	41, // 47: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	41, // 48: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	39, // 49: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 50: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	37, // 51: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	41, // 52: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 53: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	41, // 54: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	41, // 55: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 56: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	43, // 57: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	40, // 58: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	40, // 59: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	40, // 60: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 61: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	6,  // 62: types.ListResponse.Item.service:type_name -> types.VirtualService
-	9,  // 63: types.ListResponse.Item.servers:type_name -> types.RealServer
-	6,  // 64: types.Merlin.CreateService:input_type -> types.VirtualService
-	6,  // 65: types.Merlin.UpdateService:input_type -> types.VirtualService
-	43, // 66: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	9,  // 67: types.Merlin.CreateServer:input_type -> types.RealServer
-	9,  // 68: types.Merlin.UpdateServer:input_type -> types.RealServer
-	9,  // 69: types.Merlin.DeleteServer:input_type -> types.RealServer
-	44, // 70: types.Merlin.List:input_type -> google.protobuf.Empty
-	43, // 71: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	12, // 72: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	13, // 73: types.Merlin.Watch:input_type -> types.WatchRequest
-	44, // 74: types.Merlin.Status:input_type -> google.protobuf.Empty
-	44, // 75: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	27, // 76: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	20, // 77: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	44, // 78: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	44, // 79: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	44, // 80: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	44, // 81: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	44, // 82: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	44, // 83: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	10, // 84: types.Merlin.List:output_type -> types.ListResponse
-	38, // 85: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	44, // 86: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	14, // 87: types.Merlin.Watch:output_type -> types.WatchEvent
-	26, // 88: types.Merlin.Status:output_type -> types.StatusResponse
-	31, // 89: types.Merlin.Stats:output_type -> types.StatsResponse
-	44, // 90: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	44, // 91: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	78, // [78:92] is the sub-list for method output_type
-	64, // [64:78] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	9,  // 0: types.Change.create_service:type_name -> types.VirtualService
+	9,  // 1: types.Change.update_service:type_name -> types.VirtualService
+	15, // 2: types.Change.delete_service:type_name -> types.DeleteServiceRequest
+	12, // 3: types.Change.create_server:type_name -> types.RealServer
+	12, // 4: types.Change.update_server:type_name -> types.RealServer
+	12, // 5: types.Change.delete_server:type_name -> types.RealServer
+	6,  // 6: types.ApplyChangesRequest.changes:type_name -> types.Change
+	35, // 7: types.VirtualService.key:type_name -> types.VirtualService.Key
+	36, // 8: types.VirtualService.config:type_name -> types.VirtualService.Config
+	37, // 9: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	11, // 10: types.VirtualService.announce:type_name -> types.Announce
+	10, // 11: types.VirtualService.passive_health:type_name -> types.PassiveHealth
+	42, // 12: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	43, // 13: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	44, // 14: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	44, // 15: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	44, // 16: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	38, // 17: types.RealServer.key:type_name -> types.RealServer.Key
+	39, // 18: types.RealServer.config:type_name -> types.RealServer.Config
+	40, // 19: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	41, // 20: types.ListResponse.items:type_name -> types.ListResponse.Item
+	14, // 21: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	5,  // 22: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	9,  // 23: types.WatchEvent.service:type_name -> types.VirtualService
+	12, // 24: types.WatchEvent.server:type_name -> types.RealServer
+	18, // 25: types.WatchEvent.node:type_name -> types.NodeStatus
+	45, // 26: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	27, // 27: types.NodeStatus.errors:type_name -> types.ObjectError
+	28, // 28: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	45, // 29: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	26, // 30: types.NodeStatus.servers:type_name -> types.ServerHealth
+	24, // 31: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	25, // 32: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	21, // 33: types.NodeStatus.drain:type_name -> types.DrainStatus
+	22, // 34: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	19, // 35: types.NodeStatus.counters:type_name -> types.CountersStatus
+	20, // 36: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	43, // 37: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	45, // 38: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	43, // 39: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	45, // 40: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	43, // 41: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	45, // 42: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	45, // 43: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	45, // 44: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	18, // 45: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	38, // 46: types.ServerStats.key:type_name -> types.RealServer.Key
+	31, // 47: types.ServerStats.counters:type_name -> types.Counters
+	35, // 48: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	31, // 49: types.ServiceStats.counters:type_name -> types.Counters
+	32, // 50: types.ServiceStats.servers:type_name -> types.ServerStats
+	33, // 51: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 52: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 53: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	44, // 54: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	44, // 55: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	42, // 56: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 57: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	40, // 58: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	44, // 59: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 60: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	44, // 61: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	44, // 62: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 63: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	46, // 64: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	43, // 65: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	43, // 66: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	43, // 67: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 68: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	9,  // 69: types.ListResponse.Item.service:type_name -> types.VirtualService
+	12, // 70: types.ListResponse.Item.servers:type_name -> types.RealServer
+	9,  // 71: types.Merlin.CreateService:input_type -> types.VirtualService
+	9,  // 72: types.Merlin.UpdateService:input_type -> types.VirtualService
+	46, // 73: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	12, // 74: types.Merlin.CreateServer:input_type -> types.RealServer
+	12, // 75: types.Merlin.UpdateServer:input_type -> types.RealServer
+	12, // 76: types.Merlin.DeleteServer:input_type -> types.RealServer
+	47, // 77: types.Merlin.List:input_type -> google.protobuf.Empty
+	46, // 78: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	15, // 79: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	16, // 80: types.Merlin.Watch:input_type -> types.WatchRequest
+	47, // 81: types.Merlin.Status:input_type -> google.protobuf.Empty
+	47, // 82: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	30, // 83: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	23, // 84: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	7,  // 85: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	47, // 86: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	47, // 87: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	47, // 88: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	47, // 89: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	47, // 90: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	47, // 91: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	13, // 92: types.Merlin.List:output_type -> types.ListResponse
+	41, // 93: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	47, // 94: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	17, // 95: types.Merlin.Watch:output_type -> types.WatchEvent
+	29, // 96: types.Merlin.Status:output_type -> types.StatusResponse
+	34, // 97: types.Merlin.Stats:output_type -> types.StatsResponse
+	47, // 98: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	47, // 99: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	8,  // 100: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	86, // [86:101] is the sub-list for method output_type
+	71, // [71:86] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -3432,13 +3692,21 @@ func file_types_proto_init() {
 	if File_types_proto != nil {
 		return
 	}
+	file_types_proto_msgTypes[0].OneofWrappers = []any{
+		(*Change_CreateService)(nil),
+		(*Change_UpdateService)(nil),
+		(*Change_DeleteService)(nil),
+		(*Change_CreateServer)(nil),
+		(*Change_UpdateServer)(nil),
+		(*Change_DeleteServer)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   33,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

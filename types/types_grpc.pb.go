@@ -39,6 +39,7 @@ const (
 	Merlin_Stats_FullMethodName                   = "/types.Merlin/Stats"
 	Merlin_ConfirmDeletions_FullMethodName        = "/types.Merlin/ConfirmDeletions"
 	Merlin_DrainNode_FullMethodName               = "/types.Merlin/DrainNode"
+	Merlin_ApplyChanges_FullMethodName            = "/types.Merlin/ApplyChanges"
 )
 
 // MerlinClient is the client API for Merlin service.
@@ -97,6 +98,12 @@ type MerlinClient interface {
 	// then withdrawn after withdraw_after), or ends it with undrain. The
 	// drain is stored in etcd and survives restarts.
 	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// ApplyChanges makes up to 32 changes in one etcd transaction: all of
+	// them or none. Each is checked against the state the ones before it
+	// leave (a swap of two VIPs is two key updates), with the rules and the
+	// revision preconditions of the single calls. A batch larger than one
+	// transaction takes is OutOfRange: apply it in smaller ones.
+	ApplyChanges(ctx context.Context, in *ApplyChangesRequest, opts ...grpc.CallOption) (*ApplyChangesResponse, error)
 }
 
 type merlinClient struct {
@@ -256,6 +263,16 @@ func (c *merlinClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts
 	return out, nil
 }
 
+func (c *merlinClient) ApplyChanges(ctx context.Context, in *ApplyChangesRequest, opts ...grpc.CallOption) (*ApplyChangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyChangesResponse)
+	err := c.cc.Invoke(ctx, Merlin_ApplyChanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MerlinServer is the server API for Merlin service.
 // All implementations must embed UnimplementedMerlinServer
 // for forward compatibility.
@@ -312,6 +329,12 @@ type MerlinServer interface {
 	// then withdrawn after withdraw_after), or ends it with undrain. The
 	// drain is stored in etcd and survives restarts.
 	DrainNode(context.Context, *DrainNodeRequest) (*emptypb.Empty, error)
+	// ApplyChanges makes up to 32 changes in one etcd transaction: all of
+	// them or none. Each is checked against the state the ones before it
+	// leave (a swap of two VIPs is two key updates), with the rules and the
+	// revision preconditions of the single calls. A batch larger than one
+	// transaction takes is OutOfRange: apply it in smaller ones.
+	ApplyChanges(context.Context, *ApplyChangesRequest) (*ApplyChangesResponse, error)
 	mustEmbedUnimplementedMerlinServer()
 }
 
@@ -363,6 +386,9 @@ func (UnimplementedMerlinServer) ConfirmDeletions(context.Context, *ConfirmDelet
 }
 func (UnimplementedMerlinServer) DrainNode(context.Context, *DrainNodeRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedMerlinServer) ApplyChanges(context.Context, *ApplyChangesRequest) (*ApplyChangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApplyChanges not implemented")
 }
 func (UnimplementedMerlinServer) mustEmbedUnimplementedMerlinServer() {}
 func (UnimplementedMerlinServer) testEmbeddedByValue()                {}
@@ -630,6 +656,24 @@ func _Merlin_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Merlin_ApplyChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyChangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).ApplyChanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_ApplyChanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).ApplyChanges(ctx, req.(*ApplyChangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Merlin_ServiceDesc is the grpc.ServiceDesc for Merlin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -688,6 +732,10 @@ var Merlin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainNode",
 			Handler:    _Merlin_DrainNode_Handler,
+		},
+		{
+			MethodName: "ApplyChanges",
+			Handler:    _Merlin_ApplyChanges_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
