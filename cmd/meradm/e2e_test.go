@@ -609,7 +609,11 @@ func TestMeradmApplyReachesAnyValidState(t *testing.T) {
 - {id: v4, protocol: tcp, address: "[2001:db8::3]:80", scheduler: rr, forward: masq, servers: [{address: "[2001:db8::13]:80", weight: 3}]}
 - {id: new, protocol: tcp, address: "198.18.0.4:80", scheduler: wlc, forward: masq}
 `)
-	ok(t, p, "apply", "-f", target, "--prune")
+	// A swap, a move to IPv6 with its server, a VIP handed over while its
+	// holder goes: in one etcd transaction.
+	if out := ok(t, p, "apply", "-f", target, "--prune", "--yes"); !strings.Contains(out, "changes in one transaction") {
+		t.Fatalf("apply did not use one transaction:\n%s", out)
+	}
 	if d := ok(t, p, "diff", "-f", target, "--prune"); strings.TrimSpace(d) != "no changes" {
 		t.Fatalf("not reached:\n%s", d)
 	}
@@ -654,7 +658,7 @@ func TestMeradmApplyLargeFile(t *testing.T) {
 		fmt.Fprintf(&b, "- {id: s%04d, protocol: tcp, address: \"198.18.%d.%d:80\", scheduler: rr, forward: masq, servers: [{address: \"198.19.0.1:%d\"}]}\n", i, i/250, i%250+1, 1000+i)
 	}
 	out := ok(t, p, "--timeout", "5s", "apply", "-f", writeFile(t, b.String()))
-	if !strings.Contains(out, fmt.Sprintf("applied %d changes", 2*n)) {
+	if !strings.Contains(out, fmt.Sprintf("applied %d changes\n", 2*n)) { // one by one: more than a transaction holds
 		t.Fatalf("apply: %s", out[max(0, len(out)-300):])
 	}
 }

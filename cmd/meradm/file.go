@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -512,20 +514,19 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 						return err
 					}
 				}
-				for i, ch := range changes {
-					fmt.Fprintln(g.out, ch)
-					if !apply {
-						continue
-					}
-					if _, err := call(ctx, g, func(ctx context.Context) (any, error) { return nil, applyChange(ctx, c, ch) }); err != nil {
-						return fmt.Errorf("%s: %w (%d of %d changes applied, the ones printed before this; run apply again once fixed)", strings.SplitN(ch.String(), ":", 2)[0], errors.New(errorLine(err)), i, len(changes))
-					}
-				}
 				if !apply {
+					for _, ch := range changes {
+						fmt.Fprintln(g.out, ch)
+					}
 					return errDifferences // diff exits 1 when there are differences, as diff(1)
 				}
-				fmt.Fprintf(g.out, "applied %d changes\n", len(changes))
-				return nil
+				if len(changes) <= maxBatch {
+					done, err := applyAtomically(ctx, g, c, changes)
+					if done || err != nil {
+						return err
+					}
+				}
+				return applyInOrder(ctx, g, c, changes)
 			})
 		},
 	}
@@ -536,6 +537,62 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 		cmd.Flags().BoolVarP(&yes, "yes", "y", false, "delete without asking, even many services or all of them")
 	}
 	return cmd
+}
+
+// maxBatch is the most changes merlin's ApplyChanges takes at once.
+const maxBatch = 32
+
+// applyAtomically makes the changes in one transaction: all or none.
+// done is false where the server cannot (an older merlin, or more than one
+// etcd transaction holds): then they go one by one.
+func applyAtomically(ctx context.Context, g *globals, c types.MerlinClient, changes []change) (done bool, err error) {
+	req := &types.ApplyChangesRequest{}
+	for _, ch := range changes {
+		req.Changes = append(req.Changes, ch.proto())
+	}
+	resp, err := call(ctx, g, func(ctx context.Context) (*types.ApplyChangesResponse, error) { return c.ApplyChanges(ctx, req) })
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.Unimplemented, codes.OutOfRange:
+		return false, nil
+	default:
+		return false, fmt.Errorf("nothing applied: %s", errorLine(err))
+	}
+	for _, ch := range changes {
+		fmt.Fprintln(g.out, ch)
+	}
+	fmt.Fprintf(g.out, "applied %d changes in one transaction (revision %d)\n", len(changes), resp.GetRevision())
+	return true, nil
+}
+
+// applyInOrder makes the changes one by one, in the plan's order, which
+// is valid at every step; a failure says what was applied.
+func applyInOrder(ctx context.Context, g *globals, c types.MerlinClient, changes []change) error {
+	for i, ch := range changes {
+		fmt.Fprintln(g.out, ch)
+		if _, err := call(ctx, g, func(ctx context.Context) (any, error) { return nil, applyChange(ctx, c, ch) }); err != nil {
+			return fmt.Errorf("%s: %w (%d of %d changes applied, the ones printed before this; run apply again once fixed)", strings.SplitN(ch.String(), ":", 2)[0], errors.New(errorLine(err)), i, len(changes))
+		}
+	}
+	fmt.Fprintf(g.out, "applied %d changes\n", len(changes))
+	return nil
+}
+
+// proto is the change as ApplyChanges takes it.
+func (ch change) proto() *types.Change {
+	switch {
+	case ch.server != nil && ch.op == "+":
+		return &types.Change{Change: &types.Change_CreateServer{CreateServer: ch.server}}
+	case ch.server != nil && ch.op == "~":
+		return &types.Change{Change: &types.Change_UpdateServer{UpdateServer: ch.server}}
+	case ch.server != nil:
+		return &types.Change{Change: &types.Change_DeleteServer{DeleteServer: ch.server}}
+	case ch.op == "+":
+		return &types.Change{Change: &types.Change_CreateService{CreateService: ch.service}}
+	case ch.op == "~":
+		return &types.Change{Change: &types.Change_UpdateService{UpdateService: ch.service}}
+	}
+	return &types.Change{Change: &types.Change_DeleteService{DeleteService: &types.DeleteServiceRequest{Id: ch.service.Id, Revision: ch.service.Revision}}}
 }
 
 // applyChange makes one change; updates and deletes carry the revision
