@@ -152,9 +152,9 @@ func safeAncestors(dir string) error {
 // program resolves the command's first word inside the directory: a bare
 // name, or a path that stays in it after symbolic links are followed.
 func (p *Prober) program(name string) (string, error) {
-	path := name
-	if !filepath.IsAbs(name) {
-		path = filepath.Join(p.dir, name)
+	path, name := name, short(name)
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(p.dir, path)
 	}
 	real, err := filepath.EvalSymlinks(filepath.Clean(path))
 	if err != nil {
@@ -203,11 +203,19 @@ func (p *Prober) Probe(ctx context.Context, c health.Check) error {
 	}
 	switch {
 	case ctx.Err() != nil:
-		return &health.ProbeError{Reason: health.ReasonTimeout, Err: fmt.Errorf("%s: %w", args[0], ctx.Err())}
+		return &health.ProbeError{Reason: health.ReasonTimeout, Err: fmt.Errorf("%s: %w", short(args[0]), ctx.Err())}
 	case err != nil:
-		return &health.ProbeError{Reason: health.ReasonExit, Err: fmt.Errorf("%s: %v: %s", args[0], err, strings.TrimSpace(out.String()))}
+		return &health.ProbeError{Reason: health.ReasonExit, Err: fmt.Errorf("%s: %v: %s", short(args[0]), err, strings.TrimSpace(out.String()))}
 	}
 	return nil
+}
+
+// short quotes at most 64 bytes of a program's name in a message.
+func short(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }
 
 // boundedBuffer keeps the first limit bytes written to it and drops the rest.
