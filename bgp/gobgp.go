@@ -2,14 +2,15 @@ package bgp
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/server"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 var (
@@ -17,11 +18,11 @@ var (
 	ipv6Unicast = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
 )
 
-func family(p netip.Prefix) *api.Family {
+func nativeFamily(p netip.Prefix) pkt.Family {
 	if p.Addr().Is4() {
-		return ipv4Unicast
+		return pkt.RF_IPv4_UC
 	}
-	return ipv6Unicast
+	return pkt.RF_IPv6_UC
 }
 
 func gobgpFamily(f Family) *api.Family {
@@ -31,48 +32,54 @@ func gobgpFamily(f Family) *api.Family {
 	return ipv4Unicast
 }
 
+var (
+	unspecified4 = netip.IPv4Unspecified()
+	unspecified6 = netip.IPv6Unspecified()
+)
+
 // path is the GoBGP path of a route. The unspecified next hop becomes
 // each session's local address (GoBGP does this for local paths).
-func (s *Speaker) path(r Route) *api.Path {
-	nlri := mustAny(&api.IPAddressPrefix{Prefix: r.Prefix.Addr().String(), PrefixLen: uint32(r.Prefix.Bits())})
-	attrs := []*anypb.Any{mustAny(&api.OriginAttribute{Origin: 0})} // IGP
+func (s *Speaker) path(r Route) (*apiutil.Path, error) {
+	nlri, err := pkt.NewIPAddrPrefix(r.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	attrs := []pkt.PathAttributeInterface{pkt.NewPathAttributeOrigin(pkt.BGP_ORIGIN_ATTR_TYPE_IGP)}
 	if r.Prefix.Addr().Is4() {
-		attrs = append(attrs, mustAny(&api.NextHopAttribute{NextHop: "0.0.0.0"}))
-	} else {
-		nh := "::"
-		if s.cfg.NextHopIPv6.IsValid() {
-			nh = s.cfg.NextHopIPv6.String()
+		nh, err := pkt.NewPathAttributeNextHop(unspecified4)
+		if err != nil {
+			return nil, err
 		}
-		attrs = append(attrs, mustAny(&api.MpReachNLRIAttribute{Family: ipv6Unicast, NextHops: []string{nh}, Nlris: []*anypb.Any{nlri}}))
+		attrs = append(attrs, nh)
+	} else {
+		nh := unspecified6
+		if s.cfg.NextHopIPv6.IsValid() {
+			nh = s.cfg.NextHopIPv6
+		}
+		mp, err := pkt.NewPathAttributeMpReachNLRI(pkt.RF_IPv6_UC, []pkt.PathNLRI{{NLRI: nlri}}, nh)
+		if err != nil {
+			return nil, err
+		}
+		attrs = append(attrs, mp)
 	}
 	if cs := r.Communities; len(cs) > 0 {
-		c := &api.CommunitiesAttribute{}
-		for _, x := range cs {
-			c.Communities = append(c.Communities, uint32(x))
+		vals := make([]uint32, len(cs))
+		for i, x := range cs {
+			vals[i] = uint32(x)
 		}
-		attrs = append(attrs, mustAny(c))
+		attrs = append(attrs, pkt.NewPathAttributeCommunities(vals))
 	}
 	if ls := r.LargeCommunities; len(ls) > 0 {
-		c := &api.LargeCommunitiesAttribute{}
-		for _, x := range ls {
-			c.Communities = append(c.Communities, &api.LargeCommunity{GlobalAdmin: x.Global, LocalData1: x.Local1, LocalData2: x.Local2})
+		vals := make([]*pkt.LargeCommunity, len(ls))
+		for i, x := range ls {
+			vals[i] = pkt.NewLargeCommunity(x.Global, x.Local1, x.Local2)
 		}
-		attrs = append(attrs, mustAny(c))
+		attrs = append(attrs, pkt.NewPathAttributeLargeCommunities(vals))
 	}
 	if r.LocalPref != nil {
-		attrs = append(attrs, mustAny(&api.LocalPrefAttribute{LocalPref: *r.LocalPref}))
+		attrs = append(attrs, pkt.NewPathAttributeLocalPref(*r.LocalPref))
 	}
-	return &api.Path{Family: family(r.Prefix), Nlri: nlri, Pattrs: attrs}
-}
-
-// mustAny wraps a GoBGP attribute message; it fails only for a nil
-// message, which these callers never pass.
-func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
-		panic(err)
-	}
-	return a
+	return &apiutil.Path{Family: nativeFamily(r.Prefix), Nlri: nlri, Attrs: attrs}, nil
 }
 
 func secs(d, def time.Duration) uint64 {
@@ -125,8 +132,8 @@ func (s *Speaker) peerConf(p Peer) *api.Peer {
 // setPolicies: import nothing; export host routes only.
 func setPolicies(ctx context.Context, srv *server.BgpServer) error {
 	sets := []*api.DefinedSet{
-		{DefinedType: api.DefinedType_PREFIX, Name: "merlin-host-v4", Prefixes: []*api.Prefix{{IpPrefix: "0.0.0.0/0", MaskLengthMin: 32, MaskLengthMax: 32}}},
-		{DefinedType: api.DefinedType_PREFIX, Name: "merlin-host-v6", Prefixes: []*api.Prefix{{IpPrefix: "::/0", MaskLengthMin: 128, MaskLengthMax: 128}}},
+		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: "merlin-host-v4", Prefixes: []*api.Prefix{{IpPrefix: "0.0.0.0/0", MaskLengthMin: 32, MaskLengthMax: 32}}},
+		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: "merlin-host-v6", Prefixes: []*api.Prefix{{IpPrefix: "::/0", MaskLengthMin: 128, MaskLengthMax: 128}}},
 	}
 	policy := &api.Policy{Name: "merlin-export"}
 	for _, ds := range sets {
@@ -135,15 +142,15 @@ func setPolicies(ctx context.Context, srv *server.BgpServer) error {
 		}
 		policy.Statements = append(policy.Statements, &api.Statement{
 			Name:       ds.Name,
-			Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: ds.Name}},
-			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+			Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: ds.Name}},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
 		})
 	}
 	// The global import policy sees merlin's own paths too: accept those.
 	imports := &api.Policy{Name: "merlin-import", Statements: []*api.Statement{{
 		Name:       "merlin-local",
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
-		Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
 	}}}
 	for _, p := range []*api.Policy{policy, imports} {
 		if err := srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: p}); err != nil {
@@ -151,8 +158,8 @@ func setPolicies(ctx context.Context, srv *server.BgpServer) error {
 		}
 	}
 	for _, pa := range []*api.PolicyAssignment{
-		{Name: "global", Direction: api.PolicyDirection_IMPORT, Policies: []*api.Policy{{Name: imports.Name}}, DefaultAction: api.RouteAction_REJECT},
-		{Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: policy.Name}}, DefaultAction: api.RouteAction_REJECT},
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_IMPORT, Policies: []*api.Policy{{Name: imports.Name}}, DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT},
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_EXPORT, Policies: []*api.Policy{{Name: policy.Name}}, DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT},
 	} {
 		if err := srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: pa}); err != nil {
 			return err
@@ -164,3 +171,5 @@ func setPolicies(ctx context.Context, srv *server.BgpServer) error {
 func alreadyPeer(err error) bool {
 	return strings.Contains(err.Error(), "can't overwrite the existing peer")
 }
+
+var _ = fmt.Sprint

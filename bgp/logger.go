@@ -2,19 +2,24 @@ package bgp
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
-	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
-// events keeps what GoBGP reports only in its log: why a session went
-// down, and a peer over its prefix limit.
+// events keeps what the speaker learns about its sessions from GoBGP's
+// peer events: why a session went down, a peer shut down for its prefix
+// limit, and connections refused from addresses that are no peer.
 type events struct {
-	overLimit chan string   // peer addresses to shut down
-	changed   chan struct{} // a session went up or down
+	changed chan struct{} // a session changed state (coalesced)
+
+	refused atomic.Uint64 // connections from unconfigured addresses
 
 	mu        sync.Mutex
 	lastError map[string]string
@@ -22,19 +27,7 @@ type events struct {
 }
 
 func newEvents() *events {
-	return &events{overLimit: make(chan string, 16), changed: make(chan struct{}, 1), lastError: map[string]string{}, shut: map[string]bool{}}
-}
-
-func (e *events) setError(addr, msg string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.lastError[addr] = msg
-}
-
-func (e *events) setShut(addr string, v bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.shut[addr] = v
+	return &events{changed: make(chan struct{}, 1), lastError: map[string]string{}, shut: map[string]bool{}}
 }
 
 func (e *events) poke() {
@@ -50,78 +43,102 @@ func (e *events) get(addr string) (lastError string, shut bool) {
 	return e.lastError[addr], e.shut[addr]
 }
 
-// logger passes GoBGP's logs to slog and notes the peer events in them.
-type logger struct {
-	log *slog.Logger
-	ev  *events
-}
-
-func (l *logger) note(msg string, f gobgplog.Fields) {
-	key, _ := f["Key"].(string)
-	if key == "" {
+// peerEvent notes a session's new state. A peer GoBGP shut down for its
+// prefix limit stays down (admin state PFX_CT) until merlin restarts.
+func (e *events) peerEvent(ev *apiutil.WatchEventMessage_PeerEvent, limit func(addr string) uint32) {
+	if ev.Type != apiutil.PEER_EVENT_STATE {
 		return
 	}
-	switch msg {
-	case "Peer Up":
-		l.ev.poke()
-	case "Peer Down":
-		defer l.ev.poke()
-		if reason, ok := f["Reason"]; ok {
-			if _, shut := l.ev.get(key); !shut {
-				l.ev.setError(key, fmt.Sprint(reason))
-			}
-		}
-	case "prefix limit reached":
-		if _, warnOnly := f["Pct"]; !warnOnly {
-			select {
-			case l.ev.overLimit <- key:
-			default: // a shutdown is already queued
-			}
-		}
+	defer e.poke()
+	st := ev.Peer.State
+	addr := st.NeighborAddress.String()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case st.AdminState == api.PeerState_ADMIN_STATE_PFX_CT:
+		e.shut[addr] = true
+		e.lastError[addr] = "shut down: sent more than " + itoa(limit(addr)) + " prefixes (merlin imports none)"
+	case st.SessionState == pkt.BGP_FSM_ESTABLISHED:
+		e.shut[addr] = false
+	case st.DisconnectMessage != "" && !e.shut[addr]:
+		e.lastError[addr] = st.DisconnectMessage
 	}
 }
 
-func (l *logger) emit(level slog.Level, msg string, f gobgplog.Fields) {
-	l.note(msg, f)
-	if !l.log.Enabled(context.Background(), level) {
-		return
-	}
-	attrs := make([]any, 0, 2*len(f)+2)
-	attrs = append(attrs, "component", "bgp")
-	for _, k := range slices.Sorted(mapsKeys(f)) {
-		attrs = append(attrs, k, f[k])
-	}
-	l.log.Log(context.Background(), level, msg, attrs...)
-}
-
-func mapsKeys(f gobgplog.Fields) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range f {
-			if !yield(k) {
-				return
-			}
+func itoa(n uint32) string {
+	var b [10]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
 		}
 	}
 }
 
-// Panic is GoBGP's "code logic bug": it expects not to return.
-func (l *logger) Panic(msg string, f gobgplog.Fields) {
-	l.emit(slog.LevelError, msg, f)
-	panic("gobgp: " + msg)
+// refusedConnection is GoBGP's log line for a connection from an address
+// that is no configured peer.
+const refusedConnection = "Can't find configuration for a new passive connection"
+
+// logHandler passes GoBGP's logs on to merlin's handler, and turns the line GoBGP writes for every connection
+// from an unconfigured address into a counter and at most one line per
+// refusedLogEvery (anyone who can reach the port could flood the log).
+type logHandler struct {
+	slog.Handler
+	ev *events
+
+	// shared by the handlers WithAttrs derives
+	mu   *sync.Mutex
+	last *time.Time // last refusal logged
 }
 
-// Fatal is logged, never exits: merlin decides when it stops.
-func (l *logger) Fatal(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
-func (l *logger) Error(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
-func (l *logger) Warn(msg string, f gobgplog.Fields)  { l.emit(slog.LevelWarn, msg, f) }
-func (l *logger) Info(msg string, f gobgplog.Fields)  { l.emit(slog.LevelInfo, msg, f) }
-func (l *logger) Debug(msg string, f gobgplog.Fields) { l.emit(slog.LevelDebug, msg, f) }
-func (l *logger) SetLevel(gobgplog.LogLevel)          {}
+const refusedLogEvery = time.Minute
 
-// GetLevel lets GoBGP skip building debug fields unless slog wants them.
-func (l *logger) GetLevel() gobgplog.LogLevel {
-	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		return gobgplog.DebugLevel
+func newLogHandler(h slog.Handler, ev *events) *logHandler {
+	return &logHandler{Handler: h, ev: ev,
+		mu: &sync.Mutex{}, last: &time.Time{}}
+}
+
+func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, refusedConnection) {
+		n := h.ev.refused.Add(1)
+		if !h.refusedDue(r.Time) {
+			return nil
+		}
+		out := slog.NewRecord(r.Time, slog.LevelWarn, "refused a connection from an address that is no configured peer (logged at most once a minute; merlin_bgp_refused_connections_total counts all)", r.PC)
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "Key" {
+				out.AddAttrs(slog.String("from", a.Value.String()))
+			}
+			return true
+		})
+		out.AddAttrs(slog.Uint64("total", n))
+		r = out
 	}
-	return gobgplog.InfoLevel
+	return h.Handler.Handle(ctx, r)
+}
+
+// refusedDue: the first refusal is logged, then at most one a minute.
+func (h *logHandler) refusedDue(now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.last.IsZero() && now.Sub(*h.last) < refusedLogEvery {
+		return false
+	}
+	*h.last = now
+	return true
+}
+
+func (h *logHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.Handler = h.Handler.WithAttrs(as)
+	return &c
+}
+
+func (h *logHandler) WithGroup(name string) slog.Handler {
+	c := *h
+	c.Handler = h.Handler.WithGroup(name)
+	return &c
 }

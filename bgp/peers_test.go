@@ -91,9 +91,10 @@ protocol bgp merlin {
 		t.Fatal(err)
 	}
 	daemon(t, ns, bird, "-f", "-c", conf, "-s", sock)
-	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
+	// The speaker as merlin runs it: in a process of its own.
+	s := startSupervised(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
 		Address: netip.MustParseAddr("198.18.5.2"), Port: port, AS: 65000, Local: netip.MustParseAddr("198.18.5.1"),
-		Password: "s3cret", HoldTime: 9 * time.Second, ConnectRetry: time.Second}}})
+		Password: "s3cret", HoldTime: 9 * time.Second, ConnectRetry: time.Second}}}, testLog(t))
 	shut := HostRoute(netip.MustParseAddr("198.18.0.2"))
 	shut.Communities = []Community{GracefulShutdown}
 	if err := s.Set(context.Background(), []Route{HostRoute(netip.MustParseAddr("198.18.0.1")), shut}); err != nil {

@@ -8,9 +8,11 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // Speaker announces a set of host routes to its peers.
@@ -54,13 +56,19 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 // the first Set, so a starting node opens no session (and, with graceful
 // restart, sends no End-of-RIB) before it knows what it serves. On return:
 // with graceful restart configured the sessions are left to end with the
-// process (the routers keep the routes as stale for the restart time);
+// process (the routers keep the routes as stale for the restart time;
+// stopping GoBGP would send each a Cease, which ends graceful restart);
 // without it every peer is sent a Cease and withdraws the routes at once.
 func (s *Speaker) Run(ctx context.Context) error {
-	srv := server.NewBgpServer(server.LoggerOption(&logger{log: s.log, ev: s.ev}))
-	go srv.Serve() // never returns (GoBGP v3); see the package doc
+	srv := server.NewBgpServer(server.LoggerOption(slog.New(newLogHandler(s.log.Handler(), s.ev)), nil))
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve()
+	}()
 	if err := s.start(ctx, srv); err != nil {
 		srv.Stop()
+		<-served
 		return err
 	}
 	s.mu.Lock()
@@ -71,20 +79,15 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err != nil {
 		s.log.Warn("bgp: first announcement", "error", err)
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			s.mu.Lock()
-			s.srv = nil
-			s.mu.Unlock()
-			if !s.gracefulRun {
-				srv.Stop()
-			}
-			return nil
-		case addr := <-s.ev.overLimit:
-			s.shutDown(ctx, srv, addr)
-		}
+	<-ctx.Done()
+	s.mu.Lock()
+	s.srv = nil
+	s.mu.Unlock()
+	if !s.gracefulRun {
+		srv.Stop()
+		<-served
 	}
+	return nil
 }
 
 func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
@@ -100,6 +103,17 @@ func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
 	}
 	if err := setPolicies(ctx, srv); err != nil {
 		return fmt.Errorf("bgp policies: %w", err)
+	}
+	limit := func(addr string) uint32 {
+		p, _ := s.peerByAddress(addr)
+		return p.maxPrefixes()
+	}
+	// The watch ends with ctx (its goroutine is GoBGP's).
+	err := srv.WatchEvent(ctx, server.WatchEventMessageCallbacks{
+		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) { s.ev.peerEvent(ev, limit) },
+	}, server.WatchPeer())
+	if err != nil {
+		return fmt.Errorf("watch bgp peers: %w", err)
 	}
 	return nil
 }
@@ -171,7 +185,7 @@ func (s *Speaker) syncLocked(ctx context.Context, want []Route) error {
 			kept++
 			continue
 		}
-		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: s.path(r)}); err != nil {
+		if err := s.announce(r); err != nil {
 			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
 			if old != nil && old.gen != s.gen {
 				old.gen = s.gen // still held as it was: withdraw it only when no longer wanted
@@ -189,7 +203,7 @@ func (s *Speaker) syncLocked(ctx context.Context, want []Route) error {
 			if old.gen == s.gen {
 				continue
 			}
-			if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: family(p), Path: s.path(old.Route)}); err != nil {
+			if err := s.withdraw(old.Route); err != nil {
 				errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
 				continue
 			}
@@ -233,20 +247,26 @@ func (s *Speaker) Announced() []Route {
 	return out
 }
 
-func (s *Speaker) shutDown(ctx context.Context, srv *server.BgpServer, addr string) {
-	p, ok := s.peerByAddress(addr)
-	if !ok {
-		return
+func (s *Speaker) announce(r Route) error {
+	p, err := s.path(r)
+	if err != nil {
+		return err
 	}
-	msg := fmt.Sprintf("shut down: sent more than %d prefixes (merlin imports none)", p.maxPrefixes())
-	s.ev.setError(addr, msg)
-	s.ev.setShut(addr, true)
-	s.ev.poke()
-	s.log.Error("bgp peer shut down", "peer", addr, "reason", msg)
-	if err := srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: addr, Communication: "maximum prefixes exceeded"}); err != nil {
-		s.log.Warn("bgp: disable peer", "peer", addr, "error", err)
-	}
+	_, err = s.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{p}})
+	return err
 }
+
+func (s *Speaker) withdraw(r Route) error {
+	p, err := s.path(r)
+	if err != nil {
+		return err
+	}
+	return s.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{p}})
+}
+
+// RefusedConnections counts connections to the BGP port from addresses
+// that are no configured peer (each closed at once).
+func (s *Speaker) RefusedConnections() uint64 { return s.ev.refused.Load() }
 
 func (s *Speaker) peerByAddress(addr string) (Peer, bool) {
 	for _, p := range s.cfg.Peers {

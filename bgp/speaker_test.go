@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/server"
-	"google.golang.org/protobuf/types/known/anypb"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // router is an in-process GoBGP standing in for a router: it accepts
@@ -29,8 +30,12 @@ type router struct {
 
 func newRouter(t *testing.T, addr string, as uint32, neighbors ...*api.Peer) *router {
 	t.Helper()
-	r := &router{t: t, srv: server.NewBgpServer(server.LoggerOption(&logger{log: testLog(t), ev: newEvents()})), addr: netip.MustParseAddr(addr), port: freePort(t, addr)}
-	go r.srv.Serve()
+	r := &router{t: t, srv: server.NewBgpServer(server.LoggerOption(testLog(t), nil)), addr: netip.MustParseAddr(addr), port: freePort(t, addr)}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		r.srv.Serve()
+	}()
 	ctx := context.Background()
 	if err := r.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{Asn: as, RouterId: "192.0.2.254", ListenPort: int32(r.port), ListenAddresses: []string{addr}}}); err != nil {
 		t.Fatal(err)
@@ -40,7 +45,10 @@ func newRouter(t *testing.T, addr string, as uint32, neighbors ...*api.Peer) *ro
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(r.srv.Stop)
+	t.Cleanup(func() {
+		r.srv.Stop()
+		<-served
+	})
 	return r
 }
 
@@ -65,7 +73,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func freePort(t *testing.T, addr string) int {
+func freePort(t testing.TB, addr string) int {
 	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
 	if err != nil {
 		t.Fatal(err)
@@ -75,12 +83,12 @@ func freePort(t *testing.T, addr string) int {
 }
 
 // learned is what the router holds from merlin: prefix → path.
-func (r *router) learned(f *api.Family) map[netip.Prefix]*api.Path {
-	out := map[netip.Prefix]*api.Path{}
-	err := r.srv.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: f}, func(d *api.Destination) {
-		for _, p := range d.GetPaths() {
-			if p.GetNeighborIp() != "" && p.GetNeighborIp() != "<nil>" {
-				out[netip.MustParsePrefix(d.GetPrefix())] = p
+func (r *router) learned(f pkt.Family) map[netip.Prefix]*apiutil.Path {
+	out := map[netip.Prefix]*apiutil.Path{}
+	err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: f}, func(n pkt.NLRI, paths []*apiutil.Path) {
+		for _, p := range paths {
+			if p.PeerAddress.IsValid() {
+				out[netip.MustParsePrefix(n.String())] = p
 			}
 		}
 	})
@@ -92,18 +100,20 @@ func (r *router) learned(f *api.Family) map[netip.Prefix]*api.Path {
 
 func (r *router) announce(prefixes ...string) {
 	for _, s := range prefixes {
-		p := netip.MustParsePrefix(s)
-		nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
-		origin, _ := anypb.New(&api.OriginAttribute{})
-		nh, _ := anypb.New(&api.NextHopAttribute{NextHop: r.addr.String()})
-		if _, err := r.srv.AddPath(context.Background(), &api.AddPathRequest{Path: &api.Path{Family: ipv4Unicast, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}}); err != nil {
+		nlri, err := pkt.NewIPAddrPrefix(netip.MustParsePrefix(s))
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		nh, _ := pkt.NewPathAttributeNextHop(r.addr)
+		p := &apiutil.Path{Family: pkt.RF_IPv4_UC, Nlri: nlri, Attrs: []pkt.PathAttributeInterface{pkt.NewPathAttributeOrigin(0), nh}}
+		if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{p}}); err != nil {
 			r.t.Fatal(err)
 		}
 	}
 }
 
 // eventually waits for cond, failing after a generous deadline.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -152,8 +162,8 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	if err := s.Set(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "both routes at the router", func() bool { return len(r.learned(ipv4Unicast)) == 2 })
-	p := r.learned(ipv4Unicast)[netip.MustParsePrefix("198.18.0.2/32")]
+	eventually(t, "both routes at the router", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 2 })
+	p := r.learned(pkt.RF_IPv4_UC)[netip.MustParsePrefix("198.18.0.2/32")]
 	attrs := attributes(t, p)
 	if got := attrs.communities; !slices.Equal(got, []uint32{64512<<16 | 7, 0xFFFF0000}) {
 		t.Errorf("communities %x, want 64512:7 and GRACEFUL_SHUTDOWN", got)
@@ -171,7 +181,7 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	if err := s.Set(ctx, want[:1]); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "198.18.0.2 withdrawn", func() bool { return len(r.learned(ipv4Unicast)) == 1 })
+	eventually(t, "198.18.0.2 withdrawn", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 1 })
 	// Changed attributes replace the route.
 	changed := want[0]
 	changed.Communities = []Community{65000<<16 | 1}
@@ -179,7 +189,7 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "new community at the router", func() bool {
-		p := r.learned(ipv4Unicast)[changed.Prefix]
+		p := r.learned(pkt.RF_IPv4_UC)[changed.Prefix]
 		return p != nil && slices.Equal(attributes(t, p).communities, []uint32{65000<<16 | 1})
 	})
 	ps, err := s.Peers(ctx)
@@ -290,7 +300,7 @@ func TestSpeakerIPv6(t *testing.T) {
 	if err := s.Set(context.Background(), []Route{HostRoute(netip.MustParseAddr("2001:db8::1"))}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the IPv6 route at the router", func() bool { return len(r.learned(ipv6Unicast)) == 1 })
+	eventually(t, "the IPv6 route at the router", func() bool { return len(r.learned(pkt.RF_IPv6_UC)) == 1 })
 	if err := s.Set(context.Background(), []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err == nil {
 		t.Error("an IPv4 route accepted with only an IPv6 family configured")
 	}
@@ -302,21 +312,17 @@ type pathAttrs struct {
 	large       []LargeCommunity
 }
 
-func attributes(t *testing.T, p *api.Path) pathAttrs {
+func attributes(t *testing.T, p *apiutil.Path) pathAttrs {
 	var out pathAttrs
-	for _, a := range p.GetPattrs() {
-		m, err := a.UnmarshalNew()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch x := m.(type) {
-		case *api.NextHopAttribute:
-			out.nextHop = x.NextHop
-		case *api.CommunitiesAttribute:
-			out.communities = x.Communities
-		case *api.LargeCommunitiesAttribute:
-			for _, c := range x.Communities {
-				out.large = append(out.large, LargeCommunity{c.GlobalAdmin, c.LocalData1, c.LocalData2})
+	for _, a := range p.Attrs {
+		switch x := a.(type) {
+		case *pkt.PathAttributeNextHop:
+			out.nextHop = x.Value.String()
+		case *pkt.PathAttributeCommunities:
+			out.communities = x.Value
+		case *pkt.PathAttributeLargeCommunities:
+			for _, c := range x.Values {
+				out.large = append(out.large, LargeCommunity{c.ASN, c.LocalData1, c.LocalData2})
 			}
 		}
 	}

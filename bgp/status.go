@@ -7,7 +7,9 @@ import (
 	"strings"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // PeerStatus is one session as the speaker sees it.
@@ -55,7 +57,8 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 func fill(st *PeerStatus, p *api.Peer) {
 	state := p.GetState()
 	st.State = strings.ToLower(strings.TrimPrefix(state.GetSessionState().String(), "SESSION_STATE_"))
-	st.Up = state.GetSessionState() == api.PeerState_ESTABLISHED
+	st.Up = state.GetSessionState() == api.PeerState_SESSION_STATE_ESTABLISHED
+	st.Shut = st.Shut || state.GetAdminState() == api.PeerState_ADMIN_STATE_PFX_CT
 	st.Transitions = state.GetFlops()
 	st.UpdatesSent = state.GetMessages().GetSent().GetUpdate()
 	if st.Up {
@@ -77,9 +80,9 @@ func (s *Speaker) Table(ctx context.Context) ([]netip.Prefix, error) {
 		return nil, nil
 	}
 	var out []netip.Prefix
-	for _, f := range []*api.Family{ipv4Unicast, ipv6Unicast} {
-		err := srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: f}, func(d *api.Destination) {
-			if p, err := netip.ParsePrefix(d.GetPrefix()); err == nil {
+	for _, f := range []pkt.Family{pkt.RF_IPv4_UC, pkt.RF_IPv6_UC} {
+		err := srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: f}, func(n pkt.NLRI, _ []*apiutil.Path) {
+			if p, err := netip.ParsePrefix(n.String()); err == nil {
 				out = append(out, p)
 			}
 		})

@@ -13,13 +13,14 @@ import (
 type PeerLister interface {
 	Peers(ctx context.Context) ([]bgp.PeerStatus, error)
 	Announced() []bgp.Route
+	RefusedConnections() uint64
 }
 
 // bgpCollector reads the speaker's sessions on each scrape.
 type bgpCollector struct {
 	s                                          PeerLister
 	up, transitions, updates, sent, recv, shut *prometheus.Desc
-	routes                                     *prometheus.Desc
+	routes, refused, restarts                  *prometheus.Desc
 }
 
 // NewBGPCollector exports the speaker's sessions, labelled by peer
@@ -36,11 +37,15 @@ func NewBGPCollector(s PeerLister) prometheus.Collector {
 		recv:        d("merlin_bgp_prefixes_received", "Prefixes the peer sent (never imported)."),
 		shut:        d("merlin_bgp_peer_shut", "1 while the peer is shut down for sending more prefixes than its limit."),
 		routes:      prometheus.NewDesc("merlin_bgp_routes_announced", "VIP host routes the speaker announces.", nil, nil),
+		refused: prometheus.NewDesc("merlin_bgp_refused_connections_total",
+			"Connections to the BGP port from addresses that are no configured peer, closed at once.", nil, nil),
+		restarts: prometheus.NewDesc("merlin_bgp_speaker_restarts_total",
+			"Times the BGP speaker process ended without being asked to and was started again.", nil, nil),
 	}
 }
 
 func (c *bgpCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.transitions, c.updates, c.sent, c.recv, c.shut, c.routes} {
+	for _, d := range []*prometheus.Desc{c.up, c.transitions, c.updates, c.sent, c.recv, c.shut, c.routes, c.refused, c.restarts} {
 		ch <- d
 	}
 }
@@ -49,6 +54,10 @@ func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	ch <- prometheus.MustNewConstMetric(c.routes, prometheus.GaugeValue, float64(len(c.s.Announced())))
+	ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.s.RefusedConnections()))
+	if r, ok := c.s.(interface{ Restarts() uint64 }); ok {
+		ch <- prometheus.MustNewConstMetric(c.restarts, prometheus.CounterValue, float64(r.Restarts()))
+	}
 	peers, err := c.s.Peers(ctx)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.up, err)

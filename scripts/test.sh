@@ -64,6 +64,8 @@ for pkg in $(go list ./...); do
     budget=$FUZZTIME
     # Each FuzzAPI input is RPCs through a real etcd: fewer of them.
     [ "$target" = FuzzAPI ] && budget=${FUZZTIME_API:-20000x}
+    # Each FuzzHostileRouter input is a BGP session over TCP.
+    [ "$target" = FuzzHostileRouter ] && budget=${FUZZTIME_BGP:-5000x}
     echo "fuzz $pkg $target ($budget)"
     go test -json -run '^$' -fuzz "^${target}\$" -fuzztime "$budget" "$pkg" >> "$out/fuzz.json"
   done

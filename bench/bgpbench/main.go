@@ -24,11 +24,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	// Debian's gobgpd is 3.x: its gRPC API is v3's (merlin embeds v4).
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -119,7 +121,7 @@ func run() error {
 			return err
 		}
 	}
-	fmt.Printf("bird2 %s, gobgpd %s, merlin's GoBGP v3.37.0; %d routes\n\n", b.version(), g.version, *large)
+	fmt.Printf("bird2 %s, gobgpd %s, merlin's GoBGP %s; %d routes\n\n", b.version(), g.version, embeddedGoBGP(), *large)
 
 	bulk := map[string][]time.Duration{}
 	for r := range *rounds {
@@ -559,4 +561,16 @@ func (rw *routeWatch) wait(p netip.Prefix, added bool, timeout time.Duration) (t
 			return time.Time{}, fmt.Errorf("route %s not %s within %s", p, map[bool]string{true: "added", false: "deleted"}[added], timeout)
 		}
 	}
+}
+
+// embeddedGoBGP is the version of GoBGP linked into merlin's speaker.
+func embeddedGoBGP() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range bi.Deps {
+			if strings.HasPrefix(m.Path, "github.com/osrg/gobgp/v4") {
+				return m.Version
+			}
+		}
+	}
+	return "(unknown)"
 }

@@ -209,7 +209,7 @@ func mergeBGPFlags(fs *flag.FlagSet, dst *bgpFile, flags bgpFile, peers peerFlag
 
 // reportPeers keeps the speaker's sessions in node status: on every
 // session change, and every few seconds for the prefix counts.
-func reportPeers(ctx context.Context, s *bgp.Speaker, runner *control.Runner, log *slog.Logger) {
+func reportPeers(ctx context.Context, s *bgp.Supervised, runner *control.Runner, log *slog.Logger) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {

@@ -274,6 +274,7 @@ func shorten(s string) string {
 }
 
 func main() {
+	bgp.RunChildIfAsked() // this process may be merlin's BGP speaker
 	o, err := parseFlags(os.Args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -567,10 +568,10 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		}
 		sinks = append(sinks, control.NewVIPSink(v))
 	}
-	var speaker *bgp.Speaker
+	var speaker *bgp.Supervised
 	if o.bgp != nil {
 		var err error
-		if speaker, err = bgp.New(*o.bgp, log.With("component", "bgp")); err != nil {
+		if speaker, err = bgp.NewSupervised(*o.bgp, log.With("component", "bgp"), ""); err != nil {
 			table.Close()
 			return nil, nil, nil, err
 		}

@@ -1,0 +1,371 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/rpc"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Supervised is a Speaker in a child process of its own. GoBGP parses
+// whatever a router sends in goroutines merlin cannot guard, and Go cannot
+// recover another goroutine's panic: a GoBGP bug reachable from the wire
+// would end the whole of merlin (API, health checks, IPVS reconciliation).
+// In a child it ends only the speaker: the supervisor logs it, counts it,
+// starts a new one (with backoff) and hands it the route set again. The
+// routers see the sessions reset (with graceful restart they keep the
+// routes meanwhile); the rest of the node never notices.
+type Supervised struct {
+	cfg Config
+	log *slog.Logger
+	exe string
+
+	changed  chan struct{}
+	restarts atomic.Uint64
+
+	mu        sync.Mutex
+	client    *rpc.Client // nil while no speaker runs
+	pid       int
+	want      []Route
+	wantSet   bool
+	downWhy   string // why no speaker runs
+	refusedBy uint64 // refusals counted by speakers that ended
+	refusedIn uint64 // the running speaker's count, last read
+}
+
+// Backoff between speaker restarts; reset once one ran a minute.
+const (
+	restartMin    = time.Second
+	restartMax    = 30 * time.Second
+	stableRunTime = time.Minute
+	callTimeout   = 10 * time.Second
+)
+
+// NewSupervised checks the configuration; it starts nothing. exe is the
+// program to run as the speaker (empty: this one), which must call
+// RunChildIfAsked first thing.
+func NewSupervised(cfg Config, log *slog.Logger, exe string) (*Supervised, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("bgp speaker: this program's path: %w", err)
+		}
+	}
+	return &Supervised{cfg: cfg, log: log, exe: exe, changed: make(chan struct{}, 1), downWhy: stateStarting}, nil
+}
+
+// Run keeps a speaker running until ctx ends, then stops it as
+// Speaker.Run does (a Cease to every peer unless graceful restart is
+// configured). A speaker that cannot start at all is an error.
+func (s *Supervised) Run(ctx context.Context) error {
+	backoff := restartMin
+	for first := true; ; first = false {
+		started := time.Now()
+		err := s.runChild(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if first && time.Since(started) < time.Second && errors.Is(err, errStart) {
+			return err
+		}
+		if time.Since(started) > stableRunTime {
+			backoff = restartMin
+		}
+		s.restarts.Add(1)
+		s.log.Error("bgp speaker ended; starting a new one", "error", err, "in", backoff, "restarts", s.restarts.Load())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, restartMax)
+	}
+}
+
+var errStart = errors.New("bgp speaker did not start")
+
+// stateStarting: no speaker has run yet.
+const stateStarting = "starting"
+
+// runChild runs one speaker until it ends or ctx does.
+func (s *Supervised) runChild(ctx context.Context) error {
+	conn, pid, exited, err := s.spawn()
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStart, err)
+	}
+	client := rpc.NewClient(conn)
+	defer client.Close()
+	if err := s.start(ctx, client); err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		return fmt.Errorf("%w: %w (%v)", errStart, err, <-exited)
+	}
+	s.attach(client, pid)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		s.watchChanges(client)
+	}()
+	defer func() { <-watchDone }()
+	select {
+	case <-ctx.Done():
+		s.detach("stopped", client)
+		s.call(context.Background(), client, "Stop", struct{}{}, &struct{}{})
+		client.Close() // the speaker exits when its end closes
+		select {
+		case <-exited:
+		case <-time.After(callTimeout):
+			syscall.Kill(pid, syscall.SIGKILL)
+			<-exited
+		}
+		return nil
+	case err := <-exited:
+		s.detach(fmt.Sprintf("the speaker process ended (%v); restarting", err), client)
+		return fmt.Errorf("speaker process: %w", err)
+	}
+}
+
+// spawn starts the child with its end of a socket pair as fd 3 and its
+// stderr relayed to the log. The child dies with the thread that forked
+// it (Pdeathsig), so that thread stays locked until the child ends.
+func (s *Supervised) spawn() (net.Conn, int, <-chan error, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("socket pair: %w", err)
+	}
+	syscall.CloseOnExec(fds[0])
+	syscall.CloseOnExec(fds[1])
+	mine, theirs := os.NewFile(uintptr(fds[0]), "bgp-supervisor"), os.NewFile(uintptr(fds[1]), "bgp-speaker")
+	defer mine.Close()
+	logR, logW, err := os.Pipe()
+	if err != nil {
+		theirs.Close()
+		return nil, 0, nil, err
+	}
+	cmd := exec.Command(s.exe)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stderr = logW
+	cmd.SysProcAttr = childAttrs()
+	startErr, exited := make(chan error, 1), make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		theirs.Close()
+		logW.Close()
+		startErr <- err
+		if err == nil {
+			exited <- cmd.Wait()
+		}
+	}()
+	if err := <-startErr; err != nil {
+		logR.Close()
+		return nil, 0, nil, fmt.Errorf("start %s: %w", s.exe, err)
+	}
+	go relayLogs(s.log, logR)
+	conn, err := net.FileConn(mine)
+	if err != nil {
+		cmd.Process.Kill()
+		<-exited
+		return nil, 0, nil, err
+	}
+	return conn, cmd.Process.Pid, exited, nil
+}
+
+// start configures the new speaker and gives it the routes wanted now.
+func (s *Supervised) start(ctx context.Context, c *rpc.Client) error {
+	level := slog.LevelInfo
+	for _, l := range []slog.Level{slog.LevelDebug, slog.LevelInfo, slog.LevelWarn, slog.LevelError} {
+		if s.log.Enabled(ctx, l) {
+			level = l
+			break
+		}
+	}
+	if err := s.call(ctx, c, "Start", ChildConfig{Config: s.cfg, LogLevel: level}, &struct{}{}); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	want, wantSet := slices.Clone(s.want), s.wantSet
+	s.mu.Unlock()
+	if !wantSet {
+		return nil
+	}
+	if err := s.call(ctx, c, "Set", want, &struct{}{}); err != nil {
+		s.log.Warn("bgp: first announcement", "error", err)
+	}
+	return nil
+}
+
+func (s *Supervised) attach(c *rpc.Client, pid int) {
+	s.mu.Lock()
+	s.client, s.pid, s.downWhy = c, pid, ""
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *Supervised) detach(why string, c *rpc.Client) {
+	if st, err := s.status(context.Background(), c, time.Second); err == nil {
+		s.noteRefused(c, st.Refused)
+	}
+	s.mu.Lock()
+	s.refusedBy, s.refusedIn = s.refusedBy+s.refusedIn, 0
+	s.client, s.pid, s.downWhy = nil, 0, why
+	s.mu.Unlock()
+	s.poke()
+}
+
+// noteRefused keeps the running speaker's refusal count (it only grows).
+func (s *Supervised) noteRefused(c *rpc.Client, n uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.client == c && n > s.refusedIn {
+		s.refusedIn = n
+	}
+}
+
+// watchChanges passes the speaker's session changes on until it ends.
+func (s *Supervised) watchChanges(c *rpc.Client) {
+	for c.Call("Speaker.WaitChange", struct{}{}, &struct{}{}) == nil {
+		s.poke()
+	}
+}
+
+func (s *Supervised) poke() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// call is an RPC bounded by ctx and callTimeout.
+func (s *Supervised) call(ctx context.Context, c *rpc.Client, method string, args, reply any) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	call := c.Go("Speaker."+method, args, reply, make(chan *rpc.Call, 1))
+	select {
+	case <-call.Done:
+		return call.Error
+	case <-ctx.Done():
+		return fmt.Errorf("bgp speaker %s: %w", method, ctx.Err())
+	}
+}
+
+func (s *Supervised) current() (*rpc.Client, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.client, s.downWhy
+}
+
+// Set makes the announced routes exactly routes. Before the first speaker
+// runs they are only kept; while a new one is awaited after a crash they
+// are kept for it, and the error says so.
+func (s *Supervised) Set(ctx context.Context, routes []Route) error {
+	for _, r := range routes {
+		if err := r.validate(); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.want, s.wantSet = slices.Clone(routes), true
+	s.mu.Unlock()
+	c, why := s.current()
+	switch {
+	case c == nil && why == stateStarting:
+		return nil // handed to the speaker when it starts, as Speaker.Set before Run
+	case c == nil:
+		return fmt.Errorf("bgp speaker not running (%s): routes kept for when it is", why)
+	}
+	return s.call(ctx, c, "Set", routes, &struct{}{})
+}
+
+func (s *Supervised) status(ctx context.Context, c *rpc.Client, timeout time.Duration) (ChildStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var st ChildStatus
+	err := s.call(ctx, c, "Status", struct{}{}, &st)
+	return st, err
+}
+
+// Peers reports every configured peer, in configuration order; while no
+// speaker runs each is idle with the reason as its last error.
+func (s *Supervised) Peers(ctx context.Context) ([]PeerStatus, error) {
+	c, why := s.current()
+	if c != nil {
+		st, err := s.status(ctx, c, callTimeout)
+		if err == nil {
+			return st.Peers, nil
+		}
+		why = err.Error()
+	}
+	out := make([]PeerStatus, 0, len(s.cfg.Peers))
+	for _, p := range s.cfg.Peers {
+		out = append(out, PeerStatus{Address: p.Address, AS: p.AS, State: "idle", LastError: "bgp speaker: " + why})
+	}
+	return out, nil
+}
+
+// Announced is the set of routes the speaker holds, sorted; none while
+// no speaker runs.
+func (s *Supervised) Announced() []Route {
+	c, _ := s.current()
+	if c == nil {
+		return nil
+	}
+	st, err := s.status(context.Background(), c, 2*time.Second)
+	if err != nil {
+		return nil
+	}
+	return st.Announced
+}
+
+// RefusedConnections counts connections from addresses that are no peer,
+// over every speaker this supervisor ran.
+func (s *Supervised) RefusedConnections() uint64 {
+	if c, _ := s.current(); c != nil {
+		if st, err := s.status(context.Background(), c, 2*time.Second); err == nil {
+			s.noteRefused(c, st.Refused)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refusedBy + s.refusedIn
+}
+
+// Table lists the speaker's own routing table.
+func (s *Supervised) Table(ctx context.Context) ([]netip.Prefix, error) {
+	c, why := s.current()
+	if c == nil {
+		return nil, errors.New("bgp speaker not running: " + why)
+	}
+	var out []netip.Prefix
+	err := s.call(ctx, c, "Table", struct{}{}, &out)
+	return out, err
+}
+
+// Changes is signalled (coalesced) when a session goes up or down, or
+// the speaker process ends or starts.
+func (s *Supervised) Changes() <-chan struct{} { return s.changed }
+
+// Restarts counts speakers that ended without being asked to.
+func (s *Supervised) Restarts() uint64 { return s.restarts.Load() }
+
+// PID is the running speaker's process id, 0 while none runs.
+func (s *Supervised) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pid
+}
