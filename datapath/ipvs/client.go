@@ -5,15 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // ErrNoIPVS means the kernel has no IPVS generic netlink family: the ip_vs
@@ -40,18 +37,20 @@ type Options struct {
 // generic netlink. Its methods are safe for concurrent use; they run one
 // at a time on one socket.
 type Client struct {
-	mu      sync.Mutex
-	opts    Options
-	nl      *netlink.Conn
-	raw     syscall.RawConn
-	family  uint16
-	pid     uint32
-	seq     uint32
-	rbuf    []byte
-	wbuf    []byte
-	msgs    []netlink.Message
-	seqIdx  []int
-	maxOps  int // ops per sendmsg, so that every error report fits the receive buffer
+	mu     sync.Mutex
+	opts   Options
+	dialer func(Options) (socket, sockInfo, error)
+	sock   socket
+	family uint16
+	pid    uint32
+	seq    uint32
+	wbuf   []byte
+	msgs   []netlink.Message
+	seqIdx []int
+	maxOps int // ops per sendmsg, so that every error report fits the receive buffer
+	// opsCap is the limit learned from dropped reports (ENOBUFS); it
+	// outlives the socket, which is re-dialed after a drop. 0: none yet.
+	opsCap  int
 	maxSend int // bytes per sendmsg
 	broken  bool
 }
@@ -63,13 +62,18 @@ const errReportSize = 2048
 // Open connects to IPVS in opts.NetNS. It fails with an error wrapping
 // ErrNoIPVS when the kernel has no IPVS.
 func Open(opts Options) (*Client, error) {
+	return open(opts, dialNetlink)
+}
+
+// open is Open with the kernel behind a seam.
+func open(opts Options, dialer func(Options) (socket, sockInfo, error)) (*Client, error) {
 	if opts.ReceiveBuffer <= 0 {
 		opts.ReceiveBuffer = 16 << 20
 	}
 	if opts.SendBuffer <= 0 {
 		opts.SendBuffer = 4 << 20
 	}
-	c := &Client{opts: opts, rbuf: make([]byte, 256<<10), seq: 1 << 16}
+	c := &Client{opts: opts, dialer: dialer, seq: 1 << 16}
 	if err := c.dial(); err != nil {
 		return nil, err
 	}
@@ -77,78 +81,41 @@ func Open(opts Options) (*Client, error) {
 }
 
 func (c *Client) dial() error {
-	nl, err := netlink.Dial(unix.NETLINK_GENERIC, &netlink.Config{NetNS: c.opts.NetNS})
+	sock, info, err := c.dialer(c.opts)
 	if err != nil {
-		return fmt.Errorf("ipvs: dial generic netlink: %w", err)
+		return err
 	}
-	fam, err := genetlink.NewConn(nl).GetFamily(genlName)
-	if err != nil {
-		nl.Close()
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("ipvs: %w", ErrNoIPVS)
-		}
-		return fmt.Errorf("ipvs: resolve generic netlink family: %w", err)
-	}
-	raw, err := nl.SyscallConn()
-	if err != nil {
-		nl.Close()
-		return fmt.Errorf("ipvs: %w", err)
-	}
-	// Error reports carry only the request header, not the whole request,
-	// and extended acks carry the kernel's message for policy failures.
-	for _, o := range []netlink.ConnOption{netlink.CapAcknowledge, netlink.ExtendedAcknowledge} {
-		if err := nl.SetOption(o, true); err != nil {
-			nl.Close()
-			return fmt.Errorf("ipvs: set socket option: %w", err)
-		}
-	}
-	rcv, snd, err := setBuffers(raw, c.opts.ReceiveBuffer, c.opts.SendBuffer)
-	if err != nil {
-		nl.Close()
-		return fmt.Errorf("ipvs: socket buffers: %w", err)
-	}
-	c.nl, c.raw, c.family, c.pid, c.broken = nl, raw, fam.ID, nl.PID(), false
-	c.maxOps = max(rcv/errReportSize, 16)
+	c.sock, c.family, c.pid, c.broken = sock, info.family, info.pid, false
+	c.maxOps = max(info.rcvBuf/errReportSize, 16)
 	if c.opts.MaxBatchOps > 0 {
 		c.maxOps = min(c.maxOps, c.opts.MaxBatchOps)
 	}
-	c.maxSend = max(snd-4096, 64<<10)
+	if c.opsCap > 0 {
+		c.maxOps = min(c.maxOps, c.opsCap)
+	}
+	c.maxSend = max(info.sndBuf-4096, 64<<10)
 	return nil
 }
 
-// setBuffers asks for the given sizes (forcing past the sysctl limits where
-// privileged) and returns what the kernel granted.
-func setBuffers(raw syscall.RawConn, rcv, snd int) (int, int, error) {
-	var gotRcv, gotSnd int
-	var serr error
-	err := raw.Control(func(fd uintptr) {
-		set := func(force, plain, size int) {
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, force, size) != nil {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, plain, size)
-			}
-		}
-		set(unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, rcv)
-		set(unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, snd)
-		if gotRcv, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); serr != nil {
-			return
-		}
-		gotSnd, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
-	})
-	if err == nil {
-		err = serr
+// redial replaces a socket left in an unknown state.
+func (c *Client) redial() error {
+	c.sock.Close()
+	if err := c.dial(); err != nil {
+		c.broken = true
+		return err
 	}
-	return gotRcv, gotSnd, err
+	return nil
 }
 
 // Close releases the socket. The kernel table is left as it is.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.nl == nil {
+	if c.sock == nil {
 		return nil
 	}
-	err := c.nl.Close()
-	c.nl = nil
+	err := c.sock.Close()
+	c.sock = nil
 	return err
 }
 
@@ -156,7 +123,7 @@ func (c *Client) Close() error {
 // binds the socket's deadline to ctx. The returned func undoes it all.
 func (c *Client) begin(ctx context.Context) (func(), error) {
 	c.mu.Lock()
-	if c.nl == nil {
+	if c.sock == nil {
 		c.mu.Unlock()
 		return nil, errors.New("ipvs: client is closed")
 	}
@@ -165,26 +132,24 @@ func (c *Client) begin(ctx context.Context) (func(), error) {
 		return nil, fmt.Errorf("ipvs: %w", err)
 	}
 	if c.broken {
-		c.nl.Close()
-		if err := c.dial(); err != nil {
-			c.broken = true
+		if err := c.redial(); err != nil {
 			c.mu.Unlock()
 			return nil, err
 		}
 	}
 	deadline, _ := ctx.Deadline()
-	_ = c.nl.SetDeadline(deadline)
-	// The socket of this call, not c.nl: the func may run after the call
-	// ended, when Close or a re-dial has replaced c.nl.
-	nl := c.nl
-	stop := context.AfterFunc(ctx, func() { _ = nl.SetDeadline(time.Unix(1, 0)) })
+	_ = c.sock.SetDeadline(deadline)
+	// The socket of this call, not c.sock: the func may run after the call
+	// ended, when Close or a re-dial has replaced c.sock.
+	sock := c.sock
+	stop := context.AfterFunc(ctx, func() { _ = sock.SetDeadline(time.Unix(1, 0)) })
 	return func() {
 		if !stop() && ctx.Err() != nil {
 			// The deadline may be set behind our back after this point:
 			// start from a fresh socket next time.
 			c.broken = true
 		} else {
-			_ = c.nl.SetDeadline(time.Time{})
+			_ = c.sock.SetDeadline(time.Time{})
 		}
 		c.mu.Unlock()
 	}, nil
@@ -198,113 +163,6 @@ func (c *Client) nextSeq() uint32 {
 	return c.seq
 }
 
-// recv reads one datagram from the socket.
-func (c *Client) recv() ([]byte, error) {
-	for {
-		var n int
-		var rerr error
-		err := c.raw.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), c.rbuf, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
-			return !errors.Is(rerr, unix.EAGAIN)
-		})
-		if err == nil {
-			err = rerr
-		}
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n > len(c.rbuf) {
-			c.rbuf = make([]byte, n+4096)
-			return nil, fmt.Errorf("netlink message of %d bytes truncated", n)
-		}
-		return c.rbuf[:n], nil
-	}
-}
-
-// drain reads what is already queued on the socket without waiting and
-// without regard to deadlines: after a deadline the kernel's reports may
-// have arrived all the same. fn returns true to stop.
-func (c *Client) drain(fn func(b []byte) bool) {
-	for {
-		var n int
-		var rerr error
-		if err := c.raw.Control(func(fd uintptr) {
-			n, _, rerr = unix.Recvfrom(int(fd), c.rbuf, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
-		}); err != nil || rerr != nil || n > len(c.rbuf) {
-			return
-		}
-		if fn(c.rbuf[:n]) {
-			return
-		}
-	}
-}
-
-// nlMessage is one netlink message inside a datagram.
-type nlMessage struct {
-	typ   uint16
-	flags uint16
-	seq   uint32
-	data  []byte
-}
-
-// eachMessage walks the netlink messages of a datagram.
-func eachMessage(b []byte, fn func(m nlMessage) (bool, error)) (bool, error) {
-	for len(b) >= unix.NLMSG_HDRLEN {
-		l := int(binary.NativeEndian.Uint32(b))
-		if l < unix.NLMSG_HDRLEN || l > len(b) {
-			return false, errMalformed
-		}
-		m := nlMessage{
-			typ:   binary.NativeEndian.Uint16(b[4:]),
-			flags: binary.NativeEndian.Uint16(b[6:]),
-			seq:   binary.NativeEndian.Uint32(b[8:]),
-			data:  b[unix.NLMSG_HDRLEN:l],
-		}
-		done, err := fn(m)
-		if done || err != nil {
-			return done, err
-		}
-		next := (l + 3) &^ 3
-		if next >= len(b) {
-			break
-		}
-		b = b[next:]
-	}
-	return false, nil
-}
-
-// errorReport decodes an NLMSG_ERROR payload: the errno (0 for an ack) and
-// the kernel's extended-ack message if any.
-func errorReport(m nlMessage) error {
-	if len(m.data) < 4 {
-		return errMalformed
-	}
-	code := int32(binary.NativeEndian.Uint32(m.data))
-	if code == 0 {
-		return nil
-	}
-	errno := unix.Errno(-code)
-	// With NETLINK_CAP_ACK the echoed request is just its header; extended
-	// ack attributes follow it.
-	const echoed = 4 + unix.NLMSG_HDRLEN
-	if m.flags&unix.NLM_F_ACK_TLVS != 0 && len(m.data) > echoed {
-		var msg string
-		_ = attrs(m.data[echoed:], func(typ uint16, v []byte) error {
-			if typ == unix.NLMSGERR_ATTR_MSG {
-				msg = getString(v)
-			}
-			return nil
-		})
-		if msg != "" {
-			return fmt.Errorf("%w (%s)", errno, msg)
-		}
-	}
-	return errno
-}
-
 // request sends one generic netlink message and collects the replies that
 // carry its sequence number, until the dump ends or the ack arrives.
 func (c *Client) request(cmd uint8, flags netlink.HeaderFlags, attrs []byte, fn func(data []byte) error) error {
@@ -313,17 +171,17 @@ func (c *Client) request(cmd uint8, flags netlink.HeaderFlags, attrs []byte, fn 
 	e.genlHeader(cmd)
 	e.b = append(e.b, attrs...)
 	c.wbuf = e.b
-	_, err := c.nl.Send(netlink.Message{
+	err := c.sock.SendMessages([]netlink.Message{{
 		Header: netlink.Header{Type: netlink.HeaderType(c.family), Flags: netlink.Request | flags, Sequence: seq, PID: c.pid},
 		Data:   e.b,
-	})
+	}})
 	if err != nil {
 		c.broken = true
 		return fmt.Errorf("send: %w", err)
 	}
 	dump := flags&netlink.Dump == netlink.Dump
 	for {
-		b, err := c.recv()
+		b, err := c.sock.Receive()
 		if err != nil {
 			c.broken = true
 			return fmt.Errorf("receive: %w", err)
@@ -335,13 +193,13 @@ func (c *Client) request(cmd uint8, flags netlink.HeaderFlags, attrs []byte, fn 
 				return false, nil // left over from an interrupted request
 			}
 			switch m.typ {
-			case unix.NLMSG_ERROR:
+			case nlmsgError:
 				finished, result = true, errorReport(m)
-			case unix.NLMSG_DONE:
+			case nlmsgDone:
 				finished = true
 				if len(m.data) >= 4 {
 					if code := int32(binary.NativeEndian.Uint32(m.data)); code < 0 {
-						result = unix.Errno(-code)
+						result = syscall.Errno(-code)
 					}
 				}
 			case c.family:
@@ -409,7 +267,7 @@ func (c *Client) Service(ctx context.Context, key ServiceKey) (ServiceStatus, er
 		return err
 	})
 	if err == nil && !found {
-		err = unix.ESRCH
+		err = syscall.ESRCH
 	}
 	if err != nil {
 		return out, fmt.Errorf("ipvs: get service %s: %w", key, err)
@@ -467,7 +325,7 @@ func (c *Client) Table(ctx context.Context) ([]VirtualServer, error) {
 		err := c.destinations(s.Key, false, func(d DestinationStatus) {
 			vs.Destinations = append(vs.Destinations, d.Destination)
 		})
-		if errors.Is(err, unix.ESRCH) {
+		if errors.Is(err, syscall.ESRCH) {
 			continue // deleted between the two dumps
 		}
 		if err != nil {
@@ -509,7 +367,7 @@ func (c *Client) Stats(ctx context.Context, keep func(ServiceKey) bool) ([]Servi
 		}
 		ss := ServiceStats{ServiceStatus: s}
 		err := c.destinations(s.Key, true, func(d DestinationStatus) { ss.Destinations = append(ss.Destinations, d) })
-		if errors.Is(err, unix.ESRCH) {
+		if errors.Is(err, syscall.ESRCH) {
 			continue // deleted between the two dumps
 		}
 		if err != nil {
@@ -527,7 +385,7 @@ func (c *Client) Stats(ctx context.Context, keep func(ServiceKey) bool) ([]Servi
 // can hide another one); Lookup is how to be sure of one service.
 func (c *Client) Lookup(ctx context.Context, key ServiceKey) (*VirtualServer, error) {
 	s, err := c.Service(ctx, key)
-	if errors.Is(err, unix.ESRCH) {
+	if errors.Is(err, syscall.ESRCH) {
 		return nil, nil
 	}
 	if err != nil {
@@ -540,7 +398,7 @@ func (c *Client) Lookup(ctx context.Context, key ServiceKey) (*VirtualServer, er
 	defer end()
 	vs := &VirtualServer{Service: s.Service}
 	err = c.destinations(key.Canonical(), false, func(d DestinationStatus) { vs.Destinations = append(vs.Destinations, d.Destination) })
-	if errors.Is(err, unix.ESRCH) {
+	if errors.Is(err, syscall.ESRCH) {
 		return nil, nil // deleted between the two requests
 	}
 	if err != nil {

@@ -5,17 +5,15 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // Family is an address family: IPv4 or IPv6.
 type Family uint16
 
-// Address families.
+// Address families, as Linux numbers them (AF_INET, AF_INET6).
 const (
-	IPv4 Family = unix.AF_INET
-	IPv6 Family = unix.AF_INET6
+	IPv4 Family = 2
+	IPv6 Family = 10
 )
 
 func (f Family) String() string {
@@ -44,9 +42,9 @@ type Protocol uint16
 
 // Protocols IPVS balances.
 const (
-	TCP  Protocol = unix.IPPROTO_TCP
-	UDP  Protocol = unix.IPPROTO_UDP
-	SCTP Protocol = unix.IPPROTO_SCTP
+	TCP  Protocol = 6   // IPPROTO_TCP
+	UDP  Protocol = 17  // IPPROTO_UDP
+	SCTP Protocol = 132 // IPPROTO_SCTP
 )
 
 func (p Protocol) String() string {
