@@ -36,7 +36,6 @@ import (
 
 	"github.com/merlin-ipvs/merlin/bgp"
 	"github.com/merlin-ipvs/merlin/control"
-	"github.com/merlin-ipvs/merlin/control/etcdembed"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/netif"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
@@ -44,6 +43,7 @@ import (
 	"github.com/merlin-ipvs/merlin/health/execprobe"
 	"github.com/merlin-ipvs/merlin/health/grpcprobe"
 	"github.com/merlin-ipvs/merlin/internal/connlimit"
+	"github.com/merlin-ipvs/merlin/internal/etcdembed"
 	"github.com/merlin-ipvs/merlin/internal/etcdlog"
 	"github.com/merlin-ipvs/merlin/internal/sdnotify"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"

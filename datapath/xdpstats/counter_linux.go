@@ -85,22 +85,6 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Attachment is one program on one interface.
-type Attachment struct {
-	Interface string
-	Hook      string // "xdp native", "xdp generic", "tcx egress", "clsact ingress", …
-}
-
-// Status is what the counters are doing and, when off, why.
-type Status struct {
-	On         bool
-	Reason     string // why counters are off
-	Attached   []Attachment
-	Keys       int // keys counted
-	Dropped    int // keys that did not fit their map
-	Unresolved int // direct-routing servers whose MAC the node does not know yet
-}
-
 // Counter owns the programs, maps and links. New starts nothing; Open loads
 // and attaches; Set gives it the keys; Run keeps neighbour-derived keys
 // fresh; Close lets go of the file descriptors (pins keep counting).

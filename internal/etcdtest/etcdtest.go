@@ -18,7 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/merlin-ipvs/merlin/control/etcdembed"
+	"github.com/merlin-ipvs/merlin/internal/etcdembed"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 )
