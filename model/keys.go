@@ -29,6 +29,11 @@ func ServerKeyString(k *types.RealServer_Key) string {
 	return netip.AddrPortFrom(addr.Unmap(), uint16(k.GetPort())).String()
 }
 
+// ServerName names a server in messages: "SERVICE/IP:PORT".
+func ServerName(s *types.RealServer) string {
+	return s.GetServiceID() + "/" + ServerKeyString(s.GetKey())
+}
+
 // CompareServerKeys orders ServerKeyString values by address, then port.
 func CompareServerKeys(a, b string) int {
 	pa, errA := netip.ParseAddrPort(a)

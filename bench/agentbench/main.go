@@ -30,7 +30,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/control/node"
+	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -96,7 +97,7 @@ func run(merlinBin string, small, large, dests, changes int) (err error) {
 		return err
 	}
 	defer kv.Close()
-	store := control.NewStore(kv, "/merlin")
+	store := store.NewStore(kv, "/merlin")
 	table := buildTable(large, dests)
 	if _, err := store.Import(ctx, table[:small]); err != nil {
 		return err
@@ -275,7 +276,7 @@ func measure(ctx context.Context, api types.MerlinClient, kv *clientv3.Client, n
 		item := table[rng.IntN(len(table))]
 		srv := item.Servers[rng.IntN(len(item.Servers))]
 		w := uint32(2 + i%50)
-		key := control.ServiceKeyOf(&types.VirtualService{Key: &types.VirtualService_Key{Ip: item.Service.Key.Ip, Port: item.Service.Key.Port, Protocol: types.Protocol_TCP, Family: types.AddressFamily_IPV4}})
+		key := node.ServiceKeyOf(&types.VirtualService{Key: &types.VirtualService_Key{Ip: item.Service.Key.Ip, Port: item.Service.Key.Port, Protocol: types.Protocol_TCP, Family: types.AddressFamily_IPV4}})
 		sum0, count0, err := changeApply()
 		if err != nil {
 			return m, nil, nil, err

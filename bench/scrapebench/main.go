@@ -25,7 +25,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -94,7 +94,7 @@ func run(merlinBin string, services, dests, scrapes int) error {
 		return err
 	}
 	defer kv.Close()
-	if _, err := control.NewStore(kv, "/merlin").Import(ctx, table(services, dests)); err != nil {
+	if _, err := store.NewStore(kv, "/merlin").Import(ctx, table(services, dests)); err != nil {
 		return err
 	}
 	stopMerlin, err := start(root, "merlin", exec.Command(merlinBin, "-node", "bench", "-store-endpoints", etcdURL, "-data-dir", filepath.Join(root, "merlin"),

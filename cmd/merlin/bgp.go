@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/merlin-ipvs/merlin/bgp"
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/control/node"
 )
 
 // bgpFile is the `bgp:` section of the configuration file.
@@ -209,7 +209,7 @@ func mergeBGPFlags(fs *flag.FlagSet, dst *bgpFile, flags bgpFile, peers peerFlag
 
 // reportPeers keeps the speaker's sessions in node status: on every
 // session change, and every few seconds for the prefix counts.
-func reportPeers(ctx context.Context, s *bgp.Supervised, runner *control.Runner, log *slog.Logger) {
+func reportPeers(ctx context.Context, s *bgp.Supervised, runner *node.Runner, log *slog.Logger) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -219,7 +219,7 @@ func reportPeers(ctx context.Context, s *bgp.Supervised, runner *control.Runner,
 		if err != nil && ctx.Err() == nil {
 			log.Warn("bgp peer status", "error", err)
 		} else if err == nil {
-			runner.SetBGPPeers(control.BGPPeers(peers))
+			runner.SetBGPPeers(node.BGPPeers(peers))
 		}
 		select {
 		case <-ctx.Done():

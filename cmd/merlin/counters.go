@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 )
 
@@ -64,7 +64,7 @@ func openCounters(ctx context.Context, cfg *xdpstats.Config, log *slog.Logger) *
 }
 
 // reportCounters keeps the counters' state in node status.
-func reportCounters(ctx context.Context, t *control.Traffic, runner *control.Runner) {
+func reportCounters(ctx context.Context, t *node.Traffic, runner *node.Runner) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {

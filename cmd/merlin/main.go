@@ -35,7 +35,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/merlin-ipvs/merlin/bgp"
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/control/api"
+	"github.com/merlin-ipvs/merlin/control/node"
+	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/netif"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
@@ -115,7 +117,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the health port")
 	fs.StringVar(&o.storeEndpoints, "store-endpoints", "", "comma-separated etcd endpoints; empty runs an embedded single-node etcd in -data-dir")
 	fs.StringVar(&o.storePrefix, "store-prefix", "/merlin", "etcd key prefix of the desired state")
-	fs.Int64Var(&o.storeQuota, "store-quota-bytes", control.DefaultStoreQuota, "etcd's backend quota (the embedded etcd runs with it; for an external etcd, give its --quota-backend-bytes): past 90% of it the API accepts only deletes")
+	fs.Int64Var(&o.storeQuota, "store-quota-bytes", store.DefaultStoreQuota, "etcd's backend quota (the embedded etcd runs with it; for an external etcd, give its --quota-backend-bytes): past 90% of it the API accepts only deletes")
 	fs.StringVar(&o.storeTLSCA, "store-tls-ca", "", "CA certificate (PEM) of the etcd servers")
 	fs.StringVar(&o.storeTLSCert, "store-tls-cert", "", "client certificate (PEM) for etcd")
 	fs.StringVar(&o.storeTLSKey, "store-tls-key", "", "client key (PEM) for etcd")
@@ -146,7 +148,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.execUser, "health-exec-user", "nobody", "the unprivileged user exec health checks run as")
 	fs.IntVar(&o.maxChecks, "health-max-checks", 16384, "most distinct health checks this node runs; the others are not run (their servers stay down with the reason)")
 	o.counterFlags.register(fs)
-	fs.DurationVar(&o.metricsReadTimeout, "metrics-read-timeout", control.DefaultScrapeTimeout, "bound on one scrape's read of the kernel's IPVS counters (a read cut short exports what it got and merlin_ipvs_stats_up 0)")
+	fs.DurationVar(&o.metricsReadTimeout, "metrics-read-timeout", node.DefaultScrapeTimeout, "bound on one scrape's read of the kernel's IPVS counters (a read cut short exports what it got and merlin_ipvs_stats_up 0)")
 	var bf bgpFile
 	var peers peerFlags
 	fs.Func("bgp-local-as", "BGP: this node's AS number (BGP is off without it; peers and the rest go in the config file's bgp section)", func(v string) error {
@@ -368,10 +370,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer kv.Close()
-	store := control.NewStore(kv, o.storePrefix)
-	store.SetQuota(o.storeQuota)
+	st := store.NewStore(kv, o.storePrefix)
+	st.SetQuota(o.storeQuota)
 
-	grpcOpts := control.GRPCOptions{MaxMessageBytes: o.maxMessage, MaxConcurrentStreams: uint32(o.maxStreams), IdleTimeout: o.idleTimeout}
+	grpcOpts := api.GRPCOptions{MaxMessageBytes: o.maxMessage, MaxConcurrentStreams: uint32(o.maxStreams), IdleTimeout: o.idleTimeout}
 	if o.tlsCert != "" {
 		tc, err := tlsconfig.Server(o.tlsCert, o.tlsKey, o.tlsClientCA)
 		if err != nil {
@@ -379,10 +381,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		}
 		grpcOpts.TLS = tc
 	}
-	api := control.NewServer(store, log)
-	roles := control.Roles{Readers: splitList(o.apiReaders), Writers: splitList(o.apiWriters)}
-	api.SetRoles(roles)
-	g := control.NewGRPCServer(api, grpcOpts)
+	apiSrv := api.NewServer(st, log)
+	roles := api.Roles{Readers: splitList(o.apiReaders), Writers: splitList(o.apiWriters)}
+	apiSrv.SetRoles(roles)
+	g := api.NewGRPCServer(apiSrv, grpcOpts)
 	if !loopback(o.apiAddress) && o.tlsClientCA == "" {
 		w := fmt.Sprintf("the API accepts clients without certificates on %s (-insecure-api): anyone who reaches it can change this load balancer", lis.Addr())
 		log.Warn(w)
@@ -395,10 +397,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	etcdUp := prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_etcd_connected", Help: "1 while etcd answers (with a leader)."})
 	reg.MustRegister(etcdUp,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_etcd_db_bytes", Help: "Size of etcd's database (largest member), as last looked at."},
-			func() float64 { n, _ := store.Usage(); return float64(n) }),
+			func() float64 { n, _ := st.Usage(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_etcd_alarm", Help: "1 while etcd has an alarm raised (NOSPACE, CORRUPT): it refuses writes."},
 			func() float64 {
-				if _, a := store.Usage(); a != "" {
+				if _, a := st.Usage(); a != "" {
 					return 1
 				}
 				return 0
@@ -411,26 +413,26 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	capped := connlimit.New(lis, fitConnections(o.maxConns, log), refused.Inc)
 	reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_api_connections", Help: "Open API client connections."},
 		func() float64 { return float64(capped.Open()) }))
-	var node *control.Runner
-	var traffic *control.Traffic
+	var runner *node.Runner
+	var traffic *node.Traffic
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	if o.reconcile {
-		a, tr, stop, err := startNode(ctx, o, store, api, reg, log, errc)
+		a, tr, stop, err := startNode(ctx, o, st, apiSrv, reg, log, errc)
 		if err != nil {
 			g.Stop()
 			return err
 		}
 		defer stop()
-		node, traffic = a, tr
+		runner, traffic = a, tr
 		advertise := o.advertise
 		if advertise == "" {
 			advertise = lis.Addr().String()
 		}
-		wg.Go(func() { control.PublishStatus(ctx, store, node, advertise, log) })
+		wg.Go(func() { node.PublishStatus(ctx, st, runner, advertise, log) })
 	}
-	wg.Go(func() { probeEtcd(ctx, store, etcdUp, log) })
-	wg.Go(func() { api.RunHealth(ctx) })
+	wg.Go(func() { probeEtcd(ctx, st, etcdUp, log) })
+	wg.Go(func() { apiSrv.RunHealth(ctx) })
 	wg.Go(func() {
 		if err := g.Serve(capped); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("API: %w", err)
@@ -438,7 +440,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	})
 	var hs *http.Server
 	if healthLis != nil {
-		hs = &http.Server{Handler: healthMux(store, node, control.MetricsHandler(reg, traffic), o.pprof), ReadHeaderTimeout: 5 * time.Second}
+		hs = &http.Server{Handler: healthMux(st, runner, node.MetricsHandler(reg, traffic), o.pprof), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
 			if err := hs.Serve(healthLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("health: %w", err)
@@ -494,21 +496,21 @@ func nodeState(o *options) string {
 	return ", not reconciling (-reconcile=false)"
 }
 
-func healthMux(store *control.Store, node *control.Runner, metrics http.Handler, withPprof bool) *http.ServeMux {
+func healthMux(st *store.Store, runner *node.Runner, metrics http.Handler, withPprof bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	alive := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	ready := func(w http.ResponseWriter, r *http.Request) {
-		if err := store.Ping(r.Context()); err != nil {
+		if err := st.Ping(r.Context()); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		if _, alarms := store.Usage(); alarms != "" {
+		if _, alarms := st.Usage(); alarms != "" {
 			http.Error(w, "etcd alarm "+alarms+": writes are refused", http.StatusServiceUnavailable)
 			return
 		}
-		if node != nil {
-			if st, _ := node.Status(); st.LastResult != "ok" {
-				http.Error(w, "reconcile: "+st.LastResult, http.StatusServiceUnavailable)
+		if runner != nil {
+			if status, _ := runner.Status(); status.LastResult != "ok" {
+				http.Error(w, "reconcile: "+status.LastResult, http.StatusServiceUnavailable)
 				return
 			}
 		}
@@ -541,7 +543,7 @@ func splitList(s string) []string {
 
 // startNode opens this namespace's IPVS table and runs the watcher and
 // the node runner; stop waits for them after ctx ends.
-func startNode(ctx context.Context, o *options, store *control.Store, api *control.Server, reg *prometheus.Registry, log *slog.Logger, errc chan<- error) (*control.Runner, *control.Traffic, func(), error) {
+func startNode(ctx context.Context, o *options, st *store.Store, apiSrv *api.Server, reg *prometheus.Registry, log *slog.Logger, errc chan<- error) (*node.Runner, *node.Traffic, func(), error) {
 	var execProber *execprobe.Prober
 	if o.execDir != "" {
 		var err error
@@ -559,14 +561,14 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("open IPVS (run with -reconcile=false to serve only the API): %w", err)
 	}
-	var sinks []control.Sink
+	var sinks []node.Sink
 	if o.vipInterface != "" {
 		v, err := netif.NewVIPs(o.vipInterface, filepath.Join(o.dataDir, "vips.json"))
 		if err != nil {
 			table.Close()
 			return nil, nil, nil, err
 		}
-		sinks = append(sinks, control.NewVIPSink(v))
+		sinks = append(sinks, node.NewVIPSink(v))
 	}
 	var speaker *bgp.Supervised
 	if o.bgp != nil {
@@ -575,8 +577,8 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 			table.Close()
 			return nil, nil, nil, err
 		}
-		sinks = append(sinks, control.NewBGPSink(speaker))
-		reg.MustRegister(control.NewBGPCollector(speaker))
+		sinks = append(sinks, node.NewBGPSink(speaker))
+		reg.MustRegister(node.NewBGPCollector(speaker))
 	}
 	var adopt []netip.Prefix
 	for _, p := range splitList(o.adopt) {
@@ -599,12 +601,12 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		return nil, nil, nil, fmt.Errorf("open IPVS for metrics: %w", err)
 	}
 	var counter *xdpstats.Counter
-	var counters control.Counters // stays a nil interface without counters
+	var counters node.Counters // stays a nil interface without counters
 	if o.counters != nil {
 		counter = openCounters(ctx, o.counters, log.With("component", "counters"))
 		counters = counter
 	}
-	traffic := control.NewTraffic(statsReader, counters, o.metricsReadTimeout)
+	traffic := node.NewTraffic(statsReader, counters, o.metricsReadTimeout)
 	sinks = append(sinks, traffic.Sink())
 	closeTraffic := func() {
 		if counter != nil {
@@ -612,7 +614,7 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		}
 		statsReader.Close()
 	}
-	checks := health.NewMonitor(log.With("component", "health"), control.NewHealthMetrics(reg))
+	checks := health.NewMonitor(log.With("component", "health"), node.NewHealthMetrics(reg))
 	checks.Handle(health.GRPC, grpcprobe.Prober{})
 	checks.SetMaxChecks(o.maxChecks)
 	if execProber != nil {
@@ -620,10 +622,10 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 	} else {
 		checks.Disable(health.Exec, "not run: exec health checks are off on this node (merlin -health-exec-dir)")
 	}
-	runner, err := control.NewRunner(control.RunnerConfig{
+	runner, err := node.NewRunner(node.RunnerConfig{
 		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: adopt,
 		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
-	}, control.RunnerDeps{IPVS: table, Reader: reader, Health: checks, Sinks: sinks, Metrics: control.NewNodeMetrics(reg), Log: log.With("component", "node")})
+	}, node.RunnerDeps{IPVS: table, Reader: reader, Health: checks, Sinks: sinks, Metrics: node.NewNodeMetrics(reg), Log: log.With("component", "node")})
 	if err != nil {
 		checks.Close()
 		closeTraffic()
@@ -631,15 +633,15 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 		table.Close()
 		return nil, nil, nil, err
 	}
-	api.SetStats(&control.KernelStats{Node: o.node, Client: reader, Runner: runner})
+	apiSrv.SetStats(&node.KernelStats{Node: o.node, Client: reader, Runner: runner})
 	// Every start-up check has passed: only now change the node.
 	if o.sysctls {
 		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
 			log.Warn("director sysctls", "error", err)
 		}
 	}
-	watcher := control.NewWatcher(store, log.With("component", "watcher"), control.WatcherConfig{})
-	reg.MustRegister(control.NewWatcherCollector(watcher))
+	watcher := store.NewWatcher(st, log.With("component", "watcher"), store.WatcherConfig{})
+	reg.MustRegister(node.NewWatcherCollector(watcher))
 	var local sync.WaitGroup
 	local.Go(func() { _ = watcher.Run(ctx, runner.Offer) })
 	local.Go(func() { _ = runner.Run(ctx) })
@@ -663,13 +665,13 @@ func startNode(ctx context.Context, o *options, store *control.Store, api *contr
 
 // probeEtcd keeps merlin_etcd_connected current, and what the store's
 // write guard and /readyz know of etcd's size and alarms.
-func probeEtcd(ctx context.Context, store *control.Store, up prometheus.Gauge, log *slog.Logger) {
+func probeEtcd(ctx context.Context, st *store.Store, up prometheus.Gauge, log *slog.Logger) {
 	alarmed := false
 	for {
-		if store.Ping(ctx) == nil {
+		if st.Ping(ctx) == nil {
 			up.Set(1)
-			err := store.Check(ctx)
-			if err != nil && !errors.Is(err, control.ErrEtcdAlarm) {
+			err := st.Check(ctx)
+			if err != nil && !errors.Is(err, store.ErrEtcdAlarm) {
 				log.Debug("etcd usage not known", "error", err)
 			} else if (err != nil) != alarmed && ctx.Err() == nil {
 				alarmed = err != nil

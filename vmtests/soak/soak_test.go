@@ -38,7 +38,8 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/merlin-ipvs/merlin/control"
+	"github.com/merlin-ipvs/merlin/control/node"
+	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/model"
@@ -544,11 +545,11 @@ func (s *soak) acknowledgedVisible(list *types.ListResponse) {
 func expectedTable(t *testing.T, list *types.ListResponse) []ipvs.VirtualServer {
 	var want []ipvs.VirtualServer
 	for _, item := range list.Items {
-		ss := &control.ServiceState{Service: item.Service, Servers: map[string]*types.RealServer{}}
+		ss := &store.ServiceState{Service: item.Service, Servers: map[string]*types.RealServer{}}
 		for _, srv := range item.Servers {
 			ss.Servers[model.ServerKeyString(srv.Key)] = srv
 		}
-		vs, err := control.ToIPVS(ss, func(srv *types.RealServer) uint32 {
+		vs, err := node.ToIPVS(ss, func(srv *types.RealServer) uint32 {
 			if model.ServerKeyString(srv.Key) == downServer && item.Service.Id == "checked" {
 				return 0
 			}

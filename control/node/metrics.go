@@ -1,0 +1,239 @@
+package node
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// NodeMetrics are the node runner's Prometheus metrics.
+type NodeMetrics struct {
+	reconcileDuration *prometheus.HistogramVec
+	reconcileErrors   prometheus.Counter
+	ops               *prometheus.CounterVec
+	opErrors          *prometheus.CounterVec
+	desiredRevision   prometheus.Gauge
+	appliedRevision   prometheus.Gauge
+	invalidKeys       prometheus.Gauge
+	ownedServices     prometheus.Gauge
+	objectErrors      prometheus.Gauge
+	guardHeld         prometheus.Gauge
+	serverUp          *prometheus.GaugeVec
+	serviceDown       *prometheus.GaugeVec
+	resyncs           prometheus.Counter
+	sinkUp            *prometheus.GaugeVec
+	sinkErrors        *prometheus.CounterVec
+	vips              *prometheus.GaugeVec
+	vipAnnounced      *prometheus.GaugeVec
+	changeApply       prometheus.Histogram
+	reportedServers   map[[2]string]bool // merlin_server_up label pairs set
+	reportedServices  map[string]bool    // merlin_service_all_servers_down as last set
+}
+
+// NewNodeMetrics creates the metrics and registers them (reg may be nil).
+func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
+	m := &NodeMetrics{
+		reconcileDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "merlin_reconcile_duration_seconds", Help: "Time of one reconcile pass, by kind (event: a desired-state change; resync: with a full kernel read).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"kind"}),
+		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_reconcile_errors_total", Help: "Reconcile passes that could not complete."}),
+		ops:             prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_ipvs_ops_total", Help: "IPVS netlink write operations sent, by op."}, []string{"op"}),
+		opErrors:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_ipvs_op_errors_total", Help: "IPVS write operations the kernel refused or that did not complete, by op and error."}, []string{"op", "error"}),
+		desiredRevision: prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_desired_revision", Help: "etcd revision of the desired state this node has seen."}),
+		appliedRevision: prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_applied_revision", Help: "etcd revision of the desired state last applied completely (apart from per-object errors)."}),
+		invalidKeys:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_invalid_keys", Help: "etcd keys of the desired state whose values could not be used."}),
+		ownedServices:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_owned_services", Help: "Kernel IPVS services merlin owns on this node."}),
+		objectErrors:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_object_errors", Help: "Desired objects the kernel currently refuses (retried with backoff)."}),
+		guardHeld:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_deletion_guard_held", Help: "1 while a mass deletion waits for confirmation."}),
+		serverUp:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_server_up", Help: "Health of each checked real server as this node sees it (1 up, 0 down)."}, []string{"service", "server"}),
+		resyncs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_resyncs_total", Help: "Background reads of the whole kernel table compared with what merlin wrote."}),
+		serviceDown:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_all_servers_down", Help: "1 for a service whose servers are all down on this node."}, []string{"service"}),
+		sinkUp:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_sink_up", Help: "1 while the last update of a part of the dataplane (ipvs, vips, ...) worked, 0 while it fails."}, []string{"sink"}),
+		sinkErrors:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),
+		vips:            prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vips", Help: "VIPs of the desired state on this node, by whether the node can serve them (serving, not_serving)."}, []string{"state"}),
+		vipAnnounced:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
+		changeApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "merlin_change_apply_seconds",
+			Help:    "Time from a desired-state change arriving from etcd to the end of the pass that applied it (kernel writes acknowledged): merlin's own share of a change.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		reportedServers:  map[[2]string]bool{},
+		reportedServices: map[string]bool{},
+	}
+	for _, op := range []ipvs.OpKind{ipvs.OpAddService, ipvs.OpUpdateService, ipvs.OpDeleteService, ipvs.OpAddDestination, ipvs.OpUpdateDestination, ipvs.OpDeleteDestination} {
+		m.ops.WithLabelValues(opLabel(op)) // exported as 0 before the first op
+		for _, e := range []string{"not_sent", "outcome_unknown", "other"} {
+			m.opErrors.WithLabelValues(opLabel(op), e)
+		}
+	}
+	for _, st := range []string{string(VIPServed), "not_serving"} {
+		m.vips.WithLabelValues(st)
+	}
+	if reg != nil {
+		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
+			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs,
+			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.changeApply)
+	}
+	return m
+}
+
+// declareSinks exports every sink's series before its first update.
+func (m *NodeMetrics) declareSinks(names []string) {
+	for _, n := range names {
+		m.sinkUp.WithLabelValues(n).Set(1)
+		m.sinkErrors.WithLabelValues(n)
+	}
+}
+
+func (m *NodeMetrics) setSink(name string, err error) {
+	if err != nil {
+		m.sinkUp.WithLabelValues(name).Set(0)
+		m.sinkErrors.WithLabelValues(name).Inc()
+		return
+	}
+	m.sinkUp.WithLabelValues(name).Set(1)
+}
+
+// setServicesDown exports merlin_service_all_servers_down for every planned
+// service: 1 when all its servers are down, 0 otherwise (set on change).
+func (m *NodeMetrics) setServicesDown(plans map[string]*ServicePlan, down map[string]bool) {
+	for id := range plans {
+		if was, ok := m.reportedServices[id]; !ok || was != down[id] {
+			m.serviceDown.WithLabelValues(id).Set(b2f(down[id]))
+			m.reportedServices[id] = down[id]
+		}
+	}
+	for id := range m.reportedServices {
+		if _, ok := plans[id]; !ok {
+			m.serviceDown.DeleteLabelValues(id)
+			delete(m.reportedServices, id)
+		}
+	}
+}
+
+// setServerHealth sets merlin_server_up for exactly the checked servers.
+func (m *NodeMetrics) setServerHealth(servers []*types.ServerHealth) {
+	seen := make(map[[2]string]bool, len(servers))
+	for _, sh := range servers {
+		k := [2]string{sh.ServiceId, sh.Server}
+		seen[k] = true
+		m.serverUp.WithLabelValues(k[0], k[1]).Set(b2f(sh.Up))
+	}
+	for k := range m.reportedServers {
+		if !seen[k] {
+			m.serverUp.DeleteLabelValues(k[0], k[1])
+		}
+	}
+	m.reportedServers = seen
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func opLabel(k ipvs.OpKind) string {
+	switch k {
+	case ipvs.OpAddService:
+		return "add_service"
+	case ipvs.OpUpdateService:
+		return "update_service"
+	case ipvs.OpDeleteService:
+		return "delete_service"
+	case ipvs.OpAddDestination:
+		return "add_destination"
+	case ipvs.OpUpdateDestination:
+		return "update_destination"
+	case ipvs.OpDeleteDestination:
+		return "delete_destination"
+	}
+	return "unknown"
+}
+
+// errorLabel names an op error by errno, with a bounded set of values.
+func errorLabel(err error) string {
+	var errno unix.Errno
+	switch {
+	case errors.Is(err, ipvs.ErrNotSent):
+		return "not_sent"
+	case errors.Is(err, ipvs.ErrOutcomeUnknown):
+		return "outcome_unknown"
+	case errors.As(err, &errno):
+		if name := unix.ErrnoName(errno); name != "" {
+			return name
+		}
+	}
+	return "other"
+}
+
+// WatcherCollector exports a Watcher's re-list counts and invalid keys.
+type WatcherCollector struct {
+	w       *store.Watcher
+	relists *prometheus.Desc
+}
+
+// NewWatcherCollector collects w's counters on every scrape.
+func NewWatcherCollector(w *store.Watcher) *WatcherCollector {
+	return &WatcherCollector{w: w, relists: prometheus.NewDesc("merlin_watch_relists_total", "Full lists of the desired state, by reason (start, compacted, closed, silent, periodic).", []string{"reason"}, nil)}
+}
+
+func (c *WatcherCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.relists }
+
+func (c *WatcherCollector) Collect(ch chan<- prometheus.Metric) {
+	for reason, n := range c.w.Relists() {
+		ch <- prometheus.MustNewConstMetric(c.relists, prometheus.CounterValue, float64(n), reason)
+	}
+}
+
+// HealthMetrics turn health check results into Prometheus metrics.
+type HealthMetrics struct {
+	duration    *prometheus.HistogramVec
+	failures    *prometheus.CounterVec
+	transitions *prometheus.CounterVec
+}
+
+// NewHealthMetrics creates the metrics and registers them (reg may be nil).
+func NewHealthMetrics(reg prometheus.Registerer) *HealthMetrics {
+	m := &HealthMetrics{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "merlin_health_check_duration_seconds", Help: "Time of one health probe, by kind.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"kind"}),
+		failures:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_health_check_failures_total", Help: "Failed health probes by kind and reason (timeout, refused, status, body, tls, reset, exit, other)."}, []string{"kind", "reason"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_health_transitions_total", Help: "Health state changes of checks, by kind and new state."}, []string{"kind", "to"}),
+	}
+	// Exported as 0 before the first probe, so rate() and alerts see the first one.
+	for _, k := range []health.Kind{health.HTTP, health.HTTPS, health.TCP, health.UDP, health.GRPC, health.Exec} {
+		m.transitions.WithLabelValues(string(k), "up")
+		m.transitions.WithLabelValues(string(k), "down")
+		for _, r := range []string{health.ReasonTimeout, health.ReasonRefused, health.ReasonStatus, health.ReasonBody, health.ReasonTLS, health.ReasonReset, health.ReasonExit, health.ReasonOther} {
+			m.failures.WithLabelValues(string(k), r)
+		}
+	}
+	if reg != nil {
+		reg.MustRegister(m.duration, m.failures, m.transitions)
+	}
+	return m
+}
+
+// Probed implements health.Observer.
+func (m *HealthMetrics) Probed(c health.Check, took time.Duration, err error) {
+	m.duration.WithLabelValues(string(c.Kind)).Observe(took.Seconds())
+	if err != nil {
+		m.failures.WithLabelValues(string(c.Kind), health.Reason(err)).Inc()
+	}
+}
+
+// Transition implements health.Observer.
+func (m *HealthMetrics) Transition(c health.Check, up bool) {
+	to := "down"
+	if up {
+		to = "up"
+	}
+	m.transitions.WithLabelValues(string(c.Kind), to).Inc()
+}

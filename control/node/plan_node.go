@@ -1,0 +1,211 @@
+package node
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/model"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// VIPServing says whether this node can serve a VIP (what a BGP speaker
+// announces or withdraws).
+type VIPServing string
+
+// Serving states of a VIP.
+const (
+	VIPServed          VIPServing = "serving"
+	VIPNoHealthyServer VIPServing = "no_healthy_server"
+	VIPNotReady        VIPServing = "not_ready"
+	VIPFailed          VIPServing = "ipvs_failed"
+	VIPDraining        VIPServing = "draining" // announced with GRACEFUL_SHUTDOWN
+	VIPDrained         VIPServing = "drained"  // withdrawn by a drain
+)
+
+// VIPState is one VIP address with the services on it and whether this
+// node can serve it, with the reason when it cannot, and how BGP
+// announces it.
+type VIPState struct {
+	Addr     netip.Addr
+	State    VIPServing
+	Reason   string
+	Services []string // IDs, sorted
+	Announce bool
+	Route    RouteAttrs
+}
+
+// RouteAttrs are the BGP attributes of a VIP's route: what its services
+// ask for, and the graceful shutdown marks while draining.
+type RouteAttrs struct {
+	Communities      []uint32 // sorted, unique
+	LargeCommunities []model.LargeCommunity
+	LocalPref        *uint32
+	GracefulShutdown bool // RFC 8326: GRACEFUL_SHUTDOWN community, local preference 0
+}
+
+// NodeInputs is what the node plan needs beyond the service plans.
+type NodeInputs struct {
+	// NotReady, when set, says why nothing is served yet (before the first
+	// completed reconcile, or before the first health results).
+	NotReady string
+	// Failed names the services the kernel refused on this node.
+	Failed map[string]bool
+	Drain  DrainPhase
+	// HealthStuck, when set, says why health results stopped coming in:
+	// nothing is announced while the node cannot tell what it serves.
+	HealthStuck string
+}
+
+// DrainPhase is where a node's BGP drain stands (the runner reads the
+// clock and says which).
+type DrainPhase int
+
+// Drain phases.
+const (
+	NotDraining DrainPhase = iota
+	Draining               // announced with GRACEFUL_SHUTDOWN
+	Drained                // past the drain's withdraw_after: withdrawn
+)
+
+// NodePlan is what the node programs beside the IPVS table, derived from
+// all service plans.
+type NodePlan struct {
+	Ready     bool         // the first reconcile and health results are in
+	VIPs      []netip.Addr // of every programmable address-based service, sorted
+	VIPStates []VIPState   // one per VIP, sorted by address
+	Health    []*types.ServerHealth
+	Down      []string // services whose servers are all down, sorted
+}
+
+// PlanNode derives the node plan from the service plans.
+func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
+	np := NodePlan{Ready: in.NotReady == ""}
+	byVIP := map[netip.Addr][]*ServicePlan{}
+	for _, id := range slices.Sorted(maps.Keys(services)) {
+		p := services[id]
+		if p.AllDown {
+			np.Down = append(np.Down, id)
+		}
+		np.Health = appendHealth(np.Health, p)
+		if k := p.State.Service.GetKey(); k.GetFwmark() == 0 {
+			if addr, err := netip.ParseAddr(k.GetIp()); err == nil {
+				byVIP[addr] = append(byVIP[addr], p)
+			}
+		}
+	}
+	for _, addr := range slices.SortedFunc(maps.Keys(byVIP), netip.Addr.Compare) {
+		st := vipState(addr, byVIP[addr], in)
+		np.VIPStates = append(np.VIPStates, st)
+		if slices.ContainsFunc(byVIP[addr], func(p *ServicePlan) bool { return p.Err == nil }) {
+			np.VIPs = append(np.VIPs, addr)
+		}
+	}
+	return np
+}
+
+// vipState: served when any service on the VIP has a server up and was
+// programmed; otherwise the first reason that applies. It is announced
+// while served (or draining), or when a programmed service on it asks to
+// be announced always.
+func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
+	st := VIPState{Addr: addr}
+	var failed, noServer, allDown []string
+	always := false
+	for _, p := range plans {
+		st.Services = append(st.Services, p.ID)
+		switch {
+		case p.Err != nil || in.Failed[p.ID]:
+			failed = append(failed, p.ID)
+			continue
+		case len(p.Virtual.Destinations) == 0:
+			noServer = append(noServer, p.ID)
+		case p.AllDown:
+			allDown = append(allDown, p.ID)
+		default:
+			st.State = VIPServed
+		}
+		always = always || p.State.Service.GetAnnounce().GetAlways()
+		st.Route.add(p.State.Service.GetAnnounce())
+	}
+	served := st.State == VIPServed
+	switch {
+	case in.NotReady != "":
+		st.State, st.Reason = VIPNotReady, in.NotReady
+	case in.HealthStuck != "":
+		st.State, st.Reason = VIPNotReady, in.HealthStuck
+	case in.Drain == Drained:
+		st.State, st.Reason = VIPDrained, "the node is drained"
+	case in.Drain == Draining && (served || always):
+		st.State, st.Reason, st.Announce = VIPDraining, "the node is draining", true
+		st.Route.GracefulShutdown = true
+	case served:
+		st.Announce = true
+	case len(allDown) > 0 || len(noServer) > 0:
+		st.State, st.Announce = VIPNoHealthyServer, always
+		st.Reason = joinReasons(map[string][]string{"every server is down": allDown, "no servers": noServer})
+		if always {
+			st.Reason += " (announced: announce.always)"
+		}
+	default:
+		st.State, st.Reason = VIPFailed, "not programmed: "+strings.Join(failed, ", ")
+	}
+	if !st.Announce {
+		st.Route = RouteAttrs{}
+	}
+	return st
+}
+
+// add joins a service's announcement options into the VIP's route.
+func (r *RouteAttrs) add(a *types.Announce) {
+	for _, c := range a.GetCommunities() {
+		if v, err := model.ParseCommunity(c); err == nil && !slices.Contains(r.Communities, v) {
+			r.Communities = append(r.Communities, v)
+		}
+	}
+	slices.Sort(r.Communities)
+	for _, c := range a.GetLargeCommunities() {
+		if v, err := model.ParseLargeCommunity(c); err == nil && !slices.Contains(r.LargeCommunities, v) {
+			r.LargeCommunities = append(r.LargeCommunities, v)
+		}
+	}
+	slices.SortFunc(r.LargeCommunities, func(a, b model.LargeCommunity) int { return slices.Compare(a[:], b[:]) })
+	if lp := a.GetLocalPreference(); lp != nil && (r.LocalPref == nil || lp.Value > *r.LocalPref) {
+		v := lp.Value
+		r.LocalPref = &v
+	}
+}
+
+func joinReasons(by map[string][]string) string {
+	var parts []string
+	for _, reason := range slices.Sorted(maps.Keys(by)) {
+		if ids := by[reason]; len(ids) > 0 {
+			parts = append(parts, fmt.Sprintf("%s: %s", reason, strings.Join(ids, ", ")))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func appendHealth(out []*types.ServerHealth, p *ServicePlan) []*types.ServerHealth {
+	for _, sp := range p.Servers {
+		if !sp.Checked {
+			continue
+		}
+		sh := &types.ServerHealth{ServiceId: p.ID, Server: sp.Key, Up: sp.Up, EffectiveWeight: sp.Weight}
+		if sp.Known {
+			sh.LastError, sh.Since = sp.Health.LastError, timestamppb.New(sp.Health.Since)
+		}
+		out = append(out, sh)
+	}
+	return out
+}
+
+func compareServiceKeys(a, b ipvs.ServiceKey) int {
+	return cmp.Or(cmp.Compare(a.FWMark, b.FWMark), a.Address.Compare(b.Address), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Family, b.Family))
+}

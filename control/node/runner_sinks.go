@@ -1,0 +1,174 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// setSinks derives the node plan again when a service's share of it may
+// have changed, and hands the plan to the sinks: all of them after a
+// change, a failed one again when its retry is due. One sink's failure
+// is recorded for it alone.
+func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled bool, now time.Time) {
+	var drain *store.Drain
+	if d, ok := desired.Drains[r.cfg.Node]; ok {
+		drain = &d
+	}
+	phase, ends := drainPhase(drain, now)
+	r.pass.drain, r.pass.drainEnds = drain, ends
+	in := NodeInputs{NotReady: r.settleReadiness(reconciled), Failed: r.pass.failures.services(), Drain: phase}
+	in.HealthStuck, r.pass.stuckLook = r.healthStuck(now)
+	if in.NotReady != r.pass.nodeIn.NotReady || in.Drain != r.pass.nodeIn.Drain || in.HealthStuck != r.pass.nodeIn.HealthStuck ||
+		!maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
+		r.pass.nodeDirty = true
+	}
+	changed := r.pass.nodeDirty
+	if changed {
+		r.pass.node, r.pass.nodeIn = PlanNode(r.pass.plans, in), in
+		r.pass.nodeDirty = false
+		r.reportNode()
+	}
+	plan := &Plan{Revision: desired.Revision, Services: r.pass.plans, Node: r.pass.node}
+	for _, s := range r.sinks {
+		id := objectID{service: s.Name()}
+		_, failing := r.pass.sinkFail.byID[id]
+		if !changed && (!failing || r.pass.sinkFail.waiting(id, now)) {
+			continue
+		}
+		err := s.Set(ctx, plan)
+		r.metrics.setSink(s.Name(), err)
+		if err != nil {
+			if r.pass.sinkFail.add(id, err, now) {
+				r.log.Warn("sink failed; retrying with backoff", "sink", s.Name(), "error", err)
+			}
+			continue
+		}
+		if failing {
+			r.log.Info("sink recovered", "sink", s.Name())
+		}
+		r.pass.sinkFail.clear(id)
+	}
+}
+
+// settleReadiness says why the node serves nothing yet: until a pass has
+// completed with the first result of every check in, no VIP is served.
+// Once ready, a node stays ready.
+func (r *Runner) settleReadiness(reconciled bool) string {
+	switch {
+	case r.pass.ready:
+		return ""
+	case !reconciled:
+		return "the first reconcile has not completed"
+	}
+	for c := range r.pass.initial {
+		if st, ok := r.health.State(c); !ok || !st.Settled {
+			return "waiting for the first health results"
+		}
+	}
+	r.pass.ready = true
+	return ""
+}
+
+// healthStuck says why the monitor seems stuck — no check has had a
+// result for three of its rounds — and when to look again otherwise.
+func (r *Runner) healthStuck(now time.Time) (string, time.Time) {
+	if r.health == nil || !r.pass.ready {
+		return "", time.Time{}
+	}
+	var latest, last time.Time
+	for c := range r.pass.initial {
+		st, ok := r.health.State(c)
+		if !ok || st.Checked.IsZero() {
+			continue // not probed yet
+		}
+		if due := st.Checked.Add(3*(c.Interval+c.Timeout) + 5*time.Second); due.After(latest) {
+			latest, last = due, st.Checked
+		}
+	}
+	if latest.IsZero() || now.Before(latest) {
+		return "", latest
+	}
+	return fmt.Sprintf("no health check result for %s: the health monitor is stuck", now.Sub(last).Round(time.Second)), time.Time{}
+}
+
+// reportNode puts the node plan's health and VIP states into status and
+// metrics.
+func (r *Runner) reportNode() {
+	np := r.pass.node
+	down := map[string]bool{}
+	for _, id := range np.Down {
+		down[id] = true
+		if !r.pass.lastDown[id] {
+			r.log.Warn("every server of the service is down", "service", id)
+		}
+	}
+	for id := range r.pass.lastDown {
+		if !down[id] {
+			r.log.Info("the service has a server up again", "service", id)
+		}
+	}
+	r.pass.lastDown = down
+	r.metrics.setServicesDown(r.pass.plans, down)
+	r.metrics.setServerHealth(np.Health)
+	var notServing []*types.VIPStatus
+	serving, announced := 0, 0
+	r.metrics.vipAnnounced.Reset()
+	for _, v := range np.VIPStates {
+		r.metrics.vipAnnounced.WithLabelValues(v.Addr.String(), string(v.State)).Set(b2f(v.Announce))
+		if v.Announce {
+			announced++
+		}
+		if v.State == VIPServed {
+			serving++
+			continue
+		}
+		notServing = append(notServing, &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services, Announced: v.Announce})
+	}
+	r.metrics.vips.WithLabelValues(string(VIPServed)).Set(float64(serving))
+	r.metrics.vips.WithLabelValues("not_serving").Set(float64(len(notServing)))
+	r.setStatus(func(st *types.NodeStatus) {
+		st.Servers, st.ServicesDown = np.Health, np.Down
+		st.VipsServing, st.VipsNotServing, st.VipsAnnounced = uint32(serving), notServing, uint32(announced)
+		st.Drain = drainStatus(r.pass.drain, r.pass.nodeIn.Drain)
+	})
+}
+
+// sinkStatus is each sink's state for node status; ipvsErr is the IPVS
+// sink's outcome of this pass.
+func (r *Runner) sinkStatus(ipvsErr error) []*types.SinkStatus {
+	out := []*types.SinkStatus{{Name: "ipvs", Ok: ipvsErr == nil}}
+	if ipvsErr != nil {
+		out[0].Error = ipvsErr.Error()
+	}
+	for _, s := range r.sinks {
+		st := &types.SinkStatus{Name: s.Name(), Ok: true}
+		if f := r.pass.sinkFail.byID[objectID{service: s.Name()}]; f != nil {
+			st.Ok, st.Error, st.NextRetry = false, f.err, timestamppb.New(f.next)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func sinkNames(sinks []Sink) []string {
+	names := make([]string, len(sinks))
+	for i, s := range sinks {
+		names[i] = s.Name()
+	}
+	return names
+}
+
+func drainStatus(d *store.Drain, phase DrainPhase) *types.DrainStatus {
+	if d == nil {
+		return nil
+	}
+	return &types.DrainStatus{Since: timestamppb.New(d.Since), WithdrawAfter: durationpb.New(d.WithdrawAfter), Withdrawn: phase == Drained}
+}

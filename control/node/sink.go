@@ -1,0 +1,55 @@
+package node
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+)
+
+// Plan is everything the planner decided for this node at one desired
+// revision: each service as programmed, and what derives from all of them.
+// Sinks read it and never modify it.
+type Plan struct {
+	Revision int64
+	Services map[string]*ServicePlan
+	Node     NodePlan
+}
+
+// A Sink programs one part of the dataplane from the whole plan. Set is
+// idempotent and level-triggered: given the same plan twice it changes
+// nothing the second time. A sink that fails is retried with backoff and
+// reported on its own; it never holds up the others. (IPVS, which diffs
+// only what may have changed, is the runner's own: sink_ipvs.go.)
+type Sink interface {
+	Name() string
+	Set(ctx context.Context, p *Plan) error
+}
+
+// VIPSink puts the VIPs a node serves on an interface (datapath/netif).
+type VIPSink interface {
+	SetVIPs(ctx context.Context, vips []netip.Addr) error
+}
+
+// vipSink gives the plan's VIP addresses to a VIPSink when they change.
+type vipSink struct {
+	vips VIPSink
+	last []netip.Addr
+	set  bool
+}
+
+// NewVIPSink is the sink that keeps the VIP addresses of the plan on an
+// interface.
+func NewVIPSink(v VIPSink) Sink { return &vipSink{vips: v} }
+
+func (s *vipSink) Name() string { return "vips" }
+
+func (s *vipSink) Set(ctx context.Context, p *Plan) error {
+	if s.set && slices.Equal(p.Node.VIPs, s.last) {
+		return nil
+	}
+	if err := s.vips.SetVIPs(ctx, p.Node.VIPs); err != nil {
+		return err
+	}
+	s.last, s.set = slices.Clone(p.Node.VIPs), true
+	return nil
+}

@@ -1,0 +1,91 @@
+package node
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/bgp"
+	"github.com/merlin-ipvs/merlin/model"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// Announcer is what the BGP sink drives: bgp.Speaker.
+type Announcer interface {
+	Set(ctx context.Context, routes []bgp.Route) error
+}
+
+// bgpSink gives the speaker the routes of the VIPs the plan announces.
+type bgpSink struct {
+	a    Announcer
+	last []bgp.Route
+	set  bool
+}
+
+// NewBGPSink is the sink that announces the plan's VIPs by BGP. It gives
+// the speaker nothing before the node is ready, so a starting node opens
+// no session (and ends no graceful restart) before it knows what it serves.
+func NewBGPSink(a Announcer) Sink { return &bgpSink{a: a} }
+
+func (s *bgpSink) Name() string { return "bgp" }
+
+func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
+	if !p.Node.Ready {
+		return nil
+	}
+	routes := Routes(p.Node.VIPStates)
+	if s.set && slices.EqualFunc(routes, s.last, bgp.Route.Equal) {
+		return nil
+	}
+	if err := s.a.Set(ctx, routes); err != nil {
+		return err
+	}
+	s.last, s.set = routes, true
+	return nil
+}
+
+// Routes are the BGP routes of the announced VIPs.
+func Routes(vips []VIPState) []bgp.Route {
+	var out []bgp.Route
+	for _, v := range vips {
+		if !v.Announce {
+			continue
+		}
+		r := bgp.HostRoute(v.Addr)
+		for _, c := range v.Route.Communities {
+			r.Communities = append(r.Communities, bgp.Community(c))
+		}
+		for _, c := range v.Route.LargeCommunities {
+			r.LargeCommunities = append(r.LargeCommunities, bgp.LargeCommunity{Global: c[0], Local1: c[1], Local2: c[2]})
+		}
+		r.LocalPref = v.Route.LocalPref
+		if v.Route.GracefulShutdown {
+			zero := uint32(0)
+			r.Communities = append(r.Communities, bgp.GracefulShutdown)
+			r.LocalPref = &zero // RFC 8326: lowest preference inside the AS too
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// BGPPeers is the speaker's sessions as node status shows them.
+func BGPPeers(peers []bgp.PeerStatus) []*types.BGPPeer {
+	out := make([]*types.BGPPeer, 0, len(peers))
+	for _, p := range peers {
+		bp := &types.BGPPeer{Address: p.Address.String(), As: p.AS, State: p.State, PrefixesSent: p.PrefixesSent,
+			PrefixesReceived: p.PrefixesReceived, LastError: model.Truncate(p.LastError, 200), Shut: p.Shut}
+		if p.Up {
+			bp.UpSince = timestamppb.New(p.Since.Truncate(time.Second))
+		}
+		out = append(out, bp)
+	}
+	return out
+}
+
+// SetBGPPeers puts the speaker's sessions into node status.
+func (r *Runner) SetBGPPeers(peers []*types.BGPPeer) {
+	r.setStatus(func(st *types.NodeStatus) { st.BgpPeers = peers })
+}

@@ -1,0 +1,115 @@
+package node
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/merlin-ipvs/merlin/bgp"
+	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// recordingAnnouncer keeps every set of routes it is given.
+type recordingAnnouncer struct {
+	mu   sync.Mutex
+	sets [][]bgp.Route
+	news chan struct{}
+}
+
+func newRecordingAnnouncer() *recordingAnnouncer {
+	return &recordingAnnouncer{news: make(chan struct{}, 100)}
+}
+
+func (a *recordingAnnouncer) Set(_ context.Context, routes []bgp.Route) error {
+	a.mu.Lock()
+	a.sets = append(a.sets, slices.Clone(routes))
+	a.mu.Unlock()
+	a.news <- struct{}{}
+	return nil
+}
+
+func (a *recordingAnnouncer) calls() [][]bgp.Route {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.sets)
+}
+
+// waitSet waits for a set of routes satisfying cond.
+func (a *recordingAnnouncer) waitSet(t *testing.T, what string, cond func([]bgp.Route) bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		if sets := a.calls(); len(sets) > 0 && cond(sets[len(sets)-1]) {
+			return
+		}
+		select {
+		case <-a.news:
+		case <-timeout:
+			t.Fatalf("no announcement with %s; sets: %v", what, a.calls())
+		}
+	}
+}
+
+// The speaker hears nothing before the node is ready (no session opens
+// before the first health results); then the VIP is announced, and a drain
+// marks it GRACEFUL_SHUTDOWN until the runner's own clock withdraws it.
+func TestRunnerBGPAnnouncements(t *testing.T) {
+	mon := newFakeMonitor()
+	ann := newRecordingAnnouncer()
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann)}})
+	a.start(t)
+	st := healthChecked(t, 0)
+	a.apply(t, st)
+	if calls := ann.calls(); len(calls) != 0 {
+		t.Fatalf("the speaker was given %v before the node was ready", calls)
+	}
+	mon.settle()
+	vip := bgp.HostRoute(mustAddr("198.18.0.1")).Prefix
+	ann.waitSet(t, "the VIP announced", func(r []bgp.Route) bool { return len(r) == 1 && r[0].Prefix == vip && len(r[0].Communities) == 0 })
+
+	drained := st.Clone()
+	drained.Revision++
+	drained.Drains = map[string]store.Drain{"n1": {Since: time.Now(), WithdrawAfter: 300 * time.Millisecond}}
+	a.Offer(drained.FullUpdate())
+	ann.waitSet(t, "GRACEFUL_SHUTDOWN", func(r []bgp.Route) bool {
+		return len(r) == 1 && slices.Contains(r[0].Communities, bgp.GracefulShutdown) && r[0].LocalPref != nil && *r[0].LocalPref == 0
+	})
+	ann.waitSet(t, "the withdrawal", func(r []bgp.Route) bool { return len(r) == 0 })
+	status := a.waitFor(t, "drained in status", func(s *types.NodeStatus) bool { return s.Drain.GetWithdrawn() })
+	if len(status.VipsNotServing) != 1 || status.VipsNotServing[0].State != string(VIPDrained) || status.VipsAnnounced != 0 {
+		t.Fatalf("status %v", status)
+	}
+
+	undrained := drained.Clone()
+	undrained.Revision++
+	undrained.Drains = nil
+	a.Offer(undrained.FullUpdate())
+	ann.waitSet(t, "the VIP back", func(r []bgp.Route) bool { return len(r) == 1 && len(r[0].Communities) == 0 })
+}
+
+// A monitor whose results stop coming in withdraws the node's VIPs: it
+// can no longer tell whether it serves them.
+func TestRunnerStuckHealthMonitorWithdraws(t *testing.T) {
+	mon := newFakeMonitor()
+	ann := newRecordingAnnouncer()
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann)}})
+	a.start(t)
+	a.apply(t, healthChecked(t, 0))
+	mon.settle()
+	mon.checkedAt(time.Now())
+	ann.waitSet(t, "the VIP announced", func(r []bgp.Route) bool { return len(r) == 1 })
+	mon.checkedAt(time.Now().Add(-time.Hour))
+	ann.waitSet(t, "the withdrawal", func(r []bgp.Route) bool { return len(r) == 0 })
+	st := a.waitFor(t, "stuck in status", func(s *types.NodeStatus) bool {
+		return len(s.VipsNotServing) == 1 && strings.Contains(s.VipsNotServing[0].Reason, "health monitor is stuck")
+	})
+	if st.VipsNotServing[0].State != string(VIPNotReady) {
+		t.Fatalf("VIP state %v", st.VipsNotServing[0])
+	}
+	mon.checkedAt(time.Now())
+	ann.waitSet(t, "the VIP back", func(r []bgp.Route) bool { return len(r) == 1 })
+}

@@ -1,0 +1,355 @@
+package store
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/merlin-ipvs/merlin/model"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// ServiceState is one decoded service with its valid servers, keyed by
+// "IP:PORT" ("[IP]:PORT" for IPv6). It is never modified once built.
+type ServiceState struct {
+	Service *types.VirtualService
+	Servers map[string]*types.RealServer
+}
+
+type rawValue struct {
+	value       []byte
+	modRevision int64
+}
+
+// State is the desired state decoded from etcd at one revision. Values that
+// do not decode or validate are kept out of Services and listed in Invalid
+// (etcd key → reason); a server is checked against its service, so it is
+// re-checked whenever its service changes.
+type State struct {
+	Revision int64
+	Services map[string]*ServiceState
+	Invalid  map[string]string
+	// ConfirmedDeletions: nodes may apply mass deletions up to this revision.
+	ConfirmedDeletions int64
+	// Drains: nodes whose BGP announcements are drained, by node name.
+	// Replaced whole on a change, so it may be shared.
+	Drains map[string]Drain
+
+	prefix      string
+	seen        int64           // the last revision the state includes (list, or last event)
+	touched     map[string]bool // service IDs changed since the last Update (the watcher's copy)
+	rawServices map[string]rawValue
+	rawServers  map[string]map[string]rawValue // service ID → etcd key → value
+}
+
+func NewState(prefix string, revision int64) *State {
+	return &State{
+		seen:        revision,
+		Revision:    revision,
+		Services:    map[string]*ServiceState{},
+		Invalid:     map[string]string{},
+		prefix:      prefix,
+		rawServices: map[string]rawValue{},
+		rawServers:  map[string]map[string]rawValue{},
+	}
+}
+
+// Clone returns a copy whose later changes do not affect s. Services are
+// shared: they are immutable.
+func (s *State) Clone() *State {
+	c := &State{
+		Revision:           s.Revision,
+		Services:           maps.Clone(s.Services),
+		Invalid:            maps.Clone(s.Invalid),
+		prefix:             s.prefix,
+		ConfirmedDeletions: s.ConfirmedDeletions,
+		Drains:             s.Drains,
+		rawServices:        maps.Clone(s.rawServices),
+		rawServers:         make(map[string]map[string]rawValue, len(s.rawServers)),
+	}
+	for id, m := range s.rawServers {
+		c.rawServers[id] = maps.Clone(m)
+	}
+	return c
+}
+
+// keyKind splits an etcd key into what it holds; ok is false for keys the
+// state does not track (VIP index, node status).
+func (s *State) keyKind(key string) (service bool, id string, ok bool) {
+	rest, found := strings.CutPrefix(key, s.prefix+"/services/")
+	if found {
+		return true, rest, true
+	}
+	rest, found = strings.CutPrefix(key, s.prefix+"/servers/")
+	if found {
+		id, _, found = strings.Cut(rest, "/")
+		return false, id, found
+	}
+	return false, "", false
+}
+
+// put records a value written at key and rebuilds the service it affects;
+// it reports whether the key is part of the desired state.
+func (s *State) put(key string, value []byte, modRevision int64) bool {
+	if key == s.prefix+"/confirm-deletions" {
+		s.ConfirmedDeletions, _ = strconv.ParseInt(string(value), 10, 64)
+		return true
+	}
+	if node, ok := strings.CutPrefix(key, s.prefix+"/drain/"); ok {
+		s.setDrain(node, value)
+		return true
+	}
+	isService, id, ok := s.keyKind(key)
+	if !ok {
+		return false
+	}
+	s.touch(id)
+	raw := rawValue{value: value, modRevision: modRevision}
+	if isService {
+		s.rawServices[id] = raw
+		s.rebuild(id)
+		return true
+	}
+	if s.rawServers[id] == nil {
+		s.rawServers[id] = map[string]rawValue{}
+	}
+	s.rawServers[id][key] = raw
+	s.updateServer(id, key, &raw)
+	return true
+}
+
+func (s *State) touch(id string) {
+	if s.touched == nil {
+		s.touched = map[string]bool{}
+	}
+	s.touched[id] = true
+}
+
+// Update is what the watcher delivers: after a list, the whole state
+// (Full); after watch events, only the services that changed since the
+// previous Update. Its ServiceStates are immutable and shared.
+type Update struct {
+	Revision int64
+	Full     bool
+	// Services: every service (Full), or each changed one by ID with nil
+	// for a service that no longer exists (or no longer decodes).
+	Services           map[string]*ServiceState
+	Invalid            map[string]string // always complete
+	ConfirmedDeletions int64
+	Drains             map[string]Drain // always complete; shared
+	// Received is when the watcher got the change from etcd (for
+	// merlin_change_apply_seconds); zero when unknown.
+	Received time.Time
+}
+
+// update takes what changed since the last one; full hands over every service.
+func (s *State) update(full bool) *Update {
+	defer func() { s.touched = nil }()
+	if full {
+		return s.FullUpdate()
+	}
+	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains,
+		Services: make(map[string]*ServiceState, len(s.touched))}
+	for id := range s.touched {
+		u.Services[id] = s.Services[id]
+	}
+	return u
+}
+
+// snapshot is what consumers compare: the decoded services (shared,
+// immutable) without the raw values.
+func (s *State) snapshot() *State {
+	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, prefix: s.prefix}
+}
+
+// FullUpdate is an Update carrying all of s.
+func (s *State) FullUpdate() *Update {
+	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains}
+}
+
+// Apply brings s (a zero State to start) up to date with u; it reports
+// the service IDs u changed (nil: all of them, for a full update).
+func (s *State) Apply(u *Update) map[string]bool {
+	s.Revision, s.Invalid, s.ConfirmedDeletions, s.Drains = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains
+	if u.Full {
+		s.Services = maps.Clone(u.Services)
+		return nil
+	}
+	if s.Services == nil {
+		s.Services = map[string]*ServiceState{}
+	}
+	changed := make(map[string]bool, len(u.Services))
+	for id, ss := range u.Services {
+		changed[id] = true
+		if ss == nil {
+			delete(s.Services, id)
+		} else {
+			s.Services[id] = ss
+		}
+	}
+	return changed
+}
+
+// updateServer re-decodes one server of a service whose own value did not
+// change (nil raw: the server was deleted).
+func (s *State) updateServer(id, key string, raw *rawValue) {
+	delete(s.Invalid, key)
+	ss := s.Services[id]
+	if ss == nil {
+		if raw == nil {
+			return
+		}
+		if _, ok := s.rawServices[id]; !ok {
+			s.Invalid[key] = fmt.Sprintf("service %q does not exist", id)
+		} else {
+			s.Invalid[key] = fmt.Sprintf("service %q is invalid", id)
+		}
+		return
+	}
+	// ServiceStates are shared with delivered views: replace, never modify.
+	servers := maps.Clone(ss.Servers)
+	delete(servers, key[strings.LastIndexByte(key, '/')+1:])
+	if raw != nil {
+		srv, err := DecodeServer(key, raw.value, raw.modRevision, ss.Service)
+		if err != nil {
+			s.Invalid[key] = err.Error()
+		} else {
+			servers[model.ServerKeyString(srv.Key)] = srv
+		}
+	}
+	s.Services[id] = &ServiceState{Service: ss.Service, Servers: servers}
+}
+
+// delete records a deleted key and rebuilds the service it affects; it
+// reports whether the key is part of the desired state.
+func (s *State) delete(key string) bool {
+	if key == s.prefix+"/confirm-deletions" {
+		s.ConfirmedDeletions = 0
+		return true
+	}
+	if node, ok := strings.CutPrefix(key, s.prefix+"/drain/"); ok {
+		s.setDrain(node, nil)
+		return true
+	}
+	isService, id, ok := s.keyKind(key)
+	if !ok {
+		return false
+	}
+	s.touch(id)
+	delete(s.Invalid, key)
+	if isService {
+		delete(s.rawServices, id)
+		s.rebuild(id)
+		return true
+	}
+	if m := s.rawServers[id]; m != nil {
+		delete(m, key)
+		if len(m) == 0 {
+			delete(s.rawServers, id)
+		}
+	}
+	s.updateServer(id, key, nil)
+	return true
+}
+
+// rebuild decodes one service and its servers from their raw values.
+func (s *State) rebuild(id string) {
+	svcKey := s.prefix + "/services/" + id
+	delete(s.Invalid, svcKey)
+	for key := range s.rawServers[id] {
+		delete(s.Invalid, key)
+	}
+	delete(s.Services, id)
+
+	raw, ok := s.rawServices[id]
+	var svc *types.VirtualService
+	if ok {
+		var err error
+		svc, err = DecodeService(svcKey, raw.value, raw.modRevision)
+		if err != nil {
+			s.Invalid[svcKey] = err.Error()
+			svc = nil
+		}
+	}
+	servers := map[string]*types.RealServer{}
+	for key, raw := range s.rawServers[id] {
+		switch {
+		case !ok:
+			s.Invalid[key] = fmt.Sprintf("service %q does not exist", id)
+		case svc == nil:
+			s.Invalid[key] = fmt.Sprintf("service %q is invalid", id)
+		default:
+			srv, err := DecodeServer(key, raw.value, raw.modRevision, svc)
+			if err != nil {
+				s.Invalid[key] = err.Error()
+				continue
+			}
+			servers[model.ServerKeyString(srv.Key)] = srv
+		}
+	}
+	if svc != nil {
+		s.Services[id] = &ServiceState{Service: svc, Servers: servers}
+	}
+}
+
+// ListResponse renders the state as the API's List answer, sorted by
+// service ID and server address.
+func (s *State) ListResponse() *types.ListResponse {
+	resp := &types.ListResponse{Revision: s.Revision}
+	for _, id := range slices.Sorted(maps.Keys(s.Services)) {
+		ss := s.Services[id]
+		item := &types.ListResponse_Item{Service: ss.Service}
+		for _, k := range slices.SortedFunc(maps.Keys(ss.Servers), model.CompareServerKeys) {
+			item.Servers = append(item.Servers, ss.Servers[k])
+		}
+		resp.Items = append(resp.Items, item)
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Invalid)) {
+		resp.InvalidKeys = append(resp.InvalidKeys, &types.InvalidKey{Key: k, Reason: s.Invalid[k]})
+	}
+	return resp
+}
+
+// DecodeService decodes and validates a service value stored at key.
+func DecodeService(key string, value []byte, modRevision int64) (*types.VirtualService, error) {
+	var svc types.VirtualService
+	if err := proto.Unmarshal(value, &svc); err != nil {
+		return nil, fmt.Errorf("value does not decode as a service: %w", err)
+	}
+	id := key[strings.LastIndexByte(key, '/')+1:]
+	if svc.Id != id {
+		return nil, fmt.Errorf("value has id %q under the key of service %q", svc.Id, id)
+	}
+	n, err := model.NormalizeService(&svc)
+	if err != nil {
+		return nil, fmt.Errorf("invalid service: %w", err)
+	}
+	n.Revision = modRevision
+	return n, nil
+}
+
+// DecodeServer decodes and validates a server value stored at key against
+// its service.
+func DecodeServer(key string, value []byte, modRevision int64, svc *types.VirtualService) (*types.RealServer, error) {
+	var srv types.RealServer
+	if err := proto.Unmarshal(value, &srv); err != nil {
+		return nil, fmt.Errorf("value does not decode as a server: %w", err)
+	}
+	if srv.ServiceID != svc.Id {
+		return nil, fmt.Errorf("value has serviceID %q under service %q", srv.ServiceID, svc.Id)
+	}
+	n, err := model.NormalizeServer(&srv, svc)
+	if err != nil {
+		return nil, fmt.Errorf("invalid server: %w", err)
+	}
+	if want := key[strings.LastIndexByte(key, '/')+1:]; model.ServerKeyString(n.Key) != want {
+		return nil, fmt.Errorf("value is server %s under the key of %s", model.ServerKeyString(n.Key), want)
+	}
+	n.Revision = modRevision
+	return n, nil
+}

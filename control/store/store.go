@@ -1,0 +1,774 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/merlin-ipvs/merlin/model"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// Store errors; match them with errors.Is.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrConflict: the object changed since the revision the caller gave.
+	ErrConflict = errors.New("revision conflict")
+)
+
+// casAttempts bounds the read-modify-write retries of writes that carry no
+// revision of their own (a contended object makes them retry).
+const casAttempts = 16
+
+// listPageSize keeps each etcd range response well below its size limit.
+const listPageSize = 1000
+
+// Store keeps the desired state in etcd under a prefix:
+//
+//	PREFIX/services/ID            VirtualService (protobuf)
+//	PREFIX/servers/ID/IP:PORT     RealServer (protobuf); [IPv6]:PORT
+//	PREFIX/vips/tcp/IP:PORT       ID of the service that owns the VIP
+//	PREFIX/vips/fwmark/ipv4/MARK  likewise for firewall marks
+//
+// Every write is one transaction compared on revisions, so no write is
+// lost to a concurrent one and nothing is half-applied.
+type Store struct {
+	client *clientv3.Client
+	prefix string
+	quota  int64 // etcd's backend quota, for the write guard (quota.go)
+	usage  storeUsage
+}
+
+// NewStore uses the client for keys under prefix (e.g. "/merlin").
+func NewStore(client *clientv3.Client, prefix string) *Store {
+	return &Store{client: client, prefix: strings.TrimSuffix(prefix, "/"), quota: DefaultStoreQuota}
+}
+
+// Endpoints are the etcd endpoints the store talks to.
+func (s *Store) Endpoints() []string { return s.client.Endpoints() }
+
+// Prefix is the key prefix, without a trailing slash.
+func (s *Store) Prefix() string { return s.prefix }
+
+func (s *Store) servicesPrefix() string { return s.prefix + "/services/" }
+func (s *Store) markerKey() string      { return s.prefix + "/revision" }
+func (s *Store) nodePrefix() string     { return s.prefix + "/nodes/" }
+func (s *Store) confirmKey() string     { return s.prefix + "/confirm-deletions" }
+
+// mark is part of every write: its mod revision is the revision of the last
+// change to the desired state, deletions included.
+func (s *Store) mark() clientv3.Op             { return clientv3.OpPut(s.markerKey(), "") }
+func (s *Store) serversPrefix() string         { return s.prefix + "/servers/" }
+func (s *Store) serviceKey(id string) string   { return s.servicesPrefix() + id }
+func (s *Store) serverPrefix(id string) string { return s.serversPrefix() + id + "/" }
+func (s *Store) vipKey(k *types.VirtualService_Key) string {
+	return s.prefix + "/vips/" + model.VIPKey(k)
+}
+
+func (s *Store) serverKey(id string, k *types.RealServer_Key) string {
+	return s.serverPrefix(id) + model.ServerKeyString(k)
+}
+
+func marshal(m proto.Message) (string, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("encode %T: %w", m, err)
+	}
+	return string(b), nil
+}
+
+// storedService is the service as written: the revision lives in etcd.
+func storedService(s *types.VirtualService) *types.VirtualService {
+	c := proto.Clone(s).(*types.VirtualService)
+	c.Revision = 0
+	return c
+}
+
+func storedServer(s *types.RealServer) *types.RealServer {
+	c := proto.Clone(s).(*types.RealServer)
+	c.Revision = 0
+	return c
+}
+
+// CreateService stores a new service and claims its VIP, atomically. It
+// returns the revision of the write.
+func (s *Store) CreateService(ctx context.Context, in *types.VirtualService) (int64, error) {
+	svc, err := model.NormalizeService(in)
+	if err != nil {
+		return 0, err
+	}
+	val, err := marshal(storedService(svc))
+	if err != nil {
+		return 0, err
+	}
+	key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
+	resp, err := s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)).
+		Then(clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id), s.mark()).
+		Else(clientv3.OpGet(key, clientv3.WithKeysOnly()), clientv3.OpGet(vip)).
+		Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create service %q: %w", svc.Id, err)
+	}
+	if !resp.Succeeded {
+		if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+			return 0, fmt.Errorf("service %q: %w", svc.Id, ErrAlreadyExists)
+		}
+		owner := ""
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+			owner = string(kvs[0].Value)
+		}
+		return 0, fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(svc.Key), owner, ErrAlreadyExists)
+	}
+	return resp.Header.Revision, nil
+}
+
+// snapshot reads one service and its servers at one revision.
+type serviceSnapshot struct {
+	revision int64 // of the read
+	service  *types.VirtualService
+	servers  []*types.RealServer
+	invalid  []*types.InvalidKey
+}
+
+// readForWrite reads a service to change it. The first attempt reads from
+// the local member without a quorum round (serializable): the write that
+// follows is compared on revisions, so a stale read only costs a retry,
+// and the retries, like a "not found", read linearizably.
+func (s *Store) readForWrite(ctx context.Context, id string, attempt int) (*serviceSnapshot, error) {
+	if attempt == 0 {
+		snap, err := s.read(ctx, id, clientv3.WithSerializable())
+		if !errors.Is(err, ErrNotFound) {
+			return snap, err
+		}
+	}
+	return s.readService(ctx, id)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *Store) readService(ctx context.Context, id string) (*serviceSnapshot, error) {
+	return s.read(ctx, id)
+}
+
+func (s *Store) read(ctx context.Context, id string, opts ...clientv3.OpOption) (*serviceSnapshot, error) {
+	resp, err := s.client.Txn(ctx).Then(
+		clientv3.OpGet(s.serviceKey(id), opts...),
+		clientv3.OpGet(s.serverPrefix(id), append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read service %q: %w", id, err)
+	}
+	snap := &serviceSnapshot{revision: resp.Header.Revision}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return nil, fmt.Errorf("service %q: %w", id, ErrNotFound)
+	}
+	svc, err := DecodeService(string(kvs[0].Key), kvs[0].Value, kvs[0].ModRevision)
+	if err != nil {
+		return nil, fmt.Errorf("service %q is stored but unusable: %w", id, err)
+	}
+	snap.service = svc
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		srv, err := DecodeServer(string(kv.Key), kv.Value, kv.ModRevision, svc)
+		if err != nil {
+			snap.invalid = append(snap.invalid, &types.InvalidKey{Key: string(kv.Key), Reason: err.Error()})
+			continue
+		}
+		snap.servers = append(snap.servers, srv)
+	}
+	return snap, nil
+}
+
+// GetService returns one service with its servers, read at one revision.
+func (s *Store) GetService(ctx context.Context, id string) (*types.ListResponse_Item, error) {
+	if err := model.ValidateID("id", id); err != nil {
+		return nil, err
+	}
+	snap, err := s.readService(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &types.ListResponse_Item{Service: snap.service, Servers: snap.servers}, nil
+}
+
+// UpdateService changes a service. With update.Revision set, the update is
+// the whole service and applies only at that revision (ErrConflict
+// otherwise); without, the fields it sets are merged into the stored
+// service (the original Merlin's semantics) and the key cannot change.
+// Every server of the service must stay valid under the new service.
+func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService) (int64, error) {
+	if update == nil {
+		return 0, model.FieldErrorf("service", "required")
+	}
+	if err := model.ValidateID("id", update.Id); err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		cur, err := s.readForWrite(ctx, update.Id, attempt+b2i(update.Revision != 0)) // a revision compares on a fresh read
+		if err != nil {
+			return 0, err
+		}
+		var next *types.VirtualService
+		if update.Revision != 0 {
+			if cur.service.Revision != update.Revision {
+				return 0, fmt.Errorf("service %q is at revision %d, not %d: %w", update.Id, cur.service.Revision, update.Revision, ErrConflict)
+			}
+			next = proto.Clone(update).(*types.VirtualService)
+		} else {
+			next = mergeService(cur.service, update)
+		}
+		next, err = model.NormalizeService(next)
+		if err != nil {
+			return 0, err
+		}
+		for _, srv := range cur.servers {
+			if _, err := model.NormalizeServer(srv, next); err != nil {
+				return 0, model.FieldErrorf("service", "server %s would become invalid: %v", model.ServerName(srv), err)
+			}
+		}
+		next.Revision = cur.service.Revision
+		if proto.Equal(next, cur.service) {
+			return cur.service.Revision, nil
+		}
+		val, err := marshal(storedService(next))
+		if err != nil {
+			return 0, err
+		}
+		key := s.serviceKey(next.Id)
+		conds := []clientv3.Cmp{
+			clientv3.Compare(clientv3.ModRevision(key), "=", cur.service.Revision),
+			// No server was added or changed since the servers were checked.
+			clientv3.Compare(clientv3.ModRevision(s.serverPrefix(next.Id)), "<", cur.revision+1).WithPrefix(),
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, val), s.mark()}
+		oldVIP, newVIP := s.vipKey(cur.service.Key), s.vipKey(next.Key)
+		if oldVIP != newVIP {
+			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(newVIP), "=", 0))
+			ops = append(ops, clientv3.OpDelete(oldVIP), clientv3.OpPut(newVIP, next.Id))
+		}
+		resp, err := s.client.Txn(ctx).If(conds...).Then(ops...).Else(clientv3.OpGet(newVIP)).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("update service %q: %w", next.Id, err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		if oldVIP != newVIP {
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) != next.Id {
+				return 0, fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(next.Key), kvs[0].Value, ErrAlreadyExists)
+			}
+		}
+		if update.Revision != 0 {
+			return 0, fmt.Errorf("service %q changed while updating it: %w", update.Id, ErrConflict)
+		}
+	}
+	return 0, fmt.Errorf("update service %q: gave up after %d concurrent changes: %w", update.Id, casAttempts, ErrConflict)
+}
+
+// mergeService lays the fields an update sets over the stored service.
+func mergeService(cur, update *types.VirtualService) *types.VirtualService {
+	next := proto.Clone(cur).(*types.VirtualService)
+	if update.Key != nil {
+		// A key is one value (address, port, protocol or fwmark): given,
+		// it replaces the old one; the VIP index moves in the same
+		// transaction.
+		next.Key = proto.Clone(update.Key).(*types.VirtualService_Key)
+	}
+	if u := update.Config; u != nil {
+		if len(u.Flags) > 0 {
+			next.Config.Flags = nil // flags given replace the old ones
+			// Persistence and one-packet follow the new flags unless set too.
+			next.Config.PersistenceTimeout, next.Config.OnePacket = nil, nil
+			if u.PersistenceTimeout == nil && u.PersistenceNetmask == nil {
+				next.Config.PersistenceNetmask = nil
+			}
+		}
+		model.MergePresent(next.Config, u)
+		if u.PersistenceTimeout != nil && u.PersistenceTimeout.Value == 0 {
+			next.Config.Flags = removeFlag(next.Config.Flags, "persistent")
+			next.Config.PersistenceNetmask = nil
+		}
+		if u.OnePacket != nil && !u.OnePacket.Value {
+			next.Config.Flags = removeFlag(next.Config.Flags, "one-packet")
+		}
+	}
+	if d := update.Defaults; d != nil {
+		if next.Defaults == nil {
+			next.Defaults = &types.VirtualService_ServerDefaults{}
+		}
+		model.MergePresent(next.Defaults, d)
+	}
+	if a := update.Announce; a != nil {
+		if next.Announce == nil {
+			next.Announce = &types.Announce{}
+		}
+		model.MergePresent(next.Announce, a)
+	}
+	return next
+}
+
+func removeFlag(flags []string, name string) []string {
+	var out []string
+	for _, f := range flags {
+		if model.CanonicalFlag(f) != name {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// DeleteService deletes a service, its VIP claim and all its servers in
+// one transaction; with revision != 0 only if the service is at it.
+func (s *Store) DeleteService(ctx context.Context, id string, revision int64) (int64, error) {
+	if err := model.ValidateID("id", id); err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		resp, err := s.client.Get(ctx, s.serviceKey(id))
+		if err != nil {
+			return 0, fmt.Errorf("delete service %q: %w", id, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return 0, fmt.Errorf("service %q: %w", id, ErrNotFound)
+		}
+		kv := resp.Kvs[0]
+		if revision != 0 && kv.ModRevision != revision {
+			return 0, fmt.Errorf("service %q is at revision %d, not %d: %w", id, kv.ModRevision, revision, ErrConflict)
+		}
+		ops := []clientv3.Op{
+			clientv3.OpDelete(s.serviceKey(id)),
+			clientv3.OpDelete(s.serverPrefix(id), clientv3.WithPrefix()),
+			s.mark(),
+		}
+		// The VIP claim goes with it; an undecodable value still gets deleted.
+		if svc, err := DecodeService(string(kv.Key), kv.Value, kv.ModRevision); err == nil {
+			vip := s.vipKey(svc.Key)
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(vip), "=", id)},
+				[]clientv3.Op{clientv3.OpDelete(vip)}, nil))
+		}
+		txn, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(id)), "=", kv.ModRevision)).
+			Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("delete service %q: %w", id, err)
+		}
+		if txn.Succeeded {
+			return txn.Header.Revision, nil
+		}
+		if revision != 0 {
+			return 0, fmt.Errorf("service %q changed while deleting it: %w", id, ErrConflict)
+		}
+	}
+	return 0, fmt.Errorf("delete service %q: gave up after %d concurrent changes: %w", id, casAttempts, ErrConflict)
+}
+
+// CreateServer adds a server to an existing service.
+func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, error) {
+	if in == nil {
+		return 0, model.FieldErrorf("server", "required")
+	}
+	if err := model.ValidateID("serviceID", in.ServiceID); err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		cur, err := s.readForWrite(ctx, in.ServiceID, attempt)
+		if err != nil {
+			return 0, err
+		}
+		srv, err := model.NormalizeServer(in, cur.service)
+		if err != nil {
+			return 0, err
+		}
+		val, err := marshal(storedServer(srv))
+		if err != nil {
+			return 0, err
+		}
+		key := s.serverKey(srv.ServiceID, srv.Key)
+		resp, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(srv.ServiceID)), "=", cur.service.Revision),
+				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, val), s.mark()).
+			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
+			Commit()
+		if err != nil {
+			return 0, fmt.Errorf("create server %s: %w", model.ServerName(srv), err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+			return 0, fmt.Errorf("server %s: %w", model.ServerName(srv), ErrAlreadyExists)
+		}
+	}
+	return 0, fmt.Errorf("create server: service %q kept changing: %w", in.ServiceID, ErrConflict)
+}
+
+// UpdateServer changes a server: with update.Revision, the whole server at
+// that revision; without, the fields it sets are merged (see model.MergePresent:
+// a wrapper or duration sent replaces the stored value even when zero).
+func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int64, error) {
+	if update == nil {
+		return 0, model.FieldErrorf("server", "required")
+	}
+	if err := model.ValidateID("serviceID", update.ServiceID); err != nil {
+		return 0, err
+	}
+	if err := model.ValidateServerKey(update.Key); err != nil {
+		return 0, err
+	}
+	key := s.serverKey(update.ServiceID, update.Key)
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		cur, err := s.readForWrite(ctx, update.ServiceID, attempt+b2i(update.Revision != 0)) // a revision compares on a fresh read
+		if err != nil {
+			return 0, err
+		}
+		var prev *types.RealServer
+		for _, srv := range cur.servers {
+			if s.serverKey(srv.ServiceID, srv.Key) == key {
+				prev = srv
+			}
+		}
+		if prev == nil {
+			return 0, fmt.Errorf("server %s: %w", model.ServerName(update), ErrNotFound)
+		}
+		var next *types.RealServer
+		if update.Revision != 0 {
+			if prev.Revision != update.Revision {
+				return 0, fmt.Errorf("server %s is at revision %d, not %d: %w", model.ServerName(update), prev.Revision, update.Revision, ErrConflict)
+			}
+			next = proto.Clone(update).(*types.RealServer)
+			next.Key = prev.Key
+		} else {
+			next = mergeServer(prev, update)
+		}
+		next, err = model.NormalizeServer(next, cur.service)
+		if err != nil {
+			return 0, err
+		}
+		next.Revision = prev.Revision
+		if proto.Equal(next, prev) {
+			return prev.Revision, nil
+		}
+		val, err := marshal(storedServer(next))
+		if err != nil {
+			return 0, err
+		}
+		resp, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(next.ServiceID)), "=", cur.service.Revision),
+				clientv3.Compare(clientv3.ModRevision(key), "=", prev.Revision)).
+			Then(clientv3.OpPut(key, val), s.mark()).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("update server %s: %w", model.ServerName(next), err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		if update.Revision != 0 {
+			return 0, fmt.Errorf("server %s changed while updating it: %w", model.ServerName(update), ErrConflict)
+		}
+	}
+	return 0, fmt.Errorf("update server %s: gave up after %d concurrent changes: %w", model.ServerName(update), casAttempts, ErrConflict)
+}
+
+func mergeServer(prev, update *types.RealServer) *types.RealServer {
+	next := proto.Clone(prev).(*types.RealServer)
+	if u := update.Config; u != nil {
+		model.MergePresent(next.Config, u)
+	}
+	if u := update.HealthCheck; u != nil {
+		if next.HealthCheck == nil {
+			next.HealthCheck = &types.RealServer_HealthCheck{}
+		}
+		model.MergePresent(next.HealthCheck, u)
+	}
+	return next
+}
+
+// DeleteServer deletes one server; with server.Revision only at it.
+func (s *Store) DeleteServer(ctx context.Context, server *types.RealServer) (int64, error) {
+	if server == nil {
+		return 0, model.FieldErrorf("server", "required")
+	}
+	if err := model.ValidateID("serviceID", server.ServiceID); err != nil {
+		return 0, err
+	}
+	if err := model.ValidateServerKey(server.Key); err != nil {
+		return 0, err
+	}
+	key := s.serverKey(server.ServiceID, server.Key)
+	cmp := clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+	if server.Revision != 0 {
+		cmp = clientv3.Compare(clientv3.ModRevision(key), "=", server.Revision)
+	}
+	resp, err := s.client.Txn(ctx).If(cmp).Then(clientv3.OpDelete(key), s.mark()).
+		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("delete server %s: %w", model.ServerName(server), err)
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		return 0, fmt.Errorf("server %s is at revision %d, not %d: %w", model.ServerName(server), kvs[0].ModRevision, server.Revision, ErrConflict)
+	}
+	return 0, fmt.Errorf("server %s: %w", model.ServerName(server), ErrNotFound)
+}
+
+// List reads every service and server at one revision, page by page.
+// Values merlin cannot use are left out and reported in InvalidKeys.
+func (s *Store) List(ctx context.Context) (*types.ListResponse, error) {
+	state, err := s.ListState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return state.ListResponse(), nil
+}
+
+// ListState reads the whole desired state at the current revision.
+func (s *Store) ListState(ctx context.Context) (*State, error) {
+	return s.ListStateAt(ctx, 0)
+}
+
+// ListStateAt reads the whole desired state at revision rev (0: current).
+// A compacted revision fails with rpctypes.ErrCompacted.
+func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
+	svcKVs, rev, err := s.rangeAll(ctx, s.servicesPrefix(), rev)
+	if err != nil {
+		return nil, err
+	}
+	srvKVs, _, err := s.rangeAll(ctx, s.serversPrefix(), rev)
+	if err != nil {
+		return nil, err
+	}
+	st := NewState(s.prefix, rev)
+	n := 0
+	for _, kvs := range [][]keyValue{svcKVs, srvKVs} { // services first: servers decode against them
+		for _, kv := range kvs {
+			if n++; n%512 == 0 {
+				runtime.Gosched() // decoding a large table must not hold up the watch and the agent
+			}
+			st.put(string(kv.Key), kv.Value, kv.ModRevision)
+		}
+	}
+	confirm, err := s.client.Get(ctx, s.confirmKey(), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, fmt.Errorf("list %s at revision %d: %w", s.confirmKey(), rev, err)
+	}
+	for _, kv := range confirm.Kvs {
+		st.put(string(kv.Key), kv.Value, kv.ModRevision)
+	}
+	if err := s.listDrains(ctx, st, rev); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+type keyValue struct {
+	Key, Value  []byte
+	ModRevision int64
+}
+
+// rangeAll reads every key under prefix at revision rev (0: the current
+// one, which it returns) in pages of listPageSize.
+func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64) ([]keyValue, int64, error) {
+	var out []keyValue
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err := s.client.Get(pctx, from, opts...)
+		cancel()
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s at revision %d: %w", prefix, rev, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			out = append(out, keyValue{Key: kv.Key, Value: kv.Value, ModRevision: kv.ModRevision})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// DesiredRevision is the revision of the last change made through the
+// Store (0 before any).
+func (s *Store) DesiredRevision(ctx context.Context) (int64, error) {
+	resp, err := s.client.Get(ctx, s.markerKey())
+	if err != nil {
+		return 0, fmt.Errorf("read desired revision: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
+
+// NodeLease keeps a node's status key in etcd while it is renewed: the
+// key goes when the node stops renewing it.
+type NodeLease struct {
+	id    clientv3.LeaseID
+	alive <-chan *clientv3.LeaseKeepAliveResponse
+}
+
+// GrantNodeLease grants a lease of ttl seconds, renewed until keep ends.
+func (s *Store) GrantNodeLease(ctx, keep context.Context, ttl int64) (*NodeLease, error) {
+	lease, err := s.client.Grant(ctx, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", err)
+	}
+	alive, err := s.client.KeepAlive(keep, lease.ID)
+	if err != nil {
+		return nil, fmt.Errorf("keep lease alive: %w", err)
+	}
+	return &NodeLease{id: lease.ID, alive: alive}, nil
+}
+
+// Renewed delivers each renewal and is closed when the lease is lost.
+func (l *NodeLease) Renewed() <-chan *clientv3.LeaseKeepAliveResponse { return l.alive }
+
+func (l *NodeLease) String() string { return fmt.Sprintf("lease %x", int64(l.id)) }
+
+// PutNodeStatus publishes a node's status under its lease.
+func (s *Store) PutNodeStatus(ctx context.Context, lease *NodeLease, st *types.NodeStatus) error {
+	if err := model.ValidateID("node", st.Node); err != nil {
+		return err
+	}
+	val, err := marshal(st)
+	if err != nil {
+		return err
+	}
+	if _, err := s.client.Put(ctx, s.nodePrefix()+st.Node, val, clientv3.WithLease(lease.id)); err != nil {
+		return fmt.Errorf("publish status of node %s: %w", st.Node, err)
+	}
+	return nil
+}
+
+// NodeStatuses lists the status of every live node, by name.
+func (s *Store) NodeStatuses(ctx context.Context) ([]*types.NodeStatus, error) {
+	resp, err := s.client.Get(ctx, s.nodePrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read node status: %w", err)
+	}
+	var out []*types.NodeStatus
+	for _, kv := range resp.Kvs {
+		var st types.NodeStatus
+		if err := proto.Unmarshal(kv.Value, &st); err != nil {
+			out = append(out, &types.NodeStatus{Node: strings.TrimPrefix(string(kv.Key), s.nodePrefix()), LastResult: "status does not decode: " + err.Error()})
+			continue
+		}
+		out = append(out, &st)
+	}
+	return out, nil
+}
+
+// ConfirmDeletions records that nodes may apply deletions up to revision.
+func (s *Store) ConfirmDeletions(ctx context.Context, revision int64) error {
+	if revision <= 0 {
+		return model.FieldErrorf("revision", "must be positive")
+	}
+	if _, err := s.client.Put(ctx, s.confirmKey(), strconv.FormatInt(revision, 10)); err != nil {
+		return fmt.Errorf("confirm deletions: %w", err)
+	}
+	return nil
+}
+
+// importTxnOps keeps each import transaction under etcd's default limit
+// of 128 operations.
+const importTxnOps = 120
+
+// Import creates many services with their servers, validated like
+// CreateService and CreateServer, in transactions of up to importTxnOps
+// keys (a restore, or a benchmark's table). Each transaction creates whole
+// services only and fails, leaving earlier ones in place, if any of its
+// keys or VIPs already exists. It returns how many services it created.
+func (s *Store) Import(ctx context.Context, items []*types.ListResponse_Item) (int, error) {
+	type prepared struct {
+		conds []clientv3.Cmp
+		ops   []clientv3.Op
+	}
+	var batch []prepared
+	n, created := 0, 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		var conds []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, p := range batch {
+			conds, ops = append(conds, p.conds...), append(ops, p.ops...)
+		}
+		ops = append(ops, s.mark())
+		resp, err := s.client.Txn(ctx).If(conds...).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("import: %w", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("import: a service, server or VIP of services %d to %d already exists: %w", created+1, created+len(batch), ErrAlreadyExists)
+		}
+		created += len(batch)
+		batch, n = batch[:0], 0
+		return nil
+	}
+	for i, item := range items {
+		svc, err := model.NormalizeService(item.GetService())
+		if err != nil {
+			return created, fmt.Errorf("services[%d]: %w", i, err)
+		}
+		val, err := marshal(storedService(svc))
+		if err != nil {
+			return created, err
+		}
+		key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
+		p := prepared{
+			conds: []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)},
+			ops:   []clientv3.Op{clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id)},
+		}
+		for j, in := range item.GetServers() {
+			in = proto.Clone(in).(*types.RealServer)
+			in.ServiceID = svc.Id
+			srv, err := model.NormalizeServer(in, svc)
+			if err != nil {
+				return created, fmt.Errorf("services[%d].servers[%d]: %w", i, j, err)
+			}
+			v, err := marshal(storedServer(srv))
+			if err != nil {
+				return created, err
+			}
+			p.ops = append(p.ops, clientv3.OpPut(s.serverKey(svc.Id, srv.Key), v))
+		}
+		if len(p.ops)+1 > importTxnOps {
+			return created, fmt.Errorf("services[%d]: %d servers do not fit one transaction of %d operations", i, len(item.GetServers()), importTxnOps)
+		}
+		if n+len(p.ops)+1 > importTxnOps {
+			if err := flush(); err != nil {
+				return created, err
+			}
+		}
+		batch = append(batch, p)
+		n += len(p.ops)
+	}
+	return created, flush()
+}
