@@ -1091,7 +1091,7 @@ func TestAPIMappedAddressesAreOneServer(t *testing.T) {
 
 // ApplyChanges: swaps, address-family moves with servers and VIP moves in
 // one transaction; a batch with one bad change writes nothing and names
-// the change; a batch larger than one transaction is OutOfRange.
+// the change; deleting a service of any size is one change.
 func TestAPIApplyChanges(t *testing.T) {
 	forEachEtcd(t, func(t *testing.T, env *apiEnv) {
 		ctx, c := ctxT(t), env.client
@@ -1153,17 +1153,30 @@ func TestAPIApplyChanges(t *testing.T) {
 			t.Fatalf("refused batches wrote: revision %d → %d", before, after)
 		}
 
-		// Limits: 33 changes; a deletion needing more than one transaction.
+		// Limits: 33 changes. Deleting a service is a few etcd operations
+		// whatever its size (its servers go as one prefix): one of 200
+		// servers goes in one change, and through the single call.
 		var many []*types.Change
 		for i := range 33 {
 			many = append(many, create(fmt.Sprintf("m%d", i), fmt.Sprintf("198.18.1.%d", i+1)))
 		}
 		wantCode(t, apply(many...), codes.InvalidArgument)
-		for i := range 130 {
-			noErr(t)(c.CreateServer(ctx, server("c", fmt.Sprintf("198.19.1.%d", i+1), 80, 1)))
+		for _, id := range []string{"c", "big"} {
+			if id != "c" {
+				noErr(t)(c.CreateService(ctx, tcpService(id, "198.18.3.1", 80)))
+			}
+			for i := range 200 {
+				noErr(t)(c.CreateServer(ctx, server(id, fmt.Sprintf("198.19.%d.%d", 1+i/250, 1+i%250), 80, 1)))
+			}
 		}
-		err = apply(&types.Change{Change: &types.Change_DeleteService{DeleteService: &types.DeleteServiceRequest{Id: "c"}}})
-		wantCode(t, err, codes.OutOfRange)
+		noErr(t)(nil, apply(&types.Change{Change: &types.Change_DeleteService{DeleteService: &types.DeleteServiceRequest{Id: "c"}}}))
+		noErr(t)(c.DeleteService(ctx, wrapperspb.String("big")))
+		kvs, _ := dump(t, env.kv)
+		for k := range kvs {
+			if strings.Contains(k, "/servers/c/") || strings.Contains(k, "/servers/big/") || strings.HasSuffix(k, "/services/big") {
+				t.Fatalf("%s left after its service was deleted", k)
+			}
+		}
 		checkStored(t, ctx, env.kv, c)
 	})
 }

@@ -98,39 +98,6 @@ func storedServer(s *types.RealServer) *types.RealServer {
 	return c
 }
 
-// CreateService stores a new service and claims its VIP, atomically. It
-// returns the revision of the write.
-func (s *Store) CreateService(ctx context.Context, in *types.VirtualService) (int64, error) {
-	svc, err := model.NormalizeService(in)
-	if err != nil {
-		return 0, err
-	}
-	val, err := marshal(storedService(svc))
-	if err != nil {
-		return 0, err
-	}
-	key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
-	resp, err := s.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)).
-		Then(clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id), s.mark()).
-		Else(clientv3.OpGet(key, clientv3.WithKeysOnly()), clientv3.OpGet(vip)).
-		Commit()
-	if err != nil {
-		return 0, fmt.Errorf("create service %q: %w", svc.Id, err)
-	}
-	if !resp.Succeeded {
-		if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-			return 0, fmt.Errorf("service %q: %w", svc.Id, ErrAlreadyExists)
-		}
-		owner := ""
-		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-			owner = string(kvs[0].Value)
-		}
-		return 0, fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(svc.Key), owner, ErrAlreadyExists)
-	}
-	return resp.Header.Revision, nil
-}
-
 // snapshot reads one service and its servers at one revision.
 type serviceSnapshot struct {
 	revision int64 // of the read
@@ -151,13 +118,6 @@ func (s *Store) readForWrite(ctx context.Context, id string, attempt int) (*serv
 		}
 	}
 	return s.readService(ctx, id)
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func (s *Store) readService(ctx context.Context, id string) (*serviceSnapshot, error) {
@@ -203,80 +163,6 @@ func (s *Store) GetService(ctx context.Context, id string) (*types.ListResponse_
 		return nil, err
 	}
 	return &types.ListResponse_Item{Service: snap.service, Servers: snap.servers}, nil
-}
-
-// UpdateService changes a service. With update.Revision set, the update is
-// the whole service and applies only at that revision (ErrConflict
-// otherwise); without, the fields it sets are merged into the stored
-// service (the original Merlin's semantics) and the key cannot change.
-// Every server of the service must stay valid under the new service.
-func (s *Store) UpdateService(ctx context.Context, update *types.VirtualService) (int64, error) {
-	if update == nil {
-		return 0, model.FieldErrorf("service", "required")
-	}
-	if err := model.ValidateID("id", update.Id); err != nil {
-		return 0, err
-	}
-	for attempt := 0; attempt < casAttempts; attempt++ {
-		cur, err := s.readForWrite(ctx, update.Id, attempt+b2i(update.Revision != 0)) // a revision compares on a fresh read
-		if err != nil {
-			return 0, err
-		}
-		var next *types.VirtualService
-		if update.Revision != 0 {
-			if cur.service.Revision != update.Revision {
-				return 0, fmt.Errorf("service %q is at revision %d, not %d: %w", update.Id, cur.service.Revision, update.Revision, ErrConflict)
-			}
-			next = proto.Clone(update).(*types.VirtualService)
-		} else {
-			next = mergeService(cur.service, update)
-		}
-		next, err = model.NormalizeService(next)
-		if err != nil {
-			return 0, err
-		}
-		for _, srv := range cur.servers {
-			if _, err := model.NormalizeServer(srv, next); err != nil {
-				return 0, model.FieldErrorf("service", "server %s would become invalid: %v", model.ServerName(srv), err)
-			}
-		}
-		next.Revision = cur.service.Revision
-		if proto.Equal(next, cur.service) {
-			return cur.service.Revision, nil
-		}
-		val, err := marshal(storedService(next))
-		if err != nil {
-			return 0, err
-		}
-		key := s.serviceKey(next.Id)
-		conds := []clientv3.Cmp{
-			clientv3.Compare(clientv3.ModRevision(key), "=", cur.service.Revision),
-			// No server was added or changed since the servers were checked.
-			clientv3.Compare(clientv3.ModRevision(s.serverPrefix(next.Id)), "<", cur.revision+1).WithPrefix(),
-		}
-		ops := []clientv3.Op{clientv3.OpPut(key, val), s.mark()}
-		oldVIP, newVIP := s.vipKey(cur.service.Key), s.vipKey(next.Key)
-		if oldVIP != newVIP {
-			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(newVIP), "=", 0))
-			ops = append(ops, clientv3.OpDelete(oldVIP), clientv3.OpPut(newVIP, next.Id))
-		}
-		resp, err := s.client.Txn(ctx).If(conds...).Then(ops...).Else(clientv3.OpGet(newVIP)).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("update service %q: %w", next.Id, err)
-		}
-		if resp.Succeeded {
-			return resp.Header.Revision, nil
-		}
-		if oldVIP != newVIP {
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) != next.Id {
-				return 0, fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(next.Key), kvs[0].Value, ErrAlreadyExists)
-			}
-		}
-		if update.Revision != 0 {
-			return 0, fmt.Errorf("service %q changed while updating it: %w", update.Id, ErrConflict)
-		}
-	}
-	return 0, fmt.Errorf("update service %q: gave up after %d concurrent changes: %w", update.Id, casAttempts, ErrConflict)
 }
 
 // mergeService lays the fields an update sets over the stored service.
@@ -331,160 +217,6 @@ func removeFlag(flags []string, name string) []string {
 	return out
 }
 
-// DeleteService deletes a service, its VIP claim and all its servers in
-// one transaction; with revision != 0 only if the service is at it.
-func (s *Store) DeleteService(ctx context.Context, id string, revision int64) (int64, error) {
-	if err := model.ValidateID("id", id); err != nil {
-		return 0, err
-	}
-	for attempt := 0; attempt < casAttempts; attempt++ {
-		resp, err := s.client.Get(ctx, s.serviceKey(id))
-		if err != nil {
-			return 0, fmt.Errorf("delete service %q: %w", id, err)
-		}
-		if len(resp.Kvs) == 0 {
-			return 0, fmt.Errorf("service %q: %w", id, ErrNotFound)
-		}
-		kv := resp.Kvs[0]
-		if revision != 0 && kv.ModRevision != revision {
-			return 0, fmt.Errorf("service %q is at revision %d, not %d: %w", id, kv.ModRevision, revision, ErrConflict)
-		}
-		ops := []clientv3.Op{
-			clientv3.OpDelete(s.serviceKey(id)),
-			clientv3.OpDelete(s.serverPrefix(id), clientv3.WithPrefix()),
-			s.mark(),
-		}
-		// The VIP claim goes with it; an undecodable value still gets deleted.
-		if svc, err := DecodeService(string(kv.Key), kv.Value, kv.ModRevision); err == nil {
-			vip := s.vipKey(svc.Key)
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(vip), "=", id)},
-				[]clientv3.Op{clientv3.OpDelete(vip)}, nil))
-		}
-		txn, err := s.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(id)), "=", kv.ModRevision)).
-			Then(ops...).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("delete service %q: %w", id, err)
-		}
-		if txn.Succeeded {
-			return txn.Header.Revision, nil
-		}
-		if revision != 0 {
-			return 0, fmt.Errorf("service %q changed while deleting it: %w", id, ErrConflict)
-		}
-	}
-	return 0, fmt.Errorf("delete service %q: gave up after %d concurrent changes: %w", id, casAttempts, ErrConflict)
-}
-
-// CreateServer adds a server to an existing service.
-func (s *Store) CreateServer(ctx context.Context, in *types.RealServer) (int64, error) {
-	if in == nil {
-		return 0, model.FieldErrorf("server", "required")
-	}
-	if err := model.ValidateID("serviceID", in.ServiceID); err != nil {
-		return 0, err
-	}
-	for attempt := 0; attempt < casAttempts; attempt++ {
-		cur, err := s.readForWrite(ctx, in.ServiceID, attempt)
-		if err != nil {
-			return 0, err
-		}
-		srv, err := model.NormalizeServer(in, cur.service)
-		if err != nil {
-			return 0, err
-		}
-		val, err := marshal(storedServer(srv))
-		if err != nil {
-			return 0, err
-		}
-		key := s.serverKey(srv.ServiceID, srv.Key)
-		resp, err := s.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(srv.ServiceID)), "=", cur.service.Revision),
-				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val), s.mark()).
-			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
-			Commit()
-		if err != nil {
-			return 0, fmt.Errorf("create server %s: %w", model.ServerName(srv), err)
-		}
-		if resp.Succeeded {
-			return resp.Header.Revision, nil
-		}
-		if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-			return 0, fmt.Errorf("server %s: %w", model.ServerName(srv), ErrAlreadyExists)
-		}
-	}
-	return 0, fmt.Errorf("create server: service %q kept changing: %w", in.ServiceID, ErrConflict)
-}
-
-// UpdateServer changes a server: with update.Revision, the whole server at
-// that revision; without, the fields it sets are merged (see model.MergePresent:
-// a wrapper or duration sent replaces the stored value even when zero).
-func (s *Store) UpdateServer(ctx context.Context, update *types.RealServer) (int64, error) {
-	if update == nil {
-		return 0, model.FieldErrorf("server", "required")
-	}
-	if err := model.ValidateID("serviceID", update.ServiceID); err != nil {
-		return 0, err
-	}
-	if err := model.ValidateServerKey(update.Key); err != nil {
-		return 0, err
-	}
-	key := s.serverKey(update.ServiceID, update.Key)
-	for attempt := 0; attempt < casAttempts; attempt++ {
-		cur, err := s.readForWrite(ctx, update.ServiceID, attempt+b2i(update.Revision != 0)) // a revision compares on a fresh read
-		if err != nil {
-			return 0, err
-		}
-		var prev *types.RealServer
-		for _, srv := range cur.servers {
-			if s.serverKey(srv.ServiceID, srv.Key) == key {
-				prev = srv
-			}
-		}
-		if prev == nil {
-			return 0, fmt.Errorf("server %s: %w", model.ServerName(update), ErrNotFound)
-		}
-		var next *types.RealServer
-		if update.Revision != 0 {
-			if prev.Revision != update.Revision {
-				return 0, fmt.Errorf("server %s is at revision %d, not %d: %w", model.ServerName(update), prev.Revision, update.Revision, ErrConflict)
-			}
-			next = proto.Clone(update).(*types.RealServer)
-			next.Key = prev.Key
-		} else {
-			next = mergeServer(prev, update)
-		}
-		next, err = model.NormalizeServer(next, cur.service)
-		if err != nil {
-			return 0, err
-		}
-		next.Revision = prev.Revision
-		if proto.Equal(next, prev) {
-			return prev.Revision, nil
-		}
-		val, err := marshal(storedServer(next))
-		if err != nil {
-			return 0, err
-		}
-		resp, err := s.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(s.serviceKey(next.ServiceID)), "=", cur.service.Revision),
-				clientv3.Compare(clientv3.ModRevision(key), "=", prev.Revision)).
-			Then(clientv3.OpPut(key, val), s.mark()).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("update server %s: %w", model.ServerName(next), err)
-		}
-		if resp.Succeeded {
-			return resp.Header.Revision, nil
-		}
-		if update.Revision != 0 {
-			return 0, fmt.Errorf("server %s changed while updating it: %w", model.ServerName(update), ErrConflict)
-		}
-	}
-	return 0, fmt.Errorf("update server %s: gave up after %d concurrent changes: %w", model.ServerName(update), casAttempts, ErrConflict)
-}
-
 func mergeServer(prev, update *types.RealServer) *types.RealServer {
 	next := proto.Clone(prev).(*types.RealServer)
 	if u := update.Config; u != nil {
@@ -497,36 +229,6 @@ func mergeServer(prev, update *types.RealServer) *types.RealServer {
 		model.MergePresent(next.HealthCheck, u)
 	}
 	return next
-}
-
-// DeleteServer deletes one server; with server.Revision only at it.
-func (s *Store) DeleteServer(ctx context.Context, server *types.RealServer) (int64, error) {
-	if server == nil {
-		return 0, model.FieldErrorf("server", "required")
-	}
-	if err := model.ValidateID("serviceID", server.ServiceID); err != nil {
-		return 0, err
-	}
-	if err := model.ValidateServerKey(server.Key); err != nil {
-		return 0, err
-	}
-	key := s.serverKey(server.ServiceID, server.Key)
-	cmp := clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
-	if server.Revision != 0 {
-		cmp = clientv3.Compare(clientv3.ModRevision(key), "=", server.Revision)
-	}
-	resp, err := s.client.Txn(ctx).If(cmp).Then(clientv3.OpDelete(key), s.mark()).
-		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
-	if err != nil {
-		return 0, fmt.Errorf("delete server %s: %w", model.ServerName(server), err)
-	}
-	if resp.Succeeded {
-		return resp.Header.Revision, nil
-	}
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		return 0, fmt.Errorf("server %s is at revision %d, not %d: %w", model.ServerName(server), kvs[0].ModRevision, server.Revision, ErrConflict)
-	}
-	return 0, fmt.Errorf("server %s: %w", model.ServerName(server), ErrNotFound)
 }
 
 // List reads every service and server at one revision, page by page.

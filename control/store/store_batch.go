@@ -35,6 +35,10 @@ type batch struct {
 	services map[string]*batchService
 	vips     map[string]*batchVIP // by etcd key
 	at       int                  // the change being applied
+	attempt  int                  // 0: reads may be served by the local member
+	name     func(int, error) error
+	// unchangedRev is the revision of the object a change left as it was.
+	unchangedRev int64
 }
 
 type batchService struct {
@@ -43,8 +47,7 @@ type batchService struct {
 	orig    *types.VirtualService
 	svc     *types.VirtualService // as the batch leaves it; nil: none
 	servers map[string]*batchServer
-	invalid []string // undecodable server keys: deleted with the service
-	keyed   int      // the change that gave the service its address (-1: none)
+	keyed   int // the change that gave the service its address (-1: none)
 }
 
 type batchServer struct {
@@ -60,23 +63,42 @@ type batchVIP struct {
 // ApplyBatch makes every change in one etcd transaction, or none; it
 // returns the transaction's revision (0 when nothing needed changing).
 func (s *Store) ApplyBatch(ctx context.Context, changes []*types.Change) (int64, error) {
+	rev, _, err := s.apply(ctx, changes, inChange)
+	return rev, err
+}
+
+// applyOne is a single call: a batch of one change, its errors not
+// prefixed with the change's index. On a change that changes nothing it
+// returns the object's revision.
+func (s *Store) applyOne(ctx context.Context, ch *types.Change) (int64, error) {
+	rev, b, err := s.apply(ctx, []*types.Change{ch}, func(_ int, err error) error { return err })
+	if err == nil && rev == 0 && b != nil {
+		rev = b.unchangedRev
+	}
+	return rev, err
+}
+
+// apply is the one write path: every change is checked on the state the
+// earlier ones leave, then written in one transaction compared on every
+// revision read; a concurrent change means reading again.
+func (s *Store) apply(ctx context.Context, changes []*types.Change, name func(int, error) error) (int64, *batch, error) {
 	for attempt := 0; attempt < casAttempts; attempt++ {
-		b := &batch{ctx: ctx, s: s, services: map[string]*batchService{}, vips: map[string]*batchVIP{}}
+		b := &batch{ctx: ctx, s: s, services: map[string]*batchService{}, vips: map[string]*batchVIP{}, attempt: attempt, name: name}
 		for i, ch := range changes {
 			b.at = i
 			if err := b.apply(ch); err != nil {
-				return 0, inChange(i, err)
+				return 0, nil, name(i, err)
 			}
 		}
 		if err := b.assignVIPs(); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		rev, ok, err := b.commit()
 		if err != nil || ok {
-			return rev, err
+			return rev, b, err
 		}
 	}
-	return 0, fmt.Errorf("apply changes: gave up after %d concurrent changes: %w", casAttempts, ErrConflict)
+	return 0, nil, fmt.Errorf("apply changes: gave up after %d concurrent changes: %w", casAttempts, ErrConflict)
 }
 
 // inChange names the change an error is about.
@@ -115,7 +137,7 @@ func (b *batch) service(id string) (*batchService, error) {
 		return bs, nil
 	}
 	bs := &batchService{servers: map[string]*batchServer{}, keyed: -1}
-	snap, err := b.s.read(b.ctx, id)
+	snap, err := b.s.readForWrite(b.ctx, id, b.attempt)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		resp, gerr := b.s.client.Get(b.ctx, b.s.markerKey(), clientv3.WithKeysOnly())
@@ -129,9 +151,6 @@ func (b *batch) service(id string) (*batchService, error) {
 		bs.rev, bs.readRev, bs.orig, bs.svc = snap.service.Revision, snap.revision, snap.service, snap.service
 		for _, srv := range snap.servers {
 			bs.servers[b.s.serverKey(id, srv.Key)] = &batchServer{orig: srv, srv: srv}
-		}
-		for _, k := range snap.invalid {
-			bs.invalid = append(bs.invalid, k.Key)
 		}
 	}
 	b.services[id] = bs
@@ -163,6 +182,17 @@ func (b *batch) assignVIPs() error {
 	final := map[string]string{} // VIP key → service
 	for _, id := range slices.Sorted(maps.Keys(b.services)) {
 		bs := b.services[id]
+		if bs.orig != nil && bs.svc != nil && b.s.vipKey(bs.orig.Key) == b.s.vipKey(bs.svc.Key) {
+			// The service keeps its VIP: its claim is not read or written
+			// (a change of its key would have changed the service's
+			// revision, which the transaction compares).
+			key := b.s.vipKey(bs.svc.Key)
+			if holder := final[key]; holder != "" {
+				return b.name(max(bs.keyed, 0), fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(bs.svc.Key), holder, ErrAlreadyExists))
+			}
+			final[key] = id
+			continue
+		}
 		if bs.orig != nil {
 			if _, err := b.vip(bs.orig.Key); err != nil {
 				return err
@@ -181,7 +211,7 @@ func (b *batch) assignVIPs() error {
 			holder = v.orig // a service the batch leaves as it is
 		}
 		if holder != "" && holder != id {
-			return inChange(max(bs.keyed, 0), fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(bs.svc.Key), holder, ErrAlreadyExists))
+			return b.name(max(bs.keyed, 0), fmt.Errorf("key: %s is already used by service %q: %w", model.VIPKey(bs.svc.Key), holder, ErrAlreadyExists))
 		}
 		final[key] = id
 	}
@@ -247,7 +277,7 @@ func (b *batch) updateService(update *types.VirtualService) error {
 	if model.VIPKey(next.Key) != model.VIPKey(bs.svc.Key) {
 		bs.keyed = b.at
 	}
-	bs.svc = next
+	bs.svc, b.unchangedRev = next, bs.rev
 	return nil
 }
 
@@ -338,6 +368,9 @@ func (b *batch) updateServer(update *types.RealServer) error {
 		return err
 	}
 	cur.srv = next
+	if cur.orig != nil {
+		b.unchangedRev = cur.orig.Revision
+	}
 	return nil
 }
 
@@ -369,10 +402,10 @@ func (b *batch) commit() (rev int64, ok bool, err error) {
 			clientv3.Compare(clientv3.ModRevision(b.s.serverPrefix(id)), "<", bs.readRev+1).WithPrefix())
 		switch {
 		case bs.svc == nil && bs.orig != nil:
-			ops = append(ops, clientv3.OpDelete(key))
-			for _, k := range bs.invalid {
-				ops = append(ops, clientv3.OpDelete(k))
-			}
+			// The service and every key under its servers' prefix (valid
+			// or not) in two operations, whatever its size.
+			ops = append(ops, clientv3.OpDelete(key), clientv3.OpDelete(b.s.serverPrefix(id), clientv3.WithPrefix()))
+			continue
 		case bs.svc != nil && !sameStored(bs.orig, bs.svc):
 			val, err := marshal(storedService(bs.svc))
 			if err != nil {
