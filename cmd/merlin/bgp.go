@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"strconv"
@@ -16,7 +14,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/merlin-ipvs/merlin/bgp"
-	"github.com/merlin-ipvs/merlin/control/node"
 )
 
 // bgpFile is the `bgp:` section of the configuration file.
@@ -204,28 +201,5 @@ func mergeBGPFlags(fs *flag.FlagSet, dst *bgpFile, flags bgpFile, peers peerFlag
 	})
 	if len(peers) > 0 {
 		dst.Peers = peers
-	}
-}
-
-// reportPeers keeps the speaker's sessions in node status: on every
-// session change, and every few seconds for the prefix counts.
-func reportPeers(ctx context.Context, s *bgp.Supervised, runner *node.Runner, log *slog.Logger) {
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for {
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		peers, err := s.Peers(qctx)
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			log.Warn("bgp peer status", "error", err)
-		} else if err == nil {
-			runner.SetBGPPeers(node.BGPPeers(peers))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.Changes():
-		case <-tick.C:
-		}
 	}
 }

@@ -5,9 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"time"
 
-	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 )
 
@@ -61,18 +59,4 @@ func openCounters(ctx context.Context, cfg *xdpstats.Config, log *slog.Logger) *
 	}
 	log.Info("traffic counters on", "attached", c.Status().Attached)
 	return c
-}
-
-// reportCounters keeps the counters' state in node status.
-func reportCounters(ctx context.Context, t *node.Traffic, runner *node.Runner) {
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for {
-		runner.SetCounters(t.CountersStatus())
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }

@@ -651,12 +651,10 @@ func startNode(ctx context.Context, o *options, st *store.Store, apiSrv *api.Ser
 				errc <- fmt.Errorf("bgp: %w", err)
 			}
 		})
-		local.Go(func() { reportPeers(ctx, speaker, runner, log) })
 		log.Info("bgp speaker", "local_as", o.bgp.LocalAS, "router_id", o.bgp.RouterID, "peers", len(o.bgp.Peers))
 	}
 	if counter != nil {
 		local.Go(func() { counter.Run(ctx) })
-		local.Go(func() { reportCounters(ctx, traffic, runner) })
 		local.Go(func() { traffic.RunPassive(ctx, checks) })
 	}
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)

@@ -45,6 +45,9 @@ type RunnerConfig struct {
 	// RetryBackoff is the first wait before retrying an object the kernel
 	// refused; it doubles up to MaxRetryBackoff. Defaults 1 s and 60 s.
 	RetryBackoff, MaxRetryBackoff time.Duration
+	// ReportPeriod: how often sinks that report (Reporter) are asked
+	// besides when they say something changed; default 5 s.
+	ReportPeriod time.Duration
 }
 
 // RunnerDeps are what a runner drives.
@@ -94,6 +97,7 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 	}
 	cfg.ResyncPeriod = orDuration(cfg.ResyncPeriod, 30*time.Second)
 	cfg.RetryBackoff = orDuration(cfg.RetryBackoff, time.Second)
+	cfg.ReportPeriod = orDuration(cfg.ReportPeriod, 5*time.Second)
 	cfg.MaxRetryBackoff = orDuration(cfg.MaxRetryBackoff, time.Minute)
 	guard := GuardConfig{Fraction: cfg.DeletionGuardFraction, Min: cfg.DeletionGuardMin}
 	if guard.Fraction == 0 {
@@ -226,6 +230,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.health != nil {
 		healthChanges = r.health.Changes()
 	}
+	for _, s := range r.sinks {
+		if rep, ok := s.(Reporter); ok {
+			wg.Go(func() { r.runReporter(ctx, s.Name(), rep) })
+		}
+	}
 	driftDone := make(chan driftResult, 1) // at most one read in flight
 	drifting := false
 	for {
@@ -260,6 +269,29 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		if next := r.runPass(ctx, desired, changed, full, received); !next.IsZero() {
 			retry.Reset(max(time.Until(next), 10*time.Millisecond))
+		}
+	}
+}
+
+// runReporter keeps one sink's report in node status until ctx ends.
+func (r *Runner) runReporter(ctx context.Context, name string, rep Reporter) {
+	tick := time.NewTicker(r.cfg.ReportPeriod)
+	defer tick.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		fill, err := rep.Report(rctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			r.log.Warn("sink status", "sink", name, "error", err)
+		case fill != nil:
+			r.setStatus(fill)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-rep.Changed():
+		case <-tick.C:
 		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+
+	"github.com/merlin-ipvs/merlin/types"
 )
 
 // Plan is everything the planner decided for this node at one desired
@@ -23,6 +25,15 @@ type Plan struct {
 type Sink interface {
 	Name() string
 	Set(ctx context.Context, p *Plan) error
+}
+
+// A Reporter is a sink with something of its own to say in node status
+// (the BGP sessions, the counters' state). The runner asks it every
+// reportPeriod and whenever Changed fires (a nil channel: never), and puts
+// what Report returns into node status.
+type Reporter interface {
+	Report(ctx context.Context) (func(*types.NodeStatus), error)
+	Changed() <-chan struct{}
 }
 
 // VIPSink puts the VIPs a node serves on an interface (datapath/netif).

@@ -12,9 +12,16 @@ import (
 	"github.com/merlin-ipvs/merlin/types"
 )
 
-// Announcer is what the BGP sink drives: bgp.Speaker.
+// Announcer is what the BGP sink drives: bgp.Speaker or bgp.Supervised.
 type Announcer interface {
 	Set(ctx context.Context, routes []bgp.Route) error
+}
+
+// PeerReporter is an Announcer that reports its sessions (bgp.Speaker and
+// bgp.Supervised do): the sink puts them into node status.
+type PeerReporter interface {
+	Peers(ctx context.Context) ([]bgp.PeerStatus, error)
+	Changes() <-chan struct{}
 }
 
 // bgpSink gives the speaker the routes of the VIPs the plan announces.
@@ -85,7 +92,24 @@ func BGPPeers(peers []bgp.PeerStatus) []*types.BGPPeer {
 	return out
 }
 
-// SetBGPPeers puts the speaker's sessions into node status.
-func (r *Runner) SetBGPPeers(peers []*types.BGPPeer) {
-	r.setStatus(func(st *types.NodeStatus) { st.BgpPeers = peers })
+// Report puts the speaker's sessions into node status.
+func (s *bgpSink) Report(ctx context.Context) (func(*types.NodeStatus), error) {
+	pr, ok := s.a.(PeerReporter)
+	if !ok {
+		return nil, nil
+	}
+	peers, err := pr.Peers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := BGPPeers(peers)
+	return func(st *types.NodeStatus) { st.BgpPeers = out }, nil
+}
+
+// Changed fires when a session goes up or down.
+func (s *bgpSink) Changed() <-chan struct{} {
+	if pr, ok := s.a.(PeerReporter); ok {
+		return pr.Changes()
+	}
+	return nil
 }

@@ -113,3 +113,40 @@ func TestRunnerStuckHealthMonitorWithdraws(t *testing.T) {
 	mon.checkedAt(time.Now())
 	ann.waitSet(t, "the VIP back", func(r []bgp.Route) bool { return len(r) == 1 })
 }
+
+// reportingAnnouncer also reports sessions, as the speaker does.
+type reportingAnnouncer struct {
+	*recordingAnnouncer
+	mu      sync.Mutex
+	peers   []bgp.PeerStatus
+	changes chan struct{}
+}
+
+func (a *reportingAnnouncer) Peers(context.Context) ([]bgp.PeerStatus, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.peers), nil
+}
+
+func (a *reportingAnnouncer) Changes() <-chan struct{} { return a.changes }
+
+// The runner puts the speaker's sessions into node status, and again as
+// soon as the speaker says a session changed.
+func TestRunnerReportsBGPSessions(t *testing.T) {
+	peer := bgp.PeerStatus{Address: mustAddr("198.18.9.1"), AS: 65000, State: "active"}
+	ann := &reportingAnnouncer{recordingAnnouncer: newRecordingAnnouncer(), peers: []bgp.PeerStatus{peer}, changes: make(chan struct{}, 1)}
+	// Reports come at start and on changes only: the period is longer
+	// than the test.
+	a := newTestRunner(t, RunnerConfig{ReportPeriod: time.Hour}, RunnerDeps{IPVS: newFakeTable(), Health: newFakeMonitor(), Sinks: []Sink{NewBGPSink(ann)}})
+	a.start(t)
+	a.waitFor(t, "the session in status", func(s *types.NodeStatus) bool {
+		return len(s.BgpPeers) == 1 && s.BgpPeers[0].Address == "198.18.9.1" && s.BgpPeers[0].State == "active"
+	})
+	ann.mu.Lock()
+	ann.peers[0].State, ann.peers[0].Up, ann.peers[0].Since = "established", true, time.Now()
+	ann.mu.Unlock()
+	ann.changes <- struct{}{}
+	a.waitFor(t, "the session up in status", func(s *types.NodeStatus) bool {
+		return len(s.BgpPeers) == 1 && s.BgpPeers[0].State == "established" && s.BgpPeers[0].UpSince != nil
+	})
+}

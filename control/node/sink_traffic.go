@@ -100,7 +100,12 @@ func (t *Traffic) CountersStatus() *types.CountersStatus {
 	return out
 }
 
-// SetCounters puts the eBPF counters' state into node status.
-func (r *Runner) SetCounters(st *types.CountersStatus) {
-	r.setStatus(func(ns *types.NodeStatus) { ns.Counters = st })
+// Report puts the counters' state (and the failing servers passive
+// health sees) into node status.
+func (s trafficSink) Report(context.Context) (func(*types.NodeStatus), error) {
+	st := s.t.CountersStatus()
+	return func(ns *types.NodeStatus) { ns.Counters = st }, nil
 }
+
+// Changed: the counters are only asked every reportPeriod.
+func (s trafficSink) Changed() <-chan struct{} { return nil }
