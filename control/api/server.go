@@ -35,7 +35,7 @@ type Server struct {
 	store  *store.Store
 	log    *slog.Logger
 	stats  StatsSource
-	health *health.Server // the gRPC health service, kept in step by RunHealth
+	health *health.Server // the gRPC health service, kept in step by SetServing
 	// watchBuffer bounds the bytes of events waiting for one Watch client.
 	watchBuffer int
 	roles       Roles
@@ -63,7 +63,7 @@ type GRPCOptions struct {
 }
 
 // NewGRPCServer returns a gRPC server with the Merlin service, the standard
-// health service (serving while etcd answers: see RunHealth) and server
+// health service (serving while etcd answers: see SetServing) and server
 // reflection.
 func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 	if o.MaxMessageBytes == 0 {
@@ -96,27 +96,19 @@ func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 	return g
 }
 
-// RunHealth keeps the gRPC health status in step with etcd's until ctx
-// ends, then reports NOT_SERVING.
-func (s *Server) RunHealth(ctx context.Context) {
-	hs := s.health
-	defer hs.Shutdown()
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for {
-		st := healthpb.HealthCheckResponse_SERVING
-		if s.store.Ping(ctx) != nil {
-			st = healthpb.HealthCheckResponse_NOT_SERVING
-		}
-		hs.SetServingStatus("", st)
-		hs.SetServingStatus("types.Merlin", st)
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+// SetServing sets the gRPC health status: serving while etcd answers
+// (store.Prober says when that changes).
+func (s *Server) SetServing(serving bool) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if !serving {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
 	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus("types.Merlin", st)
 }
+
+// StopHealth answers NOT_SERVING from now on: the server is stopping.
+func (s *Server) StopHealth() { s.health.Shutdown() }
 
 func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()

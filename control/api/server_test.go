@@ -51,12 +51,13 @@ func startAPIWith(t *testing.T, kind etcdtest.Kind, set func(*api.Server)) *apiE
 	etcd := etcdtest.Start(t, kind)
 	kv := etcd.Client(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := api.NewServer(store.NewStore(kv, prefix), quietLogger())
+	st := store.NewStore(kv, prefix)
+	srv := api.NewServer(st, quietLogger())
 	if set != nil {
 		set(srv)
 	}
 	g := api.NewGRPCServer(srv, api.GRPCOptions{})
-	go srv.RunHealth(ctx)
+	go store.NewProber(st, 5*time.Second, quietLogger(), srv.SetServing).Run(ctx)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

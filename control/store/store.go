@@ -401,17 +401,50 @@ func (s *Store) ConfirmDeletions(ctx context.Context, revision int64) error {
 // of 128 operations.
 const importTxnOps = 120
 
+// importItem is one service of an import with its servers: created only
+// if neither it nor its VIP exists.
+type importItem struct {
+	conds []clientv3.Cmp
+	ops   []clientv3.Op
+}
+
+func (s *Store) importOps(i int, item *types.ListResponse_Item) (importItem, error) {
+	svc, err := model.NormalizeService(item.GetService())
+	if err != nil {
+		return importItem{}, fmt.Errorf("services[%d]: %w", i, err)
+	}
+	val, err := marshal(storedService(svc))
+	if err != nil {
+		return importItem{}, err
+	}
+	key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
+	p := importItem{
+		conds: []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)},
+		ops:   []clientv3.Op{clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id)},
+	}
+	for j, in := range item.GetServers() {
+		in = proto.Clone(in).(*types.RealServer)
+		in.ServiceID = svc.Id
+		srv, err := model.NormalizeServer(in, svc)
+		if err != nil {
+			return importItem{}, fmt.Errorf("services[%d].servers[%d]: %w", i, j, err)
+		}
+		v, err := marshal(storedServer(srv))
+		if err != nil {
+			return importItem{}, err
+		}
+		p.ops = append(p.ops, clientv3.OpPut(s.serverKey(svc.Id, srv.Key), v))
+	}
+	return p, nil
+}
+
 // Import creates many services with their servers, validated like
 // CreateService and CreateServer, in transactions of up to importTxnOps
 // keys (a restore, or a benchmark's table). Each transaction creates whole
 // services only and fails, leaving earlier ones in place, if any of its
 // keys or VIPs already exists. It returns how many services it created.
 func (s *Store) Import(ctx context.Context, items []*types.ListResponse_Item) (int, error) {
-	type prepared struct {
-		conds []clientv3.Cmp
-		ops   []clientv3.Op
-	}
-	var batch []prepared
+	var batch []importItem
 	n, created := 0, 0
 	flush := func() error {
 		if len(batch) == 0 {
@@ -435,31 +468,9 @@ func (s *Store) Import(ctx context.Context, items []*types.ListResponse_Item) (i
 		return nil
 	}
 	for i, item := range items {
-		svc, err := model.NormalizeService(item.GetService())
-		if err != nil {
-			return created, fmt.Errorf("services[%d]: %w", i, err)
-		}
-		val, err := marshal(storedService(svc))
+		p, err := s.importOps(i, item)
 		if err != nil {
 			return created, err
-		}
-		key, vip := s.serviceKey(svc.Id), s.vipKey(svc.Key)
-		p := prepared{
-			conds: []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(vip), "=", 0)},
-			ops:   []clientv3.Op{clientv3.OpPut(key, val), clientv3.OpPut(vip, svc.Id)},
-		}
-		for j, in := range item.GetServers() {
-			in = proto.Clone(in).(*types.RealServer)
-			in.ServiceID = svc.Id
-			srv, err := model.NormalizeServer(in, svc)
-			if err != nil {
-				return created, fmt.Errorf("services[%d].servers[%d]: %w", i, j, err)
-			}
-			v, err := marshal(storedServer(srv))
-			if err != nil {
-				return created, err
-			}
-			p.ops = append(p.ops, clientv3.OpPut(s.serverKey(svc.Id, srv.Key), v))
 		}
 		if len(p.ops)+1 > importTxnOps {
 			return created, fmt.Errorf("services[%d]: %d servers do not fit one transaction of %d operations", i, len(item.GetServers()), importTxnOps)

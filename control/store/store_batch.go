@@ -396,36 +396,11 @@ func (b *batch) commit() (rev int64, ok bool, err error) {
 	var conds []clientv3.Cmp
 	var ops []clientv3.Op
 	for _, id := range slices.Sorted(maps.Keys(b.services)) {
-		bs := b.services[id]
-		key := b.s.serviceKey(id)
-		conds = append(conds, clientv3.Compare(clientv3.ModRevision(key), "=", bs.rev),
-			clientv3.Compare(clientv3.ModRevision(b.s.serverPrefix(id)), "<", bs.readRev+1).WithPrefix())
-		switch {
-		case bs.svc == nil && bs.orig != nil:
-			// The service and every key under its servers' prefix (valid
-			// or not) in two operations, whatever its size.
-			ops = append(ops, clientv3.OpDelete(key), clientv3.OpDelete(b.s.serverPrefix(id), clientv3.WithPrefix()))
-			continue
-		case bs.svc != nil && !sameStored(bs.orig, bs.svc):
-			val, err := marshal(storedService(bs.svc))
-			if err != nil {
-				return 0, false, err
-			}
-			ops = append(ops, clientv3.OpPut(key, val))
+		c, o, err := b.serviceOps(id, b.services[id])
+		if err != nil {
+			return 0, false, err
 		}
-		for _, k := range slices.Sorted(maps.Keys(bs.servers)) {
-			srv := bs.servers[k]
-			switch {
-			case srv.srv == nil && srv.orig != nil:
-				ops = append(ops, clientv3.OpDelete(k))
-			case srv.srv != nil && (srv.orig == nil || !sameStored(srv.orig, srv.srv)):
-				val, err := marshal(storedServer(srv.srv))
-				if err != nil {
-					return 0, false, err
-				}
-				ops = append(ops, clientv3.OpPut(k, val))
-			}
-		}
+		conds, ops = append(conds, c...), append(ops, o...)
 	}
 	for _, key := range slices.Sorted(maps.Keys(b.vips)) {
 		v := b.vips[key]
@@ -453,6 +428,40 @@ func (b *batch) commit() (rev int64, ok bool, err error) {
 		return 0, false, fmt.Errorf("apply changes: %w", err)
 	}
 	return resp.Header.Revision, resp.Succeeded, nil
+}
+
+// serviceOps are the comparisons and writes of one service of the batch:
+// compared on its revision and its servers' as read; a deleted service
+// goes with its whole server prefix, whatever its size.
+func (b *batch) serviceOps(id string, bs *batchService) ([]clientv3.Cmp, []clientv3.Op, error) {
+	key := b.s.serviceKey(id)
+	conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", bs.rev),
+		clientv3.Compare(clientv3.ModRevision(b.s.serverPrefix(id)), "<", bs.readRev+1).WithPrefix()}
+	var ops []clientv3.Op
+	switch {
+	case bs.svc == nil && bs.orig != nil:
+		return conds, []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(b.s.serverPrefix(id), clientv3.WithPrefix())}, nil
+	case bs.svc != nil && !sameStored(bs.orig, bs.svc):
+		val, err := marshal(storedService(bs.svc))
+		if err != nil {
+			return nil, nil, err
+		}
+		ops = append(ops, clientv3.OpPut(key, val))
+	}
+	for _, k := range slices.Sorted(maps.Keys(bs.servers)) {
+		srv := bs.servers[k]
+		switch {
+		case srv.srv == nil && srv.orig != nil:
+			ops = append(ops, clientv3.OpDelete(k))
+		case srv.srv != nil && (srv.orig == nil || !sameStored(srv.orig, srv.srv)):
+			val, err := marshal(storedServer(srv.srv))
+			if err != nil {
+				return nil, nil, err
+			}
+			ops = append(ops, clientv3.OpPut(k, val))
+		}
+	}
+	return conds, ops, nil
 }
 
 // sameStored: two objects are stored the same (revisions aside).

@@ -73,43 +73,48 @@ func (s *Store) Follow(ctx context.Context, from int64, o FollowOptions, onEvent
 				return RelistSilent, nil
 			}
 			// Quiet is normal; a hung connection is not. Ask etcd to prove
-			// the watch is alive.
+			// the watch is alive (no answer in time is what the next
+			// expiry finds).
 			askedProgress = true
 			pctx, pcancel := context.WithTimeout(wctx, o.ProgressInterval)
-			_ = s.client.RequestProgress(pctx) // no answer in time is what the next expiry finds
+			_ = s.client.RequestProgress(pctx)
 			pcancel()
 			silence.Reset(o.ProgressInterval)
 		case resp, ok := <-ch:
-			var events []*clientv3.Event
-			var revision int64
-			// Take every response already waiting, so that a burst of
-			// writes (an import) costs one call, not one each.
-			for {
-				if reason := stopReason(resp, ok); reason != "" {
-					return reason, nil
-				}
-				if resp.Header.Revision != 0 && resp.Header.Revision < seen {
-					// etcd is behind what it said before: it was restored
-					// from a snapshot, and the watch (which the client
-					// resumes after the last revision it saw) would stay
-					// silent until etcd caught up.
-					return RelistRestored, nil
-				}
-				seen = max(seen, resp.Header.Revision)
-				events = append(events, resp.Events...)
-				revision = resp.Header.Revision
-				select {
-				case resp, ok = <-ch:
-					continue
-				default:
-				}
-				break
+			events, revision, reason := gather(resp, ok, ch, &seen)
+			if reason != "" {
+				return reason, nil
 			}
 			askedProgress = false
 			silence.Reset(o.ProgressInterval)
 			if err := onEvents(events, revision); err != nil {
 				return "", err
 			}
+		}
+	}
+}
+
+// gather takes resp and every response already waiting, so that a burst
+// of writes (an import) costs one call, not one each. A reason means the
+// watch must be given up.
+func gather(resp clientv3.WatchResponse, ok bool, ch clientv3.WatchChan, seen *int64) (events []*clientv3.Event, revision int64, reason string) {
+	for {
+		if reason := stopReason(resp, ok); reason != "" {
+			return nil, 0, reason
+		}
+		if resp.Header.Revision != 0 && resp.Header.Revision < *seen {
+			// etcd is behind what it said before: it was restored from a
+			// snapshot, and the watch (which the client resumes after the
+			// last revision it saw) would stay silent until etcd caught up.
+			return nil, 0, RelistRestored
+		}
+		*seen = max(*seen, resp.Header.Revision)
+		events = append(events, resp.Events...)
+		revision = resp.Header.Revision
+		select {
+		case resp, ok = <-ch:
+		default:
+			return events, revision, ""
 		}
 	}
 }

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/merlin-ipvs/merlin/bgp"
+	"github.com/merlin-ipvs/merlin/control/api"
+	"github.com/merlin-ipvs/merlin/control/node"
+	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/datapath/netif"
+	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
+	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/health/execprobe"
+	"github.com/merlin-ipvs/merlin/health/grpcprobe"
+	"github.com/merlin-ipvs/merlin/internal/version"
+)
+
+// nodeParts are what the node runs on, opened in order; what needs
+// closing is on the cleanup stack.
+type nodeParts struct {
+	table, reader, statsReader *ipvs.Client
+	sinks                      []node.Sink
+	speaker                    *bgp.Supervised
+	counter                    *xdpstats.Counter
+	traffic                    *node.Traffic
+	checks                     *health.Monitor
+	adopt                      []netip.Prefix
+}
+
+// startNode opens this namespace's IPVS table and the node's sinks, and
+// runs the watcher, the runner and the speaker under group. Every start-up
+// check comes before the node is changed (sysctls last).
+func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server, reg *prometheus.Registry, log *slog.Logger, group *errgroup.Group, cl *cleanups) (*node.Runner, *node.Traffic, error) {
+	execProber, err := newExecProber(o, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("data dir: %w", err)
+	}
+	p := &nodeParts{}
+	if err := p.openIPVS(cl); err != nil {
+		return nil, nil, err
+	}
+	if err := p.newSinks(o, reg, log); err != nil {
+		return nil, nil, err
+	}
+	p.openTraffic(ctx, o, log, cl)
+	p.newChecks(o, reg, execProber, log, cl)
+	runner, err := node.NewRunner(node.RunnerConfig{
+		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: p.adopt,
+		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
+	}, node.RunnerDeps{IPVS: p.table, Reader: p.reader, Health: p.checks, Sinks: p.sinks, Metrics: node.NewNodeMetrics(reg), Log: log.With("component", "node")})
+	if err != nil {
+		return nil, nil, err
+	}
+	srv.SetStats(&node.KernelStats{Node: o.node, Client: p.reader, Runner: runner})
+	if o.sysctls {
+		if err := netif.SetSysctls(netif.DirectorSysctls); err != nil {
+			log.Warn("director sysctls", "error", err)
+		}
+	}
+	p.run(ctx, st, runner, reg, log, group)
+	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
+	return runner, p.traffic, nil
+}
+
+// run starts the node's long-lived parts.
+func (p *nodeParts) run(ctx context.Context, st *store.Store, runner *node.Runner, reg *prometheus.Registry, log *slog.Logger, group *errgroup.Group) {
+	watcher := store.NewWatcher(st, log.With("component", "watcher"), store.WatcherConfig{})
+	reg.MustRegister(node.NewWatcherCollector(watcher))
+	group.Go(func() error { return ignoreCanceled(watcher.Run(ctx, runner.Offer)) })
+	group.Go(func() error { return ignoreCanceled(runner.Run(ctx)) })
+	if p.speaker != nil {
+		group.Go(func() error {
+			if err := p.speaker.Run(ctx); err != nil {
+				return fmt.Errorf("bgp: %w", err)
+			}
+			return nil
+		})
+	}
+	if p.counter != nil {
+		group.Go(func() error { p.counter.Run(ctx); return nil })
+		group.Go(func() error { p.traffic.RunPassive(ctx, p.checks); return nil })
+	}
+}
+
+// newExecProber: exec checks only where the node enables them.
+func newExecProber(o *options, log *slog.Logger) (*execprobe.Prober, error) {
+	if o.execDir == "" {
+		return nil, nil
+	}
+	pr, err := execprobe.New(execprobe.Config{Dir: o.execDir, User: o.execUser})
+	if err != nil {
+		return nil, fmt.Errorf("-health-exec-dir, -health-exec-user: %w", err)
+	}
+	w := fmt.Sprintf("exec health checks run programs from %s as %s", o.execDir, o.execUser)
+	log.Warn(w)
+	o.warnings = append(o.warnings, w)
+	return pr, nil
+}
+
+// openIPVS opens three sockets: changes, background resyncs, metrics.
+func (p *nodeParts) openIPVS(cl *cleanups) error {
+	var err error
+	if p.table, err = ipvs.Open(ipvs.Options{}); err != nil {
+		return fmt.Errorf("open IPVS (run with -reconcile=false to serve only the API): %w", err)
+	}
+	cl.push(func() { p.table.Close() })
+	if p.reader, err = ipvs.Open(ipvs.Options{}); err != nil {
+		return fmt.Errorf("open IPVS for resyncs: %w", err)
+	}
+	cl.push(func() { p.reader.Close() })
+	if p.statsReader, err = ipvs.Open(ipvs.Options{}); err != nil {
+		return fmt.Errorf("open IPVS for metrics: %w", err)
+	}
+	cl.push(func() { p.statsReader.Close() })
+	return nil
+}
+
+// newSinks: VIP addresses and BGP, where configured; and the prefixes of
+// kernel services to adopt.
+func (p *nodeParts) newSinks(o *options, reg *prometheus.Registry, log *slog.Logger) error {
+	if o.vipInterface != "" {
+		v, err := netif.NewVIPs(o.vipInterface, filepath.Join(o.dataDir, "vips.json"))
+		if err != nil {
+			return err
+		}
+		p.sinks = append(p.sinks, node.NewVIPSink(v))
+	}
+	if o.bgp != nil {
+		s, err := bgp.NewSupervised(*o.bgp, log.With("component", "bgp"), "")
+		if err != nil {
+			return err
+		}
+		p.speaker = s
+		p.sinks = append(p.sinks, node.NewBGPSink(s))
+		reg.MustRegister(node.NewBGPCollector(s))
+	}
+	for _, s := range splitList(o.adopt) {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("-adopt %q: %w", s, err)
+		}
+		p.adopt = append(p.adopt, pfx)
+	}
+	return nil
+}
+
+// openTraffic: the eBPF counters (if configured) and the traffic sink and
+// collector on the kernel's counters.
+func (p *nodeParts) openTraffic(ctx context.Context, o *options, log *slog.Logger, cl *cleanups) {
+	var counters node.Counters // stays a nil interface without counters
+	if o.counters != nil {
+		p.counter = openCounters(ctx, o.counters, log.With("component", "counters"))
+		counters = p.counter
+		cl.push(func() { _ = p.counter.Close() })
+	}
+	p.traffic = node.NewTraffic(p.statsReader, counters, o.metricsReadTimeout)
+	p.sinks = append(p.sinks, p.traffic.Sink())
+}
+
+// newChecks: the health monitor with the probers this node allows.
+func (p *nodeParts) newChecks(o *options, reg *prometheus.Registry, execProber *execprobe.Prober, log *slog.Logger, cl *cleanups) {
+	p.checks = health.NewMonitor(log.With("component", "health"), node.NewHealthMetrics(reg))
+	cl.push(p.checks.Close)
+	p.checks.Handle(health.GRPC, grpcprobe.Prober{})
+	p.checks.SetMaxChecks(o.maxChecks)
+	if execProber != nil {
+		p.checks.Handle(health.Exec, execProber)
+	} else {
+		p.checks.Disable(health.Exec, "not run: exec health checks are off on this node (merlin -health-exec-dir)")
+	}
+}
