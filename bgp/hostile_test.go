@@ -16,6 +16,8 @@ import (
 	"time"
 
 	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 )
 
 // A hostile router: a configured peer's address (or a peer the speaker
@@ -162,7 +164,7 @@ func newHostileHarness(tb testing.TB) *hostileHarness {
 		tb.Fatal(err)
 	}
 	h.speaker = s
-	eventually(tb, "the speaker's listener", func() bool {
+	testenv.Eventually(tb, "the speaker's listener", func() bool {
 		c, err := net.Dial("tcp", h.listen.String())
 		if err == nil {
 			c.Close()
@@ -417,7 +419,7 @@ func TestSpeakerSurvivesHostileRouter(t *testing.T) {
 	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the route at the router", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 1 })
+	testenv.Eventually(t, "the route at the router", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 1 })
 	h := &hostileHarness{speaker: s, listen: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.7"), uint16(port)),
 		inbound: []peerSlot{{addr: hostile}}}
 	unknownType := encodeHostile(stateConnected, false, []byte{9, 0, 0, 0})
@@ -431,7 +433,7 @@ func TestSpeakerSurvivesHostileRouter(t *testing.T) {
 	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.2"))}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the new route at the router", func() bool {
+	testenv.Eventually(t, "the new route at the router", func() bool {
 		_, ok := r.learned(pkt.RF_IPv4_UC)[netip.MustParsePrefix("198.18.0.2/32")]
 		return ok
 	})
@@ -469,7 +471,7 @@ func TestRefusedConnectionsAreCountedNotLogged(t *testing.T) {
 			i++
 		}
 	}
-	eventually(t, "every refusal counted", func() bool { return s.RefusedConnections() == conns })
+	testenv.Eventually(t, "every refusal counted", func() bool { return s.RefusedConnections() == conns })
 	if n := bytes.Count(logged.Bytes(), []byte("no configured peer")); n != 1 {
 		t.Errorf("%d log lines for %d refused connections, want 1:\n%s", n, conns, logged.Bytes())
 	}

@@ -104,7 +104,7 @@ protocol bgp merlin {
 		out, _ := ns.Command(birdc, "-s", sock, "show", "route", "all", "protocol", "merlin").CombinedOutput()
 		return string(out)
 	}
-	eventually(t, "bird to hold both routes", func() bool {
+	testenv.Eventually(t, "bird to hold both routes", func() bool {
 		out := show()
 		return strings.Contains(out, "198.18.0.1/32") && strings.Contains(out, "198.18.0.2/32")
 	})
@@ -114,7 +114,7 @@ protocol bgp merlin {
 	if err := s.Set(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "bird to lose both routes", func() bool { return !strings.Contains(show(), "/32") })
+	testenv.Eventually(t, "bird to lose both routes", func() bool { return !strings.Contains(show(), "/32") })
 }
 
 func TestSpeakerWithGobgpd(t *testing.T) {
@@ -149,14 +149,14 @@ func TestSpeakerWithGobgpd(t *testing.T) {
 		out, _ := ns.Command(gobgp, "-p", fmt.Sprint(api), "global", "rib").CombinedOutput()
 		return string(out)
 	}
-	eventually(t, "gobgpd to hold both routes", func() bool {
+	testenv.Eventually(t, "gobgpd to hold both routes", func() bool {
 		out := rib()
 		return strings.Contains(out, "198.18.0.1/32") && strings.Contains(out, "198.18.0.3/32")
 	})
 	if err := s.Set(context.Background(), want[1:]); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "gobgpd to lose 198.18.0.1", func() bool {
+	testenv.Eventually(t, "gobgpd to lose 198.18.0.1", func() bool {
 		out := rib()
 		return !strings.Contains(out, "198.18.0.1/32") && strings.Contains(out, "198.18.0.3/32")
 	})

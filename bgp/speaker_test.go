@@ -17,6 +17,8 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
+
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 )
 
 // router is an in-process GoBGP standing in for a router: it accepts
@@ -112,18 +114,6 @@ func (r *router) announce(prefixes ...string) {
 	}
 }
 
-// eventually waits for cond, failing after a generous deadline.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func startSpeaker(t *testing.T, cfg Config) *Speaker {
 	t.Helper()
 	s, err := New(cfg, testLog(t))
@@ -162,7 +152,7 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	if err := s.Set(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "both routes at the router", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 2 })
+	testenv.Eventually(t, "both routes at the router", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 2 })
 	p := r.learned(pkt.RF_IPv4_UC)[netip.MustParsePrefix("198.18.0.2/32")]
 	attrs := attributes(t, p)
 	if got := attrs.communities; !slices.Equal(got, []uint32{64512<<16 | 7, 0xFFFF0000}) {
@@ -181,14 +171,14 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	if err := s.Set(ctx, want[:1]); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "198.18.0.2 withdrawn", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 1 })
+	testenv.Eventually(t, "198.18.0.2 withdrawn", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 1 })
 	// Changed attributes replace the route.
 	changed := want[0]
 	changed.Communities = []Community{65000<<16 | 1}
 	if err := s.Set(ctx, []Route{changed}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "new community at the router", func() bool {
+	testenv.Eventually(t, "new community at the router", func() bool {
 		p := r.learned(pkt.RF_IPv4_UC)[changed.Prefix]
 		return p != nil && slices.Equal(attributes(t, p).communities, []uint32{65000<<16 | 1})
 	})
@@ -210,7 +200,7 @@ func TestSpeakerImportsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.announce("10.0.0.0/8", "198.18.0.9/32")
-	eventually(t, "the router's 2 routes received", func() bool {
+	testenv.Eventually(t, "the router's 2 routes received", func() bool {
 		ps, _ := s.Peers(ctx)
 		return ps[0].PrefixesReceived == 2
 	})
@@ -230,9 +220,9 @@ func TestSpeakerMaxPrefixShutsPeerDown(t *testing.T) {
 	if err := s.Set(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "session up", func() bool { return peerUp(t, s, 0) })
+	testenv.Eventually(t, "session up", func() bool { return peerUp(t, s, 0) })
 	r.announce("10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24")
-	eventually(t, "peer shut down", func() bool {
+	testenv.Eventually(t, "peer shut down", func() bool {
 		ps, _ := s.Peers(context.Background())
 		return ps[0].Shut && !ps[0].Up
 	})
@@ -254,10 +244,10 @@ func TestSpeakerMD5(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "session with the right password up", func() bool { return peerUp(t, good, 0) })
+	testenv.Eventually(t, "session with the right password up", func() bool { return peerUp(t, good, 0) })
 	// The wrong key: the router's kernel drops the SYNs (counted as MD5
 	// failures); the session never comes up.
-	eventually(t, "the kernel to drop segments with the wrong key", func() bool { return md5Failures(t) > before })
+	testenv.Eventually(t, "the kernel to drop segments with the wrong key", func() bool { return md5Failures(t) > before })
 	if peerUp(t, bad, 0) {
 		t.Error("session with the wrong password is up")
 	}
@@ -300,7 +290,7 @@ func TestSpeakerIPv6(t *testing.T) {
 	if err := s.Set(context.Background(), []Route{HostRoute(netip.MustParseAddr("2001:db8::1"))}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the IPv6 route at the router", func() bool { return len(r.learned(pkt.RF_IPv6_UC)) == 1 })
+	testenv.Eventually(t, "the IPv6 route at the router", func() bool { return len(r.learned(pkt.RF_IPv6_UC)) == 1 })
 	if err := s.Set(context.Background(), []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err == nil {
 		t.Error("an IPv4 route accepted with only an IPv6 family configured")
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 )
 
 // TestMain lets this test binary be the speaker process of a Supervised.
@@ -49,19 +51,19 @@ func TestSupervisedSpeakerSurvivesItsCrash(t *testing.T) {
 		slog.New(slog.NewTextHandler(&logged, nil)))
 	ctx := context.Background()
 	routes := []Route{HostRoute(netip.MustParseAddr("198.18.0.1")), HostRoute(netip.MustParseAddr("198.18.0.2"))}
-	eventually(t, "a speaker process", func() bool { return s.PID() != 0 })
+	testenv.Eventually(t, "a speaker process", func() bool { return s.PID() != 0 })
 	if err := s.Set(ctx, routes); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "both routes at the router", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 2 })
-	eventually(t, "the session up", func() bool { ps, _ := s.Peers(ctx); return ps[0].Up })
+	testenv.Eventually(t, "both routes at the router", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 2 })
+	testenv.Eventually(t, "the session up", func() bool { ps, _ := s.Peers(ctx); return ps[0].Up })
 	first := s.PID()
 	if err := syscall.Kill(first, syscall.SIGABRT); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a new speaker process", func() bool { return s.Restarts() == 1 && s.PID() != 0 && s.PID() != first })
-	eventually(t, "the session up again", func() bool { ps, _ := s.Peers(ctx); return ps[0].Up })
-	eventually(t, "both routes at the router again", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 2 })
+	testenv.Eventually(t, "a new speaker process", func() bool { return s.Restarts() == 1 && s.PID() != 0 && s.PID() != first })
+	testenv.Eventually(t, "the session up again", func() bool { ps, _ := s.Peers(ctx); return ps[0].Up })
+	testenv.Eventually(t, "both routes at the router again", func() bool { return len(r.learned(pkt.RF_IPv4_UC)) == 2 })
 	if got := s.Announced(); len(got) != 2 {
 		t.Errorf("announced %v after the restart, want both routes", got)
 	}
@@ -86,7 +88,7 @@ func TestSupervisedSpeakerStopsItsProcess(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	eventually(t, "a speaker process", func() bool { return s.PID() != 0 })
+	testenv.Eventually(t, "a speaker process", func() bool { return s.PID() != 0 })
 	pid := s.PID()
 	cancel()
 	if err := <-done; err != nil {

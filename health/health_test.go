@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/internal/testpki"
 )
 
@@ -254,17 +256,12 @@ func (s *switchable) on(addr netip.AddrPort) {
 
 func (s *switchable) off() { s.ln.Close() }
 
-func waitState(t *testing.T, m *Monitor, c Check, up bool) time.Duration {
+func waitState(t *testing.T, m *Monitor, c Check, up bool) {
 	t.Helper()
-	start := time.Now()
-	for time.Since(start) < 10*time.Second {
-		if st, ok := m.State(c); ok && st.Up == up {
-			return time.Since(start)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("check %s never became up=%v", c, up)
-	return 0
+	testenv.Eventually(t, fmt.Sprintf("check %s up=%v", c, up), func() bool {
+		st, ok := m.State(c)
+		return ok && st.Up == up
+	})
 }
 
 func TestMonitorRiseFallAndLifecycle(t *testing.T) {
@@ -304,13 +301,7 @@ func TestMonitorRiseFallAndLifecycle(t *testing.T) {
 
 func waitGoroutines(t *testing.T, want int, when string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > want && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > want {
-		t.Fatalf("%d goroutines %s, want at most %d", n, when, want)
-	}
+	testenv.Eventually(t, fmt.Sprintf("at most %d goroutines %s", want, when), func() bool { return runtime.NumGoroutine() <= want })
 }
 
 type reasonObserver struct {
@@ -404,13 +395,7 @@ func TestMonitorFlappingAtTheThreshold(t *testing.T) {
 	m.Handle("flip", &flipProber{})
 	c := Check{Kind: "flip", Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
 	m.Set(map[Check]bool{c: true})
-	deadline := time.Now().Add(20 * time.Second)
-	for obs.probes.Load() < 20 { // wait for probes, not for time
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d probes ran", obs.probes.Load())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, "20 probes", func() bool { return obs.probes.Load() >= 20 }) // wait for probes, not for time
 	if st, _ := m.State(c); !st.Up || st.Transitioned || obs.ups.Load()+obs.downs.Load() != 0 {
 		t.Fatalf("alternating results changed the state after %d probes: %+v", obs.probes.Load(), st)
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -36,7 +37,7 @@ func TestConnectionCapAndIdleTimeout(t *testing.T) {
 			t.Errorf("merlin after SIGTERM: %v\n%s", err, out.String())
 		}
 	})
-	waitFor(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
+	testenv.Eventually(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
 
 	conn, err := grpc.NewClient("127.0.0.1:"+api, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -66,13 +67,13 @@ func TestConnectionCapAndIdleTimeout(t *testing.T) {
 			c.Close()
 		}
 	}()
-	waitFor(t, "33 connections refused", func() bool { return metricOf(t, health, "merlin_api_connections_refused_total") >= 33 })
+	testenv.Eventually(t, "33 connections refused", func() bool { return metricOf(t, health, "merlin_api_connections_refused_total") >= 33 })
 	if err := list(); err != nil {
 		t.Fatalf("the client that was already connected: %v", err)
 	}
 	// Connections that never finish the handshake are closed (10 s), idle
 	// ones after the idle timeout: the open count falls back.
-	waitFor(t, "the silent connections closed", func() bool { return metricOf(t, health, "merlin_api_connections") <= 1 })
+	testenv.Eventually(t, "the silent connections closed", func() bool { return metricOf(t, health, "merlin_api_connections") <= 1 })
 	if err := list(); err != nil {
 		t.Fatalf("after the flood: %v", err)
 	}
@@ -96,17 +97,6 @@ func metricOf(t *testing.T, port, name string) float64 {
 		}
 	}
 	return -1
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // rssOf is a process's resident set and its peak so far, in MiB.
@@ -160,7 +150,7 @@ func TestConnectionFloodUnderALowFileLimit(t *testing.T) {
 	api, health := freePort(t), freePort(t)
 	cmd, out := startAPIOnlyUnder(t, []string{"prlimit", "--nofile=300:300", "--"}, "-port", api, "-health-port", health)
 	stopMerlin(t, cmd, out)
-	waitFor(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
+	testenv.Eventually(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
 	client := dialAPI(t, api)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -180,7 +170,7 @@ func TestConnectionFloodUnderALowFileLimit(t *testing.T) {
 		}
 		raw = append(raw, c)
 	}
-	waitFor(t, "250 connections refused", func() bool { return metricOf(t, health, "merlin_api_connections_refused_total") >= 250 })
+	testenv.Eventually(t, "250 connections refused", func() bool { return metricOf(t, health, "merlin_api_connections_refused_total") >= 250 })
 	if _, err := client.CreateService(ctx, &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.10", Port: 80, Protocol: types.Protocol_TCP}, Config: &types.VirtualService_Config{Scheduler: "wrr"}}); err != nil {
 		t.Fatalf("a write through etcd during the flood: %v\n%s", err, out.String())
 	}
@@ -199,7 +189,7 @@ func TestAbuseKeepsMemoryBounded(t *testing.T) {
 	api, health := freePort(t), freePort(t)
 	cmd, out := startAPIOnly(t, "-port", api, "-health-port", health)
 	stopMerlin(t, cmd, out)
-	waitFor(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
+	testenv.Eventually(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
 	client := dialAPI(t, api)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 )
 
 // The prober's view follows etcd: connected and ready once probed, not
@@ -36,25 +37,14 @@ func TestProberFollowsEtcd(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	waitUntil(t, "connected", func() bool { return p.Connected() && p.Ready() == nil })
+	testenv.Eventually(t, "connected", func() bool { return p.Connected() && p.Ready() == nil })
 	etcd.Stop()
-	waitUntil(t, "not ready", func() bool { return !p.Connected() && p.Ready() != nil })
+	testenv.Eventually(t, "not ready", func() bool { return !p.Connected() && p.Ready() != nil })
 	etcd.Restart()
-	waitUntil(t, "connected again", func() bool { return p.Connected() && p.Ready() == nil })
+	testenv.Eventually(t, "connected again", func() bool { return p.Connected() && p.Ready() == nil })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(heard) != 3 || !heard[0] || heard[1] || !heard[2] {
 		t.Fatalf("the listener heard %v, want [true false true]", heard)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -52,25 +53,18 @@ func watched(t *testing.T, client *clientv3.Client, cfg store.WatcherConfig) (*s
 func waitInStep(t *testing.T, kv *clientv3.Client, latest func() *store.State) {
 	t.Helper()
 	stor := store.NewStore(kv, prefix)
-	deadline := time.Now().Add(30 * time.Second)
-	var want *types.ListResponse
-	for time.Now().Before(deadline) {
+	testenv.Eventually(t, "the watcher in step with etcd", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		st, err := stor.ListState(ctx)
 		cancel()
-		if err == nil {
-			want = st.ListResponse()
-			if got := latest(); got != nil {
-				g := got.ListResponse()
-				g.Revision = want.Revision // the watcher may have seen a later, unrelated revision
-				if proto.Equal(g, want) {
-					return
-				}
-			}
+		got := latest()
+		if err != nil || got == nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("watcher not in step with etcd:\nwatcher %v\netcd    %v", latest(), want)
+		want, g := st.ListResponse(), got.ListResponse()
+		g.Revision = want.Revision // the watcher may have seen a later, unrelated revision
+		return proto.Equal(g, want)
+	})
 }
 
 func put(t *testing.T, stor *store.Store, svc string, ip string, servers int) {

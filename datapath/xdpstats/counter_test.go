@@ -131,17 +131,12 @@ func read(t *testing.T, c *xdpstats.Counter) xdpstats.Snapshot {
 // asynchronously).
 func waitFor(t *testing.T, c *xdpstats.Counter, what string, cond func(xdpstats.Snapshot) bool) xdpstats.Snapshot {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s := read(t, c)
-		if cond(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: never; last snapshot %+v", what, s)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var s xdpstats.Snapshot
+	testenv.Eventually(t, what, func() bool {
+		s = read(t, c)
+		return cond(s)
+	})
+	return s
 }
 
 func TestCountsExact(t *testing.T) {
@@ -157,13 +152,10 @@ func TestCountsExact(t *testing.T) {
 	// resolve it, and a later Set (Run's refresh) keys it.
 	keys := xdpstats.Keys{VIPs: []xdpstats.VIPKey{vipUDP, vipTCP}, Servers: []xdpstats.ServerKey{serverNAT, serverDR, serverTCP}}
 	set(t, tp, c, keys)
-	for i := 0; c.Status().Unresolved != 0; i++ {
-		if i > 200 {
-			t.Fatalf("the direct-routing server's MAC was never resolved: %+v", c.Status())
-		}
-		time.Sleep(10 * time.Millisecond)
+	testenv.Eventually(t, "the direct-routing server's MAC resolved", func() bool {
 		set(t, tp, c, keys)
-	}
+		return c.Status().Unresolved == 0
+	})
 	if st := c.Status(); st.Unresolved != 0 || st.Keys != 7 {
 		t.Fatalf("status %+v: want 7 keys (2 VIPs, 3 servers forwarded to, 2 NAT servers replying), none unresolved", st)
 	}
