@@ -23,13 +23,20 @@ import (
 // undecodableField is the largest field number protobuf allows.
 const undecodableField protowire.Number = protowire.MaxValidNumber
 
+// lenientCodec also drops fields merlin does not know: they would be
+// stored as they are, past every size limit a known field has.
 type lenientCodec struct{ encoding.CodecV2 }
 
 func (c lenientCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	err := c.CodecV2.Unmarshal(data, v)
 	m, ok := v.(proto.Message)
-	if err == nil || !ok {
-		return err
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	err := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(buf.ReadOnlyData(), m)
+	if err == nil {
+		return nil
 	}
 	proto.Reset(m)
 	mark := protowire.AppendTag(nil, undecodableField, protowire.BytesType)

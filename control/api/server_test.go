@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -1210,5 +1212,31 @@ func TestAPIRecoversFromAPanic(t *testing.T) {
 	wantCode(t, err, codes.Internal)
 	if _, err := types.NewMerlinClient(conn).List(ctxT(t), &emptypb.Empty{}); err != nil {
 		t.Fatalf("after the panic: %v", err)
+	}
+}
+
+// A field merlin does not know is never stored: a service sent with a
+// 1 MB unknown field is created without it (it used to be stored as it
+// was, past every limit of the known fields).
+func TestAPIStoresNothingUnknown(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx := ctxT(t)
+	known, err := proto.Marshal(tcpService("web", "198.18.0.1", 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown := protowire.AppendTag(nil, 9999, protowire.BytesType)
+	unknown = protowire.AppendBytes(unknown, bytes.Repeat([]byte{'x'}, 1<<20))
+	if err := env.conn.Invoke(ctx, "/types.Merlin/CreateService", append(known, unknown...), &emptypb.Empty{}, grpc.ForceCodec(rawCodec{})); err != nil {
+		t.Fatal(err)
+	}
+	kvs, _ := dump(t, env.kv)
+	value, ok := kvs[prefix+"/services/web"]
+	if !ok || len(value) > 1024 {
+		t.Fatalf("stored service: %d bytes (present %v), want it without the unknown field", len(value), ok)
+	}
+	var stored types.VirtualService
+	if err := proto.Unmarshal([]byte(value), &stored); err != nil || len(stored.ProtoReflect().GetUnknown()) != 0 {
+		t.Fatalf("stored service %v (%v) carries unknown fields", &stored, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
@@ -77,12 +78,45 @@ func (s *Store) serverKey(id string, k *types.RealServer_Key) string {
 	return s.serverPrefix(id) + model.ServerKeyString(k)
 }
 
+// MaxStoredBytes bounds one stored object: far above what the field
+// limits allow a service or a server, so only something that escaped them
+// (an unknown field) reaches it.
+const MaxStoredBytes = 64 << 10
+
+// marshal encodes what is stored: never a field merlin does not know, never
+// more than MaxStoredBytes.
 func marshal(m proto.Message) (string, error) {
+	m = proto.Clone(m)
+	dropUnknown(m.ProtoReflect())
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return "", fmt.Errorf("encode %T: %w", m, err)
 	}
+	if len(b) > MaxStoredBytes {
+		return "", model.FieldErrorf(string(m.ProtoReflect().Descriptor().Name()), "%d bytes to store: at most %d", len(b), MaxStoredBytes)
+	}
 	return string(b), nil
+}
+
+// dropUnknown clears the unknown fields of m and of every message in it.
+func dropUnknown(m protoreflect.Message) {
+	m.SetUnknown(nil)
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i := range v.List().Len() {
+				dropUnknown(v.List().Get(i).Message())
+			}
+		case fd.IsMap() && fd.MapValue().Message() != nil:
+			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+				dropUnknown(mv.Message())
+				return true
+			})
+		case fd.Message() != nil && !fd.IsList() && !fd.IsMap():
+			dropUnknown(v.Message())
+		}
+		return true
+	})
 }
 
 // storedService is the service as written: the revision lives in etcd.
