@@ -998,6 +998,7 @@ func TestAPIStoreQuota(t *testing.T) {
 			c, ctx := types.NewMerlinClient(conn), ctxT(t)
 			noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.1", 80)))
 			noErr(t)(c.CreateService(ctx, tcpService("web2", "198.18.0.2", 80)))
+			noErr(t)(c.CreateServer(ctx, server("web", "198.19.0.2", 80, 1)))
 
 			// Past 90% of the quota the store knows (here: as if it were
 			// the database's size now), the API refuses to add but deletes.
@@ -1012,6 +1013,27 @@ func TestAPIStoreQuota(t *testing.T) {
 				t.Errorf("refusal %q", status.Convert(err).Message())
 			}
 			noErr(t)(c.DeleteService(ctx, wrapperspb.String("web2")))
+
+			// A fast writer does not overshoot between two looks at etcd:
+			// each write counts. With 20 KiB left below the high-water
+			// mark, creates are refused before 20 KiB more are written.
+			if err := st.Check(ctx); err != nil {
+				t.Fatal(err)
+			}
+			size, _ = st.Usage()
+			st.SetQuota(int64(float64(size+20<<10) / 0.9))
+			created := 0
+			for ; created < 1000; created++ {
+				svc := tcpService(fmt.Sprintf("fill%d", created), fmt.Sprintf("198.18.%d.%d", 10+created/250, 1+created%250), 80)
+				svc.Config.Scheduler, svc.Config.Flags = "sh", []string{"sh-port", "sh-fallback"}
+				if _, err := c.CreateService(ctx, svc); err != nil {
+					wantCode(t, err, codes.ResourceExhausted)
+					break
+				}
+			}
+			if created == 0 || created >= 1000 {
+				t.Fatalf("%d creates went through before the guard refused", created)
+			}
 			st.SetQuota(8 << 20)
 
 			// Someone else fills etcd until it raises NOSPACE: merlin sees
@@ -1032,6 +1054,18 @@ func TestAPIStoreQuota(t *testing.T) {
 			wantCode(t, err, codes.ResourceExhausted)
 			if st := status.Convert(err); !strings.Contains(st.Message(), "NOSPACE") {
 				t.Errorf("refusal %q does not name the alarm", st.Message())
+			}
+			// The way out (README: "When etcd is full") starts with
+			// deleting through merlin: deletes go through a full etcd, by
+			// the single calls and by ApplyChanges.
+			noErr(t)(c.DeleteServer(ctx, server("web", "198.19.0.2", 80, 1)))
+			noErr(t)(c.ApplyChanges(ctx, &types.ApplyChangesRequest{Changes: []*types.Change{{Change: &types.Change_DeleteService{DeleteService: &types.DeleteServiceRequest{Id: "fill0"}}}}}))
+			noErr(t)(c.DeleteService(ctx, wrapperspb.String("web")))
+			kvs, _ := dump(t, kv)
+			for _, k := range []string{prefix + "/services/web", prefix + "/services/fill0", prefix + "/vips/tcp/198.18.0.1:80"} {
+				if _, ok := kvs[k]; ok {
+					t.Errorf("%s still stored after its delete went through", k)
+				}
 			}
 		})
 	}

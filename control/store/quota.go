@@ -22,8 +22,9 @@ const quotaHighWater = 0.9
 // storeUsage is what the last look at etcd found: database size and
 // alarms; kept by Store.Check, read by every write.
 type storeUsage struct {
-	dbSize atomic.Int64
-	alarms atomic.Value // string: active alarms, "" for none
+	dbSize  atomic.Int64
+	pending atomic.Int64 // bytes this store wrote since dbSize was read
+	alarms  atomic.Value // string: active alarms, "" for none
 }
 
 // SetQuota tells the store etcd's backend quota (for the high-water mark).
@@ -42,6 +43,7 @@ func (s *Store) Check(ctx context.Context) error {
 		cancel()
 	}
 	s.usage.dbSize.Store(size)
+	s.usage.pending.Store(0)
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := s.client.AlarmList(actx)
@@ -73,6 +75,7 @@ func (s *Store) Usage() (dbSize int64, alarms string) {
 // overQuota says why a write that adds data must be refused, or "".
 func (s *Store) OverQuota() string {
 	size, alarms := s.Usage()
+	size += s.usage.pending.Load() // a fast writer cannot overshoot between two looks
 	switch {
 	case alarms != "":
 		return "etcd alarm " + alarms + ": writes are refused until it is cleared"

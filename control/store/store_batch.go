@@ -416,11 +416,19 @@ func (b *batch) commit() (rev int64, ok bool, err error) {
 	if len(ops) == 0 {
 		return 0, true, nil
 	}
-	ops = append(ops, b.s.mark())
-	if len(ops) > maxTxnOps || len(conds) > maxTxnOps {
-		return 0, false, fmt.Errorf("the changes need %d operations and %d comparisons, more than the %d of one etcd transaction: %w", len(ops), len(conds), maxTxnOps, ErrBatchTooLarge)
+	if len(ops)+1 > maxTxnOps || len(conds) > maxTxnOps {
+		return 0, false, fmt.Errorf("the changes need %d operations and %d comparisons, more than the %d of one etcd transaction: %w", len(ops)+1, len(conds), maxTxnOps, ErrBatchTooLarge)
 	}
-	resp, err := b.s.client.Txn(b.ctx).If(conds...).Then(ops...).Commit()
+	resp, err := b.s.client.Txn(b.ctx).If(conds...).Then(append(ops, b.s.mark())...).Commit()
+	if isNoSpace(err) && deletesOnly(ops) {
+		// A full etcd takes deletes only, and the revision marker is a
+		// put: delete without it (the desired revision shown lags until
+		// the next write after the alarm is cleared).
+		resp, err = b.s.client.Txn(b.ctx).If(conds...).Then(ops...).Commit()
+	}
+	if err == nil && resp.Succeeded {
+		b.s.usage.pending.Add(putBytes(ops))
+	}
 	switch {
 	case errors.Is(err, rpctypes.ErrGRPCTooManyOps), errors.Is(err, rpctypes.ErrTooManyOps), errors.Is(err, rpctypes.ErrGRPCRequestTooLarge), errors.Is(err, rpctypes.ErrRequestTooLarge):
 		return 0, false, fmt.Errorf("apply changes: %v: %w", err, ErrBatchTooLarge)
@@ -428,6 +436,30 @@ func (b *batch) commit() (rev int64, ok bool, err error) {
 		return 0, false, fmt.Errorf("apply changes: %w", err)
 	}
 	return resp.Header.Revision, resp.Succeeded, nil
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace)
+}
+
+func deletesOnly(ops []clientv3.Op) bool {
+	for _, op := range ops {
+		if !op.IsDelete() {
+			return false
+		}
+	}
+	return true
+}
+
+// putBytes is what ops add to etcd's database, roughly: keys and values.
+func putBytes(ops []clientv3.Op) int64 {
+	var n int64
+	for _, op := range ops {
+		if op.IsPut() {
+			n += int64(len(op.KeyBytes()) + len(op.ValueBytes()))
+		}
+	}
+	return n
 }
 
 // serviceOps are the comparisons and writes of one service of the batch:
