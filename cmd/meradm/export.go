@@ -79,7 +79,28 @@ func serviceToFile(svc *types.VirtualService) fileService {
 	fs.PersistenceNetmask = uint32Of(c.GetPersistenceNetmask() != nil, c.GetPersistenceNetmask().GetValue())
 	fs.Forward = model.ForwardName(svc.GetDefaults().GetForward())
 	fs.HealthCheck = healthToFile(svc.GetDefaults().GetHealthCheck())
+	if a := svc.GetAnnounce(); a != nil && proto.Size(a) > 0 {
+		fs.Announce = &fileAnnounce{Always: a.Always, Communities: a.Communities, LargeCommunities: a.LargeCommunities,
+			LocalPreference: uint32Of(a.LocalPreference != nil, a.GetLocalPreference().GetValue())}
+	}
+	fs.PassiveHealth = passiveToFile(svc.GetPassiveHealth())
 	return fs
+}
+
+func passiveToFile(p *types.PassiveHealth) *filePassive {
+	if p == nil || proto.Size(p) == 0 {
+		return nil
+	}
+	out := &filePassive{MinAttempts: uint32Of(p.MinAttempts != nil, p.GetMinAttempts().GetValue()),
+		MaxFailedPercent: uint32Of(p.MaxFailedPercent != nil, p.GetMaxFailedPercent().GetValue())}
+	if p.Enabled != nil {
+		v := p.Enabled.Value
+		out.Enabled = &v
+	}
+	if p.Window != nil {
+		out.Window = p.Window.AsDuration().String()
+	}
+	return out
 }
 
 func serverToFile(srv *types.RealServer) fileServer {

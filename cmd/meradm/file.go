@@ -33,20 +33,38 @@ type fileSpec struct {
 }
 
 type fileService struct {
-	ID                 string       `json:"id"`
-	Protocol           string       `json:"protocol,omitempty"` // tcp, udp, sctp
-	Address            string       `json:"address,omitempty"`  // VIP:PORT, [IPv6]:PORT
-	Fwmark             uint32       `json:"fwmark,omitempty"`
-	Family             string       `json:"family,omitempty"` // of a fwmark service: ipv4 (default), ipv6
-	Scheduler          string       `json:"scheduler"`
-	Flags              []string     `json:"flags,omitempty"`
-	Persistence        *uint32      `json:"persistence,omitempty"` // timeout in seconds
-	PersistenceNetmask *uint32      `json:"persistence_netmask,omitempty"`
-	OnePacket          bool         `json:"one_packet,omitempty"`
-	PersistenceEngine  string       `json:"persistence_engine,omitempty"`
-	Forward            string       `json:"forward,omitempty"`      // default of its servers
-	HealthCheck        *fileHealth  `json:"health_check,omitempty"` // default of its servers
-	Servers            []fileServer `json:"servers,omitempty"`
+	ID                 string        `json:"id"`
+	Protocol           string        `json:"protocol,omitempty"` // tcp, udp, sctp
+	Address            string        `json:"address,omitempty"`  // VIP:PORT, [IPv6]:PORT
+	Fwmark             uint32        `json:"fwmark,omitempty"`
+	Family             string        `json:"family,omitempty"` // of a fwmark service: ipv4 (default), ipv6
+	Scheduler          string        `json:"scheduler"`
+	Flags              []string      `json:"flags,omitempty"`
+	Persistence        *uint32       `json:"persistence,omitempty"` // timeout in seconds
+	PersistenceNetmask *uint32       `json:"persistence_netmask,omitempty"`
+	OnePacket          bool          `json:"one_packet,omitempty"`
+	PersistenceEngine  string        `json:"persistence_engine,omitempty"`
+	Forward            string        `json:"forward,omitempty"`      // default of its servers
+	HealthCheck        *fileHealth   `json:"health_check,omitempty"` // default of its servers
+	Announce           *fileAnnounce `json:"announce,omitempty"`
+	PassiveHealth      *filePassive  `json:"passive_health,omitempty"`
+	Servers            []fileServer  `json:"servers,omitempty"`
+}
+
+// fileAnnounce is how BGP announces the service's VIP.
+type fileAnnounce struct {
+	Always           bool     `json:"always,omitempty"`
+	Communities      []string `json:"communities,omitempty"`
+	LargeCommunities []string `json:"large_communities,omitempty"`
+	LocalPreference  *uint32  `json:"local_preference,omitempty"`
+}
+
+// filePassive is passive health for the service's NAT servers.
+type filePassive struct {
+	Enabled          *bool   `json:"enabled,omitempty"`
+	Window           string  `json:"window,omitempty"`
+	MinAttempts      *uint32 `json:"min_attempts,omitempty"`
+	MaxFailedPercent *uint32 `json:"max_failed_percent,omitempty"`
 }
 
 type fileServer struct {
@@ -214,6 +232,17 @@ func (fs *fileService) toProto() (*types.VirtualService, error) {
 	if fs.OnePacket {
 		svc.Config.OnePacket = wrapperspb.Bool(true)
 	}
+	if a := fs.Announce; a != nil {
+		svc.Announce = &types.Announce{Always: a.Always, Communities: a.Communities, LargeCommunities: a.LargeCommunities}
+		if a.LocalPreference != nil {
+			svc.Announce.LocalPreference = wrapperspb.UInt32(*a.LocalPreference)
+		}
+	}
+	ph, err := fs.PassiveHealth.toProto()
+	if err != nil {
+		return nil, err
+	}
+	svc.PassiveHealth = ph
 	if fs.Forward != "" || fs.HealthCheck != nil {
 		svc.Defaults = &types.VirtualService_ServerDefaults{}
 		if fs.Forward != "" {
@@ -230,6 +259,30 @@ func (fs *fileService) toProto() (*types.VirtualService, error) {
 		svc.Defaults.HealthCheck = hc
 	}
 	return svc, nil
+}
+
+func (p *filePassive) toProto() (*types.PassiveHealth, error) {
+	if p == nil {
+		return nil, nil
+	}
+	out := &types.PassiveHealth{}
+	if p.Enabled != nil {
+		out.Enabled = wrapperspb.Bool(*p.Enabled)
+	}
+	if p.Window != "" {
+		w, err := time.ParseDuration(p.Window)
+		if err != nil {
+			return nil, fmt.Errorf("passive_health.window: %q is not a duration like 10s", p.Window)
+		}
+		out.Window = durationpb.New(w)
+	}
+	if p.MinAttempts != nil {
+		out.MinAttempts = wrapperspb.UInt32(*p.MinAttempts)
+	}
+	if p.MaxFailedPercent != nil {
+		out.MaxFailedPercent = wrapperspb.UInt32(*p.MaxFailedPercent)
+	}
+	return out, nil
 }
 
 func (fs *fileServer) toProto(serviceID string) (*types.RealServer, error) {
