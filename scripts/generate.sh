@@ -14,7 +14,7 @@ PATH="$bin:$PATH" protoc -I types -I /usr/include \
   --go-grpc_out=types --go-grpc_opt=paths=source_relative \
   types/types.proto
 # The original Merlin API's shapes, as a descriptor set for the compatibility test.
-protoc -I control/testdata -I /usr/include --include_imports \
-  -o control/testdata/original_merlin.pb control/testdata/original_merlin.proto
+protoc -I control/api/testdata -I /usr/include --include_imports \
+  -o control/api/testdata/original_merlin.pb control/api/testdata/original_merlin.proto
 # The eBPF counters (bpf/*.c) with Debian's clang 19, through bpf2go.
 go generate ./datapath/xdpstats

@@ -35,10 +35,10 @@ step "tracked files"
 ./scripts/check-tracked.sh || status=1
 
 step "generated code is reproducible"
-if ./scripts/generate.sh && git diff --quiet -- types control/testdata datapath/xdpstats; then
+if ./scripts/generate.sh && git diff --quiet -- types control/api/testdata datapath/xdpstats; then
   echo "make generate: no diff"
 else
-  echo "make generate changed committed files:"; git diff --stat -- types control/testdata datapath/xdpstats; status=1
+  echo "make generate changed committed files:"; git diff --stat -- types control/api/testdata datapath/xdpstats; status=1
 fi
 
 step "package imports"

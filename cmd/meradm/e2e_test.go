@@ -411,6 +411,8 @@ func TestMeradmRoles(t *testing.T) {
 		return []string{"--tls-ca", ca.CertFile, "--tls-cert", c.CertFile, "--tls-key", c.KeyFile}
 	}
 	reader, writer, nobody := as("grafana-bot"), as("ops-alice"), as("intern")
+	bothCert := ca.Client(t, "grafana-bot", "ops-bob")
+	both := []string{"--tls-ca", ca.CertFile, "--tls-cert", bothCert.CertFile, "--tls-key", bothCert.KeyFile}
 
 	ok(t, p, append(writer, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "rr")...)
 	ok(t, p, append(writer, "server", "add", "web", "198.19.0.2:80", "-f", "nat")...)
@@ -423,10 +425,16 @@ func TestMeradmRoles(t *testing.T) {
 	fails(t, p, `/types.Merlin/List needs the reader role; client "intern"`, append(nobody, "list")...)
 	fails(t, p, "/types.Merlin/CreateService needs the writer role", append(nobody, "service", "add", "db", "tcp", "198.18.0.11:5432")...)
 	fails(t, p, "/types.Merlin/Watch needs the reader role", append(nobody, "watch")...)
-	if out := ok(t, p, append(writer, "list")...); !strings.Contains(out, "198.19.0.2:80") || strings.Contains(out, "db") {
+	if out := ok(t, p, append(writer, "list")...); !strings.Contains(out, "198.19.0.2:80") || strings.Contains(out, "5432") {
 		t.Fatalf("refused writes changed the state:\n%s", out)
 	}
 
+	// A certificate whose CN is a reader but whose DNS SAN is a writer
+	// writes, and its audit line names the name that was granted.
+	ok(t, p, append(both, "service", "add", "db", "tcp", "198.18.0.11:5432", "-s", "rr")...)
+
+	// Every attempt to change something is one audit line: granted or
+	// refused, with the identity that was granted or refused; reads none.
 	audit := ""
 	for _, line := range strings.Split(log.String(), "\n") {
 		if strings.Contains(line, "msg=audit") {
@@ -437,13 +445,17 @@ func TestMeradmRoles(t *testing.T) {
 		`method=/types.Merlin/CreateService identity=ops-alice peer=127.0.0.1:`,
 		`method=/types.Merlin/CreateServer identity=ops-alice`,
 		`198.19.0.2`,
+		`method=/types.Merlin/CreateService identity=grafana-bot,localhost peer=127.0.0.1:`,
+		`method=/types.Merlin/DeleteServer identity=grafana-bot,localhost`,
+		`method=/types.Merlin/CreateService identity=intern,localhost`,
+		`method=/types.Merlin/CreateService identity=ops-bob peer=`,
 	} {
 		if !strings.Contains(audit, want) {
 			t.Errorf("audit log lacks %s:\n%s", want, audit)
 		}
 	}
-	if strings.Contains(audit, "grafana-bot") || strings.Contains(audit, "intern") || strings.Count(audit, "\n") != 2 {
-		t.Errorf("audit log has more than the two writes:\n%s", audit)
+	if n := strings.Count(audit, "code=PermissionDenied"); n != 3 || strings.Count(audit, "\n") != 6 || strings.Contains(audit, "List") || strings.Contains(audit, "Watch") {
+		t.Errorf("audit log: want 3 granted writes, 3 refused (%d), no reads:\n%s", n, audit)
 	}
 	if !strings.Contains(log.String(), `msg="permission denied" method=/types.Merlin/List identity=intern`) {
 		t.Errorf("denial not logged:\n%s", log)

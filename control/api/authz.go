@@ -92,23 +92,21 @@ func (id clientIdentity) String() string {
 	return model.Truncate(id.names[0], 64)
 }
 
-func (id clientIdentity) in(list []string) bool {
-	for _, want := range list {
-		if want == "*" && len(id.names) > 0 || slices.Contains(id.names, want) {
-			return true
-		}
-	}
-	return false
-}
-
 // authorize returns PermissionDenied naming the method unless the caller's
-// identity holds the role the method needs.
+// identity holds the role the method needs. The audit line of the call
+// names the identity that was granted the role, or every name refused.
 func (s *Server) authorize(ctx context.Context, method string) error {
+	note, _ := ctx.Value(auditKey{}).(*auditNote)
 	if !s.roles.Enforced() || slices.ContainsFunc(openServices, func(p string) bool { return strings.HasPrefix(method, p) }) {
 		return nil
 	}
 	id := identityOf(ctx)
-	if id.in(s.roles.Writers) || readMethods[method] && id.in(s.roles.Readers) {
+	if name, ok := id.granted(s.roles.Writers); ok {
+		note.grant(name)
+		return nil
+	}
+	if name, ok := id.granted(s.roles.Readers); ok && readMethods[method] {
+		note.grant(name)
 		return nil
 	}
 	role := "writer"
@@ -117,6 +115,18 @@ func (s *Server) authorize(ctx context.Context, method string) error {
 	}
 	s.log.Warn("permission denied", "method", method, "identity", id.String(), "peer", id.addr)
 	return status.Errorf(codes.PermissionDenied, "%s needs the %s role; client %q has none that allows it", method, role, id.String())
+}
+
+// granted is the first of the client's names the list admits.
+func (id clientIdentity) granted(list []string) (string, bool) {
+	for _, name := range id.names {
+		for _, want := range list {
+			if want == name || want == "*" {
+				return name, true
+			}
+		}
+	}
+	return "", false
 }
 
 func (s *Server) authorizeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -133,19 +143,48 @@ func (s *Server) authorizeStream(srv any, ss grpc.ServerStream, info *grpc.Strea
 	return handler(srv, ss)
 }
 
+// auditKey carries an auditNote through a call's interceptors.
+type auditKey struct{}
+
+// auditNote is what the audit line learns during the call.
+type auditNote struct{ grantedAs string }
+
+func (n *auditNote) grant(name string) {
+	if n != nil {
+		n.grantedAs = name
+	}
+}
+
+// auditUnary writes one audit line for every call that may change
+// something, whatever stops it: refused, undecodable, failed, panicked or
+// done. It runs first, so it sees every attempt.
+func (s *Server) auditUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if readMethods[info.FullMethod] || !strings.HasPrefix(info.FullMethod, "/types.Merlin/") {
+		return handler(ctx, req)
+	}
+	note := &auditNote{}
+	start := time.Now()
+	resp, err := handler(context.WithValue(ctx, auditKey{}, note), req)
+	s.audit(ctx, info.FullMethod, req, note, err, time.Since(start))
+	return resp, err
+}
+
 // auditLimit bounds the request quoted in one audit line.
 const auditLimit = 4096
 
-// audit logs every call that may change something — who made it, from
-// where, what it asked for and how it ended — at info, whatever the
-// outcome.
-func (s *Server) audit(ctx context.Context, method string, req any, err error, took time.Duration) {
-	if readMethods[method] || !strings.HasPrefix(method, "/types.Merlin/") {
-		return
-	}
+// audit logs one call that may change something: who made it (the name
+// granted the role; without roles, or refused, the client's names), from
+// where, what it asked for and how it ended.
+func (s *Server) audit(ctx context.Context, method string, req any, note *auditNote, err error, took time.Duration) {
 	id := identityOf(ctx)
+	identity := note.grantedAs
+	if identity == "" {
+		identity = id.allNames()
+	}
 	change := ""
-	if m, ok := req.(proto.Message); ok {
+	if why := undecodable(req); why != nil {
+		change = "(undecodable: " + status.Convert(why).Message() + ")"
+	} else if m, ok := req.(proto.Message); ok {
 		b, merr := protojson.MarshalOptions{}.Marshal(m)
 		if merr != nil {
 			b = []byte(fmt.Sprintf("(%d bytes, not printable)", proto.Size(m)))
@@ -155,6 +194,14 @@ func (s *Server) audit(ctx context.Context, method string, req any, err error, t
 		}
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "audit",
-		slog.String("method", method), slog.String("identity", id.String()), slog.String("peer", id.addr),
+		slog.String("method", method), slog.String("identity", identity), slog.String("peer", id.addr),
 		slog.String("code", status.Code(err).String()), slog.String("request", change), slog.Duration("duration", took))
+}
+
+// allNames are the client's certificate names, cut short, or "anonymous".
+func (id clientIdentity) allNames() string {
+	if len(id.names) == 0 {
+		return "anonymous"
+	}
+	return model.Truncate(strings.Join(id.names, ","), 128)
 }

@@ -83,7 +83,7 @@ func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: o.IdleTimeout, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 		grpc.ConnectionTimeout(10 * time.Second),
 		serverCodec(),
-		grpc.ChainUnaryInterceptor(api.recoverUnary, api.authorizeUnary, rejectUndecodableUnary, api.logUnary, api.quotaGuard),
+		grpc.ChainUnaryInterceptor(api.auditUnary, api.recoverUnary, api.authorizeUnary, rejectUndecodableUnary, api.logUnary, api.quotaGuard),
 		grpc.ChainStreamInterceptor(api.recoverStream, api.authorizeStream, rejectUndecodableStream),
 	}
 	if o.TLS != nil {
@@ -122,7 +122,6 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	if err != nil {
 		err = toStatus(err)
 	}
-	s.audit(ctx, info.FullMethod, req, err, time.Since(start))
 	if err != nil {
 		level := slog.LevelInfo
 		if c := status.Code(err); c == codes.Internal || c == codes.Unavailable || c == codes.Unknown {

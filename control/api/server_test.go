@@ -50,11 +50,16 @@ func startAPI(t *testing.T, kind etcdtest.Kind) *apiEnv { return startAPIWith(t,
 
 func startAPIWith(t *testing.T, kind etcdtest.Kind, set func(*api.Server)) *apiEnv {
 	t.Helper()
+	return startAPILogged(t, kind, quietLogger(), set)
+}
+
+func startAPILogged(t *testing.T, kind etcdtest.Kind, log *slog.Logger, set func(*api.Server)) *apiEnv {
+	t.Helper()
 	etcd := etcdtest.Start(t, kind)
 	kv := etcd.Client(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	st := store.NewStore(kv, prefix)
-	srv := api.NewServer(st, quietLogger())
+	srv := api.NewServer(st, log)
 	if set != nil {
 		set(srv)
 	}
@@ -1273,4 +1278,45 @@ func TestAPIStoresNothingUnknown(t *testing.T) {
 	if err := proto.Unmarshal([]byte(value), &stored); err != nil || len(stored.ProtoReflect().GetUnknown()) != 0 {
 		t.Fatalf("stored service %v (%v) carries unknown fields", &stored, err)
 	}
+}
+
+// Every attempt to change something is one audit line, even a request
+// that does not decode or that fails; reads are not audited.
+func TestAPIAuditsEveryWriteAttempt(t *testing.T) {
+	var logged lockedBuffer
+	env := startAPILogged(t, etcdtest.Embedded, slog.New(slog.NewTextHandler(&logged, nil)), nil)
+	ctx := ctxT(t)
+	err := env.conn.Invoke(ctx, "/types.Merlin/CreateService", []byte("\x0a\x04web\xff"), &emptypb.Empty{}, grpc.ForceCodec(rawCodec{}))
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = env.client.DeleteService(ctx, wrapperspb.String("nosuch"))
+	wantCode(t, err, codes.NotFound)
+	noErr(t)(env.client.List(ctx, &emptypb.Empty{}))
+	var audit []string
+	for _, line := range strings.Split(logged.String(), "\n") {
+		if strings.Contains(line, "msg=audit") {
+			audit = append(audit, line)
+		}
+	}
+	if len(audit) != 2 || !strings.Contains(audit[0], "method=/types.Merlin/CreateService identity=anonymous") ||
+		!strings.Contains(audit[0], "code=InvalidArgument") || !strings.Contains(audit[0], "(undecodable: ") ||
+		!strings.Contains(audit[1], "method=/types.Merlin/DeleteService") || !strings.Contains(audit[1], "code=NotFound") {
+		t.Fatalf("audit lines:\n%s", strings.Join(audit, "\n"))
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -63,12 +64,12 @@ func (ca *CA) Server(t testing.TB, name string) Pair {
 	return ca.issue(t, name, x509.ExtKeyUsageServerAuth)
 }
 
-// Client issues a client certificate.
-func (ca *CA) Client(t testing.TB, name string) Pair {
-	return ca.issue(t, name, x509.ExtKeyUsageClientAuth)
+// Client issues a client certificate; dnsNames are added to its SANs.
+func (ca *CA) Client(t testing.TB, name string, dnsNames ...string) Pair {
+	return ca.issue(t, name, x509.ExtKeyUsageClientAuth, dnsNames...)
 }
 
-func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage) Pair {
+func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage, dnsNames ...string) Pair {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -82,7 +83,7 @@ func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage) Pair {
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		DNSNames:     []string{"localhost"},
+		DNSNames:     append([]string{"localhost"}, dnsNames...),
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
@@ -93,7 +94,9 @@ func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage) Pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := Pair{CertFile: filepath.Join(ca.dir, name+".pem"), KeyFile: filepath.Join(ca.dir, name+"-key.pem")}
+	// Files by serial: two certificates of one name do not overwrite each other.
+	base := filepath.Join(ca.dir, fmt.Sprintf("%s-%d", name, serial))
+	p := Pair{CertFile: base + ".pem", KeyFile: base + "-key.pem"}
 	writePEM(t, p.CertFile, "CERTIFICATE", der)
 	writePEM(t, p.KeyFile, "PRIVATE KEY", keyDER)
 	return p
