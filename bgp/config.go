@@ -63,8 +63,8 @@ func (c Config) Validate() error {
 	if c.LocalAS == 0 {
 		return errors.New("bgp.local_as: required (1 to 4294967295)")
 	}
-	if !c.RouterID.Is4() || c.RouterID.IsUnspecified() {
-		return fmt.Errorf("bgp.router_id %q: want a non-zero IPv4 address", c.RouterID)
+	if !c.RouterID.Is4() || !unicast(c.RouterID) {
+		return fmt.Errorf("bgp.router_id %q: want a unicast IPv4 address (not 0.0.0.0, 255.255.255.255 or multicast)", c.RouterID)
 	}
 	if c.ListenPort < 0 || c.ListenPort > 65535 {
 		return fmt.Errorf("bgp.listen_port %d: want 0 (do not listen) to 65535", c.ListenPort)
@@ -74,6 +74,9 @@ func (c Config) Validate() error {
 	}
 	seen := map[netip.Addr]bool{}
 	for i, p := range c.Peers {
+		if p.Address == c.RouterID {
+			return fmt.Errorf("bgp.peers[%d].address %s: this node's own router id", i, p.Address)
+		}
 		if err := c.validatePeer(p); err != nil {
 			return fmt.Errorf("bgp.peers[%d]: %w", i, err)
 		}
@@ -86,8 +89,8 @@ func (c Config) Validate() error {
 }
 
 func (c Config) validatePeer(p Peer) error {
-	if !p.Address.IsValid() || p.Address.IsUnspecified() {
-		return fmt.Errorf("address %q: want the router's IP address", p.Address)
+	if !p.Address.IsValid() || !unicast(p.Address) {
+		return fmt.Errorf("address %q: want the router's unicast IP address (not unspecified, broadcast or multicast)", p.Address)
 	}
 	if p.AS == 0 {
 		return errors.New("as: required")
@@ -102,8 +105,11 @@ func (c Config) validatePeer(p Peer) error {
 		return fmt.Errorf("password: %d bytes, the kernel takes at most 80", len(p.Password))
 	}
 	hold := p.hold()
-	if hold < 3*time.Second {
-		return fmt.Errorf("hold_time %s: want at least 3s", p.HoldTime)
+	if hold < 3*time.Second || hold > 65535*time.Second {
+		return fmt.Errorf("hold_time %s: want 3s to 65535s (the OPEN carries 16 bits)", p.HoldTime)
+	}
+	if p.ConnectRetry < 0 || p.ConnectRetry > time.Hour {
+		return fmt.Errorf("connect_retry %s: want 0 (the default, 5s) to 1h", p.ConnectRetry)
 	}
 	if p.HoldTime%time.Second != 0 || p.KeepaliveTime%time.Second != 0 || p.ConnectRetry%time.Second != 0 || p.GracefulRestart%time.Second != 0 {
 		return errors.New("hold_time, keepalive_time, connect_retry and graceful_restart are whole seconds")
@@ -129,6 +135,11 @@ func (c Config) validatePeer(p Peer) error {
 		}
 	}
 	return nil
+}
+
+// unicast: an address a router or a router id can have.
+func unicast(a netip.Addr) bool {
+	return !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 func (p Peer) hold() time.Duration {

@@ -34,6 +34,13 @@ func TestConfigValidate(t *testing.T) {
 		{"family", "families", func(c *Config) { c.Peers[0].Families = []Family{"l2vpn-evpn"} }},
 		{"v6 over v4 without next hop", "next_hop_ipv6", func(c *Config) { c.Peers[0].Families = []Family{IPv6Unicast} }},
 		{"local of another family", "local_address", func(c *Config) { c.Peers[0].Local = netip.MustParseAddr("::1") }},
+		{"broadcast router id", "bgp.router_id", func(c *Config) { c.RouterID = netip.MustParseAddr("255.255.255.255") }},
+		{"multicast router id", "bgp.router_id", func(c *Config) { c.RouterID = netip.MustParseAddr("224.0.0.1") }},
+		{"broadcast peer", "bgp.peers[0]: address", func(c *Config) { c.Peers[0].Address = netip.MustParseAddr("255.255.255.255") }},
+		{"multicast peer", "bgp.peers[0]: address", func(c *Config) { c.Peers[0].Address = netip.MustParseAddr("224.0.0.1") }},
+		{"peer is this node", "bgp.peers[0].address 192.0.2.1: this node's own router id", func(c *Config) { c.Peers[0].Address = c.RouterID }},
+		{"hold time over 16 bits", "hold_time", func(c *Config) { c.Peers[0].HoldTime = 100000 * time.Second }},
+		{"negative connect retry", "connect_retry", func(c *Config) { c.Peers[0].ConnectRetry = -5 * time.Second }},
 	} {
 		c := base()
 		tc.edit(&c)

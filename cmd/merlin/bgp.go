@@ -110,6 +110,9 @@ func bgpConfig(f bgpFile) (*bgp.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bgp.peers[%d]: %w", i, err)
 		}
+		if p.Address.IsLoopback() {
+			return nil, fmt.Errorf("bgp.peers[%d].address %s: a loopback address is this machine, not a router", i, p.Address)
+		}
 		c.Peers = append(c.Peers, p)
 	}
 	if err := c.Validate(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"net/url"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
+	"github.com/merlin-ipvs/merlin/model"
 )
 
 // options are merlin's settings: flags, over the -config file's.
@@ -71,6 +73,7 @@ type options struct {
 	maxChecks          int
 	counters           *xdpstats.Config // nil: no eBPF counters
 	warnings           []string         // weakening settings, for node status
+	notices            []string         // said once at start: file settings the command line overrides
 }
 
 // parseFlags reads the command line (and the -config file it names) and
@@ -87,7 +90,7 @@ func parseFlags(args []string) (*options, error) {
 		return nil, err
 	}
 	if o.configFile != "" {
-		if err := applyConfigFile(fs, o.configFile, &o.bgpFile); err != nil {
+		if err := applyConfigFile(fs, o.configFile, &o.bgpFile, &o.notices); err != nil {
 			return nil, err
 		}
 	}
@@ -231,6 +234,18 @@ func checkNodeFlags(o *options) error {
 	if o.bgp != nil && !o.reconcile {
 		return errors.New("bgp with -reconcile=false: BGP announces the VIPs this node reconciles; configure one or the other")
 	}
+	if o.execDir != "" && !o.reconcile {
+		return errors.New("-health-exec-dir with -reconcile=false: exec checks are run by a node that reconciles; configure one or the other")
+	}
+	if err := model.ValidateID("node", o.node); err != nil {
+		return fmt.Errorf("-node: %w", err)
+	}
+	if f := o.guardFraction; math.IsNaN(f) || f == 0 || f > 1 {
+		return fmt.Errorf("-deletion-guard-fraction %v: want a share above 0 up to 1, or negative for off", f)
+	}
+	if o.guardMin < 0 {
+		return fmt.Errorf("-deletion-guard-min %d: want 0 or more", o.guardMin)
+	}
 	return nil
 }
 
@@ -296,7 +311,7 @@ func splitList(s string) []string {
 
 // applyConfigFile sets every flag the file names that the command line
 // did not, and reads its bgp section.
-func applyConfigFile(fs *flag.FlagSet, path string, bf *bgpFile) error {
+func applyConfigFile(fs *flag.FlagSet, path string, bf *bgpFile, notices *[]string) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -323,6 +338,7 @@ func applyConfigFile(fs *flag.FlagSet, path string, bf *bgpFile) error {
 			return fmt.Errorf("config %s: unknown setting %q", path, k)
 		}
 		if set[k] {
+			*notices = append(*notices, fmt.Sprintf("-%s on the command line overrides %q of %s", k, shorten(fmt.Sprint(values[k])), path))
 			continue
 		}
 		v := values[k]

@@ -52,6 +52,9 @@ func main() {
 		return
 	}
 	log := newLogger(o)
+	for _, n := range o.notices {
+		log.Warn(n)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {

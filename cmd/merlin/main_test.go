@@ -30,20 +30,25 @@ func TestExampleConfigParses(t *testing.T) {
 func TestConfigErrorsNameTheSetting(t *testing.T) {
 	dir := t.TempDir()
 	for content, want := range map[string]string{
-		"no-such-flag: 1\n":                    "unknown setting \"no-such-flag\"",
-		"reconcile-sync-period: often\n":       "reconcile-sync-period",
-		"port: 70000\n":                        "-port 70000",
-		"tls-cert: a.pem\n":                    "-tls-cert and -tls-key go together",
-		"reconcile: [not, a, bool, list]\n":    "reconcile",
-		"log-format: xml\n":                    "-log-format \"xml\": want text or json",
-		"max-message-bytes: -1\n":              "-max-message-bytes -1",
-		"store-tls-key: k.pem\n":               "-store-tls-cert and -store-tls-key go together",
-		"store-endpoints: [etcd0]\n":           "-store-endpoints \"etcd0\"",
-		"embedded-etcd-client-url: x\n":        "-embedded-etcd-client-url",
-		"max-concurrent-streams: 0\n":          "-max-concurrent-streams 0",
-		"metrics-read-timeout: 1ns\n":          "-metrics-read-timeout 1ns: want 100ms to 10m",
-		"counters-xdp-mode: turbo\n":           "-counters-xdp-mode \"turbo\": want native, generic or empty",
-		"counters-tc-interfaces: [\"../x\"]\n": "not an interface name",
+		"no-such-flag: 1\n":                                    "unknown setting \"no-such-flag\"",
+		"reconcile-sync-period: often\n":                       "reconcile-sync-period",
+		"port: 70000\n":                                        "-port 70000",
+		"tls-cert: a.pem\n":                                    "-tls-cert and -tls-key go together",
+		"reconcile: [not, a, bool, list]\n":                    "reconcile",
+		"log-format: xml\n":                                    "-log-format \"xml\": want text or json",
+		"max-message-bytes: -1\n":                              "-max-message-bytes -1",
+		"store-tls-key: k.pem\n":                               "-store-tls-cert and -store-tls-key go together",
+		"store-endpoints: [etcd0]\n":                           "-store-endpoints \"etcd0\"",
+		"embedded-etcd-client-url: x\n":                        "-embedded-etcd-client-url",
+		"max-concurrent-streams: 0\n":                          "-max-concurrent-streams 0",
+		"metrics-read-timeout: 1ns\n":                          "-metrics-read-timeout 1ns: want 100ms to 10m",
+		"counters-xdp-mode: turbo\n":                           "-counters-xdp-mode \"turbo\": want native, generic or empty",
+		"counters-tc-interfaces: [\"../x\"]\n":                 "not an interface name",
+		"deletion-guard-fraction: 2\n":                         "-deletion-guard-fraction 2",
+		"deletion-guard-min: -1\n":                             "-deletion-guard-min -1",
+		"node: a/b\n":                                          "-node: node",
+		"node: " + strings.Repeat("n", 64) + "\n":              "-node: node",
+		"health-exec-dir: /usr/lib/merlin\nreconcile: false\n": "-health-exec-dir with -reconcile=false",
 	} {
 		path := filepath.Join(dir, "c.yaml")
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
@@ -57,6 +62,27 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 }
 
 // TestMain lets a test run this test binary as the merlin command.
+func TestGuardFractionNaN(t *testing.T) {
+	if _, err := parseFlags([]string{"-deletion-guard-fraction", "NaN"}); err == nil || !strings.Contains(err.Error(), "-deletion-guard-fraction NaN") {
+		t.Fatalf("NaN: %v", err)
+	}
+}
+
+// A file setting the command line overrides is said once at start.
+func TestCommandLineOverridesAreSaid(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte("port: 4000\nreconcile-sync-period: 10s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseFlags([]string{"-config", path, "-port", "4001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.port != 4001 || o.resync != 10*time.Second || len(o.notices) != 1 || !strings.Contains(o.notices[0], `-port on the command line overrides "4000"`) {
+		t.Fatalf("port %d, resync %s, notices %q", o.port, o.resync, o.notices)
+	}
+}
+
 func TestMain(m *testing.M) {
 	if os.Getenv("MERLIN_TEST_RUN_MAIN") == "1" {
 		main()
