@@ -10,18 +10,23 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/internal/testenv"
+	"github.com/merlin-ipvs/merlin/internal/testpki"
+	"github.com/merlin-ipvs/merlin/internal/tlsconfig"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -240,5 +245,80 @@ func TestAbuseKeepsMemoryBounded(t *testing.T) {
 		base, afterWrites, rss, peak)
 	if peak > 512 {
 		t.Fatalf("peak RSS %.0f MiB", peak)
+	}
+}
+
+// One host holding raw TCP connections to the API (no TLS, no HTTP/2
+// preface; reconnecting whatever is closed) takes only its per-source
+// share: a client with a valid certificate from elsewhere still gets in.
+// (Without the per-source cap the attacker took all of -max-connections.)
+func TestOneSourceCannotLockTheAPIOut(t *testing.T) {
+	ca := testpki.NewCA(t, "merlin")
+	srv, client := ca.Server(t, "merlin-server"), ca.Client(t, "ops")
+	api, health := freePort(t), freePort(t)
+	cmd, out := startAPIOnly(t, "-port", api, "-health-port", health, "-tls-cert", srv.CertFile, "-tls-key", srv.KeyFile, "-tls-client-ca", ca.CertFile,
+		"-max-connections", "100", "-max-connections-per-source", "32")
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("merlin:\n%s", out.String())
+		}
+	})
+	testenv.Eventually(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var held atomic.Int64
+	var attackers sync.WaitGroup
+	for range 200 {
+		attackers.Go(func() { holdRaw(ctx, "127.0.0.2", "127.0.0.1:"+api, &held) })
+	}
+	defer attackers.Wait()
+	defer stop()
+	testenv.Eventually(t, "the attacker refused past its share", func() bool {
+		return metricOf(t, health, "merlin_api_connections_refused_total") >= 100
+	})
+	tc, err := tlsconfig.Client(ca.CertFile, client.CertFile, client.KeyFile, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("127.0.0.1:"+api, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := types.NewMerlinClient(conn).List(cctx, &emptypb.Empty{}); err != nil {
+		t.Fatalf("the certified client under attack: %v", err)
+	}
+	if open := metricOf(t, health, "merlin_api_connections"); open > 33 {
+		t.Errorf("%v connections open: the attacker holds more than its 32", open)
+	}
+	rss, peak := rssOf(t, cmd.Process.Pid)
+	t.Logf("under 200 reconnecting raw connections from one source: %.0f MiB resident, peak %.0f MiB", rss, peak)
+}
+
+// holdRaw keeps one silent TCP connection from src open, reconnecting
+// whenever it is closed, until ctx ends.
+func holdRaw(ctx context.Context, src, dst string, held *atomic.Int64) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	for ctx.Err() == nil {
+		c, err := d.DialContext(ctx, "tcp", dst)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		held.Add(1)
+		go func() {
+			<-ctx.Done()
+			c.Close()
+		}()
+		_, _ = c.Read(make([]byte, 1)) // until the server closes it
+		c.Close()
+		held.Add(-1)
 	}
 }

@@ -57,8 +57,9 @@ func newAPI(o *options, st *store.Store, lis net.Listener, log *slog.Logger) (*a
 		"store", strings.Join(st.Endpoints(), ","), "prefix", o.storePrefix)
 	p.prober = store.NewProber(st, 5*time.Second, log.With("component", "etcd-probe"), p.api.SetServing)
 	registerProcessMetrics(p.reg, st, p.prober)
-	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_api_connections_refused_total", Help: "API client connections closed at once for being beyond -max-connections."})
-	p.capped = connlimit.New(lis, fitConnections(o.maxConns, log), refused.Inc)
+	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_api_connections_refused_total", Help: "API client connections closed at once for being beyond -max-connections or -max-connections-per-source."})
+	fitted := fitConnections(o.maxConns, log)
+	p.capped = connlimit.New(lis, fitted, min(o.maxConnsPerSource, fitted), refused.Inc)
 	p.reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_api_connections", Help: "Open API client connections."},
 		func() float64 { return float64(p.capped.Open()) }))
 	return p, nil

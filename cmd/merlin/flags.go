@@ -52,6 +52,7 @@ type options struct {
 	maxMessage         int
 	maxStreams         uint
 	maxConns           int
+	maxConnsPerSource  int
 	storeQuota         int64
 	idleTimeout        time.Duration
 	configFile         string
@@ -130,6 +131,7 @@ func registerFlags(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&o.maxMessage, "max-message-bytes", 16<<20, "largest gRPC message accepted or sent")
 	fs.UintVar(&o.maxStreams, "max-concurrent-streams", 256, "concurrent gRPC streams per client connection")
 	fs.IntVar(&o.maxConns, "max-connections", 1024, "concurrent API client connections; more are closed at once and counted (merlin_api_connections_refused_total)")
+	fs.IntVar(&o.maxConnsPerSource, "max-connections-per-source", 64, "concurrent API client connections from one source (an IPv4 address, an IPv6 /64); more are closed at once and counted, so one host cannot lock the others out (0: no such cap)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "close an API connection without streams after this long")
 	fs.StringVar(&o.configFile, "config", "", "YAML file of flag settings (keys are flag names); flags on the command line win")
 }
@@ -261,6 +263,8 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-store-quota-bytes %d: want 1 MiB to 8 GiB (etcd's largest)", o.storeQuota)
 	case o.maxConns < 1 || o.maxConns > 1<<20:
 		return fmt.Errorf("-max-connections %d: want 1 to %d", o.maxConns, 1<<20)
+	case o.maxConnsPerSource < 0 || o.maxConnsPerSource > o.maxConns:
+		return fmt.Errorf("-max-connections-per-source %d: want 0 (no cap) to -max-connections %d", o.maxConnsPerSource, o.maxConns)
 	case o.metricsReadTimeout < 100*time.Millisecond || o.metricsReadTimeout > 10*time.Minute:
 		return fmt.Errorf("-metrics-read-timeout %s: want 100ms to 10m", o.metricsReadTimeout)
 	case o.maxChecks < 1 || o.maxChecks > 1<<20:

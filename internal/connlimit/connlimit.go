@@ -1,22 +1,29 @@
-// Package connlimit caps the concurrent connections a listener hands out:
-// beyond the cap a new connection is closed at once and counted, so that
-// clients can never take every file descriptor of the process (merlin's
-// embedded etcd needs its own). It needs no privileges.
+// Package connlimit caps the concurrent connections a listener hands out,
+// in all and per source: beyond a cap a new connection is closed at once
+// and counted, so that clients can never take every file descriptor of the
+// process (merlin's embedded etcd needs its own), and one source (an IPv4
+// address, an IPv6 /64) cannot take the whole budget from everyone else. It
+// needs no privileges.
 package connlimit
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 )
 
-// Listener is a net.Listener with a cap on open connections.
+// Listener is a net.Listener with caps on open connections.
 type Listener struct {
 	net.Listener
-	max      int64
-	open     atomic.Int64
-	refused  atomic.Uint64
-	onRefuse func()
+	max       int64
+	perSource int
+	open      atomic.Int64
+	refused   atomic.Uint64
+	onRefuse  func()
+
+	mu       sync.Mutex
+	bySource map[netip.Prefix]int
 }
 
 // Fit lowers a connection cap so that the process keeps descriptors of
@@ -30,9 +37,57 @@ func Fit(max int, nofile uint64) (fitted int, lowered bool) {
 	return max, false
 }
 
-// New wraps l; onRefuse (may be nil) is called for each refused connection.
-func New(l net.Listener, max int, onRefuse func()) *Listener {
-	return &Listener{Listener: l, max: int64(max), onRefuse: onRefuse}
+// New wraps l with a cap of max connections, perSource of them (0: no
+// such cap) from one source; onRefuse (may be nil) is called for each
+// refused connection.
+func New(l net.Listener, max, perSource int, onRefuse func()) *Listener {
+	return &Listener{Listener: l, max: int64(max), perSource: perSource, onRefuse: onRefuse, bySource: map[netip.Prefix]int{}}
+}
+
+// sourceOf is what one client controls: its IPv4 address, or the /64 of
+// its IPv6 address.
+func sourceOf(a net.Addr) netip.Prefix {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Prefix{}
+	}
+	ip := ap.Addr().Unmap()
+	if ip.Is4() {
+		return netip.PrefixFrom(ip, 32)
+	}
+	p, _ := ip.WithZone("").Prefix(64)
+	return p
+}
+
+// take counts a new connection from src; false when a cap says no.
+func (l *Listener) take(src netip.Prefix) bool {
+	if l.open.Add(1) > l.max {
+		l.open.Add(-1)
+		return false
+	}
+	if l.perSource <= 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.bySource[src] >= l.perSource {
+		l.open.Add(-1)
+		return false
+	}
+	l.bySource[src]++
+	return true
+}
+
+func (l *Listener) release(src netip.Prefix) {
+	l.open.Add(-1)
+	if l.perSource <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.bySource[src]--; l.bySource[src] <= 0 {
+		delete(l.bySource, src)
+	}
 }
 
 // Accept returns the next connection within the cap; those beyond it are
@@ -43,8 +98,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.open.Add(1) > l.max {
-			l.open.Add(-1)
+		src := sourceOf(c.RemoteAddr())
+		if !l.take(src) {
 			l.refused.Add(1)
 			_ = c.Close()
 			if l.onRefuse != nil {
@@ -52,7 +107,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		return &conn{Conn: c, l: l}, nil
+		return &conn{Conn: c, l: l, src: src}, nil
 	}
 }
 
@@ -65,11 +120,12 @@ func (l *Listener) Refused() uint64 { return l.refused.Load() }
 type conn struct {
 	net.Conn
 	l    *Listener
+	src  netip.Prefix
 	once sync.Once
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.l.open.Add(-1) })
+	c.once.Do(func() { c.l.release(c.src) })
 	return err
 }

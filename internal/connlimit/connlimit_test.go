@@ -11,7 +11,7 @@ func TestCapRefusesAndFrees(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := New(inner, 2, nil)
+	l := New(inner, 2, 0, nil)
 	defer l.Close()
 	accepted := make(chan net.Conn, 10)
 	go func() {
@@ -73,5 +73,52 @@ func TestFit(t *testing.T) {
 		if got, lowered := Fit(tc.max, tc.nofile); got != tc.want || lowered != tc.lowered {
 			t.Errorf("Fit(%d, %d) = %d, %v; want %d, %v", tc.max, tc.nofile, got, lowered, tc.want, tc.lowered)
 		}
+	}
+}
+
+// One source gets perSource connections; another still gets in.
+func TestPerSourceCap(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(inner, 100, 3, nil)
+	defer l.Close()
+	accepted := make(chan net.Conn, 100)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	from := func(src string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for range 3 {
+		from("127.0.0.2")
+		<-accepted
+	}
+	extra := from("127.0.0.2")
+	_ = extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a fourth connection from one source was served")
+	}
+	from("127.0.0.3")
+	select {
+	case <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("another source was refused")
+	}
+	if l.Refused() != 1 || l.Open() != 4 {
+		t.Fatalf("refused %d, open %d; want 1 and 4", l.Refused(), l.Open())
 	}
 }
