@@ -59,7 +59,7 @@ func newAPI(o *options, st *store.Store, lis net.Listener, log *slog.Logger) (*a
 	registerProcessMetrics(p.reg, st, p.prober)
 	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_api_connections_refused_total", Help: "API client connections closed at once for being beyond -max-connections or -max-connections-per-source."})
 	fitted := fitConnections(o.maxConns, log)
-	p.capped = connlimit.New(lis, fitted, min(o.maxConnsPerSource, fitted), refused.Inc)
+	p.capped = connlimit.New(lis, fitted, o.maxConnsPerSource, refused.Inc) // a per-source cap above the total is the total
 	p.reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "merlin_api_connections", Help: "Open API client connections."},
 		func() float64 { return float64(p.capped.Open()) }))
 	return p, nil

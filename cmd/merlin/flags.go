@@ -263,8 +263,8 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-store-quota-bytes %d: want 1 MiB to 8 GiB (etcd's largest)", o.storeQuota)
 	case o.maxConns < 1 || o.maxConns > 1<<20:
 		return fmt.Errorf("-max-connections %d: want 1 to %d", o.maxConns, 1<<20)
-	case o.maxConnsPerSource < 0 || o.maxConnsPerSource > o.maxConns:
-		return fmt.Errorf("-max-connections-per-source %d: want 0 (no cap) to -max-connections %d", o.maxConnsPerSource, o.maxConns)
+	case o.maxConnsPerSource < 0 || o.maxConnsPerSource > 1<<20:
+		return fmt.Errorf("-max-connections-per-source %d: want 0 (no cap) to %d", o.maxConnsPerSource, 1<<20)
 	case o.metricsReadTimeout < 100*time.Millisecond || o.metricsReadTimeout > 10*time.Minute:
 		return fmt.Errorf("-metrics-read-timeout %s: want 100ms to 10m", o.metricsReadTimeout)
 	case o.maxChecks < 1 || o.maxChecks > 1<<20:
