@@ -279,7 +279,7 @@ func (x RealServer_Startup) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RealServer_Startup.Descriptor instead.
 func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6, 0}
+	return file_types_proto_rawDescGZIP(), []int{7, 0}
 }
 
 type WatchEvent_Type int32
@@ -336,7 +336,71 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11, 0}
+	return file_types_proto_rawDescGZIP(), []int{12, 0}
+}
+
+type ListPageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// after_id is the previous page's next_after_id ("" for the first page).
+	AfterId string `protobuf:"bytes,1,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"`
+	// revision is the first page's (0 for the first page: the latest).
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// max_bytes bounds a page (0: 1 MiB; at most 8 MiB); a page holds at
+	// least one service whatever its size.
+	MaxBytes      uint32 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPageRequest) Reset() {
+	*x = ListPageRequest{}
+	mi := &file_types_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPageRequest) ProtoMessage() {}
+
+func (x *ListPageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPageRequest.ProtoReflect.Descriptor instead.
+func (*ListPageRequest) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ListPageRequest) GetAfterId() string {
+	if x != nil {
+		return x.AfterId
+	}
+	return ""
+}
+
+func (x *ListPageRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ListPageRequest) GetMaxBytes() uint32 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
 }
 
 type Change struct {
@@ -356,7 +420,7 @@ type Change struct {
 
 func (x *Change) Reset() {
 	*x = Change{}
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +432,7 @@ func (x *Change) String() string {
 func (*Change) ProtoMessage() {}
 
 func (x *Change) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +445,7 @@ func (x *Change) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Change.ProtoReflect.Descriptor instead.
 func (*Change) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{0}
+	return file_types_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Change) GetChange() isChange_Change {
@@ -494,7 +558,7 @@ type ApplyChangesRequest struct {
 
 func (x *ApplyChangesRequest) Reset() {
 	*x = ApplyChangesRequest{}
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +570,7 @@ func (x *ApplyChangesRequest) String() string {
 func (*ApplyChangesRequest) ProtoMessage() {}
 
 func (x *ApplyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +583,7 @@ func (x *ApplyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChangesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1}
+	return file_types_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ApplyChangesRequest) GetChanges() []*Change {
@@ -539,7 +603,7 @@ type ApplyChangesResponse struct {
 
 func (x *ApplyChangesResponse) Reset() {
 	*x = ApplyChangesResponse{}
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +615,7 @@ func (x *ApplyChangesResponse) String() string {
 func (*ApplyChangesResponse) ProtoMessage() {}
 
 func (x *ApplyChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +628,7 @@ func (x *ApplyChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChangesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyChangesResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2}
+	return file_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ApplyChangesResponse) GetRevision() int64 {
@@ -595,7 +659,7 @@ type VirtualService struct {
 
 func (x *VirtualService) Reset() {
 	*x = VirtualService{}
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +671,7 @@ func (x *VirtualService) String() string {
 func (*VirtualService) ProtoMessage() {}
 
 func (x *VirtualService) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +684,7 @@ func (x *VirtualService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService.ProtoReflect.Descriptor instead.
 func (*VirtualService) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3}
+	return file_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *VirtualService) GetId() string {
@@ -695,7 +759,7 @@ type PassiveHealth struct {
 
 func (x *PassiveHealth) Reset() {
 	*x = PassiveHealth{}
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +771,7 @@ func (x *PassiveHealth) String() string {
 func (*PassiveHealth) ProtoMessage() {}
 
 func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +784,7 @@ func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveHealth.ProtoReflect.Descriptor instead.
 func (*PassiveHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4}
+	return file_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PassiveHealth) GetEnabled() *wrapperspb.BoolValue {
@@ -771,7 +835,7 @@ type Announce struct {
 
 func (x *Announce) Reset() {
 	*x = Announce{}
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +847,7 @@ func (x *Announce) String() string {
 func (*Announce) ProtoMessage() {}
 
 func (x *Announce) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +860,7 @@ func (x *Announce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Announce.ProtoReflect.Descriptor instead.
 func (*Announce) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{5}
+	return file_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Announce) GetAlways() bool {
@@ -846,7 +910,7 @@ type RealServer struct {
 
 func (x *RealServer) Reset() {
 	*x = RealServer{}
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +922,7 @@ func (x *RealServer) String() string {
 func (*RealServer) ProtoMessage() {}
 
 func (x *RealServer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +935,7 @@ func (x *RealServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer.ProtoReflect.Descriptor instead.
 func (*RealServer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6}
+	return file_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RealServer) GetServiceID() string {
@@ -915,14 +979,17 @@ type ListResponse struct {
 	// revision is the etcd revision the list was read at.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// invalid_keys are etcd keys whose values merlin could not use, with why.
-	InvalidKeys   []*InvalidKey `protobuf:"bytes,3,rep,name=invalid_keys,json=invalidKeys,proto3" json:"invalid_keys,omitempty"`
+	InvalidKeys []*InvalidKey `protobuf:"bytes,3,rep,name=invalid_keys,json=invalidKeys,proto3" json:"invalid_keys,omitempty"`
+	// next_after_id (ListPage only) is the after_id of the next page; ""
+	// on the last page.
+	NextAfterId   string `protobuf:"bytes,4,opt,name=next_after_id,json=nextAfterId,proto3" json:"next_after_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1001,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1014,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7}
+	return file_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListResponse) GetItems() []*ListResponse_Item {
@@ -971,6 +1038,13 @@ func (x *ListResponse) GetInvalidKeys() []*InvalidKey {
 	return nil
 }
 
+func (x *ListResponse) GetNextAfterId() string {
+	if x != nil {
+		return x.NextAfterId
+	}
+	return ""
+}
+
 type InvalidKey struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -981,7 +1055,7 @@ type InvalidKey struct {
 
 func (x *InvalidKey) Reset() {
 	*x = InvalidKey{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1067,7 @@ func (x *InvalidKey) String() string {
 func (*InvalidKey) ProtoMessage() {}
 
 func (x *InvalidKey) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1080,7 @@ func (x *InvalidKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidKey.ProtoReflect.Descriptor instead.
 func (*InvalidKey) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InvalidKey) GetKey() string {
@@ -1034,7 +1108,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1120,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1133,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteServiceRequest) GetId() string {
@@ -1087,7 +1161,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1173,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1186,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -1138,7 +1212,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1224,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1237,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1245,7 +1319,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1331,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1344,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodeStatus) GetNode() string {
@@ -1434,7 +1508,7 @@ type CountersStatus struct {
 
 func (x *CountersStatus) Reset() {
 	*x = CountersStatus{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1520,7 @@ func (x *CountersStatus) String() string {
 func (*CountersStatus) ProtoMessage() {}
 
 func (x *CountersStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1533,7 @@ func (x *CountersStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
 func (*CountersStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CountersStatus) GetOn() bool {
@@ -1526,7 +1600,7 @@ type PassiveFigures struct {
 
 func (x *PassiveFigures) Reset() {
 	*x = PassiveFigures{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1612,7 @@ func (x *PassiveFigures) String() string {
 func (*PassiveFigures) ProtoMessage() {}
 
 func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1625,7 @@ func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveFigures.ProtoReflect.Descriptor instead.
 func (*PassiveFigures) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PassiveFigures) GetServiceId() string {
@@ -1608,7 +1682,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1694,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1707,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -1675,7 +1749,7 @@ type BGPPeer struct {
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +1761,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +1774,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -1773,7 +1847,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1859,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1872,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1835,7 +1909,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +1921,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +1934,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -1908,7 +1982,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +1994,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2007,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -1985,7 +2059,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1997,7 +2071,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2010,7 +2084,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -2070,7 +2144,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2156,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2169,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -2147,7 +2221,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2233,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2246,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -2214,7 +2288,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2300,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2313,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2265,7 +2339,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2351,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2364,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{24}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -2318,7 +2392,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2404,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2417,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{25}
+	return file_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -2429,7 +2503,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2515,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2528,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{26}
+	return file_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -2504,7 +2578,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2590,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2603,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{27}
+	return file_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -2570,7 +2644,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2582,7 +2656,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2595,7 +2669,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{28}
+	return file_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -2628,7 +2702,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2714,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2727,7 @@ func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Key.ProtoReflect.Descriptor instead.
 func (*VirtualService_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 0}
+	return file_types_proto_rawDescGZIP(), []int{4, 0}
 }
 
 func (x *VirtualService_Key) GetIp() string {
@@ -2711,7 +2785,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2797,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2810,7 @@ func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Config.ProtoReflect.Descriptor instead.
 func (*VirtualService_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 1}
+	return file_types_proto_rawDescGZIP(), []int{4, 1}
 }
 
 func (x *VirtualService_Config) GetScheduler() string {
@@ -2792,7 +2866,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2878,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2891,7 @@ func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_ServerDefaults.ProtoReflect.Descriptor instead.
 func (*VirtualService_ServerDefaults) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3, 2}
+	return file_types_proto_rawDescGZIP(), []int{4, 2}
 }
 
 func (x *VirtualService_ServerDefaults) GetForward() ForwardMethod {
@@ -2844,7 +2918,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +2930,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +2943,7 @@ func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Key.ProtoReflect.Descriptor instead.
 func (*RealServer_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6, 0}
+	return file_types_proto_rawDescGZIP(), []int{7, 0}
 }
 
 func (x *RealServer_Key) GetIp() string {
@@ -2904,7 +2978,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2916,7 +2990,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2929,7 +3003,7 @@ func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Config.ProtoReflect.Descriptor instead.
 func (*RealServer_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6, 1}
+	return file_types_proto_rawDescGZIP(), []int{7, 1}
 }
 
 func (x *RealServer_Config) GetWeight() *wrapperspb.UInt32Value {
@@ -3019,7 +3093,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3105,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3118,7 @@ func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_HealthCheck.ProtoReflect.Descriptor instead.
 func (*RealServer_HealthCheck) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6, 2}
+	return file_types_proto_rawDescGZIP(), []int{7, 2}
 }
 
 func (x *RealServer_HealthCheck) GetEndpoint() *wrapperspb.StringValue {
@@ -3176,7 +3250,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3188,7 +3262,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3201,7 +3275,7 @@ func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse_Item.ProtoReflect.Descriptor instead.
 func (*ListResponse_Item) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7, 0}
+	return file_types_proto_rawDescGZIP(), []int{8, 0}
 }
 
 func (x *ListResponse_Item) GetService() *VirtualService {
@@ -3222,7 +3296,11 @@ var File_types_proto protoreflect.FileDescriptor
 
 const file_types_proto_rawDesc = "" +
 	"\n" +
-	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n" +
+	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n" +
+	"\x0fListPageRequest\x12\x19\n" +
+	"\bafter_id\x18\x01 \x01(\tR\aafterId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x1b\n" +
+	"\tmax_bytes\x18\x03 \x01(\rR\bmaxBytes\"\x86\x03\n" +
 	"\x06Change\x12>\n" +
 	"\x0ecreate_service\x18\x01 \x01(\v2\x15.types.VirtualServiceH\x00R\rcreateService\x12>\n" +
 	"\x0eupdate_service\x18\x02 \x01(\v2\x15.types.VirtualServiceH\x00R\rupdateService\x12D\n" +
@@ -3316,11 +3394,12 @@ const file_types_proto_rawDesc = "" +
 	"\astartup\x18\x11 \x01(\x0e2\x19.types.RealServer.StartupR\astartup\"$\n" +
 	"\aStartup\x12\x0f\n" +
 	"\vFROM_KERNEL\x10\x00\x12\b\n" +
-	"\x04DOWN\x10\x01\"\xf6\x01\n" +
+	"\x04DOWN\x10\x01\"\x9a\x02\n" +
 	"\fListResponse\x12.\n" +
 	"\x05items\x18\x01 \x03(\v2\x18.types.ListResponse.ItemR\x05items\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x124\n" +
-	"\finvalid_keys\x18\x03 \x03(\v2\x11.types.InvalidKeyR\vinvalidKeys\x1ad\n" +
+	"\finvalid_keys\x18\x03 \x03(\v2\x11.types.InvalidKeyR\vinvalidKeys\x12\"\n" +
+	"\rnext_after_id\x18\x04 \x01(\tR\vnextAfterId\x1ad\n" +
 	"\x04Item\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.types.VirtualServiceR\aservice\x12+\n" +
 	"\aservers\x18\x02 \x03(\v2\x11.types.RealServerR\aservers\"6\n" +
@@ -3495,7 +3574,7 @@ const file_types_proto_rawDesc = "" +
 	"TunnelType\x12\b\n" +
 	"\x04IPIP\x10\x00\x12\a\n" +
 	"\x03GUE\x10\x01\x12\a\n" +
-	"\x03GRE\x10\x022\xdf\a\n" +
+	"\x03GRE\x10\x022\x9a\b\n" +
 	"\x06Merlin\x12@\n" +
 	"\rCreateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12@\n" +
 	"\rUpdateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12G\n" +
@@ -3512,7 +3591,8 @@ const file_types_proto_rawDesc = "" +
 	"\x05Stats\x12\x16.google.protobuf.Empty\x1a\x14.types.StatsResponse\"\x00\x12L\n" +
 	"\x10ConfirmDeletions\x12\x1e.types.ConfirmDeletionsRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n" +
 	"\tDrainNode\x12\x17.types.DrainNodeRequest\x1a\x16.google.protobuf.Empty\"\x00\x12I\n" +
-	"\fApplyChanges\x12\x1a.types.ApplyChangesRequest\x1a\x1b.types.ApplyChangesResponse\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
+	"\fApplyChanges\x12\x1a.types.ApplyChangesRequest\x1a\x1b.types.ApplyChangesResponse\"\x00\x129\n" +
+	"\bListPage\x12\x16.types.ListPageRequest\x1a\x13.types.ListResponse\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
 
 var (
 	file_types_proto_rawDescOnce sync.Once
@@ -3527,7 +3607,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -3535,153 +3615,156 @@ var file_types_proto_goTypes = []any{
 	(TunnelType)(0),                       // 3: types.TunnelType
 	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
 	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
-	(*Change)(nil),                        // 6: types.Change
-	(*ApplyChangesRequest)(nil),           // 7: types.ApplyChangesRequest
-	(*ApplyChangesResponse)(nil),          // 8: types.ApplyChangesResponse
-	(*VirtualService)(nil),                // 9: types.VirtualService
-	(*PassiveHealth)(nil),                 // 10: types.PassiveHealth
-	(*Announce)(nil),                      // 11: types.Announce
-	(*RealServer)(nil),                    // 12: types.RealServer
-	(*ListResponse)(nil),                  // 13: types.ListResponse
-	(*InvalidKey)(nil),                    // 14: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 15: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 16: types.WatchRequest
-	(*WatchEvent)(nil),                    // 17: types.WatchEvent
-	(*NodeStatus)(nil),                    // 18: types.NodeStatus
-	(*CountersStatus)(nil),                // 19: types.CountersStatus
-	(*PassiveFigures)(nil),                // 20: types.PassiveFigures
-	(*DrainStatus)(nil),                   // 21: types.DrainStatus
-	(*BGPPeer)(nil),                       // 22: types.BGPPeer
-	(*DrainNodeRequest)(nil),              // 23: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 24: types.SinkStatus
-	(*VIPStatus)(nil),                     // 25: types.VIPStatus
-	(*ServerHealth)(nil),                  // 26: types.ServerHealth
-	(*ObjectError)(nil),                   // 27: types.ObjectError
-	(*DeletionGuard)(nil),                 // 28: types.DeletionGuard
-	(*StatusResponse)(nil),                // 29: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 30: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 31: types.Counters
-	(*ServerStats)(nil),                   // 32: types.ServerStats
-	(*ServiceStats)(nil),                  // 33: types.ServiceStats
-	(*StatsResponse)(nil),                 // 34: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 35: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 36: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 37: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 38: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 39: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 40: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 41: types.ListResponse.Item
-	(*wrapperspb.BoolValue)(nil),          // 42: google.protobuf.BoolValue
-	(*durationpb.Duration)(nil),           // 43: google.protobuf.Duration
-	(*wrapperspb.UInt32Value)(nil),        // 44: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 45: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil),        // 46: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 47: google.protobuf.Empty
+	(*ListPageRequest)(nil),               // 6: types.ListPageRequest
+	(*Change)(nil),                        // 7: types.Change
+	(*ApplyChangesRequest)(nil),           // 8: types.ApplyChangesRequest
+	(*ApplyChangesResponse)(nil),          // 9: types.ApplyChangesResponse
+	(*VirtualService)(nil),                // 10: types.VirtualService
+	(*PassiveHealth)(nil),                 // 11: types.PassiveHealth
+	(*Announce)(nil),                      // 12: types.Announce
+	(*RealServer)(nil),                    // 13: types.RealServer
+	(*ListResponse)(nil),                  // 14: types.ListResponse
+	(*InvalidKey)(nil),                    // 15: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 16: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 17: types.WatchRequest
+	(*WatchEvent)(nil),                    // 18: types.WatchEvent
+	(*NodeStatus)(nil),                    // 19: types.NodeStatus
+	(*CountersStatus)(nil),                // 20: types.CountersStatus
+	(*PassiveFigures)(nil),                // 21: types.PassiveFigures
+	(*DrainStatus)(nil),                   // 22: types.DrainStatus
+	(*BGPPeer)(nil),                       // 23: types.BGPPeer
+	(*DrainNodeRequest)(nil),              // 24: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 25: types.SinkStatus
+	(*VIPStatus)(nil),                     // 26: types.VIPStatus
+	(*ServerHealth)(nil),                  // 27: types.ServerHealth
+	(*ObjectError)(nil),                   // 28: types.ObjectError
+	(*DeletionGuard)(nil),                 // 29: types.DeletionGuard
+	(*StatusResponse)(nil),                // 30: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 31: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 32: types.Counters
+	(*ServerStats)(nil),                   // 33: types.ServerStats
+	(*ServiceStats)(nil),                  // 34: types.ServiceStats
+	(*StatsResponse)(nil),                 // 35: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 36: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 37: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 38: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 39: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 40: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 41: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 42: types.ListResponse.Item
+	(*wrapperspb.BoolValue)(nil),          // 43: google.protobuf.BoolValue
+	(*durationpb.Duration)(nil),           // 44: google.protobuf.Duration
+	(*wrapperspb.UInt32Value)(nil),        // 45: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 46: google.protobuf.Timestamp
+	(*wrapperspb.StringValue)(nil),        // 47: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 48: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	9,  // 0: types.Change.create_service:type_name -> types.VirtualService
-	9,  // 1: types.Change.update_service:type_name -> types.VirtualService
-	15, // 2: types.Change.delete_service:type_name -> types.DeleteServiceRequest
-	12, // 3: types.Change.create_server:type_name -> types.RealServer
-	12, // 4: types.Change.update_server:type_name -> types.RealServer
-	12, // 5: types.Change.delete_server:type_name -> types.RealServer
-	6,  // 6: types.ApplyChangesRequest.changes:type_name -> types.Change
-	35, // 7: types.VirtualService.key:type_name -> types.VirtualService.Key
-	36, // 8: types.VirtualService.config:type_name -> types.VirtualService.Config
-	37, // 9: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	11, // 10: types.VirtualService.announce:type_name -> types.Announce
-	10, // 11: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	42, // 12: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	43, // 13: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	44, // 14: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	44, // 15: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	44, // 16: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	38, // 17: types.RealServer.key:type_name -> types.RealServer.Key
-	39, // 18: types.RealServer.config:type_name -> types.RealServer.Config
-	40, // 19: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	41, // 20: types.ListResponse.items:type_name -> types.ListResponse.Item
-	14, // 21: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	10, // 0: types.Change.create_service:type_name -> types.VirtualService
+	10, // 1: types.Change.update_service:type_name -> types.VirtualService
+	16, // 2: types.Change.delete_service:type_name -> types.DeleteServiceRequest
+	13, // 3: types.Change.create_server:type_name -> types.RealServer
+	13, // 4: types.Change.update_server:type_name -> types.RealServer
+	13, // 5: types.Change.delete_server:type_name -> types.RealServer
+	7,  // 6: types.ApplyChangesRequest.changes:type_name -> types.Change
+	36, // 7: types.VirtualService.key:type_name -> types.VirtualService.Key
+	37, // 8: types.VirtualService.config:type_name -> types.VirtualService.Config
+	38, // 9: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	12, // 10: types.VirtualService.announce:type_name -> types.Announce
+	11, // 11: types.VirtualService.passive_health:type_name -> types.PassiveHealth
+	43, // 12: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	44, // 13: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	45, // 14: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	45, // 15: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	45, // 16: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	39, // 17: types.RealServer.key:type_name -> types.RealServer.Key
+	40, // 18: types.RealServer.config:type_name -> types.RealServer.Config
+	41, // 19: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	42, // 20: types.ListResponse.items:type_name -> types.ListResponse.Item
+	15, // 21: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
 	5,  // 22: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	9,  // 23: types.WatchEvent.service:type_name -> types.VirtualService
-	12, // 24: types.WatchEvent.server:type_name -> types.RealServer
-	18, // 25: types.WatchEvent.node:type_name -> types.NodeStatus
-	45, // 26: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	27, // 27: types.NodeStatus.errors:type_name -> types.ObjectError
-	28, // 28: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	45, // 29: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	26, // 30: types.NodeStatus.servers:type_name -> types.ServerHealth
-	24, // 31: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	25, // 32: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	21, // 33: types.NodeStatus.drain:type_name -> types.DrainStatus
-	22, // 34: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	19, // 35: types.NodeStatus.counters:type_name -> types.CountersStatus
-	20, // 36: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	43, // 37: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	45, // 38: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	43, // 39: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	45, // 40: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	43, // 41: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	45, // 42: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	45, // 43: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	45, // 44: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	18, // 45: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	38, // 46: types.ServerStats.key:type_name -> types.RealServer.Key
-	31, // 47: types.ServerStats.counters:type_name -> types.Counters
-	35, // 48: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	31, // 49: types.ServiceStats.counters:type_name -> types.Counters
-	32, // 50: types.ServiceStats.servers:type_name -> types.ServerStats
-	33, // 51: types.StatsResponse.services:type_name -> types.ServiceStats
+	10, // 23: types.WatchEvent.service:type_name -> types.VirtualService
+	13, // 24: types.WatchEvent.server:type_name -> types.RealServer
+	19, // 25: types.WatchEvent.node:type_name -> types.NodeStatus
+	46, // 26: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	28, // 27: types.NodeStatus.errors:type_name -> types.ObjectError
+	29, // 28: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	46, // 29: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	27, // 30: types.NodeStatus.servers:type_name -> types.ServerHealth
+	25, // 31: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	26, // 32: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	22, // 33: types.NodeStatus.drain:type_name -> types.DrainStatus
+	23, // 34: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	20, // 35: types.NodeStatus.counters:type_name -> types.CountersStatus
+	21, // 36: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	44, // 37: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	46, // 38: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	44, // 39: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	46, // 40: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	44, // 41: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	46, // 42: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	46, // 43: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	46, // 44: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	19, // 45: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	39, // 46: types.ServerStats.key:type_name -> types.RealServer.Key
+	32, // 47: types.ServerStats.counters:type_name -> types.Counters
+	36, // 48: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	32, // 49: types.ServiceStats.counters:type_name -> types.Counters
+	33, // 50: types.ServiceStats.servers:type_name -> types.ServerStats
+	34, // 51: types.StatsResponse.services:type_name -> types.ServiceStats
 	0,  // 52: types.VirtualService.Key.protocol:type_name -> types.Protocol
 	1,  // 53: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	44, // 54: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	44, // 55: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	42, // 56: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	45, // 54: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	45, // 55: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	43, // 56: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
 	2,  // 57: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	40, // 58: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	44, // 59: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	41, // 58: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	45, // 59: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
 	2,  // 60: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	44, // 61: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	44, // 62: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	45, // 61: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	45, // 62: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
 	3,  // 63: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	46, // 64: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	43, // 65: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	43, // 66: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	43, // 67: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	47, // 64: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	44, // 65: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	44, // 66: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	44, // 67: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
 	4,  // 68: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	9,  // 69: types.ListResponse.Item.service:type_name -> types.VirtualService
-	12, // 70: types.ListResponse.Item.servers:type_name -> types.RealServer
-	9,  // 71: types.Merlin.CreateService:input_type -> types.VirtualService
-	9,  // 72: types.Merlin.UpdateService:input_type -> types.VirtualService
-	46, // 73: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	12, // 74: types.Merlin.CreateServer:input_type -> types.RealServer
-	12, // 75: types.Merlin.UpdateServer:input_type -> types.RealServer
-	12, // 76: types.Merlin.DeleteServer:input_type -> types.RealServer
-	47, // 77: types.Merlin.List:input_type -> google.protobuf.Empty
-	46, // 78: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	15, // 79: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	16, // 80: types.Merlin.Watch:input_type -> types.WatchRequest
-	47, // 81: types.Merlin.Status:input_type -> google.protobuf.Empty
-	47, // 82: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	30, // 83: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	23, // 84: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	7,  // 85: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	47, // 86: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	47, // 87: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	47, // 88: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	47, // 89: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	47, // 90: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	47, // 91: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	13, // 92: types.Merlin.List:output_type -> types.ListResponse
-	41, // 93: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	47, // 94: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	17, // 95: types.Merlin.Watch:output_type -> types.WatchEvent
-	29, // 96: types.Merlin.Status:output_type -> types.StatusResponse
-	34, // 97: types.Merlin.Stats:output_type -> types.StatsResponse
-	47, // 98: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	47, // 99: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	8,  // 100: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	86, // [86:101] is the sub-list for method output_type
-	71, // [71:86] is the sub-list for method input_type
+	10, // 69: types.ListResponse.Item.service:type_name -> types.VirtualService
+	13, // 70: types.ListResponse.Item.servers:type_name -> types.RealServer
+	10, // 71: types.Merlin.CreateService:input_type -> types.VirtualService
+	10, // 72: types.Merlin.UpdateService:input_type -> types.VirtualService
+	47, // 73: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	13, // 74: types.Merlin.CreateServer:input_type -> types.RealServer
+	13, // 75: types.Merlin.UpdateServer:input_type -> types.RealServer
+	13, // 76: types.Merlin.DeleteServer:input_type -> types.RealServer
+	48, // 77: types.Merlin.List:input_type -> google.protobuf.Empty
+	47, // 78: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	16, // 79: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	17, // 80: types.Merlin.Watch:input_type -> types.WatchRequest
+	48, // 81: types.Merlin.Status:input_type -> google.protobuf.Empty
+	48, // 82: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	31, // 83: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	24, // 84: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	8,  // 85: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	6,  // 86: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	48, // 87: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	48, // 88: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	48, // 89: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	48, // 90: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	48, // 91: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	48, // 92: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	14, // 93: types.Merlin.List:output_type -> types.ListResponse
+	42, // 94: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	48, // 95: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	18, // 96: types.Merlin.Watch:output_type -> types.WatchEvent
+	30, // 97: types.Merlin.Status:output_type -> types.StatusResponse
+	35, // 98: types.Merlin.Stats:output_type -> types.StatsResponse
+	48, // 99: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	48, // 100: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	9,  // 101: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	14, // 102: types.Merlin.ListPage:output_type -> types.ListResponse
+	87, // [87:103] is the sub-list for method output_type
+	71, // [71:87] is the sub-list for method input_type
 	71, // [71:71] is the sub-list for extension type_name
 	71, // [71:71] is the sub-list for extension extendee
 	0,  // [0:71] is the sub-list for field type_name
@@ -3692,7 +3775,7 @@ func file_types_proto_init() {
 	if File_types_proto != nil {
 		return
 	}
-	file_types_proto_msgTypes[0].OneofWrappers = []any{
+	file_types_proto_msgTypes[1].OneofWrappers = []any{
 		(*Change_CreateService)(nil),
 		(*Change_UpdateService)(nil),
 		(*Change_DeleteService)(nil),
@@ -3706,7 +3789,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,7 @@ const (
 	Merlin_ConfirmDeletions_FullMethodName        = "/types.Merlin/ConfirmDeletions"
 	Merlin_DrainNode_FullMethodName               = "/types.Merlin/DrainNode"
 	Merlin_ApplyChanges_FullMethodName            = "/types.Merlin/ApplyChanges"
+	Merlin_ListPage_FullMethodName                = "/types.Merlin/ListPage"
 )
 
 // MerlinClient is the client API for Merlin service.
@@ -104,6 +105,11 @@ type MerlinClient interface {
 	// revision preconditions of the single calls. A batch larger than one
 	// transaction takes is OutOfRange: apply it in smaller ones.
 	ApplyChanges(ctx context.Context, in *ApplyChangesRequest, opts ...grpc.CallOption) (*ApplyChangesResponse, error)
+	// ListPage is List a page at a time, for a table larger than one
+	// message: services in ID order after after_id, with their servers,
+	// every page read at the first page's revision. A revision etcd has
+	// compacted meanwhile is OutOfRange: start again.
+	ListPage(ctx context.Context, in *ListPageRequest, opts ...grpc.CallOption) (*ListResponse, error)
 }
 
 type merlinClient struct {
@@ -273,6 +279,16 @@ func (c *merlinClient) ApplyChanges(ctx context.Context, in *ApplyChangesRequest
 	return out, nil
 }
 
+func (c *merlinClient) ListPage(ctx context.Context, in *ListPageRequest, opts ...grpc.CallOption) (*ListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListResponse)
+	err := c.cc.Invoke(ctx, Merlin_ListPage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MerlinServer is the server API for Merlin service.
 // All implementations must embed UnimplementedMerlinServer
 // for forward compatibility.
@@ -335,6 +351,11 @@ type MerlinServer interface {
 	// revision preconditions of the single calls. A batch larger than one
 	// transaction takes is OutOfRange: apply it in smaller ones.
 	ApplyChanges(context.Context, *ApplyChangesRequest) (*ApplyChangesResponse, error)
+	// ListPage is List a page at a time, for a table larger than one
+	// message: services in ID order after after_id, with their servers,
+	// every page read at the first page's revision. A revision etcd has
+	// compacted meanwhile is OutOfRange: start again.
+	ListPage(context.Context, *ListPageRequest) (*ListResponse, error)
 	mustEmbedUnimplementedMerlinServer()
 }
 
@@ -389,6 +410,9 @@ func (UnimplementedMerlinServer) DrainNode(context.Context, *DrainNodeRequest) (
 }
 func (UnimplementedMerlinServer) ApplyChanges(context.Context, *ApplyChangesRequest) (*ApplyChangesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApplyChanges not implemented")
+}
+func (UnimplementedMerlinServer) ListPage(context.Context, *ListPageRequest) (*ListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPage not implemented")
 }
 func (UnimplementedMerlinServer) mustEmbedUnimplementedMerlinServer() {}
 func (UnimplementedMerlinServer) testEmbeddedByValue()                {}
@@ -674,6 +698,24 @@ func _Merlin_ApplyChanges_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Merlin_ListPage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).ListPage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_ListPage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).ListPage(ctx, req.(*ListPageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Merlin_ServiceDesc is the grpc.ServiceDesc for Merlin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -736,6 +778,10 @@ var Merlin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ApplyChanges",
 			Handler:    _Merlin_ApplyChanges_Handler,
+		},
+		{
+			MethodName: "ListPage",
+			Handler:    _Merlin_ListPage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

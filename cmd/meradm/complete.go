@@ -24,7 +24,7 @@ func (g *globals) completeFromAPI(servers bool) cobra.CompletionFunc {
 		}
 		var out []cobra.Completion
 		_ = g.clientFor(2*time.Second, func(ctx context.Context, c types.MerlinClient) error {
-			list, err := c.List(ctx, emptyRequest)
+			list, err := listAll(ctx, c)
 			if err != nil {
 				return err
 			}

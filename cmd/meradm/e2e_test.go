@@ -422,7 +422,7 @@ func TestMeradmRoles(t *testing.T) {
 	ok(t, p, append(reader, "status")...)
 	fails(t, p, "/types.Merlin/CreateService needs the writer role", append(reader, "service", "add", "db", "tcp", "198.18.0.11:5432")...)
 	fails(t, p, "/types.Merlin/DeleteServer needs the writer role", append(reader, "server", "del", "web", "198.19.0.2:80")...)
-	fails(t, p, `/types.Merlin/List needs the reader role; client "intern"`, append(nobody, "list")...)
+	fails(t, p, `/types.Merlin/ListPage needs the reader role; client "intern"`, append(nobody, "list")...)
 	fails(t, p, "/types.Merlin/CreateService needs the writer role", append(nobody, "service", "add", "db", "tcp", "198.18.0.11:5432")...)
 	fails(t, p, "/types.Merlin/Watch needs the reader role", append(nobody, "watch")...)
 	if out := ok(t, p, append(writer, "list")...); !strings.Contains(out, "198.19.0.2:80") || strings.Contains(out, "5432") {
@@ -457,7 +457,7 @@ func TestMeradmRoles(t *testing.T) {
 	if n := strings.Count(audit, "code=PermissionDenied"); n != 3 || strings.Count(audit, "\n") != 6 || strings.Contains(audit, "List") || strings.Contains(audit, "Watch") {
 		t.Errorf("audit log: want 3 granted writes, 3 refused (%d), no reads:\n%s", n, audit)
 	}
-	if !strings.Contains(log.String(), `msg="permission denied" method=/types.Merlin/List identity=intern`) {
+	if !strings.Contains(log.String(), `msg="permission denied" method=/types.Merlin/ListPage identity=intern`) {
 		t.Errorf("denial not logged:\n%s", log)
 	}
 }

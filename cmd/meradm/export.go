@@ -23,7 +23,7 @@ func exportCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
-				list, err := c.List(ctx, emptyRequest)
+				list, err := listAll(ctx, c)
 				if err != nil {
 					return err
 				}

@@ -550,7 +550,7 @@ func diffCmd(g *globals, apply bool) *cobra.Command {
 			// No overall deadline: each request has --timeout, so a large
 			// file is not cut off half-way.
 			return g.clientFor(0, func(ctx context.Context, c types.MerlinClient) error {
-				actual, err := call(ctx, g, func(ctx context.Context) (*types.ListResponse, error) { return c.List(ctx, emptyRequest) })
+				actual, err := call(ctx, g, func(ctx context.Context) (*types.ListResponse, error) { return listAll(ctx, c) })
 				if err != nil {
 					return err
 				}

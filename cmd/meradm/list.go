@@ -68,7 +68,7 @@ func listCmd(g *globals) *cobra.Command {
 					printStats(g.out, nodes, rate)
 					return nil
 				}
-				resp, err := c.List(ctx, emptyRequest)
+				resp, err := listAll(ctx, c)
 				if err != nil {
 					return err
 				}

@@ -125,7 +125,7 @@ func rssOf(t *testing.T, pid int) (rss, peak float64) {
 	return rss, peak
 }
 
-func stopMerlin(t *testing.T, cmd *exec.Cmd, out *strings.Builder) {
+func stopMerlin(t *testing.T, cmd *exec.Cmd, out *syncBuilder) {
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {
@@ -192,7 +192,7 @@ func TestConnectionFloodUnderALowFileLimit(t *testing.T) {
 // and merlin's memory stays bounded.
 func TestAbuseKeepsMemoryBounded(t *testing.T) {
 	api, health := freePort(t), freePort(t)
-	cmd, out := startAPIOnly(t, "-port", api, "-health-port", health)
+	cmd, out := startAPIOnly(t, "-port", api, "-health-port", health, "-watch-snapshot-stall", "1s")
 	stopMerlin(t, cmd, out)
 	testenv.Eventually(t, "ready", func() bool { return metricOf(t, health, "") >= 0 })
 	client := dialAPI(t, api)
@@ -233,6 +233,30 @@ func TestAbuseKeepsMemoryBounded(t *testing.T) {
 			t.Fatalf("watcher %d ended with %v, want ResourceExhausted", i, err)
 		}
 	}
+	// Ten more that never read, of the whole 8 MB table: each snapshot is
+	// cut off once nothing of it was read for the stall, at most four
+	// built at once.
+	for i := range 10 {
+		w := dialAPI(t, api, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+		stream, err := w.Watch(ctx, &types.WatchRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		watchers[i] = stream
+	}
+	testenv.Eventually(t, "every snapshot watcher cut off", func() bool {
+		return strings.Count(out.String(), "read nothing of its snapshot") == 10
+	})
+	for i, w := range watchers {
+		var err error
+		for err == nil {
+			_, err = w.Recv()
+		}
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("snapshot watcher %d ended with %v, want ResourceExhausted", i, err)
+		}
+	}
+	_, afterSnapshots := rssOf(t, cmd.Process.Pid)
 	huge := strings.Repeat("y", 1400<<10)
 	for i := range 300 {
 		_, err := client.UpdateService(ctx, &types.VirtualService{Id: "svc-0000", Defaults: &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{UdpSend: huge}}})
@@ -241,8 +265,8 @@ func TestAbuseKeepsMemoryBounded(t *testing.T) {
 		}
 	}
 	rss, peak := rssOf(t, cmd.Process.Pid)
-	t.Logf("RSS: %.0f MiB at start; peak %.0f MiB after 10 non-reading watchers and 2,000 writes of ~4 KB; %.0f MiB (peak %.0f MiB) after 300 updates of 1.4 MB refused",
-		base, afterWrites, rss, peak)
+	t.Logf("RSS: %.0f MiB at start; peak %.0f MiB after 10 non-reading watchers and 2,000 writes of ~4 KB; peak %.0f MiB after 10 non-reading watchers of the 8 MB snapshot; %.0f MiB (peak %.0f MiB) after 300 updates of 1.4 MB refused",
+		base, afterWrites, afterSnapshots, rss, peak)
 	if peak > 512 {
 		t.Fatalf("peak RSS %.0f MiB", peak)
 	}

@@ -47,6 +47,7 @@ func newAPI(o *options, st *store.Store, lis net.Listener, log *slog.Logger) (*a
 	p := &apiParts{api: api.NewServer(st, log), reg: prometheus.NewRegistry()}
 	roles := api.Roles{Readers: splitList(o.apiReaders), Writers: splitList(o.apiWriters)}
 	p.api.SetRoles(roles)
+	p.api.SetSnapshotStall(o.snapshotStall)
 	p.grpc = api.NewGRPCServer(p.api, grpcOpts)
 	if !loopback(o.apiAddress) && o.tlsClientCA == "" {
 		w := fmt.Sprintf("the API accepts clients without certificates on %s (-insecure-api): anyone who reaches it can change this load balancer", lis.Addr())

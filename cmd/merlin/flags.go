@@ -53,6 +53,7 @@ type options struct {
 	maxStreams         uint
 	maxConns           int
 	maxConnsPerSource  int
+	snapshotStall      time.Duration
 	storeQuota         int64
 	idleTimeout        time.Duration
 	configFile         string
@@ -126,12 +127,13 @@ func registerFlags(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM) for the gRPC API; enables TLS")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server key (PEM) for the gRPC API")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) that client certificates must chain to; enables mutual TLS")
-	fs.StringVar(&o.apiReaders, "api-readers", "", "comma-separated client identities (certificate CN or SAN; * any) that may List, GetService, Watch, Status and Stats; with -api-writers set, everyone else is refused")
+	fs.StringVar(&o.apiReaders, "api-readers", "", "comma-separated client identities (certificate CN or SAN; * any) that may List, ListPage, GetService, Watch, Status and Stats; with -api-writers set, everyone else is refused")
 	fs.StringVar(&o.apiWriters, "api-writers", "", "comma-separated client identities that may also change the desired state; empty with -api-readers empty: every client the TLS CA admits")
 	fs.IntVar(&o.maxMessage, "max-message-bytes", 16<<20, "largest gRPC message accepted or sent")
 	fs.UintVar(&o.maxStreams, "max-concurrent-streams", 256, "concurrent gRPC streams per client connection")
 	fs.IntVar(&o.maxConns, "max-connections", 1024, "concurrent API client connections; more are closed at once and counted (merlin_api_connections_refused_total)")
 	fs.IntVar(&o.maxConnsPerSource, "max-connections-per-source", 64, "concurrent API client connections from one source (an IPv4 address, an IPv6 /64); more are closed at once and counted, so one host cannot lock the others out (0: no such cap)")
+	fs.DurationVar(&o.snapshotStall, "watch-snapshot-stall", 30*time.Second, "a Watch client that reads nothing of its snapshot for this long is cut off (it holds a copy of the table)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "close an API connection without streams after this long")
 	fs.StringVar(&o.configFile, "config", "", "YAML file of flag settings (keys are flag names); flags on the command line win")
 }
@@ -269,6 +271,8 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-metrics-read-timeout %s: want 100ms to 10m", o.metricsReadTimeout)
 	case o.maxChecks < 1 || o.maxChecks > 1<<20:
 		return fmt.Errorf("-health-max-checks %d: want 1 to %d", o.maxChecks, 1<<20)
+	case o.snapshotStall < 100*time.Millisecond || o.snapshotStall > time.Hour:
+		return fmt.Errorf("-watch-snapshot-stall %s: want 100ms to 1h", o.snapshotStall)
 	case o.idleTimeout < time.Second:
 		return fmt.Errorf("-idle-timeout %s: want at least 1s", o.idleTimeout)
 	case (o.storeTLSCert == "") != (o.storeTLSKey == ""):

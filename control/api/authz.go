@@ -38,7 +38,7 @@ func (r Roles) Enforced() bool { return len(r.Readers) > 0 || len(r.Writers) > 0
 // service (including any added later) needs the writer role.
 var readMethods = map[string]bool{
 	"/types.Merlin/List": true, "/types.Merlin/GetService": true, "/types.Merlin/Watch": true,
-	"/types.Merlin/Status": true, "/types.Merlin/Stats": true,
+	"/types.Merlin/Status": true, "/types.Merlin/Stats": true, "/types.Merlin/ListPage": true,
 }
 
 // openServices answer anyone the transport lets in: they reveal nothing of

@@ -39,15 +39,47 @@ type Server struct {
 	// watchBuffer bounds the bytes of events waiting for one Watch client.
 	watchBuffer int
 	roles       Roles
+	// snapshots bounds the whole-table reads (List, a Watch's snapshot)
+	// in memory at once: each holds the table while it is sent.
+	snapshots chan struct{}
+	watchers  chan struct{} // open Watch streams: each holds the table
+	// snapshotStall: a Watch client reading nothing of its snapshot for
+	// this long is cut off.
+	snapshotStall time.Duration
+	maxMessage    int // what one response may carry (NewGRPCServer sets it)
 }
+
+// DefaultConcurrentSnapshots is how many whole-table reads run at once;
+// DefaultMaxWatchers how many Watch streams may be open (each follows its
+// own copy of the table).
+const (
+	DefaultConcurrentSnapshots = 4
+	DefaultMaxWatchers         = 64
+)
 
 // NewServer serves the API from store.
 func NewServer(store *store.Store, log *slog.Logger) *Server {
-	return &Server{store: store, log: log, health: health.NewServer(), watchBuffer: DefaultWatchBuffer}
+	return &Server{store: store, log: log, health: health.NewServer(), watchBuffer: DefaultWatchBuffer,
+		snapshots: make(chan struct{}, DefaultConcurrentSnapshots), watchers: make(chan struct{}, DefaultMaxWatchers), maxMessage: 16 << 20, snapshotStall: 30 * time.Second}
+}
+
+// snapshot waits for one of the whole-table reads that may run at once;
+// release gives it back.
+func (s *Server) snapshot(ctx context.Context) (release func(), err error) {
+	select {
+	case s.snapshots <- struct{}{}:
+		return func() { <-s.snapshots }, nil
+	case <-ctx.Done():
+		return nil, status.Errorf(codes.ResourceExhausted, "%d whole-table reads (List, Watch snapshots) are running: try again", cap(s.snapshots))
+	}
 }
 
 // SetWatchBuffer bounds the bytes of events waiting for one Watch client.
 func (s *Server) SetWatchBuffer(n int) { s.watchBuffer = n }
+
+// SetSnapshotStall is how long a Watch client may read nothing of its
+// snapshot before it is cut off (default 30 s).
+func (s *Server) SetSnapshotStall(d time.Duration) { s.snapshotStall = d }
 
 var errSlowWatcher = errors.New("watch client too slow")
 
@@ -69,6 +101,7 @@ func NewGRPCServer(api *Server, o GRPCOptions) *grpc.Server {
 	if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = 16 << 20
 	}
+	api.maxMessage = o.MaxMessageBytes
 	if o.MaxConcurrentStreams == 0 {
 		o.MaxConcurrentStreams = 256
 	}
@@ -278,7 +311,45 @@ func (s *Server) DeleteServer(ctx context.Context, srv *types.RealServer) (*empt
 }
 
 func (s *Server) List(ctx context.Context, _ *emptypb.Empty) (*types.ListResponse, error) {
+	release, err := s.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	resp, err := s.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, item := range resp.Items {
+		item.Servers = withHealthChecks(item.Servers)
+	}
+	if n := proto.Size(resp); n > s.maxMessage {
+		return nil, status.Errorf(codes.ResourceExhausted, "the table is %d bytes in one List, more than the %d one message may carry (-max-message-bytes): list it a page at a time with ListPage (meradm does)", n, s.maxMessage)
+	}
+	return resp, nil
+}
+
+// ListPage is List a page at a time, at one revision.
+func (s *Server) ListPage(ctx context.Context, req *types.ListPageRequest) (*types.ListResponse, error) {
+	if id := req.GetAfterId(); id != "" {
+		if err := model.ValidateID("after_id", id); err != nil {
+			return nil, err
+		}
+	}
+	if req.GetRevision() < 0 {
+		return nil, model.FieldErrorf("revision", "%d: must not be negative", req.GetRevision())
+	}
+	size := int(req.GetMaxBytes())
+	switch {
+	case size == 0:
+		size = store.DefaultPageBytes
+	case size > store.MaxPageBytes:
+		return nil, model.FieldErrorf("max_bytes", "%d: at most %d", size, store.MaxPageBytes)
+	}
+	resp, err := s.store.ListPage(ctx, req.GetAfterId(), req.GetRevision(), min(size, s.maxMessage/2))
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		return nil, status.Errorf(codes.OutOfRange, "revision %d is compacted: list again from the first page", req.GetRevision())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -316,75 +387,124 @@ func withHealthChecks(servers []*types.RealServer) []*types.RealServer {
 
 // Watch streams the state and then its changes; see types.proto.
 func (s *Server) Watch(req *types.WatchRequest, stream grpc.ServerStreamingServer[types.WatchEvent]) error {
-	ctx := stream.Context()
-	var state *store.State
-	var err error
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
 	from := req.GetFromRevision()
 	if from < 0 {
 		return toStatus(model.FieldErrorf("from_revision", "must not be negative"))
 	}
-	if from == 0 {
-		state, err = s.store.ListState(ctx)
-		if err != nil {
-			return toStatus(err)
+	select {
+	case s.watchers <- struct{}{}:
+		defer func() { <-s.watchers }()
+	default:
+		return status.Errorf(codes.ResourceExhausted, "%d Watch streams are open, the most this node serves (each holds the table): try again later or watch another node", cap(s.watchers))
+	}
+	q := newSendQueue(stream, s.watchBuffer)
+	go q.run(ctx)
+	defer func() {
+		cancel()
+		// A client cut off for not reading may hold its Send on flow
+		// control: it fails, and the sender ends, once this handler has
+		// returned. Any other sender ends with ctx.
+		if !q.wasCutOff() {
+			<-q.stopped
 		}
+	}()
+	state, err := s.watchStart(ctx, q, from)
+	if err != nil {
+		return err
+	}
+	if from == 0 {
+		from = state.Revision + 1
+	}
+	return s.follow(ctx, q, state, from)
+}
+
+// watchStart is the state a watch follows from: a snapshot sent first
+// (from 0), or the state just before from, which decodes the events after.
+func (s *Server) watchStart(ctx context.Context, q *sendQueue, from int64) (*store.State, error) {
+	if from != 0 {
+		state, err := s.store.ListStateAt(ctx, from-1)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return nil, status.Errorf(codes.OutOfRange, "revision %d is compacted: watch from 0 (a fresh snapshot)", from)
+		}
+		return state, toStatusOrNil(err)
+	}
+	release, err := s.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	state, err := s.store.ListState(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	nodes, err := s.store.NodeStatuses(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	for ev := range snapshotEvents(state, nodes) {
+		if !q.pushWait(ctx, ev, s.snapshotStall) {
+			return nil, s.snapshotCut(q)
+		}
+	}
+	if !q.drained(ctx, s.snapshotStall) {
+		return nil, s.snapshotCut(q)
+	}
+	return state, nil
+}
+
+// snapshotCut is why a snapshot stopped: the client's Send failed, or it
+// read nothing for snapshotStall.
+func (s *Server) snapshotCut(q *sendQueue) error {
+	if err := q.sendErr(); err != nil {
+		return err
+	}
+	q.cutOff()
+	s.log.Warn("watch client read nothing of its snapshot: cut off", "stall", s.snapshotStall)
+	return status.Errorf(codes.ResourceExhausted, "watch client read nothing of its snapshot for %s: cut off", s.snapshotStall)
+}
+
+// snapshotEvents are a watch's first events: every service and server,
+// every node's status, then SYNCED.
+func snapshotEvents(state *store.State, nodes []*types.NodeStatus) func(yield func(*types.WatchEvent) bool) {
+	return func(yield func(*types.WatchEvent) bool) {
 		for _, item := range state.ListResponse().Items {
-			if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: item.Service.Revision, Service: item.Service}); err != nil {
-				return err
+			if !yield(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: item.Service.Revision, Service: item.Service}) {
+				return
 			}
 			for _, srv := range withHealthChecks(item.Servers) {
-				if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: srv.Revision, Server: srv}); err != nil {
-					return err
+				if !yield(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: srv.Revision, Server: srv}) {
+					return
 				}
 			}
 		}
-		nodes, err := s.store.NodeStatuses(ctx)
-		if err != nil {
-			return toStatus(err)
-		}
 		for _, n := range nodes {
-			if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: state.Revision, Node: n}); err != nil {
-				return err
+			if !yield(&types.WatchEvent{Type: types.WatchEvent_SNAPSHOT, Revision: state.Revision, Node: n}) {
+				return
 			}
 		}
-		if err := stream.Send(&types.WatchEvent{Type: types.WatchEvent_SYNCED, Revision: state.Revision}); err != nil {
-			return err
-		}
-		from = state.Revision + 1
-	} else {
-		// The state just before from decodes the events that follow.
-		state, err = s.store.ListStateAt(ctx, from-1)
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			return status.Errorf(codes.OutOfRange, "revision %d is compacted: watch from 0 (a fresh snapshot)", from)
-		}
-		if err != nil {
-			return toStatus(err)
-		}
+		yield(&types.WatchEvent{Type: types.WatchEvent_SYNCED, Revision: state.Revision})
 	}
-	return s.follow(ctx, stream, state, from)
+}
+
+func toStatusOrNil(err error) error {
+	if err == nil {
+		return nil
+	}
+	return toStatus(err)
 }
 
 // follow streams the changes from revision from through a bounded queue:
 // a client that falls more than the watch buffer behind is cut off with
 // ResourceExhausted and the revision to resume from.
-func (s *Server) follow(ctx context.Context, stream grpc.ServerStreamingServer[types.WatchEvent], state *store.State, from int64) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	q := newSendQueue(stream, s.watchBuffer)
-	go q.run(ctx)
+func (s *Server) follow(ctx context.Context, q *sendQueue, state *store.State, from int64) error {
 	slow := false
-	defer func() {
-		cancel()
-		if !slow {
-			<-q.stopped
-		}
-		// A slow client's Send may be blocked on flow control: it fails
-		// and the sender ends as soon as this handler has returned.
-	}()
 	reason, err := s.store.Follow(ctx, from, store.FollowOptions{}, func(events []*clientv3.Event, _ int64) error {
 		for _, ev := range events {
 			if out := watchEvent(state, ev); out != nil && !q.push(out) {
 				slow = true
+				q.cutOff()
 				return errSlowWatcher
 			}
 			from = ev.Kv.ModRevision + 1

@@ -29,6 +29,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/api"
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -1319,4 +1320,144 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// serveAPI runs srv with opts on loopback; the client sends revisions.
+func serveAPI(t *testing.T, srv *api.Server, opts api.GRPCOptions, dial ...grpc.DialOption) (types.MerlinClient, string) {
+	t.Helper()
+	g := api.NewGRPCServer(srv, opts)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return dialTest(t, lis.Addr().String()), lis.Addr().String()
+}
+
+func dialTest(t *testing.T, addr string, opts ...grpc.DialOption) types.MerlinClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, append(append(types.WithRevisions(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20))), opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return types.NewMerlinClient(conn)
+}
+
+// A table larger than one message: List says so and names ListPage, which
+// pages through it at one revision; meradm's pages equal what List gave
+// while it fitted.
+func TestAPIListPages(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Embedded)
+	c, _ := serveAPI(t, api.NewServer(store.NewStore(etcd.Client(t), prefix), quietLogger()), api.GRPCOptions{MaxMessageBytes: 64 << 10})
+	ctx := ctxT(t)
+	for i := range 40 {
+		id := fmt.Sprintf("svc%02d", i)
+		noErr(t)(c.CreateService(ctx, tcpService(id, fmt.Sprintf("198.18.0.%d", i+1), 80)))
+		for j := range 5 {
+			noErr(t)(c.CreateServer(ctx, server(id, fmt.Sprintf("198.19.%d.%d", i, j+1), 80, 1)))
+		}
+	}
+	whole, err := c.List(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paged []*types.ListResponse_Item
+	req := &types.ListPageRequest{MaxBytes: 2000}
+	pages := 0
+	for {
+		page, err := c.ListPage(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		paged = append(paged, page.Items...)
+		if pages == 1 {
+			// Written after the first page: not in the listing, which
+			// stays at the first page's revision.
+			noErr(t)(c.CreateService(ctx, tcpService("svc99", "198.18.1.99", 80)))
+		}
+		if page.NextAfterId == "" {
+			break
+		}
+		if page.Revision != whole.Revision {
+			t.Fatalf("page %d at revision %d, not the first page's %d", pages, page.Revision, whole.Revision)
+		}
+		req = &types.ListPageRequest{AfterId: page.NextAfterId, Revision: page.Revision, MaxBytes: 2000}
+	}
+	if pages < 5 || !proto.Equal(&types.ListResponse{Items: paged}, &types.ListResponse{Items: whole.Items}) {
+		t.Fatalf("%d pages of %d services, List has %d", pages, len(paged), len(whole.Items))
+	}
+	for i := 40; len(whole.Items) > 0; i++ { // grow past 64 KiB
+		id := fmt.Sprintf("big%03d", i)
+		noErr(t)(c.CreateService(ctx, tcpService(id, fmt.Sprintf("198.18.%d.%d", 2+i/250, 1+i%250), 80)))
+		for j := range 5 {
+			noErr(t)(c.CreateServer(ctx, server(id, fmt.Sprintf("198.19.%d.%d", i%250, 100+j+5*(i/250)), 80, 1)))
+		}
+		if _, err = c.List(ctx, &emptypb.Empty{}); err != nil {
+			break
+		}
+	}
+	wantCode(t, err, codes.ResourceExhausted)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "ListPage") || !strings.Contains(msg, "-max-message-bytes") {
+		t.Errorf("List of a table too large: %q", msg)
+	}
+	_, err = c.ListPage(ctx, &types.ListPageRequest{AfterId: "../x"})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// Watch streams are bounded: a node serves DefaultMaxWatchers at once, and
+// one that reads nothing of its snapshot is cut off, so that clients that
+// never read cannot pile up copies of the table.
+func TestAPIWatchLimits(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Embedded)
+	var logged lockedBuffer
+	srv := api.NewServer(store.NewStore(etcd.Client(t), prefix), slog.New(slog.NewTextHandler(&logged, nil)))
+	srv.SetWatchBuffer(16 << 10)
+	srv.SetSnapshotStall(300 * time.Millisecond)
+	c, addr := serveAPI(t, srv, api.GRPCOptions{})
+	ctx := ctxT(t)
+	var communities, large []string
+	for i := range 32 {
+		communities = append(communities, fmt.Sprintf("65000:%d", i))
+		large = append(large, fmt.Sprintf("65000:%d:%d", i, i))
+	}
+	for i := range 600 { // a snapshot well over the buffer and gRPC's windows
+		id := fmt.Sprintf("s%03d", i)
+		svc := tcpService(id, fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250), 80)
+		svc.Announce = &types.Announce{Communities: communities, LargeCommunities: large} // ~900 bytes each
+		noErr(t)(c.CreateService(ctx, svc))
+	}
+	// A watcher that never reads is cut off once it has read nothing of
+	// its snapshot for the stall.
+	// (Small windows: gRPC's default lets a client buffer megabytes unread.)
+	slow := dialTest(t, addr, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	stuck, err := slow.Watch(ctx, &types.WatchRequest{FromRevision: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the stuck watcher cut off", func() bool { return strings.Contains(logged.String(), "read nothing of its snapshot") })
+	for err == nil {
+		_, err = stuck.Recv()
+	}
+	wantCode(t, err, codes.ResourceExhausted)
+	// DefaultMaxWatchers streams that read: the next one is refused.
+	for i := range api.DefaultMaxWatchers {
+		w, err := c.Watch(ctx, &types.WatchRequest{FromRevision: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for ev, err := w.Recv(); ev.GetType() != types.WatchEvent_SYNCED; ev, err = w.Recv() {
+			if err != nil {
+				t.Fatalf("watcher %d: %v", i, err)
+			}
+		}
+	}
+	w, err := c.Watch(ctx, &types.WatchRequest{FromRevision: 0})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	wantCode(t, err, codes.ResourceExhausted)
 }
