@@ -40,7 +40,7 @@ func (t *Traffic) WriteMetrics(ctx context.Context, w io.Writer) error {
 }
 
 func (t *Traffic) read(ctx context.Context) *trafficRead {
-	r := &trafficRead{idx: t.index()}
+	r := &trafficRead{idx: t.index.get()}
 	if t.kernel != nil {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(ctx, t.timeout)
@@ -70,9 +70,7 @@ func (t *Traffic) read(ctx context.Context) *trafficRead {
 			snap, err := t.counters.Read()
 			r.snap, r.snapOK, r.snapSeconds = snap, err == nil, time.Since(start).Seconds()
 		}
-		t.passive.mu.Lock()
-		r.passive = t.passive.figures
-		t.passive.mu.Unlock()
+		r.passive = t.passive.lastFigures()
 	}
 	return r
 }

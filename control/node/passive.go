@@ -98,8 +98,12 @@ type HealthReporter interface {
 // PassivePeriod is how often passive health reads the counters and judges.
 const PassivePeriod = time.Second
 
-// passiveState is what the last judgement found, for metrics and status.
-type passiveState struct {
+// passiveHealthJudge judges the servers of services with passive health from
+// the eBPF counters; what it last found is for metrics and status.
+type passiveHealthJudge struct {
+	counters Counters
+	index    *planIndex
+
 	mu      sync.Mutex
 	window  passiveWindow
 	figures map[xdpstats.ServerKey]PassiveFigures
@@ -116,20 +120,20 @@ func (t *Traffic) RunPassive(ctx context.Context, h HealthReporter) {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			t.judgePassive(now, h)
+			t.passive.judge(now, h)
 		}
 	}
 }
 
-func (t *Traffic) judgePassive(now time.Time, h HealthReporter) {
-	judged := t.index().Passive
-	if t.counters == nil || len(judged) == 0 {
-		t.passive.mu.Lock()
-		t.passive.window, t.passive.figures = passiveWindow{}, nil
-		t.passive.mu.Unlock()
+func (p *passiveHealthJudge) judge(now time.Time, h HealthReporter) {
+	judged := p.index.get().Passive
+	if p.counters == nil || len(judged) == 0 {
+		p.mu.Lock()
+		p.window, p.figures = passiveWindow{}, nil
+		p.mu.Unlock()
 		return
 	}
-	snap, err := t.counters.Read()
+	snap, err := p.counters.Read()
 	if err != nil {
 		return
 	}
@@ -137,14 +141,14 @@ func (t *Traffic) judgePassive(now time.Time, h HealthReporter) {
 	for _, j := range judged {
 		keep = max(keep, j.Window)
 	}
-	t.passive.mu.Lock()
-	t.passive.window.observe(now, snap, judged, keep)
+	p.mu.Lock()
+	p.window.observe(now, snap, judged, keep)
 	figs := make(map[xdpstats.ServerKey]PassiveFigures, len(judged))
 	for k, j := range judged {
-		figs[k] = t.passive.window.figures(k, j.Window)
+		figs[k] = p.window.figures(k, j.Window)
 	}
-	t.passive.figures = figs
-	t.passive.mu.Unlock()
+	p.figures = figs
+	p.mu.Unlock()
 	for k, j := range judged {
 		if f := figs[k]; f.Failed(j) {
 			h.Report(j.Check, fmt.Errorf("passive: %d of %d connection attempts in %s not answered (%d refused)", f.Attempts-min(f.Answered, f.Attempts), f.Attempts, j.Window, f.Refused))
@@ -152,17 +156,22 @@ func (t *Traffic) judgePassive(now time.Time, h HealthReporter) {
 	}
 }
 
+// lastFigures is what the last judgement found (shared, not to be changed).
+func (p *passiveHealthJudge) lastFigures() map[xdpstats.ServerKey]PassiveFigures {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.figures
+}
+
 // maxPassiveFailing bounds the failing servers listed in node status.
 const maxPassiveFailing = 32
 
-// passiveFailing lists judged servers with unanswered attempts, most first.
-func (t *Traffic) passiveFailing() []*types.PassiveFigures {
-	idx := t.index()
-	t.passive.mu.Lock()
-	defer t.passive.mu.Unlock()
+// failing lists judged servers with unanswered attempts, most first.
+func (p *passiveHealthJudge) failing() []*types.PassiveFigures {
+	idx, figures := p.index.get(), p.lastFigures()
 	var out []*types.PassiveFigures
-	for _, k := range slices.SortedFunc(maps.Keys(t.passive.figures), func(a, b xdpstats.ServerKey) int { return a.Addr.Compare(b.Addr) }) {
-		f, j := t.passive.figures[k], idx.Passive[k]
+	for _, k := range slices.SortedFunc(maps.Keys(figures), func(a, b xdpstats.ServerKey) int { return a.Addr.Compare(b.Addr) }) {
+		f, j := figures[k], idx.Passive[k]
 		if f.Attempts <= f.Answered {
 			continue
 		}

@@ -31,7 +31,7 @@ func TestPassiveJudgesOverTheWindow(t *testing.T) {
 	}
 	fc := &fakeCounters{}
 	tr := NewTraffic(nil, fc, 0)
-	tr.idx.Passive = map[xdpstats.ServerKey]PassiveJudge{good: judge("198.19.0.1:8080", health.Check{Kind: health.TCP}), bad: judge("198.19.0.2:8080", badCheck)}
+	tr.index.set(CounterIndex{Passive: map[xdpstats.ServerKey]PassiveJudge{good: judge("198.19.0.1:8080", health.Check{Kind: health.TCP}), bad: judge("198.19.0.2:8080", badCheck)}})
 	r := &reports{}
 	start := time.Unix(1000, 0)
 	// Ten seconds: both servers get 4 attempts a second; good answers all,
@@ -42,7 +42,7 @@ func TestPassiveJudgesOverTheWindow(t *testing.T) {
 			Forwarded: map[xdpstats.ServerKey]xdpstats.Counters{good: {SYN: n}, bad: {SYN: n}},
 			Replies:   map[xdpstats.ServerKey]xdpstats.Counters{good: {SYNACK: n}, bad: {SYNACK: n / 4, RST: n - n/4}},
 		}
-		tr.judgePassive(start.Add(time.Duration(i)*time.Second), r)
+		tr.passive.judge(start.Add(time.Duration(i)*time.Second), r)
 	}
 	if len(r.got[health.Check{Kind: health.TCP}]) != 0 {
 		t.Fatalf("a server that answers was reported: %v", r.got)
@@ -52,7 +52,7 @@ func TestPassiveJudgesOverTheWindow(t *testing.T) {
 	if len(errs) != 9 || !strings.Contains(errs[len(errs)-1].Error(), "passive: 15 of 20 connection attempts in 5s not answered (15 refused)") {
 		t.Fatalf("reports for the refusing server: %v", errs)
 	}
-	failing := tr.passiveFailing()
+	failing := tr.passive.failing()
 	if len(failing) != 1 || failing[0].Server != "198.19.0.2:8080" || failing[0].Attempts != 20 || failing[0].Refused != 15 {
 		t.Fatalf("failing in status: %v", failing)
 	}

@@ -24,19 +24,18 @@ type KernelCounters interface {
 	Stats(ctx context.Context, keep func(ipvs.ServiceKey) bool) ([]ipvs.ServiceStats, error)
 }
 
-// Traffic keeps the eBPF counters' keys equal to the plan's (as a sink)
-// and exports the kernel's IPVS counters and the eBPF counters under the
-// plan's service IDs (WriteMetrics, reading on each scrape).
+// Traffic is the node's traffic counting, in three parts that share only
+// the plan's counter index: the sink keeping the eBPF counters' keys equal
+// to the plan's (Sink), the collector exporting the kernel's IPVS counters
+// and the eBPF counters under the plan's service IDs on each scrape
+// (WriteMetrics), and passive health's judge (RunPassive).
 type Traffic struct {
 	kernel   KernelCounters // nil: no IPVS counters
 	counters Counters       // nil: no eBPF counters configured
 	timeout  time.Duration
-
-	mu       sync.Mutex
-	idx      CounterIndex
-	lastKeys xdpstats.Keys
-	keysSet  bool
-	passive  passiveState
+	index    *planIndex
+	sink     *countersSink
+	passive  *passiveHealthJudge
 }
 
 // DefaultScrapeTimeout bounds the kernel reads of one scrape.
@@ -48,7 +47,28 @@ func NewTraffic(kernel KernelCounters, counters Counters, timeout time.Duration)
 	if timeout <= 0 {
 		timeout = DefaultScrapeTimeout
 	}
-	return &Traffic{kernel: kernel, counters: counters, timeout: timeout}
+	idx := &planIndex{}
+	return &Traffic{kernel: kernel, counters: counters, timeout: timeout, index: idx,
+		sink: &countersSink{counters: counters, index: idx}, passive: &passiveHealthJudge{counters: counters, index: idx}}
+}
+
+// planIndex is the plan's counter index: the sink sets it, the collector
+// and the judge read it.
+type planIndex struct {
+	mu  sync.Mutex
+	idx CounterIndex
+}
+
+func (p *planIndex) set(idx CounterIndex) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.idx = idx
+}
+
+func (p *planIndex) get() CounterIndex {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.idx
 }
 
 // Sink is the traffic sink: give it to the runner (RunnerDeps.Sinks).
@@ -58,31 +78,31 @@ type trafficSink struct{ t *Traffic }
 
 func (s trafficSink) Name() string { return "counters" }
 
-func (s trafficSink) Set(_ context.Context, p *Plan) error {
-	keys, idx := PlanCounterKeys(p)
-	t := s.t
-	t.mu.Lock()
-	t.idx = idx
-	unchanged := t.keysSet && slices.Equal(keys.VIPs, t.lastKeys.VIPs) && slices.Equal(keys.Servers, t.lastKeys.Servers)
-	t.mu.Unlock()
-	// Counters that are off say why in their status; the sink does not
-	// retry what only an operator can fix.
-	if t.counters == nil || unchanged || !t.counters.Status().On {
-		return nil
-	}
-	if err := t.counters.Set(keys); err != nil {
-		return err
-	}
-	t.mu.Lock()
-	t.lastKeys, t.keysSet = keys, true
-	t.mu.Unlock()
-	return nil
+func (s trafficSink) Set(ctx context.Context, p *Plan) error { return s.t.sink.set(ctx, p) }
+
+// countersSink gives the eBPF counters the plan's keys when they change.
+// Only the runner calls it.
+type countersSink struct {
+	counters Counters
+	index    *planIndex
+	lastKeys xdpstats.Keys
+	keysSet  bool
 }
 
-func (t *Traffic) index() CounterIndex {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.idx
+func (c *countersSink) set(_ context.Context, p *Plan) error {
+	keys, idx := PlanCounterKeys(p)
+	c.index.set(idx)
+	unchanged := c.keysSet && slices.Equal(keys.VIPs, c.lastKeys.VIPs) && slices.Equal(keys.Servers, c.lastKeys.Servers)
+	// Counters that are off say why in their status; the sink does not
+	// retry what only an operator can fix.
+	if c.counters == nil || unchanged || !c.counters.Status().On {
+		return nil
+	}
+	if err := c.counters.Set(keys); err != nil {
+		return err
+	}
+	c.lastKeys, c.keysSet = keys, true
+	return nil
 }
 
 // CountersStatus is the counters' state for node status (nil without
@@ -96,7 +116,7 @@ func (t *Traffic) CountersStatus() *types.CountersStatus {
 	for _, a := range st.Attached {
 		out.Attached = append(out.Attached, a.Interface+" "+a.Hook)
 	}
-	out.PassiveFailing = t.passiveFailing()
+	out.PassiveFailing = t.passive.failing()
 	return out
 }
 
