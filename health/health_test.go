@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/merlin-ipvs/merlin/internal/testenv"
@@ -388,17 +389,25 @@ func TestProbeLoop(t *testing.T) {
 // A target that fails every other probe flaps below the thresholds: with
 // fall 2 and rise 2 it never changes state.
 func TestMonitorFlappingAtTheThreshold(t *testing.T) {
-	obs := &countingObserver{}
-	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
-	defer m.Close()
-	// A check whose probes alternate success and failure.
-	m.Handle("flip", &flipProber{})
-	c := Check{Kind: "flip", Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
-	m.Set(map[Check]bool{c: true})
-	testenv.Eventually(t, "20 probes", func() bool { return obs.probes.Load() >= 20 }) // wait for probes, not for time
-	if st, _ := m.State(c); !st.Up || st.Transitioned || obs.ups.Load()+obs.downs.Load() != 0 {
-		t.Fatalf("alternating results changed the state after %d probes: %+v", obs.probes.Load(), st)
-	}
+	// In a bubble the clock is the test's: 40 probe intervals pass at once
+	// and exactly, whatever the machine's load.
+	synctest.Test(t, func(t *testing.T) {
+		obs := &countingObserver{}
+		m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+		defer m.Close()
+		// A check whose probes alternate success and failure.
+		m.Handle("flip", &flipProber{})
+		c := Check{Kind: "flip", Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
+		m.Set(map[Check]bool{c: true})
+		time.Sleep(40 * c.Interval)
+		synctest.Wait()
+		if n := obs.probes.Load(); n < 20 {
+			t.Fatalf("%d probes in 40 intervals", n)
+		}
+		if st, _ := m.State(c); !st.Up || st.Transitioned || obs.ups.Load()+obs.downs.Load() != 0 {
+			t.Fatalf("alternating results changed the state after %d probes: %+v", obs.probes.Load(), st)
+		}
+	})
 }
 
 type flipProber struct{ n atomic.Int32 }

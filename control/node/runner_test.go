@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -209,38 +210,42 @@ func healthChecked(t *testing.T, slowStart time.Duration) *store.State {
 }
 
 func TestRunnerHealthWeights(t *testing.T) {
-	table := newFakeTable()
-	mon := newFakeMonitor()
-	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: table, Health: mon})
-	a.start(t)
-	st := healthChecked(t, 2*time.Second)
-	a.apply(t, st)
-	key := ServiceKeyOf(st.Services["web"].Service)
-	weight := func() uint32 {
-		table.mu.Lock()
-		defer table.mu.Unlock()
-		return table.svcs[key].Destinations[0].Config.Weight
-	}
-	if len(mon.wanted()) != 1 || weight() != 10 {
-		t.Fatalf("checks %v, weight %d", mon.wanted(), weight())
-	}
-	// Down: weight 0, reported.
-	w0, _ := table.counts()
-	mon.force(false, time.Now())
-	status := a.waitFor(t, "the server down", func(s *types.NodeStatus) bool { return len(s.Servers) == 1 && !s.Servers[0].Up })
-	if w1, _ := table.counts(); weight() != 0 || w1-w0 != 1 || !slices.Equal(status.ServicesDown, []string{"web"}) {
-		t.Fatalf("down: weight %d after %d ops, status %v", weight(), w1-w0, status)
-	}
-	// Up again half-way into its slow start: part of the weight, then all
-	// of it without any further news.
-	mon.force(true, time.Now().Add(-time.Second))
-	a.waitFor(t, "the server ramping", func(s *types.NodeStatus) bool {
-		return len(s.Servers) == 1 && s.Servers[0].Up && s.Servers[0].EffectiveWeight > 0 && s.Servers[0].EffectiveWeight < 10
+	// In a bubble the slow start's clock is the test's: the ramp is
+	// exact and takes no time, whatever the machine's load.
+	synctest.Test(t, func(t *testing.T) {
+		table := newFakeTable()
+		mon := newFakeMonitor()
+		a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: table, Health: mon})
+		a.start(t)
+		st := healthChecked(t, 2*time.Second)
+		a.apply(t, st)
+		key := ServiceKeyOf(st.Services["web"].Service)
+		weight := func() uint32 {
+			table.mu.Lock()
+			defer table.mu.Unlock()
+			return table.svcs[key].Destinations[0].Config.Weight
+		}
+		if len(mon.wanted()) != 1 || weight() != 10 {
+			t.Fatalf("checks %v, weight %d", mon.wanted(), weight())
+		}
+		// Down: weight 0, reported.
+		w0, _ := table.counts()
+		mon.force(false, time.Now())
+		status := a.waitFor(t, "the server down", func(s *types.NodeStatus) bool { return len(s.Servers) == 1 && !s.Servers[0].Up })
+		if w1, _ := table.counts(); weight() != 0 || w1-w0 != 1 || !slices.Equal(status.ServicesDown, []string{"web"}) {
+			t.Fatalf("down: weight %d after %d ops, status %v", weight(), w1-w0, status)
+		}
+		// Up again half-way into its slow start: part of the weight, then all
+		// of it without any further news.
+		mon.force(true, time.Now().Add(-time.Second))
+		a.waitFor(t, "the server ramping", func(s *types.NodeStatus) bool {
+			return len(s.Servers) == 1 && s.Servers[0].Up && s.Servers[0].EffectiveWeight > 0 && s.Servers[0].EffectiveWeight < 10
+		})
+		a.waitFor(t, "the full weight", func(s *types.NodeStatus) bool { return s.Servers[0].EffectiveWeight == 10 })
+		if weight() != 10 {
+			t.Fatalf("after slow start: weight %d", weight())
+		}
 	})
-	a.waitFor(t, "the full weight", func(s *types.NodeStatus) bool { return s.Servers[0].EffectiveWeight == 10 })
-	if weight() != 10 {
-		t.Fatalf("after slow start: weight %d", weight())
-	}
 }
 
 // A restart never changes a weight the kernel already has: a server that
@@ -431,26 +436,29 @@ func (f *flakySink) SetVIPs(_ context.Context, vips []netip.Addr) error {
 // A failing sink is reported on its own, retried with backoff, and holds
 // up neither IPVS nor the other sinks.
 func TestRunnerSinkFailsAlone(t *testing.T) {
-	table := newFakeTable()
-	flaky, good := &flakySink{n: 2}, &flakySink{}
-	a := newTestRunner(t, RunnerConfig{RetryBackoff: 20 * time.Millisecond},
-		RunnerDeps{IPVS: table, Sinks: []Sink{NewVIPSink(flaky), &namedSink{Sink: NewVIPSink(good), name: "other"}}})
-	a.start(t)
-	st := testState(t, svcAt("web", "198.18.0.1", "wrr"))
-	a.Offer(st.FullUpdate())
-	failing := a.waitFor(t, "the failing sink", func(s *types.NodeStatus) bool {
-		return len(s.Sinks) == 3 && !s.Sinks[1].Ok && s.AppliedRevision == 10
+	// In a bubble the backoff's clock is the test's.
+	synctest.Test(t, func(t *testing.T) {
+		table := newFakeTable()
+		flaky, good := &flakySink{n: 2}, &flakySink{}
+		a := newTestRunner(t, RunnerConfig{RetryBackoff: 20 * time.Millisecond},
+			RunnerDeps{IPVS: table, Sinks: []Sink{NewVIPSink(flaky), &namedSink{Sink: NewVIPSink(good), name: "other"}}})
+		a.start(t)
+		st := testState(t, svcAt("web", "198.18.0.1", "wrr"))
+		a.Offer(st.FullUpdate())
+		failing := a.waitFor(t, "the failing sink", func(s *types.NodeStatus) bool {
+			return len(s.Sinks) == 3 && !s.Sinks[1].Ok && s.AppliedRevision == 10
+		})
+		if !failing.Sinks[0].Ok || !failing.Sinks[2].Ok || failing.Sinks[1].Error != "interface is gone" || len(table.svcs) != 1 {
+			t.Fatalf("status %v; kernel %v", failing.Sinks, table.svcs)
+		}
+		if up := a.metric(t, "merlin_sink_up", map[string]string{"sink": "vips"}); up != 0 {
+			t.Fatalf("merlin_sink_up{sink=vips} = %v while failing", up)
+		}
+		a.waitFor(t, "the sink recovered", func(s *types.NodeStatus) bool { return s.Sinks[1].Ok })
+		if !slices.Equal(flaky.last, []netip.Addr{mustAddr("198.18.0.1")}) || !slices.Equal(good.last, flaky.last) {
+			t.Fatalf("VIPs %v and %v", flaky.last, good.last)
+		}
 	})
-	if !failing.Sinks[0].Ok || !failing.Sinks[2].Ok || failing.Sinks[1].Error != "interface is gone" || len(table.svcs) != 1 {
-		t.Fatalf("status %v; kernel %v", failing.Sinks, table.svcs)
-	}
-	if up := a.metric(t, "merlin_sink_up", map[string]string{"sink": "vips"}); up != 0 {
-		t.Fatalf("merlin_sink_up{sink=vips} = %v while failing", up)
-	}
-	a.waitFor(t, "the sink recovered", func(s *types.NodeStatus) bool { return s.Sinks[1].Ok })
-	if !slices.Equal(flaky.last, []netip.Addr{mustAddr("198.18.0.1")}) || !slices.Equal(good.last, flaky.last) {
-		t.Fatalf("VIPs %v and %v", flaky.last, good.last)
-	}
 }
 
 type namedSink struct {
