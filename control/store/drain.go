@@ -38,14 +38,12 @@ func (s *State) setDrain(node string, value []byte) {
 	} else {
 		var d Drain
 		if err := json.Unmarshal(value, &d); err != nil {
-			s.Invalid[s.prefix+"/drain/"+node] = fmt.Sprintf("drain: %v", err)
+			s.Invalid[s.drainPrefix()+node] = fmt.Sprintf("drain: %v", err)
 		}
 		next[node] = d
 	}
 	s.Drains = next
 }
-
-func (s *Store) drainPrefix() string { return s.prefix + "/drain/" }
 
 // SetDrain stores a node's drain, or removes it (nil).
 func (s *Store) SetDrain(ctx context.Context, node string, d *Drain) error {

@@ -1,9 +1,6 @@
 package store
 
 import (
-	"net/netip"
-	"strings"
-
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -27,7 +24,7 @@ type Change struct {
 func (s *State) ApplyEvent(ev *clientv3.Event) (Change, bool) {
 	key := string(ev.Kv.Key)
 	ch := Change{Revision: ev.Kv.ModRevision, Deleted: ev.Type == clientv3.EventTypeDelete}
-	if name, isNode := strings.CutPrefix(key, s.prefix+"/nodes/"); isNode {
+	if name, isNode := s.nodeOf(key); isNode {
 		ch.Node = &types.NodeStatus{Node: name}
 		if !ch.Deleted && proto.Unmarshal(ev.Kv.Value, ch.Node) != nil {
 			return ch, false
@@ -58,22 +55,4 @@ func (s *State) ApplyEvent(ev *clientv3.Event) (Change, bool) {
 		ch.Server = ss.Servers[lastSegment(key)]
 	}
 	return ch, ch.Service != nil || ch.Server != nil
-}
-
-func lastSegment(key string) string {
-	for i := len(key) - 1; i >= 0; i-- {
-		if key[i] == '/' {
-			return key[i+1:]
-		}
-	}
-	return key
-}
-
-// serverIdentity is the service ID and key of a server's etcd key.
-func serverIdentity(id, key string) *types.RealServer {
-	srv := &types.RealServer{ServiceID: id, Key: &types.RealServer_Key{}}
-	if ap, err := netip.ParseAddrPort(lastSegment(key)); err == nil {
-		srv.Key.Ip, srv.Key.Port = ap.Addr().String(), uint32(ap.Port())
-	}
-	return srv
 }

@@ -40,7 +40,7 @@ type State struct {
 	// Replaced whole on a change, so it may be shared.
 	Drains map[string]Drain
 
-	prefix      string
+	keys
 	seen        int64           // the last revision the state includes (list, or last event)
 	touched     map[string]bool // service IDs changed since the last Update (the watcher's copy)
 	rawServices map[string]rawValue
@@ -53,7 +53,7 @@ func NewState(prefix string, revision int64) *State {
 		Revision:    revision,
 		Services:    map[string]*ServiceState{},
 		Invalid:     map[string]string{},
-		prefix:      prefix,
+		keys:        keys{prefix: prefix},
 		rawServices: map[string]rawValue{},
 		rawServers:  map[string]map[string]rawValue{},
 	}
@@ -66,7 +66,7 @@ func (s *State) Clone() *State {
 		Revision:           s.Revision,
 		Services:           maps.Clone(s.Services),
 		Invalid:            maps.Clone(s.Invalid),
-		prefix:             s.prefix,
+		keys:               s.keys,
 		ConfirmedDeletions: s.ConfirmedDeletions,
 		Drains:             s.Drains,
 		rawServices:        maps.Clone(s.rawServices),
@@ -78,29 +78,14 @@ func (s *State) Clone() *State {
 	return c
 }
 
-// keyKind splits an etcd key into what it holds; ok is false for keys the
-// state does not track (VIP index, node status).
-func (s *State) keyKind(key string) (service bool, id string, ok bool) {
-	rest, found := strings.CutPrefix(key, s.prefix+"/services/")
-	if found {
-		return true, rest, true
-	}
-	rest, found = strings.CutPrefix(key, s.prefix+"/servers/")
-	if found {
-		id, _, found = strings.Cut(rest, "/")
-		return false, id, found
-	}
-	return false, "", false
-}
-
 // put records a value written at key and rebuilds the service it affects;
 // it reports whether the key is part of the desired state.
 func (s *State) put(key string, value []byte, modRevision int64) bool {
-	if key == s.prefix+"/confirm-deletions" {
+	if key == s.confirmKey() {
 		s.ConfirmedDeletions, _ = strconv.ParseInt(string(value), 10, 64)
 		return true
 	}
-	if node, ok := strings.CutPrefix(key, s.prefix+"/drain/"); ok {
+	if node, ok := s.drainOf(key); ok {
 		s.setDrain(node, value)
 		return true
 	}
@@ -164,7 +149,7 @@ func (s *State) update(full bool) *Update {
 // snapshot is what consumers compare: the decoded services (shared,
 // immutable) without the raw values.
 func (s *State) snapshot() *State {
-	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, prefix: s.prefix}
+	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, keys: s.keys}
 }
 
 // FullUpdate is an Update carrying all of s.
@@ -228,11 +213,11 @@ func (s *State) updateServer(id, key string, raw *rawValue) {
 // delete records a deleted key and rebuilds the service it affects; it
 // reports whether the key is part of the desired state.
 func (s *State) delete(key string) bool {
-	if key == s.prefix+"/confirm-deletions" {
+	if key == s.confirmKey() {
 		s.ConfirmedDeletions = 0
 		return true
 	}
-	if node, ok := strings.CutPrefix(key, s.prefix+"/drain/"); ok {
+	if node, ok := s.drainOf(key); ok {
 		s.setDrain(node, nil)
 		return true
 	}
@@ -259,7 +244,7 @@ func (s *State) delete(key string) bool {
 
 // rebuild decodes one service and its servers from their raw values.
 func (s *State) rebuild(id string) {
-	svcKey := s.prefix + "/services/" + id
+	svcKey := s.serviceKey(id)
 	delete(s.Invalid, svcKey)
 	for key := range s.rawServers[id] {
 		delete(s.Invalid, key)

@@ -32,25 +32,19 @@ const casAttempts = 16
 // listPageSize keeps each etcd range response well below its size limit.
 const listPageSize = 1000
 
-// Store keeps the desired state in etcd under a prefix:
-//
-//	PREFIX/services/ID            VirtualService (protobuf)
-//	PREFIX/servers/ID/IP:PORT     RealServer (protobuf); [IPv6]:PORT
-//	PREFIX/vips/tcp/IP:PORT       ID of the service that owns the VIP
-//	PREFIX/vips/fwmark/ipv4/MARK  likewise for firewall marks
-//
-// Every write is one transaction compared on revisions, so no write is
-// lost to a concurrent one and nothing is half-applied.
+// Store keeps the desired state in etcd under a prefix (the layout:
+// keys.go). Every write is one transaction compared on revisions, so no
+// write is lost to a concurrent one and nothing is half-applied.
 type Store struct {
+	keys
 	client *clientv3.Client
-	prefix string
 	quota  int64 // etcd's backend quota, for the write guard (quota.go)
 	usage  storeUsage
 }
 
 // NewStore uses the client for keys under prefix (e.g. "/merlin").
 func NewStore(client *clientv3.Client, prefix string) *Store {
-	return &Store{client: client, prefix: strings.TrimSuffix(prefix, "/"), quota: DefaultStoreQuota}
+	return &Store{keys: keys{prefix: strings.TrimSuffix(prefix, "/")}, client: client, quota: DefaultStoreQuota}
 }
 
 // Endpoints are the etcd endpoints the store talks to.
@@ -59,24 +53,9 @@ func (s *Store) Endpoints() []string { return s.client.Endpoints() }
 // Prefix is the key prefix, without a trailing slash.
 func (s *Store) Prefix() string { return s.prefix }
 
-func (s *Store) servicesPrefix() string { return s.prefix + "/services/" }
-func (s *Store) markerKey() string      { return s.prefix + "/revision" }
-func (s *Store) nodePrefix() string     { return s.prefix + "/nodes/" }
-func (s *Store) confirmKey() string     { return s.prefix + "/confirm-deletions" }
-
 // mark is part of every write: its mod revision is the revision of the last
 // change to the desired state, deletions included.
-func (s *Store) mark() clientv3.Op             { return clientv3.OpPut(s.markerKey(), "") }
-func (s *Store) serversPrefix() string         { return s.prefix + "/servers/" }
-func (s *Store) serviceKey(id string) string   { return s.servicesPrefix() + id }
-func (s *Store) serverPrefix(id string) string { return s.serversPrefix() + id + "/" }
-func (s *Store) vipKey(k *types.VirtualService_Key) string {
-	return s.prefix + "/vips/" + model.VIPKey(k)
-}
-
-func (s *Store) serverKey(id string, k *types.RealServer_Key) string {
-	return s.serverPrefix(id) + model.ServerKeyString(k)
-}
+func (s *Store) mark() clientv3.Op { return clientv3.OpPut(s.markerKey(), "") }
 
 // MaxStoredBytes bounds one stored object: far above what the field
 // limits allow a service or a server, so only something that escaped them

@@ -16,7 +16,7 @@ import (
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if _, err := s.client.Get(clientv3.WithRequireLeader(ctx), s.prefix+"/health", clientv3.WithCountOnly()); err != nil {
+	if _, err := s.client.Get(clientv3.WithRequireLeader(ctx), s.pingKey(), clientv3.WithCountOnly()); err != nil {
 		return fmt.Errorf("etcd: %w", err)
 	}
 	return nil
@@ -51,7 +51,7 @@ func (s *Store) Follow(ctx context.Context, from int64, o FollowOptions, onEvent
 	// The client's Watch waits until etcd has taken the watch: an etcd
 	// that went away just before would hold it until it comes back.
 	unanswered := time.AfterFunc(2*o.ProgressInterval, cancel)
-	ch := s.client.Watch(wctx, s.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	ch := s.client.Watch(wctx, s.all(), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
 	if !unanswered.Stop() {
 		if ctx.Err() != nil {
 			return "", nil
