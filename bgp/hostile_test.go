@@ -445,7 +445,7 @@ func TestSpeakerSurvivesHostileRouter(t *testing.T) {
 // TestRefusedConnectionsAreCountedNotLogged: connections from addresses
 // that are no peer are counted; the log gets one line, not one each.
 func TestRefusedConnectionsAreCountedNotLogged(t *testing.T) {
-	var logged lockedBuffer
+	var logged testenv.Buffer
 	port := freePort(t, "127.0.0.8")
 	s, err := New(Config{LocalAS: hostileLocalAS, RouterID: netip.MustParseAddr("192.0.2.1"), ListenPort: port,
 		ListenAddresses: []netip.Addr{netip.MustParseAddr("127.0.0.8")},
@@ -475,21 +475,4 @@ func TestRefusedConnectionsAreCountedNotLogged(t *testing.T) {
 	if n := bytes.Count(logged.Bytes(), []byte("no configured peer")); n != 1 {
 		t.Errorf("%d log lines for %d refused connections, want 1:\n%s", n, conns, logged.Bytes())
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
 }

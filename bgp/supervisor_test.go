@@ -45,7 +45,7 @@ func startSupervised(t *testing.T, cfg Config, log *slog.Logger) *Supervised {
 // them again over a new session.
 func TestSupervisedSpeakerSurvivesItsCrash(t *testing.T) {
 	r := newRouter(t, "127.0.0.1", 65000, neighbor("127.0.0.9", 65001, ""))
-	var logged lockedBuffer
+	var logged testenv.Buffer
 	s := startSupervised(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
 		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.9"), ConnectRetry: time.Second}}},
 		slog.New(slog.NewTextHandler(&logged, nil)))

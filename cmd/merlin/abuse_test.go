@@ -125,7 +125,7 @@ func rssOf(t *testing.T, pid int) (rss, peak float64) {
 	return rss, peak
 }
 
-func stopMerlin(t *testing.T, cmd *exec.Cmd, out *syncBuilder) {
+func stopMerlin(t *testing.T, cmd *exec.Cmd, out *testenv.Buffer) {
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {

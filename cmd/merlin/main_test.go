@@ -11,10 +11,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 )
 
 func TestExampleConfigParses(t *testing.T) {
@@ -183,20 +184,20 @@ func TestVersionFlag(t *testing.T) {
 
 // startAPIOnly starts this binary as merlin serving only the API, with an
 // embedded etcd on free ports, logging to the returned builder.
-func startAPIOnly(t *testing.T, args ...string) (*exec.Cmd, *syncBuilder) {
+func startAPIOnly(t *testing.T, args ...string) (*exec.Cmd, *testenv.Buffer) {
 	t.Helper()
 	return startAPIOnlyUnder(t, nil, args...)
 }
 
 // startAPIOnlyUnder is startAPIOnly through a wrapper command (prlimit …).
-func startAPIOnlyUnder(t *testing.T, wrapper []string, args ...string) (*exec.Cmd, *syncBuilder) {
+func startAPIOnlyUnder(t *testing.T, wrapper []string, args ...string) (*exec.Cmd, *testenv.Buffer) {
 	t.Helper()
 	args = append([]string{"-data-dir", t.TempDir(), "-api-address", "127.0.0.1", "-reconcile=false",
 		"-embedded-etcd-client-url", "http://127.0.0.1:" + freePort(t), "-embedded-etcd-peer-url", "http://127.0.0.1:" + freePort(t)}, args...)
 	argv := append(append(wrapper[:len(wrapper):len(wrapper)], os.Args[0]), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
-	out := &syncBuilder{}
+	out := &testenv.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -309,22 +310,4 @@ func TestCorruptEmbeddedDatabase(t *testing.T) {
 	if !strings.Contains(string(out), "snap/db is corrupt") || !strings.Contains(string(out), "restore it from a snapshot") || strings.Contains(string(out), "panic") {
 		t.Fatalf("output:\n%s", out)
 	}
-}
-
-// syncBuilder is merlin's output, written by the process while tests read it.
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/internal/etcdtest"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
+	"github.com/merlin-ipvs/merlin/internal/testobj"
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -92,26 +93,12 @@ func forEachEtcd(t *testing.T, fn func(t *testing.T, env *apiEnv)) {
 	}
 }
 
+var tcpService, server = testobj.TCPService, testobj.Server
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-func tcpService(id, ip string, port uint32) *types.VirtualService {
-	return &types.VirtualService{
-		Id:     id,
-		Key:    &types.VirtualService_Key{Ip: ip, Port: port, Protocol: types.Protocol_TCP},
-		Config: &types.VirtualService_Config{Scheduler: "wrr"},
-	}
-}
-
-func server(svc, ip string, port, weight uint32) *types.RealServer {
-	return &types.RealServer{
-		ServiceID: svc,
-		Key:       &types.RealServer_Key{Ip: ip, Port: port},
-		Config:    &types.RealServer_Config{Weight: wrapperspb.UInt32(weight), Forward: types.ForwardMethod_MASQ},
-	}
 }
 
 // noErr(t)(call()) fails the test if the call failed.
@@ -1284,7 +1271,7 @@ func TestAPIStoresNothingUnknown(t *testing.T) {
 // Every attempt to change something is one audit line, even a request
 // that does not decode or that fails; reads are not audited.
 func TestAPIAuditsEveryWriteAttempt(t *testing.T) {
-	var logged lockedBuffer
+	var logged testenv.Buffer
 	env := startAPILogged(t, etcdtest.Embedded, slog.New(slog.NewTextHandler(&logged, nil)), nil)
 	ctx := ctxT(t)
 	err := env.conn.Invoke(ctx, "/types.Merlin/CreateService", []byte("\x0a\x04web\xff"), &emptypb.Empty{}, grpc.ForceCodec(rawCodec{}))
@@ -1303,23 +1290,6 @@ func TestAPIAuditsEveryWriteAttempt(t *testing.T) {
 		!strings.Contains(audit[1], "method=/types.Merlin/DeleteService") || !strings.Contains(audit[1], "code=NotFound") {
 		t.Fatalf("audit lines:\n%s", strings.Join(audit, "\n"))
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // serveAPI runs srv with opts on loopback; the client sends revisions.
@@ -1413,7 +1383,7 @@ func TestAPIListPages(t *testing.T) {
 // never read cannot pile up copies of the table.
 func TestAPIWatchLimits(t *testing.T) {
 	etcd := etcdtest.Start(t, etcdtest.Embedded)
-	var logged lockedBuffer
+	var logged testenv.Buffer
 	srv := api.NewServer(store.NewStore(etcd.Client(t), prefix), slog.New(slog.NewTextHandler(&logged, nil)))
 	srv.SetWatchBuffer(16 << 10)
 	srv.SetSnapshotStall(300 * time.Millisecond)

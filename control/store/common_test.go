@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/types/known/wrapperspb"
-
-	"github.com/merlin-ipvs/merlin/types"
+	"github.com/merlin-ipvs/merlin/internal/testobj"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -18,24 +16,10 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func tcpService(id, ip string, port uint32) *types.VirtualService {
-	return &types.VirtualService{
-		Id:     id,
-		Key:    &types.VirtualService_Key{Ip: ip, Port: port, Protocol: types.Protocol_TCP},
-		Config: &types.VirtualService_Config{Scheduler: "wrr"},
-	}
-}
-
-func server(svc, ip string, port, weight uint32) *types.RealServer {
-	return &types.RealServer{
-		ServiceID: svc,
-		Key:       &types.RealServer_Key{Ip: ip, Port: port},
-		Config:    &types.RealServer_Config{Weight: wrapperspb.UInt32(weight), Forward: types.ForwardMethod_MASQ},
-	}
-}
-
 // noErr(t)(call()) fails the test if the call failed.
 
 const prefix = "/merlin"
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+var tcpService, server = testobj.TCPService, testobj.Server
