@@ -57,7 +57,8 @@ func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server
 	p.openTraffic(ctx, o, log, cl)
 	p.newChecks(o, reg, execProber, log, cl)
 	runner, err := node.NewRunner(node.RunnerConfig{
-		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"), Adopt: p.adopt,
+		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"),
+		CheckStateFile: filepath.Join(o.dataDir, "check-states.json"), Adopt: p.adopt,
 		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
 	}, node.RunnerDeps{IPVS: p.table, Reader: p.reader, Health: p.checks, Sinks: p.sinks, Metrics: node.NewNodeMetrics(reg), Log: log.With("component", "node")})
 	if err != nil {

@@ -79,10 +79,19 @@ func (o *ownership) save() error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(o.path), 0o700); err != nil {
+	if err := writeFileAtomic(o.path, b); err != nil {
 		return err
 	}
-	tmp := o.path + ".tmp"
+	o.dirty = false
+	return nil
+}
+
+// writeFileAtomic replaces path with b: written, synced, renamed over.
+func writeFileAtomic(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
 	w, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
@@ -98,9 +107,5 @@ func (o *ownership) save() error {
 	if err := w.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, o.path); err != nil {
-		return err
-	}
-	o.dirty = false
-	return nil
+	return os.Rename(tmp, path)
 }

@@ -99,14 +99,20 @@ func (a ServiceChecks) Equal(b ServiceChecks) bool {
 }
 
 // WantedChecks is every check the node runs, with the state each starts in
-// before its first result. A check shared by several servers starts down if
-// any of them says so: a restart must never put traffic back on a server
-// that merlin had taken down, whatever another server of the same check
-// says. Without any evidence a check starts up (a new server).
-func WantedChecks(all map[string]ServiceChecks) map[health.Check]bool {
+// before its first result. What merlin decided of a check before (decided,
+// by check identity: it survives restarts) comes first. Without it the
+// kernel's weights are the evidence: a check shared by several servers
+// starts down if any of them says so — a restart must never put traffic
+// back on a server that merlin had taken down. Without any evidence a
+// check starts up (a new server).
+func WantedChecks(all map[string]ServiceChecks, decided map[string]bool) map[health.Check]bool {
 	want := map[health.Check]bool{}
 	for _, sc := range all {
 		for _, c := range sc.Servers {
+			if up, ok := decided[c.Check.Identity()]; ok {
+				want[c.Check] = up
+				continue
+			}
 			up, seen := want[c.Check]
 			want[c.Check] = (up || !seen) && c.Startup != HintDown
 		}

@@ -129,15 +129,21 @@ func TestWantedChecksSharedStartup(t *testing.T) {
 		return map[string]ServiceChecks{"web": sc}
 	}
 	for name, tc := range map[string]struct {
-		hints []StartupHint
-		up    bool
+		hints   []StartupHint
+		decided map[string]bool
+		up      bool
 	}{
-		"no evidence":                  {[]StartupHint{NoHint}, true},
-		"up":                           {[]StartupHint{HintUp, NoHint}, true},
-		"down beside weight 0 or none": {[]StartupHint{HintDown, NoHint}, false},
-		"down beside up":               {[]StartupHint{HintUp, HintDown}, false},
+		"no evidence":                  {[]StartupHint{NoHint}, nil, true},
+		"up":                           {[]StartupHint{HintUp, NoHint}, nil, true},
+		"down beside weight 0 or none": {[]StartupHint{HintDown, NoHint}, nil, false},
+		"down beside up":               {[]StartupHint{HintUp, HintDown}, nil, false},
+		// What merlin decided before beats what the weights suggest: a raise
+		// 0 → N it had not applied yet reads as HintDown.
+		"decided up, weights say down": {[]StartupHint{HintUp, HintDown}, map[string]bool{c.Identity(): true}, true},
+		"decided down, weights say up": {[]StartupHint{HintUp}, map[string]bool{c.Identity(): false}, false},
+		"another check decided":        {[]StartupHint{HintDown}, map[string]bool{"tcp 198.19.0.9:80 ": true}, false},
 	} {
-		if got := WantedChecks(plan(tc.hints...))[c]; got != tc.up {
+		if got := WantedChecks(plan(tc.hints...), tc.decided)[c]; got != tc.up {
 			t.Errorf("%s: starts up %v, want %v", name, got, tc.up)
 		}
 	}

@@ -36,6 +36,9 @@ type RunnerConfig struct {
 	// OwnershipFile records which kernel services merlin created, so that
 	// a restart still leaves every other service alone. Required.
 	OwnershipFile string
+	// CheckStateFile records what merlin decided of each health check, so
+	// that a restart starts every check where it was ("": not kept).
+	CheckStateFile string
 	// Adopt: kernel services that merlin did not create but that match a
 	// desired service with a VIP in these prefixes are taken over.
 	Adopt []netip.Prefix
@@ -76,6 +79,8 @@ type Runner struct {
 	metrics *NodeMetrics
 	ipvs    *ipvsSink
 	sinks   []Sink
+	// checkStates is owned by Run (the passes).
+	checkStates *checkStates
 
 	mu       sync.Mutex
 	desired  *store.State  // written by Run under mu; nil until the first update
@@ -110,6 +115,10 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
+	checks, err := loadCheckStates(cfg.CheckStateFile)
+	if err != nil {
+		return nil, err
+	}
 	if deps.Metrics == nil {
 		deps.Metrics = NewNodeMetrics(nil)
 	}
@@ -118,7 +127,7 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 		sink.reader = deps.Reader
 	}
 	r := &Runner{
-		cfg: cfg, guard: guard, health: deps.Health, log: deps.Log, metrics: deps.Metrics, ipvs: sink, sinks: deps.Sinks,
+		cfg: cfg, guard: guard, health: deps.Health, log: deps.Log, metrics: deps.Metrics, ipvs: sink, sinks: deps.Sinks, checkStates: checks,
 		wake:    make(chan struct{}, 1),
 		status:  &types.NodeStatus{Node: cfg.Node, Version: cfg.Version, Warnings: cfg.Warnings, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
 		changed: make(chan struct{}),

@@ -189,9 +189,13 @@ func (r *Runner) replan(desired *store.State, look map[string]bool, now time.Tim
 		}
 	}
 	if r.pass.checksDirty && r.health != nil {
-		r.pass.initial = WantedChecks(r.pass.checks)
+		r.pass.initial = WantedChecks(r.pass.checks, r.checkStates.up)
 		r.health.Set(r.pass.initial)
 		r.pass.checksDirty = false
+		healthDirty = true
+	}
+	if healthDirty && r.health != nil {
+		r.rememberChecks()
 	}
 	for _, id := range again {
 		r.setPlan(id, PlanService(id, desired.Services[id], r.pass.checks[id], r.healthView(r.pass.checks[id]), now), dirty, now)
@@ -351,4 +355,13 @@ func (r *Runner) publish(desired *store.State, start time.Time, err error) {
 			r.metrics.appliedRevision.Set(float64(desired.Revision))
 		}
 	})
+}
+
+// rememberChecks keeps what merlin decided of every check for its next
+// start (a failure to write is logged: the next change tries again).
+func (r *Runner) rememberChecks() {
+	r.checkStates.record(r.pass.initial, r.health.State)
+	if err := r.checkStates.save(); err != nil {
+		r.log.Warn("check states not saved", "error", err)
+	}
 }

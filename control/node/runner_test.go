@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -270,6 +272,57 @@ func TestRunnerRestartKeepsDownedServersDown(t *testing.T) {
 	restarted.apply(t, st)
 	if w1, _ := table.counts(); w1 != w0 {
 		t.Fatalf("the restart wrote %d ops (a weight changed)", w1-w0)
+	}
+}
+
+// A restart starts every check where merlin had decided it was: a weight
+// raised 0 → 7 while merlin was down does not read as merlin's own
+// health-down, so neither that server nor the serving ones sharing its
+// check lose their weight (issue: two serving servers and a whole service
+// went to 0 for one up-threshold after a restart); a check merlin had
+// taken down stays down across the restart.
+func TestRunnerRestartStartsChecksWhereTheyWere(t *testing.T) {
+	for _, up := range []bool{true, false} {
+		t.Run(fmt.Sprintf("check up %v", up), func(t *testing.T) {
+			table := newFakeTable()
+			dir := t.TempDir()
+			cfg := RunnerConfig{OwnershipFile: filepath.Join(dir, "owned.json"), CheckStateFile: filepath.Join(dir, "checks.json")}
+			st := healthChecked(t, 0)
+			withServer(t, st, "web", "198.19.0.1:8081", 0) // the same check (its target is the address)
+			mon := newFakeMonitor()
+			a := newTestRunner(t, cfg, RunnerDeps{IPVS: table, Health: mon})
+			ctx, stop := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			a.apply(t, st)
+			mon.force(up, time.Now())
+			a.waitFor(t, "the check's state applied", func(s *types.NodeStatus) bool { return len(s.Servers) == 2 && s.Servers[0].Up == up })
+			stop() // as a SIGKILL: the kernel keeps what it has
+			<-done
+
+			raised := st.Clone()
+			raised.Revision++
+			withServer(t, raised, "web", "198.19.0.1:8081", 7)
+			restarted := newTestRunner(t, cfg, RunnerDeps{IPVS: table, Health: newFakeMonitor()}) // knows no results yet
+			restarted.start(t)
+			w0, _ := table.counts()
+			restarted.apply(t, raised)
+			w1, _ := table.counts()
+			key := ServiceKeyOf(raised.Services["web"].Service)
+			weights := map[uint16]uint32{}
+			table.mu.Lock()
+			for _, d := range table.svcs[key].Destinations {
+				weights[d.Key.Port] = d.Config.Weight
+			}
+			table.mu.Unlock()
+			want, writes := map[uint16]uint32{8080: 10, 8081: 7}, 1 // only the raise
+			if !up {
+				want, writes = map[uint16]uint32{8080: 0, 8081: 0}, 0 // still down: nothing to write
+			}
+			if !maps.Equal(weights, want) || w1-w0 != writes {
+				t.Fatalf("after the restart: weights %v with %d writes, want %v with %d", weights, w1-w0, want, writes)
+			}
+		})
 	}
 }
 
