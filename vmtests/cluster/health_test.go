@@ -137,4 +137,63 @@ func TestVMHealthChecks(t *testing.T) {
 		}
 		t.Logf("weights seen during slow start: %v", between)
 	})
+
+	// Three servers of two services share backend1's check (its address
+	// and :8080); one is at weight 0. merlin is killed, that one raised to
+	// 7 meanwhile, merlin started again: nothing that served stops
+	// serving, the raised one comes up with the check (it is up). Then the
+	// check down: killed and restarted, all three stay down until it
+	// passes again.
+	t.Run("a restart takes no serving server out", func(t *testing.T) {
+		b1 := lab.BackendAddr(0)
+		for _, svc := range []struct{ id, port string }{{"g1", "81"}, {"g2", "82"}} {
+			c.mustMeradm("service", "add", svc.id, "tcp", lab.NATVIP+":"+svc.port, "-s", "rr", "--forward-method", "masq",
+				"--health-endpoint", "tcp://:8080", "--health-period", interval.String(), "--health-timeout", timeout.String(),
+				"--health-up", strconv.Itoa(rise), "--health-down", strconv.Itoa(fall))
+		}
+		c.mustMeradm("server", "add", "g1", b1+":8080", "-w", "5")
+		c.mustMeradm("server", "add", "g1", b1+":8081", "-w", "0")
+		c.mustMeradm("server", "add", "g2", b1+":8082", "-w", "5")
+		g1, g2 := lab.NATVIP+":81", lab.NATVIP+":82"
+		c.waitWeight(g1, b1+":8080", 5)
+		c.waitWeight(g2, b1+":8082", 5)
+		n := c.Nodes[0]
+		c.stopNode(n, syscall.SIGKILL)
+		c.mustMeradm("server", "edit", "g1", b1+":8081", "-w", "7") // through node2
+		c.startNode(n)
+		c.eventually("the raised server at 7 on the restarted node", 90*time.Second, func() error {
+			w1, w2 := c.weights(n, g1), c.weights(n, g2)
+			if w1[b1+":8080"] != 5 || w2[b1+":8082"] != 5 {
+				t.Fatalf("a serving server lost its weight across the restart: g1 %v, g2 %v", w1, w2)
+			}
+			if w1[b1+":8081"] != 7 {
+				return fmt.Errorf("g1 %v", w1)
+			}
+			return nil
+		})
+
+		c.StopBackend(0)
+		c.waitWeight(g1, b1+":8081", 0)
+		c.waitWeight(g2, b1+":8082", 0)
+		c.stopNode(n, syscall.SIGKILL)
+		c.startNode(n)
+		stillDown := func() {
+			w1, w2 := c.weights(n, g1), c.weights(n, g2)
+			if w1[b1+":8080"] != 0 || w1[b1+":8081"] != 0 || w2[b1+":8082"] != 0 {
+				t.Fatalf("a server merlin had taken down came back without its check: g1 %v, g2 %v", w1, w2)
+			}
+		}
+		c.eventually("ready after the restart", 90*time.Second, func() error { stillDown(); return c.Ready(n) })
+		probes := c.metric(n, "merlin_health_check_duration_seconds_count")
+		c.eventually("rise probes after the restart, the servers still down", 90*time.Second, func() error {
+			stillDown()
+			if got := c.metric(n, "merlin_health_check_duration_seconds_count") - probes; got < 3*rise {
+				return fmt.Errorf("%v probes since the restart", got)
+			}
+			return nil
+		})
+		c.must(c.StartBackend(0))
+		c.waitWeight(g1, b1+":8081", 7)
+		c.waitWeight(g2, b1+":8082", 5)
+	})
 }
