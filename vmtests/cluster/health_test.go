@@ -159,7 +159,7 @@ func TestVMHealthChecks(t *testing.T) {
 		c.waitWeight(g2, b1+":8082", 5)
 		n := c.Nodes[0]
 		c.stopNode(n, syscall.SIGKILL)
-		c.mustMeradm("server", "edit", "g1", b1+":8081", "-w", "7") // through node2
+		c.mustMeradm("-H", c.Nodes[1].Addr, "server", "edit", "g1", b1+":8081", "-w", "7") // through node2
 		c.startNode(n)
 		c.eventually("the raised server at 7 on the restarted node", 90*time.Second, func() error {
 			w1, w2 := c.weights(n, g1), c.weights(n, g2)
