@@ -57,7 +57,8 @@ func (e *events) peerEvent(ev *apiutil.WatchEventMessage_PeerEvent, limit func(a
 	switch {
 	case st.AdminState == api.PeerState_ADMIN_STATE_PFX_CT:
 		e.shut[addr] = true
-		e.lastError[addr] = "shut down: sent more than " + itoa(limit(addr)) + " prefixes (merlin imports none)"
+		// Status says "shut down" by itself (Shut): the reason only.
+		e.lastError[addr] = "sent more than " + itoa(limit(addr)) + " prefixes (merlin imports none)"
 	case st.SessionState == pkt.BGP_FSM_ESTABLISHED:
 		e.shut[addr] = false
 	case st.DisconnectMessage != "" && !e.shut[addr]:

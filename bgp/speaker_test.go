@@ -227,8 +227,11 @@ func TestSpeakerMaxPrefixShutsPeerDown(t *testing.T) {
 		return ps[0].Shut && !ps[0].Up
 	})
 	ps, _ := s.Peers(context.Background())
-	if !strings.Contains(ps[0].LastError, "more than 3 prefixes") {
-		t.Errorf("last error %q, want it to say the limit", ps[0].LastError)
+	if !strings.Contains(ps[0].LastError, "more than 3 prefixes") || strings.Contains(ps[0].LastError, "shut down") {
+		t.Errorf("last error %q, want it to say the limit (and not repeat the shut down Shut says)", ps[0].LastError)
+	}
+	if ps[0].PrefixesSent != 0 || ps[0].PrefixesReceived != 0 {
+		t.Errorf("a session that is down counts %d prefixes sent, %d received", ps[0].PrefixesSent, ps[0].PrefixesReceived)
 	}
 }
 

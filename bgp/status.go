@@ -64,6 +64,9 @@ func fill(st *PeerStatus, p *api.Peer) {
 	if st.Up {
 		st.Since = p.GetTimers().GetState().GetUptime().AsTime()
 	}
+	if !st.Up {
+		return // GoBGP keeps the last counts of a session that is down
+	}
 	for _, af := range p.GetAfiSafis() {
 		st.PrefixesSent += af.GetState().GetAdvertised()
 		st.PrefixesReceived += af.GetState().GetReceived()
