@@ -104,24 +104,33 @@ func (c *childServer) Set(routes []Route, _ *struct{}) error {
 	return s.Set(context.Background(), routes)
 }
 
-// ChildStatus is the speaker's state in one answer.
-type ChildStatus struct {
-	Peers     []PeerStatus
-	Announced []Route
-	Refused   uint64
-}
-
-// Status reports the sessions, the announced routes and the refusals.
-func (c *childServer) Status(_ struct{}, out *ChildStatus) error {
+// Peers reports the sessions.
+func (c *childServer) Peers(_ struct{}, out *[]PeerStatus) error {
 	s, err := c.get()
 	if err != nil {
 		return err
 	}
-	peers, err := s.Peers(context.Background())
+	*out, err = s.Peers(context.Background())
+	return err
+}
+
+// Announced lists the routes the speaker holds.
+func (c *childServer) Announced(_ struct{}, out *[]Route) error {
+	s, err := c.get()
 	if err != nil {
 		return err
 	}
-	*out = ChildStatus{Peers: peers, Announced: s.Announced(), Refused: s.RefusedConnections()}
+	*out = s.Announced()
+	return nil
+}
+
+// Refused counts connections from addresses that are no peer.
+func (c *childServer) Refused(_ struct{}, out *uint64) error {
+	s, err := c.get()
+	if err != nil {
+		return err
+	}
+	*out = s.RefusedConnections()
 	return nil
 }
 

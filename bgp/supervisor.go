@@ -218,8 +218,8 @@ func (s *Supervised) attach(c *rpc.Client, pid int) {
 }
 
 func (s *Supervised) detach(why string, c *rpc.Client) {
-	if st, err := s.status(context.Background(), c, time.Second); err == nil {
-		s.noteRefused(c, st.Refused)
+	if n, err := s.refused(context.Background(), c, time.Second); err == nil {
+		s.noteRefused(c, n)
 	}
 	s.mu.Lock()
 	s.refusedBy, s.refusedIn = s.refusedBy+s.refusedIn, 0
@@ -292,12 +292,13 @@ func (s *Supervised) Set(ctx context.Context, routes []Route) error {
 	return s.call(ctx, c, "Set", routes, &struct{}{})
 }
 
-func (s *Supervised) status(ctx context.Context, c *rpc.Client, timeout time.Duration) (ChildStatus, error) {
+// refused asks the running speaker for its refusal count.
+func (s *Supervised) refused(ctx context.Context, c *rpc.Client, timeout time.Duration) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var st ChildStatus
-	err := s.call(ctx, c, "Status", struct{}{}, &st)
-	return st, err
+	var n uint64
+	err := s.call(ctx, c, "Refused", struct{}{}, &n)
+	return n, err
 }
 
 // Peers reports every configured peer, in configuration order; while no
@@ -305,9 +306,10 @@ func (s *Supervised) status(ctx context.Context, c *rpc.Client, timeout time.Dur
 func (s *Supervised) Peers(ctx context.Context) ([]PeerStatus, error) {
 	c, why := s.current()
 	if c != nil {
-		st, err := s.status(ctx, c, callTimeout)
+		var peers []PeerStatus
+		err := s.call(ctx, c, "Peers", struct{}{}, &peers)
 		if err == nil {
-			return st.Peers, nil
+			return peers, nil
 		}
 		why = err.Error()
 	}
@@ -325,19 +327,21 @@ func (s *Supervised) Announced() []Route {
 	if c == nil {
 		return nil
 	}
-	st, err := s.status(context.Background(), c, 2*time.Second)
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var routes []Route
+	if err := s.call(ctx, c, "Announced", struct{}{}, &routes); err != nil {
 		return nil
 	}
-	return st.Announced
+	return routes
 }
 
 // RefusedConnections counts connections from addresses that are no peer,
 // over every speaker this supervisor ran.
 func (s *Supervised) RefusedConnections() uint64 {
 	if c, _ := s.current(); c != nil {
-		if st, err := s.status(context.Background(), c, 2*time.Second); err == nil {
-			s.noteRefused(c, st.Refused)
+		if n, err := s.refused(context.Background(), c, 2*time.Second); err == nil {
+			s.noteRefused(c, n)
 		}
 	}
 	s.mu.Lock()
