@@ -5,74 +5,22 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/merlin-ipvs/merlin/internal/testenv"
+	"github.com/merlin-ipvs/merlin/internal/testrouter"
 )
 
 // Real routers: Debian's bird2 and gobgpd, each a separate process in a
-// network namespace of its own, reached over a veth pair (routers refuse
-// loopback next hops). Needs root.
-
-// routerNS makes a namespace reached from here at nsAddr over a veth
-// whose near end has hostAddr (both /30).
-func routerNS(t *testing.T, link, hostAddr, nsAddr string) *testenv.NetNS {
-	t.Helper()
-	ns := testenv.NewNetNS(t)
-	run := func(args ...string) {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns.Name)
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", link).Run() })
-	run("addr", "add", hostAddr+"/30", "dev", link)
-	run("link", "set", link, "up")
-	ns.Run(t, "ip", "addr", "add", nsAddr+"/30", "dev", "eth0")
-	ns.Run(t, "ip", "link", "set", "eth0", "up")
-	return ns
-}
-
-func lookPeer(t *testing.T, name string) string {
-	path, err := exec.LookPath(name)
-	if err != nil {
-		testenv.Missing(t, testenv.PeersPromised(), "%s not installed (Debian's bird2 / gobgpd)", name)
-	}
-	return path
-}
-
-// daemon runs a router process in ns until the test ends.
-func daemon(t *testing.T, ns *testenv.NetNS, name string, args ...string) {
-	t.Helper()
-	logPath := filepath.Join(t.TempDir(), "log")
-	log, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := ns.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		log.Close()
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			t.Logf("%s log:\n%s", filepath.Base(name), out)
-		}
-	})
-}
+// network namespace of its own (internal/testrouter). Needs root.
 
 func TestSpeakerWithBird2(t *testing.T) {
-	bird := lookPeer(t, "bird")
-	birdc := lookPeer(t, "birdc")
-	ns := routerNS(t, "mbgp-bird", "198.18.5.1", "198.18.5.2")
+	bird := testrouter.Look(t, "bird")
+	birdc := testrouter.Look(t, "birdc")
+	ns := testrouter.Link(t, "mbgp-bird", "198.18.5.1", "198.18.5.2")
 	dir := t.TempDir()
 	port := 1179
 	conf := filepath.Join(dir, "bird.conf")
@@ -90,7 +38,7 @@ protocol bgp merlin {
 `, port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	daemon(t, ns, bird, "-f", "-c", conf, "-s", sock)
+	testrouter.Daemon(t, ns, bird, "-f", "-c", conf, "-s", sock)
 	// The speaker as merlin runs it: in a process of its own.
 	s := startSupervised(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
 		Address: netip.MustParseAddr("198.18.5.2"), Port: port, AS: 65000, Local: netip.MustParseAddr("198.18.5.1"),
@@ -118,9 +66,9 @@ protocol bgp merlin {
 }
 
 func TestSpeakerWithGobgpd(t *testing.T) {
-	gobgpd := lookPeer(t, "gobgpd")
-	gobgp := lookPeer(t, "gobgp")
-	ns := routerNS(t, "mbgp-gobgp", "198.18.5.5", "198.18.5.6")
+	gobgpd := testrouter.Look(t, "gobgpd")
+	gobgp := testrouter.Look(t, "gobgp")
+	ns := testrouter.Link(t, "mbgp-gobgp", "198.18.5.5", "198.18.5.6")
 	dir := t.TempDir()
 	port, api := 1179, 50051
 	conf := filepath.Join(dir, "gobgpd.toml")
@@ -138,7 +86,7 @@ func TestSpeakerWithGobgpd(t *testing.T) {
 `, port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	daemon(t, ns, gobgpd, "-f", conf, "--api-hosts", fmt.Sprintf("127.0.0.1:%d", api), "--log-level", "warn")
+	testrouter.Daemon(t, ns, gobgpd, "-f", conf, "--api-hosts", fmt.Sprintf("127.0.0.1:%d", api), "--log-level", "warn")
 	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
 		Address: netip.MustParseAddr("198.18.5.6"), Port: port, AS: 65000, Local: netip.MustParseAddr("198.18.5.5"), ConnectRetry: time.Second}}})
 	want := []Route{HostRoute(netip.MustParseAddr("198.18.0.1")), HostRoute(netip.MustParseAddr("198.18.0.3"))}

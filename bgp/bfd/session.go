@@ -101,7 +101,12 @@ func (s *session) receive(p packet, now time.Time) (c *change, final bool) {
 	s.yourDisc = p.MyDisc
 	s.remoteState = p.State
 	s.remoteMult = p.DetectMult
-	s.remoteMinTx = p.DesiredMinTx
+	// A peer lowering its interval announces it in a Poll Sequence and may
+	// keep its old pace until the sequence ends (bird does): the detection
+	// time shrinks only with the first packet that no longer polls.
+	if p.DesiredMinTx >= s.remoteMinTx || !p.Poll {
+		s.remoteMinTx = p.DesiredMinTx
+	}
 	s.remoteMinRx = p.RequiredMinRx
 	if p.Final {
 		s.polling = false

@@ -27,10 +27,14 @@ func (udpTransport) listen(deliver func(netip.Addr, int, []byte)) (func(), error
 		return nil, fmt.Errorf("listen udp4 :%d: %w", Port, err)
 	}
 	conns := []*net.UDPConn{c4}
-	if err := ipv4.NewPacketConn(c4).SetControlMessage(ipv4.FlagTTL, true); err != nil {
+	// The flags live in the PacketConn value as well as on the socket:
+	// read through the same one, or no TTL comes back.
+	p4 := ipv4.NewPacketConn(c4)
+	if err := p4.SetControlMessage(ipv4.FlagTTL, true); err != nil {
 		c4.Close()
 		return nil, fmt.Errorf("IP_RECVTTL: %w", err)
 	}
+	var p6 *ipv6.PacketConn
 	c6, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified, Port: Port})
 	switch {
 	case errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL):
@@ -39,7 +43,8 @@ func (udpTransport) listen(deliver func(netip.Addr, int, []byte)) (func(), error
 		c4.Close()
 		return nil, fmt.Errorf("listen udp6 :%d: %w", Port, err)
 	default:
-		if err := ipv6.NewPacketConn(c6).SetControlMessage(ipv6.FlagHopLimit, true); err != nil {
+		p6 = ipv6.NewPacketConn(c6)
+		if err := p6.SetControlMessage(ipv6.FlagHopLimit, true); err != nil {
 			c4.Close()
 			c6.Close()
 			return nil, fmt.Errorf("IPV6_RECVHOPLIMIT: %w", err)
@@ -48,10 +53,10 @@ func (udpTransport) listen(deliver func(netip.Addr, int, []byte)) (func(), error
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); read4(ipv4.NewPacketConn(c4), deliver) }()
+	go func() { defer wg.Done(); read4(p4, deliver) }()
 	if len(conns) == 2 {
 		wg.Add(1)
-		go func() { defer wg.Done(); read6(ipv6.NewPacketConn(c6), deliver) }()
+		go func() { defer wg.Done(); read6(p6, deliver) }()
 	}
 	return func() {
 		for _, c := range conns {
