@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/merlin-ipvs/merlin/bgp/bfd"
 )
 
 // Family is an address family a session carries.
@@ -50,6 +52,10 @@ type Peer struct {
 	// (merlin imports nothing; a router that floods it is misconfigured or
 	// hostile). 0: 1000.
 	MaxPrefixes uint32
+	// BFD runs a single-hop BFD session with the router (nil: off): a
+	// BFD Down takes the BGP session down at once instead of after the
+	// hold time. Not with MultihopTTL.
+	BFD *bfd.Config
 }
 
 const (
@@ -122,6 +128,14 @@ func (c Config) validatePeer(p Peer) error {
 	}
 	if p.GracefulRestart < 0 || p.GracefulRestart > 4095*time.Second {
 		return fmt.Errorf("graceful_restart %s: want 0 (off) to 4095s", p.GracefulRestart)
+	}
+	if p.BFD != nil {
+		if err := p.BFD.Validate("bfd."); err != nil {
+			return err
+		}
+		if p.MultihopTTL > 0 {
+			return fmt.Errorf("bfd: single-hop only (RFC 5881); not with multihop_ttl %d", p.MultihopTTL)
+		}
 	}
 	for _, f := range p.Families {
 		switch f {

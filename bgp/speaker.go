@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/merlin-ipvs/merlin/bgp/bfd"
+
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/server"
@@ -31,6 +33,10 @@ type Speaker struct {
 	wantSet     bool                        // Set has been called: peers may be added
 	peersAdded  bool
 	gracefulRun bool // a peer has graceful restart: leave sessions on stop
+
+	bfd   *bfd.Manager // nil: no peer has BFD
+	bfdMu sync.Mutex
+	bfdOn map[netip.Addr]bool // peers whose BGP session is established
 }
 
 // New checks the configuration; it starts nothing.
@@ -49,6 +55,9 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 			s.carry6 = s.carry6 || f == IPv6Unicast
 		}
 	}
+	if err := s.newBFD(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -60,6 +69,10 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 // stopping GoBGP would send each a Cease, which ends graceful restart);
 // without it every peer is sent a Cease and withdraws the routes at once.
 func (s *Speaker) Run(ctx context.Context) error {
+	stopBFD, err := s.runBFD()
+	if err != nil {
+		return err
+	}
 	srv := server.NewBgpServer(server.LoggerOption(slog.New(newLogHandler(s.log.Handler(), s.ev)), nil))
 	served := make(chan struct{})
 	go func() {
@@ -69,11 +82,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err := s.start(ctx, srv); err != nil {
 		srv.Stop()
 		<-served
+		stopBFD()
 		return err
 	}
 	s.mu.Lock()
 	s.srv = srv
-	err := s.syncLocked(ctx, s.want)
+	err = s.syncLocked(ctx, s.want)
 	s.want = nil
 	s.mu.Unlock()
 	if err != nil {
@@ -83,10 +97,13 @@ func (s *Speaker) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.srv = nil
 	s.mu.Unlock()
+	// BFD says AdminDown (a planned stop, no failure) after the Ceases
+	// and before the process ends its graceful-restart sessions.
 	if !s.gracefulRun {
 		srv.Stop()
 		<-served
 	}
+	stopBFD()
 	return nil
 }
 
@@ -110,7 +127,10 @@ func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
 	}
 	// The watch ends with ctx (its goroutine is GoBGP's).
 	err := srv.WatchEvent(ctx, server.WatchEventMessageCallbacks{
-		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) { s.ev.peerEvent(ev, limit) },
+		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+			s.ev.peerEvent(ev, limit)
+			s.followSession(ev)
+		},
 	}, server.WatchPeer())
 	if err != nil {
 		return fmt.Errorf("watch bgp peers: %w", err)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/merlin-ipvs/merlin/bgp/bfd"
+
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	pkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
@@ -24,7 +26,20 @@ type PeerStatus struct {
 	Transitions      uint32 // times an established session went down
 	UpdatesSent      uint64
 	LastError        string
-	Shut             bool // shut down for exceeding its prefix limit
+	Shut             bool       // shut down for exceeding its prefix limit
+	BFD              *BFDStatus // nil: BFD is off for the peer
+}
+
+// BFDStatus is a peer's BFD session.
+type BFDStatus struct {
+	State       string // admin-down, down, init, up
+	Since       time.Time
+	RemoteState string
+	TxInterval  time.Duration // negotiated, while up
+	DetectTime  time.Duration // negotiated, while up
+	Flaps       uint64        // times the session left up
+	LastDown    time.Time
+	LastDiag    string // why it last left up
 }
 
 // Peers reports every configured peer, in configuration order. Before
@@ -42,6 +57,7 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 			return nil, fmt.Errorf("list bgp peers: %w", err)
 		}
 	}
+	sessions := s.bfdSessions()
 	out := make([]PeerStatus, 0, len(s.cfg.Peers))
 	for _, p := range s.cfg.Peers {
 		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle"}
@@ -49,9 +65,35 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		if gp := got[p.Address.String()]; gp != nil {
 			fill(&st, gp)
 		}
+		if p.BFD != nil {
+			st.BFD = &BFDStatus{State: bfd.Down.String(), RemoteState: bfd.Down.String()}
+			if b, ok := sessions[p.Address]; ok {
+				st.BFD = bfdStatus(b)
+			}
+		}
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+func (s *Speaker) bfdSessions() map[netip.Addr]bfd.Status {
+	out := map[netip.Addr]bfd.Status{}
+	if s.bfd == nil {
+		return out
+	}
+	for _, b := range s.bfd.Status() {
+		out[b.Peer] = b
+	}
+	return out
+}
+
+func bfdStatus(b bfd.Status) *BFDStatus {
+	st := &BFDStatus{State: b.State.String(), Since: b.Since, RemoteState: b.RemoteState.String(),
+		TxInterval: b.TxInterval, DetectTime: b.DetectTime, Flaps: b.Flaps, LastDown: b.LastDown}
+	if b.Flaps > 0 {
+		st.LastDiag = b.LastDiag.String()
+	}
+	return st
 }
 
 func fill(st *PeerStatus, p *api.Peer) {

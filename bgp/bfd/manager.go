@@ -20,13 +20,13 @@ type Peer struct {
 }
 
 // Change is a session's state transition, as reported to the Manager's
-// owner. RemoteAdminDown: the peer left Up on purpose (AdminDown), which
-// is no failure — a BGP session on top must be left alone (RFC 5882 §3.2).
+// owner. Diag says why: DiagDetectExpired is this side's own detection
+// (the peer went silent); DiagNeighborDown is the peer's word (it stopped
+// hearing this side, or went AdminDown, or replaced its session).
 type Change struct {
-	Peer            netip.Addr
-	From, To        State
-	Diag            Diag
-	RemoteAdminDown bool
+	Peer     netip.Addr
+	From, To State
+	Diag     Diag
 }
 
 // Status is one session as reported in node status and metrics.
@@ -64,9 +64,14 @@ type Manager struct {
 	sessions map[netip.Addr]*session
 	byDisc   map[uint32]*session
 	counters Counters
-	pending  []Change // reported by Run's goroutine, in order
-	wake     chan struct{}
-	running  bool
+	// history keeps a removed session's record, so that one that comes
+	// back (its BGP session is up again) goes on counting.
+	history map[netip.Addr]record
+	pending []Change // reported by Run's goroutine, in order
+	wake    chan struct{}
+	running bool
+	// stopListening closes the listener (set by Listen).
+	stopListening func()
 }
 
 // New makes a manager; onChange is called (from Run's goroutine, never
@@ -77,7 +82,7 @@ func New(log *slog.Logger, onChange func(Change)) *Manager {
 
 func newManager(log *slog.Logger, tr transport, onChange func(Change)) *Manager {
 	return &Manager{log: log, tr: tr, onChange: onChange, sessions: map[netip.Addr]*session{},
-		byDisc: map[uint32]*session{}, wake: make(chan struct{}, 1)}
+		byDisc: map[uint32]*session{}, history: map[netip.Addr]record{}, wake: make(chan struct{}, 1)}
 }
 
 // Set makes the sessions exactly peers: new ones start Down, removed ones
@@ -107,6 +112,7 @@ func (m *Manager) Set(peers []Peer) error {
 			continue
 		}
 		s := newSession(p.Address, p.Local, p.Config, m.newDisc(), now)
+		s.record = m.history[p.Address]
 		m.sessions[p.Address], m.byDisc[s.myDisc] = s, s
 		if m.running {
 			errs = append(errs, m.openLocked(s))
@@ -137,6 +143,8 @@ func (m *Manager) openLocked(s *session) error {
 func (m *Manager) removeLocked(s *session, now time.Time) {
 	s.adminDown(now)
 	m.sendLocked(s)
+	s.lastChange = now
+	m.history[s.peer] = s.record
 	if s.out != nil {
 		s.out.close()
 	}
@@ -151,14 +159,20 @@ func (m *Manager) poke() {
 	}
 }
 
-// Status reports every session, sorted by peer.
+// Status reports every session, sorted by peer; a peer whose session was
+// removed is admin-down, with its record.
 func (m *Manager) Status() []Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]Status, 0, len(m.sessions))
+	out := make([]Status, 0, len(m.history)+len(m.sessions))
+	for addr, r := range m.history {
+		if m.sessions[addr] == nil {
+			out = append(out, r.status(addr, AdminDown))
+		}
+	}
 	for _, s := range m.sessions {
-		st := Status{Peer: s.peer, State: s.state, Since: s.since, RemoteState: s.remoteState,
-			Flaps: s.flaps, LastDown: s.lastDown, LastDiag: s.lastDiag, Received: s.rx, Sent: s.tx}
+		st := s.record.status(s.peer, s.state)
+		st.Since, st.RemoteState = s.since, s.remoteState
 		if s.state == Up {
 			st.TxInterval, st.DetectTime = s.txInterval(), s.detectTime()
 		}

@@ -135,7 +135,7 @@ func TestSilentPeerDetected(t *testing.T) {
 			t.Errorf("a silent peer was detected after %s, want at most the detection time 900ms", took)
 		}
 		c, _ := a.rec.last()
-		if c.From != Up || c.To != Down || c.Diag != DiagDetectExpired || c.RemoteAdminDown {
+		if c.From != Up || c.To != Down || c.Diag != DiagDetectExpired {
 			t.Errorf("last change %+v, want up → down by detection", c)
 		}
 		st := a.state(t)
@@ -158,8 +158,8 @@ func TestPlannedStopSignalsAdminDown(t *testing.T) {
 		a.stop()
 		waitState(t, b, Down, 200*time.Millisecond) // told at once, no detection time
 		c, _ := b.rec.last()
-		if !c.RemoteAdminDown || c.Diag != DiagNeighborDown || c.From != Up {
-			t.Errorf("b's last change %+v, want up → down, neighbor signaled, remote admin down", c)
+		if c.Diag != DiagNeighborDown || c.From != Up {
+			t.Errorf("b's last change %+v, want up → down, neighbor signaled", c)
 		}
 		if st := b.state(t); st.RemoteState != AdminDown {
 			t.Errorf("b sees the remote %s, want admin-down", st.RemoteState)
@@ -180,17 +180,20 @@ func TestRemovedPeerSignalsAdminDown(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitState(t, b, Down, 200*time.Millisecond)
-		if c, _ := b.rec.last(); !c.RemoteAdminDown {
-			t.Errorf("b's last change %+v, want remote admin down", c)
+		if c, _ := b.rec.last(); c.Diag != DiagNeighborDown {
+			t.Errorf("b's last change %+v, want neighbor signaled", c)
 		}
-		if n := len(a.m.Status()); n != 0 {
-			t.Errorf("a still has %d sessions", n)
+		if st := a.state(t); st.State != AdminDown || st.Flaps != 1 {
+			t.Errorf("a removed session: %+v, want admin-down with its flap kept", st)
 		}
 		// Changed timers restart the session; the same ones leave it alone.
 		if err := a.m.Set([]Peer{{Address: addrB}}); err != nil {
 			t.Fatal(err)
 		}
 		waitState(t, a, Up, 5*time.Second)
+		if st := a.state(t); st.Flaps != 1 {
+			t.Errorf("a session back for the same peer counts %d flaps, want the 1 before", st.Flaps)
+		}
 		flaps := b.state(t).Flaps
 		if err := a.m.Set([]Peer{{Address: addrB, Config: Config{MinTx: DefaultInterval}}}); err != nil {
 			t.Fatal(err)

@@ -28,11 +28,9 @@ const adminDownRepeats = 3
 // Run opens the sockets and runs the sessions until ctx ends; then every
 // session signals AdminDown and the sockets close.
 func (m *Manager) Run(ctx context.Context) error {
-	stop, err := m.tr.listen(m.deliver)
-	if err != nil {
-		return fmt.Errorf("bfd: %w", err)
+	if err := m.Listen(); err != nil {
+		return err
 	}
-	defer stop()
 	m.mu.Lock()
 	m.running = true
 	for _, s := range m.sessions {
@@ -55,6 +53,22 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-m.wake:
 		}
 	}
+}
+
+// Listen opens port 3784, so that a caller can tell a start-up error
+// apart; Run calls it if nobody did.
+func (m *Manager) Listen() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopListening != nil {
+		return nil
+	}
+	stop, err := m.tr.listen(m.deliver)
+	if err != nil {
+		return fmt.Errorf("bfd: %w", err)
+	}
+	m.stopListening = stop
+	return nil
 }
 
 // tick expires and sends what is due, reports changes, and returns when
@@ -84,7 +98,7 @@ func (m *Manager) tick(now time.Time) time.Time {
 
 func (m *Manager) report(c Change) {
 	level := m.log.Info
-	if c.From == Up && c.To == Down && !c.RemoteAdminDown {
+	if c.From == Up && c.To == Down {
 		level = m.log.Warn
 	}
 	level("bfd: session "+c.To.String(), "peer", c.Peer, "from", c.From.String(), "diag", c.Diag.String())
@@ -94,8 +108,7 @@ func (m *Manager) report(c Change) {
 }
 
 func (m *Manager) queueLocked(s *session, c *change) {
-	m.pending = append(m.pending, Change{Peer: s.peer, From: c.from, To: c.to, Diag: c.diag,
-		RemoteAdminDown: c.to == Down && s.remoteDown && c.diag == DiagNeighborDown})
+	m.pending = append(m.pending, Change{Peer: s.peer, From: c.from, To: c.to, Diag: c.diag})
 	m.poke()
 }
 
@@ -197,9 +210,12 @@ func (m *Manager) shutdown() {
 		}
 	}
 	m.running = false
+	stop := m.stopListening
+	m.stopListening = func() {}
 	changes := m.pending
 	m.pending = nil
 	m.mu.Unlock()
+	stop()
 	for _, c := range changes {
 		m.report(c)
 	}

@@ -26,13 +26,9 @@ type session struct {
 	nextTx   time.Time
 	detectAt time.Time // zero while Down: nothing to detect
 
-	since      time.Time // in the current state since
-	flaps      uint64    // times the session left Up
-	lastDown   time.Time
-	lastDiag   Diag // why it last left Up
-	rx, tx     uint64
-	remoteDown bool   // it last left Up because the peer said AdminDown
-	sendErr    string // the last send or open error, logged once
+	since time.Time // in the current state since
+	record
+	sendErr string // the last send or open error, logged once
 }
 
 func newSession(peer, local netip.Addr, cfg Config, disc uint32, now time.Time) *session {
@@ -82,6 +78,20 @@ func (s *session) packet() packet {
 	return p
 }
 
+// record is what a session has done, kept across its removal.
+type record struct {
+	flaps      uint64 // times the session left Up
+	lastDown   time.Time
+	lastDiag   Diag // why it last left Up
+	lastChange time.Time
+	rx, tx     uint64
+}
+
+func (r record) status(peer netip.Addr, st State) Status {
+	return Status{Peer: peer, State: st, Since: r.lastChange, RemoteState: Down, Flaps: r.flaps,
+		LastDown: r.lastDown, LastDiag: r.lastDiag, Received: r.rx, Sent: r.tx}
+}
+
 // change is a state transition for the Manager to report.
 type change struct {
 	from, to State
@@ -118,7 +128,7 @@ func (s *session) receive(p packet, now time.Time) (c *change, final bool) {
 	switch {
 	case p.State == AdminDown:
 		if s.state != Down {
-			s.down(DiagNeighborDown, now, true)
+			s.down(DiagNeighborDown, now)
 		}
 	case s.state == Down && p.State == Down:
 		s.to(Init, now)
@@ -127,7 +137,7 @@ func (s *session) receive(p packet, now time.Time) (c *change, final bool) {
 		s.diag = DiagNone
 		s.polling = true // our DesiredMinTx drops from 1 s: tell the peer (§6.8.3)
 	case s.state == Up && p.State == Down:
-		s.down(DiagNeighborDown, now, false)
+		s.down(DiagNeighborDown, now)
 	}
 	if s.state == Init || s.state == Up {
 		s.detectAt = now.Add(s.detectTime())
@@ -142,10 +152,10 @@ func (s *session) to(st State, now time.Time) {
 	s.state, s.since = st, now
 }
 
-func (s *session) down(d Diag, now time.Time, remoteAdmin bool) {
+func (s *session) down(d Diag, now time.Time) {
 	if s.state == Up {
 		s.flaps++
-		s.lastDown, s.lastDiag, s.remoteDown = now, d, remoteAdmin
+		s.lastDown, s.lastDiag = now, d
 	}
 	s.to(Down, now)
 	s.diag = d
@@ -161,7 +171,7 @@ func (s *session) expire(now time.Time) *change {
 		return nil
 	}
 	from := s.state
-	s.down(DiagDetectExpired, now, false)
+	s.down(DiagDetectExpired, now)
 	s.remoteMinRx = time.Microsecond // §6.8.1: back to the initial value
 	return &change{from: from, to: Down, diag: DiagDetectExpired}
 }

@@ -1,0 +1,181 @@
+package bgp
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/merlin-ipvs/merlin/bgp/bfd"
+	"github.com/merlin-ipvs/merlin/internal/testenv"
+	"github.com/merlin-ipvs/merlin/internal/testrouter"
+)
+
+// TestBFDWithBird2: bird2 peers with BFD (300 ms × 3) and graceful
+// restart. A frozen speaker has its session taken down by bird's BFD; a
+// planned stop signals AdminDown. The speaker runs as merlin runs it, in a
+// process of its own. The two BFD tests bind the host's BFD port (3784):
+// neither may run in parallel.
+func TestBFDWithBird2(t *testing.T) {
+	ns := testrouter.Link(t, "mbgp-bfd", "198.18.5.9", "198.18.5.10")
+	b := testrouter.StartBird(t, ns, `router id 192.0.2.254;
+protocol device {}
+protocol bfd { interface "*" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }; }
+protocol bgp merlin {
+	local 198.18.5.10 port 1179 as 65000;
+	neighbor 198.18.5.9 as 65001;
+	passive on;
+	hold time 30;
+	error wait time 1, 2;
+	graceful restart on;
+	bfd on;
+	ipv4 { import all; export none; };
+}
+`)
+	cfg := Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
+		Address: netip.MustParseAddr("198.18.5.10"), Port: 1179, AS: 65000, Local: netip.MustParseAddr("198.18.5.9"),
+		HoldTime: 30 * time.Second, ConnectRetry: time.Second, GracefulRestart: 60 * time.Second, BFD: &bfd.Config{}}}}
+	s, err := NewSupervised(cfg, testLog(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err != nil {
+		t.Fatal(err)
+	}
+	peer := func() PeerStatus {
+		ps, err := s.Peers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps[0]
+	}
+	routes := func() string { return b.Cmd("show", "route", "protocol", "merlin") }
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("merlin: %+v %+v\nbird:\n%s\n%s", peer(), peer().BFD, b.Cmd("show", "protocols", "all", "merlin"), b.Cmd("show", "bfd", "sessions"))
+		}
+	})
+	testenv.Eventually(t, "the session and BFD up, bird holding the route", func() bool {
+		p := peer()
+		return p.Up && p.BFD != nil && p.BFD.State == "up" && p.BFD.DetectTime == 900*time.Millisecond &&
+			strings.Contains(routes(), "198.18.0.1/32")
+	})
+
+	// The speaker frozen (as a hung node is): bird hears no BFD, drops the
+	// session and the route long before the 30 s hold time.
+	pid := s.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "bird to drop the frozen speaker's session by BFD", func() bool {
+		return strings.Contains(b.Cmd("show", "protocols", "all", "merlin"), "BFD session down") &&
+			!strings.Contains(routes(), "198.18.0.1/32")
+	})
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// Thawed, it hears bird's BFD say Down and resets its side at once.
+	testenv.Eventually(t, "the session back with BFD", func() bool {
+		p := peer()
+		return p.Up && p.BFD.State == "up" && p.BFD.Flaps == 1 && strings.Contains(routes(), "198.18.0.1/32")
+	})
+	cancel() // a planned stop: AdminDown, then the sessions end with the process
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	done <- nil
+	// bird 2.0.12 takes the AdminDown as a failure (RFC 5882 §3.2 says it
+	// should not) and drops the session: docs/bgp.md says so and what to do.
+	testenv.Eventually(t, "bird to see BFD down", func() bool {
+		return !strings.Contains(b.Cmd("show", "bfd", "sessions"), " Up ")
+	})
+}
+
+// TestBFDWithFRR: FRR's bgpd with bfdd and graceful restart. A frozen
+// speaker is dropped by BFD; a planned stop signals AdminDown.
+func TestBFDWithFRR(t *testing.T) {
+	ns := testrouter.Link(t, "mbgp-frr", "198.18.5.13", "198.18.5.14")
+	f := testrouter.StartFRR(t, ns, `frr defaults datacenter
+hostname r1
+router bgp 65000
+ bgp router-id 192.0.2.254
+ no bgp ebgp-requires-policy
+ bgp graceful-restart
+ neighbor 198.18.5.13 remote-as 65001
+ neighbor 198.18.5.13 passive
+ neighbor 198.18.5.13 timers 10 30
+ neighbor 198.18.5.13 bfd
+ neighbor 198.18.5.13 bfd profile fast
+!
+bfd
+ profile fast
+  receive-interval 300
+  transmit-interval 300
+  detect-multiplier 3
+ !
+!
+`, "bgpd", "bfdd")
+	cfg := Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
+		Address: netip.MustParseAddr("198.18.5.14"), AS: 65000, Local: netip.MustParseAddr("198.18.5.13"),
+		HoldTime: 30 * time.Second, ConnectRetry: time.Second, GracefulRestart: 60 * time.Second, BFD: &bfd.Config{}}}}
+	s, err := NewSupervised(cfg, testLog(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err != nil {
+		t.Fatal(err)
+	}
+	peer := func() PeerStatus {
+		ps, err := s.Peers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps[0]
+	}
+	route := func() string { return f.Vtysh("show bgp ipv4 unicast 198.18.0.1/32") }
+	neighbor := func() string { return f.Vtysh("show bgp neighbor 198.18.5.13") }
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("merlin: %+v %+v\nFRR:\n%s\n%s\n%s", peer(), peer().BFD, neighbor(), route(), f.Vtysh("show bfd peers"))
+		}
+	})
+	testenv.Eventually(t, "the session and BFD up, FRR holding the route", func() bool {
+		p := peer()
+		return p.Up && p.BFD != nil && p.BFD.State == "up" && p.BFD.DetectTime == 900*time.Millisecond &&
+			strings.Contains(route(), "valid, external")
+	})
+
+	pid := s.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "FRR to drop the frozen speaker by BFD", func() bool {
+		return strings.Contains(neighbor(), "Cease/BFD Down") && strings.Contains(route(), "Network not in table")
+	})
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the session back with BFD", func() bool {
+		p := peer()
+		return p.Up && p.BFD.State == "up" && strings.Contains(route(), "valid, external")
+	})
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	done <- nil
+	testenv.Eventually(t, "FRR to hear merlin's AdminDown", func() bool {
+		return strings.Contains(f.Vtysh("show bfd peers"), "Remote diagnostics: administratively down")
+	})
+}
