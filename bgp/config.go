@@ -130,7 +130,7 @@ func (c Config) validatePeer(p Peer) error {
 		return fmt.Errorf("graceful_restart %s: want 0 (off) to 4095s", p.GracefulRestart)
 	}
 	if p.BFD != nil {
-		if err := p.BFD.Validate("bfd."); err != nil {
+		if err := p.BFD.Validate("bfd_"); err != nil {
 			return err
 		}
 		if p.MultihopTTL > 0 {

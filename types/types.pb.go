@@ -1742,7 +1742,9 @@ type BGPPeer struct {
 	PrefixesReceived uint64                 `protobuf:"varint,6,opt,name=prefixes_received,json=prefixesReceived,proto3" json:"prefixes_received,omitempty"`
 	LastError        string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// shut: shut down for sending more prefixes than its limit.
-	Shut          bool `protobuf:"varint,8,opt,name=shut,proto3" json:"shut,omitempty"`
+	Shut bool `protobuf:"varint,8,opt,name=shut,proto3" json:"shut,omitempty"`
+	// bfd: the peer's BFD session; unset when BFD is off for the peer.
+	Bfd           *BFDSession `protobuf:"bytes,9,opt,name=bfd,proto3" json:"bfd,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1833,6 +1835,121 @@ func (x *BGPPeer) GetShut() bool {
 	return false
 }
 
+func (x *BGPPeer) GetBfd() *BFDSession {
+	if x != nil {
+		return x.Bfd
+	}
+	return nil
+}
+
+// BFDSession is one peer's single-hop BFD session (RFC 5880).
+type BFDSession struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state: up, init, down, or admin-down (the BGP session is not
+	// established, or merlin is stopping).
+	State string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// remote_state: what the router last said its session is.
+	RemoteState string `protobuf:"bytes,3,opt,name=remote_state,json=remoteState,proto3" json:"remote_state,omitempty"`
+	// tx_interval and detect_time: as negotiated, while up.
+	TxInterval *durationpb.Duration `protobuf:"bytes,4,opt,name=tx_interval,json=txInterval,proto3" json:"tx_interval,omitempty"`
+	DetectTime *durationpb.Duration `protobuf:"bytes,5,opt,name=detect_time,json=detectTime,proto3" json:"detect_time,omitempty"`
+	// flaps: times the session left up.
+	Flaps    uint64                 `protobuf:"varint,6,opt,name=flaps,proto3" json:"flaps,omitempty"`
+	LastDown *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_down,json=lastDown,proto3" json:"last_down,omitempty"`
+	// last_down_reason: the diagnostic of the last time it left up, e.g.
+	// "control detection time expired" (the router went silent).
+	LastDownReason string `protobuf:"bytes,8,opt,name=last_down_reason,json=lastDownReason,proto3" json:"last_down_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *BFDSession) Reset() {
+	*x = BFDSession{}
+	mi := &file_types_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BFDSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BFDSession) ProtoMessage() {}
+
+func (x *BFDSession) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BFDSession.ProtoReflect.Descriptor instead.
+func (*BFDSession) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *BFDSession) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BFDSession) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *BFDSession) GetRemoteState() string {
+	if x != nil {
+		return x.RemoteState
+	}
+	return ""
+}
+
+func (x *BFDSession) GetTxInterval() *durationpb.Duration {
+	if x != nil {
+		return x.TxInterval
+	}
+	return nil
+}
+
+func (x *BFDSession) GetDetectTime() *durationpb.Duration {
+	if x != nil {
+		return x.DetectTime
+	}
+	return nil
+}
+
+func (x *BFDSession) GetFlaps() uint64 {
+	if x != nil {
+		return x.Flaps
+	}
+	return 0
+}
+
+func (x *BFDSession) GetLastDown() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastDown
+	}
+	return nil
+}
+
+func (x *BFDSession) GetLastDownReason() string {
+	if x != nil {
+		return x.LastDownReason
+	}
+	return ""
+}
+
 type DrainNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -1847,7 +1964,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +1976,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +1989,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1909,7 +2026,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2038,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2051,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -1982,7 +2099,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +2111,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +2124,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -2059,7 +2176,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2188,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2201,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -2144,7 +2261,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2273,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2286,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -2221,7 +2338,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2350,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2363,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -2288,7 +2405,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2300,7 +2417,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2430,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{24}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2339,7 +2456,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2351,7 +2468,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2481,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{25}
+	return file_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -2392,7 +2509,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2521,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2534,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{26}
+	return file_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -2503,7 +2620,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2515,7 +2632,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2528,7 +2645,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{27}
+	return file_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -2578,7 +2695,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2707,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2720,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{28}
+	return file_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -2644,7 +2761,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +2773,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +2786,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{29}
+	return file_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -2702,7 +2819,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +2831,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +2902,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2797,7 +2914,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2866,7 +2983,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2878,7 +2995,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2918,7 +3035,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2930,7 +3047,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3095,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2990,7 +3107,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3093,7 +3210,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3105,7 +3222,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3250,7 +3367,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3262,7 +3379,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3471,7 +3588,7 @@ const file_types_proto_rawDesc = "" +
 	"\vDrainStatus\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
-	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\x85\x02\n" +
+	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\xaa\x02\n" +
 	"\aBGPPeer\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
 	"\x02as\x18\x02 \x01(\rR\x02as\x12\x14\n" +
@@ -3481,7 +3598,20 @@ const file_types_proto_rawDesc = "" +
 	"\x11prefixes_received\x18\x06 \x01(\x04R\x10prefixesReceived\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\a \x01(\tR\tlastError\x12\x12\n" +
-	"\x04shut\x18\b \x01(\bR\x04shut\"\x82\x01\n" +
+	"\x04shut\x18\b \x01(\bR\x04shut\x12#\n" +
+	"\x03bfd\x18\t \x01(\v2\x11.types.BFDSessionR\x03bfd\"\xe8\x02\n" +
+	"\n" +
+	"BFDSession\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12!\n" +
+	"\fremote_state\x18\x03 \x01(\tR\vremoteState\x12:\n" +
+	"\vtx_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"txInterval\x12:\n" +
+	"\vdetect_time\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"detectTime\x12\x14\n" +
+	"\x05flaps\x18\x06 \x01(\x04R\x05flaps\x127\n" +
+	"\tlast_down\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastDown\x12(\n" +
+	"\x10last_down_reason\x18\b \x01(\tR\x0elastDownReason\"\x82\x01\n" +
 	"\x10DrainNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x18\n" +
@@ -3607,7 +3737,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -3633,31 +3763,32 @@ var file_types_proto_goTypes = []any{
 	(*PassiveFigures)(nil),                // 21: types.PassiveFigures
 	(*DrainStatus)(nil),                   // 22: types.DrainStatus
 	(*BGPPeer)(nil),                       // 23: types.BGPPeer
-	(*DrainNodeRequest)(nil),              // 24: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 25: types.SinkStatus
-	(*VIPStatus)(nil),                     // 26: types.VIPStatus
-	(*ServerHealth)(nil),                  // 27: types.ServerHealth
-	(*ObjectError)(nil),                   // 28: types.ObjectError
-	(*DeletionGuard)(nil),                 // 29: types.DeletionGuard
-	(*StatusResponse)(nil),                // 30: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 31: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 32: types.Counters
-	(*ServerStats)(nil),                   // 33: types.ServerStats
-	(*ServiceStats)(nil),                  // 34: types.ServiceStats
-	(*StatsResponse)(nil),                 // 35: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 36: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 37: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 38: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 39: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 40: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 41: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 42: types.ListResponse.Item
-	(*wrapperspb.BoolValue)(nil),          // 43: google.protobuf.BoolValue
-	(*durationpb.Duration)(nil),           // 44: google.protobuf.Duration
-	(*wrapperspb.UInt32Value)(nil),        // 45: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 46: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil),        // 47: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 48: google.protobuf.Empty
+	(*BFDSession)(nil),                    // 24: types.BFDSession
+	(*DrainNodeRequest)(nil),              // 25: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 26: types.SinkStatus
+	(*VIPStatus)(nil),                     // 27: types.VIPStatus
+	(*ServerHealth)(nil),                  // 28: types.ServerHealth
+	(*ObjectError)(nil),                   // 29: types.ObjectError
+	(*DeletionGuard)(nil),                 // 30: types.DeletionGuard
+	(*StatusResponse)(nil),                // 31: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 32: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 33: types.Counters
+	(*ServerStats)(nil),                   // 34: types.ServerStats
+	(*ServiceStats)(nil),                  // 35: types.ServiceStats
+	(*StatsResponse)(nil),                 // 36: types.StatsResponse
+	(*VirtualService_Key)(nil),            // 37: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 38: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 39: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 40: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 41: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 42: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 43: types.ListResponse.Item
+	(*wrapperspb.BoolValue)(nil),          // 44: google.protobuf.BoolValue
+	(*durationpb.Duration)(nil),           // 45: google.protobuf.Duration
+	(*wrapperspb.UInt32Value)(nil),        // 46: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 47: google.protobuf.Timestamp
+	(*wrapperspb.StringValue)(nil),        // 48: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 49: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
 	10, // 0: types.Change.create_service:type_name -> types.VirtualService
@@ -3667,107 +3798,112 @@ var file_types_proto_depIdxs = []int32{
 	13, // 4: types.Change.update_server:type_name -> types.RealServer
 	13, // 5: types.Change.delete_server:type_name -> types.RealServer
 	7,  // 6: types.ApplyChangesRequest.changes:type_name -> types.Change
-	36, // 7: types.VirtualService.key:type_name -> types.VirtualService.Key
-	37, // 8: types.VirtualService.config:type_name -> types.VirtualService.Config
-	38, // 9: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	37, // 7: types.VirtualService.key:type_name -> types.VirtualService.Key
+	38, // 8: types.VirtualService.config:type_name -> types.VirtualService.Config
+	39, // 9: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
 	12, // 10: types.VirtualService.announce:type_name -> types.Announce
 	11, // 11: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	43, // 12: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	44, // 13: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	45, // 14: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	45, // 15: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	45, // 16: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	39, // 17: types.RealServer.key:type_name -> types.RealServer.Key
-	40, // 18: types.RealServer.config:type_name -> types.RealServer.Config
-	41, // 19: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	42, // 20: types.ListResponse.items:type_name -> types.ListResponse.Item
+	44, // 12: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	45, // 13: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	46, // 14: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	46, // 15: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	46, // 16: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	40, // 17: types.RealServer.key:type_name -> types.RealServer.Key
+	41, // 18: types.RealServer.config:type_name -> types.RealServer.Config
+	42, // 19: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	43, // 20: types.ListResponse.items:type_name -> types.ListResponse.Item
 	15, // 21: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
 	5,  // 22: types.WatchEvent.type:type_name -> types.WatchEvent.Type
 	10, // 23: types.WatchEvent.service:type_name -> types.VirtualService
 	13, // 24: types.WatchEvent.server:type_name -> types.RealServer
 	19, // 25: types.WatchEvent.node:type_name -> types.NodeStatus
-	46, // 26: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	28, // 27: types.NodeStatus.errors:type_name -> types.ObjectError
-	29, // 28: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	46, // 29: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	27, // 30: types.NodeStatus.servers:type_name -> types.ServerHealth
-	25, // 31: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	26, // 32: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	47, // 26: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	29, // 27: types.NodeStatus.errors:type_name -> types.ObjectError
+	30, // 28: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	47, // 29: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	28, // 30: types.NodeStatus.servers:type_name -> types.ServerHealth
+	26, // 31: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	27, // 32: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
 	22, // 33: types.NodeStatus.drain:type_name -> types.DrainStatus
 	23, // 34: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
 	20, // 35: types.NodeStatus.counters:type_name -> types.CountersStatus
 	21, // 36: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	44, // 37: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	46, // 38: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	44, // 39: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	46, // 40: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	44, // 41: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	46, // 42: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	46, // 43: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	46, // 44: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	19, // 45: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	39, // 46: types.ServerStats.key:type_name -> types.RealServer.Key
-	32, // 47: types.ServerStats.counters:type_name -> types.Counters
-	36, // 48: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	32, // 49: types.ServiceStats.counters:type_name -> types.Counters
-	33, // 50: types.ServiceStats.servers:type_name -> types.ServerStats
-	34, // 51: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 52: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 53: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	45, // 54: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	45, // 55: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	43, // 56: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 57: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	41, // 58: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	45, // 59: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 60: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	45, // 61: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	45, // 62: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 63: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	47, // 64: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	44, // 65: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	44, // 66: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	44, // 67: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 68: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	10, // 69: types.ListResponse.Item.service:type_name -> types.VirtualService
-	13, // 70: types.ListResponse.Item.servers:type_name -> types.RealServer
-	10, // 71: types.Merlin.CreateService:input_type -> types.VirtualService
-	10, // 72: types.Merlin.UpdateService:input_type -> types.VirtualService
-	47, // 73: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	13, // 74: types.Merlin.CreateServer:input_type -> types.RealServer
-	13, // 75: types.Merlin.UpdateServer:input_type -> types.RealServer
-	13, // 76: types.Merlin.DeleteServer:input_type -> types.RealServer
-	48, // 77: types.Merlin.List:input_type -> google.protobuf.Empty
-	47, // 78: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	16, // 79: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	17, // 80: types.Merlin.Watch:input_type -> types.WatchRequest
-	48, // 81: types.Merlin.Status:input_type -> google.protobuf.Empty
-	48, // 82: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	31, // 83: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	24, // 84: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	8,  // 85: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	6,  // 86: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	48, // 87: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	48, // 88: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	48, // 89: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	48, // 90: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	48, // 91: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	48, // 92: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	14, // 93: types.Merlin.List:output_type -> types.ListResponse
-	42, // 94: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	48, // 95: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	18, // 96: types.Merlin.Watch:output_type -> types.WatchEvent
-	30, // 97: types.Merlin.Status:output_type -> types.StatusResponse
-	35, // 98: types.Merlin.Stats:output_type -> types.StatsResponse
-	48, // 99: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	48, // 100: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	9,  // 101: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	14, // 102: types.Merlin.ListPage:output_type -> types.ListResponse
-	87, // [87:103] is the sub-list for method output_type
-	71, // [71:87] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	45, // 37: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	47, // 38: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	45, // 39: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	47, // 40: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	24, // 41: types.BGPPeer.bfd:type_name -> types.BFDSession
+	47, // 42: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	45, // 43: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	45, // 44: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	47, // 45: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	45, // 46: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	47, // 47: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	47, // 48: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	47, // 49: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	19, // 50: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	40, // 51: types.ServerStats.key:type_name -> types.RealServer.Key
+	33, // 52: types.ServerStats.counters:type_name -> types.Counters
+	37, // 53: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	33, // 54: types.ServiceStats.counters:type_name -> types.Counters
+	34, // 55: types.ServiceStats.servers:type_name -> types.ServerStats
+	35, // 56: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 57: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 58: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	46, // 59: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	46, // 60: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	44, // 61: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 62: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	42, // 63: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	46, // 64: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 65: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	46, // 66: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	46, // 67: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 68: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	48, // 69: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	45, // 70: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	45, // 71: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	45, // 72: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 73: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	10, // 74: types.ListResponse.Item.service:type_name -> types.VirtualService
+	13, // 75: types.ListResponse.Item.servers:type_name -> types.RealServer
+	10, // 76: types.Merlin.CreateService:input_type -> types.VirtualService
+	10, // 77: types.Merlin.UpdateService:input_type -> types.VirtualService
+	48, // 78: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	13, // 79: types.Merlin.CreateServer:input_type -> types.RealServer
+	13, // 80: types.Merlin.UpdateServer:input_type -> types.RealServer
+	13, // 81: types.Merlin.DeleteServer:input_type -> types.RealServer
+	49, // 82: types.Merlin.List:input_type -> google.protobuf.Empty
+	48, // 83: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	16, // 84: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	17, // 85: types.Merlin.Watch:input_type -> types.WatchRequest
+	49, // 86: types.Merlin.Status:input_type -> google.protobuf.Empty
+	49, // 87: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	32, // 88: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	25, // 89: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	8,  // 90: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	6,  // 91: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	49, // 92: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	49, // 93: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	49, // 94: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	49, // 95: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	49, // 96: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	49, // 97: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	14, // 98: types.Merlin.List:output_type -> types.ListResponse
+	43, // 99: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	49, // 100: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	18, // 101: types.Merlin.Watch:output_type -> types.WatchEvent
+	31, // 102: types.Merlin.Status:output_type -> types.StatusResponse
+	36, // 103: types.Merlin.Stats:output_type -> types.StatsResponse
+	49, // 104: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	49, // 105: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	9,  // 106: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	14, // 107: types.Merlin.ListPage:output_type -> types.ListResponse
+	92, // [92:108] is the sub-list for method output_type
+	76, // [76:92] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -3789,7 +3925,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -151,6 +151,27 @@ func drainNotes(n *types.NodeStatus, now time.Time) []string {
 	return []string{fmt.Sprintf("%s: draining for %s: VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in %s", n.Node, since, max(left, 0))}
 }
 
+// bfdNote: ", bfd up (300ms, detects in 900ms), 2 flaps, last down 5m ago: control detection time expired".
+func bfdNote(b *types.BFDSession, now time.Time) string {
+	if b == nil {
+		return ""
+	}
+	s := ", bfd " + b.State
+	if b.DetectTime != nil {
+		s += fmt.Sprintf(" (%s, detects in %s)", b.TxInterval.AsDuration(), b.DetectTime.AsDuration())
+	}
+	if b.State == "admin-down" {
+		s += " (waits for the BGP session)"
+	}
+	if b.Flaps > 0 {
+		s += fmt.Sprintf(", %d flaps", b.Flaps)
+		if b.LastDown != nil {
+			s += fmt.Sprintf(", last down %s ago: %s", now.Sub(b.LastDown.AsTime()).Round(time.Second), b.LastDownReason)
+		}
+	}
+	return s
+}
+
 func peerNotes(n *types.NodeStatus, now time.Time) []string {
 	var out []string
 	for _, p := range n.BgpPeers {
@@ -162,6 +183,7 @@ func peerNotes(n *types.NodeStatus, now time.Time) []string {
 		if p.Shut {
 			line += ", shut down"
 		}
+		line += bfdNote(p.Bfd, now)
 		if p.LastError != "" {
 			line += ": " + p.LastError
 		}

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/merlin-ipvs/merlin/bgp"
+	"github.com/merlin-ipvs/merlin/bgp/bfd"
 )
 
 // bgpFile is the `bgp:` section of the configuration file.
@@ -42,6 +43,10 @@ type peerFile struct {
 	GracefulRestart string   `json:"graceful_restart"`
 	Families        []string `json:"families"`
 	MaxPrefixes     uint32   `json:"max_prefixes"`
+	BFD             bool     `json:"bfd"`
+	BFDMinTx        string   `json:"bfd_min_tx"`
+	BFDMinRx        string   `json:"bfd_min_rx"`
+	BFDMultiplier   uint8    `json:"bfd_multiplier"`
 }
 
 // peerFlags collects repeated -bgp-peer flags.
@@ -56,13 +61,13 @@ func (p *peerFlags) Set(v string) error {
 		k, val, ok := strings.Cut(kv, "=")
 		k = strings.ReplaceAll(strings.TrimSpace(k), "-", "_")
 		switch {
-		case !ok && k == "passive":
+		case !ok && (k == "passive" || k == "bfd"):
 			m[k] = true
 		case !ok:
 			return fmt.Errorf("%q: want key=value", kv)
 		case k == "families":
 			m[k] = strings.Split(val, "+")
-		case k == "as" || k == "port" || k == "multihop_ttl" || k == "max_prefixes":
+		case k == "as" || k == "port" || k == "multihop_ttl" || k == "max_prefixes" || k == "bfd_multiplier":
 			n, err := strconv.ParseUint(val, 10, 32)
 			if err != nil {
 				return fmt.Errorf("%s %q: want a number", k, shorten(val))
@@ -143,6 +148,9 @@ func (pf peerFile) peer() (bgp.Peer, error) {
 			return p, fmt.Errorf("%s %q: want a duration such as 90s", d.name, shorten(d.in))
 		}
 	}
+	if p.BFD, err = pf.bfd(); err != nil {
+		return p, err
+	}
 	for _, f := range pf.Families {
 		p.Families = append(p.Families, bgp.Family(f))
 	}
@@ -152,6 +160,31 @@ func (pf peerFile) peer() (bgp.Peer, error) {
 		}
 	}
 	return p, nil
+}
+
+// bfd reads the BFD settings: timers given without bfd are a mistake.
+func (pf peerFile) bfd() (*bfd.Config, error) {
+	if !pf.BFD {
+		if pf.BFDMinTx != "" || pf.BFDMinRx != "" || pf.BFDMultiplier != 0 {
+			return nil, errors.New("bfd_min_tx, bfd_min_rx, bfd_multiplier: given with BFD off (add bfd: true, or bfd in -bgp-peer)")
+		}
+		return nil, nil
+	}
+	c := &bfd.Config{Multiplier: pf.BFDMultiplier}
+	for _, d := range []struct {
+		name string
+		in   string
+		out  *time.Duration
+	}{{"bfd_min_tx", pf.BFDMinTx, &c.MinTx}, {"bfd_min_rx", pf.BFDMinRx, &c.MinRx}} {
+		if d.in == "" {
+			continue
+		}
+		var err error
+		if *d.out, err = time.ParseDuration(d.in); err != nil {
+			return nil, fmt.Errorf("%s %q: want a duration such as 300ms", d.name, shorten(d.in))
+		}
+	}
+	return c, nil
 }
 
 func optionalAddr(field, s string) (netip.Addr, error) {

@@ -26,6 +26,9 @@ bgp:
       hold_time: 9s
       graceful_restart: 120s
       max_prefixes: 10
+      bfd: true
+      bfd_min_tx: 100ms
+      bfd_multiplier: 5
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -34,15 +37,17 @@ bgp:
 		t.Fatal(err)
 	}
 	p := o.bgp.Peers[0]
-	if o.bgp.LocalAS != 65001 || p.AS != 65000 || p.Password != "s3cret" || p.HoldTime != 9*time.Second || p.GracefulRestart != 2*time.Minute || p.MaxPrefixes != 10 {
+	if o.bgp.LocalAS != 65001 || p.AS != 65000 || p.Password != "s3cret" || p.HoldTime != 9*time.Second || p.GracefulRestart != 2*time.Minute || p.MaxPrefixes != 10 ||
+		p.BFD == nil || p.BFD.MinTx != 100*time.Millisecond || p.BFD.MinRx != 0 || p.BFD.Multiplier != 5 {
 		t.Fatalf("bgp config %+v", o.bgp)
 	}
 	// Flags on the command line win; -bgp-peer replaces the file's peers.
-	o, err = parseFlags([]string{"-config", cfg, "-bgp-local-as", "65009", "-bgp-peer", "address=2001:db8::1,as=65100,passive,families=ipv6-unicast", "-bgp-peer", "address=192.0.2.253,as=65101,port=1179"})
+	o, err = parseFlags([]string{"-config", cfg, "-bgp-local-as", "65009", "-bgp-peer", "address=2001:db8::1,as=65100,passive,families=ipv6-unicast", "-bgp-peer", "address=192.0.2.253,as=65101,port=1179,bfd,bfd_min_rx=50ms"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.bgp.LocalAS != 65009 || len(o.bgp.Peers) != 2 || !o.bgp.Peers[0].Passive || o.bgp.Peers[1].Port != 1179 || o.bgp.Peers[0].Families[0] != "ipv6-unicast" {
+	if o.bgp.LocalAS != 65009 || len(o.bgp.Peers) != 2 || !o.bgp.Peers[0].Passive || o.bgp.Peers[1].Port != 1179 || o.bgp.Peers[0].Families[0] != "ipv6-unicast" ||
+		o.bgp.Peers[0].BFD != nil || o.bgp.Peers[1].BFD == nil || o.bgp.Peers[1].BFD.MinRx != 50*time.Millisecond {
 		t.Fatalf("bgp config with flags %+v", o.bgp)
 	}
 	if o, err := parseFlags([]string{"-node", "x"}); err != nil || o.bgp != nil {
@@ -71,6 +76,10 @@ func TestBGPConfigErrorsNameTheSetting(t *testing.T) {
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=192.0.2.1,as=1":                       "own router id",
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,hold_time=100000s":       "hold_time",
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,connect_retry=-5s":       "connect_retry",
+		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,bfd,bfd_min_tx=1ms":      "bgp.peers[0]: bfd_min_tx 1ms: want 10ms to 1m0s",
+		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,bfd_min_rx=50ms":         "given with BFD off",
+		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,bfd,bfd_multiplier=300":  "bfd_multiplier",
+		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,bfd,multihop_ttl=2":      "bfd: single-hop only",
 	} {
 		_, err := parseFlags(strings.Fields(args))
 		if err == nil || !strings.Contains(err.Error(), want) {

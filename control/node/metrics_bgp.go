@@ -21,6 +21,7 @@ type bgpCollector struct {
 	s                                          PeerLister
 	up, transitions, updates, sent, recv, shut *prometheus.Desc
 	routes, refused, restarts                  *prometheus.Desc
+	bfdUp, bfdFlaps, bfdDetect                 *prometheus.Desc
 }
 
 // NewBGPCollector exports the speaker's sessions, labelled by peer
@@ -36,6 +37,9 @@ func NewBGPCollector(s PeerLister) prometheus.Collector {
 		sent:        d("merlin_bgp_prefixes_sent", "Prefixes announced to the peer."),
 		recv:        d("merlin_bgp_prefixes_received", "Prefixes the peer sent (never imported)."),
 		shut:        d("merlin_bgp_peer_shut", "1 while the peer is shut down for sending more prefixes than its limit."),
+		bfdUp:       d("merlin_bfd_session_up", "1 while the BFD session with the peer is up (only peers with BFD)."),
+		bfdFlaps:    d("merlin_bfd_session_flaps_total", "Times the BFD session with the peer left up."),
+		bfdDetect:   d("merlin_bfd_detect_time_seconds", "Negotiated BFD detection time with the peer, while up: how long a silent router stays up."),
 		routes:      prometheus.NewDesc("merlin_bgp_routes_announced", "VIP host routes the speaker announces.", nil, nil),
 		refused: prometheus.NewDesc("merlin_bgp_refused_connections_total",
 			"Connections to the BGP port from addresses that are no configured peer, closed at once.", nil, nil),
@@ -45,7 +49,7 @@ func NewBGPCollector(s PeerLister) prometheus.Collector {
 }
 
 func (c *bgpCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.transitions, c.updates, c.sent, c.recv, c.shut, c.routes, c.refused, c.restarts} {
+	for _, d := range []*prometheus.Desc{c.up, c.transitions, c.updates, c.sent, c.recv, c.shut, c.routes, c.refused, c.restarts, c.bfdUp, c.bfdFlaps, c.bfdDetect} {
 		ch <- d
 	}
 }
@@ -71,5 +75,12 @@ func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.sent, prometheus.GaugeValue, float64(p.PrefixesSent), a)
 		ch <- prometheus.MustNewConstMetric(c.recv, prometheus.GaugeValue, float64(p.PrefixesReceived), a)
 		ch <- prometheus.MustNewConstMetric(c.shut, prometheus.GaugeValue, b2f(p.Shut), a)
+		if b := p.BFD; b != nil {
+			ch <- prometheus.MustNewConstMetric(c.bfdUp, prometheus.GaugeValue, b2f(b.State == "up"), a)
+			ch <- prometheus.MustNewConstMetric(c.bfdFlaps, prometheus.CounterValue, float64(b.Flaps), a)
+			if b.DetectTime > 0 {
+				ch <- prometheus.MustNewConstMetric(c.bfdDetect, prometheus.GaugeValue, b.DetectTime.Seconds(), a)
+			}
+		}
 	}
 }

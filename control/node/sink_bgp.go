@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/merlin-ipvs/merlin/bgp"
@@ -87,7 +88,25 @@ func BGPPeers(peers []bgp.PeerStatus) []*types.BGPPeer {
 		if p.Up {
 			bp.UpSince = timestamppb.New(p.Since.Truncate(time.Second))
 		}
+		bp.Bfd = bfdSession(p.BFD)
 		out = append(out, bp)
+	}
+	return out
+}
+
+func bfdSession(b *bgp.BFDStatus) *types.BFDSession {
+	if b == nil {
+		return nil
+	}
+	out := &types.BFDSession{State: b.State, RemoteState: b.RemoteState, Flaps: b.Flaps, LastDownReason: b.LastDiag}
+	if !b.Since.IsZero() {
+		out.Since = timestamppb.New(b.Since)
+	}
+	if b.DetectTime > 0 {
+		out.TxInterval, out.DetectTime = durationpb.New(b.TxInterval), durationpb.New(b.DetectTime)
+	}
+	if !b.LastDown.IsZero() {
+		out.LastDown = timestamppb.New(b.LastDown)
 	}
 	return out
 }
