@@ -16,7 +16,8 @@ import (
 // running the rules, answers the dashboard's per-backend query with the
 // traffic the test sent (the kernel's own IPVS counters as the oracle).
 func TestVMMonitoring(t *testing.T) {
-	c := setUpWith(t, func(n *lab.Node) []string { return append(countersArgs(n), lab.BGPArgs(n, "")...) })
+	c := setUpWith(t, func(n *lab.Node) []string { return append(countersArgs(n), lab.BGPArgs(n, "bfd")...) })
+	c.RouterBFD = true
 	r, err := c.StartRouter()
 	c.must(err)
 	t.Cleanup(r.Stop)
@@ -31,9 +32,12 @@ func TestVMMonitoring(t *testing.T) {
 	}
 	c.waitCounterKeys(7) // 1 VIP, 3 servers forwarded to, 3 replying
 	for _, n := range c.Nodes {
-		c.eventually("BGP up on "+n.Name, 60*time.Second, func() error {
+		c.eventually("BGP and BFD up on "+n.Name, 60*time.Second, func() error {
 			if up := c.metric(n, "merlin_bgp_session_up"); up != 1 {
 				return fmt.Errorf("merlin_bgp_session_up %v", up)
+			}
+			if up := c.metric(n, "merlin_bfd_session_up"); up != 1 {
+				return fmt.Errorf("merlin_bfd_session_up %v", up)
 			}
 			return nil
 		})

@@ -59,6 +59,9 @@ type Lab struct {
 	Nodes    []*Node
 	Backends []*netns.NS
 	Client   *netns.NS
+	// RouterBFD: the router runs BFD (300 ms × 3) with every node whose
+	// peer setting has bfd; set before StartRouter.
+	RouterBFD bool
 
 	etcd      *exec.Cmd
 	etcdDone  chan struct{}

@@ -46,6 +46,9 @@ func (l *Lab) StartTraffic(addr string) *Traffic {
 	return tr
 }
 
+// Counts is how many connections worked and failed so far.
+func (tr *Traffic) Counts() (ok, fail int64) { return tr.ok.Load(), tr.fail.Load() }
+
 // Finish stops the connections and returns how many worked and failed,
 // with the last error.
 func (tr *Traffic) Finish() (ok, fail int64, lastErr any) {

@@ -72,8 +72,13 @@ template bgp merlin {
 	ipv4 { import filter gshut; export none; };
 }
 `, RouterIP, RouterIP, RouterAS)
+	if l.RouterBFD {
+		b.WriteString(`protocol bfd { interface "*" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }; }
+`)
+	}
+	bfd := map[bool]string{true: " bfd on;"}[l.RouterBFD]
 	for _, n := range l.Nodes {
-		fmt.Fprintf(&b, "protocol bgp %s from merlin { neighbor %s as %d; }\n", n.Name, n.Addr, NodeAS)
+		fmt.Fprintf(&b, "protocol bgp %s from merlin { neighbor %s as %d;%s }\n", n.Name, n.Addr, NodeAS, bfd)
 	}
 	conf := filepath.Join(r.dir, "bird.conf")
 	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {

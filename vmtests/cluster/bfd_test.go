@@ -1,0 +1,125 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/merlin-ipvs/merlin/vmtests/lab"
+)
+
+// TestVMBFD: two nodes peer with bird2 with BFD (300 ms × 3; BGP hold time
+// 9 s). A cut link and a frozen node (merlin and its speaker stopped; the
+// kernel still forwards) each leave the router's ECMP route by BFD — bird
+// says "BFD session down", not a hold timer — while a client connects ten
+// times a second through the VIP; the time to the route change and the
+// failed connections are logged.
+func TestVMBFD(t *testing.T) {
+	c := setUpWith(t, func(n *lab.Node) []string { return lab.BGPArgs(n, "bfd") })
+	node1, node2 := c.Nodes[0], c.Nodes[1]
+	both := []string{node1.Addr, node2.Addr}
+	c.must(exec.Command("ip", "route", "del", lab.DRVIP+"/32").Run())
+	c.RouterBFD = true
+	r, err := c.StartRouter()
+	c.must(err)
+	t.Cleanup(r.Stop)
+	vip := lab.DRVIP + ":80"
+	c.mustMeradm("service", "add", "dr", "tcp", vip, "-s", "mh", "-b", "mh-fallback", "--forward-method", "route",
+		"--health-endpoint", "tcp://:8080", "--health-period", "1s", "--health-timeout", "1s", "--health-up", "1", "--health-down", "1")
+	for i := range 3 {
+		c.mustMeradm("server", "add", "dr", lab.BackendAddr(i)+":80")
+	}
+	c.must(r.WaitNextHops(lab.DRVIP, 90*time.Second, both...))
+	for _, n := range c.Nodes {
+		c.eventually("BFD up on "+n.Name, 30*time.Second, func() error {
+			if up := c.metric(n, "merlin_bfd_session_up"); up != 1 {
+				return fmt.Errorf("merlin_bfd_session_up %v", up)
+			}
+			return nil
+		})
+	}
+	if out := c.mustMeradm("status"); !strings.Contains(out, "bfd up (300ms, detects in 900ms)") {
+		t.Errorf("status does not show BFD:\n%s", out)
+	}
+
+	t.Run("a cut link", func(t *testing.T) {
+		c.failOver(r, node1, node2.Addr, func() { c.must(exec.Command("ip", "link", "set", node1.Link, "down").Run()) })
+		c.must(exec.Command("ip", "link", "set", node1.Link, "up").Run())
+		c.must(r.WaitNextHops(lab.DRVIP, 90*time.Second, both...))
+	})
+
+	t.Run("a frozen node", func(t *testing.T) {
+		pids := processTree(node1.Pid())
+		c.failOver(r, node1, node2.Addr, func() { signalAll(t, pids, syscall.SIGSTOP) })
+		signalAll(t, pids, syscall.SIGCONT)
+		c.must(r.WaitNextHops(lab.DRVIP, 90*time.Second, both...))
+		c.eventually("node1's BFD back up", 30*time.Second, func() error {
+			if up := c.metric(node1, "merlin_bfd_session_up"); up != 1 {
+				return fmt.Errorf("merlin_bfd_session_up %v", up)
+			}
+			return nil
+		})
+	})
+}
+
+// failOver breaks a node with breakIt under client traffic and waits for
+// the router's route to go via the survivor only, checking that BFD took
+// the session down; it logs the time that took and the failed connections.
+func (c *cluster) failOver(r *lab.Router, gone *lab.Node, survivor string, breakIt func()) {
+	c.t.Helper()
+	tr := c.startTraffic(lab.DRVIP + ":80")
+	c.eventually("the client's connections to work", 30*time.Second, func() error {
+		if ok, _ := tr.Counts(); ok < 3 {
+			return fmt.Errorf("%d connections so far", ok)
+		}
+		return nil
+	})
+	start := time.Now()
+	breakIt()
+	c.must(r.WaitNextHops(lab.DRVIP, 60*time.Second, survivor))
+	took := time.Since(start)
+	ok, fail, lastErr := tr.Finish()
+	out, err := r.Birdc("show", "protocols", "all", gone.Name)
+	c.must(err)
+	if !strings.Contains(out, "BFD session down") {
+		c.t.Errorf("bird did not take %s's session down by BFD:\n%s", gone.Name, out)
+	}
+	c.t.Logf("%s out of the route after %s (BFD 300ms × 3, hold time 9s); client: %d connections, %d failed (last: %v)",
+		gone.Name, took.Round(10*time.Millisecond), ok, fail, lastErr)
+}
+
+// processTree is pid and its descendants.
+func processTree(pid int) []int {
+	out := []int{pid}
+	entries, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, e := range entries {
+		b, err := os.ReadFile(e)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		f := strings.Fields(rest)
+		if len(f) > 1 {
+			if ppid, _ := strconv.Atoi(f[1]); ppid == pid {
+				child, _ := strconv.Atoi(filepath.Base(filepath.Dir(e)))
+				out = append(out, processTree(child)...)
+			}
+		}
+	}
+	return out
+}
+
+func signalAll(t *testing.T, pids []int, sig syscall.Signal) {
+	for _, p := range pids {
+		if err := syscall.Kill(p, sig); err != nil {
+			t.Fatalf("signal %d: %v", p, err)
+		}
+	}
+}
