@@ -80,4 +80,3 @@ func (f *FRR) Vtysh(cmd string) string {
 	out, _ := c.CombinedOutput()
 	return string(out)
 }
-
