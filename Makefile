@@ -49,7 +49,8 @@ lint:
 # Side-by-side benchmarks, each in one VM run: the datapath against ipvsadm,
 # cloudflare/ipvs and moby/ipvs; the node agent against a bare etcd watcher
 # with ipvsadm -e; health checks against keepalived; the eBPF counters against
-# xdp-filter (on the host: no IPVS needed); /metrics with 10,000 services.
+# xdp-filter (on the host: no IPVS needed); /metrics with 10,000 services;
+# failover of a dead node with and without BFD against bird2 and FRR (host).
 bench: setup build
 	$(GO) build -o bin/ipvsbench ./bench/ipvsbench
 	$(GO) build -o bin/agentbench ./bench/agentbench
@@ -57,12 +58,14 @@ bench: setup build
 	$(GO) build -o bin/bgpbench ./bench/bgpbench
 	$(GO) build -o bin/xdpbench ./bench/xdpbench
 	$(GO) build -o bin/scrapebench ./bench/scrapebench
+	$(GO) build -o bin/failoverbench ./bench/failoverbench
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench -services 10000 -dests 10 -runs 3
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/agentbench -small 100 -large 10000 -dests 10 -changes 200
 	$(CURDIR)/bin/vmrun $(CURDIR)/bin/healthbench -servers 200 -kill 100 -measure 15s -rounds 3
 	MERLIN_VM_MEMORY=3072 $(CURDIR)/bin/vmrun $(CURDIR)/bin/bgpbench -large 10000 -small 10 -reps 100 -rounds 3
 	$(CURDIR)/bin/xdpbench -rounds 5
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/scrapebench -services 10000 -dests 10 -scrapes 5
+	$(CURDIR)/bin/failoverbench -trials 20
 
 clean:
 	rm -rf bin build

@@ -61,6 +61,15 @@ step "host tests (unit and privileged)"
 go test -json -count=1 -timeout 15m ./... > "$out/host.json"
 go run ./internal/cmd/testsummary host="$out/host.json" | tail -3
 
+step "failover (short form of make bench's)"
+# Two link cuts per router with BFD 300 ms × 3; figures only (make bench
+# runs 20 per configuration and records them in bench/README.md).
+if [ "$(id -u)" = 0 ]; then
+  go build -o bin/failoverbench ./bench/failoverbench && bin/failoverbench -trials 2 -configs bfd300ms || { echo "failover bench failed"; status=1; }
+else
+  echo "skipped: needs root (network namespaces)"
+fi
+
 step "fuzz (${FUZZTIME} per target)"
 : > "$out/fuzz.json"
 for pkg in $(go list ./...); do
