@@ -112,6 +112,13 @@ router bgp 65000
  neighbor 198.18.5.13 timers 10 30
  neighbor 198.18.5.13 bfd
  neighbor 198.18.5.13 bfd profile fast
+ address-family ipv4 unicast
+  neighbor 198.18.5.13 prefix-list MERLIN-VIPS in
+  neighbor 198.18.5.13 route-map DENY-ALL out
+ exit-address-family
+!
+ip prefix-list MERLIN-VIPS seq 10 permit 198.18.0.0/15 ge 32
+route-map DENY-ALL deny 10
 !
 bfd
  profile fast
@@ -154,6 +161,11 @@ bfd
 		return p.Up && p.BFD != nil && p.BFD.State == "up" && p.BFD.DetectTime == 900*time.Millisecond &&
 			strings.Contains(route(), "valid, external")
 	})
+	// With graceful restart GoBGP sends End-of-RIB markers: not prefixes.
+	// FRR's outbound deny-all keeps it from sending merlin's own VIP back.
+	if p := peer(); p.PrefixesSent != 1 || p.PrefixesReceived != 0 {
+		t.Errorf("%d prefixes sent and %d received, want 1 and 0", p.PrefixesSent, p.PrefixesReceived)
+	}
 
 	pid := s.PID()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {

@@ -52,6 +52,10 @@ type Peer struct {
 	// (merlin imports nothing; a router that floods it is misconfigured or
 	// hostile). 0: 1000.
 	MaxPrefixes uint32
+	// MaxPrefixesRestart is how long a peer shut down for its prefix limit
+	// stays down before merlin tries it again (FRR's `maximum-prefix N
+	// restart`). 0: 1 minute.
+	MaxPrefixesRestart time.Duration
 	// BFD runs a single-hop BFD session with the router (nil: off): a
 	// BFD Down takes the BGP session down at once instead of after the
 	// hold time. Not with MultihopTTL.
@@ -59,9 +63,10 @@ type Peer struct {
 }
 
 const (
-	defaultHoldTime     = 90 * time.Second
-	defaultConnectRetry = 5 * time.Second
-	defaultMaxPrefixes  = 1000
+	defaultHoldTime      = 90 * time.Second
+	defaultConnectRetry  = 5 * time.Second
+	defaultMaxPrefixes   = 1000
+	defaultPrefixRestart = time.Minute
 )
 
 // Validate checks the whole configuration and names the setting at fault.
@@ -128,6 +133,9 @@ func (c Config) validatePeer(p Peer) error {
 	}
 	if p.GracefulRestart < 0 || p.GracefulRestart > 4095*time.Second {
 		return fmt.Errorf("graceful_restart %s: want 0 (off) to 4095s", p.GracefulRestart)
+	}
+	if p.MaxPrefixesRestart != 0 && (p.MaxPrefixesRestart < time.Second || p.MaxPrefixesRestart > 24*time.Hour) {
+		return fmt.Errorf("max_prefixes_restart %s: want 1s to 24h (0: 1m)", p.MaxPrefixesRestart)
 	}
 	if p.BFD != nil {
 		if err := p.BFD.Validate("bfd_"); err != nil {

@@ -22,12 +22,18 @@ type events struct {
 	refused atomic.Uint64 // connections from unconfigured addresses
 
 	mu        sync.Mutex
-	lastError map[string]string
-	shut      map[string]bool
+	lastError map[string]peerError
+	shut      map[string]time.Time // shut down for the prefix limit, since
+}
+
+// peerError is why a session last went down, and when.
+type peerError struct {
+	msg string
+	at  time.Time
 }
 
 func newEvents() *events {
-	return &events{changed: make(chan struct{}, 1), lastError: map[string]string{}, shut: map[string]bool{}}
+	return &events{changed: make(chan struct{}, 1), lastError: map[string]peerError{}, shut: map[string]time.Time{}}
 }
 
 func (e *events) poke() {
@@ -37,10 +43,26 @@ func (e *events) poke() {
 	}
 }
 
-func (e *events) get(addr string) (lastError string, shut bool) {
+func (e *events) get(addr string) (lastError peerError, shut bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.lastError[addr], e.shut[addr]
+	_, shut = e.shut[addr]
+	return e.lastError[addr], shut
+}
+
+// restartDue lists the peers shut down for their prefix limit longer ago
+// than their restart time, and forgets that they were shut.
+func (e *events) restartDue(now time.Time, after func(addr string) time.Duration) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var due []string
+	for addr, since := range e.shut {
+		if now.Sub(since) >= after(addr) {
+			due = append(due, addr)
+			delete(e.shut, addr)
+		}
+	}
+	return due
 }
 
 // peerEvent notes a session's new state. A peer GoBGP shut down for its
@@ -54,15 +76,17 @@ func (e *events) peerEvent(ev *apiutil.WatchEventMessage_PeerEvent, limit func(a
 	addr := st.NeighborAddress.String()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	_, shut := e.shut[addr]
 	switch {
-	case st.AdminState == api.PeerState_ADMIN_STATE_PFX_CT:
-		e.shut[addr] = true
+	case st.AdminState == api.PeerState_ADMIN_STATE_PFX_CT && !shut:
+		e.shut[addr] = time.Now()
 		// Status says "shut down" by itself (Shut): the reason only.
-		e.lastError[addr] = "sent more than " + itoa(limit(addr)) + " prefixes (merlin imports none)"
+		e.lastError[addr] = peerError{"sent more than " + itoa(limit(addr)) + " prefixes (merlin imports none)", time.Now()}
+	case st.AdminState == api.PeerState_ADMIN_STATE_PFX_CT:
 	case st.SessionState == pkt.BGP_FSM_ESTABLISHED:
-		e.shut[addr] = false
-	case st.DisconnectMessage != "" && !e.shut[addr]:
-		e.lastError[addr] = st.DisconnectMessage
+		delete(e.shut, addr)
+	case st.DisconnectMessage != "" && !shut:
+		e.lastError[addr] = peerError{st.DisconnectMessage, time.Now()}
 	}
 }
 

@@ -93,7 +93,10 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err != nil {
 		s.log.Warn("bgp: first announcement", "error", err)
 	}
+	restarted := make(chan struct{})
+	go func() { defer close(restarted); s.restartShutPeers(ctx, srv) }()
 	<-ctx.Done()
+	<-restarted
 	s.mu.Lock()
 	s.srv = nil
 	s.mu.Unlock()
@@ -295,6 +298,37 @@ func (s *Speaker) peerByAddress(addr string) (Peer, bool) {
 		}
 	}
 	return Peer{}, false
+}
+
+func (p Peer) prefixRestart() time.Duration {
+	if p.MaxPrefixesRestart == 0 {
+		return defaultPrefixRestart
+	}
+	return p.MaxPrefixesRestart
+}
+
+// restartShutPeers gives a peer shut down for its prefix limit another
+// session once its restart time has passed, until ctx ends.
+func (s *Speaker) restartShutPeers(ctx context.Context, srv *server.BgpServer) {
+	after := func(addr string) time.Duration {
+		p, _ := s.peerByAddress(addr)
+		return p.prefixRestart()
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			for _, addr := range s.ev.restartDue(now, after) {
+				s.log.Info("bgp: trying again a peer shut down for its prefix limit", "peer", addr)
+				if err := srv.EnablePeer(ctx, &api.EnablePeerRequest{Address: addr}); err != nil {
+					s.log.Warn("bgp: enabling the peer again", "peer", addr, "error", err)
+				}
+			}
+		}
+	}
 }
 
 func (p Peer) maxPrefixes() uint32 {

@@ -114,6 +114,20 @@ func (r *router) announce(prefixes ...string) {
 	}
 }
 
+func (r *router) withdraw(prefixes ...string) {
+	for _, s := range prefixes {
+		nlri, err := pkt.NewIPAddrPrefix(netip.MustParsePrefix(s))
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		nh, _ := pkt.NewPathAttributeNextHop(r.addr)
+		p := &apiutil.Path{Family: pkt.RF_IPv4_UC, Nlri: nlri, Attrs: []pkt.PathAttributeInterface{pkt.NewPathAttributeOrigin(0), nh}}
+		if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{p}}); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
 func startSpeaker(t *testing.T, cfg Config) *Speaker {
 	t.Helper()
 	s, err := New(cfg, testLog(t))
@@ -216,7 +230,8 @@ func TestSpeakerImportsNothing(t *testing.T) {
 func TestSpeakerMaxPrefixShutsPeerDown(t *testing.T) {
 	r := newRouter(t, "127.0.0.1", 65000, neighbor("127.0.0.4", 65001, ""))
 	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
-		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.4"), MaxPrefixes: 3}}})
+		Peers: []Peer{{Address: r.addr, Port: r.port, AS: 65000, Local: netip.MustParseAddr("127.0.0.4"), MaxPrefixes: 3,
+			MaxPrefixesRestart: time.Second, ConnectRetry: time.Second}}})
 	if err := s.Set(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +248,16 @@ func TestSpeakerMaxPrefixShutsPeerDown(t *testing.T) {
 	if ps[0].PrefixesSent != 0 || ps[0].PrefixesReceived != 0 {
 		t.Errorf("a session that is down counts %d prefixes sent, %d received", ps[0].PrefixesSent, ps[0].PrefixesReceived)
 	}
+	if ps[0].LastErrorAt.IsZero() {
+		t.Error("the last error has no time")
+	}
+	// After the restart time the peer gets another session: with the flood
+	// withdrawn it stays up.
+	r.withdraw("10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24")
+	testenv.Eventually(t, "the peer tried again after its restart time, and up", func() bool {
+		ps, _ := s.Peers(context.Background())
+		return ps[0].Up && !ps[0].Shut
+	})
 }
 
 func TestSpeakerMD5(t *testing.T) {

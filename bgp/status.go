@@ -26,6 +26,7 @@ type PeerStatus struct {
 	Transitions      uint32 // times an established session went down
 	UpdatesSent      uint64
 	LastError        string
+	LastErrorAt      time.Time  // when the session last went down for LastError
 	Shut             bool       // shut down for exceeding its prefix limit
 	BFD              *BFDStatus // nil: BFD is off for the peer
 }
@@ -61,7 +62,9 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 	out := make([]PeerStatus, 0, len(s.cfg.Peers))
 	for _, p := range s.cfg.Peers {
 		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle"}
-		st.LastError, st.Shut = s.ev.get(p.Address.String())
+		var last peerError
+		last, st.Shut = s.ev.get(p.Address.String())
+		st.LastError, st.LastErrorAt = last.msg, last.at
 		if gp := got[p.Address.String()]; gp != nil {
 			fill(&st, gp)
 		}

@@ -1744,7 +1744,9 @@ type BGPPeer struct {
 	// shut: shut down for sending more prefixes than its limit.
 	Shut bool `protobuf:"varint,8,opt,name=shut,proto3" json:"shut,omitempty"`
 	// bfd: the peer's BFD session; unset when BFD is off for the peer.
-	Bfd           *BFDSession `protobuf:"bytes,9,opt,name=bfd,proto3" json:"bfd,omitempty"`
+	Bfd *BFDSession `protobuf:"bytes,9,opt,name=bfd,proto3" json:"bfd,omitempty"`
+	// last_error_at: when the session last went down for last_error.
+	LastErrorAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1838,6 +1840,13 @@ func (x *BGPPeer) GetShut() bool {
 func (x *BGPPeer) GetBfd() *BFDSession {
 	if x != nil {
 		return x.Bfd
+	}
+	return nil
+}
+
+func (x *BGPPeer) GetLastErrorAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorAt
 	}
 	return nil
 }
@@ -3588,7 +3597,7 @@ const file_types_proto_rawDesc = "" +
 	"\vDrainStatus\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
-	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\xaa\x02\n" +
+	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\xea\x02\n" +
 	"\aBGPPeer\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
 	"\x02as\x18\x02 \x01(\rR\x02as\x12\x14\n" +
@@ -3599,7 +3608,9 @@ const file_types_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\a \x01(\tR\tlastError\x12\x12\n" +
 	"\x04shut\x18\b \x01(\bR\x04shut\x12#\n" +
-	"\x03bfd\x18\t \x01(\v2\x11.types.BFDSessionR\x03bfd\"\xe8\x02\n" +
+	"\x03bfd\x18\t \x01(\v2\x11.types.BFDSessionR\x03bfd\x12>\n" +
+	"\rlast_error_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\"\xe8\x02\n" +
 	"\n" +
 	"BFDSession\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x120\n" +
@@ -3833,77 +3844,78 @@ var file_types_proto_depIdxs = []int32{
 	45, // 39: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
 	47, // 40: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
 	24, // 41: types.BGPPeer.bfd:type_name -> types.BFDSession
-	47, // 42: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	45, // 43: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	45, // 44: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	47, // 45: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	45, // 46: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	47, // 47: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	47, // 48: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	47, // 49: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	19, // 50: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	40, // 51: types.ServerStats.key:type_name -> types.RealServer.Key
-	33, // 52: types.ServerStats.counters:type_name -> types.Counters
-	37, // 53: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	33, // 54: types.ServiceStats.counters:type_name -> types.Counters
-	34, // 55: types.ServiceStats.servers:type_name -> types.ServerStats
-	35, // 56: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 57: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 58: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	46, // 59: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	46, // 60: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	44, // 61: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 62: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	42, // 63: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	46, // 64: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 65: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	46, // 66: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	46, // 67: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 68: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	48, // 69: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	45, // 70: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	45, // 71: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	45, // 72: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 73: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	10, // 74: types.ListResponse.Item.service:type_name -> types.VirtualService
-	13, // 75: types.ListResponse.Item.servers:type_name -> types.RealServer
-	10, // 76: types.Merlin.CreateService:input_type -> types.VirtualService
-	10, // 77: types.Merlin.UpdateService:input_type -> types.VirtualService
-	48, // 78: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	13, // 79: types.Merlin.CreateServer:input_type -> types.RealServer
-	13, // 80: types.Merlin.UpdateServer:input_type -> types.RealServer
-	13, // 81: types.Merlin.DeleteServer:input_type -> types.RealServer
-	49, // 82: types.Merlin.List:input_type -> google.protobuf.Empty
-	48, // 83: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	16, // 84: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	17, // 85: types.Merlin.Watch:input_type -> types.WatchRequest
-	49, // 86: types.Merlin.Status:input_type -> google.protobuf.Empty
-	49, // 87: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	32, // 88: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	25, // 89: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	8,  // 90: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	6,  // 91: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	49, // 92: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	49, // 93: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	49, // 94: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	49, // 95: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	49, // 96: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	49, // 97: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	14, // 98: types.Merlin.List:output_type -> types.ListResponse
-	43, // 99: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	49, // 100: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	18, // 101: types.Merlin.Watch:output_type -> types.WatchEvent
-	31, // 102: types.Merlin.Status:output_type -> types.StatusResponse
-	36, // 103: types.Merlin.Stats:output_type -> types.StatsResponse
-	49, // 104: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	49, // 105: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	9,  // 106: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	14, // 107: types.Merlin.ListPage:output_type -> types.ListResponse
-	92, // [92:108] is the sub-list for method output_type
-	76, // [76:92] is the sub-list for method input_type
-	76, // [76:76] is the sub-list for extension type_name
-	76, // [76:76] is the sub-list for extension extendee
-	0,  // [0:76] is the sub-list for field type_name
+	47, // 42: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	47, // 43: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	45, // 44: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	45, // 45: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	47, // 46: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	45, // 47: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	47, // 48: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	47, // 49: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	47, // 50: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	19, // 51: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	40, // 52: types.ServerStats.key:type_name -> types.RealServer.Key
+	33, // 53: types.ServerStats.counters:type_name -> types.Counters
+	37, // 54: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	33, // 55: types.ServiceStats.counters:type_name -> types.Counters
+	34, // 56: types.ServiceStats.servers:type_name -> types.ServerStats
+	35, // 57: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,  // 58: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,  // 59: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	46, // 60: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	46, // 61: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	44, // 62: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,  // 63: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	42, // 64: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	46, // 65: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,  // 66: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	46, // 67: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	46, // 68: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,  // 69: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	48, // 70: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	45, // 71: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	45, // 72: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	45, // 73: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,  // 74: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	10, // 75: types.ListResponse.Item.service:type_name -> types.VirtualService
+	13, // 76: types.ListResponse.Item.servers:type_name -> types.RealServer
+	10, // 77: types.Merlin.CreateService:input_type -> types.VirtualService
+	10, // 78: types.Merlin.UpdateService:input_type -> types.VirtualService
+	48, // 79: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	13, // 80: types.Merlin.CreateServer:input_type -> types.RealServer
+	13, // 81: types.Merlin.UpdateServer:input_type -> types.RealServer
+	13, // 82: types.Merlin.DeleteServer:input_type -> types.RealServer
+	49, // 83: types.Merlin.List:input_type -> google.protobuf.Empty
+	48, // 84: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	16, // 85: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	17, // 86: types.Merlin.Watch:input_type -> types.WatchRequest
+	49, // 87: types.Merlin.Status:input_type -> google.protobuf.Empty
+	49, // 88: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	32, // 89: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	25, // 90: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	8,  // 91: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	6,  // 92: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	49, // 93: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	49, // 94: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	49, // 95: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	49, // 96: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	49, // 97: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	49, // 98: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	14, // 99: types.Merlin.List:output_type -> types.ListResponse
+	43, // 100: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	49, // 101: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	18, // 102: types.Merlin.Watch:output_type -> types.WatchEvent
+	31, // 103: types.Merlin.Status:output_type -> types.StatusResponse
+	36, // 104: types.Merlin.Stats:output_type -> types.StatsResponse
+	49, // 105: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	49, // 106: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	9,  // 107: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	14, // 108: types.Merlin.ListPage:output_type -> types.ListResponse
+	93, // [93:109] is the sub-list for method output_type
+	77, // [77:93] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }

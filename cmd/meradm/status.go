@@ -172,6 +172,25 @@ func bfdNote(b *types.BFDSession, now time.Time) string {
 	return s
 }
 
+// lastErrorNote: the reason a session that is down went down; once it is
+// back, the last error is history ("last down 5m ago: …").
+func lastErrorNote(p *types.BGPPeer, now time.Time) string {
+	if p.LastError == "" {
+		return ""
+	}
+	ago := ""
+	if p.LastErrorAt != nil {
+		ago = " " + now.Sub(p.LastErrorAt.AsTime()).Round(time.Second).String() + " ago"
+	}
+	if p.State == "established" {
+		return fmt.Sprintf(" (last down%s: %s)", ago, p.LastError)
+	}
+	if ago != "" {
+		return fmt.Sprintf(": %s (%s)", p.LastError, strings.TrimSpace(ago))
+	}
+	return ": " + p.LastError
+}
+
 func peerNotes(n *types.NodeStatus, now time.Time) []string {
 	var out []string
 	for _, p := range n.BgpPeers {
@@ -184,9 +203,7 @@ func peerNotes(n *types.NodeStatus, now time.Time) []string {
 			line += ", shut down"
 		}
 		line += bfdNote(p.Bfd, now)
-		if p.LastError != "" {
-			line += ": " + p.LastError
-		}
+		line += lastErrorNote(p, now)
 		out = append(out, line)
 	}
 	if len(n.BgpPeers) > 0 {

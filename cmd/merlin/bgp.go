@@ -30,23 +30,24 @@ type bgpFile struct {
 // peerFile is one peer, in the file or as a -bgp-peer flag
 // (key=value,key=value with the same keys).
 type peerFile struct {
-	Address         string   `json:"address"`
-	AS              uint32   `json:"as"`
-	Port            int      `json:"port"`
-	LocalAddress    string   `json:"local_address"`
-	PasswordFile    string   `json:"password_file"`
-	HoldTime        string   `json:"hold_time"`
-	KeepaliveTime   string   `json:"keepalive_time"`
-	ConnectRetry    string   `json:"connect_retry"`
-	MultihopTTL     int      `json:"multihop_ttl"`
-	Passive         bool     `json:"passive"`
-	GracefulRestart string   `json:"graceful_restart"`
-	Families        []string `json:"families"`
-	MaxPrefixes     uint32   `json:"max_prefixes"`
-	BFD             bool     `json:"bfd"`
-	BFDMinTx        string   `json:"bfd_min_tx"`
-	BFDMinRx        string   `json:"bfd_min_rx"`
-	BFDMultiplier   uint8    `json:"bfd_multiplier"`
+	Address            string   `json:"address"`
+	AS                 uint32   `json:"as"`
+	Port               int      `json:"port"`
+	LocalAddress       string   `json:"local_address"`
+	PasswordFile       string   `json:"password_file"`
+	HoldTime           string   `json:"hold_time"`
+	KeepaliveTime      string   `json:"keepalive_time"`
+	ConnectRetry       string   `json:"connect_retry"`
+	MultihopTTL        int      `json:"multihop_ttl"`
+	Passive            bool     `json:"passive"`
+	GracefulRestart    string   `json:"graceful_restart"`
+	Families           []string `json:"families"`
+	MaxPrefixes        uint32   `json:"max_prefixes"`
+	MaxPrefixesRestart string   `json:"max_prefixes_restart"`
+	BFD                bool     `json:"bfd"`
+	BFDMinTx           string   `json:"bfd_min_tx"`
+	BFDMinRx           string   `json:"bfd_min_rx"`
+	BFDMultiplier      uint8    `json:"bfd_multiplier"`
 }
 
 // peerFlags collects repeated -bgp-peer flags.
@@ -140,7 +141,8 @@ func (pf peerFile) peer() (bgp.Peer, error) {
 		in   string
 		out  *time.Duration
 	}{{"hold_time", pf.HoldTime, &p.HoldTime}, {"keepalive_time", pf.KeepaliveTime, &p.KeepaliveTime},
-		{"connect_retry", pf.ConnectRetry, &p.ConnectRetry}, {"graceful_restart", pf.GracefulRestart, &p.GracefulRestart}} {
+		{"connect_retry", pf.ConnectRetry, &p.ConnectRetry}, {"graceful_restart", pf.GracefulRestart, &p.GracefulRestart},
+		{"max_prefixes_restart", pf.MaxPrefixesRestart, &p.MaxPrefixesRestart}} {
 		if d.in == "" {
 			continue
 		}

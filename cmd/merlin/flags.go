@@ -167,7 +167,7 @@ func registerBGPFlags(fs *flag.FlagSet, bf *bgpFile, peers *peerFlags) {
 	fs.StringVar(&bf.RouterID, "bgp-router-id", "", "BGP: router ID (an IPv4 address of this node)")
 	fs.IntVar(&bf.ListenPort, "bgp-listen-port", 0, "BGP: port to accept sessions on (0: dial out only; passive peers need it)")
 	fs.StringVar(&bf.NextHopIPv6, "bgp-next-hop-ipv6", "", "BGP: next hop of IPv6 VIPs announced over IPv4 sessions")
-	fs.Var(peers, "bgp-peer", "BGP peer, repeatable: address=IP,as=N[,port=,local_address=,password_file=,hold_time=,keepalive_time=,connect_retry=,multihop_ttl=,passive,graceful_restart=,families=ipv4-unicast+ipv6-unicast,max_prefixes=,bfd,bfd_min_tx=300ms,bfd_min_rx=300ms,bfd_multiplier=3]")
+	fs.Var(peers, "bgp-peer", "BGP peer, repeatable: address=IP,as=N[,port=,local_address=,password_file=,hold_time=,keepalive_time=,connect_retry=,multihop_ttl=,passive,graceful_restart=,families=ipv4-unicast+ipv6-unicast,max_prefixes=,max_prefixes_restart=1m,bfd,bfd_min_tx=300ms,bfd_min_rx=300ms,bfd_multiplier=3]")
 }
 
 // checkOptions refuses settings that cannot work, naming the setting.

@@ -89,6 +89,9 @@ func BGPPeers(peers []bgp.PeerStatus) []*types.BGPPeer {
 			bp.UpSince = timestamppb.New(p.Since.Truncate(time.Second))
 		}
 		bp.Bfd = bfdSession(p.BFD)
+		if !p.LastErrorAt.IsZero() {
+			bp.LastErrorAt = timestamppb.New(p.LastErrorAt.Truncate(time.Second))
+		}
 		out = append(out, bp)
 	}
 	return out
