@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ type events struct {
 	mu        sync.Mutex
 	lastError map[string]peerError
 	shut      map[string]time.Time // shut down for the prefix limit, since
+	failures  map[string]int       // failed connection attempts in a row
 }
 
 // peerError is why a session last went down, and when.
@@ -33,7 +35,8 @@ type peerError struct {
 }
 
 func newEvents() *events {
-	return &events{changed: make(chan struct{}, 1), lastError: map[string]peerError{}, shut: map[string]time.Time{}}
+	return &events{changed: make(chan struct{}, 1), lastError: map[string]peerError{}, shut: map[string]time.Time{},
+		failures: map[string]int{}}
 }
 
 func (e *events) poke() {
@@ -81,13 +84,25 @@ func (e *events) peerEvent(ev *apiutil.WatchEventMessage_PeerEvent, limit func(a
 	case st.AdminState == api.PeerState_ADMIN_STATE_PFX_CT && !shut:
 		e.shut[addr] = time.Now()
 		// Status says "shut down" by itself (Shut): the reason only.
-		e.lastError[addr] = peerError{"sent more than " + itoa(limit(addr)) + " prefixes (merlin imports none)", time.Now()}
+		e.lastError[addr] = peerError{limitReason(limit(addr)), time.Now()}
 	case st.AdminState == api.PeerState_ADMIN_STATE_PFX_CT:
 	case st.SessionState == pkt.BGP_FSM_ESTABLISHED:
 		delete(e.shut, addr)
-	case st.DisconnectMessage != "" && !shut:
+		delete(e.failures, addr)
+	case st.DisconnectMessage != "" && !shut && !stepUp[st.DisconnectMessage]:
 		e.lastError[addr] = peerError{st.DisconnectMessage, time.Now()}
 	}
+}
+
+// stepUp are GoBGP's reasons for a session moving on towards established:
+// no error.
+var stepUp = map[string]bool{"idle-hold-timer-expired": true, "new-connection": true,
+	"open-msg-received": true, "open-msg-negotiated": true, "restart-timer-expired": true}
+
+// limitReason is the last error of a peer shut down for its prefix limit
+// (status says "shut down" by itself).
+func limitReason(limit uint32) string {
+	return "sent more than " + itoa(limit) + " prefixes (merlin imports none)"
 }
 
 func itoa(n uint32) string {
@@ -103,6 +118,41 @@ func itoa(n uint32) string {
 	}
 }
 
+// failedConnect is GoBGP's (debug) line for an outgoing connection attempt
+// that failed, with the error.
+const failedConnect = "failed to connect"
+
+// connectFailuresShown: after this many failed attempts in a row the
+// reason becomes the session's last error.
+const connectFailuresShown = 3
+
+// connectFailed counts a failed connection attempt to a peer; from the
+// third in a row on, status says what the node sees and what to check.
+func (e *events) connectFailed(addr, err string, at time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.failures[addr]++
+	if e.failures[addr] >= connectFailuresShown {
+		e.lastError[addr] = peerError{fmt.Sprintf("%s (%d attempts in a row)", explainDialError(err), e.failures[addr]), at}
+		e.poke()
+	}
+}
+
+// explainDialError says what a failed connection attempt means.
+func explainDialError(err string) string {
+	switch {
+	case strings.Contains(err, "connection refused"):
+		return "connection refused: nothing listens on the router's BGP port for this node (is the neighbour configured there, and the port right?)"
+	case strings.Contains(err, "connection reset"):
+		return "connection reset by the router: it does not take this node as a neighbour (address, AS, TCP-MD5 key?)"
+	case strings.Contains(err, "timeout") || strings.Contains(err, "deadline exceeded"):
+		return "no answer: check the address and route, a firewall, and the TCP-MD5 password on both sides (a segment with a missing or wrong key is dropped without a word)"
+	case strings.Contains(err, "no route") || strings.Contains(err, "network is unreachable"):
+		return "no route to the router: " + err
+	}
+	return "cannot connect: " + err
+}
+
 // refusedConnection is GoBGP's log line for a connection from an address
 // that is no configured peer.
 const refusedConnection = "Can't find configuration for a new passive connection"
@@ -113,6 +163,8 @@ const refusedConnection = "Can't find configuration for a new passive connection
 type logHandler struct {
 	slog.Handler
 	ev *events
+
+	peer string // the session's address, in a handler GoBGP derived for one
 
 	// shared by the handlers WithAttrs derives
 	mu   *sync.Mutex
@@ -126,7 +178,24 @@ func newLogHandler(h slog.Handler, ev *events) *logHandler {
 		mu: &sync.Mutex{}, last: &time.Time{}}
 }
 
+// Enabled: a session's handler takes its debug lines too, for the one
+// that says why a connection attempt failed (see Handle).
+func (h *logHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.Handler.Enabled(ctx, l) || h.peer != "" && l >= slog.LevelDebug
+}
+
 func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
+	if h.peer != "" && r.Message == failedConnect {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "Error" {
+				h.ev.connectFailed(h.peer, a.Value.String(), r.Time)
+			}
+			return true
+		})
+	}
+	if !h.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
 	if strings.HasPrefix(r.Message, refusedConnection) {
 		n := h.ev.refused.Add(1)
 		if !h.refusedDue(r.Time) {
@@ -159,6 +228,11 @@ func (h *logHandler) refusedDue(now time.Time) bool {
 func (h *logHandler) WithAttrs(as []slog.Attr) slog.Handler {
 	c := *h
 	c.Handler = h.Handler.WithAttrs(as)
+	for _, a := range as {
+		if a.Key == "Key" { // GoBGP's per-session logger: Topic=Peer, Key=address
+			c.peer = a.Value.String()
+		}
+	}
 	return &c
 }
 

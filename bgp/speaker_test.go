@@ -243,7 +243,7 @@ func TestSpeakerMaxPrefixShutsPeerDown(t *testing.T) {
 	})
 	ps, _ := s.Peers(context.Background())
 	if !strings.Contains(ps[0].LastError, "more than 3 prefixes") || strings.Contains(ps[0].LastError, "shut down") {
-		t.Errorf("last error %q, want it to say the limit (and not repeat the shut down Shut says)", ps[0].LastError)
+		t.Errorf("last error %q, want it to say the limit (and not repeat the shut down Shut says); %+v", ps[0].LastError, ps[0])
 	}
 	if ps[0].PrefixesSent != 0 || ps[0].PrefixesReceived != 0 {
 		t.Errorf("a session that is down counts %d prefixes sent, %d received", ps[0].PrefixesSent, ps[0].PrefixesReceived)
@@ -279,6 +279,30 @@ func TestSpeakerMD5(t *testing.T) {
 	if peerUp(t, bad, 0) {
 		t.Error("session with the wrong password is up")
 	}
+	// After a few attempts, status says what the node sees and to check
+	// the key, with the time.
+	testenv.Eventually(t, "status to say the router does not answer, MD5 included", func() bool {
+		ps, _ := bad.Peers(context.Background())
+		return strings.Contains(ps[0].LastError, "no answer") && strings.Contains(ps[0].LastError, "TCP-MD5") && !ps[0].LastErrorAt.IsZero()
+	})
+	if ps, _ := good.Peers(context.Background()); ps[0].LastError != "" {
+		t.Errorf("the session that came up has a last error %q", ps[0].LastError)
+	}
+}
+
+// A router that is not listening: after a few attempts status says the
+// connection is refused and what to check.
+func TestSpeakerSaysWhyItCannotConnect(t *testing.T) {
+	port := freePort(t, "127.0.0.1")
+	s := startSpeaker(t, Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
+		Peers: []Peer{{Address: netip.MustParseAddr("127.0.0.1"), Port: port, AS: 65000, Local: netip.MustParseAddr("127.0.0.7"), ConnectRetry: time.Second}}})
+	if err := s.Set(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "status to say the connection is refused", func() bool {
+		ps, _ := s.Peers(context.Background())
+		return strings.Contains(ps[0].LastError, "connection refused") && strings.Contains(ps[0].LastError, "attempts in a row")
+	})
 }
 
 // md5Failures is the kernel's count of TCP segments with a wrong MD5

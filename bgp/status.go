@@ -68,6 +68,10 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		if gp := got[p.Address.String()]; gp != nil {
 			fill(&st, gp)
 		}
+		if st.Shut && !strings.HasPrefix(st.LastError, "sent more than") {
+			// GoBGP's state can be ahead of its peer event
+			st.LastError, st.LastErrorAt = limitReason(p.maxPrefixes()), time.Now()
+		}
 		if p.BFD != nil {
 			st.BFD = &BFDStatus{State: bfd.Down.String(), RemoteState: bfd.Down.String()}
 			if b, ok := sessions[p.Address]; ok {
