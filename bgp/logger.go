@@ -122,6 +122,10 @@ func itoa(n uint32) string {
 // that failed, with the error.
 const failedConnect = "failed to connect"
 
+// invalidPeerType is a warning GoBGP writes every few seconds for a peer
+// whose session is not up (shut down for its prefix limit, for one).
+const invalidPeerType = "invalid peer type"
+
 // connectFailuresShown: after this many failed attempts in a row the
 // reason becomes the session's last error.
 const connectFailuresShown = 3
@@ -192,6 +196,9 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 			}
 			return true
 		})
+	}
+	if r.Message == invalidPeerType && r.Level > slog.LevelDebug {
+		r.Level = slog.LevelDebug // GoBGP repeats it while a peer is shut down; nothing to act on
 	}
 	if !h.Handler.Enabled(ctx, r.Level) {
 		return nil
