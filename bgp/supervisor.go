@@ -315,7 +315,11 @@ func (s *Supervised) Peers(ctx context.Context) ([]PeerStatus, error) {
 	}
 	out := make([]PeerStatus, 0, len(s.cfg.Peers))
 	for _, p := range s.cfg.Peers {
-		out = append(out, PeerStatus{Address: p.Address, AS: p.AS, State: "idle", LastError: "bgp speaker: " + why})
+		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle", LastError: "bgp speaker: " + why}
+		if p.BFD != nil {
+			st.BFD = &BFDStatus{State: "admin-down", RemoteState: "down"}
+		}
+		out = append(out, st)
 	}
 	return out, nil
 }
