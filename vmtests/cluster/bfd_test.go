@@ -19,7 +19,8 @@ import (
 // kernel still forwards) each leave the router's ECMP route by BFD — bird
 // says "BFD session down", not a hold timer — while a client connects ten
 // times a second through the VIP; the time to the route change and the
-// failed connections are logged.
+// failed connections are logged. A planned restart, drained first, fails
+// no connection.
 func TestVMBFD(t *testing.T) {
 	c := setUpWith(t, func(n *lab.Node) []string { return lab.BGPArgs(n, "bfd") })
 	node1, node2 := c.Nodes[0], c.Nodes[1]
@@ -52,6 +53,26 @@ func TestVMBFD(t *testing.T) {
 		c.failOver(r, node1, node2.Addr, func() { c.must(exec.Command("ip", "link", "set", node1.Link, "down").Run()) })
 		c.must(exec.Command("ip", "link", "set", node1.Link, "up").Run())
 		c.must(r.WaitNextHops(lab.DRVIP, 90*time.Second, both...))
+	})
+
+	// A planned restart with BFD: bird takes the AdminDown as a failure, so
+	// the node is drained first (README); no client connection fails, and a
+	// long-lived connection node1 carried keeps working through node2.
+	t.Run("a planned restart, drained first", func(t *testing.T) {
+		long := c.longLivedVia(node1, vip)
+		defer long.Close()
+		tr := c.startTraffic(vip)
+		c.mustMeradm("node", "drain", node1.Name, "--withdraw-after", "3s")
+		c.must(r.WaitNextHops(lab.DRVIP, 60*time.Second, node2.Addr))
+		c.stopNode(node1, syscall.SIGTERM)
+		c.startNode(node1)
+		c.waitReady(node1)
+		c.mustMeradm("node", "undrain", node1.Name)
+		c.must(r.WaitNextHops(lab.DRVIP, 90*time.Second, both...))
+		c.must(echo(long, "after node1's restart"))
+		if ok, fail, lastErr := tr.Finish(); fail != 0 || ok == 0 {
+			t.Errorf("%d client connections failed (of %d; last: %v), want none", fail, ok+fail, lastErr)
+		}
 	})
 
 	t.Run("a frozen node", func(t *testing.T) {
