@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,27 +35,7 @@ protocol bgp merlin {
 	ipv4 { import all; export none; };
 }
 `)
-	cfg := Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
-		Address: netip.MustParseAddr("198.18.5.10"), Port: 1179, AS: 65000, Local: netip.MustParseAddr("198.18.5.9"),
-		HoldTime: 30 * time.Second, ConnectRetry: time.Second, GracefulRestart: 60 * time.Second, BFD: &bfd.Config{}}}}
-	s, err := NewSupervised(cfg, testLog(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err != nil {
-		t.Fatal(err)
-	}
-	peer := func() PeerStatus {
-		ps, err := s.Peers(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ps[0]
-	}
+	s, peer, stop := startBFDSpeaker(t, "198.18.5.10", "198.18.5.9", 1179)
 	routes := func() string { return b.Cmd("show", "route", "protocol", "merlin") }
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -85,11 +66,7 @@ protocol bgp merlin {
 		p := peer()
 		return p.Up && p.BFD.State == "up" && p.BFD.Flaps == 1 && strings.Contains(routes(), "198.18.0.1/32")
 	})
-	cancel() // a planned stop: AdminDown, then the sessions end with the process
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	done <- nil
+	stop() // a planned stop: AdminDown, then the sessions end with the process
 	// bird 2.0.12 takes the AdminDown as a failure (RFC 5882 §3.2 says it
 	// should not) and drops the session: docs/bgp.md says so and what to do.
 	testenv.Eventually(t, "bird to see BFD down", func() bool {
@@ -128,27 +105,7 @@ bfd
  !
 !
 `, "bgpd", "bfdd")
-	cfg := Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
-		Address: netip.MustParseAddr("198.18.5.14"), AS: 65000, Local: netip.MustParseAddr("198.18.5.13"),
-		HoldTime: 30 * time.Second, ConnectRetry: time.Second, GracefulRestart: 60 * time.Second, BFD: &bfd.Config{}}}}
-	s, err := NewSupervised(cfg, testLog(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err != nil {
-		t.Fatal(err)
-	}
-	peer := func() PeerStatus {
-		ps, err := s.Peers(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ps[0]
-	}
+	s, peer, stop := startBFDSpeaker(t, "198.18.5.14", "198.18.5.13", 0)
 	route := func() string { return f.Vtysh("show bgp ipv4 unicast 198.18.0.1/32") }
 	neighbor := func() string { return f.Vtysh("show bgp neighbor 198.18.5.13") }
 	t.Cleanup(func() {
@@ -182,12 +139,46 @@ bfd
 		return p.Up && p.BFD.State == "up" && strings.Contains(route(), "valid, external")
 	})
 
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	done <- nil
+	stop()
 	testenv.Eventually(t, "FRR to hear merlin's AdminDown", func() bool {
 		return strings.Contains(f.Vtysh("show bfd peers"), "Remote diagnostics: administratively down")
 	})
+}
+
+// startBFDSpeaker runs the speaker as merlin does (a process of its own)
+// with graceful restart and BFD to router, announcing 198.18.0.1; stop is
+// a planned stop.
+func startBFDSpeaker(t *testing.T, router, local string, port int) (s *Supervised, peer func() PeerStatus, stop func()) {
+	t.Helper()
+	cfg := Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []Peer{{
+		Address: netip.MustParseAddr(router), Port: port, AS: 65000, Local: netip.MustParseAddr(local),
+		HoldTime: 30 * time.Second, ConnectRetry: time.Second, GracefulRestart: 60 * time.Second, BFD: &bfd.Config{}}}}
+	s, err := NewSupervised(cfg, testLog(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	if err := s.Set(ctx, []Route{HostRoute(netip.MustParseAddr("198.18.0.1"))}); err != nil {
+		t.Fatal(err)
+	}
+	peer = func() PeerStatus {
+		ps, err := s.Peers(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps[0]
+	}
+	return s, peer, stop
 }

@@ -101,31 +101,29 @@ func (r *router) learned(f pkt.Family) map[netip.Prefix]*apiutil.Path {
 }
 
 func (r *router) announce(prefixes ...string) {
-	for _, s := range prefixes {
-		nlri, err := pkt.NewIPAddrPrefix(netip.MustParsePrefix(s))
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		nh, _ := pkt.NewPathAttributeNextHop(r.addr)
-		p := &apiutil.Path{Family: pkt.RF_IPv4_UC, Nlri: nlri, Attrs: []pkt.PathAttributeInterface{pkt.NewPathAttributeOrigin(0), nh}}
-		if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{p}}); err != nil {
+	for _, p := range prefixes {
+		if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{r.path(p)}}); err != nil {
 			r.t.Fatal(err)
 		}
 	}
 }
 
 func (r *router) withdraw(prefixes ...string) {
-	for _, s := range prefixes {
-		nlri, err := pkt.NewIPAddrPrefix(netip.MustParsePrefix(s))
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		nh, _ := pkt.NewPathAttributeNextHop(r.addr)
-		p := &apiutil.Path{Family: pkt.RF_IPv4_UC, Nlri: nlri, Attrs: []pkt.PathAttributeInterface{pkt.NewPathAttributeOrigin(0), nh}}
-		if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{p}}); err != nil {
+	for _, p := range prefixes {
+		if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{r.path(p)}}); err != nil {
 			r.t.Fatal(err)
 		}
 	}
+}
+
+// path is the router's own route to prefix.
+func (r *router) path(prefix string) *apiutil.Path {
+	nlri, err := pkt.NewIPAddrPrefix(netip.MustParsePrefix(prefix))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	nh, _ := pkt.NewPathAttributeNextHop(r.addr)
+	return &apiutil.Path{Family: pkt.RF_IPv4_UC, Nlri: nlri, Attrs: []pkt.PathAttributeInterface{pkt.NewPathAttributeOrigin(0), nh}}
 }
 
 func startSpeaker(t *testing.T, cfg Config) *Speaker {

@@ -71,33 +71,44 @@ func (udpTransport) listen(deliver func(netip.Addr, int, []byte)) (func(), error
 const maxDatagram = 128
 
 func read4(c *ipv4.PacketConn, deliver func(netip.Addr, int, []byte)) {
-	b := make([]byte, maxDatagram)
-	for {
+	readLoop(func(b []byte) (int, int, net.Addr, error) {
 		n, cm, src, err := c.ReadFrom(b)
-		if errors.Is(err, net.ErrClosed) {
-			return
+		if cm == nil && err == nil {
+			return n, 0, src, errNoTTL
 		}
-		if err != nil || cm == nil {
-			continue
+		if err != nil {
+			return n, 0, src, err
 		}
-		if a, ok := src.(*net.UDPAddr); ok {
-			deliver(a.AddrPort().Addr(), cm.TTL, b[:n])
-		}
-	}
+		return n, cm.TTL, src, nil
+	}, deliver)
 }
 
 func read6(c *ipv6.PacketConn, deliver func(netip.Addr, int, []byte)) {
+	readLoop(func(b []byte) (int, int, net.Addr, error) {
+		n, cm, src, err := c.ReadFrom(b)
+		if cm == nil && err == nil {
+			return n, 0, src, errNoTTL
+		}
+		if err != nil {
+			return n, 0, src, err
+		}
+		return n, cm.HopLimit, src, nil
+	}, deliver)
+}
+
+var errNoTTL = errors.New("no TTL with the datagram")
+
+// readLoop delivers datagrams until the socket is closed; one that cannot
+// be read or has no TTL is skipped.
+func readLoop(read func([]byte) (n, ttl int, src net.Addr, err error), deliver func(netip.Addr, int, []byte)) {
 	b := make([]byte, maxDatagram)
 	for {
-		n, cm, src, err := c.ReadFrom(b)
+		n, ttl, src, err := read(b)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
-		if err != nil || cm == nil {
-			continue
-		}
-		if a, ok := src.(*net.UDPAddr); ok {
-			deliver(a.AddrPort().Addr(), cm.HopLimit, b[:n])
+		if a, ok := src.(*net.UDPAddr); ok && err == nil {
+			deliver(a.AddrPort().Addr(), ttl, b[:n])
 		}
 	}
 }
