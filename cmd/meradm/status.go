@@ -173,7 +173,7 @@ func bfdNote(b *types.BFDSession, now time.Time) string {
 }
 
 // lastErrorNote: the reason a session that is down went down; once it is
-// back, the last error is history ("last down 5m ago: …").
+// back, the last error is history ("last session error 5m ago: …").
 func lastErrorNote(p *types.BGPPeer, now time.Time) string {
 	if p.LastError == "" {
 		return ""
@@ -183,7 +183,7 @@ func lastErrorNote(p *types.BGPPeer, now time.Time) string {
 		ago = " " + now.Sub(p.LastErrorAt.AsTime()).Round(time.Second).String() + " ago"
 	}
 	if p.State == "established" {
-		return fmt.Sprintf(" (last down%s: %s)", ago, p.LastError)
+		return fmt.Sprintf(" (last session error%s: %s)", ago, p.LastError)
 	}
 	if ago != "" {
 		return fmt.Sprintf(": %s (%s)", p.LastError, strings.TrimSpace(ago))

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// TestStatusShowsSessions: a session that is up shows its BFD timers and
+// its last error as history; one that is down shows why, and since when.
+func TestStatusShowsSessions(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	ago := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(-d)) }
+	resp := &types.StatusResponse{DesiredRevision: 7, Nodes: []*types.NodeStatus{{
+		Node: "lb1", AppliedRevision: 7, LastResult: "ok", VipsAnnounced: 1,
+		BgpPeers: []*types.BGPPeer{
+			{Address: "198.18.0.1", As: 65000, State: "established", UpSince: ago(time.Minute), PrefixesSent: 1,
+				LastError: "hold-timer-expired", LastErrorAt: ago(5 * time.Minute),
+				Bfd: &types.BFDSession{State: "up", TxInterval: durationpb.New(300 * time.Millisecond), DetectTime: durationpb.New(900 * time.Millisecond),
+					Flaps: 1, LastDown: ago(5 * time.Minute), LastDownReason: "control detection time expired"}},
+			{Address: "198.18.0.2", As: 65000, State: "active",
+				LastError: "no answer: check the TCP-MD5 password (3 attempts in a row)", LastErrorAt: ago(12 * time.Second),
+				Bfd: &types.BFDSession{State: "admin-down"}},
+		},
+	}}}
+	var b strings.Builder
+	printStatus(&b, resp, now)
+	out := b.String()
+	for _, want := range []string{
+		"lb1: bgp peer 198.18.0.1 (AS 65000) established for 1m0s, 1 prefixes sent, 0 received, bfd up (300ms, detects in 900ms), 1 flaps, last down 5m0s ago: control detection time expired (last session error 5m0s ago: hold-timer-expired)",
+		"lb1: bgp peer 198.18.0.2 (AS 65000) active, 0 prefixes sent, 0 received, bfd admin-down (waits for the BGP session): no answer: check the TCP-MD5 password (3 attempts in a row) (12s ago)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks\n  %s\nin\n%s", want, out)
+		}
+	}
+}
