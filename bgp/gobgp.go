@@ -130,7 +130,7 @@ func (s *Speaker) peerConf(p Peer) *api.Peer {
 }
 
 // setPolicies: import nothing; export host routes only.
-func setPolicies(ctx context.Context, srv *server.BgpServer) error {
+func setPolicies(ctx context.Context, srv *server.BgpServer, ipv4OverIPv6 []netip.Addr) error {
 	sets := []*api.DefinedSet{
 		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: "merlin-host-v4", Prefixes: []*api.Prefix{{IpPrefix: "0.0.0.0/0", MaskLengthMin: 32, MaskLengthMax: 32}}},
 		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: "merlin-host-v6", Prefixes: []*api.Prefix{{IpPrefix: "::/0", MaskLengthMin: 128, MaskLengthMax: 128}}},
@@ -140,6 +140,15 @@ func setPolicies(ctx context.Context, srv *server.BgpServer) error {
 		if err := srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
 			return err
 		}
+	}
+	withhold, err := withholdStatement(ctx, srv, ipv4OverIPv6)
+	if err != nil {
+		return err
+	}
+	if withhold != nil { // first: statements are evaluated in order
+		policy.Statements = append(policy.Statements, withhold)
+	}
+	for _, ds := range sets {
 		policy.Statements = append(policy.Statements, &api.Statement{
 			Name:       ds.Name,
 			Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: ds.Name}},

@@ -34,6 +34,12 @@ type Speaker struct {
 	peersAdded  bool
 	gracefulRun bool // a peer has graceful restart: leave sessions on stop
 
+	// IPv4 over IPv6 sessions (extnexthop.go); enh is nil without any
+	enh        chan netip.Addr
+	enhMu      sync.Mutex
+	enhAllowed map[netip.Addr]bool
+	enhWarning map[netip.Addr]string
+
 	bfd   *bfd.Manager // nil: no peer has BFD
 	bfdMu sync.Mutex
 	bfdOn map[netip.Addr]bool // peers whose BGP session is established
@@ -57,6 +63,9 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 	}
 	if err := s.newBFD(); err != nil {
 		return nil, err
+	}
+	if len(s.ipv4OverIPv6()) > 0 {
+		s.enh, s.enhAllowed, s.enhWarning = make(chan netip.Addr, 64), map[netip.Addr]bool{}, map[netip.Addr]string{}
 	}
 	return s, nil
 }
@@ -93,10 +102,17 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err != nil {
 		s.log.Warn("bgp: first announcement", "error", err)
 	}
-	restarted := make(chan struct{})
+	restarted, checked := make(chan struct{}), make(chan struct{})
 	go func() { defer close(restarted); s.restartShutPeers(ctx, srv) }()
+	go func() {
+		defer close(checked)
+		if s.enh != nil {
+			s.extNextHopLoop(ctx, srv)
+		}
+	}()
 	<-ctx.Done()
 	<-restarted
+	<-checked
 	s.mu.Lock()
 	s.srv = nil
 	s.mu.Unlock()
@@ -121,7 +137,7 @@ func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
 	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
 		return fmt.Errorf("start bgp: %w", err)
 	}
-	if err := setPolicies(ctx, srv); err != nil {
+	if err := setPolicies(ctx, srv, s.ipv4OverIPv6()); err != nil {
 		return fmt.Errorf("bgp policies: %w", err)
 	}
 	limit := func(addr string) uint32 {
@@ -133,6 +149,7 @@ func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
 		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
 			s.ev.peerEvent(ev, limit)
 			s.followSession(ev)
+			s.checkExtNextHop(ev)
 		},
 	}, server.WatchPeer())
 	if err != nil {

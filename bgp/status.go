@@ -29,6 +29,7 @@ type PeerStatus struct {
 	LastErrorAt      time.Time  // when the session last went down for LastError
 	Shut             bool       // shut down for exceeding its prefix limit
 	BFD              *BFDStatus // nil: BFD is off for the peer
+	Warning          string     // something the operator should fix, e.g. a missing capability
 }
 
 // BFDStatus is a peer's BFD session.
@@ -71,6 +72,9 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		if st.Shut && !strings.HasPrefix(st.LastError, "sent more than") {
 			// GoBGP's state can be ahead of its peer event
 			st.LastError, st.LastErrorAt = limitReason(p.maxPrefixes()), time.Now()
+		}
+		if s.enh != nil {
+			st.Warning = s.extNextHopWarning(p.Address)
 		}
 		if p.BFD != nil {
 			st.BFD = &BFDStatus{State: bfd.Down.String(), RemoteState: bfd.Down.String()}

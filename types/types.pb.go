@@ -1746,7 +1746,10 @@ type BGPPeer struct {
 	// bfd: the peer's BFD session; unset when BFD is off for the peer.
 	Bfd *BFDSession `protobuf:"bytes,9,opt,name=bfd,proto3" json:"bfd,omitempty"`
 	// last_error_at: when the session last went down for last_error.
-	LastErrorAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	LastErrorAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	// warning: something to fix on this session, e.g. IPv4 VIPs withheld
+	// from an IPv6 session whose router did not offer extended next hop.
+	Warning       string `protobuf:"bytes,11,opt,name=warning,proto3" json:"warning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1849,6 +1852,13 @@ func (x *BGPPeer) GetLastErrorAt() *timestamppb.Timestamp {
 		return x.LastErrorAt
 	}
 	return nil
+}
+
+func (x *BGPPeer) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
 }
 
 // BFDSession is one peer's single-hop BFD session (RFC 5880).
@@ -3597,7 +3607,7 @@ const file_types_proto_rawDesc = "" +
 	"\vDrainStatus\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
-	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\xea\x02\n" +
+	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\x84\x03\n" +
 	"\aBGPPeer\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
 	"\x02as\x18\x02 \x01(\rR\x02as\x12\x14\n" +
@@ -3610,7 +3620,8 @@ const file_types_proto_rawDesc = "" +
 	"\x04shut\x18\b \x01(\bR\x04shut\x12#\n" +
 	"\x03bfd\x18\t \x01(\v2\x11.types.BFDSessionR\x03bfd\x12>\n" +
 	"\rlast_error_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\"\xe8\x02\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\x12\x18\n" +
+	"\awarning\x18\v \x01(\tR\awarning\"\xe8\x02\n" +
 	"\n" +
 	"BFDSession\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x120\n" +

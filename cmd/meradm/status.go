@@ -205,6 +205,9 @@ func peerNotes(n *types.NodeStatus, now time.Time) []string {
 		line += bfdNote(p.Bfd, now)
 		line += lastErrorNote(p, now)
 		out = append(out, line)
+		if p.Warning != "" {
+			out = append(out, fmt.Sprintf("%s: bgp peer %s: warning: %s", n.Node, p.Address, p.Warning))
+		}
 	}
 	if len(n.BgpPeers) > 0 {
 		out = append(out, fmt.Sprintf("%s: bgp announces %d VIPs", n.Node, n.VipsAnnounced))

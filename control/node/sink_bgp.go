@@ -89,6 +89,7 @@ func BGPPeers(peers []bgp.PeerStatus) []*types.BGPPeer {
 			bp.UpSince = timestamppb.New(p.Since.Truncate(time.Second))
 		}
 		bp.Bfd = bfdSession(p.BFD)
+		bp.Warning = model.Truncate(p.Warning, 300)
 		if !p.LastErrorAt.IsZero() {
 			bp.LastErrorAt = timestamppb.New(p.LastErrorAt.Truncate(time.Second))
 		}
