@@ -14,20 +14,31 @@ import (
 	"github.com/merlin-ipvs/merlin/vmtests/lab"
 )
 
-// TestVMBFD: two nodes peer with bird2 with BFD (300 ms × 3; BGP hold time
-// 9 s). A cut link and a frozen node (merlin and its speaker stopped; the
-// kernel still forwards) each leave the router's ECMP route by BFD — bird
-// says "BFD session down", not a hold timer — while a client connects ten
-// times a second through the VIP; the time to the route change and the
+// TestVMBFD: two nodes peer with the lab's router with BFD (300 ms × 3;
+// BGP hold time 9 s), bird2 and then FRR (bgpd, bfdd, with the README's
+// router lines). A cut link and a frozen node (merlin and its speaker
+// stopped; the kernel still forwards) each leave the router's ECMP route
+// by BFD — the router says so, not a hold timer — while a client connects
+// ten times a second through the VIP; the time to the route change and the
 // failed connections are logged. A planned restart, drained first, fails
 // no connection.
 func TestVMBFD(t *testing.T) {
+	for _, frr := range []bool{false, true} {
+		t.Run(map[bool]string{false: "bird2", true: "FRR"}[frr], func(t *testing.T) { testBFD(t, frr) })
+	}
+}
+
+func testBFD(t *testing.T, frr bool) {
 	c := setUpWith(t, func(n *lab.Node) []string { return lab.BGPArgs(n, "bfd") })
 	node1, node2 := c.Nodes[0], c.Nodes[1]
 	both := []string{node1.Addr, node2.Addr}
 	c.must(exec.Command("ip", "route", "del", lab.DRVIP+"/32").Run())
 	c.RouterBFD = true
-	r, err := c.StartRouter()
+	start := c.StartRouter
+	if frr {
+		start = c.StartFRRRouter
+	}
+	r, err := start()
 	c.must(err)
 	t.Cleanup(r.Stop)
 	vip := lab.DRVIP + ":80"
@@ -94,6 +105,15 @@ func TestVMBFD(t *testing.T) {
 // the session down; it logs the time that took and the failed connections.
 func (c *cluster) failOver(r *lab.Router, gone *lab.Node, survivor string, breakIt func()) {
 	c.t.Helper()
+	c.eventually("BFD up on "+gone.Name+" before it breaks", 60*time.Second, func() error {
+		if up := c.metric(gone, "merlin_bfd_session_up"); up != 1 {
+			return fmt.Errorf("merlin_bfd_session_up %v", up)
+		}
+		if up, err := r.BFDUp(gone); !up || err != nil {
+			return fmt.Errorf("the router's BFD with %s not up (%v)", gone.Name, err)
+		}
+		return nil
+	})
 	tr := c.startTraffic(lab.DRVIP + ":80")
 	c.eventually("the client's connections to work", 30*time.Second, func() error {
 		if ok, _ := tr.Counts(); ok < 3 {
@@ -106,10 +126,10 @@ func (c *cluster) failOver(r *lab.Router, gone *lab.Node, survivor string, break
 	c.must(r.WaitNextHops(lab.DRVIP, 60*time.Second, survivor))
 	took := time.Since(start)
 	ok, fail, lastErr := tr.Finish()
-	out, err := r.Birdc("show", "protocols", "all", gone.Name)
+	byBFD, out, err := r.DroppedByBFD(gone)
 	c.must(err)
-	if !strings.Contains(out, "BFD session down") {
-		c.t.Errorf("bird did not take %s's session down by BFD:\n%s", gone.Name, out)
+	if !byBFD {
+		c.t.Errorf("the router did not take %s's session down by BFD:\n%s", gone.Name, out)
 	}
 	c.t.Logf("%s out of the route after %s (BFD 300ms × 3, hold time 9s); client: %d connections, %d failed (last: %v)",
 		gone.Name, took.Round(10*time.Millisecond), ok, fail, lastErr)

@@ -32,11 +32,12 @@ func BGPArgs(n *Node, peerOpts string) []string {
 	return []string{"-bgp-local-as", fmt.Sprint(NodeAS), "-bgp-router-id", n.Addr, "-bgp-peer", peer}
 }
 
-// Router is bird2 running as the lab's router.
+// Router is bird2 (or FRR: StartFRRRouter) running as the lab's router.
 type Router struct {
 	dir  string
 	sock string
-	cmd  *exec.Cmd
+	cmds []*exec.Cmd
+	frr  bool
 	done chan struct{}
 }
 
@@ -88,25 +89,34 @@ template bgp merlin {
 	if err != nil {
 		return nil, err
 	}
-	r.cmd = exec.Command("bird", "-f", "-c", conf, "-s", r.sock)
-	r.cmd.Stdout, r.cmd.Stderr = log, log
-	if err := r.cmd.Start(); err != nil {
+	cmd := exec.Command("bird", "-f", "-c", conf, "-s", r.sock)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("start bird: %w", err)
 	}
+	r.cmds = []*exec.Cmd{cmd}
 	r.done = make(chan struct{})
-	go func() { _ = r.cmd.Wait(); log.Close(); close(r.done) }()
+	go func() { _ = cmd.Wait(); log.Close(); close(r.done) }()
 	return r, nil
 }
 
-// Stop ends bird; the routes it installed go with it.
+// Stop ends the router; bird's routes go with it (FRR's zebra takes its
+// own out at exit).
 func (r *Router) Stop() {
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	for _, c := range r.cmds {
+		_ = c.Process.Signal(syscall.SIGTERM)
+	}
 	select {
 	case <-r.done:
 	case <-time.After(10 * time.Second):
-		_ = r.cmd.Process.Kill()
+		for _, c := range r.cmds {
+			_ = c.Process.Kill()
+		}
 		<-r.done
+	}
+	if r.frr {
+		os.RemoveAll(r.dir)
 	}
 }
 
@@ -122,18 +132,49 @@ func (r *Router) Birdc(args ...string) (string, error) {
 var viaPattern = regexp.MustCompile(`via (\d+\.\d+\.\d+\.\d+)`)
 
 // NextHops are the next hops of the router's kernel route to addr, sorted
-// (none: no route).
+// (none: no route). FRR installs nexthop objects (nhid): followed.
 func (r *Router) NextHops(addr string) ([]string, error) {
 	out, err := exec.Command("ip", "-4", "route", "show", addr+"/32").CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("ip route show %s: %w: %s", addr, err, out)
 	}
+	text := string(out)
+	if m := nhidPattern.FindStringSubmatch(text); m != nil && !strings.Contains(text, "via") {
+		if text, err = nexthopGroup(m[1]); err != nil {
+			return nil, err
+		}
+	}
 	var hops []string
-	for _, m := range viaPattern.FindAllStringSubmatch(string(out), -1) {
+	for _, m := range viaPattern.FindAllStringSubmatch(text, -1) {
 		hops = append(hops, m[1])
 	}
 	slices.Sort(hops)
 	return hops, nil
+}
+
+var nhidPattern = regexp.MustCompile(`nhid (\d+)`)
+
+// nexthopGroup is the text of a nexthop object, a group's members
+// expanded ("group 12/13" or "group 12,1/13,1").
+func nexthopGroup(id string) (string, error) {
+	out, err := exec.Command("ip", "nexthop", "show", "id", id).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("ip nexthop: %w: %s", err, out)
+	}
+	_, group, ok := strings.Cut(string(out), "group ")
+	if !ok {
+		return string(out), nil
+	}
+	var all strings.Builder
+	for _, member := range strings.Split(strings.Fields(group)[0], "/") {
+		memberID, _, _ := strings.Cut(member, ",")
+		sub, err := nexthopGroup(memberID)
+		if err != nil {
+			return "", err
+		}
+		all.WriteString(sub)
+	}
+	return all.String(), nil
 }
 
 // WaitNextHops waits until the kernel route to addr goes via exactly hops.
