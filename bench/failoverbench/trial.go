@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/merlin-ipvs/merlin/internal/iproute"
 
 	"github.com/merlin-ipvs/merlin/internal/netns"
 )
@@ -113,53 +113,8 @@ func cut(l *lab, i int) (route, gap time.Duration, failed int, err error) {
 	return route, gap, failed, nil
 }
 
-var via = regexp.MustCompile(`via (\d+\.\d+\.\d+\.\d+)`)
-var nhid = regexp.MustCompile(`nhid (\d+)`)
-
-// nextHops of the router's kernel route to the VIP, sorted; FRR installs
-// nexthop objects (nhid), followed to their members.
-func nextHops(r *netns.NS) ([]string, error) {
-	out, err := exec.Command("ip", "-n", r.Name, "-4", "route", "show", vip+"/32").CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("ip route: %w: %s", err, out)
-	}
-	text := string(out)
-	if m := nhid.FindStringSubmatch(text); m != nil && !strings.Contains(text, "via") {
-		if text, err = nexthopGroup(r, m[1]); err != nil {
-			return nil, err
-		}
-	}
-	var hops []string
-	for _, m := range via.FindAllStringSubmatch(text, -1) {
-		hops = append(hops, m[1])
-	}
-	slices.Sort(hops)
-	return hops, nil
-}
-
-// nexthopGroup is the text of a nexthop object, a group's members
-// expanded ("group 12/13" or "group 12,1/13,1").
-func nexthopGroup(r *netns.NS, id string) (string, error) {
-	out, err := exec.Command("ip", "-n", r.Name, "nexthop", "show", "id", id).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("ip nexthop: %w: %s", err, out)
-	}
-	text := string(out)
-	_, group, ok := strings.Cut(text, "group ")
-	if !ok {
-		return text, nil
-	}
-	var all strings.Builder
-	for _, member := range strings.Split(strings.Fields(group)[0], "/") {
-		memberID, _, _ := strings.Cut(member, ",")
-		sub, err := nexthopGroup(r, memberID)
-		if err != nil {
-			return "", err
-		}
-		all.WriteString(sub)
-	}
-	return all.String(), nil
-}
+// nextHops of the router's kernel route to the VIP, sorted.
+func nextHops(r *netns.NS) ([]string, error) { return iproute.NextHops(r.Name, vip) }
 
 // dialTimeout bounds one attempt: a SYN into a dead node is retried only
 // after a second, so an attempt that has not connected by then failed.

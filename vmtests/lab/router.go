@@ -5,11 +5,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/merlin-ipvs/merlin/internal/iproute"
 )
 
 // The lab's router is the VM's root namespace (br0, 198.18.0.1): with BGP
@@ -129,53 +130,9 @@ func (r *Router) Birdc(args ...string) (string, error) {
 	return string(out), nil
 }
 
-var viaPattern = regexp.MustCompile(`via (\d+\.\d+\.\d+\.\d+)`)
-
 // NextHops are the next hops of the router's kernel route to addr, sorted
-// (none: no route). FRR installs nexthop objects (nhid): followed.
-func (r *Router) NextHops(addr string) ([]string, error) {
-	out, err := exec.Command("ip", "-4", "route", "show", addr+"/32").CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("ip route show %s: %w: %s", addr, err, out)
-	}
-	text := string(out)
-	if m := nhidPattern.FindStringSubmatch(text); m != nil && !strings.Contains(text, "via") {
-		if text, err = nexthopGroup(m[1]); err != nil {
-			return nil, err
-		}
-	}
-	var hops []string
-	for _, m := range viaPattern.FindAllStringSubmatch(text, -1) {
-		hops = append(hops, m[1])
-	}
-	slices.Sort(hops)
-	return hops, nil
-}
-
-var nhidPattern = regexp.MustCompile(`nhid (\d+)`)
-
-// nexthopGroup is the text of a nexthop object, a group's members
-// expanded ("group 12/13" or "group 12,1/13,1").
-func nexthopGroup(id string) (string, error) {
-	out, err := exec.Command("ip", "nexthop", "show", "id", id).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("ip nexthop: %w: %s", err, out)
-	}
-	_, group, ok := strings.Cut(string(out), "group ")
-	if !ok {
-		return string(out), nil
-	}
-	var all strings.Builder
-	for _, member := range strings.Split(strings.Fields(group)[0], "/") {
-		memberID, _, _ := strings.Cut(member, ",")
-		sub, err := nexthopGroup(memberID)
-		if err != nil {
-			return "", err
-		}
-		all.WriteString(sub)
-	}
-	return all.String(), nil
-}
+// (none: no route).
+func (r *Router) NextHops(addr string) ([]string, error) { return iproute.NextHops("", addr) }
 
 // WaitNextHops waits until the kernel route to addr goes via exactly hops.
 func (r *Router) WaitNextHops(addr string, timeout time.Duration, hops ...string) error {
