@@ -104,6 +104,15 @@ func (c *childServer) Set(routes []Route, _ *struct{}) error {
 	return s.Set(context.Background(), routes)
 }
 
+// SetPeers changes the peers live (Speaker.SetPeers).
+func (c *childServer) SetPeers(peers []Peer, _ *struct{}) error {
+	s, err := c.get()
+	if err != nil {
+		return err
+	}
+	return s.SetPeers(context.Background(), peers)
+}
+
 // Peers reports the sessions.
 func (c *childServer) Peers(_ struct{}, out *[]PeerStatus) error {
 	s, err := c.get()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/merlin-ipvs/merlin/bgp/bfd"
@@ -68,6 +69,24 @@ const (
 	defaultMaxPrefixes   = 1000
 	defaultPrefixRestart = time.Minute
 )
+
+// on: BGP runs (a local AS is configured).
+func (c Config) on() bool { return c.LocalAS != 0 }
+
+// validateIfOn validates a configuration that turns BGP on; one without a
+// local AS must have no peers either.
+func (c Config) validateIfOn() error {
+	if !c.on() && len(c.Peers) == 0 {
+		return nil
+	}
+	return c.Validate()
+}
+
+// sameGlobal: the settings a running speaker cannot change live.
+func (c Config) sameGlobal(o Config) bool {
+	return c.LocalAS == o.LocalAS && c.RouterID == o.RouterID && c.ListenPort == o.ListenPort &&
+		slices.Equal(c.ListenAddresses, o.ListenAddresses) && c.NextHopIPv6 == o.NextHopIPv6
+}
 
 // Validate checks the whole configuration and names the setting at fault.
 func (c Config) Validate() error {

@@ -23,9 +23,9 @@ const (
 )
 
 // ipv4OverIPv6 lists the IPv6 peers that carry IPv4 unicast.
-func (s *Speaker) ipv4OverIPv6() []netip.Addr {
+func (s *Speaker) ipv4OverIPv6(peers []Peer) []netip.Addr {
 	var out []netip.Addr
-	for _, p := range s.cfg.Peers {
+	for _, p := range peers {
 		if p.Address.Is4() {
 			continue
 		}
@@ -38,14 +38,11 @@ func (s *Speaker) ipv4OverIPv6() []netip.Addr {
 	return out
 }
 
-// withholdStatement rejects IPv4 routes to the peers in the neighbor set;
-// nil when no IPv6 session carries IPv4.
+// withholdStatement rejects IPv4 routes to the peers in the neighbor set
+// (peers added later join it: SetPeers).
 func withholdStatement(ctx context.Context, srv interface {
 	AddDefinedSet(context.Context, *api.AddDefinedSetRequest) error
 }, peers []netip.Addr) (*api.Statement, error) {
-	if len(peers) == 0 {
-		return nil, nil
-	}
 	list := []string{neverAPeer}
 	for _, a := range peers {
 		list = append(list, netip.PrefixFrom(a, 128).String())
@@ -65,7 +62,10 @@ func withholdStatement(ctx context.Context, srv interface {
 // checkExtNextHop queues an IPv4-over-IPv6 peer whose session changed
 // state for extNextHopLoop (GoBGP's event goroutine must not wait on it).
 func (s *Speaker) checkExtNextHop(ev *apiutil.WatchEventMessage_PeerEvent) {
-	if s.enh == nil || ev.Type != apiutil.PEER_EVENT_STATE {
+	if ev.Type != apiutil.PEER_EVENT_STATE {
+		return
+	}
+	if p, ok := s.peerByAddress(ev.Peer.State.NeighborAddress.Unmap().String()); !ok || !s.withholdsIPv4(p) {
 		return
 	}
 	select {
@@ -142,4 +142,32 @@ func (s *Speaker) extNextHopWarning(addr netip.Addr) string {
 	s.enhMu.Lock()
 	defer s.enhMu.Unlock()
 	return s.enhWarning[addr]
+}
+
+// withholdsIPv4: an IPv6 session that carries IPv4 unicast.
+func (s *Speaker) withholdsIPv4(p Peer) bool {
+	return len(s.ipv4OverIPv6([]Peer{p})) > 0
+}
+
+// setWithheld puts a peer into the neighbor set whose IPv4 routes are
+// withheld (a peer added live), or takes it out (removed or changed: a new
+// session checks the router's OPEN again).
+func (s *Speaker) setWithheld(ctx context.Context, addr netip.Addr, on bool) {
+	s.enhMu.Lock()
+	delete(s.enhAllowed, addr)
+	delete(s.enhWarning, addr)
+	s.enhMu.Unlock()
+	if !addr.Is6() {
+		return
+	}
+	ds := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: noExtNextHopSet, List: []string{netip.PrefixFrom(addr, 128).String()}}
+	var err error
+	if on {
+		err = s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds})
+	} else {
+		err = s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: ds})
+	}
+	if err != nil {
+		s.log.Debug("bgp: extended next hop neighbor set", "peer", addr, "withheld", on, "error", err)
+	}
 }

@@ -145,9 +145,7 @@ func setPolicies(ctx context.Context, srv *server.BgpServer, ipv4OverIPv6 []neti
 	if err != nil {
 		return err
 	}
-	if withhold != nil { // first: statements are evaluated in order
-		policy.Statements = append(policy.Statements, withhold)
-	}
+	policy.Statements = append(policy.Statements, withhold) // first: statements are evaluated in order
 	for _, ds := range sets {
 		policy.Statements = append(policy.Statements, &api.Statement{
 			Name:       ds.Name,

@@ -53,6 +53,16 @@ func (e *events) get(addr string) (lastError peerError, shut bool) {
 	return e.lastError[addr], shut
 }
 
+// forget drops what is known of a peer's sessions (removed or changed).
+func (e *events) forget(addr string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.lastError, addr)
+	delete(e.shut, addr)
+	delete(e.failures, addr)
+	e.poke()
+}
+
 // restartDue lists the peers shut down for their prefix limit longer ago
 // than their restart time, and forgets that they were shut.
 func (e *events) restartDue(now time.Time, after func(addr string) time.Duration) []string {

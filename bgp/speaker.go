@@ -40,9 +40,16 @@ type Speaker struct {
 	enhAllowed map[netip.Addr]bool
 	enhWarning map[netip.Addr]string
 
-	bfd   *bfd.Manager // nil: no peer has BFD
-	bfdMu sync.Mutex
-	bfdOn map[netip.Addr]bool // peers whose BGP session is established
+	bfdMu   sync.Mutex
+	bfd     *bfd.Manager // nil: no peer has had BFD
+	bfdStop func()       // set while the BFD manager runs
+	bfdOn   map[netip.Addr]bool // peers whose BGP session is established
+
+	// peerMu guards the peers, which SetPeers replaces while Run runs
+	// (GoBGP's event callbacks read them: never under mu).
+	peerMu   sync.RWMutex
+	peerList []Peer
+	running  bool // between Run's start and stop: BFD may be started
 }
 
 // New checks the configuration; it starts nothing.
@@ -50,24 +57,25 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Speaker{cfg: cfg, log: log, ev: newEvents(), sent: map[netip.Prefix]*sentRoute{}}
-	s.carry4, s.carry6 = len(cfg.Peers) == 0, len(cfg.Peers) == 0
-	for _, p := range cfg.Peers {
-		if p.GracefulRestart > 0 {
-			s.gracefulRun = true
-		}
-		for _, f := range cfg.families(p) {
-			s.carry4 = s.carry4 || f == IPv4Unicast
-			s.carry6 = s.carry6 || f == IPv6Unicast
-		}
-	}
-	if err := s.newBFD(); err != nil {
-		return nil, err
-	}
-	if len(s.ipv4OverIPv6()) > 0 {
-		s.enh, s.enhAllowed, s.enhWarning = make(chan netip.Addr, 64), map[netip.Addr]bool{}, map[netip.Addr]string{}
-	}
+	s := &Speaker{cfg: cfg, log: log, ev: newEvents(), sent: map[netip.Prefix]*sentRoute{}, peerList: slices.Clone(cfg.Peers),
+		enh: make(chan netip.Addr, 64), enhAllowed: map[netip.Addr]bool{}, enhWarning: map[netip.Addr]string{}, bfdOn: map[netip.Addr]bool{}}
+	s.cfg.Peers = nil // peerList is the truth from here on
+	s.carry4, s.carry6, s.gracefulRun = s.carriesOf(cfg.Peers)
 	return s, nil
+}
+
+// carriesOf: which families the peers carry (with no peer, both: the
+// routes are kept for peers to come), and whether one has graceful restart.
+func (s *Speaker) carriesOf(peers []Peer) (v4, v6, graceful bool) {
+	v4, v6 = len(peers) == 0, len(peers) == 0
+	for _, p := range peers {
+		graceful = graceful || p.GracefulRestart > 0
+		for _, f := range s.cfg.families(p) {
+			v4 = v4 || f == IPv4Unicast
+			v6 = v6 || f == IPv6Unicast
+		}
+	}
+	return v4, v6, graceful
 }
 
 // Run runs the speaker until ctx ends. Peers are configured only after
@@ -78,8 +86,7 @@ func New(cfg Config, log *slog.Logger) (*Speaker, error) {
 // stopping GoBGP would send each a Cease, which ends graceful restart);
 // without it every peer is sent a Cease and withdraws the routes at once.
 func (s *Speaker) Run(ctx context.Context) error {
-	stopBFD, err := s.runBFD()
-	if err != nil {
+	if err := s.startBFD(); err != nil {
 		return err
 	}
 	srv := server.NewBgpServer(server.LoggerOption(slog.New(newLogHandler(s.log.Handler(), s.ev)), nil))
@@ -91,12 +98,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err := s.start(ctx, srv); err != nil {
 		srv.Stop()
 		<-served
-		stopBFD()
+		s.stopBFD()
 		return err
 	}
 	s.mu.Lock()
 	s.srv = srv
-	err = s.syncLocked(ctx, s.want)
+	err := s.syncLocked(ctx, s.want)
 	s.want = nil
 	s.mu.Unlock()
 	if err != nil {
@@ -106,9 +113,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	go func() { defer close(restarted); s.restartShutPeers(ctx, srv) }()
 	go func() {
 		defer close(checked)
-		if s.enh != nil {
-			s.extNextHopLoop(ctx, srv)
-		}
+		s.extNextHopLoop(ctx, srv)
 	}()
 	<-ctx.Done()
 	<-restarted
@@ -122,7 +127,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		srv.Stop()
 		<-served
 	}
-	stopBFD()
+	s.stopBFD()
 	return nil
 }
 
@@ -137,7 +142,7 @@ func (s *Speaker) start(ctx context.Context, srv *server.BgpServer) error {
 	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
 		return fmt.Errorf("start bgp: %w", err)
 	}
-	if err := setPolicies(ctx, srv, s.ipv4OverIPv6()); err != nil {
+	if err := setPolicies(ctx, srv, s.ipv4OverIPv6(s.peers())); err != nil {
 		return fmt.Errorf("bgp policies: %w", err)
 	}
 	limit := func(addr string) uint32 {
@@ -261,7 +266,7 @@ func (s *Speaker) syncLocked(ctx context.Context, want []Route) error {
 }
 
 func (s *Speaker) addPeers(ctx context.Context) error {
-	for _, p := range s.cfg.Peers {
+	for _, p := range s.peers() {
 		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peerConf(p)}); err != nil {
 			// Already there after an earlier partial attempt is fine.
 			if !errors.Is(ctx.Err(), context.Canceled) && !alreadyPeer(err) {
@@ -309,7 +314,9 @@ func (s *Speaker) withdraw(r Route) error {
 func (s *Speaker) RefusedConnections() uint64 { return s.ev.refused.Load() }
 
 func (s *Speaker) peerByAddress(addr string) (Peer, bool) {
-	for _, p := range s.cfg.Peers {
+	s.peerMu.RLock()
+	defer s.peerMu.RUnlock()
+	for _, p := range s.peerList {
 		if p.Address.String() == addr {
 			return p, true
 		}

@@ -2,7 +2,7 @@ package bgp
 
 import (
 	"context"
-	"net/netip"
+	"slices"
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
@@ -12,35 +12,57 @@ import (
 	"github.com/merlin-ipvs/merlin/bgp/bfd"
 )
 
-// newBFD makes the BFD manager if a peer has BFD (none: no socket). Its
+// startBFD marks the speaker running and, once a peer has BFD, opens the
+// BFD port (an error is the caller's: a start-up or a SetPeers error)
+// and runs the manager until stopBFD. No peer with BFD: no socket. Its
 // sessions start as their BGP sessions come up (followSession).
-func (s *Speaker) newBFD() error {
-	for _, p := range s.cfg.Peers {
-		if p.BFD != nil {
-			s.bfd = bfd.New(s.log, s.onBFD)
-			s.bfdOn = map[netip.Addr]bool{}
-			return nil
-		}
-	}
-	return nil
+func (s *Speaker) startBFD() error {
+	s.peerMu.Lock()
+	s.running = true
+	peers := s.peerList
+	s.peerMu.Unlock()
+	return s.ensureBFD(peers)
 }
 
-// runBFD opens the BFD port (an error is a start-up error) and runs the
-// sessions until the returned stop, which signals AdminDown and waits.
-func (s *Speaker) runBFD() (stop func(), err error) {
-	if s.bfd == nil {
-		return func() {}, nil
+// ensureBFD runs the BFD manager if the speaker runs and a peer has BFD.
+func (s *Speaker) ensureBFD(peers []Peer) error {
+	s.peerMu.RLock()
+	running := s.running
+	s.peerMu.RUnlock()
+	if !running || !slices.ContainsFunc(peers, func(p Peer) bool { return p.BFD != nil }) {
+		return nil
 	}
-	if err := s.bfd.Listen(); err != nil {
-		return nil, err
+	s.bfdMu.Lock()
+	defer s.bfdMu.Unlock()
+	if s.bfdStop != nil {
+		return nil
+	}
+	m := bfd.New(s.log, s.onBFD)
+	if err := m.Listen(); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = s.bfd.Run(ctx) // listening already: Run fails only there
+		_ = m.Run(ctx) // listening already: Run fails only there
 	}()
-	return func() { cancel(); <-done }, nil
+	s.bfd, s.bfdStop = m, func() { cancel(); <-done }
+	return nil
+}
+
+// stopBFD signals AdminDown on every session and waits for the manager.
+func (s *Speaker) stopBFD() {
+	s.peerMu.Lock()
+	s.running = false
+	s.peerMu.Unlock()
+	s.bfdMu.Lock()
+	stop := s.bfdStop
+	s.bfdStop = nil
+	s.bfdMu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // onBFD takes a BGP session down the moment this side's BFD stops hearing
@@ -72,7 +94,7 @@ func (s *Speaker) onBFD(c bfd.Change) {
 // BGP comes up (it learns its local address), which a session already up
 // on both sides would take for a failure and reset BGP.
 func (s *Speaker) followSession(ev *apiutil.WatchEventMessage_PeerEvent) {
-	if s.bfd == nil || ev.Type != apiutil.PEER_EVENT_STATE {
+	if ev.Type != apiutil.PEER_EVENT_STATE {
 		return
 	}
 	addr := ev.Peer.State.NeighborAddress.Unmap()
@@ -83,8 +105,17 @@ func (s *Speaker) followSession(ev *apiutil.WatchEventMessage_PeerEvent) {
 		return
 	}
 	s.bfdOn[addr] = up
+	s.setBFDSessionsLocked()
+}
+
+// setBFDSessionsLocked gives the manager the sessions of the peers with
+// BFD whose BGP session is established (bfdMu held).
+func (s *Speaker) setBFDSessionsLocked() {
+	if s.bfd == nil {
+		return
+	}
 	var peers []bfd.Peer
-	for _, p := range s.cfg.Peers {
+	for _, p := range s.peers() {
 		if p.BFD != nil && s.bfdOn[p.Address] {
 			peers = append(peers, bfd.Peer{Address: p.Address, Local: p.Local, Config: *p.BFD})
 		}

@@ -60,8 +60,9 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		}
 	}
 	sessions := s.bfdSessions()
-	out := make([]PeerStatus, 0, len(s.cfg.Peers))
-	for _, p := range s.cfg.Peers {
+	peers := s.peers()
+	out := make([]PeerStatus, 0, len(peers))
+	for _, p := range peers {
 		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle"}
 		var last peerError
 		last, st.Shut = s.ev.get(p.Address.String())
@@ -73,9 +74,7 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 			// GoBGP's state can be ahead of its peer event
 			st.LastError, st.LastErrorAt = limitReason(p.maxPrefixes()), time.Now()
 		}
-		if s.enh != nil {
-			st.Warning = s.extNextHopWarning(p.Address)
-		}
+		st.Warning = s.extNextHopWarning(p.Address)
 		if p.BFD != nil {
 			st.BFD = &BFDStatus{State: bfd.Down.String(), RemoteState: bfd.Down.String()}
 			if b, ok := sessions[p.Address]; ok {
@@ -89,10 +88,13 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 
 func (s *Speaker) bfdSessions() map[netip.Addr]bfd.Status {
 	out := map[netip.Addr]bfd.Status{}
-	if s.bfd == nil {
+	s.bfdMu.Lock()
+	m := s.bfd
+	s.bfdMu.Unlock()
+	if m == nil {
 		return out
 	}
-	for _, b := range s.bfd.Status() {
+	for _, b := range m.Status() {
 		out[b.Peer] = b
 	}
 	return out

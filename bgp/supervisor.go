@@ -33,8 +33,11 @@ type Supervised struct {
 
 	changed  chan struct{}
 	restarts atomic.Uint64
+	// reconfigured: SetConfig has a configuration for the running speaker
+	reconfigured chan struct{}
 
 	mu        sync.Mutex
+	childCfg  Config      // what the running speaker has
 	client    *rpc.Client // nil while no speaker runs
 	pid       int
 	want      []Route
@@ -54,9 +57,10 @@ const (
 
 // NewSupervised checks the configuration; it starts nothing. exe is the
 // program to run as the speaker (empty: this one), which must call
-// RunChildIfAsked first thing.
+// RunChildIfAsked first thing. A configuration without a local AS is BGP
+// off: no speaker runs until SetConfig gives one.
 func NewSupervised(cfg Config, log *slog.Logger, exe string) (*Supervised, error) {
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.validateIfOn(); err != nil {
 		return nil, err
 	}
 	if exe == "" {
@@ -65,7 +69,8 @@ func NewSupervised(cfg Config, log *slog.Logger, exe string) (*Supervised, error
 			return nil, fmt.Errorf("bgp speaker: this program's path: %w", err)
 		}
 	}
-	return &Supervised{cfg: cfg, log: log, exe: exe, changed: make(chan struct{}, 1), downWhy: stateStarting}, nil
+	return &Supervised{cfg: cfg, log: log, exe: exe, changed: make(chan struct{}, 1), reconfigured: make(chan struct{}, 1),
+		downWhy: stateStarting}, nil
 }
 
 // Run keeps a speaker running until ctx ends, then stops it as
@@ -74,10 +79,16 @@ func NewSupervised(cfg Config, log *slog.Logger, exe string) (*Supervised, error
 func (s *Supervised) Run(ctx context.Context) error {
 	backoff := restartMin
 	for first := true; ; first = false {
+		if !s.waitOn(ctx) {
+			return nil
+		}
 		started := time.Now()
 		err := s.runChild(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errReconfigured) {
+			continue // at once: nothing failed
 		}
 		if first && time.Since(started) < time.Second && errors.Is(err, errStart) {
 			return err
@@ -96,7 +107,10 @@ func (s *Supervised) Run(ctx context.Context) error {
 	}
 }
 
-var errStart = errors.New("bgp speaker did not start")
+var (
+	errStart        = errors.New("bgp speaker did not start")
+	errReconfigured = errors.New("bgp speaker stopped for a new global configuration")
+)
 
 // stateStarting: no speaker has run yet.
 const stateStarting = "starting"
@@ -120,21 +134,34 @@ func (s *Supervised) runChild(ctx context.Context) error {
 		s.watchChanges(client)
 	}()
 	defer func() { <-watchDone }()
-	select {
-	case <-ctx.Done():
-		s.detach("stopped", client)
-		s.call(context.Background(), client, "Stop", struct{}{}, &struct{}{})
-		client.Close() // the speaker exits when its end closes
-		select {
-		case <-exited:
-		case <-time.After(callTimeout):
-			syscall.Kill(pid, syscall.SIGKILL)
-			<-exited
+	for {
+		if s.globalChanged() {
+			s.stopChild(client, pid, exited, "stopped for a new global configuration")
+			return errReconfigured
 		}
-		return nil
-	case err := <-exited:
-		s.detach(fmt.Sprintf("the speaker process ended (%v); restarting", err), client)
-		return fmt.Errorf("speaker process: %w", err)
+		s.updatePeers(ctx, client)
+		select {
+		case <-ctx.Done():
+			s.stopChild(client, pid, exited, "stopped")
+			return nil
+		case <-s.reconfigured:
+		case err := <-exited:
+			s.detach(fmt.Sprintf("the speaker process ended (%v); restarting", err), client)
+			return fmt.Errorf("speaker process: %w", err)
+		}
+	}
+}
+
+// stopChild stops the speaker as Speaker.Run does when its context ends.
+func (s *Supervised) stopChild(client *rpc.Client, pid int, exited <-chan error, why string) {
+	s.detach(why, client)
+	s.call(context.Background(), client, "Stop", struct{}{}, &struct{}{})
+	client.Close() // the speaker exits when its end closes
+	select {
+	case <-exited:
+	case <-time.After(callTimeout):
+		syscall.Kill(pid, syscall.SIGKILL)
+		<-exited
 	}
 }
 
@@ -195,7 +222,11 @@ func (s *Supervised) start(ctx context.Context, c *rpc.Client) error {
 			break
 		}
 	}
-	if err := s.call(ctx, c, "Start", ChildConfig{Config: s.cfg, LogLevel: level}, &struct{}{}); err != nil {
+	s.mu.Lock()
+	s.childCfg = s.cfg
+	cfg := s.cfg
+	s.mu.Unlock()
+	if err := s.call(ctx, c, "Start", ChildConfig{Config: cfg, LogLevel: level}, &struct{}{}); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -281,10 +312,11 @@ func (s *Supervised) Set(ctx context.Context, routes []Route) error {
 	}
 	s.mu.Lock()
 	s.want, s.wantSet = slices.Clone(routes), true
+	on := s.cfg.on()
 	s.mu.Unlock()
 	c, why := s.current()
 	switch {
-	case c == nil && why == stateStarting:
+	case c == nil && (why == stateStarting || !on):
 		return nil // handed to the speaker when it starts, as Speaker.Set before Run
 	case c == nil:
 		return fmt.Errorf("bgp speaker not running (%s): routes kept for when it is", why)
@@ -313,8 +345,11 @@ func (s *Supervised) Peers(ctx context.Context) ([]PeerStatus, error) {
 		}
 		why = err.Error()
 	}
-	out := make([]PeerStatus, 0, len(s.cfg.Peers))
-	for _, p := range s.cfg.Peers {
+	s.mu.Lock()
+	peers := s.cfg.Peers
+	s.mu.Unlock()
+	out := make([]PeerStatus, 0, len(peers))
+	for _, p := range peers {
 		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle", LastError: "bgp speaker: " + why}
 		if p.BFD != nil {
 			st.BFD = &BFDStatus{State: "admin-down", RemoteState: "down"}

@@ -30,6 +30,9 @@ var stringLimits = map[protoreflect.Name]int{
 	"value":       512, // a wrapped string: the health check endpoint URL
 }
 
+// secrets are never quoted back, even in part.
+var secrets = map[protoreflect.Name]bool{"password": true}
+
 // payloads may hold any byte: they are sent or matched, never printed raw.
 var payloads = map[protoreflect.Name]bool{"udp_send": true, "udp_expect": true, "expect_body": true}
 
@@ -48,6 +51,8 @@ func checkSizes(prefix string, m protoreflect.Message, parent protoreflect.Name)
 			field, name = strings.TrimSuffix(prefix, "."), "value"
 		}
 		switch {
+		case fd.IsMap():
+			err = checkMap(field, fd, v.Map())
 		case fd.IsList():
 			l := v.List()
 			if l.Len() > MaxListItems {
@@ -61,6 +66,22 @@ func checkSizes(prefix string, m protoreflect.Message, parent protoreflect.Name)
 			}
 		default:
 			err = checkValue(field, fd, name, v)
+		}
+		return err == nil
+	})
+	return err
+}
+
+// checkMap bounds a map of strings (node labels) like a list.
+func checkMap(field string, fd protoreflect.FieldDescriptor, m protoreflect.Map) error {
+	if m.Len() > MaxListItems {
+		return FieldErrorf(field, "%d entries, at most %d", m.Len(), MaxListItems)
+	}
+	var err error
+	m.Range(func(k protoreflect.MapKey, v protoreflect.Value) bool {
+		key := k.String()
+		if err = checkString(field+" key", fd.Name(), key); err == nil && fd.MapValue().Kind() == protoreflect.StringKind {
+			err = checkString(field+"["+Truncate(key, 32)+"]", fd.Name(), v.String())
 		}
 		return err == nil
 	})
@@ -89,6 +110,9 @@ func checkString(field string, name protoreflect.Name, s string) error {
 		return nil
 	}
 	if !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		if secrets[name] {
+			return FieldErrorf(field, "has control characters or invalid UTF-8")
+		}
 		return FieldErrorf(field, "%q has control characters or invalid UTF-8", Truncate(s, 32))
 	}
 	return nil

@@ -279,7 +279,7 @@ func (x RealServer_Startup) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RealServer_Startup.Descriptor instead.
 func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7, 0}
+	return file_types_proto_rawDescGZIP(), []int{12, 0}
 }
 
 type WatchEvent_Type int32
@@ -336,7 +336,493 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12, 0}
+	return file_types_proto_rawDescGZIP(), []int{17, 0}
+}
+
+// BGPPeerConfig is a BGP peer (a router) as cluster configuration: the
+// nodes it selects peer with it. A node's own configuration file may add
+// peers and replace one with the same address.
+type BGPPeerConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: [A-Za-z0-9._-], 1 to 63 characters.
+	Name         string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Address      string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	As           uint32 `protobuf:"varint,3,opt,name=as,proto3" json:"as,omitempty"`
+	Port         uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	LocalAddress string `protobuf:"bytes,5,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
+	// password: the TCP-MD5 key, write-only: stored in etcd, never returned.
+	Password string `protobuf:"bytes,6,opt,name=password,proto3" json:"password,omitempty"`
+	// password_set: read-only, a password is stored.
+	PasswordSet bool `protobuf:"varint,7,opt,name=password_set,json=passwordSet,proto3" json:"password_set,omitempty"`
+	// password_file: a file on each node holding the key instead (its
+	// first line; not readable by others).
+	PasswordFile    string               `protobuf:"bytes,8,opt,name=password_file,json=passwordFile,proto3" json:"password_file,omitempty"`
+	HoldTime        *durationpb.Duration `protobuf:"bytes,9,opt,name=hold_time,json=holdTime,proto3" json:"hold_time,omitempty"`
+	KeepaliveTime   *durationpb.Duration `protobuf:"bytes,10,opt,name=keepalive_time,json=keepaliveTime,proto3" json:"keepalive_time,omitempty"`
+	ConnectRetry    *durationpb.Duration `protobuf:"bytes,11,opt,name=connect_retry,json=connectRetry,proto3" json:"connect_retry,omitempty"`
+	MultihopTtl     uint32               `protobuf:"varint,12,opt,name=multihop_ttl,json=multihopTtl,proto3" json:"multihop_ttl,omitempty"`
+	Passive         bool                 `protobuf:"varint,13,opt,name=passive,proto3" json:"passive,omitempty"`
+	GracefulRestart *durationpb.Duration `protobuf:"bytes,14,opt,name=graceful_restart,json=gracefulRestart,proto3" json:"graceful_restart,omitempty"`
+	// families: ipv4-unicast, ipv6-unicast (default: as the session's).
+	Families           []string             `protobuf:"bytes,15,rep,name=families,proto3" json:"families,omitempty"`
+	MaxPrefixes        uint32               `protobuf:"varint,16,opt,name=max_prefixes,json=maxPrefixes,proto3" json:"max_prefixes,omitempty"`
+	MaxPrefixesRestart *durationpb.Duration `protobuf:"bytes,17,opt,name=max_prefixes_restart,json=maxPrefixesRestart,proto3" json:"max_prefixes_restart,omitempty"`
+	Bfd                bool                 `protobuf:"varint,18,opt,name=bfd,proto3" json:"bfd,omitempty"`
+	BfdMinTx           *durationpb.Duration `protobuf:"bytes,19,opt,name=bfd_min_tx,json=bfdMinTx,proto3" json:"bfd_min_tx,omitempty"`
+	BfdMinRx           *durationpb.Duration `protobuf:"bytes,20,opt,name=bfd_min_rx,json=bfdMinRx,proto3" json:"bfd_min_rx,omitempty"`
+	BfdMultiplier      uint32               `protobuf:"varint,21,opt,name=bfd_multiplier,json=bfdMultiplier,proto3" json:"bfd_multiplier,omitempty"`
+	// nodes: the names of the nodes that peer with it (empty: any).
+	Nodes []string `protobuf:"bytes,22,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// node_labels: labels a node must declare, all of them (empty: any).
+	NodeLabels map[string]string `protobuf:"bytes,23,rep,name=node_labels,json=nodeLabels,proto3" json:"node_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// revision: etcd's, on read; a precondition on write (0: none).
+	Revision      int64 `protobuf:"varint,24,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BGPPeerConfig) Reset() {
+	*x = BGPPeerConfig{}
+	mi := &file_types_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BGPPeerConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BGPPeerConfig) ProtoMessage() {}
+
+func (x *BGPPeerConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BGPPeerConfig.ProtoReflect.Descriptor instead.
+func (*BGPPeerConfig) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BGPPeerConfig) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BGPPeerConfig) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BGPPeerConfig) GetAs() uint32 {
+	if x != nil {
+		return x.As
+	}
+	return 0
+}
+
+func (x *BGPPeerConfig) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *BGPPeerConfig) GetLocalAddress() string {
+	if x != nil {
+		return x.LocalAddress
+	}
+	return ""
+}
+
+func (x *BGPPeerConfig) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *BGPPeerConfig) GetPasswordSet() bool {
+	if x != nil {
+		return x.PasswordSet
+	}
+	return false
+}
+
+func (x *BGPPeerConfig) GetPasswordFile() string {
+	if x != nil {
+		return x.PasswordFile
+	}
+	return ""
+}
+
+func (x *BGPPeerConfig) GetHoldTime() *durationpb.Duration {
+	if x != nil {
+		return x.HoldTime
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetKeepaliveTime() *durationpb.Duration {
+	if x != nil {
+		return x.KeepaliveTime
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetConnectRetry() *durationpb.Duration {
+	if x != nil {
+		return x.ConnectRetry
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetMultihopTtl() uint32 {
+	if x != nil {
+		return x.MultihopTtl
+	}
+	return 0
+}
+
+func (x *BGPPeerConfig) GetPassive() bool {
+	if x != nil {
+		return x.Passive
+	}
+	return false
+}
+
+func (x *BGPPeerConfig) GetGracefulRestart() *durationpb.Duration {
+	if x != nil {
+		return x.GracefulRestart
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetFamilies() []string {
+	if x != nil {
+		return x.Families
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetMaxPrefixes() uint32 {
+	if x != nil {
+		return x.MaxPrefixes
+	}
+	return 0
+}
+
+func (x *BGPPeerConfig) GetMaxPrefixesRestart() *durationpb.Duration {
+	if x != nil {
+		return x.MaxPrefixesRestart
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetBfd() bool {
+	if x != nil {
+		return x.Bfd
+	}
+	return false
+}
+
+func (x *BGPPeerConfig) GetBfdMinTx() *durationpb.Duration {
+	if x != nil {
+		return x.BfdMinTx
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetBfdMinRx() *durationpb.Duration {
+	if x != nil {
+		return x.BfdMinRx
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetBfdMultiplier() uint32 {
+	if x != nil {
+		return x.BfdMultiplier
+	}
+	return 0
+}
+
+func (x *BGPPeerConfig) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetNodeLabels() map[string]string {
+	if x != nil {
+		return x.NodeLabels
+	}
+	return nil
+}
+
+func (x *BGPPeerConfig) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// BGPSettings are the cluster's global BGP settings; a node's own file
+// overrides each.
+type BGPSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// local_as: the nodes' AS (0: each node's file says).
+	LocalAs uint32 `protobuf:"varint,1,opt,name=local_as,json=localAs,proto3" json:"local_as,omitempty"`
+	// router_id_prefix: a node takes as router id its IPv4 address inside
+	// this prefix (e.g. 198.18.0.0/24), unless its file names one.
+	RouterIdPrefix string `protobuf:"bytes,2,opt,name=router_id_prefix,json=routerIdPrefix,proto3" json:"router_id_prefix,omitempty"`
+	// listen_port: for passive peers (0: the node's file says).
+	ListenPort    uint32 `protobuf:"varint,3,opt,name=listen_port,json=listenPort,proto3" json:"listen_port,omitempty"`
+	Revision      int64  `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BGPSettings) Reset() {
+	*x = BGPSettings{}
+	mi := &file_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BGPSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BGPSettings) ProtoMessage() {}
+
+func (x *BGPSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BGPSettings.ProtoReflect.Descriptor instead.
+func (*BGPSettings) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BGPSettings) GetLocalAs() uint32 {
+	if x != nil {
+		return x.LocalAs
+	}
+	return 0
+}
+
+func (x *BGPSettings) GetRouterIdPrefix() string {
+	if x != nil {
+		return x.RouterIdPrefix
+	}
+	return ""
+}
+
+func (x *BGPSettings) GetListenPort() uint32 {
+	if x != nil {
+		return x.ListenPort
+	}
+	return 0
+}
+
+func (x *BGPSettings) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type BGPConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Settings      *BGPSettings           `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	Peers         []*BGPPeerConfig       `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BGPConfig) Reset() {
+	*x = BGPConfig{}
+	mi := &file_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BGPConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BGPConfig) ProtoMessage() {}
+
+func (x *BGPConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BGPConfig.ProtoReflect.Descriptor instead.
+func (*BGPConfig) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BGPConfig) GetSettings() *BGPSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *BGPConfig) GetPeers() []*BGPPeerConfig {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *BGPConfig) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type PutBGPPeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          *BGPPeerConfig         `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	Create        bool                   `protobuf:"varint,2,opt,name=create,proto3" json:"create,omitempty"`
+	KeepPassword  bool                   `protobuf:"varint,3,opt,name=keep_password,json=keepPassword,proto3" json:"keep_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutBGPPeerRequest) Reset() {
+	*x = PutBGPPeerRequest{}
+	mi := &file_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutBGPPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutBGPPeerRequest) ProtoMessage() {}
+
+func (x *PutBGPPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutBGPPeerRequest.ProtoReflect.Descriptor instead.
+func (*PutBGPPeerRequest) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PutBGPPeerRequest) GetPeer() *BGPPeerConfig {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+func (x *PutBGPPeerRequest) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
+func (x *PutBGPPeerRequest) GetKeepPassword() bool {
+	if x != nil {
+		return x.KeepPassword
+	}
+	return false
+}
+
+type DeleteBGPPeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBGPPeerRequest) Reset() {
+	*x = DeleteBGPPeerRequest{}
+	mi := &file_types_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBGPPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBGPPeerRequest) ProtoMessage() {}
+
+func (x *DeleteBGPPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBGPPeerRequest.ProtoReflect.Descriptor instead.
+func (*DeleteBGPPeerRequest) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteBGPPeerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteBGPPeerRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type ListPageRequest struct {
@@ -354,7 +840,7 @@ type ListPageRequest struct {
 
 func (x *ListPageRequest) Reset() {
 	*x = ListPageRequest{}
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +852,7 @@ func (x *ListPageRequest) String() string {
 func (*ListPageRequest) ProtoMessage() {}
 
 func (x *ListPageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +865,7 @@ func (x *ListPageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPageRequest.ProtoReflect.Descriptor instead.
 func (*ListPageRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{0}
+	return file_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListPageRequest) GetAfterId() string {
@@ -420,7 +906,7 @@ type Change struct {
 
 func (x *Change) Reset() {
 	*x = Change{}
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +918,7 @@ func (x *Change) String() string {
 func (*Change) ProtoMessage() {}
 
 func (x *Change) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +931,7 @@ func (x *Change) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Change.ProtoReflect.Descriptor instead.
 func (*Change) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1}
+	return file_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Change) GetChange() isChange_Change {
@@ -558,7 +1044,7 @@ type ApplyChangesRequest struct {
 
 func (x *ApplyChangesRequest) Reset() {
 	*x = ApplyChangesRequest{}
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +1056,7 @@ func (x *ApplyChangesRequest) String() string {
 func (*ApplyChangesRequest) ProtoMessage() {}
 
 func (x *ApplyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +1069,7 @@ func (x *ApplyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChangesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2}
+	return file_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ApplyChangesRequest) GetChanges() []*Change {
@@ -603,7 +1089,7 @@ type ApplyChangesResponse struct {
 
 func (x *ApplyChangesResponse) Reset() {
 	*x = ApplyChangesResponse{}
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +1101,7 @@ func (x *ApplyChangesResponse) String() string {
 func (*ApplyChangesResponse) ProtoMessage() {}
 
 func (x *ApplyChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +1114,7 @@ func (x *ApplyChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChangesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyChangesResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3}
+	return file_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ApplyChangesResponse) GetRevision() int64 {
@@ -659,7 +1145,7 @@ type VirtualService struct {
 
 func (x *VirtualService) Reset() {
 	*x = VirtualService{}
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +1157,7 @@ func (x *VirtualService) String() string {
 func (*VirtualService) ProtoMessage() {}
 
 func (x *VirtualService) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +1170,7 @@ func (x *VirtualService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService.ProtoReflect.Descriptor instead.
 func (*VirtualService) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4}
+	return file_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VirtualService) GetId() string {
@@ -759,7 +1245,7 @@ type PassiveHealth struct {
 
 func (x *PassiveHealth) Reset() {
 	*x = PassiveHealth{}
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +1257,7 @@ func (x *PassiveHealth) String() string {
 func (*PassiveHealth) ProtoMessage() {}
 
 func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +1270,7 @@ func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveHealth.ProtoReflect.Descriptor instead.
 func (*PassiveHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{5}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PassiveHealth) GetEnabled() *wrapperspb.BoolValue {
@@ -835,7 +1321,7 @@ type Announce struct {
 
 func (x *Announce) Reset() {
 	*x = Announce{}
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1333,7 @@ func (x *Announce) String() string {
 func (*Announce) ProtoMessage() {}
 
 func (x *Announce) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1346,7 @@ func (x *Announce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Announce.ProtoReflect.Descriptor instead.
 func (*Announce) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6}
+	return file_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Announce) GetAlways() bool {
@@ -910,7 +1396,7 @@ type RealServer struct {
 
 func (x *RealServer) Reset() {
 	*x = RealServer{}
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1408,7 @@ func (x *RealServer) String() string {
 func (*RealServer) ProtoMessage() {}
 
 func (x *RealServer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1421,7 @@ func (x *RealServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer.ProtoReflect.Descriptor instead.
 func (*RealServer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RealServer) GetServiceID() string {
@@ -989,7 +1475,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1487,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1500,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListResponse) GetItems() []*ListResponse_Item {
@@ -1055,7 +1541,7 @@ type InvalidKey struct {
 
 func (x *InvalidKey) Reset() {
 	*x = InvalidKey{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1553,7 @@ func (x *InvalidKey) String() string {
 func (*InvalidKey) ProtoMessage() {}
 
 func (x *InvalidKey) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1566,7 @@ func (x *InvalidKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidKey.ProtoReflect.Descriptor instead.
 func (*InvalidKey) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InvalidKey) GetKey() string {
@@ -1108,7 +1594,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1606,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1619,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteServiceRequest) GetId() string {
@@ -1161,7 +1647,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1659,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1672,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -1212,7 +1698,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1710,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1723,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1312,14 +1798,17 @@ type NodeStatus struct {
 	Counters *CountersStatus `protobuf:"bytes,19,opt,name=counters,proto3" json:"counters,omitempty"`
 	// warnings: settings of this node that weaken it (an API without client
 	// authentication, exec health checks enabled), said at start and here.
-	Warnings      []string `protobuf:"bytes,20,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Warnings []string `protobuf:"bytes,20,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// bgp_config_error: why the node could not apply the BGP configuration
+	// (the cluster's with its own file's); it keeps the last one that worked.
+	BgpConfigError string `protobuf:"bytes,21,opt,name=bgp_config_error,json=bgpConfigError,proto3" json:"bgp_config_error,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1820,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1833,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NodeStatus) GetNode() string {
@@ -1487,6 +1976,13 @@ func (x *NodeStatus) GetWarnings() []string {
 	return nil
 }
 
+func (x *NodeStatus) GetBgpConfigError() string {
+	if x != nil {
+		return x.BgpConfigError
+	}
+	return ""
+}
+
 type CountersStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	On    bool                   `protobuf:"varint,1,opt,name=on,proto3" json:"on,omitempty"`
@@ -1508,7 +2004,7 @@ type CountersStatus struct {
 
 func (x *CountersStatus) Reset() {
 	*x = CountersStatus{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +2016,7 @@ func (x *CountersStatus) String() string {
 func (*CountersStatus) ProtoMessage() {}
 
 func (x *CountersStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +2029,7 @@ func (x *CountersStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
 func (*CountersStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CountersStatus) GetOn() bool {
@@ -1600,7 +2096,7 @@ type PassiveFigures struct {
 
 func (x *PassiveFigures) Reset() {
 	*x = PassiveFigures{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +2108,7 @@ func (x *PassiveFigures) String() string {
 func (*PassiveFigures) ProtoMessage() {}
 
 func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +2121,7 @@ func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveFigures.ProtoReflect.Descriptor instead.
 func (*PassiveFigures) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PassiveFigures) GetServiceId() string {
@@ -1682,7 +2178,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +2190,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +2203,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -1749,14 +2245,17 @@ type BGPPeer struct {
 	LastErrorAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
 	// warning: something to fix on this session, e.g. IPv4 VIPs withheld
 	// from an IPv6 session whose router did not offer extended next hop.
-	Warning       string `protobuf:"bytes,11,opt,name=warning,proto3" json:"warning,omitempty"`
+	Warning string `protobuf:"bytes,11,opt,name=warning,proto3" json:"warning,omitempty"`
+	// source: "cluster peer NAME", or "node file" for a peer of the node's
+	// own configuration file.
+	Source        string `protobuf:"bytes,12,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +2267,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +2280,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -1861,6 +2360,13 @@ func (x *BGPPeer) GetWarning() string {
 	return ""
 }
 
+func (x *BGPPeer) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 // BFDSession is one peer's single-hop BFD session (RFC 5880).
 type BFDSession struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1885,7 +2391,7 @@ type BFDSession struct {
 
 func (x *BFDSession) Reset() {
 	*x = BFDSession{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2403,7 @@ func (x *BFDSession) String() string {
 func (*BFDSession) ProtoMessage() {}
 
 func (x *BFDSession) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2416,7 @@ func (x *BFDSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BFDSession.ProtoReflect.Descriptor instead.
 func (*BFDSession) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BFDSession) GetState() string {
@@ -1983,7 +2489,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2501,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2514,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2045,7 +2551,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2563,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2576,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -2118,7 +2624,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2636,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2649,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -2195,7 +2701,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2207,7 +2713,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2220,7 +2726,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -2280,7 +2786,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2292,7 +2798,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2305,7 +2811,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -2357,7 +2863,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2875,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2888,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{24}
+	return file_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -2424,7 +2930,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2436,7 +2942,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2449,7 +2955,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{25}
+	return file_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2475,7 +2981,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2993,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +3006,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{26}
+	return file_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -2528,7 +3034,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +3046,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +3059,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{27}
+	return file_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -2639,7 +3145,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +3157,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +3170,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{28}
+	return file_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -2714,7 +3220,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +3232,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +3245,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{29}
+	return file_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -2780,7 +3286,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +3298,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +3311,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{30}
+	return file_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -2838,7 +3344,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2850,7 +3356,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2863,7 +3369,7 @@ func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Key.ProtoReflect.Descriptor instead.
 func (*VirtualService_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4, 0}
+	return file_types_proto_rawDescGZIP(), []int{9, 0}
 }
 
 func (x *VirtualService_Key) GetIp() string {
@@ -2921,7 +3427,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3439,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3452,7 @@ func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Config.ProtoReflect.Descriptor instead.
 func (*VirtualService_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4, 1}
+	return file_types_proto_rawDescGZIP(), []int{9, 1}
 }
 
 func (x *VirtualService_Config) GetScheduler() string {
@@ -3002,7 +3508,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3520,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3533,7 @@ func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_ServerDefaults.ProtoReflect.Descriptor instead.
 func (*VirtualService_ServerDefaults) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4, 2}
+	return file_types_proto_rawDescGZIP(), []int{9, 2}
 }
 
 func (x *VirtualService_ServerDefaults) GetForward() ForwardMethod {
@@ -3054,7 +3560,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3066,7 +3572,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3079,7 +3585,7 @@ func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Key.ProtoReflect.Descriptor instead.
 func (*RealServer_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7, 0}
+	return file_types_proto_rawDescGZIP(), []int{12, 0}
 }
 
 func (x *RealServer_Key) GetIp() string {
@@ -3114,7 +3620,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3126,7 +3632,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3139,7 +3645,7 @@ func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Config.ProtoReflect.Descriptor instead.
 func (*RealServer_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7, 1}
+	return file_types_proto_rawDescGZIP(), []int{12, 1}
 }
 
 func (x *RealServer_Config) GetWeight() *wrapperspb.UInt32Value {
@@ -3229,7 +3735,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3241,7 +3747,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3254,7 +3760,7 @@ func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_HealthCheck.ProtoReflect.Descriptor instead.
 func (*RealServer_HealthCheck) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7, 2}
+	return file_types_proto_rawDescGZIP(), []int{12, 2}
 }
 
 func (x *RealServer_HealthCheck) GetEndpoint() *wrapperspb.StringValue {
@@ -3386,7 +3892,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3398,7 +3904,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3411,7 +3917,7 @@ func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse_Item.ProtoReflect.Descriptor instead.
 func (*ListResponse_Item) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8, 0}
+	return file_types_proto_rawDescGZIP(), []int{13, 0}
 }
 
 func (x *ListResponse_Item) GetService() *VirtualService {
@@ -3432,7 +3938,56 @@ var File_types_proto protoreflect.FileDescriptor
 
 const file_types_proto_rawDesc = "" +
 	"\n" +
-	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n" +
+	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\b\n" +
+	"\rBGPPeerConfig\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x0e\n" +
+	"\x02as\x18\x03 \x01(\rR\x02as\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12#\n" +
+	"\rlocal_address\x18\x05 \x01(\tR\flocalAddress\x12\x1a\n" +
+	"\bpassword\x18\x06 \x01(\tR\bpassword\x12!\n" +
+	"\fpassword_set\x18\a \x01(\bR\vpasswordSet\x12#\n" +
+	"\rpassword_file\x18\b \x01(\tR\fpasswordFile\x126\n" +
+	"\thold_time\x18\t \x01(\v2\x19.google.protobuf.DurationR\bholdTime\x12@\n" +
+	"\x0ekeepalive_time\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\rkeepaliveTime\x12>\n" +
+	"\rconnect_retry\x18\v \x01(\v2\x19.google.protobuf.DurationR\fconnectRetry\x12!\n" +
+	"\fmultihop_ttl\x18\f \x01(\rR\vmultihopTtl\x12\x18\n" +
+	"\apassive\x18\r \x01(\bR\apassive\x12D\n" +
+	"\x10graceful_restart\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x0fgracefulRestart\x12\x1a\n" +
+	"\bfamilies\x18\x0f \x03(\tR\bfamilies\x12!\n" +
+	"\fmax_prefixes\x18\x10 \x01(\rR\vmaxPrefixes\x12K\n" +
+	"\x14max_prefixes_restart\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x12maxPrefixesRestart\x12\x10\n" +
+	"\x03bfd\x18\x12 \x01(\bR\x03bfd\x127\n" +
+	"\n" +
+	"bfd_min_tx\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\bbfdMinTx\x127\n" +
+	"\n" +
+	"bfd_min_rx\x18\x14 \x01(\v2\x19.google.protobuf.DurationR\bbfdMinRx\x12%\n" +
+	"\x0ebfd_multiplier\x18\x15 \x01(\rR\rbfdMultiplier\x12\x14\n" +
+	"\x05nodes\x18\x16 \x03(\tR\x05nodes\x12E\n" +
+	"\vnode_labels\x18\x17 \x03(\v2$.types.BGPPeerConfig.NodeLabelsEntryR\n" +
+	"nodeLabels\x12\x1a\n" +
+	"\brevision\x18\x18 \x01(\x03R\brevision\x1a=\n" +
+	"\x0fNodeLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
+	"\vBGPSettings\x12\x19\n" +
+	"\blocal_as\x18\x01 \x01(\rR\alocalAs\x12(\n" +
+	"\x10router_id_prefix\x18\x02 \x01(\tR\x0erouterIdPrefix\x12\x1f\n" +
+	"\vlisten_port\x18\x03 \x01(\rR\n" +
+	"listenPort\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\x83\x01\n" +
+	"\tBGPConfig\x12.\n" +
+	"\bsettings\x18\x01 \x01(\v2\x12.types.BGPSettingsR\bsettings\x12*\n" +
+	"\x05peers\x18\x02 \x03(\v2\x14.types.BGPPeerConfigR\x05peers\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"z\n" +
+	"\x11PutBGPPeerRequest\x12(\n" +
+	"\x04peer\x18\x01 \x01(\v2\x14.types.BGPPeerConfigR\x04peer\x12\x16\n" +
+	"\x06create\x18\x02 \x01(\bR\x06create\x12#\n" +
+	"\rkeep_password\x18\x03 \x01(\bR\fkeepPassword\"F\n" +
+	"\x14DeleteBGPPeerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"e\n" +
 	"\x0fListPageRequest\x12\x19\n" +
 	"\bafter_id\x18\x01 \x01(\tR\aafterId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x1b\n" +
@@ -3562,7 +4117,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\xd9\x06\n" +
+	"\x06DELETE\x10\x04\"\x83\a\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -3587,7 +4142,8 @@ const file_types_proto_rawDesc = "" +
 	"\tbgp_peers\x18\x11 \x03(\v2\x0e.types.BGPPeerR\bbgpPeers\x12%\n" +
 	"\x0evips_announced\x18\x12 \x01(\rR\rvipsAnnounced\x121\n" +
 	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\x12\x1a\n" +
-	"\bwarnings\x18\x14 \x03(\tR\bwarnings\"\xfa\x01\n" +
+	"\bwarnings\x18\x14 \x03(\tR\bwarnings\x12(\n" +
+	"\x10bgp_config_error\x18\x15 \x01(\tR\x0ebgpConfigError\"\xfa\x01\n" +
 	"\x0eCountersStatus\x12\x0e\n" +
 	"\x02on\x18\x01 \x01(\bR\x02on\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +
@@ -3607,7 +4163,7 @@ const file_types_proto_rawDesc = "" +
 	"\vDrainStatus\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
-	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\x84\x03\n" +
+	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\x9c\x03\n" +
 	"\aBGPPeer\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
 	"\x02as\x18\x02 \x01(\rR\x02as\x12\x14\n" +
@@ -3621,7 +4177,8 @@ const file_types_proto_rawDesc = "" +
 	"\x03bfd\x18\t \x01(\v2\x11.types.BFDSessionR\x03bfd\x12>\n" +
 	"\rlast_error_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\x12\x18\n" +
-	"\awarning\x18\v \x01(\tR\awarning\"\xe8\x02\n" +
+	"\awarning\x18\v \x01(\tR\awarning\x12\x16\n" +
+	"\x06source\x18\f \x01(\tR\x06source\"\xe8\x02\n" +
 	"\n" +
 	"BFDSession\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x120\n" +
@@ -3726,7 +4283,8 @@ const file_types_proto_rawDesc = "" +
 	"TunnelType\x12\b\n" +
 	"\x04IPIP\x10\x00\x12\a\n" +
 	"\x03GUE\x10\x01\x12\a\n" +
-	"\x03GRE\x10\x022\x9a\b\n" +
+	"\x03GRE\x10\x022\x9b\n" +
+	"\n" +
 	"\x06Merlin\x12@\n" +
 	"\rCreateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12@\n" +
 	"\rUpdateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12G\n" +
@@ -3744,7 +4302,12 @@ const file_types_proto_rawDesc = "" +
 	"\x10ConfirmDeletions\x12\x1e.types.ConfirmDeletionsRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n" +
 	"\tDrainNode\x12\x17.types.DrainNodeRequest\x1a\x16.google.protobuf.Empty\"\x00\x12I\n" +
 	"\fApplyChanges\x12\x1a.types.ApplyChangesRequest\x1a\x1b.types.ApplyChangesResponse\"\x00\x129\n" +
-	"\bListPage\x12\x16.types.ListPageRequest\x1a\x13.types.ListResponse\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
+	"\bListPage\x12\x16.types.ListPageRequest\x1a\x13.types.ListResponse\"\x00\x125\n" +
+	"\aListBGP\x12\x16.google.protobuf.Empty\x1a\x10.types.BGPConfig\"\x00\x12@\n" +
+	"\n" +
+	"PutBGPPeer\x12\x18.types.PutBGPPeerRequest\x1a\x16.google.protobuf.Empty\"\x00\x12F\n" +
+	"\rDeleteBGPPeer\x12\x1b.types.DeleteBGPPeerRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n" +
+	"\x0eSetBGPSettings\x12\x12.types.BGPSettings\x1a\x16.google.protobuf.Empty\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
 
 var (
 	file_types_proto_rawDescOnce sync.Once
@@ -3759,7 +4322,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -3767,166 +4330,191 @@ var file_types_proto_goTypes = []any{
 	(TunnelType)(0),                       // 3: types.TunnelType
 	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
 	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
-	(*ListPageRequest)(nil),               // 6: types.ListPageRequest
-	(*Change)(nil),                        // 7: types.Change
-	(*ApplyChangesRequest)(nil),           // 8: types.ApplyChangesRequest
-	(*ApplyChangesResponse)(nil),          // 9: types.ApplyChangesResponse
-	(*VirtualService)(nil),                // 10: types.VirtualService
-	(*PassiveHealth)(nil),                 // 11: types.PassiveHealth
-	(*Announce)(nil),                      // 12: types.Announce
-	(*RealServer)(nil),                    // 13: types.RealServer
-	(*ListResponse)(nil),                  // 14: types.ListResponse
-	(*InvalidKey)(nil),                    // 15: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 16: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 17: types.WatchRequest
-	(*WatchEvent)(nil),                    // 18: types.WatchEvent
-	(*NodeStatus)(nil),                    // 19: types.NodeStatus
-	(*CountersStatus)(nil),                // 20: types.CountersStatus
-	(*PassiveFigures)(nil),                // 21: types.PassiveFigures
-	(*DrainStatus)(nil),                   // 22: types.DrainStatus
-	(*BGPPeer)(nil),                       // 23: types.BGPPeer
-	(*BFDSession)(nil),                    // 24: types.BFDSession
-	(*DrainNodeRequest)(nil),              // 25: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 26: types.SinkStatus
-	(*VIPStatus)(nil),                     // 27: types.VIPStatus
-	(*ServerHealth)(nil),                  // 28: types.ServerHealth
-	(*ObjectError)(nil),                   // 29: types.ObjectError
-	(*DeletionGuard)(nil),                 // 30: types.DeletionGuard
-	(*StatusResponse)(nil),                // 31: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 32: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 33: types.Counters
-	(*ServerStats)(nil),                   // 34: types.ServerStats
-	(*ServiceStats)(nil),                  // 35: types.ServiceStats
-	(*StatsResponse)(nil),                 // 36: types.StatsResponse
-	(*VirtualService_Key)(nil),            // 37: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 38: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 39: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 40: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 41: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 42: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 43: types.ListResponse.Item
-	(*wrapperspb.BoolValue)(nil),          // 44: google.protobuf.BoolValue
-	(*durationpb.Duration)(nil),           // 45: google.protobuf.Duration
-	(*wrapperspb.UInt32Value)(nil),        // 46: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 47: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil),        // 48: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 49: google.protobuf.Empty
+	(*BGPPeerConfig)(nil),                 // 6: types.BGPPeerConfig
+	(*BGPSettings)(nil),                   // 7: types.BGPSettings
+	(*BGPConfig)(nil),                     // 8: types.BGPConfig
+	(*PutBGPPeerRequest)(nil),             // 9: types.PutBGPPeerRequest
+	(*DeleteBGPPeerRequest)(nil),          // 10: types.DeleteBGPPeerRequest
+	(*ListPageRequest)(nil),               // 11: types.ListPageRequest
+	(*Change)(nil),                        // 12: types.Change
+	(*ApplyChangesRequest)(nil),           // 13: types.ApplyChangesRequest
+	(*ApplyChangesResponse)(nil),          // 14: types.ApplyChangesResponse
+	(*VirtualService)(nil),                // 15: types.VirtualService
+	(*PassiveHealth)(nil),                 // 16: types.PassiveHealth
+	(*Announce)(nil),                      // 17: types.Announce
+	(*RealServer)(nil),                    // 18: types.RealServer
+	(*ListResponse)(nil),                  // 19: types.ListResponse
+	(*InvalidKey)(nil),                    // 20: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 21: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 22: types.WatchRequest
+	(*WatchEvent)(nil),                    // 23: types.WatchEvent
+	(*NodeStatus)(nil),                    // 24: types.NodeStatus
+	(*CountersStatus)(nil),                // 25: types.CountersStatus
+	(*PassiveFigures)(nil),                // 26: types.PassiveFigures
+	(*DrainStatus)(nil),                   // 27: types.DrainStatus
+	(*BGPPeer)(nil),                       // 28: types.BGPPeer
+	(*BFDSession)(nil),                    // 29: types.BFDSession
+	(*DrainNodeRequest)(nil),              // 30: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 31: types.SinkStatus
+	(*VIPStatus)(nil),                     // 32: types.VIPStatus
+	(*ServerHealth)(nil),                  // 33: types.ServerHealth
+	(*ObjectError)(nil),                   // 34: types.ObjectError
+	(*DeletionGuard)(nil),                 // 35: types.DeletionGuard
+	(*StatusResponse)(nil),                // 36: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 37: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 38: types.Counters
+	(*ServerStats)(nil),                   // 39: types.ServerStats
+	(*ServiceStats)(nil),                  // 40: types.ServiceStats
+	(*StatsResponse)(nil),                 // 41: types.StatsResponse
+	nil,                                   // 42: types.BGPPeerConfig.NodeLabelsEntry
+	(*VirtualService_Key)(nil),            // 43: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 44: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 45: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 46: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 47: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 48: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 49: types.ListResponse.Item
+	(*durationpb.Duration)(nil),           // 50: google.protobuf.Duration
+	(*wrapperspb.BoolValue)(nil),          // 51: google.protobuf.BoolValue
+	(*wrapperspb.UInt32Value)(nil),        // 52: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 53: google.protobuf.Timestamp
+	(*wrapperspb.StringValue)(nil),        // 54: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 55: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	10, // 0: types.Change.create_service:type_name -> types.VirtualService
-	10, // 1: types.Change.update_service:type_name -> types.VirtualService
-	16, // 2: types.Change.delete_service:type_name -> types.DeleteServiceRequest
-	13, // 3: types.Change.create_server:type_name -> types.RealServer
-	13, // 4: types.Change.update_server:type_name -> types.RealServer
-	13, // 5: types.Change.delete_server:type_name -> types.RealServer
-	7,  // 6: types.ApplyChangesRequest.changes:type_name -> types.Change
-	37, // 7: types.VirtualService.key:type_name -> types.VirtualService.Key
-	38, // 8: types.VirtualService.config:type_name -> types.VirtualService.Config
-	39, // 9: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	12, // 10: types.VirtualService.announce:type_name -> types.Announce
-	11, // 11: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	44, // 12: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	45, // 13: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	46, // 14: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	46, // 15: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	46, // 16: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	40, // 17: types.RealServer.key:type_name -> types.RealServer.Key
-	41, // 18: types.RealServer.config:type_name -> types.RealServer.Config
-	42, // 19: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	43, // 20: types.ListResponse.items:type_name -> types.ListResponse.Item
-	15, // 21: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	5,  // 22: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	10, // 23: types.WatchEvent.service:type_name -> types.VirtualService
-	13, // 24: types.WatchEvent.server:type_name -> types.RealServer
-	19, // 25: types.WatchEvent.node:type_name -> types.NodeStatus
-	47, // 26: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	29, // 27: types.NodeStatus.errors:type_name -> types.ObjectError
-	30, // 28: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	47, // 29: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	28, // 30: types.NodeStatus.servers:type_name -> types.ServerHealth
-	26, // 31: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	27, // 32: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	22, // 33: types.NodeStatus.drain:type_name -> types.DrainStatus
-	23, // 34: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	20, // 35: types.NodeStatus.counters:type_name -> types.CountersStatus
-	21, // 36: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	45, // 37: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	47, // 38: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	45, // 39: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	47, // 40: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	24, // 41: types.BGPPeer.bfd:type_name -> types.BFDSession
-	47, // 42: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
-	47, // 43: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	45, // 44: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	45, // 45: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	47, // 46: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	45, // 47: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	47, // 48: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	47, // 49: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	47, // 50: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	19, // 51: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	40, // 52: types.ServerStats.key:type_name -> types.RealServer.Key
-	33, // 53: types.ServerStats.counters:type_name -> types.Counters
-	37, // 54: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	33, // 55: types.ServiceStats.counters:type_name -> types.Counters
-	34, // 56: types.ServiceStats.servers:type_name -> types.ServerStats
-	35, // 57: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,  // 58: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,  // 59: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	46, // 60: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	46, // 61: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	44, // 62: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,  // 63: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	42, // 64: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	46, // 65: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,  // 66: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	46, // 67: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	46, // 68: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,  // 69: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	48, // 70: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	45, // 71: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	45, // 72: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	45, // 73: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,  // 74: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	10, // 75: types.ListResponse.Item.service:type_name -> types.VirtualService
-	13, // 76: types.ListResponse.Item.servers:type_name -> types.RealServer
-	10, // 77: types.Merlin.CreateService:input_type -> types.VirtualService
-	10, // 78: types.Merlin.UpdateService:input_type -> types.VirtualService
-	48, // 79: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	13, // 80: types.Merlin.CreateServer:input_type -> types.RealServer
-	13, // 81: types.Merlin.UpdateServer:input_type -> types.RealServer
-	13, // 82: types.Merlin.DeleteServer:input_type -> types.RealServer
-	49, // 83: types.Merlin.List:input_type -> google.protobuf.Empty
-	48, // 84: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	16, // 85: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	17, // 86: types.Merlin.Watch:input_type -> types.WatchRequest
-	49, // 87: types.Merlin.Status:input_type -> google.protobuf.Empty
-	49, // 88: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	32, // 89: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	25, // 90: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	8,  // 91: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	6,  // 92: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	49, // 93: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	49, // 94: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	49, // 95: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	49, // 96: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	49, // 97: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	49, // 98: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	14, // 99: types.Merlin.List:output_type -> types.ListResponse
-	43, // 100: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	49, // 101: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	18, // 102: types.Merlin.Watch:output_type -> types.WatchEvent
-	31, // 103: types.Merlin.Status:output_type -> types.StatusResponse
-	36, // 104: types.Merlin.Stats:output_type -> types.StatsResponse
-	49, // 105: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	49, // 106: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	9,  // 107: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	14, // 108: types.Merlin.ListPage:output_type -> types.ListResponse
-	93, // [93:109] is the sub-list for method output_type
-	77, // [77:93] is the sub-list for method input_type
-	77, // [77:77] is the sub-list for extension type_name
-	77, // [77:77] is the sub-list for extension extendee
-	0,  // [0:77] is the sub-list for field type_name
+	50,  // 0: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
+	50,  // 1: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
+	50,  // 2: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
+	50,  // 3: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
+	50,  // 4: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
+	50,  // 5: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
+	50,  // 6: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
+	42,  // 7: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
+	7,   // 8: types.BGPConfig.settings:type_name -> types.BGPSettings
+	6,   // 9: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
+	6,   // 10: types.PutBGPPeerRequest.peer:type_name -> types.BGPPeerConfig
+	15,  // 11: types.Change.create_service:type_name -> types.VirtualService
+	15,  // 12: types.Change.update_service:type_name -> types.VirtualService
+	21,  // 13: types.Change.delete_service:type_name -> types.DeleteServiceRequest
+	18,  // 14: types.Change.create_server:type_name -> types.RealServer
+	18,  // 15: types.Change.update_server:type_name -> types.RealServer
+	18,  // 16: types.Change.delete_server:type_name -> types.RealServer
+	12,  // 17: types.ApplyChangesRequest.changes:type_name -> types.Change
+	43,  // 18: types.VirtualService.key:type_name -> types.VirtualService.Key
+	44,  // 19: types.VirtualService.config:type_name -> types.VirtualService.Config
+	45,  // 20: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	17,  // 21: types.VirtualService.announce:type_name -> types.Announce
+	16,  // 22: types.VirtualService.passive_health:type_name -> types.PassiveHealth
+	51,  // 23: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	50,  // 24: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	52,  // 25: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	52,  // 26: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	52,  // 27: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	46,  // 28: types.RealServer.key:type_name -> types.RealServer.Key
+	47,  // 29: types.RealServer.config:type_name -> types.RealServer.Config
+	48,  // 30: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	49,  // 31: types.ListResponse.items:type_name -> types.ListResponse.Item
+	20,  // 32: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	5,   // 33: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	15,  // 34: types.WatchEvent.service:type_name -> types.VirtualService
+	18,  // 35: types.WatchEvent.server:type_name -> types.RealServer
+	24,  // 36: types.WatchEvent.node:type_name -> types.NodeStatus
+	53,  // 37: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	34,  // 38: types.NodeStatus.errors:type_name -> types.ObjectError
+	35,  // 39: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	53,  // 40: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	33,  // 41: types.NodeStatus.servers:type_name -> types.ServerHealth
+	31,  // 42: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	32,  // 43: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	27,  // 44: types.NodeStatus.drain:type_name -> types.DrainStatus
+	28,  // 45: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	25,  // 46: types.NodeStatus.counters:type_name -> types.CountersStatus
+	26,  // 47: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	50,  // 48: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	53,  // 49: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	50,  // 50: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	53,  // 51: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	29,  // 52: types.BGPPeer.bfd:type_name -> types.BFDSession
+	53,  // 53: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	53,  // 54: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	50,  // 55: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	50,  // 56: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	53,  // 57: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	50,  // 58: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	53,  // 59: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	53,  // 60: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	53,  // 61: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	24,  // 62: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	46,  // 63: types.ServerStats.key:type_name -> types.RealServer.Key
+	38,  // 64: types.ServerStats.counters:type_name -> types.Counters
+	43,  // 65: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	38,  // 66: types.ServiceStats.counters:type_name -> types.Counters
+	39,  // 67: types.ServiceStats.servers:type_name -> types.ServerStats
+	40,  // 68: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,   // 69: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,   // 70: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	52,  // 71: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	52,  // 72: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	51,  // 73: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,   // 74: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	48,  // 75: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	52,  // 76: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,   // 77: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	52,  // 78: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	52,  // 79: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,   // 80: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	54,  // 81: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	50,  // 82: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	50,  // 83: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	50,  // 84: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,   // 85: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	15,  // 86: types.ListResponse.Item.service:type_name -> types.VirtualService
+	18,  // 87: types.ListResponse.Item.servers:type_name -> types.RealServer
+	15,  // 88: types.Merlin.CreateService:input_type -> types.VirtualService
+	15,  // 89: types.Merlin.UpdateService:input_type -> types.VirtualService
+	54,  // 90: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	18,  // 91: types.Merlin.CreateServer:input_type -> types.RealServer
+	18,  // 92: types.Merlin.UpdateServer:input_type -> types.RealServer
+	18,  // 93: types.Merlin.DeleteServer:input_type -> types.RealServer
+	55,  // 94: types.Merlin.List:input_type -> google.protobuf.Empty
+	54,  // 95: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	21,  // 96: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	22,  // 97: types.Merlin.Watch:input_type -> types.WatchRequest
+	55,  // 98: types.Merlin.Status:input_type -> google.protobuf.Empty
+	55,  // 99: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	37,  // 100: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	30,  // 101: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	13,  // 102: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	11,  // 103: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	55,  // 104: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	9,   // 105: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	10,  // 106: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	7,   // 107: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	55,  // 108: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	55,  // 109: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	55,  // 110: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	55,  // 111: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	55,  // 112: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	55,  // 113: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	19,  // 114: types.Merlin.List:output_type -> types.ListResponse
+	49,  // 115: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	55,  // 116: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	23,  // 117: types.Merlin.Watch:output_type -> types.WatchEvent
+	36,  // 118: types.Merlin.Status:output_type -> types.StatusResponse
+	41,  // 119: types.Merlin.Stats:output_type -> types.StatsResponse
+	55,  // 120: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	55,  // 121: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	14,  // 122: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	19,  // 123: types.Merlin.ListPage:output_type -> types.ListResponse
+	8,   // 124: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	55,  // 125: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	55,  // 126: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	55,  // 127: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	108, // [108:128] is the sub-list for method output_type
+	88,  // [88:108] is the sub-list for method input_type
+	88,  // [88:88] is the sub-list for extension type_name
+	88,  // [88:88] is the sub-list for extension extendee
+	0,   // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -3934,7 +4522,7 @@ func file_types_proto_init() {
 	if File_types_proto != nil {
 		return
 	}
-	file_types_proto_msgTypes[1].OneofWrappers = []any{
+	file_types_proto_msgTypes[6].OneofWrappers = []any{
 		(*Change_CreateService)(nil),
 		(*Change_UpdateService)(nil),
 		(*Change_DeleteService)(nil),
@@ -3948,7 +4536,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   38,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

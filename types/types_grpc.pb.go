@@ -41,6 +41,10 @@ const (
 	Merlin_DrainNode_FullMethodName               = "/types.Merlin/DrainNode"
 	Merlin_ApplyChanges_FullMethodName            = "/types.Merlin/ApplyChanges"
 	Merlin_ListPage_FullMethodName                = "/types.Merlin/ListPage"
+	Merlin_ListBGP_FullMethodName                 = "/types.Merlin/ListBGP"
+	Merlin_PutBGPPeer_FullMethodName              = "/types.Merlin/PutBGPPeer"
+	Merlin_DeleteBGPPeer_FullMethodName           = "/types.Merlin/DeleteBGPPeer"
+	Merlin_SetBGPSettings_FullMethodName          = "/types.Merlin/SetBGPSettings"
 )
 
 // MerlinClient is the client API for Merlin service.
@@ -110,6 +114,20 @@ type MerlinClient interface {
 	// every page read at the first page's revision. A revision etcd has
 	// compacted meanwhile is OutOfRange: start again.
 	ListPage(ctx context.Context, in *ListPageRequest, opts ...grpc.CallOption) (*ListResponse, error)
+	// ListBGP returns the cluster's BGP configuration: its settings and
+	// every peer. TCP-MD5 passwords are never returned (password_set says
+	// whether a peer has one).
+	ListBGP(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*BGPConfig, error)
+	// PutBGPPeer creates (create: AlreadyExists if the name is taken) or
+	// replaces (NotFound if it is not) a cluster BGP peer, at
+	// peer.revision when set (Aborted otherwise). A replacement without a
+	// password keeps the stored one when keep_password is set.
+	PutBGPPeer(ctx context.Context, in *PutBGPPeerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// DeleteBGPPeer removes a cluster BGP peer (at revision when set).
+	DeleteBGPPeer(ctx context.Context, in *DeleteBGPPeerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// SetBGPSettings replaces the cluster's BGP settings (at
+	// settings.revision when set).
+	SetBGPSettings(ctx context.Context, in *BGPSettings, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type merlinClient struct {
@@ -289,6 +307,46 @@ func (c *merlinClient) ListPage(ctx context.Context, in *ListPageRequest, opts .
 	return out, nil
 }
 
+func (c *merlinClient) ListBGP(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*BGPConfig, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BGPConfig)
+	err := c.cc.Invoke(ctx, Merlin_ListBGP_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *merlinClient) PutBGPPeer(ctx context.Context, in *PutBGPPeerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, Merlin_PutBGPPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *merlinClient) DeleteBGPPeer(ctx context.Context, in *DeleteBGPPeerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, Merlin_DeleteBGPPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *merlinClient) SetBGPSettings(ctx context.Context, in *BGPSettings, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, Merlin_SetBGPSettings_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MerlinServer is the server API for Merlin service.
 // All implementations must embed UnimplementedMerlinServer
 // for forward compatibility.
@@ -356,6 +414,20 @@ type MerlinServer interface {
 	// every page read at the first page's revision. A revision etcd has
 	// compacted meanwhile is OutOfRange: start again.
 	ListPage(context.Context, *ListPageRequest) (*ListResponse, error)
+	// ListBGP returns the cluster's BGP configuration: its settings and
+	// every peer. TCP-MD5 passwords are never returned (password_set says
+	// whether a peer has one).
+	ListBGP(context.Context, *emptypb.Empty) (*BGPConfig, error)
+	// PutBGPPeer creates (create: AlreadyExists if the name is taken) or
+	// replaces (NotFound if it is not) a cluster BGP peer, at
+	// peer.revision when set (Aborted otherwise). A replacement without a
+	// password keeps the stored one when keep_password is set.
+	PutBGPPeer(context.Context, *PutBGPPeerRequest) (*emptypb.Empty, error)
+	// DeleteBGPPeer removes a cluster BGP peer (at revision when set).
+	DeleteBGPPeer(context.Context, *DeleteBGPPeerRequest) (*emptypb.Empty, error)
+	// SetBGPSettings replaces the cluster's BGP settings (at
+	// settings.revision when set).
+	SetBGPSettings(context.Context, *BGPSettings) (*emptypb.Empty, error)
 	mustEmbedUnimplementedMerlinServer()
 }
 
@@ -413,6 +485,18 @@ func (UnimplementedMerlinServer) ApplyChanges(context.Context, *ApplyChangesRequ
 }
 func (UnimplementedMerlinServer) ListPage(context.Context, *ListPageRequest) (*ListResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPage not implemented")
+}
+func (UnimplementedMerlinServer) ListBGP(context.Context, *emptypb.Empty) (*BGPConfig, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBGP not implemented")
+}
+func (UnimplementedMerlinServer) PutBGPPeer(context.Context, *PutBGPPeerRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutBGPPeer not implemented")
+}
+func (UnimplementedMerlinServer) DeleteBGPPeer(context.Context, *DeleteBGPPeerRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteBGPPeer not implemented")
+}
+func (UnimplementedMerlinServer) SetBGPSettings(context.Context, *BGPSettings) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetBGPSettings not implemented")
 }
 func (UnimplementedMerlinServer) mustEmbedUnimplementedMerlinServer() {}
 func (UnimplementedMerlinServer) testEmbeddedByValue()                {}
@@ -716,6 +800,78 @@ func _Merlin_ListPage_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Merlin_ListBGP_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(emptypb.Empty)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).ListBGP(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_ListBGP_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).ListBGP(ctx, req.(*emptypb.Empty))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Merlin_PutBGPPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutBGPPeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).PutBGPPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_PutBGPPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).PutBGPPeer(ctx, req.(*PutBGPPeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Merlin_DeleteBGPPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteBGPPeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).DeleteBGPPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_DeleteBGPPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).DeleteBGPPeer(ctx, req.(*DeleteBGPPeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Merlin_SetBGPSettings_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BGPSettings)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).SetBGPSettings(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_SetBGPSettings_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).SetBGPSettings(ctx, req.(*BGPSettings))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Merlin_ServiceDesc is the grpc.ServiceDesc for Merlin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -782,6 +938,22 @@ var Merlin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPage",
 			Handler:    _Merlin_ListPage_Handler,
+		},
+		{
+			MethodName: "ListBGP",
+			Handler:    _Merlin_ListBGP_Handler,
+		},
+		{
+			MethodName: "PutBGPPeer",
+			Handler:    _Merlin_PutBGPPeer_Handler,
+		},
+		{
+			MethodName: "DeleteBGPPeer",
+			Handler:    _Merlin_DeleteBGPPeer_Handler,
+		},
+		{
+			MethodName: "SetBGPSettings",
+			Handler:    _Merlin_SetBGPSettings_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -39,6 +39,7 @@ func (r Roles) Enforced() bool { return len(r.Readers) > 0 || len(r.Writers) > 0
 var readMethods = map[string]bool{
 	"/types.Merlin/List": true, "/types.Merlin/GetService": true, "/types.Merlin/Watch": true,
 	"/types.Merlin/Status": true, "/types.Merlin/Stats": true, "/types.Merlin/ListPage": true,
+	"/types.Merlin/ListBGP": true,
 }
 
 // openServices answer anyone the transport lets in: they reveal nothing of
@@ -185,6 +186,9 @@ func (s *Server) audit(ctx context.Context, method string, req any, note *auditN
 	if why := undecodable(req); why != nil {
 		change = "(undecodable: " + status.Convert(why).Message() + ")"
 	} else if m, ok := req.(proto.Message); ok {
+		if r, ok := m.(interface{ Redacted() proto.Message }); ok {
+			m = r.Redacted() // never a password in a log
+		}
 		b, merr := protojson.MarshalOptions{}.Marshal(m)
 		if merr != nil {
 			b = []byte(fmt.Sprintf("(%d bytes, not printable)", proto.Size(m)))

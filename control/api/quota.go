@@ -13,6 +13,7 @@ import (
 var adds = map[string]bool{
 	"/types.Merlin/CreateService": true, "/types.Merlin/UpdateService": true,
 	"/types.Merlin/CreateServer": true, "/types.Merlin/UpdateServer": true,
+	"/types.Merlin/PutBGPPeer": true, "/types.Merlin/SetBGPSettings": true,
 }
 
 func (s *Server) quotaGuard(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

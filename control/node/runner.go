@@ -155,7 +155,7 @@ func (r *Runner) Offer(u *store.Update) {
 		}
 		r.incoming = u
 	default:
-		in.Revision, in.Invalid, in.ConfirmedDeletions, in.Drains = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains
+		in.Revision, in.Invalid, in.ConfirmedDeletions, in.Drains, in.BGP = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains, u.BGP
 		if in.Received.IsZero() {
 			in.Received = u.Received // the earliest change decides how long it waited
 		}

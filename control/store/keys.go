@@ -17,6 +17,8 @@ import (
 //	PREFIX/revision               empty; its mod revision is the last change's
 //	PREFIX/confirm-deletions      the revision up to which mass deletions may apply
 //	PREFIX/drain/NODE             a node's drain (JSON)
+//	PREFIX/bgp/settings           the cluster's BGP settings (BGPSettings)
+//	PREFIX/bgp/peers/NAME         a cluster BGP peer (BGPPeerConfig, with its password)
 //	PREFIX/nodes/NODE             a node's status (protobuf), under its lease
 type keys struct{ prefix string }
 
@@ -28,6 +30,11 @@ func (k keys) nodePrefix() string     { return k.prefix + "/nodes/" }
 func (k keys) confirmKey() string     { return k.prefix + "/confirm-deletions" }
 func (k keys) drainPrefix() string    { return k.prefix + "/drain/" }
 func (k keys) pingKey() string        { return k.prefix + "/health" }
+func (k keys) bgpPrefix() string      { return k.prefix + "/bgp/" }
+func (k keys) bgpSettingsKey() string { return k.prefix + "/bgp/settings" }
+func (k keys) bgpPeersPrefix() string { return k.prefix + "/bgp/peers/" }
+
+func (k keys) isBGPKey(key string) bool { return strings.HasPrefix(key, k.bgpPrefix()) }
 
 func (k keys) serviceKey(id string) string   { return k.servicesPrefix() + id }
 func (k keys) serverPrefix(id string) string { return k.serversPrefix() + id + "/" }

@@ -39,6 +39,9 @@ type State struct {
 	// Drains: nodes whose BGP announcements are drained, by node name.
 	// Replaced whole on a change, so it may be shared.
 	Drains map[string]Drain
+	// BGP: the cluster's BGP settings and peers (passwords included).
+	// Replaced whole on a change, so it may be shared; never nil once listed.
+	BGP *BGPConfig
 
 	keys
 	seen        int64           // the last revision the state includes (list, or last event)
@@ -69,6 +72,7 @@ func (s *State) Clone() *State {
 		keys:               s.keys,
 		ConfirmedDeletions: s.ConfirmedDeletions,
 		Drains:             s.Drains,
+		BGP:                s.BGP,
 		rawServices:        maps.Clone(s.rawServices),
 		rawServers:         make(map[string]map[string]rawValue, len(s.rawServers)),
 	}
@@ -87,6 +91,10 @@ func (s *State) put(key string, value []byte, modRevision int64) bool {
 	}
 	if node, ok := s.drainOf(key); ok {
 		s.setDrain(node, value)
+		return true
+	}
+	if s.isBGPKey(key) {
+		s.setBGP(key, value, modRevision)
 		return true
 	}
 	isService, id, ok := s.keyKind(key)
@@ -127,6 +135,7 @@ type Update struct {
 	Invalid            map[string]string // always complete
 	ConfirmedDeletions int64
 	Drains             map[string]Drain // always complete; shared
+	BGP                *BGPConfig       // always complete; shared
 	// Received is when the watcher got the change from etcd (for
 	// merlin_change_apply_seconds); zero when unknown.
 	Received time.Time
@@ -138,7 +147,7 @@ func (s *State) update(full bool) *Update {
 	if full {
 		return s.FullUpdate()
 	}
-	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains,
+	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, BGP: s.BGP,
 		Services: make(map[string]*ServiceState, len(s.touched))}
 	for id := range s.touched {
 		u.Services[id] = s.Services[id]
@@ -149,18 +158,18 @@ func (s *State) update(full bool) *Update {
 // snapshot is what consumers compare: the decoded services (shared,
 // immutable) without the raw values.
 func (s *State) snapshot() *State {
-	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, keys: s.keys}
+	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, BGP: s.BGP, keys: s.keys}
 }
 
 // FullUpdate is an Update carrying all of s.
 func (s *State) FullUpdate() *Update {
-	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains}
+	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, BGP: s.BGP}
 }
 
 // Apply brings s (a zero State to start) up to date with u; it reports
 // the service IDs u changed (nil: all of them, for a full update).
 func (s *State) Apply(u *Update) map[string]bool {
-	s.Revision, s.Invalid, s.ConfirmedDeletions, s.Drains = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains
+	s.Revision, s.Invalid, s.ConfirmedDeletions, s.Drains, s.BGP = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains, u.BGP
 	if u.Full {
 		s.Services = maps.Clone(u.Services)
 		return nil
@@ -219,6 +228,10 @@ func (s *State) delete(key string) bool {
 	}
 	if node, ok := s.drainOf(key); ok {
 		s.setDrain(node, nil)
+		return true
+	}
+	if s.isBGPKey(key) {
+		s.setBGP(key, nil, 0)
 		return true
 	}
 	isService, id, ok := s.keyKind(key)
