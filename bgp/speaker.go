@@ -41,8 +41,8 @@ type Speaker struct {
 	enhWarning map[netip.Addr]string
 
 	bfdMu   sync.Mutex
-	bfd     *bfd.Manager // nil: no peer has had BFD
-	bfdStop func()       // set while the BFD manager runs
+	bfd     *bfd.Manager        // nil: no peer has had BFD
+	bfdStop func()              // set while the BFD manager runs
 	bfdOn   map[netip.Addr]bool // peers whose BGP session is established
 
 	// peerMu guards the peers, which SetPeers replaces while Run runs

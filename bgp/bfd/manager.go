@@ -38,7 +38,7 @@ type Status struct {
 	// TxInterval and DetectTime are the negotiated ones while Up.
 	TxInterval time.Duration
 	DetectTime time.Duration
-	Flaps      uint64 // times the session left Up
+	Flaps      uint64 // times the session left Up by a failure (not AdminDown)
 	LastDown   time.Time
 	LastDiag   Diag // why it last left Up
 	Received   uint64

@@ -183,16 +183,16 @@ func TestRemovedPeerSignalsAdminDown(t *testing.T) {
 		if c, _ := b.rec.last(); c.Diag != DiagNeighborDown {
 			t.Errorf("b's last change %+v, want neighbor signaled", c)
 		}
-		if st := a.state(t); st.State != AdminDown || st.Flaps != 1 {
-			t.Errorf("a removed session: %+v, want admin-down with its flap kept", st)
+		if st := a.state(t); st.State != AdminDown || st.Flaps != 0 {
+			t.Errorf("a removed session: %+v, want admin-down and no flap (a removal is no failure)", st)
 		}
 		// Changed timers restart the session; the same ones leave it alone.
 		if err := a.m.Set([]Peer{{Address: addrB}}); err != nil {
 			t.Fatal(err)
 		}
 		waitState(t, a, Up, 5*time.Second)
-		if st := a.state(t); st.Flaps != 1 {
-			t.Errorf("a session back for the same peer counts %d flaps, want the 1 before", st.Flaps)
+		if st := a.state(t); st.Flaps != 0 || st.State != Up {
+			t.Errorf("a session back for the same peer: %+v, want up and no flap", st)
 		}
 		flaps := b.state(t).Flaps
 		if err := a.m.Set([]Peer{{Address: addrB, Config: Config{MinTx: DefaultInterval}}}); err != nil {

@@ -199,16 +199,16 @@ func (s *session) next() time.Time {
 }
 
 // adminDown stops the session on purpose (§6.8.16): the peer is told, and
-// takes it as no failure.
+// takes it as no failure. Nor is it a flap: merlin's own choice (its BGP
+// session went down, the peer was removed, merlin stops) is no failure of
+// the path. Counted, it raced: a router's Down, a session up again within
+// a millisecond, then the BGP Cease taking it down counted two flaps for
+// one failure.
 func (s *session) adminDown(now time.Time) *change {
 	if s.state == AdminDown {
 		return nil
 	}
 	from := s.state
-	if from == Up {
-		s.flaps++
-		s.lastDown, s.lastDiag = now, DiagAdminDown
-	}
 	s.to(AdminDown, now)
 	s.diag = DiagAdminDown
 	s.detectAt = time.Time{}

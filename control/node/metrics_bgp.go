@@ -38,7 +38,7 @@ func NewBGPCollector(s PeerLister) prometheus.Collector {
 		recv:        d("merlin_bgp_prefixes_received", "Prefixes the peer sent (never imported)."),
 		shut:        d("merlin_bgp_peer_shut", "1 while the peer is shut down for sending more prefixes than its limit."),
 		bfdUp:       d("merlin_bfd_session_up", "1 while the BFD session with the peer is up (only peers with BFD)."),
-		bfdFlaps:    d("merlin_bfd_session_flaps_total", "Times the BFD session with the peer left up."),
+		bfdFlaps:    d("merlin_bfd_session_flaps_total", "Times the BFD session with the peer failed (left up for a reason other than merlin taking it down)."),
 		bfdDetect:   d("merlin_bfd_detect_time_seconds", "Negotiated BFD detection time with the peer, while up: how long a silent router stays up."),
 		routes:      prometheus.NewDesc("merlin_bgp_routes_announced", "VIP host routes the speaker announces.", nil, nil),
 		refused: prometheus.NewDesc("merlin_bgp_refused_connections_total",
