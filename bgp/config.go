@@ -61,6 +61,9 @@ type Peer struct {
 	// BFD Down takes the BGP session down at once instead of after the
 	// hold time. Not with MultihopTTL.
 	BFD *bfd.Config
+	// Source says where the peer is configured (status only: "cluster
+	// peer NAME", "node file"); a change of it alone moves no session.
+	Source string
 }
 
 const (

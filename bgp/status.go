@@ -30,6 +30,7 @@ type PeerStatus struct {
 	Shut             bool       // shut down for exceeding its prefix limit
 	BFD              *BFDStatus // nil: BFD is off for the peer
 	Warning          string     // something the operator should fix, e.g. a missing capability
+	Source           string     // Peer.Source
 }
 
 // BFDStatus is a peer's BFD session.
@@ -63,7 +64,7 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 	peers := s.peers()
 	out := make([]PeerStatus, 0, len(peers))
 	for _, p := range peers {
-		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle"}
+		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle", Source: p.Source}
 		var last peerError
 		last, st.Shut = s.ev.get(p.Address.String())
 		st.LastError, st.LastErrorAt = last.msg, last.at

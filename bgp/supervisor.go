@@ -38,6 +38,7 @@ type Supervised struct {
 
 	mu        sync.Mutex
 	childCfg  Config      // what the running speaker has
+	configErr string      // NoteConfigError's
 	client    *rpc.Client // nil while no speaker runs
 	pid       int
 	want      []Route
@@ -350,7 +351,7 @@ func (s *Supervised) Peers(ctx context.Context) ([]PeerStatus, error) {
 	s.mu.Unlock()
 	out := make([]PeerStatus, 0, len(peers))
 	for _, p := range peers {
-		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle", LastError: "bgp speaker: " + why}
+		st := PeerStatus{Address: p.Address, AS: p.AS, State: "idle", LastError: "bgp speaker: " + why, Source: p.Source}
 		if p.BFD != nil {
 			st.BFD = &BFDStatus{State: "admin-down", RemoteState: "down"}
 		}

@@ -27,6 +27,29 @@ func (s *Supervised) SetConfig(cfg Config) error {
 	return nil
 }
 
+// NoteConfigError records why the caller could not make a configuration
+// (nil: it could), for node status; ConfigError says it.
+func (s *Supervised) NoteConfigError(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	s.mu.Lock()
+	changed := s.configErr != msg
+	s.configErr = msg
+	s.mu.Unlock()
+	if changed {
+		s.poke()
+	}
+}
+
+// ConfigError is the last NoteConfigError's.
+func (s *Supervised) ConfigError() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.configErr
+}
+
 // waitOn waits until BGP is on (a local AS); false when ctx ended first.
 func (s *Supervised) waitOn(ctx context.Context) bool {
 	for {
@@ -61,7 +84,7 @@ func (s *Supervised) updatePeers(ctx context.Context, c *rpc.Client) {
 	s.mu.Lock()
 	peers, had := s.cfg.Peers, s.childCfg.Peers
 	s.mu.Unlock()
-	if slices.EqualFunc(peers, had, Peer.Equal) {
+	if slices.EqualFunc(peers, had, func(a, b Peer) bool { return a.Equal(b) && a.Source == b.Source }) {
 		return
 	}
 	if err := s.call(ctx, c, "SetPeers", peers, &struct{}{}); err != nil {

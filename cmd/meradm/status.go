@@ -195,6 +195,9 @@ func peerNotes(n *types.NodeStatus, now time.Time) []string {
 	var out []string
 	for _, p := range n.BgpPeers {
 		line := fmt.Sprintf("%s: bgp peer %s (AS %d) %s", n.Node, p.Address, p.As, p.State)
+		if p.Source != "" {
+			line = fmt.Sprintf("%s: bgp peer %s (AS %d, %s) %s", n.Node, p.Address, p.As, p.Source, p.State)
+		}
 		if p.UpSince != nil {
 			line += fmt.Sprintf(" for %s", now.Sub(p.UpSince.AsTime()).Round(time.Second))
 		}
@@ -211,6 +214,9 @@ func peerNotes(n *types.NodeStatus, now time.Time) []string {
 	}
 	if len(n.BgpPeers) > 0 {
 		out = append(out, fmt.Sprintf("%s: bgp announces %d VIPs", n.Node, n.VipsAnnounced))
+	}
+	if n.BgpConfigError != "" {
+		out = append(out, fmt.Sprintf("%s: bgp configuration not applied (the last good one runs): %s", n.Node, n.BgpConfigError))
 	}
 	return out
 }

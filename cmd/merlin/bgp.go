@@ -90,39 +90,49 @@ func (p *peerFlags) Set(v string) error {
 	return nil
 }
 
-// bgpConfig builds the speaker's configuration from the file section and
-// the flags; zero local AS and no peers: BGP is off.
+// bgpConfig checks the node's own BGP settings at start (the file section
+// and the flags); zero local AS and no peers: none. Without a local AS the
+// peers wait for the cluster's (effectiveBGP).
 func bgpConfig(f bgpFile) (*bgp.Config, error) {
 	if f.LocalAS == 0 && len(f.Peers) == 0 {
 		return nil, nil
 	}
-	c := &bgp.Config{LocalAS: f.LocalAS, ListenPort: f.ListenPort}
-	var err error
-	if c.RouterID, err = optionalAddr("bgp.router_id", f.RouterID); err != nil {
+	c, err := bgpGlobal(f)
+	if err != nil {
 		return nil, err
-	}
-	if c.NextHopIPv6, err = optionalAddr("bgp.next_hop_ipv6", f.NextHopIPv6); err != nil {
-		return nil, err
-	}
-	for i, s := range f.ListenAddresses {
-		a, err := optionalAddr(fmt.Sprintf("bgp.listen_addresses[%d]", i), s)
-		if err != nil {
-			return nil, err
-		}
-		c.ListenAddresses = append(c.ListenAddresses, a)
 	}
 	for i, pf := range f.Peers {
 		p, err := pf.peer()
 		if err != nil {
 			return nil, fmt.Errorf("bgp.peers[%d]: %w", i, err)
 		}
-		if p.Address.IsLoopback() {
-			return nil, fmt.Errorf("bgp.peers[%d].address %s: a loopback address is this machine, not a router", i, p.Address)
-		}
 		c.Peers = append(c.Peers, p)
+	}
+	if c.LocalAS == 0 {
+		return &c, nil
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	return &c, nil
+}
+
+// bgpGlobal reads the global settings of a file section.
+func bgpGlobal(f bgpFile) (bgp.Config, error) {
+	c := bgp.Config{LocalAS: f.LocalAS, ListenPort: f.ListenPort}
+	var err error
+	if c.RouterID, err = optionalAddr("bgp.router_id", f.RouterID); err != nil {
+		return c, err
+	}
+	if c.NextHopIPv6, err = optionalAddr("bgp.next_hop_ipv6", f.NextHopIPv6); err != nil {
+		return c, err
+	}
+	for i, s := range f.ListenAddresses {
+		a, err := optionalAddr(fmt.Sprintf("bgp.listen_addresses[%d]", i), s)
+		if err != nil {
+			return c, err
+		}
+		c.ListenAddresses = append(c.ListenAddresses, a)
 	}
 	return c, nil
 }
@@ -132,6 +142,9 @@ func (pf peerFile) peer() (bgp.Peer, error) {
 	var err error
 	if p.Address, err = optionalAddr("address", pf.Address); err != nil {
 		return p, err
+	}
+	if p.Address.IsLoopback() {
+		return p, fmt.Errorf("address %s: a loopback address is this machine, not a router", p.Address)
 	}
 	if p.Local, err = optionalAddr("local_address", pf.LocalAddress); err != nil {
 		return p, err

@@ -72,7 +72,7 @@ func TestBGPConfigErrorsNameTheSetting(t *testing.T) {
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1 -reconcile=false":         "-reconcile=false",
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,password_file=/nonexist":  "password_file",
 		"-bgp-local-as 65001 -bgp-router-id 255.255.255.255 -bgp-peer address=1.2.3.4,as=1":                    "bgp.router_id",
-		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=127.0.0.1,as=1":                        "bgp.peers[0].address 127.0.0.1: a loopback address",
+		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=127.0.0.1,as=1":                        "bgp.peers[0]: address 127.0.0.1: a loopback address",
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=224.0.0.1,as=1":                        "bgp.peers[0]: address",
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=192.0.2.1,as=1":                        "own router id",
 		"-bgp-local-as 65001 -bgp-router-id 192.0.2.1 -bgp-peer address=1.2.3.4,as=1,hold_time=100000s":        "hold_time",

@@ -76,12 +76,15 @@ type options struct {
 	counters           *xdpstats.Config // nil: no eBPF counters
 	warnings           []string         // weakening settings, for node status
 	notices            []string         // said once at start: file settings the command line overrides
+	nodeLabels         string
+	labels             map[string]string // parsed -node-labels
+	args               []string          // the command line, re-read on SIGHUP
 }
 
 // parseFlags reads the command line (and the -config file it names) and
 // checks every setting before anything starts.
 func parseFlags(args []string) (*options, error) {
-	o := &options{}
+	o := &options{args: args}
 	fs := flag.NewFlagSet("merlin", flag.ContinueOnError)
 	var bf bgpFile
 	var peers peerFlags
@@ -149,6 +152,7 @@ func registerNodeFlags(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&o.guardMin, "deletion-guard-min", 3, "... and at least this many")
 	fs.StringVar(&o.vipInterface, "vip-interface", "", "put the VIPs on this dummy interface (created if missing); empty: leave addresses alone")
 	fs.BoolVar(&o.sysctls, "director-sysctls", false, "set the sysctls an IPVS director needs (vs/conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward)")
+	fs.StringVar(&o.nodeLabels, "node-labels", "", "comma-separated key=value labels of this node: cluster BGP peers select nodes by them (meradm bgp peer add --node-label); re-read on SIGHUP")
 	fs.StringVar(&o.advertise, "advertise-address", "", "address:port other nodes' clients reach this node's API at (node status); default the listen address")
 	fs.StringVar(&o.execDir, "health-exec-dir", "", "run exec health checks: only programs in this directory (root's, like its programs), no shell; empty: exec checks are not run on this node (their servers are down with the reason)")
 	fs.StringVar(&o.execUser, "health-exec-user", "nobody", "the unprivileged user exec health checks run as")
@@ -240,6 +244,9 @@ func checkNodeFlags(o *options) error {
 	}
 	if o.execDir != "" && !o.reconcile {
 		return errors.New("-health-exec-dir with -reconcile=false: exec checks are run by a node that reconciles; configure one or the other")
+	}
+	if o.labels, err = parseLabels(o.nodeLabels); err != nil {
+		return fmt.Errorf("-node-labels: %w", err)
 	}
 	if err := model.ValidateID("node", o.node); err != nil {
 		return fmt.Errorf("-node: %w", err)
@@ -368,4 +375,20 @@ func applyConfigFile(fs *flag.FlagSet, path string, bf *bgpFile, notices *[]stri
 		}
 	}
 	return nil
+}
+
+// parseLabels reads key=value,key=value.
+func parseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range splitList(s) {
+		k, v, _ := strings.Cut(kv, "=")
+		if err := model.ValidateLabel(k, v); err != nil {
+			return nil, err
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("%q: given twice", shorten(k))
+		}
+		out[k] = v
+	}
+	return out, nil
 }

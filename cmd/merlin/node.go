@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -30,10 +32,12 @@ type nodeParts struct {
 	table, reader, statsReader *ipvs.Client
 	sinks                      []node.Sink
 	speaker                    *bgp.Supervised
+	bgpApplier                 *bgpApplier
 	counter                    *xdpstats.Counter
 	traffic                    *node.Traffic
 	checks                     *health.Monitor
 	adopt                      []netip.Prefix
+	args                       []string // the command line, re-read on SIGHUP
 }
 
 // startNode opens this namespace's IPVS table and the node's sinks, and
@@ -47,7 +51,7 @@ func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("data dir: %w", err)
 	}
-	p := &nodeParts{}
+	p := &nodeParts{args: o.args}
 	if err := p.openIPVS(cl); err != nil {
 		return nil, nil, err
 	}
@@ -79,16 +83,20 @@ func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server
 func (p *nodeParts) run(ctx context.Context, st *store.Store, runner *node.Runner, reg *prometheus.Registry, log *slog.Logger, group *errgroup.Group) {
 	watcher := store.NewWatcher(st, log.With("component", "watcher"), store.WatcherConfig{})
 	reg.MustRegister(node.NewWatcherCollector(watcher))
-	group.Go(func() error { return ignoreCanceled(watcher.Run(ctx, runner.Offer)) })
-	group.Go(func() error { return ignoreCanceled(runner.Run(ctx)) })
-	if p.speaker != nil {
-		group.Go(func() error {
-			if err := p.speaker.Run(ctx); err != nil {
-				return fmt.Errorf("bgp: %w", err)
-			}
-			return nil
-		})
+	offer := func(u *store.Update) {
+		runner.Offer(u)
+		p.bgpApplier.Offer(u.BGP)
 	}
+	group.Go(func() error { return ignoreCanceled(watcher.Run(ctx, offer)) })
+	group.Go(func() error { return ignoreCanceled(runner.Run(ctx)) })
+	group.Go(func() error { p.bgpApplier.Run(ctx); return nil })
+	group.Go(func() error { p.rereadOnHangup(ctx, log); return nil })
+	group.Go(func() error {
+		if err := p.speaker.Run(ctx); err != nil {
+			return fmt.Errorf("bgp: %w", err)
+		}
+		return nil
+	})
 	if p.counter != nil {
 		group.Go(func() error { p.counter.Run(ctx); return nil })
 		group.Go(func() error { p.traffic.RunPassive(ctx, p.checks); return nil })
@@ -138,15 +146,17 @@ func (p *nodeParts) newSinks(o *options, reg *prometheus.Registry, log *slog.Log
 		}
 		p.sinks = append(p.sinks, node.NewVIPSink(v))
 	}
-	if o.bgp != nil {
-		s, err := bgp.NewSupervised(*o.bgp, log.With("component", "bgp"), "")
-		if err != nil {
-			return err
-		}
-		p.speaker = s
-		p.sinks = append(p.sinks, node.NewBGPSink(s))
-		reg.MustRegister(node.NewBGPCollector(s))
+	// Always a speaker: the cluster's BGP configuration may turn it on. It
+	// runs nothing until a configuration has a local AS.
+	s, err := bgp.NewSupervised(bgp.Config{}, log.With("component", "bgp"), "")
+	if err != nil {
+		return err
 	}
+	p.speaker = s
+	p.bgpApplier = newBGPApplier(s, nodeBGP{file: o.bgpFile, node: o.node, labels: o.labels}, log.With("component", "bgp"))
+	p.bgpApplier.poke() // the node's own configuration, before the cluster's is read
+	p.sinks = append(p.sinks, node.NewBGPSink(s))
+	reg.MustRegister(node.NewBGPCollector(s))
 	for _, s := range splitList(o.adopt) {
 		pfx, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -180,5 +190,27 @@ func (p *nodeParts) newChecks(o *options, reg *prometheus.Registry, execProber *
 		p.checks.Handle(health.Exec, execProber)
 	} else {
 		p.checks.Disable(health.Exec, "not run: exec health checks are off on this node (merlin -health-exec-dir)")
+	}
+}
+
+// rereadOnHangup re-reads the command line and the config file on SIGHUP
+// and applies what applies live: the bgp section and the node's labels.
+func (p *nodeParts) rereadOnHangup(ctx context.Context, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		o, err := parseFlags(p.args)
+		if err != nil {
+			log.Error("SIGHUP: configuration not re-read; keeping the running one", "error", err)
+			continue
+		}
+		log.Info("SIGHUP: configuration re-read; the bgp section and -node-labels apply now, other settings at the next start", "config", o.configFile)
+		p.bgpApplier.SetNode(nodeBGP{file: o.bgpFile, node: o.node, labels: o.labels})
 	}
 }

@@ -90,6 +90,7 @@ func BGPPeers(peers []bgp.PeerStatus) []*types.BGPPeer {
 		}
 		bp.Bfd = bfdSession(p.BFD)
 		bp.Warning = model.Truncate(p.Warning, 300)
+		bp.Source = model.Truncate(p.Source, 100)
 		if !p.LastErrorAt.IsZero() {
 			bp.LastErrorAt = timestamppb.New(p.LastErrorAt.Truncate(time.Second))
 		}
@@ -126,7 +127,11 @@ func (s *bgpSink) Report(ctx context.Context) (func(*types.NodeStatus), error) {
 		return nil, err
 	}
 	out := BGPPeers(peers)
-	return func(st *types.NodeStatus) { st.BgpPeers = out }, nil
+	var configErr string
+	if c, ok := s.a.(interface{ ConfigError() string }); ok {
+		configErr = model.Truncate(c.ConfigError(), 500)
+	}
+	return func(st *types.NodeStatus) { st.BgpPeers, st.BgpConfigError = out, configErr }, nil
 }
 
 // Changed fires when a session goes up or down.
