@@ -123,7 +123,7 @@ func clusterPeerFile(cp *types.BGPPeerConfig) peerFile {
 		MultihopTTL: int(cp.GetMultihopTtl()), Passive: cp.GetPassive(), GracefulRestart: dur(cp.GetGracefulRestart(), cp.GetGracefulRestart() != nil),
 		Families: cp.GetFamilies(), MaxPrefixes: cp.GetMaxPrefixes(),
 		MaxPrefixesRestart: dur(cp.GetMaxPrefixesRestart(), cp.GetMaxPrefixesRestart() != nil),
-		BFD: cp.GetBfd(), BFDMinTx: dur(cp.GetBfdMinTx(), cp.GetBfdMinTx() != nil), BFDMinRx: dur(cp.GetBfdMinRx(), cp.GetBfdMinRx() != nil),
+		BFD:                cp.GetBfd(), BFDMinTx: dur(cp.GetBfdMinTx(), cp.GetBfdMinTx() != nil), BFDMinRx: dur(cp.GetBfdMinRx(), cp.GetBfdMinRx() != nil),
 		BFDMultiplier: uint8(min(cp.GetBfdMultiplier(), 255))}
 }
 
