@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -235,30 +233,16 @@ func peerListCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if output == "json" {
-					return printJSON(g.out, cfg)
+				if output != "" {
+					return printMessage(g.out, output, cfg)
 				}
 				printPeers(g.out, cfg)
 				return nil
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "", "json: the whole configuration")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "json or yaml: the whole configuration")
 	return cmd
-}
-
-func printJSON(w io.Writer, cfg *types.BGPConfig) error {
-	raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(cfg)
-	if err != nil {
-		return err
-	}
-	var pretty any
-	if err := json.Unmarshal(raw, &pretty); err != nil {
-		return err
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(pretty)
 }
 
 func printPeers(w io.Writer, cfg *types.BGPConfig) {
