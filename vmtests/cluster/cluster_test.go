@@ -67,7 +67,7 @@ func setUpWith(t *testing.T, nodeArg func(*lab.Node) []string) *cluster {
 	c := &cluster{t: t, Lab: l}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, name := range []string{"etcd", "node1", "node2", "bird", "frr"} {
+			for _, name := range []string{"etcd", "node1", "node2", "bird", "frr", "collector"} {
 				t.Logf("%s log (tail):\n%s", name, l.Log(name, 60))
 			}
 		}

@@ -387,6 +387,14 @@ func (l *Lab) SignalEtcd(sig syscall.Signal) error {
 // Running reports whether merlin runs on the node.
 func (n *Node) Running() bool { return n.cmd != nil }
 
+// Signal sends merlin on the node a signal (SIGHUP: re-read its file).
+func (n *Node) Signal(sig syscall.Signal) error {
+	if n.cmd == nil {
+		return fmt.Errorf("%s: merlin is not running", n.Name)
+	}
+	return n.cmd.Process.Signal(sig)
+}
+
 // Pid is merlin's process ID on the node (0 when stopped).
 func (n *Node) Pid() int {
 	if n.cmd == nil {

@@ -49,11 +49,6 @@ func (l *Lab) StartRouter() (*Router, error) {
 	if err := sh("sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"); err != nil {
 		return nil, err
 	}
-	r := &Router{dir: filepath.Join(l.Root, "bird")}
-	r.sock = filepath.Join(r.dir, "bird.ctl")
-	if err := os.MkdirAll(r.dir, 0o755); err != nil {
-		return nil, err
-	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `router id %s;
 protocol device { scan time 5; }
@@ -82,15 +77,26 @@ template bgp merlin {
 	for _, n := range l.Nodes {
 		fmt.Fprintf(&b, "protocol bgp %s from merlin { neighbor %s as %d;%s }\n", n.Name, n.Addr, NodeAS, bfd)
 	}
-	conf := filepath.Join(r.dir, "bird.conf")
-	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+	return l.StartBird("bird", b.String())
+}
+
+// StartBird runs a bird2 of its own in the VM's root namespace with conf
+// (files and log named after name): the lab's router, or another.
+func (l *Lab) StartBird(name, conf string) (*Router, error) {
+	r := &Router{dir: filepath.Join(l.Root, name)}
+	r.sock = filepath.Join(r.dir, "bird.ctl")
+	if err := os.MkdirAll(r.dir, 0o755); err != nil {
 		return nil, err
 	}
-	log, err := os.Create(filepath.Join(l.Root, "bird.log"))
+	path := filepath.Join(r.dir, "bird.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	log, err := os.Create(filepath.Join(l.Root, name+".log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("bird", "-f", "-c", conf, "-s", r.sock)
+	cmd := exec.Command("bird", "-f", "-c", path, "-s", r.sock)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()
