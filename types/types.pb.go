@@ -1802,8 +1802,11 @@ type NodeStatus struct {
 	// bgp_config_error: why the node could not apply the BGP configuration
 	// (the cluster's with its own file's); it keeps the last one that worked.
 	BgpConfigError string `protobuf:"bytes,21,opt,name=bgp_config_error,json=bgpConfigError,proto3" json:"bgp_config_error,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// conn_sync: the node's IPVS connection sync daemons (absent when sync
+	// is off on the node).
+	ConnSync      *ConnSyncStatus `protobuf:"bytes,22,opt,name=conn_sync,json=connSync,proto3" json:"conn_sync,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -1983,6 +1986,180 @@ func (x *NodeStatus) GetBgpConfigError() string {
 	return ""
 }
 
+func (x *NodeStatus) GetConnSync() *ConnSyncStatus {
+	if x != nil {
+		return x.ConnSync
+	}
+	return nil
+}
+
+// ConnSyncStatus is a node's IPVS connection synchronisation: a master
+// daemon sending its connections and a backup taking the other nodes'.
+type ConnSyncStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Daemons []*SyncDaemon          `protobuf:"bytes,1,rep,name=daemons,proto3" json:"daemons,omitempty"`
+	// error: why a daemon is not as configured (e.g. the kernel refuses
+	// while a service has destinations of another address family).
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// restored: times merlin found a daemon missing or changed and put it back.
+	Restored      uint64 `protobuf:"varint,3,opt,name=restored,proto3" json:"restored,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnSyncStatus) Reset() {
+	*x = ConnSyncStatus{}
+	mi := &file_types_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnSyncStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnSyncStatus) ProtoMessage() {}
+
+func (x *ConnSyncStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnSyncStatus.ProtoReflect.Descriptor instead.
+func (*ConnSyncStatus) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ConnSyncStatus) GetDaemons() []*SyncDaemon {
+	if x != nil {
+		return x.Daemons
+	}
+	return nil
+}
+
+func (x *ConnSyncStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ConnSyncStatus) GetRestored() uint64 {
+	if x != nil {
+		return x.Restored
+	}
+	return 0
+}
+
+type SyncDaemon struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// role: master or backup.
+	Role      string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Interface string `protobuf:"bytes,2,opt,name=interface,proto3" json:"interface,omitempty"`
+	SyncId    uint32 `protobuf:"varint,3,opt,name=sync_id,json=syncId,proto3" json:"sync_id,omitempty"`
+	Group     string `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	Port      uint32 `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	Ttl       uint32 `protobuf:"varint,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	MaxLen    uint32 `protobuf:"varint,7,opt,name=max_len,json=maxLen,proto3" json:"max_len,omitempty"`
+	// running: the kernel runs it as configured.
+	Running       bool `protobuf:"varint,8,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncDaemon) Reset() {
+	*x = SyncDaemon{}
+	mi := &file_types_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncDaemon) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncDaemon) ProtoMessage() {}
+
+func (x *SyncDaemon) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncDaemon.ProtoReflect.Descriptor instead.
+func (*SyncDaemon) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SyncDaemon) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *SyncDaemon) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *SyncDaemon) GetSyncId() uint32 {
+	if x != nil {
+		return x.SyncId
+	}
+	return 0
+}
+
+func (x *SyncDaemon) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *SyncDaemon) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *SyncDaemon) GetTtl() uint32 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *SyncDaemon) GetMaxLen() uint32 {
+	if x != nil {
+		return x.MaxLen
+	}
+	return 0
+}
+
+func (x *SyncDaemon) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
 type CountersStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	On    bool                   `protobuf:"varint,1,opt,name=on,proto3" json:"on,omitempty"`
@@ -2004,7 +2181,7 @@ type CountersStatus struct {
 
 func (x *CountersStatus) Reset() {
 	*x = CountersStatus{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2193,7 @@ func (x *CountersStatus) String() string {
 func (*CountersStatus) ProtoMessage() {}
 
 func (x *CountersStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2206,7 @@ func (x *CountersStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
 func (*CountersStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CountersStatus) GetOn() bool {
@@ -2096,7 +2273,7 @@ type PassiveFigures struct {
 
 func (x *PassiveFigures) Reset() {
 	*x = PassiveFigures{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2285,7 @@ func (x *PassiveFigures) String() string {
 func (*PassiveFigures) ProtoMessage() {}
 
 func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2298,7 @@ func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveFigures.ProtoReflect.Descriptor instead.
 func (*PassiveFigures) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PassiveFigures) GetServiceId() string {
@@ -2178,7 +2355,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2367,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2380,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -2255,7 +2432,7 @@ type BGPPeer struct {
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2267,7 +2444,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2280,7 +2457,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -2391,7 +2568,7 @@ type BFDSession struct {
 
 func (x *BFDSession) Reset() {
 	*x = BFDSession{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2580,7 @@ func (x *BFDSession) String() string {
 func (*BFDSession) ProtoMessage() {}
 
 func (x *BFDSession) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2593,7 @@ func (x *BFDSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BFDSession.ProtoReflect.Descriptor instead.
 func (*BFDSession) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BFDSession) GetState() string {
@@ -2489,7 +2666,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2678,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2691,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{24}
+	return file_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2551,7 +2728,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2563,7 +2740,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2576,7 +2753,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{25}
+	return file_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -2624,7 +2801,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2813,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +2826,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{26}
+	return file_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -2701,7 +2878,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2890,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2903,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{27}
+	return file_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -2786,7 +2963,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2798,7 +2975,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2811,7 +2988,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{28}
+	return file_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -2863,7 +3040,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3052,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3065,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{29}
+	return file_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -2930,7 +3107,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2942,7 +3119,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2955,7 +3132,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{30}
+	return file_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2981,7 +3158,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2993,7 +3170,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3006,7 +3183,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{31}
+	return file_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -3034,7 +3211,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3223,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3236,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{32}
+	return file_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -3145,7 +3322,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3157,7 +3334,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3170,7 +3347,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{33}
+	return file_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -3220,7 +3397,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3232,7 +3409,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3245,7 +3422,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{34}
+	return file_types_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -3286,7 +3463,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3298,7 +3475,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3311,7 +3488,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{35}
+	return file_types_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -3344,7 +3521,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3533,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3604,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[38]
+	mi := &file_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3439,7 +3616,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[38]
+	mi := &file_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3508,7 +3685,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[39]
+	mi := &file_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3520,7 +3697,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[39]
+	mi := &file_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3560,7 +3737,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3572,7 +3749,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3620,7 +3797,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3632,7 +3809,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3735,7 +3912,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3747,7 +3924,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3892,7 +4069,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[43]
+	mi := &file_types_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3904,7 +4081,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[43]
+	mi := &file_types_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4117,7 +4294,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\x83\a\n" +
+	"\x06DELETE\x10\x04\"\xb7\a\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -4143,7 +4320,22 @@ const file_types_proto_rawDesc = "" +
 	"\x0evips_announced\x18\x12 \x01(\rR\rvipsAnnounced\x121\n" +
 	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\x12\x1a\n" +
 	"\bwarnings\x18\x14 \x03(\tR\bwarnings\x12(\n" +
-	"\x10bgp_config_error\x18\x15 \x01(\tR\x0ebgpConfigError\"\xfa\x01\n" +
+	"\x10bgp_config_error\x18\x15 \x01(\tR\x0ebgpConfigError\x122\n" +
+	"\tconn_sync\x18\x16 \x01(\v2\x15.types.ConnSyncStatusR\bconnSync\"o\n" +
+	"\x0eConnSyncStatus\x12+\n" +
+	"\adaemons\x18\x01 \x03(\v2\x11.types.SyncDaemonR\adaemons\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1a\n" +
+	"\brestored\x18\x03 \x01(\x04R\brestored\"\xc6\x01\n" +
+	"\n" +
+	"SyncDaemon\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1c\n" +
+	"\tinterface\x18\x02 \x01(\tR\tinterface\x12\x17\n" +
+	"\async_id\x18\x03 \x01(\rR\x06syncId\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\x12\x10\n" +
+	"\x03ttl\x18\x06 \x01(\rR\x03ttl\x12\x17\n" +
+	"\amax_len\x18\a \x01(\rR\x06maxLen\x12\x18\n" +
+	"\arunning\x18\b \x01(\bR\arunning\"\xfa\x01\n" +
 	"\x0eCountersStatus\x12\x0e\n" +
 	"\x02on\x18\x01 \x01(\bR\x02on\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +
@@ -4322,7 +4514,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -4349,47 +4541,49 @@ var file_types_proto_goTypes = []any{
 	(*WatchRequest)(nil),                  // 22: types.WatchRequest
 	(*WatchEvent)(nil),                    // 23: types.WatchEvent
 	(*NodeStatus)(nil),                    // 24: types.NodeStatus
-	(*CountersStatus)(nil),                // 25: types.CountersStatus
-	(*PassiveFigures)(nil),                // 26: types.PassiveFigures
-	(*DrainStatus)(nil),                   // 27: types.DrainStatus
-	(*BGPPeer)(nil),                       // 28: types.BGPPeer
-	(*BFDSession)(nil),                    // 29: types.BFDSession
-	(*DrainNodeRequest)(nil),              // 30: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 31: types.SinkStatus
-	(*VIPStatus)(nil),                     // 32: types.VIPStatus
-	(*ServerHealth)(nil),                  // 33: types.ServerHealth
-	(*ObjectError)(nil),                   // 34: types.ObjectError
-	(*DeletionGuard)(nil),                 // 35: types.DeletionGuard
-	(*StatusResponse)(nil),                // 36: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 37: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 38: types.Counters
-	(*ServerStats)(nil),                   // 39: types.ServerStats
-	(*ServiceStats)(nil),                  // 40: types.ServiceStats
-	(*StatsResponse)(nil),                 // 41: types.StatsResponse
-	nil,                                   // 42: types.BGPPeerConfig.NodeLabelsEntry
-	(*VirtualService_Key)(nil),            // 43: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 44: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 45: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 46: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 47: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 48: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 49: types.ListResponse.Item
-	(*durationpb.Duration)(nil),           // 50: google.protobuf.Duration
-	(*wrapperspb.BoolValue)(nil),          // 51: google.protobuf.BoolValue
-	(*wrapperspb.UInt32Value)(nil),        // 52: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 53: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil),        // 54: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 55: google.protobuf.Empty
+	(*ConnSyncStatus)(nil),                // 25: types.ConnSyncStatus
+	(*SyncDaemon)(nil),                    // 26: types.SyncDaemon
+	(*CountersStatus)(nil),                // 27: types.CountersStatus
+	(*PassiveFigures)(nil),                // 28: types.PassiveFigures
+	(*DrainStatus)(nil),                   // 29: types.DrainStatus
+	(*BGPPeer)(nil),                       // 30: types.BGPPeer
+	(*BFDSession)(nil),                    // 31: types.BFDSession
+	(*DrainNodeRequest)(nil),              // 32: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 33: types.SinkStatus
+	(*VIPStatus)(nil),                     // 34: types.VIPStatus
+	(*ServerHealth)(nil),                  // 35: types.ServerHealth
+	(*ObjectError)(nil),                   // 36: types.ObjectError
+	(*DeletionGuard)(nil),                 // 37: types.DeletionGuard
+	(*StatusResponse)(nil),                // 38: types.StatusResponse
+	(*ConfirmDeletionsRequest)(nil),       // 39: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 40: types.Counters
+	(*ServerStats)(nil),                   // 41: types.ServerStats
+	(*ServiceStats)(nil),                  // 42: types.ServiceStats
+	(*StatsResponse)(nil),                 // 43: types.StatsResponse
+	nil,                                   // 44: types.BGPPeerConfig.NodeLabelsEntry
+	(*VirtualService_Key)(nil),            // 45: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 46: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 47: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 48: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 49: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 50: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 51: types.ListResponse.Item
+	(*durationpb.Duration)(nil),           // 52: google.protobuf.Duration
+	(*wrapperspb.BoolValue)(nil),          // 53: google.protobuf.BoolValue
+	(*wrapperspb.UInt32Value)(nil),        // 54: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 55: google.protobuf.Timestamp
+	(*wrapperspb.StringValue)(nil),        // 56: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 57: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	50,  // 0: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
-	50,  // 1: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
-	50,  // 2: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
-	50,  // 3: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
-	50,  // 4: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
-	50,  // 5: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
-	50,  // 6: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
-	42,  // 7: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
+	52,  // 0: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
+	52,  // 1: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
+	52,  // 2: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
+	52,  // 3: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
+	52,  // 4: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
+	52,  // 5: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
+	52,  // 6: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
+	44,  // 7: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
 	7,   // 8: types.BGPConfig.settings:type_name -> types.BGPSettings
 	6,   // 9: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
 	6,   // 10: types.PutBGPPeerRequest.peer:type_name -> types.BGPPeerConfig
@@ -4400,121 +4594,123 @@ var file_types_proto_depIdxs = []int32{
 	18,  // 15: types.Change.update_server:type_name -> types.RealServer
 	18,  // 16: types.Change.delete_server:type_name -> types.RealServer
 	12,  // 17: types.ApplyChangesRequest.changes:type_name -> types.Change
-	43,  // 18: types.VirtualService.key:type_name -> types.VirtualService.Key
-	44,  // 19: types.VirtualService.config:type_name -> types.VirtualService.Config
-	45,  // 20: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	45,  // 18: types.VirtualService.key:type_name -> types.VirtualService.Key
+	46,  // 19: types.VirtualService.config:type_name -> types.VirtualService.Config
+	47,  // 20: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
 	17,  // 21: types.VirtualService.announce:type_name -> types.Announce
 	16,  // 22: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	51,  // 23: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	50,  // 24: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	52,  // 25: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	52,  // 26: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	52,  // 27: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	46,  // 28: types.RealServer.key:type_name -> types.RealServer.Key
-	47,  // 29: types.RealServer.config:type_name -> types.RealServer.Config
-	48,  // 30: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	49,  // 31: types.ListResponse.items:type_name -> types.ListResponse.Item
+	53,  // 23: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	52,  // 24: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	54,  // 25: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	54,  // 26: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	54,  // 27: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	48,  // 28: types.RealServer.key:type_name -> types.RealServer.Key
+	49,  // 29: types.RealServer.config:type_name -> types.RealServer.Config
+	50,  // 30: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	51,  // 31: types.ListResponse.items:type_name -> types.ListResponse.Item
 	20,  // 32: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
 	5,   // 33: types.WatchEvent.type:type_name -> types.WatchEvent.Type
 	15,  // 34: types.WatchEvent.service:type_name -> types.VirtualService
 	18,  // 35: types.WatchEvent.server:type_name -> types.RealServer
 	24,  // 36: types.WatchEvent.node:type_name -> types.NodeStatus
-	53,  // 37: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	34,  // 38: types.NodeStatus.errors:type_name -> types.ObjectError
-	35,  // 39: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	53,  // 40: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	33,  // 41: types.NodeStatus.servers:type_name -> types.ServerHealth
-	31,  // 42: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	32,  // 43: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	27,  // 44: types.NodeStatus.drain:type_name -> types.DrainStatus
-	28,  // 45: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	25,  // 46: types.NodeStatus.counters:type_name -> types.CountersStatus
-	26,  // 47: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	50,  // 48: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	53,  // 49: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	50,  // 50: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	53,  // 51: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	29,  // 52: types.BGPPeer.bfd:type_name -> types.BFDSession
-	53,  // 53: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
-	53,  // 54: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	50,  // 55: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	50,  // 56: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	53,  // 57: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	50,  // 58: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	53,  // 59: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	53,  // 60: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	53,  // 61: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	24,  // 62: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	46,  // 63: types.ServerStats.key:type_name -> types.RealServer.Key
-	38,  // 64: types.ServerStats.counters:type_name -> types.Counters
-	43,  // 65: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	38,  // 66: types.ServiceStats.counters:type_name -> types.Counters
-	39,  // 67: types.ServiceStats.servers:type_name -> types.ServerStats
-	40,  // 68: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,   // 69: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,   // 70: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	52,  // 71: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	52,  // 72: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	51,  // 73: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,   // 74: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	48,  // 75: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	52,  // 76: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,   // 77: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	52,  // 78: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	52,  // 79: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,   // 80: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	54,  // 81: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	50,  // 82: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	50,  // 83: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	50,  // 84: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,   // 85: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	15,  // 86: types.ListResponse.Item.service:type_name -> types.VirtualService
-	18,  // 87: types.ListResponse.Item.servers:type_name -> types.RealServer
-	15,  // 88: types.Merlin.CreateService:input_type -> types.VirtualService
-	15,  // 89: types.Merlin.UpdateService:input_type -> types.VirtualService
-	54,  // 90: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	18,  // 91: types.Merlin.CreateServer:input_type -> types.RealServer
-	18,  // 92: types.Merlin.UpdateServer:input_type -> types.RealServer
-	18,  // 93: types.Merlin.DeleteServer:input_type -> types.RealServer
-	55,  // 94: types.Merlin.List:input_type -> google.protobuf.Empty
-	54,  // 95: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	21,  // 96: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	22,  // 97: types.Merlin.Watch:input_type -> types.WatchRequest
-	55,  // 98: types.Merlin.Status:input_type -> google.protobuf.Empty
-	55,  // 99: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	37,  // 100: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	30,  // 101: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	13,  // 102: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	11,  // 103: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	55,  // 104: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
-	9,   // 105: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
-	10,  // 106: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
-	7,   // 107: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
-	55,  // 108: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	55,  // 109: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	55,  // 110: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	55,  // 111: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	55,  // 112: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	55,  // 113: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	19,  // 114: types.Merlin.List:output_type -> types.ListResponse
-	49,  // 115: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	55,  // 116: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	23,  // 117: types.Merlin.Watch:output_type -> types.WatchEvent
-	36,  // 118: types.Merlin.Status:output_type -> types.StatusResponse
-	41,  // 119: types.Merlin.Stats:output_type -> types.StatsResponse
-	55,  // 120: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	55,  // 121: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	14,  // 122: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	19,  // 123: types.Merlin.ListPage:output_type -> types.ListResponse
-	8,   // 124: types.Merlin.ListBGP:output_type -> types.BGPConfig
-	55,  // 125: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
-	55,  // 126: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
-	55,  // 127: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
-	108, // [108:128] is the sub-list for method output_type
-	88,  // [88:108] is the sub-list for method input_type
-	88,  // [88:88] is the sub-list for extension type_name
-	88,  // [88:88] is the sub-list for extension extendee
-	0,   // [0:88] is the sub-list for field type_name
+	55,  // 37: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	36,  // 38: types.NodeStatus.errors:type_name -> types.ObjectError
+	37,  // 39: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	55,  // 40: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	35,  // 41: types.NodeStatus.servers:type_name -> types.ServerHealth
+	33,  // 42: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	34,  // 43: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	29,  // 44: types.NodeStatus.drain:type_name -> types.DrainStatus
+	30,  // 45: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	27,  // 46: types.NodeStatus.counters:type_name -> types.CountersStatus
+	25,  // 47: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
+	26,  // 48: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
+	28,  // 49: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	52,  // 50: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	55,  // 51: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	52,  // 52: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	55,  // 53: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	31,  // 54: types.BGPPeer.bfd:type_name -> types.BFDSession
+	55,  // 55: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	55,  // 56: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	52,  // 57: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	52,  // 58: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	55,  // 59: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	52,  // 60: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	55,  // 61: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	55,  // 62: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	55,  // 63: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	24,  // 64: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	48,  // 65: types.ServerStats.key:type_name -> types.RealServer.Key
+	40,  // 66: types.ServerStats.counters:type_name -> types.Counters
+	45,  // 67: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	40,  // 68: types.ServiceStats.counters:type_name -> types.Counters
+	41,  // 69: types.ServiceStats.servers:type_name -> types.ServerStats
+	42,  // 70: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,   // 71: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,   // 72: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	54,  // 73: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	54,  // 74: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	53,  // 75: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,   // 76: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	50,  // 77: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	54,  // 78: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,   // 79: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	54,  // 80: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	54,  // 81: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,   // 82: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	56,  // 83: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	52,  // 84: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	52,  // 85: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	52,  // 86: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,   // 87: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	15,  // 88: types.ListResponse.Item.service:type_name -> types.VirtualService
+	18,  // 89: types.ListResponse.Item.servers:type_name -> types.RealServer
+	15,  // 90: types.Merlin.CreateService:input_type -> types.VirtualService
+	15,  // 91: types.Merlin.UpdateService:input_type -> types.VirtualService
+	56,  // 92: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	18,  // 93: types.Merlin.CreateServer:input_type -> types.RealServer
+	18,  // 94: types.Merlin.UpdateServer:input_type -> types.RealServer
+	18,  // 95: types.Merlin.DeleteServer:input_type -> types.RealServer
+	57,  // 96: types.Merlin.List:input_type -> google.protobuf.Empty
+	56,  // 97: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	21,  // 98: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	22,  // 99: types.Merlin.Watch:input_type -> types.WatchRequest
+	57,  // 100: types.Merlin.Status:input_type -> google.protobuf.Empty
+	57,  // 101: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	39,  // 102: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	32,  // 103: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	13,  // 104: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	11,  // 105: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	57,  // 106: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	9,   // 107: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	10,  // 108: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	7,   // 109: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	57,  // 110: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	57,  // 111: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	57,  // 112: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	57,  // 113: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	57,  // 114: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	57,  // 115: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	19,  // 116: types.Merlin.List:output_type -> types.ListResponse
+	51,  // 117: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	57,  // 118: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	23,  // 119: types.Merlin.Watch:output_type -> types.WatchEvent
+	38,  // 120: types.Merlin.Status:output_type -> types.StatusResponse
+	43,  // 121: types.Merlin.Stats:output_type -> types.StatsResponse
+	57,  // 122: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	57,  // 123: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	14,  // 124: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	19,  // 125: types.Merlin.ListPage:output_type -> types.ListResponse
+	8,   // 126: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	57,  // 127: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	57,  // 128: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	57,  // 129: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	110, // [110:130] is the sub-list for method output_type
+	90,  // [90:110] is the sub-list for method input_type
+	90,  // [90:90] is the sub-list for extension type_name
+	90,  // [90:90] is the sub-list for extension extendee
+	0,   // [0:90] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -4536,7 +4732,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   44,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

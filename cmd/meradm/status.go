@@ -89,6 +89,7 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 		}
 		notes = append(notes, peerNotes(n, now)...)
 		notes = append(notes, counterNotes(n)...)
+		notes = append(notes, syncNotes(n)...)
 		for _, w := range n.Warnings {
 			notes = append(notes, fmt.Sprintf("%s: warning: %s", n.Node, w))
 		}
@@ -368,4 +369,28 @@ func counterNotes(n *types.NodeStatus) []string {
 			n.Node, p.ServiceId, p.Server, p.Answered, p.Attempts, p.Window.AsDuration(), p.Refused))
 	}
 	return out
+}
+
+// syncNotes: the connection sync daemons, when sync is on.
+func syncNotes(n *types.NodeStatus) []string {
+	cs := n.ConnSync
+	if cs == nil || len(cs.Daemons) == 0 {
+		return nil
+	}
+	var parts []string
+	for _, d := range cs.Daemons {
+		state := "running"
+		if !d.Running {
+			state = "NOT running"
+		}
+		parts = append(parts, fmt.Sprintf("%s %s", d.Role, state))
+	}
+	line := fmt.Sprintf("%s: connection sync on %s (sync id %d): %s", n.Node, cs.Daemons[0].GetInterface(), cs.Daemons[0].GetSyncId(), strings.Join(parts, ", "))
+	if cs.Restored > 0 {
+		line += fmt.Sprintf("; put back %d times", cs.Restored)
+	}
+	if cs.Error != "" {
+		line += "; " + cs.Error
+	}
+	return []string{line}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/merlin-ipvs/merlin/bgp"
 	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 	"github.com/merlin-ipvs/merlin/model"
 )
@@ -77,6 +78,8 @@ type options struct {
 	warnings           []string         // weakening settings, for node status
 	notices            []string         // said once at start: file settings the command line overrides
 	nodeLabels         string
+	syncFlags          syncFlags
+	sync               []ipvs.SyncDaemon // master and backup; nil: connection sync off
 	labels             map[string]string // parsed -node-labels
 	args               []string          // the command line, re-read on SIGHUP
 }
@@ -152,6 +155,7 @@ func registerNodeFlags(fs *flag.FlagSet, o *options) {
 	fs.IntVar(&o.guardMin, "deletion-guard-min", 3, "... and at least this many")
 	fs.StringVar(&o.vipInterface, "vip-interface", "", "put the VIPs on this dummy interface (created if missing); empty: leave addresses alone")
 	fs.BoolVar(&o.sysctls, "director-sysctls", false, "set the sysctls an IPVS director needs (vs/conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward)")
+	o.syncFlags.register(fs)
 	fs.StringVar(&o.nodeLabels, "node-labels", "", "comma-separated key=value labels of this node: cluster BGP peers select nodes by them (meradm bgp peer add --node-label); re-read on SIGHUP")
 	fs.StringVar(&o.advertise, "advertise-address", "", "address:port other nodes' clients reach this node's API at (node status); default the listen address")
 	fs.StringVar(&o.execDir, "health-exec-dir", "", "run exec health checks: only programs in this directory (root's, like its programs), no shell; empty: exec checks are not run on this node (their servers are down with the reason)")
@@ -244,6 +248,12 @@ func checkNodeFlags(o *options) error {
 	}
 	if o.execDir != "" && !o.reconcile {
 		return errors.New("-health-exec-dir with -reconcile=false: exec checks are run by a node that reconciles; configure one or the other")
+	}
+	if o.sync, err = o.syncFlags.daemons(); err != nil {
+		return err
+	}
+	if o.sync != nil && !o.reconcile {
+		return errors.New("-sync-interface with -reconcile=false: connection sync runs on a node that reconciles")
 	}
 	if o.labels, err = parseLabels(o.nodeLabels); err != nil {
 		return fmt.Errorf("-node-labels: %w", err)

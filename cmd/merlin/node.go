@@ -74,6 +74,12 @@ func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server
 			log.Warn("director sysctls", "error", err)
 		}
 	}
+	if o.sysctls && o.sync != nil {
+		// Before the daemons start: sync_ports cannot change under them.
+		if err := netif.SetSysctls(netif.SyncSysctls); err != nil {
+			log.Warn("connection sync sysctls (daemons already running keep theirs until restarted)", "error", err)
+		}
+	}
 	p.run(ctx, st, runner, reg, log, group)
 	log.Info("reconciling IPVS", "node", o.node, "resync", o.resync, "vip_interface", o.vipInterface)
 	return runner, p.traffic, nil
@@ -157,6 +163,11 @@ func (p *nodeParts) newSinks(o *options, reg *prometheus.Registry, log *slog.Log
 	p.bgpApplier.poke() // the node's own configuration, before the cluster's is read
 	p.sinks = append(p.sinks, node.NewBGPSink(s))
 	reg.MustRegister(node.NewBGPCollector(s))
+	if o.sync != nil {
+		sink := node.NewSyncSink(p.table, o.sync...)
+		p.sinks = append(p.sinks, sink)
+		reg.MustRegister(sink.(prometheus.Collector))
+	}
 	for _, s := range splitList(o.adopt) {
 		pfx, err := netip.ParsePrefix(s)
 		if err != nil {

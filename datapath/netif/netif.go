@@ -35,6 +35,27 @@ var DirectorSysctls = map[string]string{
 	"net/ipv4/ip_forward":                   "1",
 }
 
+// SyncSysctls are set on a node that runs the IPVS connection sync daemons
+// (datapath/ipvs SyncDaemon), with why:
+//   - sync_version 1: the protocol that carries IPv6 connections, firewall
+//     marks and each connection's timeout (version 0: IPv4 only).
+//   - sync_persist_mode 0: every connection is sent, not only persistence
+//     templates: a flow a router moves to another node must find its real
+//     server there whatever the scheduler (wlc, rr, sh as well as mh).
+//   - sync_ports 1: one sync thread and one multicast port. Every node must
+//     use the same number (a node with more sends from ports the others do
+//     not listen on), and one thread carries a director's churn.
+//   - sync_threshold "3 50" (the kernel's default, written so that a node
+//     someone changed is put back): a connection is sent at its third
+//     packet — once its handshake is through, not for every SYN of a flood
+//     — and again every 50 packets, which repairs a lost message.
+var SyncSysctls = map[string]string{
+	"net/ipv4/vs/sync_version":      "1",
+	"net/ipv4/vs/sync_persist_mode": "0",
+	"net/ipv4/vs/sync_ports":        "1",
+	"net/ipv4/vs/sync_threshold":    "3 50",
+}
+
 // SetSysctls writes each key (a path under /proc/sys, with / or .) and
 // returns every failure together.
 func SetSysctls(values map[string]string) error {

@@ -25,7 +25,8 @@ const collectorIP = "198.18.0.254"
 // sessions run, make them peer — with the lab's router (every node) and a
 // collector (the nodes labelled rack=r1). Adding, changing, moving (a
 // node's labels re-read on SIGHUP) and removing the collector moves only
-// the collector's sessions: the router's never go down.
+// the collector's sessions: the router's never go down. The collector's
+// TCP-MD5 key comes from etcd and appears in no node's log.
 func TestVMBGPPeersFromCluster(t *testing.T) {
 	confDir := t.TempDir()
 	confOf := func(n *lab.Node) string { return filepath.Join(confDir, n.Name+".yaml") }
@@ -68,7 +69,10 @@ func TestVMBGPPeersFromCluster(t *testing.T) {
 		}
 	}
 
-	c.mustMeradm("bgp", "peer", "add", "collector", collectorIP, fmt.Sprint(lab.RouterAS), "--peer-port", "1179", "--connect-retry", "1s", "--node-label", "rack=r1")
+	key := filepath.Join(confDir, "collector.key")
+	c.must(os.WriteFile(key, []byte(collectorKey+"\n"), 0o600))
+	c.mustMeradm("bgp", "peer", "add", "collector", collectorIP, fmt.Sprint(lab.RouterAS), "--peer-port", "1179", "--connect-retry", "1s",
+		"--node-label", "rack=r1", "--password-from", key)
 	c.eventually("the collector to hold node1's route, and only node1's", 60*time.Second, func() error {
 		return collector.holdsFrom(node1)
 	})
@@ -105,7 +109,17 @@ func TestVMBGPPeersFromCluster(t *testing.T) {
 	if !strings.Contains(out, "router") || strings.Contains(out, "collector") {
 		t.Errorf("peer list after the removal:\n%s", out)
 	}
+	for _, n := range c.Nodes { // the key came from etcd (the sessions needed it) and went nowhere else
+		log, err := os.ReadFile(filepath.Join(c.Root, n.Name+".log"))
+		c.must(err)
+		if strings.Contains(string(log), collectorKey) {
+			t.Errorf("%s's log holds the collector's TCP-MD5 key", n.Name)
+		}
+	}
 }
+
+// collectorKey is the TCP-MD5 key of the collector's sessions.
+const collectorKey = "c0llector-md5-key"
 
 // upSince is when the node's session with peer came up (zero: not up).
 func (c *cluster) upSince(n *lab.Node, peer string) time.Time {
@@ -145,9 +159,10 @@ func (c *cluster) startCollector() *collectorRouter {
 	passive on;
 	hold time 9;
 	error wait time 1, 2;
+	password "%s";
 	ipv4 { import all; export none; };
 }
-`, n.Name, collectorIP, lab.RouterAS, n.Addr, lab.NodeAS)
+`, n.Name, collectorIP, lab.RouterAS, n.Addr, lab.NodeAS, collectorKey)
 	}
 	r, err := c.StartBird("collector", b.String())
 	c.must(err)
