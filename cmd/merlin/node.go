@@ -33,6 +33,7 @@ type nodeParts struct {
 	sinks                      []node.Sink
 	speaker                    *bgp.Supervised
 	bgpApplier                 *bgpApplier
+	syncSink                   node.SyncSink // nil: connection sync off
 	counter                    *xdpstats.Counter
 	traffic                    *node.Traffic
 	checks                     *health.Monitor
@@ -64,7 +65,7 @@ func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server
 		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"),
 		CheckStateFile: filepath.Join(o.dataDir, "check-states.json"), Adopt: p.adopt,
 		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
-	}, node.RunnerDeps{IPVS: p.table, Reader: p.reader, Health: p.checks, Sinks: p.sinks, Metrics: node.NewNodeMetrics(reg), Log: log.With("component", "node")})
+	}, node.RunnerDeps{IPVS: p.table, Reader: p.reader, Health: p.checks, Sinks: p.sinks, WarmUp: p.warmUp(), Metrics: node.NewNodeMetrics(reg), Log: log.With("component", "node")})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -164,9 +165,9 @@ func (p *nodeParts) newSinks(o *options, reg *prometheus.Registry, log *slog.Log
 	p.sinks = append(p.sinks, node.NewBGPSink(s))
 	reg.MustRegister(node.NewBGPCollector(s))
 	if o.sync != nil {
-		sink := node.NewSyncSink(p.table, o.sync...)
-		p.sinks = append(p.sinks, sink)
-		reg.MustRegister(sink.(prometheus.Collector))
+		p.syncSink = node.NewSyncSink(p.table, node.CountConnections(p.statsReader), o.syncFlags.warmMax, o.sync...)
+		p.sinks = append(p.sinks, p.syncSink)
+		reg.MustRegister(p.syncSink.(prometheus.Collector))
 	}
 	for _, s := range splitList(o.adopt) {
 		pfx, err := netip.ParsePrefix(s)
@@ -224,4 +225,13 @@ func (p *nodeParts) rereadOnHangup(ctx context.Context, log *slog.Logger) {
 		log.Info("SIGHUP: configuration re-read; the bgp section and -node-labels apply now, other settings at the next start", "config", o.configFile)
 		p.bgpApplier.SetNode(nodeBGP{file: o.bgpFile, node: o.node, labels: o.labels})
 	}
+}
+
+// warmUp is the connection sync warm-up gate (nil without sync: a nil
+// interface, not a nil pointer in one).
+func (p *nodeParts) warmUp() node.WarmUp {
+	if p.syncSink == nil {
+		return nil
+	}
+	return p.syncSink
 }

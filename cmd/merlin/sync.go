@@ -4,7 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"time"
 
+	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 )
 
@@ -12,12 +14,13 @@ import (
 // master (sending its connections) and a backup (taking the others') on
 // the same interface, group and sync ID.
 type syncFlags struct {
-	iface  string
-	id     uint
-	group  string
-	port   uint
-	ttl    uint
-	maxLen uint
+	iface   string
+	id      uint
+	group   string
+	port    uint
+	ttl     uint
+	maxLen  uint
+	warmMax time.Duration
 }
 
 func (f *syncFlags) register(fs *flag.FlagSet) {
@@ -27,6 +30,7 @@ func (f *syncFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&f.port, "sync-port", 0, "connection sync UDP port (default the kernel's, 8848)")
 	fs.UintVar(&f.ttl, "sync-ttl", 0, "connection sync multicast TTL (default 1: the nodes share a link)")
 	fs.UintVar(&f.maxLen, "sync-maxlen", 0, "largest connection sync message payload (default: from the interface's MTU)")
+	fs.DurationVar(&f.warmMax, "sync-warmup-max", node.DefaultSyncWarmMax, "longest a starting node waits for its connection table to catch up with the other nodes' before it announces its VIPs")
 }
 
 // daemons is the master and backup the flags ask for (nil: sync is off).
@@ -47,6 +51,8 @@ func (f *syncFlags) daemons() ([]ipvs.SyncDaemon, error) {
 		return nil, fmt.Errorf("-sync-port %d: want 1 to 65535", f.port)
 	case f.ttl > 255:
 		return nil, fmt.Errorf("-sync-ttl %d: want 1 to 255", f.ttl)
+	case f.warmMax < 0 || f.warmMax > time.Hour:
+		return nil, fmt.Errorf("-sync-warmup-max %s: want 0 to 1h", f.warmMax)
 	case f.maxLen > 65535:
 		return nil, fmt.Errorf("-sync-maxlen %d: want up to 65535", f.maxLen)
 	}

@@ -59,6 +59,7 @@ type RunnerDeps struct {
 	Reader  IPVS          // background reads (a second socket); default IPVS
 	Health  HealthMonitor // nil: no health checks
 	Sinks   []Sink        // the other parts of the dataplane (VIP addresses, ...)
+	WarmUp  WarmUp        // nil: none; holds the node back after its health results (connection sync)
 	Metrics *NodeMetrics  // nil: unregistered
 	Log     *slog.Logger
 }
@@ -75,6 +76,7 @@ type Runner struct {
 	cfg     RunnerConfig
 	guard   GuardConfig
 	health  HealthMonitor
+	warmUp  WarmUp
 	log     *slog.Logger
 	metrics *NodeMetrics
 	ipvs    *ipvsSink
@@ -127,7 +129,7 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 		sink.reader = deps.Reader
 	}
 	r := &Runner{
-		cfg: cfg, guard: guard, health: deps.Health, log: deps.Log, metrics: deps.Metrics, ipvs: sink, sinks: deps.Sinks, checkStates: checks,
+		cfg: cfg, guard: guard, health: deps.Health, warmUp: deps.WarmUp, log: deps.Log, metrics: deps.Metrics, ipvs: sink, sinks: deps.Sinks, checkStates: checks,
 		wake:    make(chan struct{}, 1),
 		status:  &types.NodeStatus{Node: cfg.Node, Version: cfg.Version, Warnings: cfg.Warnings, Started: timestamppb.Now(), LastResult: "waiting for the desired state"},
 		changed: make(chan struct{}),

@@ -31,6 +31,7 @@ type passState struct {
 	drain     *store.Drain    // this node's, nil when not draining
 	drainEnds time.Time       // when a drain withdraws (zero: not draining, or past it)
 	stuckLook time.Time       // when the health results would be stale
+	warmLook  time.Time       // when to ask the warm-up again
 
 	driftKeys                           []ipvs.ServiceKey // found by a background read; diffed next pass
 	healthDirty, checksDirty, nodeDirty bool
@@ -74,7 +75,7 @@ func (r *Runner) runPass(ctx context.Context, desired *store.State, changed map[
 // Every one of them lies in the future: a due retry is retried or cleared
 // by the pass that finds it due.
 func (r *Runner) nextPass(err error, now time.Time) time.Time {
-	next := earliest(earliest(r.pass.failures.next(), r.pass.sinkFail.next()), earliest(r.pass.drainEnds, r.pass.stuckLook))
+	next := earliest(earliest(r.pass.failures.next(), r.pass.sinkFail.next()), earliest(earliest(r.pass.drainEnds, r.pass.stuckLook), r.pass.warmLook))
 	for _, t := range r.pass.ramping {
 		next = earliest(next, t)
 	}

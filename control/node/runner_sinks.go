@@ -24,7 +24,7 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 	}
 	phase, ends := drainPhase(drain, now)
 	r.pass.drain, r.pass.drainEnds = drain, ends
-	in := NodeInputs{NotReady: r.settleReadiness(reconciled), Failed: r.pass.failures.services(), Drain: phase}
+	in := NodeInputs{NotReady: r.settleReadiness(ctx, reconciled, now), Failed: r.pass.failures.services(), Drain: phase}
 	in.HealthStuck, r.pass.stuckLook = r.healthStuck(now)
 	if in.NotReady != r.pass.nodeIn.NotReady || in.Drain != r.pass.nodeIn.Drain || in.HealthStuck != r.pass.nodeIn.HealthStuck ||
 		!maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
@@ -59,9 +59,9 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 }
 
 // settleReadiness says why the node serves nothing yet: until a pass has
-// completed with the first result of every check in, no VIP is served.
-// Once ready, a node stays ready.
-func (r *Runner) settleReadiness(reconciled bool) string {
+// completed with the first result of every check in, and the warm-up (if
+// any) has ended, no VIP is served. Once ready, a node stays ready.
+func (r *Runner) settleReadiness(ctx context.Context, reconciled bool, now time.Time) string {
 	switch {
 	case r.pass.ready:
 		return ""
@@ -71,6 +71,12 @@ func (r *Runner) settleReadiness(reconciled bool) string {
 	for c := range r.pass.initial {
 		if st, ok := r.health.State(c); !ok || !st.Settled {
 			return "waiting for the first health results"
+		}
+	}
+	if r.warmUp != nil {
+		reason, recheck := r.warmUp.WarmingUp(ctx, now)
+		if r.pass.warmLook = recheck; reason != "" {
+			return "connection sync warm-up: " + reason
 		}
 	}
 	r.pass.ready = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -33,11 +34,21 @@ type syncSink struct {
 	err      string
 	restored uint64
 	started  bool // the first start is no restoration
+	warm     warmUp
 }
 
-// NewSyncSink is the sink that keeps the sync daemons want running.
-func NewSyncSink(d SyncDaemons, want ...ipvs.SyncDaemon) Sink {
-	return &syncSink{d: d, want: want, running: map[ipvs.DaemonRole]bool{}}
+// SyncSink keeps the connection sync daemons running; it is also the
+// node's warm-up gate (WarmUp).
+type SyncSink interface {
+	Sink
+	WarmUp
+}
+
+// NewSyncSink is the sink that keeps the sync daemons want running. count
+// reads the kernel's connection count for the warm-up, which lasts at
+// most warmMax (0: DefaultSyncWarmMax).
+func NewSyncSink(d SyncDaemons, count ConnCounter, warmMax time.Duration, want ...ipvs.SyncDaemon) SyncSink {
+	return &syncSink{d: d, want: want, running: map[ipvs.DaemonRole]bool{}, warm: warmUp{count: count, max: orDuration(warmMax, DefaultSyncWarmMax)}}
 }
 
 func (s *syncSink) Name() string { return "conn-sync" }
@@ -53,11 +64,14 @@ func (s *syncSink) ensure(ctx context.Context) error {
 	}
 	var errs []error
 	running := map[ipvs.DaemonRole]bool{}
-	repaired := 0
+	repaired, backupStarted, backupFound := 0, false, false
 	for _, w := range s.want {
 		i := indexRole(have, w.Role)
 		if i >= 0 && sameDaemon(have[i], w) {
 			running[w.Role] = true
+			if w.Role == ipvs.Backup {
+				backupFound = true
+			}
 			continue
 		}
 		if i >= 0 {
@@ -72,13 +86,24 @@ func (s *syncSink) ensure(ctx context.Context) error {
 		}
 		running[w.Role] = true
 		repaired++
+		if w.Role == ipvs.Backup {
+			backupStarted = true
+		}
 	}
 	s.mu.Lock()
 	s.running = running
 	if s.started {
 		s.restored += uint64(repaired)
 	}
-	s.started = true
+	s.started = s.started || len(errs) == 0
+	if !s.warm.decided && (backupFound || backupStarted) {
+		// Found running: merlin restarted, the node did not, and its table
+		// kept taking the others' connections. Started here: it starts now.
+		s.warm.decided = true
+		if backupStarted {
+			s.warm.start = time.Now()
+		}
+	}
 	s.mu.Unlock()
 	return s.note(errors.Join(errs...))
 }

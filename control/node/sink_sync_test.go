@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 )
@@ -50,7 +51,7 @@ func TestSyncSinkKeepsBothDaemons(t *testing.T) {
 	k := &fakeDaemons{}
 	master := ipvs.SyncDaemon{Role: ipvs.Master, Interface: "eth0", SyncID: 3}
 	backup := ipvs.SyncDaemon{Role: ipvs.Backup, Interface: "eth0", SyncID: 3}
-	s := NewSyncSink(k, master, backup).(*syncSink)
+	s := NewSyncSink(k, nil, 0, master, backup).(*syncSink)
 	if err := s.Set(ctx, &Plan{}); err != nil || len(k.running) != 2 {
 		t.Fatalf("first set: %v, running %+v", err, k.running)
 	}
@@ -79,5 +80,59 @@ func TestSyncSinkKeepsBothDaemons(t *testing.T) {
 	}
 	if st := s.status(); st.Daemons[0].Running || !strings.Contains(st.Error, "invalid argument") {
 		t.Fatalf("status of a refused start: %+v", st)
+	}
+}
+
+// TestSyncWarmUp: a node whose backup merlin started waits at least
+// minWarm, then until its table stops growing; one whose backup was
+// running (merlin restarted, the node did not) does not wait.
+func TestSyncWarmUp(t *testing.T) {
+	ctx := context.Background()
+	conns := uint64(0)
+	count := func(context.Context) (uint64, error) { return conns, nil }
+	backup := ipvs.SyncDaemon{Role: ipvs.Backup, Interface: "eth0"}
+	s := NewSyncSink(&fakeDaemons{}, count, time.Minute, backup)
+	t0 := time.Now()
+	if why, _ := s.WarmingUp(ctx, t0); !strings.Contains(why, "waiting for the backup") {
+		t.Fatalf("before the daemons: %q", why)
+	}
+	if err := s.Set(ctx, &Plan{}); err != nil {
+		t.Fatal(err)
+	}
+	why, again := s.WarmingUp(ctx, t0.Add(time.Second))
+	if !strings.Contains(why, "at least 20s") || again.Sub(t0) < minWarm {
+		t.Fatalf("just started: %q, ask again at +%s", why, again.Sub(t0))
+	}
+	conns = 500
+	if why, _ := s.WarmingUp(ctx, t0.Add(minWarm+time.Second)); !strings.Contains(why, "500 connections so far") {
+		t.Fatalf("first count: %q", why)
+	}
+	conns = 900 // still arriving
+	if why, _ := s.WarmingUp(ctx, t0.Add(minWarm+7*time.Second)); !strings.Contains(why, "900 connections") {
+		t.Fatalf("growing: %q", why)
+	}
+	conns = 905 // settled: under 1 % and 10 more
+	if why, _ := s.WarmingUp(ctx, t0.Add(minWarm+13*time.Second)); why != "" {
+		t.Fatalf("settled: %q", why)
+	}
+
+	running := &fakeDaemons{}
+	_ = running.StartSyncDaemon(ctx, backup)
+	s = NewSyncSink(running, count, time.Minute, backup)
+	if err := s.Set(ctx, &Plan{}); err != nil {
+		t.Fatal(err)
+	}
+	if why, _ := s.WarmingUp(ctx, time.Now()); why != "" {
+		t.Fatalf("backup found running: %q", why)
+	}
+
+	// A backup that cannot start holds the node back only until the maximum.
+	s = NewSyncSink(&fakeDaemons{refuse: errors.New("invalid argument")}, count, time.Minute, backup)
+	_ = s.Set(ctx, &Plan{})
+	if why, _ := s.WarmingUp(ctx, t0); why == "" {
+		t.Fatal("served at once with no backup daemon")
+	}
+	if why, _ := s.WarmingUp(ctx, t0.Add(time.Minute)); why != "" {
+		t.Fatalf("after the maximum: %q", why)
 	}
 }

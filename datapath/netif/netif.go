@@ -45,15 +45,19 @@ var DirectorSysctls = map[string]string{
 //   - sync_ports 1: one sync thread and one multicast port. Every node must
 //     use the same number (a node with more sends from ports the others do
 //     not listen on), and one thread carries a director's churn.
-//   - sync_threshold "3 50" (the kernel's default, written so that a node
-//     someone changed is put back): a connection is sent at its third
-//     packet — once its handshake is through, not for every SYN of a flood
-//     — and again every 50 packets, which repairs a lost message.
+//   - sync_refresh_period 10: a connection is sent when its state changes
+//     (established, closing) and again on its first packet once 10 s have
+//     passed since it was last sent (the packet-count rule, sync_threshold,
+//     no longer applies). A busy flow costs one message per 10 s, not one
+//     per 50 packets; an active flow reaches a node that joins within
+//     10 s, which is what the warm-up gate waits for (control/node
+//     SyncRefreshPeriod: keep the two equal). A half-open connection (a
+//     SYN flood) is never sent.
 var SyncSysctls = map[string]string{
-	"net/ipv4/vs/sync_version":      "1",
-	"net/ipv4/vs/sync_persist_mode": "0",
-	"net/ipv4/vs/sync_ports":        "1",
-	"net/ipv4/vs/sync_threshold":    "3 50",
+	"net/ipv4/vs/sync_version":        "1",
+	"net/ipv4/vs/sync_persist_mode":   "0",
+	"net/ipv4/vs/sync_ports":          "1",
+	"net/ipv4/vs/sync_refresh_period": "10",
 }
 
 // SetSysctls writes each key (a path under /proc/sys, with / or .) and

@@ -125,6 +125,27 @@ func (c *cluster) waitTables(what string, want string) {
 	}
 }
 
+// waitServersUp waits until every node's kernel table has k servers of
+// the service at vip with weight 1: every node sees them all healthy, so
+// consistent hashing (mh) maps a flow to the same server on each.
+func (c *cluster) waitServersUp(vip string, k int) {
+	c.t.Helper()
+	for _, n := range c.Nodes {
+		c.eventually(fmt.Sprintf("%d servers of %s up on %s", k, vip, n.Name), 60*time.Second, func() error {
+			up := 0
+			for _, line := range strings.Split(c.table(n), "\n") {
+				if strings.HasPrefix(line, "-a -t "+vip+" ") && strings.HasSuffix(line, " -w 1") {
+					up++
+				}
+			}
+			if up != k {
+				return fmt.Errorf("%d servers with weight 1:\n%s", up, c.table(n))
+			}
+			return nil
+		})
+	}
+}
+
 func (c *cluster) connect(addr string) (net.Conn, string, error) { return c.Connect(addr) }
 
 func (c *cluster) tally(addr string, n int) map[string]int {
