@@ -49,7 +49,7 @@ func TestVMBGP(t *testing.T) {
 				t.Errorf("%s: merlin_bgp_session_up %v, merlin_bgp_routes_announced %v; want 1 and 1", n.Name, up, routes)
 			}
 		}
-		if out := c.mustMeradm("status"); !strings.Contains(out, "node1: bgp peer 198.18.0.1 (AS 65000) established") || !strings.Contains(out, "node2: bgp announces 1 VIPs") {
+		if out := c.mustMeradm("status"); !strings.Contains(out, "node1: bgp peer 198.18.0.1 (AS 65000, node file) established") || !strings.Contains(out, "node2: bgp announces 1 VIPs") {
 			t.Errorf("status does not show the sessions:\n%s", out)
 		}
 		before := []int{c.conns(node1), c.conns(node2)}
