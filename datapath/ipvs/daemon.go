@@ -106,7 +106,7 @@ func (d SyncDaemon) encode() []byte {
 		e.attr(attrDaemonGroup6, a[:])
 	}
 	if d.Port != 0 {
-		e.be16(attrDaemonPort, d.Port)
+		e.u16(attrDaemonPort, d.Port) // host order (ipvsadm and the kernel agree; not the service port's big-endian)
 	}
 	if d.TTL != 0 {
 		e.u8(attrDaemonTTL, d.TTL)
@@ -153,7 +153,7 @@ func (d *SyncDaemon) decodeAttr(typ uint16, v []byte) error {
 	case attrDaemonGroup6:
 		d.Group, err = getAddr(IPv6, v)
 	case attrDaemonPort:
-		d.Port, err = getBE16(v)
+		d.Port, err = getU16(v)
 	case attrDaemonTTL:
 		if len(v) < 1 {
 			return errMalformed
