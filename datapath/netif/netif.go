@@ -45,18 +45,23 @@ var DirectorSysctls = map[string]string{
 //   - sync_ports 1: one sync thread and one multicast port. Every node must
 //     use the same number (a node with more sends from ports the others do
 //     not listen on), and one thread carries a director's churn.
-//   - sync_refresh_period 10: a connection is sent when its state changes
-//     (established, closing) and again on its first packet once 10 s have
-//     passed since it was last sent (the packet-count rule, sync_threshold,
-//     no longer applies). A busy flow costs one message per 10 s, not one
-//     per 50 packets; an active flow reaches a node that joins within
-//     10 s, which is what the warm-up gate waits for (control/node
-//     SyncRefreshPeriod: keep the two equal). A half-open connection (a
-//     SYN flood) is never sent.
+//   - sync_threshold "3 0" with sync_refresh_period 10: a connection is
+//     sent once established, on each state change (closing), and again
+//     on its first packet once 10 s have passed since it was last sent.
+//     The kernel's default ("3 50", refresh 0) sends at the 3rd packet and
+//     then every 50th: a flow of a message every few hundred ms would
+//     reach a node that joins only after minutes, and a quiet one never.
+//     A busy flow now costs one message per 10 s; every active flow
+//     reaches a joining node within 10 s, which is what the warm-up gate
+//     waits for (control/node SyncRefreshPeriod: keep the two equal). The
+//     period must be 0 for the refresh to send: with a period the packet
+//     count decides first (seen in the VM: most flows never re-sent). A
+//     half-open connection (a SYN flood) is never sent.
 var SyncSysctls = map[string]string{
 	"net/ipv4/vs/sync_version":        "1",
 	"net/ipv4/vs/sync_persist_mode":   "0",
 	"net/ipv4/vs/sync_ports":          "1",
+	"net/ipv4/vs/sync_threshold":      "3 0",
 	"net/ipv4/vs/sync_refresh_period": "10",
 }
 

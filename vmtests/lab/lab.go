@@ -476,8 +476,11 @@ func Eventually(timeout time.Duration, fn func() error) error {
 }
 
 // Meradm runs the CLI against the first node's API.
-func (l *Lab) Meradm(args ...string) (string, error) {
-	out, err := exec.Command(filepath.Join(l.Bin, "meradm"), append([]string{"-H", l.Nodes[0].Addr, "--timeout", "30s"}, args...)...).CombinedOutput()
+func (l *Lab) Meradm(args ...string) (string, error) { return l.MeradmVia(l.Nodes[0], args...) }
+
+// MeradmVia runs the CLI against node n's API.
+func (l *Lab) MeradmVia(n *Node, args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(l.Bin, "meradm"), append([]string{"-H", n.Addr, "--timeout", "30s"}, args...)...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("meradm %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
