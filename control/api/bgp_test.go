@@ -1,10 +1,8 @@
 package api_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,31 +12,15 @@ import (
 
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/types"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestAPIBGPPeers: cluster BGP peers are validated like every object,
 // created once, replaced at a revision, and their passwords go in and
 // never come out — not in a read, not in the audit log, not in an error.
 func TestAPIBGPPeers(t *testing.T) {
-	var logged syncBuffer
+	var logged testenv.Buffer
 	env := startAPILogged(t, etcdtest.Embedded, slog.New(slog.NewTextHandler(&logged, nil)), nil)
 	ctx := ctxT(t)
 	const secret = "tr0ub4dor&3-very-secret"
