@@ -4,13 +4,16 @@
 // direct-routing service with meradm; both nodes announce the
 // direct-routing VIP by BGP to a bird2 router, which installs an ECMP route;
 // sends real TCP connections through both VIPs; prints each node's IPVS
-// table and where the connections went; then drains one node. It needs
+// table and where the connections went; then drains one node, and shows a
+// connection surviving its director's death (connection sync). It needs
 // root, a kernel with IPVS, bird2, and bin/merlin and bin/meradm.
 package main
 
 import (
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,7 +43,8 @@ func run(bin string, conns int) error {
 	l, err := lab.New(lab.Config{Bin: bin, NodeArg: func(n *lab.Node) []string {
 		// eBPF counters on the node's one interface, both ways.
 		counters := []string{"-counters-xdp-interfaces", "eth0", "-counters-tc-interfaces", "eth0", "-counters-pin-dir", lab.BPFFS + "/" + n.Name}
-		return append(lab.BGPArgs(n, "graceful_restart=120s"), counters...)
+		sync := []string{"-sync-interface", "eth0", "-sync-id", "1"} // IPVS connection sync, master and backup
+		return append(append(lab.BGPArgs(n, "graceful_restart=120s"), counters...), sync...)
 	}})
 	if err != nil {
 		return err
@@ -148,6 +152,85 @@ func run(bin string, conns int) error {
 		return err
 	}
 	fmt.Printf("%d more connections, all through node1, went to %v\n", conns, got)
+	return survivesDirectorDeath(l, r)
+}
+
+// survivesDirectorDeath opens a connection carried by node1, shows it
+// synced to node2, cuts node1's link and talks over it again: the router
+// moves it to node2 (after the BGP hold time), which knows its server.
+func survivesDirectorDeath(l *lab.Lab, r *lab.Router) error {
+	fmt.Println("\n$ meradm node undrain node2")
+	if _, err := l.Meradm("node", "undrain", "node2"); err != nil {
+		return err
+	}
+	node1, node2 := l.Nodes[0], l.Nodes[1]
+	if err := r.WaitNextHops(lab.DRVIP, 60*time.Second, node1.Addr, node2.Addr); err != nil {
+		return err
+	}
+	conn, port, backend, err := connectVia(l, node1)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	fmt.Printf("a connection from client port %d to %s, carried by node1, served by %s\n", port, lab.DRVIP, backend)
+	err = lab.Eventually(30*time.Second, func() error {
+		out, err := lab.Run(node2.NS, "ipvsadm", "-Lnc")
+		if err == nil && !strings.Contains(out, fmt.Sprintf(":%d ", port)) {
+			err = fmt.Errorf("node2 does not hold it yet")
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Println("node2 holds it too (connection sync): ipvsadm -Lnc on node2 lists it")
+	fmt.Println("$ ip link set", node1.Link, "down   # node1 dies")
+	if out, err := exec.Command("ip", "link", "set", node1.Link, "down").CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	defer exec.Command("ip", "link", "set", node1.Link, "up").Run()
+	if err := r.WaitNextHops(lab.DRVIP, 60*time.Second, node2.Addr); err != nil {
+		return err
+	}
+	fmt.Println("the router sends", lab.DRVIP, "to node2 only (node1's session timed out)")
+	if err := echoLine(conn, "still there?"); err != nil {
+		return fmt.Errorf("the connection did not survive: %w", err)
+	}
+	fmt.Printf("the connection carried on through node2, to %s: echoed \"still there?\"\n", backend)
+	return nil
+}
+
+// connectVia opens client connections to the DR VIP until one goes
+// through node n.
+func connectVia(l *lab.Lab, n *lab.Node) (net.Conn, int, string, error) {
+	for range 20 {
+		conn, backend, err := l.Connect(lab.DRVIP + ":80")
+		if err != nil {
+			return nil, 0, "", err
+		}
+		port := conn.LocalAddr().(*net.TCPAddr).Port
+		if out, err := lab.Run(n.NS, "ipvsadm", "-Lnc"); err == nil && strings.Contains(out, fmt.Sprintf(":%d ", port)) {
+			return conn, port, backend, echoLine(conn, "hello")
+		}
+		conn.Close()
+	}
+	return nil, 0, "", fmt.Errorf("no connection of 20 went through %s", n.Name)
+}
+
+// echoLine sends a line to a backend and reads it back.
+func echoLine(conn net.Conn, line string) error {
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintln(conn, line); err != nil {
+		return err
+	}
+	buf := make([]byte, len(line)+1)
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return err
+	}
+	if string(buf) != line+"\n" {
+		return fmt.Errorf("echoed %q", buf)
+	}
 	return nil
 }
 
