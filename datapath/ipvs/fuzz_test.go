@@ -54,13 +54,17 @@ func FuzzDecodeDestination(f *testing.F) {
 	})
 }
 
+// FuzzDecodeInfoTimeouts: the replies of the single-message commands
+// (info, timeouts, stats, sync daemons) never panic.
 func FuzzDecodeInfoTimeouts(f *testing.F) {
 	f.Add([]byte{15, 1, 0, 0, 8, 0, 1, 0, 1, 2, 1, 0, 8, 0, 2, 0, 0, 16, 0, 0})
 	f.Add([]byte{13, 1, 0, 0, 8, 0, 4, 0, 132, 3, 0, 0})
+	f.Add(append([]byte{11, 1, 0, 0}, SyncDaemon{Role: Master, Interface: "eth0", SyncID: 3, Port: 8848, TTL: 1}.encode()...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = decodeInfo(b)
 		_, _ = decodeTimeouts(b)
 		_, _ = decodeStats(b)
+		_, _ = decodeDaemon(b)
 	})
 }
 
