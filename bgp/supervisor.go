@@ -43,6 +43,8 @@ type Supervised struct {
 	pid       int
 	want      []Route
 	wantSet   bool
+	wantGen   uint64 // Set calls so far
+	handedGen uint64 // the wantGen the running speaker was given
 	downWhy   string // why no speaker runs
 	refusedBy uint64 // refusals counted by speakers that ended
 	refusedIn uint64 // the running speaker's count, last read
@@ -128,7 +130,7 @@ func (s *Supervised) runChild(ctx context.Context) error {
 		syscall.Kill(pid, syscall.SIGKILL)
 		return fmt.Errorf("%w: %w (%v)", errStart, err, <-exited)
 	}
-	s.attach(client, pid)
+	s.attach(ctx, client, pid)
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -230,22 +232,38 @@ func (s *Supervised) start(ctx context.Context, c *rpc.Client) error {
 	if err := s.call(ctx, c, "Start", ChildConfig{Config: cfg, LogLevel: level}, &struct{}{}); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	want, wantSet := slices.Clone(s.want), s.wantSet
-	s.mu.Unlock()
-	if !wantSet {
-		return nil
-	}
-	if err := s.call(ctx, c, "Set", want, &struct{}{}); err != nil {
-		s.log.Warn("bgp: first announcement", "error", err)
-	}
+	s.handOver(ctx, c)
 	return nil
 }
 
-func (s *Supervised) attach(c *rpc.Client, pid int) {
+// handOver gives the speaker the routes wanted now, unless it has them.
+func (s *Supervised) handOver(ctx context.Context, c *rpc.Client) {
+	s.mu.Lock()
+	want, wantSet, gen := slices.Clone(s.want), s.wantSet, s.wantGen
+	s.mu.Unlock()
+	if !wantSet {
+		return
+	}
+	if err := s.call(ctx, c, "Set", want, &struct{}{}); err != nil {
+		s.log.Warn("bgp: announcing to the new speaker", "error", err)
+	}
+	s.mu.Lock()
+	s.handedGen = gen
+	s.mu.Unlock()
+}
+
+// attach makes c the running speaker, and hands it the routes again if a
+// Set came while it started: that Set saw no speaker and only kept them
+// (seen: a drained node restarted, its undrain arrived while the new
+// speaker started, which kept the drain's GRACEFUL_SHUTDOWN routes).
+func (s *Supervised) attach(ctx context.Context, c *rpc.Client, pid int) {
 	s.mu.Lock()
 	s.client, s.pid, s.downWhy = c, pid, ""
+	missed := s.wantGen != s.handedGen
 	s.mu.Unlock()
+	if missed {
+		s.handOver(ctx, c)
+	}
 	s.poke()
 }
 
@@ -313,6 +331,7 @@ func (s *Supervised) Set(ctx context.Context, routes []Route) error {
 	}
 	s.mu.Lock()
 	s.want, s.wantSet = slices.Clone(routes), true
+	s.wantGen++
 	on := s.cfg.on()
 	s.mu.Unlock()
 	c, why := s.current()

@@ -19,6 +19,9 @@ func (s *Supervised) SetConfig(cfg Config) error {
 	cfg.Peers = slices.Clone(cfg.Peers)
 	s.mu.Lock()
 	s.cfg = cfg
+	if s.client == nil && cfg.on() {
+		s.downWhy = stateStarting // routes are kept for it, no error
+	}
 	s.mu.Unlock()
 	select {
 	case s.reconfigured <- struct{}{}:

@@ -42,6 +42,22 @@ func testBFD(t *testing.T, frr bool) {
 	r, err := start()
 	c.must(err)
 	t.Cleanup(r.Stop)
+	t.Cleanup(func() { // before the router stops: what it held
+		if !t.Failed() {
+			return
+		}
+		if frr {
+			for _, cmd := range []string{"show bgp ipv4 unicast " + lab.DRVIP, "show bgp summary", "show bfd peers brief"} {
+				out, _ := r.Vtysh(cmd)
+				t.Logf("FRR: %s\n%s", cmd, out)
+			}
+		} else {
+			out, _ := r.Birdc("show", "route", "all", "for", lab.DRVIP)
+			t.Logf("bird: show route all for %s\n%s", lab.DRVIP, out)
+		}
+		out, _ := c.meradm("status")
+		t.Logf("meradm status:\n%s", out)
+	})
 	vip := lab.DRVIP + ":80"
 	c.mustMeradm("service", "add", "dr", "tcp", vip, "-s", "mh", "-b", "mh-fallback", "--forward-method", "route",
 		"--health-endpoint", "tcp://:8080", "--health-period", "1s", "--health-timeout", "1s", "--health-up", "1", "--health-down", "1")
