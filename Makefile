@@ -50,7 +50,8 @@ lint:
 # cloudflare/ipvs and moby/ipvs; the node agent against a bare etcd watcher
 # with ipvsadm -e; health checks against keepalived; the eBPF counters against
 # xdp-filter (on the host: no IPVS needed); /metrics with 10,000 services;
-# failover of a dead node with and without BFD against bird2 and FRR (host).
+# failover of a dead node with and without BFD against bird2 and FRR (host);
+# IPVS connection sync: lag, and connections per second with sync on and off.
 bench: setup build
 	$(GO) build -o bin/ipvsbench ./bench/ipvsbench
 	$(GO) build -o bin/agentbench ./bench/agentbench
@@ -59,6 +60,7 @@ bench: setup build
 	$(GO) build -o bin/xdpbench ./bench/xdpbench
 	$(GO) build -o bin/scrapebench ./bench/scrapebench
 	$(GO) build -o bin/failoverbench ./bench/failoverbench
+	$(GO) build -o bin/syncbench ./bench/syncbench
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/ipvsbench -services 10000 -dests 10 -runs 3
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/agentbench -small 100 -large 10000 -dests 10 -changes 200
 	$(CURDIR)/bin/vmrun $(CURDIR)/bin/healthbench -servers 200 -kill 100 -measure 15s -rounds 3
@@ -66,6 +68,7 @@ bench: setup build
 	$(CURDIR)/bin/xdpbench -rounds 5
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/scrapebench -services 10000 -dests 10 -scrapes 5
 	$(CURDIR)/bin/failoverbench -trials 20
+	$(CURDIR)/bin/vmrun $(CURDIR)/bin/syncbench -connections 500 -runs 3 -cps-time 5s
 
 clean:
 	rm -rf bin build
