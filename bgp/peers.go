@@ -21,7 +21,6 @@ func (s *Speaker) peers() []Peer {
 // Equal: the same peer with the same settings (a session to keep).
 func (p Peer) Equal(q Peer) bool {
 	bfdSame := (p.BFD == nil) == (q.BFD == nil) && (p.BFD == nil || *p.BFD == *q.BFD)
-	p.BFD, q.BFD = nil, nil
 	return bfdSame && p.Address == q.Address && p.AS == q.AS && p.Port == q.Port && p.Local == q.Local &&
 		p.Password == q.Password && p.HoldTime == q.HoldTime && p.KeepaliveTime == q.KeepaliveTime &&
 		p.ConnectRetry == q.ConnectRetry && p.MultihopTTL == q.MultihopTTL && p.Passive == q.Passive &&
