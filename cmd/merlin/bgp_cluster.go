@@ -181,7 +181,7 @@ func newBGPApplier(s *bgp.Supervised, n nodeBGP, log *slog.Logger) *bgpApplier {
 // Offer takes the cluster's configuration from a watcher update.
 func (a *bgpApplier) Offer(c *store.BGPConfig) {
 	a.mu.Lock()
-	same := a.listed && a.cluster.Equal(c)
+	same := a.listed && (a.cluster == c || a.cluster.Equal(c)) // shared until the BGP keys change
 	a.cluster, a.listed = c, true
 	a.mu.Unlock()
 	if !same {
