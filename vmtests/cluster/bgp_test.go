@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"os/exec"
 	"strconv"
@@ -219,21 +218,7 @@ func (c *cluster) longLivedVia(n *lab.Node, addr string) net.Conn {
 }
 
 // echo sends a line over a backend connection and reads it back.
-func echo(conn net.Conn, line string) error {
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	defer conn.SetDeadline(time.Time{})
-	if _, err := fmt.Fprintln(conn, line); err != nil {
-		return fmt.Errorf("send %q: %w", line, err)
-	}
-	buf := make([]byte, len(line)+1)
-	if _, err := io.ReadFull(conn, buf); err != nil {
-		return fmt.Errorf("echo of %q: %w", line, err)
-	}
-	if string(buf) != line+"\n" {
-		return fmt.Errorf("echo %q, want %q", buf, line)
-	}
-	return nil
-}
+func echo(conn net.Conn, line string) error { return lab.Echo(conn, line) }
 
 // watchNextHops polls the route until the returned function is called,
 // which reports the fewest next hops seen.

@@ -460,6 +460,24 @@ func (l *Lab) Ready(n *Node) error {
 	return nil
 }
 
+// Echo sends a line over a connection to a backend (they echo what they
+// read) and reads it back, within 10 s.
+func Echo(conn net.Conn, line string) error {
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintln(conn, line); err != nil {
+		return fmt.Errorf("send %q: %w", line, err)
+	}
+	buf := make([]byte, len(line)+1)
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return fmt.Errorf("echo of %q: %w", line, err)
+	}
+	if string(buf) != line+"\n" {
+		return fmt.Errorf("echo %q, want %q", buf, line)
+	}
+	return nil
+}
+
 // Eventually retries fn until it succeeds or the timeout passes.
 func Eventually(timeout time.Duration, fn func() error) error {
 	deadline := time.Now().Add(timeout)

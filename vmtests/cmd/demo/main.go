@@ -12,7 +12,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -193,7 +192,7 @@ func survivesDirectorDeath(l *lab.Lab, r *lab.Router) error {
 		return err
 	}
 	fmt.Println("the router sends", lab.DRVIP, "to node2 only (node1's session timed out)")
-	if err := echoLine(conn, "still there?"); err != nil {
+	if err := lab.Echo(conn, "still there?"); err != nil {
 		return fmt.Errorf("the connection did not survive: %w", err)
 	}
 	fmt.Printf("the connection carried on through node2, to %s: echoed \"still there?\"\n", backend)
@@ -210,28 +209,11 @@ func connectVia(l *lab.Lab, n *lab.Node) (net.Conn, int, string, error) {
 		}
 		port := conn.LocalAddr().(*net.TCPAddr).Port
 		if out, err := lab.Run(n.NS, "ipvsadm", "-Lnc"); err == nil && strings.Contains(out, fmt.Sprintf(":%d ", port)) {
-			return conn, port, backend, echoLine(conn, "hello")
+			return conn, port, backend, lab.Echo(conn, "hello")
 		}
 		conn.Close()
 	}
 	return nil, 0, "", fmt.Errorf("no connection of 20 went through %s", n.Name)
-}
-
-// echoLine sends a line to a backend and reads it back.
-func echoLine(conn net.Conn, line string) error {
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	defer conn.SetDeadline(time.Time{})
-	if _, err := fmt.Fprintln(conn, line); err != nil {
-		return err
-	}
-	buf := make([]byte, len(line)+1)
-	if _, err := io.ReadFull(conn, buf); err != nil {
-		return err
-	}
-	if string(buf) != line+"\n" {
-		return fmt.Errorf("echoed %q", buf)
-	}
-	return nil
 }
 
 // printCounters shows node1's eBPF counters of the NAT service (web) beside the
