@@ -28,6 +28,7 @@ type NodeMetrics struct {
 	serverUp          *prometheus.GaugeVec
 	serviceDown       *prometheus.GaugeVec
 	resyncs           prometheus.Counter
+	passCauses        *prometheus.CounterVec
 	sinkUp            *prometheus.GaugeVec
 	sinkErrors        *prometheus.CounterVec
 	vips              *prometheus.GaugeVec
@@ -54,11 +55,13 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		guardHeld:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_deletion_guard_held", Help: "1 while a mass deletion waits for confirmation."}),
 		serverUp:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_server_up", Help: "Health of each checked real server as this node sees it (1 up, 0 down)."}, []string{"service", "server"}),
 		resyncs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_resyncs_total", Help: "Background reads of the whole kernel table compared with what merlin wrote."}),
-		serviceDown:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_all_servers_down", Help: "1 for a service whose servers are all down on this node."}, []string{"service"}),
-		sinkUp:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_sink_up", Help: "1 while the last update of a part of the dataplane (ipvs, vips, ...) worked, 0 while it fails."}, []string{"sink"}),
-		sinkErrors:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),
-		vips:            prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vips", Help: "VIPs of the desired state on this node, by whether the node can serve them (serving, not_serving)."}, []string{"state"}),
-		vipAnnounced:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
+		passCauses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_reconcile_causes_total",
+			Help: "Reconcile passes by what woke them (update: a desired-state change; health: a check changed state; resync: the background kernel read; retry: a failure's backoff ended; repair: a kernel object removed behind merlin's back)."}, []string{"cause"}),
+		serviceDown:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_all_servers_down", Help: "1 for a service whose servers are all down on this node."}, []string{"service"}),
+		sinkUp:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_sink_up", Help: "1 while the last update of a part of the dataplane (ipvs, vips, ...) worked, 0 while it fails."}, []string{"sink"}),
+		sinkErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),
+		vips:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vips", Help: "VIPs of the desired state on this node, by whether the node can serve them (serving, not_serving)."}, []string{"state"}),
+		vipAnnounced: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
 		changeApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "merlin_change_apply_seconds",
 			Help:    "Time from a desired-state change arriving from etcd to the end of the pass that applied it (kernel writes acknowledged): merlin's own share of a change.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -76,7 +79,7 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
-			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs,
+			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs, m.passCauses,
 			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.changeApply)
 	}
 	return m

@@ -249,12 +249,13 @@ func (r *Runner) Run(ctx context.Context) error {
 	driftDone := make(chan driftResult, 1) // at most one read in flight
 	drifting := false
 	for {
-		full := false
+		full, cause := false, "repair" // a wake without an update: a kernel object to put back
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-r.wake:
 		case <-resync.C:
+			cause = "resync"
 			// The first read is synchronous; later ones run beside the
 			// event passes so that a large table does not delay them.
 			if !r.ipvs.valid {
@@ -270,14 +271,21 @@ func (r *Runner) Run(ctx context.Context) error {
 		case res := <-driftDone:
 			drifting = false
 			r.takeDrift(res)
+			cause = "resync"
 		case <-retry.C:
+			cause = "retry"
 		case <-healthChanges:
 			r.pass.healthDirty = true
+			cause = "health"
 		}
 		desired, changed, received := r.takeUpdate()
 		if desired == nil {
 			continue // static stability: nothing is known yet, so nothing changes
 		}
+		if !received.IsZero() {
+			cause = "update"
+		}
+		r.metrics.passCauses.WithLabelValues(cause).Inc()
 		if next := r.runPass(ctx, desired, changed, full, received); !next.IsZero() {
 			retry.Reset(max(time.Until(next), 10*time.Millisecond))
 		}

@@ -625,9 +625,19 @@ func (s *soak) vipsMatch(n *lab.Node, want []ipvs.VirtualServer) error {
 }
 
 // quietAtRest: a node with nothing to do runs one pass per background
-// resync and no more (counted over three resyncs).
+// resync and no more (counted over three resyncs). A health check that
+// changes state meanwhile is something to do (each may take a pass); any
+// other pass is a defect, and the failure names what woke them.
 func (s *soak) quietAtRest(n *lab.Node) {
-	passes0, resyncs0 := metric(s.t, n, "merlin_reconcile_duration_seconds_count"), metric(s.t, n, "merlin_resyncs_total")
+	causes := func() map[string]float64 {
+		c, err := lab.Series(n, "merlin_reconcile_causes_total")
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		return c
+	}
+	passes0, resyncs0, causes0 := metric(s.t, n, "merlin_reconcile_duration_seconds_count"), metric(s.t, n, "merlin_resyncs_total"), causes()
+	health0 := metric(s.t, n, "merlin_health_transitions_total")
 	err := lab.Eventually(20*resync, func() error {
 		if got := metric(s.t, n, "merlin_resyncs_total") - resyncs0; got < 3 {
 			return fmt.Errorf("%v resyncs", got)
@@ -638,8 +648,13 @@ func (s *soak) quietAtRest(n *lab.Node) {
 		s.t.Fatalf("%s: %v", n.Name, err)
 	}
 	passes, resyncs := metric(s.t, n, "merlin_reconcile_duration_seconds_count")-passes0, metric(s.t, n, "merlin_resyncs_total")-resyncs0
-	if passes > resyncs+1 {
-		s.t.Fatalf("%s at rest: %v passes in %v resyncs", n.Name, passes, resyncs)
+	health := metric(s.t, n, "merlin_health_transitions_total") - health0
+	if passes > resyncs+1+health {
+		woke := causes()
+		for k := range woke {
+			woke[k] -= causes0[k]
+		}
+		s.t.Fatalf("%s at rest: %v passes in %v resyncs and %v health transitions; woken by %v", n.Name, passes, resyncs, health, woke)
 	}
 }
 
