@@ -165,7 +165,8 @@ func (p *nodeParts) newSinks(o *options, reg *prometheus.Registry, log *slog.Log
 	p.sinks = append(p.sinks, node.NewBGPSink(s))
 	reg.MustRegister(node.NewBGPCollector(s))
 	if o.sync != nil {
-		p.syncSink = node.NewSyncSink(p.table, node.CountConnections(p.statsReader), o.syncFlags.warmMax, o.sync...)
+		p.syncSink = node.NewSyncSink(p.table, node.CountConnections(p.statsReader), o.syncFlags.warmMax,
+			newSyncLink(o.syncFlags.iface, o.dataDir), o.sync...)
 		p.sinks = append(p.sinks, p.syncSink)
 		reg.MustRegister(p.syncSink.(prometheus.Collector))
 	}

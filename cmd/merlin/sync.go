@@ -4,10 +4,15 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/datapath/netif"
 )
 
 // syncFlags configure the IPVS connection sync daemons: every node runs a
@@ -67,4 +72,50 @@ func (f *syncFlags) daemons() ([]ipvs.SyncDaemon, error) {
 	master, backup := d, d
 	master.Role, backup.Role = ipvs.Master, ipvs.Backup
 	return []ipvs.SyncDaemon{master, backup}, nil
+}
+
+// syncLink watches the sync interface's carrier for the warm-up and keeps
+// the last count it saw in DATA-DIR/sync-link with the kernel's boot ID, so
+// that a merlin started again on the same boot knows whether the link
+// changed while it was away (a count from another boot means nothing).
+type syncLink struct {
+	iface, file string
+	bootID      func() (string, error)
+}
+
+func newSyncLink(iface, dataDir string) *syncLink {
+	return &syncLink{iface: iface, file: filepath.Join(dataDir, "sync-link"), bootID: kernelBootID}
+}
+
+func kernelBootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b)), err
+}
+
+func (l *syncLink) Carrier() (bool, uint64, error) { return netif.Carrier(l.iface) }
+
+func (l *syncLink) Recorded() (uint64, bool) {
+	boot, err := l.bootID()
+	b, rerr := os.ReadFile(l.file)
+	if err != nil || rerr != nil || len(b) > 256 {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 || f[0] != boot || f[1] != l.iface {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(f[2], 10, 64)
+	return n, err == nil
+}
+
+func (l *syncLink) Record(changes uint64) error {
+	boot, err := l.bootID()
+	if err != nil {
+		return fmt.Errorf("kernel boot id: %w", err)
+	}
+	tmp := l.file + ".tmp"
+	if err := os.WriteFile(tmp, fmt.Appendf(nil, "%s %s %d\n", boot, l.iface, changes), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, l.file)
 }

@@ -56,7 +56,7 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		serverUp:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_server_up", Help: "Health of each checked real server as this node sees it (1 up, 0 down)."}, []string{"service", "server"}),
 		resyncs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_resyncs_total", Help: "Background reads of the whole kernel table compared with what merlin wrote."}),
 		passCauses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_reconcile_causes_total",
-			Help: "Reconcile passes by what woke them (update: a desired-state change; health: a check changed state; resync: the background kernel read; retry: a failure's backoff ended; repair: a kernel object removed behind merlin's back)."}, []string{"cause"}),
+			Help: "Reconcile passes by what woke them (update: a desired-state change; health: a check changed state; resync: the background kernel read; retry: a failure's backoff ended; repair: a kernel object removed behind merlin's back; warm-up: the connection sync warm-up started again)."}, []string{"cause"}),
 		serviceDown:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_all_servers_down", Help: "1 for a service whose servers are all down on this node."}, []string{"service"}),
 		sinkUp:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_sink_up", Help: "1 while the last update of a part of the dataplane (ipvs, vips, ...) worked, 0 while it fails."}, []string{"sink"}),
 		sinkErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),

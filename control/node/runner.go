@@ -237,9 +237,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer resync.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
-	var healthChanges <-chan struct{}
+	var healthChanges, warmAgain <-chan struct{}
 	if r.health != nil {
 		healthChanges = r.health.Changes()
+	}
+	if r.warmUp != nil {
+		warmAgain = r.warmUp.Rearmed()
 	}
 	for _, s := range r.sinks {
 		if rep, ok := s.(Reporter); ok {
@@ -277,6 +280,9 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-healthChanges:
 			r.pass.healthDirty = true
 			cause = "health"
+		case <-warmAgain:
+			r.pass.ready = false // it announces nothing until warm again
+			cause = "warm-up"
 		}
 		desired, changed, received := r.takeUpdate()
 		if desired == nil {

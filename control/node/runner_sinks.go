@@ -60,7 +60,8 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 
 // settleReadiness says why the node serves nothing yet: until a pass has
 // completed with the first result of every check in, and the warm-up (if
-// any) has ended, no VIP is served. Once ready, a node stays ready.
+// any) has ended, no VIP is served. Once ready, a node stays ready until
+// the warm-up starts again (Rearmed: its sync link was down).
 func (r *Runner) settleReadiness(ctx context.Context, reconciled bool, now time.Time) string {
 	switch {
 	case r.pass.ready:

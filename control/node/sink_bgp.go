@@ -33,14 +33,16 @@ type bgpSink struct {
 }
 
 // NewBGPSink is the sink that announces the plan's VIPs by BGP. It gives
-// the speaker nothing before the node is ready, so a starting node opens
-// no session (and ends no graceful restart) before it knows what it serves.
+// the speaker nothing before the node is first ready, so a starting node
+// opens no session (and ends no graceful restart) before it knows what it
+// serves; a node that is not ready again later (warming up after its sync
+// link was down) withdraws what it announced.
 func NewBGPSink(a Announcer) Sink { return &bgpSink{a: a} }
 
 func (s *bgpSink) Name() string { return "bgp" }
 
 func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
-	if !p.Node.Ready {
+	if !p.Node.Ready && !s.set {
 		return nil
 	}
 	routes := Routes(p.Node.VIPStates)

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,8 +27,10 @@ type SyncDaemons interface {
 // (every report period), so a daemon stopped or changed behind merlin's
 // back is put back.
 type syncSink struct {
-	d    SyncDaemons
-	want []ipvs.SyncDaemon
+	d       SyncDaemons
+	want    []ipvs.SyncDaemon
+	link    SyncLink      // nil: the link is not watched
+	rearmed chan struct{} // the warm-up starts again (the node was ready)
 
 	mu       sync.Mutex
 	running  map[ipvs.DaemonRole]bool
@@ -35,6 +38,7 @@ type syncSink struct {
 	restored uint64
 	started  bool // the first start is no restoration
 	warm     warmUp
+	linkErr  string
 }
 
 // SyncSink keeps the connection sync daemons running; it is also the
@@ -46,15 +50,21 @@ type SyncSink interface {
 
 // NewSyncSink is the sink that keeps the sync daemons want running. count
 // reads the kernel's connection count for the warm-up, which lasts at
-// most warmMax (0: DefaultSyncWarmMax).
-func NewSyncSink(d SyncDaemons, count ConnCounter, warmMax time.Duration, want ...ipvs.SyncDaemon) SyncSink {
-	return &syncSink{d: d, want: want, running: map[ipvs.DaemonRole]bool{}, warm: warmUp{count: count, max: orDuration(warmMax, DefaultSyncWarmMax)}}
+// most warmMax (0: DefaultSyncWarmMax); a carrier change of link (nil: not
+// watched) starts it again.
+func NewSyncSink(d SyncDaemons, count ConnCounter, warmMax time.Duration, link SyncLink, want ...ipvs.SyncDaemon) SyncSink {
+	return &syncSink{d: d, want: want, link: link, rearmed: make(chan struct{}, 1), running: map[ipvs.DaemonRole]bool{},
+		warm: warmUp{count: count, max: orDuration(warmMax, DefaultSyncWarmMax)}}
 }
 
 func (s *syncSink) Name() string { return "conn-sync" }
 
 // Set makes sure of the daemons; the plan does not change them.
-func (s *syncSink) Set(ctx context.Context, _ *Plan) error { return s.ensure(ctx) }
+func (s *syncSink) Set(ctx context.Context, _ *Plan) error {
+	err := s.ensure(ctx)
+	s.watchLink(time.Now())
+	return err
+}
 
 // ensure starts a missing daemon and restarts one whose settings differ.
 func (s *syncSink) ensure(ctx context.Context) error {
@@ -102,6 +112,7 @@ func (s *syncSink) ensure(ctx context.Context) error {
 		s.warm.decided = true
 		if backupStarted {
 			s.warm.start = time.Now()
+			s.warm.armed = s.warm.start
 		}
 	}
 	s.mu.Unlock()
@@ -148,6 +159,7 @@ func sameDaemon(have, want ipvs.SyncDaemon) bool {
 // Report checks the daemons again and puts them into node status.
 func (s *syncSink) Report(ctx context.Context) (func(*types.NodeStatus), error) {
 	_ = s.ensure(ctx) // its error is in the status
+	s.watchLink(time.Now())
 	st := s.status()
 	return func(ns *types.NodeStatus) { ns.ConnSync = st }, nil
 }
@@ -156,6 +168,9 @@ func (s *syncSink) status() *types.ConnSyncStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := &types.ConnSyncStatus{Error: s.err, Restored: s.restored}
+	if s.linkErr != "" {
+		st.Error = strings.TrimPrefix(st.Error+"; ", "; ") + s.linkErr
+	}
 	for _, w := range s.want {
 		d := &types.SyncDaemon{Role: w.Role.String(), Interface: w.Interface, SyncId: uint32(w.SyncID), Port: uint32(w.Port),
 			Ttl: uint32(w.TTL), MaxLen: uint32(w.MaxLen), Running: s.running[w.Role]}
@@ -175,10 +190,16 @@ var (
 		"1 while the IPVS connection sync daemon of the role runs as configured.", []string{"role"}, nil)
 	syncRestoredDesc = prometheus.NewDesc("merlin_ipvs_sync_daemon_restored_total",
 		"Times merlin found a sync daemon stopped or changed behind its back and put it back.", nil, nil)
+	syncRejoinsDesc = prometheus.NewDesc("merlin_ipvs_sync_rejoins_total",
+		"Times the sync interface's carrier changed (also while merlin was stopped) and the node warmed up again before serving.", nil, nil)
 )
 
 // Describe and Collect export the daemons' state (as last checked).
-func (s *syncSink) Describe(ch chan<- *prometheus.Desc) { ch <- syncUpDesc; ch <- syncRestoredDesc }
+func (s *syncSink) Describe(ch chan<- *prometheus.Desc) {
+	ch <- syncUpDesc
+	ch <- syncRestoredDesc
+	ch <- syncRejoinsDesc
+}
 
 func (s *syncSink) Collect(ch chan<- prometheus.Metric) {
 	st := s.status()
@@ -186,4 +207,8 @@ func (s *syncSink) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(syncUpDesc, prometheus.GaugeValue, b2f(d.Running), d.Role)
 	}
 	ch <- prometheus.MustNewConstMetric(syncRestoredDesc, prometheus.CounterValue, float64(st.Restored))
+	s.mu.Lock()
+	rejoins := s.warm.rejoins
+	s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(syncRejoinsDesc, prometheus.CounterValue, float64(rejoins))
 }

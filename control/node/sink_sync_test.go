@@ -51,7 +51,7 @@ func TestSyncSinkKeepsBothDaemons(t *testing.T) {
 	k := &fakeDaemons{}
 	master := ipvs.SyncDaemon{Role: ipvs.Master, Interface: "eth0", SyncID: 3}
 	backup := ipvs.SyncDaemon{Role: ipvs.Backup, Interface: "eth0", SyncID: 3}
-	s := NewSyncSink(k, nil, 0, master, backup).(*syncSink)
+	s := NewSyncSink(k, nil, 0, nil, master, backup).(*syncSink)
 	if err := s.Set(ctx, &Plan{}); err != nil || len(k.running) != 2 {
 		t.Fatalf("first set: %v, running %+v", err, k.running)
 	}
@@ -91,7 +91,7 @@ func TestSyncWarmUp(t *testing.T) {
 	conns := uint64(0)
 	count := func(context.Context) (uint64, error) { return conns, nil }
 	backup := ipvs.SyncDaemon{Role: ipvs.Backup, Interface: "eth0"}
-	s := NewSyncSink(&fakeDaemons{}, count, time.Minute, backup)
+	s := NewSyncSink(&fakeDaemons{}, count, time.Minute, nil, backup)
 	t0 := time.Now()
 	if why, _ := s.WarmingUp(ctx, t0); !strings.Contains(why, "waiting for the backup") {
 		t.Fatalf("before the daemons: %q", why)
@@ -118,7 +118,7 @@ func TestSyncWarmUp(t *testing.T) {
 
 	running := &fakeDaemons{}
 	_ = running.StartSyncDaemon(ctx, backup)
-	s = NewSyncSink(running, count, time.Minute, backup)
+	s = NewSyncSink(running, count, time.Minute, nil, backup)
 	if err := s.Set(ctx, &Plan{}); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestSyncWarmUp(t *testing.T) {
 	}
 
 	// A backup that cannot start holds the node back only until the maximum.
-	s = NewSyncSink(&fakeDaemons{refuse: errors.New("invalid argument")}, count, time.Minute, backup)
+	s = NewSyncSink(&fakeDaemons{refuse: errors.New("invalid argument")}, count, time.Minute, nil, backup)
 	_ = s.Set(ctx, &Plan{})
 	if why, _ := s.WarmingUp(ctx, t0); why == "" {
 		t.Fatal("served at once with no backup daemon")

@@ -11,9 +11,12 @@ import (
 // WarmUp holds a starting node back from serving until something has
 // caught up (the connection sync sink: its table with the other nodes').
 // WarmingUp says why the node is not ready yet ("" once it is) and when
-// to ask again. It is asked until it first answers "".
+// to ask again. It is asked until it first answers "", and again after
+// Rearmed delivers.
 type WarmUp interface {
 	WarmingUp(ctx context.Context, now time.Time) (reason string, recheck time.Time)
+	// Rearmed delivers when a node that was ready must warm up again.
+	Rearmed() <-chan struct{}
 }
 
 // Warm-up bounds. The kernel re-sends an active connection at most
@@ -58,18 +61,34 @@ type warmUp struct {
 	max       time.Duration
 	decided   bool      // the backup daemon has been found running or started
 	asked     time.Time // first WarmingUp call
-	start     time.Time // when merlin started it; zero: no warm-up
+	start     time.Time // when merlin started it (or the link came back); zero: no warm-up
+	armed     time.Time // when this warm-up began: max counts from here
 	lastCount uint64
 	lastAt    time.Time
 	done      bool
+	// The sync link (watchLink): its carrier changes as last seen, whether
+	// it is down now, and the warm-ups it started again.
+	linkChanges uint64
+	linkSeen    bool
+	linkDown    bool
+	rejoining   bool
+	rejoins     uint64
 }
 
-// WarmingUp: at least minWarm after the backup started, then until the
-// table's growth over settleEvery is below settleGrowth, or max passed.
+// WarmingUp: at least minWarm after the backup started (or the sync link
+// came back), then until the table's growth over settleEvery is below
+// settleGrowth, or max passed.
 func (s *syncSink) WarmingUp(ctx context.Context, now time.Time) (string, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := &s.warm
+	reason, recheck := s.warm.judge(ctx, now)
+	if reason != "" && s.warm.rejoining {
+		reason = "rejoining (the sync interface's carrier changed): " + reason
+	}
+	return reason, recheck
+}
+
+func (w *warmUp) judge(ctx context.Context, now time.Time) (string, time.Time) {
 	switch {
 	case w.done:
 		return "", time.Time{}
@@ -81,9 +100,11 @@ func (s *syncSink) WarmingUp(ctx context.Context, now time.Time) (string, time.T
 	case !w.decided: // it cannot start (node status says why): serve without
 		w.done = true
 		return "", time.Time{}
-	case w.start.IsZero(), now.Sub(w.start) >= w.max:
+	case w.start.IsZero(), now.Sub(w.armed) >= w.max:
 		w.done = true
 		return "", time.Time{}
+	case w.linkDown: // a dedicated sync link may be down alone: max still bounds it
+		return fmt.Sprintf("the sync interface has no carrier (stops at %s)", w.max), now.Add(time.Second)
 	case now.Sub(w.start) < minWarm:
 		return fmt.Sprintf("taking the other nodes' connections (at least %s; stops at %s)", minWarm, w.max), w.start.Add(minWarm)
 	}
