@@ -63,11 +63,12 @@ type Lab struct {
 	// peer setting has bfd; set before StartRouter.
 	RouterBFD bool
 
-	etcd      *exec.Cmd
-	etcdDone  chan struct{}
-	all       []*netns.NS
-	listeners []net.Listener
-	nat       map[int]net.Listener // each backend's :8080 listener
+	etcd        *exec.Cmd
+	etcdDone    chan struct{}
+	all         []*netns.NS
+	listeners   []net.Listener
+	packetConns []net.PacketConn
+	nat         map[int]net.Listener // each backend's :8080 listener
 }
 
 // Config sizes the lab.
@@ -269,6 +270,9 @@ func (l *Lab) Close() {
 	for _, ln := range l.listeners {
 		ln.Close()
 	}
+	for _, pc := range l.packetConns {
+		pc.Close()
+	}
 	for _, ns := range l.all {
 		_ = ns.Delete()
 	}
@@ -462,8 +466,11 @@ func (l *Lab) Ready(n *Node) error {
 
 // Echo sends a line over a connection to a backend (they echo what they
 // read) and reads it back, within 10 s.
-func Echo(conn net.Conn, line string) error {
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+func Echo(conn net.Conn, line string) error { return EchoWithin(conn, line, 10*time.Second) }
+
+// EchoWithin is Echo within d.
+func EchoWithin(conn net.Conn, line string, d time.Duration) error {
+	_ = conn.SetDeadline(time.Now().Add(d))
 	defer conn.SetDeadline(time.Time{})
 	if _, err := fmt.Fprintln(conn, line); err != nil {
 		return fmt.Errorf("send %q: %w", line, err)
