@@ -7,11 +7,19 @@ export MERLIN_CACHE ?= /var/cache/merlin
 
 all: build
 
+# The version the binaries carry (`merlin --version`, node status): the
+# release tag, or a Go pseudo-version of the commit between releases.
+VERSION ?= $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null || \
+	TZ=UTC git log -1 --date=format-local:%Y%m%d%H%M%S --format='v0.0.0-%cd-%H' 2>/dev/null | cut -c1-34)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
+LDFLAGS := -X github.com/merlin-ipvs/merlin/internal/version.stamped=$(VERSION) \
+	-X github.com/merlin-ipvs/merlin/internal/version.stampedCommit=$(COMMIT)
+
 build:
 	$(GO) build ./...
 	$(GO) build -o bin/vmrun ./vmtests/cmd/vmrun
-	$(GO) build -o bin/merlin ./cmd/merlin
-	$(GO) build -o bin/meradm ./cmd/meradm
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/merlin ./cmd/merlin
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/meradm ./cmd/meradm
 
 setup:
 	./scripts/setup.sh

@@ -48,7 +48,7 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 		fmt.Fprintln(w, "no node reports status (are the merlin nodes reconciling?)")
 		return
 	}
-	fmt.Fprintf(w, "%-16s %-24s %-8s %-8s %-14s %-6s %-6s %s\n", "NODE", "API", "APPLIED", "STATE", "LAST RECONCILE", "OWNED", "ERRORS", "VIPS")
+	fmt.Fprintf(w, "%-16s %-24s %-8s %-8s %-14s %-6s %-6s %-6s %s\n", "NODE", "API", "APPLIED", "STATE", "LAST RECONCILE", "OWNED", "ERRORS", "VIPS", "VERSION")
 	var notes []string
 	for _, n := range resp.Nodes {
 		state := "in step"
@@ -123,7 +123,8 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 			ago = now.Sub(n.LastReconcile.AsTime()).Round(time.Second).String() + " ago"
 		}
 		vips := fmt.Sprintf("%d/%d", n.VipsServing, int(n.VipsServing)+len(n.VipsNotServing))
-		fmt.Fprintf(w, "%-16s %-24s %-8d %-8s %-14s %-6d %-6d %s\n", n.Node, n.ApiAddress, n.AppliedRevision, state, ago, n.OwnedServices, len(n.Errors), vips)
+		release, _, _ := strings.Cut(n.Version, " ") // the build details are in the note below when versions differ
+		fmt.Fprintf(w, "%-16s %-24s %-8d %-8s %-14s %-6d %-6d %-6s %s\n", n.Node, n.ApiAddress, n.AppliedRevision, state, ago, n.OwnedServices, len(n.Errors), vips, release)
 	}
 	versions := map[string]bool{}
 	for _, n := range resp.Nodes {

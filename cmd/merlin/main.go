@@ -41,7 +41,7 @@ func main() {
 	}
 	switch {
 	case o.version:
-		fmt.Println("merlin", version.Read())
+		fmt.Println("merlin version", version.Read())
 		return
 	case o.counterFlags.remove:
 		if err := xdpstats.Remove(o.counterFlags.pinDir); err != nil {

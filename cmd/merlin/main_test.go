@@ -177,7 +177,7 @@ func TestVersionFlag(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "--version")
 	cmd.Env = append(os.Environ(), "MERLIN_TEST_RUN_MAIN=1")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.HasPrefix(string(out), "merlin ") || !strings.Contains(string(out), "go1.") {
+	if err != nil || !strings.HasPrefix(string(out), "merlin version ") || !strings.Contains(string(out), "go1.") {
 		t.Fatalf("merlin --version: %v: %q", err, out)
 	}
 }

@@ -8,6 +8,17 @@ import (
 	"runtime/debug"
 )
 
+// stamped is the release version a build sets with
+// -ldflags "-X github.com/merlin-ipvs/merlin/internal/version.stamped=v1.2.3"
+// (`make build` does, from the git tag or the commit); it wins over the
+// module version, which a plain `go build` in the repository leaves as
+// "(devel)".
+var stamped string
+
+// stampedCommit is the commit `make build` stamps, for builds without Go's
+// VCS stamping (-buildvcs=false).
+var stampedCommit string
+
 // Info is what a binary knows of its own build.
 type Info struct {
 	Version   string // module version ("(devel)" for a plain go build)
@@ -19,11 +30,17 @@ type Info struct {
 func Read() Info {
 	info := Info{Version: "(devel)", Commit: "unknown", GoVersion: runtime.Version()}
 	bi, ok := debug.ReadBuildInfo()
+	if ok && bi.Main.Version != "" {
+		info.Version = bi.Main.Version
+	}
+	if stamped != "" {
+		info.Version = stamped
+	}
+	if stampedCommit != "" {
+		info.Commit = stampedCommit
+	}
 	if !ok {
 		return info
-	}
-	if v := bi.Main.Version; v != "" {
-		info.Version = v
 	}
 	dirty := false
 	for _, s := range bi.Settings {
@@ -40,7 +57,8 @@ func Read() Info {
 	return info
 }
 
-// String is the one line `--version` prints.
+// String is the version with its build: what `--version` prints after
+// "merlin version" and node status carries.
 func (i Info) String() string {
 	return fmt.Sprintf("%s (commit %s, %s)", i.Version, i.Commit, i.GoVersion)
 }
