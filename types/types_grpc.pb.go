@@ -69,7 +69,9 @@ type MerlinClient interface {
 	// timeout, slow_start) replaces the stored value when sent, even as 0,
 	// false or "" — persistence_timeout 0 turns persistence off, an empty
 	// endpoint turns a health check off. A repeated field sent (flags)
-	// replaces the list. Plain scalars (scheduler, forward, tunnel_type,
+	// replaces the list, but persistent and one-packet keep their own
+	// fields unless the list names them (an original Merlin client, which
+	// sends scheduler flags only, does not clear them). Plain scalars (scheduler, forward, tunnel_type,
 	// tunnel_port, the booleans and strings of a health check, its up and
 	// down thresholds) change only to a non-zero value: to clear one, send
 	// the whole object with its revision.
@@ -369,7 +371,9 @@ type MerlinServer interface {
 	// timeout, slow_start) replaces the stored value when sent, even as 0,
 	// false or "" — persistence_timeout 0 turns persistence off, an empty
 	// endpoint turns a health check off. A repeated field sent (flags)
-	// replaces the list. Plain scalars (scheduler, forward, tunnel_type,
+	// replaces the list, but persistent and one-packet keep their own
+	// fields unless the list names them (an original Merlin client, which
+	// sends scheduler flags only, does not clear them). Plain scalars (scheduler, forward, tunnel_type,
 	// tunnel_port, the booleans and strings of a health check, its up and
 	// down thresholds) change only to a non-zero value: to clear one, send
 	// the whole object with its revision.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/internal/etcdtest"
+	"github.com/merlin-ipvs/merlin/types"
 )
 
 // originalMessages loads the original Merlin API's message shapes from
@@ -163,4 +164,27 @@ func setWeight(t *testing.T, m proto.Message, w uint32) {
 	cfg := r.Mutable(r.Descriptor().Fields().ByName("config")).Message()
 	weight := cfg.Mutable(cfg.Descriptor().Fields().ByName("weight")).Message()
 	weight.Set(weight.Descriptor().Fields().ByName("value"), protoreflect.ValueOfUint32(w))
+}
+
+// An original client edits a service's scheduler flags: the persistence it
+// cannot express (set through the new API or meradm -p) stays.
+func TestAPIOriginalClientKeepsPersistence(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx := ctxT(t)
+	msg := originalMessages(t)
+	svc := &types.VirtualService{Id: "pers", Key: &types.VirtualService_Key{Ip: "198.18.0.10", Port: 80, Protocol: types.Protocol_TCP},
+		Config: &types.VirtualService_Config{Scheduler: "sh", PersistenceTimeout: wrapperspb.UInt32(300)}}
+	if _, err := env.client.CreateService(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.original.Invoke(ctx, "/types.Merlin/UpdateService", msg("VirtualService", `id: "pers" config {flags: ["flag-1"]}`), &emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	item, err := env.client.GetService(ctx, wrapperspb.String("pers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if item.Service.Config.GetPersistenceTimeout().GetValue() != 300 {
+		t.Fatalf("persistence cleared: %v", item.Service.Config)
+	}
 }

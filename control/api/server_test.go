@@ -656,14 +656,22 @@ func TestAPIExtendedFieldsRoundTrip(t *testing.T) {
 	if len(f.Servers) != 1 || f.Servers[0].Key.Port != 0 {
 		t.Errorf("fwmark server: %v", f)
 	}
-	// Merge semantics of the original: setting only flags replaces flags.
+	// Merge semantics of the original: setting only flags replaces the
+	// scheduler flags; persistence and one-packet, which have fields of
+	// their own (and which an original client cannot express), stay.
 	noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "v6", Config: &types.VirtualService_Config{Flags: []string{"flag-1"}}}))
 	item, _ = c.GetService(ctx, wrapperspb.String("v6"))
-	if strings.Join(item.Service.Config.Flags, ",") != "flag-1" {
+	if strings.Join(item.Service.Config.Flags, ",") != "persistent,one-packet,flag-1" {
 		t.Errorf("flags after merge: %v", item.Service.Config)
 	}
-	if item.Service.Config.PersistenceTimeout != nil || item.Service.Config.Scheduler != "mh" {
+	if cfg := item.Service.Config; cfg.PersistenceTimeout.GetValue() != 600 || cfg.PersistenceNetmask.GetValue() != 64 || !cfg.OnePacket.GetValue() || cfg.Scheduler != "mh" {
 		t.Errorf("merge lost or kept the wrong fields: %v", item.Service.Config)
+	}
+	// Turned off through their fields.
+	noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "v6", Config: &types.VirtualService_Config{PersistenceTimeout: wrapperspb.UInt32(0), OnePacket: wrapperspb.Bool(false)}}))
+	item, _ = c.GetService(ctx, wrapperspb.String("v6"))
+	if cfg := item.Service.Config; strings.Join(cfg.Flags, ",") != "flag-1" || cfg.PersistenceTimeout != nil || cfg.OnePacket.GetValue() {
+		t.Errorf("persistence and one-packet not off: %v", cfg)
 	}
 	// A change that would make a server invalid is refused: the GUE server needs tunnel forwarding.
 	_, err = c.UpdateService(ctx, &types.VirtualService{Id: "v6", Defaults: &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_MASQ}})

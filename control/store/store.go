@@ -189,12 +189,12 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 	}
 	if u := update.Config; u != nil {
 		if len(u.Flags) > 0 {
-			next.Config.Flags = nil // flags given replace the old ones
-			// Persistence and one-packet follow the new flags unless set too.
-			next.Config.PersistenceTimeout, next.Config.OnePacket = nil, nil
-			if u.PersistenceTimeout == nil && u.PersistenceNetmask == nil {
-				next.Config.PersistenceNetmask = nil
-			}
+			// Flags given replace the old ones. persistent and one-packet
+			// have fields of their own, which stay unless the update sets
+			// them: an original Merlin client (scheduler flags only) cannot
+			// express them and must not clear them; flags naming them turn
+			// them on (model.ValidateService derives the list again).
+			next.Config.Flags = nil
 		}
 		model.MergePresent(next.Config, u)
 		if u.PersistenceTimeout != nil && u.PersistenceTimeout.Value == 0 {
