@@ -192,7 +192,7 @@ func checkOptions(fs *flag.FlagSet, o *options) error {
 	switch o.storeBackend {
 	case "etcd3":
 	case "etcd2", "etcd":
-		return fmt.Errorf("-store-backend %s: merlin stores its state in etcd's v3 API only; migrate the keys with `etcdctl migrate` (etcd 3.4) and start with -store-backend etcd3 (or leave it out)", o.storeBackend)
+		return fmt.Errorf("-store-backend %s: merlin stores its state in etcd's v3 API only; copy the original's keys into v3 with `etcdctl migrate --data-dir DIR` (etcd 3.4, etcd stopped; merlin reads the base64 values it leaves) and start with -store-backend etcd3 (or leave it out)", o.storeBackend)
 	default:
 		return fmt.Errorf("-store-backend %q: want etcd3", o.storeBackend)
 	}

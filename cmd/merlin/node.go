@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,7 +91,11 @@ func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server
 func (p *nodeParts) run(ctx context.Context, st *store.Store, runner *node.Runner, reg *prometheus.Registry, log *slog.Logger, group *errgroup.Group) {
 	watcher := store.NewWatcher(st, log.With("component", "watcher"), store.WatcherConfig{})
 	reg.MustRegister(node.NewWatcherCollector(watcher))
+	var warnedEmpty sync.Once
 	offer := func(u *store.Update) {
+		if u.Full && len(u.Services) == 0 && len(u.Invalid) == 0 {
+			warnedEmpty.Do(func() { warnEmptyPrefix(log, st.Prefix()) })
+		}
 		runner.Offer(u)
 		p.bgpApplier.Offer(u.BGP)
 	}
@@ -235,4 +240,11 @@ func (p *nodeParts) warmUp() node.WarmUp {
 		return nil
 	}
 	return p.syncSink
+}
+
+// warnEmptyPrefix: no desired state at all is a new cluster — or the
+// original Merlin's state in etcd's v2 store (its default backend), which
+// merlin does not read: an old unit without -store-backend was on etcd2.
+func warnEmptyPrefix(log *slog.Logger, prefix string) {
+	log.Warn("no services under the prefix in etcd (v3): a new cluster, or state merlin cannot see — another -store-prefix, or the original Merlin's etcd2 store (its default backend): copy it into v3 with `etcdctl migrate` (etcd 3.4) first; merlin reads the base64 values it leaves", "prefix", prefix)
 }

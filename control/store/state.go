@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/base64"
 	"fmt"
 	"maps"
 	"slices"
@@ -313,10 +314,27 @@ func (s *State) ListResponse() *types.ListResponse {
 	return resp
 }
 
-// DecodeService decodes and validates a service value stored at key.
+// originalEtcd2Value undoes the original Merlin's etcd2 encoding: its
+// etcd2 backend (its default) stored the protobuf as base64 text, which
+// `etcdctl migrate` copies into the v3 store as it is. A protobuf value
+// never looks like base64: a service or server begins with field 1's tag
+// (0x0a), outside base64's alphabet.
+func originalEtcd2Value(value []byte) []byte {
+	if len(value) == 0 || len(value) > 1<<20 || value[0] == 0x0a {
+		return value
+	}
+	decoded, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(value)))
+	if err != nil {
+		return value
+	}
+	return decoded
+}
+
+// DecodeService decodes and validates a service value stored at key (in
+// protobuf, or the original Merlin's etcd2 base64 text of it).
 func DecodeService(key string, value []byte, modRevision int64) (*types.VirtualService, error) {
 	var svc types.VirtualService
-	if err := proto.Unmarshal(value, &svc); err != nil {
+	if err := proto.Unmarshal(originalEtcd2Value(value), &svc); err != nil {
 		return nil, fmt.Errorf("value does not decode as a service: %w", err)
 	}
 	id := key[strings.LastIndexByte(key, '/')+1:]
@@ -335,7 +353,7 @@ func DecodeService(key string, value []byte, modRevision int64) (*types.VirtualS
 // its service.
 func DecodeServer(key string, value []byte, modRevision int64, svc *types.VirtualService) (*types.RealServer, error) {
 	var srv types.RealServer
-	if err := proto.Unmarshal(value, &srv); err != nil {
+	if err := proto.Unmarshal(originalEtcd2Value(value), &srv); err != nil {
 		return nil, fmt.Errorf("value does not decode as a server: %w", err)
 	}
 	if srv.ServiceID != svc.Id {

@@ -1,8 +1,11 @@
 package store_test
 
 import (
+	"encoding/base64"
 	"context"
 	"fmt"
+	"net/http"
+	"net/url"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -251,5 +254,70 @@ func TestWatcherPeriodicCheckKeepsTheWatch(t *testing.T) {
 	waitInStep(t, kv, latest)
 	if r := w.Relists(); r[store.RelistPeriodic] != 0 || r[store.RelistStart] != 1 {
 		t.Fatalf("%d checks, relists %v: want checks that found nothing to re-list", w.Checks(), r)
+	}
+}
+
+// The original Merlin's etcd2 backend stored base64 text of the protobuf,
+// which `etcdctl migrate` copies into v3 as it is: merlin reads it.
+func TestOriginalEtcd2Values(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Embedded)
+	kv := etcd.Client(t)
+	stor := store.NewStore(kv, prefix)
+	ctx := ctxT(t)
+	b64 := func(m proto.Message) string { return base64.StdEncoding.EncodeToString(mustMarshal(t, m)) }
+	for k, v := range map[string]string{
+		prefix + "/services/old":             b64(tcpService("old", "198.18.0.7", 80)),
+		prefix + "/servers/old/198.19.0.7:80": b64(server("old", "198.19.0.7", 80, 3)),
+	} {
+		if _, err := kv.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := stor.List(ctx)
+	if err != nil || len(list.InvalidKeys) != 0 || len(list.Items) != 1 || len(list.Items[0].Servers) != 1 {
+		t.Fatalf("list of etcd2-encoded values: %v %v", list, err)
+	}
+	if w := list.Items[0].Servers[0].Config.Weight.GetValue(); w != 3 {
+		t.Fatalf("server weight %d, want 3", w)
+	}
+	// A write stores it in merlin's encoding.
+	if _, err := stor.UpdateServer(ctx, server("old", "198.19.0.7", 80, 4)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := kv.Get(ctx, prefix+"/servers/old/198.19.0.7:80")
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Value[0] != 0x0a {
+		t.Fatalf("rewritten value %q, %v", resp.Kvs, err)
+	}
+}
+
+// The whole path from the original Merlin's default backend: its values
+// written through etcd's v2 API as base64 text, `etcdctl migrate` (the
+// README's upgrade step), and merlin lists them from v3.
+func TestOriginalEtcd2Migration(t *testing.T) {
+	etcd := etcdtest.StartV2(t)
+	b64 := func(m proto.Message) string { return base64.StdEncoding.EncodeToString(mustMarshal(t, m)) }
+	for k, v := range map[string]string{
+		prefix + "/services/old":             b64(tcpService("old", "198.18.0.7", 80)),
+		prefix + "/servers/old/198.19.0.7:80": b64(server("old", "198.19.0.7", 80, 3)),
+	} {
+		req, err := http.NewRequest(http.MethodPut, etcd.ClientURL+"/v2/keys"+k, strings.NewReader(url.Values{"value": {v}}.Encode()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+			t.Fatalf("v2 put %s: %s", k, resp.Status)
+		}
+	}
+	etcd.MigrateV2()
+	stor := store.NewStore(etcd.Client(t), prefix)
+	list, err := stor.List(ctxT(t))
+	if err != nil || len(list.InvalidKeys) != 0 || len(list.Items) != 1 || len(list.Items[0].Servers) != 1 {
+		t.Fatalf("list after etcdctl migrate: %v %v", list, err)
 	}
 }

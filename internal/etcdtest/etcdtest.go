@@ -47,6 +47,7 @@ type Server struct {
 	binaryPath string
 	tls        *TLSFiles
 	quota      int64 // backend quota; 0: etcd's default
+	v2         bool  // serve the v2 API too (StartV2)
 }
 
 // TLSFiles make Debian's etcd serve clients over TLS and require client
@@ -73,23 +74,49 @@ func FreePort(t testing.TB) int {
 // binary missing skips the test, or fails it where peers are promised.
 func Start(t testing.TB, kind Kind) *Server {
 	t.Helper()
-	return start(t, kind, nil)
+	return start(t, kind, nil, startOptions{})
 }
 
 // StartTLS runs Debian's etcd serving clients over mutual TLS.
 func StartTLS(t testing.TB, files TLSFiles) *Server {
 	t.Helper()
-	return start(t, Debian, &files)
+	return start(t, Debian, &files, startOptions{})
 }
 
 // StartWithQuota runs a server whose backend quota is bytes: past it,
 // etcd raises its NOSPACE alarm.
 func StartWithQuota(t testing.TB, kind Kind, bytes int64) *Server {
 	t.Helper()
-	return start(t, kind, nil, bytes)
+	return start(t, kind, nil, startOptions{quota: bytes})
 }
 
-func start(t testing.TB, kind Kind, tlsFiles *TLSFiles, quota ...int64) *Server {
+// StartV2 starts Debian's etcd serving the v2 API too (--enable-v2), as
+// the original Merlin's default etcd2 backend needed.
+func StartV2(t testing.TB) *Server {
+	t.Helper()
+	return start(t, Debian, nil, startOptions{v2: true})
+}
+
+// MigrateV2 stops the server, copies its v2 keys into the v3 store with
+// `etcdctl migrate` (etcd 3.4's offline migration) and starts it again.
+func (s *Server) MigrateV2() {
+	s.t.Helper()
+	s.Stop()
+	cmd := exec.Command("etcdctl", "migrate", "--data-dir", filepath.Join(s.dir, "etcd"))
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		s.t.Fatalf("etcdctl migrate: %v: %s", err, out)
+	}
+	s.Restart()
+}
+
+// startOptions: a backend quota (0: etcd's default) and the v2 API.
+type startOptions struct {
+	quota int64
+	v2    bool
+}
+
+func start(t testing.TB, kind Kind, tlsFiles *TLSFiles, opt startOptions) *Server {
 	t.Helper()
 	scheme := "http"
 	if tlsFiles != nil {
@@ -103,9 +130,7 @@ func start(t testing.TB, kind Kind, tlsFiles *TLSFiles, quota ...int64) *Server 
 		dir:       t.TempDir(),
 		t:         t,
 	}
-	if len(quota) > 0 {
-		s.quota = quota[0]
-	}
+	s.quota, s.v2 = opt.quota, opt.v2
 	if kind == Debian {
 		path, err := exec.LookPath("etcd")
 		if err != nil {
@@ -156,6 +181,9 @@ func (s *Server) Restart() {
 			"--initial-cluster", "test="+s.peerURL, "--log-level", "error", "--logger", "zap")
 		if s.quota > 0 {
 			cmd.Args = append(cmd.Args, "--quota-backend-bytes", strconv.FormatInt(s.quota, 10))
+		}
+		if s.v2 {
+			cmd.Args = append(cmd.Args, "--enable-v2")
 		}
 		probe := http.DefaultClient
 		if f := s.tls; f != nil {

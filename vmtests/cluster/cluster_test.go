@@ -202,6 +202,11 @@ func (c *cluster) waitResyncs(k int, check func()) {
 func TestVMCluster(t *testing.T) {
 	c := setUp(t)
 	ctx := context.Background()
+	// An empty prefix is a new cluster, or the original's etcd2 state not
+	// migrated: the node's log says which to check.
+	if log := c.Log("node1", 200); !strings.Contains(log, "no services under the prefix") {
+		t.Errorf("node1 started on an empty prefix without a word:\n%s", log)
+	}
 
 	// A service someone made by hand on node1: merlin must never touch it.
 	nsRun(t, c.Nodes[0].NS, "ipvsadm", "-A", "-t", foreignSv, "-s", "rr")
