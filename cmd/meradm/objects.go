@@ -408,6 +408,16 @@ func serviceCmd(g *globals) *cobra.Command {
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
 				return retryOnConflict(func() error {
 					item, err := c.GetService(ctx, wrapperspb.String(args[0]))
+					if status.Code(err) == codes.FailedPrecondition {
+						// Stored invalid (the original Merlin accepted it): a
+						// merge of the flags given, which may make it valid.
+						svc := &types.VirtualService{Id: args[0]}
+						if err := edit.apply(cmd.Flags(), svc); err != nil {
+							return err
+						}
+						_, err = c.UpdateService(ctx, svc)
+						return err
+					}
 					if err != nil {
 						return err
 					}
@@ -587,7 +597,14 @@ func serverCmd(g *globals) *cobra.Command {
 							return err
 						}
 					}
-					return status.Errorf(codes.NotFound, "server %s/%s: not found", args[0], args[1])
+					// Not listed: absent, or stored invalid (which a merge
+					// of the flags given may make valid); the API says which.
+					srv := &types.RealServer{ServiceID: args[0], Key: key}
+					if err := edit.apply(cmd.Flags(), srv); err != nil {
+						return err
+					}
+					_, err = c.UpdateServer(ctx, srv)
+					return err
 				})
 			})
 		},

@@ -188,6 +188,8 @@ func toStatus(err error) error {
 	}
 	var fe *model.FieldError
 	switch {
+	case errors.Is(err, store.ErrStoredInvalid):
+		return status.Error(codes.FailedPrecondition, err.Error()+": an update without a revision that makes it valid works (meradm status says how)")
 	case errors.As(err, &fe):
 		st := status.New(codes.InvalidArgument, "invalid "+fe.Error())
 		if d, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Reason}}}); derr == nil {

@@ -349,6 +349,39 @@ func DecodeService(key string, value []byte, modRevision int64) (*types.VirtualS
 	return n, nil
 }
 
+// decodeStoredService decodes a stored service without validating it (but
+// its ID): what an update starts from when the stored value is invalid.
+func decodeStoredService(key string, value []byte, modRevision int64) (*types.VirtualService, error) {
+	var svc types.VirtualService
+	if err := proto.Unmarshal(originalEtcd2Value(value), &svc); err != nil {
+		return nil, err
+	}
+	if svc.Id != key[strings.LastIndexByte(key, '/')+1:] || svc.Key == nil {
+		return nil, fmt.Errorf("value has id %q or no key", svc.Id)
+	}
+	if svc.Config == nil {
+		svc.Config = &types.VirtualService_Config{}
+	}
+	svc.Revision = modRevision
+	return &svc, nil
+}
+
+// decodeStoredServer is decodeStoredService for a server of svc.
+func decodeStoredServer(key string, value []byte, modRevision int64, svc *types.VirtualService) (*types.RealServer, error) {
+	var srv types.RealServer
+	if err := proto.Unmarshal(originalEtcd2Value(value), &srv); err != nil {
+		return nil, err
+	}
+	if srv.ServiceID != svc.Id || srv.Key == nil || model.ServerKeyString(srv.Key) != key[strings.LastIndexByte(key, '/')+1:] {
+		return nil, fmt.Errorf("value is not server %s of service %q", key[strings.LastIndexByte(key, '/')+1:], svc.Id)
+	}
+	if srv.Config == nil {
+		srv.Config = &types.RealServer_Config{}
+	}
+	srv.Revision = modRevision
+	return &srv, nil
+}
+
 // DecodeServer decodes and validates a server value stored at key against
 // its service.
 func DecodeServer(key string, value []byte, modRevision int64, svc *types.VirtualService) (*types.RealServer, error) {

@@ -23,6 +23,9 @@ var (
 	ErrAlreadyExists = errors.New("already exists")
 	// ErrConflict: the object changed since the revision the caller gave.
 	ErrConflict = errors.New("revision conflict")
+	// ErrStoredInvalid: the object is in etcd but fails validation (state
+	// the original Merlin accepted): an update that makes it valid works.
+	ErrStoredInvalid = errors.New("stored invalid")
 )
 
 // casAttempts bounds the read-modify-write retries of writes that carry no
@@ -117,6 +120,10 @@ type serviceSnapshot struct {
 	service  *types.VirtualService
 	servers  []*types.RealServer
 	invalid  []*types.InvalidKey
+	// For a write (lenient read): why the stored service, or a stored
+	// server by key, is invalid; they are in service and servers as stored.
+	serviceInvalid string
+	serverInvalid  map[string]string
 }
 
 // readForWrite reads a service to change it. The first attempt reads from
@@ -125,19 +132,22 @@ type serviceSnapshot struct {
 // and the retries, like a "not found", read linearizably.
 func (s *Store) readForWrite(ctx context.Context, id string, attempt int) (*serviceSnapshot, error) {
 	if attempt == 0 {
-		snap, err := s.read(ctx, id, clientv3.WithSerializable())
+		snap, err := s.read(ctx, id, true, clientv3.WithSerializable())
 		if !errors.Is(err, ErrNotFound) {
 			return snap, err
 		}
 	}
-	return s.readService(ctx, id)
+	return s.read(ctx, id, true)
 }
 
 func (s *Store) readService(ctx context.Context, id string) (*serviceSnapshot, error) {
-	return s.read(ctx, id)
+	return s.read(ctx, id, false)
 }
 
-func (s *Store) read(ctx context.Context, id string, opts ...clientv3.OpOption) (*serviceSnapshot, error) {
+// read reads a service and its servers. lenient (for a write) keeps
+// objects stored invalid as they are, with why, so that an update that
+// makes one valid can succeed: the original Merlin accepted more.
+func (s *Store) read(ctx context.Context, id string, lenient bool, opts ...clientv3.OpOption) (*serviceSnapshot, error) {
 	resp, err := s.client.Txn(ctx).Then(
 		clientv3.OpGet(s.serviceKey(id), opts...),
 		clientv3.OpGet(s.serverPrefix(id), append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...),
@@ -152,11 +162,21 @@ func (s *Store) read(ctx context.Context, id string, opts ...clientv3.OpOption) 
 	}
 	svc, err := DecodeService(string(kvs[0].Key), kvs[0].Value, kvs[0].ModRevision)
 	if err != nil {
-		return nil, fmt.Errorf("service %q is stored but unusable: %w", id, err)
+		raw, rerr := decodeStoredService(string(kvs[0].Key), kvs[0].Value, kvs[0].ModRevision)
+		if !lenient || rerr != nil {
+			return nil, fmt.Errorf("service %q is stored but unusable (%w): %w", id, ErrStoredInvalid, err)
+		}
+		svc, snap.serviceInvalid = raw, err.Error()
 	}
-	snap.service = svc
+	snap.service, snap.serverInvalid = svc, map[string]string{}
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 		srv, err := DecodeServer(string(kv.Key), kv.Value, kv.ModRevision, svc)
+		if err != nil && lenient {
+			if raw, rerr := decodeStoredServer(string(kv.Key), kv.Value, kv.ModRevision, svc); rerr == nil {
+				srv, snap.serverInvalid[string(kv.Key)] = raw, err.Error()
+				err = nil
+			}
+		}
 		if err != nil {
 			snap.invalid = append(snap.invalid, &types.InvalidKey{Key: string(kv.Key), Reason: err.Error()})
 			continue

@@ -47,12 +47,14 @@ type batchService struct {
 	orig    *types.VirtualService
 	svc     *types.VirtualService // as the batch leaves it; nil: none
 	servers map[string]*batchServer
-	keyed   int // the change that gave the service its address (-1: none)
+	keyed   int    // the change that gave the service its address (-1: none)
+	invalid string // why the stored service is invalid, until an update makes it valid
 }
 
 type batchServer struct {
-	orig *types.RealServer // as read (nil: not in etcd)
-	srv  *types.RealServer // as the batch leaves it; nil: none
+	orig    *types.RealServer // as read (nil: not in etcd)
+	srv     *types.RealServer // as the batch leaves it; nil: none
+	invalid string            // why the stored server is invalid, until an update makes it valid
 }
 
 type batchVIP struct {
@@ -148,9 +150,10 @@ func (b *batch) service(id string) (*batchService, error) {
 	case err != nil:
 		return nil, err
 	default:
-		bs.rev, bs.readRev, bs.orig, bs.svc = snap.service.Revision, snap.revision, snap.service, snap.service
+		bs.rev, bs.readRev, bs.orig, bs.svc, bs.invalid = snap.service.Revision, snap.revision, snap.service, snap.service, snap.serviceInvalid
 		for _, srv := range snap.servers {
-			bs.servers[b.s.serverKey(id, srv.Key)] = &batchServer{orig: srv, srv: srv}
+			key := b.s.serverKey(id, srv.Key)
+			bs.servers[key] = &batchServer{orig: srv, srv: srv, invalid: snap.serverInvalid[key]}
 		}
 	}
 	b.services[id] = bs
@@ -267,8 +270,8 @@ func (b *batch) updateService(update *types.VirtualService) error {
 		return err
 	}
 	for _, srv := range bs.servers {
-		if srv.srv == nil {
-			continue
+		if srv.srv == nil || srv.invalid != "" {
+			continue // an invalid stored server stays as it was (listed invalid)
 		}
 		if _, err := model.NormalizeServer(srv.srv, next); err != nil {
 			return model.FieldErrorf("service", "server %s would become invalid: %v", model.ServerName(srv.srv), err)
@@ -277,7 +280,7 @@ func (b *batch) updateService(update *types.VirtualService) error {
 	if model.VIPKey(next.Key) != model.VIPKey(bs.svc.Key) {
 		bs.keyed = b.at
 	}
-	bs.svc, b.unchangedRev = next, bs.rev
+	bs.svc, b.unchangedRev, bs.invalid = next, bs.rev, ""
 	return nil
 }
 
@@ -323,12 +326,23 @@ func (b *batch) server(in *types.RealServer) (*batchService, string, error) {
 	return bs, b.s.serverKey(in.ServiceID, in.Key), nil
 }
 
+// valid refuses new or changed servers under a service stored invalid.
+func (bs *batchService) valid(id string) error {
+	if bs.invalid != "" {
+		return model.FieldErrorf("serviceID", "service %q is stored invalid (%s): fix the service first", id, model.Truncate(bs.invalid, 200))
+	}
+	return nil
+}
+
 func (b *batch) createServer(in *types.RealServer) error {
 	if in.GetRevision() != 0 {
 		return model.FieldErrorf("revision", "must not be set on create")
 	}
 	bs, key, err := b.server(in)
 	if err != nil {
+		return err
+	}
+	if err := bs.valid(in.ServiceID); err != nil {
 		return err
 	}
 	srv, err := model.NormalizeServer(in, bs.svc)
@@ -352,6 +366,9 @@ func (b *batch) updateServer(update *types.RealServer) error {
 	if err != nil {
 		return err
 	}
+	if err := bs.valid(update.ServiceID); err != nil {
+		return err
+	}
 	cur := bs.servers[key]
 	if cur == nil || cur.srv == nil {
 		return fmt.Errorf("server %s: %w", model.ServerName(update), ErrNotFound)
@@ -367,7 +384,7 @@ func (b *batch) updateServer(update *types.RealServer) error {
 	if next, err = model.NormalizeServer(next, bs.svc); err != nil {
 		return err
 	}
-	cur.srv = next
+	cur.srv, cur.invalid = next, ""
 	if cur.orig != nil {
 		b.unchangedRev = cur.orig.Revision
 	}
