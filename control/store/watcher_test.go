@@ -1,8 +1,8 @@
 package store_test
 
 import (
-	"encoding/base64"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -266,7 +266,7 @@ func TestOriginalEtcd2Values(t *testing.T) {
 	ctx := ctxT(t)
 	b64 := func(m proto.Message) string { return base64.StdEncoding.EncodeToString(mustMarshal(t, m)) }
 	for k, v := range map[string]string{
-		prefix + "/services/old":             b64(tcpService("old", "198.18.0.7", 80)),
+		prefix + "/services/old":              b64(tcpService("old", "198.18.0.7", 80)),
 		prefix + "/servers/old/198.19.0.7:80": b64(server("old", "198.19.0.7", 80, 3)),
 	} {
 		if _, err := kv.Put(ctx, k, v); err != nil {
@@ -297,7 +297,7 @@ func TestOriginalEtcd2Migration(t *testing.T) {
 	etcd := etcdtest.StartV2(t)
 	b64 := func(m proto.Message) string { return base64.StdEncoding.EncodeToString(mustMarshal(t, m)) }
 	for k, v := range map[string]string{
-		prefix + "/services/old":             b64(tcpService("old", "198.18.0.7", 80)),
+		prefix + "/services/old":              b64(tcpService("old", "198.18.0.7", 80)),
 		prefix + "/servers/old/198.19.0.7:80": b64(server("old", "198.19.0.7", 80, 3)),
 	} {
 		req, err := http.NewRequest(http.MethodPut, etcd.ClientURL+"/v2/keys"+k, strings.NewReader(url.Values{"value": {v}}.Encode()))
