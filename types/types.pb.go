@@ -3101,8 +3101,14 @@ type StatusResponse struct {
 	Nodes []*NodeStatus          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// desired_revision: the revision of the last change to the desired state.
 	DesiredRevision int64 `protobuf:"varint,2,opt,name=desired_revision,json=desiredRevision,proto3" json:"desired_revision,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// invalid_keys: stored values merlin cannot use (the first 100 by key),
+	// with why: state the original Merlin accepted, or damage.
+	InvalidKeys []*InvalidKey `protobuf:"bytes,3,rep,name=invalid_keys,json=invalidKeys,proto3" json:"invalid_keys,omitempty"`
+	// duplicate_vips: VIPs several stored services share (the original
+	// Merlin allowed it; merlin refuses it for new writes).
+	DuplicateVips []*DuplicateVIP `protobuf:"bytes,4,rep,name=duplicate_vips,json=duplicateVips,proto3" json:"duplicate_vips,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -3149,6 +3155,73 @@ func (x *StatusResponse) GetDesiredRevision() int64 {
 	return 0
 }
 
+func (x *StatusResponse) GetInvalidKeys() []*InvalidKey {
+	if x != nil {
+		return x.InvalidKeys
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetDuplicateVips() []*DuplicateVIP {
+	if x != nil {
+		return x.DuplicateVips
+	}
+	return nil
+}
+
+type DuplicateVIP struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// vip as the index names it: tcp/IP:PORT, udp/…, fwmark/ipv4/MARK.
+	Vip           string   `protobuf:"bytes,1,opt,name=vip,proto3" json:"vip,omitempty"`
+	Services      []string `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DuplicateVIP) Reset() {
+	*x = DuplicateVIP{}
+	mi := &file_types_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DuplicateVIP) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DuplicateVIP) ProtoMessage() {}
+
+func (x *DuplicateVIP) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DuplicateVIP.ProtoReflect.Descriptor instead.
+func (*DuplicateVIP) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DuplicateVIP) GetVip() string {
+	if x != nil {
+		return x.Vip
+	}
+	return ""
+}
+
+func (x *DuplicateVIP) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
 type ConfirmDeletionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -3158,7 +3231,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3170,7 +3243,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3183,7 +3256,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{33}
+	return file_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -3211,7 +3284,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3296,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3309,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{34}
+	return file_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -3322,7 +3395,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3334,7 +3407,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3347,7 +3420,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{35}
+	return file_types_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -3397,7 +3470,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3409,7 +3482,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3422,7 +3495,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{36}
+	return file_types_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -3463,7 +3536,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3475,7 +3548,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3488,7 +3561,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{37}
+	return file_types_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -3521,7 +3594,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[39]
+	mi := &file_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3533,7 +3606,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[39]
+	mi := &file_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3604,7 +3677,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3616,7 +3689,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3685,7 +3758,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3697,7 +3770,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3737,7 +3810,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3749,7 +3822,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3797,7 +3870,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[43]
+	mi := &file_types_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3809,7 +3882,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[43]
+	mi := &file_types_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3912,7 +3985,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[44]
+	mi := &file_types_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3924,7 +3997,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[44]
+	mi := &file_types_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4142,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[45]
+	mi := &file_types_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4081,7 +4154,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[45]
+	mi := &file_types_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4421,10 +4494,15 @@ const file_types_proto_rawDesc = "" +
 	"\x04held\x18\x01 \x01(\bR\x04held\x12\x1c\n" +
 	"\tdeletions\x18\x02 \x01(\rR\tdeletions\x12\x14\n" +
 	"\x05owned\x18\x03 \x01(\rR\x05owned\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"d\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\xd6\x01\n" +
 	"\x0eStatusResponse\x12'\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x11.types.NodeStatusR\x05nodes\x12)\n" +
-	"\x10desired_revision\x18\x02 \x01(\x03R\x0fdesiredRevision\"5\n" +
+	"\x10desired_revision\x18\x02 \x01(\x03R\x0fdesiredRevision\x124\n" +
+	"\finvalid_keys\x18\x03 \x03(\v2\x11.types.InvalidKeyR\vinvalidKeys\x12:\n" +
+	"\x0eduplicate_vips\x18\x04 \x03(\v2\x13.types.DuplicateVIPR\rduplicateVips\"<\n" +
+	"\fDuplicateVIP\x12\x10\n" +
+	"\x03vip\x18\x01 \x01(\tR\x03vip\x12\x1a\n" +
+	"\bservices\x18\x02 \x03(\tR\bservices\"5\n" +
 	"\x17ConfirmDeletionsRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"\x96\x02\n" +
 	"\bCounters\x12 \n" +
@@ -4514,7 +4592,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -4555,35 +4633,36 @@ var file_types_proto_goTypes = []any{
 	(*ObjectError)(nil),                   // 36: types.ObjectError
 	(*DeletionGuard)(nil),                 // 37: types.DeletionGuard
 	(*StatusResponse)(nil),                // 38: types.StatusResponse
-	(*ConfirmDeletionsRequest)(nil),       // 39: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 40: types.Counters
-	(*ServerStats)(nil),                   // 41: types.ServerStats
-	(*ServiceStats)(nil),                  // 42: types.ServiceStats
-	(*StatsResponse)(nil),                 // 43: types.StatsResponse
-	nil,                                   // 44: types.BGPPeerConfig.NodeLabelsEntry
-	(*VirtualService_Key)(nil),            // 45: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 46: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 47: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 48: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 49: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 50: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 51: types.ListResponse.Item
-	(*durationpb.Duration)(nil),           // 52: google.protobuf.Duration
-	(*wrapperspb.BoolValue)(nil),          // 53: google.protobuf.BoolValue
-	(*wrapperspb.UInt32Value)(nil),        // 54: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 55: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil),        // 56: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 57: google.protobuf.Empty
+	(*DuplicateVIP)(nil),                  // 39: types.DuplicateVIP
+	(*ConfirmDeletionsRequest)(nil),       // 40: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 41: types.Counters
+	(*ServerStats)(nil),                   // 42: types.ServerStats
+	(*ServiceStats)(nil),                  // 43: types.ServiceStats
+	(*StatsResponse)(nil),                 // 44: types.StatsResponse
+	nil,                                   // 45: types.BGPPeerConfig.NodeLabelsEntry
+	(*VirtualService_Key)(nil),            // 46: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 47: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 48: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 49: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 50: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 51: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 52: types.ListResponse.Item
+	(*durationpb.Duration)(nil),           // 53: google.protobuf.Duration
+	(*wrapperspb.BoolValue)(nil),          // 54: google.protobuf.BoolValue
+	(*wrapperspb.UInt32Value)(nil),        // 55: google.protobuf.UInt32Value
+	(*timestamppb.Timestamp)(nil),         // 56: google.protobuf.Timestamp
+	(*wrapperspb.StringValue)(nil),        // 57: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 58: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	52,  // 0: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
-	52,  // 1: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
-	52,  // 2: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
-	52,  // 3: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
-	52,  // 4: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
-	52,  // 5: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
-	52,  // 6: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
-	44,  // 7: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
+	53,  // 0: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
+	53,  // 1: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
+	53,  // 2: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
+	53,  // 3: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
+	53,  // 4: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
+	53,  // 5: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
+	53,  // 6: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
+	45,  // 7: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
 	7,   // 8: types.BGPConfig.settings:type_name -> types.BGPSettings
 	6,   // 9: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
 	6,   // 10: types.PutBGPPeerRequest.peer:type_name -> types.BGPPeerConfig
@@ -4594,29 +4673,29 @@ var file_types_proto_depIdxs = []int32{
 	18,  // 15: types.Change.update_server:type_name -> types.RealServer
 	18,  // 16: types.Change.delete_server:type_name -> types.RealServer
 	12,  // 17: types.ApplyChangesRequest.changes:type_name -> types.Change
-	45,  // 18: types.VirtualService.key:type_name -> types.VirtualService.Key
-	46,  // 19: types.VirtualService.config:type_name -> types.VirtualService.Config
-	47,  // 20: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	46,  // 18: types.VirtualService.key:type_name -> types.VirtualService.Key
+	47,  // 19: types.VirtualService.config:type_name -> types.VirtualService.Config
+	48,  // 20: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
 	17,  // 21: types.VirtualService.announce:type_name -> types.Announce
 	16,  // 22: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	53,  // 23: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	52,  // 24: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	54,  // 25: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	54,  // 26: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	54,  // 27: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	48,  // 28: types.RealServer.key:type_name -> types.RealServer.Key
-	49,  // 29: types.RealServer.config:type_name -> types.RealServer.Config
-	50,  // 30: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	51,  // 31: types.ListResponse.items:type_name -> types.ListResponse.Item
+	54,  // 23: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	53,  // 24: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	55,  // 25: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	55,  // 26: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	55,  // 27: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	49,  // 28: types.RealServer.key:type_name -> types.RealServer.Key
+	50,  // 29: types.RealServer.config:type_name -> types.RealServer.Config
+	51,  // 30: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	52,  // 31: types.ListResponse.items:type_name -> types.ListResponse.Item
 	20,  // 32: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
 	5,   // 33: types.WatchEvent.type:type_name -> types.WatchEvent.Type
 	15,  // 34: types.WatchEvent.service:type_name -> types.VirtualService
 	18,  // 35: types.WatchEvent.server:type_name -> types.RealServer
 	24,  // 36: types.WatchEvent.node:type_name -> types.NodeStatus
-	55,  // 37: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	56,  // 37: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
 	36,  // 38: types.NodeStatus.errors:type_name -> types.ObjectError
 	37,  // 39: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	55,  // 40: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	56,  // 40: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
 	35,  // 41: types.NodeStatus.servers:type_name -> types.ServerHealth
 	33,  // 42: types.NodeStatus.sinks:type_name -> types.SinkStatus
 	34,  // 43: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
@@ -4626,91 +4705,93 @@ var file_types_proto_depIdxs = []int32{
 	25,  // 47: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
 	26,  // 48: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
 	28,  // 49: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	52,  // 50: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	55,  // 51: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	52,  // 52: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	55,  // 53: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	53,  // 50: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	56,  // 51: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	53,  // 52: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	56,  // 53: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
 	31,  // 54: types.BGPPeer.bfd:type_name -> types.BFDSession
-	55,  // 55: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
-	55,  // 56: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	52,  // 57: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	52,  // 58: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	55,  // 59: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	52,  // 60: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	55,  // 61: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	55,  // 62: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	55,  // 63: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	56,  // 55: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	56,  // 56: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	53,  // 57: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	53,  // 58: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	56,  // 59: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	53,  // 60: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	56,  // 61: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	56,  // 62: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	56,  // 63: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
 	24,  // 64: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	48,  // 65: types.ServerStats.key:type_name -> types.RealServer.Key
-	40,  // 66: types.ServerStats.counters:type_name -> types.Counters
-	45,  // 67: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	40,  // 68: types.ServiceStats.counters:type_name -> types.Counters
-	41,  // 69: types.ServiceStats.servers:type_name -> types.ServerStats
-	42,  // 70: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,   // 71: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,   // 72: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	54,  // 73: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	54,  // 74: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	53,  // 75: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,   // 76: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	50,  // 77: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	54,  // 78: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,   // 79: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	54,  // 80: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	54,  // 81: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,   // 82: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	56,  // 83: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	52,  // 84: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	52,  // 85: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	52,  // 86: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,   // 87: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	15,  // 88: types.ListResponse.Item.service:type_name -> types.VirtualService
-	18,  // 89: types.ListResponse.Item.servers:type_name -> types.RealServer
-	15,  // 90: types.Merlin.CreateService:input_type -> types.VirtualService
-	15,  // 91: types.Merlin.UpdateService:input_type -> types.VirtualService
-	56,  // 92: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	18,  // 93: types.Merlin.CreateServer:input_type -> types.RealServer
-	18,  // 94: types.Merlin.UpdateServer:input_type -> types.RealServer
-	18,  // 95: types.Merlin.DeleteServer:input_type -> types.RealServer
-	57,  // 96: types.Merlin.List:input_type -> google.protobuf.Empty
-	56,  // 97: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	21,  // 98: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	22,  // 99: types.Merlin.Watch:input_type -> types.WatchRequest
-	57,  // 100: types.Merlin.Status:input_type -> google.protobuf.Empty
-	57,  // 101: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	39,  // 102: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	32,  // 103: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	13,  // 104: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	11,  // 105: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	57,  // 106: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
-	9,   // 107: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
-	10,  // 108: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
-	7,   // 109: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
-	57,  // 110: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	57,  // 111: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	57,  // 112: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	57,  // 113: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	57,  // 114: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	57,  // 115: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	19,  // 116: types.Merlin.List:output_type -> types.ListResponse
-	51,  // 117: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	57,  // 118: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	23,  // 119: types.Merlin.Watch:output_type -> types.WatchEvent
-	38,  // 120: types.Merlin.Status:output_type -> types.StatusResponse
-	43,  // 121: types.Merlin.Stats:output_type -> types.StatsResponse
-	57,  // 122: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	57,  // 123: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	14,  // 124: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	19,  // 125: types.Merlin.ListPage:output_type -> types.ListResponse
-	8,   // 126: types.Merlin.ListBGP:output_type -> types.BGPConfig
-	57,  // 127: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
-	57,  // 128: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
-	57,  // 129: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
-	110, // [110:130] is the sub-list for method output_type
-	90,  // [90:110] is the sub-list for method input_type
-	90,  // [90:90] is the sub-list for extension type_name
-	90,  // [90:90] is the sub-list for extension extendee
-	0,   // [0:90] is the sub-list for field type_name
+	20,  // 65: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
+	39,  // 66: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
+	49,  // 67: types.ServerStats.key:type_name -> types.RealServer.Key
+	41,  // 68: types.ServerStats.counters:type_name -> types.Counters
+	46,  // 69: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	41,  // 70: types.ServiceStats.counters:type_name -> types.Counters
+	42,  // 71: types.ServiceStats.servers:type_name -> types.ServerStats
+	43,  // 72: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,   // 73: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,   // 74: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	55,  // 75: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	55,  // 76: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	54,  // 77: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,   // 78: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	51,  // 79: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	55,  // 80: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,   // 81: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	55,  // 82: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	55,  // 83: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,   // 84: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	57,  // 85: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	53,  // 86: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	53,  // 87: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	53,  // 88: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,   // 89: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	15,  // 90: types.ListResponse.Item.service:type_name -> types.VirtualService
+	18,  // 91: types.ListResponse.Item.servers:type_name -> types.RealServer
+	15,  // 92: types.Merlin.CreateService:input_type -> types.VirtualService
+	15,  // 93: types.Merlin.UpdateService:input_type -> types.VirtualService
+	57,  // 94: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	18,  // 95: types.Merlin.CreateServer:input_type -> types.RealServer
+	18,  // 96: types.Merlin.UpdateServer:input_type -> types.RealServer
+	18,  // 97: types.Merlin.DeleteServer:input_type -> types.RealServer
+	58,  // 98: types.Merlin.List:input_type -> google.protobuf.Empty
+	57,  // 99: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	21,  // 100: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	22,  // 101: types.Merlin.Watch:input_type -> types.WatchRequest
+	58,  // 102: types.Merlin.Status:input_type -> google.protobuf.Empty
+	58,  // 103: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	40,  // 104: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	32,  // 105: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	13,  // 106: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	11,  // 107: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	58,  // 108: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	9,   // 109: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	10,  // 110: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	7,   // 111: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	58,  // 112: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	58,  // 113: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	58,  // 114: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	58,  // 115: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	58,  // 116: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	58,  // 117: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	19,  // 118: types.Merlin.List:output_type -> types.ListResponse
+	52,  // 119: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	58,  // 120: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	23,  // 121: types.Merlin.Watch:output_type -> types.WatchEvent
+	38,  // 122: types.Merlin.Status:output_type -> types.StatusResponse
+	44,  // 123: types.Merlin.Stats:output_type -> types.StatsResponse
+	58,  // 124: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	58,  // 125: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	14,  // 126: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	19,  // 127: types.Merlin.ListPage:output_type -> types.ListResponse
+	8,   // 128: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	58,  // 129: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	58,  // 130: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	58,  // 131: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	112, // [112:132] is the sub-list for method output_type
+	92,  // [92:112] is the sub-list for method input_type
+	92,  // [92:92] is the sub-list for extension type_name
+	92,  // [92:92] is the sub-list for extension extendee
+	0,   // [0:92] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -4732,7 +4813,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -136,4 +137,32 @@ func healthMux(prober *store.Prober, runner *node.Runner, metrics http.Handler, 
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	return mux
+}
+
+// checkVIPIndex builds the VIP index for services the original Merlin left
+// without one (once, retried until etcd answers) and reports VIPs that
+// several services share.
+func checkVIPIndex(ctx context.Context, st *store.Store, log *slog.Logger) {
+	for wait := time.Second; ; wait = min(2*wait, time.Minute) {
+		rep, err := st.CheckVIPIndex(ctx)
+		if err == nil {
+			if rep.Indexed > 0 {
+				log.Info("indexed the VIPs of services stored without an index (the original Merlin's state)", "services", rep.Indexed)
+			}
+			for _, d := range rep.Duplicates {
+				log.Warn("services share a VIP (the original Merlin allowed it): new services cannot take it; move or delete all but one (meradm status)",
+					"vip", d.VIP, "services", strings.Join(d.Services, ","), "index_names", d.Holder)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("check the VIP index; retrying", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }

@@ -26,7 +26,11 @@ func (s *Server) Status(ctx context.Context, _ *emptypb.Empty) (*types.StatusRes
 	if err != nil {
 		return nil, err
 	}
-	return &types.StatusResponse{Nodes: nodes, DesiredRevision: rev}, nil
+	invalid, dups, err := s.store.Findings(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &types.StatusResponse{Nodes: nodes, DesiredRevision: rev, InvalidKeys: invalid, DuplicateVips: dups}, nil
 }
 
 // ConfirmDeletions records the confirmation for the nodes.
