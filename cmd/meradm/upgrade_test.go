@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +18,8 @@ import (
 
 // TestUpgradeFromOriginalState: etcd holds what the original Merlin left —
 // no VIP index, two services on one VIP, objects it accepted that merlin
-// finds invalid. merlin starts on it: it indexes the VIPs, refuses a new
+// finds invalid, values in its etcd2 encoding (base64) as `etcdctl
+// migrate` copies them. merlin starts on it: it indexes the VIPs, refuses a new
 // service on a migrated VIP, and meradm status lists every finding with
 // the command that fixes it; those commands work.
 func TestUpgradeFromOriginalState(t *testing.T) {
@@ -44,7 +46,11 @@ func TestUpgradeFromOriginalState(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := kv.Put(ctx, key, string(raw)); err != nil {
+		value := string(raw)
+		if strings.HasPrefix(key, "/merlin/services/twin-") {
+			value = base64.StdEncoding.EncodeToString(raw) // from etcd2
+		}
+		if _, err := kv.Put(ctx, key, value); err != nil {
 			t.Fatal(err)
 		}
 	}
