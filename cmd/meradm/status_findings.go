@@ -9,8 +9,8 @@ import (
 )
 
 // printFindings lists what an operator must fix in the stored state:
-// values merlin skips (each with the command that fixes it) and VIPs
-// several services share.
+// values merlin skips and VIPs several services share, each with a "fix:"
+// line that is a shell command (its note after "#").
 func printFindings(w io.Writer, resp *types.StatusResponse) {
 	if len(resp.InvalidKeys) > 0 {
 		fmt.Fprintln(w, "stored objects merlin skips (fix each; an update that makes one valid is accepted):")
@@ -21,8 +21,10 @@ func printFindings(w io.Writer, resp *types.StatusResponse) {
 	if len(resp.DuplicateVips) > 0 {
 		fmt.Fprintln(w, "VIPs several services share (the original Merlin allowed it; merlin serves them but refuses new ones):")
 		for _, d := range resp.DuplicateVips {
-			fmt.Fprintf(w, "  %s: services %s\n    fix: keep one, delete the others (meradm service del %s)\n",
-				d.Vip, strings.Join(d.Services, ", "), strings.Join(d.Services[1:], "; meradm service del "))
+			fmt.Fprintf(w, "  %s: services %s\n", d.Vip, strings.Join(d.Services, ", "))
+			for _, id := range d.Services[1:] {
+				fmt.Fprintf(w, "    fix: meradm service del %s  # keep %s, or another one of them\n", id, d.Services[0])
+			}
 		}
 	}
 }
@@ -34,26 +36,26 @@ func fixCommand(key, reason string) string {
 		id, addr, _ := strings.Cut(rest, "/")
 		switch {
 		case strings.Contains(reason, "does not exist"), strings.Contains(reason, "under service"), strings.HasPrefix(reason, "service "):
-			return fmt.Sprintf("fix or create service %s first (meradm status lists it if it is stored invalid)", id)
+			return fmt.Sprintf("# fix or create service %s first: its servers come back with it", id)
 		case strings.Contains(reason, "config.weight"):
 			return fmt.Sprintf("meradm server edit %s %s -w 65535", id, addr)
 		case strings.Contains(reason, "health_check.period"), strings.Contains(reason, "health_check.timeout"):
 			return fmt.Sprintf("meradm server edit %s %s --health-period 1s --health-timeout 1s", id, addr)
 		case strings.Contains(reason, "health_check"):
-			return fmt.Sprintf("meradm server edit %s %s --health-endpoint \"\" (no check), or give a valid one", id, addr)
+			return fmt.Sprintf("meradm server edit %s %s --health-endpoint ''  # no check; or give a valid one", id, addr)
 		}
-		return fmt.Sprintf("meradm server del %s %s, and add it again as it should be", id, addr)
+		return fmt.Sprintf("meradm server del %s %s  # then add it again as it should be", id, addr)
 	}
 	if _, id, ok := strings.Cut(key, "/services/"); ok {
 		switch {
 		case strings.Contains(reason, "config.scheduler"):
-			return fmt.Sprintf("meradm service edit %s -s wlc (or another scheduler)", id)
+			return fmt.Sprintf("meradm service edit %s -s wlc  # or another scheduler", id)
 		case strings.Contains(reason, "config.flags"):
-			return fmt.Sprintf("meradm service edit %s -b \"\" (or valid flags)", id)
+			return fmt.Sprintf("meradm service edit %s -b ''  # or valid flags", id)
 		case strings.Contains(reason, "config.persistence"):
-			return fmt.Sprintf("meradm service edit %s -p 300 (or -p 0)", id)
+			return fmt.Sprintf("meradm service edit %s -p 300  # or -p 0", id)
 		}
-		return fmt.Sprintf("meradm service del %s (its servers go too), and add it again as it should be", id)
+		return fmt.Sprintf("meradm service del %s  # its servers go too; then add it again as it should be", id)
 	}
-	return "etcdctl del " + key + " (not merlin's)"
+	return "etcdctl del " + key + "  # not merlin's"
 }

@@ -59,12 +59,12 @@ func TestUpgradeFromOriginalState(t *testing.T) {
 	out := ok(t, port, "status")
 	for _, want := range []string{
 		`/merlin/services/oddsched: invalid service: config.scheduler: unknown scheduler "bogus"`,
-		"fix: meradm service edit oddsched -s wlc",
+		"fix: meradm service edit oddsched -s wlc  # or another scheduler",
 		"fix: meradm server edit web 198.19.0.2:80 -w 65535",
 		"fix: meradm server edit web 198.19.0.3:80 --health-period 1s --health-timeout 1s",
-		"fix or create service oddsched first",
+		"fix: # fix or create service oddsched first",
 		"tcp/198.18.0.22:80: services twin-a, twin-b",
-		"meradm service del twin-b",
+		"fix: meradm service del twin-b  # keep twin-a",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)

@@ -214,13 +214,3 @@ func (fs *flows) pausesSoFar() (paused int, longest time.Duration) {
 	return paused, longest
 }
 
-// rounds is the number of messages every flow has exchanged so far.
-func (fs *flows) roundsSoFar() int {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	n := 0
-	for _, f := range fs.all {
-		n += f.rounds
-	}
-	return n
-}
