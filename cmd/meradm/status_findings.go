@@ -48,6 +48,9 @@ func fixCommand(key, reason string) string {
 	}
 	if _, id, ok := strings.Cut(key, "/services/"); ok {
 		switch {
+		case strings.Contains(reason, "shares VIP"):
+			return "# see the VIPs several services share, below"
+
 		case strings.Contains(reason, "config.scheduler"):
 			return fmt.Sprintf("meradm service edit %s -s wlc  # or another scheduler", id)
 		case strings.Contains(reason, "config.flags"):

@@ -106,3 +106,46 @@ func mustWrite(t *testing.T) func(int64, error) {
 		}
 	}
 }
+
+// Services the original left on one VIP: the first by ID is the desired
+// state on every node, whatever order the values come in, the others are
+// listed invalid; the next takes over when it goes.
+func TestOriginalSharedVIPOneServed(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.Embedded)
+	kv := etcd.Client(t)
+	for _, id := range []string{"twin-c", "twin-b"} {
+		putRaw(t, kv, prefix+"/services/"+id, mustMarshal(t, tcpService(id, "198.18.0.40", 80)))
+	}
+	putRaw(t, kv, prefix+"/servers/twin-c/198.19.0.5:80", mustMarshal(t, server("twin-c", "198.19.0.5", 80, 1)))
+	_, latest := watched(t, kv, store.WatcherConfig{})
+	waitInStep(t, kv, latest)
+	served := func() string {
+		st := latest()
+		var ids []string
+		for id := range st.Services {
+			ids = append(ids, id)
+		}
+		return strings.Join(ids, ",")
+	}
+	if got := served(); got != "twin-b" {
+		t.Fatalf("served %q, want twin-b", got)
+	}
+	if r := latest().Invalid[prefix+"/services/twin-c"]; !strings.Contains(r, `shares VIP tcp/198.18.0.40:80 with service "twin-b"`) {
+		t.Fatalf("twin-c's reason %q", r)
+	}
+	putRaw(t, kv, prefix+"/services/twin-a", mustMarshal(t, tcpService("twin-a", "198.18.0.40", 80)))
+	waitInStep(t, kv, latest)
+	if got := served(); got != "twin-a" {
+		t.Fatalf("after twin-a came: served %q, want twin-a", got)
+	}
+	for _, id := range []string{"twin-a", "twin-b"} {
+		if _, err := kv.Delete(ctxT(t), prefix+"/services/"+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitInStep(t, kv, latest)
+	st := latest()
+	if got := served(); got != "twin-c" || len(st.Services["twin-c"].Servers) != 1 || len(st.Invalid) != 0 {
+		t.Fatalf("after the others went: served %q, invalid %v", got, st.Invalid)
+	}
+}

@@ -49,6 +49,7 @@ type State struct {
 	touched     map[string]bool // service IDs changed since the last Update (the watcher's copy)
 	rawServices map[string]rawValue
 	rawServers  map[string]map[string]rawValue // service ID → etcd key → value
+	vips        vipShare
 }
 
 func NewState(prefix string, revision int64) *State {
@@ -76,6 +77,7 @@ func (s *State) Clone() *State {
 		BGP:                s.BGP,
 		rawServices:        maps.Clone(s.rawServices),
 		rawServers:         make(map[string]map[string]rawValue, len(s.rawServers)),
+		vips:               s.vips.clone(),
 	}
 	for id, m := range s.rawServers {
 		c.rawServers[id] = maps.Clone(m)
@@ -274,6 +276,9 @@ func (s *State) rebuild(id string) {
 			s.Invalid[svcKey] = err.Error()
 			svc = nil
 		}
+	}
+	if shared := s.shareVIP(id, svc); shared != "" {
+		s.Invalid[svcKey], svc = shared, nil
 	}
 	servers := map[string]*types.RealServer{}
 	for key, raw := range s.rawServers[id] {

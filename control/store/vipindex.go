@@ -104,8 +104,9 @@ func (s *Store) createVIPIndex(ctx context.Context, vk string, svc keyValue) (bo
 const maxFindings = 100
 
 // Findings reads the desired state and returns what an operator must fix:
-// stored values merlin cannot use (the first maxFindings by key) and VIPs
-// several valid services share.
+// stored values merlin cannot use (the first maxFindings by key; a service
+// that shares its VIP with another is among them) and VIPs several valid
+// services share.
 func (s *Store) Findings(ctx context.Context) ([]*types.InvalidKey, []*types.DuplicateVIP, error) {
 	st, err := s.ListState(ctx)
 	if err != nil {
@@ -118,17 +119,6 @@ func (s *Store) Findings(ctx context.Context) ([]*types.InvalidKey, []*types.Dup
 		}
 		invalid = append(invalid, &types.InvalidKey{Key: k, Reason: st.Invalid[k]})
 	}
-	byVIP := map[string][]string{}
-	for id, ss := range st.Services {
-		vk := model.VIPKey(ss.Service.Key)
-		byVIP[vk] = append(byVIP[vk], id)
-	}
-	var dups []*types.DuplicateVIP
-	for _, vk := range slices.Sorted(maps.Keys(byVIP)) {
-		if ids := byVIP[vk]; len(ids) > 1 {
-			slices.Sort(ids)
-			dups = append(dups, &types.DuplicateVIP{Vip: vk, Services: ids})
-		}
-	}
+	dups := st.DuplicateVIPs()
 	return invalid, dups, nil
 }
