@@ -3,8 +3,6 @@ package main
 import (
 	"encoding/base64"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -159,20 +157,7 @@ func originalEtcd2State(t *testing.T, etcdURL string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		form := url.Values{"value": {base64.StdEncoding.EncodeToString(raw)}}.Encode()
-		req, err := http.NewRequest(http.MethodPut, etcdURL+"/v2/keys"+key, strings.NewReader(form))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
-			t.Fatalf("v2 put %s: %s", key, resp.Status)
-		}
+		etcdtest.PutV2(t, etcdURL, key, base64.StdEncoding.EncodeToString(raw))
 	}
 }
 

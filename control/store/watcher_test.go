@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"net/http"
-	"net/url"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -300,19 +298,7 @@ func TestOriginalEtcd2Migration(t *testing.T) {
 		prefix + "/services/old":              b64(tcpService("old", "198.18.0.7", 80)),
 		prefix + "/servers/old/198.19.0.7:80": b64(server("old", "198.19.0.7", 80, 3)),
 	} {
-		req, err := http.NewRequest(http.MethodPut, etcd.ClientURL+"/v2/keys"+k, strings.NewReader(url.Values{"value": {v}}.Encode()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
-			t.Fatalf("v2 put %s: %s", k, resp.Status)
-		}
+		etcdtest.PutV2(t, etcd.ClientURL, k, v)
 	}
 	etcd.MigrateV2()
 	stor := store.NewStore(etcd.Client(t), prefix)

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +97,25 @@ func StartWithQuota(t testing.TB, kind Kind, bytes int64) *Server {
 func StartV2(t testing.TB) *Server {
 	t.Helper()
 	return start(t, Debian, nil, startOptions{v2: true})
+}
+
+// PutV2 writes key through the v2 API of the etcd at clientURL (one
+// serving it: StartV2), as the original Merlin's etcd2 backend did.
+func PutV2(t testing.TB, clientURL, key, value string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, clientURL+"/v2/keys"+key, strings.NewReader(url.Values{"value": {value}}.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+		t.Fatalf("v2 put %s: %s", key, resp.Status)
+	}
 }
 
 // MigrateV2 stops the server, copies its v2 keys into the v3 store with

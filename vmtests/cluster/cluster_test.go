@@ -20,7 +20,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/merlin-ipvs/merlin/internal/netns"
-	"github.com/merlin-ipvs/merlin/internal/testenv"
 	"github.com/merlin-ipvs/merlin/types"
 	"github.com/merlin-ipvs/merlin/vmtests/lab"
 )
@@ -56,31 +55,7 @@ func setUp(t *testing.T) *cluster { return setUpWith(t, nil) }
 
 // setUpWith is setUp with per-node merlin flags.
 func setUpWith(t *testing.T, nodeArg func(*lab.Node) []string) *cluster {
-	if !testenv.InVM() {
-		testenv.Missing(t, false, "the cluster test needs the VM kernel (IPVS); run it through make vmtest")
-	}
-	testenv.RequireRoot(t)
-	l, err := lab.New(lab.Config{Bin: binDir(t), MerlinArg: []string{"-reconcile-sync-period", resync.String(), "-deletion-guard-min", "1"}, NodeArg: nodeArg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, Lab: l}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, name := range []string{"etcd", "node1", "node2", "bird", "frr", "collector"} {
-				t.Logf("%s log (tail):\n%s", name, l.Log(name, 60))
-			}
-		}
-		l.Close()
-		l.RemoveScratch()
-	})
-	kv, err := clientv3.New(clientv3.Config{Endpoints: []string{lab.EtcdURL}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { kv.Close() })
-	c.kv = kv
-	return c
+	return setUpLab(t, lab.Config{NodeArg: nodeArg})
 }
 
 func (c *cluster) must(err error) {

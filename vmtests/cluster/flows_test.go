@@ -213,4 +213,3 @@ func (fs *flows) pausesSoFar() (paused int, longest time.Duration) {
 	}
 	return paused, longest
 }
-

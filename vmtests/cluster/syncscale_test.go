@@ -128,7 +128,9 @@ func testSyncScale(t *testing.T, sched string, sync bool) {
 	}
 }
 
-// setUpLab is setUpWith for a lab of another size.
+// setUpLab builds the lab cfg asks for (nodes reconcile every resync, the
+// deletion guard at 1) and removes it when the test ends, logging its
+// logs if the test failed.
 func setUpLab(t *testing.T, cfg lab.Config) *cluster {
 	if !testenv.InVM() {
 		testenv.Missing(t, false, "the cluster test needs the VM kernel (IPVS); run it through make vmtest")
@@ -148,7 +150,7 @@ func setUpLab(t *testing.T, cfg lab.Config) *cluster {
 	c := &cluster{t: t, Lab: l}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, name := range []string{"etcd", "node1", "node2", "bird"} {
+			for _, name := range []string{"etcd", "node1", "node2", "bird", "frr", "collector"} {
 				t.Logf("%s log (tail):\n%s", name, l.Log(name, 60))
 			}
 		}
