@@ -649,6 +649,9 @@ func (s *soak) quietAtRest(n *lab.Node) {
 	}
 	passes, resyncs := metric(s.t, n, "merlin_reconcile_duration_seconds_count")-passes0, metric(s.t, n, "merlin_resyncs_total")-resyncs0
 	health := metric(s.t, n, "merlin_health_transitions_total") - health0
+	if health > 0 {
+		s.t.Logf("%s at rest: %v health transitions (%v passes in %v resyncs)", n.Name, health, passes, resyncs)
+	}
 	if passes > resyncs+1+health {
 		woke := causes()
 		for k := range woke {
