@@ -32,6 +32,7 @@ type syncSink struct {
 	link    SyncLink      // nil: the link is not watched
 	rearmed chan struct{} // the warm-up starts again (the node was ready)
 
+	recordMu sync.Mutex // serializes SyncLink.Record
 	mu       sync.Mutex
 	running  map[ipvs.DaemonRole]bool
 	err      string

@@ -41,6 +41,8 @@ func (s *syncSink) watchLink(now time.Time) {
 	}
 	s.mu.Unlock()
 	if !known || changes != before {
+		s.recordMu.Lock() // Set and Report both look: one file write at a time
+		defer s.recordMu.Unlock()
 		if err := s.link.Record(changes); err != nil {
 			s.noteLink("record the sync link's state: " + err.Error())
 		}
