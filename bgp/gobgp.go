@@ -79,7 +79,20 @@ func (s *Speaker) path(r Route) (*apiutil.Path, error) {
 	if r.LocalPref != nil {
 		attrs = append(attrs, pkt.NewPathAttributeLocalPref(*r.LocalPref))
 	}
+	if r.LinkBandwidth > 0 {
+		attrs = append(attrs, pkt.NewPathAttributeExtendedCommunities([]pkt.ExtendedCommunityInterface{
+			pkt.NewLinkBandwidthExtended(twoOctetAS(s.cfg.LocalAS), r.LinkBandwidth)}))
+	}
 	return &apiutil.Path{Family: nativeFamily(r.Prefix), Nlri: nlri, Attrs: attrs}, nil
+}
+
+// twoOctetAS is the AS a two-octet field carries: AS_TRANS (RFC 6793) for
+// a four-octet AS.
+func twoOctetAS(as uint32) uint16 {
+	if as > 0xFFFF {
+		return 23456
+	}
+	return uint16(as)
 }
 
 func secs(d, def time.Duration) uint64 {

@@ -3,6 +3,7 @@ package bgp
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 )
@@ -15,6 +16,11 @@ type Route struct {
 	// LocalPref is sent to iBGP peers (eBGP peers never see it); nil: the
 	// receiver's default.
 	LocalPref *uint32
+	// LinkBandwidth, when above 0, is sent as the link-bandwidth extended
+	// community (draft-ietf-idr-link-bandwidth: non-transitive, the local
+	// AS, bytes per second as an IEEE float): routers that do weighted
+	// ECMP (FRR's `bgp bestpath bandwidth`) split traffic by it.
+	LinkBandwidth float32
 }
 
 // Community is an RFC 1997 community, ASN:VALUE.
@@ -36,6 +42,9 @@ func HostRoute(a netip.Addr) Route { return Route{Prefix: netip.PrefixFrom(a, a.
 func (r Route) validate() error {
 	if !r.Prefix.IsValid() || r.Prefix.Bits() != r.Prefix.Addr().BitLen() || r.Prefix.Addr().Zone() != "" {
 		return fmt.Errorf("route %s: merlin announces host routes only (/32, /128)", r.Prefix)
+	}
+	if bw := float64(r.LinkBandwidth); bw < 0 || math.IsNaN(bw) || math.IsInf(bw, 0) {
+		return fmt.Errorf("route %s: link bandwidth %v: want a finite number ≥ 0", r.Prefix, r.LinkBandwidth)
 	}
 	return nil
 }
@@ -78,7 +87,7 @@ func (r Route) Equal(o Route) bool {
 		}
 		return int64(*p)
 	}
-	return r.Prefix == o.Prefix && lp(r.LocalPref) == lp(o.LocalPref) &&
+	return r.Prefix == o.Prefix && lp(r.LocalPref) == lp(o.LocalPref) && r.LinkBandwidth == o.LinkBandwidth &&
 		slices.Equal(r.Communities, o.Communities) && slices.Equal(r.LargeCommunities, o.LargeCommunities)
 }
 

@@ -53,7 +53,7 @@ func Truncate(s string, n int) string {
 
 // normalizeAnnounce checks a service's BGP options; an empty one is nil.
 func normalizeAnnounce(a *types.Announce) (*types.Announce, error) {
-	if a == nil || (!a.Always && len(a.Communities) == 0 && len(a.LargeCommunities) == 0 && a.LocalPreference == nil) {
+	if a == nil || (!a.Always && len(a.Communities) == 0 && len(a.LargeCommunities) == 0 && a.LocalPreference == nil && a.LinkBandwidth == nil) {
 		return nil, nil
 	}
 	for _, c := range a.Communities {

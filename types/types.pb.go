@@ -589,8 +589,10 @@ type BGPSettings struct {
 	// this prefix (e.g. 198.18.0.0/24), unless its file names one.
 	RouterIdPrefix string `protobuf:"bytes,2,opt,name=router_id_prefix,json=routerIdPrefix,proto3" json:"router_id_prefix,omitempty"`
 	// listen_port: for passive peers (0: the node's file says).
-	ListenPort    uint32 `protobuf:"varint,3,opt,name=listen_port,json=listenPort,proto3" json:"listen_port,omitempty"`
-	Revision      int64  `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	ListenPort uint32 `protobuf:"varint,3,opt,name=listen_port,json=listenPort,proto3" json:"listen_port,omitempty"`
+	Revision   int64  `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// link_bandwidth: the default of services' announce.link_bandwidth.
+	LinkBandwidth bool `protobuf:"varint,5,opt,name=link_bandwidth,json=linkBandwidth,proto3" json:"link_bandwidth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -651,6 +653,13 @@ func (x *BGPSettings) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *BGPSettings) GetLinkBandwidth() bool {
+	if x != nil {
+		return x.LinkBandwidth
+	}
+	return false
 }
 
 type BGPConfig struct {
@@ -1315,8 +1324,14 @@ type Announce struct {
 	LargeCommunities []string `protobuf:"bytes,3,rep,name=large_communities,json=largeCommunities,proto3" json:"large_communities,omitempty"`
 	// local_preference sent to iBGP peers.
 	LocalPreference *wrapperspb.UInt32Value `protobuf:"bytes,4,opt,name=local_preference,json=localPreference,proto3" json:"local_preference,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// link_bandwidth sends the VIP's route with the link-bandwidth extended
+	// community, proportional to the healthy capacity the node has for it,
+	// so routers that do weighted ECMP split by it (unset: the cluster's
+	// BGPSettings.link_bandwidth). A VIP carries it when any of its
+	// services asks.
+	LinkBandwidth *wrapperspb.BoolValue `protobuf:"bytes,5,opt,name=link_bandwidth,json=linkBandwidth,proto3" json:"link_bandwidth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Announce) Reset() {
@@ -1373,6 +1388,13 @@ func (x *Announce) GetLargeCommunities() []string {
 func (x *Announce) GetLocalPreference() *wrapperspb.UInt32Value {
 	if x != nil {
 		return x.LocalPreference
+	}
+	return nil
+}
+
+func (x *Announce) GetLinkBandwidth() *wrapperspb.BoolValue {
+	if x != nil {
+		return x.LinkBandwidth
 	}
 	return nil
 }
@@ -2348,7 +2370,17 @@ type DrainStatus struct {
 	Since         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
 	WithdrawAfter *durationpb.Duration   `protobuf:"bytes,2,opt,name=withdraw_after,json=withdrawAfter,proto3" json:"withdraw_after,omitempty"`
 	// withdrawn: past withdraw_after, the VIPs are no longer announced.
-	Withdrawn     bool `protobuf:"varint,3,opt,name=withdrawn,proto3" json:"withdrawn,omitempty"`
+	Withdrawn bool `protobuf:"varint,3,opt,name=withdrawn,proto3" json:"withdrawn,omitempty"`
+	// ramp: how long the link bandwidth is lowered in steps before the
+	// graceful shutdown (which then lasts withdraw_after).
+	Ramp *durationpb.Duration `protobuf:"bytes,4,opt,name=ramp,proto3" json:"ramp,omitempty"`
+	// ramp_fraction: the share of the node's link bandwidth announced now
+	// (1 before and without a ramp).
+	RampFraction float64 `protobuf:"fixed64,5,opt,name=ramp_fraction,json=rampFraction,proto3" json:"ramp_fraction,omitempty"`
+	// ramp_step of ramp_steps: where the ramp stands (0 before it starts,
+	// ramp_steps once it is over).
+	RampStep      uint32 `protobuf:"varint,6,opt,name=ramp_step,json=rampStep,proto3" json:"ramp_step,omitempty"`
+	RampSteps     uint32 `protobuf:"varint,7,opt,name=ramp_steps,json=rampSteps,proto3" json:"ramp_steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2402,6 +2434,34 @@ func (x *DrainStatus) GetWithdrawn() bool {
 		return x.Withdrawn
 	}
 	return false
+}
+
+func (x *DrainStatus) GetRamp() *durationpb.Duration {
+	if x != nil {
+		return x.Ramp
+	}
+	return nil
+}
+
+func (x *DrainStatus) GetRampFraction() float64 {
+	if x != nil {
+		return x.RampFraction
+	}
+	return 0
+}
+
+func (x *DrainStatus) GetRampStep() uint32 {
+	if x != nil {
+		return x.RampStep
+	}
+	return 0
+}
+
+func (x *DrainStatus) GetRampSteps() uint32 {
+	if x != nil {
+		return x.RampSteps
+	}
+	return 0
 }
 
 type BGPPeer struct {
@@ -2659,7 +2719,11 @@ type DrainNodeRequest struct {
 	// shutdown community before they are withdrawn (default 30 s).
 	WithdrawAfter *durationpb.Duration `protobuf:"bytes,2,opt,name=withdraw_after,json=withdrawAfter,proto3" json:"withdraw_after,omitempty"`
 	// undrain ends the drain: the VIPs are announced normally again.
-	Undrain       bool `protobuf:"varint,3,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	Undrain bool `protobuf:"varint,3,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	// ramp: before the graceful shutdown, lower the link bandwidth the node
+	// announces in steps over this long, so that routers doing weighted
+	// ECMP move its traffic gradually (0: no ramp; at most 1 h).
+	Ramp          *durationpb.Duration `protobuf:"bytes,4,opt,name=ramp,proto3" json:"ramp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2713,6 +2777,13 @@ func (x *DrainNodeRequest) GetUndrain() bool {
 		return x.Undrain
 	}
 	return false
+}
+
+func (x *DrainNodeRequest) GetRamp() *durationpb.Duration {
+	if x != nil {
+		return x.Ramp
+	}
+	return nil
 }
 
 type SinkStatus struct {
@@ -4220,13 +4291,14 @@ const file_types_proto_rawDesc = "" +
 	"\brevision\x18\x18 \x01(\x03R\brevision\x1a=\n" +
 	"\x0fNodeLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x01\n" +
 	"\vBGPSettings\x12\x19\n" +
 	"\blocal_as\x18\x01 \x01(\rR\alocalAs\x12(\n" +
 	"\x10router_id_prefix\x18\x02 \x01(\tR\x0erouterIdPrefix\x12\x1f\n" +
 	"\vlisten_port\x18\x03 \x01(\rR\n" +
 	"listenPort\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\x83\x01\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12%\n" +
+	"\x0elink_bandwidth\x18\x05 \x01(\bR\rlinkBandwidth\"\x83\x01\n" +
 	"\tBGPConfig\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.types.BGPSettingsR\bsettings\x12*\n" +
 	"\x05peers\x18\x02 \x03(\v2\x14.types.BGPPeerConfigR\x05peers\x12\x1a\n" +
@@ -4283,12 +4355,13 @@ const file_types_proto_rawDesc = "" +
 	"\aenabled\x18\x01 \x01(\v2\x1a.google.protobuf.BoolValueR\aenabled\x121\n" +
 	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12?\n" +
 	"\fmin_attempts\x18\x03 \x01(\v2\x1c.google.protobuf.UInt32ValueR\vminAttempts\x12J\n" +
-	"\x12max_failed_percent\x18\x04 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x10maxFailedPercent\"\xba\x01\n" +
+	"\x12max_failed_percent\x18\x04 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x10maxFailedPercent\"\xfd\x01\n" +
 	"\bAnnounce\x12\x16\n" +
 	"\x06always\x18\x01 \x01(\bR\x06always\x12 \n" +
 	"\vcommunities\x18\x02 \x03(\tR\vcommunities\x12+\n" +
 	"\x11large_communities\x18\x03 \x03(\tR\x10largeCommunities\x12G\n" +
-	"\x10local_preference\x18\x04 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x0flocalPreference\"\x82\v\n" +
+	"\x10local_preference\x18\x04 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x0flocalPreference\x12A\n" +
+	"\x0elink_bandwidth\x18\x05 \x01(\v2\x1a.google.protobuf.BoolValueR\rlinkBandwidth\"\x82\v\n" +
 	"\n" +
 	"RealServer\x12\x1c\n" +
 	"\tserviceID\x18\x01 \x01(\tR\tserviceID\x12'\n" +
@@ -4424,11 +4497,16 @@ const file_types_proto_rawDesc = "" +
 	"\battempts\x18\x03 \x01(\x04R\battempts\x12\x1a\n" +
 	"\banswered\x18\x04 \x01(\x04R\banswered\x12\x18\n" +
 	"\arefused\x18\x05 \x01(\x04R\arefused\x121\n" +
-	"\x06window\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\x9f\x01\n" +
+	"\x06window\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\xaf\x02\n" +
 	"\vDrainStatus\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x1c\n" +
-	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\"\x9c\x03\n" +
+	"\twithdrawn\x18\x03 \x01(\bR\twithdrawn\x12-\n" +
+	"\x04ramp\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04ramp\x12#\n" +
+	"\rramp_fraction\x18\x05 \x01(\x01R\frampFraction\x12\x1b\n" +
+	"\tramp_step\x18\x06 \x01(\rR\brampStep\x12\x1d\n" +
+	"\n" +
+	"ramp_steps\x18\a \x01(\rR\trampSteps\"\x9c\x03\n" +
 	"\aBGPPeer\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
 	"\x02as\x18\x02 \x01(\rR\x02as\x12\x14\n" +
@@ -4455,11 +4533,12 @@ const file_types_proto_rawDesc = "" +
 	"detectTime\x12\x14\n" +
 	"\x05flaps\x18\x06 \x01(\x04R\x05flaps\x127\n" +
 	"\tlast_down\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastDown\x12(\n" +
-	"\x10last_down_reason\x18\b \x01(\tR\x0elastDownReason\"\x82\x01\n" +
+	"\x10last_down_reason\x18\b \x01(\tR\x0elastDownReason\"\xb1\x01\n" +
 	"\x10DrainNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12@\n" +
 	"\x0ewithdraw_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rwithdrawAfter\x12\x18\n" +
-	"\aundrain\x18\x03 \x01(\bR\aundrain\"\x81\x01\n" +
+	"\aundrain\x18\x03 \x01(\bR\aundrain\x12-\n" +
+	"\x04ramp\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04ramp\"\x81\x01\n" +
 	"\n" +
 	"SinkStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
@@ -4683,115 +4762,118 @@ var file_types_proto_depIdxs = []int32{
 	55,  // 25: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
 	55,  // 26: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
 	55,  // 27: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	49,  // 28: types.RealServer.key:type_name -> types.RealServer.Key
-	50,  // 29: types.RealServer.config:type_name -> types.RealServer.Config
-	51,  // 30: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	52,  // 31: types.ListResponse.items:type_name -> types.ListResponse.Item
-	20,  // 32: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	5,   // 33: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	15,  // 34: types.WatchEvent.service:type_name -> types.VirtualService
-	18,  // 35: types.WatchEvent.server:type_name -> types.RealServer
-	24,  // 36: types.WatchEvent.node:type_name -> types.NodeStatus
-	56,  // 37: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	36,  // 38: types.NodeStatus.errors:type_name -> types.ObjectError
-	37,  // 39: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	56,  // 40: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	35,  // 41: types.NodeStatus.servers:type_name -> types.ServerHealth
-	33,  // 42: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	34,  // 43: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	29,  // 44: types.NodeStatus.drain:type_name -> types.DrainStatus
-	30,  // 45: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	27,  // 46: types.NodeStatus.counters:type_name -> types.CountersStatus
-	25,  // 47: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
-	26,  // 48: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
-	28,  // 49: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	53,  // 50: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	56,  // 51: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	53,  // 52: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	56,  // 53: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	31,  // 54: types.BGPPeer.bfd:type_name -> types.BFDSession
-	56,  // 55: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
-	56,  // 56: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	53,  // 57: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	53,  // 58: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	56,  // 59: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	53,  // 60: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	56,  // 61: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	56,  // 62: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	56,  // 63: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	24,  // 64: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	20,  // 65: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
-	39,  // 66: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
-	49,  // 67: types.ServerStats.key:type_name -> types.RealServer.Key
-	41,  // 68: types.ServerStats.counters:type_name -> types.Counters
-	46,  // 69: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	41,  // 70: types.ServiceStats.counters:type_name -> types.Counters
-	42,  // 71: types.ServiceStats.servers:type_name -> types.ServerStats
-	43,  // 72: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,   // 73: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,   // 74: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	55,  // 75: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	55,  // 76: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	54,  // 77: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,   // 78: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	51,  // 79: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	55,  // 80: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,   // 81: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	55,  // 82: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	55,  // 83: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,   // 84: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	57,  // 85: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	53,  // 86: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	53,  // 87: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	53,  // 88: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,   // 89: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	15,  // 90: types.ListResponse.Item.service:type_name -> types.VirtualService
-	18,  // 91: types.ListResponse.Item.servers:type_name -> types.RealServer
-	15,  // 92: types.Merlin.CreateService:input_type -> types.VirtualService
-	15,  // 93: types.Merlin.UpdateService:input_type -> types.VirtualService
-	57,  // 94: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	18,  // 95: types.Merlin.CreateServer:input_type -> types.RealServer
-	18,  // 96: types.Merlin.UpdateServer:input_type -> types.RealServer
-	18,  // 97: types.Merlin.DeleteServer:input_type -> types.RealServer
-	58,  // 98: types.Merlin.List:input_type -> google.protobuf.Empty
-	57,  // 99: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	21,  // 100: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	22,  // 101: types.Merlin.Watch:input_type -> types.WatchRequest
-	58,  // 102: types.Merlin.Status:input_type -> google.protobuf.Empty
-	58,  // 103: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	40,  // 104: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	32,  // 105: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	13,  // 106: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	11,  // 107: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	58,  // 108: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
-	9,   // 109: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
-	10,  // 110: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
-	7,   // 111: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
-	58,  // 112: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	58,  // 113: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	58,  // 114: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	58,  // 115: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	58,  // 116: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	58,  // 117: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	19,  // 118: types.Merlin.List:output_type -> types.ListResponse
-	52,  // 119: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	58,  // 120: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	23,  // 121: types.Merlin.Watch:output_type -> types.WatchEvent
-	38,  // 122: types.Merlin.Status:output_type -> types.StatusResponse
-	44,  // 123: types.Merlin.Stats:output_type -> types.StatsResponse
-	58,  // 124: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	58,  // 125: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	14,  // 126: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	19,  // 127: types.Merlin.ListPage:output_type -> types.ListResponse
-	8,   // 128: types.Merlin.ListBGP:output_type -> types.BGPConfig
-	58,  // 129: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
-	58,  // 130: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
-	58,  // 131: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
-	112, // [112:132] is the sub-list for method output_type
-	92,  // [92:112] is the sub-list for method input_type
-	92,  // [92:92] is the sub-list for extension type_name
-	92,  // [92:92] is the sub-list for extension extendee
-	0,   // [0:92] is the sub-list for field type_name
+	54,  // 28: types.Announce.link_bandwidth:type_name -> google.protobuf.BoolValue
+	49,  // 29: types.RealServer.key:type_name -> types.RealServer.Key
+	50,  // 30: types.RealServer.config:type_name -> types.RealServer.Config
+	51,  // 31: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	52,  // 32: types.ListResponse.items:type_name -> types.ListResponse.Item
+	20,  // 33: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	5,   // 34: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	15,  // 35: types.WatchEvent.service:type_name -> types.VirtualService
+	18,  // 36: types.WatchEvent.server:type_name -> types.RealServer
+	24,  // 37: types.WatchEvent.node:type_name -> types.NodeStatus
+	56,  // 38: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	36,  // 39: types.NodeStatus.errors:type_name -> types.ObjectError
+	37,  // 40: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	56,  // 41: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	35,  // 42: types.NodeStatus.servers:type_name -> types.ServerHealth
+	33,  // 43: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	34,  // 44: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	29,  // 45: types.NodeStatus.drain:type_name -> types.DrainStatus
+	30,  // 46: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	27,  // 47: types.NodeStatus.counters:type_name -> types.CountersStatus
+	25,  // 48: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
+	26,  // 49: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
+	28,  // 50: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	53,  // 51: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	56,  // 52: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	53,  // 53: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	53,  // 54: types.DrainStatus.ramp:type_name -> google.protobuf.Duration
+	56,  // 55: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	31,  // 56: types.BGPPeer.bfd:type_name -> types.BFDSession
+	56,  // 57: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	56,  // 58: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	53,  // 59: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	53,  // 60: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	56,  // 61: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	53,  // 62: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	53,  // 63: types.DrainNodeRequest.ramp:type_name -> google.protobuf.Duration
+	56,  // 64: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	56,  // 65: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	56,  // 66: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	24,  // 67: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	20,  // 68: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
+	39,  // 69: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
+	49,  // 70: types.ServerStats.key:type_name -> types.RealServer.Key
+	41,  // 71: types.ServerStats.counters:type_name -> types.Counters
+	46,  // 72: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	41,  // 73: types.ServiceStats.counters:type_name -> types.Counters
+	42,  // 74: types.ServiceStats.servers:type_name -> types.ServerStats
+	43,  // 75: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,   // 76: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,   // 77: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	55,  // 78: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	55,  // 79: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	54,  // 80: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,   // 81: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	51,  // 82: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	55,  // 83: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,   // 84: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	55,  // 85: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	55,  // 86: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,   // 87: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	57,  // 88: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	53,  // 89: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	53,  // 90: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	53,  // 91: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,   // 92: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	15,  // 93: types.ListResponse.Item.service:type_name -> types.VirtualService
+	18,  // 94: types.ListResponse.Item.servers:type_name -> types.RealServer
+	15,  // 95: types.Merlin.CreateService:input_type -> types.VirtualService
+	15,  // 96: types.Merlin.UpdateService:input_type -> types.VirtualService
+	57,  // 97: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	18,  // 98: types.Merlin.CreateServer:input_type -> types.RealServer
+	18,  // 99: types.Merlin.UpdateServer:input_type -> types.RealServer
+	18,  // 100: types.Merlin.DeleteServer:input_type -> types.RealServer
+	58,  // 101: types.Merlin.List:input_type -> google.protobuf.Empty
+	57,  // 102: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	21,  // 103: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	22,  // 104: types.Merlin.Watch:input_type -> types.WatchRequest
+	58,  // 105: types.Merlin.Status:input_type -> google.protobuf.Empty
+	58,  // 106: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	40,  // 107: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	32,  // 108: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	13,  // 109: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	11,  // 110: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	58,  // 111: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	9,   // 112: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	10,  // 113: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	7,   // 114: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	58,  // 115: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	58,  // 116: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	58,  // 117: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	58,  // 118: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	58,  // 119: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	58,  // 120: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	19,  // 121: types.Merlin.List:output_type -> types.ListResponse
+	52,  // 122: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	58,  // 123: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	23,  // 124: types.Merlin.Watch:output_type -> types.WatchEvent
+	38,  // 125: types.Merlin.Status:output_type -> types.StatusResponse
+	44,  // 126: types.Merlin.Stats:output_type -> types.StatsResponse
+	58,  // 127: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	58,  // 128: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	14,  // 129: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	19,  // 130: types.Merlin.ListPage:output_type -> types.ListResponse
+	8,   // 131: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	58,  // 132: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	58,  // 133: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	58,  // 134: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	115, // [115:135] is the sub-list for method output_type
+	95,  // [95:115] is the sub-list for method input_type
+	95,  // [95:95] is the sub-list for extension type_name
+	95,  // [95:95] is the sub-list for extension extendee
+	0,   // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }

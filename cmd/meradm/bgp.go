@@ -248,6 +248,9 @@ func peerListCmd(g *globals) *cobra.Command {
 func printPeers(w io.Writer, cfg *types.BGPConfig) {
 	s := cfg.GetSettings()
 	fmt.Fprintf(w, "local AS %s, router id %s, listen port %s\n", orNodes(s.GetLocalAs()), orText(s.GetRouterIdPrefix(), "from each node's file", "the node's address in "), orNodes(s.GetListenPort()))
+	if s.GetLinkBandwidth() {
+		fmt.Fprintln(w, "link bandwidth: sent by default (services may say otherwise)")
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tADDRESS\tAS\tPASSWORD\tBFD\tHOLD\tNODES")
 	for _, p := range cfg.GetPeers() {
@@ -320,6 +323,7 @@ func selectorNote(p *types.BGPPeerConfig) string {
 
 func settingsCmd(g *globals) *cobra.Command {
 	var localAS, listenPort uint32
+	var linkBandwidth bool
 	var prefix string
 	cmd := &cobra.Command{
 		Use:   "settings",
@@ -352,6 +356,9 @@ func settingsCmd(g *globals) *cobra.Command {
 					if f.Changed("listen-port") {
 						s.ListenPort = listenPort
 					}
+					if f.Changed("link-bandwidth") {
+						s.LinkBandwidth = linkBandwidth
+					}
 					_, err = c.SetBGPSettings(ctx, s)
 					return err
 				})
@@ -361,5 +368,6 @@ func settingsCmd(g *globals) *cobra.Command {
 	cmd.Flags().Uint32Var(&localAS, "local-as", 0, "the nodes' AS (0: each node's file says)")
 	cmd.Flags().StringVar(&prefix, "router-id-prefix", "", "a node takes as router id its IPv4 address in this prefix")
 	cmd.Flags().Uint32Var(&listenPort, "listen-port", 0, "port for passive peers (0: each node's file says)")
+	cmd.Flags().BoolVar(&linkBandwidth, "link-bandwidth", false, "services send the link-bandwidth community unless they say otherwise (weighted ECMP; docs/bgp.md)")
 	return cmd
 }

@@ -16,7 +16,7 @@ func TestMeradmBGPPeers(t *testing.T) {
 	if err := os.WriteFile(key, []byte("s3cret-key\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ok(t, p, "bgp", "settings", "--local-as", "65001", "--router-id-prefix", "198.18.6.0/24")
+	ok(t, p, "bgp", "settings", "--local-as", "65001", "--router-id-prefix", "198.18.6.0/24", "--link-bandwidth")
 	ok(t, p, "bgp", "peer", "add", "tor-a", "198.18.6.1", "65000", "--bfd", "--hold-time", "9s", "--node-label", "rack=r1", "--password-from", key)
 	ok(t, p, "bgp", "peer", "add", "core", "2001:db8:6::1", "65100", "--node", "n1", "--node", "n2")
 	fails(t, p, "already exists", "bgp", "peer", "add", "tor-a", "198.18.6.1", "65000")
@@ -24,7 +24,7 @@ func TestMeradmBGPPeers(t *testing.T) {
 	fails(t, p, "bfd", "bgp", "peer", "add", "bad", "198.18.6.2", "65000", "--bfd-multiplier", "5")
 	ok(t, p, "bgp", "peer", "edit", "tor-a", "--hold-time", "6s")
 	out := ok(t, p, "bgp", "peer", "list")
-	for _, want := range []string{"local AS 65001", "the node's address in 198.18.6.0/24", "tor-a", "198.18.6.1", "set", "300ms/300ms×3", "6s", "rack=r1", "core", "n1,n2"} {
+	for _, want := range []string{"local AS 65001", "the node's address in 198.18.6.0/24", "link bandwidth: sent by default", "tor-a", "198.18.6.1", "set", "300ms/300ms×3", "6s", "rack=r1", "core", "n1,n2"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list lacks %q:\n%s", want, out)
 		}

@@ -82,6 +82,9 @@ func serviceToFile(svc *types.VirtualService) fileService {
 	if a := svc.GetAnnounce(); a != nil && proto.Size(a) > 0 {
 		fs.Announce = &fileAnnounce{Always: a.Always, Communities: a.Communities, LargeCommunities: a.LargeCommunities,
 			LocalPreference: uint32Of(a.LocalPreference != nil, a.GetLocalPreference().GetValue())}
+		if lb := a.GetLinkBandwidth(); lb != nil {
+			fs.Announce.LinkBandwidth = &lb.Value
+		}
 	}
 	fs.PassiveHealth = passiveToFile(svc.GetPassiveHealth())
 	return fs

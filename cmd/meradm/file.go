@@ -57,6 +57,8 @@ type fileAnnounce struct {
 	Communities      []string `json:"communities,omitempty"`
 	LargeCommunities []string `json:"large_communities,omitempty"`
 	LocalPreference  *uint32  `json:"local_preference,omitempty"`
+	// LinkBandwidth: unset takes the cluster's default.
+	LinkBandwidth *bool `json:"link_bandwidth,omitempty"`
 }
 
 // filePassive is passive health for the service's NAT servers.
@@ -236,6 +238,9 @@ func (fs *fileService) toProto() (*types.VirtualService, error) {
 		svc.Announce = &types.Announce{Always: a.Always, Communities: a.Communities, LargeCommunities: a.LargeCommunities}
 		if a.LocalPreference != nil {
 			svc.Announce.LocalPreference = wrapperspb.UInt32(*a.LocalPreference)
+		}
+		if a.LinkBandwidth != nil {
+			svc.Announce.LinkBandwidth = wrapperspb.Bool(*a.LinkBandwidth)
 		}
 	}
 	ph, err := fs.PassiveHealth.toProto()

@@ -29,7 +29,7 @@ func fullObjects() *types.ListResponse {
 		Config: &types.VirtualService_Config{Scheduler: "sh", Flags: []string{"sh-port", "persistent"}, PersistenceTimeout: wrapperspb.UInt32(600),
 			PersistenceNetmask: wrapperspb.UInt32(24), PersistenceEngine: "sip"},
 		Defaults: &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_MASQ, HealthCheck: hc},
-		Announce: &types.Announce{Always: true, Communities: []string{"65000:1"}, LargeCommunities: []string{"65000:1:2"}, LocalPreference: wrapperspb.UInt32(200)},
+		Announce: &types.Announce{Always: true, Communities: []string{"65000:1"}, LargeCommunities: []string{"65000:1:2"}, LocalPreference: wrapperspb.UInt32(200), LinkBandwidth: wrapperspb.Bool(false)},
 		PassiveHealth: &types.PassiveHealth{Enabled: wrapperspb.Bool(true), Window: durationpb.New(30 * time.Second),
 			MinAttempts: wrapperspb.UInt32(20), MaxFailedPercent: wrapperspb.UInt32(50)}}
 	marked := &types.VirtualService{Id: "marked", Key: &types.VirtualService_Key{Fwmark: 7, Family: types.AddressFamily_IPV6},

@@ -215,10 +215,11 @@ func (p *passiveFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) {
 
 // announceFlags are a service's BGP options.
 type announceFlags struct {
-	always      bool
-	communities []string
-	large       []string
-	localPref   uint32
+	always        bool
+	communities   []string
+	large         []string
+	localPref     uint32
+	linkBandwidth bool
 }
 
 func addServiceFlags(f *pflag.FlagSet, s *serviceFlags) {
@@ -234,13 +235,14 @@ func addServiceFlags(f *pflag.FlagSet, s *serviceFlags) {
 	f.StringSliceVar(&s.announce.communities, "bgp-community", nil, "BGP: communities of the VIP's route, ASN:VALUE (empty: none)")
 	f.StringSliceVar(&s.announce.large, "bgp-large-community", nil, "BGP: large communities, GLOBAL:LOCAL1:LOCAL2 (empty: none)")
 	f.Uint32Var(&s.announce.localPref, "bgp-local-pref", 0, "BGP: local preference sent to iBGP peers")
+	f.BoolVar(&s.announce.linkBandwidth, "bgp-link-bandwidth", false, "BGP: send the link-bandwidth community (healthy capacity, for weighted ECMP); unset: the cluster's default (meradm bgp settings --link-bandwidth)")
 	s.passive.register(f)
 	addHealthFlags(f, &s.health)
 }
 
 // apply sets the BGP options given on the command line.
 func (a *announceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) {
-	if !f.Changed("bgp-always") && !f.Changed("bgp-community") && !f.Changed("bgp-large-community") && !f.Changed("bgp-local-pref") {
+	if !f.Changed("bgp-always") && !f.Changed("bgp-community") && !f.Changed("bgp-large-community") && !f.Changed("bgp-local-pref") && !f.Changed("bgp-link-bandwidth") {
 		return
 	}
 	if svc.Announce == nil {
@@ -257,6 +259,9 @@ func (a *announceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) {
 	}
 	if f.Changed("bgp-local-pref") {
 		svc.Announce.LocalPreference = wrapperspb.UInt32(a.localPref)
+	}
+	if f.Changed("bgp-link-bandwidth") {
+		svc.Announce.LinkBandwidth = wrapperspb.Bool(a.linkBandwidth)
 	}
 }
 

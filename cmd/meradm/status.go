@@ -150,7 +150,13 @@ func drainNotes(n *types.NodeStatus, now time.Time) []string {
 	if d.Withdrawn {
 		return []string{fmt.Sprintf("%s: drained %s ago: its VIPs are withdrawn (meradm node undrain %s)", n.Node, since, n.Node)}
 	}
-	left := d.Since.AsTime().Add(d.WithdrawAfter.AsDuration()).Sub(now).Round(time.Second)
+	ramp := d.GetRamp().AsDuration()
+	rampEnd := d.Since.AsTime().Add(ramp)
+	if now.Before(rampEnd) {
+		return []string{fmt.Sprintf("%s: draining for %s: link bandwidth ramping down, step %d of %d at %.0f %%; GRACEFUL_SHUTDOWN in %s, withdrawn in %s",
+			n.Node, since, d.RampStep, d.RampSteps, 100*d.RampFraction, rampEnd.Sub(now).Round(time.Second), rampEnd.Add(d.WithdrawAfter.AsDuration()).Sub(now).Round(time.Second))}
+	}
+	left := rampEnd.Add(d.WithdrawAfter.AsDuration()).Sub(now).Round(time.Second)
 	return []string{fmt.Sprintf("%s: draining for %s: VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in %s", n.Node, since, max(left, 0))}
 }
 
@@ -226,22 +232,23 @@ func peerNotes(n *types.NodeStatus, now time.Time) []string {
 
 func nodeCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "node [drain|undrain]", Short: "Drain a node's BGP announcements (RFC 8326) or bring them back", Args: cobra.NoArgs, RunE: groupHelp}
-	var after time.Duration
+	var after, ramp time.Duration
 	drain := &cobra.Command{
 		Use:   "drain NODE",
 		Short: "Announce the node's VIPs with GRACEFUL_SHUTDOWN and lowest preference, then withdraw them",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.client(func(ctx context.Context, c types.MerlinClient) error {
-				_, err := c.DrainNode(ctx, &types.DrainNodeRequest{Node: args[0], WithdrawAfter: durationpb.New(after)})
+				_, err := c.DrainNode(ctx, &types.DrainNodeRequest{Node: args[0], WithdrawAfter: durationpb.New(after), Ramp: durationpb.New(ramp)})
 				if err == nil {
-					fmt.Fprintf(g.out, "draining %s: VIPs withdrawn in %s (meradm status shows it)\n", args[0], after)
+					fmt.Fprintf(g.out, "draining %s: VIPs withdrawn in %s (meradm status shows it)\n", args[0], ramp+after)
 				}
 				return err
 			})
 		},
 	}
 	drain.Flags().DurationVar(&after, "withdraw-after", 30*time.Second, "how long the VIPs stay announced with GRACEFUL_SHUTDOWN before they are withdrawn")
+	drain.Flags().DurationVar(&ramp, "ramp", 0, "first lower the node's announced link bandwidth in steps over this long (weighted ECMP routers move its traffic gradually); 0: none")
 	undrain := &cobra.Command{
 		Use:   "undrain NODE",
 		Short: "End a drain: the node announces its VIPs normally again",

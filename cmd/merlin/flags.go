@@ -64,6 +64,8 @@ type options struct {
 	adopt              string
 	guardFraction      float64
 	guardMin           int
+	bandwidthCapacity  float64
+	bandwidthInterval  time.Duration
 	vipInterface       string
 	sysctls            bool
 	advertise          string
@@ -151,6 +153,8 @@ func registerNodeFlags(fs *flag.FlagSet, o *options) {
 	fs.BoolVar(&o.reconcile, "reconcile", true, "make this node's IPVS table match the desired state")
 	fs.DurationVar(&o.resync, "reconcile-sync-period", 30*time.Second, "how often to read the whole kernel table and repair changes made behind merlin's back")
 	fs.StringVar(&o.adopt, "adopt", "", "comma-separated prefixes: existing kernel services with a desired VIP inside them are taken over")
+	fs.Float64Var(&o.bandwidthCapacity, "link-bandwidth-capacity", 1, "BGP link bandwidth: this node's capacity factor; a VIP is announced with 1 Mbit/s per unit of healthy server weight × this (for services with announce.link_bandwidth)")
+	fs.DurationVar(&o.bandwidthInterval, "link-bandwidth-interval", node.DefaultBandwidthInterval, "BGP link bandwidth: a VIP's bandwidth changes on the routers at most this often when health or weights move it")
 	fs.Float64Var(&o.guardFraction, "deletion-guard-fraction", 0.5, "hold back a desired state deleting more than this share of the owned services at once (negative: off)")
 	fs.IntVar(&o.guardMin, "deletion-guard-min", 3, "... and at least this many")
 	fs.StringVar(&o.vipInterface, "vip-interface", "", "put the VIPs on this dummy interface (created if missing); empty: leave addresses alone")
@@ -266,6 +270,12 @@ func checkNodeFlags(o *options) error {
 	}
 	if o.guardMin < 0 {
 		return fmt.Errorf("-deletion-guard-min %d: want 0 or more", o.guardMin)
+	}
+	if c := o.bandwidthCapacity; math.IsNaN(c) || c <= 0 || c > node.MaxLinkBandwidthCapacity {
+		return fmt.Errorf("-link-bandwidth-capacity %v: want above 0, at most %d", c, node.MaxLinkBandwidthCapacity)
+	}
+	if i := o.bandwidthInterval; i < 100*time.Millisecond || i > time.Hour {
+		return fmt.Errorf("-link-bandwidth-interval %s: want 100ms to 1h", i)
 	}
 	return nil
 }

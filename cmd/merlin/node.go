@@ -65,7 +65,7 @@ func startNode(ctx context.Context, o *options, st *store.Store, srv *api.Server
 	runner, err := node.NewRunner(node.RunnerConfig{
 		Node: o.node, Version: version.Read().String(), Warnings: o.warnings, ResyncPeriod: o.resync, OwnershipFile: filepath.Join(o.dataDir, "owned-services.json"),
 		CheckStateFile: filepath.Join(o.dataDir, "check-states.json"), Adopt: p.adopt,
-		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin,
+		DeletionGuardFraction: o.guardFraction, DeletionGuardMin: o.guardMin, LinkBandwidthCapacity: o.bandwidthCapacity,
 	}, node.RunnerDeps{IPVS: p.table, Reader: p.reader, Health: p.checks, Sinks: p.sinks, WarmUp: p.warmUp(), Metrics: node.NewNodeMetrics(reg), Log: log.With("component", "node")})
 	if err != nil {
 		return nil, nil, err
@@ -167,7 +167,7 @@ func (p *nodeParts) newSinks(o *options, reg *prometheus.Registry, log *slog.Log
 	p.speaker = s
 	p.bgpApplier = newBGPApplier(s, nodeBGP{file: o.bgpFile, node: o.node, labels: o.labels}, log.With("component", "bgp"))
 	p.bgpApplier.poke() // the node's own configuration, before the cluster's is read
-	p.sinks = append(p.sinks, node.NewBGPSink(s))
+	p.sinks = append(p.sinks, node.NewBGPSink(s, o.bandwidthInterval))
 	reg.MustRegister(node.NewBGPCollector(s))
 	if o.sync != nil {
 		p.syncSink = node.NewSyncSink(p.table, node.CountConnections(p.statsReader), o.syncFlags.warmMax,

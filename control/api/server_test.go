@@ -897,12 +897,16 @@ func TestAPIDrainNodeAndAnnounce(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument)
 	_, err = c.DrainNode(ctx, &types.DrainNodeRequest{Node: "../x"})
 	wantCode(t, err, codes.InvalidArgument)
-	noErr(t)(c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1", WithdrawAfter: durationpb.New(time.Minute)}))
+	_, err = c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1", Ramp: durationpb.New(-time.Second)})
+	if wantCode(t, err, codes.InvalidArgument); !strings.Contains(err.Error(), "ramp") {
+		t.Fatalf("a negative ramp: %v (want the field named)", err)
+	}
+	noErr(t)(c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1", WithdrawAfter: durationpb.New(time.Minute), Ramp: durationpb.New(2 * time.Minute)}))
 	state, err := st.ListState(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d, ok := state.Drains["lb1"]; !ok || d.WithdrawAfter != time.Minute || time.Since(d.Since) > time.Minute {
+	if d, ok := state.Drains["lb1"]; !ok || d.WithdrawAfter != time.Minute || d.Ramp != 2*time.Minute || time.Since(d.Since) > time.Minute {
 		t.Fatalf("drains in the desired state: %v", state.Drains)
 	}
 	noErr(t)(c.DrainNode(ctx, &types.DrainNodeRequest{Node: "lb1", Undrain: true}))
@@ -923,6 +927,15 @@ func TestAPIDrainNodeAndAnnounce(t *testing.T) {
 	}
 	if a := got.Service.Announce; !slices.Equal(a.GetCommunities(), []string{"65000:2", "65000:3"}) || a.GetLocalPreference().GetValue() != 200 {
 		t.Fatalf("announce after the merge: %v", a)
+	}
+	// link_bandwidth merges as a present field; explicit false is kept.
+	for _, on := range []bool{true, false} {
+		_, err = c.UpdateService(ctx, &types.VirtualService{Id: "web", Announce: &types.Announce{LinkBandwidth: wrapperspb.Bool(on)}})
+		noErr(t)(nil, err)
+		if got, err = c.GetService(ctx, wrapperspb.String("web")); err != nil || got.Service.Announce.GetLinkBandwidth() == nil || got.Service.Announce.GetLinkBandwidth().Value != on ||
+			got.Service.Announce.GetLocalPreference().GetValue() != 200 {
+			t.Fatalf("announce after link_bandwidth %v: %v, %v", on, got.GetService().GetAnnounce(), err)
+		}
 	}
 	bad := tcpService("bad", "198.18.0.2", 80)
 	bad.Announce = &types.Announce{Communities: []string{"65536:0"}}

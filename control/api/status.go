@@ -95,6 +95,13 @@ func (s *Server) DrainNode(ctx context.Context, req *types.DrainNodeRequest) (*e
 			return nil, model.FieldErrorf("withdraw_after", "%s: want 0 to %s", after, store.MaxDrainWithdrawAfter)
 		}
 	}
+	var ramp time.Duration
+	if r := req.GetRamp(); r != nil {
+		ramp = r.AsDuration()
+		if err := r.CheckValid(); err != nil || ramp < 0 || ramp > store.MaxDrainRamp {
+			return nil, model.FieldErrorf("ramp", "%s: want 0 to %s", ramp, store.MaxDrainRamp)
+		}
+	}
 	nodes, err := s.store.NodeStatuses(ctx)
 	if err != nil {
 		return nil, err
@@ -109,9 +116,9 @@ func (s *Server) DrainNode(ctx context.Context, req *types.DrainNodeRequest) (*e
 		s.log.Warn("node undrained", "node", node)
 		return empty, nil
 	}
-	if err := s.store.SetDrain(ctx, node, &store.Drain{Since: time.Now().UTC(), WithdrawAfter: after}); err != nil {
+	if err := s.store.SetDrain(ctx, node, &store.Drain{Since: time.Now().UTC(), WithdrawAfter: after, Ramp: ramp}); err != nil {
 		return nil, err
 	}
-	s.log.Warn("node draining", "node", node, "withdraw_after", after)
+	s.log.Warn("node draining", "node", node, "ramp", ramp, "withdraw_after", after)
 	return empty, nil
 }

@@ -275,3 +275,15 @@ func (f *fakeMonitor) checkedAt(at time.Time) {
 	}
 	f.notify()
 }
+
+// forceAddr sets the check of one server address (up or down).
+func (f *fakeMonitor) forceAddr(addr netip.Addr, up bool, since time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.states {
+		if c.Target.Addr() == addr {
+			f.states[c] = health.State{Up: up, Since: since, Transitioned: true, Settled: true}
+		}
+	}
+	f.notify()
+}

@@ -48,6 +48,8 @@ type RouteAttrs struct {
 	LargeCommunities []model.LargeCommunity
 	LocalPref        *uint32
 	GracefulShutdown bool // RFC 8326: GRACEFUL_SHUTDOWN community, local preference 0
+	// LinkBandwidth in bytes per second (0: the route carries none).
+	LinkBandwidth float32
 }
 
 // NodeInputs is what the node plan needs beyond the service plans.
@@ -60,7 +62,29 @@ type NodeInputs struct {
 	Drain  DrainPhase
 	// HealthStuck, when set, says why health results stopped coming in:
 	// nothing is announced while the node cannot tell what it serves.
-	HealthStuck string
+	HealthStuck   string
+	LinkBandwidth LinkBandwidthInputs
+}
+
+// LinkBandwidthInputs decide the link bandwidth a VIP is announced with.
+type LinkBandwidthInputs struct {
+	// Default: services that do not say (announce.link_bandwidth unset)
+	// send it (the cluster's BGP settings).
+	Default bool
+	// PerWeight: bytes per second announced per unit of healthy effective
+	// weight — 1 Mbit/s × the node's capacity factor × the share a drain
+	// ramp leaves.
+	PerWeight float64
+}
+
+// MinLinkBandwidth is the least bandwidth a VIP is announced with, 1 Mbit/s
+// in bytes per second: FRR counts whole Mbit/s and takes 0 for no
+// bandwidth at all, which would turn the router's weighted ECMP off.
+const MinLinkBandwidth = 125_000
+
+// linkBandwidth is what a VIP with weight healthy weight is announced with.
+func (in LinkBandwidthInputs) linkBandwidth(weight uint64) float32 {
+	return float32(max(float64(weight)*in.PerWeight, MinLinkBandwidth))
 }
 
 // DrainPhase is where a node's BGP drain stands (the runner reads the
@@ -72,6 +96,7 @@ const (
 	NotDraining DrainPhase = iota
 	Draining               // announced with GRACEFUL_SHUTDOWN
 	Drained                // past the drain's withdraw_after: withdrawn
+	Ramping                // announced normally with a lowered link bandwidth
 )
 
 // NodePlan is what the node programs beside the IPVS table, derived from
@@ -82,11 +107,14 @@ type NodePlan struct {
 	VIPStates []VIPState   // one per VIP, sorted by address
 	Health    []*types.ServerHealth
 	Down      []string // services whose servers are all down, sorted
+	// LinkBandwidthPerWeight is the node's factor in every VIP's link
+	// bandwidth (NodeInputs.LinkBandwidth.PerWeight).
+	LinkBandwidthPerWeight float64
 }
 
 // PlanNode derives the node plan from the service plans.
 func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
-	np := NodePlan{Ready: in.NotReady == ""}
+	np := NodePlan{Ready: in.NotReady == "", LinkBandwidthPerWeight: in.LinkBandwidth.PerWeight}
 	byVIP := map[netip.Addr][]*ServicePlan{}
 	for _, id := range slices.Sorted(maps.Keys(services)) {
 		p := services[id]
@@ -117,7 +145,7 @@ func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
 func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 	st := VIPState{Addr: addr}
 	var failed, noServer, allDown []string
-	always := false
+	always, sendBandwidth, weight := false, false, uint64(0)
 	for _, p := range plans {
 		st.Services = append(st.Services, p.ID)
 		switch {
@@ -130,9 +158,12 @@ func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 			allDown = append(allDown, p.ID)
 		default:
 			st.State = VIPServed
+			weight += healthyWeight(p)
 		}
-		always = always || p.State.Service.GetAnnounce().GetAlways()
-		st.Route.add(p.State.Service.GetAnnounce())
+		a := p.State.Service.GetAnnounce()
+		always = always || a.GetAlways()
+		sendBandwidth = sendBandwidth || (a.GetLinkBandwidth() == nil && in.LinkBandwidth.Default) || a.GetLinkBandwidth().GetValue()
+		st.Route.add(a)
 	}
 	served := st.State == VIPServed
 	switch {
@@ -142,6 +173,8 @@ func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 		st.State, st.Reason = VIPNotReady, in.HealthStuck
 	case in.Drain == Drained:
 		st.State, st.Reason = VIPDrained, "the node is drained"
+	case in.Drain == Ramping && (served || always):
+		st.State, st.Reason, st.Announce = VIPDraining, "the node is draining: its link bandwidth ramps down", true
 	case in.Drain == Draining && (served || always):
 		st.State, st.Reason, st.Announce = VIPDraining, "the node is draining", true
 		st.Route.GracefulShutdown = true
@@ -158,8 +191,20 @@ func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 	}
 	if !st.Announce {
 		st.Route = RouteAttrs{}
+	} else if sendBandwidth {
+		st.Route.LinkBandwidth = in.LinkBandwidth.linkBandwidth(weight)
 	}
 	return st
+}
+
+// healthyWeight is the sum of a service's effective weights (0 for a
+// server that is down).
+func healthyWeight(p *ServicePlan) uint64 {
+	var w uint64
+	for _, sp := range p.Servers {
+		w += uint64(sp.Weight)
+	}
+	return w
 }
 
 // add joins a service's announcement options into the VIP's route.

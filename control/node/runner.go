@@ -3,7 +3,9 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -51,7 +53,13 @@ type RunnerConfig struct {
 	// ReportPeriod: how often sinks that report (Reporter) are asked
 	// besides when they say something changed; default 5 s.
 	ReportPeriod time.Duration
+	// LinkBandwidthCapacity scales the link bandwidth this node announces
+	// (1 Mbit/s per unit of healthy weight × it); default 1.
+	LinkBandwidthCapacity float64
 }
+
+// MaxLinkBandwidthCapacity bounds a node's capacity factor.
+const MaxLinkBandwidthCapacity = 1_000_000
 
 // RunnerDeps are what a runner drives.
 type RunnerDeps struct {
@@ -106,6 +114,12 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 	cfg.RetryBackoff = orDuration(cfg.RetryBackoff, time.Second)
 	cfg.ReportPeriod = orDuration(cfg.ReportPeriod, 5*time.Second)
 	cfg.MaxRetryBackoff = orDuration(cfg.MaxRetryBackoff, time.Minute)
+	switch c := cfg.LinkBandwidthCapacity; {
+	case c == 0:
+		cfg.LinkBandwidthCapacity = 1
+	case c < 0 || math.IsNaN(c) || math.IsInf(c, 0) || c > MaxLinkBandwidthCapacity:
+		return nil, fmt.Errorf("runner: link bandwidth capacity %v: want above 0, at most %d", c, MaxLinkBandwidthCapacity)
+	}
 	guard := GuardConfig{Fraction: cfg.DeletionGuardFraction, Min: cfg.DeletionGuardMin}
 	if guard.Fraction == 0 {
 		guard.Fraction = 0.5

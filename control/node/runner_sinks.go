@@ -22,12 +22,14 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 	if d, ok := desired.Drains[r.cfg.Node]; ok {
 		drain = &d
 	}
-	phase, ends := drainPhase(drain, now)
-	r.pass.drain, r.pass.drainEnds = drain, ends
-	in := NodeInputs{NotReady: r.settleReadiness(ctx, reconciled, now), Failed: r.pass.failures.services(), Drain: phase}
+	ds := drainState(drain, now)
+	r.pass.drain, r.pass.drainState, r.pass.drainEnds = drain, ds, ds.Next
+	in := NodeInputs{NotReady: r.settleReadiness(ctx, reconciled, now), Failed: r.pass.failures.services(), Drain: ds.Phase,
+		LinkBandwidth: LinkBandwidthInputs{Default: desired.BGP != nil && desired.BGP.Settings.GetLinkBandwidth(),
+			PerWeight: MinLinkBandwidth * r.cfg.LinkBandwidthCapacity * ds.Share}}
 	in.HealthStuck, r.pass.stuckLook = r.healthStuck(now)
 	if in.NotReady != r.pass.nodeIn.NotReady || in.Drain != r.pass.nodeIn.Drain || in.HealthStuck != r.pass.nodeIn.HealthStuck ||
-		!maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
+		in.LinkBandwidth != r.pass.nodeIn.LinkBandwidth || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
 		r.pass.nodeDirty = true
 	}
 	changed := r.pass.nodeDirty
@@ -40,7 +42,7 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 	for _, s := range r.sinks {
 		id := objectID{service: s.Name()}
 		_, failing := r.pass.sinkFail.byID[id]
-		if !changed && (!failing || r.pass.sinkFail.waiting(id, now)) {
+		if !changed && (!failing || r.pass.sinkFail.waiting(id, now)) && !sinkDue(s, now) {
 			continue
 		}
 		err := s.Set(ctx, plan)
@@ -56,6 +58,12 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 		}
 		r.pass.sinkFail.clear(id)
 	}
+}
+
+// sinkDue: a Timed sink whose time has come.
+func sinkDue(s Sink, now time.Time) bool {
+	t, ok := s.(Timed)
+	return ok && !t.Due().IsZero() && !now.Before(t.Due())
 }
 
 // settleReadiness says why the node serves nothing yet: until a pass has
@@ -144,7 +152,7 @@ func (r *Runner) reportNode() {
 	r.setStatus(func(st *types.NodeStatus) {
 		st.Servers, st.ServicesDown = np.Health, np.Down
 		st.VipsServing, st.VipsNotServing, st.VipsAnnounced = uint32(serving), notServing, uint32(announced)
-		st.Drain = drainStatus(r.pass.drain, r.pass.nodeIn.Drain)
+		st.Drain = drainStatus(r.pass.drain, r.pass.drainState)
 	})
 }
 
@@ -173,9 +181,14 @@ func sinkNames(sinks []Sink) []string {
 	return names
 }
 
-func drainStatus(d *store.Drain, phase DrainPhase) *types.DrainStatus {
+func drainStatus(d *store.Drain, ds DrainState) *types.DrainStatus {
 	if d == nil {
 		return nil
 	}
-	return &types.DrainStatus{Since: timestamppb.New(d.Since), WithdrawAfter: durationpb.New(d.WithdrawAfter), Withdrawn: phase == Drained}
+	out := &types.DrainStatus{Since: timestamppb.New(d.Since), WithdrawAfter: durationpb.New(d.WithdrawAfter), Withdrawn: ds.Phase == Drained,
+		RampFraction: ds.Share, RampStep: uint32(ds.Step), RampSteps: uint32(ds.Steps)}
+	if d.Ramp > 0 {
+		out.Ramp = durationpb.New(d.Ramp)
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -25,6 +26,12 @@ type Plan struct {
 type Sink interface {
 	Name() string
 	Set(ctx context.Context, p *Plan) error
+}
+
+// A Timed sink wants Set again at Due (zero: never) even when the plan has
+// not changed: something it held back is then to be sent.
+type Timed interface {
+	Due() time.Time
 }
 
 // A Reporter is a sink with something of its own to say in node status

@@ -30,14 +30,19 @@ type bgpSink struct {
 	a    Announcer
 	last []bgp.Route
 	set  bool
+	bw   *bandwidthLimiter
 }
 
 // NewBGPSink is the sink that announces the plan's VIPs by BGP. It gives
 // the speaker nothing before the node is first ready, so a starting node
 // opens no session (and ends no graceful restart) before it knows what it
 // serves; a node that is not ready again later (warming up after its sync
-// link was down) withdraws what it announced.
-func NewBGPSink(a Announcer) Sink { return &bgpSink{a: a} }
+// link was down) withdraws what it announced. A route whose link
+// bandwidth alone changed is sent again at most once per interval
+// (0: DefaultBandwidthInterval).
+func NewBGPSink(a Announcer, interval time.Duration) Sink {
+	return &bgpSink{a: a, bw: newBandwidthLimiter(interval, time.Now)}
+}
 
 func (s *bgpSink) Name() string { return "bgp" }
 
@@ -45,7 +50,7 @@ func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
 	if !p.Node.Ready && !s.set {
 		return nil
 	}
-	routes := Routes(p.Node.VIPStates)
+	routes := s.bw.limit(Routes(p.Node.VIPStates), p.Node.LinkBandwidthPerWeight)
 	if s.set && slices.EqualFunc(routes, s.last, bgp.Route.Equal) {
 		return nil
 	}
@@ -53,8 +58,12 @@ func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
 		return err
 	}
 	s.last, s.set = routes, true
+	s.bw.sent(routes, p.Node.LinkBandwidthPerWeight)
 	return nil
 }
+
+// Due: when a held-back bandwidth change is to be sent.
+func (s *bgpSink) Due() time.Time { return s.bw.due }
 
 // Routes are the BGP routes of the announced VIPs.
 func Routes(vips []VIPState) []bgp.Route {
@@ -71,6 +80,7 @@ func Routes(vips []VIPState) []bgp.Route {
 			r.LargeCommunities = append(r.LargeCommunities, bgp.LargeCommunity{Global: c[0], Local1: c[1], Local2: c[2]})
 		}
 		r.LocalPref = v.Route.LocalPref
+		r.LinkBandwidth = v.Route.LinkBandwidth
 		if v.Route.GracefulShutdown {
 			zero := uint32(0)
 			r.Communities = append(r.Communities, bgp.GracefulShutdown)

@@ -60,7 +60,7 @@ func (a *recordingAnnouncer) waitSet(t *testing.T, what string, cond func([]bgp.
 func TestRunnerBGPAnnouncements(t *testing.T) {
 	mon := newFakeMonitor()
 	ann := newRecordingAnnouncer()
-	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann)}})
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann, 0)}})
 	a.start(t)
 	st := healthChecked(t, 0)
 	a.apply(t, st)
@@ -96,7 +96,7 @@ func TestRunnerBGPAnnouncements(t *testing.T) {
 func TestRunnerStuckHealthMonitorWithdraws(t *testing.T) {
 	mon := newFakeMonitor()
 	ann := newRecordingAnnouncer()
-	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann)}})
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann, 0)}})
 	a.start(t)
 	a.apply(t, healthChecked(t, 0))
 	mon.settle()
@@ -137,7 +137,7 @@ func TestRunnerReportsBGPSessions(t *testing.T) {
 	ann := &reportingAnnouncer{recordingAnnouncer: newRecordingAnnouncer(), peers: []bgp.PeerStatus{peer}, changes: make(chan struct{}, 1)}
 	// Reports come at start and on changes only: the period is longer
 	// than the test.
-	a := newTestRunner(t, RunnerConfig{ReportPeriod: time.Hour}, RunnerDeps{IPVS: newFakeTable(), Health: newFakeMonitor(), Sinks: []Sink{NewBGPSink(ann)}})
+	a := newTestRunner(t, RunnerConfig{ReportPeriod: time.Hour}, RunnerDeps{IPVS: newFakeTable(), Health: newFakeMonitor(), Sinks: []Sink{NewBGPSink(ann, 0)}})
 	a.start(t)
 	a.waitFor(t, "the session in status", func(s *types.NodeStatus) bool {
 		return len(s.BgpPeers) == 1 && s.BgpPeers[0].Address == "198.18.9.1" && s.BgpPeers[0].State == "active"

@@ -146,7 +146,7 @@ func TestRunnerWarmsUpAgain(t *testing.T) {
 	mon := newFakeMonitor()
 	ann := newRecordingAnnouncer()
 	warm := &fakeWarmUp{rearmed: make(chan struct{}, 1)}
-	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, WarmUp: warm, Sinks: []Sink{NewBGPSink(ann)}})
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, WarmUp: warm, Sinks: []Sink{NewBGPSink(ann, 0)}})
 	a.start(t)
 	a.apply(t, healthChecked(t, 0))
 	mon.settle()

@@ -11,11 +11,13 @@ import (
 )
 
 // Drain is a node's BGP drain as stored in etcd (PREFIX/drain/NODE): since
-// when, and how long its VIPs stay announced with GRACEFUL_SHUTDOWN
-// before they are withdrawn.
+// when, how long its link bandwidth ramps down first, and how long its
+// VIPs then stay announced with GRACEFUL_SHUTDOWN before they are
+// withdrawn.
 type Drain struct {
 	Since         time.Time     `json:"since"`
 	WithdrawAfter time.Duration `json:"withdraw_after"`
+	Ramp          time.Duration `json:"ramp,omitempty"`
 }
 
 // DefaultDrainWithdrawAfter is how long a drain announces with
@@ -24,6 +26,9 @@ const DefaultDrainWithdrawAfter = 30 * time.Second
 
 // MaxDrainWithdrawAfter bounds it.
 const MaxDrainWithdrawAfter = time.Hour
+
+// MaxDrainRamp bounds a drain's ramp.
+const MaxDrainRamp = time.Hour
 
 // setDrain records a node's drain (nil value: none); a value that does not
 // decode counts as a drain from the epoch: withdrawn, the safe reading of a
