@@ -24,11 +24,13 @@ const weightedConns = 10_000
 // configured as docs/bgp.md says (nothing beyond multipath), weights its
 // next hops 2:1, and 10,000 client connections from varied source ports
 // split within ±5 % of that. Half of node1's backends fail (as node1 sees
-// them): the shares follow to 1:1. Then bird2 as the router: plain ECMP,
-// every connection served.
+// them): the shares follow to 1:1. A ramped drain of node1 (connection
+// sync on) lowers its weight on the router step by step and resets none
+// of 200 long-lived connections; the router drops node1 only at the end.
+// Then bird2 as the router: plain ECMP, every connection served.
 func TestVMWeightedECMP(t *testing.T) {
 	c := setUpLab(t, lab.Config{Backends: 4, NodeArg: func(n *lab.Node) []string {
-		args := append(lab.BGPArgs(n, ""), "-link-bandwidth-interval", "1s")
+		args := append(append(lab.BGPArgs(n, ""), syncArgs...), "-link-bandwidth-interval", "1s")
 		if n.Name == "node1" {
 			args = append(args, "-link-bandwidth-capacity", "2")
 		}
@@ -50,16 +52,23 @@ func TestVMWeightedECMP(t *testing.T) {
 	c.mustMeradm("service", "add", "dr", "tcp", vip, "-s", "mh", "-b", "mh-fallback,mh-port", "--forward-method", "route",
 		"--health-endpoint", "tcp://:8080", "--health-period", "1s", "--health-timeout", "1s", "--health-up", "1", "--health-down", "1")
 	for i := range c.Backends {
-		c.mustMeradm("server", "add", "dr", lab.BackendAddr(i)+":80")
+		c.mustMeradm("server", "add", "dr", lab.BackendAddr(i)+":80", "-w", "10")
 	}
-	c.waitServersUp(vip, len(c.Backends))
+	for _, n := range c.Nodes {
+		c.eventually("4 servers of weight 10 on "+n.Name, 60*time.Second, func() error {
+			if up := c.countServers(n, vip, "10"); up != 4 {
+				return fmt.Errorf("%d up:\n%s", up, c.table(n))
+			}
+			return nil
+		})
+	}
 
-	// 4 servers of weight 1: node1 announces 8 Mbit/s, node2 4 Mbit/s.
+	// 4 servers of weight 10: node1 announces 80 Mbit/s, node2 40 Mbit/s.
 	c.waitWeights("2:1", map[string]float64{node1.Addr: 2.0 / 3, node2.Addr: 1.0 / 3})
 	c.checkShares(vip, map[*lab.Node]float64{node1: 2.0 / 3, node2: 1.0 / 3})
 
 	// node1 loses its way to two backends: its checks fail, it announces
-	// 2 × 2 Mbit/s, as much as node2.
+	// 2 × 20 Mbit/s, as much as node2.
 	cut := time.Now()
 	for i := range 2 {
 		nsRun(t, node1.NS, "ip", "route", "add", "blackhole", lab.BackendAddr(i)+"/32")
@@ -67,6 +76,11 @@ func TestVMWeightedECMP(t *testing.T) {
 	c.waitWeights("1:1", map[string]float64{node1.Addr: 0.5, node2.Addr: 0.5})
 	t.Logf("the router's weights followed %s after node1 lost two backends", time.Since(cut).Round(100*time.Millisecond))
 	c.checkShares(vip, map[*lab.Node]float64{node1: 0.5, node2: 0.5})
+	for i := range 2 {
+		nsRun(t, node1.NS, "ip", "route", "del", "blackhole", lab.BackendAddr(i)+"/32")
+	}
+	c.waitWeights("2:1 again", map[string]float64{node1.Addr: 2.0 / 3, node2.Addr: 1.0 / 3})
+	t.Run("a ramped drain", func(t *testing.T) { c.rampedDrain(node1, node2, vip) })
 
 	r.Stop()
 	bird, err := c.StartRouter()
@@ -173,4 +187,147 @@ func (c *cluster) dialMany(addr string, k int) int {
 		return k - int(n) + 1 + int(failed.Load()) // the deadline cut it short
 	}
 	return int(failed.Load())
+}
+
+// rampedDrain drains node1 with a 20 s ramp while 200 long-lived flows and
+// a trickle of new connections run: the router's weight for node1 falls
+// step by step, node1 leaves the route only once the ramp is over, and no
+// flow is reset (connection sync).
+func (c *cluster) rampedDrain(node1, node2 *lab.Node, vip string) {
+	t := c.t
+	fs := newFlows(2 * time.Second)
+	defer fs.finish()
+	fs.openTCP(c, "dr", vip, 200)
+	c.waitCarrying(fs, node1, node2)
+	stop := make(chan struct{})
+	var seen []float64 // node1's share of the route's weight, each change
+	type count struct {
+		at     time.Time
+		n1, n2 int
+	}
+	var conns []count
+	var wg sync.WaitGroup
+	wg.Go(func() { // the router's weights, every 200 ms
+		for range 3000 { // bounded: stopped long before
+			if share := hopShare(routeShow(lab.DRVIP), node1.Addr); len(seen) == 0 || seen[len(seen)-1] != share {
+				seen = append(seen, share)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	})
+	wg.Go(func() { // new connections, and each node's count every 2 s
+		last := time.Now()
+		for range 1000 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.dialMany(vip, 20)
+			if time.Since(last) >= 2*time.Second {
+				last = time.Now()
+				conns = append(conns, count{time.Now(), c.connsOf(node1), c.connsOf(node2)})
+			}
+		}
+	})
+	start := time.Now()
+	c.mustMeradm("node", "drain", node1.Name, "--ramp", "20s", "--withdraw-after", "5s")
+	c.eventually("status to show the ramp", 20*time.Second, func() error {
+		if out := c.mustMeradm("status"); !strings.Contains(out, "link bandwidth ramping down, step") {
+			return fmt.Errorf("status:\n%s", out)
+		}
+		return nil
+	})
+	c.eventually("node1 out of the route", 90*time.Second, func() error {
+		if hopShare(routeShow(lab.DRVIP), node1.Addr) != 0 {
+			return fmt.Errorf("route: %s", routeShow(lab.DRVIP))
+		}
+		return nil
+	})
+	left := time.Since(start)
+	c.waitRounds(fs, 2)
+	close(stop)
+	wg.Wait()
+	t.Logf("node1's share of the router's weight: %v; out of the route after %s", seen, left.Round(100*time.Millisecond))
+	// node1's share of the new connections, first and second half of the
+	// ramp (the kernel's counts lag by up to 2 s, the same for both).
+	half := func(from, to time.Duration) float64 {
+		var first, last *count
+		for i := range conns {
+			if at := conns[i].at.Sub(start); at >= from && at <= to {
+				if first == nil {
+					first = &conns[i]
+				}
+				last = &conns[i]
+			}
+		}
+		if first == nil || first == last || first.n1 < 0 || last.n2 < 0 {
+			return -1
+		}
+		d1, d2 := last.n1-first.n1, last.n2-first.n2
+		return float64(d1) / float64(max(d1+d2, 1))
+	}
+	early, late := half(0, 10*time.Second), half(10*time.Second, 20*time.Second)
+	t.Logf("node1's share of new connections: %.0f %% in the ramp's first half, %.0f %% in its second", 100*early, 100*late)
+	if early < 0 || late < 0 || late >= early {
+		t.Errorf("node1's share of new connections did not fall during the ramp (%v then %v): %v", early, late, conns)
+	}
+	steps := 0
+	for i := 1; i < len(seen); i++ {
+		switch {
+		case seen[i] > seen[i-1]:
+			t.Errorf("node1's weight rose during the drain: %v", seen)
+		case seen[i] > 0:
+			steps++
+		}
+	}
+	if steps < 5 || seen[len(seen)-1] != 0 {
+		t.Errorf("node1's weight fell in %d steps before it left the route, want at least 5: %v", steps, seen)
+	}
+	if failed, total, some := fs.failures(start); failed != 0 {
+		t.Errorf("%d of %d long-lived flows failed during the ramped drain: %q", failed, total, some)
+	}
+	c.mustMeradm("node", "undrain", node1.Name)
+	c.waitWeights("2:1 after the undrain", map[string]float64{node1.Addr: 2.0 / 3, node2.Addr: 1.0 / 3})
+}
+
+// hopShare is addr's share of the route's next-hop weights (0: not a next
+// hop; 1: the only one).
+func hopShare(route, addr string) float64 {
+	var mine, total float64
+	for _, m := range routeWeight.FindAllStringSubmatch(route, -1) {
+		w, _ := strconv.ParseFloat(m[2], 64)
+		total += w
+		if m[1] == addr {
+			mine = w
+		}
+	}
+	switch {
+	case total > 0:
+		return math.Round(1000*mine/total) / 1000
+	case strings.Contains(route, "via "+addr+" "):
+		return 1
+	}
+	return 0
+}
+
+// connsOf is conns without failing the test (it runs beside it); -1 when
+// the count cannot be read.
+func (c *cluster) connsOf(n *lab.Node) int {
+	out, err := lab.Run(n.NS, "ipvsadm", "-Ln", "--stats", "-t", lab.DRVIP+":80")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "TCP" {
+			if v, err := strconv.Atoi(f[2]); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
 }
