@@ -181,6 +181,10 @@ func TestMeradmCommands(t *testing.T) {
 	ok(t, p, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "sh", "-b", "flag-1,flag-2")
 	ok(t, p, "service", "add", "dns", "udp", "[2001:db8::53]:53", "-s", "mh", "-b", "mh-port", "-o", "-p", "600", "-M", "64", "--forward-method", "tunnel")
 	ok(t, p, "service", "add", "marked", "fwmark", "7", "-s", "rr", "-p", "-M", "255.255.255.0")
+	ok(t, p, "service", "edit", "web", "--bgp-link-bandwidth")
+	if js := ok(t, p, "export"); !strings.Contains(js, "link_bandwidth: true") {
+		t.Errorf("--bgp-link-bandwidth is not in the service:\n%s", js)
+	}
 	ok(t, p, "server", "add", "web", "198.19.0.2:8080", "-w", "10", "-f", "masq", "--health-endpoint", "http://:8080/health",
 		"--health-period", "2s", "--health-timeout", "1s", "--health-up", "2", "--health-down", "3")
 	ok(t, p, "server", "add", "web", "198.19.0.3:8080", "-f", "route", "-x", "100", "-y", "10")

@@ -40,3 +40,19 @@ func TestStatusShowsSessions(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainNotesRamp: a ramping drain shows its step and what comes next;
+// past the ramp, the graceful shutdown's countdown counts from its end.
+func TestDrainNotesRamp(t *testing.T) {
+	since := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	n := &types.NodeStatus{Node: "lb1", Drain: &types.DrainStatus{Since: timestamppb.New(since), WithdrawAfter: durationpb.New(5 * time.Second),
+		Ramp: durationpb.New(20 * time.Second), RampFraction: 6.0 / 11, RampStep: 5, RampSteps: 10}}
+	want := "lb1: draining for 8s: link bandwidth ramping down, step 5 of 10 at 55 %; GRACEFUL_SHUTDOWN in 12s, withdrawn in 17s"
+	if got := drainNotes(n, since.Add(8*time.Second)); len(got) != 1 || got[0] != want {
+		t.Errorf("ramping: %q\nwant %q", got, want)
+	}
+	want = "lb1: draining for 22s: VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in 3s"
+	if got := drainNotes(n, since.Add(22*time.Second)); len(got) != 1 || got[0] != want {
+		t.Errorf("after the ramp: %q\nwant %q", got, want)
+	}
+}

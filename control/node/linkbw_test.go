@@ -146,6 +146,9 @@ func TestRunnerLinkBandwidth(t *testing.T) {
 			return r[0].LinkBandwidth
 		}
 		ann.waitSet(t, "40 × 2 Mbit/s", func(r []bgp.Route) bool { return bw(r) == 80*MinLinkBandwidth })
+		if got := a.metric(t, "merlin_vip_link_bandwidth_bytes", map[string]string{"vip": "198.18.0.1"}); got != 80*MinLinkBandwidth {
+			t.Errorf("merlin_vip_link_bandwidth_bytes %v", got)
+		}
 		start := time.Now()
 		sets := len(ann.calls())
 		for i := range 5 { // down, up, down, up, down: every second
@@ -173,6 +176,10 @@ func TestRunnerLinkBandwidth(t *testing.T) {
 		ann.waitSet(t, "GRACEFUL_SHUTDOWN at the last step's bandwidth", func(r []bgp.Route) bool {
 			return len(r) == 1 && len(r[0].Communities) == 1 && r[0].Communities[0] == bgp.GracefulShutdown && bw(r) == 4*MinLinkBandwidth
 		})
+		synctest.Wait()
+		if got := a.metric(t, "merlin_drain_link_bandwidth_share", nil); got != 0.2 {
+			t.Errorf("merlin_drain_link_bandwidth_share %v after the ramp, want 0.2", got)
+		}
 		ann.waitSet(t, "the withdrawal", func(r []bgp.Route) bool { return len(r) == 0 })
 		if took := time.Since(start); took != 16*time.Second {
 			t.Fatalf("withdrawn %s after the drain began, want 6 s", took-10*time.Second)

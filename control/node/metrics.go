@@ -33,6 +33,8 @@ type NodeMetrics struct {
 	sinkErrors        *prometheus.CounterVec
 	vips              *prometheus.GaugeVec
 	vipAnnounced      *prometheus.GaugeVec
+	vipBandwidth      *prometheus.GaugeVec
+	bandwidthShare    prometheus.Gauge
 	changeApply       prometheus.Histogram
 	reportedServers   map[[2]string]bool // merlin_server_up label pairs set
 	reportedServices  map[string]bool    // merlin_service_all_servers_down as last set
@@ -62,6 +64,10 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		sinkErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),
 		vips:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vips", Help: "VIPs of the desired state on this node, by whether the node can serve them (serving, not_serving)."}, []string{"state"}),
 		vipAnnounced: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
+		vipBandwidth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_link_bandwidth_bytes",
+			Help: "Per announced VIP that carries the BGP link-bandwidth community: the bandwidth this node's plan gives it, bytes per second (routers get it within -link-bandwidth-interval)."}, []string{"vip"}),
+		bandwidthShare: prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_drain_link_bandwidth_share",
+			Help: "Share of its link bandwidth this node announces: 1, lower while a drain ramps it down."}),
 		changeApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "merlin_change_apply_seconds",
 			Help:    "Time from a desired-state change arriving from etcd to the end of the pass that applied it (kernel writes acknowledged): merlin's own share of a change.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -74,13 +80,14 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 			m.opErrors.WithLabelValues(opLabel(op), e)
 		}
 	}
+	m.bandwidthShare.Set(1)
 	for _, st := range []string{string(VIPServed), "not_serving"} {
 		m.vips.WithLabelValues(st)
 	}
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
 			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs, m.passCauses,
-			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.changeApply)
+			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.vipBandwidth, m.bandwidthShare, m.changeApply)
 	}
 	return m
 }

@@ -136,8 +136,13 @@ func (r *Runner) reportNode() {
 	var notServing []*types.VIPStatus
 	serving, announced := 0, 0
 	r.metrics.vipAnnounced.Reset()
+	r.metrics.vipBandwidth.Reset()
+	r.metrics.bandwidthShare.Set(r.pass.drainState.Share)
 	for _, v := range np.VIPStates {
 		r.metrics.vipAnnounced.WithLabelValues(v.Addr.String(), string(v.State)).Set(b2f(v.Announce))
+		if v.Route.LinkBandwidth > 0 {
+			r.metrics.vipBandwidth.WithLabelValues(v.Addr.String()).Set(float64(v.Route.LinkBandwidth))
+		}
 		if v.Announce {
 			announced++
 		}
