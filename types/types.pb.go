@@ -279,7 +279,7 @@ func (x RealServer_Startup) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RealServer_Startup.Descriptor instead.
 func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12, 0}
+	return file_types_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type WatchEvent_Type int32
@@ -336,7 +336,388 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17, 0}
+	return file_types_proto_rawDescGZIP(), []int{21, 0}
+}
+
+type DrainServerRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	Server    *RealServer_Key        `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	// deadline: complete after this long even with connections left
+	// (unset or 0: wait for them; at most 7 days).
+	Deadline *durationpb.Duration `protobuf:"bytes,3,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// then_delete: delete the server once the drain completes.
+	ThenDelete bool `protobuf:"varint,4,opt,name=then_delete,json=thenDelete,proto3" json:"then_delete,omitempty"`
+	// cancel: end the drain and restore the weight the server had.
+	Cancel        bool `protobuf:"varint,5,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainServerRequest) Reset() {
+	*x = DrainServerRequest{}
+	mi := &file_types_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainServerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainServerRequest) ProtoMessage() {}
+
+func (x *DrainServerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainServerRequest.ProtoReflect.Descriptor instead.
+func (*DrainServerRequest) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DrainServerRequest) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *DrainServerRequest) GetServer() *RealServer_Key {
+	if x != nil {
+		return x.Server
+	}
+	return nil
+}
+
+func (x *DrainServerRequest) GetDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *DrainServerRequest) GetThenDelete() bool {
+	if x != nil {
+		return x.ThenDelete
+	}
+	return false
+}
+
+func (x *DrainServerRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+// ServerDrainStatus is one real server's drain as the cluster sees it.
+type ServerDrainStatus struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId  string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	Server     string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"` // IP:PORT
+	Since      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	Deadline   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=deadline,proto3" json:"deadline,omitempty"` // unset: none
+	ThenDelete bool                   `protobuf:"varint,5,opt,name=then_delete,json=thenDelete,proto3" json:"then_delete,omitempty"`
+	// previous_weight: what cancel restores.
+	PreviousWeight uint32 `protobuf:"varint,6,opt,name=previous_weight,json=previousWeight,proto3" json:"previous_weight,omitempty"`
+	// state: draining; complete (every node reported no connection);
+	// deadline (it passed with connections left).
+	State       string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	// nodes: every node in node status, with its connections to the server
+	// (reported false: no report for this drain yet).
+	Nodes         []*ServerDrainNode `protobuf:"bytes,9,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Revision      int64              `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerDrainStatus) Reset() {
+	*x = ServerDrainStatus{}
+	mi := &file_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerDrainStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerDrainStatus) ProtoMessage() {}
+
+func (x *ServerDrainStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerDrainStatus.ProtoReflect.Descriptor instead.
+func (*ServerDrainStatus) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ServerDrainStatus) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *ServerDrainStatus) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ServerDrainStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ServerDrainStatus) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *ServerDrainStatus) GetThenDelete() bool {
+	if x != nil {
+		return x.ThenDelete
+	}
+	return false
+}
+
+func (x *ServerDrainStatus) GetPreviousWeight() uint32 {
+	if x != nil {
+		return x.PreviousWeight
+	}
+	return 0
+}
+
+func (x *ServerDrainStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ServerDrainStatus) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *ServerDrainStatus) GetNodes() []*ServerDrainNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *ServerDrainStatus) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type ServerDrainNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Reported      bool                   `protobuf:"varint,2,opt,name=reported,proto3" json:"reported,omitempty"`
+	Active        uint32                 `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
+	Inactive      uint32                 `protobuf:"varint,4,opt,name=inactive,proto3" json:"inactive,omitempty"`
+	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerDrainNode) Reset() {
+	*x = ServerDrainNode{}
+	mi := &file_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerDrainNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerDrainNode) ProtoMessage() {}
+
+func (x *ServerDrainNode) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerDrainNode.ProtoReflect.Descriptor instead.
+func (*ServerDrainNode) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ServerDrainNode) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ServerDrainNode) GetReported() bool {
+	if x != nil {
+		return x.Reported
+	}
+	return false
+}
+
+func (x *ServerDrainNode) GetActive() uint32 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
+}
+
+func (x *ServerDrainNode) GetInactive() uint32 {
+	if x != nil {
+		return x.Inactive
+	}
+	return 0
+}
+
+func (x *ServerDrainNode) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// ServerDrainProgress is one node's count of a drained server's
+// connections, for the drain at drain_revision.
+type ServerDrainProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId     string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	Server        string                 `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	DrainRevision int64                  `protobuf:"varint,3,opt,name=drain_revision,json=drainRevision,proto3" json:"drain_revision,omitempty"`
+	Active        uint32                 `protobuf:"varint,4,opt,name=active,proto3" json:"active,omitempty"`
+	Inactive      uint32                 `protobuf:"varint,5,opt,name=inactive,proto3" json:"inactive,omitempty"`
+	Persistent    uint32                 `protobuf:"varint,6,opt,name=persistent,proto3" json:"persistent,omitempty"`
+	// error: the count could not be read (the service is not in the kernel).
+	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	ReadAt        *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=read_at,json=readAt,proto3" json:"read_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerDrainProgress) Reset() {
+	*x = ServerDrainProgress{}
+	mi := &file_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerDrainProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerDrainProgress) ProtoMessage() {}
+
+func (x *ServerDrainProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerDrainProgress.ProtoReflect.Descriptor instead.
+func (*ServerDrainProgress) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ServerDrainProgress) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *ServerDrainProgress) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ServerDrainProgress) GetDrainRevision() int64 {
+	if x != nil {
+		return x.DrainRevision
+	}
+	return 0
+}
+
+func (x *ServerDrainProgress) GetActive() uint32 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
+}
+
+func (x *ServerDrainProgress) GetInactive() uint32 {
+	if x != nil {
+		return x.Inactive
+	}
+	return 0
+}
+
+func (x *ServerDrainProgress) GetPersistent() uint32 {
+	if x != nil {
+		return x.Persistent
+	}
+	return 0
+}
+
+func (x *ServerDrainProgress) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ServerDrainProgress) GetReadAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReadAt
+	}
+	return nil
 }
 
 // BGPPeerConfig is a BGP peer (a router) as cluster configuration: the
@@ -383,7 +764,7 @@ type BGPPeerConfig struct {
 
 func (x *BGPPeerConfig) Reset() {
 	*x = BGPPeerConfig{}
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -395,7 +776,7 @@ func (x *BGPPeerConfig) String() string {
 func (*BGPPeerConfig) ProtoMessage() {}
 
 func (x *BGPPeerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[0]
+	mi := &file_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -408,7 +789,7 @@ func (x *BGPPeerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeerConfig.ProtoReflect.Descriptor instead.
 func (*BGPPeerConfig) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{0}
+	return file_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BGPPeerConfig) GetName() string {
@@ -599,7 +980,7 @@ type BGPSettings struct {
 
 func (x *BGPSettings) Reset() {
 	*x = BGPSettings{}
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +992,7 @@ func (x *BGPSettings) String() string {
 func (*BGPSettings) ProtoMessage() {}
 
 func (x *BGPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[1]
+	mi := &file_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +1005,7 @@ func (x *BGPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPSettings.ProtoReflect.Descriptor instead.
 func (*BGPSettings) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{1}
+	return file_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BGPSettings) GetLocalAs() uint32 {
@@ -673,7 +1054,7 @@ type BGPConfig struct {
 
 func (x *BGPConfig) Reset() {
 	*x = BGPConfig{}
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +1066,7 @@ func (x *BGPConfig) String() string {
 func (*BGPConfig) ProtoMessage() {}
 
 func (x *BGPConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[2]
+	mi := &file_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +1079,7 @@ func (x *BGPConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPConfig.ProtoReflect.Descriptor instead.
 func (*BGPConfig) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2}
+	return file_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BGPConfig) GetSettings() *BGPSettings {
@@ -733,7 +1114,7 @@ type PutBGPPeerRequest struct {
 
 func (x *PutBGPPeerRequest) Reset() {
 	*x = PutBGPPeerRequest{}
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +1126,7 @@ func (x *PutBGPPeerRequest) String() string {
 func (*PutBGPPeerRequest) ProtoMessage() {}
 
 func (x *PutBGPPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[3]
+	mi := &file_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +1139,7 @@ func (x *PutBGPPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBGPPeerRequest.ProtoReflect.Descriptor instead.
 func (*PutBGPPeerRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3}
+	return file_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PutBGPPeerRequest) GetPeer() *BGPPeerConfig {
@@ -792,7 +1173,7 @@ type DeleteBGPPeerRequest struct {
 
 func (x *DeleteBGPPeerRequest) Reset() {
 	*x = DeleteBGPPeerRequest{}
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +1185,7 @@ func (x *DeleteBGPPeerRequest) String() string {
 func (*DeleteBGPPeerRequest) ProtoMessage() {}
 
 func (x *DeleteBGPPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[4]
+	mi := &file_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +1198,7 @@ func (x *DeleteBGPPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBGPPeerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBGPPeerRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{4}
+	return file_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteBGPPeerRequest) GetName() string {
@@ -849,7 +1230,7 @@ type ListPageRequest struct {
 
 func (x *ListPageRequest) Reset() {
 	*x = ListPageRequest{}
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +1242,7 @@ func (x *ListPageRequest) String() string {
 func (*ListPageRequest) ProtoMessage() {}
 
 func (x *ListPageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[5]
+	mi := &file_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +1255,7 @@ func (x *ListPageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPageRequest.ProtoReflect.Descriptor instead.
 func (*ListPageRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{5}
+	return file_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListPageRequest) GetAfterId() string {
@@ -915,7 +1296,7 @@ type Change struct {
 
 func (x *Change) Reset() {
 	*x = Change{}
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1308,7 @@ func (x *Change) String() string {
 func (*Change) ProtoMessage() {}
 
 func (x *Change) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[6]
+	mi := &file_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1321,7 @@ func (x *Change) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Change.ProtoReflect.Descriptor instead.
 func (*Change) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{6}
+	return file_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Change) GetChange() isChange_Change {
@@ -1053,7 +1434,7 @@ type ApplyChangesRequest struct {
 
 func (x *ApplyChangesRequest) Reset() {
 	*x = ApplyChangesRequest{}
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1446,7 @@ func (x *ApplyChangesRequest) String() string {
 func (*ApplyChangesRequest) ProtoMessage() {}
 
 func (x *ApplyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[7]
+	mi := &file_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1459,7 @@ func (x *ApplyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChangesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{7}
+	return file_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyChangesRequest) GetChanges() []*Change {
@@ -1098,7 +1479,7 @@ type ApplyChangesResponse struct {
 
 func (x *ApplyChangesResponse) Reset() {
 	*x = ApplyChangesResponse{}
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1491,7 @@ func (x *ApplyChangesResponse) String() string {
 func (*ApplyChangesResponse) ProtoMessage() {}
 
 func (x *ApplyChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[8]
+	mi := &file_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1504,7 @@ func (x *ApplyChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChangesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyChangesResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{8}
+	return file_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ApplyChangesResponse) GetRevision() int64 {
@@ -1154,7 +1535,7 @@ type VirtualService struct {
 
 func (x *VirtualService) Reset() {
 	*x = VirtualService{}
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1547,7 @@ func (x *VirtualService) String() string {
 func (*VirtualService) ProtoMessage() {}
 
 func (x *VirtualService) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[9]
+	mi := &file_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1560,7 @@ func (x *VirtualService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService.ProtoReflect.Descriptor instead.
 func (*VirtualService) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9}
+	return file_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VirtualService) GetId() string {
@@ -1254,7 +1635,7 @@ type PassiveHealth struct {
 
 func (x *PassiveHealth) Reset() {
 	*x = PassiveHealth{}
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1647,7 @@ func (x *PassiveHealth) String() string {
 func (*PassiveHealth) ProtoMessage() {}
 
 func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[10]
+	mi := &file_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1660,7 @@ func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveHealth.ProtoReflect.Descriptor instead.
 func (*PassiveHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{10}
+	return file_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PassiveHealth) GetEnabled() *wrapperspb.BoolValue {
@@ -1336,7 +1717,7 @@ type Announce struct {
 
 func (x *Announce) Reset() {
 	*x = Announce{}
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1729,7 @@ func (x *Announce) String() string {
 func (*Announce) ProtoMessage() {}
 
 func (x *Announce) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[11]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1742,7 @@ func (x *Announce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Announce.ProtoReflect.Descriptor instead.
 func (*Announce) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{11}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Announce) GetAlways() bool {
@@ -1418,7 +1799,7 @@ type RealServer struct {
 
 func (x *RealServer) Reset() {
 	*x = RealServer{}
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1811,7 @@ func (x *RealServer) String() string {
 func (*RealServer) ProtoMessage() {}
 
 func (x *RealServer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[12]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1824,7 @@ func (x *RealServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer.ProtoReflect.Descriptor instead.
 func (*RealServer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RealServer) GetServiceID() string {
@@ -1497,7 +1878,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1890,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[13]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1903,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListResponse) GetItems() []*ListResponse_Item {
@@ -1563,7 +1944,7 @@ type InvalidKey struct {
 
 func (x *InvalidKey) Reset() {
 	*x = InvalidKey{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1956,7 @@ func (x *InvalidKey) String() string {
 func (*InvalidKey) ProtoMessage() {}
 
 func (x *InvalidKey) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1969,7 @@ func (x *InvalidKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidKey.ProtoReflect.Descriptor instead.
 func (*InvalidKey) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InvalidKey) GetKey() string {
@@ -1616,7 +1997,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +2009,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +2022,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteServiceRequest) GetId() string {
@@ -1669,7 +2050,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +2062,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +2075,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -1720,7 +2101,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +2113,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +2126,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1826,14 +2207,16 @@ type NodeStatus struct {
 	BgpConfigError string `protobuf:"bytes,21,opt,name=bgp_config_error,json=bgpConfigError,proto3" json:"bgp_config_error,omitempty"`
 	// conn_sync: the node's IPVS connection sync daemons (absent when sync
 	// is off on the node).
-	ConnSync      *ConnSyncStatus `protobuf:"bytes,22,opt,name=conn_sync,json=connSync,proto3" json:"conn_sync,omitempty"`
+	ConnSync *ConnSyncStatus `protobuf:"bytes,22,opt,name=conn_sync,json=connSync,proto3" json:"conn_sync,omitempty"`
+	// server_drains: this node's connections to each server being drained.
+	ServerDrains  []*ServerDrainProgress `protobuf:"bytes,23,rep,name=server_drains,json=serverDrains,proto3" json:"server_drains,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +2228,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +2241,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NodeStatus) GetNode() string {
@@ -2015,6 +2398,13 @@ func (x *NodeStatus) GetConnSync() *ConnSyncStatus {
 	return nil
 }
 
+func (x *NodeStatus) GetServerDrains() []*ServerDrainProgress {
+	if x != nil {
+		return x.ServerDrains
+	}
+	return nil
+}
+
 // ConnSyncStatus is a node's IPVS connection synchronisation: a master
 // daemon sending its connections and a backup taking the other nodes'.
 type ConnSyncStatus struct {
@@ -2031,7 +2421,7 @@ type ConnSyncStatus struct {
 
 func (x *ConnSyncStatus) Reset() {
 	*x = ConnSyncStatus{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2433,7 @@ func (x *ConnSyncStatus) String() string {
 func (*ConnSyncStatus) ProtoMessage() {}
 
 func (x *ConnSyncStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2446,7 @@ func (x *ConnSyncStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnSyncStatus.ProtoReflect.Descriptor instead.
 func (*ConnSyncStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ConnSyncStatus) GetDaemons() []*SyncDaemon {
@@ -2098,7 +2488,7 @@ type SyncDaemon struct {
 
 func (x *SyncDaemon) Reset() {
 	*x = SyncDaemon{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2500,7 @@ func (x *SyncDaemon) String() string {
 func (*SyncDaemon) ProtoMessage() {}
 
 func (x *SyncDaemon) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2513,7 @@ func (x *SyncDaemon) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDaemon.ProtoReflect.Descriptor instead.
 func (*SyncDaemon) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SyncDaemon) GetRole() string {
@@ -2203,7 +2593,7 @@ type CountersStatus struct {
 
 func (x *CountersStatus) Reset() {
 	*x = CountersStatus{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2605,7 @@ func (x *CountersStatus) String() string {
 func (*CountersStatus) ProtoMessage() {}
 
 func (x *CountersStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2618,7 @@ func (x *CountersStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
 func (*CountersStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CountersStatus) GetOn() bool {
@@ -2295,7 +2685,7 @@ type PassiveFigures struct {
 
 func (x *PassiveFigures) Reset() {
 	*x = PassiveFigures{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2697,7 @@ func (x *PassiveFigures) String() string {
 func (*PassiveFigures) ProtoMessage() {}
 
 func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2710,7 @@ func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveFigures.ProtoReflect.Descriptor instead.
 func (*PassiveFigures) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PassiveFigures) GetServiceId() string {
@@ -2387,7 +2777,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2399,7 +2789,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2412,7 +2802,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -2492,7 +2882,7 @@ type BGPPeer struct {
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2894,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2907,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{24}
+	return file_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -2628,7 +3018,7 @@ type BFDSession struct {
 
 func (x *BFDSession) Reset() {
 	*x = BFDSession{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +3030,7 @@ func (x *BFDSession) String() string {
 func (*BFDSession) ProtoMessage() {}
 
 func (x *BFDSession) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +3043,7 @@ func (x *BFDSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BFDSession.ProtoReflect.Descriptor instead.
 func (*BFDSession) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{25}
+	return file_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *BFDSession) GetState() string {
@@ -2730,7 +3120,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2742,7 +3132,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2755,7 +3145,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{26}
+	return file_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2799,7 +3189,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2811,7 +3201,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2824,7 +3214,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{27}
+	return file_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -2872,7 +3262,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2884,7 +3274,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2897,7 +3287,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{28}
+	return file_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -2949,7 +3339,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2961,7 +3351,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2974,7 +3364,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{29}
+	return file_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -3034,7 +3424,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3436,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3449,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{30}
+	return file_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -3111,7 +3501,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3513,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3526,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{31}
+	return file_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -3178,13 +3568,15 @@ type StatusResponse struct {
 	// duplicate_vips: VIPs several stored services share (the original
 	// Merlin allowed it; merlin refuses it for new writes).
 	DuplicateVips []*DuplicateVIP `protobuf:"bytes,4,rep,name=duplicate_vips,json=duplicateVips,proto3" json:"duplicate_vips,omitempty"`
+	// server_drains: every real server drain, with each node's progress.
+	ServerDrains  []*ServerDrainStatus `protobuf:"bytes,5,rep,name=server_drains,json=serverDrains,proto3" json:"server_drains,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3588,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3601,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{32}
+	return file_types_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -3240,6 +3632,13 @@ func (x *StatusResponse) GetDuplicateVips() []*DuplicateVIP {
 	return nil
 }
 
+func (x *StatusResponse) GetServerDrains() []*ServerDrainStatus {
+	if x != nil {
+		return x.ServerDrains
+	}
+	return nil
+}
+
 type DuplicateVIP struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// vip as the index names it: tcp/IP:PORT, udp/…, fwmark/ipv4/MARK.
@@ -3251,7 +3650,7 @@ type DuplicateVIP struct {
 
 func (x *DuplicateVIP) Reset() {
 	*x = DuplicateVIP{}
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3263,7 +3662,7 @@ func (x *DuplicateVIP) String() string {
 func (*DuplicateVIP) ProtoMessage() {}
 
 func (x *DuplicateVIP) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3276,7 +3675,7 @@ func (x *DuplicateVIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DuplicateVIP.ProtoReflect.Descriptor instead.
 func (*DuplicateVIP) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{33}
+	return file_types_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DuplicateVIP) GetVip() string {
@@ -3302,7 +3701,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3314,7 +3713,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3327,7 +3726,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{34}
+	return file_types_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -3355,7 +3754,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3367,7 +3766,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3380,7 +3779,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{35}
+	return file_types_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -3466,7 +3865,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3478,7 +3877,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3491,7 +3890,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{36}
+	return file_types_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -3541,7 +3940,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3553,7 +3952,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3566,7 +3965,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{37}
+	return file_types_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -3607,7 +4006,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[38]
+	mi := &file_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3619,7 +4018,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[38]
+	mi := &file_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3632,7 +4031,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{38}
+	return file_types_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -3665,7 +4064,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3677,7 +4076,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3690,7 +4089,7 @@ func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Key.ProtoReflect.Descriptor instead.
 func (*VirtualService_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9, 0}
+	return file_types_proto_rawDescGZIP(), []int{13, 0}
 }
 
 func (x *VirtualService_Key) GetIp() string {
@@ -3748,7 +4147,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3760,7 +4159,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3773,7 +4172,7 @@ func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_Config.ProtoReflect.Descriptor instead.
 func (*VirtualService_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9, 1}
+	return file_types_proto_rawDescGZIP(), []int{13, 1}
 }
 
 func (x *VirtualService_Config) GetScheduler() string {
@@ -3829,7 +4228,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3841,7 +4240,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3854,7 +4253,7 @@ func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VirtualService_ServerDefaults.ProtoReflect.Descriptor instead.
 func (*VirtualService_ServerDefaults) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{9, 2}
+	return file_types_proto_rawDescGZIP(), []int{13, 2}
 }
 
 func (x *VirtualService_ServerDefaults) GetForward() ForwardMethod {
@@ -3881,7 +4280,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[43]
+	mi := &file_types_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3893,7 +4292,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[43]
+	mi := &file_types_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3906,7 +4305,7 @@ func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Key.ProtoReflect.Descriptor instead.
 func (*RealServer_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12, 0}
+	return file_types_proto_rawDescGZIP(), []int{16, 0}
 }
 
 func (x *RealServer_Key) GetIp() string {
@@ -3941,7 +4340,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[44]
+	mi := &file_types_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3953,7 +4352,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[44]
+	mi := &file_types_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3966,7 +4365,7 @@ func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Config.ProtoReflect.Descriptor instead.
 func (*RealServer_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12, 1}
+	return file_types_proto_rawDescGZIP(), []int{16, 1}
 }
 
 func (x *RealServer_Config) GetWeight() *wrapperspb.UInt32Value {
@@ -4056,7 +4455,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[45]
+	mi := &file_types_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4068,7 +4467,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[45]
+	mi := &file_types_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4081,7 +4480,7 @@ func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_HealthCheck.ProtoReflect.Descriptor instead.
 func (*RealServer_HealthCheck) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{12, 2}
+	return file_types_proto_rawDescGZIP(), []int{16, 2}
 }
 
 func (x *RealServer_HealthCheck) GetEndpoint() *wrapperspb.StringValue {
@@ -4213,7 +4612,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[46]
+	mi := &file_types_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4225,7 +4624,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[46]
+	mi := &file_types_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4238,7 +4637,7 @@ func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse_Item.ProtoReflect.Descriptor instead.
 func (*ListResponse_Item) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{13, 0}
+	return file_types_proto_rawDescGZIP(), []int{17, 0}
 }
 
 func (x *ListResponse_Item) GetService() *VirtualService {
@@ -4259,7 +4658,47 @@ var File_types_proto protoreflect.FileDescriptor
 
 const file_types_proto_rawDesc = "" +
 	"\n" +
-	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\b\n" +
+	"\vtypes.proto\x12\x05types\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n" +
+	"\x12DrainServerRequest\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12-\n" +
+	"\x06server\x18\x02 \x01(\v2\x15.types.RealServer.KeyR\x06server\x125\n" +
+	"\bdeadline\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\x12\x1f\n" +
+	"\vthen_delete\x18\x04 \x01(\bR\n" +
+	"thenDelete\x12\x16\n" +
+	"\x06cancel\x18\x05 \x01(\bR\x06cancel\"\x9d\x03\n" +
+	"\x11ServerDrainStatus\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x126\n" +
+	"\bdeadline\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x1f\n" +
+	"\vthen_delete\x18\x05 \x01(\bR\n" +
+	"thenDelete\x12'\n" +
+	"\x0fprevious_weight\x18\x06 \x01(\rR\x0epreviousWeight\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x12=\n" +
+	"\fcompleted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12,\n" +
+	"\x05nodes\x18\t \x03(\v2\x16.types.ServerDrainNodeR\x05nodes\x12\x1a\n" +
+	"\brevision\x18\n" +
+	" \x01(\x03R\brevision\"\x8b\x01\n" +
+	"\x0fServerDrainNode\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
+	"\breported\x18\x02 \x01(\bR\breported\x12\x16\n" +
+	"\x06active\x18\x03 \x01(\rR\x06active\x12\x1a\n" +
+	"\binactive\x18\x04 \x01(\rR\binactive\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\x92\x02\n" +
+	"\x13ServerDrainProgress\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12%\n" +
+	"\x0edrain_revision\x18\x03 \x01(\x03R\rdrainRevision\x12\x16\n" +
+	"\x06active\x18\x04 \x01(\rR\x06active\x12\x1a\n" +
+	"\binactive\x18\x05 \x01(\rR\binactive\x12\x1e\n" +
+	"\n" +
+	"persistent\x18\x06 \x01(\rR\n" +
+	"persistent\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x123\n" +
+	"\aread_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x06readAt\"\x96\b\n" +
 	"\rBGPPeerConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x0e\n" +
@@ -4440,7 +4879,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\xb7\a\n" +
+	"\x06DELETE\x10\x04\"\xf8\a\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -4467,7 +4906,8 @@ const file_types_proto_rawDesc = "" +
 	"\bcounters\x18\x13 \x01(\v2\x15.types.CountersStatusR\bcounters\x12\x1a\n" +
 	"\bwarnings\x18\x14 \x03(\tR\bwarnings\x12(\n" +
 	"\x10bgp_config_error\x18\x15 \x01(\tR\x0ebgpConfigError\x122\n" +
-	"\tconn_sync\x18\x16 \x01(\v2\x15.types.ConnSyncStatusR\bconnSync\"o\n" +
+	"\tconn_sync\x18\x16 \x01(\v2\x15.types.ConnSyncStatusR\bconnSync\x12?\n" +
+	"\rserver_drains\x18\x17 \x03(\v2\x1a.types.ServerDrainProgressR\fserverDrains\"o\n" +
 	"\x0eConnSyncStatus\x12+\n" +
 	"\adaemons\x18\x01 \x03(\v2\x11.types.SyncDaemonR\adaemons\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1a\n" +
@@ -4573,12 +5013,13 @@ const file_types_proto_rawDesc = "" +
 	"\x04held\x18\x01 \x01(\bR\x04held\x12\x1c\n" +
 	"\tdeletions\x18\x02 \x01(\rR\tdeletions\x12\x14\n" +
 	"\x05owned\x18\x03 \x01(\rR\x05owned\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\xd6\x01\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\x95\x02\n" +
 	"\x0eStatusResponse\x12'\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x11.types.NodeStatusR\x05nodes\x12)\n" +
 	"\x10desired_revision\x18\x02 \x01(\x03R\x0fdesiredRevision\x124\n" +
 	"\finvalid_keys\x18\x03 \x03(\v2\x11.types.InvalidKeyR\vinvalidKeys\x12:\n" +
-	"\x0eduplicate_vips\x18\x04 \x03(\v2\x13.types.DuplicateVIPR\rduplicateVips\"<\n" +
+	"\x0eduplicate_vips\x18\x04 \x03(\v2\x13.types.DuplicateVIPR\rduplicateVips\x12=\n" +
+	"\rserver_drains\x18\x05 \x03(\v2\x18.types.ServerDrainStatusR\fserverDrains\"<\n" +
 	"\fDuplicateVIP\x12\x10\n" +
 	"\x03vip\x18\x01 \x01(\tR\x03vip\x12\x1a\n" +
 	"\bservices\x18\x02 \x03(\tR\bservices\"5\n" +
@@ -4632,7 +5073,7 @@ const file_types_proto_rawDesc = "" +
 	"TunnelType\x12\b\n" +
 	"\x04IPIP\x10\x00\x12\a\n" +
 	"\x03GUE\x10\x01\x12\a\n" +
-	"\x03GRE\x10\x022\x9b\n" +
+	"\x03GRE\x10\x022\xdf\n" +
 	"\n" +
 	"\x06Merlin\x12@\n" +
 	"\rCreateService\x12\x15.types.VirtualService\x1a\x16.google.protobuf.Empty\"\x00\x12@\n" +
@@ -4656,7 +5097,8 @@ const file_types_proto_rawDesc = "" +
 	"\n" +
 	"PutBGPPeer\x12\x18.types.PutBGPPeerRequest\x1a\x16.google.protobuf.Empty\"\x00\x12F\n" +
 	"\rDeleteBGPPeer\x12\x1b.types.DeleteBGPPeerRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n" +
-	"\x0eSetBGPSettings\x12\x12.types.BGPSettings\x1a\x16.google.protobuf.Empty\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
+	"\x0eSetBGPSettings\x12\x12.types.BGPSettings\x1a\x16.google.protobuf.Empty\"\x00\x12B\n" +
+	"\vDrainServer\x12\x19.types.DrainServerRequest\x1a\x16.google.protobuf.Empty\"\x00B%Z#github.com/merlin-ipvs/merlin/typesb\x06proto3"
 
 var (
 	file_types_proto_rawDescOnce sync.Once
@@ -4671,7 +5113,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -4679,201 +5121,216 @@ var file_types_proto_goTypes = []any{
 	(TunnelType)(0),                       // 3: types.TunnelType
 	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
 	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
-	(*BGPPeerConfig)(nil),                 // 6: types.BGPPeerConfig
-	(*BGPSettings)(nil),                   // 7: types.BGPSettings
-	(*BGPConfig)(nil),                     // 8: types.BGPConfig
-	(*PutBGPPeerRequest)(nil),             // 9: types.PutBGPPeerRequest
-	(*DeleteBGPPeerRequest)(nil),          // 10: types.DeleteBGPPeerRequest
-	(*ListPageRequest)(nil),               // 11: types.ListPageRequest
-	(*Change)(nil),                        // 12: types.Change
-	(*ApplyChangesRequest)(nil),           // 13: types.ApplyChangesRequest
-	(*ApplyChangesResponse)(nil),          // 14: types.ApplyChangesResponse
-	(*VirtualService)(nil),                // 15: types.VirtualService
-	(*PassiveHealth)(nil),                 // 16: types.PassiveHealth
-	(*Announce)(nil),                      // 17: types.Announce
-	(*RealServer)(nil),                    // 18: types.RealServer
-	(*ListResponse)(nil),                  // 19: types.ListResponse
-	(*InvalidKey)(nil),                    // 20: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 21: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 22: types.WatchRequest
-	(*WatchEvent)(nil),                    // 23: types.WatchEvent
-	(*NodeStatus)(nil),                    // 24: types.NodeStatus
-	(*ConnSyncStatus)(nil),                // 25: types.ConnSyncStatus
-	(*SyncDaemon)(nil),                    // 26: types.SyncDaemon
-	(*CountersStatus)(nil),                // 27: types.CountersStatus
-	(*PassiveFigures)(nil),                // 28: types.PassiveFigures
-	(*DrainStatus)(nil),                   // 29: types.DrainStatus
-	(*BGPPeer)(nil),                       // 30: types.BGPPeer
-	(*BFDSession)(nil),                    // 31: types.BFDSession
-	(*DrainNodeRequest)(nil),              // 32: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 33: types.SinkStatus
-	(*VIPStatus)(nil),                     // 34: types.VIPStatus
-	(*ServerHealth)(nil),                  // 35: types.ServerHealth
-	(*ObjectError)(nil),                   // 36: types.ObjectError
-	(*DeletionGuard)(nil),                 // 37: types.DeletionGuard
-	(*StatusResponse)(nil),                // 38: types.StatusResponse
-	(*DuplicateVIP)(nil),                  // 39: types.DuplicateVIP
-	(*ConfirmDeletionsRequest)(nil),       // 40: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 41: types.Counters
-	(*ServerStats)(nil),                   // 42: types.ServerStats
-	(*ServiceStats)(nil),                  // 43: types.ServiceStats
-	(*StatsResponse)(nil),                 // 44: types.StatsResponse
-	nil,                                   // 45: types.BGPPeerConfig.NodeLabelsEntry
-	(*VirtualService_Key)(nil),            // 46: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 47: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 48: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 49: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 50: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 51: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 52: types.ListResponse.Item
-	(*durationpb.Duration)(nil),           // 53: google.protobuf.Duration
-	(*wrapperspb.BoolValue)(nil),          // 54: google.protobuf.BoolValue
-	(*wrapperspb.UInt32Value)(nil),        // 55: google.protobuf.UInt32Value
-	(*timestamppb.Timestamp)(nil),         // 56: google.protobuf.Timestamp
-	(*wrapperspb.StringValue)(nil),        // 57: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 58: google.protobuf.Empty
+	(*DrainServerRequest)(nil),            // 6: types.DrainServerRequest
+	(*ServerDrainStatus)(nil),             // 7: types.ServerDrainStatus
+	(*ServerDrainNode)(nil),               // 8: types.ServerDrainNode
+	(*ServerDrainProgress)(nil),           // 9: types.ServerDrainProgress
+	(*BGPPeerConfig)(nil),                 // 10: types.BGPPeerConfig
+	(*BGPSettings)(nil),                   // 11: types.BGPSettings
+	(*BGPConfig)(nil),                     // 12: types.BGPConfig
+	(*PutBGPPeerRequest)(nil),             // 13: types.PutBGPPeerRequest
+	(*DeleteBGPPeerRequest)(nil),          // 14: types.DeleteBGPPeerRequest
+	(*ListPageRequest)(nil),               // 15: types.ListPageRequest
+	(*Change)(nil),                        // 16: types.Change
+	(*ApplyChangesRequest)(nil),           // 17: types.ApplyChangesRequest
+	(*ApplyChangesResponse)(nil),          // 18: types.ApplyChangesResponse
+	(*VirtualService)(nil),                // 19: types.VirtualService
+	(*PassiveHealth)(nil),                 // 20: types.PassiveHealth
+	(*Announce)(nil),                      // 21: types.Announce
+	(*RealServer)(nil),                    // 22: types.RealServer
+	(*ListResponse)(nil),                  // 23: types.ListResponse
+	(*InvalidKey)(nil),                    // 24: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 25: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 26: types.WatchRequest
+	(*WatchEvent)(nil),                    // 27: types.WatchEvent
+	(*NodeStatus)(nil),                    // 28: types.NodeStatus
+	(*ConnSyncStatus)(nil),                // 29: types.ConnSyncStatus
+	(*SyncDaemon)(nil),                    // 30: types.SyncDaemon
+	(*CountersStatus)(nil),                // 31: types.CountersStatus
+	(*PassiveFigures)(nil),                // 32: types.PassiveFigures
+	(*DrainStatus)(nil),                   // 33: types.DrainStatus
+	(*BGPPeer)(nil),                       // 34: types.BGPPeer
+	(*BFDSession)(nil),                    // 35: types.BFDSession
+	(*DrainNodeRequest)(nil),              // 36: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 37: types.SinkStatus
+	(*VIPStatus)(nil),                     // 38: types.VIPStatus
+	(*ServerHealth)(nil),                  // 39: types.ServerHealth
+	(*ObjectError)(nil),                   // 40: types.ObjectError
+	(*DeletionGuard)(nil),                 // 41: types.DeletionGuard
+	(*StatusResponse)(nil),                // 42: types.StatusResponse
+	(*DuplicateVIP)(nil),                  // 43: types.DuplicateVIP
+	(*ConfirmDeletionsRequest)(nil),       // 44: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 45: types.Counters
+	(*ServerStats)(nil),                   // 46: types.ServerStats
+	(*ServiceStats)(nil),                  // 47: types.ServiceStats
+	(*StatsResponse)(nil),                 // 48: types.StatsResponse
+	nil,                                   // 49: types.BGPPeerConfig.NodeLabelsEntry
+	(*VirtualService_Key)(nil),            // 50: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 51: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 52: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 53: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 54: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 55: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 56: types.ListResponse.Item
+	(*durationpb.Duration)(nil),           // 57: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),         // 58: google.protobuf.Timestamp
+	(*wrapperspb.BoolValue)(nil),          // 59: google.protobuf.BoolValue
+	(*wrapperspb.UInt32Value)(nil),        // 60: google.protobuf.UInt32Value
+	(*wrapperspb.StringValue)(nil),        // 61: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 62: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	53,  // 0: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
-	53,  // 1: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
-	53,  // 2: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
-	53,  // 3: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
-	53,  // 4: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
-	53,  // 5: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
-	53,  // 6: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
-	45,  // 7: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
-	7,   // 8: types.BGPConfig.settings:type_name -> types.BGPSettings
-	6,   // 9: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
-	6,   // 10: types.PutBGPPeerRequest.peer:type_name -> types.BGPPeerConfig
-	15,  // 11: types.Change.create_service:type_name -> types.VirtualService
-	15,  // 12: types.Change.update_service:type_name -> types.VirtualService
-	21,  // 13: types.Change.delete_service:type_name -> types.DeleteServiceRequest
-	18,  // 14: types.Change.create_server:type_name -> types.RealServer
-	18,  // 15: types.Change.update_server:type_name -> types.RealServer
-	18,  // 16: types.Change.delete_server:type_name -> types.RealServer
-	12,  // 17: types.ApplyChangesRequest.changes:type_name -> types.Change
-	46,  // 18: types.VirtualService.key:type_name -> types.VirtualService.Key
-	47,  // 19: types.VirtualService.config:type_name -> types.VirtualService.Config
-	48,  // 20: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	17,  // 21: types.VirtualService.announce:type_name -> types.Announce
-	16,  // 22: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	54,  // 23: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	53,  // 24: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	55,  // 25: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	55,  // 26: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	55,  // 27: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	54,  // 28: types.Announce.link_bandwidth:type_name -> google.protobuf.BoolValue
-	49,  // 29: types.RealServer.key:type_name -> types.RealServer.Key
-	50,  // 30: types.RealServer.config:type_name -> types.RealServer.Config
-	51,  // 31: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	52,  // 32: types.ListResponse.items:type_name -> types.ListResponse.Item
-	20,  // 33: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	5,   // 34: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	15,  // 35: types.WatchEvent.service:type_name -> types.VirtualService
-	18,  // 36: types.WatchEvent.server:type_name -> types.RealServer
-	24,  // 37: types.WatchEvent.node:type_name -> types.NodeStatus
-	56,  // 38: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	36,  // 39: types.NodeStatus.errors:type_name -> types.ObjectError
-	37,  // 40: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	56,  // 41: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	35,  // 42: types.NodeStatus.servers:type_name -> types.ServerHealth
-	33,  // 43: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	34,  // 44: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	29,  // 45: types.NodeStatus.drain:type_name -> types.DrainStatus
-	30,  // 46: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	27,  // 47: types.NodeStatus.counters:type_name -> types.CountersStatus
-	25,  // 48: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
-	26,  // 49: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
-	28,  // 50: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	53,  // 51: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	56,  // 52: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	53,  // 53: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	53,  // 54: types.DrainStatus.ramp:type_name -> google.protobuf.Duration
-	56,  // 55: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	31,  // 56: types.BGPPeer.bfd:type_name -> types.BFDSession
-	56,  // 57: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
-	56,  // 58: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	53,  // 59: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	53,  // 60: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	56,  // 61: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	53,  // 62: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	53,  // 63: types.DrainNodeRequest.ramp:type_name -> google.protobuf.Duration
-	56,  // 64: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	56,  // 65: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	56,  // 66: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	24,  // 67: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	20,  // 68: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
-	39,  // 69: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
-	49,  // 70: types.ServerStats.key:type_name -> types.RealServer.Key
-	41,  // 71: types.ServerStats.counters:type_name -> types.Counters
-	46,  // 72: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	41,  // 73: types.ServiceStats.counters:type_name -> types.Counters
-	42,  // 74: types.ServiceStats.servers:type_name -> types.ServerStats
-	43,  // 75: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,   // 76: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,   // 77: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	55,  // 78: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	55,  // 79: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	54,  // 80: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,   // 81: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	51,  // 82: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	55,  // 83: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,   // 84: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	55,  // 85: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	55,  // 86: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,   // 87: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	57,  // 88: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	53,  // 89: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	53,  // 90: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	53,  // 91: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,   // 92: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	15,  // 93: types.ListResponse.Item.service:type_name -> types.VirtualService
-	18,  // 94: types.ListResponse.Item.servers:type_name -> types.RealServer
-	15,  // 95: types.Merlin.CreateService:input_type -> types.VirtualService
-	15,  // 96: types.Merlin.UpdateService:input_type -> types.VirtualService
-	57,  // 97: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	18,  // 98: types.Merlin.CreateServer:input_type -> types.RealServer
-	18,  // 99: types.Merlin.UpdateServer:input_type -> types.RealServer
-	18,  // 100: types.Merlin.DeleteServer:input_type -> types.RealServer
-	58,  // 101: types.Merlin.List:input_type -> google.protobuf.Empty
-	57,  // 102: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	21,  // 103: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	22,  // 104: types.Merlin.Watch:input_type -> types.WatchRequest
-	58,  // 105: types.Merlin.Status:input_type -> google.protobuf.Empty
-	58,  // 106: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	40,  // 107: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	32,  // 108: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	13,  // 109: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	11,  // 110: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	58,  // 111: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
-	9,   // 112: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
-	10,  // 113: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
-	7,   // 114: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
-	58,  // 115: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	58,  // 116: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	58,  // 117: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	58,  // 118: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	58,  // 119: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	58,  // 120: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	19,  // 121: types.Merlin.List:output_type -> types.ListResponse
-	52,  // 122: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	58,  // 123: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	23,  // 124: types.Merlin.Watch:output_type -> types.WatchEvent
-	38,  // 125: types.Merlin.Status:output_type -> types.StatusResponse
-	44,  // 126: types.Merlin.Stats:output_type -> types.StatsResponse
-	58,  // 127: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	58,  // 128: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	14,  // 129: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	19,  // 130: types.Merlin.ListPage:output_type -> types.ListResponse
-	8,   // 131: types.Merlin.ListBGP:output_type -> types.BGPConfig
-	58,  // 132: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
-	58,  // 133: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
-	58,  // 134: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
-	115, // [115:135] is the sub-list for method output_type
-	95,  // [95:115] is the sub-list for method input_type
-	95,  // [95:95] is the sub-list for extension type_name
-	95,  // [95:95] is the sub-list for extension extendee
-	0,   // [0:95] is the sub-list for field type_name
+	53,  // 0: types.DrainServerRequest.server:type_name -> types.RealServer.Key
+	57,  // 1: types.DrainServerRequest.deadline:type_name -> google.protobuf.Duration
+	58,  // 2: types.ServerDrainStatus.since:type_name -> google.protobuf.Timestamp
+	58,  // 3: types.ServerDrainStatus.deadline:type_name -> google.protobuf.Timestamp
+	58,  // 4: types.ServerDrainStatus.completed_at:type_name -> google.protobuf.Timestamp
+	8,   // 5: types.ServerDrainStatus.nodes:type_name -> types.ServerDrainNode
+	58,  // 6: types.ServerDrainProgress.read_at:type_name -> google.protobuf.Timestamp
+	57,  // 7: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
+	57,  // 8: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
+	57,  // 9: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
+	57,  // 10: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
+	57,  // 11: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
+	57,  // 12: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
+	57,  // 13: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
+	49,  // 14: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
+	11,  // 15: types.BGPConfig.settings:type_name -> types.BGPSettings
+	10,  // 16: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
+	10,  // 17: types.PutBGPPeerRequest.peer:type_name -> types.BGPPeerConfig
+	19,  // 18: types.Change.create_service:type_name -> types.VirtualService
+	19,  // 19: types.Change.update_service:type_name -> types.VirtualService
+	25,  // 20: types.Change.delete_service:type_name -> types.DeleteServiceRequest
+	22,  // 21: types.Change.create_server:type_name -> types.RealServer
+	22,  // 22: types.Change.update_server:type_name -> types.RealServer
+	22,  // 23: types.Change.delete_server:type_name -> types.RealServer
+	16,  // 24: types.ApplyChangesRequest.changes:type_name -> types.Change
+	50,  // 25: types.VirtualService.key:type_name -> types.VirtualService.Key
+	51,  // 26: types.VirtualService.config:type_name -> types.VirtualService.Config
+	52,  // 27: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	21,  // 28: types.VirtualService.announce:type_name -> types.Announce
+	20,  // 29: types.VirtualService.passive_health:type_name -> types.PassiveHealth
+	59,  // 30: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	57,  // 31: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	60,  // 32: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	60,  // 33: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	60,  // 34: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	59,  // 35: types.Announce.link_bandwidth:type_name -> google.protobuf.BoolValue
+	53,  // 36: types.RealServer.key:type_name -> types.RealServer.Key
+	54,  // 37: types.RealServer.config:type_name -> types.RealServer.Config
+	55,  // 38: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	56,  // 39: types.ListResponse.items:type_name -> types.ListResponse.Item
+	24,  // 40: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	5,   // 41: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	19,  // 42: types.WatchEvent.service:type_name -> types.VirtualService
+	22,  // 43: types.WatchEvent.server:type_name -> types.RealServer
+	28,  // 44: types.WatchEvent.node:type_name -> types.NodeStatus
+	58,  // 45: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	40,  // 46: types.NodeStatus.errors:type_name -> types.ObjectError
+	41,  // 47: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	58,  // 48: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	39,  // 49: types.NodeStatus.servers:type_name -> types.ServerHealth
+	37,  // 50: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	38,  // 51: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	33,  // 52: types.NodeStatus.drain:type_name -> types.DrainStatus
+	34,  // 53: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	31,  // 54: types.NodeStatus.counters:type_name -> types.CountersStatus
+	29,  // 55: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
+	9,   // 56: types.NodeStatus.server_drains:type_name -> types.ServerDrainProgress
+	30,  // 57: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
+	32,  // 58: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	57,  // 59: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	58,  // 60: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	57,  // 61: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	57,  // 62: types.DrainStatus.ramp:type_name -> google.protobuf.Duration
+	58,  // 63: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	35,  // 64: types.BGPPeer.bfd:type_name -> types.BFDSession
+	58,  // 65: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	58,  // 66: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	57,  // 67: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	57,  // 68: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	58,  // 69: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	57,  // 70: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	57,  // 71: types.DrainNodeRequest.ramp:type_name -> google.protobuf.Duration
+	58,  // 72: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	58,  // 73: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	58,  // 74: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	28,  // 75: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	24,  // 76: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
+	43,  // 77: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
+	7,   // 78: types.StatusResponse.server_drains:type_name -> types.ServerDrainStatus
+	53,  // 79: types.ServerStats.key:type_name -> types.RealServer.Key
+	45,  // 80: types.ServerStats.counters:type_name -> types.Counters
+	50,  // 81: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	45,  // 82: types.ServiceStats.counters:type_name -> types.Counters
+	46,  // 83: types.ServiceStats.servers:type_name -> types.ServerStats
+	47,  // 84: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,   // 85: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,   // 86: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	60,  // 87: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	60,  // 88: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	59,  // 89: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	2,   // 90: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	55,  // 91: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	60,  // 92: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	2,   // 93: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	60,  // 94: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	60,  // 95: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	3,   // 96: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	61,  // 97: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	57,  // 98: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	57,  // 99: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	57,  // 100: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	4,   // 101: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	19,  // 102: types.ListResponse.Item.service:type_name -> types.VirtualService
+	22,  // 103: types.ListResponse.Item.servers:type_name -> types.RealServer
+	19,  // 104: types.Merlin.CreateService:input_type -> types.VirtualService
+	19,  // 105: types.Merlin.UpdateService:input_type -> types.VirtualService
+	61,  // 106: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	22,  // 107: types.Merlin.CreateServer:input_type -> types.RealServer
+	22,  // 108: types.Merlin.UpdateServer:input_type -> types.RealServer
+	22,  // 109: types.Merlin.DeleteServer:input_type -> types.RealServer
+	62,  // 110: types.Merlin.List:input_type -> google.protobuf.Empty
+	61,  // 111: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	25,  // 112: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	26,  // 113: types.Merlin.Watch:input_type -> types.WatchRequest
+	62,  // 114: types.Merlin.Status:input_type -> google.protobuf.Empty
+	62,  // 115: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	44,  // 116: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	36,  // 117: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	17,  // 118: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	15,  // 119: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	62,  // 120: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	13,  // 121: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	14,  // 122: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	11,  // 123: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	6,   // 124: types.Merlin.DrainServer:input_type -> types.DrainServerRequest
+	62,  // 125: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	62,  // 126: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	62,  // 127: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	62,  // 128: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	62,  // 129: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	62,  // 130: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	23,  // 131: types.Merlin.List:output_type -> types.ListResponse
+	56,  // 132: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	62,  // 133: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	27,  // 134: types.Merlin.Watch:output_type -> types.WatchEvent
+	42,  // 135: types.Merlin.Status:output_type -> types.StatusResponse
+	48,  // 136: types.Merlin.Stats:output_type -> types.StatsResponse
+	62,  // 137: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	62,  // 138: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	18,  // 139: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	23,  // 140: types.Merlin.ListPage:output_type -> types.ListResponse
+	12,  // 141: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	62,  // 142: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	62,  // 143: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	62,  // 144: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	62,  // 145: types.Merlin.DrainServer:output_type -> google.protobuf.Empty
+	125, // [125:146] is the sub-list for method output_type
+	104, // [104:125] is the sub-list for method input_type
+	104, // [104:104] is the sub-list for extension type_name
+	104, // [104:104] is the sub-list for extension extendee
+	0,   // [0:104] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -4881,7 +5338,7 @@ func file_types_proto_init() {
 	if File_types_proto != nil {
 		return
 	}
-	file_types_proto_msgTypes[6].OneofWrappers = []any{
+	file_types_proto_msgTypes[10].OneofWrappers = []any{
 		(*Change_CreateService)(nil),
 		(*Change_UpdateService)(nil),
 		(*Change_DeleteService)(nil),
@@ -4895,7 +5352,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   47,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

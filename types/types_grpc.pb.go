@@ -45,6 +45,7 @@ const (
 	Merlin_PutBGPPeer_FullMethodName              = "/types.Merlin/PutBGPPeer"
 	Merlin_DeleteBGPPeer_FullMethodName           = "/types.Merlin/DeleteBGPPeer"
 	Merlin_SetBGPSettings_FullMethodName          = "/types.Merlin/SetBGPSettings"
+	Merlin_DrainServer_FullMethodName             = "/types.Merlin/DrainServer"
 )
 
 // MerlinClient is the client API for Merlin service.
@@ -130,6 +131,12 @@ type MerlinClient interface {
 	// SetBGPSettings replaces the cluster's BGP settings (at
 	// settings.revision when set).
 	SetBGPSettings(ctx context.Context, in *BGPSettings, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// DrainServer sets a real server's weight to 0 on every node and follows
+	// its connections until every node reports none or the deadline passes;
+	// then it deletes the server if asked. Stored in etcd (it survives
+	// restarts); cancel ends it and restores the weight. Progress is in
+	// Status (server_drains).
+	DrainServer(ctx context.Context, in *DrainServerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type merlinClient struct {
@@ -349,6 +356,16 @@ func (c *merlinClient) SetBGPSettings(ctx context.Context, in *BGPSettings, opts
 	return out, nil
 }
 
+func (c *merlinClient) DrainServer(ctx context.Context, in *DrainServerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, Merlin_DrainServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MerlinServer is the server API for Merlin service.
 // All implementations must embed UnimplementedMerlinServer
 // for forward compatibility.
@@ -432,6 +449,12 @@ type MerlinServer interface {
 	// SetBGPSettings replaces the cluster's BGP settings (at
 	// settings.revision when set).
 	SetBGPSettings(context.Context, *BGPSettings) (*emptypb.Empty, error)
+	// DrainServer sets a real server's weight to 0 on every node and follows
+	// its connections until every node reports none or the deadline passes;
+	// then it deletes the server if asked. Stored in etcd (it survives
+	// restarts); cancel ends it and restores the weight. Progress is in
+	// Status (server_drains).
+	DrainServer(context.Context, *DrainServerRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedMerlinServer()
 }
 
@@ -501,6 +524,9 @@ func (UnimplementedMerlinServer) DeleteBGPPeer(context.Context, *DeleteBGPPeerRe
 }
 func (UnimplementedMerlinServer) SetBGPSettings(context.Context, *BGPSettings) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetBGPSettings not implemented")
+}
+func (UnimplementedMerlinServer) DrainServer(context.Context, *DrainServerRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainServer not implemented")
 }
 func (UnimplementedMerlinServer) mustEmbedUnimplementedMerlinServer() {}
 func (UnimplementedMerlinServer) testEmbeddedByValue()                {}
@@ -876,6 +902,24 @@ func _Merlin_SetBGPSettings_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Merlin_DrainServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MerlinServer).DrainServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Merlin_DrainServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MerlinServer).DrainServer(ctx, req.(*DrainServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Merlin_ServiceDesc is the grpc.ServiceDesc for Merlin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -958,6 +1002,10 @@ var Merlin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetBGPSettings",
 			Handler:    _Merlin_SetBGPSettings_Handler,
+		},
+		{
+			MethodName: "DrainServer",
+			Handler:    _Merlin_DrainServer_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

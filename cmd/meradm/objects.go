@@ -542,7 +542,7 @@ func serverKey(arg string) (*types.RealServer_Key, error) {
 }
 
 func serverCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "server [add|edit|del]", Short: "Modify a real server", Args: cobra.NoArgs, RunE: groupHelp}
+	cmd := &cobra.Command{Use: "server [add|edit|del|drain]", Short: "Modify a real server", Args: cobra.NoArgs, RunE: groupHelp}
 	var add, edit serverFlags
 	addCmd := &cobra.Command{
 		Use:               "add SERVICE-ID IP:PORT",
@@ -632,7 +632,7 @@ func serverCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(addCmd, editCmd, delCmd)
+	cmd.AddCommand(addCmd, editCmd, delCmd, serverDrainCmd(g))
 	return cmd
 }
 

@@ -45,6 +45,11 @@ func statusCmd(g *globals) *cobra.Command {
 func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 	fmt.Fprintf(w, "desired revision %d\n", resp.DesiredRevision)
 	defer printFindings(w, resp)
+	defer func() {
+		for _, d := range resp.GetServerDrains() {
+			fmt.Fprintln(w, "server drain: "+drainLine(d, now))
+		}
+	}()
 	if len(resp.Nodes) == 0 {
 		fmt.Fprintln(w, "no node reports status (are the merlin nodes reconciling?)")
 		return

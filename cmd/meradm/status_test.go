@@ -56,3 +56,20 @@ func TestDrainNotesRamp(t *testing.T) {
 		t.Errorf("after the ramp: %q\nwant %q", got, want)
 	}
 }
+
+// TestDrainLine: a server drain's progress as status and --wait print it.
+func TestDrainLine(t *testing.T) {
+	since := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	d := &types.ServerDrainStatus{ServiceId: "web", Server: "198.19.0.2:8080", Since: timestamppb.New(since), Deadline: timestamppb.New(since.Add(10 * time.Minute)),
+		ThenDelete: true, PreviousWeight: 5, State: "draining", Nodes: []*types.ServerDrainNode{
+			{Node: "lb1", Reported: true, Active: 3, Inactive: 1}, {Node: "lb2", Reported: true}, {Node: "lb3"}}}
+	want := "web 198.19.0.2:8080: draining for 1m0s, deadline in 9m0s, then delete: lb1 3 active 1 inactive, lb2 0, lb3 no report yet"
+	if got := drainLine(d, since.Add(time.Minute)); got != want {
+		t.Errorf("draining:\n%s\nwant\n%s", got, want)
+	}
+	d.State, d.CompletedAt, d.ThenDelete = "complete", timestamppb.New(since.Add(90*time.Second)), false
+	want = "web 198.19.0.2:8080: drained (every node reported no connection) after 1m30s (weight 0; was 5)"
+	if got := drainLine(d, since.Add(time.Hour)); got != want {
+		t.Errorf("complete:\n%s\nwant\n%s", got, want)
+	}
+}

@@ -122,6 +122,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	group.Go(func() error { srv.prober.Run(gctx); return nil })
 	group.Go(func() error { checkVIPIndex(gctx, st, log); return nil })
+	group.Go(func() error { return srv.api.RunDrainFinisher(gctx, 2*time.Second) })
 	group.Go(func() error { return serveAPI(srv.grpc, srv.capped) })
 	var hs *http.Server
 	if healthLis != nil {

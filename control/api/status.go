@@ -30,7 +30,12 @@ func (s *Server) Status(ctx context.Context, _ *emptypb.Empty) (*types.StatusRes
 	if err != nil {
 		return nil, err
 	}
-	return &types.StatusResponse{Nodes: nodes, DesiredRevision: rev, InvalidKeys: invalid, DuplicateVips: dups}, nil
+	drains, err := s.store.ServerDrains(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &types.StatusResponse{Nodes: nodes, DesiredRevision: rev, InvalidKeys: invalid, DuplicateVips: dups,
+		ServerDrains: serverDrainStatuses(drains, nodes)}, nil
 }
 
 // ConfirmDeletions records the confirmation for the nodes.

@@ -16,23 +16,24 @@ import (
 // passState is what the runner carries from one pass to the next; only
 // Run's goroutine touches it.
 type passState struct {
-	plans      map[string]*ServicePlan    // by service ID
-	checks     map[string]ServiceChecks   // by service ID, services with checks only
-	idByKey    map[ipvs.ServiceKey]string // of planned services that convert
-	initial    map[health.Check]bool      // what the monitor was last given
-	ramping    map[string]time.Time       // services in slow start → next weight change
-	failures   *failures                  // objects this node could not program
-	sinkFail   *failures                  // sinks whose last Set failed (objectID.service is the name)
-	guardRev   int64                      // revision a mass deletion is held at (0: none)
-	node       NodePlan
-	nodeIn     NodeInputs      // what node was planned with
-	lastDown   map[string]bool // services reported all down
-	ready      bool            // a pass completed with every check's first result in
-	drain      *store.Drain    // this node's, nil when not draining
-	drainState DrainState
-	drainEnds  time.Time // when a drain moves on (zero: not draining, or past it)
-	stuckLook  time.Time // when the health results would be stale
-	warmLook   time.Time // when to ask the warm-up again
+	plans        map[string]*ServicePlan    // by service ID
+	checks       map[string]ServiceChecks   // by service ID, services with checks only
+	idByKey      map[ipvs.ServiceKey]string // of planned services that convert
+	initial      map[health.Check]bool      // what the monitor was last given
+	ramping      map[string]time.Time       // services in slow start → next weight change
+	failures     *failures                  // objects this node could not program
+	sinkFail     *failures                  // sinks whose last Set failed (objectID.service is the name)
+	guardRev     int64                      // revision a mass deletion is held at (0: none)
+	node         NodePlan
+	nodeIn       NodeInputs      // what node was planned with
+	lastDown     map[string]bool // services reported all down
+	ready        bool            // a pass completed with every check's first result in
+	drain        *store.Drain    // this node's, nil when not draining
+	drainState   DrainState
+	serverDrains map[string]store.ServerDrain // as the sinks were last given
+	drainEnds    time.Time                    // when a drain moves on (zero: not draining, or past it)
+	stuckLook    time.Time                    // when the health results would be stale
+	warmLook     time.Time                    // when to ask the warm-up again
 
 	driftKeys                           []ipvs.ServiceKey // found by a background read; diffed next pass
 	healthDirty, checksDirty, nodeDirty bool

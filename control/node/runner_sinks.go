@@ -32,13 +32,14 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 		in.LinkBandwidth != r.pass.nodeIn.LinkBandwidth || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
 		r.pass.nodeDirty = true
 	}
-	changed := r.pass.nodeDirty
-	if changed {
+	changed := r.pass.nodeDirty || !maps.Equal(desired.ServerDrains, r.pass.serverDrains)
+	r.pass.serverDrains = desired.ServerDrains
+	if r.pass.nodeDirty {
 		r.pass.node, r.pass.nodeIn = PlanNode(r.pass.plans, in), in
 		r.pass.nodeDirty = false
 		r.reportNode()
 	}
-	plan := &Plan{Revision: desired.Revision, Services: r.pass.plans, Node: r.pass.node}
+	plan := &Plan{Revision: desired.Revision, Services: r.pass.plans, Node: r.pass.node, ServerDrains: desired.ServerDrains}
 	for _, s := range r.sinks {
 		id := objectID{service: s.Name()}
 		_, failing := r.pass.sinkFail.byID[id]

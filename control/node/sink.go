@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -16,6 +17,8 @@ type Plan struct {
 	Revision int64
 	Services map[string]*ServicePlan
 	Node     NodePlan
+	// ServerDrains: the real servers being drained (shared; never modified).
+	ServerDrains map[string]store.ServerDrain
 }
 
 // A Sink programs one part of the dataplane from the whole plan. Set is

@@ -17,6 +17,7 @@ import (
 //	PREFIX/revision               empty; its mod revision is the last change's
 //	PREFIX/confirm-deletions      the revision up to which mass deletions may apply
 //	PREFIX/drain/NODE             a node's drain (JSON)
+//	PREFIX/server-drains/ID/IP:PORT  a real server's drain (JSON)
 //	PREFIX/bgp/settings           the cluster's BGP settings (BGPSettings)
 //	PREFIX/bgp/peers/NAME         a cluster BGP peer (BGPPeerConfig, with its password)
 //	PREFIX/nodes/NODE             a node's status (protobuf), under its lease

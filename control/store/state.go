@@ -40,6 +40,9 @@ type State struct {
 	// Drains: nodes whose BGP announcements are drained, by node name.
 	// Replaced whole on a change, so it may be shared.
 	Drains map[string]Drain
+	// ServerDrains: real servers being drained, by "ID/IP:PORT". Replaced
+	// whole on a change, so it may be shared.
+	ServerDrains map[string]ServerDrain
 	// BGP: the cluster's BGP settings and peers (passwords included).
 	// Replaced whole on a change, so it may be shared; never nil once listed.
 	BGP *BGPConfig
@@ -74,6 +77,7 @@ func (s *State) Clone() *State {
 		keys:               s.keys,
 		ConfirmedDeletions: s.ConfirmedDeletions,
 		Drains:             s.Drains,
+		ServerDrains:       s.ServerDrains,
 		BGP:                s.BGP,
 		rawServices:        maps.Clone(s.rawServices),
 		rawServers:         make(map[string]map[string]rawValue, len(s.rawServers)),
@@ -94,6 +98,10 @@ func (s *State) put(key string, value []byte, modRevision int64) bool {
 	}
 	if node, ok := s.drainOf(key); ok {
 		s.setDrain(node, value)
+		return true
+	}
+	if id, ok := s.serverDrainOf(key); ok {
+		s.setServerDrain(id, value, modRevision)
 		return true
 	}
 	if s.isBGPKey(key) {
@@ -137,8 +145,9 @@ type Update struct {
 	Services           map[string]*ServiceState
 	Invalid            map[string]string // always complete
 	ConfirmedDeletions int64
-	Drains             map[string]Drain // always complete; shared
-	BGP                *BGPConfig       // always complete; shared
+	Drains             map[string]Drain       // always complete; shared
+	ServerDrains       map[string]ServerDrain // always complete; shared
+	BGP                *BGPConfig             // always complete; shared
 	// Received is when the watcher got the change from etcd (for
 	// merlin_change_apply_seconds); zero when unknown.
 	Received time.Time
@@ -150,7 +159,7 @@ func (s *State) update(full bool) *Update {
 	if full {
 		return s.FullUpdate()
 	}
-	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, BGP: s.BGP,
+	u := &Update{Revision: s.Revision, Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, ServerDrains: s.ServerDrains, BGP: s.BGP,
 		Services: make(map[string]*ServiceState, len(s.touched))}
 	for id := range s.touched {
 		u.Services[id] = s.Services[id]
@@ -161,18 +170,18 @@ func (s *State) update(full bool) *Update {
 // snapshot is what consumers compare: the decoded services (shared,
 // immutable) without the raw values.
 func (s *State) snapshot() *State {
-	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, BGP: s.BGP, keys: s.keys}
+	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, ServerDrains: s.ServerDrains, BGP: s.BGP, keys: s.keys}
 }
 
 // FullUpdate is an Update carrying all of s.
 func (s *State) FullUpdate() *Update {
-	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, BGP: s.BGP}
+	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, ServerDrains: s.ServerDrains, BGP: s.BGP}
 }
 
 // Apply brings s (a zero State to start) up to date with u; it reports
 // the service IDs u changed (nil: all of them, for a full update).
 func (s *State) Apply(u *Update) map[string]bool {
-	s.Revision, s.Invalid, s.ConfirmedDeletions, s.Drains, s.BGP = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains, u.BGP
+	s.Revision, s.Invalid, s.ConfirmedDeletions, s.Drains, s.ServerDrains, s.BGP = u.Revision, u.Invalid, u.ConfirmedDeletions, u.Drains, u.ServerDrains, u.BGP
 	if u.Full {
 		s.Services = maps.Clone(u.Services)
 		return nil
@@ -231,6 +240,10 @@ func (s *State) delete(key string) bool {
 	}
 	if node, ok := s.drainOf(key); ok {
 		s.setDrain(node, nil)
+		return true
+	}
+	if id, ok := s.serverDrainOf(key); ok {
+		s.setServerDrain(id, nil, 0)
 		return true
 	}
 	if s.isBGPKey(key) {

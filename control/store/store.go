@@ -310,6 +310,9 @@ func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
 	if err := s.listDrains(ctx, st, rev); err != nil {
 		return nil, err
 	}
+	if err := s.listServerDrains(ctx, st, rev); err != nil {
+		return nil, err
+	}
 	if err := s.listBGP(ctx, st, rev); err != nil {
 		return nil, err
 	}

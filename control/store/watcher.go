@@ -217,7 +217,7 @@ func (w *Watcher) differs(ctx context.Context, snapshot *State, rev int64) bool 
 // sameDesired compares two states service by service, yielding now and
 // then: it runs in the background beside the watch and the agent.
 func sameDesired(a, b *State) bool {
-	if len(a.Services) != len(b.Services) || a.ConfirmedDeletions != b.ConfirmedDeletions || !maps.Equal(a.Invalid, b.Invalid) || !maps.Equal(a.Drains, b.Drains) || !a.BGP.Equal(b.BGP) {
+	if len(a.Services) != len(b.Services) || a.ConfirmedDeletions != b.ConfirmedDeletions || !maps.Equal(a.Invalid, b.Invalid) || !maps.Equal(a.Drains, b.Drains) || !maps.Equal(a.ServerDrains, b.ServerDrains) || !a.BGP.Equal(b.BGP) {
 		return false
 	}
 	n := 0
