@@ -106,6 +106,13 @@ var apiCalls = []apiCall{
 		}
 		return nil
 	}},
+	{"DrainServer", func(ctx context.Context, c types.MerlinClient, raw []byte) error {
+		if m, ok := decoded(raw, &types.DrainServerRequest{}); ok {
+			_, err := c.DrainServer(ctx, m)
+			return err
+		}
+		return nil
+	}},
 	{"ApplyChanges", func(ctx context.Context, c types.MerlinClient, raw []byte) error {
 		if m, ok := decoded(raw, &types.ApplyChangesRequest{}); ok {
 			_, err := c.ApplyChanges(ctx, m)
@@ -167,6 +174,8 @@ func FuzzAPI(f *testing.F) {
 	f.Add(append(op("UpdateServer", server("web", "::ffff:198.19.0.2", 80, 0)), op("DeleteServer", server("web", "198.19.0.2", 80, 0))...))
 	f.Add(append(op("Watch", &types.WatchRequest{FromRevision: 1 << 50}), op("ConfirmDeletions", &types.ConfirmDeletionsRequest{Revision: 9})...))
 	f.Add(op("DrainNode", &types.DrainNodeRequest{Node: "n1"}))
+	f.Add(append(append(op("CreateService", svc), op("CreateServer", server("web", "198.19.0.2", 80, 3))...),
+		op("DrainServer", &types.DrainServerRequest{ServiceId: "web", Server: &types.RealServer_Key{Ip: "198.19.0.2", Port: 80}, ThenDelete: true})...))
 	f.Add(append(op("CreateService", svc), op("ApplyChanges", &types.ApplyChangesRequest{Changes: []*types.Change{
 		{Change: &types.Change_UpdateService{UpdateService: &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.11", Port: 80, Protocol: types.Protocol_TCP}}}},
 		{Change: &types.Change_CreateService{CreateService: tcpService("other", "198.18.0.10", 80)}},
