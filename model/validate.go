@@ -150,6 +150,9 @@ func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
 	if s.Announce, err = normalizeAnnounce(s.Announce); err != nil {
 		return nil, err
 	}
+	if s.HealthyThreshold, err = normalizeThreshold(s.HealthyThreshold, s.GetKey().GetFwmark() != 0); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -294,6 +297,9 @@ func NormalizeServer(in *types.RealServer, svc *types.VirtualService) (*types.Re
 	fwmark := svc.GetKey().GetFwmark() != 0
 	if err := ValidatePort("key.port", s.Key.Port, fwmark); err != nil {
 		return nil, err
+	}
+	if IsSorryServer(svc, s.Key) {
+		return nil, FieldErrorf("key", "%s is the service's sorry server (healthy_threshold.sorry_servers): it cannot be a member too", ServerKeyString(s.Key))
 	}
 	if s.Config == nil {
 		s.Config = &types.RealServer_Config{}

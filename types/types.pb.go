@@ -130,6 +130,60 @@ func (AddressFamily) EnumDescriptor() ([]byte, []int) {
 	return file_types_proto_rawDescGZIP(), []int{1}
 }
 
+type BelowThresholdAction int32
+
+const (
+	// KEEP_SERVING: the servers left take everything (status and metrics
+	// say the service is below).
+	BelowThresholdAction_KEEP_SERVING BelowThresholdAction = 0
+	// WITHDRAW: this node stops announcing the VIP by BGP (unless another
+	// service on it is served).
+	BelowThresholdAction_WITHDRAW BelowThresholdAction = 1
+	// SORRY: new connections go to the sorry servers.
+	BelowThresholdAction_SORRY BelowThresholdAction = 2
+)
+
+// Enum value maps for BelowThresholdAction.
+var (
+	BelowThresholdAction_name = map[int32]string{
+		0: "KEEP_SERVING",
+		1: "WITHDRAW",
+		2: "SORRY",
+	}
+	BelowThresholdAction_value = map[string]int32{
+		"KEEP_SERVING": 0,
+		"WITHDRAW":     1,
+		"SORRY":        2,
+	}
+)
+
+func (x BelowThresholdAction) Enum() *BelowThresholdAction {
+	p := new(BelowThresholdAction)
+	*p = x
+	return p
+}
+
+func (x BelowThresholdAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BelowThresholdAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_types_proto_enumTypes[2].Descriptor()
+}
+
+func (BelowThresholdAction) Type() protoreflect.EnumType {
+	return &file_types_proto_enumTypes[2]
+}
+
+func (x BelowThresholdAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BelowThresholdAction.Descriptor instead.
+func (BelowThresholdAction) EnumDescriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{2}
+}
+
 // ForwardMethod to forward packets to real servers.
 type ForwardMethod int32
 
@@ -167,11 +221,11 @@ func (x ForwardMethod) String() string {
 }
 
 func (ForwardMethod) Descriptor() protoreflect.EnumDescriptor {
-	return file_types_proto_enumTypes[2].Descriptor()
+	return file_types_proto_enumTypes[3].Descriptor()
 }
 
 func (ForwardMethod) Type() protoreflect.EnumType {
-	return &file_types_proto_enumTypes[2]
+	return &file_types_proto_enumTypes[3]
 }
 
 func (x ForwardMethod) Number() protoreflect.EnumNumber {
@@ -180,7 +234,7 @@ func (x ForwardMethod) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ForwardMethod.Descriptor instead.
 func (ForwardMethod) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{2}
+	return file_types_proto_rawDescGZIP(), []int{3}
 }
 
 type TunnelType int32
@@ -216,11 +270,11 @@ func (x TunnelType) String() string {
 }
 
 func (TunnelType) Descriptor() protoreflect.EnumDescriptor {
-	return file_types_proto_enumTypes[3].Descriptor()
+	return file_types_proto_enumTypes[4].Descriptor()
 }
 
 func (TunnelType) Type() protoreflect.EnumType {
-	return &file_types_proto_enumTypes[3]
+	return &file_types_proto_enumTypes[4]
 }
 
 func (x TunnelType) Number() protoreflect.EnumNumber {
@@ -229,7 +283,7 @@ func (x TunnelType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TunnelType.Descriptor instead.
 func (TunnelType) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{3}
+	return file_types_proto_rawDescGZIP(), []int{4}
 }
 
 // Startup: the state a newly checked server starts in on a node.
@@ -266,11 +320,11 @@ func (x RealServer_Startup) String() string {
 }
 
 func (RealServer_Startup) Descriptor() protoreflect.EnumDescriptor {
-	return file_types_proto_enumTypes[4].Descriptor()
+	return file_types_proto_enumTypes[5].Descriptor()
 }
 
 func (RealServer_Startup) Type() protoreflect.EnumType {
-	return &file_types_proto_enumTypes[4]
+	return &file_types_proto_enumTypes[5]
 }
 
 func (x RealServer_Startup) Number() protoreflect.EnumNumber {
@@ -279,7 +333,7 @@ func (x RealServer_Startup) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RealServer_Startup.Descriptor instead.
 func (RealServer_Startup) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16, 0}
+	return file_types_proto_rawDescGZIP(), []int{17, 0}
 }
 
 type WatchEvent_Type int32
@@ -323,11 +377,11 @@ func (x WatchEvent_Type) String() string {
 }
 
 func (WatchEvent_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_types_proto_enumTypes[5].Descriptor()
+	return file_types_proto_enumTypes[6].Descriptor()
 }
 
 func (WatchEvent_Type) Type() protoreflect.EnumType {
-	return &file_types_proto_enumTypes[5]
+	return &file_types_proto_enumTypes[6]
 }
 
 func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
@@ -336,7 +390,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21, 0}
+	return file_types_proto_rawDescGZIP(), []int{22, 0}
 }
 
 type DrainServerRequest struct {
@@ -1529,8 +1583,11 @@ type VirtualService struct {
 	Announce *Announce `protobuf:"bytes,6,opt,name=announce,proto3" json:"announce,omitempty"`
 	// passive_health: judge NAT servers by the connections they answer (merlin).
 	PassiveHealth *PassiveHealth `protobuf:"bytes,7,opt,name=passive_health,json=passiveHealth,proto3" json:"passive_health,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// healthy_threshold: what a node does when too few of the service's
+	// servers are healthy on it (merlin).
+	HealthyThreshold *HealthyThreshold `protobuf:"bytes,8,opt,name=healthy_threshold,json=healthyThreshold,proto3" json:"healthy_threshold,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *VirtualService) Reset() {
@@ -1612,6 +1669,109 @@ func (x *VirtualService) GetPassiveHealth() *PassiveHealth {
 	return nil
 }
 
+func (x *VirtualService) GetHealthyThreshold() *HealthyThreshold {
+	if x != nil {
+		return x.HealthyThreshold
+	}
+	return nil
+}
+
+// HealthyThreshold: the service needs at least min_servers, and at least
+// min_percent of its servers (those with a configured weight above 0),
+// healthy on a node; below that, action applies on that node. Going below
+// or back above waits until hold_down has passed since the last change,
+// so a flapping set changes the service at most once per hold_down.
+type HealthyThreshold struct {
+	state      protoimpl.MessageState  `protogen:"open.v1"`
+	MinServers *wrapperspb.UInt32Value `protobuf:"bytes,1,opt,name=min_servers,json=minServers,proto3" json:"min_servers,omitempty"`
+	// min_percent: 1 to 100 (rounded up: 50 % of 5 servers is 3).
+	MinPercent *wrapperspb.UInt32Value `protobuf:"bytes,2,opt,name=min_percent,json=minPercent,proto3" json:"min_percent,omitempty"`
+	// hold_down: default 10s; 0 to 1h.
+	HoldDown *durationpb.Duration `protobuf:"bytes,3,opt,name=hold_down,json=holdDown,proto3" json:"hold_down,omitempty"`
+	Action   BelowThresholdAction `protobuf:"varint,4,opt,name=action,proto3,enum=types.BelowThresholdAction" json:"action,omitempty"`
+	// sorry_servers: with action SORRY, the servers that take every new
+	// connection while below (weight 1 each; the real servers go to 0,
+	// their connections continue). Never a server of the service.
+	SorryServers []*RealServer_Key `protobuf:"bytes,5,rep,name=sorry_servers,json=sorryServers,proto3" json:"sorry_servers,omitempty"`
+	// sorry_forward: how packets reach the sorry servers (unset: the
+	// service's default forward method, else direct routing).
+	SorryForward  ForwardMethod `protobuf:"varint,6,opt,name=sorry_forward,json=sorryForward,proto3,enum=types.ForwardMethod" json:"sorry_forward,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthyThreshold) Reset() {
+	*x = HealthyThreshold{}
+	mi := &file_types_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthyThreshold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthyThreshold) ProtoMessage() {}
+
+func (x *HealthyThreshold) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthyThreshold.ProtoReflect.Descriptor instead.
+func (*HealthyThreshold) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HealthyThreshold) GetMinServers() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.MinServers
+	}
+	return nil
+}
+
+func (x *HealthyThreshold) GetMinPercent() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.MinPercent
+	}
+	return nil
+}
+
+func (x *HealthyThreshold) GetHoldDown() *durationpb.Duration {
+	if x != nil {
+		return x.HoldDown
+	}
+	return nil
+}
+
+func (x *HealthyThreshold) GetAction() BelowThresholdAction {
+	if x != nil {
+		return x.Action
+	}
+	return BelowThresholdAction_KEEP_SERVING
+}
+
+func (x *HealthyThreshold) GetSorryServers() []*RealServer_Key {
+	if x != nil {
+		return x.SorryServers
+	}
+	return nil
+}
+
+func (x *HealthyThreshold) GetSorryForward() ForwardMethod {
+	if x != nil {
+		return x.SorryForward
+	}
+	return ForwardMethod_UNSET_FORWARD_METHOD
+}
+
 // PassiveHealth judges a service's NAT servers by the connection attempts
 // a node forwards to them, seen by its eBPF counters: a server whose
 // attempts in the window go unanswered (no SYN-ACK) or refused (RST) beyond
@@ -1635,7 +1795,7 @@ type PassiveHealth struct {
 
 func (x *PassiveHealth) Reset() {
 	*x = PassiveHealth{}
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1807,7 @@ func (x *PassiveHealth) String() string {
 func (*PassiveHealth) ProtoMessage() {}
 
 func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[14]
+	mi := &file_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1820,7 @@ func (x *PassiveHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveHealth.ProtoReflect.Descriptor instead.
 func (*PassiveHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{14}
+	return file_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PassiveHealth) GetEnabled() *wrapperspb.BoolValue {
@@ -1717,7 +1877,7 @@ type Announce struct {
 
 func (x *Announce) Reset() {
 	*x = Announce{}
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1889,7 @@ func (x *Announce) String() string {
 func (*Announce) ProtoMessage() {}
 
 func (x *Announce) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[15]
+	mi := &file_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1902,7 @@ func (x *Announce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Announce.ProtoReflect.Descriptor instead.
 func (*Announce) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{15}
+	return file_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Announce) GetAlways() bool {
@@ -1799,7 +1959,7 @@ type RealServer struct {
 
 func (x *RealServer) Reset() {
 	*x = RealServer{}
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +1971,7 @@ func (x *RealServer) String() string {
 func (*RealServer) ProtoMessage() {}
 
 func (x *RealServer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[16]
+	mi := &file_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +1984,7 @@ func (x *RealServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer.ProtoReflect.Descriptor instead.
 func (*RealServer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16}
+	return file_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RealServer) GetServiceID() string {
@@ -1878,7 +2038,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2050,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[17]
+	mi := &file_types_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2063,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17}
+	return file_types_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListResponse) GetItems() []*ListResponse_Item {
@@ -1944,7 +2104,7 @@ type InvalidKey struct {
 
 func (x *InvalidKey) Reset() {
 	*x = InvalidKey{}
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2116,7 @@ func (x *InvalidKey) String() string {
 func (*InvalidKey) ProtoMessage() {}
 
 func (x *InvalidKey) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[18]
+	mi := &file_types_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2129,7 @@ func (x *InvalidKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidKey.ProtoReflect.Descriptor instead.
 func (*InvalidKey) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{18}
+	return file_types_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InvalidKey) GetKey() string {
@@ -1997,7 +2157,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2169,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[19]
+	mi := &file_types_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2182,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{19}
+	return file_types_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteServiceRequest) GetId() string {
@@ -2050,7 +2210,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2222,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[20]
+	mi := &file_types_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2235,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{20}
+	return file_types_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -2101,7 +2261,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2273,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[21]
+	mi := &file_types_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2286,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{21}
+	return file_types_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -2209,14 +2369,16 @@ type NodeStatus struct {
 	// is off on the node).
 	ConnSync *ConnSyncStatus `protobuf:"bytes,22,opt,name=conn_sync,json=connSync,proto3" json:"conn_sync,omitempty"`
 	// server_drains: this node's connections to each server being drained.
-	ServerDrains  []*ServerDrainProgress `protobuf:"bytes,23,rep,name=server_drains,json=serverDrains,proto3" json:"server_drains,omitempty"`
+	ServerDrains []*ServerDrainProgress `protobuf:"bytes,23,rep,name=server_drains,json=serverDrains,proto3" json:"server_drains,omitempty"`
+	// services_below: services below their healthy threshold on this node.
+	ServicesBelow []*ServiceBelowThreshold `protobuf:"bytes,24,rep,name=services_below,json=servicesBelow,proto3" json:"services_below,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2390,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[22]
+	mi := &file_types_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2403,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{22}
+	return file_types_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeStatus) GetNode() string {
@@ -2405,6 +2567,98 @@ func (x *NodeStatus) GetServerDrains() []*ServerDrainProgress {
 	return nil
 }
 
+func (x *NodeStatus) GetServicesBelow() []*ServiceBelowThreshold {
+	if x != nil {
+		return x.ServicesBelow
+	}
+	return nil
+}
+
+type ServiceBelowThreshold struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId string                 `protobuf:"bytes,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	Healthy   uint32                 `protobuf:"varint,2,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Total     uint32                 `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
+	Need      uint32                 `protobuf:"varint,4,opt,name=need,proto3" json:"need,omitempty"`
+	// action: keep_serving, withdraw or sorry.
+	Action        string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceBelowThreshold) Reset() {
+	*x = ServiceBelowThreshold{}
+	mi := &file_types_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceBelowThreshold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceBelowThreshold) ProtoMessage() {}
+
+func (x *ServiceBelowThreshold) ProtoReflect() protoreflect.Message {
+	mi := &file_types_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceBelowThreshold.ProtoReflect.Descriptor instead.
+func (*ServiceBelowThreshold) Descriptor() ([]byte, []int) {
+	return file_types_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ServiceBelowThreshold) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *ServiceBelowThreshold) GetHealthy() uint32 {
+	if x != nil {
+		return x.Healthy
+	}
+	return 0
+}
+
+func (x *ServiceBelowThreshold) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ServiceBelowThreshold) GetNeed() uint32 {
+	if x != nil {
+		return x.Need
+	}
+	return 0
+}
+
+func (x *ServiceBelowThreshold) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ServiceBelowThreshold) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
 // ConnSyncStatus is a node's IPVS connection synchronisation: a master
 // daemon sending its connections and a backup taking the other nodes'.
 type ConnSyncStatus struct {
@@ -2421,7 +2675,7 @@ type ConnSyncStatus struct {
 
 func (x *ConnSyncStatus) Reset() {
 	*x = ConnSyncStatus{}
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2687,7 @@ func (x *ConnSyncStatus) String() string {
 func (*ConnSyncStatus) ProtoMessage() {}
 
 func (x *ConnSyncStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[23]
+	mi := &file_types_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2700,7 @@ func (x *ConnSyncStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnSyncStatus.ProtoReflect.Descriptor instead.
 func (*ConnSyncStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{23}
+	return file_types_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ConnSyncStatus) GetDaemons() []*SyncDaemon {
@@ -2488,7 +2742,7 @@ type SyncDaemon struct {
 
 func (x *SyncDaemon) Reset() {
 	*x = SyncDaemon{}
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +2754,7 @@ func (x *SyncDaemon) String() string {
 func (*SyncDaemon) ProtoMessage() {}
 
 func (x *SyncDaemon) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[24]
+	mi := &file_types_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2767,7 @@ func (x *SyncDaemon) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDaemon.ProtoReflect.Descriptor instead.
 func (*SyncDaemon) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{24}
+	return file_types_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SyncDaemon) GetRole() string {
@@ -2593,7 +2847,7 @@ type CountersStatus struct {
 
 func (x *CountersStatus) Reset() {
 	*x = CountersStatus{}
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +2859,7 @@ func (x *CountersStatus) String() string {
 func (*CountersStatus) ProtoMessage() {}
 
 func (x *CountersStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[25]
+	mi := &file_types_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +2872,7 @@ func (x *CountersStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountersStatus.ProtoReflect.Descriptor instead.
 func (*CountersStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{25}
+	return file_types_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CountersStatus) GetOn() bool {
@@ -2685,7 +2939,7 @@ type PassiveFigures struct {
 
 func (x *PassiveFigures) Reset() {
 	*x = PassiveFigures{}
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2697,7 +2951,7 @@ func (x *PassiveFigures) String() string {
 func (*PassiveFigures) ProtoMessage() {}
 
 func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[26]
+	mi := &file_types_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2710,7 +2964,7 @@ func (x *PassiveFigures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassiveFigures.ProtoReflect.Descriptor instead.
 func (*PassiveFigures) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{26}
+	return file_types_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PassiveFigures) GetServiceId() string {
@@ -2777,7 +3031,7 @@ type DrainStatus struct {
 
 func (x *DrainStatus) Reset() {
 	*x = DrainStatus{}
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +3043,7 @@ func (x *DrainStatus) String() string {
 func (*DrainStatus) ProtoMessage() {}
 
 func (x *DrainStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[27]
+	mi := &file_types_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +3056,7 @@ func (x *DrainStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
 func (*DrainStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{27}
+	return file_types_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DrainStatus) GetSince() *timestamppb.Timestamp {
@@ -2882,7 +3136,7 @@ type BGPPeer struct {
 
 func (x *BGPPeer) Reset() {
 	*x = BGPPeer{}
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3148,7 @@ func (x *BGPPeer) String() string {
 func (*BGPPeer) ProtoMessage() {}
 
 func (x *BGPPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[28]
+	mi := &file_types_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3161,7 @@ func (x *BGPPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeer.ProtoReflect.Descriptor instead.
 func (*BGPPeer) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{28}
+	return file_types_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *BGPPeer) GetAddress() string {
@@ -3018,7 +3272,7 @@ type BFDSession struct {
 
 func (x *BFDSession) Reset() {
 	*x = BFDSession{}
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3030,7 +3284,7 @@ func (x *BFDSession) String() string {
 func (*BFDSession) ProtoMessage() {}
 
 func (x *BFDSession) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[29]
+	mi := &file_types_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3043,7 +3297,7 @@ func (x *BFDSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BFDSession.ProtoReflect.Descriptor instead.
 func (*BFDSession) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{29}
+	return file_types_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *BFDSession) GetState() string {
@@ -3120,7 +3374,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3386,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[30]
+	mi := &file_types_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3399,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{30}
+	return file_types_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -3189,7 +3443,7 @@ type SinkStatus struct {
 
 func (x *SinkStatus) Reset() {
 	*x = SinkStatus{}
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3201,7 +3455,7 @@ func (x *SinkStatus) String() string {
 func (*SinkStatus) ProtoMessage() {}
 
 func (x *SinkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[31]
+	mi := &file_types_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3214,7 +3468,7 @@ func (x *SinkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SinkStatus.ProtoReflect.Descriptor instead.
 func (*SinkStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{31}
+	return file_types_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SinkStatus) GetName() string {
@@ -3262,7 +3516,7 @@ type VIPStatus struct {
 
 func (x *VIPStatus) Reset() {
 	*x = VIPStatus{}
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3274,7 +3528,7 @@ func (x *VIPStatus) String() string {
 func (*VIPStatus) ProtoMessage() {}
 
 func (x *VIPStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[32]
+	mi := &file_types_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3287,7 +3541,7 @@ func (x *VIPStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatus.ProtoReflect.Descriptor instead.
 func (*VIPStatus) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{32}
+	return file_types_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VIPStatus) GetAddress() string {
@@ -3339,7 +3593,7 @@ type ServerHealth struct {
 
 func (x *ServerHealth) Reset() {
 	*x = ServerHealth{}
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3351,7 +3605,7 @@ func (x *ServerHealth) String() string {
 func (*ServerHealth) ProtoMessage() {}
 
 func (x *ServerHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[33]
+	mi := &file_types_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3364,7 +3618,7 @@ func (x *ServerHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
 func (*ServerHealth) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{33}
+	return file_types_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ServerHealth) GetServiceId() string {
@@ -3424,7 +3678,7 @@ type ObjectError struct {
 
 func (x *ObjectError) Reset() {
 	*x = ObjectError{}
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3436,7 +3690,7 @@ func (x *ObjectError) String() string {
 func (*ObjectError) ProtoMessage() {}
 
 func (x *ObjectError) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[34]
+	mi := &file_types_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3449,7 +3703,7 @@ func (x *ObjectError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectError.ProtoReflect.Descriptor instead.
 func (*ObjectError) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{34}
+	return file_types_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ObjectError) GetServiceId() string {
@@ -3501,7 +3755,7 @@ type DeletionGuard struct {
 
 func (x *DeletionGuard) Reset() {
 	*x = DeletionGuard{}
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3513,7 +3767,7 @@ func (x *DeletionGuard) String() string {
 func (*DeletionGuard) ProtoMessage() {}
 
 func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[35]
+	mi := &file_types_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3526,7 +3780,7 @@ func (x *DeletionGuard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletionGuard.ProtoReflect.Descriptor instead.
 func (*DeletionGuard) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{35}
+	return file_types_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeletionGuard) GetHeld() bool {
@@ -3576,7 +3830,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3588,7 +3842,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[36]
+	mi := &file_types_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3601,7 +3855,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{36}
+	return file_types_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -3650,7 +3904,7 @@ type DuplicateVIP struct {
 
 func (x *DuplicateVIP) Reset() {
 	*x = DuplicateVIP{}
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +3916,7 @@ func (x *DuplicateVIP) String() string {
 func (*DuplicateVIP) ProtoMessage() {}
 
 func (x *DuplicateVIP) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[37]
+	mi := &file_types_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +3929,7 @@ func (x *DuplicateVIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DuplicateVIP.ProtoReflect.Descriptor instead.
 func (*DuplicateVIP) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{37}
+	return file_types_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DuplicateVIP) GetVip() string {
@@ -3701,7 +3955,7 @@ type ConfirmDeletionsRequest struct {
 
 func (x *ConfirmDeletionsRequest) Reset() {
 	*x = ConfirmDeletionsRequest{}
-	mi := &file_types_proto_msgTypes[38]
+	mi := &file_types_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3713,7 +3967,7 @@ func (x *ConfirmDeletionsRequest) String() string {
 func (*ConfirmDeletionsRequest) ProtoMessage() {}
 
 func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[38]
+	mi := &file_types_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3726,7 +3980,7 @@ func (x *ConfirmDeletionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmDeletionsRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmDeletionsRequest) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{38}
+	return file_types_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ConfirmDeletionsRequest) GetRevision() int64 {
@@ -3754,7 +4008,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_types_proto_msgTypes[39]
+	mi := &file_types_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3766,7 +4020,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[39]
+	mi := &file_types_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3779,7 +4033,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{39}
+	return file_types_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Counters) GetConnections() uint64 {
@@ -3865,7 +4119,7 @@ type ServerStats struct {
 
 func (x *ServerStats) Reset() {
 	*x = ServerStats{}
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3877,7 +4131,7 @@ func (x *ServerStats) String() string {
 func (*ServerStats) ProtoMessage() {}
 
 func (x *ServerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[40]
+	mi := &file_types_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3890,7 +4144,7 @@ func (x *ServerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStats.ProtoReflect.Descriptor instead.
 func (*ServerStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{40}
+	return file_types_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ServerStats) GetKey() *RealServer_Key {
@@ -3940,7 +4194,7 @@ type ServiceStats struct {
 
 func (x *ServiceStats) Reset() {
 	*x = ServiceStats{}
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3952,7 +4206,7 @@ func (x *ServiceStats) String() string {
 func (*ServiceStats) ProtoMessage() {}
 
 func (x *ServiceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[41]
+	mi := &file_types_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3965,7 +4219,7 @@ func (x *ServiceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStats.ProtoReflect.Descriptor instead.
 func (*ServiceStats) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{41}
+	return file_types_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ServiceStats) GetServiceId() string {
@@ -4006,7 +4260,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4018,7 +4272,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[42]
+	mi := &file_types_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4031,7 +4285,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{42}
+	return file_types_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StatsResponse) GetNode() string {
@@ -4064,7 +4318,7 @@ type VirtualService_Key struct {
 
 func (x *VirtualService_Key) Reset() {
 	*x = VirtualService_Key{}
-	mi := &file_types_proto_msgTypes[44]
+	mi := &file_types_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4076,7 +4330,7 @@ func (x *VirtualService_Key) String() string {
 func (*VirtualService_Key) ProtoMessage() {}
 
 func (x *VirtualService_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[44]
+	mi := &file_types_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4147,7 +4401,7 @@ type VirtualService_Config struct {
 
 func (x *VirtualService_Config) Reset() {
 	*x = VirtualService_Config{}
-	mi := &file_types_proto_msgTypes[45]
+	mi := &file_types_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4159,7 +4413,7 @@ func (x *VirtualService_Config) String() string {
 func (*VirtualService_Config) ProtoMessage() {}
 
 func (x *VirtualService_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[45]
+	mi := &file_types_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4228,7 +4482,7 @@ type VirtualService_ServerDefaults struct {
 
 func (x *VirtualService_ServerDefaults) Reset() {
 	*x = VirtualService_ServerDefaults{}
-	mi := &file_types_proto_msgTypes[46]
+	mi := &file_types_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4240,7 +4494,7 @@ func (x *VirtualService_ServerDefaults) String() string {
 func (*VirtualService_ServerDefaults) ProtoMessage() {}
 
 func (x *VirtualService_ServerDefaults) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[46]
+	mi := &file_types_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4280,7 +4534,7 @@ type RealServer_Key struct {
 
 func (x *RealServer_Key) Reset() {
 	*x = RealServer_Key{}
-	mi := &file_types_proto_msgTypes[47]
+	mi := &file_types_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4292,7 +4546,7 @@ func (x *RealServer_Key) String() string {
 func (*RealServer_Key) ProtoMessage() {}
 
 func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[47]
+	mi := &file_types_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4305,7 +4559,7 @@ func (x *RealServer_Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Key.ProtoReflect.Descriptor instead.
 func (*RealServer_Key) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16, 0}
+	return file_types_proto_rawDescGZIP(), []int{17, 0}
 }
 
 func (x *RealServer_Key) GetIp() string {
@@ -4340,7 +4594,7 @@ type RealServer_Config struct {
 
 func (x *RealServer_Config) Reset() {
 	*x = RealServer_Config{}
-	mi := &file_types_proto_msgTypes[48]
+	mi := &file_types_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4352,7 +4606,7 @@ func (x *RealServer_Config) String() string {
 func (*RealServer_Config) ProtoMessage() {}
 
 func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[48]
+	mi := &file_types_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4365,7 +4619,7 @@ func (x *RealServer_Config) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_Config.ProtoReflect.Descriptor instead.
 func (*RealServer_Config) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16, 1}
+	return file_types_proto_rawDescGZIP(), []int{17, 1}
 }
 
 func (x *RealServer_Config) GetWeight() *wrapperspb.UInt32Value {
@@ -4455,7 +4709,7 @@ type RealServer_HealthCheck struct {
 
 func (x *RealServer_HealthCheck) Reset() {
 	*x = RealServer_HealthCheck{}
-	mi := &file_types_proto_msgTypes[49]
+	mi := &file_types_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4467,7 +4721,7 @@ func (x *RealServer_HealthCheck) String() string {
 func (*RealServer_HealthCheck) ProtoMessage() {}
 
 func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[49]
+	mi := &file_types_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4480,7 +4734,7 @@ func (x *RealServer_HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RealServer_HealthCheck.ProtoReflect.Descriptor instead.
 func (*RealServer_HealthCheck) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{16, 2}
+	return file_types_proto_rawDescGZIP(), []int{17, 2}
 }
 
 func (x *RealServer_HealthCheck) GetEndpoint() *wrapperspb.StringValue {
@@ -4612,7 +4866,7 @@ type ListResponse_Item struct {
 
 func (x *ListResponse_Item) Reset() {
 	*x = ListResponse_Item{}
-	mi := &file_types_proto_msgTypes[50]
+	mi := &file_types_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4624,7 +4878,7 @@ func (x *ListResponse_Item) String() string {
 func (*ListResponse_Item) ProtoMessage() {}
 
 func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_types_proto_msgTypes[50]
+	mi := &file_types_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4637,7 +4891,7 @@ func (x *ListResponse_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse_Item.ProtoReflect.Descriptor instead.
 func (*ListResponse_Item) Descriptor() ([]byte, []int) {
-	return file_types_proto_rawDescGZIP(), []int{17, 0}
+	return file_types_proto_rawDescGZIP(), []int{18, 0}
 }
 
 func (x *ListResponse_Item) GetService() *VirtualService {
@@ -4764,7 +5018,7 @@ const file_types_proto_rawDesc = "" +
 	"\x13ApplyChangesRequest\x12'\n" +
 	"\achanges\x18\x01 \x03(\v2\r.types.ChangeR\achanges\"2\n" +
 	"\x14ApplyChangesResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb6\a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xfc\a\n" +
 	"\x0eVirtualService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x03key\x18\x02 \x01(\v2\x19.types.VirtualService.KeyR\x03key\x124\n" +
@@ -4772,7 +5026,8 @@ const file_types_proto_rawDesc = "" +
 	"\bdefaults\x18\x04 \x01(\v2$.types.VirtualService.ServerDefaultsR\bdefaults\x12\x1a\n" +
 	"\brevision\x18\x05 \x01(\x03R\brevision\x12+\n" +
 	"\bannounce\x18\x06 \x01(\v2\x0f.types.AnnounceR\bannounce\x12;\n" +
-	"\x0epassive_health\x18\a \x01(\v2\x14.types.PassiveHealthR\rpassiveHealth\x1a\x9c\x01\n" +
+	"\x0epassive_health\x18\a \x01(\v2\x14.types.PassiveHealthR\rpassiveHealth\x12D\n" +
+	"\x11healthy_threshold\x18\b \x01(\v2\x17.types.HealthyThresholdR\x10healthyThreshold\x1a\x9c\x01\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12+\n" +
@@ -4789,7 +5044,16 @@ const file_types_proto_rawDesc = "" +
 	"\x12persistence_engine\x18\x06 \x01(\tR\x11persistenceEngine\x1a\x82\x01\n" +
 	"\x0eServerDefaults\x12.\n" +
 	"\aforward\x18\x01 \x01(\x0e2\x14.types.ForwardMethodR\aforward\x12@\n" +
-	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\x85\x02\n" +
+	"\fhealth_check\x18\x02 \x01(\v2\x1d.types.RealServer.HealthCheckR\vhealthCheck\"\xf4\x02\n" +
+	"\x10HealthyThreshold\x12=\n" +
+	"\vmin_servers\x18\x01 \x01(\v2\x1c.google.protobuf.UInt32ValueR\n" +
+	"minServers\x12=\n" +
+	"\vmin_percent\x18\x02 \x01(\v2\x1c.google.protobuf.UInt32ValueR\n" +
+	"minPercent\x126\n" +
+	"\thold_down\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bholdDown\x123\n" +
+	"\x06action\x18\x04 \x01(\x0e2\x1b.types.BelowThresholdActionR\x06action\x12:\n" +
+	"\rsorry_servers\x18\x05 \x03(\v2\x15.types.RealServer.KeyR\fsorryServers\x129\n" +
+	"\rsorry_forward\x18\x06 \x01(\x0e2\x14.types.ForwardMethodR\fsorryForward\"\x85\x02\n" +
 	"\rPassiveHealth\x124\n" +
 	"\aenabled\x18\x01 \x01(\v2\x1a.google.protobuf.BoolValueR\aenabled\x121\n" +
 	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12?\n" +
@@ -4879,7 +5143,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\xf8\a\n" +
+	"\x06DELETE\x10\x04\"\xbd\b\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -4907,7 +5171,16 @@ const file_types_proto_rawDesc = "" +
 	"\bwarnings\x18\x14 \x03(\tR\bwarnings\x12(\n" +
 	"\x10bgp_config_error\x18\x15 \x01(\tR\x0ebgpConfigError\x122\n" +
 	"\tconn_sync\x18\x16 \x01(\v2\x15.types.ConnSyncStatusR\bconnSync\x12?\n" +
-	"\rserver_drains\x18\x17 \x03(\v2\x1a.types.ServerDrainProgressR\fserverDrains\"o\n" +
+	"\rserver_drains\x18\x17 \x03(\v2\x1a.types.ServerDrainProgressR\fserverDrains\x12C\n" +
+	"\x0eservices_below\x18\x18 \x03(\v2\x1c.types.ServiceBelowThresholdR\rservicesBelow\"\xc4\x01\n" +
+	"\x15ServiceBelowThreshold\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x18\n" +
+	"\ahealthy\x18\x02 \x01(\rR\ahealthy\x12\x14\n" +
+	"\x05total\x18\x03 \x01(\rR\x05total\x12\x12\n" +
+	"\x04need\x18\x04 \x01(\rR\x04need\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"o\n" +
 	"\x0eConnSyncStatus\x12+\n" +
 	"\adaemons\x18\x01 \x03(\v2\x11.types.SyncDaemonR\adaemons\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1a\n" +
@@ -5062,7 +5335,11 @@ const file_types_proto_rawDesc = "" +
 	"\rAddressFamily\x12\x10\n" +
 	"\fUNSET_FAMILY\x10\x00\x12\b\n" +
 	"\x04IPV4\x10\x01\x12\b\n" +
-	"\x04IPV6\x10\x02*J\n" +
+	"\x04IPV6\x10\x02*A\n" +
+	"\x14BelowThresholdAction\x12\x10\n" +
+	"\fKEEP_SERVING\x10\x00\x12\f\n" +
+	"\bWITHDRAW\x10\x01\x12\t\n" +
+	"\x05SORRY\x10\x02*J\n" +
 	"\rForwardMethod\x12\x18\n" +
 	"\x14UNSET_FORWARD_METHOD\x10\x00\x12\t\n" +
 	"\x05ROUTE\x10\x01\x12\n" +
@@ -5112,225 +5389,237 @@ func file_types_proto_rawDescGZIP() []byte {
 	return file_types_proto_rawDescData
 }
 
-var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
-	(ForwardMethod)(0),                    // 2: types.ForwardMethod
-	(TunnelType)(0),                       // 3: types.TunnelType
-	(RealServer_Startup)(0),               // 4: types.RealServer.Startup
-	(WatchEvent_Type)(0),                  // 5: types.WatchEvent.Type
-	(*DrainServerRequest)(nil),            // 6: types.DrainServerRequest
-	(*ServerDrainStatus)(nil),             // 7: types.ServerDrainStatus
-	(*ServerDrainNode)(nil),               // 8: types.ServerDrainNode
-	(*ServerDrainProgress)(nil),           // 9: types.ServerDrainProgress
-	(*BGPPeerConfig)(nil),                 // 10: types.BGPPeerConfig
-	(*BGPSettings)(nil),                   // 11: types.BGPSettings
-	(*BGPConfig)(nil),                     // 12: types.BGPConfig
-	(*PutBGPPeerRequest)(nil),             // 13: types.PutBGPPeerRequest
-	(*DeleteBGPPeerRequest)(nil),          // 14: types.DeleteBGPPeerRequest
-	(*ListPageRequest)(nil),               // 15: types.ListPageRequest
-	(*Change)(nil),                        // 16: types.Change
-	(*ApplyChangesRequest)(nil),           // 17: types.ApplyChangesRequest
-	(*ApplyChangesResponse)(nil),          // 18: types.ApplyChangesResponse
-	(*VirtualService)(nil),                // 19: types.VirtualService
-	(*PassiveHealth)(nil),                 // 20: types.PassiveHealth
-	(*Announce)(nil),                      // 21: types.Announce
-	(*RealServer)(nil),                    // 22: types.RealServer
-	(*ListResponse)(nil),                  // 23: types.ListResponse
-	(*InvalidKey)(nil),                    // 24: types.InvalidKey
-	(*DeleteServiceRequest)(nil),          // 25: types.DeleteServiceRequest
-	(*WatchRequest)(nil),                  // 26: types.WatchRequest
-	(*WatchEvent)(nil),                    // 27: types.WatchEvent
-	(*NodeStatus)(nil),                    // 28: types.NodeStatus
-	(*ConnSyncStatus)(nil),                // 29: types.ConnSyncStatus
-	(*SyncDaemon)(nil),                    // 30: types.SyncDaemon
-	(*CountersStatus)(nil),                // 31: types.CountersStatus
-	(*PassiveFigures)(nil),                // 32: types.PassiveFigures
-	(*DrainStatus)(nil),                   // 33: types.DrainStatus
-	(*BGPPeer)(nil),                       // 34: types.BGPPeer
-	(*BFDSession)(nil),                    // 35: types.BFDSession
-	(*DrainNodeRequest)(nil),              // 36: types.DrainNodeRequest
-	(*SinkStatus)(nil),                    // 37: types.SinkStatus
-	(*VIPStatus)(nil),                     // 38: types.VIPStatus
-	(*ServerHealth)(nil),                  // 39: types.ServerHealth
-	(*ObjectError)(nil),                   // 40: types.ObjectError
-	(*DeletionGuard)(nil),                 // 41: types.DeletionGuard
-	(*StatusResponse)(nil),                // 42: types.StatusResponse
-	(*DuplicateVIP)(nil),                  // 43: types.DuplicateVIP
-	(*ConfirmDeletionsRequest)(nil),       // 44: types.ConfirmDeletionsRequest
-	(*Counters)(nil),                      // 45: types.Counters
-	(*ServerStats)(nil),                   // 46: types.ServerStats
-	(*ServiceStats)(nil),                  // 47: types.ServiceStats
-	(*StatsResponse)(nil),                 // 48: types.StatsResponse
-	nil,                                   // 49: types.BGPPeerConfig.NodeLabelsEntry
-	(*VirtualService_Key)(nil),            // 50: types.VirtualService.Key
-	(*VirtualService_Config)(nil),         // 51: types.VirtualService.Config
-	(*VirtualService_ServerDefaults)(nil), // 52: types.VirtualService.ServerDefaults
-	(*RealServer_Key)(nil),                // 53: types.RealServer.Key
-	(*RealServer_Config)(nil),             // 54: types.RealServer.Config
-	(*RealServer_HealthCheck)(nil),        // 55: types.RealServer.HealthCheck
-	(*ListResponse_Item)(nil),             // 56: types.ListResponse.Item
-	(*durationpb.Duration)(nil),           // 57: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),         // 58: google.protobuf.Timestamp
-	(*wrapperspb.BoolValue)(nil),          // 59: google.protobuf.BoolValue
-	(*wrapperspb.UInt32Value)(nil),        // 60: google.protobuf.UInt32Value
-	(*wrapperspb.StringValue)(nil),        // 61: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 62: google.protobuf.Empty
+	(BelowThresholdAction)(0),             // 2: types.BelowThresholdAction
+	(ForwardMethod)(0),                    // 3: types.ForwardMethod
+	(TunnelType)(0),                       // 4: types.TunnelType
+	(RealServer_Startup)(0),               // 5: types.RealServer.Startup
+	(WatchEvent_Type)(0),                  // 6: types.WatchEvent.Type
+	(*DrainServerRequest)(nil),            // 7: types.DrainServerRequest
+	(*ServerDrainStatus)(nil),             // 8: types.ServerDrainStatus
+	(*ServerDrainNode)(nil),               // 9: types.ServerDrainNode
+	(*ServerDrainProgress)(nil),           // 10: types.ServerDrainProgress
+	(*BGPPeerConfig)(nil),                 // 11: types.BGPPeerConfig
+	(*BGPSettings)(nil),                   // 12: types.BGPSettings
+	(*BGPConfig)(nil),                     // 13: types.BGPConfig
+	(*PutBGPPeerRequest)(nil),             // 14: types.PutBGPPeerRequest
+	(*DeleteBGPPeerRequest)(nil),          // 15: types.DeleteBGPPeerRequest
+	(*ListPageRequest)(nil),               // 16: types.ListPageRequest
+	(*Change)(nil),                        // 17: types.Change
+	(*ApplyChangesRequest)(nil),           // 18: types.ApplyChangesRequest
+	(*ApplyChangesResponse)(nil),          // 19: types.ApplyChangesResponse
+	(*VirtualService)(nil),                // 20: types.VirtualService
+	(*HealthyThreshold)(nil),              // 21: types.HealthyThreshold
+	(*PassiveHealth)(nil),                 // 22: types.PassiveHealth
+	(*Announce)(nil),                      // 23: types.Announce
+	(*RealServer)(nil),                    // 24: types.RealServer
+	(*ListResponse)(nil),                  // 25: types.ListResponse
+	(*InvalidKey)(nil),                    // 26: types.InvalidKey
+	(*DeleteServiceRequest)(nil),          // 27: types.DeleteServiceRequest
+	(*WatchRequest)(nil),                  // 28: types.WatchRequest
+	(*WatchEvent)(nil),                    // 29: types.WatchEvent
+	(*NodeStatus)(nil),                    // 30: types.NodeStatus
+	(*ServiceBelowThreshold)(nil),         // 31: types.ServiceBelowThreshold
+	(*ConnSyncStatus)(nil),                // 32: types.ConnSyncStatus
+	(*SyncDaemon)(nil),                    // 33: types.SyncDaemon
+	(*CountersStatus)(nil),                // 34: types.CountersStatus
+	(*PassiveFigures)(nil),                // 35: types.PassiveFigures
+	(*DrainStatus)(nil),                   // 36: types.DrainStatus
+	(*BGPPeer)(nil),                       // 37: types.BGPPeer
+	(*BFDSession)(nil),                    // 38: types.BFDSession
+	(*DrainNodeRequest)(nil),              // 39: types.DrainNodeRequest
+	(*SinkStatus)(nil),                    // 40: types.SinkStatus
+	(*VIPStatus)(nil),                     // 41: types.VIPStatus
+	(*ServerHealth)(nil),                  // 42: types.ServerHealth
+	(*ObjectError)(nil),                   // 43: types.ObjectError
+	(*DeletionGuard)(nil),                 // 44: types.DeletionGuard
+	(*StatusResponse)(nil),                // 45: types.StatusResponse
+	(*DuplicateVIP)(nil),                  // 46: types.DuplicateVIP
+	(*ConfirmDeletionsRequest)(nil),       // 47: types.ConfirmDeletionsRequest
+	(*Counters)(nil),                      // 48: types.Counters
+	(*ServerStats)(nil),                   // 49: types.ServerStats
+	(*ServiceStats)(nil),                  // 50: types.ServiceStats
+	(*StatsResponse)(nil),                 // 51: types.StatsResponse
+	nil,                                   // 52: types.BGPPeerConfig.NodeLabelsEntry
+	(*VirtualService_Key)(nil),            // 53: types.VirtualService.Key
+	(*VirtualService_Config)(nil),         // 54: types.VirtualService.Config
+	(*VirtualService_ServerDefaults)(nil), // 55: types.VirtualService.ServerDefaults
+	(*RealServer_Key)(nil),                // 56: types.RealServer.Key
+	(*RealServer_Config)(nil),             // 57: types.RealServer.Config
+	(*RealServer_HealthCheck)(nil),        // 58: types.RealServer.HealthCheck
+	(*ListResponse_Item)(nil),             // 59: types.ListResponse.Item
+	(*durationpb.Duration)(nil),           // 60: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),         // 61: google.protobuf.Timestamp
+	(*wrapperspb.UInt32Value)(nil),        // 62: google.protobuf.UInt32Value
+	(*wrapperspb.BoolValue)(nil),          // 63: google.protobuf.BoolValue
+	(*wrapperspb.StringValue)(nil),        // 64: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 65: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
-	53,  // 0: types.DrainServerRequest.server:type_name -> types.RealServer.Key
-	57,  // 1: types.DrainServerRequest.deadline:type_name -> google.protobuf.Duration
-	58,  // 2: types.ServerDrainStatus.since:type_name -> google.protobuf.Timestamp
-	58,  // 3: types.ServerDrainStatus.deadline:type_name -> google.protobuf.Timestamp
-	58,  // 4: types.ServerDrainStatus.completed_at:type_name -> google.protobuf.Timestamp
-	8,   // 5: types.ServerDrainStatus.nodes:type_name -> types.ServerDrainNode
-	58,  // 6: types.ServerDrainProgress.read_at:type_name -> google.protobuf.Timestamp
-	57,  // 7: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
-	57,  // 8: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
-	57,  // 9: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
-	57,  // 10: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
-	57,  // 11: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
-	57,  // 12: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
-	57,  // 13: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
-	49,  // 14: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
-	11,  // 15: types.BGPConfig.settings:type_name -> types.BGPSettings
-	10,  // 16: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
-	10,  // 17: types.PutBGPPeerRequest.peer:type_name -> types.BGPPeerConfig
-	19,  // 18: types.Change.create_service:type_name -> types.VirtualService
-	19,  // 19: types.Change.update_service:type_name -> types.VirtualService
-	25,  // 20: types.Change.delete_service:type_name -> types.DeleteServiceRequest
-	22,  // 21: types.Change.create_server:type_name -> types.RealServer
-	22,  // 22: types.Change.update_server:type_name -> types.RealServer
-	22,  // 23: types.Change.delete_server:type_name -> types.RealServer
-	16,  // 24: types.ApplyChangesRequest.changes:type_name -> types.Change
-	50,  // 25: types.VirtualService.key:type_name -> types.VirtualService.Key
-	51,  // 26: types.VirtualService.config:type_name -> types.VirtualService.Config
-	52,  // 27: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
-	21,  // 28: types.VirtualService.announce:type_name -> types.Announce
-	20,  // 29: types.VirtualService.passive_health:type_name -> types.PassiveHealth
-	59,  // 30: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	57,  // 31: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	60,  // 32: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	60,  // 33: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	60,  // 34: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	59,  // 35: types.Announce.link_bandwidth:type_name -> google.protobuf.BoolValue
-	53,  // 36: types.RealServer.key:type_name -> types.RealServer.Key
-	54,  // 37: types.RealServer.config:type_name -> types.RealServer.Config
-	55,  // 38: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
-	56,  // 39: types.ListResponse.items:type_name -> types.ListResponse.Item
-	24,  // 40: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
-	5,   // 41: types.WatchEvent.type:type_name -> types.WatchEvent.Type
-	19,  // 42: types.WatchEvent.service:type_name -> types.VirtualService
-	22,  // 43: types.WatchEvent.server:type_name -> types.RealServer
-	28,  // 44: types.WatchEvent.node:type_name -> types.NodeStatus
-	58,  // 45: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	40,  // 46: types.NodeStatus.errors:type_name -> types.ObjectError
-	41,  // 47: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	58,  // 48: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
-	39,  // 49: types.NodeStatus.servers:type_name -> types.ServerHealth
-	37,  // 50: types.NodeStatus.sinks:type_name -> types.SinkStatus
-	38,  // 51: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
-	33,  // 52: types.NodeStatus.drain:type_name -> types.DrainStatus
-	34,  // 53: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
-	31,  // 54: types.NodeStatus.counters:type_name -> types.CountersStatus
-	29,  // 55: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
-	9,   // 56: types.NodeStatus.server_drains:type_name -> types.ServerDrainProgress
-	30,  // 57: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
-	32,  // 58: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	57,  // 59: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	58,  // 60: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	57,  // 61: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	57,  // 62: types.DrainStatus.ramp:type_name -> google.protobuf.Duration
-	58,  // 63: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	35,  // 64: types.BGPPeer.bfd:type_name -> types.BFDSession
-	58,  // 65: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
-	58,  // 66: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	57,  // 67: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	57,  // 68: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	58,  // 69: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	57,  // 70: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	57,  // 71: types.DrainNodeRequest.ramp:type_name -> google.protobuf.Duration
-	58,  // 72: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	58,  // 73: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	58,  // 74: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	28,  // 75: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	24,  // 76: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
-	43,  // 77: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
-	7,   // 78: types.StatusResponse.server_drains:type_name -> types.ServerDrainStatus
-	53,  // 79: types.ServerStats.key:type_name -> types.RealServer.Key
-	45,  // 80: types.ServerStats.counters:type_name -> types.Counters
-	50,  // 81: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	45,  // 82: types.ServiceStats.counters:type_name -> types.Counters
-	46,  // 83: types.ServiceStats.servers:type_name -> types.ServerStats
-	47,  // 84: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,   // 85: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,   // 86: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	60,  // 87: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	60,  // 88: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	59,  // 89: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	2,   // 90: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	55,  // 91: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	60,  // 92: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	2,   // 93: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	60,  // 94: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	60,  // 95: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	3,   // 96: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	61,  // 97: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	57,  // 98: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	57,  // 99: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	57,  // 100: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	4,   // 101: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	19,  // 102: types.ListResponse.Item.service:type_name -> types.VirtualService
-	22,  // 103: types.ListResponse.Item.servers:type_name -> types.RealServer
-	19,  // 104: types.Merlin.CreateService:input_type -> types.VirtualService
-	19,  // 105: types.Merlin.UpdateService:input_type -> types.VirtualService
-	61,  // 106: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	22,  // 107: types.Merlin.CreateServer:input_type -> types.RealServer
-	22,  // 108: types.Merlin.UpdateServer:input_type -> types.RealServer
-	22,  // 109: types.Merlin.DeleteServer:input_type -> types.RealServer
-	62,  // 110: types.Merlin.List:input_type -> google.protobuf.Empty
-	61,  // 111: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	25,  // 112: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	26,  // 113: types.Merlin.Watch:input_type -> types.WatchRequest
-	62,  // 114: types.Merlin.Status:input_type -> google.protobuf.Empty
-	62,  // 115: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	44,  // 116: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	36,  // 117: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	17,  // 118: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	15,  // 119: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	62,  // 120: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
-	13,  // 121: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
-	14,  // 122: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
-	11,  // 123: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
-	6,   // 124: types.Merlin.DrainServer:input_type -> types.DrainServerRequest
-	62,  // 125: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	62,  // 126: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	62,  // 127: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	62,  // 128: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	62,  // 129: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	62,  // 130: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	23,  // 131: types.Merlin.List:output_type -> types.ListResponse
-	56,  // 132: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	62,  // 133: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	27,  // 134: types.Merlin.Watch:output_type -> types.WatchEvent
-	42,  // 135: types.Merlin.Status:output_type -> types.StatusResponse
-	48,  // 136: types.Merlin.Stats:output_type -> types.StatsResponse
-	62,  // 137: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	62,  // 138: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	18,  // 139: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	23,  // 140: types.Merlin.ListPage:output_type -> types.ListResponse
-	12,  // 141: types.Merlin.ListBGP:output_type -> types.BGPConfig
-	62,  // 142: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
-	62,  // 143: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
-	62,  // 144: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
-	62,  // 145: types.Merlin.DrainServer:output_type -> google.protobuf.Empty
-	125, // [125:146] is the sub-list for method output_type
-	104, // [104:125] is the sub-list for method input_type
-	104, // [104:104] is the sub-list for extension type_name
-	104, // [104:104] is the sub-list for extension extendee
-	0,   // [0:104] is the sub-list for field type_name
+	56,  // 0: types.DrainServerRequest.server:type_name -> types.RealServer.Key
+	60,  // 1: types.DrainServerRequest.deadline:type_name -> google.protobuf.Duration
+	61,  // 2: types.ServerDrainStatus.since:type_name -> google.protobuf.Timestamp
+	61,  // 3: types.ServerDrainStatus.deadline:type_name -> google.protobuf.Timestamp
+	61,  // 4: types.ServerDrainStatus.completed_at:type_name -> google.protobuf.Timestamp
+	9,   // 5: types.ServerDrainStatus.nodes:type_name -> types.ServerDrainNode
+	61,  // 6: types.ServerDrainProgress.read_at:type_name -> google.protobuf.Timestamp
+	60,  // 7: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
+	60,  // 8: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
+	60,  // 9: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
+	60,  // 10: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
+	60,  // 11: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
+	60,  // 12: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
+	60,  // 13: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
+	52,  // 14: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
+	12,  // 15: types.BGPConfig.settings:type_name -> types.BGPSettings
+	11,  // 16: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
+	11,  // 17: types.PutBGPPeerRequest.peer:type_name -> types.BGPPeerConfig
+	20,  // 18: types.Change.create_service:type_name -> types.VirtualService
+	20,  // 19: types.Change.update_service:type_name -> types.VirtualService
+	27,  // 20: types.Change.delete_service:type_name -> types.DeleteServiceRequest
+	24,  // 21: types.Change.create_server:type_name -> types.RealServer
+	24,  // 22: types.Change.update_server:type_name -> types.RealServer
+	24,  // 23: types.Change.delete_server:type_name -> types.RealServer
+	17,  // 24: types.ApplyChangesRequest.changes:type_name -> types.Change
+	53,  // 25: types.VirtualService.key:type_name -> types.VirtualService.Key
+	54,  // 26: types.VirtualService.config:type_name -> types.VirtualService.Config
+	55,  // 27: types.VirtualService.defaults:type_name -> types.VirtualService.ServerDefaults
+	23,  // 28: types.VirtualService.announce:type_name -> types.Announce
+	22,  // 29: types.VirtualService.passive_health:type_name -> types.PassiveHealth
+	21,  // 30: types.VirtualService.healthy_threshold:type_name -> types.HealthyThreshold
+	62,  // 31: types.HealthyThreshold.min_servers:type_name -> google.protobuf.UInt32Value
+	62,  // 32: types.HealthyThreshold.min_percent:type_name -> google.protobuf.UInt32Value
+	60,  // 33: types.HealthyThreshold.hold_down:type_name -> google.protobuf.Duration
+	2,   // 34: types.HealthyThreshold.action:type_name -> types.BelowThresholdAction
+	56,  // 35: types.HealthyThreshold.sorry_servers:type_name -> types.RealServer.Key
+	3,   // 36: types.HealthyThreshold.sorry_forward:type_name -> types.ForwardMethod
+	63,  // 37: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	60,  // 38: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	62,  // 39: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	62,  // 40: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	62,  // 41: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	63,  // 42: types.Announce.link_bandwidth:type_name -> google.protobuf.BoolValue
+	56,  // 43: types.RealServer.key:type_name -> types.RealServer.Key
+	57,  // 44: types.RealServer.config:type_name -> types.RealServer.Config
+	58,  // 45: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
+	59,  // 46: types.ListResponse.items:type_name -> types.ListResponse.Item
+	26,  // 47: types.ListResponse.invalid_keys:type_name -> types.InvalidKey
+	6,   // 48: types.WatchEvent.type:type_name -> types.WatchEvent.Type
+	20,  // 49: types.WatchEvent.service:type_name -> types.VirtualService
+	24,  // 50: types.WatchEvent.server:type_name -> types.RealServer
+	30,  // 51: types.WatchEvent.node:type_name -> types.NodeStatus
+	61,  // 52: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	43,  // 53: types.NodeStatus.errors:type_name -> types.ObjectError
+	44,  // 54: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
+	61,  // 55: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	42,  // 56: types.NodeStatus.servers:type_name -> types.ServerHealth
+	40,  // 57: types.NodeStatus.sinks:type_name -> types.SinkStatus
+	41,  // 58: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
+	36,  // 59: types.NodeStatus.drain:type_name -> types.DrainStatus
+	37,  // 60: types.NodeStatus.bgp_peers:type_name -> types.BGPPeer
+	34,  // 61: types.NodeStatus.counters:type_name -> types.CountersStatus
+	32,  // 62: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
+	10,  // 63: types.NodeStatus.server_drains:type_name -> types.ServerDrainProgress
+	31,  // 64: types.NodeStatus.services_below:type_name -> types.ServiceBelowThreshold
+	61,  // 65: types.ServiceBelowThreshold.since:type_name -> google.protobuf.Timestamp
+	33,  // 66: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
+	35,  // 67: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	60,  // 68: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	61,  // 69: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	60,  // 70: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	60,  // 71: types.DrainStatus.ramp:type_name -> google.protobuf.Duration
+	61,  // 72: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	38,  // 73: types.BGPPeer.bfd:type_name -> types.BFDSession
+	61,  // 74: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	61,  // 75: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	60,  // 76: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	60,  // 77: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	61,  // 78: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	60,  // 79: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	60,  // 80: types.DrainNodeRequest.ramp:type_name -> google.protobuf.Duration
+	61,  // 81: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	61,  // 82: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	61,  // 83: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	30,  // 84: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	26,  // 85: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
+	46,  // 86: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
+	8,   // 87: types.StatusResponse.server_drains:type_name -> types.ServerDrainStatus
+	56,  // 88: types.ServerStats.key:type_name -> types.RealServer.Key
+	48,  // 89: types.ServerStats.counters:type_name -> types.Counters
+	53,  // 90: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	48,  // 91: types.ServiceStats.counters:type_name -> types.Counters
+	49,  // 92: types.ServiceStats.servers:type_name -> types.ServerStats
+	50,  // 93: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,   // 94: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,   // 95: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	62,  // 96: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	62,  // 97: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	63,  // 98: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	3,   // 99: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	58,  // 100: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	62,  // 101: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	3,   // 102: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	62,  // 103: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	62,  // 104: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	4,   // 105: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	64,  // 106: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	60,  // 107: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	60,  // 108: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	60,  // 109: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	5,   // 110: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	20,  // 111: types.ListResponse.Item.service:type_name -> types.VirtualService
+	24,  // 112: types.ListResponse.Item.servers:type_name -> types.RealServer
+	20,  // 113: types.Merlin.CreateService:input_type -> types.VirtualService
+	20,  // 114: types.Merlin.UpdateService:input_type -> types.VirtualService
+	64,  // 115: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	24,  // 116: types.Merlin.CreateServer:input_type -> types.RealServer
+	24,  // 117: types.Merlin.UpdateServer:input_type -> types.RealServer
+	24,  // 118: types.Merlin.DeleteServer:input_type -> types.RealServer
+	65,  // 119: types.Merlin.List:input_type -> google.protobuf.Empty
+	64,  // 120: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	27,  // 121: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	28,  // 122: types.Merlin.Watch:input_type -> types.WatchRequest
+	65,  // 123: types.Merlin.Status:input_type -> google.protobuf.Empty
+	65,  // 124: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	47,  // 125: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	39,  // 126: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	18,  // 127: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	16,  // 128: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	65,  // 129: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	14,  // 130: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	15,  // 131: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	12,  // 132: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	7,   // 133: types.Merlin.DrainServer:input_type -> types.DrainServerRequest
+	65,  // 134: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	65,  // 135: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	65,  // 136: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	65,  // 137: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	65,  // 138: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	65,  // 139: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	25,  // 140: types.Merlin.List:output_type -> types.ListResponse
+	59,  // 141: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	65,  // 142: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	29,  // 143: types.Merlin.Watch:output_type -> types.WatchEvent
+	45,  // 144: types.Merlin.Status:output_type -> types.StatusResponse
+	51,  // 145: types.Merlin.Stats:output_type -> types.StatsResponse
+	65,  // 146: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	65,  // 147: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	19,  // 148: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	25,  // 149: types.Merlin.ListPage:output_type -> types.ListResponse
+	13,  // 150: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	65,  // 151: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	65,  // 152: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	65,  // 153: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	65,  // 154: types.Merlin.DrainServer:output_type -> google.protobuf.Empty
+	134, // [134:155] is the sub-list for method output_type
+	113, // [113:134] is the sub-list for method input_type
+	113, // [113:113] is the sub-list for extension type_name
+	113, // [113:113] is the sub-list for extension extendee
+	0,   // [0:113] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -5351,8 +5640,8 @@ func file_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   51,
+			NumEnums:      7,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

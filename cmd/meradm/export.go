@@ -87,6 +87,7 @@ func serviceToFile(svc *types.VirtualService) fileService {
 		}
 	}
 	fs.PassiveHealth = passiveToFile(svc.GetPassiveHealth())
+	fs.HealthyThreshold = thresholdToFile(svc.GetHealthyThreshold())
 	return fs
 }
 

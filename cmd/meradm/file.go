@@ -33,22 +33,23 @@ type fileSpec struct {
 }
 
 type fileService struct {
-	ID                 string        `json:"id"`
-	Protocol           string        `json:"protocol,omitempty"` // tcp, udp, sctp
-	Address            string        `json:"address,omitempty"`  // VIP:PORT, [IPv6]:PORT
-	Fwmark             uint32        `json:"fwmark,omitempty"`
-	Family             string        `json:"family,omitempty"` // of a fwmark service: ipv4 (default), ipv6
-	Scheduler          string        `json:"scheduler"`
-	Flags              []string      `json:"flags,omitempty"`
-	Persistence        *uint32       `json:"persistence,omitempty"` // timeout in seconds
-	PersistenceNetmask *uint32       `json:"persistence_netmask,omitempty"`
-	OnePacket          bool          `json:"one_packet,omitempty"`
-	PersistenceEngine  string        `json:"persistence_engine,omitempty"`
-	Forward            string        `json:"forward,omitempty"`      // default of its servers
-	HealthCheck        *fileHealth   `json:"health_check,omitempty"` // default of its servers
-	Announce           *fileAnnounce `json:"announce,omitempty"`
-	PassiveHealth      *filePassive  `json:"passive_health,omitempty"`
-	Servers            []fileServer  `json:"servers,omitempty"`
+	ID                 string         `json:"id"`
+	Protocol           string         `json:"protocol,omitempty"` // tcp, udp, sctp
+	Address            string         `json:"address,omitempty"`  // VIP:PORT, [IPv6]:PORT
+	Fwmark             uint32         `json:"fwmark,omitempty"`
+	Family             string         `json:"family,omitempty"` // of a fwmark service: ipv4 (default), ipv6
+	Scheduler          string         `json:"scheduler"`
+	Flags              []string       `json:"flags,omitempty"`
+	Persistence        *uint32        `json:"persistence,omitempty"` // timeout in seconds
+	PersistenceNetmask *uint32        `json:"persistence_netmask,omitempty"`
+	OnePacket          bool           `json:"one_packet,omitempty"`
+	PersistenceEngine  string         `json:"persistence_engine,omitempty"`
+	Forward            string         `json:"forward,omitempty"`      // default of its servers
+	HealthCheck        *fileHealth    `json:"health_check,omitempty"` // default of its servers
+	Announce           *fileAnnounce  `json:"announce,omitempty"`
+	PassiveHealth      *filePassive   `json:"passive_health,omitempty"`
+	HealthyThreshold   *fileThreshold `json:"healthy_threshold,omitempty"`
+	Servers            []fileServer   `json:"servers,omitempty"`
 }
 
 // fileAnnounce is how BGP announces the service's VIP.
@@ -248,6 +249,9 @@ func (fs *fileService) toProto() (*types.VirtualService, error) {
 		return nil, err
 	}
 	svc.PassiveHealth = ph
+	if svc.HealthyThreshold, err = fs.HealthyThreshold.toProto(); err != nil {
+		return nil, err
+	}
 	if fs.Forward != "" || fs.HealthCheck != nil {
 		svc.Defaults = &types.VirtualService_ServerDefaults{}
 		if fs.Forward != "" {

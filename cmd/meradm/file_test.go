@@ -31,7 +31,9 @@ func fullObjects() *types.ListResponse {
 		Defaults: &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_MASQ, HealthCheck: hc},
 		Announce: &types.Announce{Always: true, Communities: []string{"65000:1"}, LargeCommunities: []string{"65000:1:2"}, LocalPreference: wrapperspb.UInt32(200), LinkBandwidth: wrapperspb.Bool(false)},
 		PassiveHealth: &types.PassiveHealth{Enabled: wrapperspb.Bool(true), Window: durationpb.New(30 * time.Second),
-			MinAttempts: wrapperspb.UInt32(20), MaxFailedPercent: wrapperspb.UInt32(50)}}
+			MinAttempts: wrapperspb.UInt32(20), MaxFailedPercent: wrapperspb.UInt32(50)},
+		HealthyThreshold: &types.HealthyThreshold{MinServers: wrapperspb.UInt32(2), MinPercent: wrapperspb.UInt32(50), HoldDown: durationpb.New(20 * time.Second),
+			Action: types.BelowThresholdAction_SORRY, SorryServers: []*types.RealServer_Key{{Ip: "198.19.9.9", Port: 8080}}, SorryForward: types.ForwardMethod_MASQ}}
 	marked := &types.VirtualService{Id: "marked", Key: &types.VirtualService_Key{Fwmark: 7, Family: types.AddressFamily_IPV6},
 		Config: &types.VirtualService_Config{Scheduler: "rr", OnePacket: wrapperspb.Bool(true)}}
 	srv := func(svc, addr string, port uint32, c *types.RealServer_Config, h *types.RealServer_HealthCheck) *types.RealServer {

@@ -173,6 +173,7 @@ type serviceFlags struct {
 	health     healthFlags
 	announce   announceFlags
 	passive    passiveFlags
+	threshold  thresholdFlags
 }
 
 // passiveFlags are a service's passive health settings.
@@ -237,6 +238,7 @@ func addServiceFlags(f *pflag.FlagSet, s *serviceFlags) {
 	f.Uint32Var(&s.announce.localPref, "bgp-local-pref", 0, "BGP: local preference sent to iBGP peers")
 	f.BoolVar(&s.announce.linkBandwidth, "bgp-link-bandwidth", false, "BGP: send the link-bandwidth community (healthy capacity, for weighted ECMP); unset: the cluster's default (meradm bgp settings --link-bandwidth)")
 	s.passive.register(f)
+	s.threshold.register(f)
 	addHealthFlags(f, &s.health)
 }
 
@@ -339,6 +341,9 @@ func (s *serviceFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) error 
 	}
 	s.announce.apply(f, svc)
 	s.passive.apply(f, svc)
+	if err := s.threshold.apply(f, svc); err != nil {
+		return err
+	}
 	if svc.Defaults == nil {
 		svc.Defaults = &types.VirtualService_ServerDefaults{}
 	}

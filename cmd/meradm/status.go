@@ -102,6 +102,10 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 		for _, id := range n.ServicesDown {
 			notes = append(notes, fmt.Sprintf("%s: service %s: every server is down", n.Node, id))
 		}
+		for _, b := range n.ServicesBelow {
+			notes = append(notes, fmt.Sprintf("%s: service %s below its healthy threshold (%d of %d servers up, needs %d) for %s: %s",
+				n.Node, b.ServiceId, b.Healthy, b.Total, b.Need, now.Sub(b.Since.AsTime()).Round(time.Second), strings.ReplaceAll(b.Action, "_", " ")))
+		}
 		for _, h := range n.Servers {
 			state := "up"
 			if !h.Up {

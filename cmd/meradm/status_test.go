@@ -73,3 +73,16 @@ func TestDrainLine(t *testing.T) {
 		t.Errorf("complete:\n%s\nwant\n%s", got, want)
 	}
 }
+
+// TestStatusShowsBelowThreshold: a service below its threshold, with the
+// action, in the node's notes.
+func TestStatusShowsBelowThreshold(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	resp := &types.StatusResponse{Nodes: []*types.NodeStatus{{Node: "lb1", LastResult: "ok", ServicesBelow: []*types.ServiceBelowThreshold{
+		{ServiceId: "web", Healthy: 3, Total: 10, Need: 5, Action: "withdraw", Since: timestamppb.New(now.Add(-5 * time.Second))}}}}}
+	var b strings.Builder
+	printStatus(&b, resp, now)
+	if want := "lb1: service web below its healthy threshold (3 of 10 servers up, needs 5) for 5s: withdraw"; !strings.Contains(b.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, b.String())
+	}
+}

@@ -34,6 +34,7 @@ type NodeMetrics struct {
 	vips              *prometheus.GaugeVec
 	vipAnnounced      *prometheus.GaugeVec
 	vipBandwidth      *prometheus.GaugeVec
+	serviceBelow      *prometheus.GaugeVec
 	bandwidthShare    prometheus.Gauge
 	changeApply       prometheus.Histogram
 	reportedServers   map[[2]string]bool // merlin_server_up label pairs set
@@ -66,6 +67,8 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		vipAnnounced: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
 		vipBandwidth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_link_bandwidth_bytes",
 			Help: "Per announced VIP that carries the BGP link-bandwidth community: the bandwidth this node's plan gives it, bytes per second (routers get it within -link-bandwidth-interval)."}, []string{"vip"}),
+		serviceBelow: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_below_threshold",
+			Help: "1 for a service below its healthy threshold on this node, with the action taken (keep_serving, withdraw, sorry); no series otherwise."}, []string{"service", "action"}),
 		bandwidthShare: prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_drain_link_bandwidth_share",
 			Help: "Share of its link bandwidth this node announces: 1, lower while a drain ramps it down."}),
 		changeApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "merlin_change_apply_seconds",
@@ -87,7 +90,7 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
 			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs, m.passCauses,
-			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.vipBandwidth, m.bandwidthShare, m.changeApply)
+			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.vipBandwidth, m.serviceBelow, m.bandwidthShare, m.changeApply)
 	}
 	return m
 }

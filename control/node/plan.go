@@ -155,8 +155,12 @@ type ServicePlan struct {
 	Servers []ServerPlan       // in Virtual.Destinations order
 	// AllDown: it has servers and every one of them is down.
 	AllDown bool
-	// NextChange: when slow start next changes a weight (zero: never).
+	// NextChange: when slow start next changes a weight, or a healthy
+	// threshold's hold-down ends (zero: never).
 	NextChange time.Time
+	// Below: the service is below its healthy threshold (nil: it is not,
+	// or has none).
+	Below *BelowThreshold
 }
 
 // PlanService gives each server of a service its effective weight (0 while

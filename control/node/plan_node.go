@@ -23,6 +23,7 @@ type VIPServing string
 const (
 	VIPServed          VIPServing = "serving"
 	VIPNoHealthyServer VIPServing = "no_healthy_server"
+	VIPBelowThreshold  VIPServing = "below_threshold" // withdrawn: a service's healthy threshold says so
 	VIPNotReady        VIPServing = "not_ready"
 	VIPFailed          VIPServing = "ipvs_failed"
 	VIPDraining        VIPServing = "draining" // announced with GRACEFUL_SHUTDOWN
@@ -107,6 +108,7 @@ type NodePlan struct {
 	VIPStates []VIPState   // one per VIP, sorted by address
 	Health    []*types.ServerHealth
 	Down      []string // services whose servers are all down, sorted
+	Below     []*types.ServiceBelowThreshold
 	// LinkBandwidthPerWeight is the node's factor in every VIP's link
 	// bandwidth (NodeInputs.LinkBandwidth.PerWeight).
 	LinkBandwidthPerWeight float64
@@ -120,6 +122,10 @@ func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
 		p := services[id]
 		if p.AllDown {
 			np.Down = append(np.Down, id)
+		}
+		if b := p.Below; b != nil {
+			np.Below = append(np.Below, &types.ServiceBelowThreshold{ServiceId: id, Healthy: uint32(b.Healthy), Total: uint32(b.Total), Need: uint32(b.Need),
+				Action: ActionName(b.Action), Since: timestamppb.New(b.Since)})
 		}
 		np.Health = appendHealth(np.Health, p)
 		if k := p.State.Service.GetKey(); k.GetFwmark() == 0 {
@@ -144,7 +150,7 @@ func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
 // be announced always.
 func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 	st := VIPState{Addr: addr}
-	var failed, noServer, allDown []string
+	var failed, noServer, allDown, below []string
 	always, sendBandwidth, weight := false, false, uint64(0)
 	for _, p := range plans {
 		st.Services = append(st.Services, p.ID)
@@ -154,7 +160,9 @@ func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 			continue
 		case len(p.Virtual.Destinations) == 0:
 			noServer = append(noServer, p.ID)
-		case p.AllDown:
+		case p.Below != nil && p.Below.Action == types.BelowThresholdAction_WITHDRAW:
+			below = append(below, p.ID+" "+p.Below.reason())
+		case p.AllDown && (p.Below == nil || p.Below.Action != types.BelowThresholdAction_SORRY):
 			allDown = append(allDown, p.ID)
 		default:
 			st.State = VIPServed
@@ -180,6 +188,12 @@ func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 		st.Route.GracefulShutdown = true
 	case served:
 		st.Announce = true
+	case len(below) > 0:
+		st.State, st.Announce = VIPBelowThreshold, always
+		st.Reason = strings.Join(below, "; ")
+		if always {
+			st.Reason += " (announced: announce.always)"
+		}
 	case len(allDown) > 0 || len(noServer) > 0:
 		st.State, st.Announce = VIPNoHealthyServer, always
 		st.Reason = joinReasons(map[string][]string{"every server is down": allDown, "no servers": noServer})

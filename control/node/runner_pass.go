@@ -21,6 +21,7 @@ type passState struct {
 	idByKey      map[ipvs.ServiceKey]string // of planned services that convert
 	initial      map[health.Check]bool      // what the monitor was last given
 	ramping      map[string]time.Time       // services in slow start → next weight change
+	thresholds   map[string]thresholdState  // services with a healthy threshold that went below or back
 	failures     *failures                  // objects this node could not program
 	sinkFail     *failures                  // sinks whose last Set failed (objectID.service is the name)
 	guardRev     int64                      // revision a mass deletion is held at (0: none)
@@ -42,7 +43,7 @@ type passState struct {
 func newPassState(cfg RunnerConfig, sinks int) passState {
 	return passState{
 		plans: map[string]*ServicePlan{}, checks: map[string]ServiceChecks{}, idByKey: map[ipvs.ServiceKey]string{},
-		ramping: map[string]time.Time{}, failures: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff),
+		ramping: map[string]time.Time{}, thresholds: map[string]thresholdState{}, failures: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff),
 		sinkFail: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff), nodeDirty: sinks > 0,
 	}
 }
@@ -206,7 +207,13 @@ func (r *Runner) replan(desired *store.State, look map[string]bool, now time.Tim
 		r.rememberChecks()
 	}
 	for _, id := range again {
-		r.setPlan(id, PlanService(id, desired.Services[id], r.pass.checks[id], r.healthView(r.pass.checks[id]), now), dirty, now)
+		p := PlanService(id, desired.Services[id], r.pass.checks[id], r.healthView(r.pass.checks[id]), now)
+		if st := applyThreshold(p, r.pass.thresholds[id], now); st != (thresholdState{}) {
+			r.pass.thresholds[id] = st
+		} else {
+			delete(r.pass.thresholds, id)
+		}
+		r.setPlan(id, p, dirty, now)
 	}
 	return dirty
 }
@@ -218,6 +225,7 @@ func (r *Runner) dropPlan(id string, old *ServicePlan, dirty map[ipvs.ServiceKey
 	}
 	delete(r.pass.plans, id)
 	delete(r.pass.ramping, id)
+	delete(r.pass.thresholds, id)
 	if _, ok := r.pass.checks[id]; ok {
 		delete(r.pass.checks, id)
 		r.pass.checksDirty = true

@@ -138,6 +138,10 @@ func (r *Runner) reportNode() {
 	serving, announced := 0, 0
 	r.metrics.vipAnnounced.Reset()
 	r.metrics.vipBandwidth.Reset()
+	r.metrics.serviceBelow.Reset()
+	for _, b := range np.Below {
+		r.metrics.serviceBelow.WithLabelValues(b.ServiceId, b.Action).Set(1)
+	}
 	r.metrics.bandwidthShare.Set(r.pass.drainState.Share)
 	for _, v := range np.VIPStates {
 		r.metrics.vipAnnounced.WithLabelValues(v.Addr.String(), string(v.State)).Set(b2f(v.Announce))
@@ -156,7 +160,7 @@ func (r *Runner) reportNode() {
 	r.metrics.vips.WithLabelValues(string(VIPServed)).Set(float64(serving))
 	r.metrics.vips.WithLabelValues("not_serving").Set(float64(len(notServing)))
 	r.setStatus(func(st *types.NodeStatus) {
-		st.Servers, st.ServicesDown = np.Health, np.Down
+		st.Servers, st.ServicesDown, st.ServicesBelow = np.Health, np.Down, np.Below
 		st.VipsServing, st.VipsNotServing, st.VipsAnnounced = uint32(serving), notServing, uint32(announced)
 		st.Drain = drainStatus(r.pass.drain, r.pass.drainState)
 	})

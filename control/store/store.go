@@ -237,6 +237,12 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 		}
 		model.MergePresent(next.Announce, a)
 	}
+	if t := update.HealthyThreshold; t != nil {
+		// One setting whose zero values mean something (KEEP_SERVING, no
+		// sorry servers): given, it replaces the stored one; an empty one
+		// removes it.
+		next.HealthyThreshold = proto.Clone(t).(*types.HealthyThreshold)
+	}
 	return next
 }
 
