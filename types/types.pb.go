@@ -3502,7 +3502,7 @@ func (x *SinkStatus) GetNextRetry() *timestamppb.Timestamp {
 type VIPStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	// state: serving, draining, drained, no_healthy_server, not_ready or
+	// state: serving, draining, drained, no_healthy_server, below_threshold, not_ready or
 	// ipvs_failed.
 	State    string   `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	Reason   string   `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`

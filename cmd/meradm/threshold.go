@@ -28,7 +28,7 @@ func (th *thresholdFlags) register(f *pflag.FlagSet) {
 	f.Uint32Var(&th.minPercent, "healthy-percent", 0, "healthy threshold: percent of the servers (of weight above 0) that must be up on a node")
 	f.DurationVar(&th.holdDown, "healthy-hold-down", 0, "healthy threshold: a change below or back above waits this long after the last (default 10s)")
 	f.StringVar(&th.action, "below", "", "healthy threshold: what a node does below it: keep (serve what is left), withdraw (the VIP by BGP), sorry (new connections to --sorry-server)")
-	f.StringSliceVar(&th.sorry, "sorry-server", nil, "healthy threshold: IP:PORT taking new connections below it (with --below sorry; repeatable)")
+	f.StringSliceVar(&th.sorry, "sorry-server", nil, "healthy threshold: IP:PORT taking new connections below it (with --below sorry; repeatable; \"\" clears)")
 	f.StringVar(&th.sorryForward, "sorry-forward", "", "healthy threshold: forward method to the sorry servers (default: the service's)")
 }
 
@@ -64,7 +64,7 @@ func (th *thresholdFlags) apply(f *pflag.FlagSet, svc *types.VirtualService) err
 	}
 	if f.Changed("sorry-server") {
 		t.SorryServers = nil
-		for _, s := range th.sorry {
+		for _, s := range nonEmpty(th.sorry) {
 			k, err := serverKey(s)
 			if err != nil {
 				return fmt.Errorf("--sorry-server: %w", err)

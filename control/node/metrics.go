@@ -64,7 +64,7 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		sinkUp:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_sink_up", Help: "1 while the last update of a part of the dataplane (ipvs, vips, ...) worked, 0 while it fails."}, []string{"sink"}),
 		sinkErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_sink_errors_total", Help: "Failed updates of a part of the dataplane, by sink."}, []string{"sink"}),
 		vips:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vips", Help: "VIPs of the desired state on this node, by whether the node can serve them (serving, not_serving)."}, []string{"state"}),
-		vipAnnounced: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
+		vipAnnounced: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_announced", Help: "Per VIP: 1 while this node's plan announces it by BGP, 0 while withdrawn (state says why: serving, draining, drained, no_healthy_server, below_threshold, not_ready, ipvs_failed)."}, []string{"vip", "state"}),
 		vipBandwidth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_vip_link_bandwidth_bytes",
 			Help: "Per announced VIP that carries the BGP link-bandwidth community: the bandwidth this node's plan gives it, bytes per second (routers get it within -link-bandwidth-interval)."}, []string{"vip"}),
 		serviceBelow: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_service_below_threshold",
