@@ -152,7 +152,7 @@ type ServicePlan struct {
 	Checks  ServiceChecks
 	Virtual ipvs.VirtualServer // with effective weights; valid when Err is nil
 	Err     error              // the service cannot be programmed
-	Servers []ServerPlan       // in Virtual.Destinations order
+	Servers []ServerPlan       // in Virtual.Destinations order (which adds the sorry servers while they serve)
 	// AllDown: it has servers and every one of them is down.
 	AllDown bool
 	// NextChange: when slow start next changes a weight, or a healthy

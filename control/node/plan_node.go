@@ -211,12 +211,13 @@ func vipState(addr netip.Addr, plans []*ServicePlan, in NodeInputs) VIPState {
 	return st
 }
 
-// healthyWeight is the sum of a service's effective weights (0 for a
-// server that is down).
+// healthyWeight is the sum of the weights a service's destinations are
+// programmed with (0 for a server that is down; the sorry servers' while
+// they serve).
 func healthyWeight(p *ServicePlan) uint64 {
 	var w uint64
-	for _, sp := range p.Servers {
-		w += uint64(sp.Weight)
+	for _, d := range p.Virtual.Destinations {
+		w += uint64(d.Config.Weight)
 	}
 	return w
 }
