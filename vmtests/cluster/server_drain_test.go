@@ -85,6 +85,7 @@ func TestVMServerDrain(t *testing.T) {
 	open := c.connectionTo(vip, "backend2", nil)
 	defer open.Close()
 	out := c.mustMeradm("server", "drain", "dr", second, "--deadline", "10s", "--wait", "--wait-interval", "1s")
+	t.Logf("meradm server drain --wait:\n%s", out)
 	if !strings.Contains(out, "drain ended by its deadline after 1") || !strings.Contains(out, "1 active") {
 		t.Fatalf("--wait did not follow the drain to its deadline:\n%s", out)
 	}
