@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export MERLIN_CACHE ?= /var/cache/merlin
 
-.PHONY: all build setup generate demo test vmtest soak lint bench clean
+.PHONY: all build setup generate demo test vmtest soak lint bench clean deb
 
 all: build
 
@@ -23,6 +23,10 @@ build:
 
 setup:
 	./scripts/setup.sh
+
+# The Debian package: build/merlin_VERSION_amd64.deb (deploy/debian).
+deb: build
+	LDFLAGS='$(LDFLAGS)' ./scripts/deb.sh '$(VERSION)'
 
 # Committed generated code (protobuf, gRPC); `git diff` is clean afterwards.
 generate: setup

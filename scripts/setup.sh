@@ -5,7 +5,7 @@
 set -euo pipefail
 
 CACHE=${MERLIN_CACHE:-/var/cache/merlin}
-PACKAGES=(qemu-system-x86 qemu-system-data busybox-static kmod cpio ipvsadm xz-utils iproute2 binutils etcd-server etcd-client protobuf-compiler libprotobuf-dev keepalived bird2 gobgpd frr clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool xdp-tools prometheus prometheus-node-exporter systemd)
+PACKAGES=(qemu-system-x86 qemu-system-data busybox-static kmod cpio ipvsadm xz-utils iproute2 binutils etcd-server etcd-client protobuf-compiler libprotobuf-dev keepalived bird2 gobgpd frr clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool xdp-tools prometheus prometheus-node-exporter systemd lintian dpkg-dev)
 STATICCHECK_VERSION=${STATICCHECK_VERSION:-v0.7.0}
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -178,6 +178,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.StringVar(&g.tlsKey, "tls-key", "", "client key (PEM) for mutual TLS")
 	f.StringVar(&g.tlsServerName, "tls-server-name", "", "name to verify the server's certificate against (default: --host)")
 	root.AddCommand(listCmd(g), getCmd(g), serviceCmd(g), serverCmd(g), diffCmd(g, false), diffCmd(g, true), exportCmd(g), watchCmd(g), statusCmd(g), confirmCmd(g), nodeCmd(g), bgpCmd(g))
+	root.AddCommand(manCmd(root))
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd) }
 	usageErrors(root)
 	return root

@@ -115,6 +115,8 @@ func parseFlags(args []string) (*options, error) {
 func registerFlags(fs *flag.FlagSet, o *options) {
 	fs.BoolVar(&o.debug, "debug", false, "debug logs")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.Bool("print-config-template", false, "print every setting as a commented configuration file and exit")
+	fs.Bool("print-man", false, "print the man page (roff) and exit")
 	fs.StringVar(&o.storeBackend, "store-backend", "etcd3", "the store: etcd3 (the only one; accepted for the original Merlin's command lines)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (logfmt) or json; etcd's own logs follow it")
 	fs.StringVar(&o.apiAddress, "api-address", "", "address the gRPC API listens on (default 127.0.0.1; all addresses with mutual TLS)")

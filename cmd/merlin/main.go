@@ -31,6 +31,9 @@ import (
 
 func main() {
 	bgp.RunChildIfAsked() // this process may be merlin's BGP speaker
+	if printDocs(os.Args[1:]) {
+		return
+	}
 	o, err := parseFlags(os.Args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
