@@ -60,13 +60,26 @@ type Check struct {
 	// health/execprobe); MERLIN_TARGET_IP and MERLIN_TARGET_PORT are in
 	// its environment.
 	Command string
+	// A check through the VIP (Target is the VIP): Mark is set on the
+	// probe's socket, so that the node's private IPVS service for the
+	// server forwards it by the server's own path; the probe leaves from
+	// the node's address toward Via (the server), not from the VIP, which
+	// the node holds too. Linux only.
+	Mark uint32
+	Via  netip.Addr
 
 	Interval, Timeout time.Duration
 	Rise, Fall        int
 }
 
 // Identity is what a check probes; a change that keeps it keeps the state.
-func (c Check) Identity() string { return string(c.Kind) + " " + c.Target.String() + " " + c.Command }
+func (c Check) Identity() string {
+	id := string(c.Kind) + " " + c.Target.String() + " " + c.Command
+	if c.Mark != 0 {
+		id += fmt.Sprintf(" via %s mark %#x", c.Via, c.Mark)
+	}
+	return id
+}
 
 func (c Check) String() string {
 	switch c.Kind {
@@ -74,6 +87,9 @@ func (c Check) String() string {
 		return fmt.Sprintf("%s://%s%s", c.Kind, c.Target, c.Path)
 	case Exec:
 		return "exec " + c.Command
+	}
+	if c.Mark != 0 {
+		return fmt.Sprintf("%s://%s via %s", c.Kind, c.Target, c.Via)
 	}
 	return fmt.Sprintf("%s://%s", c.Kind, c.Target)
 }
@@ -178,7 +194,7 @@ func (p *Prober) Probe(ctx context.Context, c Check) error {
 	switch c.Kind {
 	case TCP:
 		var conn *probeConn
-		if conn, err = dialProbe(ctx, c.Target, time.Now().Add(c.Timeout)); err == nil {
+		if conn, err = dialProbe(ctx, c, time.Now().Add(c.Timeout)); err == nil {
 			conn.reset()
 		}
 	case HTTP, HTTPS:
@@ -209,7 +225,7 @@ func (p *Prober) probeHTTP(ctx context.Context, c Check) error {
 	if err != nil {
 		return err
 	}
-	conn, err := dialProbe(ctx, c.Target, time.Now().Add(c.Timeout))
+	conn, err := dialProbe(ctx, c, time.Now().Add(c.Timeout))
 	if err != nil {
 		return err
 	}
@@ -349,7 +365,11 @@ func statusExpected(spec string, code int) bool {
 }
 
 func probeUDP(ctx context.Context, c Check) error {
-	conn, err := (&net.Dialer{}).DialContext(ctx, "udp", c.Target.String())
+	d, err := PathDialer(c, "udp")
+	if err != nil {
+		return err
+	}
+	conn, err := d.DialContext(ctx, "udp", c.Target.String())
 	if err != nil {
 		return err
 	}

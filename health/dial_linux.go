@@ -23,11 +23,16 @@ type probeConn struct {
 
 // dialProbe connects to target before deadline. Cancelling ctx interrupts
 // the connect and every later read or write.
-func dialProbe(ctx context.Context, target netip.AddrPort, deadline time.Time) (*probeConn, error) {
+func dialProbe(ctx context.Context, check Check, deadline time.Time) (*probeConn, error) {
+	target := check.Target
 	addr := newRawSockaddr(target)
 	fd, err := unix.Socket(addr.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
+	}
+	if err := pathSocket(fd, check); err != nil {
+		unix.Close(fd)
+		return nil, err
 	}
 	// The descriptor is non-blocking, so os.NewFile registers it with the
 	// poller.

@@ -5,7 +5,6 @@ package health
 import (
 	"context"
 	"net"
-	"net/netip"
 	"time"
 )
 
@@ -13,9 +12,13 @@ import (
 // where the Linux raw-socket dialer is not available).
 type probeConn struct{ net.Conn }
 
-func dialProbe(ctx context.Context, target netip.AddrPort, deadline time.Time) (*probeConn, error) {
-	d := net.Dialer{Deadline: deadline}
-	c, err := d.DialContext(ctx, "tcp", target.String())
+func dialProbe(ctx context.Context, check Check, deadline time.Time) (*probeConn, error) {
+	d, err := PathDialer(check, "tcp")
+	if err != nil {
+		return nil, err
+	}
+	d.Deadline = deadline
+	c, err := d.DialContext(ctx, "tcp", check.Target.String())
 	if err != nil {
 		return nil, err
 	}

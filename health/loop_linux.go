@@ -323,6 +323,10 @@ func (l *probeLoop) startProbe(lc *loopCheck, now time.Time) {
 	}
 	lc.fd, lc.phase, lc.sent, lc.n = fd, phaseConnecting, 0, 0
 	l.byFD[int32(fd)] = lc
+	if err := pathSocket(fd, c); err != nil {
+		l.finish(lc, now, l.opError("dial", lc, err))
+		return
+	}
 	sa, saLen := lc.addr.ptr()
 	if err := rawConnect(fd, sa, saLen); err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		l.finish(lc, now, l.opError("dial", lc, os.NewSyscallError("connect", err)))

@@ -139,6 +139,9 @@ func NormalizeService(in *types.VirtualService) (*types.VirtualService, error) {
 			if err := validateHealthCheck("defaults.health_check", d.HealthCheck, true); err != nil {
 				return nil, err
 			}
+			if d.HealthCheck.GetThroughVip().GetValue() && (s.GetKey().GetFwmark() != 0 || d.Forward == types.ForwardMethod_MASQ) {
+				return nil, FieldErrorf("defaults.health_check.through_vip", "needs a VIP and servers reached by direct routing or a tunnel (not a firewall-mark service, not NAT)")
+			}
 		}
 		if d.Forward == types.ForwardMethod_UNSET_FORWARD_METHOD && d.HealthCheck == nil {
 			s.Defaults = nil
@@ -332,10 +335,32 @@ func NormalizeServer(in *types.RealServer, svc *types.VirtualService) (*types.Re
 			return nil, err
 		}
 	}
-	if err := validateHealthCheck("health_check", EffectiveHealthCheck(s, svc), false); err != nil {
+	eff := EffectiveHealthCheck(s, svc)
+	if err := validateHealthCheck("health_check", eff, false); err != nil {
+		return nil, err
+	}
+	if err := validateThroughVIP(eff, forward, svc); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// validateThroughVIP: a check through the VIP needs a VIP, and a server
+// reached by direct routing or a tunnel.
+func validateThroughVIP(h *types.RealServer_HealthCheck, forward types.ForwardMethod, svc *types.VirtualService) error {
+	if !h.GetThroughVip().GetValue() || h.GetEndpoint().GetValue() == "" {
+		return nil
+	}
+	switch {
+	case svc.GetKey().GetFwmark() != 0:
+		return FieldErrorf("health_check.through_vip", "a firewall-mark service has no VIP to check through")
+	case forward == types.ForwardMethod_MASQ:
+		return FieldErrorf("health_check.through_vip", "a NAT (masq) server is checked at its own address: its replies come back through the node either way")
+	}
+	if u, err := url.Parse(h.GetEndpoint().GetValue()); err == nil && (u.Scheme == "exec" || u.Hostname() != "") {
+		return FieldErrorf("health_check.through_vip", "not with an exec check or an endpoint naming a host (%s)", Truncate(h.GetEndpoint().GetValue(), 40))
+	}
+	return nil
 }
 
 func validateTunnel(c *types.RealServer_Config, forward types.ForwardMethod) error {

@@ -4701,8 +4701,15 @@ type RealServer_HealthCheck struct {
 	Command       string `protobuf:"bytes,14,opt,name=command,proto3" json:"command,omitempty"`                                    // exec: the command line; MERLIN_TARGET_IP/PORT in its environment
 	GrpcService   string `protobuf:"bytes,15,opt,name=grpc_service,json=grpcService,proto3" json:"grpc_service,omitempty"`         // grpc.health.v1 service name
 	// slow_start ramps the weight up over this time after the server comes back up.
-	SlowStart     *durationpb.Duration `protobuf:"bytes,16,opt,name=slow_start,json=slowStart,proto3" json:"slow_start,omitempty"`
-	Startup       RealServer_Startup   `protobuf:"varint,17,opt,name=startup,proto3,enum=types.RealServer_Startup" json:"startup,omitempty"`
+	SlowStart *durationpb.Duration `protobuf:"bytes,16,opt,name=slow_start,json=slowStart,proto3" json:"slow_start,omitempty"`
+	Startup   RealServer_Startup   `protobuf:"varint,17,opt,name=startup,proto3,enum=types.RealServer_Startup" json:"startup,omitempty"`
+	// through_vip: probe the service's VIP (at the endpoint's port) by
+	// the path client traffic takes to this server — direct routing or
+	// the tunnel — instead of the server's own address: a server whose
+	// VIP, tunnel device or reply path is broken fails. Not for NAT
+	// servers (their own address is their path) nor firewall-mark
+	// services (no VIP). The node needs accept_local (-director-sysctls).
+	ThroughVip    *wrapperspb.BoolValue `protobuf:"bytes,18,opt,name=through_vip,json=throughVip,proto3" json:"through_vip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4854,6 +4861,13 @@ func (x *RealServer_HealthCheck) GetStartup() RealServer_Startup {
 		return x.Startup
 	}
 	return RealServer_FROM_KERNEL
+}
+
+func (x *RealServer_HealthCheck) GetThroughVip() *wrapperspb.BoolValue {
+	if x != nil {
+		return x.ThroughVip
+	}
+	return nil
 }
 
 type ListResponse_Item struct {
@@ -5064,7 +5078,7 @@ const file_types_proto_rawDesc = "" +
 	"\vcommunities\x18\x02 \x03(\tR\vcommunities\x12+\n" +
 	"\x11large_communities\x18\x03 \x03(\tR\x10largeCommunities\x12G\n" +
 	"\x10local_preference\x18\x04 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x0flocalPreference\x12A\n" +
-	"\x0elink_bandwidth\x18\x05 \x01(\v2\x1a.google.protobuf.BoolValueR\rlinkBandwidth\"\x82\v\n" +
+	"\x0elink_bandwidth\x18\x05 \x01(\v2\x1a.google.protobuf.BoolValueR\rlinkBandwidth\"\xbf\v\n" +
 	"\n" +
 	"RealServer\x12\x1c\n" +
 	"\tserviceID\x18\x01 \x01(\tR\tserviceID\x12'\n" +
@@ -5085,7 +5099,7 @@ const file_types_proto_rawDesc = "" +
 	"\vtunnel_port\x18\x06 \x01(\rR\n" +
 	"tunnelPort\x12'\n" +
 	"\x0ftunnel_checksum\x18\a \x01(\bR\x0etunnelChecksum\x124\n" +
-	"\x16tunnel_remote_checksum\x18\b \x01(\bR\x14tunnelRemoteChecksum\x1a\x98\x05\n" +
+	"\x16tunnel_remote_checksum\x18\b \x01(\bR\x14tunnelRemoteChecksum\x1a\xd5\x05\n" +
 	"\vHealthCheck\x128\n" +
 	"\bendpoint\x18\x01 \x01(\v2\x1c.google.protobuf.StringValueR\bendpoint\x121\n" +
 	"\x06period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06period\x123\n" +
@@ -5108,7 +5122,9 @@ const file_types_proto_rawDesc = "" +
 	"\fgrpc_service\x18\x0f \x01(\tR\vgrpcService\x128\n" +
 	"\n" +
 	"slow_start\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\tslowStart\x123\n" +
-	"\astartup\x18\x11 \x01(\x0e2\x19.types.RealServer.StartupR\astartup\"$\n" +
+	"\astartup\x18\x11 \x01(\x0e2\x19.types.RealServer.StartupR\astartup\x12;\n" +
+	"\vthrough_vip\x18\x12 \x01(\v2\x1a.google.protobuf.BoolValueR\n" +
+	"throughVip\"$\n" +
 	"\aStartup\x12\x0f\n" +
 	"\vFROM_KERNEL\x10\x00\x12\b\n" +
 	"\x04DOWN\x10\x01\"\x9a\x02\n" +
@@ -5571,55 +5587,56 @@ var file_types_proto_depIdxs = []int32{
 	60,  // 108: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
 	60,  // 109: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
 	5,   // 110: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	20,  // 111: types.ListResponse.Item.service:type_name -> types.VirtualService
-	24,  // 112: types.ListResponse.Item.servers:type_name -> types.RealServer
-	20,  // 113: types.Merlin.CreateService:input_type -> types.VirtualService
-	20,  // 114: types.Merlin.UpdateService:input_type -> types.VirtualService
-	64,  // 115: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	24,  // 116: types.Merlin.CreateServer:input_type -> types.RealServer
-	24,  // 117: types.Merlin.UpdateServer:input_type -> types.RealServer
-	24,  // 118: types.Merlin.DeleteServer:input_type -> types.RealServer
-	65,  // 119: types.Merlin.List:input_type -> google.protobuf.Empty
-	64,  // 120: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	27,  // 121: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	28,  // 122: types.Merlin.Watch:input_type -> types.WatchRequest
-	65,  // 123: types.Merlin.Status:input_type -> google.protobuf.Empty
-	65,  // 124: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	47,  // 125: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	39,  // 126: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	18,  // 127: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	16,  // 128: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	65,  // 129: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
-	14,  // 130: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
-	15,  // 131: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
-	12,  // 132: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
-	7,   // 133: types.Merlin.DrainServer:input_type -> types.DrainServerRequest
-	65,  // 134: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	65,  // 135: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	65,  // 136: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	65,  // 137: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	65,  // 138: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	65,  // 139: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	25,  // 140: types.Merlin.List:output_type -> types.ListResponse
-	59,  // 141: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	65,  // 142: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	29,  // 143: types.Merlin.Watch:output_type -> types.WatchEvent
-	45,  // 144: types.Merlin.Status:output_type -> types.StatusResponse
-	51,  // 145: types.Merlin.Stats:output_type -> types.StatsResponse
-	65,  // 146: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	65,  // 147: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	19,  // 148: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	25,  // 149: types.Merlin.ListPage:output_type -> types.ListResponse
-	13,  // 150: types.Merlin.ListBGP:output_type -> types.BGPConfig
-	65,  // 151: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
-	65,  // 152: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
-	65,  // 153: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
-	65,  // 154: types.Merlin.DrainServer:output_type -> google.protobuf.Empty
-	134, // [134:155] is the sub-list for method output_type
-	113, // [113:134] is the sub-list for method input_type
-	113, // [113:113] is the sub-list for extension type_name
-	113, // [113:113] is the sub-list for extension extendee
-	0,   // [0:113] is the sub-list for field type_name
+	63,  // 111: types.RealServer.HealthCheck.through_vip:type_name -> google.protobuf.BoolValue
+	20,  // 112: types.ListResponse.Item.service:type_name -> types.VirtualService
+	24,  // 113: types.ListResponse.Item.servers:type_name -> types.RealServer
+	20,  // 114: types.Merlin.CreateService:input_type -> types.VirtualService
+	20,  // 115: types.Merlin.UpdateService:input_type -> types.VirtualService
+	64,  // 116: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	24,  // 117: types.Merlin.CreateServer:input_type -> types.RealServer
+	24,  // 118: types.Merlin.UpdateServer:input_type -> types.RealServer
+	24,  // 119: types.Merlin.DeleteServer:input_type -> types.RealServer
+	65,  // 120: types.Merlin.List:input_type -> google.protobuf.Empty
+	64,  // 121: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	27,  // 122: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	28,  // 123: types.Merlin.Watch:input_type -> types.WatchRequest
+	65,  // 124: types.Merlin.Status:input_type -> google.protobuf.Empty
+	65,  // 125: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	47,  // 126: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	39,  // 127: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	18,  // 128: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	16,  // 129: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	65,  // 130: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	14,  // 131: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	15,  // 132: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	12,  // 133: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	7,   // 134: types.Merlin.DrainServer:input_type -> types.DrainServerRequest
+	65,  // 135: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	65,  // 136: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	65,  // 137: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	65,  // 138: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	65,  // 139: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	65,  // 140: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	25,  // 141: types.Merlin.List:output_type -> types.ListResponse
+	59,  // 142: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	65,  // 143: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	29,  // 144: types.Merlin.Watch:output_type -> types.WatchEvent
+	45,  // 145: types.Merlin.Status:output_type -> types.StatusResponse
+	51,  // 146: types.Merlin.Stats:output_type -> types.StatsResponse
+	65,  // 147: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	65,  // 148: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	19,  // 149: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	25,  // 150: types.Merlin.ListPage:output_type -> types.ListResponse
+	13,  // 151: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	65,  // 152: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	65,  // 153: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	65,  // 154: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	65,  // 155: types.Merlin.DrainServer:output_type -> google.protobuf.Empty
+	135, // [135:156] is the sub-list for method output_type
+	114, // [114:135] is the sub-list for method input_type
+	114, // [114:114] is the sub-list for extension type_name
+	114, // [114:114] is the sub-list for extension extendee
+	0,   // [0:114] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }

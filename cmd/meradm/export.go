@@ -145,6 +145,9 @@ func healthToFile(h *types.RealServer_HealthCheck) *fileHealth {
 	if h.Startup == types.RealServer_DOWN {
 		fh.Startup = "down"
 	}
+	if v := h.GetThroughVip(); v != nil {
+		fh.ThroughVIP = &v.Value
+	}
 	return fh
 }
 

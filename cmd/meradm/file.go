@@ -105,6 +105,7 @@ type fileHealth struct {
 	GRPCService   string  `json:"grpc_service,omitempty"`
 	SlowStart     string  `json:"slow_start,omitempty"`
 	Startup       string  `json:"startup,omitempty"` // kernel (default) or down
+	ThroughVIP    *bool   `json:"through_vip,omitempty"`
 }
 
 // desiredItem is one service of the file in canonical form.
@@ -346,6 +347,9 @@ func (h *fileHealth) toProto(field string) (*types.RealServer_HealthCheck, error
 	hc.Startup = st
 	if h.Endpoint != nil {
 		hc.Endpoint = wrapperspb.String(*h.Endpoint)
+	}
+	if h.ThroughVIP != nil {
+		hc.ThroughVip = wrapperspb.Bool(*h.ThroughVIP)
 	}
 	for _, d := range []struct {
 		name string

@@ -22,7 +22,7 @@ func fullObjects() *types.ListResponse {
 	hc := &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("https://:8443/ready"), Period: durationpb.New(2 * time.Second),
 		Timeout: durationpb.New(time.Second), UpThreshold: 2, DownThreshold: 3, Method: "HEAD", Host: "web.example", ExpectStatus: "200,204",
 		ExpectBody: "ok", TlsServerName: "web.example", TlsVerify: true, SlowStart: durationpb.New(30 * time.Second), Startup: types.RealServer_DOWN}
-	udp := &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("udp://:53"), UdpSend: "ping", UdpExpect: "pong"}
+	udp := &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("udp://:53"), UdpSend: "ping", UdpExpect: "pong", ThroughVip: wrapperspb.Bool(true)}
 	grpcCheck := &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("grpc://:9090"), GrpcService: "web"}
 	exec := &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("exec:"), Command: "check-web --fast"}
 	web := &types.VirtualService{Id: "web", Key: &types.VirtualService_Key{Ip: "198.18.0.10", Port: 80, Protocol: types.Protocol_TCP},

@@ -25,6 +25,7 @@ import (
 const editAttempts = 5
 
 type healthFlags struct {
+	throughVIP               bool
 	endpoint                 string
 	period                   time.Duration
 	timeout                  time.Duration
@@ -57,6 +58,7 @@ func addHealthFlags(f *pflag.FlagSet, h *healthFlags) {
 	f.StringVar(&h.grpcService, "health-grpc-service", "", "service name for a grpc:// check")
 	f.DurationVar(&h.slowStart, "slow-start", 0, "ramp the weight up over this time after a server comes back up")
 	f.StringVar(&h.startup, "startup", "", "state of a newly checked server: kernel (default: as the kernel has it) or down (until checks pass)")
+	f.BoolVar(&h.throughVIP, "health-through-vip", false, "probe the VIP (at the endpoint's port) by the server's own path: direct routing or tunnel (not NAT)")
 }
 
 // apply sets the health check fields given on the command line.
@@ -65,7 +67,7 @@ func (h *healthFlags) apply(f *pflag.FlagSet, hc **types.RealServer_HealthCheck)
 	given := false
 	for _, n := range []string{"health-endpoint", "health-period", "health-timeout", "health-up", "health-down", "health-method", "health-host",
 		"health-expect-status", "health-expect-body", "health-tls-name", "health-tls-verify", "health-udp-send", "health-udp-expect",
-		"health-command", "health-grpc-service", "slow-start", "startup"} {
+		"health-command", "health-grpc-service", "slow-start", "startup", "health-through-vip"} {
 		given = given || changed(n)
 	}
 	if !given {
@@ -109,6 +111,9 @@ func (h *healthFlags) apply(f *pflag.FlagSet, hc **types.RealServer_HealthCheck)
 	}
 	if changed("slow-start") {
 		c.SlowStart = durationpb.New(h.slowStart)
+	}
+	if changed("health-through-vip") {
+		c.ThroughVip = wrapperspb.Bool(h.throughVIP)
 	}
 	if changed("startup") {
 		st, err := parseStartup(h.startup)

@@ -168,7 +168,7 @@ func (p *nodeParts) newSinks(o *options, reg *prometheus.Registry, log *slog.Log
 	p.bgpApplier = newBGPApplier(s, nodeBGP{file: o.bgpFile, node: o.node, labels: o.labels}, log.With("component", "bgp"))
 	p.bgpApplier.poke() // the node's own configuration, before the cluster's is read
 	p.sinks = append(p.sinks, node.NewBGPSink(s, o.bandwidthInterval))
-	p.sinks = append(p.sinks, node.NewServerDrainSink(p.statsReader))
+	p.sinks = append(p.sinks, node.NewServerDrainSink(p.statsReader), node.NewPathProbeSink(p.table))
 	reg.MustRegister(node.NewBGPCollector(s))
 	if o.sync != nil {
 		p.syncSink = node.NewSyncSink(p.table, node.CountConnections(p.statsReader), o.syncFlags.warmMax,

@@ -60,3 +60,31 @@ func TestAPIHealthyThreshold(t *testing.T) {
 		t.Fatalf("the threshold stayed: %v, %v", got.GetService().GetHealthyThreshold(), err)
 	}
 }
+
+// TestAPIThroughVIPRefused: a check through the VIP on a NAT server, or on
+// a firewall-mark service, is refused naming the field; nothing written.
+func TestAPIThroughVIPRefused(t *testing.T) {
+	env := startAPI(t, etcdtest.Embedded)
+	ctx, c := ctxT(t), env.client
+	noErr(t)(c.CreateService(ctx, tcpService("web", "198.18.0.1", 80)))
+	through := &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("tcp://:80"), Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
+		UpThreshold: 1, DownThreshold: 1, ThroughVip: wrapperspb.Bool(true)}
+	nat := server("web", "198.19.0.2", 8080, 1)
+	nat.Config.Forward, nat.HealthCheck = types.ForwardMethod_MASQ, through
+	_, err := c.CreateServer(ctx, nat)
+	if wantCode(t, err, codes.InvalidArgument); !strings.Contains(err.Error(), "health_check.through_vip") || !strings.Contains(err.Error(), "NAT") {
+		t.Errorf("a NAT server checked through the VIP: %v", err)
+	}
+	dr := server("web", "198.19.0.2", 80, 1)
+	dr.Config.Forward, dr.HealthCheck = types.ForwardMethod_ROUTE, through
+	noErr(t)(c.CreateServer(ctx, dr))
+	mark := &types.VirtualService{Id: "marked", Key: &types.VirtualService_Key{Fwmark: 7}, Config: &types.VirtualService_Config{Scheduler: "rr"},
+		Defaults: &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_ROUTE, HealthCheck: through}}
+	_, err = c.CreateService(ctx, mark)
+	if wantCode(t, err, codes.InvalidArgument); !strings.Contains(err.Error(), "defaults.health_check.through_vip") {
+		t.Errorf("a firewall-mark service checked through the VIP: %v", err)
+	}
+	if got, err := c.GetService(ctx, wrapperspb.String("web")); err != nil || len(got.Servers) != 1 {
+		t.Fatalf("servers after the refusals: %v, %v", got, err)
+	}
+}

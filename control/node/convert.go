@@ -45,42 +45,49 @@ func ToIPVS(ss *store.ServiceState, weightOf func(*types.RealServer) uint32) (ip
 	}
 	vs := ipvs.VirtualServer{Service: ipvs.Service{Key: ServiceKeyOf(svc), Config: cfg}}
 	for _, srv := range ss.Servers {
-		addr, err := netip.ParseAddr(srv.GetKey().GetIp())
+		d, err := destinationOf(srv, svc)
 		if err != nil {
-			return ipvs.VirtualServer{}, fmt.Errorf("server %s: %w", model.ServerName(srv), err)
-		}
-		sc := srv.GetConfig()
-		d := ipvs.DestinationConfig{
-			Weight:         sc.GetWeight().GetValue(),
-			UpperThreshold: sc.GetUpperThreshold().GetValue(),
-			LowerThreshold: sc.GetLowerThreshold().GetValue(),
+			return ipvs.VirtualServer{}, err
 		}
 		if weightOf != nil {
-			d.Weight = weightOf(srv)
+			d.Config.Weight = weightOf(srv)
 		}
-		switch model.EffectiveForward(srv, svc) {
-		case types.ForwardMethod_ROUTE:
-			d.Forward = ipvs.DirectRoute
-		case types.ForwardMethod_TUNNEL:
-			d.Forward = ipvs.Tunnel
-			d.TunnelType = ipvs.TunnelType(sc.GetTunnelType())
-			d.TunnelPort = uint16(sc.GetTunnelPort())
-			if sc.GetTunnelChecksum() {
-				d.TunnelFlags |= ipvs.TunnelChecksum
-			}
-			if sc.GetTunnelRemoteChecksum() {
-				d.TunnelFlags |= ipvs.TunnelRemoteChecksum
-			}
-		default:
-			d.Forward = ipvs.Masquerade
-		}
-		vs.Destinations = append(vs.Destinations, ipvs.Destination{
-			Key:    ipvs.DestinationKey{Address: addr, Port: uint16(srv.GetKey().GetPort())},
-			Config: d,
-		})
+		vs.Destinations = append(vs.Destinations, d)
 	}
 	slices.SortFunc(vs.Destinations, func(a, b ipvs.Destination) int {
 		return netip.AddrPortFrom(a.Key.Address, a.Key.Port).Compare(netip.AddrPortFrom(b.Key.Address, b.Key.Port))
 	})
 	return vs, nil
+}
+
+// destinationOf is a server as the kernel's destination, at its
+// configured weight.
+func destinationOf(srv *types.RealServer, svc *types.VirtualService) (ipvs.Destination, error) {
+	addr, err := netip.ParseAddr(srv.GetKey().GetIp())
+	if err != nil {
+		return ipvs.Destination{}, fmt.Errorf("server %s: %w", model.ServerName(srv), err)
+	}
+	sc := srv.GetConfig()
+	d := ipvs.DestinationConfig{
+		Weight:         sc.GetWeight().GetValue(),
+		UpperThreshold: sc.GetUpperThreshold().GetValue(),
+		LowerThreshold: sc.GetLowerThreshold().GetValue(),
+	}
+	switch model.EffectiveForward(srv, svc) {
+	case types.ForwardMethod_ROUTE:
+		d.Forward = ipvs.DirectRoute
+	case types.ForwardMethod_TUNNEL:
+		d.Forward = ipvs.Tunnel
+		d.TunnelType = ipvs.TunnelType(sc.GetTunnelType())
+		d.TunnelPort = uint16(sc.GetTunnelPort())
+		if sc.GetTunnelChecksum() {
+			d.TunnelFlags |= ipvs.TunnelChecksum
+		}
+		if sc.GetTunnelRemoteChecksum() {
+			d.TunnelFlags |= ipvs.TunnelRemoteChecksum
+		}
+	default:
+		d.Forward = ipvs.Masquerade
+	}
+	return ipvs.Destination{Key: ipvs.DestinationKey{Address: addr, Port: uint16(srv.GetKey().GetPort())}, Config: d}, nil
 }

@@ -165,6 +165,12 @@ func testState(t *testing.T, services ...*types.VirtualService) *store.State {
 
 func withServer(t *testing.T, st *store.State, id, addr string, weight uint32) {
 	t.Helper()
+	withServerFwd(t, st, id, addr, weight, types.ForwardMethod_MASQ)
+}
+
+// withServerFwd adds a server forwarded by fwd.
+func withServerFwd(t *testing.T, st *store.State, id, addr string, weight uint32, fwd types.ForwardMethod) {
+	t.Helper()
 	ss := st.Services[id]
 	ip, port, _ := strings.Cut(addr, ":")
 	p, err := strconv.ParseUint(port, 10, 16)
@@ -172,7 +178,7 @@ func withServer(t *testing.T, st *store.State, id, addr string, weight uint32) {
 		t.Fatal(err)
 	}
 	srv, err := model.NormalizeServer(&types.RealServer{ServiceID: id, Key: &types.RealServer_Key{Ip: ip, Port: uint32(p)},
-		Config: &types.RealServer_Config{Weight: wrapperspb.UInt32(weight), Forward: types.ForwardMethod_MASQ}}, ss.Service)
+		Config: &types.RealServer_Config{Weight: wrapperspb.UInt32(weight), Forward: fwd}}, ss.Service)
 	if err != nil {
 		t.Fatal(err)
 	}

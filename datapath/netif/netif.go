@@ -25,8 +25,11 @@ import (
 // take over TCP and SCTP connections begun on another node (sloppy): when
 // routers rehash a flow to this node after another withdrew, a mid-flow
 // packet is scheduled like a new connection — with the mh scheduler on
-// every node, to the same real server — instead of being reset.
+// every node, to the same real server — instead of being reset. Accept
+// packets from a local address (accept_local): the answers to a check
+// through the VIP come from the VIP, which the node holds too.
 var DirectorSysctls = map[string]string{
+	"net/ipv4/conf/all/accept_local":        "1",
 	"net/ipv4/vs/sloppy_tcp":                "1",
 	"net/ipv4/vs/sloppy_sctp":               "1",
 	"net/ipv4/vs/conntrack":                 "1",

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -27,7 +28,12 @@ func (Prober) Probe(ctx context.Context, c health.Check) error {
 	if c.TLSVerify || c.TLSName != "" {
 		creds = credentials.NewTLS(&tls.Config{ServerName: c.TLSName, InsecureSkipVerify: !c.TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // the check's choice
 	}
-	conn, err := grpc.NewClient(c.Target.String(), grpc.WithTransportCredentials(creds))
+	d, err := health.PathDialer(c, "tcp")
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(c.Target.String(), grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,51 @@
+package node
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// A check through the VIP probes the VIP at the endpoint's port, marked
+// for the server, from the node's address toward the server; the probe
+// services hold that server alone, forwarded as the service forwards it;
+// two servers whose marks meet get a service with no server.
+func TestPathProbes(t *testing.T) {
+	svc := svcAt("web", "198.18.0.1", "wlc")
+	svc.Defaults = &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_TUNNEL, HealthCheck: &types.RealServer_HealthCheck{
+		Endpoint: wrapperspb.String("tcp://:8080"), Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
+		UpThreshold: 1, DownThreshold: 1, ThroughVip: wrapperspb.Bool(true)}}
+	st := testState(t, svc)
+	withServerFwd(t, st, "web", "198.19.0.1:80", 1, types.ForwardMethod_TUNNEL)
+	withServerFwd(t, st, "web", "198.19.0.2:80", 1, types.ForwardMethod_TUNNEL)
+	ss := st.Services["web"]
+	checks := PlanChecks(ss, nil)
+	c := checks.Servers["198.19.0.1:80"].Check
+	if c.Target != netip.MustParseAddrPort("198.18.0.1:8080") || c.Via != mustAddr("198.19.0.1") || c.Mark != PathMark("web", "198.19.0.1:80") || !IsPathMark(c.Mark) {
+		t.Fatalf("check through the VIP: %+v", c)
+	}
+	plan := &Plan{Services: map[string]*ServicePlan{"web": PlanService("web", ss, checks, HealthView{}, time.Now())}}
+	want, collided := pathProbes(plan)
+	if len(want) != 2 || len(collided) != 0 {
+		t.Fatalf("probe services %v, collided %v", want, collided)
+	}
+	vs := want[ipvs.ServiceKey{Family: ipvs.IPv4, FWMark: c.Mark}.Canonical()]
+	if len(vs.Destinations) != 1 || vs.Destinations[0].Key.Address != mustAddr("198.19.0.1") || vs.Destinations[0].Config.Forward != ipvs.Tunnel || vs.Destinations[0].Config.Weight != 1 {
+		t.Fatalf("probe service %+v", vs)
+	}
+	// The same mark for both: neither is probed through the other.
+	sc := checks.Servers["198.19.0.2:80"]
+	sc.Check.Mark = c.Mark
+	checks.Servers["198.19.0.2:80"] = sc
+	plan.Services["web"].Checks = checks
+	want, collided = pathProbes(plan)
+	if len(want) != 1 || len(collided) != 2 || len(want[ipvs.ServiceKey{Family: ipvs.IPv4, FWMark: c.Mark}.Canonical()].Destinations) != 0 {
+		t.Fatalf("a shared mark: %v, collided %v", want, collided)
+	}
+}
