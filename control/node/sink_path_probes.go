@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 )
@@ -18,12 +19,26 @@ import (
 // claims, and nothing else. Each costs the kernel one service and one
 // destination (a few hundred bytes) and a connection entry per probe.
 type pathProbeSink struct {
-	table IPVS
-	model map[ipvs.ServiceKey]ipvs.VirtualServer // what the kernel holds; nil: not read yet
+	table  IPVS
+	model  map[ipvs.ServiceKey]ipvs.VirtualServer // what the kernel holds; nil: not read yet
+	verify time.Time                              // when to look at the kernel's probe services again
+	now    func() time.Time
 }
 
+// pathProbeVerify: how often the probe services are looked up in the
+// kernel, so that one deleted behind merlin's back (ipvsadm -C) comes back.
+const pathProbeVerify = 30 * time.Second
+
 // NewPathProbeSink is the sink of the checks through the VIP.
-func NewPathProbeSink(t IPVS) Sink { return &pathProbeSink{table: t} }
+func NewPathProbeSink(t IPVS) Sink { return &pathProbeSink{table: t, now: time.Now} }
+
+// Due: when the probe services are to be looked up again (zero: none).
+func (s *pathProbeSink) Due() time.Time {
+	if len(s.model) == 0 {
+		return time.Time{}
+	}
+	return s.verify
+}
 
 func (s *pathProbeSink) Name() string { return "path-probes" }
 
@@ -33,7 +48,12 @@ func (s *pathProbeSink) Set(ctx context.Context, p *Plan) error {
 		if err := s.read(ctx, p); err != nil {
 			return err
 		}
+	} else if now := s.now(); len(s.model) > 0 && !now.Before(s.verify) {
+		if err := s.lookUp(ctx); err != nil {
+			return err
+		}
 	}
+	s.verify = s.now().Add(pathProbeVerify)
 	if !maps.EqualFunc(want, s.model, sameVirtual) {
 		ops := ipvs.Diff(slices.Collect(maps.Values(want)), slices.Collect(maps.Values(s.model)))
 		if err := s.table.Apply(ctx, ops); err != nil {
@@ -65,6 +85,22 @@ func (s *pathProbeSink) read(ctx context.Context, p *Plan) error {
 	for _, vs := range table {
 		if k := vs.Service.Key.Canonical(); IsPathMark(k.FWMark) && !claimed[k] {
 			s.model[k] = vs
+		}
+	}
+	return nil
+}
+
+// lookUp replaces the model's services with what the kernel holds of them.
+func (s *pathProbeSink) lookUp(ctx context.Context) error {
+	for k := range s.model {
+		vs, err := s.table.Lookup(ctx, k)
+		switch {
+		case err != nil:
+			return fmt.Errorf("checks through the VIP: look up %s: %w", k, err)
+		case vs == nil:
+			delete(s.model, k)
+		default:
+			s.model[k] = *vs
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -47,5 +48,42 @@ func TestPathProbes(t *testing.T) {
 	want, collided = pathProbes(plan)
 	if len(want) != 1 || len(collided) != 2 || len(want[ipvs.ServiceKey{Family: ipvs.IPv4, FWMark: c.Mark}.Canonical()].Destinations) != 0 {
 		t.Fatalf("a shared mark: %v, collided %v", want, collided)
+	}
+}
+
+// A probe service deleted behind merlin's back comes back at the next
+// look (every 30 s: the sink is Timed).
+func TestPathProbeSinkRepairs(t *testing.T) {
+	svc := svcAt("web", "198.18.0.1", "wlc")
+	svc.Defaults = &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_ROUTE, HealthCheck: &types.RealServer_HealthCheck{
+		Endpoint: wrapperspb.String("tcp://:80"), Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
+		UpThreshold: 1, DownThreshold: 1, ThroughVip: wrapperspb.Bool(true)}}
+	st := testState(t, svc)
+	withServerFwd(t, st, "web", "198.19.0.1:80", 1, types.ForwardMethod_ROUTE)
+	ss := st.Services["web"]
+	plan := &Plan{Services: map[string]*ServicePlan{"web": PlanService("web", ss, PlanChecks(ss, nil), HealthView{}, time.Now())}}
+	table := newFakeTable()
+	now := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	s := NewPathProbeSink(table).(*pathProbeSink)
+	s.now = func() time.Time { return now }
+	key := ipvs.ServiceKey{Family: ipvs.IPv4, FWMark: PathMark("web", "198.19.0.1:80")}.Canonical()
+	if err := s.Set(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	if vs, _ := table.Lookup(context.Background(), key); vs == nil || len(vs.Destinations) != 1 {
+		t.Fatalf("probe service %v", vs)
+	}
+	if err := table.Apply(context.Background(), []ipvs.Op{{Kind: ipvs.OpDeleteService, Service: ipvs.Service{Key: key}}}); err != nil {
+		t.Fatal(err)
+	}
+	if due := s.Due(); !due.Equal(now.Add(pathProbeVerify)) {
+		t.Fatalf("due %s", due)
+	}
+	now = now.Add(pathProbeVerify)
+	if err := s.Set(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	if vs, _ := table.Lookup(context.Background(), key); vs == nil || len(vs.Destinations) != 1 {
+		t.Fatalf("the probe service deleted behind merlin's back was not put back: %v", vs)
 	}
 }
