@@ -9,6 +9,7 @@ godebug multipathtcp=0
 require (
 	github.com/cilium/ebpf v0.22.0
 	github.com/cloudflare/ipvs v0.12.0
+	github.com/grafana/grafana-foundation-sdk/go v0.0.22
 	github.com/mdlayher/genetlink v1.4.0
 	github.com/mdlayher/netlink v1.11.2
 	github.com/moby/ipvs v1.1.0

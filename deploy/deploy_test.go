@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/merlin-ipvs/merlin/deploy"
+	"github.com/merlin-ipvs/merlin/deploy/grafana/dashboard"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
 )
 
@@ -110,5 +112,21 @@ func TestSystemdUnitHardening(t *testing.T) {
 	}
 	if !strings.Contains(string(unit), "\nType=notify\n") || !strings.Contains(string(unit), "\nNoNewPrivileges=yes\n") {
 		t.Error("the unit is not Type=notify with NoNewPrivileges")
+	}
+}
+
+// TestDashboardIsGenerated: the shipped dashboard is what the typed code
+// in deploy/grafana/dashboard builds (make generate writes it).
+func TestDashboardIsGenerated(t *testing.T) {
+	want, err := dashboard.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile("grafana/merlin.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("deploy/grafana/merlin.json is not what deploy/grafana/dashboard builds: run make generate")
 	}
 }

@@ -18,3 +18,6 @@ protoc -I control/api/testdata -I /usr/include --include_imports \
   -o control/api/testdata/original_merlin.pb control/api/testdata/original_merlin.proto
 # The eBPF counters (bpf/*.c) with Debian's clang 19, through bpf2go.
 go generate ./datapath/xdpstats
+# The Grafana dashboard, from typed code (deploy/grafana/dashboard).
+go run ./deploy/grafana/gen > deploy/grafana/merlin.json.new
+mv deploy/grafana/merlin.json.new deploy/grafana/merlin.json
