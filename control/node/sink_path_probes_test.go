@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -18,14 +19,7 @@ import (
 // services hold that server alone, forwarded as the service forwards it;
 // two servers whose marks meet get a service with no server.
 func TestPathProbes(t *testing.T) {
-	svc := svcAt("web", "198.18.0.1", "wlc")
-	svc.Defaults = &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_TUNNEL, HealthCheck: &types.RealServer_HealthCheck{
-		Endpoint: wrapperspb.String("tcp://:8080"), Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
-		UpThreshold: 1, DownThreshold: 1, ThroughVip: wrapperspb.Bool(true)}}
-	st := testState(t, svc)
-	withServerFwd(t, st, "web", "198.19.0.1:80", 1, types.ForwardMethod_TUNNEL)
-	withServerFwd(t, st, "web", "198.19.0.2:80", 1, types.ForwardMethod_TUNNEL)
-	ss := st.Services["web"]
+	ss := throughVIPService(t, types.ForwardMethod_TUNNEL, "tcp://:8080", "198.19.0.1:80", "198.19.0.2:80")
 	checks := PlanChecks(ss, nil)
 	c := checks.Servers["198.19.0.1:80"].Check
 	if c.Target != netip.MustParseAddrPort("198.18.0.1:8080") || c.Via != mustAddr("198.19.0.1") || c.Mark != PathMark("web", "198.19.0.1:80") || !IsPathMark(c.Mark) {
@@ -54,13 +48,7 @@ func TestPathProbes(t *testing.T) {
 // A probe service deleted behind merlin's back comes back at the next
 // look (every 30 s: the sink is Timed).
 func TestPathProbeSinkRepairs(t *testing.T) {
-	svc := svcAt("web", "198.18.0.1", "wlc")
-	svc.Defaults = &types.VirtualService_ServerDefaults{Forward: types.ForwardMethod_ROUTE, HealthCheck: &types.RealServer_HealthCheck{
-		Endpoint: wrapperspb.String("tcp://:80"), Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
-		UpThreshold: 1, DownThreshold: 1, ThroughVip: wrapperspb.Bool(true)}}
-	st := testState(t, svc)
-	withServerFwd(t, st, "web", "198.19.0.1:80", 1, types.ForwardMethod_ROUTE)
-	ss := st.Services["web"]
+	ss := throughVIPService(t, types.ForwardMethod_ROUTE, "tcp://:80", "198.19.0.1:80")
 	plan := &Plan{Services: map[string]*ServicePlan{"web": PlanService("web", ss, PlanChecks(ss, nil), HealthView{}, time.Now())}}
 	table := newFakeTable()
 	now := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
@@ -86,4 +74,19 @@ func TestPathProbeSinkRepairs(t *testing.T) {
 	if vs, _ := table.Lookup(context.Background(), key); vs == nil || len(vs.Destinations) != 1 {
 		t.Fatalf("the probe service deleted behind merlin's back was not put back: %v", vs)
 	}
+}
+
+// throughVIPService: "web" on 198.18.0.1:80 whose servers, forwarded by
+// fwd, are checked at endpoint through the VIP.
+func throughVIPService(t *testing.T, fwd types.ForwardMethod, endpoint string, servers ...string) *store.ServiceState {
+	t.Helper()
+	svc := svcAt("web", "198.18.0.1", "wlc")
+	svc.Defaults = &types.VirtualService_ServerDefaults{Forward: fwd, HealthCheck: &types.RealServer_HealthCheck{
+		Endpoint: wrapperspb.String(endpoint), Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second),
+		UpThreshold: 1, DownThreshold: 1, ThroughVip: wrapperspb.Bool(true)}}
+	st := testState(t, svc)
+	for _, s := range servers {
+		withServerFwd(t, st, "web", s, 1, fwd)
+	}
+	return st.Services["web"]
 }
