@@ -54,6 +54,11 @@ func TestAPIHealthyThreshold(t *testing.T) {
 	if wantCode(t, err, codes.InvalidArgument); !strings.Contains(err.Error(), "sorry server") {
 		t.Errorf("a member equal to the sorry server: %v", err)
 	}
+	// A merge carries passive health and the threshold together.
+	noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", PassiveHealth: &types.PassiveHealth{Enabled: wrapperspb.Bool(true)}}))
+	if got, err := c.GetService(ctx, wrapperspb.String("web")); err != nil || !got.Service.GetPassiveHealth().GetEnabled().GetValue() || got.Service.HealthyThreshold == nil {
+		t.Fatalf("passive health after a merge: %v, %v", got.GetService(), err)
+	}
 	// An empty threshold removes it.
 	noErr(t)(c.UpdateService(ctx, &types.VirtualService{Id: "web", HealthyThreshold: &types.HealthyThreshold{}}))
 	if got, err := c.GetService(ctx, wrapperspb.String("web")); err != nil || got.Service.HealthyThreshold != nil {

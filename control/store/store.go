@@ -237,6 +237,12 @@ func mergeService(cur, update *types.VirtualService) *types.VirtualService {
 		}
 		model.MergePresent(next.Announce, a)
 	}
+	if p := update.PassiveHealth; p != nil {
+		if next.PassiveHealth == nil {
+			next.PassiveHealth = &types.PassiveHealth{}
+		}
+		model.MergePresent(next.PassiveHealth, p)
+	}
 	if t := update.HealthyThreshold; t != nil {
 		// One setting whose zero values mean something (KEEP_SERVING, no
 		// sorry servers): given, it replaces the stored one; an empty one
