@@ -68,14 +68,18 @@ func TestDebianPackage(t *testing.T) {
 // buildDeb runs scripts/deb.sh for v1.2.3 with the Makefile's stamps.
 func buildDeb(t *testing.T) string {
 	t.Helper()
+	dir, err := filepath.Abs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("../scripts/deb.sh", "v1.2.3")
 	cmd.Dir = "."
-	cmd.Env = append(os.Environ(), "LDFLAGS=-X github.com/merlin-ipvs/merlin/internal/version.stamped=v1.2.3 -X github.com/merlin-ipvs/merlin/internal/version.stampedCommit=0123456789abcdef")
+	cmd.Env = append(os.Environ(), "MERLIN_DEB_OUT="+dir, "LDFLAGS=-X github.com/merlin-ipvs/merlin/internal/version.stamped=v1.2.3 -X github.com/merlin-ipvs/merlin/internal/version.stampedCommit=0123456789abcdef")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("deb.sh: %v\n%s", err, out)
 	}
-	return filepath.Join("..", strings.TrimSpace(lastLine(string(out))))
+	return strings.TrimSpace(lastLine(string(out)))
 }
 
 func lastLine(s string) string {

@@ -14,8 +14,12 @@ fi
 debver="${debver//-/.}-1"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 
-root=build/deb/root
-rm -rf build/deb && mkdir -p "$root/DEBIAN"
+# MERLIN_DEB_OUT: where the package goes (default build); MERLIN_DEB_COMPRESSION:
+# xz (default), gzip or none (the VM tests unpack faster).
+out_dir=${MERLIN_DEB_OUT:-build}
+compression=${MERLIN_DEB_COMPRESSION:-xz}
+root="$out_dir/deb/root"
+rm -rf "$out_dir/deb" && mkdir -p "$root/DEBIAN"
 # Position-independent and stripped (Debian's hardening); the version
 # stamp as make build's.
 ldflags=${LDFLAGS:?the Makefile passes LDFLAGS}
@@ -52,6 +56,6 @@ sed -e "s/@VERSION@/$debver/" -e "s/@SIZE@/$size/" deploy/debian/control.in > "$
 (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum > DEBIAN/md5sums)
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 chmod -R go-w "$root"
-out="build/merlin_${debver}_amd64.deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$out" >/dev/null
+out="$out_dir/merlin_${debver}_amd64.deb"
+dpkg-deb --root-owner-group "-Z$compression" --build "$root" "$out" >/dev/null
 echo "$out"

@@ -89,6 +89,7 @@ for a in $(cat /proc/cmdline); do
     merlin.moddir=*) MODDIR=${a#merlin.moddir=} ;;
     merlin.jobdir=*) JOBDIR=${a#merlin.jobdir=} ;;
     merlin.tmpfs=*) TMPFS=${a#merlin.tmpfs=} ;;
+    merlin.systemd=*) SYSTEMD=${a#merlin.systemd=} ;;
   esac
 done
 fail() { echo "MERLIN-VM-INIT-FAILED: $*"; echo "MERLIN-EXIT=125"; poweroff -f; }
@@ -133,6 +134,28 @@ for p in /sys/class/virtio-ports/*; do
 done
 [ -n "$port" ] || fail "no virtio output port"
 echo "MERLIN-VM-READY"
+if [ "$SYSTEMD" = 1 ]; then
+  # systemd as PID 1 on the same root; the job is its one unit (nothing
+  # else the root has enabled starts), which writes its status and powers
+  # the guest off.
+  umount /newroot/proc /newroot/sys/fs/bpf /newroot/sys/fs/cgroup /newroot/sys/kernel/debug 2>/dev/null
+  mkdir -p /newroot/run/systemd/system
+  cat > /newroot/run/systemd/system/merlin-vmjob.service <<UNIT
+[Unit]
+Description=merlin VM job
+DefaultDependencies=no
+Wants=systemd-journald.socket systemd-journald-dev-log.socket
+After=systemd-journald.socket systemd-journald-dev-log.socket
+[Service]
+Type=oneshot
+StandardInput=null
+StandardOutput=file:$port
+StandardError=inherit
+ExecStart=/bin/sh $JOBDIR/job.sh
+ExecStopPost=/bin/sh -c 'echo \$\$EXIT_STATUS > $JOBDIR/rc; sync; echo MERLIN-EXIT=\$\$EXIT_STATUS > /dev/ttyS0; /bin/systemctl poweroff -ff'
+UNIT
+  exec switch_root /newroot /lib/systemd/systemd --unit=merlin-vmjob.service
+fi
 chroot /newroot /bin/sh "$JOBDIR/job.sh" >"$port" 2>&1 </dev/null
 rc=$?
 echo "$rc" > /job/rc

@@ -38,6 +38,10 @@ type Options struct {
 	Qemu         string // default qemu-system-x86_64
 	Bios         string // default /usr/share/qemu/qboot.rom
 	KeepJobDir   bool   // leave the job directory (console log, initramfs) for debugging
+	// Systemd boots Debian's systemd as PID 1 on the guest's root, and the
+	// program as a unit of it (merlin-vmjob.service), so that it can install
+	// packages and start units with systemctl.
+	Systemd bool
 }
 
 // Run boots the kernel, runs argv inside and returns its exit status. An
@@ -147,6 +151,7 @@ func (o *Options) qemuArgs(jobDir, initrd, consoleLog string) []string {
 		"merlin.moddir=" + o.Kernel.ModulesDir,
 		"merlin.jobdir=" + jobDir,
 		"merlin.tmpfs=" + strconv.Itoa(o.MemoryMiB/2) + "m",
+		"merlin.systemd=" + map[bool]string{true: "1", false: "0"}[o.Systemd],
 	}, " ")
 	accel := "tcg"
 	if o.CPUs > 1 {

@@ -64,6 +64,8 @@ func run() int {
 		Stderr:       os.Stderr,
 		WritableDirs: []string{filepath.Dir(prog)},
 		KeepJobDir:   os.Getenv("MERLIN_VM_KEEP") == "1",
+		// The tests of vmtests/systemd need systemd as PID 1.
+		Systemd: filepath.Base(prog) == "systemd.test" || os.Getenv("MERLIN_VM_SYSTEMD") == "1",
 	}
 	rc, err := vm.Run(ctx, opts, append([]string{prog}, os.Args[2:]...))
 	if err != nil {
