@@ -133,14 +133,6 @@ func New(cfg Config) (l *Lab, err error) {
 		{"ip", "link", "set", "lo", "up"},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
 		{"ip", "link", "add", "br0", "type", "bridge"},
-		// A fixed address: a bridge otherwise takes the lowest of its ports'
-		// (random) addresses and changes it when that port goes down or up —
-		// the router's MAC would change under every neighbour when a node's
-		// link flaps, and all traffic through it would stop until they
-		// re-resolve it (TestVMConnSyncScale saw every flow pause and 14
-		// stall for 30 s when node1's link came back: about one run in 14,
-		// the odds of node1's port having the lowest address).
-		{"ip", "link", "set", "br0", "address", "02:00:00:00:00:01"},
 		{"ip", "addr", "add", "198.18.0.1/24", "dev", "br0"},
 		{"ip", "link", "set", "br0", "up"},
 		{"mkdir", "-p", BPFFS},
