@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,7 +87,9 @@ func TestVMServerDrain(t *testing.T) {
 	defer open.Close()
 	out := c.mustMeradm("server", "drain", "dr", second, "--deadline", "10s", "--wait", "--wait-interval", "1s")
 	t.Logf("meradm server drain --wait:\n%s", out)
-	if !strings.Contains(out, "drain ended by its deadline after 1") || !strings.Contains(out, "1 active") {
+	// The counts depend on what else the client left open: a live
+	// connection counted is what matters.
+	if !strings.Contains(out, "drain ended by its deadline after 1") || !regexp.MustCompile(`node\d [1-9]\d* active`).MatchString(out) {
 		t.Fatalf("--wait did not follow the drain to its deadline:\n%s", out)
 	}
 	c.must(echo(open, "open after the deadline"))
