@@ -2,12 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
+
+	"github.com/merlin-ipvs/merlin/internal/version"
 )
 
 // manCmd writes meradm's man pages (section 1, one per command) into a
@@ -21,28 +20,15 @@ func manCmd(root *cobra.Command) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			root.DisableAutoGenTag = true // reproducible: no date in the pages
 			hdr := &doc.GenManHeader{Title: "MERADM", Section: "1", Source: "merlin " + root.Version, Manual: "merlin"}
-			if t, err := sourceDate(); err != nil {
+			date, err := version.SourceDate()
+			if err != nil {
 				return err
-			} else if !t.IsZero() {
-				hdr.Date = &t
 			}
+			hdr.Date = &date
 			if err := doc.GenManTree(root, hdr, args[0]); err != nil {
 				return fmt.Errorf("man pages: %w", err)
 			}
 			return nil
 		},
 	}
-}
-
-// sourceDate is $SOURCE_DATE_EPOCH (reproducible builds), zero if unset.
-func sourceDate() (time.Time, error) {
-	v := os.Getenv("SOURCE_DATE_EPOCH")
-	if v == "" {
-		return time.Time{}, nil
-	}
-	secs, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("SOURCE_DATE_EPOCH %q: %w", shorten(v), err)
-	}
-	return time.Unix(secs, 0).UTC(), nil
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/merlin-ipvs/merlin/internal/version"
 )
@@ -86,16 +85,12 @@ func yamlValue(v string) string {
 }
 
 // printManPage writes merlin(8) in roff.
-func printManPage(w io.Writer, fs *flag.FlagSet, version string) error {
-	date := time.Now().UTC()
-	if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
-		secs, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return fmt.Errorf("SOURCE_DATE_EPOCH %q: %w", shorten(v), err)
-		}
-		date = time.Unix(secs, 0).UTC()
+func printManPage(w io.Writer, fs *flag.FlagSet, release string) error {
+	date, err := version.SourceDate()
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(w, ".TH MERLIN 8 %q %q \"merlin\"\n", date.Format("2006-01-02"), "merlin "+version)
+	fmt.Fprintf(w, ".TH MERLIN 8 %q %q \"merlin\"\n", date.Format("2006-01-02"), "merlin "+release)
 	fmt.Fprint(w, `.SH NAME
 merlin \- distributed IPVS manager: node agent and API
 .SH SYNOPSIS

@@ -112,13 +112,12 @@ func pathProbes(p *Plan) (map[ipvs.ServiceKey]ipvs.VirtualServer, []string) {
 	want := map[ipvs.ServiceKey]ipvs.VirtualServer{}
 	owner := map[ipvs.ServiceKey]string{}
 	var collided []string
-	for _, id := range slices.Sorted(maps.Keys(p.Services)) {
-		sp := p.Services[id]
+	for id, sp := range p.Services { // every Set: no sorting (a shared mark fails both, in any order)
 		if sp.Err != nil {
 			continue
 		}
-		for _, server := range slices.Sorted(maps.Keys(sp.Checks.Servers)) {
-			c := sp.Checks.Servers[server].Check
+		for server, sc := range sp.Checks.Servers {
+			c := sc.Check
 			srv := sp.State.Servers[server]
 			if c.Mark == 0 || srv == nil {
 				continue

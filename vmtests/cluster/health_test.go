@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -11,15 +12,16 @@ import (
 	"github.com/merlin-ipvs/merlin/vmtests/lab"
 )
 
-// weights reads each real server's weight of a service from a node's table.
+// weights reads each real server's weight of a service from a node's table
+// (the value after -w: tunnel servers' lines go on after it).
 func (c *cluster) weights(n *lab.Node, vip string) map[string]int {
 	c.t.Helper()
 	out := c.table(n)
 	got := map[string]int{}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 8 && f[0] == "-a" && f[2] == vip {
-			w, _ := strconv.Atoi(f[len(f)-1])
+		if i := slices.Index(f, "-w"); len(f) >= 8 && f[0] == "-a" && f[2] == vip && i > 0 && i+1 < len(f) {
+			w, _ := strconv.Atoi(f[i+1])
 			got[f[4]] = w
 		}
 	}

@@ -1,12 +1,8 @@
 package cluster
 
 import (
-	"fmt"
 	"os/exec"
-	"slices"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/merlin-ipvs/merlin/vmtests/lab"
 )
@@ -57,8 +53,8 @@ func TestVMPathCheck(t *testing.T) {
 
 	t.Run("direct routing: the VIP gone from the backend's loopback", func(t *testing.T) {
 		nsRun(t, c.Backends[0], "ip", "addr", "del", lab.DRVIP+"/32", "dev", "lo")
-		c.waitServerWeight(dr, lab.BackendAddr(0)+":80", "0")
-		c.waitServerWeight(lab.DRVIP+":53", lab.BackendAddr(0)+":53", "0") // the UDP check too
+		c.waitWeight(dr, lab.BackendAddr(0)+":80", 0)
+		c.waitWeight(lab.DRVIP+":53", lab.BackendAddr(0)+":53", 0) // the UDP check too
 		if w := c.weights(c.Nodes[0], lab.DRVIP+":81")[lab.BackendAddr(0)+":81"]; w != 1 {
 			t.Errorf("the plain check took the backend down too (weight %d): it should not see the broken path", w)
 		}
@@ -68,12 +64,12 @@ func TestVMPathCheck(t *testing.T) {
 			}
 		}
 		nsRun(t, c.Backends[0], "ip", "addr", "add", lab.DRVIP+"/32", "dev", "lo")
-		c.waitServerWeight(dr, lab.BackendAddr(0)+":80", "1")
-		c.waitServerWeight(lab.DRVIP+":53", lab.BackendAddr(0)+":53", "1")
+		c.waitWeight(dr, lab.BackendAddr(0)+":80", 1)
+		c.waitWeight(lab.DRVIP+":53", lab.BackendAddr(0)+":53", 1)
 	})
 	t.Run("tunnel: the backend's tunnel device down", func(t *testing.T) {
 		nsRun(t, c.Backends[1], "ip", "link", "set", "tunl0", "down")
-		c.waitServerWeight(tun, lab.BackendAddr(1)+":80", "0")
+		c.waitWeight(tun, lab.BackendAddr(1)+":80", 0)
 		if w := c.weights(c.Nodes[0], lab.DRVIP+":81")[lab.BackendAddr(1)+":81"]; w != 1 {
 			t.Errorf("the plain check took the backend down too (weight %d)", w)
 		}
@@ -83,25 +79,8 @@ func TestVMPathCheck(t *testing.T) {
 			}
 		}
 		nsRun(t, c.Backends[1], "ip", "link", "set", "tunl0", "up")
-		c.waitServerWeight(tun, lab.BackendAddr(1)+":80", "1")
+		c.waitWeight(tun, lab.BackendAddr(1)+":80", 1)
 	})
 	out := c.mustMeradm("status")
 	t.Logf("status:\n%s", out)
-}
-
-// waitServerWeight waits for server of vip at weight on every node (the
-// weight read at -w: tunnel lines go on after it).
-func (c *cluster) waitServerWeight(vip, server, weight string) {
-	c.t.Helper()
-	for _, n := range c.Nodes {
-		c.eventually(fmt.Sprintf("%s of %s at weight %s on %s", server, vip, weight, n.Name), 60*time.Second, func() error {
-			for _, line := range strings.Split(c.table(n), "\n") {
-				f := strings.Fields(line)
-				if i := slices.Index(f, "-w"); len(f) > 4 && f[0] == "-a" && f[2] == vip && f[4] == server && i > 0 && i+1 < len(f) && f[i+1] == weight {
-					return nil
-				}
-			}
-			return fmt.Errorf("table:\n%s", c.table(n))
-		})
-	}
 }
