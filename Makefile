@@ -44,7 +44,7 @@ test:
 
 # Only the VM tier.
 vmtest: setup build
-	MERLIN_DEB_COMPRESSION=none LDFLAGS='-X github.com/merlin-ipvs/merlin/internal/version.stamped=v1.2.3' ./scripts/deb.sh v1.2.3 >/dev/null
+	./scripts/vmdebs.sh
 	grep -rlE --include='*_test.go' '^func Test(Kernel|VM)' . | xargs -r -n1 dirname | sort -u | \
 	  xargs $(GO) test -count=1 -timeout 20m -exec $(CURDIR)/bin/vmrun -run '^Test(Kernel|VM)' -v
 

@@ -56,10 +56,8 @@ go build -o bin/vmrun ./vmtests/cmd/vmrun || status=1
 # The VM cluster tests run these binaries inside the VM.
 go build -o bin/merlin ./cmd/merlin || status=1
 go build -o bin/meradm ./cmd/meradm || status=1
-# The package the systemd VM tests install (vmtests/systemd), uncompressed: a
-# guest under emulation unpacks it much faster.
-MERLIN_DEB_COMPRESSION=none LDFLAGS="-X github.com/merlin-ipvs/merlin/internal/version.stamped=v1.2.3 -X github.com/merlin-ipvs/merlin/internal/version.stampedCommit=$(git rev-parse HEAD 2>/dev/null)" \
-  ./scripts/deb.sh v1.2.3 >/dev/null || status=1
+# The packages the systemd VM tests install (vmtests/systemd).
+./scripts/vmdebs.sh || status=1
 
 step "host tests (unit and privileged)"
 go test -json -count=1 -timeout 15m ./... > "$out/host.json"

@@ -32,14 +32,7 @@ func TestVMPackage(t *testing.T) {
 	if _, err := os.Stat(testDeb); err != nil {
 		t.Fatalf("%s: %v (scripts/test.sh builds it before the VM tests)", testDeb, err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			out, _ := exec.Command("journalctl", "-u", "merlin", "--no-pager", "-n", "60").CombinedOutput()
-			t.Logf("journal:\n%s", out)
-			out, _ = exec.Command("systemctl", "status", "merlin", "--no-pager").CombinedOutput()
-			t.Logf("status:\n%s", out)
-		}
-	})
+	t.Cleanup(func() { journalOnFailure(t) })
 	// man-db's trigger rebuilds its index after every install and removal:
 	// minutes under emulation, and nothing the test looks at (the guest's
 	// root is a throw-away overlay).

@@ -140,6 +140,10 @@ if [ "$SYSTEMD" = 1 ]; then
   # the guest off.
   umount /newroot/proc /newroot/sys/fs/bpf /newroot/sys/fs/cgroup /newroot/sys/kernel/debug 2>/dev/null
   mkdir -p /newroot/run/systemd/system
+  # The host's root may be a container image's: its marker makes systemd
+  # take the guest for a container (no bpffs, private mount propagation),
+  # and its policy-rc.d keeps maintainer scripts from touching services.
+  rm -f /newroot/.dockerenv /newroot/run/.containerenv /newroot/usr/sbin/policy-rc.d
   cat > /newroot/run/systemd/system/merlin-vmjob.service <<UNIT
 [Unit]
 Description=merlin VM job
