@@ -5,7 +5,7 @@
 set -euo pipefail
 
 CACHE=${MERLIN_CACHE:-/var/cache/merlin}
-PACKAGES=(qemu-system-x86 qemu-system-data busybox-static kmod cpio ipvsadm xz-utils iproute2 binutils etcd-server etcd-client protobuf-compiler libprotobuf-dev keepalived bird2 gobgpd frr clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool xdp-tools prometheus prometheus-node-exporter systemd lintian dpkg-dev)
+PACKAGES=(qemu-system-x86 qemu-system-data busybox-static kmod cpio ipvsadm xz-utils iproute2 binutils etcd-server etcd-client protobuf-compiler libprotobuf-dev keepalived bird2 gobgpd frr clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool xdp-tools prometheus prometheus-node-exporter systemd lintian dpkg-dev mmdebstrap)
 STATICCHECK_VERSION=${STATICCHECK_VERSION:-v0.7.0}
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -70,9 +70,33 @@ if [ ! -f "$kdir/.complete" ]; then
 fi
 ln -sfn "$kpkg" "$CACHE/kernel/current"
 
+# The systemd VM tier's root filesystem (vmtests/systemd): Debian minbase with
+# systemd and the lab's peers, built by mmdebstrap from the same archive, so
+# the guest boots like an installed machine (not the host's root, which may
+# be a container image's). Cached under a key of what goes in and the
+# archive's versions of it; SOURCE_DATE_EPOCH makes the build reproducible.
+ROOTFS_PACKAGES=systemd,systemd-sysv,init-system-helpers,iproute2,bird2,ipvsadm,bpftool,kmod,procps,util-linux
+# What an installer leaves and minbase does not: /etc/hosts (meradm's
+# default host is localhost), a hostname; no resolver (the guest has no
+# network).
+ROOTFS_HOOKS=(--customize-hook='printf "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts"'
+  --customize-hook='echo vm > "$1/etc/hostname"' --customize-hook='rm -f "$1/etc/resolv.conf"')
+rootfs_key=$( (echo "$ROOTFS_PACKAGES ${ROOTFS_HOOKS[*]}"; apt-cache policy ${ROOTFS_PACKAGES//,/ } libc6 2>/dev/null | grep -e '^[a-z]' -e Candidate) | sha256sum | cut -c1-16)
+rdir="$CACHE/rootfs/$rootfs_key"
+if [ ! -f "$rdir/.complete" ]; then
+  log "building the systemd VM tier's root filesystem ($rootfs_key)"
+  as_root rm -rf "$rdir" && as_root mkdir -p "$rdir"
+  as_root env SOURCE_DATE_EPOCH=1700000000 mmdebstrap --quiet --mode=root --variant=minbase \
+    --include="$ROOTFS_PACKAGES" "${ROOTFS_HOOKS[@]}" bookworm "$rdir/root" http://deb.debian.org/debian
+  as_root touch "$rdir/.complete"
+fi
+ln -sfn "$rootfs_key" "$CACHE/rootfs/current"
+# Earlier builds (another archive state) go: 220 MB each.
+find "$CACHE/rootfs" -mindepth 1 -maxdepth 1 -type d ! -name "$rootfs_key" -exec rm -rf {} +
+
 if ! command -v staticcheck >/dev/null 2>&1 && [ ! -x "$(go env GOPATH)/bin/staticcheck" ]; then
   log "installing staticcheck $STATICCHECK_VERSION"
   go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 fi
 
-log "kernel $kpkg $(cat "$kdir/deb-version") ready in $kdir"
+log "kernel $kpkg $(cat "$kdir/deb-version") ready in $kdir; root filesystem in $rdir"

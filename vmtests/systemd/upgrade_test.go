@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,9 +53,12 @@ func TestVMPackageRestartAndUpgrade(t *testing.T) {
 			t.Fatalf("%s: %v (scripts/vmdebs.sh builds it before the VM tests)", deb, err)
 		}
 	}
-	t.Cleanup(func() { journalOnFailure(t) })
-	_ = os.Remove("/var/lib/man-db/auto-update") // see TestVMPackage
+	t.Cleanup(journalOnFailure(t))
 	s := newSite(t)
+	t.Cleanup(func() {
+		_ = exec.Command("ipvsadm", "-C").Run()
+		_ = exec.Command("ip", "link", "del", "merlin0").Run()
+	})
 	t0 := time.Now()
 	step := func(what string) { t.Logf("+%s %s", time.Since(t0).Round(100*time.Millisecond), what) }
 
@@ -202,10 +206,15 @@ func metric(t *testing.T, name, match string) float64 {
 	return sum
 }
 
-func journalOnFailure(t *testing.T) {
-	if !t.Failed() {
-		return
+// journalOnFailure returns a cleanup that logs merlin's journal since now
+// and its unit's status if the test failed.
+func journalOnFailure(t *testing.T) func() {
+	since := fmt.Sprintf("@%d", time.Now().Unix())
+	return func() {
+		if !t.Failed() {
+			return
+		}
+		t.Logf("journal:\n%s", output(t, "journalctl", "-u", "merlin", "--no-pager", "--since", since))
+		t.Logf("status:\n%s", output(t, "systemctl", "status", "merlin", "--no-pager"))
 	}
-	t.Logf("journal:\n%s", output(t, "journalctl", "-u", "merlin", "--no-pager", "-n", "80"))
-	t.Logf("status:\n%s", output(t, "systemctl", "status", "merlin", "--no-pager"))
 }

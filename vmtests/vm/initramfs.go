@@ -90,6 +90,7 @@ for a in $(cat /proc/cmdline); do
     merlin.jobdir=*) JOBDIR=${a#merlin.jobdir=} ;;
     merlin.tmpfs=*) TMPFS=${a#merlin.tmpfs=} ;;
     merlin.systemd=*) SYSTEMD=${a#merlin.systemd=} ;;
+    merlin.rootfs=*) ROOTFS=${a#merlin.rootfs=} ;;
   esac
 done
 fail() { echo "MERLIN-VM-INIT-FAILED: $*"; echo "MERLIN-EXIT=125"; poweroff -f; }
@@ -101,7 +102,13 @@ mount --bind "/host$MODDIR" "/lib/modules/$KVER" || fail "bind modules"
 for m in @PRELOAD@; do modprobe "$m" || fail "modprobe $m"; done
 mount -t tmpfs -o "size=$TMPFS" upper /upper
 mkdir -p /upper/u /upper/w
-mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /newroot || fail "overlay"
+mount -t overlay overlay -o "lowerdir=/host$ROOTFS,upperdir=/upper/u,workdir=/upper/w" /newroot || fail "overlay"
+# On a root filesystem of its own, the host directories the program needs.
+while read -r path; do
+  [ -n "$path" ] && [ -n "$ROOTFS" ] || continue
+  mkdir -p "/newroot$path"
+  mount --bind "/host$path" "/newroot$path" || fail "bind $path"
+done < /job/host-dirs
 mkdir -p "/newroot/lib/modules/$KVER"
 mount --bind "/host$MODDIR" "/newroot/lib/modules/$KVER"
 mount -t proc proc /newroot/proc
@@ -140,10 +147,11 @@ if [ "$SYSTEMD" = 1 ]; then
   # the guest off.
   umount /newroot/proc /newroot/sys/fs/bpf /newroot/sys/fs/cgroup /newroot/sys/kernel/debug 2>/dev/null
   mkdir -p /newroot/run/systemd/system
-  # The host's root may be a container image's: its marker makes systemd
-  # take the guest for a container (no bpffs, private mount propagation),
-  # and its policy-rc.d keeps maintainer scripts from touching services.
-  rm -f /newroot/.dockerenv /newroot/run/.containerenv /newroot/usr/sbin/policy-rc.d
+  # On the host's root (a container image's, here) systemd would take the
+  # guest for a container (/.dockerenv: no bpffs, private mount
+  # propagation) and policy-rc.d would keep maintainer scripts from
+  # touching services: vmrun boots systemd on a root filesystem of its own.
+  [ -n "$ROOTFS" ] || fail "systemd needs a root filesystem of its own (merlin.rootfs)"
   cat > /newroot/run/systemd/system/merlin-vmjob.service <<UNIT
 [Unit]
 Description=merlin VM job

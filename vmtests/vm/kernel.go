@@ -75,3 +75,20 @@ func readTrimmed(path string) (string, error) {
 	}
 	return s, nil
 }
+
+// FindRootFS locates the root filesystem scripts/setup.sh built for the
+// systemd tier (MERLIN_CACHE/rootfs/current/root), symlinks resolved.
+func FindRootFS() (string, error) {
+	cache := os.Getenv("MERLIN_CACHE")
+	if cache == "" {
+		cache = DefaultCacheDir
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Join(cache, "rootfs", "current"))
+	if err != nil {
+		return "", fmt.Errorf("root filesystem (run scripts/setup.sh): %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err != nil {
+		return "", fmt.Errorf("root filesystem %s is incomplete (run scripts/setup.sh): %w", dir, err)
+	}
+	return filepath.Join(dir, "root"), nil
+}

@@ -42,6 +42,12 @@ type Options struct {
 	// program as a unit of it (merlin-vmjob.service), so that it can install
 	// packages and start units with systemctl.
 	Systemd bool
+	// RootFS is a host directory holding the guest's root filesystem (the
+	// overlay's lower layer; default the host's /). HostDirs are host
+	// directories then shown read-only at the same paths (the program's
+	// source tree).
+	RootFS   string
+	HostDirs []string
 }
 
 // Run boots the kernel, runs argv inside and returns its exit status. An
@@ -152,6 +158,7 @@ func (o *Options) qemuArgs(jobDir, initrd, consoleLog string) []string {
 		"merlin.jobdir=" + jobDir,
 		"merlin.tmpfs=" + strconv.Itoa(o.MemoryMiB/2) + "m",
 		"merlin.systemd=" + map[bool]string{true: "1", false: "0"}[o.Systemd],
+		"merlin.rootfs=" + o.RootFS,
 	}, " ")
 	accel := "tcg"
 	if o.CPUs > 1 {
@@ -203,6 +210,17 @@ func writeJob(jobDir string, o Options, argv []string) error {
 		rw.WriteString(real + "\n")
 	}
 	if err := os.WriteFile(filepath.Join(jobDir, "rw-shares"), rw.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("vm: %w", err)
+	}
+	var ro bytes.Buffer
+	for _, d := range o.HostDirs {
+		real, err := filepath.EvalSymlinks(d)
+		if err != nil {
+			return fmt.Errorf("vm: host dir: %w", err)
+		}
+		ro.WriteString(real + "\n")
+	}
+	if err := os.WriteFile(filepath.Join(jobDir, "host-dirs"), ro.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("vm: %w", err)
 	}
 	return nil

@@ -67,6 +67,15 @@ func run() int {
 		// The tests of vmtests/systemd need systemd as PID 1.
 		Systemd: filepath.Base(prog) == "systemd.test" || os.Getenv("MERLIN_VM_SYSTEMD") == "1",
 	}
+	if opts.Systemd {
+		// systemd boots the tier's own root filesystem, with the source
+		// tree (the module the program's directory is in) shown inside.
+		if opts.RootFS, err = vm.FindRootFS(); err != nil {
+			fmt.Fprintln(os.Stderr, "vmrun:", err)
+			return 125
+		}
+		opts.HostDirs = []string{moduleRoot(dir)}
+	}
 	rc, err := vm.Run(ctx, opts, append([]string{prog}, os.Args[2:]...))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vmrun:", err)
@@ -80,4 +89,14 @@ func envInt(name string, def int) int {
 		return v
 	}
 	return def
+}
+
+// moduleRoot is the directory of the go.mod above dir (dir itself without one).
+func moduleRoot(dir string) string {
+	for d := dir; d != filepath.Dir(d); d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+	}
+	return dir
 }
