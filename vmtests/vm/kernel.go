@@ -4,7 +4,8 @@
 //
 // The guest sees the host's root filesystem read-only over 9p with a tmpfs
 // overlay on top, so host binaries (ipvsadm, etcd, test binaries) run there
-// unchanged. It needs qemu-system-x86, busybox-static and a kernel unpacked by
+// unchanged; with systemd as PID 1 it boots a root filesystem of its own
+// (Options.RootFS, built by scripts/setup.sh) with host directories bound in. It needs qemu-system-x86, busybox-static and a kernel unpacked by
 // scripts/setup.sh; it needs no privileges of its own, but the programs run
 // inside are root in the guest.
 package vm
