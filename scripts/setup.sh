@@ -71,11 +71,11 @@ fi
 ln -sfn "$kpkg" "$CACHE/kernel/current"
 
 # The systemd VM tier's root filesystem (vmtests/systemd): Debian minbase with
-# systemd and the lab's peers, built by mmdebstrap from the same archive, so
+# systemd, the lab's peers and what the deploying guide runs, built by mmdebstrap from the same archive, so
 # the guest boots like an installed machine (not the host's root, which may
 # be a container image's). Cached under a key of what goes in and the
 # archive's versions of it; SOURCE_DATE_EPOCH makes the build reproducible.
-ROOTFS_PACKAGES=systemd,systemd-sysv,init-system-helpers,iproute2,bird2,ipvsadm,bpftool,kmod,procps,util-linux
+ROOTFS_PACKAGES=systemd,systemd-sysv,init-system-helpers,iproute2,bird2,ipvsadm,bpftool,kmod,procps,util-linux,etcd-server,etcd-client,openssl,curl
 # What an installer leaves and minbase does not: /etc/hosts (meradm's
 # default host is localhost), a hostname; no resolver (the guest has no
 # network).

@@ -156,8 +156,11 @@ if [ "$SYSTEMD" = 1 ]; then
 [Unit]
 Description=merlin VM job
 DefaultDependencies=no
-Wants=systemd-journald.socket systemd-journald-dev-log.socket
-After=systemd-journald.socket systemd-journald-dev-log.socket
+# After the early boot, as any service: the first unit with default
+# dependencies would otherwise start sysinit.target in the middle of a
+# test (systemd-tmpfiles empties /tmp, …).
+Wants=sysinit.target
+After=sysinit.target
 [Service]
 Type=oneshot
 StandardInput=null
