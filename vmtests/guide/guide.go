@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/merlin-ipvs/merlin/internal/netns"
+	"github.com/merlin-ipvs/merlin/vmtests/lab"
 )
 
 // Machine is one of the guide's machines on the test VM.
@@ -148,13 +149,9 @@ func (g *Guide) Step(m *Machine, name string, env ...string) string {
 // Eventually retries fn for up to two minutes.
 func (g *Guide) Eventually(what string, fn func() error) {
 	g.t.Helper()
-	var err error
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if err = fn(); err == nil {
-			return
-		}
+	if err := lab.Eventually(2*time.Minute, fn); err != nil {
+		g.t.Fatalf("%s: %v", what, err)
 	}
-	g.t.Fatalf("%s: %v", what, err)
 }
 
 // Logs logs the stand-in services' logs, for a failed test.
