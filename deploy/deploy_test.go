@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/deploy"
 	"github.com/merlin-ipvs/merlin/deploy/grafana/dashboard"
 	"github.com/merlin-ipvs/merlin/internal/testenv"
@@ -128,5 +129,26 @@ func TestDashboardIsGenerated(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("deploy/grafana/merlin.json is not what deploy/grafana/dashboard builds: run make generate")
+	}
+}
+
+// What ships reads only the per-backend families a node exports by
+// default: an operator who changes nothing sees every panel and alert.
+func TestShippedQueriesNeedOnlyDefaultFamilies(t *testing.T) {
+	dash, err := deploy.Dashboard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	alerts, err := deploy.Alerts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	perBackend := node.BackendFamilyNames()
+	for _, q := range append(dash, alerts...) {
+		for _, name := range deploy.MetricNames(q.Expr) {
+			if slices.Contains(perBackend, name) && !slices.Contains(node.DefaultBackendFamilies, name) {
+				t.Errorf("%s reads %s, which -metrics-backend-families leaves out by default", q.Where, name)
+			}
+		}
 	}
 }

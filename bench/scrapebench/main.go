@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"os"
@@ -94,89 +95,196 @@ func run(merlinBin string, services, dests, scrapes int) error {
 		return err
 	}
 	defer kv.Close()
-	if _, err := store.NewStore(kv, "/merlin").Import(ctx, table(services, dests)); err != nil {
+	items := table(services, dests)
+	if _, err := store.NewStore(kv, "/merlin").Import(ctx, items); err != nil {
 		return err
 	}
-	stopMerlin, err := start(root, "merlin", exec.Command(merlinBin, "-node", "bench", "-store-endpoints", etcdURL, "-data-dir", filepath.Join(root, "merlin"),
-		"-counters-xdp-interfaces", "bench0", "-counters-tc-interfaces", "bench0", "-counters-xdp-mode", "generic", "-counters-pin-dir", "/sys/fs/bpf/scrapebench",
-		"-metrics-read-timeout", "5m")) // the whole table, however slow the VM
-	if err != nil {
-		return err
-	}
-	defer stopMerlin()
-	defer os.RemoveAll("/sys/fs/bpf/scrapebench")
+	// node_exporter takes minutes at this size: it is scraped after every
+	// other merlin scrape, in the first configuration only.
 	stopNE, err := start(root, "node_exporter", exec.Command("prometheus-node-exporter", "--collector.disable-defaults", "--collector.ipvs",
 		"--web.listen-address=127.0.0.1:9100"))
 	if err != nil {
 		return err
 	}
 	defer stopNE()
-	keys := float64(services + 2*services*dests) // VIPs, servers forwarded to, NAT servers replying
+	if err := waitFor(30*time.Second, func() error { return httpOK(neURL) }); err != nil {
+		return err
+	}
+	b := &bench{root: root, merlinBin: merlinBin, st: store.NewStore(kv, "/merlin"), table: items, services: services, dests: dests, scrapes: scrapes}
+	defer os.RemoveAll("/sys/fs/bpf/scrapebench")
+	var ne *scrapeRun
+	var failed []string
+	// The goals hold for the default flags; "all" shows what choosing
+	// every per-backend family costs.
+	for _, cfg := range []struct {
+		name, families string
+		goals          bool
+	}{{"default", "default", true}, {"every per-backend family", "all", false}} {
+		got, neGot, err := b.runConfig(ctx, cfg.families, ne == nil)
+		if err != nil {
+			return fmt.Errorf("%s: %w", cfg.name, err)
+		}
+		if ne == nil {
+			ne = neGot
+		}
+		if missed := b.report(cfg.name, got, ne); cfg.goals {
+			failed = append(failed, missed...)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("GOAL MISSED: %s", strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+const (
+	merlinURL = "http://127.0.0.1:4283/metrics"
+	neURL     = "http://127.0.0.1:9100/metrics"
+	goal      = 10 * time.Second // Prometheus's default scrape_timeout
+)
+
+type bench struct {
+	root, merlinBin          string
+	st                       *store.Store
+	table                    []*types.ListResponse_Item
+	services, dests, scrapes int
+}
+
+// scrapeRun is one exporter's scrapes of a run.
+type scrapeRun struct {
+	times        []time.Duration
+	bytes, lines int
+	rss          float64 // merlin's resident memory after them (MiB)
+	parts        map[string]float64
+	changes      int     // weight changes written while merlin was scraped
+	applied      float64 // revisions merlin applied meanwhile
+}
+
+func (s *scrapeRun) median() time.Duration {
+	t := slices.Clone(s.times)
+	slices.Sort(t)
+	return t[len(t)/2]
+}
+
+// runConfig starts merlin with the default flags but for the per-backend
+// families, waits for its first complete background read, and scrapes it
+// (and, if asked, node_exporter, interleaved) while weights change.
+func (b *bench) runConfig(ctx context.Context, families string, withNE bool) (*scrapeRun, *scrapeRun, error) {
+	stop, err := start(b.root, "merlin-"+families, exec.Command(b.merlinBin, "-node", "bench", "-store-endpoints", etcdURL, "-data-dir", filepath.Join(b.root, "merlin"),
+		"-counters-xdp-interfaces", "bench0", "-counters-tc-interfaces", "bench0", "-counters-xdp-mode", "generic", "-counters-pin-dir", "/sys/fs/bpf/scrapebench",
+		"-metrics-backend-families", families))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer stop()
+	keys := float64(b.services + 2*b.services*b.dests) // VIPs, servers forwarded to, NAT servers replying
 	begin := time.Now()
-	if err := waitFor(10*time.Minute, func() error {
-		m, err := scrapeValues("http://127.0.0.1:4283/metrics", "merlin_counters_keys", "merlin_owned_services")
+	if err := waitFor(15*time.Minute, func() error {
+		m, err := scrapeValues(merlinURL, "merlin_counters_keys", "merlin_owned_services", "merlin_ipvs_stats_up", "merlin_counters_age_seconds")
 		if err != nil {
 			return err
 		}
-		if m["merlin_counters_keys"] != keys || m["merlin_owned_services"] != float64(services) {
-			return fmt.Errorf("not loaded yet: %v", m)
+		if m["merlin_counters_keys"] != keys || m["merlin_owned_services"] != float64(b.services) || m["merlin_ipvs_stats_up"] != 1 {
+			return fmt.Errorf("not loaded and read yet: %v", m)
+		}
+		if _, ok := m["merlin_counters_age_seconds"]; !ok {
+			return fmt.Errorf("eBPF counters not read yet: %v", m)
 		}
 		return nil
 	}); err != nil {
-		return err
+		return nil, nil, err
 	}
-	fmt.Printf("%d services × %d NAT servers in the kernel and %.0f counter keys %.1fs after merlin started\n", services, dests, keys, time.Since(begin).Seconds())
-	if err := waitFor(30*time.Second, func() error { return httpOK("http://127.0.0.1:9100/metrics") }); err != nil {
-		return err
+	fmt.Printf("\n[-metrics-backend-families %s] %d services × %d NAT servers in the kernel, %.0f counter keys and a complete background read %.1fs after merlin started\n",
+		families, b.services, b.dests, keys, time.Since(begin).Seconds())
+	stopChanges := b.changeWeights(ctx)
+	before, err := scrapeValues(merlinURL, "merlin_applied_revision")
+	if err != nil {
+		return nil, nil, err
 	}
-	type result struct {
-		times        []time.Duration
-		bytes, lines int
-	}
-	results := map[string]*result{"merlin": {}, "node_exporter ipvs": {}}
-	urls := map[string]string{"merlin": "http://127.0.0.1:4283/metrics", "node_exporter ipvs": "http://127.0.0.1:9100/metrics"}
-	order := []string{"merlin", "node_exporter ipvs"}
-	for i := range scrapes {
-		for j := range order {
-			name := order[(i+j)%2]
-			t, b, l, err := scrape(urls[name])
-			if err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+	m, ne := &scrapeRun{}, &scrapeRun{}
+	for i := range b.scrapes {
+		if err := m.scrape(merlinURL); err != nil {
+			return nil, nil, fmt.Errorf("merlin: %w", err)
+		}
+		fmt.Printf("  merlin scrape %d: %.2fs, %d series\n", i+1, m.times[i].Seconds(), m.lines)
+		if withNE && i%2 == 0 {
+			if err := ne.scrape(neURL); err != nil {
+				return nil, nil, fmt.Errorf("node_exporter: %w", err)
 			}
-			r := results[name]
-			r.times, r.bytes, r.lines = append(r.times, t), b, l
 		}
 	}
-	fmt.Printf("\n| exporter | median scrape | min–max | series | bytes |\n|---|---:|---:|---:|---:|\n")
-	for _, name := range order {
-		r := results[name]
-		s := slices.Clone(r.times)
-		slices.Sort(s)
-		fmt.Printf("| %s | %.2fs | %.2fs – %.2fs | %d | %d |\n", name, s[len(s)/2].Seconds(), s[0].Seconds(), s[len(s)-1].Seconds(), r.lines, r.bytes)
+	m.changes = stopChanges()
+	after, err := scrapeValues(merlinURL, "merlin_applied_revision", "merlin_ipvs_stats_read_seconds", "merlin_counters_read_seconds",
+		"merlin_ipvs_stats_age_seconds", "merlin_counters_age_seconds")
+	if err != nil {
+		return nil, nil, err
 	}
-	med := func(n string) float64 {
-		s := slices.Clone(results[n].times)
-		slices.Sort(s)
-		return s[len(s)/2].Seconds()
+	m.parts, m.applied = after, after["merlin_applied_revision"]-before["merlin_applied_revision"]
+	if m.rss, err = rssMiB("merlin"); err != nil {
+		return nil, nil, err
 	}
-	fmt.Printf("\nmerlin scrape / node_exporter's: %.2f (merlin exports %.1f× the series: eBPF counters and service IDs besides the kernel's)\n",
-		med("merlin")/med("node_exporter ipvs"), float64(results["merlin"].lines)/float64(results["node_exporter ipvs"].lines))
-	fmt.Printf("merlin scrape median %.2fs (goal ≤ 1 s)\n", med("merlin"))
-	parts, err := scrapeValues(urls["merlin"], "merlin_ipvs_stats_read_seconds", "merlin_counters_read_seconds")
+	if !withNE {
+		ne = nil
+	}
+	return m, ne, nil
+}
+
+func (s *scrapeRun) scrape(url string) error {
+	t, b, l, err := scrape(url)
 	if err != nil {
 		return err
 	}
-	up, err := scrapeValues(urls["merlin"], "merlin_ipvs_stats_up")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("of one scrape: kernel IPVS read %.2fs (complete: %v), eBPF counters read %.2fs\n", parts["merlin_ipvs_stats_read_seconds"], up["merlin_ipvs_stats_up"] == 1, parts["merlin_counters_read_seconds"])
-	rss, err := rssMiB("merlin")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("merlin resident memory with counters on: %.0f MiB\n", rss)
+	s.times, s.bytes, s.lines = append(s.times, t), b, l
 	return nil
+}
+
+// changeWeights sets a random server's weight every 200 ms until stopped:
+// the node keeps reconciling while it is scraped. stop returns the count.
+func (b *bench) changeWeights(ctx context.Context) func() int {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan int)
+	go func() {
+		n := 0
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				done <- n
+				return
+			case <-tick.C:
+			}
+			item := b.table[rand.IntN(len(b.table))]
+			srv := item.Servers[rand.IntN(len(item.Servers))]
+			if _, err := b.st.UpdateServer(ctx, &types.RealServer{ServiceID: item.Service.Id, Key: srv.Key,
+				Config: &types.RealServer_Config{Weight: wrapperspb.UInt32(uint32(1 + rand.IntN(100))), Forward: types.ForwardMethod_MASQ}}); err == nil {
+				n++
+			}
+		}
+	}()
+	return func() int { cancel(); return <-done }
+}
+
+// report prints one configuration's figures and returns the goals missed.
+func (b *bench) report(name string, m, ne *scrapeRun) []string {
+	var failed []string
+	worst := slices.Max(m.times)
+	fmt.Printf("\n%s: merlin scrape median %.2fs, worst %.2fs of %d (goal: every one ≤ %s); %d series, %d bytes\n",
+		name, m.median().Seconds(), worst.Seconds(), len(m.times), goal, m.lines, m.bytes)
+	if worst > goal {
+		failed = append(failed, fmt.Sprintf("%s: a scrape took %.2fs (> %s)", name, worst.Seconds(), goal))
+	}
+	fmt.Printf("  background reads: kernel IPVS %.2fs, eBPF maps %.2fs; exported ages %.1fs and %.1fs\n",
+		m.parts["merlin_ipvs_stats_read_seconds"], m.parts["merlin_counters_read_seconds"], m.parts["merlin_ipvs_stats_age_seconds"], m.parts["merlin_counters_age_seconds"])
+	fmt.Printf("  while scraped: %d weight changes written, merlin applied %.0f revisions; resident memory %.0f MiB\n", m.changes, m.applied, m.rss)
+	perSeries := m.median().Seconds() / float64(m.lines)
+	nePerSeries := ne.median().Seconds() / float64(ne.lines)
+	fmt.Printf("  node_exporter (ipvs): median %.2fs for %d series; per series merlin %.1f µs, node_exporter %.1f µs: ratio %.3f (goal ≤ 0.25)\n",
+		ne.median().Seconds(), ne.lines, perSeries*1e6, nePerSeries*1e6, perSeries/nePerSeries)
+	if perSeries/nePerSeries > 0.25 {
+		failed = append(failed, fmt.Sprintf("%s: per-series cost %.3f × node_exporter's (> 0.25)", name, perSeries/nePerSeries))
+	}
+	return failed
 }
 
 // table is services × dests NAT servers, VIPs spread over the low octets.

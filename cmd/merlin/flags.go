@@ -73,6 +73,8 @@ type options struct {
 	bgp                *bgp.Config
 	counterFlags       counterFlags
 	metricsReadTimeout time.Duration
+	metricsInterval    time.Duration
+	metricsFamilies    []string // per-backend families exported
 	execDir            string
 	execUser           string
 	maxChecks          int
@@ -168,7 +170,11 @@ func registerNodeFlags(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.execUser, "health-exec-user", "nobody", "the unprivileged user exec health checks run as")
 	fs.IntVar(&o.maxChecks, "health-max-checks", 16384, "most distinct health checks this node runs; the others are not run (their servers stay down with the reason)")
 	o.counterFlags.register(fs)
-	fs.DurationVar(&o.metricsReadTimeout, "metrics-read-timeout", node.DefaultScrapeTimeout, "bound on one scrape's read of the kernel's IPVS counters (a read cut short exports what it got and merlin_ipvs_stats_up 0)")
+	fs.DurationVar(&o.metricsReadTimeout, "metrics-read-timeout", node.DefaultReadTimeout, "bound on one background read of the kernel's IPVS counters (a read cut short exports what it got and merlin_ipvs_stats_up 0)")
+	fs.DurationVar(&o.metricsInterval, "metrics-read-interval", node.DefaultReadInterval, "pause between background reads of the kernel's IPVS counters and the eBPF counters; scrapes export the last read and its age (merlin_ipvs_stats_age_seconds, merlin_counters_age_seconds)")
+	o.metricsFamilies = slices.Clone(node.DefaultBackendFamilies)
+	fs.Var(&familiesFlag{names: &o.metricsFamilies, text: "default"}, "metrics-backend-families", "comma-separated per-backend metric families to export (one series per real server each): names, default (those the shipped dashboard and alerts read: "+
+		strings.Join(node.DefaultBackendFamilies, ", ")+"), all or none")
 }
 
 // registerBGPFlags: the -bgp-* flags, laid over the file's bgp section.
@@ -298,6 +304,8 @@ func checkStoreFlags(o *options) error {
 		return fmt.Errorf("-max-connections-per-source %d: want 0 (no cap) to %d", o.maxConnsPerSource, 1<<20)
 	case o.metricsReadTimeout < 100*time.Millisecond || o.metricsReadTimeout > 10*time.Minute:
 		return fmt.Errorf("-metrics-read-timeout %s: want 100ms to 10m", o.metricsReadTimeout)
+	case o.metricsInterval < 100*time.Millisecond || o.metricsInterval > time.Hour:
+		return fmt.Errorf("-metrics-read-interval %s: want 100ms to 1h", o.metricsInterval)
 	case o.maxChecks < 1 || o.maxChecks > 1<<20:
 		return fmt.Errorf("-health-max-checks %d: want 1 to %d", o.maxChecks, 1<<20)
 	case o.snapshotStall < 100*time.Millisecond || o.snapshotStall > time.Hour:
@@ -413,4 +421,21 @@ func parseLabels(s string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
+}
+
+// familiesFlag is -metrics-backend-families: its text as given, parsed.
+type familiesFlag struct {
+	names *[]string
+	text  string
+}
+
+func (f *familiesFlag) String() string { return f.text }
+
+func (f *familiesFlag) Set(v string) error {
+	names, err := node.ParseBackendFamilies(v)
+	if err != nil {
+		return err
+	}
+	*f.names, f.text = names, v
+	return nil
 }

@@ -109,6 +109,7 @@ func (p *nodeParts) run(ctx context.Context, st *store.Store, runner *node.Runne
 		}
 		return nil
 	})
+	group.Go(func() error { p.traffic.RunReads(ctx); return nil })
 	if p.counter != nil {
 		group.Go(func() error { p.counter.Run(ctx); return nil })
 		group.Go(func() error { p.traffic.RunPassive(ctx, p.checks); return nil })
@@ -195,7 +196,8 @@ func (p *nodeParts) openTraffic(ctx context.Context, o *options, log *slog.Logge
 		counters = p.counter
 		cl.push(func() { _ = p.counter.Close() })
 	}
-	p.traffic = node.NewTraffic(p.statsReader, counters, o.metricsReadTimeout)
+	p.traffic = node.NewTraffic(p.statsReader, counters, node.TrafficOptions{
+		ReadInterval: o.metricsInterval, ReadTimeout: o.metricsReadTimeout, BackendFamilies: o.metricsFamilies})
 	p.sinks = append(p.sinks, p.traffic.Sink())
 }
 

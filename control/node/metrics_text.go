@@ -55,17 +55,51 @@ func (t *textWriter) sample(name string, v float64, labels ...string) {
 		b = append(b, '}')
 	}
 	b = append(b, ' ')
-	if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
-		b = strconv.AppendInt(b, int64(v), 10)
-	} else {
-		b = strconv.AppendFloat(b, v, 'g', -1, 64)
-	}
+	b = appendValue(b, v)
 	b = append(b, '\n')
 	t.buf = b
 	_, _ = t.w.Write(b)
 }
 
+// rendered writes one series whose label set is already rendered.
+func (t *textWriter) rendered(name, labels string, v float64) {
+	b := append(t.buf[:0], name...)
+	b = append(b, labels...)
+	b = append(b, ' ')
+	b = appendValue(b, v)
+	b = append(b, '\n')
+	t.buf = b
+	_, _ = t.w.Write(b)
+}
+
+func appendValue(b []byte, v float64) []byte {
+	if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
+		return strconv.AppendInt(b, int64(v), 10)
+	}
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
+}
+
 func (t *textWriter) flush() error { return t.w.Flush() }
+
+// labelBuf renders label sets as the text format writes them.
+type labelBuf struct{ b []byte }
+
+// render returns `{name="value",...}` for name, value pairs.
+func (l *labelBuf) render(pairs ...string) string {
+	b := append(l.b[:0], '{')
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, pairs[i]...)
+		b = append(b, `="`...)
+		b = appendEscaped(b, pairs[i+1], true)
+		b = append(b, '"')
+	}
+	b = append(b, '}')
+	l.b = b
+	return string(b)
+}
 
 // appendEscaped escapes a label value (backslash, quote, newline) or a
 // HELP text (backslash, newline).

@@ -9,70 +9,39 @@ import (
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 )
 
-// trafficRead is everything one scrape reads, before it is written.
-type trafficRead struct {
-	idx          CounterIndex
-	svcs         []ipvs.ServiceStats
-	ipvsOK       bool
-	ipvsSeconds  float64
-	status       xdpstats.Status
-	snap         xdpstats.Snapshot
-	snapOK       bool
-	snapSeconds  float64
-	passive      map[xdpstats.ServerKey]PassiveFigures
-	serverLabels [][]string // per service in svcs, per destination: "IP:PORT"
+// renderedFamily is one metric family as the last background read left
+// it: label sets already in the text format, so that a scrape only copies.
+type renderedFamily struct {
+	name, typ, help string
+	labels          []string // `{service="…",server="…"}` per sample, shared between families
+	values          []float64
 }
 
-// WriteMetrics reads the kernel's IPVS counters of merlin's services
-// (bounded by the scrape timeout; a cut-short read says so in
-// merlin_ipvs_stats_up) and the eBPF counters, and writes them in the
-// Prometheus text format labelled by service ID and server.
+// partRead is one part of a background read (the kernel's IPVS counters or
+// the eBPF maps): when it began, how long it took, what it found.
+type partRead struct {
+	began    time.Time
+	seconds  float64
+	complete bool
+	families []renderedFamily
+}
+
+// WriteMetrics writes the traffic metrics in the Prometheus text format:
+// the last background read's counters (with their age) and the counters'
+// state now. It reads nothing from the kernel; the background read waits
+// while a scrape writes.
 func (t *Traffic) WriteMetrics(ctx context.Context, w io.Writer) error {
-	r := t.read(ctx)
+	t.writing.Add(1)
+	defer t.writing.Add(-1)
+	now := time.Now()
 	tw := newTextWriter(w)
 	if t.kernel != nil {
-		writeIPVS(tw, r)
+		writeIPVS(ctx, tw, t.ipvsRead.Load(), now)
 	}
 	if t.counters != nil {
-		writeCounters(tw, r)
+		t.writeCounters(ctx, tw, t.countersRead.Load(), now)
 	}
 	return tw.flush()
-}
-
-func (t *Traffic) read(ctx context.Context) *trafficRead {
-	r := &trafficRead{idx: t.index.get()}
-	if t.kernel != nil {
-		start := time.Now()
-		ctx, cancel := context.WithTimeout(ctx, t.timeout)
-		keep := func(k ipvs.ServiceKey) bool { _, ok := r.idx.Services[k.Canonical()]; return ok }
-		svcs, err := t.kernel.Stats(ctx, keep)
-		if err != nil && ctx.Err() == nil {
-			// A dump the kernel cut short (the table changed under it) is
-			// read once more; a second failure exports what it got.
-			if again, err2 := t.kernel.Stats(ctx, keep); len(again) >= len(svcs) {
-				svcs, err = again, err2
-			}
-		}
-		cancel()
-		r.svcs, r.ipvsOK, r.ipvsSeconds = svcs, err == nil, time.Since(start).Seconds()
-		r.serverLabels = make([][]string, len(svcs))
-		for i, s := range svcs {
-			r.serverLabels[i] = make([]string, len(s.Destinations))
-			for j, d := range s.Destinations {
-				r.serverLabels[i][j] = d.Key.String()
-			}
-		}
-	}
-	if t.counters != nil {
-		r.status = t.counters.Status()
-		if r.status.On {
-			start := time.Now()
-			snap, err := t.counters.Read()
-			r.snap, r.snapOK, r.snapSeconds = snap, err == nil, time.Since(start).Seconds()
-		}
-		r.passive = t.passive.lastFigures()
-	}
-	return r
 }
 
 const (
@@ -80,51 +49,23 @@ const (
 	gaugeType   = "gauge"
 )
 
-func writeIPVS(tw *textWriter, r *trafficRead) {
-	svc := func(name, typ, help string, v func(ipvs.Stats) uint64) {
-		tw.family(name, typ, help)
-		for _, s := range r.svcs {
-			tw.sample(name, float64(v(s.Stats)), "service", r.idx.Services[s.Key.Canonical()])
-		}
+func writeIPVS(ctx context.Context, tw *textWriter, r *partRead, now time.Time) {
+	if r != nil {
+		writeRendered(ctx, tw, r.families)
 	}
-	svc("merlin_ipvs_service_connections_total", counterType, "Connections IPVS scheduled for the service (kernel counter).", func(s ipvs.Stats) uint64 { return s.Connections })
-	svc("merlin_ipvs_service_incoming_packets_total", counterType, "Packets from clients to the service (kernel counter).", func(s ipvs.Stats) uint64 { return s.InPackets })
-	svc("merlin_ipvs_service_outgoing_packets_total", counterType, "Packets from the service's servers to clients through this node (NAT; kernel counter).", func(s ipvs.Stats) uint64 { return s.OutPackets })
-	svc("merlin_ipvs_service_incoming_bytes_total", counterType, "Bytes from clients to the service (kernel counter).", func(s ipvs.Stats) uint64 { return s.InBytes })
-	svc("merlin_ipvs_service_outgoing_bytes_total", counterType, "Bytes from the service's servers to clients through this node (kernel counter).", func(s ipvs.Stats) uint64 { return s.OutBytes })
-	svc("merlin_ipvs_service_connections_per_second", gaugeType, "The kernel's estimate of the service's connection rate.", func(s ipvs.Stats) uint64 { return s.CPS })
-	svc("merlin_ipvs_service_incoming_packets_per_second", gaugeType, "The kernel's estimate of the incoming packet rate.", func(s ipvs.Stats) uint64 { return s.InPPS })
-	svc("merlin_ipvs_service_outgoing_packets_per_second", gaugeType, "The kernel's estimate of the outgoing packet rate.", func(s ipvs.Stats) uint64 { return s.OutPPS })
-	svc("merlin_ipvs_service_incoming_bytes_per_second", gaugeType, "The kernel's estimate of the incoming byte rate.", func(s ipvs.Stats) uint64 { return s.InBPS })
-	svc("merlin_ipvs_service_outgoing_bytes_per_second", gaugeType, "The kernel's estimate of the outgoing byte rate.", func(s ipvs.Stats) uint64 { return s.OutBPS })
-
-	srv := func(name, typ, help string, v func(ipvs.DestinationStatus) float64) {
-		tw.family(name, typ, help)
-		for i, s := range r.svcs {
-			id := r.idx.Services[s.Key.Canonical()]
-			for j, d := range s.Destinations {
-				tw.sample(name, v(d), "service", id, "server", r.serverLabels[i][j])
-			}
-		}
+	tw.family("merlin_ipvs_stats_up", gaugeType, "1 if the last background read of the kernel's IPVS counters read every one in time (-metrics-read-timeout).")
+	tw.sample("merlin_ipvs_stats_up", b2f(r != nil && r.complete))
+	if r == nil {
+		return
 	}
-	srv("merlin_ipvs_backend_connections_total", counterType, "Connections IPVS scheduled to the real server (kernel counter).", func(d ipvs.DestinationStatus) float64 { return float64(d.Stats.Connections) })
-	srv("merlin_ipvs_backend_incoming_packets_total", counterType, "Packets IPVS forwarded to the real server (kernel counter).", func(d ipvs.DestinationStatus) float64 { return float64(d.Stats.InPackets) })
-	srv("merlin_ipvs_backend_outgoing_packets_total", counterType, "Packets from the real server back through this node (NAT; kernel counter).", func(d ipvs.DestinationStatus) float64 { return float64(d.Stats.OutPackets) })
-	srv("merlin_ipvs_backend_incoming_bytes_total", counterType, "Bytes IPVS forwarded to the real server (kernel counter).", func(d ipvs.DestinationStatus) float64 { return float64(d.Stats.InBytes) })
-	srv("merlin_ipvs_backend_outgoing_bytes_total", counterType, "Bytes from the real server back through this node (kernel counter).", func(d ipvs.DestinationStatus) float64 { return float64(d.Stats.OutBytes) })
-	srv("merlin_ipvs_backend_connections_active", gaugeType, "Established connections to the real server.", func(d ipvs.DestinationStatus) float64 { return float64(d.ActiveConnections) })
-	srv("merlin_ipvs_backend_connections_inactive", gaugeType, "Connections to the real server in other states.", func(d ipvs.DestinationStatus) float64 { return float64(d.InactiveConnections) })
-	srv("merlin_ipvs_backend_connections_persistent", gaugeType, "Persistence templates pointing at the real server.", func(d ipvs.DestinationStatus) float64 { return float64(d.PersistentConnections) })
-	srv("merlin_ipvs_backend_weight", gaugeType, "The real server's weight in the kernel (0: no new connections).", func(d ipvs.DestinationStatus) float64 { return float64(d.Config.Weight) })
-
-	tw.family("merlin_ipvs_stats_up", gaugeType, "1 if the last scrape read every IPVS counter in time.")
-	tw.sample("merlin_ipvs_stats_up", b2f(r.ipvsOK))
-	tw.family("merlin_ipvs_stats_read_seconds", gaugeType, "How long the last scrape's IPVS read took.")
-	tw.sample("merlin_ipvs_stats_read_seconds", r.ipvsSeconds)
+	tw.family("merlin_ipvs_stats_read_seconds", gaugeType, "How long the last background read of the kernel's IPVS counters took.")
+	tw.sample("merlin_ipvs_stats_read_seconds", r.seconds)
+	tw.family("merlin_ipvs_stats_age_seconds", gaugeType, "Seconds since the exported IPVS counters began to be read (reads run every -metrics-read-interval).")
+	tw.sample("merlin_ipvs_stats_age_seconds", now.Sub(r.began).Seconds())
 }
 
-func writeCounters(tw *textWriter, r *trafficRead) {
-	st := r.status
+func (t *Traffic) writeCounters(ctx context.Context, tw *textWriter, r *partRead, now time.Time) {
+	st := t.counters.Status()
 	one := func(name, help string, v float64) {
 		tw.family(name, gaugeType, help)
 		tw.sample(name, v)
@@ -137,69 +78,181 @@ func writeCounters(tw *textWriter, r *trafficRead) {
 	for _, a := range st.Attached {
 		tw.sample("merlin_counters_attached", 1, "interface", a.Interface, "hook", a.Hook)
 	}
-	if !r.snapOK {
-		return
+	if r != nil {
+		one("merlin_counters_read_seconds", "How long the last background read of the eBPF counters took.", r.seconds)
+		one("merlin_counters_age_seconds", "Seconds since the exported eBPF counters were read (reads run every -metrics-read-interval).", now.Sub(r.began).Seconds())
+		writeRendered(ctx, tw, r.families)
 	}
-	one("merlin_counters_read_seconds", "How long the last scrape's read of the eBPF counters took.", r.snapSeconds)
-	writeVIPCounters(tw, r)
-	writeServerCounters(tw, r)
-	writePassive(tw, r)
+	t.writePassive(tw)
 }
 
-func writeVIPCounters(tw *textWriter, r *trafficRead) {
-	vip := func(name, help string, v func(xdpstats.Counters) uint64) {
-		tw.family(name, counterType, help)
-		for k, c := range r.snap.VIPs {
-			if id, ok := r.idx.VIPs[k]; ok {
-				tw.sample(name, float64(v(c)), "service", id)
+// writeRendered writes families; a scrape whose client went away stops.
+func writeRendered(ctx context.Context, tw *textWriter, fams []renderedFamily) {
+	for i := range fams {
+		if ctx.Err() != nil {
+			return
+		}
+		f := &fams[i]
+		tw.family(f.name, f.typ, f.help)
+		for j, l := range f.labels {
+			tw.rendered(f.name, l, f.values[j])
+		}
+	}
+}
+
+// writePassive writes passive health's window as its judge last saw it
+// (servers with passive health only; cheap to read on the scrape).
+func (t *Traffic) writePassive(tw *textWriter) {
+	idx, figures := t.index.get(), t.passive.lastFigures()
+	for _, f := range t.backend {
+		if f.source != fromPassive {
+			continue
+		}
+		tw.family(f.name, f.typ, f.help)
+		for k, fig := range figures {
+			if j, ok := idx.Passive[k]; ok {
+				tw.sample(f.name, float64(f.passive(fig)), "service", j.Label.Service, "server", j.Label.Server)
 			}
 		}
 	}
-	vip("merlin_xdp_packets_total", "Packets to the service's VIP:port:protocol arriving at this node (XDP, before IPVS).", func(c xdpstats.Counters) uint64 { return c.Packets })
-	vip("merlin_xdp_bytes_total", "Bytes (IP header on) to the service arriving at this node (XDP).", func(c xdpstats.Counters) uint64 { return c.Bytes })
-	vip("merlin_xdp_syn_total", "TCP connection attempts (SYN without ACK) to the service arriving at this node (XDP).", func(c xdpstats.Counters) uint64 { return c.SYN })
-	unmatched := func(name, help string, v func(xdpstats.Counters) uint64) {
-		tw.family(name, counterType, help)
-		for a, c := range r.snap.Unmatched {
-			tw.sample(name, float64(v(c)), "vip", a.String())
-		}
-	}
-	unmatched("merlin_xdp_unmatched_packets_total", "Packets to a VIP on a port or protocol no service has (scans, misconfigured clients).", func(c xdpstats.Counters) uint64 { return c.Packets })
-	unmatched("merlin_xdp_unmatched_bytes_total", "Bytes to a VIP on a port or protocol no service has.", func(c xdpstats.Counters) uint64 { return c.Bytes })
 }
 
-func writeServerCounters(tw *textWriter, r *trafficRead) {
-	server := func(m map[xdpstats.ServerKey]xdpstats.Counters, name, help string, v func(xdpstats.Counters) uint64) {
-		tw.family(name, counterType, help)
-		for k, c := range m {
-			if l, ok := r.idx.Servers[k]; ok {
-				tw.sample(name, float64(v(c)), "service", l.Service, "server", l.Server)
-			}
-		}
-	}
-	f := r.snap.Forwarded
-	server(f, "merlin_tc_forwarded_packets_total", "Packets IPVS forwarded to the real server, seen leaving this node (TC).", func(c xdpstats.Counters) uint64 { return c.Packets })
-	server(f, "merlin_tc_forwarded_bytes_total", "Bytes (IP header on) forwarded to the real server (TC).", func(c xdpstats.Counters) uint64 { return c.Bytes })
-	server(f, "merlin_tc_forwarded_syn_total", "Connection attempts (SYN without ACK) forwarded to the real server (TC).", func(c xdpstats.Counters) uint64 { return c.SYN })
-	server(f, "merlin_tc_forwarded_fin_total", "Packets with FIN forwarded to the real server (TC).", func(c xdpstats.Counters) uint64 { return c.FIN })
-	server(f, "merlin_tc_forwarded_rst_total", "Packets with RST forwarded to the real server (TC).", func(c xdpstats.Counters) uint64 { return c.RST })
-	rep := r.snap.Replies
-	server(rep, "merlin_tc_reply_packets_total", "Packets from the NAT real server back through this node (TC).", func(c xdpstats.Counters) uint64 { return c.Packets })
-	server(rep, "merlin_tc_reply_bytes_total", "Bytes from the NAT real server back through this node (TC).", func(c xdpstats.Counters) uint64 { return c.Bytes })
-	server(rep, "merlin_tc_reply_synack_total", "Connection attempts the NAT real server answered (SYN-ACK) (TC).", func(c xdpstats.Counters) uint64 { return c.SYNACK })
-	server(rep, "merlin_tc_reply_rst_total", "Resets from the NAT real server (refused or aborted connections) (TC).", func(c xdpstats.Counters) uint64 { return c.RST })
+// serviceFamilies are the kernel's per-service counters, always exported.
+var serviceFamilies = []struct {
+	name, typ, help string
+	v               func(ipvs.Stats) uint64
+}{
+	{"merlin_ipvs_service_connections_total", counterType, "Connections IPVS scheduled for the service (kernel counter).", func(s ipvs.Stats) uint64 { return s.Connections }},
+	{"merlin_ipvs_service_incoming_packets_total", counterType, "Packets from clients to the service (kernel counter).", func(s ipvs.Stats) uint64 { return s.InPackets }},
+	{"merlin_ipvs_service_outgoing_packets_total", counterType, "Packets from the service's servers to clients through this node (NAT; kernel counter).", func(s ipvs.Stats) uint64 { return s.OutPackets }},
+	{"merlin_ipvs_service_incoming_bytes_total", counterType, "Bytes from clients to the service (kernel counter).", func(s ipvs.Stats) uint64 { return s.InBytes }},
+	{"merlin_ipvs_service_outgoing_bytes_total", counterType, "Bytes from the service's servers to clients through this node (kernel counter).", func(s ipvs.Stats) uint64 { return s.OutBytes }},
+	{"merlin_ipvs_service_connections_per_second", gaugeType, "The kernel's estimate of the service's connection rate.", func(s ipvs.Stats) uint64 { return s.CPS }},
+	{"merlin_ipvs_service_incoming_packets_per_second", gaugeType, "The kernel's estimate of the incoming packet rate.", func(s ipvs.Stats) uint64 { return s.InPPS }},
+	{"merlin_ipvs_service_outgoing_packets_per_second", gaugeType, "The kernel's estimate of the outgoing packet rate.", func(s ipvs.Stats) uint64 { return s.OutPPS }},
+	{"merlin_ipvs_service_incoming_bytes_per_second", gaugeType, "The kernel's estimate of the incoming byte rate.", func(s ipvs.Stats) uint64 { return s.InBPS }},
+	{"merlin_ipvs_service_outgoing_bytes_per_second", gaugeType, "The kernel's estimate of the outgoing byte rate.", func(s ipvs.Stats) uint64 { return s.OutBPS }},
 }
 
-func writePassive(tw *textWriter, r *trafficRead) {
-	passive := func(name, help string, v func(PassiveFigures) uint64) {
-		tw.family(name, gaugeType, help)
-		for k, f := range r.passive {
-			if j, ok := r.idx.Passive[k]; ok {
-				tw.sample(name, float64(v(f)), "service", j.Label.Service, "server", j.Label.Server)
+// renderIPVS turns one read of the kernel's counters into families: every
+// per-service one, and the per-backend ones chosen.
+func (t *Traffic) renderIPVS(idx CounterIndex, svcs []ipvs.ServiceStats) []renderedFamily {
+	var lb labelBuf
+	svcLabels := make([]string, len(svcs))
+	servers := 0
+	for i, s := range svcs {
+		svcLabels[i] = lb.render("service", idx.Services[s.Key.Canonical()])
+		servers += len(s.Destinations)
+	}
+	out := make([]renderedFamily, 0, len(serviceFamilies)+len(t.backend))
+	for _, f := range serviceFamilies {
+		values := make([]float64, len(svcs))
+		for i, s := range svcs {
+			values[i] = float64(f.v(s.Stats))
+		}
+		out = append(out, renderedFamily{name: f.name, typ: f.typ, help: f.help, labels: svcLabels, values: values})
+	}
+	var srvLabels []string
+	for _, f := range t.backend {
+		if f.source != fromIPVS {
+			continue
+		}
+		if srvLabels == nil {
+			srvLabels = make([]string, 0, servers)
+			for _, s := range svcs {
+				id := idx.Services[s.Key.Canonical()]
+				for _, d := range s.Destinations {
+					srvLabels = append(srvLabels, lb.render("service", id, "server", d.Key.String()))
+				}
 			}
 		}
+		values := make([]float64, 0, servers)
+		for _, s := range svcs {
+			for _, d := range s.Destinations {
+				values = append(values, f.ipvs(d))
+			}
+		}
+		out = append(out, renderedFamily{name: f.name, typ: f.typ, help: f.help, labels: srvLabels, values: values})
 	}
-	passive("merlin_passive_connection_attempts", "Connection attempts (SYN) forwarded to the NAT real server in its service's passive health window.", func(f PassiveFigures) uint64 { return f.Attempts })
-	passive("merlin_passive_connections_answered", "Of those, answered with a SYN-ACK.", func(f PassiveFigures) uint64 { return f.Answered })
-	passive("merlin_passive_connections_refused", "Resets from the real server in the window (refused or aborted connections).", func(f PassiveFigures) uint64 { return f.Refused })
+	return out
+}
+
+// renderCounters turns one read of the eBPF maps into families: per VIP,
+// per unmatched VIP, and the per-backend ones chosen.
+func (t *Traffic) renderCounters(idx CounterIndex, snap xdpstats.Snapshot) []renderedFamily {
+	var lb labelBuf
+	var out []renderedFamily
+	vipLabels := make([]string, 0, len(snap.VIPs))
+	vipCounts := make([]xdpstats.Counters, 0, len(snap.VIPs))
+	for k, c := range snap.VIPs {
+		if id, ok := idx.VIPs[k]; ok {
+			vipLabels = append(vipLabels, lb.render("service", id))
+			vipCounts = append(vipCounts, c)
+		}
+	}
+	out = appendCounterFamilies(out, vipLabels, vipCounts, vipFamilies)
+	unmatchedLabels := make([]string, 0, len(snap.Unmatched))
+	unmatchedCounts := make([]xdpstats.Counters, 0, len(snap.Unmatched))
+	for a, c := range snap.Unmatched {
+		unmatchedLabels = append(unmatchedLabels, lb.render("vip", a.String()))
+		unmatchedCounts = append(unmatchedCounts, c)
+	}
+	out = appendCounterFamilies(out, unmatchedLabels, unmatchedCounts, unmatchedFamilies)
+	out = t.appendServerFamilies(out, &lb, idx, snap.Forwarded, fromTCForwarded)
+	return t.appendServerFamilies(out, &lb, idx, snap.Replies, fromTCReply)
+}
+
+// counterFamily is a family read from one eBPF counter of a key.
+type counterFamily struct {
+	name, help string
+	v          func(xdpstats.Counters) uint64
+}
+
+var vipFamilies = []counterFamily{
+	{"merlin_xdp_packets_total", "Packets to the service's VIP:port:protocol arriving at this node (XDP, before IPVS).", func(c xdpstats.Counters) uint64 { return c.Packets }},
+	{"merlin_xdp_bytes_total", "Bytes (IP header on) to the service arriving at this node (XDP).", func(c xdpstats.Counters) uint64 { return c.Bytes }},
+	{"merlin_xdp_syn_total", "TCP connection attempts (SYN without ACK) to the service arriving at this node (XDP).", func(c xdpstats.Counters) uint64 { return c.SYN }},
+}
+
+var unmatchedFamilies = []counterFamily{
+	{"merlin_xdp_unmatched_packets_total", "Packets to a VIP on a port or protocol no service has (scans, misconfigured clients).", func(c xdpstats.Counters) uint64 { return c.Packets }},
+	{"merlin_xdp_unmatched_bytes_total", "Bytes to a VIP on a port or protocol no service has.", func(c xdpstats.Counters) uint64 { return c.Bytes }},
+}
+
+func appendCounterFamilies(out []renderedFamily, labels []string, counts []xdpstats.Counters, fams []counterFamily) []renderedFamily {
+	for _, f := range fams {
+		values := make([]float64, len(counts))
+		for i, c := range counts {
+			values[i] = float64(f.v(c))
+		}
+		out = append(out, renderedFamily{name: f.name, typ: counterType, help: f.help, labels: labels, values: values})
+	}
+	return out
+}
+
+// appendServerFamilies renders the chosen per-backend families of one TC
+// map; labels are built only when one of them is chosen.
+func (t *Traffic) appendServerFamilies(out []renderedFamily, lb *labelBuf, idx CounterIndex, m map[xdpstats.ServerKey]xdpstats.Counters, src backendSource) []renderedFamily {
+	var labels []string
+	var counts []xdpstats.Counters
+	for _, f := range t.backend {
+		if f.source != src {
+			continue
+		}
+		if labels == nil {
+			labels, counts = make([]string, 0, len(m)), make([]xdpstats.Counters, 0, len(m))
+			for k, c := range m {
+				if l, ok := idx.Servers[k]; ok {
+					labels = append(labels, lb.render("service", l.Service, "server", l.Server))
+					counts = append(counts, c)
+				}
+			}
+		}
+		values := make([]float64, len(counts))
+		for i, c := range counts {
+			values[i] = float64(f.counter(c))
+		}
+		out = append(out, renderedFamily{name: f.name, typ: f.typ, help: f.help, labels: labels, values: values})
+	}
+	return out
 }

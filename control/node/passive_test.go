@@ -30,7 +30,7 @@ func TestPassiveJudgesOverTheWindow(t *testing.T) {
 		return PassiveJudge{Label: ServerLabel{Service: "web", Server: label}, Check: c, Window: 5 * time.Second, MinAttempts: 5, MaxFailedPercent: 50}
 	}
 	fc := &fakeCounters{}
-	tr := NewTraffic(nil, fc, 0)
+	tr := NewTraffic(nil, fc, TrafficOptions{})
 	tr.index.set(CounterIndex{Passive: map[xdpstats.ServerKey]PassiveJudge{good: judge("198.19.0.1:8080", health.Check{Kind: health.TCP}), bad: judge("198.19.0.2:8080", badCheck)}})
 	r := &reports{}
 	start := time.Unix(1000, 0)
@@ -38,10 +38,10 @@ func TestPassiveJudgesOverTheWindow(t *testing.T) {
 	// bad refuses 3 of 4 (the counters are running totals).
 	for i := range 11 {
 		n := uint64(4 * i)
-		fc.snap = xdpstats.Snapshot{
+		fc.setSnap(xdpstats.Snapshot{
 			Forwarded: map[xdpstats.ServerKey]xdpstats.Counters{good: {SYN: n}, bad: {SYN: n}},
 			Replies:   map[xdpstats.ServerKey]xdpstats.Counters{good: {SYNACK: n}, bad: {SYNACK: n / 4, RST: n - n/4}},
-		}
+		})
 		tr.passive.judge(start.Add(time.Duration(i)*time.Second), r)
 	}
 	if len(r.got[health.Check{Kind: health.TCP}]) != 0 {

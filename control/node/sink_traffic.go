@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
@@ -24,45 +25,75 @@ type KernelCounters interface {
 	Stats(ctx context.Context, keep func(ipvs.ServiceKey) bool) ([]ipvs.ServiceStats, error)
 }
 
-// Traffic is the node's traffic counting, in three parts that share only
+// Traffic is the node's traffic counting, in four parts that share only
 // the plan's counter index: the sink keeping the eBPF counters' keys equal
-// to the plan's (Sink), the collector exporting the kernel's IPVS counters
-// and the eBPF counters under the plan's service IDs on each scrape
-// (WriteMetrics), and passive health's judge (RunPassive).
+// to the plan's (Sink), the background read of the kernel's IPVS counters
+// and the eBPF counters (RunReads), the collector writing the last read
+// under the plan's service IDs on each scrape (WriteMetrics), and passive
+// health's judge (RunPassive).
 type Traffic struct {
 	kernel   KernelCounters // nil: no IPVS counters
 	counters Counters       // nil: no eBPF counters configured
-	timeout  time.Duration
+	opts     TrafficOptions
+	backend  []backendFamily // the per-backend families exported
 	index    *planIndex
 	sink     *countersSink
 	passive  *passiveHealthJudge
+	// The last background reads (nil: none yet), written by scrapes.
+	ipvsRead, countersRead atomic.Pointer[partRead]
+	writing                atomic.Int32 // scrapes writing now: background reads wait
 }
 
-// DefaultScrapeTimeout bounds the kernel reads of one scrape.
-const DefaultScrapeTimeout = 5 * time.Second
+// TrafficOptions configure the background read and what it exports.
+type TrafficOptions struct {
+	// ReadInterval is the pause between the end of one background read
+	// and the start of the next (0: DefaultReadInterval).
+	ReadInterval time.Duration
+	// ReadTimeout bounds one read of the kernel's IPVS counters (0:
+	// DefaultReadTimeout); a read cut short exports what it got.
+	ReadTimeout time.Duration
+	// BackendFamilies are the per-backend families to export (see
+	// ParseBackendFamilies; nil: none).
+	BackendFamilies []string
+}
+
+// Defaults of TrafficOptions.
+const (
+	DefaultReadInterval = 15 * time.Second
+	DefaultReadTimeout  = 2 * time.Minute
+)
 
 // NewTraffic returns the traffic sink and collector; kernel or counters may
-// be nil. timeout bounds the kernel reads of one scrape (0: the default).
-func NewTraffic(kernel KernelCounters, counters Counters, timeout time.Duration) *Traffic {
-	if timeout <= 0 {
-		timeout = DefaultScrapeTimeout
+// be nil. It starts nothing: run RunReads (and RunPassive).
+func NewTraffic(kernel KernelCounters, counters Counters, opts TrafficOptions) *Traffic {
+	if opts.ReadInterval <= 0 {
+		opts.ReadInterval = DefaultReadInterval
 	}
-	idx := &planIndex{}
-	return &Traffic{kernel: kernel, counters: counters, timeout: timeout, index: idx,
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	idx := &planIndex{first: make(chan struct{})}
+	return &Traffic{kernel: kernel, counters: counters, opts: opts, backend: selectedFamilies(opts.BackendFamilies), index: idx,
 		sink: &countersSink{counters: counters, index: idx}, passive: &passiveHealthJudge{counters: counters, index: idx}}
 }
 
 // planIndex is the plan's counter index: the sink sets it, the collector
 // and the judge read it.
 type planIndex struct {
-	mu  sync.Mutex
-	idx CounterIndex
+	mu    sync.Mutex
+	idx   CounterIndex
+	set1  bool
+	first chan struct{} // closed when the first plan's index is set
 }
 
 func (p *planIndex) set(idx CounterIndex) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.idx = idx
+	if !p.set1 {
+		p.set1 = true
+		close(p.first)
+	}
 }
 
 func (p *planIndex) get() CounterIndex {

@@ -17,6 +17,12 @@ func countersArgs(n *lab.Node) []string {
 	return []string{"-counters-xdp-interfaces", "eth0", "-counters-tc-interfaces", "eth0", "-counters-pin-dir", lab.BPFFS + "/" + n.Name}
 }
 
+// allCountersArgs also export every per-backend family, for tests that
+// hold the TC counters against the kernel's own.
+func allCountersArgs(n *lab.Node) []string {
+	return append(countersArgs(n), "-metrics-backend-families", "all")
+}
+
 // series reads one metric of a node, failing the test on error.
 func (c *cluster) series(n *lab.Node, name string) map[string]float64 {
 	c.t.Helper()
@@ -31,7 +37,7 @@ func (c *cluster) series(n *lab.Node, name string) map[string]float64 {
 // IPVS's per-destination packets, the NAT replies equal IPVS's outgoing
 // packets, and per service XDP's packets equal IPVS's incoming packets.
 func TestVMCounters(t *testing.T) {
-	c := setUpWith(t, countersArgs)
+	c := setUpWith(t, allCountersArgs)
 	node1, node2 := c.Nodes[0], c.Nodes[1]
 	c.eventually("counters on in status", 30*time.Second, func() error {
 		out := c.mustMeradm("status")

@@ -16,7 +16,12 @@ import (
 // running the rules, answers the dashboard's per-backend query with the
 // traffic the test sent (the kernel's own IPVS counters as the oracle).
 func TestVMMonitoring(t *testing.T) {
-	c := setUpWith(t, func(n *lab.Node) []string { return append(countersArgs(n), lab.BGPArgs(n, "bfd")...) })
+	// The default per-backend families (what ships reads no other, a host
+	// test checks) and the kernel's packets per backend as the oracle.
+	c := setUpWith(t, func(n *lab.Node) []string {
+		args := append(countersArgs(n), "-metrics-backend-families", "default,merlin_ipvs_backend_incoming_packets_total")
+		return append(args, lab.BGPArgs(n, "bfd")...)
+	})
 	c.RouterBFD = true
 	r, err := c.StartRouter()
 	c.must(err)

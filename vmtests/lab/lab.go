@@ -414,9 +414,10 @@ func (l *Lab) StartNode(n *Node) error {
 		return err
 	}
 	// The lab's network is the test's own: the API without certificates
-	// and the metrics on the node's address are what the tests reach.
+	// and the metrics on the node's address are what the tests reach;
+	// traffic counters read every second, so that tests see them soon.
 	args := append([]string{"-node", n.Name, "-store-endpoints", EtcdURL, "-data-dir", n.DataDir, "-api-address", n.Addr, "-insecure-api",
-		"-health-address", n.Addr,
+		"-health-address", n.Addr, "-metrics-read-interval", "1s",
 		"-vip-interface", "merlin0", "-director-sysctls"}, n.Args...)
 	cmd := n.NS.Command(filepath.Join(l.Bin, "merlin"), args...)
 	cmd.Stdout, cmd.Stderr = log, log

@@ -118,7 +118,7 @@ func (p panel) builder() (cog.Builder[dashboard.Panel], error) {
 var variables = []struct{ name, label, query string }{
 	{"node", "Node", `label_values(merlin_build_info, instance)`},
 	{"service", "Service", `label_values(merlin_ipvs_service_connections_total{instance=~"$node"}, service)`},
-	{"server", "Backend", `label_values(merlin_ipvs_backend_connections_total{instance=~"$node",service=~"$service"}, server)`},
+	{"server", "Backend", `label_values(merlin_ipvs_backend_weight{instance=~"$node",service=~"$service"}, server)`},
 }
 
 // rows are the dashboard's rows and panels, in order.
@@ -144,7 +144,7 @@ var rows = []row{
 		{kind: timeSeries, title: "Active connections per backend", unit: "short", w: 8, h: 8, queries: []query{{expr: "sum by (service, server) (merlin_ipvs_backend_connections_active{instance=~\"$node\",service=~\"$service\",server=~\"$server\"})", legend: "{{service}} {{server}}"}}},
 		{kind: timeSeries, title: "Weight per backend", description: "The kernel's weight: 0 while a health check (active or passive) says down.", unit: "short", w: 8, h: 8, queries: []query{{expr: "max by (service, server) (merlin_ipvs_backend_weight{instance=~\"$node\",service=~\"$service\",server=~\"$server\"})", legend: "{{service}} {{server}}"}}},
 		{kind: table_, title: "Forwarded packets per backend (total)", unit: "short", w: 12, h: 8, queries: []query{{expr: "sum by (service, server) (merlin_tc_forwarded_packets_total{instance=~\"$node\",service=~\"$service\",server=~\"$server\"})"}}},
-		{kind: timeSeries, title: "Reply bytes / s per NAT backend", unit: "Bps", w: 12, h: 8, queries: []query{{expr: "sum by (service, server) (rate(merlin_tc_reply_bytes_total{instance=~\"$node\",service=~\"$service\",server=~\"$server\"}[$__rate_interval]))", legend: "{{service}} {{server}}"}}},
+		{kind: timeSeries, title: "Connection attempts / s per backend", description: "SYNs forwarded to each backend (TC).", unit: "cps", w: 12, h: 8, queries: []query{{expr: "sum by (service, server) (rate(merlin_tc_forwarded_syn_total{instance=~\"$node\",service=~\"$service\",server=~\"$server\"}[$__rate_interval]))", legend: "{{service}} {{server}}"}}},
 	}},
 	{title: "Health", panels: []panel{
 		{kind: timeSeries, title: "Server health (1 up)", unit: "short", w: 8, h: 8, queries: []query{{expr: "min by (service, server) (merlin_server_up{instance=~\"$node\",service=~\"$service\",server=~\"$server\"})", legend: "{{service}} {{server}}"}}},

@@ -40,8 +40,10 @@ func main() {
 func run(bin string, conns int) error {
 	fmt.Println("starting etcd and two merlin nodes (node1 198.18.0.11, node2 198.18.0.12) in their own network namespaces ...")
 	l, err := lab.New(lab.Config{Bin: bin, NodeArg: func(n *lab.Node) []string {
-		// eBPF counters on the node's one interface, both ways.
-		counters := []string{"-counters-xdp-interfaces", "eth0", "-counters-tc-interfaces", "eth0", "-counters-pin-dir", lab.BPFFS + "/" + n.Name}
+		// eBPF counters on the node's one interface, both ways, every
+		// per-backend family exported (the demo holds them against IPVS's).
+		counters := []string{"-counters-xdp-interfaces", "eth0", "-counters-tc-interfaces", "eth0", "-counters-pin-dir", lab.BPFFS + "/" + n.Name,
+			"-metrics-backend-families", "all"}
 		sync := []string{"-sync-interface", "eth0", "-sync-id", "1"} // IPVS connection sync, master and backup
 		return append(append(lab.BGPArgs(n, "graceful_restart=120s"), counters...), sync...)
 	}})

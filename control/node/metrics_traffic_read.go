@@ -1,0 +1,107 @@
+package node
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+)
+
+// RunReads reads the kernel's IPVS counters and the eBPF counters in the
+// background until ctx ends, each on its own clock (one hanging kernel
+// read does not hold the other back): first once the first plan names
+// merlin's services, then ReadInterval after each read ends. Reading
+// 100,000 real servers' counters takes longer than a scrape may (seconds
+// natively, tens of seconds in an emulated VM), so scrapes write the last
+// read and its age instead of reading.
+func (t *Traffic) RunReads(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.index.first:
+	}
+	var wg sync.WaitGroup
+	if t.kernel != nil {
+		wg.Go(func() { t.every(ctx, func() { t.readIPVS(ctx) }) })
+	}
+	if t.counters != nil {
+		wg.Go(func() { t.every(ctx, t.readCounters) })
+	}
+	wg.Wait()
+}
+
+// every runs read now and ReadInterval after each run ends.
+func (t *Traffic) every(ctx context.Context, read func()) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		read()
+		timer.Reset(t.opts.ReadInterval)
+	}
+}
+
+// readIPVS reads the kernel's counters of merlin's services.
+func (t *Traffic) readIPVS(parent context.Context) {
+	idx := t.index.get()
+	r := &partRead{began: time.Now()}
+	ctx, cancel := context.WithTimeout(parent, t.opts.ReadTimeout)
+	defer cancel()
+	budget := scrapeWait
+	keep := func(k ipvs.ServiceKey) bool {
+		t.waitForScrapes(ctx, &budget)
+		_, ok := idx.Services[k.Canonical()]
+		return ok
+	}
+	svcs, err := t.kernel.Stats(ctx, keep)
+	if err != nil && ctx.Err() == nil {
+		// A dump the kernel cut short (the table changed under it) is
+		// read once more; a second failure exports what it got.
+		if again, err2 := t.kernel.Stats(ctx, keep); len(again) >= len(svcs) {
+			svcs, err = again, err2
+		}
+	}
+	r.seconds, r.complete = time.Since(r.began).Seconds(), err == nil
+	r.families = t.renderIPVS(idx, svcs)
+	if parent.Err() == nil { // not when merlin stops; a timeout exports what it got
+		t.ipvsRead.Store(r)
+	}
+}
+
+// readCounters reads the eBPF maps; a failed read keeps the last one (its
+// age grows), counters that are off export none.
+func (t *Traffic) readCounters() {
+	if !t.counters.Status().On {
+		t.countersRead.Store(nil)
+		return
+	}
+	idx := t.index.get()
+	budget := scrapeWait
+	t.waitForScrapes(context.Background(), &budget)
+	began := time.Now()
+	snap, err := t.counters.Read()
+	if err != nil {
+		return
+	}
+	t.countersRead.Store(&partRead{began: began, seconds: time.Since(began).Seconds(), complete: true, families: t.renderCounters(idx, snap)})
+}
+
+// scrapeWait bounds how long one background read waits for scrapes in
+// all: clients that scrape back to back must not stop the counters.
+const scrapeWait = 30 * time.Second
+
+// waitForScrapes pauses the background read while a scrape is written, so
+// that on a small machine the scrape has the CPU and answers in time; it
+// spends at most what is left of budget.
+func (t *Traffic) waitForScrapes(ctx context.Context, budget *time.Duration) {
+	const step = 10 * time.Millisecond
+	for t.writing.Load() > 0 && ctx.Err() == nil && *budget > 0 {
+		time.Sleep(step)
+		*budget -= step
+	}
+}
