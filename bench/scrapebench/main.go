@@ -8,6 +8,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -37,6 +38,7 @@ func main() {
 	dests := flag.Int("dests", 10, "real servers per service")
 	scrapes := flag.Int("scrapes", 5, "scrapes of each exporter (interleaved)")
 	merlinBin := flag.String("merlin", "", "merlin binary (default: next to this one)")
+	flag.StringVar(&profileDir, "profile-dir", "", "save merlin's CPU profile of each configuration's scrapes and its heap profile after them here (merlin runs with -pprof)")
 	flag.Parse()
 	if *merlinBin == "" {
 		self, _ := os.Executable()
@@ -137,6 +139,9 @@ func run(merlinBin string, services, dests, scrapes int) error {
 	return nil
 }
 
+// profileDir: where to save merlin's profiles ("": none).
+var profileDir string
+
 const (
 	merlinURL = "http://127.0.0.1:4283/metrics"
 	neURL     = "http://127.0.0.1:9100/metrics"
@@ -172,7 +177,7 @@ func (s *scrapeRun) median() time.Duration {
 func (b *bench) runConfig(ctx context.Context, families string, withNE bool) (*scrapeRun, *scrapeRun, error) {
 	stop, err := start(b.root, "merlin-"+families, exec.Command(b.merlinBin, "-node", "bench", "-store-endpoints", etcdURL, "-data-dir", filepath.Join(b.root, "merlin"),
 		"-counters-xdp-interfaces", "bench0", "-counters-tc-interfaces", "bench0", "-counters-xdp-mode", "generic", "-counters-pin-dir", "/sys/fs/bpf/scrapebench",
-		"-metrics-backend-families", families))
+		"-metrics-backend-families", families, fmt.Sprintf("-pprof=%v", profileDir != "")))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -202,6 +207,7 @@ func (b *bench) runConfig(ctx context.Context, families string, withNE bool) (*s
 		return nil, nil, err
 	}
 	m, ne := &scrapeRun{}, &scrapeRun{}
+	cpuDone := profile(fmt.Sprintf("profile?seconds=%d", 10*b.scrapes), "cpu-"+families+".prof")
 	for i := range b.scrapes {
 		if err := m.scrape(merlinURL); err != nil {
 			return nil, nil, fmt.Errorf("merlin: %w", err)
@@ -214,6 +220,8 @@ func (b *bench) runConfig(ctx context.Context, families string, withNE bool) (*s
 		}
 	}
 	m.changes = stopChanges()
+	<-cpuDone
+	<-profile("heap?gc=1", "heap-"+families+".prof")
 	after, err := scrapeValues(merlinURL, "merlin_applied_revision", "merlin_ipvs_stats_read_seconds", "merlin_counters_read_seconds",
 		"merlin_ipvs_stats_age_seconds", "merlin_counters_age_seconds")
 	if err != nil {
@@ -227,6 +235,32 @@ func (b *bench) runConfig(ctx context.Context, families string, withNE bool) (*s
 		ne = nil
 	}
 	return m, ne, nil
+}
+
+// profile saves one of merlin's pprof profiles in profileDir, in the
+// background; the channel closes when it is saved (or failed, said).
+func profile(what, file string) <-chan struct{} {
+	done := make(chan struct{})
+	if profileDir == "" {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		resp, err := http.Get("http://127.0.0.1:4283/debug/pprof/" + what)
+		if err == nil {
+			defer resp.Body.Close()
+			var f *os.File
+			if f, err = os.Create(filepath.Join(profileDir, file)); err == nil {
+				_, err = io.Copy(f, resp.Body)
+				f.Close()
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "scrapebench: profile:", err)
+		}
+	}()
+	return done
 }
 
 func (s *scrapeRun) scrape(url string) error {
@@ -307,6 +341,9 @@ func table(services, dests int) []*types.ListResponse_Item {
 	return items
 }
 
+// scrape reads one exposition through a fixed buffer, counting bytes and
+// series as it goes: the client's own cost stays small and the same for
+// both exporters (Prometheus parses on another machine).
 func scrape(url string) (time.Duration, int, int, error) {
 	start := time.Now()
 	resp, err := http.Get(url)
@@ -314,18 +351,42 @@ func scrape(url string) (time.Duration, int, int, error) {
 		return 0, 0, 0, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
+	var c seriesCounter
+	if _, err := io.CopyBuffer(&c, resp.Body, make([]byte, 256<<10)); err != nil {
 		return 0, 0, 0, err
 	}
-	took := time.Since(start)
-	lines := 0
-	for _, l := range strings.Split(string(b), "\n") {
-		if l != "" && !strings.HasPrefix(l, "#") {
-			lines++
-		}
+	return time.Since(start), c.bytes, c.series, nil
+}
+
+// seriesCounter counts the lines that are not comments.
+type seriesCounter struct {
+	bytes, series int
+	lineStart     bool // the next byte begins a line
+	started       bool
+}
+
+func (c *seriesCounter) Write(p []byte) (int, error) {
+	n := len(p)
+	if !c.started {
+		c.started, c.lineStart = true, true
 	}
-	return took, len(b), lines, nil
+	for len(p) > 0 {
+		if c.lineStart {
+			if p[0] != '#' && p[0] != '\n' {
+				c.series++
+			}
+			c.lineStart = false
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			c.bytes += len(p)
+			break
+		}
+		c.bytes += i + 1
+		p = p[i+1:]
+		c.lineStart = true
+	}
+	return n, nil
 }
 
 func scrapeValues(url string, names ...string) (map[string]float64, error) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/internal/lowprio"
 )
 
 // RunReads reads the kernel's IPVS counters and the eBPF counters in the
@@ -31,7 +32,12 @@ func (t *Traffic) RunReads(ctx context.Context) {
 	wg.Wait()
 }
 
-// every runs read now and ReadInterval after each run ends.
+// backgroundNice is the nice value of the node's long background reads
+// (the kernel's counters, the drift check's whole table): on a machine
+// with few CPUs, scrapes, API calls and event passes go first.
+const backgroundNice = 10
+
+// every runs read now and ReadInterval after each run ends, niced.
 func (t *Traffic) every(ctx context.Context, read func()) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -41,7 +47,7 @@ func (t *Traffic) every(ctx context.Context, read func()) {
 			return
 		case <-timer.C:
 		}
-		read()
+		lowprio.Run(backgroundNice, read)
 		timer.Reset(t.opts.ReadInterval)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/internal/lowprio"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -282,7 +283,11 @@ func (r *Runner) Run(ctx context.Context) error {
 			if !drifting {
 				drifting = true
 				read := r.ipvs.DriftCheck()
-				wg.Go(func() { driftDone <- read(ctx) })
+				wg.Go(func() {
+					var res driftResult
+					lowprio.Run(backgroundNice, func() { res = read(ctx) })
+					driftDone <- res
+				})
 			}
 			continue
 		case res := <-driftDone:

@@ -60,7 +60,7 @@ type TrafficOptions struct {
 // Defaults of TrafficOptions.
 const (
 	DefaultReadInterval = 15 * time.Second
-	DefaultReadTimeout  = 2 * time.Minute
+	DefaultReadTimeout  = 5 * time.Minute
 )
 
 // NewTraffic returns the traffic sink and collector; kernel or counters may
