@@ -81,7 +81,7 @@ bench: setup build
 	$(CURDIR)/bin/xdpbench -rounds 5
 	MERLIN_VM_MEMORY=4096 $(CURDIR)/bin/vmrun $(CURDIR)/bin/scrapebench -services 10000 -dests 10 -scrapes 5
 	$(CURDIR)/bin/failoverbench -trials 20
-	$(CURDIR)/bin/vmrun $(CURDIR)/bin/syncbench -connections 500 -runs 3 -cps-time 5s
+	$(CURDIR)/bin/vmrun $(CURDIR)/bin/syncbench -connections 500 -runs 5 -cps-time 5s
 
 clean:
 	rm -rf bin build

@@ -2,8 +2,9 @@
 // (datapath/ipvs SyncDaemon, datapath/netif SyncSysctls) on a real kernel
 // (run it in the test VM: bin/vmrun bin/syncbench): the lag from a
 // connection established through director A to its entry on director B,
-// p50/p99, and A's connections per second with sync on against sync off
-// in the same run. Needs root and IPVS.
+// p50/p99, and A's connections per second with sync and with merlin's
+// eBPF counters (XDP + TC) each on against off, in the same run. Needs
+// root, IPVS and eBPF.
 package main
 
 import (
@@ -23,6 +24,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/netif"
+	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
 	"github.com/merlin-ipvs/merlin/internal/netns"
 )
 
@@ -33,7 +35,7 @@ const (
 
 func main() {
 	conns := flag.Int("connections", 500, "connections whose sync lag is measured")
-	runs := flag.Int("runs", 3, "CPS runs with sync on and off each, interleaved")
+	runs := flag.Int("runs", 3, "CPS runs of each setting (sync and counters off and on), interleaved")
 	secs := flag.Duration("cps-time", 5*time.Second, "length of one CPS run")
 	flag.Parse()
 	if err := run(*conns, *runs, *secs); err != nil {
@@ -44,8 +46,10 @@ func main() {
 
 // lab is client → A → backend, and A — B on the sync link.
 type lab struct {
+	ctx            context.Context
 	a, b, cli, srv *netns.NS
 	ca, cb         *ipvs.Client
+	counter        *xdpstats.Counter // nil: counters off
 }
 
 func run(conns, runs int, cpsTime time.Duration) error {
@@ -72,7 +76,7 @@ func run(conns, runs int, cpsTime time.Duration) error {
 }
 
 func newLab() (*lab, error) {
-	l := &lab{}
+	l := &lab{ctx: context.Background()}
 	for _, p := range []**netns.NS{&l.a, &l.b, &l.cli, &l.srv} {
 		ns, err := netns.New("syncbench-")
 		if err != nil {
@@ -156,6 +160,7 @@ func director(ns *netns.NS) (*ipvs.Client, error) {
 }
 
 func (l *lab) close() {
+	_ = l.countersOn(false)
 	for _, c := range []*ipvs.Client{l.ca, l.cb} {
 		if c != nil {
 			c.Close()
@@ -288,35 +293,89 @@ func pollConns(done <-chan struct{}, mu *sync.Mutex, seen map[uint16]time.Time) 
 	}
 }
 
-// cps runs the client's connect-and-close loop through A with sync off
-// and on, interleaved, and prints the medians and their ratio.
+// setting is one CPS configuration of A.
+type setting struct{ sync, counters bool }
+
+func (s setting) String() string {
+	onOff := map[bool]string{true: "on", false: "off"}
+	return fmt.Sprintf("sync %-3s counters %-3s", onOff[s.sync], onOff[s.counters])
+}
+
+// cps runs the client's connect-and-close loop through A with sync and the
+// eBPF counters each off and on, interleaved in a rotating order, and
+// prints the medians and their ratios.
 func (l *lab) cps(runs int, d time.Duration) error {
 	if err := l.cli.Do(func() error {
 		return netif.SetSysctls(map[string]string{"net/ipv4/tcp_tw_reuse": "1", "net/ipv4/ip_local_port_range": "1024 65000"})
 	}); err != nil {
 		return err
 	}
-	rates := map[bool][]float64{}
-	on := true // the lag measurement left sync on
-	for r := range 2 * runs {
-		want := r%2 == 1
-		if want != on {
-			if err := l.syncOn(want); err != nil {
+	settings := []setting{{false, false}, {false, true}, {true, false}, {true, true}}
+	rates := map[setting][]float64{}
+	now := setting{sync: true} // the lag measurement left sync on
+	for r := range runs {
+		for i := range settings {
+			want := settings[(r+i)%len(settings)]
+			if err := l.apply(now, want); err != nil {
 				return err
 			}
-			on = want
+			now = want
+			rate, err := l.cpsRun(now, d)
+			if err != nil {
+				return err
+			}
+			rates[now] = append(rates[now], rate)
+			fmt.Printf("run %d: %s %8.0f connections/s\n", r+1, now, rate)
 		}
-		n, err := l.connectLoop(d)
-		if err != nil {
+	}
+	med := func(s setting) float64 { return median(rates[s]) }
+	fmt.Printf("connections per second through A (median of %d):\n", runs)
+	for _, s := range settings {
+		fmt.Printf("  %s %8.0f\n", s, med(s))
+	}
+	fmt.Printf("sync on / off (counters off): %.3f (goal ≥ 0.9)\n", med(setting{true, false})/med(setting{false, false}))
+	fmt.Printf("counters on / off, sync off: %.3f (goal ≥ 0.95)\n", med(setting{false, true})/med(setting{false, false}))
+	fmt.Printf("counters on / off, sync on:  %.3f (goal ≥ 0.95)\n", med(setting{true, true})/med(setting{true, false}))
+	return nil
+}
+
+// apply switches A from one setting to another.
+func (l *lab) apply(from, to setting) error {
+	if from.sync != to.sync {
+		if err := l.syncOn(to.sync); err != nil {
 			return err
 		}
-		rate := float64(n) / d.Seconds()
-		rates[on] = append(rates[on], rate)
-		fmt.Printf("run %d: sync %-3s %8.0f connections/s\n", r/2+1, map[bool]string{true: "on", false: "off"}[on], rate)
 	}
-	off, with := median(rates[false]), median(rates[true])
-	fmt.Printf("connections per second through A (median of %d): sync off %.0f, sync on %.0f, on/off %.3f (goal ≥ 0.9)\n", runs, off, with, with/off)
+	if from.counters != to.counters {
+		return l.countersOn(to.counters)
+	}
 	return nil
+}
+
+// cpsRun is one run's connections per second; with the counters on, it
+// checks they counted the run's connections.
+func (l *lab) cpsRun(s setting, d time.Duration) (float64, error) {
+	var xdp0, tc0 uint64
+	var err error
+	if s.counters {
+		if xdp0, tc0, err = l.countedSYNs(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := l.connectLoop(d)
+	if err != nil {
+		return 0, err
+	}
+	if s.counters {
+		xdp, tc, err := l.countedSYNs()
+		if err != nil {
+			return 0, err
+		}
+		if xdp-xdp0 < uint64(n) || tc-tc0 < uint64(n) {
+			return 0, fmt.Errorf("the counters saw %d SYNs at XDP and %d at TC of %d connections: not in the path", xdp-xdp0, tc-tc0, n)
+		}
+	}
+	return float64(n) / d.Seconds(), nil
 }
 
 // connectLoop connects and closes from 4 client goroutines for d.
