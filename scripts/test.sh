@@ -72,6 +72,12 @@ else
   echo "skipped: needs root (network namespaces)"
 fi
 
+step "flatness (short form of make bench's)"
+# What one change costs each part of the node's per-change path at 100 and
+# 1,000 services; verdicts printed, not asserted (make bench runs 100 and
+# 10,000 and fails when a part grows).
+go run ./bench/flatbench -small 100 -large 1000 -changes 50 -report-only || { echo "flat bench failed"; status=1; }
+
 step "fuzz (${FUZZTIME} per target)"
 : > "$out/fuzz.json"
 for pkg in $(go list ./...); do
