@@ -13,9 +13,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"time"
 
@@ -36,8 +38,20 @@ func main() {
 	dests := flag.Int("dests", 10, "real servers per service")
 	changes := flag.Int("changes", 400, "changes measured per table")
 	limit := flag.Float64("limit", 1.5, "largest p50 ratio (large / small) a part may have and count as flat")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	reportOnly := flag.Bool("report-only", false, "print the verdicts but exit 0 when parts grow (make test's short form: timings are not asserted in tests)")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "flatbench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	err := run(*small, *large, *dests, *changes, *limit)
 	if errors.Is(err, errGrows) && *reportOnly {
 		fmt.Println("\n" + err.Error() + " (reported only)")
@@ -45,6 +59,7 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "\nflatbench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
@@ -59,7 +74,7 @@ func run(small, large, dests, changes int, limit float64) error {
 		return err
 	}
 	fmt.Printf("per-change time of each part of the node's path, %d changes each (a service losing or regaining all %d servers)\n\n", changes, dests)
-	fmt.Printf("| part | p50 at %d | p99 at %d | p50 at %d | p99 at %d | p50 ratio | |\n|---|---:|---:|---:|---:|---:|---|\n", small, small, large, large)
+	fmt.Printf("| part | p50 at %d | p99 at %d | p50 at %d | p99 at %d | p50 ratio | growth exponent | |\n|---|---:|---:|---:|---:|---:|---:|---|\n", small, small, large, large)
 	var grows []string
 	for _, part := range parts {
 		ratio := float64(pct(l[part], 50)) / float64(max(pct(s[part], 50), 1))
@@ -68,7 +83,9 @@ func run(small, large, dests, changes int, limit float64) error {
 			verdict = fmt.Sprintf("**FAIL: grows with the table** (> %.1f)", limit)
 			grows = append(grows, part)
 		}
-		fmt.Printf("| %s | %s | %s | %s | %s | %.2f | %s |\n", part, pct(s[part], 50), pct(s[part], 99), pct(l[part], 50), pct(l[part], 99), ratio, verdict)
+		// 0: the same at any size; 1: in proportion to the table.
+		exponent := math.Log(ratio) / math.Log(float64(large)/float64(small))
+		fmt.Printf("| %s | %s | %s | %s | %s | %.2f | %.2f | %s |\n", part, pct(s[part], 50), pct(s[part], 99), pct(l[part], 50), pct(l[part], 99), ratio, exponent, verdict)
 	}
 	if len(grows) > 0 {
 		return fmt.Errorf("%w in %v", errGrows, grows)
@@ -96,12 +113,14 @@ func measure(n, dests, changes int) (map[string][]time.Duration, error) {
 		return nil, err
 	}
 	ctx := context.Background()
-	pass := func() (map[string]time.Duration, error) {
+	// changed is what the runner tells the sinks changed since their last
+	// plan (nil the first time: every service).
+	pass := func(changed map[string]bool) (map[string]time.Duration, error) {
 		took := map[string]time.Duration{}
 		start := time.Now()
 		np := node.PlanNode(f.plans, node.NodeInputs{})
 		took[parts[0]] = time.Since(start)
-		plan := &node.Plan{Revision: 1, Services: f.plans, Node: np}
+		plan := &node.Plan{Revision: 1, Services: f.plans, Node: np, Changed: changed}
 		for i, s := range f.sinks {
 			t := time.Now()
 			if err := s.Set(ctx, plan); err != nil {
@@ -112,7 +131,7 @@ func measure(n, dests, changes int) (map[string][]time.Duration, error) {
 		took["whole pass"] = time.Since(start)
 		return took, nil
 	}
-	if _, err := pass(); err != nil { // the sinks take the first plan
+	if _, err := pass(nil); err != nil { // the sinks take the first plan
 		return nil, err
 	}
 	out := map[string][]time.Duration{}
@@ -130,7 +149,7 @@ func measure(n, dests, changes int) (map[string][]time.Duration, error) {
 		} else {
 			f.plans[id] = f.full[id]
 		}
-		took, err := pass()
+		took, err := pass(map[string]bool{id: true})
 		if err != nil {
 			return nil, err
 		}
@@ -206,6 +225,7 @@ func (recordingAnnouncer) Set(context.Context, []bgp.Route) error { return nil }
 type recordingCounters struct{}
 
 func (recordingCounters) Set(xdpstats.Keys) error          { return nil }
+func (recordingCounters) Update(_, _ xdpstats.Keys) error  { return nil }
 func (recordingCounters) Read() (xdpstats.Snapshot, error) { return xdpstats.Snapshot{}, nil }
 func (recordingCounters) Status() xdpstats.Status          { return xdpstats.Status{On: true} }
 

@@ -103,14 +103,14 @@ func writeRendered(ctx context.Context, tw *textWriter, fams []renderedFamily) {
 // writePassive writes passive health's window as its judge last saw it
 // (servers with passive health only; cheap to read on the scrape).
 func (t *Traffic) writePassive(tw *textWriter) {
-	idx, figures := t.index.get(), t.passive.lastFigures()
+	judged, figures := t.index.passiveJudges(), t.passive.lastFigures()
 	for _, f := range t.backend {
 		if f.source != fromPassive {
 			continue
 		}
 		tw.family(f.name, f.typ, f.help)
 		for k, fig := range figures {
-			if j, ok := idx.Passive[k]; ok {
+			if j, ok := judged[k]; ok {
 				tw.sample(f.name, float64(f.passive(fig)), "service", j.Label.Service, "server", j.Label.Server)
 			}
 		}

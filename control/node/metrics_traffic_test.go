@@ -37,12 +37,21 @@ func (k fakeKernel) Stats(_ context.Context, keep func(ipvs.ServiceKey) bool) ([
 }
 
 type fakeCounters struct {
-	keys xdpstats.Keys
-	mu   sync.Mutex
-	snap xdpstats.Snapshot
+	keys    xdpstats.Keys
+	updates int // Update calls
+	mu      sync.Mutex
+	snap    xdpstats.Snapshot
 }
 
 func (f *fakeCounters) Set(k xdpstats.Keys) error { f.keys = k; return nil }
+
+// Update applies a change to the keys Set gave.
+func (f *fakeCounters) Update(add, remove xdpstats.Keys) error {
+	f.keys.VIPs = append(slices.DeleteFunc(f.keys.VIPs, func(k xdpstats.VIPKey) bool { return slices.Contains(remove.VIPs, k) }), add.VIPs...)
+	f.keys.Servers = append(slices.DeleteFunc(f.keys.Servers, func(k xdpstats.ServerKey) bool { return slices.Contains(remove.Servers, k) }), add.Servers...)
+	f.updates++
+	return nil
+}
 func (f *fakeCounters) Read() (xdpstats.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

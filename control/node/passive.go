@@ -126,7 +126,7 @@ func (t *Traffic) RunPassive(ctx context.Context, h HealthReporter) {
 }
 
 func (p *passiveHealthJudge) judge(now time.Time, h HealthReporter) {
-	judged := p.index.get().Passive
+	judged := p.index.passiveJudges()
 	if p.counters == nil || len(judged) == 0 {
 		p.mu.Lock()
 		p.window, p.figures = passiveWindow{}, nil
@@ -168,10 +168,10 @@ const maxPassiveFailing = 32
 
 // failing lists judged servers with unanswered attempts, most first.
 func (p *passiveHealthJudge) failing() []*types.PassiveFigures {
-	idx, figures := p.index.get(), p.lastFigures()
+	judged, figures := p.index.passiveJudges(), p.lastFigures()
 	var out []*types.PassiveFigures
 	for _, k := range slices.SortedFunc(maps.Keys(figures), func(a, b xdpstats.ServerKey) int { return a.Addr.Compare(b.Addr) }) {
-		f, j := figures[k], idx.Passive[k]
+		f, j := figures[k], judged[k]
 		if f.Attempts <= f.Answered {
 			continue
 		}

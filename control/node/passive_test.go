@@ -31,7 +31,9 @@ func TestPassiveJudgesOverTheWindow(t *testing.T) {
 	}
 	fc := &fakeCounters{}
 	tr := NewTraffic(nil, fc, TrafficOptions{})
-	tr.index.set(CounterIndex{Passive: map[xdpstats.ServerKey]PassiveJudge{good: judge("198.19.0.1:8080", health.Check{Kind: health.TCP}), bad: judge("198.19.0.2:8080", badCheck)}})
+	tr.index.edit(func(idx *CounterIndex) {
+		idx.Passive = map[xdpstats.ServerKey]PassiveJudge{good: judge("198.19.0.1:8080", health.Check{Kind: health.TCP}), bad: judge("198.19.0.2:8080", badCheck)}
+	})
 	r := &reports{}
 	start := time.Unix(1000, 0)
 	// Ten seconds: both servers get 4 attempts a second; good answers all,

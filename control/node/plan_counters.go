@@ -33,8 +33,7 @@ type CounterIndex struct {
 // MAC —, the VIP's port). Firewall-mark services are not seen by XDP (the
 // mark is set later) and GUE/GRE tunnels are not parsed: neither is keyed.
 func PlanCounterKeys(p *Plan) (xdpstats.Keys, CounterIndex) {
-	idx := CounterIndex{VIPs: map[xdpstats.VIPKey]string{}, Servers: map[xdpstats.ServerKey]ServerLabel{}, Services: map[ipvs.ServiceKey]string{},
-		Passive: map[xdpstats.ServerKey]PassiveJudge{}}
+	idx := newCounterIndex()
 	var keys xdpstats.Keys
 	for _, id := range slices.Sorted(maps.Keys(p.Services)) {
 		sp := p.Services[id]
@@ -42,7 +41,9 @@ func PlanCounterKeys(p *Plan) (xdpstats.Keys, CounterIndex) {
 			continue
 		}
 		sk := sp.Virtual.Service.Key.Canonical()
-		idx.Services[sk] = id
+		if _, dup := idx.Services[sk]; !dup {
+			idx.Services[sk] = id
+		}
 		if sk.FWMark != 0 {
 			continue
 		}
@@ -69,6 +70,11 @@ func PlanCounterKeys(p *Plan) (xdpstats.Keys, CounterIndex) {
 		}
 	}
 	return keys, idx
+}
+
+func newCounterIndex() CounterIndex {
+	return CounterIndex{VIPs: map[xdpstats.VIPKey]string{}, Servers: map[xdpstats.ServerKey]ServerLabel{}, Services: map[ipvs.ServiceKey]string{},
+		Passive: map[xdpstats.ServerKey]PassiveJudge{}}
 }
 
 func counterServerKey(svc ipvs.ServiceKey, d ipvs.Destination) (xdpstats.ServerKey, bool) {

@@ -38,6 +38,12 @@ type passState struct {
 
 	driftKeys                           []ipvs.ServiceKey // found by a background read; diffed next pass
 	healthDirty, checksDirty, nodeDirty bool
+
+	// Services whose plans changed since the sinks were last given a plan
+	// after a change, and the sinks whose last Set took a plan (those get
+	// only the changes next; the others every service).
+	sinkChanged map[string]bool
+	sinkInStep  map[string]bool
 }
 
 func newPassState(cfg RunnerConfig, sinks int) passState {
@@ -45,6 +51,7 @@ func newPassState(cfg RunnerConfig, sinks int) passState {
 		plans: map[string]*ServicePlan{}, checks: map[string]ServiceChecks{}, idByKey: map[ipvs.ServiceKey]string{},
 		ramping: map[string]time.Time{}, thresholds: map[string]thresholdState{}, failures: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff),
 		sinkFail: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff), nodeDirty: sinks > 0,
+		sinkChanged: map[string]bool{}, sinkInStep: map[string]bool{},
 	}
 }
 
@@ -224,6 +231,7 @@ func (r *Runner) dropPlan(id string, old *ServicePlan, dirty map[ipvs.ServiceKey
 		r.forgetKey(old.Key(), id)
 	}
 	delete(r.pass.plans, id)
+	r.pass.sinkChanged[id] = true
 	delete(r.pass.ramping, id)
 	delete(r.pass.thresholds, id)
 	if _, ok := r.pass.checks[id]; ok {
@@ -276,6 +284,7 @@ func (r *Runner) setPlan(id string, p *ServicePlan, dirty map[ipvs.ServiceKey]bo
 		r.forgetKey(old.Key(), id)
 	}
 	r.pass.plans[id] = p
+	r.pass.sinkChanged[id] = true
 	if p.Err == nil {
 		dirty[p.Key()] = true
 		r.pass.idByKey[p.Key()] = id

@@ -46,8 +46,9 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 		if !changed && (!failing || r.pass.sinkFail.waiting(id, now)) && !sinkDue(s, now) {
 			continue
 		}
-		err := s.Set(ctx, plan)
+		err := s.Set(ctx, r.sinkPlan(s.Name(), plan))
 		r.metrics.setSink(s.Name(), err)
+		r.pass.sinkInStep[s.Name()] = err == nil
 		if err != nil {
 			if r.pass.sinkFail.add(id, err, now) {
 				r.log.Warn("sink failed; retrying with backoff", "sink", s.Name(), "error", err)
@@ -59,6 +60,20 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 		}
 		r.pass.sinkFail.clear(id)
 	}
+	if changed {
+		// Every sink was given this plan (or, failing, gets all next).
+		r.pass.sinkChanged = map[string]bool{}
+	}
+}
+
+// sinkPlan is the plan for one sink: with the changes since the last plan
+// it took, or none (look at all) for a sink not in step.
+func (r *Runner) sinkPlan(name string, plan *Plan) *Plan {
+	p := *plan
+	if r.pass.sinkInStep[name] {
+		p.Changed = r.pass.sinkChanged
+	}
+	return &p
 }
 
 // sinkDue: a Timed sink whose time has come.

@@ -19,6 +19,11 @@ type Plan struct {
 	Node     NodePlan
 	// ServerDrains: the real servers being drained (shared; never modified).
 	ServerDrains map[string]store.ServerDrain
+	// Changed names the services whose plans may differ from those in the
+	// plan this sink was last given (a service plan is replaced, never
+	// modified): a sink may look only at those. Nil when unknown — the
+	// sink's first plan, or the first after it failed: look at every one.
+	Changed map[string]bool
 }
 
 // A Sink programs one part of the dataplane from the whole plan. Set is

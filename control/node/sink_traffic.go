@@ -2,7 +2,7 @@ package node
 
 import (
 	"context"
-	"slices"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +16,7 @@ import (
 // Counters is what the traffic sink drives: xdpstats.Counter.
 type Counters interface {
 	Set(keys xdpstats.Keys) error
+	Update(add, remove xdpstats.Keys) error
 	Read() (xdpstats.Snapshot, error)
 	Status() xdpstats.Status
 }
@@ -77,29 +78,52 @@ func NewTraffic(kernel KernelCounters, counters Counters, opts TrafficOptions) *
 		sink: &countersSink{counters: counters, index: idx}, passive: &passiveHealthJudge{counters: counters, index: idx}}
 }
 
-// planIndex is the plan's counter index: the sink sets it, the collector
-// and the judge read it.
+// planIndex is the plan's counter index: the sink changes it in place, a
+// change at a time; the collector and the judge read copies.
 type planIndex struct {
-	mu    sync.Mutex
-	idx   CounterIndex
-	set1  bool
-	first chan struct{} // closed when the first plan's index is set
+	mu      sync.Mutex
+	idx     CounterIndex
+	passive map[xdpstats.ServerKey]PassiveJudge // readers' copy of idx.Passive; nil: stale
+	set1    bool
+	first   chan struct{} // closed when the first plan's index is set
 }
 
-func (p *planIndex) set(idx CounterIndex) {
+// edit changes the index in place.
+func (p *planIndex) edit(fn func(idx *CounterIndex)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.idx = idx
+	if p.idx.VIPs == nil {
+		p.idx = newCounterIndex()
+	}
+	fn(&p.idx)
+	p.passive = nil
 	if !p.set1 {
 		p.set1 = true
 		close(p.first)
 	}
 }
 
+// get copies the whole index: for background reads (each costs the size
+// of the table, a change does not).
 func (p *planIndex) get() CounterIndex {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.idx
+	return CounterIndex{VIPs: maps.Clone(p.idx.VIPs), Servers: maps.Clone(p.idx.Servers), Services: maps.Clone(p.idx.Services),
+		Passive: maps.Clone(p.idx.Passive)}
+}
+
+// passiveJudges is the judged servers (shared, not to be changed; copied
+// once per change of the index).
+func (p *planIndex) passiveJudges() map[xdpstats.ServerKey]PassiveJudge {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.passive == nil {
+		p.passive = maps.Clone(p.idx.Passive)
+		if p.passive == nil {
+			p.passive = map[xdpstats.ServerKey]PassiveJudge{}
+		}
+	}
+	return p.passive
 }
 
 // Sink is the traffic sink: give it to the runner (RunnerDeps.Sinks).
@@ -111,28 +135,51 @@ func (s trafficSink) Name() string { return "counters" }
 
 func (s trafficSink) Set(ctx context.Context, p *Plan) error { return s.t.sink.set(ctx, p) }
 
-// countersSink gives the eBPF counters the plan's keys when they change.
-// Only the runner calls it.
+// countersSink keeps the eBPF counters' keys and the counter index equal
+// to the plan's: after the first plan only the changed services are looked
+// at and only their keys written. Only the runner calls it.
 type countersSink struct {
 	counters Counters
 	index    *planIndex
-	lastKeys xdpstats.Keys
-	keysSet  bool
+	claims   *counterClaims // nil: rebuild from the whole plan
+	keysSet  bool           // the counters hold the claims' keys
 }
 
 func (c *countersSink) set(_ context.Context, p *Plan) error {
-	keys, idx := PlanCounterKeys(p)
-	c.index.set(idx)
-	unchanged := c.keysSet && slices.Equal(keys.VIPs, c.lastKeys.VIPs) && slices.Equal(keys.Servers, c.lastKeys.Servers)
+	full := p.Changed == nil || c.claims == nil
+	var ch keyChanges
+	c.index.edit(func(idx *CounterIndex) {
+		if full {
+			*idx, c.claims, c.keysSet = newCounterIndex(), newCounterClaims(), false
+			for id, sp := range p.Services {
+				c.claims.update(idx, id, sp, &ch)
+			}
+			return
+		}
+		for id := range p.Changed {
+			c.claims.update(idx, id, p.Services[id], &ch)
+		}
+	})
 	// Counters that are off say why in their status; the sink does not
 	// retry what only an operator can fix.
-	if c.counters == nil || unchanged || !c.counters.Status().On {
+	if c.counters == nil || !c.counters.Status().On {
 		return nil
 	}
-	if err := c.counters.Set(keys); err != nil {
+	if !c.keysSet {
+		if err := c.counters.Set(c.claims.keys()); err != nil {
+			c.claims = nil // the next plan sets every key again
+			return err
+		}
+		c.keysSet = true
+		return nil
+	}
+	if ch.empty() {
+		return nil
+	}
+	if err := c.counters.Update(ch.split()); err != nil {
+		c.claims = nil
 		return err
 	}
-	c.lastKeys, c.keysSet = keys, true
 	return nil
 }
 

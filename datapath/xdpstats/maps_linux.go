@@ -72,13 +72,16 @@ func (s addrSet) add(a netip.Addr) {
 type planned struct {
 	vips, forwarded, replies keySet
 	unmatched                addrSet
+	unmatchedRefs            addrRefs    // VIP keys per unmatched address (for Update)
 	routes                   []ServerKey // direct-routing servers, keyed by MAC (nodeKeys)
 }
 
 func planKeys(want Keys) *planned {
-	p := &planned{vips: newKeySet(), forwarded: newKeySet(), replies: newKeySet(), unmatched: newAddrSet()}
+	p := &planned{vips: newKeySet(), forwarded: newKeySet(), replies: newKeySet(), unmatched: newAddrSet(), unmatchedRefs: addrRefs{}}
 	for _, k := range want.VIPs {
-		p.vips.add(keyOf(k.Addr, k.Port, k.Proto, 0))
+		if p.vips.put(keyOf(k.Addr, k.Port, k.Proto, 0)) {
+			p.unmatchedRefs.inc(k.Addr.Unmap())
+		}
 		p.unmatched.add(k.Addr)
 	}
 	for _, k := range want.Servers {

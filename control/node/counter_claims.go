@@ -1,0 +1,240 @@
+package node
+
+import (
+	"slices"
+
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
+)
+
+// serviceCounterKeys is what one service plan claims of the counters: its
+// kernel service, its VIP key and its servers' keys (each once, the
+// first destination naming a key winning), as PlanCounterKeys reads them.
+type serviceCounterKeys struct {
+	kernel  ipvs.ServiceKey
+	vip     xdpstats.VIPKey
+	hasVIP  bool
+	servers []serverClaim
+}
+
+type serverClaim struct {
+	key      xdpstats.ServerKey
+	label    ServerLabel
+	judge    PassiveJudge
+	hasJudge bool
+}
+
+// claimsOf reads a service plan's claims; false for a plan in error.
+func claimsOf(id string, sp *ServicePlan) (serviceCounterKeys, bool) {
+	if sp == nil || sp.Err != nil {
+		return serviceCounterKeys{}, false
+	}
+	sk := sp.Virtual.Service.Key.Canonical()
+	out := serviceCounterKeys{kernel: sk}
+	if sk.FWMark != 0 {
+		return out, true
+	}
+	out.vip, out.hasVIP = xdpstats.VIPKey{Addr: sk.Address, Port: sk.Port, Proto: uint8(sk.Protocol)}, true
+	seen := map[xdpstats.ServerKey]bool{}
+	for _, d := range sp.Virtual.Destinations {
+		k, ok := counterServerKey(sk, d)
+		if !ok || seen[k] {
+			continue
+		}
+		seen[k] = true
+		c := serverClaim{key: k, label: ServerLabel{Service: id, Server: d.Key.String()}}
+		c.judge, c.hasJudge = passiveJudge(sp, c.label, k)
+		out.servers = append(out.servers, c)
+	}
+	return out, true
+}
+
+// counterClaims keeps the plan's counter index and keys as services come,
+// change and go: a key shared by services is labelled by the smallest
+// service ID claiming it (as PlanCounterKeys, which walks them sorted),
+// and a change costs only what the changed service claims.
+type counterClaims struct {
+	byService map[string]serviceCounterKeys
+	kernel    map[ipvs.ServiceKey][]string // claimants, sorted
+	vips      map[xdpstats.VIPKey][]string
+	servers   map[xdpstats.ServerKey][]string
+}
+
+func newCounterClaims() *counterClaims {
+	return &counterClaims{byService: map[string]serviceCounterKeys{}, kernel: map[ipvs.ServiceKey][]string{},
+		vips: map[xdpstats.VIPKey][]string{}, servers: map[xdpstats.ServerKey][]string{}}
+}
+
+// keyChanges are the counter keys a change adds (+1) and removes (-1),
+// net: a key a service gives up and takes again (its plan was replaced)
+// is not touched, so its count goes on.
+type keyChanges struct {
+	vips    map[xdpstats.VIPKey]int
+	servers map[xdpstats.ServerKey]int
+}
+
+func (k *keyChanges) vip(key xdpstats.VIPKey, d int) {
+	if k.vips == nil {
+		k.vips = map[xdpstats.VIPKey]int{}
+	}
+	if k.vips[key] += d; k.vips[key] == 0 {
+		delete(k.vips, key)
+	}
+}
+
+func (k *keyChanges) server(key xdpstats.ServerKey, d int) {
+	if k.servers == nil {
+		k.servers = map[xdpstats.ServerKey]int{}
+	}
+	if k.servers[key] += d; k.servers[key] == 0 {
+		delete(k.servers, key)
+	}
+}
+
+func (k *keyChanges) empty() bool { return len(k.vips)+len(k.servers) == 0 }
+
+// split is the net change as keys to add and keys to remove.
+func (k *keyChanges) split() (add, remove xdpstats.Keys) {
+	for key, d := range k.vips {
+		if d > 0 {
+			add.VIPs = append(add.VIPs, key)
+		} else {
+			remove.VIPs = append(remove.VIPs, key)
+		}
+	}
+	for key, d := range k.servers {
+		if d > 0 {
+			add.Servers = append(add.Servers, key)
+		} else {
+			remove.Servers = append(remove.Servers, key)
+		}
+	}
+	return add, remove
+}
+
+// update replaces service id's claims by those of sp (nil: it is gone),
+// keeping idx in step, and says which keys came and went.
+func (c *counterClaims) update(idx *CounterIndex, id string, sp *ServicePlan, ch *keyChanges) {
+	if old, ok := c.byService[id]; ok {
+		delete(c.byService, id)
+		c.unclaim(idx, id, old, ch)
+	}
+	if claims, ok := claimsOf(id, sp); ok {
+		c.byService[id] = claims
+		c.claim(idx, id, claims, ch)
+	}
+}
+
+func (c *counterClaims) claim(idx *CounterIndex, id string, s serviceCounterKeys, ch *keyChanges) {
+	if first(add(c.kernel, s.kernel, id)) == id {
+		idx.Services[s.kernel] = id
+	}
+	if s.hasVIP {
+		ids := add(c.vips, s.vip, id)
+		if len(ids) == 1 {
+			ch.vip(s.vip, 1)
+		}
+		if first(ids) == id {
+			idx.VIPs[s.vip] = id
+		}
+	}
+	for _, sc := range s.servers {
+		ids := add(c.servers, sc.key, id)
+		if len(ids) == 1 {
+			ch.server(sc.key, 1)
+		}
+		if first(ids) == id {
+			c.label(idx, sc)
+		}
+	}
+}
+
+func (c *counterClaims) unclaim(idx *CounterIndex, id string, s serviceCounterKeys, ch *keyChanges) {
+	if ids := remove(c.kernel, s.kernel, id); len(ids) == 0 {
+		delete(idx.Services, s.kernel)
+	} else {
+		idx.Services[s.kernel] = first(ids)
+	}
+	if s.hasVIP {
+		if ids := remove(c.vips, s.vip, id); len(ids) == 0 {
+			delete(idx.VIPs, s.vip)
+			ch.vip(s.vip, -1)
+		} else {
+			idx.VIPs[s.vip] = first(ids)
+		}
+	}
+	for _, sc := range s.servers {
+		ids := remove(c.servers, sc.key, id)
+		switch {
+		case len(ids) == 0:
+			delete(idx.Servers, sc.key)
+			delete(idx.Passive, sc.key)
+			ch.server(sc.key, -1)
+		case first(ids) != idx.Servers[sc.key].Service:
+			c.label(idx, c.claimOf(first(ids), sc.key))
+		}
+	}
+}
+
+// label names key sc.key by claim sc in the index.
+func (c *counterClaims) label(idx *CounterIndex, sc serverClaim) {
+	idx.Servers[sc.key] = sc.label
+	if sc.hasJudge {
+		idx.Passive[sc.key] = sc.judge
+	} else {
+		delete(idx.Passive, sc.key)
+	}
+}
+
+// claimOf is service id's claim of key.
+func (c *counterClaims) claimOf(id string, key xdpstats.ServerKey) serverClaim {
+	for _, sc := range c.byService[id].servers {
+		if sc.key == key {
+			return sc
+		}
+	}
+	return serverClaim{key: key}
+}
+
+// keys lists every key claimed.
+func (c *counterClaims) keys() xdpstats.Keys {
+	var k xdpstats.Keys
+	for v := range c.vips {
+		k.VIPs = append(k.VIPs, v)
+	}
+	for s := range c.servers {
+		k.Servers = append(k.Servers, s)
+	}
+	return k
+}
+
+func first(ids []string) string {
+	if len(ids) == 0 {
+		return ""
+	}
+	return ids[0]
+}
+
+// add puts id among key's claimants (sorted) and returns them.
+func add[K comparable](m map[K][]string, key K, id string) []string {
+	ids := m[key]
+	if i, found := slices.BinarySearch(ids, id); !found {
+		ids = slices.Insert(ids, i, id)
+	}
+	m[key] = ids
+	return ids
+}
+
+// remove takes id from key's claimants and returns those left.
+func remove[K comparable](m map[K][]string, key K, id string) []string {
+	ids := m[key]
+	if i, found := slices.BinarySearch(ids, id); found {
+		ids = slices.Delete(ids, i, i+1)
+	}
+	if len(ids) == 0 {
+		delete(m, key)
+		return nil
+	}
+	m[key] = ids
+	return ids
+}
