@@ -73,9 +73,14 @@ func testBFD(t *testing.T, frr bool) {
 			return nil
 		})
 	}
-	if out := c.mustMeradm("status"); !strings.Contains(out, "bfd up (300ms, detects in 900ms)") {
-		t.Errorf("status does not show BFD:\n%s", out)
-	}
+	// A BFD session comes up at the slow rate (1 s, RFC 5880 6.8.3) and
+	// moves to the configured one by a poll sequence after: wait for it.
+	c.eventually("status shows BFD at the configured rate", 30*time.Second, func() error {
+		if out := c.mustMeradm("status"); !strings.Contains(out, "bfd up (300ms, detects in 900ms)") {
+			return fmt.Errorf("status does not show BFD:\n%s", out)
+		}
+		return nil
+	})
 
 	t.Run("a cut link", func(t *testing.T) {
 		c.failOver(r, node1, node2.Addr, true, func() { c.must(exec.Command("ip", "link", "set", node1.Link, "down").Run()) })
