@@ -42,17 +42,7 @@ func (t *textWriter) family(name, typ, help string) {
 func (t *textWriter) sample(name string, v float64, labels ...string) {
 	b := append(t.buf[:0], name...)
 	if len(labels) > 0 {
-		b = append(b, '{')
-		for i := 0; i+1 < len(labels); i += 2 {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, labels[i]...)
-			b = append(b, `="`...)
-			b = appendEscaped(b, labels[i+1], true)
-			b = append(b, '"')
-		}
-		b = append(b, '}')
+		b = appendLabels(b, labels)
 	}
 	b = append(b, ' ')
 	b = appendValue(b, v)
@@ -86,7 +76,13 @@ type labelBuf struct{ b []byte }
 
 // render returns `{name="value",...}` for name, value pairs.
 func (l *labelBuf) render(pairs ...string) string {
-	b := append(l.b[:0], '{')
+	l.b = appendLabels(l.b[:0], pairs)
+	return string(l.b)
+}
+
+// appendLabels appends `{name="value",...}` for name, value pairs.
+func appendLabels(b []byte, pairs []string) []byte {
+	b = append(b, '{')
 	for i := 0; i+1 < len(pairs); i += 2 {
 		if i > 0 {
 			b = append(b, ',')
@@ -96,9 +92,7 @@ func (l *labelBuf) render(pairs ...string) string {
 		b = appendEscaped(b, pairs[i+1], true)
 		b = append(b, '"')
 	}
-	b = append(b, '}')
-	l.b = b
-	return string(b)
+	return append(b, '}')
 }
 
 // appendEscaped escapes a label value (backslash, quote, newline) or a

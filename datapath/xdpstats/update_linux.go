@@ -85,24 +85,31 @@ func (p *planned) add(keys Keys) keyDelta {
 		}
 	}
 	for _, k := range keys.Servers {
-		switch k.Method {
-		case NAT:
-			if mk := keyOf(k.Addr, k.Port, k.Proto, kindNAT); p.forwarded.put(mk) {
-				d.forwarded.add = append(d.forwarded.add, mk)
-			}
-			if mk := keyOf(k.Addr, k.Port, k.Proto, kindNAT); p.replies.put(mk) {
-				d.replies.add = append(d.replies.add, mk)
-			}
-		case Tunnel:
-			if mk := keyOf(k.Addr, k.Port, k.Proto, kindTunnel); p.forwarded.put(mk) {
-				d.forwarded.add = append(d.forwarded.add, mk)
-			}
-		case Route:
-			p.routes = append(p.routes, k)
-			d.routes = true
+		if k.Method == Route {
+			p.routes, d.routes = append(p.routes, k), true
+			continue
+		}
+		mk, nat, ok := serverEntry(k)
+		if ok && p.forwarded.put(mk) {
+			d.forwarded.add = append(d.forwarded.add, mk)
+		}
+		if ok && nat && p.replies.put(mk) {
+			d.replies.add = append(d.replies.add, mk)
 		}
 	}
 	return d
+}
+
+// serverEntry is the entry a NAT or tunnel server has in the forwarded
+// map, and whether it has one in the replies map too (NAT).
+func serverEntry(k ServerKey) (key mapKey, nat, ok bool) {
+	switch k.Method {
+	case NAT:
+		return keyOf(k.Addr, k.Port, k.Proto, kindNAT), true, true
+	case Tunnel:
+		return keyOf(k.Addr, k.Port, k.Proto, kindTunnel), false, true
+	}
+	return mapKey{}, false, false
 }
 
 // remove takes keys out of the planned sets and says which entries went.
@@ -121,23 +128,19 @@ func (p *planned) remove(keys Keys) keyDelta {
 	}
 	var routes map[ServerKey]bool
 	for _, k := range keys.Servers {
-		switch k.Method {
-		case NAT:
-			if mk := keyOf(k.Addr, k.Port, k.Proto, kindNAT); p.forwarded.drop(mk) {
-				d.forwarded.del = append(d.forwarded.del, mk)
-			}
-			if mk := keyOf(k.Addr, k.Port, k.Proto, kindNAT); p.replies.drop(mk) {
-				d.replies.del = append(d.replies.del, mk)
-			}
-		case Tunnel:
-			if mk := keyOf(k.Addr, k.Port, k.Proto, kindTunnel); p.forwarded.drop(mk) {
-				d.forwarded.del = append(d.forwarded.del, mk)
-			}
-		case Route:
+		if k.Method == Route {
 			if routes == nil {
 				routes = map[ServerKey]bool{}
 			}
 			routes[k] = true
+			continue
+		}
+		mk, nat, ok := serverEntry(k)
+		if ok && p.forwarded.drop(mk) {
+			d.forwarded.del = append(d.forwarded.del, mk)
+		}
+		if ok && nat && p.replies.drop(mk) {
+			d.replies.del = append(d.replies.del, mk)
 		}
 	}
 	if routes != nil {
