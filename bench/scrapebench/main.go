@@ -81,22 +81,11 @@ func run(merlinBin string, services, dests, scrapes int) error {
 		return err
 	}
 	defer os.RemoveAll(root)
-	stop, err := start(root, "etcd", exec.Command("etcd", "--name", "e", "--data-dir", filepath.Join(root, "etcd"),
-		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL, "--listen-peer-urls", "http://127.0.0.1:2380",
-		"--initial-advertise-peer-urls", "http://127.0.0.1:2380", "--initial-cluster", "e=http://127.0.0.1:2380",
-		"--log-level", "error", "--quota-backend-bytes", strconv.Itoa(4<<30)))
+	kv, stop, err := startEtcd(root)
 	if err != nil {
 		return err
 	}
 	defer stop()
-	if err := waitFor(60*time.Second, func() error { return httpOK(etcdURL + "/health") }); err != nil {
-		return err
-	}
-	kv, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		return err
-	}
-	defer kv.Close()
 	items := table(services, dests)
 	if _, err := store.NewStore(kv, "/merlin").Import(ctx, items); err != nil {
 		return err
@@ -114,10 +103,15 @@ func run(merlinBin string, services, dests, scrapes int) error {
 	}
 	b := &bench{root: root, merlinBin: merlinBin, st: store.NewStore(kv, "/merlin"), table: items, services: services, dests: dests, scrapes: scrapes}
 	defer os.RemoveAll("/sys/fs/bpf/scrapebench")
+	return b.runConfigs(ctx)
+}
+
+// runConfigs measures merlin with the default flags, then with every
+// per-backend family, node_exporter in the first; the goals hold for the
+// default flags.
+func (b *bench) runConfigs(ctx context.Context) error {
 	var ne *scrapeRun
 	var failed []string
-	// The goals hold for the default flags; "all" shows what choosing
-	// every per-backend family costs.
 	for _, cfg := range []struct {
 		name, families string
 		goals          bool
@@ -139,6 +133,27 @@ func run(merlinBin string, services, dests, scrapes int) error {
 	return nil
 }
 
+// startEtcd starts Debian's etcd in root and connects to it.
+func startEtcd(root string) (*clientv3.Client, func(), error) {
+	stop, err := start(root, "etcd", exec.Command("etcd", "--name", "e", "--data-dir", filepath.Join(root, "etcd"),
+		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL, "--listen-peer-urls", "http://127.0.0.1:2380",
+		"--initial-advertise-peer-urls", "http://127.0.0.1:2380", "--initial-cluster", "e=http://127.0.0.1:2380",
+		"--log-level", "error", "--quota-backend-bytes", strconv.Itoa(4<<30)))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := waitFor(60*time.Second, func() error { return httpOK(etcdURL + "/health") }); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	kv, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return kv, func() { kv.Close(); stop() }, nil
+}
+
 // profileDir: where to save merlin's profiles ("": none).
 var profileDir string
 
@@ -153,6 +168,31 @@ type bench struct {
 	st                       *store.Store
 	table                    []*types.ListResponse_Item
 	services, dests, scrapes int
+}
+
+// waitLoaded waits until merlin has the table in the kernel and the
+// counters' keys, and exports a complete background read of both.
+func (b *bench) waitLoaded(families string) error {
+	keys := float64(b.services + 2*b.services*b.dests) // VIPs, servers forwarded to, NAT servers replying
+	begin := time.Now()
+	err := waitFor(15*time.Minute, func() error {
+		m, err := scrapeValues(merlinURL, "merlin_counters_keys", "merlin_owned_services", "merlin_ipvs_stats_up", "merlin_counters_age_seconds")
+		if err != nil {
+			return err
+		}
+		if m["merlin_counters_keys"] != keys || m["merlin_owned_services"] != float64(b.services) || m["merlin_ipvs_stats_up"] != 1 {
+			return fmt.Errorf("not loaded and read yet: %v", m)
+		}
+		if _, ok := m["merlin_counters_age_seconds"]; !ok {
+			return fmt.Errorf("eBPF counters not read yet: %v", m)
+		}
+		return nil
+	})
+	if err == nil {
+		fmt.Printf("\n[-metrics-backend-families %s] %d services × %d NAT servers in the kernel, %.0f counter keys and a complete background read %.1fs after merlin started\n",
+			families, b.services, b.dests, keys, time.Since(begin).Seconds())
+	}
+	return err
 }
 
 // scrapeRun is one exporter's scrapes of a run.
@@ -182,25 +222,9 @@ func (b *bench) runConfig(ctx context.Context, families string, withNE bool) (*s
 		return nil, nil, err
 	}
 	defer stop()
-	keys := float64(b.services + 2*b.services*b.dests) // VIPs, servers forwarded to, NAT servers replying
-	begin := time.Now()
-	if err := waitFor(15*time.Minute, func() error {
-		m, err := scrapeValues(merlinURL, "merlin_counters_keys", "merlin_owned_services", "merlin_ipvs_stats_up", "merlin_counters_age_seconds")
-		if err != nil {
-			return err
-		}
-		if m["merlin_counters_keys"] != keys || m["merlin_owned_services"] != float64(b.services) || m["merlin_ipvs_stats_up"] != 1 {
-			return fmt.Errorf("not loaded and read yet: %v", m)
-		}
-		if _, ok := m["merlin_counters_age_seconds"]; !ok {
-			return fmt.Errorf("eBPF counters not read yet: %v", m)
-		}
-		return nil
-	}); err != nil {
+	if err := b.waitLoaded(families); err != nil {
 		return nil, nil, err
 	}
-	fmt.Printf("\n[-metrics-backend-families %s] %d services × %d NAT servers in the kernel, %.0f counter keys and a complete background read %.1fs after merlin started\n",
-		families, b.services, b.dests, keys, time.Since(begin).Seconds())
 	stopChanges := b.changeWeights(ctx)
 	before, err := scrapeValues(merlinURL, "merlin_applied_revision")
 	if err != nil {
