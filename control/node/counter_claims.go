@@ -55,14 +55,81 @@ func claimsOf(id string, sp *ServicePlan) (serviceCounterKeys, bool) {
 // and a change costs only what the changed service claims.
 type counterClaims struct {
 	byService map[string]serviceCounterKeys
-	kernel    map[ipvs.ServiceKey][]string // claimants, sorted
-	vips      map[xdpstats.VIPKey][]string
-	servers   map[xdpstats.ServerKey][]string
+	kernel    claimants[ipvs.ServiceKey]
+	vips      claimants[xdpstats.VIPKey]
+	servers   claimants[xdpstats.ServerKey]
 }
 
 func newCounterClaims() *counterClaims {
-	return &counterClaims{byService: map[string]serviceCounterKeys{}, kernel: map[ipvs.ServiceKey][]string{},
-		vips: map[xdpstats.VIPKey][]string{}, servers: map[xdpstats.ServerKey][]string{}}
+	return &counterClaims{byService: map[string]serviceCounterKeys{}, kernel: newClaimants[ipvs.ServiceKey](),
+		vips: newClaimants[xdpstats.VIPKey](), servers: newClaimants[xdpstats.ServerKey]()}
+}
+
+// claimants are the services claiming each key: most keys have one, kept
+// without a slice of their own (210,000 keys at 10,000 services).
+type claimants[K comparable] struct {
+	one  map[K]string
+	more map[K][]string // sorted; two or more
+}
+
+func newClaimants[K comparable]() claimants[K] {
+	return claimants[K]{one: map[K]string{}, more: map[K][]string{}}
+}
+
+// add puts id among key's claimants; it returns the first and how many.
+func (c claimants[K]) add(key K, id string) (string, int) {
+	if ids, ok := c.more[key]; ok {
+		if i, found := slices.BinarySearch(ids, id); !found {
+			ids = slices.Insert(ids, i, id)
+			c.more[key] = ids
+		}
+		return ids[0], len(ids)
+	}
+	other, ok := c.one[key]
+	switch {
+	case !ok:
+		c.one[key] = id
+		return id, 1
+	case other == id:
+		return id, 1
+	}
+	delete(c.one, key)
+	ids := []string{other, id}
+	slices.Sort(ids)
+	c.more[key] = ids
+	return ids[0], 2
+}
+
+// remove takes id from key's claimants; it returns the first left and how
+// many are left.
+func (c claimants[K]) remove(key K, id string) (string, int) {
+	if ids, ok := c.more[key]; ok {
+		if i, found := slices.BinarySearch(ids, id); found {
+			ids = slices.Delete(ids, i, i+1)
+		}
+		if len(ids) == 1 {
+			delete(c.more, key)
+			c.one[key] = ids[0]
+			return ids[0], 1
+		}
+		c.more[key] = ids
+		return ids[0], len(ids)
+	}
+	if other, ok := c.one[key]; ok && other != id {
+		return other, 1
+	}
+	delete(c.one, key)
+	return "", 0
+}
+
+// each calls fn with every key claimed.
+func (c claimants[K]) each(fn func(K)) {
+	for k := range c.one {
+		fn(k)
+	}
+	for k := range c.more {
+		fn(k)
+	}
 }
 
 // keyChanges are the counter keys a change adds (+1) and removes (-1),
@@ -126,52 +193,52 @@ func (c *counterClaims) update(idx *CounterIndex, id string, sp *ServicePlan, ch
 }
 
 func (c *counterClaims) claim(idx *CounterIndex, id string, s serviceCounterKeys, ch *keyChanges) {
-	if first(add(c.kernel, s.kernel, id)) == id {
+	if first, _ := c.kernel.add(s.kernel, id); first == id {
 		idx.Services[s.kernel] = id
 	}
 	if s.hasVIP {
-		ids := add(c.vips, s.vip, id)
-		if len(ids) == 1 {
+		first, n := c.vips.add(s.vip, id)
+		if n == 1 {
 			ch.vip(s.vip, 1)
 		}
-		if first(ids) == id {
+		if first == id {
 			idx.VIPs[s.vip] = id
 		}
 	}
 	for _, sc := range s.servers {
-		ids := add(c.servers, sc.key, id)
-		if len(ids) == 1 {
+		first, n := c.servers.add(sc.key, id)
+		if n == 1 {
 			ch.server(sc.key, 1)
 		}
-		if first(ids) == id {
+		if first == id {
 			c.label(idx, sc)
 		}
 	}
 }
 
 func (c *counterClaims) unclaim(idx *CounterIndex, id string, s serviceCounterKeys, ch *keyChanges) {
-	if ids := remove(c.kernel, s.kernel, id); len(ids) == 0 {
+	if first, n := c.kernel.remove(s.kernel, id); n == 0 {
 		delete(idx.Services, s.kernel)
 	} else {
-		idx.Services[s.kernel] = first(ids)
+		idx.Services[s.kernel] = first
 	}
 	if s.hasVIP {
-		if ids := remove(c.vips, s.vip, id); len(ids) == 0 {
+		if first, n := c.vips.remove(s.vip, id); n == 0 {
 			delete(idx.VIPs, s.vip)
 			ch.vip(s.vip, -1)
 		} else {
-			idx.VIPs[s.vip] = first(ids)
+			idx.VIPs[s.vip] = first
 		}
 	}
 	for _, sc := range s.servers {
-		ids := remove(c.servers, sc.key, id)
+		first, n := c.servers.remove(sc.key, id)
 		switch {
-		case len(ids) == 0:
+		case n == 0:
 			delete(idx.Servers, sc.key)
 			delete(idx.Passive, sc.key)
 			ch.server(sc.key, -1)
-		case first(ids) != idx.Servers[sc.key].Service:
-			c.label(idx, c.claimOf(first(ids), sc.key))
+		case first != idx.Servers[sc.key].Service:
+			c.label(idx, c.claimOf(first, sc.key))
 		}
 	}
 }
@@ -199,42 +266,7 @@ func (c *counterClaims) claimOf(id string, key xdpstats.ServerKey) serverClaim {
 // keys lists every key claimed.
 func (c *counterClaims) keys() xdpstats.Keys {
 	var k xdpstats.Keys
-	for v := range c.vips {
-		k.VIPs = append(k.VIPs, v)
-	}
-	for s := range c.servers {
-		k.Servers = append(k.Servers, s)
-	}
+	c.vips.each(func(v xdpstats.VIPKey) { k.VIPs = append(k.VIPs, v) })
+	c.servers.each(func(s xdpstats.ServerKey) { k.Servers = append(k.Servers, s) })
 	return k
-}
-
-func first(ids []string) string {
-	if len(ids) == 0 {
-		return ""
-	}
-	return ids[0]
-}
-
-// add puts id among key's claimants (sorted) and returns them.
-func add[K comparable](m map[K][]string, key K, id string) []string {
-	ids := m[key]
-	if i, found := slices.BinarySearch(ids, id); !found {
-		ids = slices.Insert(ids, i, id)
-	}
-	m[key] = ids
-	return ids
-}
-
-// remove takes id from key's claimants and returns those left.
-func remove[K comparable](m map[K][]string, key K, id string) []string {
-	ids := m[key]
-	if i, found := slices.BinarySearch(ids, id); found {
-		ids = slices.Delete(ids, i, i+1)
-	}
-	if len(ids) == 0 {
-		delete(m, key)
-		return nil
-	}
-	m[key] = ids
-	return ids
 }
