@@ -6,8 +6,10 @@
 // destination, direct routing by MAC) and, for NAT, what came back.
 //
 // The programs only count (XDP_PASS, TC_ACT_UNSPEC); IPVS forwards. The
-// caller owns every map key (Set takes the whole key set, level-triggered),
-// so entries never go stale and a full map is an error, not a silent loss.
+// caller owns every map key (Set takes the whole key set, level-triggered;
+// Update a change of it, writing only those keys, so that one change costs
+// the same at any size), so entries never go stale and a full map is an
+// error, not a silent loss.
 // Maps and links are pinned in bpffs: a restarted merlin keeps counting from
 // where it was. Remove detaches everything and deletes the pins.
 //
