@@ -44,6 +44,8 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		"embedded-etcd-client-url: x\n":                        "-embedded-etcd-client-url",
 		"max-concurrent-streams: 0\n":                          "-max-concurrent-streams 0",
 		"metrics-read-timeout: 1ns\n":                          "-metrics-read-timeout 1ns: want 100ms to 10m",
+		"metrics-read-interval: 1ns\n":                         "-metrics-read-interval 1ns: want 100ms to 1h",
+		"metrics-backend-families: nope\n":                     `metrics-backend-families: unknown per-backend family "nope"`,
 		"counters-xdp-mode: turbo\n":                           "-counters-xdp-mode \"turbo\": want native, generic or empty",
 		"counters-tc-interfaces: [\"../x\"]\n":                 "not an interface name",
 		"deletion-guard-fraction: 2\n":                         "-deletion-guard-fraction 2",
