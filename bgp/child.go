@@ -104,6 +104,15 @@ func (c *childServer) Set(routes []Route, _ *struct{}) error {
 	return s.Set(context.Background(), routes)
 }
 
+// Update applies changes to the announced routes.
+func (c *childServer) Update(ch Changes, _ *struct{}) error {
+	s, err := c.get()
+	if err != nil {
+		return err
+	}
+	return s.Update(context.Background(), ch)
+}
+
 // SetPeers changes the peers live (Speaker.SetPeers).
 func (c *childServer) SetPeers(peers []Peer, _ *struct{}) error {
 	s, err := c.get()

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,13 +40,16 @@ type Supervised struct {
 	configErr string      // NoteConfigError's
 	client    *rpc.Client // nil while no speaker runs
 	pid       int
-	want      []Route
+	want      map[netip.Prefix]Route
 	wantSet   bool
-	wantGen   uint64 // Set calls so far
+	wantGen   uint64 // Set and Update calls so far
 	handedGen uint64 // the wantGen the running speaker was given
-	downWhy   string // why no speaker runs
-	refusedBy uint64 // refusals counted by speakers that ended
-	refusedIn uint64 // the running speaker's count, last read
+	// childStale: a call to the running speaker failed, so it may hold
+	// other routes than want; the next call gives it the whole set.
+	childStale bool
+	downWhy    string // why no speaker runs
+	refusedBy  uint64 // refusals counted by speakers that ended
+	refusedIn  uint64 // the running speaker's count, last read
 }
 
 // Backoff between speaker restarts; reset once one ran a minute.
@@ -239,16 +241,17 @@ func (s *Supervised) start(ctx context.Context, c *rpc.Client) error {
 // handOver gives the speaker the routes wanted now, unless it has them.
 func (s *Supervised) handOver(ctx context.Context, c *rpc.Client) {
 	s.mu.Lock()
-	want, wantSet, gen := slices.Clone(s.want), s.wantSet, s.wantGen
+	want, wantSet, gen := s.wantList(), s.wantSet, s.wantGen
 	s.mu.Unlock()
 	if !wantSet {
 		return
 	}
-	if err := s.call(ctx, c, "Set", want, &struct{}{}); err != nil {
+	err := s.call(ctx, c, "Set", want, &struct{}{})
+	if err != nil {
 		s.log.Warn("bgp: announcing to the new speaker", "error", err)
 	}
 	s.mu.Lock()
-	s.handedGen = gen
+	s.handedGen, s.childStale = gen, err != nil
 	s.mu.Unlock()
 }
 
@@ -330,18 +333,86 @@ func (s *Supervised) Set(ctx context.Context, routes []Route) error {
 		}
 	}
 	s.mu.Lock()
-	s.want, s.wantSet = slices.Clone(routes), true
+	s.want, s.wantSet = make(map[netip.Prefix]Route, len(routes)), true
+	for _, r := range routes {
+		s.want[r.Prefix] = r
+	}
 	s.wantGen++
+	s.mu.Unlock()
+	c, err := s.speakerFor()
+	if c == nil {
+		return err
+	}
+	return s.tell(ctx, c, "Set", routes)
+}
+
+// speakerFor is the running speaker to give routes to; without one the
+// routes are kept, and the error says so unless none is to run yet.
+func (s *Supervised) speakerFor() (*rpc.Client, error) {
+	s.mu.Lock()
 	on := s.cfg.on()
 	s.mu.Unlock()
 	c, why := s.current()
 	switch {
 	case c == nil && (why == stateStarting || !on):
-		return nil // handed to the speaker when it starts, as Speaker.Set before Run
+		return nil, nil // handed to the speaker when it starts, as Speaker.Set before Run
 	case c == nil:
-		return fmt.Errorf("bgp speaker not running (%s): routes kept for when it is", why)
+		return nil, fmt.Errorf("bgp speaker not running (%s): routes kept for when it is", why)
 	}
-	return s.call(ctx, c, "Set", routes, &struct{}{})
+	return c, nil
+}
+
+// tell gives the running speaker routes (Set) or changes (Update); after
+// a failed call the next one hands it the whole set.
+func (s *Supervised) tell(ctx context.Context, c *rpc.Client, method string, args any) error {
+	s.mu.Lock()
+	if s.childStale {
+		method, args = "Set", s.wantList()
+	}
+	s.mu.Unlock()
+	err := s.call(ctx, c, method, args, &struct{}{})
+	s.mu.Lock()
+	if method == "Set" || err != nil {
+		s.childStale = err != nil
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// wantList is the routes wanted, sorted by prefix; under mu.
+func (s *Supervised) wantList() []Route {
+	out := make([]Route, 0, len(s.want))
+	for _, r := range s.want {
+		out = append(out, r)
+	}
+	return sortedByPrefix(out)
+}
+
+// Update applies changes to the announced routes (Speaker.Update): the
+// speaker is sent only the changes, unless an earlier call to it failed.
+func (s *Supervised) Update(ctx context.Context, changes Changes) error {
+	ch, err := changes.checked(nil) // the speaker checks the families its peers carry
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if !s.wantSet {
+		s.mu.Unlock()
+		return errors.New("bgp: routes updated before they were set")
+	}
+	for _, p := range ch.Withdraw {
+		delete(s.want, p)
+	}
+	for _, r := range ch.Announce {
+		s.want[r.Prefix] = r
+	}
+	s.wantGen++
+	s.mu.Unlock()
+	c, err := s.speakerFor()
+	if c == nil {
+		return err
+	}
+	return s.tell(ctx, c, "Update", ch)
 }
 
 // refused asks the running speaker for its refusal count.

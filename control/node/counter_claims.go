@@ -17,11 +17,13 @@ type serviceCounterKeys struct {
 	servers []serverClaim
 }
 
+// serverClaim is one server key a service claims. Its judge is a pointer:
+// nearly every claim has none, and a judge by value (a whole health check)
+// made the claims of 100,000 servers 73 MiB.
 type serverClaim struct {
-	key      xdpstats.ServerKey
-	label    ServerLabel
-	judge    PassiveJudge
-	hasJudge bool
+	key   xdpstats.ServerKey
+	label ServerLabel
+	judge *PassiveJudge // nil: not judged
 }
 
 // claimsOf reads a service plan's claims; false for a plan in error.
@@ -36,6 +38,7 @@ func claimsOf(id string, sp *ServicePlan) (serviceCounterKeys, bool) {
 	}
 	out.vip, out.hasVIP = xdpstats.VIPKey{Addr: sk.Address, Port: sk.Port, Proto: uint8(sk.Protocol)}, true
 	seen := map[xdpstats.ServerKey]bool{}
+	out.servers = make([]serverClaim, 0, len(sp.Virtual.Destinations))
 	for _, d := range sp.Virtual.Destinations {
 		k, ok := counterServerKey(sk, d)
 		if !ok || seen[k] {
@@ -43,7 +46,9 @@ func claimsOf(id string, sp *ServicePlan) (serviceCounterKeys, bool) {
 		}
 		seen[k] = true
 		c := serverClaim{key: k, label: ServerLabel{Service: id, Server: d.Key.String()}}
-		c.judge, c.hasJudge = passiveJudge(sp, c.label, k)
+		if j, ok := passiveJudge(sp, c.label, k); ok {
+			c.judge = &j
+		}
 		out.servers = append(out.servers, c)
 	}
 	return out, true
@@ -246,8 +251,8 @@ func (c *counterClaims) unclaim(idx *CounterIndex, id string, s serviceCounterKe
 // label names key sc.key by claim sc in the index.
 func (c *counterClaims) label(idx *CounterIndex, sc serverClaim) {
 	idx.Servers[sc.key] = sc.label
-	if sc.hasJudge {
-		idx.Passive[sc.key] = sc.judge
+	if sc.judge != nil {
+		idx.Passive[sc.key] = *sc.judge
 	} else {
 		delete(idx.Passive, sc.key)
 	}

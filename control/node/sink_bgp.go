@@ -18,6 +18,14 @@ type Announcer interface {
 	Set(ctx context.Context, routes []bgp.Route) error
 }
 
+// RouteUpdater is an Announcer that also takes changes alone (bgp.Speaker
+// and bgp.Supervised do): after the first set the sink sends only what a
+// change made of the routes, so a change costs the speaker (and the pipe
+// to its process) the same at 10 VIPs or 10,000.
+type RouteUpdater interface {
+	Update(ctx context.Context, changes bgp.Changes) error
+}
+
 // PeerReporter is an Announcer that reports its sessions (bgp.Speaker and
 // bgp.Supervised do): the sink puts them into node status.
 type PeerReporter interface {
@@ -51,15 +59,29 @@ func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
 		return nil
 	}
 	routes := s.bw.limit(Routes(p.Node.VIPStates), p.Node.LinkBandwidthPerWeight)
-	if s.set && slices.EqualFunc(routes, s.last, bgp.Route.Equal) {
-		return nil
-	}
-	if err := s.a.Set(ctx, routes); err != nil {
+	if err := s.send(ctx, routes); err != nil {
 		return err
 	}
 	s.last, s.set = routes, true
 	s.bw.sent(routes, p.Node.LinkBandwidthPerWeight)
 	return nil
+}
+
+// send gives the speaker routes: the whole set the first time (or when it
+// takes no changes), then what changed since the last routes it took.
+func (s *bgpSink) send(ctx context.Context, routes []bgp.Route) error {
+	u, ok := s.a.(RouteUpdater)
+	if !s.set || !ok {
+		if s.set && slices.EqualFunc(routes, s.last, bgp.Route.Equal) {
+			return nil
+		}
+		return s.a.Set(ctx, routes)
+	}
+	ch := bgp.DiffRoutes(s.last, routes)
+	if ch.Empty() {
+		return nil
+	}
+	return u.Update(ctx, ch)
 }
 
 // Due: when a held-back bandwidth change is to be sent.

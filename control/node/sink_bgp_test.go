@@ -2,6 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -54,12 +58,60 @@ func (a *recordingAnnouncer) waitSet(t *testing.T, what string, cond func([]bgp.
 	}
 }
 
+// updatingAnnouncer also takes changes (as bgp.Speaker does), recording
+// the whole set each leaves; failUpdates refuses that many first.
+type updatingAnnouncer struct {
+	*recordingAnnouncer
+	updates     int
+	failUpdates int
+}
+
+func (a *updatingAnnouncer) Update(_ context.Context, ch bgp.Changes) error {
+	a.mu.Lock()
+	if a.failUpdates > 0 {
+		a.failUpdates--
+		a.mu.Unlock()
+		return errors.New("refused")
+	}
+	a.updates++
+	var cur []bgp.Route
+	if len(a.sets) > 0 {
+		cur = a.sets[len(a.sets)-1]
+	}
+	cur = slices.DeleteFunc(slices.Clone(cur), func(r bgp.Route) bool {
+		return slices.Contains(ch.Withdraw, r.Prefix) || slices.ContainsFunc(ch.Announce, func(n bgp.Route) bool { return n.Prefix == r.Prefix })
+	})
+	cur = append(cur, ch.Announce...)
+	slices.SortFunc(cur, func(x, y bgp.Route) int { return x.Prefix.Compare(y.Prefix) })
+	a.sets = append(a.sets, cur)
+	a.mu.Unlock()
+	a.news <- struct{}{}
+	return nil
+}
+
 // The speaker hears nothing before the node is ready (no session opens
 // before the first health results); then the VIP is announced, and a drain
 // marks it GRACEFUL_SHUTDOWN until the runner's own clock withdraws it.
+// The same with a speaker that takes changes.
 func TestRunnerBGPAnnouncements(t *testing.T) {
+	t.Run("set", func(t *testing.T) { testRunnerBGPAnnouncements(t, newRecordingAnnouncer()) })
+	t.Run("update", func(t *testing.T) {
+		ann := &updatingAnnouncer{recordingAnnouncer: newRecordingAnnouncer()}
+		testRunnerBGPAnnouncements(t, ann)
+		if ann.updates == 0 {
+			t.Error("the sink never sent changes alone")
+		}
+	})
+}
+
+type announcer interface {
+	Announcer
+	calls() [][]bgp.Route
+	waitSet(t *testing.T, what string, cond func([]bgp.Route) bool)
+}
+
+func testRunnerBGPAnnouncements(t *testing.T, ann announcer) {
 	mon := newFakeMonitor()
-	ann := newRecordingAnnouncer()
 	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Health: mon, Sinks: []Sink{NewBGPSink(ann, 0)}})
 	a.start(t)
 	st := healthChecked(t, 0)
@@ -149,4 +201,47 @@ func TestRunnerReportsBGPSessions(t *testing.T) {
 	a.waitFor(t, "the session up in status", func(s *types.NodeStatus) bool {
 		return len(s.BgpPeers) == 1 && s.BgpPeers[0].State == "established" && s.BgpPeers[0].UpSince != nil
 	})
+}
+
+// TestBGPSinkChangesEqualWholeSets: a sink sending changes leaves the
+// speaker with the routes the plan announces after every one of 500
+// random plans, refused updates included (the next pass sends them again).
+func TestBGPSinkChangesEqualWholeSets(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	ann := &updatingAnnouncer{recordingAnnouncer: newRecordingAnnouncer()}
+	sink := NewBGPSink(ann, 0)
+	ctx := context.Background()
+	for step := range 500 {
+		var vips []VIPState
+		for i := range 40 {
+			if rng.IntN(3) == 0 {
+				continue
+			}
+			v := VIPState{Addr: netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), Announce: rng.IntN(4) != 0}
+			if rng.IntN(5) == 0 {
+				v.Route.Communities = []uint32{uint32(rng.IntN(3))}
+			}
+			vips = append(vips, v)
+		}
+		if rng.IntN(20) == 0 {
+			ann.failUpdates = 1
+		}
+		plan := &Plan{Node: NodePlan{Ready: true, VIPStates: vips}}
+		err := sink.Set(ctx, plan)
+		if err != nil {
+			if err = sink.Set(ctx, plan); err != nil {
+				t.Fatalf("step %d, again after a refusal: %v", step, err)
+			}
+		}
+		for len(ann.news) > 0 { // the announcer is called synchronously
+			<-ann.news
+		}
+		calls := ann.calls()
+		if got, want := calls[len(calls)-1], Routes(vips); !slices.EqualFunc(got, want, bgp.Route.Equal) {
+			t.Fatalf("step %d: the speaker holds %v, want %v", step, fmt.Sprint(got), fmt.Sprint(want))
+		}
+	}
+	if ann.updates < 100 {
+		t.Errorf("%d updates in 500 steps: the sink keeps sending whole sets", ann.updates)
+	}
 }

@@ -79,10 +79,12 @@ func NewTraffic(kernel KernelCounters, counters Counters, opts TrafficOptions) *
 }
 
 // planIndex is the plan's counter index: the sink changes it in place, a
-// change at a time; the collector and the judge read copies.
+// change at a time; the collector and the judge read copies, shared
+// between readers until the index changes.
 type planIndex struct {
 	mu      sync.Mutex
 	idx     CounterIndex
+	copy    *CounterIndex                       // readers' copy of idx; nil: stale
 	passive map[xdpstats.ServerKey]PassiveJudge // readers' copy of idx.Passive; nil: stale
 	set1    bool
 	first   chan struct{} // closed when the first plan's index is set
@@ -96,20 +98,23 @@ func (p *planIndex) edit(fn func(idx *CounterIndex)) {
 		p.idx = newCounterIndex()
 	}
 	fn(&p.idx)
-	p.passive = nil
+	p.copy, p.passive = nil, nil
 	if !p.set1 {
 		p.set1 = true
 		close(p.first)
 	}
 }
 
-// get copies the whole index: for background reads (each costs the size
-// of the table, a change does not).
+// get is a copy of the whole index for background reads (shared, not to
+// be changed): a read costs the size of the table, a change does not.
 func (p *planIndex) get() CounterIndex {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return CounterIndex{VIPs: maps.Clone(p.idx.VIPs), Servers: maps.Clone(p.idx.Servers), Services: maps.Clone(p.idx.Services),
-		Passive: maps.Clone(p.idx.Passive)}
+	if p.copy == nil {
+		p.copy = &CounterIndex{VIPs: maps.Clone(p.idx.VIPs), Servers: maps.Clone(p.idx.Servers),
+			Services: maps.Clone(p.idx.Services), Passive: maps.Clone(p.idx.Passive)}
+	}
+	return *p.copy
 }
 
 // passiveJudges is the judged servers (shared, not to be changed; copied

@@ -1,0 +1,143 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// Changes are what one change of the node makes of its announced routes:
+// routes to announce (new, or with new attributes) and prefixes to
+// withdraw. Withdrawals apply first, so a prefix in both is announced.
+type Changes struct {
+	Announce []Route
+	Withdraw []netip.Prefix
+}
+
+// Empty: nothing to change.
+func (c Changes) Empty() bool { return len(c.Announce)+len(c.Withdraw) == 0 }
+
+// checked validates and normalizes the changes (a copy where a route
+// needs normalizing, never the caller's slice); nothing is applied when
+// any is refused.
+func (c Changes) checked(carries func(Family) bool) (Changes, error) {
+	out := c
+	for i, r := range c.Announce {
+		if err := r.validate(); err != nil {
+			return Changes{}, err
+		}
+		if f := familyOf(r.Prefix); carries != nil && !carries(f) {
+			return Changes{}, fmt.Errorf("route %s: no peer carries %s", r.Prefix, f)
+		}
+		if n := r.normalized(); !n.same(r) {
+			if &out.Announce[0] == &c.Announce[0] {
+				out.Announce = slices.Clone(c.Announce)
+			}
+			out.Announce[i] = n
+		}
+	}
+	for _, p := range c.Withdraw {
+		if !p.IsValid() {
+			return Changes{}, errors.New("withdraw: an invalid prefix")
+		}
+	}
+	return out, nil
+}
+
+// DiffRoutes is what turns the announced set old into new (each with one
+// route per prefix). Sorted by prefix, as the node's planner makes them,
+// they cost one walk; unsorted ones are sorted first.
+func DiffRoutes(old, new []Route) Changes {
+	old, new = sortedByPrefix(old), sortedByPrefix(new)
+	var ch Changes
+	i, j := 0, 0
+	for i < len(old) || j < len(new) {
+		switch {
+		case j == len(new) || (i < len(old) && old[i].Prefix.Compare(new[j].Prefix) < 0):
+			ch.Withdraw = append(ch.Withdraw, old[i].Prefix)
+			i++
+		case i == len(old) || old[i].Prefix.Compare(new[j].Prefix) > 0:
+			ch.Announce = append(ch.Announce, new[j])
+			j++
+		default:
+			if !old[i].Equal(new[j]) {
+				ch.Announce = append(ch.Announce, new[j])
+			}
+			i, j = i+1, j+1
+		}
+	}
+	return ch
+}
+
+func sortedByPrefix(routes []Route) []Route {
+	byPrefix := func(a, b Route) int { return a.Prefix.Compare(b.Prefix) }
+	if slices.IsSortedFunc(routes, byPrefix) {
+		return routes
+	}
+	routes = slices.Clone(routes)
+	slices.SortFunc(routes, byPrefix)
+	return routes
+}
+
+// Update applies changes to the announced routes: what a change costs
+// does not grow with the routes announced. Before Run has started it
+// changes the routes Set recorded; it needs an earlier Set.
+func (s *Speaker) Update(ctx context.Context, changes Changes) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, err := changes.checked(s.carries)
+	if err != nil {
+		return err
+	}
+	if !s.wantSet {
+		return errors.New("bgp: routes updated before they were set")
+	}
+	if s.srv == nil {
+		s.want = applyChanges(s.want, ch)
+		return nil
+	}
+	var errs []error
+	for _, p := range ch.Withdraw {
+		old, ok := s.sent[p]
+		if !ok {
+			continue
+		}
+		if err := s.withdraw(old.Route); err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+			continue
+		}
+		delete(s.sent, p)
+	}
+	for _, r := range ch.Announce {
+		if old, ok := s.sent[r.Prefix]; ok && old.Equal(r) {
+			continue
+		}
+		if err := s.announce(r); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", r.Prefix, err))
+			continue
+		}
+		s.sent[r.Prefix] = &sentRoute{Route: r, gen: s.gen}
+	}
+	return errors.Join(errs...)
+}
+
+// applyChanges is routes changed by ch, sorted by prefix (a new slice).
+func applyChanges(routes []Route, ch Changes) []Route {
+	byPrefix := make(map[netip.Prefix]Route, len(routes)+len(ch.Announce))
+	for _, r := range routes {
+		byPrefix[r.Prefix] = r
+	}
+	for _, p := range ch.Withdraw {
+		delete(byPrefix, p)
+	}
+	for _, r := range ch.Announce {
+		byPrefix[r.Prefix] = r
+	}
+	out := make([]Route, 0, len(byPrefix))
+	for _, r := range byPrefix {
+		out = append(out, r)
+	}
+	return sortedByPrefix(out)
+}
