@@ -46,26 +46,24 @@ func (c Changes) checked(carries func(Family) bool) (Changes, error) {
 	return out, nil
 }
 
-// DiffRoutes is what turns the announced set old into new (each with one
-// route per prefix). Sorted by prefix, as the node's planner makes them,
-// they cost one walk; unsorted ones are sorted first.
-func DiffRoutes(old, new []Route) Changes {
-	old, new = sortedByPrefix(old), sortedByPrefix(new)
+// DiffRoutes is what turns the routes held (by prefix) into routes (one
+// per prefix).
+func DiffRoutes(held map[netip.Prefix]Route, routes []Route) Changes {
 	var ch Changes
-	i, j := 0, 0
-	for i < len(old) || j < len(new) {
-		switch {
-		case j == len(new) || (i < len(old) && old[i].Prefix.Compare(new[j].Prefix) < 0):
-			ch.Withdraw = append(ch.Withdraw, old[i].Prefix)
-			i++
-		case i == len(old) || old[i].Prefix.Compare(new[j].Prefix) > 0:
-			ch.Announce = append(ch.Announce, new[j])
-			j++
-		default:
-			if !old[i].Equal(new[j]) {
-				ch.Announce = append(ch.Announce, new[j])
+	for _, r := range routes {
+		if old, ok := held[r.Prefix]; !ok || !old.Equal(r) {
+			ch.Announce = append(ch.Announce, r)
+		}
+	}
+	if len(routes)-len(ch.Announce) < len(held) { // some held are not wanted
+		wanted := make(map[netip.Prefix]bool, len(routes))
+		for _, r := range routes {
+			wanted[r.Prefix] = true
+		}
+		for p := range held {
+			if !wanted[p] {
+				ch.Withdraw = append(ch.Withdraw, p)
 			}
-			i, j = i+1, j+1
 		}
 	}
 	return ch

@@ -22,20 +22,23 @@ func route(addr string, communities ...Community) Route {
 }
 
 func TestDiffRoutes(t *testing.T) {
-	old := []Route{route("198.18.0.1"), route("198.18.0.2"), route("198.18.0.3", 7), route("2001:db8::1")}
-	new := []Route{route("198.18.0.3", 8), route("198.18.0.1"), route("198.18.0.4"), route("2001:db8::1")} // unsorted
-	ch := DiffRoutes(old, new)
+	held := map[netip.Prefix]Route{}
+	for _, r := range []Route{route("198.18.0.1"), route("198.18.0.2"), route("198.18.0.3", 7), route("2001:db8::1")} {
+		held[r.Prefix] = r
+	}
+	routes := []Route{route("198.18.0.3", 8), route("198.18.0.1"), route("198.18.0.4"), route("2001:db8::1")}
+	ch := DiffRoutes(held, routes)
 	if got, want := ch.Withdraw, []netip.Prefix{netip.MustParsePrefix("198.18.0.2/32")}; !slices.Equal(got, want) {
 		t.Errorf("withdraw %v, want %v", got, want)
 	}
-	if got, want := ch.Announce, []Route{route("198.18.0.3", 8), route("198.18.0.4")}; !slices.EqualFunc(got, want, Route.Equal) {
+	if got, want := sortedByPrefix(ch.Announce), []Route{route("198.18.0.3", 8), route("198.18.0.4")}; !slices.EqualFunc(got, want, Route.Equal) {
 		t.Errorf("announce %v, want %v", got, want)
 	}
-	if ch := DiffRoutes(old, old); !ch.Empty() {
+	if ch := DiffRoutes(held, slices.Collect(maps.Values(held))); !ch.Empty() {
 		t.Errorf("the same routes differ: %+v", ch)
 	}
-	if got := applyChanges(old, DiffRoutes(old, new)); !slices.EqualFunc(got, sortedByPrefix(new), Route.Equal) {
-		t.Errorf("old with the changes is %v, want %v", got, new)
+	if got := applyChanges(slices.Collect(maps.Values(held)), ch); !slices.EqualFunc(got, sortedByPrefix(routes), Route.Equal) {
+		t.Errorf("the routes held with the changes are %v, want %v", got, routes)
 	}
 }
 

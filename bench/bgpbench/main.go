@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/merlin-ipvs/merlin/bgp"
+	"github.com/merlin-ipvs/merlin/control/node"
 	"github.com/merlin-ipvs/merlin/internal/netns"
 )
 
@@ -56,6 +57,7 @@ const (
 )
 
 func main() {
+	bgp.RunChildIfAsked() // this program is also merlin's speaker process
 	flag.Parse()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bgpbench:", err)
@@ -265,44 +267,48 @@ func link(router *netns.NS, host, addr, peer string) error {
 	return nil
 }
 
-// merlin is merlin's speaker, in this process.
+// merlin is merlin's node path to its routers: the BGP sink given a node
+// plan, the supervised speaker, and the speaker's own process (this
+// program again), as a node runs them.
 type merlin struct {
-	s       *bgp.Speaker
-	pending []bgp.Route // the set without the route to withdraw
+	sink    node.Sink
+	pending *node.Plan // the plan without the route to withdraw
 }
 
 func newMerlin(ctx context.Context) (*merlin, error) {
-	s, err := bgp.New(bgp.Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []bgp.Peer{{
+	s, err := bgp.NewSupervised(bgp.Config{LocalAS: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), Peers: []bgp.Peer{{
 		Address: netip.MustParseAddr(merlinPeer), AS: 65000, Local: netip.MustParseAddr(merlinAddr), ConnectRetry: time.Second, MaxPrefixes: 10}}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
+		slog.New(slog.NewTextHandler(io.Discard, nil)), "")
 	if err != nil {
 		return nil, err
 	}
 	go func() { _ = s.Run(ctx) }()
-	return &merlin{s: s}, s.Set(ctx, nil)
+	m := &merlin{sink: node.NewBGPSink(s, 0)}
+	return m, m.announce(ctx, 0)
 }
 
 func (m *merlin) name() string { return "merlin" }
 
-func (m *merlin) routes(n, skip int) []bgp.Route {
-	out := make([]bgp.Route, 0, n)
+// plan is a ready node's plan announcing routes 0..n-1 but skip.
+func (m *merlin) plan(n, skip int) *node.Plan {
+	vips := make([]node.VIPState, 0, n)
 	for i := range n {
 		if i != skip {
-			out = append(out, bgp.Route{Prefix: prefix(m, i)})
+			vips = append(vips, node.VIPState{Addr: prefix(m, i).Addr(), State: node.VIPServed, Announce: true})
 		}
 	}
-	return out
+	return &node.Plan{Node: node.NodePlan{Ready: true, VIPStates: vips}}
 }
 
-func (m *merlin) announce(ctx context.Context, n int) error { return m.s.Set(ctx, m.routes(n, -1)) }
+func (m *merlin) announce(ctx context.Context, n int) error { return m.sink.Set(ctx, m.plan(n, -1)) }
 
-// prepare builds the set without route i (the BGP sink's work, before the
-// speaker's).
-func (m *merlin) prepare(i, n int) { m.pending = m.routes(n, i) }
+// prepare builds the plan without route i (the planner's work, before the
+// sink's).
+func (m *merlin) prepare(i, n int) { m.pending = m.plan(n, i) }
 
-// withdraw gives the speaker the whole set without route i, as the BGP
-// sink does when one VIP's last healthy server goes down.
-func (m *merlin) withdraw(ctx context.Context, _, _ int) error { return m.s.Set(ctx, m.pending) }
+// withdraw gives the sink the plan without route i, as the runner does
+// when one VIP's last healthy server goes down.
+func (m *merlin) withdraw(ctx context.Context, _, _ int) error { return m.sink.Set(ctx, m.pending) }
 func (m *merlin) restore(ctx context.Context, _, n int) error  { return m.announce(ctx, n) }
 
 // gobgpd is Debian's gobgpd, given routes through its gRPC API.

@@ -220,7 +220,8 @@ func (recordingVIPs) SetVIPs(context.Context, []netip.Addr) error { return nil }
 
 type recordingAnnouncer struct{}
 
-func (recordingAnnouncer) Set(context.Context, []bgp.Route) error { return nil }
+func (recordingAnnouncer) Set(context.Context, []bgp.Route) error    { return nil }
+func (recordingAnnouncer) Update(context.Context, bgp.Changes) error { return nil }
 
 type recordingCounters struct{}
 

@@ -239,3 +239,17 @@ func (p *ServicePlan) Key() ipvs.ServiceKey { return p.Virtual.Service.Key }
 func (p *ServicePlan) Healthy() bool {
 	return p.Err == nil && !p.AllDown && len(p.Virtual.Destinations) > 0
 }
+
+// VIP is the address of an address-based service (false for a firewall
+// mark, or for no plan): the VIP whose state the plan is part of.
+func (p *ServicePlan) VIP() (netip.Addr, bool) {
+	if p == nil {
+		return netip.Addr{}, false
+	}
+	k := p.State.Service.GetKey()
+	if k.GetFwmark() != 0 {
+		return netip.Addr{}, false
+	}
+	addr, err := netip.ParseAddr(k.GetIp())
+	return addr, err == nil
+}

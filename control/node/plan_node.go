@@ -128,10 +128,8 @@ func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
 				Action: ActionName(b.Action), Since: timestamppb.New(b.Since)})
 		}
 		np.Health = appendHealth(np.Health, p)
-		if k := p.State.Service.GetKey(); k.GetFwmark() == 0 {
-			if addr, err := netip.ParseAddr(k.GetIp()); err == nil {
-				byVIP[addr] = append(byVIP[addr], p)
-			}
+		if addr, ok := p.VIP(); ok {
+			byVIP[addr] = append(byVIP[addr], p)
 		}
 	}
 	for _, addr := range slices.SortedFunc(maps.Keys(byVIP), netip.Addr.Compare) {

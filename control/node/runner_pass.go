@@ -2,9 +2,11 @@ package node
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/merlin-ipvs/merlin/control/store"
@@ -44,6 +46,10 @@ type passState struct {
 	// only the changes next; the others every service).
 	sinkChanged map[string]bool
 	sinkInStep  map[string]bool
+	// The VIP addresses of those services, before and after; all of them
+	// when the node's own inputs changed.
+	sinkVIPs    map[netip.Addr]bool
+	sinkAllVIPs bool
 }
 
 func newPassState(cfg RunnerConfig, sinks int) passState {
@@ -51,7 +57,7 @@ func newPassState(cfg RunnerConfig, sinks int) passState {
 		plans: map[string]*ServicePlan{}, checks: map[string]ServiceChecks{}, idByKey: map[ipvs.ServiceKey]string{},
 		ramping: map[string]time.Time{}, thresholds: map[string]thresholdState{}, failures: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff),
 		sinkFail: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff), nodeDirty: sinks > 0,
-		sinkChanged: map[string]bool{}, sinkInStep: map[string]bool{},
+		sinkChanged: map[string]bool{}, sinkInStep: map[string]bool{}, sinkVIPs: map[netip.Addr]bool{},
 	}
 }
 
@@ -231,7 +237,7 @@ func (r *Runner) dropPlan(id string, old *ServicePlan, dirty map[ipvs.ServiceKey
 		r.forgetKey(old.Key(), id)
 	}
 	delete(r.pass.plans, id)
-	r.pass.sinkChanged[id] = true
+	r.changedForSinks(id, old)
 	delete(r.pass.ramping, id)
 	delete(r.pass.thresholds, id)
 	if _, ok := r.pass.checks[id]; ok {
@@ -276,6 +282,15 @@ func (r *Runner) healthView(sc ServiceChecks) HealthView {
 	return hv
 }
 
+// changedForSinks notes that service id's plan p (nil: none) is replaced
+// or put in place: the sinks look at it, and at its VIP, next.
+func (r *Runner) changedForSinks(id string, p *ServicePlan) {
+	r.pass.sinkChanged[id] = true
+	if addr, ok := p.VIP(); ok {
+		r.pass.sinkVIPs[addr] = true
+	}
+}
+
 // setPlan puts a new plan of a service in place.
 func (r *Runner) setPlan(id string, p *ServicePlan, dirty map[ipvs.ServiceKey]bool, now time.Time) {
 	old := r.pass.plans[id]
@@ -284,7 +299,8 @@ func (r *Runner) setPlan(id string, p *ServicePlan, dirty map[ipvs.ServiceKey]bo
 		r.forgetKey(old.Key(), id)
 	}
 	r.pass.plans[id] = p
-	r.pass.sinkChanged[id] = true
+	r.changedForSinks(id, old)
+	r.changedForSinks(id, p)
 	if p.Err == nil {
 		dirty[p.Key()] = true
 		r.pass.idByKey[p.Key()] = id
@@ -296,20 +312,29 @@ func (r *Runner) setPlan(id string, p *ServicePlan, dirty map[ipvs.ServiceKey]bo
 	} else {
 		r.pass.ramping[id] = p.NextChange
 	}
-	if old == nil || nodeFacing(old) != nodeFacing(p) || len(p.Checks.Servers) > 0 || !sameServers(old, p) {
+	bwDefault := r.pass.nodeIn.LinkBandwidth.Default
+	if old == nil || nodeFacing(old, bwDefault) != nodeFacing(p, bwDefault) || len(p.Checks.Servers) > 0 || !sameServers(old, p) ||
+		!proto.Equal(old.State.Service.GetAnnounce(), p.State.Service.GetAnnounce()) {
 		r.pass.nodeDirty = true
 	}
 }
 
 // nodeFacing is what of a service plan the node plan depends on, apart
-// from server health (checked services always count as changed).
+// from server health (checked services always count as changed) and its
+// announcement options: the weights only where they make the link
+// bandwidth its VIP is announced with (bwDefault: the cluster's default).
 type nodeFace struct {
 	key             ipvs.ServiceKey
 	ok, down, empty bool
+	weight          uint64
 }
 
-func nodeFacing(p *ServicePlan) nodeFace {
-	return nodeFace{key: p.Key(), ok: p.Err == nil, down: p.AllDown, empty: len(p.Virtual.Destinations) == 0}
+func nodeFacing(p *ServicePlan, bwDefault bool) nodeFace {
+	f := nodeFace{key: p.Key(), ok: p.Err == nil, down: p.AllDown, empty: len(p.Virtual.Destinations) == 0}
+	if bw := p.State.Service.GetAnnounce().GetLinkBandwidth(); bw.GetValue() || (bw == nil && bwDefault) {
+		f.weight = healthyWeight(p)
+	}
+	return f
 }
 
 // sameServers: the plans forward to the same servers the same way (what

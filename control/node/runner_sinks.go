@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/netip"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -30,7 +31,7 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 	in.HealthStuck, r.pass.stuckLook = r.healthStuck(now)
 	if in.NotReady != r.pass.nodeIn.NotReady || in.Drain != r.pass.nodeIn.Drain || in.HealthStuck != r.pass.nodeIn.HealthStuck ||
 		in.LinkBandwidth != r.pass.nodeIn.LinkBandwidth || !maps.Equal(in.Failed, r.pass.nodeIn.Failed) {
-		r.pass.nodeDirty = true
+		r.pass.nodeDirty, r.pass.sinkAllVIPs = true, true
 	}
 	changed := r.pass.nodeDirty || !maps.Equal(desired.ServerDrains, r.pass.serverDrains)
 	r.pass.serverDrains = desired.ServerDrains
@@ -62,7 +63,7 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 	}
 	if changed {
 		// Every sink was given this plan (or, failing, gets all next).
-		r.pass.sinkChanged = map[string]bool{}
+		r.pass.sinkChanged, r.pass.sinkVIPs, r.pass.sinkAllVIPs = map[string]bool{}, map[netip.Addr]bool{}, false
 	}
 }
 
@@ -72,6 +73,9 @@ func (r *Runner) sinkPlan(name string, plan *Plan) *Plan {
 	p := *plan
 	if r.pass.sinkInStep[name] {
 		p.Changed = r.pass.sinkChanged
+		if !r.pass.sinkAllVIPs {
+			p.ChangedVIPs = r.pass.sinkVIPs
+		}
 	}
 	return &p
 }

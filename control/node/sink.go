@@ -24,6 +24,11 @@ type Plan struct {
 	// modified): a sink may look only at those. Nil when unknown — the
 	// sink's first plan, or the first after it failed: look at every one.
 	Changed map[string]bool
+	// ChangedVIPs names the VIP addresses whose states (Node.VIPStates)
+	// may differ from those in the plan this sink was last given. Nil when
+	// unknown: as Changed, or when something every VIP's state depends on
+	// changed (the node's readiness, drain, failures, link bandwidth).
+	ChangedVIPs map[netip.Addr]bool
 }
 
 // A Sink programs one part of the dataplane from the whole plan. Set is

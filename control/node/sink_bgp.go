@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -36,7 +37,7 @@ type PeerReporter interface {
 // bgpSink gives the speaker the routes of the VIPs the plan announces.
 type bgpSink struct {
 	a    Announcer
-	last []bgp.Route
+	sent map[netip.Prefix]bgp.Route // what the speaker holds
 	set  bool
 	bw   *bandwidthLimiter
 }
@@ -47,9 +48,11 @@ type bgpSink struct {
 // serves; a node that is not ready again later (warming up after its sync
 // link was down) withdraws what it announced. A route whose link
 // bandwidth alone changed is sent again at most once per interval
-// (0: DefaultBandwidthInterval).
+// (0: DefaultBandwidthInterval). With a speaker that takes changes
+// (RouteUpdater) and a plan that names its changed VIPs, a change costs
+// the same at 10 VIPs or 10,000.
 func NewBGPSink(a Announcer, interval time.Duration) Sink {
-	return &bgpSink{a: a, bw: newBandwidthLimiter(interval, time.Now)}
+	return &bgpSink{a: a, bw: newBandwidthLimiter(interval, time.Now), sent: map[netip.Prefix]bgp.Route{}}
 }
 
 func (s *bgpSink) Name() string { return "bgp" }
@@ -58,30 +61,96 @@ func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
 	if !p.Node.Ready && !s.set {
 		return nil
 	}
+	u, ok := s.a.(RouteUpdater)
+	if !ok || !s.set || p.ChangedVIPs == nil || p.Node.LinkBandwidthPerWeight != s.bw.perWeight {
+		return s.setAll(ctx, u, p)
+	}
+	ch := s.changes(p)
+	if ch.Empty() {
+		return nil
+	}
+	if err := u.Update(ctx, ch); err != nil {
+		return err // out of step: the runner's next plan has every VIP
+	}
+	now := s.bw.now()
+	for _, pfx := range ch.Withdraw {
+		delete(s.sent, pfx)
+		s.bw.sentOne(pfx, nil, now)
+	}
+	for _, r := range ch.Announce {
+		s.sent[r.Prefix] = r
+		s.bw.sentOne(r.Prefix, &r, now)
+	}
+	return nil
+}
+
+// setAll gives the speaker every route: as a whole set the first time (or
+// when it takes no changes), otherwise what differs from what it holds.
+func (s *bgpSink) setAll(ctx context.Context, u RouteUpdater, p *Plan) error {
 	routes := s.bw.limit(Routes(p.Node.VIPStates), p.Node.LinkBandwidthPerWeight)
-	if err := s.send(ctx, routes); err != nil {
+	ch := bgp.DiffRoutes(s.sent, routes)
+	var err error
+	switch {
+	case s.set && ch.Empty():
+	case s.set && u != nil:
+		err = u.Update(ctx, ch)
+	default:
+		err = s.a.Set(ctx, routes)
+	}
+	if err != nil {
 		return err
 	}
-	s.last, s.set = routes, true
+	s.sent, s.set = make(map[netip.Prefix]bgp.Route, len(routes)), true
+	for _, r := range routes {
+		s.sent[r.Prefix] = r
+	}
 	s.bw.sent(routes, p.Node.LinkBandwidthPerWeight)
 	return nil
 }
 
-// send gives the speaker routes: the whole set the first time (or when it
-// takes no changes), then what changed since the last routes it took.
-func (s *bgpSink) send(ctx context.Context, routes []bgp.Route) error {
-	u, ok := s.a.(RouteUpdater)
-	if !s.set || !ok {
-		if s.set && slices.EqualFunc(routes, s.last, bgp.Route.Equal) {
-			return nil
+// changes are what the plan's changed VIPs, and the routes whose
+// bandwidth was held back, make of the routes the speaker holds.
+func (s *bgpSink) changes(p *Plan) bgp.Changes {
+	var ch bgp.Changes
+	now := s.bw.now()
+	look := func(addr netip.Addr) {
+		pfx := bgp.HostRoute(addr).Prefix
+		v, ok := vipStateOf(p.Node.VIPStates, addr)
+		if !ok || !v.Announce {
+			delete(s.bw.held, pfx)
+			if _, had := s.sent[pfx]; had {
+				ch.Withdraw = append(ch.Withdraw, pfx)
+			}
+			return
 		}
-		return s.a.Set(ctx, routes)
+		r := s.bw.limitOne(routeOf(v), now)
+		if old, had := s.sent[pfx]; !had || !old.Equal(r) {
+			ch.Announce = append(ch.Announce, r)
+		}
 	}
-	ch := bgp.DiffRoutes(s.last, routes)
-	if ch.Empty() {
-		return nil
+	for addr := range p.ChangedVIPs {
+		look(addr)
 	}
-	return u.Update(ctx, ch)
+	held := make([]netip.Prefix, 0, len(s.bw.held)) // look changes held
+	for pfx := range s.bw.held {
+		if !p.ChangedVIPs[pfx.Addr()] {
+			held = append(held, pfx)
+		}
+	}
+	for _, pfx := range held {
+		look(pfx.Addr())
+	}
+	s.bw.setDue()
+	return ch
+}
+
+// vipStateOf finds addr's state in vips (sorted by address).
+func vipStateOf(vips []VIPState, addr netip.Addr) (VIPState, bool) {
+	i, ok := slices.BinarySearchFunc(vips, addr, func(v VIPState, a netip.Addr) int { return v.Addr.Compare(a) })
+	if !ok {
+		return VIPState{}, false
+	}
+	return vips[i], true
 }
 
 // Due: when a held-back bandwidth change is to be sent.
@@ -91,26 +160,30 @@ func (s *bgpSink) Due() time.Time { return s.bw.due }
 func Routes(vips []VIPState) []bgp.Route {
 	var out []bgp.Route
 	for _, v := range vips {
-		if !v.Announce {
-			continue
+		if v.Announce {
+			out = append(out, routeOf(v))
 		}
-		r := bgp.HostRoute(v.Addr)
-		for _, c := range v.Route.Communities {
-			r.Communities = append(r.Communities, bgp.Community(c))
-		}
-		for _, c := range v.Route.LargeCommunities {
-			r.LargeCommunities = append(r.LargeCommunities, bgp.LargeCommunity{Global: c[0], Local1: c[1], Local2: c[2]})
-		}
-		r.LocalPref = v.Route.LocalPref
-		r.LinkBandwidth = v.Route.LinkBandwidth
-		if v.Route.GracefulShutdown {
-			zero := uint32(0)
-			r.Communities = append(r.Communities, bgp.GracefulShutdown)
-			r.LocalPref = &zero // RFC 8326: lowest preference inside the AS too
-		}
-		out = append(out, r)
 	}
 	return out
+}
+
+// routeOf is the BGP route of an announced VIP.
+func routeOf(v VIPState) bgp.Route {
+	r := bgp.HostRoute(v.Addr)
+	for _, c := range v.Route.Communities {
+		r.Communities = append(r.Communities, bgp.Community(c))
+	}
+	for _, c := range v.Route.LargeCommunities {
+		r.LargeCommunities = append(r.LargeCommunities, bgp.LargeCommunity{Global: c[0], Local1: c[1], Local2: c[2]})
+	}
+	r.LocalPref = v.Route.LocalPref
+	r.LinkBandwidth = v.Route.LinkBandwidth
+	if v.Route.GracefulShutdown {
+		zero := uint32(0)
+		r.Communities = append(r.Communities, bgp.GracefulShutdown)
+		r.LocalPref = &zero // RFC 8326: lowest preference inside the AS too
+	}
+	return r
 }
 
 // BGPPeers is the speaker's sessions as node status shows them.

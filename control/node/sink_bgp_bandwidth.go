@@ -23,6 +23,7 @@ type bandwidthLimiter struct {
 	perWeight float64                    // the plan's factor when routes were last sent
 	sentBW    map[netip.Prefix]float32   // bandwidth last sent, by route
 	sentAt    map[netip.Prefix]time.Time // when it was
+	held      map[netip.Prefix]time.Time // routes held back, and until when
 	due       time.Time                  // the earliest held change's time (zero: none)
 }
 
@@ -30,28 +31,45 @@ func newBandwidthLimiter(interval time.Duration, now func() time.Time) *bandwidt
 	if interval <= 0 {
 		interval = DefaultBandwidthInterval
 	}
-	return &bandwidthLimiter{interval: interval, now: now, sentBW: map[netip.Prefix]float32{}, sentAt: map[netip.Prefix]time.Time{}}
+	return &bandwidthLimiter{interval: interval, now: now, sentBW: map[netip.Prefix]float32{}, sentAt: map[netip.Prefix]time.Time{},
+		held: map[netip.Prefix]time.Time{}}
 }
 
 // limit returns routes with each held-back bandwidth replaced by the one
 // last sent, and sets due.
 func (l *bandwidthLimiter) limit(routes []bgp.Route, perWeight float64) []bgp.Route {
-	l.due = time.Time{}
-	if perWeight != l.perWeight {
-		return routes
-	}
-	now := l.now()
-	for i, r := range routes {
-		old, ok := l.sentBW[r.Prefix]
-		if !ok || old == 0 || r.LinkBandwidth == 0 || old == r.LinkBandwidth {
-			continue
-		}
-		if at := l.sentAt[r.Prefix].Add(l.interval); now.Before(at) {
-			routes[i].LinkBandwidth = old
-			l.due = earliest(l.due, at)
+	clear(l.held)
+	if perWeight == l.perWeight {
+		now := l.now()
+		for i, r := range routes {
+			routes[i] = l.limitOne(r, now)
 		}
 	}
+	l.setDue()
 	return routes
+}
+
+// limitOne is r with its bandwidth held back if it must be (call setDue
+// after the last).
+func (l *bandwidthLimiter) limitOne(r bgp.Route, now time.Time) bgp.Route {
+	delete(l.held, r.Prefix)
+	old, ok := l.sentBW[r.Prefix]
+	if !ok || old == 0 || r.LinkBandwidth == 0 || old == r.LinkBandwidth {
+		return r
+	}
+	if at := l.sentAt[r.Prefix].Add(l.interval); now.Before(at) {
+		r.LinkBandwidth = old
+		l.held[r.Prefix] = at
+	}
+	return r
+}
+
+// setDue: the earliest time a held route is to be sent again.
+func (l *bandwidthLimiter) setDue() {
+	l.due = time.Time{}
+	for _, at := range l.held {
+		l.due = earliest(l.due, at)
+	}
 }
 
 // sent records what the speaker now holds.
@@ -73,4 +91,18 @@ func (l *bandwidthLimiter) sent(routes []bgp.Route, perWeight float64) {
 		}
 	}
 	l.sentBW, l.perWeight = next, perWeight
+}
+
+// sentOne records that the speaker now holds r for prefix p (nil: it
+// holds none).
+func (l *bandwidthLimiter) sentOne(p netip.Prefix, r *bgp.Route, now time.Time) {
+	if r == nil || r.LinkBandwidth == 0 {
+		delete(l.sentBW, p)
+		delete(l.sentAt, p)
+		return
+	}
+	if l.sentBW[p] != r.LinkBandwidth {
+		l.sentAt[p] = now
+	}
+	l.sentBW[p] = r.LinkBandwidth
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/bgp"
 	"github.com/merlin-ipvs/merlin/control/store"
@@ -203,45 +207,164 @@ func TestRunnerReportsBGPSessions(t *testing.T) {
 	})
 }
 
-// TestBGPSinkChangesEqualWholeSets: a sink sending changes leaves the
-// speaker with the routes the plan announces after every one of 500
-// random plans, refused updates included (the next pass sends them again).
+// TestBGPSinkChangesEqualWholeSets: a sink given only the changed VIPs
+// and sending only changes leaves the speaker with what a sink given
+// every VIP and sending whole sets leaves, after each of 1,000 random
+// steps: VIPs coming, going, changing communities and link bandwidth
+// (held back and sent when due, on one clock), the node's factor
+// changing, refused updates (the runner's next plan has every VIP).
 func TestBGPSinkChangesEqualWholeSets(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { return now }
 	ann := &updatingAnnouncer{recordingAnnouncer: newRecordingAnnouncer()}
-	sink := NewBGPSink(ann, 0)
+	whole := newRecordingAnnouncer()
+	sink := &bgpSink{a: ann, bw: newBandwidthLimiter(5*time.Second, clock), sent: map[netip.Prefix]bgp.Route{}}
+	ref := &bgpSink{a: whole, bw: newBandwidthLimiter(5*time.Second, clock), sent: map[netip.Prefix]bgp.Route{}}
 	ctx := context.Background()
-	for step := range 500 {
-		var vips []VIPState
-		for i := range 40 {
-			if rng.IntN(3) == 0 {
+	vips := map[netip.Addr]VIPState{}
+	perWeight := 1.0
+	for step := range 1000 {
+		changed := map[netip.Addr]bool{}
+		for range rng.IntN(4) {
+			addr := netip.AddrFrom4([4]byte{198, 18, 0, byte(rng.IntN(12))})
+			changed[addr] = true
+			if rng.IntN(4) == 0 {
+				delete(vips, addr)
 				continue
 			}
-			v := VIPState{Addr: netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), Announce: rng.IntN(4) != 0}
+			v := VIPState{Addr: addr, Announce: rng.IntN(4) != 0}
 			if rng.IntN(5) == 0 {
 				v.Route.Communities = []uint32{uint32(rng.IntN(3))}
 			}
-			vips = append(vips, v)
+			v.Route.LinkBandwidth = float32(rng.IntN(4) * 125_000)
+			vips[addr] = v
+		}
+		if rng.IntN(3) == 0 { // a VIP the plan names but that did not change
+			changed[netip.AddrFrom4([4]byte{198, 18, 0, byte(rng.IntN(12))})] = true
+		}
+		plan := &Plan{Node: NodePlan{Ready: true, VIPStates: slices.SortedFunc(maps.Values(vips), func(a, b VIPState) int { return a.Addr.Compare(b.Addr) }),
+			LinkBandwidthPerWeight: perWeight}, ChangedVIPs: changed}
+		if rng.IntN(50) == 0 {
+			perWeight++
+			plan.Node.LinkBandwidthPerWeight, plan.ChangedVIPs = perWeight, nil // a node input: every VIP
 		}
 		if rng.IntN(20) == 0 {
 			ann.failUpdates = 1
 		}
-		plan := &Plan{Node: NodePlan{Ready: true, VIPStates: vips}}
-		err := sink.Set(ctx, plan)
-		if err != nil {
+		if err := sink.Set(ctx, plan); err != nil {
+			plan.ChangedVIPs = nil
 			if err = sink.Set(ctx, plan); err != nil {
 				t.Fatalf("step %d, again after a refusal: %v", step, err)
 			}
 		}
-		for len(ann.news) > 0 { // the announcer is called synchronously
-			<-ann.news
+		all := *plan
+		all.ChangedVIPs = nil
+		if err := ref.Set(ctx, &all); err != nil {
+			t.Fatal(err)
 		}
-		calls := ann.calls()
-		if got, want := calls[len(calls)-1], Routes(vips); !slices.EqualFunc(got, want, bgp.Route.Equal) {
-			t.Fatalf("step %d: the speaker holds %v, want %v", step, fmt.Sprint(got), fmt.Sprint(want))
+		for _, a := range []*recordingAnnouncer{ann.recordingAnnouncer, whole} {
+			for len(a.news) > 0 { // the announcers are called synchronously
+				<-a.news
+			}
 		}
+		got, want := ann.calls(), whole.calls()
+		if !slices.EqualFunc(got[len(got)-1], want[len(want)-1], bgp.Route.Equal) {
+			t.Fatalf("step %d: the speaker holds %v, want %v", step, fmt.Sprint(got[len(got)-1]), fmt.Sprint(want[len(want)-1]))
+		}
+		if sink.Due() != ref.Due() {
+			t.Fatalf("step %d: due %v, want %v", step, sink.Due(), ref.Due())
+		}
+		now = now.Add(time.Duration(rng.IntN(1500)) * time.Millisecond)
 	}
-	if ann.updates < 100 {
-		t.Errorf("%d updates in 500 steps: the sink keeps sending whole sets", ann.updates)
+	if ann.updates < 300 {
+		t.Errorf("%d updates in 1,000 steps: the sink keeps sending whole sets", ann.updates)
 	}
+}
+
+// planRecorder is a sink keeping the plans it is given.
+type planRecorder struct {
+	mu    sync.Mutex
+	plans []*Plan
+}
+
+func (r *planRecorder) Name() string { return "recorder" }
+
+func (r *planRecorder) Set(_ context.Context, p *Plan) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.plans = append(r.plans, p)
+	return nil
+}
+
+func (r *planRecorder) last() *Plan {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.plans[len(r.plans)-1]
+}
+
+// TestRunnerNamesChangedVIPs: after a change of one service a sink is
+// told that service's VIP alone (the old and the new address when it
+// moves); after a change of the node's own inputs (a drain), every VIP.
+func TestRunnerNamesChangedVIPs(t *testing.T) {
+	rec := &planRecorder{}
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Sinks: []Sink{rec}})
+	a.start(t)
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"), svcAt("api", "198.18.0.2", "rr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	withServer(t, st, "api", "198.19.0.2:8080", 1)
+	a.apply(t, st)
+	a.waitFor(t, "ready", func(s *types.NodeStatus) bool { return s.VipsAnnounced == 2 })
+
+	st = st.Clone()
+	st.Revision++
+	withServer(t, st, "web", "198.19.0.3:8080", 5)
+	a.apply(t, st)
+	if got := rec.last(); got.ChangedVIPs == nil || !maps.Equal(got.ChangedVIPs, map[netip.Addr]bool{mustAddr("198.18.0.1"): true}) {
+		t.Errorf("after web gained a server the sink was told VIPs %v, want 198.18.0.1", got.ChangedVIPs)
+	}
+
+	st = st.Clone()
+	st.Revision++
+	moved := svcAt("api", "198.18.0.3", "rr")
+	st.Services["api"] = &store.ServiceState{Service: mustNormal(t, moved), Servers: st.Services["api"].Servers}
+	a.apply(t, st)
+	want := map[netip.Addr]bool{mustAddr("198.18.0.2"): true, mustAddr("198.18.0.3"): true}
+	if got := rec.last(); !maps.Equal(got.ChangedVIPs, want) || !got.Changed["api"] || len(got.Changed) != 1 {
+		t.Errorf("after api moved the sink was told services %v and VIPs %v, want api and %v", got.Changed, got.ChangedVIPs, want)
+	}
+
+	st = st.Clone()
+	st.Revision++
+	st.Drains = map[string]store.Drain{"n1": {Since: time.Now(), WithdrawAfter: time.Hour}}
+	a.apply(t, st)
+	if got := rec.last(); got.ChangedVIPs != nil {
+		t.Errorf("after a drain the sink was told VIPs %v, want every one (nil)", got.ChangedVIPs)
+	}
+}
+
+// TestRunnerUncheckedServiceReachesBGP: a service without health checks
+// whose weights (with link bandwidth on) or announcement options change
+// is announced anew (seen: neither made the node plan again).
+func TestRunnerUncheckedServiceReachesBGP(t *testing.T) {
+	ann := newRecordingAnnouncer()
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: newFakeTable(), Sinks: []Sink{NewBGPSink(ann, 1)}})
+	a.start(t)
+	st := testState(t, svcAt("web", "198.18.0.1", "wrr"))
+	withServer(t, st, "web", "198.19.0.1:8080", 1)
+	st.Services["web"].Service.Announce = &types.Announce{LinkBandwidth: wrapperspb.Bool(true)}
+	a.apply(t, st)
+	ann.waitSet(t, "the VIP announced", func(r []bgp.Route) bool { return len(r) == 1 })
+	st = st.Clone()
+	st.Revision++
+	withServer(t, st, "web", "198.19.0.1:8080", 7)
+	a.apply(t, st)
+	ann.waitSet(t, "7 Mbit/s", func(r []bgp.Route) bool { return len(r) == 1 && r[0].LinkBandwidth == 7*MinLinkBandwidth })
+	st = st.Clone()
+	st.Revision++
+	svc := proto.Clone(st.Services["web"].Service).(*types.VirtualService)
+	svc.Announce = &types.Announce{LinkBandwidth: wrapperspb.Bool(true), Communities: []string{"65000:1"}}
+	st.Services["web"] = &store.ServiceState{Service: svc, Servers: st.Services["web"].Servers}
+	a.apply(t, st)
+	ann.waitSet(t, "the community", func(r []bgp.Route) bool { return len(r) == 1 && len(r[0].Communities) == 1 })
 }
