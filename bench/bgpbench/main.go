@@ -289,27 +289,36 @@ func newMerlin(ctx context.Context) (*merlin, error) {
 
 func (m *merlin) name() string { return "merlin" }
 
-// plan is a ready node's plan announcing routes 0..n-1 but skip.
-func (m *merlin) plan(n, skip int) *node.Plan {
+// plan is a ready node's plan announcing routes 0..n-1 but skip, naming
+// changed (-1: every VIP, as a first plan).
+func (m *merlin) plan(n, skip, changed int) *node.Plan {
 	vips := make([]node.VIPState, 0, n)
 	for i := range n {
 		if i != skip {
 			vips = append(vips, node.VIPState{Addr: prefix(m, i).Addr(), State: node.VIPServed, Announce: true})
 		}
 	}
-	return &node.Plan{Node: node.NodePlan{Ready: true, VIPStates: vips}}
+	p := &node.Plan{Node: node.NodePlan{Ready: true, VIPStates: vips}}
+	if changed >= 0 {
+		p.ChangedVIPs = map[netip.Addr]bool{prefix(m, changed).Addr(): true}
+	}
+	return p
 }
 
-func (m *merlin) announce(ctx context.Context, n int) error { return m.sink.Set(ctx, m.plan(n, -1)) }
+func (m *merlin) announce(ctx context.Context, n int) error {
+	return m.sink.Set(ctx, m.plan(n, -1, -1))
+}
 
 // prepare builds the plan without route i (the planner's work, before the
-// sink's).
-func (m *merlin) prepare(i, n int) { m.pending = m.plan(n, i) }
+// sink's; bench/flatbench measures the planner).
+func (m *merlin) prepare(i, n int) { m.pending = m.plan(n, i, i) }
 
 // withdraw gives the sink the plan without route i, as the runner does
 // when one VIP's last healthy server goes down.
 func (m *merlin) withdraw(ctx context.Context, _, _ int) error { return m.sink.Set(ctx, m.pending) }
-func (m *merlin) restore(ctx context.Context, _, n int) error  { return m.announce(ctx, n) }
+func (m *merlin) restore(ctx context.Context, i, n int) error {
+	return m.sink.Set(ctx, m.plan(n, -1, i))
+}
 
 // gobgpd is Debian's gobgpd, given routes through its gRPC API.
 type gobgpd struct {

@@ -167,12 +167,6 @@ func (s *State) update(full bool) *Update {
 	return u
 }
 
-// snapshot is what consumers compare: the decoded services (shared,
-// immutable) without the raw values.
-func (s *State) snapshot() *State {
-	return &State{Revision: s.Revision, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, ServerDrains: s.ServerDrains, BGP: s.BGP, keys: s.keys}
-}
-
 // FullUpdate is an Update carrying all of s.
 func (s *State) FullUpdate() *Update {
 	return &Update{Revision: s.Revision, Full: true, Services: maps.Clone(s.Services), Invalid: maps.Clone(s.Invalid), ConfirmedDeletions: s.ConfirmedDeletions, Drains: s.Drains, ServerDrains: s.ServerDrains, BGP: s.BGP}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -312,23 +313,29 @@ func (s *Store) ListStateAt(ctx context.Context, rev int64) (*State, error) {
 			st.put(string(kv.Key), kv.Value, kv.ModRevision)
 		}
 	}
+	if err := s.listSettings(ctx, st, rev); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// listSettings reads into st what is not a service or a server: the
+// confirmed deletions, the drains, the server drains, the BGP settings.
+func (s *Store) listSettings(ctx context.Context, st *State, rev int64) error {
 	confirm, err := s.client.Get(ctx, s.confirmKey(), clientv3.WithRev(rev))
 	if err != nil {
-		return nil, fmt.Errorf("list %s at revision %d: %w", s.confirmKey(), rev, err)
+		return fmt.Errorf("list %s at revision %d: %w", s.confirmKey(), rev, err)
 	}
 	for _, kv := range confirm.Kvs {
 		st.put(string(kv.Key), kv.Value, kv.ModRevision)
 	}
 	if err := s.listDrains(ctx, st, rev); err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.listServerDrains(ctx, st, rev); err != nil {
-		return nil, err
+		return err
 	}
-	if err := s.listBGP(ctx, st, rev); err != nil {
-		return nil, err
-	}
-	return st, nil
+	return s.listBGP(ctx, st, rev)
 }
 
 type keyValue struct {
@@ -340,6 +347,19 @@ type keyValue struct {
 // one, which it returns) in pages of listPageSize.
 func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64) ([]keyValue, int64, error) {
 	var out []keyValue
+	rev, err := s.rangePages(ctx, prefix, rev, false, func(kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
+			out = append(out, keyValue{Key: kv.Key, Value: kv.Value, ModRevision: kv.ModRevision})
+		}
+		return nil
+	})
+	return out, rev, err
+}
+
+// rangePages gives page every page of keys under prefix at revision rev
+// (0: the current one, which it returns), listPageSize keys each, with
+// their values unless keysOnly.
+func (s *Store) rangePages(ctx context.Context, prefix string, rev int64, keysOnly bool, page func([]*mvccpb.KeyValue) error) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	from := prefix
 	for {
@@ -347,20 +367,23 @@ func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64) ([]keyVa
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		resp, err := s.client.Get(pctx, from, opts...)
 		cancel()
 		if err != nil {
-			return nil, 0, fmt.Errorf("list %s at revision %d: %w", prefix, rev, err)
+			return 0, fmt.Errorf("list %s at revision %d: %w", prefix, rev, err)
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
-		for _, kv := range resp.Kvs {
-			out = append(out, keyValue{Key: kv.Key, Value: kv.Value, ModRevision: kv.ModRevision})
+		if err := page(resp.Kvs); err != nil {
+			return 0, err
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return out, rev, nil
+			return rev, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}

@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/proto"
 )
 
 // Reasons the Watcher lists the whole state again.
@@ -154,10 +151,10 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update
 		if checking.Swap(true) {
 			return
 		}
-		snapshot, rev := state.snapshot(), state.seen
+		cp := state.checkPoint()
 		checks.Go(func() {
 			defer checking.Store(false)
-			differs := w.differs(fctx, snapshot, rev)
+			differs := w.differs(fctx, cp)
 			w.mu.Lock()
 			w.checks++
 			w.mu.Unlock()
@@ -197,45 +194,20 @@ func (w *Watcher) watch(ctx context.Context, state *State, onChange func(*Update
 	return reason
 }
 
-// differs lists etcd at rev and reports whether it differs from what the
-// watcher made of the same revision.
-func (w *Watcher) differs(ctx context.Context, snapshot *State, rev int64) bool {
-	st, err := w.store.ListStateAt(ctx, rev)
+// differs reads etcd at the check point's revision and reports whether
+// it differs from what the watcher made of the same revision.
+func (w *Watcher) differs(ctx context.Context, cp checkPoint) bool {
+	same, err := w.store.holdsAt(ctx, cp)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("periodic check of the desired state failed; re-listing", "error", err)
 		}
 		return ctx.Err() == nil
 	}
-	if sameDesired(st, snapshot) {
-		return false
+	if !same {
+		w.log.Warn("the watch missed changes: the periodic check found a difference", "revision", cp.revision)
 	}
-	w.log.Warn("the watch missed changes: the periodic check found a difference", "revision", rev)
-	return true
-}
-
-// sameDesired compares two states service by service, yielding now and
-// then: it runs in the background beside the watch and the agent.
-func sameDesired(a, b *State) bool {
-	if len(a.Services) != len(b.Services) || a.ConfirmedDeletions != b.ConfirmedDeletions || !maps.Equal(a.Invalid, b.Invalid) || !maps.Equal(a.Drains, b.Drains) || !maps.Equal(a.ServerDrains, b.ServerDrains) || !a.BGP.Equal(b.BGP) {
-		return false
-	}
-	n := 0
-	for id, sa := range a.Services {
-		if n++; n%256 == 0 {
-			runtime.Gosched()
-		}
-		sb, ok := b.Services[id]
-		if !ok || !proto.Equal(sa.Service, sb.Service) || len(sa.Servers) != len(sb.Servers) {
-			return false
-		}
-		for k, srv := range sa.Servers {
-			if !proto.Equal(srv, sb.Servers[k]) {
-				return false
-			}
-		}
-	}
-	return true
+	return !same
 }
 
 // Checks is how many periodic checks compared etcd with the watched state.
