@@ -41,7 +41,9 @@ func TestHoldsAt(t *testing.T) {
 			_, err := kv.Put(ctx, "/merlin/servers/web/198.19.0.9:80", "garbage")
 			return err
 		},
-		"a drain": func() error { return s.SetDrain(ctx, "n1", &Drain{Since: time.Unix(1e9, 0), WithdrawAfter: time.Minute}) },
+		"a drain": func() error {
+			return s.SetDrain(ctx, "n1", &Drain{Since: time.Unix(1e9, 0), WithdrawAfter: time.Minute})
+		},
 	} {
 		st, err := s.ListState(ctx)
 		if err != nil {
