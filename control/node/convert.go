@@ -27,9 +27,10 @@ func ServiceKeyOf(svc *types.VirtualService) ipvs.ServiceKey {
 }
 
 // ToIPVS turns a validated service and its servers into the kernel's
-// terms. weightOf may override each server's weight (health checks); nil
+// terms. weightOf may override each server's weight (health checks): it is
+// given the server's name in ss.Servers and its destination key; nil
 // keeps the configured weights.
-func ToIPVS(ss *store.ServiceState, weightOf func(*types.RealServer) uint32) (ipvs.VirtualServer, error) {
+func ToIPVS(ss *store.ServiceState, weightOf func(key string, dest ipvs.DestinationKey, srv *types.RealServer) uint32) (ipvs.VirtualServer, error) {
 	svc := ss.Service
 	c := svc.GetConfig()
 	cfg := ipvs.ServiceConfig{Scheduler: c.GetScheduler(), Timeout: c.GetPersistenceTimeout().GetValue(), PersistenceEngine: c.GetPersistenceEngine()}
@@ -43,14 +44,14 @@ func ToIPVS(ss *store.ServiceState, weightOf func(*types.RealServer) uint32) (ip
 		}
 		cfg.Flags |= f
 	}
-	vs := ipvs.VirtualServer{Service: ipvs.Service{Key: ServiceKeyOf(svc), Config: cfg}}
-	for _, srv := range ss.Servers {
+	vs := ipvs.VirtualServer{Service: ipvs.Service{Key: ServiceKeyOf(svc), Config: cfg}, Destinations: make([]ipvs.Destination, 0, len(ss.Servers))}
+	for key, srv := range ss.Servers {
 		d, err := destinationOf(srv, svc)
 		if err != nil {
 			return ipvs.VirtualServer{}, err
 		}
 		if weightOf != nil {
-			d.Config.Weight = weightOf(srv)
+			d.Config.Weight = weightOf(key, d.Key, srv)
 		}
 		vs.Destinations = append(vs.Destinations, d)
 	}

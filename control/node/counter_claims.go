@@ -39,19 +39,28 @@ func claimsOf(id string, sp *ServicePlan) (serviceCounterKeys, bool) {
 	out.vip, out.hasVIP = xdpstats.VIPKey{Addr: sk.Address, Port: sk.Port, Proto: uint8(sk.Protocol)}, true
 	seen := map[xdpstats.ServerKey]bool{}
 	out.servers = make([]serverClaim, 0, len(sp.Virtual.Destinations))
-	for _, d := range sp.Virtual.Destinations {
+	for i, d := range sp.Virtual.Destinations {
 		k, ok := counterServerKey(sk, d)
 		if !ok || seen[k] {
 			continue
 		}
 		seen[k] = true
-		c := serverClaim{key: k, label: ServerLabel{Service: id, Server: d.Key.String()}}
+		c := serverClaim{key: k, label: ServerLabel{Service: id, Server: serverName(sp, i, d)}}
 		if j, ok := passiveJudge(sp, c.label, k); ok {
 			c.judge = &j
 		}
 		out.servers = append(out.servers, c)
 	}
 	return out, true
+}
+
+// serverName is destination i's name: the plan's own string where it has
+// one (100,000 servers make no new one).
+func serverName(sp *ServicePlan, i int, d ipvs.Destination) string {
+	if i < len(sp.Servers) {
+		return sp.Servers[i].Key
+	}
+	return d.Key.String()
 }
 
 // counterClaims keeps the plan's counter index and keys as services come,

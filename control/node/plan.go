@@ -168,27 +168,30 @@ type ServicePlan struct {
 // otherwise) and converts the service to the kernel's terms.
 func PlanService(id string, ss *store.ServiceState, checks ServiceChecks, hv HealthView, now time.Time) *ServicePlan {
 	p := &ServicePlan{ID: id, State: ss, Checks: checks}
-	weights := map[string]ServerPlan{}
-	p.Virtual, p.Err = ToIPVS(ss, func(srv *types.RealServer) uint32 {
-		sp := p.planServer(srv, hv, now)
-		weights[sp.Key] = sp
+	weights := make(map[ipvs.DestinationKey]ServerPlan, len(ss.Servers))
+	p.Virtual, p.Err = ToIPVS(ss, func(key string, dest ipvs.DestinationKey, srv *types.RealServer) uint32 {
+		sp := p.planServer(key, srv, hv, now)
+		weights[dest] = sp
 		return sp.Weight
 	})
 	if p.Err != nil {
 		return p
 	}
 	p.AllDown = len(p.Virtual.Destinations) > 0
+	p.Servers = make([]ServerPlan, 0, len(p.Virtual.Destinations))
 	for _, d := range p.Virtual.Destinations {
-		sp := weights[netip.AddrPortFrom(d.Key.Address, d.Key.Port).String()]
+		sp := weights[d.Key]
 		p.Servers = append(p.Servers, sp)
 		p.AllDown = p.AllDown && !sp.Up
 	}
 	return p
 }
 
-func (p *ServicePlan) planServer(srv *types.RealServer, hv HealthView, now time.Time) ServerPlan {
+// planServer plans server srv, key its name in the service's servers (the
+// desired state's string, shared: 100,000 servers make no new one).
+func (p *ServicePlan) planServer(key string, srv *types.RealServer, hv HealthView, now time.Time) ServerPlan {
 	w := srv.GetConfig().GetWeight().GetValue()
-	sp := ServerPlan{Key: model.ServerKeyString(srv.GetKey()), Up: true, Weight: w}
+	sp := ServerPlan{Key: key, Up: true, Weight: w}
 	sc, ok := p.Checks.Servers[sp.Key]
 	if !ok {
 		return sp

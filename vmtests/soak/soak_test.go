@@ -549,7 +549,7 @@ func expectedTable(t *testing.T, list *types.ListResponse) []ipvs.VirtualServer 
 		for _, srv := range item.Servers {
 			ss.Servers[model.ServerKeyString(srv.Key)] = srv
 		}
-		vs, err := node.ToIPVS(ss, func(srv *types.RealServer) uint32 {
+		vs, err := node.ToIPVS(ss, func(_ string, _ ipvs.DestinationKey, srv *types.RealServer) uint32 {
 			if model.ServerKeyString(srv.Key) == downServer && item.Service.Id == "checked" {
 				return 0
 			}
