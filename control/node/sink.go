@@ -68,6 +68,18 @@ type vipSink struct {
 	set  bool
 }
 
+// membersChanged: a changed VIP came or went (VIPs and last are sorted).
+func (s *vipSink) membersChanged(p *Plan) bool {
+	for addr := range p.ChangedVIPs {
+		_, was := slices.BinarySearchFunc(s.last, addr, netip.Addr.Compare)
+		_, is := slices.BinarySearchFunc(p.Node.VIPs, addr, netip.Addr.Compare)
+		if was != is {
+			return true
+		}
+	}
+	return false
+}
+
 // NewVIPSink is the sink that keeps the VIP addresses of the plan on an
 // interface.
 func NewVIPSink(v VIPSink) Sink { return &vipSink{vips: v} }
@@ -75,6 +87,9 @@ func NewVIPSink(v VIPSink) Sink { return &vipSink{vips: v} }
 func (s *vipSink) Name() string { return "vips" }
 
 func (s *vipSink) Set(ctx context.Context, p *Plan) error {
+	if s.set && p.ChangedVIPs != nil && !s.membersChanged(p) {
+		return nil // looked at only the changed VIPs
+	}
 	if s.set && slices.Equal(p.Node.VIPs, s.last) {
 		return nil
 	}

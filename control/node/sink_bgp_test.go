@@ -368,3 +368,41 @@ func TestRunnerUncheckedServiceReachesBGP(t *testing.T) {
 	a.apply(t, st)
 	ann.waitSet(t, "the community", func(r []bgp.Route) bool { return len(r) == 1 && len(r[0].Communities) == 1 })
 }
+
+// TestVIPSinkLooksAtChangedVIPs: given the changed VIPs, the VIP sink
+// sets the addresses again when one of them came or went, and only then.
+func TestVIPSinkLooksAtChangedVIPs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	f := &flakySink{}
+	sink := NewVIPSink(f)
+	ctx := context.Background()
+	on := map[netip.Addr]bool{}
+	for step := range 300 {
+		changed := map[netip.Addr]bool{}
+		for range rng.IntN(3) {
+			a := netip.AddrFrom4([4]byte{198, 18, 0, byte(rng.IntN(10))})
+			changed[a], on[a] = true, rng.IntN(2) == 0
+		}
+		vips := slices.SortedFunc(func(yield func(netip.Addr) bool) {
+			for a, ok := range on {
+				if ok && !yield(a) {
+					return
+				}
+			}
+		}, netip.Addr.Compare)
+		before := f.last
+		p := &Plan{Node: NodePlan{VIPs: vips}, ChangedVIPs: changed}
+		if step == 0 {
+			p.ChangedVIPs = nil
+		}
+		if err := sink.Set(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(f.last, vips) {
+			t.Fatalf("step %d: the interface has %v, want %v", step, f.last, vips)
+		}
+		if step > 0 && len(vips) > 0 && slices.Equal(before, vips) && &f.last[0] != &before[0] {
+			t.Fatalf("step %d: the same addresses set again", step)
+		}
+	}
+}

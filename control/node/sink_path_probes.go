@@ -23,6 +23,7 @@ type pathProbeSink struct {
 	model  map[ipvs.ServiceKey]ipvs.VirtualServer // what the kernel holds; nil: not read yet
 	verify time.Time                              // when to look at the kernel's probe services again
 	now    func() time.Time
+	probes *probeIndex // the plan's probe services; nil: rebuild from the whole plan
 }
 
 // pathProbeVerify: how often the probe services are looked up in the
@@ -42,29 +43,64 @@ func (s *pathProbeSink) Due() time.Time {
 
 func (s *pathProbeSink) Name() string { return "path-probes" }
 
+// Set looks only at the changed services' probes after the first plan,
+// and compares the kernel with only the probe services they touch (all
+// of them after a look at the kernel).
 func (s *pathProbeSink) Set(ctx context.Context, p *Plan) error {
-	want, collided := pathProbes(p)
+	var touched map[ipvs.ServiceKey]bool // nil: every one
+	if p.Changed == nil || s.probes == nil {
+		s.probes = newProbeIndex(p)
+	} else {
+		touched = s.probes.update(p)
+	}
 	if s.model == nil {
 		if err := s.read(ctx, p); err != nil {
 			return err
 		}
+		touched = nil
 	} else if now := s.now(); len(s.model) > 0 && !now.Before(s.verify) {
 		if err := s.lookUp(ctx); err != nil {
 			return err
 		}
+		touched = nil
 	}
 	s.verify = s.now().Add(pathProbeVerify)
-	if !maps.EqualFunc(want, s.model, sameVirtual) {
-		ops := ipvs.Diff(slices.Collect(maps.Values(want)), slices.Collect(maps.Values(s.model)))
-		if err := s.table.Apply(ctx, ops); err != nil {
-			s.model = nil // read again before the next try
-			return fmt.Errorf("checks through the VIP: %w", err)
-		}
-		s.model = want
+	if err := s.apply(ctx, touched); err != nil {
+		return err
 	}
-	if len(collided) > 0 {
+	if collided := s.probes.collided(); len(collided) > 0 {
 		return fmt.Errorf("checks through the VIP of %s share a mark: failed safe (no server answers them); change one server's port or ID", strings.Join(collided, ", "))
 	}
+	return nil
+}
+
+// apply makes the kernel's probe services (those in touched; nil: all)
+// what the plan wants.
+func (s *pathProbeSink) apply(ctx context.Context, touched map[ipvs.ServiceKey]bool) error {
+	want, have := s.probes.want, s.model
+	if touched != nil {
+		want, have = map[ipvs.ServiceKey]ipvs.VirtualServer{}, map[ipvs.ServiceKey]ipvs.VirtualServer{}
+		for k := range touched {
+			if vs, ok := s.probes.want[k]; ok {
+				want[k] = vs
+			}
+			if vs, ok := s.model[k]; ok {
+				have[k] = vs
+			}
+		}
+	}
+	if maps.EqualFunc(want, have, sameVirtual) {
+		return nil
+	}
+	ops := ipvs.Diff(slices.Collect(maps.Values(want)), slices.Collect(maps.Values(have)))
+	if err := s.table.Apply(ctx, ops); err != nil {
+		s.model = nil // read again before the next try
+		return fmt.Errorf("checks through the VIP: %w", err)
+	}
+	for k := range have {
+		delete(s.model, k)
+	}
+	maps.Copy(s.model, want)
 	return nil
 }
 
@@ -106,41 +142,121 @@ func (s *pathProbeSink) lookUp(ctx context.Context) error {
 	return nil
 }
 
-// pathProbes are the probe services the plan's checks need; a mark two
-// servers share gets a service with no server (their probes fail).
-func pathProbes(p *Plan) (map[ipvs.ServiceKey]ipvs.VirtualServer, []string) {
-	want := map[ipvs.ServiceKey]ipvs.VirtualServer{}
-	owner := map[ipvs.ServiceKey]string{}
-	var collided []string
-	for id, sp := range p.Services { // every Set: no sorting (a shared mark fails both, in any order)
-		if sp.Err != nil {
-			continue
-		}
-		for server, sc := range sp.Checks.Servers {
-			c := sc.Check
-			srv := sp.State.Servers[server]
-			if c.Mark == 0 || srv == nil {
-				continue
+// probe is one probe service a server checked through the VIP needs.
+type probe struct {
+	key  ipvs.ServiceKey
+	vs   ipvs.VirtualServer
+	name string // service/server
+}
+
+// probeIndex is the plan's probe services, kept as services change: a
+// mark two servers share gets a service with no server (their probes
+// fail).
+type probeIndex struct {
+	byService map[string][]probe
+	owners    map[ipvs.ServiceKey][]probe // sorted by name
+	want      map[ipvs.ServiceKey]ipvs.VirtualServer
+}
+
+func newProbeIndex(p *Plan) *probeIndex {
+	x := &probeIndex{byService: map[string][]probe{}, owners: map[ipvs.ServiceKey][]probe{}, want: map[ipvs.ServiceKey]ipvs.VirtualServer{}}
+	for id, sp := range p.Services {
+		x.set(id, sp, nil)
+	}
+	return x
+}
+
+// update takes the changed services' probes; it returns the keys touched.
+func (x *probeIndex) update(p *Plan) map[ipvs.ServiceKey]bool {
+	touched := map[ipvs.ServiceKey]bool{}
+	for id := range p.Changed {
+		x.set(id, p.Services[id], touched)
+	}
+	return touched
+}
+
+// set replaces service id's probes by those of sp (nil: none).
+func (x *probeIndex) set(id string, sp *ServicePlan, touched map[ipvs.ServiceKey]bool) {
+	for _, pr := range x.byService[id] {
+		x.owners[pr.key] = slices.DeleteFunc(x.owners[pr.key], func(o probe) bool { return o.name == pr.name })
+		x.settle(pr.key, touched)
+	}
+	delete(x.byService, id)
+	probes := probesOf(id, sp)
+	if len(probes) > 0 {
+		x.byService[id] = probes
+	}
+	for _, pr := range probes {
+		i, _ := slices.BinarySearchFunc(x.owners[pr.key], pr.name, func(o probe, name string) int { return strings.Compare(o.name, name) })
+		x.owners[pr.key] = slices.Insert(x.owners[pr.key], i, pr)
+		x.settle(pr.key, touched)
+	}
+}
+
+// settle derives what key's owners want of it.
+func (x *probeIndex) settle(key ipvs.ServiceKey, touched map[ipvs.ServiceKey]bool) {
+	if touched != nil {
+		touched[key] = true
+	}
+	switch owners := x.owners[key]; len(owners) {
+	case 0:
+		delete(x.owners, key)
+		delete(x.want, key)
+	case 1:
+		x.want[key] = owners[0].vs
+	default:
+		vs := owners[0].vs
+		vs.Destinations = nil
+		x.want[key] = vs
+	}
+}
+
+// collided names the servers whose marks meet another's.
+func (x *probeIndex) collided() []string {
+	var out []string
+	for _, owners := range x.owners {
+		if len(owners) > 1 {
+			for _, o := range owners {
+				out = append(out, o.name)
 			}
-			family := ipvs.IPv4
-			if c.Target.Addr().Is6() {
-				family = ipvs.IPv6
-			}
-			key := ipvs.ServiceKey{Family: family, FWMark: c.Mark}.Canonical()
-			vs := ipvs.VirtualServer{Service: ipvs.Service{Key: key, Config: ipvs.ServiceConfig{Scheduler: "rr"}}}
-			if d, err := destinationOf(srv, sp.State.Service); err == nil {
-				d.Config.Weight, d.Config.UpperThreshold, d.Config.LowerThreshold = 1, 0, 0
-				vs.Destinations = []ipvs.Destination{d}
-			}
-			name := id + "/" + server
-			if prev, taken := owner[key]; taken {
-				collided = append(collided, prev, name)
-				vs.Destinations = nil
-			}
-			owner[key], want[key] = name, vs
 		}
 	}
-	return want, collided
+	slices.Sort(out)
+	return out
+}
+
+// probesOf are the probe services service id's checks through the VIP need.
+func probesOf(id string, sp *ServicePlan) []probe {
+	if sp == nil || sp.Err != nil {
+		return nil
+	}
+	var out []probe
+	for server, sc := range sp.Checks.Servers {
+		c := sc.Check
+		srv := sp.State.Servers[server]
+		if c.Mark == 0 || srv == nil {
+			continue
+		}
+		family := ipvs.IPv4
+		if c.Target.Addr().Is6() {
+			family = ipvs.IPv6
+		}
+		key := ipvs.ServiceKey{Family: family, FWMark: c.Mark}.Canonical()
+		vs := ipvs.VirtualServer{Service: ipvs.Service{Key: key, Config: ipvs.ServiceConfig{Scheduler: "rr"}}}
+		if d, err := destinationOf(srv, sp.State.Service); err == nil {
+			d.Config.Weight, d.Config.UpperThreshold, d.Config.LowerThreshold = 1, 0, 0
+			vs.Destinations = []ipvs.Destination{d}
+		}
+		out = append(out, probe{key: key, vs: vs, name: id + "/" + server})
+	}
+	return out
+}
+
+// pathProbes are the probe services the whole plan's checks need, and the
+// servers whose marks collide.
+func pathProbes(p *Plan) (map[ipvs.ServiceKey]ipvs.VirtualServer, []string) {
+	x := newProbeIndex(p)
+	return x.want, x.collided()
 }
 
 func sameVirtual(a, b ipvs.VirtualServer) bool {

@@ -2,6 +2,9 @@ package node
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -89,4 +92,81 @@ func throughVIPService(t *testing.T, fwd types.ForwardMethod, endpoint string, s
 		withServerFwd(t, st, "web", s, 1, fwd)
 	}
 	return st.Services["web"]
+}
+
+// TestPathProbeSinkIncrementalEqualsWholePlan: a sink given only the
+// changed services leaves the kernel with the probe services a new sink
+// given the whole plan makes, after each of 400 random steps — services
+// coming, going, changing servers and forwarding, marks meeting (which
+// fail both and make the sink fail, so the runner's next plan is whole).
+func TestPathProbeSinkIncrementalEqualsWholePlan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	ctx := context.Background()
+	inc, whole := newFakeTable(), newFakeTable()
+	sink := NewPathProbeSink(inc)
+	plans := map[string]*ServicePlan{}
+	inStep := false
+	fwds := []types.ForwardMethod{types.ForwardMethod_ROUTE, types.ForwardMethod_TUNNEL}
+	full, collisions := 0, 0
+	for step := range 400 {
+		changed := map[string]bool{}
+		for range 1 + rng.IntN(3) {
+			n := rng.IntN(12)
+			id := fmt.Sprintf("s%d", n)
+			changed[id] = true
+			if rng.IntN(4) == 0 {
+				delete(plans, id)
+				continue
+			}
+			var servers []string
+			for j := range rng.IntN(4) {
+				servers = append(servers, fmt.Sprintf("198.19.%d.%d:80", n, j+1+rng.IntN(2)))
+			}
+			ss := throughVIPService(t, fwds[rng.IntN(len(fwds))], "tcp://:80", servers...)
+			ss = &store.ServiceState{Service: ss.Service, Servers: ss.Servers}
+			checks := PlanChecks(ss, nil)
+			for name, sc := range checks.Servers {
+				if rng.IntN(10) == 0 { // a mark another server may have too
+					sc.Check.Mark = PathMark("shared", fmt.Sprint(rng.IntN(3)))
+					checks.Servers[name] = sc
+				}
+			}
+			plans[id] = PlanService(id, ss, checks, HealthView{}, time.Unix(1e9, 0))
+		}
+		p := &Plan{Services: maps.Clone(plans), Changed: changed}
+		if !inStep || rng.IntN(10) == 0 {
+			p.Changed = nil
+		}
+		if p.Changed == nil {
+			full++
+		}
+		errInc := sink.Set(ctx, p)
+		inStep = errInc == nil
+		if errInc != nil {
+			collisions++
+		}
+		errWhole := NewPathProbeSink(whole).Set(ctx, &Plan{Services: p.Services})
+		if fmt.Sprint(errInc) != fmt.Sprint(errWhole) {
+			t.Fatalf("step %d: error %v, want %v", step, errInc, errWhole)
+		}
+		got, _ := inc.Table(ctx)
+		want, _ := whole.Table(ctx)
+		if !sameTables(got, want) {
+			t.Fatalf("step %d: the kernel holds %v, want %v", step, got, want)
+		}
+	}
+	if full > 200 || collisions < 10 {
+		t.Errorf("%d whole plans and %d steps with marks meeting in 400: the test does not test", full, collisions)
+	}
+}
+
+func sameTables(a, b []ipvs.VirtualServer) bool {
+	byKey := func(vs []ipvs.VirtualServer) map[ipvs.ServiceKey]ipvs.VirtualServer {
+		m := map[ipvs.ServiceKey]ipvs.VirtualServer{}
+		for _, v := range vs {
+			m[v.Service.Key.Canonical()] = v
+		}
+		return m
+	}
+	return maps.EqualFunc(byKey(a), byKey(b), sameVirtual)
 }
