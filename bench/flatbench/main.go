@@ -114,13 +114,21 @@ func measure(n, dests, changes int) (map[string][]time.Duration, error) {
 	}
 	ctx := context.Background()
 	// changed is what the runner tells the sinks changed since their last
-	// plan (nil the first time: every service).
+	// plan (nil the first time: every service), with their VIPs.
 	pass := func(changed map[string]bool) (map[string]time.Duration, error) {
 		took := map[string]time.Duration{}
 		start := time.Now()
 		np := node.PlanNode(f.plans, node.NodeInputs{})
 		took[parts[0]] = time.Since(start)
 		plan := &node.Plan{Revision: 1, Services: f.plans, Node: np, Changed: changed}
+		if changed != nil {
+			plan.ChangedVIPs = map[netip.Addr]bool{}
+			for id := range changed {
+				if addr, ok := f.plans[id].VIP(); ok {
+					plan.ChangedVIPs[addr] = true
+				}
+			}
+		}
 		for i, s := range f.sinks {
 			t := time.Now()
 			if err := s.Set(ctx, plan); err != nil {
