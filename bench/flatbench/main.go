@@ -1,5 +1,5 @@
 // Command flatbench measures what one change costs each part of the node's
-// per-change path — the node planner (node.PlanNode) and every sink given
+// per-change path — the node planner (node.NodePlanner) and every sink given
 // the plan (VIP addresses, BGP routes, eBPF counter keys, path probes,
 // server drains) — at a small and a large table, and says FAIL for each
 // part whose per-change time grows with the table. The change is what the
@@ -96,12 +96,13 @@ func run(small, large, dests, changes int, limit float64) error {
 var errGrows = errors.New("FAIL: per-change time grows with the table")
 
 // parts are the measured parts, in the order of a pass.
-var parts = []string{"planner (PlanNode)", "vips", "bgp", "counters", "path-probes", "server-drain", "whole pass"}
+var parts = []string{"planner", "vips", "bgp", "counters", "path-probes", "server-drain", "whole pass"}
 
 type fixture struct {
 	plans       map[string]*node.ServicePlan
 	full, empty map[string]*node.ServicePlan // each service with its servers, and without
 	sinks       []node.Sink
+	planner     node.NodePlanner
 }
 
 // measure times changes on a table of n services; each change swaps one
@@ -118,7 +119,7 @@ func measure(n, dests, changes int) (map[string][]time.Duration, error) {
 	pass := func(changed map[string]bool) (map[string]time.Duration, error) {
 		took := map[string]time.Duration{}
 		start := time.Now()
-		np := node.PlanNode(f.plans, node.NodeInputs{})
+		np := f.planner.Plan(f.plans, changed, node.NodeInputs{})
 		took[parts[0]] = time.Since(start)
 		plan := &node.Plan{Revision: 1, Services: f.plans, Node: np, Changed: changed}
 		if changed != nil {

@@ -124,8 +124,7 @@ func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
 			np.Down = append(np.Down, id)
 		}
 		if b := p.Below; b != nil {
-			np.Below = append(np.Below, &types.ServiceBelowThreshold{ServiceId: id, Healthy: uint32(b.Healthy), Total: uint32(b.Total), Need: uint32(b.Need),
-				Action: ActionName(b.Action), Since: timestamppb.New(b.Since)})
+			np.Below = append(np.Below, belowStatus(id, b))
 		}
 		np.Health = appendHealth(np.Health, p)
 		if addr, ok := p.VIP(); ok {

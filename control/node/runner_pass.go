@@ -50,6 +50,11 @@ type passState struct {
 	// when the node's own inputs changed.
 	sinkVIPs    map[netip.Addr]bool
 	sinkAllVIPs bool
+
+	// The node plan, made a change at a time: the services whose plans
+	// were replaced since the last one.
+	planner     NodePlanner
+	nodeChanged map[string]bool
 }
 
 func newPassState(cfg RunnerConfig, sinks int) passState {
@@ -57,7 +62,7 @@ func newPassState(cfg RunnerConfig, sinks int) passState {
 		plans: map[string]*ServicePlan{}, checks: map[string]ServiceChecks{}, idByKey: map[ipvs.ServiceKey]string{},
 		ramping: map[string]time.Time{}, thresholds: map[string]thresholdState{}, failures: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff),
 		sinkFail: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff), nodeDirty: sinks > 0,
-		sinkChanged: map[string]bool{}, sinkInStep: map[string]bool{}, sinkVIPs: map[netip.Addr]bool{},
+		sinkChanged: map[string]bool{}, sinkInStep: map[string]bool{}, sinkVIPs: map[netip.Addr]bool{}, nodeChanged: map[string]bool{},
 	}
 }
 
@@ -283,9 +288,10 @@ func (r *Runner) healthView(sc ServiceChecks) HealthView {
 }
 
 // changedForSinks notes that service id's plan p (nil: none) is replaced
-// or put in place: the sinks look at it, and at its VIP, next.
+// or put in place: the node planner and the sinks look at it, and at its
+// VIP, next.
 func (r *Runner) changedForSinks(id string, p *ServicePlan) {
-	r.pass.sinkChanged[id] = true
+	r.pass.sinkChanged[id], r.pass.nodeChanged[id] = true, true
 	if addr, ok := p.VIP(); ok {
 		r.pass.sinkVIPs[addr] = true
 	}

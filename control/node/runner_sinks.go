@@ -36,7 +36,8 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 	changed := r.pass.nodeDirty || !maps.Equal(desired.ServerDrains, r.pass.serverDrains)
 	r.pass.serverDrains = desired.ServerDrains
 	if r.pass.nodeDirty {
-		r.pass.node, r.pass.nodeIn = PlanNode(r.pass.plans, in), in
+		r.pass.node, r.pass.nodeIn = r.pass.planner.Plan(r.pass.plans, r.pass.nodeChanged, in), in
+		r.pass.nodeChanged = map[string]bool{}
 		r.pass.nodeDirty = false
 		r.reportNode()
 	}

@@ -1,0 +1,136 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// randomNodeFacingPlan is service id with random values of everything the
+// node plan reads: its VIP (one of a few, or a firewall mark), announcement
+// options, a refusal, servers checked or not, up or down, weights, a
+// healthy threshold it is below.
+func randomNodeFacingPlan(rng *rand.Rand, id string) *ServicePlan {
+	svc := &types.VirtualService{Id: id, Key: &types.VirtualService_Key{Ip: fmt.Sprintf("198.18.0.%d", 1+rng.IntN(5)), Port: 80}}
+	if rng.IntN(10) == 0 {
+		svc.Key = &types.VirtualService_Key{Fwmark: 7}
+	}
+	if rng.IntN(3) == 0 {
+		svc.Announce = &types.Announce{Always: rng.IntN(2) == 0, Communities: []string{fmt.Sprintf("65000:%d", rng.IntN(3))},
+			LinkBandwidth: wrapperspb.Bool(rng.IntN(2) == 0)}
+	}
+	sp := &ServicePlan{ID: id, State: &store.ServiceState{Service: svc}}
+	if rng.IntN(12) == 0 {
+		sp.Err = errors.New("refused")
+		return sp
+	}
+	sp.AllDown = true
+	for j := range rng.IntN(4) {
+		key := fmt.Sprintf("198.19.0.%d:80", j)
+		s := ServerPlan{Key: key, Checked: rng.IntN(2) == 0, Up: rng.IntN(3) > 0, Weight: uint32(rng.IntN(3))}
+		if s.Checked && rng.IntN(2) == 0 {
+			s.Known, s.Health = true, health.State{Up: s.Up, Since: time.Unix(int64(1e9+rng.IntN(5)), 0), LastError: "refused"}
+		}
+		sp.Servers = append(sp.Servers, s)
+		sp.Virtual.Destinations = append(sp.Virtual.Destinations, ipvs.Destination{Config: ipvs.DestinationConfig{Weight: s.Weight}})
+		sp.AllDown = sp.AllDown && !s.Up
+	}
+	sp.AllDown = sp.AllDown && len(sp.Servers) > 0
+	if rng.IntN(5) == 0 {
+		sp.Below = &BelowThreshold{Healthy: 1, Total: 3, Need: 2, Action: types.BelowThresholdAction(rng.IntN(3)), Since: time.Unix(1e9, 0)}
+	}
+	return sp
+}
+
+func randomNodeInputs(rng *rand.Rand, ids []string) NodeInputs {
+	in := NodeInputs{LinkBandwidth: LinkBandwidthInputs{PerWeight: MinLinkBandwidth}}
+	switch rng.IntN(6) {
+	case 0:
+		in.NotReady = "waiting"
+	case 1:
+		in.Drain = DrainPhase(rng.IntN(4))
+	case 2:
+		in.Failed = map[string]bool{ids[rng.IntN(len(ids))]: true}
+	case 3:
+		in.LinkBandwidth.Default = true
+	}
+	return in
+}
+
+// TestNodePlannerEqualsPlanNode: a plan made a change at a time is the
+// plan PlanNode makes of all services, after each of 3,000 random steps
+// (services coming, changing, going; the node's inputs now and then), and
+// a plan returned earlier is never changed by the later ones.
+func TestNodePlannerEqualsPlanNode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	ids := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+	var planner NodePlanner
+	plans := map[string]*ServicePlan{}
+	in := NodeInputs{}
+	var prev, prevWant NodePlan
+	incremental := 0
+	for step := range 3000 {
+		changed := map[string]bool{}
+		for range 1 + rng.IntN(3) {
+			id := ids[rng.IntN(len(ids))]
+			changed[id] = true
+			if rng.IntN(5) == 0 {
+				delete(plans, id)
+			} else {
+				plans[id] = randomNodeFacingPlan(rng, id)
+			}
+		}
+		if rng.IntN(15) == 0 {
+			in = randomNodeInputs(rng, ids)
+		}
+		if rng.IntN(30) == 0 {
+			changed = nil
+		}
+		if changed != nil && planner.planned && sameInputs(in, planner.in) {
+			incremental++
+		}
+		got := planner.Plan(plans, changed, in)
+		want := PlanNode(plans, in)
+		if diff := nodePlanDiff(got, want); diff != "" {
+			t.Fatalf("step %d: %s", step, diff)
+		}
+		if diff := nodePlanDiff(prev, prevWant); diff != "" {
+			t.Fatalf("step %d: the plan of step %d changed: %s", step, step-1, diff)
+		}
+		prev, prevWant = got, want
+	}
+	if incremental < 2000 {
+		t.Errorf("%d of 3,000 plans made a change at a time", incremental)
+	}
+}
+
+// nodePlanDiff says how two node plans differ (empty lists are nil).
+func nodePlanDiff(a, b NodePlan) string {
+	switch {
+	case a.Ready != b.Ready || a.LinkBandwidthPerWeight != b.LinkBandwidthPerWeight:
+		return fmt.Sprintf("ready %v/%v, bandwidth factor %v/%v", a.Ready, b.Ready, a.LinkBandwidthPerWeight, b.LinkBandwidthPerWeight)
+	case !slices.Equal(a.VIPs, b.VIPs):
+		return fmt.Sprintf("VIPs %v, want %v", a.VIPs, b.VIPs)
+	case !slices.Equal(a.Down, b.Down):
+		return fmt.Sprintf("down %v, want %v", a.Down, b.Down)
+	case !slices.EqualFunc(a.VIPStates, b.VIPStates, func(x, y VIPState) bool { return reflect.DeepEqual(x, y) }):
+		return fmt.Sprintf("VIP states %+v, want %+v", a.VIPStates, b.VIPStates)
+	case !slices.EqualFunc(a.Health, b.Health, func(x, y *types.ServerHealth) bool { return proto.Equal(x, y) }):
+		return fmt.Sprintf("health %v, want %v", a.Health, b.Health)
+	case !slices.EqualFunc(a.Below, b.Below, func(x, y *types.ServiceBelowThreshold) bool { return proto.Equal(x, y) }):
+		return fmt.Sprintf("below %v, want %v", a.Below, b.Below)
+	}
+	return ""
+}
