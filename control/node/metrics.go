@@ -129,6 +129,36 @@ func (m *NodeMetrics) setServicesDown(plans map[string]*ServicePlan, down map[st
 	}
 }
 
+// setServiceDown exports merlin_service_all_servers_down for one service
+// (none for a service that is gone).
+func (m *NodeMetrics) setServiceDown(id string, exists, down bool) {
+	if !exists {
+		if _, ok := m.reportedServices[id]; ok {
+			m.serviceDown.DeleteLabelValues(id)
+			delete(m.reportedServices, id)
+		}
+		return
+	}
+	if was, ok := m.reportedServices[id]; !ok || was != down {
+		m.serviceDown.WithLabelValues(id).Set(b2f(down))
+		m.reportedServices[id] = down
+	}
+}
+
+// replaceServerHealth replaces one service's merlin_server_up series.
+func (m *NodeMetrics) replaceServerHealth(old, servers []*types.ServerHealth) {
+	for _, sh := range old {
+		k := [2]string{sh.ServiceId, sh.Server}
+		m.serverUp.DeleteLabelValues(k[0], k[1])
+		delete(m.reportedServers, k)
+	}
+	for _, sh := range servers {
+		k := [2]string{sh.ServiceId, sh.Server}
+		m.serverUp.WithLabelValues(k[0], k[1]).Set(b2f(sh.Up))
+		m.reportedServers[k] = true
+	}
+}
+
 // setServerHealth sets merlin_server_up for exactly the checked servers.
 func (m *NodeMetrics) setServerHealth(servers []*types.ServerHealth) {
 	seen := make(map[[2]string]bool, len(servers))

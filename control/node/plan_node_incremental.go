@@ -24,21 +24,34 @@ type NodePlanner struct {
 	byVIP   map[netip.Addr][]*ServicePlan // sorted by ID
 }
 
+// NodeChange is what one Plan made anew, for those who report the plan a
+// change at a time.
+type NodeChange struct {
+	// Services whose plans were replaced, and the VIPs whose states were
+	// derived again; nil when everything was planned again.
+	Services map[string]bool
+	VIPs     map[netip.Addr]bool
+	Before   NodePlan // the plan before (its lists unchanged)
+}
+
 // Plan is the node plan of services; changed names the services whose
 // plans may differ from those of the last call (nil: unknown, all).
-func (n *NodePlanner) Plan(services map[string]*ServicePlan, changed map[string]bool, in NodeInputs) NodePlan {
+func (n *NodePlanner) Plan(services map[string]*ServicePlan, changed map[string]bool, in NodeInputs) (NodePlan, NodeChange) {
+	ch := NodeChange{Before: n.plan}
 	if !n.planned || changed == nil || !sameInputs(in, n.in) {
 		n.full(services, in)
-		return n.plan
+		return n.plan, ch
 	}
 	np := n.plan
 	np.Down, np.Below, np.Health = slices.Clone(np.Down), slices.Clone(np.Below), slices.Clone(np.Health)
 	vips := map[netip.Addr]bool{}
+	ch.Services, ch.VIPs = map[string]bool{}, vips
 	for id := range changed {
 		old, p := n.plans[id], services[id]
 		if old == p {
 			continue
 		}
+		ch.Services[id] = true
 		n.move(id, old, p, vips)
 		np.Down = setMember(np.Down, id, strings.Compare, p != nil && p.AllDown)
 		var below []*types.ServiceBelowThreshold
@@ -63,7 +76,7 @@ func (n *NodePlanner) Plan(services map[string]*ServicePlan, changed map[string]
 		np.VIPs = setMember(np.VIPs, addr, netip.Addr.Compare, slices.ContainsFunc(plans, func(p *ServicePlan) bool { return p.Err == nil }))
 	}
 	n.plan = np
-	return np
+	return np, ch
 }
 
 // full plans every service again.

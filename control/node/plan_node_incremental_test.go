@@ -3,12 +3,15 @@ package node
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -101,7 +104,7 @@ func TestNodePlannerEqualsPlanNode(t *testing.T) {
 		if changed != nil && planner.planned && sameInputs(in, planner.in) {
 			incremental++
 		}
-		got := planner.Plan(plans, changed, in)
+		got, _ := planner.Plan(plans, changed, in)
 		want := PlanNode(plans, in)
 		if diff := nodePlanDiff(got, want); diff != "" {
 			t.Fatalf("step %d: %s", step, diff)
@@ -133,4 +136,74 @@ func nodePlanDiff(a, b NodePlan) string {
 		return fmt.Sprintf("below %v, want %v", a.Below, b.Below)
 	}
 	return ""
+}
+
+// TestNodeReportIncrementalEqualsWhole: reporting a plan a change at a
+// time leaves the same series (server health, services down and below
+// their thresholds, VIP states and bandwidths, VIP counts) and the same
+// status figures as reporting the whole plan to fresh metrics, after each
+// of 1,500 random steps.
+func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	ids := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+	var planner NodePlanner
+	reg := prometheus.NewRegistry()
+	inc := nodeReport{m: NewNodeMetrics(reg), log: slog.New(slog.DiscardHandler)}
+	plans := map[string]*ServicePlan{}
+	in := NodeInputs{}
+	for step := range 1500 {
+		changed := map[string]bool{}
+		for range 1 + rng.IntN(3) {
+			id := ids[rng.IntN(len(ids))]
+			changed[id] = true
+			if rng.IntN(5) == 0 {
+				delete(plans, id)
+			} else {
+				plans[id] = randomNodeFacingPlan(rng, id)
+			}
+		}
+		if rng.IntN(20) == 0 {
+			in = randomNodeInputs(rng, ids)
+		}
+		np, ch := planner.Plan(plans, changed, in)
+		inc.report(np, ch, plans)
+		wholeReg := prometheus.NewRegistry()
+		whole := nodeReport{m: NewNodeMetrics(wholeReg), log: slog.New(slog.DiscardHandler)}
+		whole.report(np, NodeChange{}, plans)
+		if got, want := seriesText(t, reg), seriesText(t, wholeReg); got != want {
+			t.Fatalf("step %d: series\n%s\nwant\n%s", step, got, want)
+		}
+		if inc.serving != whole.serving || inc.announced != whole.announced ||
+			!slices.EqualFunc(inc.notServingStatus(), whole.notServingStatus(), func(a, b *types.VIPStatus) bool { return proto.Equal(a, b) }) {
+			t.Fatalf("step %d: serving %d, announced %d, not serving %v; want %d, %d, %v", step, inc.serving, inc.announced,
+				inc.notServingStatus(), whole.serving, whole.announced, whole.notServingStatus())
+		}
+	}
+}
+
+// seriesText is the node-plan series of reg, one per line, sorted.
+func seriesText(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, f := range families {
+		switch f.GetName() {
+		case "merlin_server_up", "merlin_service_all_servers_down", "merlin_service_below_threshold", "merlin_vip_announced",
+			"merlin_vip_link_bandwidth_bytes", "merlin_vips":
+		default:
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			line := f.GetName()
+			for _, l := range m.GetLabel() {
+				line += fmt.Sprintf(" %s=%q", l.GetName(), l.GetValue())
+			}
+			lines = append(lines, fmt.Sprintf("%s %v", line, m.GetGauge().GetValue()))
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }

@@ -150,6 +150,7 @@ func NewRunner(cfg RunnerConfig, deps RunnerDeps) (*Runner, error) {
 		changed: make(chan struct{}),
 		pass:    newPassState(cfg, len(deps.Sinks)),
 	}
+	r.pass.report = nodeReport{m: r.metrics, log: r.log}
 	r.metrics.declareSinks(append([]string{"ipvs"}, sinkNames(deps.Sinks)...))
 	return r, nil
 }

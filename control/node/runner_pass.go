@@ -29,7 +29,6 @@ type passState struct {
 	guardRev     int64                      // revision a mass deletion is held at (0: none)
 	node         NodePlan
 	nodeIn       NodeInputs      // what node was planned with
-	lastDown     map[string]bool // services reported all down
 	ready        bool            // a pass completed with every check's first result in
 	drain        *store.Drain    // this node's, nil when not draining
 	drainState   DrainState
@@ -55,6 +54,7 @@ type passState struct {
 	// were replaced since the last one.
 	planner     NodePlanner
 	nodeChanged map[string]bool
+	report      nodeReport
 }
 
 func newPassState(cfg RunnerConfig, sinks int) passState {

@@ -36,10 +36,10 @@ func (r *Runner) setSinks(ctx context.Context, desired *store.State, reconciled 
 	changed := r.pass.nodeDirty || !maps.Equal(desired.ServerDrains, r.pass.serverDrains)
 	r.pass.serverDrains = desired.ServerDrains
 	if r.pass.nodeDirty {
-		r.pass.node, r.pass.nodeIn = r.pass.planner.Plan(r.pass.plans, r.pass.nodeChanged, in), in
-		r.pass.nodeChanged = map[string]bool{}
-		r.pass.nodeDirty = false
-		r.reportNode()
+		var ch NodeChange
+		r.pass.node, ch = r.pass.planner.Plan(r.pass.plans, r.pass.nodeChanged, in)
+		r.pass.nodeIn, r.pass.nodeChanged, r.pass.nodeDirty = in, map[string]bool{}, false
+		r.reportNode(ch)
 	}
 	plan := &Plan{Revision: desired.Revision, Services: r.pass.plans, Node: r.pass.node, ServerDrains: desired.ServerDrains}
 	for _, s := range r.sinks {
@@ -136,49 +136,12 @@ func (r *Runner) healthStuck(now time.Time) (string, time.Time) {
 }
 
 // reportNode puts the node plan's health and VIP states into status and
-// metrics.
-func (r *Runner) reportNode() {
+// metrics, ch saying what the plan made anew.
+func (r *Runner) reportNode(ch NodeChange) {
 	np := r.pass.node
-	down := map[string]bool{}
-	for _, id := range np.Down {
-		down[id] = true
-		if !r.pass.lastDown[id] {
-			r.log.Warn("every server of the service is down", "service", id)
-		}
-	}
-	for id := range r.pass.lastDown {
-		if !down[id] {
-			r.log.Info("the service has a server up again", "service", id)
-		}
-	}
-	r.pass.lastDown = down
-	r.metrics.setServicesDown(r.pass.plans, down)
-	r.metrics.setServerHealth(np.Health)
-	var notServing []*types.VIPStatus
-	serving, announced := 0, 0
-	r.metrics.vipAnnounced.Reset()
-	r.metrics.vipBandwidth.Reset()
-	r.metrics.serviceBelow.Reset()
-	for _, b := range np.Below {
-		r.metrics.serviceBelow.WithLabelValues(b.ServiceId, b.Action).Set(1)
-	}
+	r.pass.report.report(np, ch, r.pass.plans)
 	r.metrics.bandwidthShare.Set(r.pass.drainState.Share)
-	for _, v := range np.VIPStates {
-		r.metrics.vipAnnounced.WithLabelValues(v.Addr.String(), string(v.State)).Set(b2f(v.Announce))
-		if v.Route.LinkBandwidth > 0 {
-			r.metrics.vipBandwidth.WithLabelValues(v.Addr.String()).Set(float64(v.Route.LinkBandwidth))
-		}
-		if v.Announce {
-			announced++
-		}
-		if v.State == VIPServed {
-			serving++
-			continue
-		}
-		notServing = append(notServing, &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services, Announced: v.Announce})
-	}
-	r.metrics.vips.WithLabelValues(string(VIPServed)).Set(float64(serving))
-	r.metrics.vips.WithLabelValues("not_serving").Set(float64(len(notServing)))
+	notServing, serving, announced := r.pass.report.notServingStatus(), r.pass.report.serving, r.pass.report.announced
 	r.setStatus(func(st *types.NodeStatus) {
 		st.Servers, st.ServicesDown, st.ServicesBelow = np.Health, np.Down, np.Below
 		st.VipsServing, st.VipsNotServing, st.VipsAnnounced = uint32(serving), notServing, uint32(announced)

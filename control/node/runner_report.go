@@ -1,0 +1,152 @@
+package node
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/merlin-ipvs/merlin/types"
+)
+
+// nodeReport puts the node plan's health and VIP states into metrics and
+// the figures node status shows. After the first report it touches only
+// the series of the services and VIPs a change made anew.
+type nodeReport struct {
+	m          *NodeMetrics
+	log        *slog.Logger
+	serving    int
+	announced  int
+	notServing []notServingVIP // sorted by address
+}
+
+type notServingVIP struct {
+	addr   netip.Addr
+	status *types.VIPStatus
+}
+
+// report takes plan np, ch saying what it made anew of the one before.
+func (r *nodeReport) report(np NodePlan, ch NodeChange, services map[string]*ServicePlan) {
+	if ch.Services == nil {
+		r.all(np, ch.Before, services)
+	} else {
+		for id := range ch.Services {
+			r.service(id, np, ch.Before, services[id] != nil)
+		}
+		for addr := range ch.VIPs {
+			r.vip(addr, np, ch.Before)
+		}
+	}
+	r.m.vips.WithLabelValues(string(VIPServed)).Set(float64(r.serving))
+	r.m.vips.WithLabelValues("not_serving").Set(float64(len(r.notServing)))
+}
+
+// notServingStatus is the VIPs not served, as node status lists them.
+func (r *nodeReport) notServingStatus() []*types.VIPStatus {
+	out := make([]*types.VIPStatus, len(r.notServing))
+	for i, v := range r.notServing {
+		out[i] = v.status
+	}
+	return out
+}
+
+// all reports every service and VIP again.
+func (r *nodeReport) all(np, before NodePlan, services map[string]*ServicePlan) {
+	down := make(map[string]bool, len(np.Down))
+	for _, id := range np.Down {
+		down[id] = true
+	}
+	for _, id := range before.Down {
+		if !down[id] {
+			r.log.Info("the service has a server up again", "service", id)
+		}
+	}
+	for _, id := range np.Down {
+		if _, was := slices.BinarySearch(before.Down, id); !was {
+			r.log.Warn("every server of the service is down", "service", id)
+		}
+	}
+	r.m.setServicesDown(services, down)
+	r.m.setServerHealth(np.Health)
+	r.m.serviceBelow.Reset()
+	for _, b := range np.Below {
+		r.m.serviceBelow.WithLabelValues(b.ServiceId, b.Action).Set(1)
+	}
+	r.m.vipAnnounced.Reset()
+	r.m.vipBandwidth.Reset()
+	r.serving, r.announced, r.notServing = 0, 0, nil
+	for _, v := range np.VIPStates {
+		r.add(v)
+	}
+}
+
+// service reports service id anew.
+func (r *nodeReport) service(id string, np, before NodePlan, exists bool) {
+	_, was := slices.BinarySearch(before.Down, id)
+	_, is := slices.BinarySearch(np.Down, id)
+	switch {
+	case is && !was:
+		r.log.Warn("every server of the service is down", "service", id)
+	case was && !is:
+		r.log.Info("the service has a server up again", "service", id)
+	}
+	r.m.setServiceDown(id, exists, is)
+	r.m.replaceServerHealth(runOf(before.Health, id), runOf(np.Health, id))
+	for _, b := range runOf(before.Below, id) {
+		r.m.serviceBelow.DeleteLabelValues(b.ServiceId, b.Action)
+	}
+	for _, b := range runOf(np.Below, id) {
+		r.m.serviceBelow.WithLabelValues(b.ServiceId, b.Action).Set(1)
+	}
+}
+
+// vip reports addr's state anew.
+func (r *nodeReport) vip(addr netip.Addr, np, before NodePlan) {
+	if old, ok := vipStateOf(before.VIPStates, addr); ok {
+		r.m.vipAnnounced.DeleteLabelValues(addr.String(), string(old.State))
+		r.m.vipBandwidth.DeleteLabelValues(addr.String())
+		r.serving -= b2i(old.State == VIPServed)
+		r.announced -= b2i(old.Announce)
+		if i, found := slices.BinarySearchFunc(r.notServing, addr, byNotServingAddr); found {
+			r.notServing = slices.Delete(r.notServing, i, i+1)
+		}
+	}
+	if v, ok := vipStateOf(np.VIPStates, addr); ok {
+		r.add(v)
+	}
+}
+
+// add reports a VIP that is not reported yet.
+func (r *nodeReport) add(v VIPState) {
+	r.m.vipAnnounced.WithLabelValues(v.Addr.String(), string(v.State)).Set(b2f(v.Announce))
+	if v.Route.LinkBandwidth > 0 {
+		r.m.vipBandwidth.WithLabelValues(v.Addr.String()).Set(float64(v.Route.LinkBandwidth))
+	}
+	r.announced += b2i(v.Announce)
+	if v.State == VIPServed {
+		r.serving++
+		return
+	}
+	st := &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services, Announced: v.Announce}
+	i, _ := slices.BinarySearchFunc(r.notServing, v.Addr, byNotServingAddr)
+	r.notServing = slices.Insert(r.notServing, i, notServingVIP{addr: v.Addr, status: st})
+}
+
+func byNotServingAddr(v notServingVIP, a netip.Addr) int { return v.addr.Compare(a) }
+
+// runOf is the run of list (sorted by service ID) that is service id's.
+func runOf[E interface{ GetServiceId() string }](list []E, id string) []E {
+	lo, _ := slices.BinarySearchFunc(list, id, byServiceID[E])
+	hi := lo
+	for hi < len(list) && strings.Compare(list[hi].GetServiceId(), id) == 0 {
+		hi++
+	}
+	return list[lo:hi]
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
