@@ -28,9 +28,9 @@ type passState struct {
 	sinkFail     *failures                  // sinks whose last Set failed (objectID.service is the name)
 	guardRev     int64                      // revision a mass deletion is held at (0: none)
 	node         NodePlan
-	nodeIn       NodeInputs      // what node was planned with
-	ready        bool            // a pass completed with every check's first result in
-	drain        *store.Drain    // this node's, nil when not draining
+	nodeIn       NodeInputs   // what node was planned with
+	ready        bool         // a pass completed with every check's first result in
+	drain        *store.Drain // this node's, nil when not draining
 	drainState   DrainState
 	serverDrains map[string]store.ServerDrain // as the sinks were last given
 	drainEnds    time.Time                    // when a drain moves on (zero: not draining, or past it)
