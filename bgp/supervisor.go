@@ -339,11 +339,17 @@ func (s *Supervised) Set(ctx context.Context, routes []Route) error {
 	}
 	s.wantGen++
 	s.mu.Unlock()
+	return s.give(ctx, "Set", routes)
+}
+
+// give tells the running speaker, if any, what changed of the routes
+// wanted (Set or Update).
+func (s *Supervised) give(ctx context.Context, method string, args any) error {
 	c, err := s.speakerFor()
 	if c == nil {
 		return err
 	}
-	return s.tell(ctx, c, "Set", routes)
+	return s.tell(ctx, c, method, args)
 }
 
 // speakerFor is the running speaker to give routes to; without one the
@@ -408,11 +414,7 @@ func (s *Supervised) Update(ctx context.Context, changes Changes) error {
 	}
 	s.wantGen++
 	s.mu.Unlock()
-	c, err := s.speakerFor()
-	if c == nil {
-		return err
-	}
-	return s.tell(ctx, c, "Update", ch)
+	return s.give(ctx, "Update", ch)
 }
 
 // refused asks the running speaker for its refusal count.

@@ -57,6 +57,21 @@ func randomNodeFacingPlan(rng *rand.Rand, id string) *ServicePlan {
 	return sp
 }
 
+// randomChanges replaces, adds or removes one to three services' plans.
+func randomChanges(rng *rand.Rand, ids []string, plans map[string]*ServicePlan) map[string]bool {
+	changed := map[string]bool{}
+	for range 1 + rng.IntN(3) {
+		id := ids[rng.IntN(len(ids))]
+		changed[id] = true
+		if rng.IntN(5) == 0 {
+			delete(plans, id)
+		} else {
+			plans[id] = randomNodeFacingPlan(rng, id)
+		}
+	}
+	return changed
+}
+
 func randomNodeInputs(rng *rand.Rand, ids []string) NodeInputs {
 	in := NodeInputs{LinkBandwidth: LinkBandwidthInputs{PerWeight: MinLinkBandwidth}}
 	switch rng.IntN(6) {
@@ -85,16 +100,7 @@ func TestNodePlannerEqualsPlanNode(t *testing.T) {
 	var prev, prevWant NodePlan
 	incremental := 0
 	for step := range 3000 {
-		changed := map[string]bool{}
-		for range 1 + rng.IntN(3) {
-			id := ids[rng.IntN(len(ids))]
-			changed[id] = true
-			if rng.IntN(5) == 0 {
-				delete(plans, id)
-			} else {
-				plans[id] = randomNodeFacingPlan(rng, id)
-			}
-		}
+		changed := randomChanges(rng, ids, plans)
 		if rng.IntN(15) == 0 {
 			in = randomNodeInputs(rng, ids)
 		}
@@ -152,16 +158,7 @@ func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
 	plans := map[string]*ServicePlan{}
 	in := NodeInputs{}
 	for step := range 1500 {
-		changed := map[string]bool{}
-		for range 1 + rng.IntN(3) {
-			id := ids[rng.IntN(len(ids))]
-			changed[id] = true
-			if rng.IntN(5) == 0 {
-				delete(plans, id)
-			} else {
-				plans[id] = randomNodeFacingPlan(rng, id)
-			}
-		}
+		changed := randomChanges(rng, ids, plans)
 		if rng.IntN(20) == 0 {
 			in = randomNodeInputs(rng, ids)
 		}
