@@ -261,3 +261,25 @@ func TestBatchContextEndedSendsNothing(t *testing.T) {
 		t.Errorf("Apply with an ended context: %v, %d ops sent", err, k.ops)
 	}
 }
+
+// TestAppendMessages: the datagram the socket sends is what netlink.Conn
+// sends for the same messages, byte for byte (headers, data, padding).
+func TestAppendMessages(t *testing.T) {
+	var msgs []netlink.Message
+	var want []byte
+	for i := range 50 {
+		m := netlink.Message{Header: netlink.Header{Length: uint32(nlmsgHdrLen+i%9+3) &^ 3, Type: 42, Flags: netlink.Request | netlink.Acknowledge,
+			Sequence: uint32(1000 + i), PID: 7}, Data: make([]byte, i%9)}
+		for j := range m.Data {
+			m.Data[j] = byte(i + j)
+		}
+		b, err := m.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs, want = append(msgs, m), append(want, b...)
+	}
+	if got := appendMessages([]byte{1, 2, 3}[:0], msgs); !slices.Equal(got, want) {
+		t.Fatalf("datagram of %d bytes differs from netlink.Conn's (%d bytes)", len(got), len(want))
+	}
+}

@@ -43,6 +43,24 @@ const (
 	nlmsgerrAttrMsg = 1
 )
 
+// appendMessages appends msgs to b as one datagram, each as netlink.Conn
+// sends it: the header with the length padded to 4 bytes, the data, the
+// padding.
+func appendMessages(b []byte, msgs []netlink.Message) []byte {
+	for _, m := range msgs {
+		b = binary.NativeEndian.AppendUint32(b, uint32(nlmsgHdrLen+len(m.Data)+3)&^3)
+		b = binary.NativeEndian.AppendUint16(b, uint16(m.Header.Type))
+		b = binary.NativeEndian.AppendUint16(b, uint16(m.Header.Flags))
+		b = binary.NativeEndian.AppendUint32(b, m.Header.Sequence)
+		b = binary.NativeEndian.AppendUint32(b, m.Header.PID)
+		b = append(b, m.Data...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+	}
+	return b
+}
+
 // nlMessage is one netlink message inside a datagram.
 type nlMessage struct {
 	typ   uint16
