@@ -43,38 +43,48 @@ func (n *NodePlanner) Plan(services map[string]*ServicePlan, changed map[string]
 		return n.plan, ch
 	}
 	np := n.plan
-	np.Down, np.Below, np.Health = slices.Clone(np.Down), slices.Clone(np.Below), slices.Clone(np.Health)
 	vips := map[netip.Addr]bool{}
 	ch.Services, ch.VIPs = map[string]bool{}, vips
 	for id := range changed {
-		old, p := n.plans[id], services[id]
-		if old == p {
-			continue
+		if old, p := n.plans[id], services[id]; old != p {
+			ch.Services[id] = true
+			n.move(id, old, p, vips)
 		}
-		ch.Services[id] = true
-		n.move(id, old, p, vips)
-		np.Down = setMember(np.Down, id, strings.Compare, p != nil && p.AllDown)
-		var below []*types.ServiceBelowThreshold
-		if p != nil && p.Below != nil {
-			below = []*types.ServiceBelowThreshold{belowStatus(id, p.Below)}
-		}
-		np.Below = replaceRun(np.Below, id, byServiceID[*types.ServiceBelowThreshold], below)
-		var health []*types.ServerHealth
-		if p != nil {
-			health = appendHealth(nil, p)
-		}
-		np.Health = replaceRun(np.Health, id, byServiceID[*types.ServerHealth], health)
 	}
-	np.VIPStates, np.VIPs = slices.Clone(np.VIPStates), slices.Clone(np.VIPs)
-	for addr := range vips {
-		plans := n.byVIP[addr]
-		var st []VIPState
-		if len(plans) > 0 {
-			st = []VIPState{vipState(addr, plans, in)}
+	// Each list is copied once, the changed runs spliced in: a change of k
+	// services costs the list's length plus k, not k times it.
+	ids := slices.Sorted(maps.Keys(ch.Services))
+	np.Down = splice(np.Down, ids, func(id string) string { return id }, strings.Compare, func(id string) []string {
+		if p := services[id]; p != nil && p.AllDown {
+			return []string{id}
 		}
-		np.VIPStates = replaceRun(np.VIPStates, addr, func(v VIPState, a netip.Addr) int { return v.Addr.Compare(a) }, st)
-		np.VIPs = setMember(np.VIPs, addr, netip.Addr.Compare, slices.ContainsFunc(plans, func(p *ServicePlan) bool { return p.Err == nil }))
-	}
+		return nil
+	})
+	np.Below = splice(np.Below, ids, (*types.ServiceBelowThreshold).GetServiceId, strings.Compare, func(id string) []*types.ServiceBelowThreshold {
+		if p := services[id]; p != nil && p.Below != nil {
+			return []*types.ServiceBelowThreshold{belowStatus(id, p.Below)}
+		}
+		return nil
+	})
+	np.Health = splice(np.Health, ids, (*types.ServerHealth).GetServiceId, strings.Compare, func(id string) []*types.ServerHealth {
+		if p := services[id]; p != nil {
+			return appendHealth(nil, p)
+		}
+		return nil
+	})
+	addrs := slices.SortedFunc(maps.Keys(vips), netip.Addr.Compare)
+	np.VIPStates = splice(np.VIPStates, addrs, func(v VIPState) netip.Addr { return v.Addr }, netip.Addr.Compare, func(a netip.Addr) []VIPState {
+		if plans := n.byVIP[a]; len(plans) > 0 {
+			return []VIPState{vipState(a, plans, in)}
+		}
+		return nil
+	})
+	np.VIPs = splice(np.VIPs, addrs, func(a netip.Addr) netip.Addr { return a }, netip.Addr.Compare, func(a netip.Addr) []netip.Addr {
+		if slices.ContainsFunc(n.byVIP[a], func(p *ServicePlan) bool { return p.Err == nil }) {
+			return []netip.Addr{a}
+		}
+		return nil
+	})
 	n.plan = np
 	return np, ch
 }
@@ -122,32 +132,22 @@ func sameInputs(a, b NodeInputs) bool {
 		maps.Equal(a.Failed, b.Failed)
 }
 
-// replaceRun replaces the run of elements of list (sorted, cmp comparing
-// an element's key with k) whose key is k by with, in place: list is a
-// copy.
-func replaceRun[E, K any](list []E, k K, cmp func(E, K) int, with []E) []E {
-	lo, _ := slices.BinarySearchFunc(list, k, cmp)
-	hi := lo
-	for hi < len(list) && cmp(list[hi], k) == 0 {
-		hi++
+// splice is a copy of list (sorted by key) with the run of each of keys
+// (sorted) replaced by with(key), in one pass.
+func splice[E, K any](list []E, keys []K, key func(E) K, cmp func(a, b K) int, with func(K) []E) []E {
+	out := make([]E, 0, len(list)+len(keys))
+	i := 0
+	for _, k := range keys {
+		j, _ := slices.BinarySearchFunc(list[i:], k, func(e E, k K) int { return cmp(key(e), k) })
+		j += i
+		out = append(out, list[i:j]...)
+		for j < len(list) && cmp(key(list[j]), k) == 0 {
+			j++
+		}
+		out = append(out, with(k)...)
+		i = j
 	}
-	return slices.Replace(list, lo, hi, with...)
-}
-
-// setMember puts v into the sorted list (a copy) or takes it out.
-func setMember[E any](list []E, v E, cmp func(a, b E) int, in bool) []E {
-	i, found := slices.BinarySearchFunc(list, v, cmp)
-	switch {
-	case in && !found:
-		return slices.Insert(list, i, v)
-	case !in && found:
-		return slices.Delete(list, i, i+1)
-	}
-	return list
-}
-
-func byServiceID[E interface{ GetServiceId() string }](e E, id string) int {
-	return strings.Compare(e.GetServiceId(), id)
+	return append(out, list[i:]...)
 }
 
 // belowStatus is how node status shows a service below its threshold.

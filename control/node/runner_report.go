@@ -2,6 +2,7 @@ package node
 
 import (
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -33,9 +34,7 @@ func (r *nodeReport) report(np NodePlan, ch NodeChange, services map[string]*Ser
 		for id := range ch.Services {
 			r.service(id, np, ch.Before, services[id] != nil)
 		}
-		for addr := range ch.VIPs {
-			r.vip(addr, np, ch.Before)
-		}
+		r.vips(slices.SortedFunc(maps.Keys(ch.VIPs), netip.Addr.Compare), np, ch.Before)
 	}
 	r.m.vips.WithLabelValues(string(VIPServed)).Set(float64(r.serving))
 	r.m.vips.WithLabelValues("not_serving").Set(float64(len(r.notServing)))
@@ -76,7 +75,9 @@ func (r *nodeReport) all(np, before NodePlan, services map[string]*ServicePlan) 
 	r.m.vipBandwidth.Reset()
 	r.serving, r.announced, r.notServing = 0, 0, nil
 	for _, v := range np.VIPStates {
-		r.add(v)
+		if st := r.add(v); st != nil {
+			r.notServing = append(r.notServing, notServingVIP{addr: v.Addr, status: st})
+		}
 	}
 }
 
@@ -100,24 +101,33 @@ func (r *nodeReport) service(id string, np, before NodePlan, exists bool) {
 	}
 }
 
-// vip reports addr's state anew.
-func (r *nodeReport) vip(addr netip.Addr, np, before NodePlan) {
-	if old, ok := vipStateOf(before.VIPStates, addr); ok {
-		r.m.vipAnnounced.DeleteLabelValues(addr.String(), string(old.State))
-		r.m.vipBandwidth.DeleteLabelValues(addr.String())
-		r.serving -= b2i(old.State == VIPServed)
-		r.announced -= b2i(old.Announce)
-		if i, found := slices.BinarySearchFunc(r.notServing, addr, byNotServingAddr); found {
-			r.notServing = slices.Delete(r.notServing, i, i+1)
+// vips reports the states of addrs (sorted) anew; the list of VIPs not
+// served is copied once, the changed ones spliced in.
+func (r *nodeReport) vips(addrs []netip.Addr, np, before NodePlan) {
+	now := make(map[netip.Addr]*types.VIPStatus, len(addrs))
+	for _, addr := range addrs {
+		if old, ok := vipStateOf(before.VIPStates, addr); ok {
+			r.m.vipAnnounced.DeleteLabelValues(addr.String(), string(old.State))
+			r.m.vipBandwidth.DeleteLabelValues(addr.String())
+			r.serving -= b2i(old.State == VIPServed)
+			r.announced -= b2i(old.Announce)
+		}
+		if v, ok := vipStateOf(np.VIPStates, addr); ok {
+			now[addr] = r.add(v)
 		}
 	}
-	if v, ok := vipStateOf(np.VIPStates, addr); ok {
-		r.add(v)
-	}
+	r.notServing = splice(r.notServing, addrs, func(v notServingVIP) netip.Addr { return v.addr }, netip.Addr.Compare,
+		func(a netip.Addr) []notServingVIP {
+			if st := now[a]; st != nil {
+				return []notServingVIP{{addr: a, status: st}}
+			}
+			return nil
+		})
 }
 
-// add reports a VIP that is not reported yet.
-func (r *nodeReport) add(v VIPState) {
+// add reports a VIP's series and counts; it returns its status when it is
+// not served.
+func (r *nodeReport) add(v VIPState) *types.VIPStatus {
 	r.m.vipAnnounced.WithLabelValues(v.Addr.String(), string(v.State)).Set(b2f(v.Announce))
 	if v.Route.LinkBandwidth > 0 {
 		r.m.vipBandwidth.WithLabelValues(v.Addr.String()).Set(float64(v.Route.LinkBandwidth))
@@ -125,18 +135,14 @@ func (r *nodeReport) add(v VIPState) {
 	r.announced += b2i(v.Announce)
 	if v.State == VIPServed {
 		r.serving++
-		return
+		return nil
 	}
-	st := &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services, Announced: v.Announce}
-	i, _ := slices.BinarySearchFunc(r.notServing, v.Addr, byNotServingAddr)
-	r.notServing = slices.Insert(r.notServing, i, notServingVIP{addr: v.Addr, status: st})
+	return &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services, Announced: v.Announce}
 }
-
-func byNotServingAddr(v notServingVIP, a netip.Addr) int { return v.addr.Compare(a) }
 
 // runOf is the run of list (sorted by service ID) that is service id's.
 func runOf[E interface{ GetServiceId() string }](list []E, id string) []E {
-	lo, _ := slices.BinarySearchFunc(list, id, byServiceID[E])
+	lo, _ := slices.BinarySearchFunc(list, id, func(e E, id string) int { return strings.Compare(e.GetServiceId(), id) })
 	hi := lo
 	for hi < len(list) && strings.Compare(list[hi].GetServiceId(), id) == 0 {
 		hi++
