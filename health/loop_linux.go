@@ -44,6 +44,15 @@ func rawConnect(fd int, sa unsafe.Pointer, saLen uintptr) error {
 
 func rawClose(fd int) { _, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
 
+var unspecified = unix.RawSockaddr{Family: unix.AF_UNSPEC}
+
+// rawDisconnect ends a TCP socket's connection and keeps the socket for
+// the next connect: connect(AF_UNSPEC) resets an established connection,
+// abandons one still connecting and releases the local port.
+func rawDisconnect(fd int) error {
+	return rawConnect(fd, unsafe.Pointer(&unspecified), unsafe.Sizeof(unspecified))
+}
+
 func rawSoError(fd int) (int, error) {
 	var v int32
 	l := uint32(4)
@@ -130,7 +139,8 @@ type loopCheck struct {
 	due   time.Time // scheduled start of the current or last probe
 	start time.Time
 	phase int
-	fd    int
+	fd    int  // the probe's socket; -1 when none is open
+	held  bool // fd outlives the probe (counted in probeLoop.held)
 	sent  int
 	buf   [256]byte
 	n     int
@@ -177,7 +187,19 @@ type probeLoop struct {
 	byFD   map[int32]*loopCheck
 	byRun  map[*runner]*loopCheck
 	events []unix.EpollEvent
+	held   int // sockets kept between probes
 }
+
+// maxHeldSockets bounds the sockets kept open between probes (each holds
+// a few KiB of kernel memory and a descriptor); checks beyond it open a
+// socket per probe.
+const maxHeldSockets = 4096
+
+// probeEvents is what the loop waits for on every probe socket,
+// edge-triggered: a socket stays registered across the probes it serves,
+// and epoll_wait reports the state at the time it returns, so a report
+// queued for the socket's previous connection does not outlive it.
+const probeEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // newProbeLoop starts a loop; its goroutine is counted in wg.
 func newProbeLoop(m *Monitor, wg *sync.WaitGroup) (*probeLoop, error) {
@@ -231,7 +253,7 @@ func (l *probeLoop) shutdown() {
 func (l *probeLoop) run() {
 	defer func() {
 		for _, lc := range l.byRun {
-			l.closeProbe(lc)
+			l.closeSocket(lc)
 		}
 		unix.Close(l.epfd)
 		unix.Close(l.wakeFD)
@@ -242,7 +264,7 @@ func (l *probeLoop) run() {
 			// Round up: waking a little early would only spin.
 			wait = max(0, int((time.Until(l.due[0].next)+time.Millisecond-1)/time.Millisecond))
 		}
-		n, err := unix.EpollWait(l.epfd, l.events, wait)
+		n, err := l.poll(wait)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.m.log.Error("health probe loop: epoll_wait failed; probes stop", "error", err)
 			return
@@ -256,7 +278,7 @@ func (l *probeLoop) run() {
 				continue
 			}
 			if lc, ok := l.byFD[ev.Fd]; ok {
-				l.advance(lc, now)
+				l.advance(lc, now, ev.Events)
 			}
 		}
 		for len(l.due) > 0 && !l.due[0].next.After(now) {
@@ -268,6 +290,18 @@ func (l *probeLoop) run() {
 			}
 		}
 	}
+}
+
+// poll waits up to wait milliseconds (-1: no limit) for socket events.
+// Events already queued are taken with a raw system call, which cannot
+// block; only a wait that may block goes through the runtime's system call
+// path, so that the loop's P can run other goroutines meanwhile.
+func (l *probeLoop) poll(wait int) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
+	if e != 0 || n > 0 || wait == 0 {
+		return int(n), rawErr(e)
+	}
+	return unix.EpollWait(l.epfd, l.events, wait)
 }
 
 // takeCommands applies queued adds and removes; false means stop.
@@ -298,7 +332,7 @@ func (l *probeLoop) takeCommands(now time.Time) bool {
 		}
 		if r := c.remove; r != nil {
 			if lc, ok := l.byRun[r]; ok {
-				l.closeProbe(lc)
+				l.closeSocket(lc)
 				heap.Remove(&l.due, lc.index)
 				delete(l.byRun, r)
 			}
@@ -316,47 +350,52 @@ func (l *probeLoop) startProbe(lc *loopCheck, now time.Time) {
 		l.finish(lc, now, fail(ReasonOther, "method, path or host has spaces or control characters"))
 		return
 	}
-	fd, err := unix.Socket(lc.addr.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		l.finish(lc, now, os.NewSyscallError("socket", err))
-		return
-	}
-	lc.fd, lc.phase, lc.sent, lc.n = fd, phaseConnecting, 0, 0
-	l.byFD[int32(fd)] = lc
-	if err := pathSocket(fd, c); err != nil {
-		l.finish(lc, now, l.opError("dial", lc, err))
-		return
+	lc.phase, lc.sent, lc.n = phaseConnecting, 0, 0
+	if lc.fd < 0 {
+		if err := l.openSocket(lc); err != nil {
+			l.finish(lc, now, err)
+			return
+		}
 	}
 	sa, saLen := lc.addr.ptr()
-	if err := rawConnect(fd, sa, saLen); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+	if err := rawConnect(lc.fd, sa, saLen); err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		l.finish(lc, now, l.opError("dial", lc, os.NewSyscallError("connect", err)))
-		return
-	}
-	// Added after connect: a socket not yet connecting would report a
-	// hang-up. Level-triggered, so a connect already done is reported too.
-	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, unix.EPOLLOUT); err != nil {
-		l.finish(lc, now, os.NewSyscallError("epoll_ctl", err))
 	}
 }
 
-// advance moves a probe on after its socket became ready.
-func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
+// openSocket gives lc a socket registered with the loop's epoll set. A
+// plain check keeps it for its later probes (while fewer than
+// maxHeldSockets are kept); a check through the VIP opens one per probe,
+// so that its source address follows the routes.
+func (l *probeLoop) openSocket(lc *loopCheck) error {
+	c := lc.r.check
+	fd, err := unix.Socket(lc.addr.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	lc.fd = fd
+	l.byFD[int32(fd)] = lc
+	if err := pathSocket(fd, c); err != nil {
+		return l.opError("dial", lc, err)
+	}
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, probeEvents); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	if c.Mark == 0 && l.held < maxHeldSockets {
+		lc.held = true
+		l.held++
+	}
+	return nil
+}
+
+// advance moves a probe on after epoll reported its socket.
+func (l *probeLoop) advance(lc *loopCheck, now time.Time, events uint32) {
 	switch lc.phase {
 	case phaseConnecting:
-		soErr, err := rawSoError(lc.fd)
-		switch {
-		case err != nil:
-			l.finish(lc, now, os.NewSyscallError("getsockopt", err))
+		if done, err := l.connected(lc, events); !done {
 			return
-		case soErr != 0:
-			if e := unix.Errno(soErr); e == unix.EINPROGRESS || e == unix.EALREADY || e == unix.EINTR {
-				return
-			}
-			l.finish(lc, now, l.opError("dial", lc, os.NewSyscallError("connect", unix.Errno(soErr))))
-			return
-		}
-		if lc.r.check.Kind == TCP {
-			l.finish(lc, now, nil)
+		} else if err != nil || lc.r.check.Kind == TCP {
+			l.finish(lc, now, err)
 			return
 		}
 		lc.phase = phaseSending
@@ -374,9 +413,6 @@ func (l *probeLoop) advance(lc *loopCheck, now time.Time) {
 			return
 		}
 		lc.phase = phaseReading
-		if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, lc.fd, unix.EPOLLIN|unix.EPOLLRDHUP); err != nil {
-			l.finish(lc, now, os.NewSyscallError("epoll_ctl", err))
-		}
 	case phaseReading:
 		n, err := rawRead(lc.fd, lc.buf[lc.n:])
 		switch {
@@ -436,13 +472,53 @@ func (l *probeLoop) finish(lc *loopCheck, now time.Time, err error) {
 	heap.Fix(&l.due, lc.index)
 }
 
-// closeProbe closes a probe's socket with a reset (see probeConn.reset).
+// connected says whether a connecting probe's socket is done connecting,
+// and with what error. Writable without an error or hang-up is connected
+// (no system call); otherwise the socket's error says why.
+func (l *probeLoop) connected(lc *loopCheck, events uint32) (bool, error) {
+	if events&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		return events&unix.EPOLLOUT != 0, nil
+	}
+	soErr, err := rawSoError(lc.fd)
+	switch e := unix.Errno(soErr); {
+	case err != nil:
+		return true, os.NewSyscallError("getsockopt", err)
+	case e == unix.EINPROGRESS || e == unix.EALREADY || e == unix.EINTR:
+		return false, nil
+	case e != 0:
+		return true, l.opError("dial", lc, os.NewSyscallError("connect", e))
+	case events&unix.EPOLLHUP != 0:
+		return true, l.opError("dial", lc, os.NewSyscallError("connect", unix.ECONNRESET))
+	}
+	return events&unix.EPOLLOUT != 0, nil
+}
+
+// closeProbe ends the probe in flight. A held socket is disconnected for
+// the next probe (a reset, as closeSocket sends); any other is closed.
 func (l *probeLoop) closeProbe(lc *loopCheck) {
+	if lc.fd >= 0 && lc.held && lc.phase != phaseIdle && rawDisconnect(lc.fd) != nil {
+		l.closeSocket(lc)
+	}
+	if !lc.held {
+		l.closeSocket(lc)
+	}
+	lc.phase = phaseIdle
+}
+
+// closeSocket closes lc's socket, with a reset if a connection is open (see
+// probeConn.reset).
+func (l *probeLoop) closeSocket(lc *loopCheck) {
 	if lc.fd < 0 {
 		return
 	}
-	rawSetResetOnClose(lc.fd)
+	if lc.phase != phaseIdle {
+		rawSetResetOnClose(lc.fd)
+	}
 	delete(l.byFD, int32(lc.fd))
 	rawClose(lc.fd) // also leaves the epoll set
+	if lc.held {
+		lc.held = false
+		l.held--
+	}
 	lc.fd, lc.phase = -1, phaseIdle
 }

@@ -1,0 +1,113 @@
+package health
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/merlin-ipvs/merlin/internal/testenv"
+)
+
+// fullListener listens with an accept queue of one and fills it with the
+// returned connection, so the kernel drops every further SYN until the test
+// accepts.
+func fullListener(t *testing.T) (net.Listener, net.Conn) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	defer f.Close()
+	// As net.Listen does: the port can be listened on again while its
+	// closed connections wait in TIME_WAIT.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	filler, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return ln, filler
+}
+
+// A check's socket outlives its probes: after connects that timed out (the
+// server dropped the SYN) the same check connects again once the server
+// accepts, and after a refused port it sees the listener that came back.
+func TestProbeLoopReusesSocketsAcrossOutcomes(t *testing.T) {
+	ln, filler := fullListener(t)
+	c := Check{Kind: TCP, Target: addrOf(t, ln.Addr()), Interval: 20 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 1, Fall: 1}
+	obs := &reasonObserver{reason: map[Check]string{}}
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+	defer m.Close()
+	m.Set(map[Check]bool{c: true})
+	obs.waitReason(t, c, ReasonTimeout)
+	acceptAndClose(ln)
+	obs.waitReason(t, c, "ok")
+	ln.Close()
+	filler.Close() // its port would stay taken
+	obs.waitReason(t, c, ReasonRefused)
+	again, err := net.Listen("tcp", c.Target.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	obs.waitReason(t, c, "ok")
+}
+
+// openFiles counts the process's open descriptors.
+func openFiles(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
+}
+
+// The sockets a check keeps between probes are closed when the check goes
+// and when the monitor closes.
+func TestProbeLoopReleasesSockets(t *testing.T) {
+	up := listen(t)
+	refused := freeAddr(t)
+	before := openFiles(t)
+	obs := &countingObserver{}
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+	base := Check{Kind: TCP, Interval: 20 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 1, Fall: 1}
+	checks := map[Check]bool{}
+	for _, target := range []net.Addr{up.Addr(), net.TCPAddrFromAddrPort(refused)} {
+		c := base
+		c.Target = addrOf(t, target)
+		checks[c] = true
+		c.Kind, c.Path = HTTP, "/"
+		checks[c] = true
+	}
+	m.Set(checks)
+	testenv.Eventually(t, "40 probes", func() bool { return obs.probes.Load() >= 40 })
+	m.Set(map[Check]bool{})
+	testenv.Eventually(t, "the descriptors of before the checks", func() bool { return openFiles(t) == before })
+	m.Set(checks)
+	probes := obs.probes.Load()
+	testenv.Eventually(t, "40 more probes", func() bool { return obs.probes.Load() >= probes+40 })
+	m.Close()
+	if n := openFiles(t); n != before {
+		t.Fatalf("%d descriptors open after Close, %d before the monitor", n, before)
+	}
+}
