@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -28,7 +29,12 @@ import (
 // (RawSyscall): the runtime's syscall bookkeeping would, for calls that are
 // long only because the kernel does the work inline (a connect over veth
 // runs the whole handshake), hand the loop's P to another thread and take
-// it back, waking threads on every probe. Only epoll_wait blocks.
+// it back, waking threads on every probe. The loop never blocks in a
+// system call either: it waits in the runtime's own poller, where its epoll
+// set is registered (an epoll set is readable while it has events) with a
+// deadline for the next due time. A goroutine blocked in epoll_wait would
+// keep the runtime's monitor thread retaking its P at every wait, which
+// under emulation was a third of the checker's CPU.
 
 func rawErr(errno unix.Errno) error {
 	if errno != 0 {
@@ -174,9 +180,11 @@ type loopCommand struct {
 }
 
 type probeLoop struct {
-	m      *Monitor
-	epfd   int
-	wakeFD int // an eventfd: commands are waiting
+	m       *Monitor
+	epfd    int
+	epoll   *os.File        // epfd, registered with the runtime's poller
+	waiting syscall.RawConn // of epoll
+	wakeFD  int             // an eventfd: commands are waiting
 
 	mu       sync.Mutex
 	commands []loopCommand
@@ -219,12 +227,38 @@ func newProbeLoop(m *Monitor, wg *sync.WaitGroup) (*probeLoop, error) {
 	}
 	l := &probeLoop{m: m, epfd: epfd, wakeFD: wake,
 		byFD: map[int32]*loopCheck{}, byRun: map[*runner]*loopCheck{}, events: make([]unix.EpollEvent, 256)}
+	if err := l.registerEpoll(); err != nil {
+		unix.Close(wake)
+		return nil, err
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		l.run()
 	}()
 	return l, nil
+}
+
+// registerEpoll hands the epoll set to the runtime's poller, so that the
+// loop can wait for it with a deadline; it owns epfd from then on.
+func (l *probeLoop) registerEpoll() error {
+	if err := unix.SetNonblock(l.epfd, true); err != nil {
+		unix.Close(l.epfd)
+		return fmt.Errorf("epoll set non-blocking: %w", err)
+	}
+	// Non-blocking, so os.NewFile registers it with the poller.
+	l.epoll = os.NewFile(uintptr(l.epfd), "health-probe-epoll")
+	raw, err := l.epoll.SyscallConn()
+	if err == nil {
+		// Only a descriptor in the poller takes deadlines.
+		err = l.epoll.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		l.epoll.Close()
+		return fmt.Errorf("epoll set in the runtime's poller: %w", err)
+	}
+	l.waiting = raw
+	return nil
 }
 
 // send queues a command for the loop; it never blocks, so the monitor may
@@ -255,17 +289,16 @@ func (l *probeLoop) run() {
 		for _, lc := range l.byRun {
 			l.closeSocket(lc)
 		}
-		unix.Close(l.epfd)
+		l.epoll.Close()
 		unix.Close(l.wakeFD)
 	}()
 	for {
-		wait := -1
+		var until time.Time
 		if len(l.due) > 0 {
-			// Round up: waking a little early would only spin.
-			wait = max(0, int((time.Until(l.due[0].next)+time.Millisecond-1)/time.Millisecond))
+			until = l.due[0].next
 		}
-		n, err := l.poll(wait)
-		if err != nil && !errors.Is(err, unix.EINTR) {
+		n, err := l.poll(until)
+		if err != nil {
 			l.m.log.Error("health probe loop: epoll_wait failed; probes stop", "error", err)
 			return
 		}
@@ -281,27 +314,65 @@ func (l *probeLoop) run() {
 				l.advance(lc, now, ev.Events)
 			}
 		}
-		for len(l.due) > 0 && !l.due[0].next.After(now) {
-			lc := l.due[0]
-			if lc.phase == phaseIdle {
-				l.startProbe(lc, now)
-			} else {
-				l.finish(lc, now, l.timeoutError(lc))
-			}
+		l.runDue(now)
+	}
+}
+
+// maxStartSlack bounds how early a probe may start: the loop wakes for the
+// first start due and takes the others due within the slack with it, as
+// timer slack does, so that at hundreds of starts a second a wake-up
+// serves several. Deadlines are kept exactly.
+const maxStartSlack = 5 * time.Millisecond
+
+// runDue starts the probes due by now (or within their slack) and ends
+// those whose deadline has passed.
+func (l *probeLoop) runDue(now time.Time) {
+	for len(l.due) > 0 {
+		lc := l.due[0]
+		c := lc.r.check
+		switch {
+		case lc.phase != phaseIdle && !lc.next.After(now):
+			l.finish(lc, now, l.timeoutError(lc))
+		case lc.phase == phaseIdle && !lc.next.After(now.Add(min(maxStartSlack, c.Interval/16))):
+			l.startProbe(lc, now)
+		default:
+			return
 		}
 	}
 }
 
-// poll waits up to wait milliseconds (-1: no limit) for socket events.
-// Events already queued are taken with a raw system call, which cannot
-// block; only a wait that may block goes through the runtime's system call
-// path, so that the loop's P can run other goroutines meanwhile.
-func (l *probeLoop) poll(wait int) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
-	if e != 0 || n > 0 || wait == 0 {
-		return int(n), rawErr(e)
+// poll takes the events queued on the loop's sockets, waiting for some
+// until the deadline (zero: no deadline) if there are none.
+func (l *probeLoop) poll(until time.Time) (int, error) {
+	n, err := l.pollNow()
+	if err != nil || n > 0 || !until.IsZero() && !until.After(time.Now()) {
+		return n, err
 	}
-	return unix.EpollWait(l.epfd, l.events, wait)
+	if err := l.epoll.SetReadDeadline(until); err != nil {
+		return 0, err
+	}
+	var pollErr error
+	err = l.waiting.Read(func(uintptr) bool {
+		n, pollErr = l.pollNow()
+		return n > 0 || pollErr != nil
+	})
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	return n, pollErr
+}
+
+// pollNow takes the events already queued, without blocking.
+func (l *probeLoop) pollNow() (int, error) {
+	for {
+		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
+		if e != unix.EINTR {
+			return int(n), rawErr(e)
+		}
+	}
 }
 
 // takeCommands applies queued adds and removes; false means stop.
