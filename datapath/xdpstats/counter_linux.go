@@ -15,6 +15,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/merlin-ipvs/merlin/internal/lowprio"
 )
 
 // Defaults of Config.
@@ -100,12 +102,15 @@ type Counter struct {
 	plannedDropped int                          // planned keys that did not fit at their last sync
 	routeMAC       map[countersMacKey]ServerKey // direct-routing map keys → their server
 	held           held
-	rounds         int // refreshes since the last full sync
 }
 
 // fullSyncRounds: every this many refreshes, the keys are read back from
-// the kernel rather than trusted.
+// the kernel rather than trusted (Resync).
 const fullSyncRounds = 30
+
+// repairNice is the nice value of Resync's read, as the node's other
+// background reads of kernel tables.
+const repairNice = 10
 
 // New returns a Counter for cfg (see Config.Validate).
 func New(cfg Config, log *slog.Logger) *Counter {
@@ -208,27 +213,67 @@ func (c *Counter) closeLocked() {
 }
 
 // Run refreshes what derives from the node's tables (direct-routing MACs,
-// local addresses) every RefreshPeriod until ctx ends.
+// local addresses) every RefreshPeriod, and every fullSyncRounds of them
+// repairs the maps' keys (Resync), until ctx ends.
 func (c *Counter) Run(ctx context.Context) {
 	t := time.NewTicker(RefreshPeriod)
 	defer t.Stop()
-	for {
+	for rounds := 1; ; rounds++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.mu.Lock()
-			full := false
-			if c.rounds++; c.rounds >= fullSyncRounds {
-				c.held, c.rounds, full = held{}, 0, true
-			}
-			if c.objs != nil && c.planned != nil {
-				if err := c.syncLocked(full); err != nil {
-					c.log.Warn("refresh counter keys", "error", err)
-				}
-			}
-			c.mu.Unlock()
 		}
+		if rounds%fullSyncRounds == 0 {
+			c.Resync()
+			continue
+		}
+		c.mu.Lock()
+		if c.objs != nil && c.planned != nil {
+			if err := c.syncLocked(false); err != nil {
+				c.log.Warn("refresh counter keys", "error", err)
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Resync reads the maps' keys back from the kernel and brings them to the
+// planned ones, repairing what another program changed; the node-derived
+// keys are refreshed with them. The read (a system call per key: seconds
+// at 100,000 keys under emulation) runs at low priority on clones of the
+// maps, without the lock, so Set, Update and Read go on meanwhile: the
+// repair then adds only what is missing (never resetting a count) and
+// deletes only what is not planned, so changes made during the read stand.
+func (c *Counter) Resync() {
+	c.mu.Lock()
+	objs := c.objs
+	var clones *countersMaps
+	var err error
+	if objs != nil && c.planned != nil {
+		clones, err = cloneKeyMaps(objs)
+	}
+	c.mu.Unlock()
+	if clones == nil {
+		if err != nil {
+			c.log.Warn("repair counter keys", "error", err)
+		}
+		return
+	}
+	var fresh held
+	lowprio.Run(repairNice, func() { fresh, err = readHeld(clones) })
+	_ = clones.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil || c.objs != objs {
+		if err != nil {
+			c.log.Warn("repair counter keys", "error", err)
+		}
+		return
+	}
+	c.held = fresh
+	if err := c.syncLocked(true); err != nil {
+		c.log.Warn("repair counter keys", "error", err)
 	}
 }
 

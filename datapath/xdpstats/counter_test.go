@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -352,4 +353,78 @@ func TestMissingPrivilegeIsReported(t *testing.T) {
 		return nil
 	})
 	t.Logf("reason: %s", c.Status().Reason)
+}
+
+// Resync puts back a planned key another program deleted and deletes the
+// one it added, keeping the counts of the keys in place; and Sets made
+// while Resyncs run all stand at the end.
+func TestResyncRepairsKeys(t *testing.T) {
+	tp := newTopology(t)
+	dir := pinDir(t)
+	c := openCounter(t, tp, config(dir))
+	set(t, tp, c, xdpstats.Keys{VIPs: []xdpstats.VIPKey{vipUDP, vipTCP}})
+	sendUDP(t, tp.client, "198.18.5.100:53", 5, 100)
+	waitFor(t, c, "5 datagrams at the VIP", func(s xdpstats.Snapshot) bool { return s.VIPs[vipUDP].Packets == 5 })
+
+	vips4, err := ebpf.LoadPinnedMap(dir+"/maps/vips4", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vips4.Close()
+	var udpKey, tcpKey []byte
+	iter := vips4.Iterate()
+	var k []byte
+	var v [][]byte
+	for iter.Next(&k, &v) {
+		if slices.Contains(k, byte(unix.IPPROTO_TCP)) {
+			tcpKey = slices.Clone(k)
+		} else {
+			udpKey = slices.Clone(k)
+		}
+	}
+	if err := iter.Err(); err != nil || udpKey == nil || tcpKey == nil {
+		t.Fatalf("keys of vips4: %x %x, %v", udpKey, tcpKey, err)
+	}
+	stray := slices.Clone(udpKey)
+	stray[0] ^= 0xff // another address
+	if err := vips4.Delete(tcpKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := vips4.Update(stray, v, ebpf.UpdateNoExist); err != nil {
+		t.Fatal(err)
+	}
+	in(t, tp.lb, func() error { c.Resync(); return nil })
+	s := read(t, c)
+	if _, ok := s.VIPs[vipTCP]; !ok || len(s.VIPs) != 2 || s.VIPs[vipUDP].Packets != 5 {
+		t.Fatalf("after Resync: %+v; want the two planned VIPs, 5 packets at %v", s.VIPs, vipUDP)
+	}
+
+	stop := make(chan struct{})
+	resyncs := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				resyncs <- n
+				return
+			default:
+			}
+			_ = tp.lb.Do(func() error { c.Resync(); return nil })
+			n++
+		}
+	}()
+	plans := []xdpstats.Keys{
+		{VIPs: []xdpstats.VIPKey{vipUDP}, Servers: []xdpstats.ServerKey{serverNAT, serverTCP}},
+		{VIPs: []xdpstats.VIPKey{vipTCP}, Servers: []xdpstats.ServerKey{serverTCP}},
+	}
+	for i := range 200 {
+		set(t, tp, c, plans[i%2])
+	}
+	close(stop)
+	t.Logf("%d resyncs during 200 sets", <-resyncs)
+	s = read(t, c)
+	if _, ok := s.VIPs[vipTCP]; !ok || len(s.VIPs) != 1 || len(s.Forwarded) != 1 || len(s.Replies) != 1 {
+		t.Fatalf("after Sets with Resyncs under way: %+v; want the last plan's keys", s)
+	}
 }

@@ -268,12 +268,18 @@ func syncMap[K comparable](m *ebpf.Map, have *map[K]bool, want map[K]bool, zero 
 	return dropped, nil
 }
 
-// mapKeys reads every key of m.
+// mapKeys reads every key of m. A key deleted under the walk makes the
+// kernel start it again from the first bucket, so a walk far longer than
+// the map is refused rather than run on while keys keep changing.
 func mapKeys[K comparable](m *ebpf.Map) (map[K]bool, error) {
 	keys := map[K]bool{}
+	limit := 4*int(m.MaxEntries()) + 64
 	var cur, next K
 	err := m.NextKey(nil, &next)
-	for err == nil {
+	for steps := 0; err == nil; steps++ {
+		if steps > limit {
+			return nil, fmt.Errorf("map %s: keys changed all through %d steps of reading them", m, limit)
+		}
 		keys[next] = true
 		cur = next
 		err = m.NextKey(&cur, &next)
@@ -282,6 +288,48 @@ func mapKeys[K comparable](m *ebpf.Map) (map[K]bool, error) {
 		return nil, fmt.Errorf("map %s: %w", m, err)
 	}
 	return keys, nil
+}
+
+// cloneKeyMaps duplicates the descriptors of the maps whose keys the
+// counter keeps, so that they can be read while the counter closes them.
+func cloneKeyMaps(o *countersObjects) (*countersMaps, error) {
+	clones := &countersMaps{}
+	for _, pair := range []struct{ dst, src **ebpf.Map }{
+		{&clones.Vips4, &o.Vips4}, {&clones.Vips6, &o.Vips6},
+		{&clones.Unmatched4, &o.Unmatched4}, {&clones.Unmatched6, &o.Unmatched6},
+		{&clones.Forwarded4, &o.Forwarded4}, {&clones.Forwarded6, &o.Forwarded6},
+		{&clones.Replies4, &o.Replies4}, {&clones.Replies6, &o.Replies6},
+		{&clones.ForwardedMac, &o.ForwardedMac}, {&clones.Locals4, &o.Locals4}, {&clones.Locals6, &o.Locals6},
+	} {
+		m, err := (*pair.src).Clone()
+		if err != nil {
+			_ = clones.Close()
+			return nil, fmt.Errorf("clone map %s: %w", *pair.src, err)
+		}
+		*pair.dst = m
+	}
+	return clones, nil
+}
+
+// readHeld reads the keys the maps hold.
+func readHeld(m *countersMaps) (held, error) {
+	var h held
+	err := errors.Join(
+		readKeys(&h.vips4, m.Vips4), readKeys(&h.vips6, m.Vips6),
+		readKeys(&h.unmatched4, m.Unmatched4), readKeys(&h.unmatched6, m.Unmatched6),
+		readKeys(&h.forwarded4, m.Forwarded4), readKeys(&h.forwarded6, m.Forwarded6),
+		readKeys(&h.replies4, m.Replies4), readKeys(&h.replies6, m.Replies6),
+		readKeys(&h.macs, m.ForwardedMac), readKeys(&h.locals4, m.Locals4), readKeys(&h.locals6, m.Locals6))
+	if err != nil {
+		return held{}, fmt.Errorf("read counter keys: %w", err)
+	}
+	return h, nil
+}
+
+func readKeys[K comparable](dst *map[K]bool, m *ebpf.Map) error {
+	keys, err := mapKeys[K](m)
+	*dst = keys
+	return err
 }
 
 // Read sums every counter over CPUs.
