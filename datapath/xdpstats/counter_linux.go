@@ -251,7 +251,7 @@ func (c *Counter) Resync() {
 	var clones *countersMaps
 	var err error
 	if objs != nil && c.planned != nil {
-		clones, err = cloneKeyMaps(objs)
+		clones, err = cloneMaps(objs)
 	}
 	c.mu.Unlock()
 	if clones == nil {

@@ -357,7 +357,8 @@ func TestMissingPrivilegeIsReported(t *testing.T) {
 
 // Resync puts back a planned key another program deleted and deletes the
 // one it added, keeping the counts of the keys in place; and Sets made
-// while Resyncs run all stand at the end.
+// while Resyncs and Reads run (neither holds the lock through its walk of
+// the maps) all stand at the end.
 func TestResyncRepairsKeys(t *testing.T) {
 	tp := newTopology(t)
 	dir := pinDir(t)
@@ -411,6 +412,9 @@ func TestResyncRepairsKeys(t *testing.T) {
 			default:
 			}
 			_ = tp.lb.Do(func() error { c.Resync(); return nil })
+			if _, err := c.Read(); err != nil {
+				t.Error(err)
+			}
 			n++
 		}
 	}()

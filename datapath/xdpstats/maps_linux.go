@@ -290,9 +290,9 @@ func mapKeys[K comparable](m *ebpf.Map) (map[K]bool, error) {
 	return keys, nil
 }
 
-// cloneKeyMaps duplicates the descriptors of the maps whose keys the
-// counter keeps, so that they can be read while the counter closes them.
-func cloneKeyMaps(o *countersObjects) (*countersMaps, error) {
+// cloneMaps duplicates the descriptors of the counter's maps, so that they
+// can be read without the lock while the counter closes them.
+func cloneMaps(o *countersObjects) (*countersMaps, error) {
 	clones := &countersMaps{}
 	for _, pair := range []struct{ dst, src **ebpf.Map }{
 		{&clones.Vips4, &o.Vips4}, {&clones.Vips6, &o.Vips6},
@@ -332,21 +332,30 @@ func readKeys[K comparable](dst *map[K]bool, m *ebpf.Map) error {
 	return err
 }
 
-// Read sums every counter over CPUs.
+// Read sums every counter over CPUs. It reads clones of the maps without
+// the lock (a system call per key), so Set and Update go on meanwhile and
+// the snapshot may hold keys of the plan before and after them.
 func (c *Counter) Read() (Snapshot, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.objs == nil {
+		c.mu.Unlock()
 		return Snapshot{}, ErrNotOpen
 	}
-	s, err := read(c.objs, c.routeMAC)
+	maps, err := cloneMaps(c.objs)
+	routes := c.routeMAC // replaced, never changed in place
+	c.mu.Unlock()
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("read counters: %w", err)
+	}
+	defer maps.Close()
+	s, err := read(maps, routes)
 	if err != nil {
 		return s, fmt.Errorf("read counters: %w", err)
 	}
 	return s, nil
 }
 
-func read(o *countersObjects, routes map[countersMacKey]ServerKey) (Snapshot, error) {
+func read(o *countersMaps, routes map[countersMacKey]ServerKey) (Snapshot, error) {
 	s := Snapshot{VIPs: map[VIPKey]Counters{}, Unmatched: map[netip.Addr]Counters{}, Forwarded: map[ServerKey]Counters{}, Replies: map[ServerKey]Counters{}}
 	err := errors.Join(
 		readVIPMap(o.Vips4, func(k countersKey4, v Counters) { s.VIPs[vipOf4(k)] = v }),

@@ -32,7 +32,7 @@ func BenchmarkRead(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		s, err := read(p.objs, nil)
+		s, err := read(&p.objs.countersMaps, nil)
 		if err != nil || len(s.Forwarded) != 100_000 {
 			b.Fatalf("%v, %d", err, len(s.Forwarded))
 		}
