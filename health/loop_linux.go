@@ -196,6 +196,9 @@ type probeLoop struct {
 	byRun  map[*runner]*loopCheck
 	events []unix.EpollEvent
 	held   int // sockets kept between probes
+	// heldLimit: at most maxHeldSockets, and a quarter of the process's
+	// open-files limit, so kept sockets never starve etcd or the API.
+	heldLimit int
 }
 
 // maxHeldSockets bounds the sockets kept open between probes (each holds
@@ -227,6 +230,11 @@ func newProbeLoop(m *Monitor, wg *sync.WaitGroup) (*probeLoop, error) {
 	}
 	l := &probeLoop{m: m, epfd: epfd, wakeFD: wake,
 		byFD: map[int32]*loopCheck{}, byRun: map[*runner]*loopCheck{}, events: make([]unix.EpollEvent, 256)}
+	l.heldLimit = maxHeldSockets
+	var nofile unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &nofile) == nil {
+		l.heldLimit = int(min(uint64(maxHeldSockets), nofile.Cur/4))
+	}
 	if err := l.registerEpoll(); err != nil {
 		unix.Close(wake)
 		return nil, err
@@ -452,7 +460,7 @@ func (l *probeLoop) openSocket(lc *loopCheck) error {
 	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, probeEvents); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
-	if c.Mark == 0 && l.held < maxHeldSockets {
+	if c.Mark == 0 && l.held < l.heldLimit {
 		lc.held = true
 		l.held++
 	}
