@@ -61,30 +61,27 @@ func sourceOf(a net.Addr) netip.Prefix {
 
 // take counts a new connection from src; false when a cap says no.
 func (l *Listener) take(src netip.Prefix) bool {
-	if l.open.Add(1) > l.max {
-		l.open.Add(-1)
-		return false
-	}
-	if l.perSource <= 0 {
-		return true
-	}
+	// Under the lock, and counted only once taken, so that Open never
+	// includes a connection about to be refused.
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.bySource[src] >= l.perSource {
-		l.open.Add(-1)
+	if l.open.Load() >= l.max || l.perSource > 0 && l.bySource[src] >= l.perSource {
 		return false
 	}
-	l.bySource[src]++
+	l.open.Add(1)
+	if l.perSource > 0 {
+		l.bySource[src]++
+	}
 	return true
 }
 
 func (l *Listener) release(src netip.Prefix) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.open.Add(-1)
 	if l.perSource <= 0 {
 		return
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.bySource[src]--; l.bySource[src] <= 0 {
 		delete(l.bySource, src)
 	}

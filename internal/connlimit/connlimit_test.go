@@ -122,3 +122,53 @@ func TestPerSourceCap(t *testing.T) {
 		t.Fatalf("refused %d, open %d; want 1 and 4", l.Refused(), l.Open())
 	}
 }
+
+// Open never counts a connection being refused: while 500 connections
+// from a source at its cap are refused, Open stays at the one held.
+func TestOpenNeverCountsRefused(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedOne := make(chan struct{}, 1000)
+	l := New(inner, 10, 1, func() { refusedOne <- struct{}{} })
+	defer l.Close()
+	go func() {
+		for {
+			if _, err := l.Accept(); err != nil {
+				return
+			}
+		}
+	}()
+	held, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	done := make(chan int64)
+	stop := make(chan struct{})
+	go func() {
+		var most int64
+		for {
+			select {
+			case <-stop:
+				done <- most
+				return
+			default:
+				most = max(most, l.Open())
+			}
+		}
+	}()
+	for range 500 {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-refusedOne
+		c.Close()
+	}
+	close(stop)
+	if most := <-done; most != 1 {
+		t.Fatalf("Open reached %d while refusing; one connection was held", most)
+	}
+}
