@@ -400,6 +400,12 @@ func TestResyncRepairsKeys(t *testing.T) {
 		t.Fatalf("after Resync: %+v; want the two planned VIPs, 5 packets at %v", s.VIPs, vipUDP)
 	}
 
+	setsUnderResyncs(t, tp, c)
+}
+
+// setsUnderResyncs makes 200 Sets while Resyncs and Reads run, and checks
+// that the maps hold the last plan's keys.
+func setsUnderResyncs(t *testing.T, tp *topology, c *xdpstats.Counter) {
 	stop := make(chan struct{})
 	resyncs := make(chan int)
 	go func() {
@@ -427,7 +433,7 @@ func TestResyncRepairsKeys(t *testing.T) {
 	}
 	close(stop)
 	t.Logf("%d resyncs during 200 sets", <-resyncs)
-	s = read(t, c)
+	s := read(t, c)
 	if _, ok := s.VIPs[vipTCP]; !ok || len(s.VIPs) != 1 || len(s.Forwarded) != 1 || len(s.Replies) != 1 {
 		t.Fatalf("after Sets with Resyncs under way: %+v; want the last plan's keys", s)
 	}
