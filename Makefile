@@ -46,7 +46,7 @@ test:
 vmtest: setup build
 	./scripts/vmdebs.sh
 	grep -rlE --include='*_test.go' '^func Test(Kernel|VM)' . | xargs -r -n1 dirname | sort -u | \
-	  xargs $(GO) test -count=1 -timeout 20m -exec $(CURDIR)/bin/vmrun -run '^Test(Kernel|VM)' -v
+	  xargs $(GO) test -count=1 -timeout 35m -exec $(CURDIR)/bin/vmrun -run '^Test(Kernel|VM)' -v
 
 # The chaos soak alone, long: make soak DURATION=30m SEED=42 (make test runs
 # it for 2 minutes with a fresh seed; a failure prints its seed).
