@@ -174,6 +174,15 @@ func (h *loopHeap) Pop() any {
 	return lc
 }
 
+// overdueInFlight says whether a probe in flight at or below heap index i
+// is past its deadline.
+func (h loopHeap) overdueInFlight(i int, now time.Time) bool {
+	if i >= len(h) || h[i].next.After(now) {
+		return false
+	}
+	return h[i].phase != phaseIdle || h.overdueInFlight(2*i+1, now) || h.overdueInFlight(2*i+2, now)
+}
+
 type loopCommand struct {
 	add    *runner
 	remove *runner
@@ -306,24 +315,40 @@ func (l *probeLoop) run() {
 			until = l.due[0].next
 		}
 		n, err := l.poll(until)
+		now := time.Now()
+		// A full batch leaves events queued: take them all before judging
+		// deadlines.
+		for ; err == nil; n, err = l.pollNow() {
+			if !l.handle(l.events[:max(n, 0)], now) {
+				return
+			}
+			if n < len(l.events) {
+				break
+			}
+		}
 		if err != nil {
 			l.m.log.Error("health probe loop: epoll_wait failed; probes stop", "error", err)
 			return
 		}
-		now := time.Now()
-		for _, ev := range l.events[:max(n, 0)] {
-			if ev.Fd == int32(l.wakeFD) {
-				if !l.takeCommands(now) {
-					return
-				}
-				continue
-			}
-			if lc, ok := l.byFD[ev.Fd]; ok {
-				l.advance(lc, now, ev.Events)
-			}
-		}
 		l.runDue(now)
 	}
+}
+
+// handle moves on the probes whose sockets are in events and applies
+// commands; false means stop.
+func (l *probeLoop) handle(events []unix.EpollEvent, now time.Time) bool {
+	for _, ev := range events {
+		if ev.Fd == int32(l.wakeFD) {
+			if !l.takeCommands(now) {
+				return false
+			}
+			continue
+		}
+		if lc, ok := l.byFD[ev.Fd]; ok {
+			l.advance(lc, now, ev.Events)
+		}
+	}
+	return true
 }
 
 // maxStartSlack bounds how early a probe may start: the loop wakes for the
@@ -365,6 +390,12 @@ func (l *probeLoop) poll(until time.Time) (int, error) {
 		return n > 0 || pollErr != nil
 	})
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded) && l.due.overdueInFlight(0, time.Now()):
+		// The deadline and the answer may both have come while the
+		// process did not run (the machine stalled); the runtime reports
+		// whichever it saw first. An answer queued before the loop could
+		// take it is not a timeout.
+		return l.pollNow()
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return 0, nil
 	case err != nil:

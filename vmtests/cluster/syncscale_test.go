@@ -70,6 +70,7 @@ func testSyncScale(t *testing.T, sched string, sync bool) {
 	}})
 	node1, node2 := c.Nodes[0], c.Nodes[1]
 	r := c.startScaleRouter()
+	c.logRouteChanges()
 	services := c.addScaleServices(node2, sched)
 	for _, vip := range []string{lab.DRVIP, lab.TunVIP} {
 		c.must(r.WaitNextHops(vip, 90*time.Second, node1.Addr, node2.Addr))
@@ -77,6 +78,7 @@ func testSyncScale(t *testing.T, sched string, sync bool) {
 	fs := newFlows(scaleInterval)
 	defer fs.finish()
 	start := time.Now()
+	t.Logf("flows begin at %s", start.Format("15:04:05.000"))
 	phase := func(what string) { t.Logf("+%s: %s", time.Since(start).Round(100*time.Millisecond), what) }
 	c.openScaleFlows(fs, scaleTCP, scaleUDP)
 	c.waitCarrying(fs, node1, node2)
@@ -164,6 +166,28 @@ func setUpLab(t *testing.T, cfg lab.Config) *cluster {
 	t.Cleanup(func() { kv.Close() })
 	c.kv = kv
 	return c
+}
+
+// logRouteChanges records the router's route changes (ip monitor) from now
+// on and logs them if the test fails: a change of a VIP's next hops the
+// test did not make (BFD or a health check flapping in a lagging VM) moves
+// flows between the nodes.
+func (c *cluster) logRouteChanges() {
+	var out testenv.Buffer
+	monitor := exec.Command("ip", "-timestamp", "monitor", "route")
+	monitor.Stdout = &out
+	if err := monitor.Start(); err != nil {
+		c.t.Logf("route changes will not be logged: %v", err)
+		return
+	}
+	c.t.Cleanup(func() {
+		_ = monitor.Process.Kill()
+		_ = monitor.Wait()
+		if c.t.Failed() {
+			lines := strings.Split(out.String(), "\n")
+			c.t.Logf("the router's route changes (the last 300 lines):\n%s", strings.Join(lines[max(len(lines)-300, 0):], "\n"))
+		}
+	})
 }
 
 // startScaleRouter: the lab's static DR route out, bird2 with BFD in.
