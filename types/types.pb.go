@@ -2338,7 +2338,11 @@ type NodeStatus struct {
 	DeletionGuard *DeletionGuard         `protobuf:"bytes,7,opt,name=deletion_guard,json=deletionGuard,proto3" json:"deletion_guard,omitempty"`
 	OwnedServices uint32                 `protobuf:"varint,8,opt,name=owned_services,json=ownedServices,proto3" json:"owned_services,omitempty"`
 	Started       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started,proto3" json:"started,omitempty"`
-	// servers: every health-checked server as this node sees it.
+	// servers: the health-checked servers this node sees down, and the up
+	// ones too while the node checks at most 1,000 (servers_checked and
+	// servers_up count them all). Lists of a node's status are bounded
+	// (omitted counts what a bound left out): an etcd value is at most
+	// 1.5 MiB by default, and a node checking 100,000 servers would need 4.
 	Servers []*ServerHealth `protobuf:"bytes,10,rep,name=servers,proto3" json:"servers,omitempty"`
 	// services_down: services whose servers are all down on this node.
 	ServicesDown []string `protobuf:"bytes,11,rep,name=services_down,json=servicesDown,proto3" json:"services_down,omitempty"`
@@ -2372,6 +2376,14 @@ type NodeStatus struct {
 	ServerDrains []*ServerDrainProgress `protobuf:"bytes,23,rep,name=server_drains,json=serverDrains,proto3" json:"server_drains,omitempty"`
 	// services_below: services below their healthy threshold on this node.
 	ServicesBelow []*ServiceBelowThreshold `protobuf:"bytes,24,rep,name=services_below,json=servicesBelow,proto3" json:"services_below,omitempty"`
+	// servers_checked: how many servers this node health-checks;
+	// servers_up: how many of them it sees up.
+	ServersChecked uint32 `protobuf:"varint,25,opt,name=servers_checked,json=serversChecked,proto3" json:"servers_checked,omitempty"`
+	ServersUp      uint32 `protobuf:"varint,26,opt,name=servers_up,json=serversUp,proto3" json:"servers_up,omitempty"`
+	// omitted: per list of this status (by its field name: servers,
+	// services_down, services_below, vips_not_serving, errors), how many
+	// entries its bound left out. The node's metrics have every one.
+	Omitted       map[string]uint32 `protobuf:"bytes,27,rep,name=omitted,proto3" json:"omitted,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2570,6 +2582,27 @@ func (x *NodeStatus) GetServerDrains() []*ServerDrainProgress {
 func (x *NodeStatus) GetServicesBelow() []*ServiceBelowThreshold {
 	if x != nil {
 		return x.ServicesBelow
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetServersChecked() uint32 {
+	if x != nil {
+		return x.ServersChecked
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetServersUp() uint32 {
+	if x != nil {
+		return x.ServersUp
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetOmitted() map[string]uint32 {
+	if x != nil {
+		return x.Omitted
 	}
 	return nil
 }
@@ -5159,7 +5192,7 @@ const file_types_proto_rawDesc = "" +
 	"\x06SYNCED\x10\x02\x12\a\n" +
 	"\x03PUT\x10\x03\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x04\"\xbd\b\n" +
+	"\x06DELETE\x10\x04\"\xfb\t\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
@@ -5188,7 +5221,14 @@ const file_types_proto_rawDesc = "" +
 	"\x10bgp_config_error\x18\x15 \x01(\tR\x0ebgpConfigError\x122\n" +
 	"\tconn_sync\x18\x16 \x01(\v2\x15.types.ConnSyncStatusR\bconnSync\x12?\n" +
 	"\rserver_drains\x18\x17 \x03(\v2\x1a.types.ServerDrainProgressR\fserverDrains\x12C\n" +
-	"\x0eservices_below\x18\x18 \x03(\v2\x1c.types.ServiceBelowThresholdR\rservicesBelow\"\xc4\x01\n" +
+	"\x0eservices_below\x18\x18 \x03(\v2\x1c.types.ServiceBelowThresholdR\rservicesBelow\x12'\n" +
+	"\x0fservers_checked\x18\x19 \x01(\rR\x0eserversChecked\x12\x1d\n" +
+	"\n" +
+	"servers_up\x18\x1a \x01(\rR\tserversUp\x128\n" +
+	"\aomitted\x18\x1b \x03(\v2\x1e.types.NodeStatus.OmittedEntryR\aomitted\x1a:\n" +
+	"\fOmittedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xc4\x01\n" +
 	"\x15ServiceBelowThreshold\x12\x1d\n" +
 	"\n" +
 	"service_id\x18\x01 \x01(\tR\tserviceId\x12\x18\n" +
@@ -5406,7 +5446,7 @@ func file_types_proto_rawDescGZIP() []byte {
 }
 
 var file_types_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_types_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_types_proto_goTypes = []any{
 	(Protocol)(0),                         // 0: types.Protocol
 	(AddressFamily)(0),                    // 1: types.AddressFamily
@@ -5468,28 +5508,29 @@ var file_types_proto_goTypes = []any{
 	(*RealServer_Config)(nil),             // 57: types.RealServer.Config
 	(*RealServer_HealthCheck)(nil),        // 58: types.RealServer.HealthCheck
 	(*ListResponse_Item)(nil),             // 59: types.ListResponse.Item
-	(*durationpb.Duration)(nil),           // 60: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),         // 61: google.protobuf.Timestamp
-	(*wrapperspb.UInt32Value)(nil),        // 62: google.protobuf.UInt32Value
-	(*wrapperspb.BoolValue)(nil),          // 63: google.protobuf.BoolValue
-	(*wrapperspb.StringValue)(nil),        // 64: google.protobuf.StringValue
-	(*emptypb.Empty)(nil),                 // 65: google.protobuf.Empty
+	nil,                                   // 60: types.NodeStatus.OmittedEntry
+	(*durationpb.Duration)(nil),           // 61: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),         // 62: google.protobuf.Timestamp
+	(*wrapperspb.UInt32Value)(nil),        // 63: google.protobuf.UInt32Value
+	(*wrapperspb.BoolValue)(nil),          // 64: google.protobuf.BoolValue
+	(*wrapperspb.StringValue)(nil),        // 65: google.protobuf.StringValue
+	(*emptypb.Empty)(nil),                 // 66: google.protobuf.Empty
 }
 var file_types_proto_depIdxs = []int32{
 	56,  // 0: types.DrainServerRequest.server:type_name -> types.RealServer.Key
-	60,  // 1: types.DrainServerRequest.deadline:type_name -> google.protobuf.Duration
-	61,  // 2: types.ServerDrainStatus.since:type_name -> google.protobuf.Timestamp
-	61,  // 3: types.ServerDrainStatus.deadline:type_name -> google.protobuf.Timestamp
-	61,  // 4: types.ServerDrainStatus.completed_at:type_name -> google.protobuf.Timestamp
+	61,  // 1: types.DrainServerRequest.deadline:type_name -> google.protobuf.Duration
+	62,  // 2: types.ServerDrainStatus.since:type_name -> google.protobuf.Timestamp
+	62,  // 3: types.ServerDrainStatus.deadline:type_name -> google.protobuf.Timestamp
+	62,  // 4: types.ServerDrainStatus.completed_at:type_name -> google.protobuf.Timestamp
 	9,   // 5: types.ServerDrainStatus.nodes:type_name -> types.ServerDrainNode
-	61,  // 6: types.ServerDrainProgress.read_at:type_name -> google.protobuf.Timestamp
-	60,  // 7: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
-	60,  // 8: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
-	60,  // 9: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
-	60,  // 10: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
-	60,  // 11: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
-	60,  // 12: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
-	60,  // 13: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
+	62,  // 6: types.ServerDrainProgress.read_at:type_name -> google.protobuf.Timestamp
+	61,  // 7: types.BGPPeerConfig.hold_time:type_name -> google.protobuf.Duration
+	61,  // 8: types.BGPPeerConfig.keepalive_time:type_name -> google.protobuf.Duration
+	61,  // 9: types.BGPPeerConfig.connect_retry:type_name -> google.protobuf.Duration
+	61,  // 10: types.BGPPeerConfig.graceful_restart:type_name -> google.protobuf.Duration
+	61,  // 11: types.BGPPeerConfig.max_prefixes_restart:type_name -> google.protobuf.Duration
+	61,  // 12: types.BGPPeerConfig.bfd_min_tx:type_name -> google.protobuf.Duration
+	61,  // 13: types.BGPPeerConfig.bfd_min_rx:type_name -> google.protobuf.Duration
 	52,  // 14: types.BGPPeerConfig.node_labels:type_name -> types.BGPPeerConfig.NodeLabelsEntry
 	12,  // 15: types.BGPConfig.settings:type_name -> types.BGPSettings
 	11,  // 16: types.BGPConfig.peers:type_name -> types.BGPPeerConfig
@@ -5507,18 +5548,18 @@ var file_types_proto_depIdxs = []int32{
 	23,  // 28: types.VirtualService.announce:type_name -> types.Announce
 	22,  // 29: types.VirtualService.passive_health:type_name -> types.PassiveHealth
 	21,  // 30: types.VirtualService.healthy_threshold:type_name -> types.HealthyThreshold
-	62,  // 31: types.HealthyThreshold.min_servers:type_name -> google.protobuf.UInt32Value
-	62,  // 32: types.HealthyThreshold.min_percent:type_name -> google.protobuf.UInt32Value
-	60,  // 33: types.HealthyThreshold.hold_down:type_name -> google.protobuf.Duration
+	63,  // 31: types.HealthyThreshold.min_servers:type_name -> google.protobuf.UInt32Value
+	63,  // 32: types.HealthyThreshold.min_percent:type_name -> google.protobuf.UInt32Value
+	61,  // 33: types.HealthyThreshold.hold_down:type_name -> google.protobuf.Duration
 	2,   // 34: types.HealthyThreshold.action:type_name -> types.BelowThresholdAction
 	56,  // 35: types.HealthyThreshold.sorry_servers:type_name -> types.RealServer.Key
 	3,   // 36: types.HealthyThreshold.sorry_forward:type_name -> types.ForwardMethod
-	63,  // 37: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
-	60,  // 38: types.PassiveHealth.window:type_name -> google.protobuf.Duration
-	62,  // 39: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
-	62,  // 40: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
-	62,  // 41: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
-	63,  // 42: types.Announce.link_bandwidth:type_name -> google.protobuf.BoolValue
+	64,  // 37: types.PassiveHealth.enabled:type_name -> google.protobuf.BoolValue
+	61,  // 38: types.PassiveHealth.window:type_name -> google.protobuf.Duration
+	63,  // 39: types.PassiveHealth.min_attempts:type_name -> google.protobuf.UInt32Value
+	63,  // 40: types.PassiveHealth.max_failed_percent:type_name -> google.protobuf.UInt32Value
+	63,  // 41: types.Announce.local_preference:type_name -> google.protobuf.UInt32Value
+	64,  // 42: types.Announce.link_bandwidth:type_name -> google.protobuf.BoolValue
 	56,  // 43: types.RealServer.key:type_name -> types.RealServer.Key
 	57,  // 44: types.RealServer.config:type_name -> types.RealServer.Config
 	58,  // 45: types.RealServer.health_check:type_name -> types.RealServer.HealthCheck
@@ -5528,10 +5569,10 @@ var file_types_proto_depIdxs = []int32{
 	20,  // 49: types.WatchEvent.service:type_name -> types.VirtualService
 	24,  // 50: types.WatchEvent.server:type_name -> types.RealServer
 	30,  // 51: types.WatchEvent.node:type_name -> types.NodeStatus
-	61,  // 52: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	62,  // 52: types.NodeStatus.last_reconcile:type_name -> google.protobuf.Timestamp
 	43,  // 53: types.NodeStatus.errors:type_name -> types.ObjectError
 	44,  // 54: types.NodeStatus.deletion_guard:type_name -> types.DeletionGuard
-	61,  // 55: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
+	62,  // 55: types.NodeStatus.started:type_name -> google.protobuf.Timestamp
 	42,  // 56: types.NodeStatus.servers:type_name -> types.ServerHealth
 	40,  // 57: types.NodeStatus.sinks:type_name -> types.SinkStatus
 	41,  // 58: types.NodeStatus.vips_not_serving:type_name -> types.VIPStatus
@@ -5541,102 +5582,103 @@ var file_types_proto_depIdxs = []int32{
 	32,  // 62: types.NodeStatus.conn_sync:type_name -> types.ConnSyncStatus
 	10,  // 63: types.NodeStatus.server_drains:type_name -> types.ServerDrainProgress
 	31,  // 64: types.NodeStatus.services_below:type_name -> types.ServiceBelowThreshold
-	61,  // 65: types.ServiceBelowThreshold.since:type_name -> google.protobuf.Timestamp
-	33,  // 66: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
-	35,  // 67: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
-	60,  // 68: types.PassiveFigures.window:type_name -> google.protobuf.Duration
-	61,  // 69: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
-	60,  // 70: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
-	60,  // 71: types.DrainStatus.ramp:type_name -> google.protobuf.Duration
-	61,  // 72: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
-	38,  // 73: types.BGPPeer.bfd:type_name -> types.BFDSession
-	61,  // 74: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
-	61,  // 75: types.BFDSession.since:type_name -> google.protobuf.Timestamp
-	60,  // 76: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
-	60,  // 77: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
-	61,  // 78: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
-	60,  // 79: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
-	60,  // 80: types.DrainNodeRequest.ramp:type_name -> google.protobuf.Duration
-	61,  // 81: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
-	61,  // 82: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
-	61,  // 83: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
-	30,  // 84: types.StatusResponse.nodes:type_name -> types.NodeStatus
-	26,  // 85: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
-	46,  // 86: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
-	8,   // 87: types.StatusResponse.server_drains:type_name -> types.ServerDrainStatus
-	56,  // 88: types.ServerStats.key:type_name -> types.RealServer.Key
-	48,  // 89: types.ServerStats.counters:type_name -> types.Counters
-	53,  // 90: types.ServiceStats.key:type_name -> types.VirtualService.Key
-	48,  // 91: types.ServiceStats.counters:type_name -> types.Counters
-	49,  // 92: types.ServiceStats.servers:type_name -> types.ServerStats
-	50,  // 93: types.StatsResponse.services:type_name -> types.ServiceStats
-	0,   // 94: types.VirtualService.Key.protocol:type_name -> types.Protocol
-	1,   // 95: types.VirtualService.Key.family:type_name -> types.AddressFamily
-	62,  // 96: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
-	62,  // 97: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
-	63,  // 98: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
-	3,   // 99: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
-	58,  // 100: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
-	62,  // 101: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
-	3,   // 102: types.RealServer.Config.forward:type_name -> types.ForwardMethod
-	62,  // 103: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
-	62,  // 104: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
-	4,   // 105: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
-	64,  // 106: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
-	60,  // 107: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
-	60,  // 108: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	60,  // 109: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
-	5,   // 110: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
-	63,  // 111: types.RealServer.HealthCheck.through_vip:type_name -> google.protobuf.BoolValue
-	20,  // 112: types.ListResponse.Item.service:type_name -> types.VirtualService
-	24,  // 113: types.ListResponse.Item.servers:type_name -> types.RealServer
-	20,  // 114: types.Merlin.CreateService:input_type -> types.VirtualService
-	20,  // 115: types.Merlin.UpdateService:input_type -> types.VirtualService
-	64,  // 116: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
-	24,  // 117: types.Merlin.CreateServer:input_type -> types.RealServer
-	24,  // 118: types.Merlin.UpdateServer:input_type -> types.RealServer
-	24,  // 119: types.Merlin.DeleteServer:input_type -> types.RealServer
-	65,  // 120: types.Merlin.List:input_type -> google.protobuf.Empty
-	64,  // 121: types.Merlin.GetService:input_type -> google.protobuf.StringValue
-	27,  // 122: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
-	28,  // 123: types.Merlin.Watch:input_type -> types.WatchRequest
-	65,  // 124: types.Merlin.Status:input_type -> google.protobuf.Empty
-	65,  // 125: types.Merlin.Stats:input_type -> google.protobuf.Empty
-	47,  // 126: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
-	39,  // 127: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
-	18,  // 128: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
-	16,  // 129: types.Merlin.ListPage:input_type -> types.ListPageRequest
-	65,  // 130: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
-	14,  // 131: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
-	15,  // 132: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
-	12,  // 133: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
-	7,   // 134: types.Merlin.DrainServer:input_type -> types.DrainServerRequest
-	65,  // 135: types.Merlin.CreateService:output_type -> google.protobuf.Empty
-	65,  // 136: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
-	65,  // 137: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
-	65,  // 138: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
-	65,  // 139: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
-	65,  // 140: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
-	25,  // 141: types.Merlin.List:output_type -> types.ListResponse
-	59,  // 142: types.Merlin.GetService:output_type -> types.ListResponse.Item
-	65,  // 143: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
-	29,  // 144: types.Merlin.Watch:output_type -> types.WatchEvent
-	45,  // 145: types.Merlin.Status:output_type -> types.StatusResponse
-	51,  // 146: types.Merlin.Stats:output_type -> types.StatsResponse
-	65,  // 147: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
-	65,  // 148: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
-	19,  // 149: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
-	25,  // 150: types.Merlin.ListPage:output_type -> types.ListResponse
-	13,  // 151: types.Merlin.ListBGP:output_type -> types.BGPConfig
-	65,  // 152: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
-	65,  // 153: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
-	65,  // 154: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
-	65,  // 155: types.Merlin.DrainServer:output_type -> google.protobuf.Empty
-	135, // [135:156] is the sub-list for method output_type
-	114, // [114:135] is the sub-list for method input_type
-	114, // [114:114] is the sub-list for extension type_name
-	114, // [114:114] is the sub-list for extension extendee
-	0,   // [0:114] is the sub-list for field type_name
+	60,  // 65: types.NodeStatus.omitted:type_name -> types.NodeStatus.OmittedEntry
+	62,  // 66: types.ServiceBelowThreshold.since:type_name -> google.protobuf.Timestamp
+	33,  // 67: types.ConnSyncStatus.daemons:type_name -> types.SyncDaemon
+	35,  // 68: types.CountersStatus.passive_failing:type_name -> types.PassiveFigures
+	61,  // 69: types.PassiveFigures.window:type_name -> google.protobuf.Duration
+	62,  // 70: types.DrainStatus.since:type_name -> google.protobuf.Timestamp
+	61,  // 71: types.DrainStatus.withdraw_after:type_name -> google.protobuf.Duration
+	61,  // 72: types.DrainStatus.ramp:type_name -> google.protobuf.Duration
+	62,  // 73: types.BGPPeer.up_since:type_name -> google.protobuf.Timestamp
+	38,  // 74: types.BGPPeer.bfd:type_name -> types.BFDSession
+	62,  // 75: types.BGPPeer.last_error_at:type_name -> google.protobuf.Timestamp
+	62,  // 76: types.BFDSession.since:type_name -> google.protobuf.Timestamp
+	61,  // 77: types.BFDSession.tx_interval:type_name -> google.protobuf.Duration
+	61,  // 78: types.BFDSession.detect_time:type_name -> google.protobuf.Duration
+	62,  // 79: types.BFDSession.last_down:type_name -> google.protobuf.Timestamp
+	61,  // 80: types.DrainNodeRequest.withdraw_after:type_name -> google.protobuf.Duration
+	61,  // 81: types.DrainNodeRequest.ramp:type_name -> google.protobuf.Duration
+	62,  // 82: types.SinkStatus.next_retry:type_name -> google.protobuf.Timestamp
+	62,  // 83: types.ServerHealth.since:type_name -> google.protobuf.Timestamp
+	62,  // 84: types.ObjectError.next_retry:type_name -> google.protobuf.Timestamp
+	30,  // 85: types.StatusResponse.nodes:type_name -> types.NodeStatus
+	26,  // 86: types.StatusResponse.invalid_keys:type_name -> types.InvalidKey
+	46,  // 87: types.StatusResponse.duplicate_vips:type_name -> types.DuplicateVIP
+	8,   // 88: types.StatusResponse.server_drains:type_name -> types.ServerDrainStatus
+	56,  // 89: types.ServerStats.key:type_name -> types.RealServer.Key
+	48,  // 90: types.ServerStats.counters:type_name -> types.Counters
+	53,  // 91: types.ServiceStats.key:type_name -> types.VirtualService.Key
+	48,  // 92: types.ServiceStats.counters:type_name -> types.Counters
+	49,  // 93: types.ServiceStats.servers:type_name -> types.ServerStats
+	50,  // 94: types.StatsResponse.services:type_name -> types.ServiceStats
+	0,   // 95: types.VirtualService.Key.protocol:type_name -> types.Protocol
+	1,   // 96: types.VirtualService.Key.family:type_name -> types.AddressFamily
+	63,  // 97: types.VirtualService.Config.persistence_timeout:type_name -> google.protobuf.UInt32Value
+	63,  // 98: types.VirtualService.Config.persistence_netmask:type_name -> google.protobuf.UInt32Value
+	64,  // 99: types.VirtualService.Config.one_packet:type_name -> google.protobuf.BoolValue
+	3,   // 100: types.VirtualService.ServerDefaults.forward:type_name -> types.ForwardMethod
+	58,  // 101: types.VirtualService.ServerDefaults.health_check:type_name -> types.RealServer.HealthCheck
+	63,  // 102: types.RealServer.Config.weight:type_name -> google.protobuf.UInt32Value
+	3,   // 103: types.RealServer.Config.forward:type_name -> types.ForwardMethod
+	63,  // 104: types.RealServer.Config.upper_threshold:type_name -> google.protobuf.UInt32Value
+	63,  // 105: types.RealServer.Config.lower_threshold:type_name -> google.protobuf.UInt32Value
+	4,   // 106: types.RealServer.Config.tunnel_type:type_name -> types.TunnelType
+	65,  // 107: types.RealServer.HealthCheck.endpoint:type_name -> google.protobuf.StringValue
+	61,  // 108: types.RealServer.HealthCheck.period:type_name -> google.protobuf.Duration
+	61,  // 109: types.RealServer.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	61,  // 110: types.RealServer.HealthCheck.slow_start:type_name -> google.protobuf.Duration
+	5,   // 111: types.RealServer.HealthCheck.startup:type_name -> types.RealServer.Startup
+	64,  // 112: types.RealServer.HealthCheck.through_vip:type_name -> google.protobuf.BoolValue
+	20,  // 113: types.ListResponse.Item.service:type_name -> types.VirtualService
+	24,  // 114: types.ListResponse.Item.servers:type_name -> types.RealServer
+	20,  // 115: types.Merlin.CreateService:input_type -> types.VirtualService
+	20,  // 116: types.Merlin.UpdateService:input_type -> types.VirtualService
+	65,  // 117: types.Merlin.DeleteService:input_type -> google.protobuf.StringValue
+	24,  // 118: types.Merlin.CreateServer:input_type -> types.RealServer
+	24,  // 119: types.Merlin.UpdateServer:input_type -> types.RealServer
+	24,  // 120: types.Merlin.DeleteServer:input_type -> types.RealServer
+	66,  // 121: types.Merlin.List:input_type -> google.protobuf.Empty
+	65,  // 122: types.Merlin.GetService:input_type -> google.protobuf.StringValue
+	27,  // 123: types.Merlin.DeleteServiceAtRevision:input_type -> types.DeleteServiceRequest
+	28,  // 124: types.Merlin.Watch:input_type -> types.WatchRequest
+	66,  // 125: types.Merlin.Status:input_type -> google.protobuf.Empty
+	66,  // 126: types.Merlin.Stats:input_type -> google.protobuf.Empty
+	47,  // 127: types.Merlin.ConfirmDeletions:input_type -> types.ConfirmDeletionsRequest
+	39,  // 128: types.Merlin.DrainNode:input_type -> types.DrainNodeRequest
+	18,  // 129: types.Merlin.ApplyChanges:input_type -> types.ApplyChangesRequest
+	16,  // 130: types.Merlin.ListPage:input_type -> types.ListPageRequest
+	66,  // 131: types.Merlin.ListBGP:input_type -> google.protobuf.Empty
+	14,  // 132: types.Merlin.PutBGPPeer:input_type -> types.PutBGPPeerRequest
+	15,  // 133: types.Merlin.DeleteBGPPeer:input_type -> types.DeleteBGPPeerRequest
+	12,  // 134: types.Merlin.SetBGPSettings:input_type -> types.BGPSettings
+	7,   // 135: types.Merlin.DrainServer:input_type -> types.DrainServerRequest
+	66,  // 136: types.Merlin.CreateService:output_type -> google.protobuf.Empty
+	66,  // 137: types.Merlin.UpdateService:output_type -> google.protobuf.Empty
+	66,  // 138: types.Merlin.DeleteService:output_type -> google.protobuf.Empty
+	66,  // 139: types.Merlin.CreateServer:output_type -> google.protobuf.Empty
+	66,  // 140: types.Merlin.UpdateServer:output_type -> google.protobuf.Empty
+	66,  // 141: types.Merlin.DeleteServer:output_type -> google.protobuf.Empty
+	25,  // 142: types.Merlin.List:output_type -> types.ListResponse
+	59,  // 143: types.Merlin.GetService:output_type -> types.ListResponse.Item
+	66,  // 144: types.Merlin.DeleteServiceAtRevision:output_type -> google.protobuf.Empty
+	29,  // 145: types.Merlin.Watch:output_type -> types.WatchEvent
+	45,  // 146: types.Merlin.Status:output_type -> types.StatusResponse
+	51,  // 147: types.Merlin.Stats:output_type -> types.StatsResponse
+	66,  // 148: types.Merlin.ConfirmDeletions:output_type -> google.protobuf.Empty
+	66,  // 149: types.Merlin.DrainNode:output_type -> google.protobuf.Empty
+	19,  // 150: types.Merlin.ApplyChanges:output_type -> types.ApplyChangesResponse
+	25,  // 151: types.Merlin.ListPage:output_type -> types.ListResponse
+	13,  // 152: types.Merlin.ListBGP:output_type -> types.BGPConfig
+	66,  // 153: types.Merlin.PutBGPPeer:output_type -> google.protobuf.Empty
+	66,  // 154: types.Merlin.DeleteBGPPeer:output_type -> google.protobuf.Empty
+	66,  // 155: types.Merlin.SetBGPSettings:output_type -> google.protobuf.Empty
+	66,  // 156: types.Merlin.DrainServer:output_type -> google.protobuf.Empty
+	136, // [136:157] is the sub-list for method output_type
+	115, // [115:136] is the sub-list for method input_type
+	115, // [115:115] is the sub-list for extension type_name
+	115, // [115:115] is the sub-list for extension extendee
+	0,   // [0:115] is the sub-list for field type_name
 }
 
 func init() { file_types_proto_init() }
@@ -5658,7 +5700,7 @@ func file_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_proto_rawDesc), len(file_types_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   53,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

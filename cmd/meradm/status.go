@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -120,6 +122,7 @@ func printStatus(w io.Writer, resp *types.StatusResponse, now time.Time) {
 			}
 			notes = append(notes, line)
 		}
+		notes = append(notes, omittedNotes(n)...)
 		for _, e := range n.Errors {
 			obj := "service " + e.ServiceId
 			if e.Server != "" {
@@ -411,4 +414,18 @@ func syncNotes(n *types.NodeStatus) []string {
 		line += "; " + cs.Error
 	}
 	return []string{line}
+}
+
+// omittedNotes says what the node's status left out of its lists (each is
+// bounded so that a status fits one etcd value), and how many servers the
+// node checks when it does not list them all.
+func omittedNotes(n *types.NodeStatus) []string {
+	var notes []string
+	if int(n.ServersChecked) > len(n.Servers) {
+		notes = append(notes, fmt.Sprintf("%s: %d servers health-checked, %d up, %d down", n.Node, n.ServersChecked, n.ServersUp, n.ServersChecked-n.ServersUp))
+	}
+	for _, name := range slices.Sorted(maps.Keys(n.Omitted)) {
+		notes = append(notes, fmt.Sprintf("%s: %d more %s not listed (a node's status is bounded; its /metrics has each)", n.Node, n.Omitted[name], strings.ReplaceAll(name, "_", " ")))
+	}
+	return notes
 }

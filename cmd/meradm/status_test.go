@@ -86,3 +86,24 @@ func TestStatusShowsBelowThreshold(t *testing.T) {
 		t.Errorf("status lacks %q:\n%s", want, b.String())
 	}
 }
+
+// TestStatusShowsOmitted: a status whose lists were bounded says how many
+// servers the node checks and what each list left out.
+func TestStatusShowsOmitted(t *testing.T) {
+	resp := &types.StatusResponse{Nodes: []*types.NodeStatus{{Node: "lb1", LastResult: "ok", ServersChecked: 2400, ServersUp: 100,
+		Servers: []*types.ServerHealth{{ServiceId: "web", Server: "198.19.0.1:80", LastError: "refused"}},
+		Omitted: map[string]uint32{"servers": 2299, "vips_not_serving": 150},
+	}}}
+	var b strings.Builder
+	printStatus(&b, resp, time.Now())
+	for _, want := range []string{
+		"lb1: 2400 servers health-checked, 100 up, 2300 down",
+		"lb1: server web/198.19.0.1:80 down, weight 0: refused",
+		"lb1: 2299 more servers not listed",
+		"lb1: 150 more vips not serving not listed",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -293,3 +293,16 @@ func (f *fakeMonitor) forceAddr(addr netip.Addr, up bool, since time.Time) {
 	}
 	f.notify()
 }
+
+// forceAddrs sets the checks of the server addresses which says (up or
+// down), all at once.
+func (f *fakeMonitor) forceAddrs(which func(netip.Addr) bool, up bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.states {
+		if which(c.Target.Addr()) {
+			f.states[c] = health.State{Up: up, Since: time.Now(), Transitioned: true, Settled: true}
+		}
+	}
+	f.notify()
+}

@@ -147,7 +147,7 @@ func nodePlanDiff(a, b NodePlan) string {
 // TestNodeReportIncrementalEqualsWhole: reporting a plan a change at a
 // time leaves the same series (server health, services down and below
 // their thresholds, VIP states and bandwidths, VIP counts) and the same
-// status figures as reporting the whole plan to fresh metrics, after each
+// node status (and servers down) as reporting the whole plan to fresh metrics, after each
 // of 1,500 random steps.
 func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
@@ -170,10 +170,11 @@ func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
 		if got, want := seriesText(t, reg), seriesText(t, wholeReg); got != want {
 			t.Fatalf("step %d: series\n%s\nwant\n%s", step, got, want)
 		}
-		if inc.serving != whole.serving || inc.announced != whole.announced ||
-			!slices.EqualFunc(inc.notServingStatus(), whole.notServingStatus(), func(a, b *types.VIPStatus) bool { return proto.Equal(a, b) }) {
-			t.Fatalf("step %d: serving %d, announced %d, not serving %v; want %d, %d, %v", step, inc.serving, inc.announced,
-				inc.notServingStatus(), whole.serving, whole.announced, whole.notServingStatus())
+		var incStatus, wholeStatus types.NodeStatus
+		inc.fillStatus(&incStatus, np)
+		whole.fillStatus(&wholeStatus, np)
+		if !proto.Equal(&incStatus, &wholeStatus) || !slices.EqualFunc(inc.down, whole.down, func(a, b *types.ServerHealth) bool { return proto.Equal(a, b) }) {
+			t.Fatalf("step %d: status %v, servers down %v; want %v, %v", step, &incStatus, inc.down, &wholeStatus, whole.down)
 		}
 	}
 }

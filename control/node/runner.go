@@ -237,6 +237,7 @@ func (r *Runner) setStatus(fn func(st *types.NodeStatus)) {
 	defer r.mu.Unlock()
 	before := proto.Clone(r.status).(*types.NodeStatus)
 	fn(r.status)
+	fitStatus(r.status)
 	if !proto.Equal(before, r.status) {
 		close(r.changed)
 		r.changed = make(chan struct{})

@@ -403,7 +403,7 @@ func (r *Runner) publish(desired *store.State, start time.Time, err error) {
 	r.setStatus(func(st *types.NodeStatus) {
 		st.LastResult = result
 		st.LastReconcile = timestamppb.New(start)
-		st.Errors = objErrs
+		st.Errors = bounded(st, omittedErrors, objErrs)
 		st.OwnedServices = uint32(owned)
 		st.Sinks = r.sinkStatus(err)
 		if err == nil {

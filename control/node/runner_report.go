@@ -18,7 +18,9 @@ type nodeReport struct {
 	log        *slog.Logger
 	serving    int
 	announced  int
-	notServing []notServingVIP // sorted by address
+	notServing []notServingVIP       // sorted by address
+	checked    int                   // health-checked servers
+	down       []*types.ServerHealth // the checked servers down, sorted by service
 }
 
 type notServingVIP struct {
@@ -31,20 +33,56 @@ func (r *nodeReport) report(np NodePlan, ch NodeChange, services map[string]*Ser
 	if ch.Services == nil {
 		r.all(np, ch.Before, services)
 	} else {
-		for id := range ch.Services {
+		ids := slices.Sorted(maps.Keys(ch.Services))
+		for _, id := range ids {
 			r.service(id, np, ch.Before, services[id] != nil)
 		}
+		r.down = splice(r.down, ids, (*types.ServerHealth).GetServiceId, strings.Compare, func(id string) []*types.ServerHealth {
+			return downOf(runOf(np.Health, id))
+		})
 		r.vips(slices.SortedFunc(maps.Keys(ch.VIPs), netip.Addr.Compare), np, ch.Before)
 	}
 	r.m.vips.WithLabelValues(string(VIPServed)).Set(float64(r.serving))
 	r.m.vips.WithLabelValues("not_serving").Set(float64(len(r.notServing)))
 }
 
-// notServingStatus is the VIPs not served, as node status lists them.
-func (r *nodeReport) notServingStatus() []*types.VIPStatus {
-	out := make([]*types.VIPStatus, len(r.notServing))
-	for i, v := range r.notServing {
+// fillStatus puts the report of np into node status st, its lists bounded.
+func (r *nodeReport) fillStatus(st *types.NodeStatus, np NodePlan) {
+	st.Servers = bounded(st, omittedServers, r.serverStatus(np))
+	st.ServersChecked, st.ServersUp = uint32(r.checked), uint32(r.checked-len(r.down))
+	st.ServicesDown = bounded(st, omittedServicesDown, np.Down)
+	st.ServicesBelow = bounded(st, omittedServicesBelow, np.Below)
+	st.VipsNotServing = r.notServingStatus(st)
+	st.VipsServing, st.VipsAnnounced = uint32(r.serving), uint32(r.announced)
+}
+
+// notServingStatus is the VIPs not served, as node status lists them
+// (bounded, the rest counted in st).
+func (r *nodeReport) notServingStatus(st *types.NodeStatus) []*types.VIPStatus {
+	listed := bounded(st, omittedVIPsNotServing, r.notServing)
+	out := make([]*types.VIPStatus, len(listed))
+	for i, v := range listed {
 		out[i] = v.status
+	}
+	return out
+}
+
+// serverStatus is the servers node status lists (before its bound): every
+// checked one while there are few, else those down.
+func (r *nodeReport) serverStatus(np NodePlan) []*types.ServerHealth {
+	if r.checked <= maxStatusEntries {
+		return np.Health
+	}
+	return r.down
+}
+
+// downOf is the servers of health that are down.
+func downOf(health []*types.ServerHealth) []*types.ServerHealth {
+	var out []*types.ServerHealth
+	for _, h := range health {
+		if !h.Up {
+			out = append(out, h)
+		}
 	}
 	return out
 }
@@ -67,6 +105,7 @@ func (r *nodeReport) all(np, before NodePlan, services map[string]*ServicePlan) 
 	}
 	r.m.setServicesDown(services, down)
 	r.m.setServerHealth(np.Health)
+	r.checked, r.down = len(np.Health), downOf(np.Health)
 	r.m.serviceBelow.Reset()
 	for _, b := range np.Below {
 		r.m.serviceBelow.WithLabelValues(b.ServiceId, b.Action).Set(1)
@@ -92,7 +131,9 @@ func (r *nodeReport) service(id string, np, before NodePlan, exists bool) {
 		r.log.Info("the service has a server up again", "service", id)
 	}
 	r.m.setServiceDown(id, exists, is)
-	r.m.replaceServerHealth(runOf(before.Health, id), runOf(np.Health, id))
+	old, now := runOf(before.Health, id), runOf(np.Health, id)
+	r.m.replaceServerHealth(old, now)
+	r.checked += len(now) - len(old)
 	for _, b := range runOf(before.Below, id) {
 		r.m.serviceBelow.DeleteLabelValues(b.ServiceId, b.Action)
 	}

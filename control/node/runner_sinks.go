@@ -141,10 +141,8 @@ func (r *Runner) reportNode(ch NodeChange) {
 	np := r.pass.node
 	r.pass.report.report(np, ch, r.pass.plans)
 	r.metrics.bandwidthShare.Set(r.pass.drainState.Share)
-	notServing, serving, announced := r.pass.report.notServingStatus(), r.pass.report.serving, r.pass.report.announced
 	r.setStatus(func(st *types.NodeStatus) {
-		st.Servers, st.ServicesDown, st.ServicesBelow = np.Health, np.Down, np.Below
-		st.VipsServing, st.VipsNotServing, st.VipsAnnounced = uint32(serving), notServing, uint32(announced)
+		r.pass.report.fillStatus(st, np)
 		st.Drain = drainStatus(r.pass.drain, r.pass.drainState)
 	})
 }
