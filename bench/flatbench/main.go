@@ -1,7 +1,9 @@
 // Command flatbench measures what one change costs each part of the node's
-// per-change path — the node planner (node.NodePlanner) and every sink given
-// the plan (VIP addresses, BGP routes, eBPF counter keys, path probes,
-// server drains) — at a small and a large table, and says FAIL for each
+// per-change path — the node planner (node.NodePlanner), the node's report
+// into metrics and node status (as the runner keeps it: filled, bounded,
+// then cloned and compared with the last) and every sink given the plan
+// (VIP addresses, BGP routes, eBPF counter keys, path probes, server
+// drains) — at a small and a large table, every server health-checked, and says FAIL for each
 // part whose per-change time grows with the table. The change is what the
 // BGP sink withdraws a VIP for: a service losing all its servers (and
 // getting them back). The sinks drive fakes that only record, so the time
@@ -13,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -21,6 +24,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/bgp"
@@ -28,6 +34,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/datapath/xdpstats"
+	"github.com/merlin-ipvs/merlin/health"
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -96,13 +103,15 @@ func run(small, large, dests, changes int, limit float64) error {
 var errGrows = errors.New("FAIL: per-change time grows with the table")
 
 // parts are the measured parts, in the order of a pass.
-var parts = []string{"planner", "vips", "bgp", "counters", "path-probes", "server-drain", "whole pass"}
+var parts = []string{"planner", "node status", "vips", "bgp", "counters", "path-probes", "server-drain", "whole pass"}
 
 type fixture struct {
 	plans       map[string]*node.ServicePlan
 	full, empty map[string]*node.ServicePlan // each service with its servers, and without
 	sinks       []node.Sink
 	planner     node.NodePlanner
+	report      *node.NodeReport
+	status      *types.NodeStatus
 }
 
 // measure times changes on a table of n services; each change swaps one
@@ -119,8 +128,11 @@ func measure(n, dests, changes int) (map[string][]time.Duration, error) {
 	pass := func(changed map[string]bool) (map[string]time.Duration, error) {
 		took := map[string]time.Duration{}
 		start := time.Now()
-		np, _ := f.planner.Plan(f.plans, changed, node.NodeInputs{})
+		np, ch := f.planner.Plan(f.plans, changed, node.NodeInputs{})
 		took[parts[0]] = time.Since(start)
+		t := time.Now()
+		f.reportStatus(np, ch)
+		took[parts[1]] = time.Since(t)
 		plan := &node.Plan{Revision: 1, Services: f.plans, Node: np, Changed: changed}
 		if changed != nil {
 			plan.ChangedVIPs = map[netip.Addr]bool{}
@@ -131,11 +143,11 @@ func measure(n, dests, changes int) (map[string][]time.Duration, error) {
 			}
 		}
 		for i, s := range f.sinks {
-			t := time.Now()
+			t = time.Now()
 			if err := s.Set(ctx, plan); err != nil {
 				return nil, fmt.Errorf("sink %s: %w", s.Name(), err)
 			}
-			took[parts[i+1]] = time.Since(t)
+			took[parts[i+2]] = time.Since(t)
 		}
 		took["whole pass"] = time.Since(start)
 		return took, nil
@@ -187,10 +199,22 @@ func newFixture(n, dests int) (*fixture, error) {
 		node.NewPathProbeSink(emptyIPVS{}),
 		node.NewServerDrainSink(emptyIPVS{}),
 	}
-	if len(f.sinks)+2 != len(parts) {
+	f.report, f.status = node.NewNodeReport(node.NewNodeMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler)), &types.NodeStatus{}
+	if len(f.sinks)+3 != len(parts) {
 		return nil, fmt.Errorf("%d sinks for %d parts", len(f.sinks), len(parts))
 	}
 	return f, nil
+}
+
+// reportStatus reports the node plan into metrics and node status as the
+// runner does: the status filled (bounded) on a clone of the last, and
+// compared with it.
+func (f *fixture) reportStatus(np node.NodePlan, ch node.NodeChange) {
+	next := proto.Clone(f.status).(*types.NodeStatus)
+	f.report.Report(np, ch, f.plans, next)
+	if !proto.Equal(next, f.status) {
+		f.status = next
+	}
 }
 
 // servicePlans plans service i (a NAT service with dests servers) with its
@@ -198,7 +222,9 @@ func newFixture(n, dests int) (*fixture, error) {
 func servicePlans(i, dests int) (full, empty *node.ServicePlan, err error) {
 	svc, err := model.NormalizeService(&types.VirtualService{Id: fmt.Sprintf("svc%05d", i),
 		Key:    &types.VirtualService_Key{Ip: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String(), Port: 80, Protocol: types.Protocol_TCP},
-		Config: &types.VirtualService_Config{Scheduler: "wlc"}})
+		Config: &types.VirtualService_Config{Scheduler: "wlc"},
+		Defaults: &types.VirtualService_ServerDefaults{HealthCheck: &types.RealServer_HealthCheck{Endpoint: wrapperspb.String("tcp://:8080"),
+			Period: durationpb.New(time.Second), Timeout: durationpb.New(time.Second), UpThreshold: 1, DownThreshold: 1}}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -213,7 +239,12 @@ func servicePlans(i, dests int) (full, empty *node.ServicePlan, err error) {
 		servers[model.ServerKeyString(rs.Key)] = rs
 	}
 	plan := func(ss *store.ServiceState) *node.ServicePlan {
-		return node.PlanService(svc.Id, ss, node.PlanChecks(ss, nil), node.HealthView{}, time.Unix(1e9, 0))
+		checks := node.PlanChecks(ss, nil)
+		up := node.HealthView{Initial: map[health.Check]bool{}}
+		for _, c := range checks.Servers {
+			up.Initial[c.Check] = true
+		}
+		return node.PlanService(svc.Id, ss, checks, up, time.Unix(1e9, 0))
 	}
 	full = plan(&store.ServiceState{Service: svc, Servers: servers})
 	empty = plan(&store.ServiceState{Service: svc, Servers: map[string]*types.RealServer{}})

@@ -197,3 +197,21 @@ func b2i(b bool) int {
 	}
 	return 0
 }
+
+// NodeReport puts node plans into the node's metrics and status a change
+// at a time, with the functions the runner uses (exported for
+// bench/flatbench).
+type NodeReport struct{ r nodeReport }
+
+// NewNodeReport reports into m.
+func NewNodeReport(m *NodeMetrics, log *slog.Logger) *NodeReport {
+	return &NodeReport{r: nodeReport{m: m, log: log}}
+}
+
+// Report reports np (ch says what it made anew of the plan before) and
+// puts it into node status st, bounded as the runner keeps it.
+func (n *NodeReport) Report(np NodePlan, ch NodeChange, services map[string]*ServicePlan, st *types.NodeStatus) {
+	n.r.report(np, ch, services)
+	n.r.fillStatus(st, np)
+	fitStatus(st)
+}
