@@ -40,6 +40,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/bgp"
 	"github.com/merlin-ipvs/merlin/control/node"
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/internal/netns"
 )
 
@@ -298,7 +299,7 @@ func (m *merlin) plan(n, skip, changed int) *node.Plan {
 			vips = append(vips, node.VIPState{Addr: prefix(m, i).Addr(), State: node.VIPServed, Announce: true})
 		}
 	}
-	p := &node.Plan{Node: node.NodePlan{Ready: true, VIPStates: vips}}
+	p := &node.Plan{Node: node.NodePlan{Ready: true, VIPStates: chunklist.From(vips)}}
 	if changed >= 0 {
 		p.ChangedVIPs = map[netip.Addr]bool{prefix(m, changed).Addr(): true}
 	}

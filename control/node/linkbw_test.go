@@ -43,10 +43,10 @@ func planVIP(t *testing.T, st *store.State, in NodeInputs, down ...string) VIPSt
 		plans[id] = PlanService(id, ss, checks, hv, time.Now())
 	}
 	np := PlanNode(plans, in)
-	if len(np.VIPStates) != 1 {
-		t.Fatalf("VIP states %v", np.VIPStates)
+	if np.VIPStates.Len() != 1 {
+		t.Fatalf("VIP states %v", np.VIPStates.Slice())
 	}
-	return np.VIPStates[0]
+	return np.VIPStates.Slice()[0]
 }
 
 // The link bandwidth is the sum of the healthy effective weights of every

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -102,13 +103,17 @@ const (
 
 // NodePlan is what the node programs beside the IPVS table, derived from
 // all service plans.
+//
+// Its lists are chunklist.Lists, so that a plan made a change at a time
+// (NodePlanner) shares all but the changed entries' chunks with the plan
+// before, which sinks may still hold.
 type NodePlan struct {
-	Ready     bool         // the first reconcile and health results are in
-	VIPs      []netip.Addr // of every programmable address-based service, sorted
-	VIPStates []VIPState   // one per VIP, sorted by address
-	Health    []*types.ServerHealth
-	Down      []string // services whose servers are all down, sorted
-	Below     []*types.ServiceBelowThreshold
+	Ready     bool                                         // the first reconcile and health results are in
+	VIPs      chunklist.List[netip.Addr]                   // of every programmable address-based service, sorted
+	VIPStates chunklist.List[VIPState]                     // one per VIP, sorted by address
+	Health    chunklist.List[*types.ServerHealth]          // sorted by service
+	Down      chunklist.List[string]                       // services whose servers are all down, sorted
+	Below     chunklist.List[*types.ServiceBelowThreshold] // sorted by service
 	// LinkBandwidthPerWeight is the node's factor in every VIP's link
 	// bandwidth (NodeInputs.LinkBandwidth.PerWeight).
 	LinkBandwidthPerWeight float64
@@ -118,26 +123,32 @@ type NodePlan struct {
 func PlanNode(services map[string]*ServicePlan, in NodeInputs) NodePlan {
 	np := NodePlan{Ready: in.NotReady == "", LinkBandwidthPerWeight: in.LinkBandwidth.PerWeight}
 	byVIP := map[netip.Addr][]*ServicePlan{}
+	var down []string
+	var below []*types.ServiceBelowThreshold
+	var health []*types.ServerHealth
 	for _, id := range slices.Sorted(maps.Keys(services)) {
 		p := services[id]
 		if p.AllDown {
-			np.Down = append(np.Down, id)
+			down = append(down, id)
 		}
 		if b := p.Below; b != nil {
-			np.Below = append(np.Below, belowStatus(id, b))
+			below = append(below, belowStatus(id, b))
 		}
-		np.Health = appendHealth(np.Health, p)
+		health = appendHealth(health, p)
 		if addr, ok := p.VIP(); ok {
 			byVIP[addr] = append(byVIP[addr], p)
 		}
 	}
+	var vips []netip.Addr
+	var states []VIPState
 	for _, addr := range slices.SortedFunc(maps.Keys(byVIP), netip.Addr.Compare) {
-		st := vipState(addr, byVIP[addr], in)
-		np.VIPStates = append(np.VIPStates, st)
+		states = append(states, vipState(addr, byVIP[addr], in))
 		if slices.ContainsFunc(byVIP[addr], func(p *ServicePlan) bool { return p.Err == nil }) {
-			np.VIPs = append(np.VIPs, addr)
+			vips = append(vips, addr)
 		}
 	}
+	np.Down, np.Below, np.Health = chunklist.From(down), chunklist.From(below), chunklist.From(health)
+	np.VIPs, np.VIPStates = chunklist.From(vips), chunklist.From(states)
 	return np
 }
 

@@ -8,14 +8,15 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
 // NodePlanner derives the node plan as services change. After the first
 // plan (or a change of the node's inputs, which every VIP depends on) it
-// looks only at the changed services and their VIPs and edits the last
-// plan's sorted lists; the plan equals PlanNode's for the same services.
-// The lists of a plan it returned are never changed (sinks keep them).
+// looks only at the changed services and their VIPs and splices them into
+// the last plan's lists (sharing the rest); the plan equals PlanNode's for
+// the same services. A plan it returned is never changed (sinks keep it).
 type NodePlanner struct {
 	in      NodeInputs
 	planned bool
@@ -51,35 +52,36 @@ func (n *NodePlanner) Plan(services map[string]*ServicePlan, changed map[string]
 			n.move(id, old, p, vips)
 		}
 	}
-	// Each list is copied once, the changed runs spliced in: a change of k
-	// services costs the list's length plus k, not k times it.
+	// Each list shares all but the chunks the changed runs fall in with
+	// the plan before: a change of k services costs about k chunks and
+	// the chunk index, not the list's length.
 	ids := slices.Sorted(maps.Keys(ch.Services))
-	np.Down = splice(np.Down, ids, func(id string) string { return id }, strings.Compare, func(id string) []string {
+	np.Down = chunklist.Splice(np.Down, ids, identity, strings.Compare, func(id string) []string {
 		if p := services[id]; p != nil && p.AllDown {
 			return []string{id}
 		}
 		return nil
 	})
-	np.Below = splice(np.Below, ids, (*types.ServiceBelowThreshold).GetServiceId, strings.Compare, func(id string) []*types.ServiceBelowThreshold {
+	np.Below = chunklist.Splice(np.Below, ids, (*types.ServiceBelowThreshold).GetServiceId, strings.Compare, func(id string) []*types.ServiceBelowThreshold {
 		if p := services[id]; p != nil && p.Below != nil {
 			return []*types.ServiceBelowThreshold{belowStatus(id, p.Below)}
 		}
 		return nil
 	})
-	np.Health = splice(np.Health, ids, (*types.ServerHealth).GetServiceId, strings.Compare, func(id string) []*types.ServerHealth {
+	np.Health = chunklist.Splice(np.Health, ids, (*types.ServerHealth).GetServiceId, strings.Compare, func(id string) []*types.ServerHealth {
 		if p := services[id]; p != nil {
 			return appendHealth(nil, p)
 		}
 		return nil
 	})
 	addrs := slices.SortedFunc(maps.Keys(vips), netip.Addr.Compare)
-	np.VIPStates = splice(np.VIPStates, addrs, func(v VIPState) netip.Addr { return v.Addr }, netip.Addr.Compare, func(a netip.Addr) []VIPState {
+	np.VIPStates = chunklist.Splice(np.VIPStates, addrs, VIPState.address, netip.Addr.Compare, func(a netip.Addr) []VIPState {
 		if plans := n.byVIP[a]; len(plans) > 0 {
 			return []VIPState{vipState(a, plans, in)}
 		}
 		return nil
 	})
-	np.VIPs = splice(np.VIPs, addrs, func(a netip.Addr) netip.Addr { return a }, netip.Addr.Compare, func(a netip.Addr) []netip.Addr {
+	np.VIPs = chunklist.Splice(np.VIPs, addrs, identity, netip.Addr.Compare, func(a netip.Addr) []netip.Addr {
 		if slices.ContainsFunc(n.byVIP[a], func(p *ServicePlan) bool { return p.Err == nil }) {
 			return []netip.Addr{a}
 		}
@@ -132,23 +134,9 @@ func sameInputs(a, b NodeInputs) bool {
 		maps.Equal(a.Failed, b.Failed)
 }
 
-// splice is a copy of list (sorted by key) with the run of each of keys
-// (sorted) replaced by with(key), in one pass.
-func splice[E, K any](list []E, keys []K, key func(E) K, cmp func(a, b K) int, with func(K) []E) []E {
-	out := make([]E, 0, len(list)+len(keys))
-	i := 0
-	for _, k := range keys {
-		j, _ := slices.BinarySearchFunc(list[i:], k, func(e E, k K) int { return cmp(key(e), k) })
-		j += i
-		out = append(out, list[i:j]...)
-		for j < len(list) && cmp(key(list[j]), k) == 0 {
-			j++
-		}
-		out = append(out, with(k)...)
-		i = j
-	}
-	return append(out, list[i:]...)
-}
+func identity[T any](t T) T { return t }
+
+func (v VIPState) address() netip.Addr { return v.Addr }
 
 // belowStatus is how node status shows a service below its threshold.
 func belowStatus(id string, b *BelowThreshold) *types.ServiceBelowThreshold {

@@ -22,11 +22,12 @@ import (
 )
 
 // randomNodeFacingPlan is service id with random values of everything the
-// node plan reads: its VIP (one of a few, or a firewall mark), announcement
+// node plan reads: its VIP (one of vips, or a firewall mark), announcement
 // options, a refusal, servers checked or not, up or down, weights, a
 // healthy threshold it is below.
-func randomNodeFacingPlan(rng *rand.Rand, id string) *ServicePlan {
-	svc := &types.VirtualService{Id: id, Key: &types.VirtualService_Key{Ip: fmt.Sprintf("198.18.0.%d", 1+rng.IntN(5)), Port: 80}}
+func randomNodeFacingPlan(rng *rand.Rand, id string, vips int) *ServicePlan {
+	v := rng.IntN(vips)
+	svc := &types.VirtualService{Id: id, Key: &types.VirtualService_Key{Ip: fmt.Sprintf("198.18.%d.%d", v/250, 1+v%250), Port: 80}}
 	if rng.IntN(10) == 0 {
 		svc.Key = &types.VirtualService_Key{Fwmark: 7}
 	}
@@ -66,7 +67,7 @@ func randomChanges(rng *rand.Rand, ids []string, plans map[string]*ServicePlan) 
 		if rng.IntN(5) == 0 {
 			delete(plans, id)
 		} else {
-			plans[id] = randomNodeFacingPlan(rng, id)
+			plans[id] = randomNodeFacingPlan(rng, id, max(5, len(ids)/2)) // services share VIPs
 		}
 	}
 	return changed
@@ -90,10 +91,21 @@ func randomNodeInputs(rng *rand.Rand, ids []string) NodeInputs {
 // TestNodePlannerEqualsPlanNode: a plan made a change at a time is the
 // plan PlanNode makes of all services, after each of 3,000 random steps
 // (services coming, changing, going; the node's inputs now and then), and
-// a plan returned earlier is never changed by the later ones.
+// a plan returned earlier is never changed by the later ones — with 10
+// services, and with 600 (lists of many chunks).
 func TestNodePlannerEqualsPlanNode(t *testing.T) {
+	few := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+	var many []string
+	for i := range 600 {
+		many = append(many, fmt.Sprintf("s%03d", i))
+	}
+	for _, ids := range [][]string{few, many} {
+		t.Run(fmt.Sprint(len(ids)), func(t *testing.T) { testNodePlanner(t, ids) })
+	}
+}
+
+func testNodePlanner(t *testing.T, ids []string) {
 	rng := rand.New(rand.NewPCG(9, 10))
-	ids := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
 	var planner NodePlanner
 	plans := map[string]*ServicePlan{}
 	in := NodeInputs{}
@@ -130,16 +142,16 @@ func nodePlanDiff(a, b NodePlan) string {
 	switch {
 	case a.Ready != b.Ready || a.LinkBandwidthPerWeight != b.LinkBandwidthPerWeight:
 		return fmt.Sprintf("ready %v/%v, bandwidth factor %v/%v", a.Ready, b.Ready, a.LinkBandwidthPerWeight, b.LinkBandwidthPerWeight)
-	case !slices.Equal(a.VIPs, b.VIPs):
-		return fmt.Sprintf("VIPs %v, want %v", a.VIPs, b.VIPs)
-	case !slices.Equal(a.Down, b.Down):
-		return fmt.Sprintf("down %v, want %v", a.Down, b.Down)
-	case !slices.EqualFunc(a.VIPStates, b.VIPStates, func(x, y VIPState) bool { return reflect.DeepEqual(x, y) }):
-		return fmt.Sprintf("VIP states %+v, want %+v", a.VIPStates, b.VIPStates)
-	case !slices.EqualFunc(a.Health, b.Health, func(x, y *types.ServerHealth) bool { return proto.Equal(x, y) }):
-		return fmt.Sprintf("health %v, want %v", a.Health, b.Health)
-	case !slices.EqualFunc(a.Below, b.Below, func(x, y *types.ServiceBelowThreshold) bool { return proto.Equal(x, y) }):
-		return fmt.Sprintf("below %v, want %v", a.Below, b.Below)
+	case !slices.Equal(a.VIPs.Slice(), b.VIPs.Slice()):
+		return fmt.Sprintf("VIPs %v, want %v", a.VIPs.Slice(), b.VIPs.Slice())
+	case !slices.Equal(a.Down.Slice(), b.Down.Slice()):
+		return fmt.Sprintf("down %v, want %v", a.Down.Slice(), b.Down.Slice())
+	case !slices.EqualFunc(a.VIPStates.Slice(), b.VIPStates.Slice(), func(x, y VIPState) bool { return reflect.DeepEqual(x, y) }):
+		return fmt.Sprintf("VIP states %+v, want %+v", a.VIPStates.Slice(), b.VIPStates.Slice())
+	case !slices.EqualFunc(a.Health.Slice(), b.Health.Slice(), func(x, y *types.ServerHealth) bool { return proto.Equal(x, y) }):
+		return fmt.Sprintf("health %v, want %v", a.Health.Slice(), b.Health.Slice())
+	case !slices.EqualFunc(a.Below.Slice(), b.Below.Slice(), func(x, y *types.ServiceBelowThreshold) bool { return proto.Equal(x, y) }):
+		return fmt.Sprintf("below %v, want %v", a.Below.Slice(), b.Below.Slice())
 	}
 	return ""
 }
@@ -173,8 +185,8 @@ func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
 		var incStatus, wholeStatus types.NodeStatus
 		inc.fillStatus(&incStatus, np)
 		whole.fillStatus(&wholeStatus, np)
-		if !proto.Equal(&incStatus, &wholeStatus) || !slices.EqualFunc(inc.down, whole.down, func(a, b *types.ServerHealth) bool { return proto.Equal(a, b) }) {
-			t.Fatalf("step %d: status %v, servers down %v; want %v, %v", step, &incStatus, inc.down, &wholeStatus, whole.down)
+		if !proto.Equal(&incStatus, &wholeStatus) || !slices.EqualFunc(inc.down.Slice(), whole.down.Slice(), func(a, b *types.ServerHealth) bool { return proto.Equal(a, b) }) {
+			t.Fatalf("step %d: status %v, servers down %v; want %v, %v", step, &incStatus, inc.down.Slice(), &wholeStatus, whole.down.Slice())
 		}
 	}
 }

@@ -220,14 +220,14 @@ func TestPlanNodeVIPStates(t *testing.T) {
 
 	np := PlanNode(plans, NodeInputs{Failed: map[string]bool{"refused": true}})
 	var vips []string
-	for _, a := range np.VIPs {
+	for a := range np.VIPs.All() {
 		vips = append(vips, a.String())
 	}
 	if strings.Join(vips, " ") != "198.18.0.1 198.18.0.2 198.18.0.3 198.18.0.5" {
 		t.Fatalf("VIPs %v (not the fwmark service, not the one that does not convert)", vips)
 	}
 	got := map[string]VIPState{}
-	for _, v := range np.VIPStates {
+	for v := range np.VIPStates.All() {
 		got[v.Addr.String()] = v
 	}
 	for addr, want := range map[string]VIPServing{"198.18.0.1": VIPServed, "198.18.0.2": VIPNoHealthyServer, "198.18.0.3": VIPFailed, "198.18.0.4": VIPFailed, "198.18.0.5": VIPNoHealthyServer} {
@@ -241,10 +241,10 @@ func TestPlanNodeVIPStates(t *testing.T) {
 	if r := got["198.18.0.5"].Reason; !strings.Contains(r, "every server is down: down") {
 		t.Errorf("reason %q", r)
 	}
-	if !slices.Equal(np.Down, []string{"down"}) || len(np.Health) != 1 || np.Health[0].Up || np.Health[0].LastError != "refused" {
-		t.Fatalf("down %v, health %v", np.Down, np.Health)
+	if health := np.Health.Slice(); !slices.Equal(np.Down.Slice(), []string{"down"}) || len(health) != 1 || health[0].Up || health[0].LastError != "refused" {
+		t.Fatalf("down %v, health %v", np.Down.Slice(), health)
 	}
-	for _, v := range PlanNode(plans, NodeInputs{NotReady: "waiting"}).VIPStates {
+	for v := range PlanNode(plans, NodeInputs{NotReady: "waiting"}).VIPStates.All() {
 		if v.State != VIPNotReady || v.Reason != "waiting" {
 			t.Fatalf("a node that is not ready serves %s: %s", v.Addr, v.State)
 		}
@@ -326,7 +326,7 @@ func TestPlanNodeAnnouncements(t *testing.T) {
 	}
 	byAddr := func(in NodeInputs) map[string]VIPState {
 		out := map[string]VIPState{}
-		for _, v := range PlanNode(plans, in).VIPStates {
+		for v := range PlanNode(plans, in).VIPStates.All() {
 			out[v.Addr.String()] = v
 		}
 		return out
@@ -360,7 +360,7 @@ func TestPlanNodeAnnouncements(t *testing.T) {
 	if np.Ready {
 		t.Error("a node that is not ready says it is")
 	}
-	for _, v := range np.VIPStates {
+	for v := range np.VIPStates.All() {
 		if v.Announce || v.State != VIPNotReady {
 			t.Errorf("not ready: %s %+v", v.Addr, v)
 		}

@@ -103,12 +103,12 @@ func TestThresholdActions(t *testing.T) {
 		p := planWithDown(st, c.down, time.Now())
 		applyThreshold(p, thresholdState{}, time.Now())
 		np := PlanNode(map[string]*ServicePlan{"web": p}, NodeInputs{})
-		v := np.VIPStates[0]
+		v := np.VIPStates.Slice()[0]
 		if v.State != c.state || v.Announce != c.announce {
 			t.Errorf("%s, %d down: %s (%s) announced %v, want %s announced %v", c.th.Action, c.down, v.State, v.Reason, v.Announce, c.state, c.announce)
 		}
-		if c.down > 5 && (len(np.Below) != 1 || np.Below[0].Need != 5 || np.Below[0].Action != ActionName(c.th.Action)) {
-			t.Errorf("%s: node plan below %v", c.th.Action, np.Below)
+		if below := np.Below.Slice(); c.down > 5 && (len(below) != 1 || below[0].Need != 5 || below[0].Action != ActionName(c.th.Action)) {
+			t.Errorf("%s: node plan below %v", c.th.Action, below)
 		}
 		if c.th.Action == types.BelowThresholdAction_SORRY {
 			i := slices.IndexFunc(p.Virtual.Destinations, func(d ipvs.Destination) bool { return d.Key.Address == mustAddr("198.19.1.1") })

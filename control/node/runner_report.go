@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -18,9 +19,9 @@ type nodeReport struct {
 	log        *slog.Logger
 	serving    int
 	announced  int
-	notServing []notServingVIP       // sorted by address
-	checked    int                   // health-checked servers
-	down       []*types.ServerHealth // the checked servers down, sorted by service
+	notServing chunklist.List[notServingVIP]       // sorted by address
+	checked    int                                 // health-checked servers
+	down       chunklist.List[*types.ServerHealth] // the checked servers down, sorted by service
 }
 
 type notServingVIP struct {
@@ -37,21 +38,21 @@ func (r *nodeReport) report(np NodePlan, ch NodeChange, services map[string]*Ser
 		for _, id := range ids {
 			r.service(id, np, ch.Before, services[id] != nil)
 		}
-		r.down = splice(r.down, ids, (*types.ServerHealth).GetServiceId, strings.Compare, func(id string) []*types.ServerHealth {
-			return downOf(runOf(np.Health, id))
+		r.down = chunklist.Splice(r.down, ids, (*types.ServerHealth).GetServiceId, strings.Compare, func(id string) []*types.ServerHealth {
+			return downOf(healthOf(np.Health, id))
 		})
 		r.vips(slices.SortedFunc(maps.Keys(ch.VIPs), netip.Addr.Compare), np, ch.Before)
 	}
 	r.m.vips.WithLabelValues(string(VIPServed)).Set(float64(r.serving))
-	r.m.vips.WithLabelValues("not_serving").Set(float64(len(r.notServing)))
+	r.m.vips.WithLabelValues("not_serving").Set(float64(r.notServing.Len()))
 }
 
 // fillStatus puts the report of np into node status st, its lists bounded.
 func (r *nodeReport) fillStatus(st *types.NodeStatus, np NodePlan) {
-	st.Servers = bounded(st, omittedServers, r.serverStatus(np))
-	st.ServersChecked, st.ServersUp = uint32(r.checked), uint32(r.checked-len(r.down))
-	st.ServicesDown = bounded(st, omittedServicesDown, np.Down)
-	st.ServicesBelow = bounded(st, omittedServicesBelow, np.Below)
+	st.Servers = r.serverStatus(st, np)
+	st.ServersChecked, st.ServersUp = uint32(r.checked), uint32(r.checked-r.down.Len())
+	st.ServicesDown = boundedHead(st, omittedServicesDown, np.Down)
+	st.ServicesBelow = boundedHead(st, omittedServicesBelow, np.Below)
 	st.VipsNotServing = r.notServingStatus(st)
 	st.VipsServing, st.VipsAnnounced = uint32(r.serving), uint32(r.announced)
 }
@@ -59,7 +60,7 @@ func (r *nodeReport) fillStatus(st *types.NodeStatus, np NodePlan) {
 // notServingStatus is the VIPs not served, as node status lists them
 // (bounded, the rest counted in st).
 func (r *nodeReport) notServingStatus(st *types.NodeStatus) []*types.VIPStatus {
-	listed := bounded(st, omittedVIPsNotServing, r.notServing)
+	listed := boundedHead(st, omittedVIPsNotServing, r.notServing)
 	out := make([]*types.VIPStatus, len(listed))
 	for i, v := range listed {
 		out[i] = v.status
@@ -67,13 +68,14 @@ func (r *nodeReport) notServingStatus(st *types.NodeStatus) []*types.VIPStatus {
 	return out
 }
 
-// serverStatus is the servers node status lists (before its bound): every
-// checked one while there are few, else those down.
-func (r *nodeReport) serverStatus(np NodePlan) []*types.ServerHealth {
+// serverStatus is the servers node status lists: every checked one while
+// there are few, else those down (bounded, the rest counted in st).
+func (r *nodeReport) serverStatus(st *types.NodeStatus, np NodePlan) []*types.ServerHealth {
 	if r.checked <= maxStatusEntries {
-		return np.Health
+		setOmitted(st, omittedServers, 0)
+		return np.Health.Slice()
 	}
-	return r.down
+	return boundedHead(st, omittedServers, r.down)
 }
 
 // downOf is the servers of health that are down.
@@ -89,41 +91,43 @@ func downOf(health []*types.ServerHealth) []*types.ServerHealth {
 
 // all reports every service and VIP again.
 func (r *nodeReport) all(np, before NodePlan, services map[string]*ServicePlan) {
-	down := make(map[string]bool, len(np.Down))
-	for _, id := range np.Down {
+	down := make(map[string]bool, np.Down.Len())
+	for id := range np.Down.All() {
 		down[id] = true
 	}
-	for _, id := range before.Down {
+	for id := range before.Down.All() {
 		if !down[id] {
 			r.log.Info("the service has a server up again", "service", id)
 		}
 	}
-	for _, id := range np.Down {
-		if _, was := slices.BinarySearch(before.Down, id); !was {
+	for id := range np.Down.All() {
+		if !isDown(before, id) {
 			r.log.Warn("every server of the service is down", "service", id)
 		}
 	}
 	r.m.setServicesDown(services, down)
-	r.m.setServerHealth(np.Health)
-	r.checked, r.down = len(np.Health), downOf(np.Health)
+	health := np.Health.Slice()
+	r.m.setServerHealth(health)
+	r.checked, r.down = len(health), chunklist.From(downOf(health))
 	r.m.serviceBelow.Reset()
-	for _, b := range np.Below {
+	for b := range np.Below.All() {
 		r.m.serviceBelow.WithLabelValues(b.ServiceId, b.Action).Set(1)
 	}
 	r.m.vipAnnounced.Reset()
 	r.m.vipBandwidth.Reset()
-	r.serving, r.announced, r.notServing = 0, 0, nil
-	for _, v := range np.VIPStates {
+	r.serving, r.announced = 0, 0
+	var notServing []notServingVIP
+	for v := range np.VIPStates.All() {
 		if st := r.add(v); st != nil {
-			r.notServing = append(r.notServing, notServingVIP{addr: v.Addr, status: st})
+			notServing = append(notServing, notServingVIP{addr: v.Addr, status: st})
 		}
 	}
+	r.notServing = chunklist.From(notServing)
 }
 
 // service reports service id anew.
 func (r *nodeReport) service(id string, np, before NodePlan, exists bool) {
-	_, was := slices.BinarySearch(before.Down, id)
-	_, is := slices.BinarySearch(np.Down, id)
+	was, is := isDown(before, id), isDown(np, id)
 	switch {
 	case is && !was:
 		r.log.Warn("every server of the service is down", "service", id)
@@ -131,13 +135,13 @@ func (r *nodeReport) service(id string, np, before NodePlan, exists bool) {
 		r.log.Info("the service has a server up again", "service", id)
 	}
 	r.m.setServiceDown(id, exists, is)
-	old, now := runOf(before.Health, id), runOf(np.Health, id)
+	old, now := healthOf(before.Health, id), healthOf(np.Health, id)
 	r.m.replaceServerHealth(old, now)
 	r.checked += len(now) - len(old)
-	for _, b := range runOf(before.Below, id) {
+	for _, b := range belowOf(before.Below, id) {
 		r.m.serviceBelow.DeleteLabelValues(b.ServiceId, b.Action)
 	}
-	for _, b := range runOf(np.Below, id) {
+	for _, b := range belowOf(np.Below, id) {
 		r.m.serviceBelow.WithLabelValues(b.ServiceId, b.Action).Set(1)
 	}
 }
@@ -157,7 +161,7 @@ func (r *nodeReport) vips(addrs []netip.Addr, np, before NodePlan) {
 			now[addr] = r.add(v)
 		}
 	}
-	r.notServing = splice(r.notServing, addrs, func(v notServingVIP) netip.Addr { return v.addr }, netip.Addr.Compare,
+	r.notServing = chunklist.Splice(r.notServing, addrs, func(v notServingVIP) netip.Addr { return v.addr }, netip.Addr.Compare,
 		func(a netip.Addr) []notServingVIP {
 			if st := now[a]; st != nil {
 				return []notServingVIP{{addr: a, status: st}}
@@ -181,14 +185,21 @@ func (r *nodeReport) add(v VIPState) *types.VIPStatus {
 	return &types.VIPStatus{Address: v.Addr.String(), State: string(v.State), Reason: v.Reason, Services: v.Services, Announced: v.Announce}
 }
 
-// runOf is the run of list (sorted by service ID) that is service id's.
-func runOf[E interface{ GetServiceId() string }](list []E, id string) []E {
-	lo, _ := slices.BinarySearchFunc(list, id, func(e E, id string) int { return strings.Compare(e.GetServiceId(), id) })
-	hi := lo
-	for hi < len(list) && strings.Compare(list[hi].GetServiceId(), id) == 0 {
-		hi++
-	}
-	return list[lo:hi]
+// healthOf is service id's servers in a node plan's health list.
+func healthOf(list chunklist.List[*types.ServerHealth], id string) []*types.ServerHealth {
+	return chunklist.Run(list, id, (*types.ServerHealth).GetServiceId, strings.Compare)
+}
+
+// belowOf is service id's entry in a node plan's list of services below
+// their threshold (none or one).
+func belowOf(list chunklist.List[*types.ServiceBelowThreshold], id string) []*types.ServiceBelowThreshold {
+	return chunklist.Run(list, id, (*types.ServiceBelowThreshold).GetServiceId, strings.Compare)
+}
+
+// isDown says whether service id has every server down in np.
+func isDown(np NodePlan, id string) bool {
+	_, down := chunklist.Find(np.Down, id, identity, strings.Compare)
+	return down
 }
 
 func b2i(b bool) int {

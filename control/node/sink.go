@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -64,15 +65,15 @@ type VIPSink interface {
 // vipSink gives the plan's VIP addresses to a VIPSink when they change.
 type vipSink struct {
 	vips VIPSink
-	last []netip.Addr
+	last chunklist.List[netip.Addr]
 	set  bool
 }
 
 // membersChanged: a changed VIP came or went (VIPs and last are sorted).
 func (s *vipSink) membersChanged(p *Plan) bool {
 	for addr := range p.ChangedVIPs {
-		_, was := slices.BinarySearchFunc(s.last, addr, netip.Addr.Compare)
-		_, is := slices.BinarySearchFunc(p.Node.VIPs, addr, netip.Addr.Compare)
+		_, was := chunklist.Find(s.last, addr, identity, netip.Addr.Compare)
+		_, is := chunklist.Find(p.Node.VIPs, addr, identity, netip.Addr.Compare)
 		if was != is {
 			return true
 		}
@@ -90,12 +91,13 @@ func (s *vipSink) Set(ctx context.Context, p *Plan) error {
 	if s.set && p.ChangedVIPs != nil && !s.membersChanged(p) {
 		return nil // looked at only the changed VIPs
 	}
-	if s.set && slices.Equal(p.Node.VIPs, s.last) {
+	vips := p.Node.VIPs.Slice()
+	if s.set && slices.Equal(vips, s.last.Slice()) {
 		return nil
 	}
-	if err := s.vips.SetVIPs(ctx, p.Node.VIPs); err != nil {
+	if err := s.vips.SetVIPs(ctx, vips); err != nil {
 		return err
 	}
-	s.last, s.set = slices.Clone(p.Node.VIPs), true
+	s.last, s.set = p.Node.VIPs, true
 	return nil
 }

@@ -2,14 +2,15 @@ package node
 
 import (
 	"context"
+	"iter"
 	"net/netip"
-	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/merlin-ipvs/merlin/bgp"
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/model"
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -87,7 +88,7 @@ func (s *bgpSink) Set(ctx context.Context, p *Plan) error {
 // setAll gives the speaker every route: as a whole set the first time (or
 // when it takes no changes), otherwise what differs from what it holds.
 func (s *bgpSink) setAll(ctx context.Context, u RouteUpdater, p *Plan) error {
-	routes := s.bw.limit(Routes(p.Node.VIPStates), p.Node.LinkBandwidthPerWeight)
+	routes := s.bw.limit(Routes(p.Node.VIPStates.All()), p.Node.LinkBandwidthPerWeight)
 	ch := bgp.DiffRoutes(s.sent, routes)
 	var err error
 	switch {
@@ -145,21 +146,17 @@ func (s *bgpSink) changes(p *Plan) bgp.Changes {
 }
 
 // vipStateOf finds addr's state in vips (sorted by address).
-func vipStateOf(vips []VIPState, addr netip.Addr) (VIPState, bool) {
-	i, ok := slices.BinarySearchFunc(vips, addr, func(v VIPState, a netip.Addr) int { return v.Addr.Compare(a) })
-	if !ok {
-		return VIPState{}, false
-	}
-	return vips[i], true
+func vipStateOf(vips chunklist.List[VIPState], addr netip.Addr) (VIPState, bool) {
+	return chunklist.Find(vips, addr, VIPState.address, netip.Addr.Compare)
 }
 
 // Due: when a held-back bandwidth change is to be sent.
 func (s *bgpSink) Due() time.Time { return s.bw.due }
 
 // Routes are the BGP routes of the announced VIPs.
-func Routes(vips []VIPState) []bgp.Route {
+func Routes(vips iter.Seq[VIPState]) []bgp.Route {
 	var out []bgp.Route
-	for _, v := range vips {
+	for v := range vips {
 		if v.Announce {
 			out = append(out, routeOf(v))
 		}

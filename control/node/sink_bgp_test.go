@@ -18,6 +18,7 @@ import (
 
 	"github.com/merlin-ipvs/merlin/bgp"
 	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -243,7 +244,7 @@ func TestBGPSinkChangesEqualWholeSets(t *testing.T) {
 		if rng.IntN(3) == 0 { // a VIP the plan names but that did not change
 			changed[netip.AddrFrom4([4]byte{198, 18, 0, byte(rng.IntN(12))})] = true
 		}
-		plan := &Plan{Node: NodePlan{Ready: true, VIPStates: slices.SortedFunc(maps.Values(vips), func(a, b VIPState) int { return a.Addr.Compare(b.Addr) }),
+		plan := &Plan{Node: NodePlan{Ready: true, VIPStates: chunklist.From(slices.SortedFunc(maps.Values(vips), func(a, b VIPState) int { return a.Addr.Compare(b.Addr) })),
 			LinkBandwidthPerWeight: perWeight}, ChangedVIPs: changed}
 		if rng.IntN(50) == 0 {
 			perWeight++
@@ -391,7 +392,7 @@ func TestVIPSinkLooksAtChangedVIPs(t *testing.T) {
 			}
 		}, netip.Addr.Compare)
 		before := f.last
-		p := &Plan{Node: NodePlan{VIPs: vips}, ChangedVIPs: changed}
+		p := &Plan{Node: NodePlan{VIPs: chunklist.From(vips)}, ChangedVIPs: changed}
 		if step == 0 {
 			p.ChangedVIPs = nil
 		}

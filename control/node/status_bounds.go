@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/merlin-ipvs/merlin/control/store"
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -32,6 +33,12 @@ func bounded[E any](st *types.NodeStatus, name string, list []E) []E {
 	left := max(len(list)-maxStatusEntries, 0)
 	setOmitted(st, name, left)
 	return list[: len(list)-left : len(list)-left]
+}
+
+// boundedHead is bounded for a node plan's list.
+func boundedHead[E any](st *types.NodeStatus, name string, list chunklist.List[E]) []E {
+	setOmitted(st, name, max(list.Len()-maxStatusEntries, 0))
+	return list.Head(maxStatusEntries)
 }
 
 func setOmitted(st *types.NodeStatus, name string, n int) {

@@ -67,6 +67,18 @@ func (l List[E]) Slice() []E {
 	return out
 }
 
+// Head is the first n entries (all when fewer) in a new slice.
+func (l List[E]) Head(n int) []E {
+	out := make([]E, 0, min(n, l.n))
+	for _, c := range l.chunks {
+		if len(out)+len(c) >= n {
+			return append(out, c[:n-len(out)]...)
+		}
+		out = append(out, c...)
+	}
+	return out
+}
+
 // Run is the entries whose key is k (the list sorted by key, compared by
 // cmp). It is shared with the list when in one chunk: never change it.
 func Run[E, K any](l List[E], k K, key func(E) K, cmp func(a, b K) int) []E {

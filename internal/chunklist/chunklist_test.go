@@ -54,6 +54,9 @@ func TestSpliceEqualsSlices(t *testing.T) {
 				t.Fatalf("round %d step %d: the list spliced from changed", round, step)
 			}
 			checkChunks(t, l)
+			if n := rng.IntN(len(plain) + 2); !slices.Equal(l.Head(n), plain[:min(n, len(plain))]) {
+				t.Fatalf("head of %d: %v", n, l.Head(n))
+			}
 			k := rng.IntN(len(plain) + 20)
 			lo, _ := slices.BinarySearchFunc(plain, k, func(e entry, k int) int { return cmp.Compare(e.key, k) })
 			hi := lo
