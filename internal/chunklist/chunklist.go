@@ -1,7 +1,7 @@
 // Package chunklist is an immutable sorted list kept in chunks: a list
 // with a few runs replaced shares every chunk it does not touch with the
 // list it came from, so the edit costs the chunks it touches and the chunk
-// index (a pointer per chunkSize entries), not the list's length. The node
+// index (a slice header per chunk of about 6 KiB), not the list's length. The node
 // planner keeps its sorted lists in it, so that one change costs the same
 // at 100 services as at 10,000. Pure Go; no privileges.
 package chunklist
@@ -10,12 +10,22 @@ import (
 	"iter"
 	"slices"
 	"sort"
+	"unsafe"
 )
 
-// chunkSize is the most entries a chunk takes when a list is chunked; an
-// edit leaves chunks of at least chunkSize/2 (but the last) and at most
-// 2*chunkSize, so the chunk index stays about len/chunkSize long.
-const chunkSize = 128
+// chunkBytes is about what a chunk holds when a list is chunked: an edit
+// copies a chunk (or two) and the chunk index (a slice header, 24 bytes,
+// per chunk), and at 10,000 VIP states of ~170 bytes or 100,000 pointers
+// the two are about even at this size.
+const chunkBytes = 6 << 10
+
+// chunkLen is the most entries a chunk of E takes when a list is chunked;
+// an edit leaves chunks of at least half that (but the last) and at most
+// twice, so the chunk index stays about len/chunkLen long.
+func chunkLen[E any]() int {
+	var e E
+	return max(16, chunkBytes/max(int(unsafe.Sizeof(e)), 1))
+}
 
 // List is an immutable list, sorted by whatever key its builder uses. The
 // zero List is empty.
@@ -29,12 +39,12 @@ func From[E any](s []E) List[E] {
 	return List[E]{chunks: chunk(nil, s), n: len(s)}
 }
 
-// chunk appends s to out in chunks of at most chunkSize, as even as can be.
+// chunk appends s to out in chunks of at most chunkLen, as even as can be.
 func chunk[E any](out [][]E, s []E) [][]E {
 	if len(s) == 0 {
 		return out
 	}
-	k := (len(s) + chunkSize - 1) / chunkSize
+	k := (len(s) + chunkLen[E]() - 1) / chunkLen[E]()
 	for i := range k {
 		lo, hi := len(s)*i/k, len(s)*(i+1)/k
 		out = append(out, s[lo:hi:hi])
@@ -147,7 +157,7 @@ func Splice[E, K any](l List[E], keys []K, key func(E) K, cmp func(a, b K) int, 
 		region = spliceSlice(region, keys[i:j], key, cmp, with)
 		// A region left small takes in the chunk after it, so that chunks
 		// stay at least half full.
-		if len(region) < chunkSize/2 && next < len(l.chunks) && (j == len(keys) || before(l.chunks[next], keys[j], key, cmp)) {
+		if len(region) < chunkLen[E]()/2 && next < len(l.chunks) && (j == len(keys) || before(l.chunks[next], keys[j], key, cmp)) {
 			region = append(region, l.chunks[next]...)
 			next++
 		}
@@ -167,12 +177,12 @@ func before[E, K any](chunk []E, k K, key func(E) K, cmp func(a, b K) int) bool 
 }
 
 // rechunk appends region to out as one chunk, or as even chunks of at most
-// chunkSize when it outgrew 2*chunkSize.
+// chunkLen when it outgrew twice that.
 func rechunk[E any](out [][]E, region []E) [][]E {
 	if len(region) == 0 {
 		return out
 	}
-	if len(region) <= 2*chunkSize {
+	if len(region) <= 2*chunkLen[E]() {
 		return append(out, region[:len(region):len(region)])
 	}
 	return chunk(out, region)

@@ -83,11 +83,11 @@ func randomKeys(rng *rand.Rand, limit int) []int {
 func checkChunks(t *testing.T, l List[entry]) {
 	t.Helper()
 	for i, c := range l.chunks {
-		if len(c) == 0 || len(c) > 2*chunkSize {
+		if len(c) == 0 || len(c) > 2*chunkLen[entry]() {
 			t.Fatalf("chunk %d of %d has %d entries", i, len(l.chunks), len(c))
 		}
 	}
-	if want := l.Len()/(chunkSize/4) + 2; len(l.chunks) > want {
+	if want := l.Len()/(chunkLen[entry]()/4) + 2; len(l.chunks) > want {
 		t.Fatalf("%d chunks for %d entries", len(l.chunks), l.Len())
 	}
 }
