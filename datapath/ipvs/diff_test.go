@@ -101,6 +101,13 @@ func TestDiff(t *testing.T) {
 			want:    "add service tcp 198.18.0.1:80\n",
 		},
 		{
+			name: "a destination listed twice counts once, as first listed",
+			desired: []VirtualServer{{Service: a, Destinations: []Destination{dst("198.19.0.2", 80, 2), dst("198.19.0.1", 80, 5),
+				dst("198.19.0.2", 80, 3), dst("::ffff:198.19.0.1", 80, 7)}}},
+			actual: []VirtualServer{{Service: a, Destinations: []Destination{dst("198.19.0.1", 80, 5), dst("198.19.0.2", 80, 3)}}},
+			want:   "update destination 198.19.0.2:80 of tcp 198.18.0.1:80\n",
+		},
+		{
 			name: "tunnel options compared",
 			desired: []VirtualServer{{Service: a, Destinations: []Destination{{Key: dst("198.19.0.1", 80, 1).Key,
 				Config: DestinationConfig{Weight: 1, Forward: Tunnel, TunnelType: TunnelGUE, TunnelPort: 6080}}}}},
