@@ -268,6 +268,7 @@ type recordingCounters struct{}
 func (recordingCounters) Set(xdpstats.Keys) error          { return nil }
 func (recordingCounters) Update(_, _ xdpstats.Keys) error  { return nil }
 func (recordingCounters) Read() (xdpstats.Snapshot, error) { return xdpstats.Snapshot{}, nil }
+func (recordingCounters) ReadEach(xdpstats.Visit) error    { return nil }
 func (recordingCounters) Status() xdpstats.Status          { return xdpstats.Status{On: true} }
 
 // emptyIPVS is a kernel with nothing in it.

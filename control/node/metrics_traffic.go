@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"io"
+	"net/netip"
 	"time"
 
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
@@ -134,72 +135,115 @@ var serviceFamilies = []struct {
 	{"merlin_ipvs_service_outgoing_bytes_per_second", gaugeType, "The kernel's estimate of the outgoing byte rate.", func(s ipvs.Stats) uint64 { return s.OutBPS }},
 }
 
-// renderIPVS turns one read of the kernel's counters into families: every
-// per-service one, and the per-backend ones chosen.
-func (t *Traffic) renderIPVS(idx CounterIndex, svcs []ipvs.ServiceStats) []renderedFamily {
-	var lb labelBuf
-	svcLabels := make([]string, len(svcs))
-	servers := 0
-	for i, s := range svcs {
-		svcLabels[i] = lb.render("service", idx.Services[s.Key.Canonical()])
-		servers += len(s.Destinations)
+// sampleSet gathers one group of families sharing their label sets as a
+// read hands their samples over: one label set per sample, a value per
+// family. Nothing of the read is kept but these.
+type sampleSet struct {
+	fams   []renderedFamily // name, type, help; values filled by add
+	labels []string
+}
+
+// newSampleSet prepares the families named for about size samples (a hint).
+func newSampleSet(size int, fams ...renderedFamily) *sampleSet {
+	s := &sampleSet{fams: fams}
+	if len(fams) > 0 {
+		s.labels = make([]string, 0, size)
+		for i := range s.fams {
+			s.fams[i].values = make([]float64, 0, size)
+		}
 	}
-	out := make([]renderedFamily, 0, len(serviceFamilies)+len(t.backend))
-	for _, f := range serviceFamilies {
-		values := make([]float64, len(svcs))
-		for i, s := range svcs {
-			values[i] = float64(f.v(s.Stats))
-		}
-		out = append(out, renderedFamily{name: f.name, typ: f.typ, help: f.help, labels: svcLabels, values: values})
+	return s
+}
+
+func (s *sampleSet) chosen() bool { return len(s.fams) > 0 }
+
+// add appends one sample: its label set and each family's value, v(i).
+func (s *sampleSet) add(labels string, v func(i int) float64) {
+	s.labels = append(s.labels, labels)
+	for i := range s.fams {
+		s.fams[i].values = append(s.fams[i].values, v(i))
 	}
-	var srvLabels []string
-	for _, f := range t.backend {
-		if f.source != fromIPVS {
-			continue
-		}
-		if srvLabels == nil {
-			srvLabels = make([]string, 0, servers)
-			for _, s := range svcs {
-				id := idx.Services[s.Key.Canonical()]
-				for _, d := range s.Destinations {
-					srvLabels = append(srvLabels, lb.render("service", id, "server", d.Key.String()))
-				}
-			}
-		}
-		values := make([]float64, 0, servers)
-		for _, s := range svcs {
-			for _, d := range s.Destinations {
-				values = append(values, f.ipvs(d))
-			}
-		}
-		out = append(out, renderedFamily{name: f.name, typ: f.typ, help: f.help, labels: srvLabels, values: values})
+}
+
+// appendTo appends the families, each with the shared label sets.
+func (s *sampleSet) appendTo(out []renderedFamily) []renderedFamily {
+	for _, f := range s.fams {
+		f.labels = s.labels
+		out = append(out, f)
 	}
 	return out
 }
 
-// renderCounters turns one read of the eBPF maps into families: per VIP,
-// per unmatched VIP, and the per-backend ones chosen.
-func (t *Traffic) renderCounters(idx CounterIndex, snap xdpstats.Snapshot) []renderedFamily {
-	var lb labelBuf
-	var out []renderedFamily
-	vipLabels := make([]string, 0, len(snap.VIPs))
-	vipCounts := make([]xdpstats.Counters, 0, len(snap.VIPs))
-	for k, c := range snap.VIPs {
-		if id, ok := idx.VIPs[k]; ok {
-			vipLabels = append(vipLabels, lb.render("service", id))
-			vipCounts = append(vipCounts, c)
+// ipvsRender renders a read of the kernel's counters a service at a time:
+// every per-service family, and the per-backend ones chosen.
+type ipvsRender struct {
+	idx      CounterIndex
+	lb       labelBuf
+	services *sampleSet
+	servers  *sampleSet
+	backend  []backendFamily // the servers' families, in order
+	read     int             // services read
+}
+
+func (t *Traffic) newIPVSRender(idx CounterIndex) *ipvsRender {
+	r := &ipvsRender{idx: idx}
+	var svc, srv []renderedFamily
+	for _, f := range serviceFamilies {
+		svc = append(svc, renderedFamily{name: f.name, typ: f.typ, help: f.help})
+	}
+	for _, f := range t.backend {
+		if f.source == fromIPVS {
+			srv = append(srv, renderedFamily{name: f.name, typ: f.typ, help: f.help})
+			r.backend = append(r.backend, f)
 		}
 	}
-	out = appendCounterFamilies(out, vipLabels, vipCounts, vipFamilies)
-	unmatchedLabels := make([]string, 0, len(snap.Unmatched))
-	unmatchedCounts := make([]xdpstats.Counters, 0, len(snap.Unmatched))
-	for a, c := range snap.Unmatched {
-		unmatchedLabels = append(unmatchedLabels, lb.render("vip", a.String()))
-		unmatchedCounts = append(unmatchedCounts, c)
+	r.services = newSampleSet(len(idx.Services), svc...)
+	r.servers = newSampleSet(len(idx.Servers), srv...)
+	return r
+}
+
+// add renders one service's counters (ss.Destinations is not kept).
+func (r *ipvsRender) add(ss ipvs.ServiceStats) {
+	r.read++
+	id := r.idx.Services[ss.Key.Canonical()]
+	r.services.add(r.lb.render("service", id), func(i int) float64 { return float64(serviceFamilies[i].v(ss.Stats)) })
+	if !r.servers.chosen() {
+		return
 	}
-	out = appendCounterFamilies(out, unmatchedLabels, unmatchedCounts, unmatchedFamilies)
-	out = t.appendServerFamilies(out, &lb, idx, snap.Forwarded, fromTCForwarded)
-	return t.appendServerFamilies(out, &lb, idx, snap.Replies, fromTCReply)
+	for _, d := range ss.Destinations {
+		r.servers.add(r.lb.render("service", id, "server", d.Key.String()), func(i int) float64 { return r.backend[i].ipvs(d) })
+	}
+}
+
+func (r *ipvsRender) families() []renderedFamily {
+	return r.servers.appendTo(r.services.appendTo(nil))
+}
+
+// readCounterFamilies reads the eBPF maps into families: per VIP, per
+// unmatched VIP, and the per-backend ones chosen (a map no chosen family
+// needs is not read).
+func (t *Traffic) readCounterFamilies(idx CounterIndex) ([]renderedFamily, error) {
+	var lb labelBuf
+	vips := newSampleSet(len(idx.VIPs), counterFamilies(vipFamilies)...)
+	unmatched := newSampleSet(0, counterFamilies(unmatchedFamilies)...)
+	forwarded, replies := t.tcSampleSet(fromTCForwarded, idx), t.tcSampleSet(fromTCReply, idx)
+	v := xdpstats.Visit{
+		VIP: func(k xdpstats.VIPKey, c xdpstats.Counters) {
+			if id, ok := idx.VIPs[k]; ok {
+				vips.add(lb.render("service", id), func(i int) float64 { return float64(vipFamilies[i].v(c)) })
+			}
+		},
+		Unmatched: func(a netip.Addr, c xdpstats.Counters) {
+			unmatched.add(lb.render("vip", a.String()), func(i int) float64 { return float64(unmatchedFamilies[i].v(c)) })
+		},
+		Forwarded: forwarded.visit(&lb, idx),
+		Reply:     replies.visit(&lb, idx),
+	}
+	if err := t.counters.ReadEach(v); err != nil {
+		return nil, err
+	}
+	out := unmatched.appendTo(vips.appendTo(nil))
+	return replies.appendTo(forwarded.appendTo(out)), nil
 }
 
 // counterFamily is a family read from one eBPF counter of a key.
@@ -219,40 +263,41 @@ var unmatchedFamilies = []counterFamily{
 	{"merlin_xdp_unmatched_bytes_total", "Bytes to a VIP on a port or protocol no service has.", func(c xdpstats.Counters) uint64 { return c.Bytes }},
 }
 
-func appendCounterFamilies(out []renderedFamily, labels []string, counts []xdpstats.Counters, fams []counterFamily) []renderedFamily {
-	for _, f := range fams {
-		values := make([]float64, len(counts))
-		for i, c := range counts {
-			values[i] = float64(f.v(c))
-		}
-		out = append(out, renderedFamily{name: f.name, typ: counterType, help: f.help, labels: labels, values: values})
+func counterFamilies(fams []counterFamily) []renderedFamily {
+	out := make([]renderedFamily, len(fams))
+	for i, f := range fams {
+		out[i] = renderedFamily{name: f.name, typ: counterType, help: f.help}
 	}
 	return out
 }
 
-// appendServerFamilies renders the chosen per-backend families of one TC
-// map; labels are built only when one of them is chosen.
-func (t *Traffic) appendServerFamilies(out []renderedFamily, lb *labelBuf, idx CounterIndex, m map[xdpstats.ServerKey]xdpstats.Counters, src backendSource) []renderedFamily {
-	var labels []string
-	var counts []xdpstats.Counters
+// tcSet is the chosen per-backend families of one TC map.
+type tcSet struct {
+	*sampleSet
+	backend []backendFamily
+}
+
+func (t *Traffic) tcSampleSet(src backendSource, idx CounterIndex) tcSet {
+	var s tcSet
+	var fams []renderedFamily
 	for _, f := range t.backend {
-		if f.source != src {
-			continue
+		if f.source == src {
+			fams = append(fams, renderedFamily{name: f.name, typ: f.typ, help: f.help})
+			s.backend = append(s.backend, f)
 		}
-		if labels == nil {
-			labels, counts = make([]string, 0, len(m)), make([]xdpstats.Counters, 0, len(m))
-			for k, c := range m {
-				if l, ok := idx.Servers[k]; ok {
-					labels = append(labels, lb.render("service", l.Service, "server", l.Server))
-					counts = append(counts, c)
-				}
-			}
-		}
-		values := make([]float64, len(counts))
-		for i, c := range counts {
-			values[i] = float64(f.counter(c))
-		}
-		out = append(out, renderedFamily{name: f.name, typ: f.typ, help: f.help, labels: labels, values: values})
 	}
-	return out
+	s.sampleSet = newSampleSet(len(idx.Servers), fams...)
+	return s
+}
+
+// visit is the read's function for the map (nil: none chosen, not read).
+func (s tcSet) visit(lb *labelBuf, idx CounterIndex) func(xdpstats.ServerKey, xdpstats.Counters) {
+	if !s.chosen() {
+		return nil
+	}
+	return func(k xdpstats.ServerKey, c xdpstats.Counters) {
+		if l, ok := idx.Servers[k]; ok {
+			s.add(lb.render("service", l.Service, "server", l.Server), func(i int) float64 { return float64(s.backend[i].counter(c)) })
+		}
+	}
 }

@@ -64,16 +64,18 @@ func (t *Traffic) readIPVS(parent context.Context) {
 		_, ok := idx.Services[k.Canonical()]
 		return ok
 	}
-	svcs, err := t.kernel.Stats(ctx, keep)
+	render := t.newIPVSRender(idx)
+	err := t.kernel.StatsEach(ctx, keep, render.add)
 	if err != nil && ctx.Err() == nil {
 		// A dump the kernel cut short (the table changed under it) is
 		// read once more; a second failure exports what it got.
-		if again, err2 := t.kernel.Stats(ctx, keep); len(again) >= len(svcs) {
-			svcs, err = again, err2
+		again := t.newIPVSRender(idx)
+		if err2 := t.kernel.StatsEach(ctx, keep, again.add); again.read >= render.read {
+			render, err = again, err2
 		}
 	}
 	r.seconds, r.complete = time.Since(r.began).Seconds(), err == nil
-	r.families = t.renderIPVS(idx, svcs)
+	r.families = render.families()
 	if parent.Err() == nil { // not when merlin stops; a timeout exports what it got
 		t.ipvsRead.Store(r)
 	}
@@ -90,11 +92,11 @@ func (t *Traffic) readCounters() {
 	budget := scrapeWait
 	t.waitForScrapes(context.Background(), &budget)
 	began := time.Now()
-	snap, err := t.counters.Read()
+	families, err := t.readCounterFamilies(idx)
 	if err != nil {
 		return
 	}
-	t.countersRead.Store(&partRead{began: began, seconds: time.Since(began).Seconds(), complete: true, families: t.renderCounters(idx, snap)})
+	t.countersRead.Store(&partRead{began: began, seconds: time.Since(began).Seconds(), complete: true, families: families})
 }
 
 // scrapeWait bounds how long one background read waits for scrapes in

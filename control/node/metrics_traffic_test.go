@@ -21,8 +21,7 @@ import (
 // fakeKernel answers with the plan's services and fixed counters.
 type fakeKernel struct{ table []ipvs.VirtualServer }
 
-func (k fakeKernel) Stats(_ context.Context, keep func(ipvs.ServiceKey) bool) ([]ipvs.ServiceStats, error) {
-	var out []ipvs.ServiceStats
+func (k fakeKernel) StatsEach(_ context.Context, keep func(ipvs.ServiceKey) bool, fn func(ipvs.ServiceStats)) error {
 	for _, vs := range k.table {
 		if !keep(vs.Service.Key) {
 			continue
@@ -31,9 +30,9 @@ func (k fakeKernel) Stats(_ context.Context, keep func(ipvs.ServiceKey) bool) ([
 		for _, d := range vs.Destinations {
 			ss.Destinations = append(ss.Destinations, ipvs.DestinationStatus{Destination: d, ActiveConnections: 2, Stats: ipvs.Stats{InPackets: 30}})
 		}
-		out = append(out, ss)
+		fn(ss)
 	}
-	return out, nil
+	return nil
 }
 
 type fakeCounters struct {
@@ -56,6 +55,11 @@ func (f *fakeCounters) Read() (xdpstats.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.snap, nil
+}
+func (f *fakeCounters) ReadEach(v xdpstats.Visit) error {
+	s, err := f.Read()
+	s.Each(v)
+	return err
 }
 func (f *fakeCounters) setSnap(s xdpstats.Snapshot) {
 	f.mu.Lock()
@@ -223,14 +227,14 @@ type blockingKernel struct {
 	reads   atomic.Int32
 }
 
-func (k *blockingKernel) Stats(ctx context.Context, keep func(ipvs.ServiceKey) bool) ([]ipvs.ServiceStats, error) {
+func (k *blockingKernel) StatsEach(ctx context.Context, keep func(ipvs.ServiceKey) bool, fn func(ipvs.ServiceStats)) error {
 	k.reads.Add(1)
 	select {
 	case <-k.release:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	return k.fakeKernel.Stats(ctx, keep)
+	return k.fakeKernel.StatsEach(ctx, keep, fn)
 }
 
 // A scrape never reads the kernel: while a background read hangs, scrapes

@@ -18,12 +18,13 @@ type Counters interface {
 	Set(keys xdpstats.Keys) error
 	Update(add, remove xdpstats.Keys) error
 	Read() (xdpstats.Snapshot, error)
+	ReadEach(v xdpstats.Visit) error
 	Status() xdpstats.Status
 }
 
 // KernelCounters reads the kernel's IPVS counters: ipvs.Client.
 type KernelCounters interface {
-	Stats(ctx context.Context, keep func(ipvs.ServiceKey) bool) ([]ipvs.ServiceStats, error)
+	StatsEach(ctx context.Context, keep func(ipvs.ServiceKey) bool, fn func(ipvs.ServiceStats)) error
 }
 
 // Traffic is the node's traffic counting, in four parts that share only

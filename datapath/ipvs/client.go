@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -351,32 +352,44 @@ type ServiceStats struct {
 // keep chooses the services whose destinations are read. On an error it
 // returns what it read before it.
 func (c *Client) Stats(ctx context.Context, keep func(ServiceKey) bool) ([]ServiceStats, error) {
+	var out []ServiceStats
+	err := c.StatsEach(ctx, keep, func(ss ServiceStats) {
+		ss.Destinations = slices.Clone(ss.Destinations)
+		out = append(out, ss)
+	})
+	return out, err
+}
+
+// StatsEach is Stats handing each service to fn as it is read, so that a
+// large table is never held whole; fn must not keep ss.Destinations (its
+// array is reused for the next service).
+func (c *Client) StatsEach(ctx context.Context, keep func(ServiceKey) bool, fn func(ss ServiceStats)) error {
 	end, err := c.begin(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer end()
 	svcs, err := c.services(true)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := make([]ServiceStats, 0, len(svcs))
+	var dests []DestinationStatus
 	for _, s := range svcs {
 		if !keep(s.Key) {
 			continue
 		}
-		ss := ServiceStats{ServiceStatus: s}
-		err := c.destinations(s.Key, true, func(d DestinationStatus) { ss.Destinations = append(ss.Destinations, d) })
+		dests = dests[:0]
+		err := c.destinations(s.Key, true, func(d DestinationStatus) { dests = append(dests, d) })
 		if errors.Is(err, syscall.ESRCH) {
 			continue // deleted between the two dumps
 		}
 		if err != nil {
-			return out, err
+			return err
 		}
-		out = append(out, ss)
+		fn(ServiceStats{ServiceStatus: s, Destinations: dests})
 		runtime.Gosched() // as in Table
 	}
-	return out, nil
+	return nil
 }
 
 // Lookup reads one service with its destinations, without counters; nil

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -182,6 +183,7 @@ func TestCountsExact(t *testing.T) {
 	if got, want := s.Forwarded[serverDR], (xdpstats.Counters{Packets: 5, Bytes: 5 * (20 + 8 + 300)}); got != want {
 		t.Errorf("forwarded %s: %+v, want %+v", serverDR, got, want)
 	}
+	checkReadEachForwarded(t, c, s.Forwarded)
 
 	// TCP: a client's SYN to the VIP, and a connection through the node to
 	// a server that refuses (RST) and one that answers (SYN-ACK).
@@ -202,6 +204,25 @@ func TestCountsExact(t *testing.T) {
 	}
 	if f, r := s.Forwarded[serverTCP], s.Replies[serverTCP]; f.SYN != 1 || r.RST != 1 || r.SYNACK != 0 {
 		t.Errorf("refusing server: forwarded %+v replies %+v: want 1 SYN forwarded, 1 RST back", f, r)
+	}
+}
+
+// checkReadEachForwarded reads only the forwarded role, as a metrics read
+// choosing no other does: each key once, the same counters as Read's.
+func checkReadEachForwarded(t *testing.T, c *xdpstats.Counter, want map[xdpstats.ServerKey]xdpstats.Counters) {
+	t.Helper()
+	got := map[xdpstats.ServerKey]xdpstats.Counters{}
+	err := c.ReadEach(xdpstats.Visit{Forwarded: func(k xdpstats.ServerKey, v xdpstats.Counters) {
+		if _, dup := got[k]; dup {
+			t.Errorf("ReadEach handed %s twice", k.Addr)
+		}
+		got[k] = v
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("ReadEach forwarded %+v, want Read's %+v", got, want)
 	}
 }
 

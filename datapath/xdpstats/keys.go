@@ -101,6 +101,42 @@ type Snapshot struct {
 	Replies   map[ServerKey]Counters  // from each NAT real server
 }
 
+// Visit receives the counters of a read, one key at a time; a nil
+// function skips that role (its maps are not read).
+type Visit struct {
+	VIP       func(VIPKey, Counters)
+	Unmatched func(netip.Addr, Counters) // per VIP address, traffic no service matched
+	Forwarded func(ServerKey, Counters)
+	Reply     func(ServerKey, Counters)
+}
+
+// visit fills s.
+func (s Snapshot) visit() Visit {
+	return Visit{
+		VIP:       func(k VIPKey, c Counters) { s.VIPs[k] = c },
+		Unmatched: func(a netip.Addr, c Counters) { s.Unmatched[a] = c },
+		Forwarded: func(k ServerKey, c Counters) { s.Forwarded[k] = c },
+		Reply:     func(k ServerKey, c Counters) { s.Replies[k] = c },
+	}
+}
+
+// Each hands s's counters to v as a read would (for fakes of a Counter).
+func (s Snapshot) Each(v Visit) {
+	each(s.VIPs, v.VIP)
+	each(s.Unmatched, v.Unmatched)
+	each(s.Forwarded, v.Forwarded)
+	each(s.Replies, v.Reply)
+}
+
+func each[K comparable](m map[K]Counters, fn func(K, Counters)) {
+	if fn == nil {
+		return
+	}
+	for k, c := range m {
+		fn(k, c)
+	}
+}
+
 // Key kinds of real servers, as in bpf/counters.c (VIP keys have 0).
 const (
 	kindNAT    = 1

@@ -332,54 +332,73 @@ func readKeys[K comparable](dst *map[K]bool, m *ebpf.Map) error {
 	return err
 }
 
-// Read sums every counter over CPUs. It reads clones of the maps without
-// the lock (a system call per key), so Set and Update go on meanwhile and
-// the snapshot may hold keys of the plan before and after them.
+// Read sums every counter over CPUs into a snapshot (ReadEach without
+// keeping them all is what a large table's metrics want).
 func (c *Counter) Read() (Snapshot, error) {
+	s := Snapshot{VIPs: map[VIPKey]Counters{}, Unmatched: map[netip.Addr]Counters{}, Forwarded: map[ServerKey]Counters{}, Replies: map[ServerKey]Counters{}}
+	err := c.ReadEach(s.visit())
+	return s, err
+}
+
+// ReadEach sums every counter over CPUs and hands each to v as it is read;
+// the maps of a role whose function is nil are not read. It reads clones
+// of the maps without the lock (a system call per batch of keys), so Set
+// and Update go on meanwhile and the read may see keys of the plan before
+// and after them.
+func (c *Counter) ReadEach(v Visit) error {
 	c.mu.Lock()
 	if c.objs == nil {
 		c.mu.Unlock()
-		return Snapshot{}, ErrNotOpen
+		return ErrNotOpen
 	}
 	maps, err := cloneMaps(c.objs)
 	routes := c.routeMAC // replaced, never changed in place
 	c.mu.Unlock()
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("read counters: %w", err)
+		return fmt.Errorf("read counters: %w", err)
 	}
 	defer maps.Close()
-	s, err := read(maps, routes)
-	if err != nil {
-		return s, fmt.Errorf("read counters: %w", err)
+	if err := read(maps, routes, v); err != nil {
+		return fmt.Errorf("read counters: %w", err)
 	}
-	return s, nil
+	return nil
 }
 
-func read(o *countersMaps, routes map[countersMacKey]ServerKey) (Snapshot, error) {
-	s := Snapshot{VIPs: map[VIPKey]Counters{}, Unmatched: map[netip.Addr]Counters{}, Forwarded: map[ServerKey]Counters{}, Replies: map[ServerKey]Counters{}}
-	err := errors.Join(
-		readVIPMap(o.Vips4, func(k countersKey4, v Counters) { s.VIPs[vipOf4(k)] = v }),
-		readVIPMap(o.Vips6, func(k countersKey6, v Counters) { s.VIPs[vipOf6(k)] = v }),
-		readVIPMap(o.Unmatched4, func(k uint32, v Counters) { s.Unmatched[fromBE32(k)] = v }),
-		readVIPMap(o.Unmatched6, func(k countersAddr6, v Counters) { s.Unmatched[netip.AddrFrom16(k.Addr)] = v }),
-		readMap(o.Forwarded4, func(k countersKey4, v Counters) { s.Forwarded[serverOf4(k)] = v }),
-		readMap(o.Forwarded6, func(k countersKey6, v Counters) { s.Forwarded[serverOf6(k)] = v }),
-		readMap(o.ForwardedMac, func(k countersMacKey, v Counters) {
-			if sk, ok := routes[k]; ok {
-				s.Forwarded[sk] = v
-			}
-		}),
-		readMap(o.Replies4, func(k countersKey4, v Counters) { s.Replies[serverOf4(k)] = v }),
-		readMap(o.Replies6, func(k countersKey6, v Counters) { s.Replies[serverOf6(k)] = v }),
-	)
-	return s, err
+func read(o *countersMaps, routes map[countersMacKey]ServerKey, v Visit) error {
+	var errs []error
+	if fn := v.VIP; fn != nil {
+		errs = append(errs,
+			readVIPMap(o.Vips4, func(k countersKey4, c Counters) { fn(vipOf4(k), c) }),
+			readVIPMap(o.Vips6, func(k countersKey6, c Counters) { fn(vipOf6(k), c) }))
+	}
+	if fn := v.Unmatched; fn != nil {
+		errs = append(errs,
+			readVIPMap(o.Unmatched4, func(k uint32, c Counters) { fn(fromBE32(k), c) }),
+			readVIPMap(o.Unmatched6, func(k countersAddr6, c Counters) { fn(netip.AddrFrom16(k.Addr), c) }))
+	}
+	if fn := v.Forwarded; fn != nil {
+		errs = append(errs,
+			readMap(o.Forwarded4, func(k countersKey4, c Counters) { fn(serverOf4(k), c) }),
+			readMap(o.Forwarded6, func(k countersKey6, c Counters) { fn(serverOf6(k), c) }),
+			readMap(o.ForwardedMac, func(k countersMacKey, c Counters) {
+				if sk, ok := routes[k]; ok {
+					fn(sk, c)
+				}
+			}))
+	}
+	if fn := v.Reply; fn != nil {
+		errs = append(errs,
+			readMap(o.Replies4, func(k countersKey4, c Counters) { fn(serverOf4(k), c) }),
+			readMap(o.Replies6, func(k countersKey6, c Counters) { fn(serverOf6(k), c) }))
+	}
+	return errors.Join(errs...)
 }
 
-func readMap[K any](m *ebpf.Map, fn func(K, Counters)) error {
+func readMap[K comparable](m *ebpf.Map, fn func(K, Counters)) error {
 	return readPerCPU(m, (*Counters).add, fn)
 }
 
-func readVIPMap[K any](m *ebpf.Map, fn func(K, Counters)) error {
+func readVIPMap[K comparable](m *ebpf.Map, fn func(K, Counters)) error {
 	return readPerCPU(m, (*Counters).addVIP, fn)
 }
 
@@ -389,7 +408,7 @@ const readBatch = 4096
 // readPerCPU sums each key's per-CPU values with add: a few batched
 // lookups (one system call per readBatch keys), or one lookup per key on
 // kernels without batches.
-func readPerCPU[K, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counters)) error {
+func readPerCPU[K comparable, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counters)) error {
 	ncpu := ebpf.MustPossibleCPU()
 	keys := make([]K, readBatch)
 	vals := make([]V, readBatch*ncpu)
@@ -414,11 +433,18 @@ func readPerCPU[K, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counte
 	}
 }
 
-func iteratePerCPU[K, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counters)) error {
+// iteratePerCPU walks the map key by key; a walk restarted by a deletion
+// meets keys again, which are handed over once.
+func iteratePerCPU[K comparable, V any](m *ebpf.Map, add func(*Counters, V), fn func(K, Counters)) error {
 	var k K
 	var vals []V
+	seen := map[K]bool{}
 	it := m.Iterate()
 	for it.Next(&k, &vals) {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
 		var sum Counters
 		for _, v := range vals {
 			add(&sum, v)
