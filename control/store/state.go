@@ -219,10 +219,19 @@ func (s *State) updateServer(id, key string, raw *rawValue) {
 		if err != nil {
 			s.Invalid[key] = err.Error()
 		} else {
+			shareParts(srv, anyServer(servers), ss.Service)
 			servers[model.ServerKeyString(srv.Key)] = srv
 		}
 	}
 	s.Services[id] = &ServiceState{Service: ss.Service, Servers: servers}
+}
+
+// anyServer is one of servers (nil: none).
+func anyServer(servers map[string]*types.RealServer) *types.RealServer {
+	for _, srv := range servers {
+		return srv
+	}
+	return nil
 }
 
 // delete records a deleted key and rebuilds the service it affects; it
@@ -287,7 +296,8 @@ func (s *State) rebuild(id string) {
 	if shared := s.shareVIP(id, svc); shared != "" {
 		s.Invalid[svcKey], svc = shared, nil
 	}
-	servers := map[string]*types.RealServer{}
+	servers := make(map[string]*types.RealServer, len(s.rawServers[id]))
+	var last *types.RealServer
 	for key, raw := range s.rawServers[id] {
 		switch {
 		case !ok:
@@ -300,7 +310,9 @@ func (s *State) rebuild(id string) {
 				s.Invalid[key] = err.Error()
 				continue
 			}
+			shareParts(srv, last, svc)
 			servers[model.ServerKeyString(srv.Key)] = srv
+			last = srv
 		}
 	}
 	if svc != nil {
