@@ -78,7 +78,7 @@ func TestCountersSinkIncrementalEqualsWholePlan(t *testing.T) {
 		}
 		changed = map[string]bool{}
 		wantKeys, want := PlanCounterKeys(p)
-		got := tr.index.get()
+		got := tr.index.snapshot()
 		if !maps.Equal(got.VIPs, want.VIPs) || !maps.Equal(got.Servers, want.Servers) || !maps.Equal(got.Services, want.Services) ||
 			!maps.EqualFunc(got.Passive, want.Passive, func(a, b PassiveJudge) bool { return a == b }) {
 			t.Fatalf("step %d: index\n got %+v\nwant %+v", step, got, want)
@@ -139,4 +139,11 @@ func TestCountersSinkLeavesUnchangedKeys(t *testing.T) {
 	if fc.updates != 1 || len(fc.keys.VIPs)+len(fc.keys.Servers) != 0 {
 		t.Fatalf("after the service went: %d updates, keys %+v", fc.updates, fc.keys)
 	}
+}
+
+// snapshot is a copy of the whole index.
+func (p *planIndex) snapshot() CounterIndex {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return CounterIndex{VIPs: maps.Clone(p.idx.VIPs), Servers: maps.Clone(p.idx.Servers), Services: maps.Clone(p.idx.Services), Passive: maps.Clone(p.idx.Passive)}
 }

@@ -177,7 +177,7 @@ func (s *sampleSet) appendTo(out []renderedFamily) []renderedFamily {
 // ipvsRender renders a read of the kernel's counters a service at a time:
 // every per-service family, and the per-backend ones chosen.
 type ipvsRender struct {
-	idx      CounterIndex
+	idx      *planIndex
 	lb       labelBuf
 	services *sampleSet
 	servers  *sampleSet
@@ -185,8 +185,8 @@ type ipvsRender struct {
 	read     int             // services read
 }
 
-func (t *Traffic) newIPVSRender(idx CounterIndex) *ipvsRender {
-	r := &ipvsRender{idx: idx}
+func (t *Traffic) newIPVSRender() *ipvsRender {
+	r := &ipvsRender{idx: t.index}
 	var svc, srv []renderedFamily
 	for _, f := range serviceFamilies {
 		svc = append(svc, renderedFamily{name: f.name, typ: f.typ, help: f.help})
@@ -197,15 +197,19 @@ func (t *Traffic) newIPVSRender(idx CounterIndex) *ipvsRender {
 			r.backend = append(r.backend, f)
 		}
 	}
-	r.services = newSampleSet(len(idx.Services), svc...)
-	r.servers = newSampleSet(len(idx.Servers), srv...)
+	_, servers, services := t.index.sizes()
+	r.services = newSampleSet(services, svc...)
+	r.servers = newSampleSet(servers, srv...)
 	return r
 }
 
 // add renders one service's counters (ss.Destinations is not kept).
 func (r *ipvsRender) add(ss ipvs.ServiceStats) {
 	r.read++
-	id := r.idx.Services[ss.Key.Canonical()]
+	id, ok := r.idx.service(ss.Key.Canonical())
+	if !ok {
+		return // gone from the plan since the read chose it
+	}
 	r.services.add(r.lb.render("service", id), func(i int) float64 { return float64(serviceFamilies[i].v(ss.Stats)) })
 	if !r.servers.chosen() {
 		return
@@ -222,22 +226,23 @@ func (r *ipvsRender) families() []renderedFamily {
 // readCounterFamilies reads the eBPF maps into families: per VIP, per
 // unmatched VIP, and the per-backend ones chosen (a map no chosen family
 // needs is not read).
-func (t *Traffic) readCounterFamilies(idx CounterIndex) ([]renderedFamily, error) {
+func (t *Traffic) readCounterFamilies() ([]renderedFamily, error) {
 	var lb labelBuf
-	vips := newSampleSet(len(idx.VIPs), counterFamilies(vipFamilies)...)
+	nVIPs, nServers, _ := t.index.sizes()
+	vips := newSampleSet(nVIPs, counterFamilies(vipFamilies)...)
 	unmatched := newSampleSet(0, counterFamilies(unmatchedFamilies)...)
-	forwarded, replies := t.tcSampleSet(fromTCForwarded, idx), t.tcSampleSet(fromTCReply, idx)
+	forwarded, replies := t.tcSampleSet(fromTCForwarded, nServers), t.tcSampleSet(fromTCReply, nServers)
 	v := xdpstats.Visit{
 		VIP: func(k xdpstats.VIPKey, c xdpstats.Counters) {
-			if id, ok := idx.VIPs[k]; ok {
+			if id, ok := t.index.vip(k); ok {
 				vips.add(lb.render("service", id), func(i int) float64 { return float64(vipFamilies[i].v(c)) })
 			}
 		},
 		Unmatched: func(a netip.Addr, c xdpstats.Counters) {
 			unmatched.add(lb.render("vip", a.String()), func(i int) float64 { return float64(unmatchedFamilies[i].v(c)) })
 		},
-		Forwarded: forwarded.visit(&lb, idx),
-		Reply:     replies.visit(&lb, idx),
+		Forwarded: forwarded.visit(&lb, t.index),
+		Reply:     replies.visit(&lb, t.index),
 	}
 	if err := t.counters.ReadEach(v); err != nil {
 		return nil, err
@@ -277,7 +282,7 @@ type tcSet struct {
 	backend []backendFamily
 }
 
-func (t *Traffic) tcSampleSet(src backendSource, idx CounterIndex) tcSet {
+func (t *Traffic) tcSampleSet(src backendSource, size int) tcSet {
 	var s tcSet
 	var fams []renderedFamily
 	for _, f := range t.backend {
@@ -286,17 +291,17 @@ func (t *Traffic) tcSampleSet(src backendSource, idx CounterIndex) tcSet {
 			s.backend = append(s.backend, f)
 		}
 	}
-	s.sampleSet = newSampleSet(len(idx.Servers), fams...)
+	s.sampleSet = newSampleSet(size, fams...)
 	return s
 }
 
 // visit is the read's function for the map (nil: none chosen, not read).
-func (s tcSet) visit(lb *labelBuf, idx CounterIndex) func(xdpstats.ServerKey, xdpstats.Counters) {
+func (s tcSet) visit(lb *labelBuf, idx *planIndex) func(xdpstats.ServerKey, xdpstats.Counters) {
 	if !s.chosen() {
 		return nil
 	}
 	return func(k xdpstats.ServerKey, c xdpstats.Counters) {
-		if l, ok := idx.Servers[k]; ok {
+		if l, ok := idx.server(k); ok {
 			s.add(lb.render("service", l.Service, "server", l.Server), func(i int) float64 { return float64(s.backend[i].counter(c)) })
 		}
 	}

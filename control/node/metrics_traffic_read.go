@@ -54,22 +54,21 @@ func (t *Traffic) every(ctx context.Context, read func()) {
 
 // readIPVS reads the kernel's counters of merlin's services.
 func (t *Traffic) readIPVS(parent context.Context) {
-	idx := t.index.get()
 	r := &partRead{began: time.Now()}
 	ctx, cancel := context.WithTimeout(parent, t.opts.ReadTimeout)
 	defer cancel()
 	budget := scrapeWait
 	keep := func(k ipvs.ServiceKey) bool {
 		t.waitForScrapes(ctx, &budget)
-		_, ok := idx.Services[k.Canonical()]
+		_, ok := t.index.service(k.Canonical())
 		return ok
 	}
-	render := t.newIPVSRender(idx)
+	render := t.newIPVSRender()
 	err := t.kernel.StatsEach(ctx, keep, render.add)
 	if err != nil && ctx.Err() == nil {
 		// A dump the kernel cut short (the table changed under it) is
 		// read once more; a second failure exports what it got.
-		again := t.newIPVSRender(idx)
+		again := t.newIPVSRender()
 		if err2 := t.kernel.StatsEach(ctx, keep, again.add); again.read >= render.read {
 			render, err = again, err2
 		}
@@ -88,11 +87,10 @@ func (t *Traffic) readCounters() {
 		t.countersRead.Store(nil)
 		return
 	}
-	idx := t.index.get()
 	budget := scrapeWait
 	t.waitForScrapes(context.Background(), &budget)
 	began := time.Now()
-	families, err := t.readCounterFamilies(idx)
+	families, err := t.readCounterFamilies()
 	if err != nil {
 		return
 	}

@@ -85,7 +85,6 @@ func NewTraffic(kernel KernelCounters, counters Counters, opts TrafficOptions) *
 type planIndex struct {
 	mu      sync.Mutex
 	idx     CounterIndex
-	copy    *CounterIndex                       // readers' copy of idx; nil: stale
 	passive map[xdpstats.ServerKey]PassiveJudge // readers' copy of idx.Passive; nil: stale
 	set1    bool
 	first   chan struct{} // closed when the first plan's index is set
@@ -99,23 +98,47 @@ func (p *planIndex) edit(fn func(idx *CounterIndex)) {
 		p.idx = newCounterIndex()
 	}
 	fn(&p.idx)
-	p.copy, p.passive = nil, nil
+	p.passive = nil
 	if !p.set1 {
 		p.set1 = true
 		close(p.first)
 	}
 }
 
-// get is a copy of the whole index for background reads (shared, not to
-// be changed): a read costs the size of the table, a change does not.
-func (p *planIndex) get() CounterIndex {
+// Background reads look each key up as they meet it rather than hold a
+// copy of the index (a copy of 100,000 servers' labels is 13 MiB, made
+// again after each change): a read already sees keys of the plans before
+// and after a change, and its labels are those of the moment it met them.
+
+// server is key's label, if the plan names it.
+func (p *planIndex) server(k xdpstats.ServerKey) (ServerLabel, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.copy == nil {
-		p.copy = &CounterIndex{VIPs: maps.Clone(p.idx.VIPs), Servers: maps.Clone(p.idx.Servers),
-			Services: maps.Clone(p.idx.Services), Passive: maps.Clone(p.idx.Passive)}
-	}
-	return *p.copy
+	l, ok := p.idx.Servers[k]
+	return l, ok
+}
+
+// vip is the ID of the service whose VIP key k is, if any.
+func (p *planIndex) vip(k xdpstats.VIPKey) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id, ok := p.idx.VIPs[k]
+	return id, ok
+}
+
+// service is the ID of merlin's service with kernel key k (canonical), if any.
+func (p *planIndex) service(k ipvs.ServiceKey) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id, ok := p.idx.Services[k]
+	return id, ok
+}
+
+// sizes are how many VIP, server and service keys the index holds.
+func (p *planIndex) sizes() (vips, servers, services int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idx.VIPs), len(p.idx.Servers), len(p.idx.Services)
 }
 
 // passiveJudges is the judged servers (shared, not to be changed; copied
