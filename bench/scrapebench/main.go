@@ -25,6 +25,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/control/store"
@@ -39,6 +40,7 @@ func main() {
 	scrapes := flag.Int("scrapes", 5, "scrapes of each exporter (interleaved)")
 	merlinBin := flag.String("merlin", "", "merlin binary (default: next to this one)")
 	flag.BoolVar(&defaultOnly, "default-only", false, "measure the default flags only (the goals), not every per-backend family too")
+	flag.BoolVar(&healthChecks, "health-checks", false, "give every real server a TCP health check (period 1h, so that probes stay few: memory, not probing, is measured)")
 	flag.StringVar(&profileDir, "profile-dir", "", "save merlin's CPU profile of each configuration's scrapes and its heap profile after them here (merlin runs with -pprof)")
 	flag.Parse()
 	if *merlinBin == "" {
@@ -160,8 +162,9 @@ func startEtcd(root string) (*clientv3.Client, func(), error) {
 
 // profileDir: where to save merlin's profiles ("": none).
 var (
-	profileDir  string
-	defaultOnly bool
+	profileDir   string
+	healthChecks bool
+	defaultOnly  bool
 )
 
 const (
@@ -366,6 +369,10 @@ func table(services, dests int) []*types.ListResponse_Item {
 				Key:    &types.RealServer_Key{Ip: netip.AddrFrom4([4]byte{198, 19, byte(j), byte(i % 250)}).String(), Port: uint32(8000 + i/250)},
 				Config: &types.RealServer_Config{Weight: wrapperspb.UInt32(1), Forward: types.ForwardMethod_MASQ},
 			})
+			if healthChecks {
+				item.Servers[j].HealthCheck = &types.RealServer_HealthCheck{Endpoint: wrapperspb.String(fmt.Sprintf("tcp://:%d", 8000+i/250)),
+					Period: durationpb.New(time.Hour), Timeout: durationpb.New(time.Second), UpThreshold: 1, DownThreshold: 3}
+			}
 		}
 		items[i] = item
 	}

@@ -289,18 +289,21 @@ func (s *ipvsSink) applyToModel(op ipvs.Op) {
 	}
 }
 
+// withDestination is vs with op applied, in a new array of exactly the
+// destinations' size (appending to a copy grew its array to about twice
+// what the service needs).
 func withDestination(vs *ipvs.VirtualServer, op ipvs.Op) *ipvs.VirtualServer {
 	c := *vs
-	c.Destinations = slices.Clone(vs.Destinations)
-	i := slices.IndexFunc(c.Destinations, func(d ipvs.Destination) bool { return d.Key == op.Destination.Key })
+	i := slices.IndexFunc(vs.Destinations, func(d ipvs.Destination) bool { return d.Key == op.Destination.Key })
 	switch {
 	case op.Kind == ipvs.OpDeleteDestination && i >= 0:
-		c.Destinations = slices.Delete(c.Destinations, i, i+1)
+		c.Destinations = slices.Concat(vs.Destinations[:i], vs.Destinations[i+1:])
 	case op.Kind == ipvs.OpDeleteDestination:
 	case i >= 0:
+		c.Destinations = slices.Clone(vs.Destinations)
 		c.Destinations[i] = op.Destination
 	default:
-		c.Destinations = append(c.Destinations, op.Destination)
+		c.Destinations = slices.Concat(vs.Destinations, []ipvs.Destination{op.Destination})
 	}
 	return &c
 }
