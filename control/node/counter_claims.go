@@ -45,7 +45,7 @@ func claimsOf(id string, sp *ServicePlan) (serviceCounterKeys, bool) {
 			continue
 		}
 		seen[k] = true
-		c := serverClaim{key: k, label: ServerLabel{Service: id, Server: serverName(sp, i, d)}}
+		c := serverClaim{key: k, label: newServerLabel(id, serverName(sp, i, d))}
 		if j, ok := passiveJudge(sp, c.label, k); ok {
 			c.judge = &j
 		}

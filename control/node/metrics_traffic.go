@@ -302,7 +302,7 @@ func (s tcSet) visit(lb *labelBuf, idx *planIndex) func(xdpstats.ServerKey, xdps
 	}
 	return func(k xdpstats.ServerKey, c xdpstats.Counters) {
 		if l, ok := idx.server(k); ok {
-			s.add(lb.render("service", l.Service, "server", l.Server), func(i int) float64 { return float64(s.backend[i].counter(c)) })
+			s.add(l.labels, func(i int) float64 { return float64(s.backend[i].counter(c)) })
 		}
 	}
 }

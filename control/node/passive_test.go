@@ -27,7 +27,7 @@ func TestPassiveJudgesOverTheWindow(t *testing.T) {
 	bad := xdpstats.ServerKey{Method: xdpstats.NAT, Addr: netip.MustParseAddr("198.19.0.2"), Port: 8080, Proto: xdpstats.TCP}
 	badCheck := health.Check{Kind: health.TCP, Target: netip.MustParseAddrPort("198.19.0.2:8080")}
 	judge := func(label string, c health.Check) PassiveJudge {
-		return PassiveJudge{Label: ServerLabel{Service: "web", Server: label}, Check: c, Window: 5 * time.Second, MinAttempts: 5, MaxFailedPercent: 50}
+		return PassiveJudge{Label: newServerLabel("web", label), Check: c, Window: 5 * time.Second, MinAttempts: 5, MaxFailedPercent: 50}
 	}
 	fc := &fakeCounters{}
 	tr := NewTraffic(nil, fc, TrafficOptions{})

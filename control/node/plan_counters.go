@@ -10,10 +10,18 @@ import (
 	"github.com/merlin-ipvs/merlin/model"
 )
 
-// ServerLabel names a real server in metrics: its service and IP:PORT.
+// ServerLabel names a real server in metrics: its service and IP:PORT,
+// and the two as the label set every per-backend sample of the server
+// carries, rendered once when the plan names the server rather than on
+// every background read (twice a read for a NAT server, 100,000 times).
 type ServerLabel struct {
 	Service string
 	Server  string
+	labels  string // {service="…",server="…"}
+}
+
+func newServerLabel(service, server string) ServerLabel {
+	return ServerLabel{Service: service, Server: server, labels: string(appendLabels(make([]byte, 0, 64), []string{"service", service, "server", server}))}
 }
 
 // CounterIndex maps what the kernel and the eBPF counters report back to
@@ -61,7 +69,7 @@ func PlanCounterKeys(p *Plan) (xdpstats.Keys, CounterIndex) {
 			if _, dup := idx.Servers[k]; dup {
 				continue
 			}
-			label := ServerLabel{Service: id, Server: d.Key.String()}
+			label := newServerLabel(id, d.Key.String())
 			idx.Servers[k] = label
 			keys.Servers = append(keys.Servers, k)
 			if j, ok := passiveJudge(sp, label, k); ok {

@@ -45,10 +45,10 @@ func TestPlanCounterKeysByMethod(t *testing.T) {
 		}
 	}
 	wantServers := map[xdpstats.ServerKey]ServerLabel{
-		{Method: xdpstats.NAT, Addr: mustAddr("198.19.0.1"), Port: 8080, Proto: xdpstats.TCP}:   {"web", "198.19.0.1:8080"},
-		{Method: xdpstats.Route, Addr: mustAddr("198.19.0.2"), Port: 80, Proto: xdpstats.TCP}:   {"web", "198.19.0.2:80"},
-		{Method: xdpstats.Tunnel, Addr: mustAddr("198.19.0.3"), Port: 80, Proto: xdpstats.TCP}:  {"web", "198.19.0.3:80"},
-		{Method: xdpstats.NAT, Addr: mustAddr("2001:db8::10"), Port: 5353, Proto: xdpstats.UDP}: {"dns", "[2001:db8::10]:5353"},
+		{Method: xdpstats.NAT, Addr: mustAddr("198.19.0.1"), Port: 8080, Proto: xdpstats.TCP}:   newServerLabel("web", "198.19.0.1:8080"),
+		{Method: xdpstats.Route, Addr: mustAddr("198.19.0.2"), Port: 80, Proto: xdpstats.TCP}:   newServerLabel("web", "198.19.0.2:80"),
+		{Method: xdpstats.Tunnel, Addr: mustAddr("198.19.0.3"), Port: 80, Proto: xdpstats.TCP}:  newServerLabel("web", "198.19.0.3:80"),
+		{Method: xdpstats.NAT, Addr: mustAddr("2001:db8::10"), Port: 5353, Proto: xdpstats.UDP}: newServerLabel("dns", "[2001:db8::10]:5353"),
 	}
 	if len(keys.Servers) != len(wantServers) {
 		t.Fatalf("server keys %v", keys.Servers)
