@@ -519,3 +519,30 @@ func TestMonitorReport(t *testing.T) {
 		t.Fatalf("after two reports: %+v", st)
 	}
 }
+
+// TakeChanged names the checks whose state changed, each once, and
+// forgets them: a check that stays down is not news again.
+func TestMonitorTakeChanged(t *testing.T) {
+	a, b := newSwitchable(t), newSwitchable(t)
+	b.off()
+	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	defer m.Close()
+	ca := Check{Kind: TCP, Target: a.addr, Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}
+	cb := ca
+	cb.Target = b.addr
+	m.Set(map[Check]bool{ca: true, cb: true})
+	seen := map[Check]int{}
+	testenv.Eventually(t, "a settled up and b down, both news", func() bool {
+		for _, c := range m.TakeChanged() {
+			seen[c]++
+		}
+		sa, _ := m.State(ca)
+		sb, _ := m.State(cb)
+		return seen[ca] == 1 && seen[cb] == 1 && sa.Up && sa.Settled && !sb.Up
+	})
+	a.off()
+	waitState(t, m, ca, false)
+	if got := m.TakeChanged(); len(got) != 1 || got[0] != ca {
+		t.Fatalf("after a went down: %v, want only a's check (b stayed down)", got)
+	}
+}

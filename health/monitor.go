@@ -48,6 +48,7 @@ type Monitor struct {
 	runners   map[Check]*runner
 	loop      *probeLoop // started with the first check it runs
 	changed   chan struct{}
+	news      map[*runner]struct{} // runners whose state changed since TakeChanged
 	maxChecks int
 	wg        sync.WaitGroup
 	closed    bool
@@ -67,7 +68,7 @@ type runner struct {
 
 // NewMonitor returns a monitor; observer may be nil.
 func NewMonitor(log *slog.Logger, observer Observer) *Monitor {
-	return &Monitor{prober: NewProber(), log: log, observer: observer, runners: map[Check]*runner{}, changed: make(chan struct{}, 1)}
+	return &Monitor{prober: NewProber(), log: log, observer: observer, runners: map[Check]*runner{}, changed: make(chan struct{}, 1), news: map[*runner]struct{}{}}
 }
 
 // Handle makes the monitor probe checks of kind k with kp (for example
@@ -79,8 +80,26 @@ func (m *Monitor) Handle(k Kind, kp KindProber) { m.prober.Handle(k, kp) }
 // the reason as their error. Call it before Set.
 func (m *Monitor) Disable(k Kind, reason string) { m.prober.disabled[k] = reason }
 
-// Changes receives a value after any check changes state.
+// Changes receives a value after any check changes state; TakeChanged
+// says which.
 func (m *Monitor) Changes() <-chan struct{} { return m.changed }
+
+// TakeChanged returns the checks whose state changed (went up or down, or
+// had the first result confirming their initial state) since it was last
+// called, and forgets them: a node with 100,000 checks looks again only
+// at the servers those probe.
+func (m *Monitor) TakeChanged() []Check {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Check, 0, len(m.news))
+	for r := range m.news {
+		if !r.removed {
+			out = append(out, r.check)
+		}
+	}
+	clear(m.news)
+	return out
+}
 
 func (m *Monitor) notify() {
 	select {
@@ -208,6 +227,7 @@ func (m *Monitor) stopIdleLoop() {
 // stopRunner stops a check; m.mu is held.
 func (m *Monitor) stopRunner(r *runner) {
 	r.removed = true
+	delete(m.news, r)
 	if r.idle {
 		return
 	}
@@ -325,6 +345,7 @@ func (m *Monitor) record(r *runner, err error) {
 	settled := !r.state.Settled && r.state.Up == (err == nil)
 	if settled || changed {
 		r.state.Settled = true
+		m.news[r] = struct{}{}
 	}
 	r.state.Checked = time.Now()
 	m.mu.Unlock()

@@ -64,6 +64,25 @@ func (c *checkStates) record(initial map[health.Check]bool, state func(health.Ch
 	}
 }
 
+// recordChanged is record for the checks that changed state only (those
+// the monitor no longer runs are left to the next record).
+func (c *checkStates) recordChanged(changed []health.Check, initial map[health.Check]bool, state func(health.Check) (health.State, bool)) {
+	for _, chk := range changed {
+		if _, wanted := initial[chk]; !wanted {
+			continue
+		}
+		st, ok := state(chk)
+		if !ok {
+			continue
+		}
+		if id := chk.Identity(); c.up[id] != st.Up || !c.has(id) {
+			c.up[id], c.dirty = st.Up, true
+		}
+	}
+}
+
+func (c *checkStates) has(id string) bool { _, ok := c.up[id]; return ok }
+
 func (c *checkStates) save() error {
 	if !c.dirty || c.path == "" {
 		c.dirty = false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -208,10 +209,11 @@ func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 type fakeMonitor struct {
-	mu     sync.Mutex
-	states map[health.Check]health.State
-	set    map[health.Check]bool
-	ch     chan struct{}
+	mu      sync.Mutex
+	states  map[health.Check]health.State
+	set     map[health.Check]bool
+	ch      chan struct{}
+	changed map[health.Check]bool // since TakeChanged
 }
 
 func (f *fakeMonitor) Set(want map[health.Check]bool) {
@@ -234,11 +236,25 @@ func (f *fakeMonitor) State(c health.Check) (health.State, bool) {
 
 func (f *fakeMonitor) Changes() <-chan struct{} { return f.ch }
 
+func (f *fakeMonitor) TakeChanged() []health.Check {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := slices.Collect(maps.Keys(f.changed))
+	clear(f.changed)
+	return out
+}
+
+// put sets check c's state and notes the change; f.mu is held.
+func (f *fakeMonitor) put(c health.Check, st health.State) {
+	f.states[c] = st
+	f.changed[c] = true
+}
+
 func (f *fakeMonitor) force(up bool, since time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for c := range f.states {
-		f.states[c] = health.State{Up: up, Since: since, Transitioned: true, Settled: true}
+		f.put(c, health.State{Up: up, Since: since, Transitioned: true, Settled: true})
 	}
 	f.notify()
 }
@@ -249,7 +265,7 @@ func (f *fakeMonitor) settle() {
 	defer f.mu.Unlock()
 	for c, st := range f.states {
 		st.Settled = true
-		f.states[c] = st
+		f.put(c, st)
 	}
 	f.notify()
 }
@@ -262,7 +278,7 @@ func (f *fakeMonitor) notify() {
 }
 
 func newFakeMonitor() *fakeMonitor {
-	return &fakeMonitor{states: map[health.Check]health.State{}, ch: make(chan struct{}, 1)}
+	return &fakeMonitor{states: map[health.Check]health.State{}, ch: make(chan struct{}, 1), changed: map[health.Check]bool{}}
 }
 
 func (f *fakeMonitor) wanted() map[health.Check]bool {
@@ -288,7 +304,7 @@ func (f *fakeMonitor) forceAddr(addr netip.Addr, up bool, since time.Time) {
 	defer f.mu.Unlock()
 	for c := range f.states {
 		if c.Target.Addr() == addr {
-			f.states[c] = health.State{Up: up, Since: since, Transitioned: true, Settled: true}
+			f.put(c, health.State{Up: up, Since: since, Transitioned: true, Settled: true})
 		}
 	}
 	f.notify()
@@ -301,7 +317,7 @@ func (f *fakeMonitor) forceAddrs(which func(netip.Addr) bool, up bool) {
 	defer f.mu.Unlock()
 	for c := range f.states {
 		if which(c.Target.Addr()) {
-			f.states[c] = health.State{Up: up, Since: time.Now(), Transitioned: true, Settled: true}
+			f.put(c, health.State{Up: up, Since: time.Now(), Transitioned: true, Settled: true})
 		}
 	}
 	f.notify()

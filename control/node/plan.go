@@ -98,6 +98,15 @@ func (a ServiceChecks) Equal(b ServiceChecks) bool {
 	return maps.Equal(a.Servers, b.Servers) && len(a.Errors) == len(b.Errors)
 }
 
+// SameWanted reports whether two services' checks want the same of the
+// health monitor — the same checks with the same startup evidence
+// (WantedChecks reads nothing else): a weight change moves the kernel
+// weights the checks were planned with, and must not hand the monitor
+// every check of the node again.
+func (a ServiceChecks) SameWanted(b ServiceChecks) bool {
+	return maps.EqualFunc(a.Servers, b.Servers, func(x, y ServerCheck) bool { return x.Check == y.Check && x.Startup == y.Startup })
+}
+
 // WantedChecks is every check the node runs, with the state each starts in
 // before its first result. What merlin decided of a check before (decided,
 // by check identity: it survives restarts) comes first. Without it the

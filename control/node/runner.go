@@ -25,6 +25,8 @@ type HealthMonitor interface {
 	Set(want map[health.Check]bool)
 	State(c health.Check) (health.State, bool)
 	Changes() <-chan struct{}
+	// TakeChanged: the checks whose state changed since the last call.
+	TakeChanged() []health.Check
 }
 
 // RunnerConfig configures a node runner; zero values take the defaults.
@@ -300,6 +302,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			cause = "retry"
 		case <-healthChanges:
 			r.pass.healthDirty = true
+			r.takeHealthNews()
 			cause = "health"
 		case <-warmAgain:
 			r.pass.ready = false // it announces nothing until warm again

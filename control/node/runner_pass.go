@@ -22,20 +22,26 @@ type passState struct {
 	checks       map[string]ServiceChecks   // by service ID, services with checks only
 	idByKey      map[ipvs.ServiceKey]string // of planned services that convert
 	initial      map[health.Check]bool      // what the monitor was last given
-	ramping      map[string]time.Time       // services in slow start → next weight change
-	thresholds   map[string]thresholdState  // services with a healthy threshold that went below or back
-	failures     *failures                  // objects this node could not program
-	sinkFail     *failures                  // sinks whose last Set failed (objectID.service is the name)
-	guardRev     int64                      // revision a mass deletion is held at (0: none)
-	node         NodePlan
-	nodeIn       NodeInputs   // what node was planned with
-	ready        bool         // a pass completed with every check's first result in
-	drain        *store.Drain // this node's, nil when not draining
-	drainState   DrainState
-	serverDrains map[string]store.ServerDrain // as the sinks were last given
-	drainEnds    time.Time                    // when a drain moves on (zero: not draining, or past it)
-	stuckLook    time.Time                    // when the health results would be stale
-	warmLook     time.Time                    // when to ask the warm-up again
+	checkTargets claimants[netip.AddrPort]  // services whose checks probe each target
+	healthLook   map[string]bool            // services whose checks changed state since the last pass
+	// The checks that changed state since the last pass (all of them:
+	// more than there are checks).
+	healthNews    []health.Check
+	healthNewsAll bool
+	ramping       map[string]time.Time      // services in slow start → next weight change
+	thresholds    map[string]thresholdState // services with a healthy threshold that went below or back
+	failures      *failures                 // objects this node could not program
+	sinkFail      *failures                 // sinks whose last Set failed (objectID.service is the name)
+	guardRev      int64                     // revision a mass deletion is held at (0: none)
+	node          NodePlan
+	nodeIn        NodeInputs   // what node was planned with
+	ready         bool         // a pass completed with every check's first result in
+	drain         *store.Drain // this node's, nil when not draining
+	drainState    DrainState
+	serverDrains  map[string]store.ServerDrain // as the sinks were last given
+	drainEnds     time.Time                    // when a drain moves on (zero: not draining, or past it)
+	stuckLook     time.Time                    // when the health results would be stale
+	warmLook      time.Time                    // when to ask the warm-up again
 
 	driftKeys                           []ipvs.ServiceKey // found by a background read; diffed next pass
 	healthDirty, checksDirty, nodeDirty bool
@@ -60,6 +66,7 @@ type passState struct {
 func newPassState(cfg RunnerConfig, sinks int) passState {
 	return passState{
 		plans: map[string]*ServicePlan{}, checks: map[string]ServiceChecks{}, idByKey: map[ipvs.ServiceKey]string{},
+		checkTargets: newClaimants[netip.AddrPort](), healthLook: map[string]bool{},
 		ramping: map[string]time.Time{}, thresholds: map[string]thresholdState{}, failures: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff),
 		sinkFail: newFailures(cfg.RetryBackoff, cfg.MaxRetryBackoff), nodeDirty: sinks > 0,
 		sinkChanged: map[string]bool{}, sinkInStep: map[string]bool{}, sinkVIPs: map[netip.Addr]bool{}, nodeChanged: map[string]bool{},
@@ -176,10 +183,8 @@ func (r *Runner) lookAt(desired *store.State, changed map[string]bool, full bool
 			extra(id)
 		}
 	}
-	if r.pass.healthDirty {
-		for id := range r.pass.checks {
-			extra(id)
-		}
+	for id := range r.pass.healthLook {
+		extra(id)
 	}
 	return look
 }
@@ -211,18 +216,19 @@ func (r *Runner) replan(desired *store.State, look map[string]bool, now time.Tim
 			r.setChecks(id, ss, now)
 			again = append(again, id)
 		case r.pass.ramping[id] != (time.Time{}) && !r.pass.ramping[id].After(now),
-			healthDirty && len(r.pass.checks[id].Servers) > 0:
+			r.pass.healthLook[id] && len(r.pass.checks[id].Servers) > 0:
 			again = append(again, id)
 		}
 	}
-	if r.pass.checksDirty && r.health != nil {
+	clear(r.pass.healthLook)
+	checksChanged := r.pass.checksDirty && r.health != nil
+	if checksChanged {
 		r.pass.initial = WantedChecks(r.pass.checks, r.checkStates.up)
 		r.health.Set(r.pass.initial)
 		r.pass.checksDirty = false
-		healthDirty = true
 	}
-	if healthDirty && r.health != nil {
-		r.rememberChecks()
+	if (healthDirty || checksChanged) && r.health != nil {
+		r.rememberChecks(checksChanged)
 	}
 	for _, id := range again {
 		p := PlanService(id, desired.Services[id], r.pass.checks[id], r.healthView(r.pass.checks[id]), now)
@@ -245,7 +251,8 @@ func (r *Runner) dropPlan(id string, old *ServicePlan, dirty map[ipvs.ServiceKey
 	r.changedForSinks(id, old)
 	delete(r.pass.ramping, id)
 	delete(r.pass.thresholds, id)
-	if _, ok := r.pass.checks[id]; ok {
+	if old, ok := r.pass.checks[id]; ok {
+		r.indexChecks(id, old, ServiceChecks{})
 		delete(r.pass.checks, id)
 		r.pass.checksDirty = true
 	}
@@ -265,11 +272,13 @@ func (r *Runner) setChecks(id string, ss *store.ServiceState, now time.Time) {
 	old, had := r.pass.checks[id]
 	switch {
 	case len(sc.Servers) == 0 && had:
+		r.indexChecks(id, old, sc)
 		delete(r.pass.checks, id)
 		r.pass.checksDirty = true
 	case len(sc.Servers) > 0 && !old.Equal(sc):
+		r.indexChecks(id, old, sc)
 		r.pass.checks[id] = sc
-		r.pass.checksDirty = true
+		r.pass.checksDirty = r.pass.checksDirty || !old.SameWanted(sc)
 	}
 }
 
@@ -411,13 +420,4 @@ func (r *Runner) publish(desired *store.State, start time.Time, err error) {
 			r.metrics.appliedRevision.Set(float64(desired.Revision))
 		}
 	})
-}
-
-// rememberChecks keeps what merlin decided of every check for its next
-// start (a failure to write is logged: the next change tries again).
-func (r *Runner) rememberChecks() {
-	r.checkStates.record(r.pass.initial, r.health.State)
-	if err := r.checkStates.save(); err != nil {
-		r.log.Warn("check states not saved", "error", err)
-	}
 }
