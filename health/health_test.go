@@ -510,7 +510,14 @@ func TestMonitorReport(t *testing.T) {
 		t.Fatal("a check that is not running took a report")
 	}
 	m.Set(map[Check]bool{c: true})
+	if at, _ := m.Stale(); !at.IsZero() {
+		t.Fatalf("stale at %v before any result", at)
+	}
+	reported := time.Now()
 	m.Report(c, errors.New("passive: 9 of 10 not answered"))
+	if at, since := m.Stale(); since.Before(reported) || !at.Equal(since.Add(3*(c.Interval+c.Timeout))) {
+		t.Fatalf("stale at %v since %v: want three rounds after a result since %v", at, since, reported)
+	}
 	if st, _ := m.State(c); !st.Up {
 		t.Fatalf("down after one report, fall is 2: %+v", st)
 	}

@@ -44,14 +44,17 @@ type Monitor struct {
 	log      *slog.Logger
 	observer Observer
 
-	mu        sync.Mutex
-	runners   map[Check]*runner
-	loop      *probeLoop // started with the first check it runs
-	changed   chan struct{}
-	news      map[*runner]struct{} // runners whose state changed since TakeChanged
-	maxChecks int
-	wg        sync.WaitGroup
-	closed    bool
+	mu      sync.Mutex
+	runners map[Check]*runner
+	loop    *probeLoop // started with the first check it runs
+	changed chan struct{}
+	news    map[*runner]struct{} // runners whose state changed since TakeChanged
+	// The latest due of any check's next results (three rounds after its
+	// last result) and that result's time: see Stale.
+	staleAt, staleSince time.Time
+	maxChecks           int
+	wg                  sync.WaitGroup
+	closed              bool
 }
 
 type runner struct {
@@ -83,6 +86,16 @@ func (m *Monitor) Disable(k Kind, reason string) { m.prober.disabled[k] = reason
 // Changes receives a value after any check changes state; TakeChanged
 // says which.
 func (m *Monitor) Changes() <-chan struct{} { return m.changed }
+
+// Stale is when the monitor looks stuck if no result comes before: three
+// rounds (interval and timeout) of the check whose due is latest after its
+// last result, and that result's time; zero before any result. A check
+// removed may hold it later, for at most its three rounds.
+func (m *Monitor) Stale() (at, since time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.staleAt, m.staleSince
+}
 
 // TakeChanged returns the checks whose state changed (went up or down, or
 // had the first result confirming their initial state) since it was last
@@ -348,6 +361,9 @@ func (m *Monitor) record(r *runner, err error) {
 		m.news[r] = struct{}{}
 	}
 	r.state.Checked = time.Now()
+	if due := r.state.Checked.Add(3 * (c.Interval + c.Timeout)); due.After(m.staleAt) {
+		m.staleAt, m.staleSince = due, r.state.Checked
+	}
 	m.mu.Unlock()
 	if settled && !changed {
 		m.notify() // the first result that confirms the initial state

@@ -244,6 +244,21 @@ func (f *fakeMonitor) TakeChanged() []health.Check {
 	return out
 }
 
+// Stale is the monitor's: the latest due of the checks' results.
+func (f *fakeMonitor) Stale() (at, since time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c, st := range f.states {
+		if st.Checked.IsZero() {
+			continue
+		}
+		if due := st.Checked.Add(3 * (c.Interval + c.Timeout)); due.After(at) {
+			at, since = due, st.Checked
+		}
+	}
+	return at, since
+}
+
 // put sets check c's state and notes the change; f.mu is held.
 func (f *fakeMonitor) put(c health.Check, st health.State) {
 	f.states[c] = st

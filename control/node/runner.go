@@ -27,6 +27,9 @@ type HealthMonitor interface {
 	Changes() <-chan struct{}
 	// TakeChanged: the checks whose state changed since the last call.
 	TakeChanged() []health.Check
+	// Stale: when the monitor looks stuck without results, and the time
+	// of the result that set it (zero: no result yet).
+	Stale() (at, since time.Time)
 }
 
 // RunnerConfig configures a node runner; zero values take the defaults.

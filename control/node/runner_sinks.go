@@ -114,25 +114,21 @@ func (r *Runner) settleReadiness(ctx context.Context, reconciled bool, now time.
 }
 
 // healthStuck says why the monitor seems stuck — no check has had a
-// result for three of its rounds — and when to look again otherwise.
+// result for three of its rounds — and when to look again otherwise. The
+// monitor keeps that time as results come, so a pass does not walk every
+// check.
 func (r *Runner) healthStuck(now time.Time) (string, time.Time) {
 	if r.health == nil || !r.pass.ready {
 		return "", time.Time{}
 	}
-	var latest, last time.Time
-	for c := range r.pass.initial {
-		st, ok := r.health.State(c)
-		if !ok || st.Checked.IsZero() {
-			continue // not probed yet
-		}
-		if due := st.Checked.Add(3*(c.Interval+c.Timeout) + 5*time.Second); due.After(latest) {
-			latest, last = due, st.Checked
-		}
+	at, since := r.health.Stale()
+	if at.IsZero() {
+		return "", time.Time{} // nothing probed yet
 	}
-	if latest.IsZero() || now.Before(latest) {
-		return "", latest
+	if at = at.Add(5 * time.Second); now.Before(at) {
+		return "", at
 	}
-	return fmt.Sprintf("no health check result for %s: the health monitor is stuck", now.Sub(last).Round(time.Second)), time.Time{}
+	return fmt.Sprintf("no health check result for %s: the health monitor is stuck", now.Sub(since).Round(time.Second)), time.Time{}
 }
 
 // reportNode puts the node plan's health and VIP states into status and
