@@ -24,6 +24,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unique"
 )
 
 // Kind of check.
@@ -40,10 +41,28 @@ const (
 )
 
 // Check is one health check of one target. It is a comparable value: the
-// Monitor keys checks by value, so equal checks share one prober.
+// Monitor keys checks by value, so equal checks share one prober. What an
+// HTTP, gRPC, UDP or exec probe sends and expects is interned (Probe), so
+// that a node's 100,000 checks share a few copies of it and each check,
+// held by the plan, the monitor and its runner, stays small.
 type Check struct {
 	Kind   Kind
-	Target netip.AddrPort // what is probed (the server, or the address/port the endpoint names)
+	Target netip.AddrPort           // what is probed (the server, or the address/port the endpoint names)
+	Probe  unique.Handle[ProbeSpec] // ProbeOf; the zero handle is ProbeSpec{}
+	// A check through the VIP (Target is the VIP): Mark is set on the
+	// probe's socket, so that the node's private IPVS service for the
+	// server forwards it by the server's own path; the probe leaves from
+	// the node's address toward Via (the server), not from the VIP, which
+	// the node holds too. Linux only.
+	Mark uint32
+	Via  netip.Addr
+
+	Interval, Timeout time.Duration
+	Rise, Fall        int
+}
+
+// ProbeSpec is what a probe sends and expects beyond its target.
+type ProbeSpec struct {
 	// HTTP(S)
 	Method       string // default GET
 	Path         string // default /
@@ -60,21 +79,27 @@ type Check struct {
 	// health/execprobe); MERLIN_TARGET_IP and MERLIN_TARGET_PORT are in
 	// its environment.
 	Command string
-	// A check through the VIP (Target is the VIP): Mark is set on the
-	// probe's socket, so that the node's private IPVS service for the
-	// server forwards it by the server's own path; the probe leaves from
-	// the node's address toward Via (the server), not from the VIP, which
-	// the node holds too. Linux only.
-	Mark uint32
-	Via  netip.Addr
+}
 
-	Interval, Timeout time.Duration
-	Rise, Fall        int
+// ProbeOf interns p: equal specs give equal handles, ProbeSpec{} the zero one.
+func ProbeOf(p ProbeSpec) unique.Handle[ProbeSpec] {
+	if p == (ProbeSpec{}) {
+		return unique.Handle[ProbeSpec]{}
+	}
+	return unique.Make(p)
+}
+
+// Spec is c's probe spec.
+func (c Check) Spec() ProbeSpec {
+	if c.Probe == (unique.Handle[ProbeSpec]{}) {
+		return ProbeSpec{}
+	}
+	return c.Probe.Value()
 }
 
 // Identity is what a check probes; a change that keeps it keeps the state.
 func (c Check) Identity() string {
-	id := string(c.Kind) + " " + c.Target.String() + " " + c.Command
+	id := string(c.Kind) + " " + c.Target.String() + " " + c.Spec().Command
 	if c.Mark != 0 {
 		id += fmt.Sprintf(" via %s mark %#x", c.Via, c.Mark)
 	}
@@ -84,9 +109,9 @@ func (c Check) Identity() string {
 func (c Check) String() string {
 	switch c.Kind {
 	case HTTP, HTTPS:
-		return fmt.Sprintf("%s://%s%s", c.Kind, c.Target, c.Path)
+		return fmt.Sprintf("%s://%s%s", c.Kind, c.Target, c.Spec().Path)
 	case Exec:
-		return "exec " + c.Command
+		return "exec " + c.Spec().Command
 	}
 	if c.Mark != 0 {
 		return fmt.Sprintf("%s://%s via %s", c.Kind, c.Target, c.Via)
@@ -232,8 +257,8 @@ func (p *Prober) probeHTTP(ctx context.Context, c Check) error {
 	defer conn.reset()
 	var rw io.ReadWriter = conn
 	if c.Kind == HTTPS {
-		name := orDefault(c.TLSName, c.Host)
-		tc := tls.Client(conn, &tls.Config{ServerName: name, InsecureSkipVerify: !c.TLSVerify, RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}) //nolint:gosec // verification is the check's choice
+		name := orDefault(c.Spec().TLSName, c.Spec().Host)
+		tc := tls.Client(conn, &tls.Config{ServerName: name, InsecureSkipVerify: !c.Spec().TLSVerify, RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}) //nolint:gosec // verification is the check's choice
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return err
 		}
@@ -243,37 +268,37 @@ func (p *Prober) probeHTTP(ctx context.Context, c Check) error {
 		return err
 	}
 	var code int
-	if c.ExpectBody == "" {
+	if c.Spec().ExpectBody == "" {
 		if code, err = readStatus(rw); err != nil {
 			return err
 		}
 	} else {
-		resp, err := http.ReadResponse(bufio.NewReaderSize(rw, 4096), &http.Request{Method: orDefault(c.Method, http.MethodGet)})
+		resp, err := http.ReadResponse(bufio.NewReaderSize(rw, 4096), &http.Request{Method: orDefault(c.Spec().Method, http.MethodGet)})
 		if err != nil {
 			return err
 		}
 		code = resp.StatusCode
-		if statusExpected(c.ExpectStatus, code) {
+		if statusExpected(c.Spec().ExpectStatus, code) {
 			body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 			if err != nil {
 				return err
 			}
-			if !bytes.Contains(body, []byte(c.ExpectBody)) {
-				return fail(ReasonBody, "body does not contain %q", c.ExpectBody)
+			if !bytes.Contains(body, []byte(c.Spec().ExpectBody)) {
+				return fail(ReasonBody, "body does not contain %q", c.Spec().ExpectBody)
 			}
 		}
 	}
-	if !statusExpected(c.ExpectStatus, code) {
-		return fail(ReasonStatus, "status %d, want %s", code, orDefault(c.ExpectStatus, "200-399"))
+	if !statusExpected(c.Spec().ExpectStatus, code) {
+		return fail(ReasonStatus, "status %d, want %s", code, orDefault(c.Spec().ExpectStatus, "200-399"))
 	}
 	return nil
 }
 
 // httpRequest is the HTTP/1.1 request a check sends.
 func httpRequest(c Check) ([]byte, error) {
-	method := orDefault(c.Method, http.MethodGet)
-	path := orDefault(c.Path, "/")
-	host := c.Host
+	method := orDefault(c.Spec().Method, http.MethodGet)
+	path := orDefault(c.Spec().Path, "/")
+	host := c.Spec().Host
 	if host == "" {
 		host = c.Target.String()
 	}
@@ -377,7 +402,7 @@ func probeUDP(ctx context.Context, c Check) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	payload := c.UDPSend
+	payload := c.Spec().UDPSend
 	if payload == "" {
 		payload = "merlin health check\n"
 	}
@@ -389,8 +414,8 @@ func probeUDP(ctx context.Context, c Check) error {
 	if err != nil {
 		return err // a closed port answers ICMP unreachable: ECONNREFUSED
 	}
-	if c.UDPExpect != "" && !bytes.Contains(buf[:n], []byte(c.UDPExpect)) {
-		return fail(ReasonBody, "reply does not contain %q", c.UDPExpect)
+	if c.Spec().UDPExpect != "" && !bytes.Contains(buf[:n], []byte(c.Spec().UDPExpect)) {
+		return fail(ReasonBody, "reply does not contain %q", c.Spec().UDPExpect)
 	}
 	return nil
 }

@@ -97,21 +97,20 @@ func TestHTTP(t *testing.T) {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	target := addrOf(t, ln.Addr())
-	c := Check{Kind: HTTP, Target: target, Path: "/health", Host: "svc.example", ExpectBody: "systems go"}
+	c := Check{Kind: HTTP, Target: target, Probe: ProbeOf(ProbeSpec{Path: "/health", Host: "svc.example", ExpectBody: "systems go"})}
 	if err := probe(t, c); err != nil {
 		t.Fatal(err)
 	}
 	status.Store(503)
 	wantReason(t, probe(t, c), ReasonStatus)
-	c.ExpectStatus = "500-503"
-	c.ExpectBody = ""
+	c = withSpec(c, func(s *ProbeSpec) { s.ExpectStatus, s.ExpectBody = "500-503", "" })
 	if err := probe(t, c); err != nil {
 		t.Fatalf("503 with expect 500-503: %v", err)
 	}
 	status.Store(200)
-	c.ExpectStatus, c.ExpectBody = "", "nope"
+	c = withSpec(c, func(s *ProbeSpec) { s.ExpectStatus, s.ExpectBody = "", "nope" })
 	wantReason(t, probe(t, c), ReasonBody)
-	c.ExpectBody, c.Method = "", http.MethodHead
+	c = withSpec(c, func(s *ProbeSpec) { s.ExpectBody, s.Method = "", http.MethodHead })
 	if err := probe(t, c); err != nil {
 		t.Fatal(err)
 	}
@@ -133,19 +132,19 @@ func TestHTTPSWithTestCA(t *testing.T) {
 	target := addrOf(t, ln.Addr())
 	// Without verification any certificate passes; with it, the test CA
 	// must be trusted, which the system pool does not.
-	if err := probe(t, Check{Kind: HTTPS, Target: target, TLSName: "localhost"}); err != nil {
+	if err := probe(t, Check{Kind: HTTPS, Target: target, Probe: ProbeOf(ProbeSpec{TLSName: "localhost"})}); err != nil {
 		t.Fatal(err)
 	}
-	wantReason(t, probe(t, Check{Kind: HTTPS, Target: target, TLSName: "localhost", TLSVerify: true}), ReasonTLS)
+	wantReason(t, probe(t, Check{Kind: HTTPS, Target: target, Probe: ProbeOf(ProbeSpec{TLSName: "localhost", TLSVerify: true})}), ReasonTLS)
 	pem, _ := os.ReadFile(ca.CertFile)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
 	p := NewProber()
 	p.RootCAs = pool
-	if err := p.Probe(context.Background(), Check{Kind: HTTPS, Target: target, TLSName: "localhost", TLSVerify: true, Timeout: time.Second}); err != nil {
+	if err := p.Probe(context.Background(), Check{Kind: HTTPS, Target: target, Probe: ProbeOf(ProbeSpec{TLSName: "localhost", TLSVerify: true}), Timeout: time.Second}); err != nil {
 		t.Fatalf("verified against the test CA: %v", err)
 	}
-	wantReason(t, p.Probe(context.Background(), Check{Kind: HTTPS, Target: target, TLSName: "wrong.example", TLSVerify: true, Timeout: time.Second}), ReasonTLS)
+	wantReason(t, p.Probe(context.Background(), Check{Kind: HTTPS, Target: target, Probe: ProbeOf(ProbeSpec{TLSName: "wrong.example", TLSVerify: true}), Timeout: time.Second}), ReasonTLS)
 }
 
 // acceptAndClose answers every connection by closing it, until ln closes.
@@ -185,10 +184,10 @@ func TestTCPAndUDP(t *testing.T) {
 		}
 	}()
 	udp := addrOf(t, pc.LocalAddr())
-	if err := probe(t, Check{Kind: UDP, Target: udp, UDPSend: "ping", UDPExpect: "echo: ping"}); err != nil {
+	if err := probe(t, Check{Kind: UDP, Target: udp, Probe: ProbeOf(ProbeSpec{UDPSend: "ping", UDPExpect: "echo: ping"})}); err != nil {
 		t.Fatal(err)
 	}
-	wantReason(t, probe(t, Check{Kind: UDP, Target: udp, UDPSend: "ping", UDPExpect: "pong"}), ReasonBody)
+	wantReason(t, probe(t, Check{Kind: UDP, Target: udp, Probe: ProbeOf(ProbeSpec{UDPSend: "ping", UDPExpect: "pong"})}), ReasonBody)
 	closed, _ := net.ListenPacket("udp", "127.0.0.1:0")
 	closedAddr := addrOf(t, closed.LocalAddr())
 	closed.Close()
@@ -202,7 +201,7 @@ func TestKindsWithoutProber(t *testing.T) {
 	defer m.Close()
 	m.Disable(Exec, "exec checks are off on this node")
 	flag := t.TempDir() + "/ran"
-	c := Check{Kind: Exec, Target: target, Command: "touch " + flag, Interval: 100 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}
+	c := Check{Kind: Exec, Target: target, Probe: ProbeOf(ProbeSpec{Command: "touch " + flag}), Interval: 100 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}
 	g := Check{Kind: GRPC, Target: target, Interval: 100 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}
 	m.Set(map[Check]bool{c: true, g: true})
 	st, ok := m.State(c)
@@ -363,15 +362,16 @@ func TestProbeLoop(t *testing.T) {
 		f(&c)
 		return c
 	}
-	ok := with(HTTP, func(c *Check) { c.Path, c.Host = "/ok", "svc.example" })
-	wrongHost := with(HTTP, func(c *Check) { c.Path = "/ok" })
-	unavailable := with(HTTP, func(c *Check) { c.Path = "/503" })
-	ranged := with(HTTP, func(c *Check) { c.Path, c.ExpectStatus = "/503", "500-503" })
-	head := with(HTTP, func(c *Check) { c.Path, c.Host, c.Method = "/ok", "svc.example", http.MethodHead })
+	httpCheck := func(spec ProbeSpec) Check { return with(HTTP, func(c *Check) { c.Probe = ProbeOf(spec) }) }
+	ok := httpCheck(ProbeSpec{Path: "/ok", Host: "svc.example"})
+	wrongHost := httpCheck(ProbeSpec{Path: "/ok"})
+	unavailable := httpCheck(ProbeSpec{Path: "/503"})
+	ranged := httpCheck(ProbeSpec{Path: "/503", ExpectStatus: "500-503"})
+	head := httpCheck(ProbeSpec{Path: "/ok", Host: "svc.example", Method: http.MethodHead})
 	silentHTTP := with(HTTP, func(c *Check) { c.Target = silent(t) })
 	refused := with(TCP, func(c *Check) { c.Target = freeAddr(t) })
 	tcpOK := with(TCP, func(*Check) {})
-	unsendable := with(HTTP, func(c *Check) { c.Path = "/a b" })
+	unsendable := httpCheck(ProbeSpec{Path: "/a b"})
 	obs := &reasonObserver{reason: map[Check]string{}}
 	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
 	defer m.Close()
@@ -551,5 +551,29 @@ func TestMonitorTakeChanged(t *testing.T) {
 	waitState(t, m, ca, false)
 	if got := m.TakeChanged(); len(got) != 1 || got[0] != ca {
 		t.Fatalf("after a went down: %v, want only a's check (b stayed down)", got)
+	}
+}
+
+// withSpec is c with its probe spec edited by f.
+func withSpec(c Check, f func(*ProbeSpec)) Check {
+	s := c.Spec()
+	f(&s)
+	c.Probe = ProbeOf(s)
+	return c
+}
+
+// Checks with equal probe specs are equal (one prober), with different
+// ones different, and an empty spec is the zero handle: a check built
+// without a spec equals one built with an empty spec.
+func TestProbeSpecInterned(t *testing.T) {
+	target := netip.MustParseAddrPort("198.18.0.1:80")
+	a := Check{Kind: HTTP, Target: target, Probe: ProbeOf(ProbeSpec{Path: "/health", Host: "a.example"})}
+	b := Check{Kind: HTTP, Target: target, Probe: ProbeOf(ProbeSpec{Path: "/health", Host: "a.example"})}
+	c := Check{Kind: HTTP, Target: target, Probe: ProbeOf(ProbeSpec{Path: "/health", Host: "b.example"})}
+	if a != b || a == c || a.Spec() != b.Spec() || c.Spec().Host != "b.example" {
+		t.Fatalf("equal specs: %v %v; different: %v", a == b, a.Spec() == b.Spec(), a != c)
+	}
+	if plain := (Check{Kind: TCP, Target: target}); plain != (Check{Kind: TCP, Target: target, Probe: ProbeOf(ProbeSpec{})}) || plain.Spec() != (ProbeSpec{}) {
+		t.Fatal("a check without a spec differs from one with an empty spec")
 	}
 }

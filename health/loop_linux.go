@@ -122,7 +122,7 @@ func (r *rawSockaddr) ptr() (unsafe.Pointer, uintptr) {
 
 // loopable says whether the probe loop runs c.
 func loopable(c Check) bool {
-	return c.Kind == TCP || c.Kind == HTTP && c.ExpectBody == ""
+	return c.Kind == TCP || c.Kind == HTTP && c.Spec().ExpectBody == ""
 }
 
 // Phases of a probe in flight.
@@ -535,8 +535,8 @@ func (l *probeLoop) advance(lc *loopCheck, now time.Time, events uint32) {
 		lc.n += n
 		if i := bytes.IndexByte(lc.buf[:lc.n], '\n'); i >= 0 {
 			code, err := parseStatusLine(lc.buf[:i])
-			if err == nil && !statusExpected(lc.r.check.ExpectStatus, code) {
-				err = fail(ReasonStatus, "status %d, want %s", code, orDefault(lc.r.check.ExpectStatus, "200-399"))
+			if err == nil && !statusExpected(lc.r.check.Spec().ExpectStatus, code) {
+				err = fail(ReasonStatus, "status %d, want %s", code, orDefault(lc.r.check.Spec().ExpectStatus, "200-399"))
 			}
 			l.finish(lc, now, err)
 			return

@@ -103,7 +103,7 @@ func TestProbeLoopReleasesSockets(t *testing.T) {
 		c := base
 		c.Target = addrOf(t, target)
 		checks[c] = true
-		c.Kind, c.Path = HTTP, "/"
+		c.Kind, c.Probe = HTTP, ProbeOf(ProbeSpec{Path: "/"})
 		checks[c] = true
 	}
 	m.Set(checks)
@@ -195,7 +195,7 @@ func TestProbeLoopAnswerQueuedDuringAStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Check{Kind: HTTP, Target: target, Path: "/", Interval: stallLength + 200*time.Millisecond, Timeout: stallTimout, Rise: 1, Fall: 1}
+	c := Check{Kind: HTTP, Target: target, Probe: ProbeOf(ProbeSpec{Path: "/"}), Interval: stallLength + 200*time.Millisecond, Timeout: stallTimout, Rise: 1, Fall: 1}
 	obs := &resultsObserver{}
 	m := NewMonitor(slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
 	defer m.Close()

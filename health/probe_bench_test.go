@@ -30,7 +30,7 @@ func BenchmarkProbeHTTP(b *testing.B) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
-	c := Check{Kind: HTTP, Target: addrOf(b, ln.Addr()), Path: "/health", ExpectStatus: "200", Timeout: time.Second}
+	c := Check{Kind: HTTP, Target: addrOf(b, ln.Addr()), Probe: ProbeOf(ProbeSpec{Path: "/health", ExpectStatus: "200"}), Timeout: time.Second}
 	p := NewProber()
 	b.ReportAllocs()
 	for b.Loop() {

@@ -71,8 +71,7 @@ func runMonitor(kind health.Kind) {
 	for i := range *servers {
 		c := health.Check{Kind: kind, Target: netip.AddrPortFrom(addr(i), 80), Interval: *interval, Timeout: *timeout, Rise: 1, Fall: *fall}
 		if kind == health.HTTP {
-			c.Path = "/health"
-			c.ExpectStatus = "200"
+			c.Probe = health.ProbeOf(health.ProbeSpec{Path: "/health", ExpectStatus: "200"})
 		}
 		want[c] = true
 	}

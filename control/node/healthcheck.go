@@ -41,9 +41,7 @@ func HealthCheckOf(srv *types.RealServer, svc *types.VirtualService) (c health.C
 			return health.Check{}, false, fmt.Errorf("health_check.endpoint: port %q", p)
 		}
 	}
-	c = health.Check{
-		Kind:         health.Kind(u.Scheme),
-		Target:       netip.AddrPortFrom(addr, uint16(port)),
+	spec := health.ProbeSpec{
 		Method:       strings.ToUpper(h.GetMethod()),
 		Path:         u.RequestURI(),
 		Host:         h.GetHost(),
@@ -55,16 +53,22 @@ func HealthCheckOf(srv *types.RealServer, svc *types.VirtualService) (c health.C
 		UDPSend:      h.GetUdpSend(),
 		UDPExpect:    h.GetUdpExpect(),
 		Command:      h.GetCommand(),
-		Interval:     h.GetPeriod().AsDuration(),
-		Timeout:      h.GetTimeout().AsDuration(),
-		Rise:         int(h.GetUpThreshold()),
-		Fall:         int(h.GetDownThreshold()),
 	}
-	if c.Kind != health.HTTP && c.Kind != health.HTTPS {
-		c.Path, c.Method, c.Host, c.ExpectStatus, c.ExpectBody = "", "", "", "", ""
+	kind := health.Kind(u.Scheme)
+	if kind != health.HTTP && kind != health.HTTPS {
+		spec.Path, spec.Method, spec.Host, spec.ExpectStatus, spec.ExpectBody = "", "", "", "", ""
 	}
-	if c.Kind != health.Exec {
-		c.Command = ""
+	if kind != health.Exec {
+		spec.Command = ""
+	}
+	c = health.Check{
+		Kind:     kind,
+		Target:   netip.AddrPortFrom(addr, uint16(port)),
+		Probe:    health.ProbeOf(spec),
+		Interval: h.GetPeriod().AsDuration(),
+		Timeout:  h.GetTimeout().AsDuration(),
+		Rise:     int(h.GetUpThreshold()),
+		Fall:     int(h.GetDownThreshold()),
 	}
 	if h.GetThroughVip().GetValue() {
 		vip, err := netip.ParseAddr(svc.GetKey().GetIp())

@@ -173,7 +173,7 @@ func (p *Prober) program(name string) (string, error) {
 // shell) until it exits or ctx ends, when its whole process group is
 // killed. Exit status 0 is healthy.
 func (p *Prober) Probe(ctx context.Context, c health.Check) error {
-	args := strings.Fields(c.Command)
+	args := strings.Fields(c.Spec().Command)
 	if len(args) == 0 {
 		return &health.ProbeError{Reason: health.ReasonOther, Err: errors.New("empty command")}
 	}

@@ -47,7 +47,7 @@ func probe(t *testing.T, p *execprobe.Prober, command string, timeout time.Durat
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return p.Probe(ctx, health.Check{Kind: health.Exec, Target: netip.MustParseAddrPort("198.18.0.5:8080"), Command: command})
+	return p.Probe(ctx, health.Check{Kind: health.Exec, Target: netip.MustParseAddrPort("198.18.0.5:8080"), Probe: health.ProbeOf(health.ProbeSpec{Command: command})})
 }
 
 func wantError(t *testing.T, err error, reason, text string) {

@@ -25,8 +25,8 @@ type Prober struct{}
 // Probe runs one check within the deadline of ctx; nil means serving.
 func (Prober) Probe(ctx context.Context, c health.Check) error {
 	creds := insecure.NewCredentials()
-	if c.TLSVerify || c.TLSName != "" {
-		creds = credentials.NewTLS(&tls.Config{ServerName: c.TLSName, InsecureSkipVerify: !c.TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // the check's choice
+	if c.Spec().TLSVerify || c.Spec().TLSName != "" {
+		creds = credentials.NewTLS(&tls.Config{ServerName: c.Spec().TLSName, InsecureSkipVerify: !c.Spec().TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // the check's choice
 	}
 	d, err := health.PathDialer(c, "tcp")
 	if err != nil {
@@ -38,7 +38,7 @@ func (Prober) Probe(ctx context.Context, c health.Check) error {
 		return err
 	}
 	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: c.GRPCService})
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: c.Spec().GRPCService})
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

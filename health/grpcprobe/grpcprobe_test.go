@@ -26,7 +26,7 @@ func TestGRPCHealth(t *testing.T) {
 	t.Cleanup(g.Stop)
 	p := health.NewProber()
 	p.Handle(health.GRPC, Prober{})
-	check := health.Check{Kind: health.GRPC, Target: netip.MustParseAddrPort(ln.Addr().String()), GRPCService: "api", Timeout: 2 * time.Second}
+	check := health.Check{Kind: health.GRPC, Target: netip.MustParseAddrPort(ln.Addr().String()), Probe: health.ProbeOf(health.ProbeSpec{GRPCService: "api"}), Timeout: 2 * time.Second}
 
 	hs.SetServingStatus("api", healthpb.HealthCheckResponse_SERVING)
 	if err := p.Probe(context.Background(), check); err != nil {
