@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -207,15 +208,22 @@ func startAPIOnlyUnder(t *testing.T, wrapper []string, args ...string) (*exec.Cm
 	return cmd, out
 }
 
-// freePort is a TCP port on 127.0.0.1 that was free a moment ago.
+// freePort is a TCP port on 127.0.0.1 that was free a moment ago, below
+// Linux's ephemeral range (32768 up): a port the kernel handed out for
+// ":0" goes back to the pool it gives client connections from, and a
+// test package running alongside could connect from it before merlin
+// binds it (the likely cause of one failed run whose log was lost).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := strconv.Itoa(20000 + rand.IntN(12000))
+		if l, err := net.Listen("tcp", "127.0.0.1:"+port); err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free port between 20000 and 32000 in 100 tries")
+	return ""
 }
 
 // A non-loopback API needs client certificates, or -insecure-api said out
