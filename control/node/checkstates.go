@@ -83,6 +83,10 @@ func (c *checkStates) recordChanged(changed []health.Check, initial map[health.C
 
 func (c *checkStates) has(id string) bool { _, ok := c.up[id]; return ok }
 
+// decided: merlin recorded a state of check chk (its startup evidence no
+// longer counts).
+func (c *checkStates) decided(chk health.Check) bool { return c.has(chk.Identity()) }
+
 func (c *checkStates) save() error {
 	if !c.dirty || c.path == "" {
 		c.dirty = false

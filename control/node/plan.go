@@ -99,12 +99,14 @@ func (a ServiceChecks) Equal(b ServiceChecks) bool {
 }
 
 // SameWanted reports whether two services' checks want the same of the
-// health monitor — the same checks with the same startup evidence
-// (WantedChecks reads nothing else): a weight change moves the kernel
-// weights the checks were planned with, and must not hand the monitor
-// every check of the node again.
-func (a ServiceChecks) SameWanted(b ServiceChecks) bool {
-	return maps.EqualFunc(a.Servers, b.Servers, func(x, y ServerCheck) bool { return x.Check == y.Check && x.Startup == y.Startup })
+// health monitor — the same checks, with the same startup evidence where
+// no state was decided yet (WantedChecks reads nothing else): a weight
+// change moves the kernel weights the checks were planned with, and must
+// not hand the monitor every check of the node again.
+func (a ServiceChecks) SameWanted(b ServiceChecks, decided func(health.Check) bool) bool {
+	return maps.EqualFunc(a.Servers, b.Servers, func(x, y ServerCheck) bool {
+		return x.Check == y.Check && (x.Startup == y.Startup || decided(x.Check))
+	})
 }
 
 // WantedChecks is every check the node runs, with the state each starts in

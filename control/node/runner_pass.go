@@ -278,7 +278,7 @@ func (r *Runner) setChecks(id string, ss *store.ServiceState, now time.Time) {
 	case len(sc.Servers) > 0 && !old.Equal(sc):
 		r.indexChecks(id, old, sc)
 		r.pass.checks[id] = sc
-		r.pass.checksDirty = r.pass.checksDirty || !old.SameWanted(sc)
+		r.pass.checksDirty = r.pass.checksDirty || !old.SameWanted(sc, r.checkStates.decided)
 	}
 }
 

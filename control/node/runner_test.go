@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -689,5 +690,47 @@ func TestRunnerSurvivesADumpThatHidesAService(t *testing.T) {
 	defer table.mu.Unlock()
 	if w := table.svcs[web].Destinations[0].Config.Weight; w != 5 {
 		t.Fatalf("weight %d after the change", w)
+	}
+}
+
+// setCounting counts the check sets the runner hands the monitor.
+type setCounting struct {
+	*fakeMonitor
+	sets atomic.Int32
+}
+
+func (s *setCounting) Set(want map[health.Check]bool) {
+	s.sets.Add(1)
+	s.fakeMonitor.Set(want)
+}
+
+// A weight change moves the kernel weights the checks were planned with,
+// not the checks: the monitor is not handed the node's checks again (with
+// 100,000 of them, a walk and a sort per change).
+func TestWeightChangeKeepsTheMonitorsChecks(t *testing.T) {
+	table := newFakeTable()
+	mon := &setCounting{fakeMonitor: newFakeMonitor()}
+	a := newTestRunner(t, RunnerConfig{}, RunnerDeps{IPVS: table, Health: mon})
+	a.start(t)
+	st := healthChecked(t, 0)
+	a.apply(t, st)
+	mon.settle()
+	a.waitFor(t, "the server up", func(s *types.NodeStatus) bool { return len(s.Servers) == 1 && s.Servers[0].Up })
+	sets := mon.sets.Load()
+	for _, w := range []uint32{20, 0, 30} {
+		st = st.Clone()
+		st.Revision++
+		withServer(t, st, "web", "198.19.0.1:8080", w)
+		a.apply(t, st)
+		key := ServiceKeyOf(st.Services["web"].Service)
+		table.mu.Lock()
+		got := table.svcs[key].Destinations[0].Config.Weight
+		table.mu.Unlock()
+		if got != w {
+			t.Fatalf("kernel weight %d, want %d", got, w)
+		}
+	}
+	if n := mon.sets.Load(); n != sets {
+		t.Fatalf("the monitor was given the checks %d more times by weight changes", n-sets)
 	}
 }
