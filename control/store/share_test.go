@@ -148,7 +148,11 @@ func TestSharedPartsReadAsWritten(t *testing.T) {
 		t.Fatalf("state %+v, invalid %v: want %d servers", ss, s.Invalid, len(written))
 	}
 	for key, w := range written {
-		want, err := DecodeServer(s.serverKey("web", w.Key), mustMarshal(t, w), 0, ss.Service)
+		value, err := proto.Marshal(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := DecodeServer(s.serverKey("web", w.Key), value, 0, ss.Service)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -158,13 +162,4 @@ func TestSharedPartsReadAsWritten(t *testing.T) {
 			t.Errorf("server %s: %v, want %v", key, got, want)
 		}
 	}
-}
-
-func mustMarshal(t *testing.T, m proto.Message) []byte {
-	t.Helper()
-	b, err := proto.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
