@@ -75,17 +75,19 @@ func (c *checkStates) recordChanged(changed []health.Check, initial map[health.C
 		if !ok {
 			continue
 		}
-		if id := chk.Identity(); c.up[id] != st.Up || !c.has(id) {
+		id := chk.Identity()
+		if was, ok := c.up[id]; !ok || was != st.Up {
 			c.up[id], c.dirty = st.Up, true
 		}
 	}
 }
 
-func (c *checkStates) has(id string) bool { _, ok := c.up[id]; return ok }
-
 // decided: merlin recorded a state of check chk (its startup evidence no
 // longer counts).
-func (c *checkStates) decided(chk health.Check) bool { return c.has(chk.Identity()) }
+func (c *checkStates) decided(chk health.Check) bool {
+	_, ok := c.up[chk.Identity()]
+	return ok
+}
 
 func (c *checkStates) save() error {
 	if !c.dirty || c.path == "" {

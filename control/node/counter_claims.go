@@ -146,6 +146,16 @@ func (c claimants[K]) each(fn func(K)) {
 	}
 }
 
+// ids calls fn with each service claiming key.
+func (c claimants[K]) ids(key K, fn func(string)) {
+	if id, ok := c.one[key]; ok {
+		fn(id)
+	}
+	for _, id := range c.more[key] {
+		fn(id)
+	}
+}
+
 // keyChanges are the counter keys a change adds (+1) and removes (-1),
 // net: a key a service gives up and takes again (its plan was replaced)
 // is not touched, so its count goes on.

@@ -33,16 +33,6 @@ func (r *Runner) takeHealthNews() {
 	}
 }
 
-// ids calls fn with each service claiming key.
-func (c claimants[K]) ids(key K, fn func(string)) {
-	if id, ok := c.one[key]; ok {
-		fn(id)
-	}
-	for _, id := range c.more[key] {
-		fn(id)
-	}
-}
-
 // rememberChecks keeps what merlin decided of every check for its next
 // start (a failure to write is logged: the next change tries again): of
 // the checks that changed state, or of all when the checks changed.

@@ -3,7 +3,6 @@ package store
 import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/merlin-ipvs/merlin/types"
 )
@@ -37,8 +36,8 @@ func sameConfig(a, b *types.RealServer_Config) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return plain(a) && plain(b) && sameUInt32(a.Weight, b.Weight) && a.Forward == b.Forward &&
-		sameUInt32(a.UpperThreshold, b.UpperThreshold) && sameUInt32(a.LowerThreshold, b.LowerThreshold) &&
+	return plain(a) && plain(b) && sameValue(a.Weight, b.Weight) && a.Forward == b.Forward &&
+		sameValue(a.UpperThreshold, b.UpperThreshold) && sameValue(a.LowerThreshold, b.LowerThreshold) &&
 		a.TunnelType == b.TunnelType && a.TunnelPort == b.TunnelPort &&
 		a.TunnelChecksum == b.TunnelChecksum && a.TunnelRemoteChecksum == b.TunnelRemoteChecksum
 }
@@ -48,35 +47,29 @@ func sameHealthCheck(a, b *types.RealServer_HealthCheck) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return plain(a) && plain(b) && sameString(a.Endpoint, b.Endpoint) &&
+	return plain(a) && plain(b) && sameValue(a.Endpoint, b.Endpoint) &&
 		sameDuration(a.Period, b.Period) && sameDuration(a.Timeout, b.Timeout) &&
 		a.UpThreshold == b.UpThreshold && a.DownThreshold == b.DownThreshold &&
 		a.Method == b.Method && a.Host == b.Host && a.ExpectStatus == b.ExpectStatus &&
 		a.ExpectBody == b.ExpectBody && a.TlsServerName == b.TlsServerName && a.TlsVerify == b.TlsVerify &&
 		a.UdpSend == b.UdpSend && a.UdpExpect == b.UdpExpect && a.Command == b.Command &&
 		a.GrpcService == b.GrpcService && sameDuration(a.SlowStart, b.SlowStart) &&
-		a.Startup == b.Startup && sameBool(a.ThroughVip, b.ThroughVip)
+		a.Startup == b.Startup && sameValue(a.ThroughVip, b.ThroughVip)
 }
 
-func sameUInt32(a, b *wrapperspb.UInt32Value) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return plain(a) && plain(b) && a.Value == b.Value
+// wrapper is a protobuf wrapper message (UInt32Value, StringValue, …).
+type wrapper[T comparable] interface {
+	proto.Message
+	GetValue() T
 }
 
-func sameString(a, b *wrapperspb.StringValue) bool {
-	if a == nil || b == nil {
-		return a == b
+// sameValue compares two wrappers, either of which may be nil.
+func sameValue[T comparable, W wrapper[T]](a, b W) bool {
+	hasA, hasB := a.ProtoReflect().IsValid(), b.ProtoReflect().IsValid()
+	if !hasA || !hasB {
+		return hasA == hasB
 	}
-	return plain(a) && plain(b) && a.Value == b.Value
-}
-
-func sameBool(a, b *wrapperspb.BoolValue) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return plain(a) && plain(b) && a.Value == b.Value
+	return plain(a) && plain(b) && a.GetValue() == b.GetValue()
 }
 
 func sameDuration(a, b *durationpb.Duration) bool {
