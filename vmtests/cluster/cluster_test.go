@@ -51,6 +51,14 @@ type cluster struct {
 	kv *clientv3.Client
 }
 
+// in is c for subtest t: its helpers fail t, not the parent test (whose
+// Fatal would end the subtest's goroutine but leave it marked passed).
+func (c *cluster) in(t *testing.T) *cluster {
+	sub := *c
+	sub.t = t
+	return &sub
+}
+
 func setUp(t *testing.T) *cluster { return setUpWith(t, nil) }
 
 // setUpWith is setUp with per-node merlin flags.
