@@ -129,7 +129,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	group.Go(func() error { return serveAPI(srv.grpc, srv.capped) })
 	var hs *http.Server
 	if healthLis != nil {
-		hs = &http.Server{Handler: healthMux(srv.prober, runner, node.MetricsHandler(srv.reg, traffic), o.pprof), ReadHeaderTimeout: 5 * time.Second}
+		hs = &http.Server{Handler: healthMux(srv.prober, runner, node.MetricsHandler(srv.reg, metricsWriters(runner, traffic)...), o.pprof), ReadHeaderTimeout: 5 * time.Second}
 		group.Go(func() error { return serveHealth(hs, healthLis) })
 	}
 	if nerr := sdnotify.Notify("READY=1", "STATUS=serving the API on "+lis.Addr().String()+nodeState(o)); nerr != nil {
@@ -208,4 +208,17 @@ func ignoreCanceled(err error) error {
 		return nil
 	}
 	return err
+}
+
+// metricsWriters are the node's families written outside the registry (none
+// without a node).
+func metricsWriters(runner *node.Runner, traffic *node.Traffic) []node.MetricsWriter {
+	var out []node.MetricsWriter
+	if runner != nil {
+		out = append(out, runner)
+	}
+	if traffic != nil {
+		out = append(out, traffic)
+	}
+	return out
 }

@@ -1,7 +1,10 @@
 package node
 
 import (
+	"context"
 	"errors"
+	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +13,7 @@ import (
 	"github.com/merlin-ipvs/merlin/control/store"
 	"github.com/merlin-ipvs/merlin/datapath/ipvs"
 	"github.com/merlin-ipvs/merlin/health"
+	"github.com/merlin-ipvs/merlin/internal/chunklist"
 	"github.com/merlin-ipvs/merlin/types"
 )
 
@@ -25,7 +29,6 @@ type NodeMetrics struct {
 	ownedServices     prometheus.Gauge
 	objectErrors      prometheus.Gauge
 	guardHeld         prometheus.Gauge
-	serverUp          *prometheus.GaugeVec
 	serviceDown       *prometheus.GaugeVec
 	resyncs           prometheus.Counter
 	passCauses        *prometheus.CounterVec
@@ -37,8 +40,11 @@ type NodeMetrics struct {
 	serviceBelow      *prometheus.GaugeVec
 	bandwidthShare    prometheus.Gauge
 	changeApply       prometheus.Histogram
-	reportedServers   map[[2]string]bool // merlin_server_up label pairs set
-	reportedServices  map[string]bool    // merlin_service_all_servers_down as last set
+	reportedServices  map[string]bool // merlin_service_all_servers_down as last set
+	// serverHealth is merlin_server_up: the node plan's own immutable list
+	// of checked servers, written on each scrape (WriteMetrics) instead of
+	// kept again as a client_golang gauge per server (≈45 MiB at 100,000).
+	serverHealth atomic.Pointer[chunklist.List[*types.ServerHealth]]
 }
 
 // NewNodeMetrics creates the metrics and registers them (reg may be nil).
@@ -56,7 +62,6 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		ownedServices:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_owned_services", Help: "Kernel IPVS services merlin owns on this node."}),
 		objectErrors:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_object_errors", Help: "Desired objects the kernel currently refuses (retried with backoff)."}),
 		guardHeld:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "merlin_deletion_guard_held", Help: "1 while a mass deletion waits for confirmation."}),
-		serverUp:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "merlin_server_up", Help: "Health of each checked real server as this node sees it (1 up, 0 down)."}, []string{"service", "server"}),
 		resyncs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "merlin_resyncs_total", Help: "Background reads of the whole kernel table compared with what merlin wrote."}),
 		passCauses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "merlin_reconcile_causes_total",
 			Help: "Reconcile passes by what woke them (update: a desired-state change; health: a check changed state; resync: the background kernel read; retry: a failure's backoff ended; repair: a kernel object removed behind merlin's back; warm-up: the connection sync warm-up started again)."}, []string{"cause"}),
@@ -74,7 +79,6 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 		changeApply: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "merlin_change_apply_seconds",
 			Help:    "Time from a desired-state change arriving from etcd to the end of the pass that applied it (kernel writes acknowledged): merlin's own share of a change.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
-		reportedServers:  map[[2]string]bool{},
 		reportedServices: map[string]bool{},
 	}
 	for _, op := range []ipvs.OpKind{ipvs.OpAddService, ipvs.OpUpdateService, ipvs.OpDeleteService, ipvs.OpAddDestination, ipvs.OpUpdateDestination, ipvs.OpDeleteDestination} {
@@ -89,7 +93,7 @@ func NewNodeMetrics(reg prometheus.Registerer) *NodeMetrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.ops, m.opErrors, m.desiredRevision, m.appliedRevision,
-			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serverUp, m.serviceDown, m.resyncs, m.passCauses,
+			m.invalidKeys, m.ownedServices, m.objectErrors, m.guardHeld, m.serviceDown, m.resyncs, m.passCauses,
 			m.sinkUp, m.sinkErrors, m.vips, m.vipAnnounced, m.vipBandwidth, m.serviceBelow, m.bandwidthShare, m.changeApply)
 	}
 	return m
@@ -145,34 +149,31 @@ func (m *NodeMetrics) setServiceDown(id string, exists, down bool) {
 	}
 }
 
-// replaceServerHealth replaces one service's merlin_server_up series.
-func (m *NodeMetrics) replaceServerHealth(old, servers []*types.ServerHealth) {
-	for _, sh := range old {
-		k := [2]string{sh.ServiceId, sh.Server}
-		m.serverUp.DeleteLabelValues(k[0], k[1])
-		delete(m.reportedServers, k)
-	}
-	for _, sh := range servers {
-		k := [2]string{sh.ServiceId, sh.Server}
-		m.serverUp.WithLabelValues(k[0], k[1]).Set(b2f(sh.Up))
-		m.reportedServers[k] = true
-	}
+// setServerHealth sets merlin_server_up to exactly the checked servers of
+// the node plan (sorted by service; never changed once in a plan).
+func (m *NodeMetrics) setServerHealth(servers chunklist.List[*types.ServerHealth]) {
+	m.serverHealth.Store(&servers)
 }
 
-// setServerHealth sets merlin_server_up for exactly the checked servers.
-func (m *NodeMetrics) setServerHealth(servers []*types.ServerHealth) {
-	seen := make(map[[2]string]bool, len(servers))
-	for _, sh := range servers {
-		k := [2]string{sh.ServiceId, sh.Server}
-		seen[k] = true
-		m.serverUp.WithLabelValues(k[0], k[1]).Set(b2f(sh.Up))
+const serverUpHelp = "Health of each checked real server as this node sees it (1 up, 0 down)."
+
+// WriteMetrics writes merlin_server_up in the Prometheus text format (the
+// registry gathers the rest); a scrape whose client went away stops.
+func (m *NodeMetrics) WriteMetrics(ctx context.Context, w io.Writer) error {
+	servers := m.serverHealth.Load()
+	if servers == nil || servers.Len() == 0 {
+		return nil
 	}
-	for k := range m.reportedServers {
-		if !seen[k] {
-			m.serverUp.DeleteLabelValues(k[0], k[1])
+	tw := newTextWriter(w)
+	tw.family("merlin_server_up", gaugeType, serverUpHelp)
+	n := 0
+	for sh := range servers.All() {
+		if n++; n%4096 == 0 && ctx.Err() != nil {
+			break
 		}
+		tw.sample("merlin_server_up", b2f(sh.GetUp()), "service", sh.GetServiceId(), "server", sh.GetServer())
 	}
-	m.reportedServers = seen
+	return tw.flush()
 }
 
 func b2f(b bool) float64 {

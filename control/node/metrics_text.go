@@ -2,6 +2,7 @@ package node
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"math"
 	"net/http"
@@ -113,9 +114,16 @@ func appendEscaped(b []byte, s string, quote bool) []byte {
 	return b
 }
 
-// MetricsHandler serves /metrics: what the registry gathers, then the
-// traffic metrics written directly (nil: none), in the text format.
-func MetricsHandler(reg prometheus.Gatherer, traffic *Traffic) http.Handler {
+// MetricsWriter writes metric families in the text format on a scrape,
+// outside the registry: families of one series per server, too many to
+// build as client_golang metrics on every scrape.
+type MetricsWriter interface {
+	WriteMetrics(ctx context.Context, w io.Writer) error
+}
+
+// MetricsHandler serves /metrics: what the registry gathers, then what
+// each writer writes, in the text format.
+func MetricsHandler(reg prometheus.Gatherer, writers ...MetricsWriter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mfs, err := reg.Gather()
 		if err != nil && len(mfs) == 0 {
@@ -129,8 +137,10 @@ func MetricsHandler(reg prometheus.Gatherer, traffic *Traffic) http.Handler {
 				return
 			}
 		}
-		if traffic != nil {
-			_ = traffic.WriteMetrics(r.Context(), w)
+		for _, mw := range writers {
+			if mw.WriteMetrics(r.Context(), w) != nil {
+				return
+			}
 		}
 	})
 }

@@ -166,7 +166,8 @@ func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
 	ids := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
 	var planner NodePlanner
 	reg := prometheus.NewRegistry()
-	inc := nodeReport{m: NewNodeMetrics(reg), log: slog.New(slog.DiscardHandler)}
+	incMetrics := NewNodeMetrics(reg)
+	inc := nodeReport{m: incMetrics, log: slog.New(slog.DiscardHandler)}
 	plans := map[string]*ServicePlan{}
 	in := NodeInputs{}
 	for step := range 1500 {
@@ -177,9 +178,10 @@ func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
 		np, ch := planner.Plan(plans, changed, in)
 		inc.report(np, ch, plans)
 		wholeReg := prometheus.NewRegistry()
-		whole := nodeReport{m: NewNodeMetrics(wholeReg), log: slog.New(slog.DiscardHandler)}
+		wholeMetrics := NewNodeMetrics(wholeReg)
+		whole := nodeReport{m: wholeMetrics, log: slog.New(slog.DiscardHandler)}
 		whole.report(np, NodeChange{}, plans)
-		if got, want := seriesText(t, reg), seriesText(t, wholeReg); got != want {
+		if got, want := seriesText(t, reg, incMetrics), seriesText(t, wholeReg, wholeMetrics); got != want {
 			t.Fatalf("step %d: series\n%s\nwant\n%s", step, got, want)
 		}
 		var incStatus, wholeStatus types.NodeStatus
@@ -191,15 +193,12 @@ func TestNodeReportIncrementalEqualsWhole(t *testing.T) {
 	}
 }
 
-// seriesText is the node-plan series of reg, one per line, sorted.
-func seriesText(t *testing.T, reg *prometheus.Registry) string {
+// seriesText is the node-plan series served for reg and m, one per line,
+// sorted.
+func seriesText(t *testing.T, reg *prometheus.Registry, m *NodeMetrics) string {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var lines []string
-	for _, f := range families {
+	for _, f := range scrape(t, reg, m) {
 		switch f.GetName() {
 		case "merlin_server_up", "merlin_service_all_servers_down", "merlin_service_below_threshold", "merlin_vip_announced",
 			"merlin_vip_link_bandwidth_bytes", "merlin_vips":

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/netip"
@@ -227,6 +228,12 @@ func (r *Runner) takeUpdate() (*store.State, map[string]bool, time.Time) {
 		r.desired = &store.State{}
 	}
 	return r.desired, r.desired.Apply(u), u.Received
+}
+
+// WriteMetrics writes the node's per-server families outside the registry
+// (merlin_server_up), for MetricsHandler.
+func (r *Runner) WriteMetrics(ctx context.Context, w io.Writer) error {
+	return r.metrics.WriteMetrics(ctx, w)
 }
 
 // Status returns a copy of the node's status and a channel closed at its

@@ -107,7 +107,7 @@ func (r *nodeReport) all(np, before NodePlan, services map[string]*ServicePlan) 
 	}
 	r.m.setServicesDown(services, down)
 	health := np.Health.Slice()
-	r.m.setServerHealth(health)
+	r.m.setServerHealth(np.Health)
 	r.checked, r.down = len(health), chunklist.From(downOf(health))
 	r.m.serviceBelow.Reset()
 	for b := range np.Below.All() {
@@ -136,7 +136,7 @@ func (r *nodeReport) service(id string, np, before NodePlan, exists bool) {
 	}
 	r.m.setServiceDown(id, exists, is)
 	old, now := healthOf(before.Health, id), healthOf(np.Health, id)
-	r.m.replaceServerHealth(old, now)
+	r.m.setServerHealth(np.Health)
 	r.checked += len(now) - len(old)
 	for _, b := range belowOf(before.Below, id) {
 		r.m.serviceBelow.DeleteLabelValues(b.ServiceId, b.Action)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -15,6 +17,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -96,16 +101,12 @@ func (n testNode) passes(t *testing.T) int {
 	return int(n.metric(t, "merlin_reconcile_duration_seconds", nil))
 }
 
-// metric sums the series of a metric on the node's registry whose labels
-// include the given ones (a histogram counts its observations).
+// metric sums the series of a metric the node serves on /metrics whose
+// labels include the given ones (a histogram counts its observations).
 func (n testNode) metric(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	total := 0.0
-	for _, mf := range mfs {
+	for _, mf := range scrape(t, n.reg, n.Runner) {
 		if mf.GetName() != name {
 			continue
 		}
@@ -120,6 +121,42 @@ func (n testNode) metric(t *testing.T, name string, labels map[string]string) fl
 		}
 	}
 	return total
+}
+
+// serversUp is merlin_server_up as the node serves it, by "service server".
+func (n testNode) serversUp(t *testing.T) map[string]float64 {
+	t.Helper()
+	up := map[string]float64{}
+	for _, mf := range scrape(t, n.reg, n.Runner) {
+		if mf.GetName() == "merlin_server_up" {
+			for _, m := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, lp := range m.GetLabel() {
+					labels[lp.GetName()] = lp.GetValue()
+				}
+				up[labels["service"]+" "+labels["server"]] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	return up
+}
+
+// scrape is what MetricsHandler serves for reg and writers, parsed (a
+// family written twice does not parse), sorted by name.
+func scrape(t *testing.T, reg prometheus.Gatherer, writers ...MetricsWriter) []*dto.MetricFamily {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	MetricsHandler(reg, writers...).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(rec.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	out := make([]*dto.MetricFamily, 0, len(families))
+	for _, name := range slices.Sorted(maps.Keys(families)) {
+		out = append(out, families[name])
+	}
+	return out
 }
 
 func errorIDs(st *types.NodeStatus) []string {
@@ -238,6 +275,9 @@ func TestRunnerHealthWeights(t *testing.T) {
 		if w1, _ := table.counts(); weight() != 0 || w1-w0 != 1 || !slices.Equal(status.ServicesDown, []string{"web"}) {
 			t.Fatalf("down: weight %d after %d ops, status %v", weight(), w1-w0, status)
 		}
+		if up := a.serversUp(t); !maps.Equal(up, map[string]float64{"web 198.19.0.1:8080": 0}) {
+			t.Fatalf("down: merlin_server_up %v", up)
+		}
 		// Up again half-way into its slow start: part of the weight, then all
 		// of it without any further news.
 		mon.force(true, time.Now().Add(-time.Second))
@@ -245,8 +285,8 @@ func TestRunnerHealthWeights(t *testing.T) {
 			return len(s.Servers) == 1 && s.Servers[0].Up && s.Servers[0].EffectiveWeight > 0 && s.Servers[0].EffectiveWeight < 10
 		})
 		a.waitFor(t, "the full weight", func(s *types.NodeStatus) bool { return s.Servers[0].EffectiveWeight == 10 })
-		if weight() != 10 {
-			t.Fatalf("after slow start: weight %d", weight())
+		if up := a.serversUp(t); weight() != 10 || !maps.Equal(up, map[string]float64{"web 198.19.0.1:8080": 1}) {
+			t.Fatalf("after slow start: weight %d, merlin_server_up %v", weight(), up)
 		}
 	})
 }
