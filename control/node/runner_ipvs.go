@@ -163,14 +163,14 @@ func (r *Runner) guardDeletions(ops []ipvs.Op, desired *store.State) []ipvs.Op {
 		}
 		r.pass.guardRev = 0
 		r.metrics.guardHeld.Set(0)
-		r.setStatus(func(st *types.NodeStatus) { st.DeletionGuard = nil })
+		r.passStatus(func(st *types.NodeStatus) { st.DeletionGuard = nil }, false)
 		return kept
 	}
 	r.pass.guardRev = g.Revision
 	r.metrics.guardHeld.Set(1)
 	r.log.Warn("holding back a mass deletion until confirmed (meradm confirm-deletions)", "deletions", g.Deletions, "owned", g.Owned, "revision", g.Revision)
-	r.setStatus(func(st *types.NodeStatus) {
+	r.passStatus(func(st *types.NodeStatus) {
 		st.DeletionGuard = &types.DeletionGuard{Held: true, Deletions: uint32(g.Deletions), Owned: uint32(g.Owned), Revision: g.Revision}
-	})
+	}, false)
 	return kept
 }

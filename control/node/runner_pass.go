@@ -409,7 +409,7 @@ func (r *Runner) publish(desired *store.State, start time.Time, err error) {
 	r.metrics.desiredRevision.Set(float64(desired.Revision))
 	r.metrics.invalidKeys.Set(float64(len(desired.Invalid)))
 	r.metrics.setSink("ipvs", err)
-	r.setStatus(func(st *types.NodeStatus) {
+	r.passStatus(func(st *types.NodeStatus) {
 		st.LastResult = result
 		st.LastReconcile = timestamppb.New(start)
 		st.Errors = bounded(st, omittedErrors, objErrs)
@@ -419,5 +419,5 @@ func (r *Runner) publish(desired *store.State, start time.Time, err error) {
 			st.AppliedRevision = desired.Revision
 			r.metrics.appliedRevision.Set(float64(desired.Revision))
 		}
-	})
+	}, true)
 }

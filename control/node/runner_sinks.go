@@ -137,10 +137,10 @@ func (r *Runner) reportNode(ch NodeChange) {
 	np := r.pass.node
 	r.pass.report.report(np, ch, r.pass.plans)
 	r.metrics.bandwidthShare.Set(r.pass.drainState.Share)
-	r.setStatus(func(st *types.NodeStatus) {
+	r.passStatus(func(st *types.NodeStatus) {
 		r.pass.report.fillStatus(st, np)
 		st.Drain = drainStatus(r.pass.drain, r.pass.drainState)
-	})
+	}, false) // the pass's result wakes the watchers
 }
 
 // sinkStatus is each sink's state for node status; ipvsErr is the IPVS
