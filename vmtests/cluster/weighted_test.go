@@ -323,6 +323,7 @@ func (c *cluster) rampedDrain(node1, node2 *lab.Node, vip string) {
 	t.Logf("node1's share of new connections: %s in the ramp's first half, %s in its second", early, late)
 	if early.err != nil || late.err != nil || late.share() >= early.share() {
 		t.Errorf("node1's share of new connections did not fall during the ramp: %s, then %s", early, late)
+		t.Logf("IPVS connection entries by state: node1 %v, node2 %v", c.connStates(node1), c.connStates(node2))
 	}
 	steps := 0
 	for i := 1; i < len(seen); i++ {
@@ -427,6 +428,22 @@ func hopShare(route, addr string) float64 {
 		return 1
 	}
 	return 0
+}
+
+// connStates counts n's IPVS connection entries by state (for a failure's
+// explanation).
+func (c *cluster) connStates(n *lab.Node) map[string]int {
+	out, err := lab.Run(n.NS, "ipvsadm", "-Lnc")
+	if err != nil {
+		return map[string]int{err.Error(): 1}
+	}
+	states := map[string]int{}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && (f[0] == "TCP" || f[0] == "UDP") {
+			states[f[2]]++
+		}
+	}
+	return states
 }
 
 // connsOf is conns without failing the test (it runs beside it); -1 when
